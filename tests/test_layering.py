@@ -1,0 +1,54 @@
+"""The layers may only point one way: tui -> control -> devices, storage.
+
+Each lower package is imported in a fresh interpreter and the modules it pulled in are checked, so an indirect
+import (through a helper module) is caught as well as a direct one.
+"""
+
+from __future__ import annotations
+
+import json
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+FORBIDDEN = {
+    "control": ("textual", "tui"),
+    "devices": ("textual", "tui", "control"),
+    "storage": ("textual", "tui", "control"),
+    "migrations": ("textual", "tui", "control"),
+}
+
+
+def _modules_of(package: str) -> list[str]:
+    pkg_dir = ROOT / package
+    names = [package]
+    for info in pkgutil.walk_packages([str(pkg_dir)], prefix=f"{package}."):
+        if package == "migrations" and info.name.startswith("migrations.env"):
+            continue  # env.py runs only inside Alembic's context
+        names.append(info.name)
+    return names
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_lower_layers_do_not_import_upper_ones(package: str) -> None:
+    modules = _modules_of(package)
+    code = (
+        "import importlib, json, sys\n"
+        f"for name in {modules!r}:\n"
+        "    importlib.import_module(name)\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    bad = sorted(
+        m for m in loaded for top in FORBIDDEN[package] if m == top or m.startswith(f"{top}.")
+    )
+    assert not bad, f"{package} pulls in {bad}"

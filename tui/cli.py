@@ -1,0 +1,69 @@
+"""The ``tosca`` command line.
+
+``tosca [--data-dir DIR] [--sim] [--kiosk]`` opens the console; the sub-commands below it are thin wrappers over
+``control``, ``devices`` and ``storage``. Exit codes: 0 success, 1 refused or failed (one-line reason on stderr),
+2 usage. Each sub-command lives in its own module under :mod:`tui.commands` and is imported only when used, so
+``tosca`` starts without loading what it does not need.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+#: Sub-command name -> module under ``tui.commands`` with ``register(subparsers)`` and ``run(args) -> int``.
+COMMANDS = ("db", "user", "sim")
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("TOSCA_DATA_DIR") or "data")
+
+
+def _data_dir_option(parser: argparse.ArgumentParser, *, default: object) -> None:
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=default,
+        metavar="DIR",
+        help="data directory (default: $TOSCA_DATA_DIR or ./data)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tosca", description="TOSCA laser treatment console")
+    _data_dir_option(parser, default=None)
+    parser.add_argument("--sim", action="store_true", help="run on the simulated rig (shown on screen)")
+    parser.add_argument("--kiosk", action="store_true", help="locked-down console: no quit key, no palette")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        module = importlib.import_module(f"tui.commands.{name}")
+        sub = module.register(subparsers)
+        # Accept --data-dir after the sub-command too; the top-level value is used when it is absent.
+        _data_dir_option(sub, default=argparse.SUPPRESS)
+        sub.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.data_dir is None:
+        args.data_dir = default_data_dir()
+    module = getattr(args, "_module", None)
+    try:
+        if module is None:
+            from tui.commands import console
+
+            return console.run(args)
+        return int(module.run(args))
+    except KeyboardInterrupt:
+        print("tosca: interrupted", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
