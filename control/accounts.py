@@ -1,0 +1,762 @@
+"""User accounts: passwords, logins, lockout, and the audit trail of every account event.
+
+Rules (a medical console's, written down once here):
+
+* Roles are ``technician``, ``engineer`` and ``admin``. There are no default accounts and no default
+  passwords: the first administrator is created by a person at first start
+  (:meth:`AccountService.create_first_admin`) or with ``tosca user add``.
+* Passwords are hashed with argon2id (:class:`argon2.PasswordHasher`). When the configured parameters change,
+  a stored hash is recomputed with the new parameters at the user's next successful login. Hashing is
+  CPU-bound and always runs in a worker thread (:func:`asyncio.to_thread`), so a user interface on the event
+  loop stays live.
+* A password has at least :data:`MIN_PASSWORD_LENGTH` characters (and at most :data:`MAX_PASSWORD_LENGTH`, so
+  a pasted file cannot stall the hasher), contains no control characters and differs from the username.
+* After :data:`MAX_FAILED_LOGINS` consecutive failures an account is locked for :data:`LOCKOUT_DURATION`; a
+  successful login resets the count; an admin can unlock at any time. An account with no password
+  (``password_hash`` NULL) or a deactivated account cannot log in.
+* A login never tells whether a username exists: an unknown name gets the same "wrong username or password" as
+  a wrong password, costs the same hashing time (it is verified against a dummy hash), and is locked out the
+  same way after repeated failures (tracked in memory, as there is no row to count on). An inactive account is
+  only reported as inactive to someone who typed its correct password.
+* Every login success and failure, lockout, unlock, user creation, password set and deactivation is written to
+  ``audit_log`` with the terminal (:mod:`control.terminal`) and the outcome.
+
+All database work goes through :class:`storage.UsersRepository` and :class:`storage.AuditRepository`; this
+module contains no SQL and does not import the user interface.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import re
+import secrets
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, tzinfo
+from typing import Any, Final
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from control.clock import Clock, format_local_hm, utc_now
+from storage import ROLES, TechUser
+from storage.repositories import AuditRepository, UsersRepository
+
+#: Fewest characters a password may have.
+MIN_PASSWORD_LENGTH: Final = 8
+#: Most characters a password may have (bounds the hashing work one request can cause).
+MAX_PASSWORD_LENGTH: Final = 256
+#: Consecutive failed logins that lock an account.
+MAX_FAILED_LOGINS: Final = 5
+#: How long a locked account stays locked.
+LOCKOUT_DURATION: Final = timedelta(minutes=15)
+#: Username shape: 2 to 32 lower-case letters, digits, ``.``, ``_`` and ``-``, starting with a letter.
+USERNAME_PATTERN: Final = re.compile(r"[a-z][a-z0-9._-]{1,31}")
+#: Most unknown usernames whose failed logins are remembered at once (bounds memory).
+MAX_TRACKED_UNKNOWN_NAMES: Final = 1024
+#: Longest full name accepted, in characters.
+MAX_FULL_NAME_LENGTH: Final = 100
+
+#: The message for a wrong password and for an unknown username alike.
+WRONG_CREDENTIALS_MESSAGE: Final = "wrong username or password"
+#: The message for an account whose password has never been set (or was cleared).
+NO_PASSWORD_MESSAGE: Final = "no password set; ask an admin"
+#: The message for a deactivated account (given only with the correct password).
+INACTIVE_MESSAGE: Final = "account inactive; ask an admin"
+
+#: ``audit_log.action`` values written by this module.
+ACTION_LOGIN: Final = "login"
+ACTION_LOCKOUT: Final = "lockout"
+ACTION_UNLOCK: Final = "unlock"
+ACTION_USER_CREATE: Final = "user_create"
+ACTION_PASSWORD_SET: Final = "password_set"
+ACTION_DEACTIVATE: Final = "deactivate"
+ACTION_LOGOUT: Final = "logout"
+ACTION_SCREEN_LOCK: Final = "screen_lock"
+#: ``audit_log.entity_type`` for rows about a user account.
+ENTITY_USER: Final = "tech_user"
+
+
+class AccountError(Exception):
+    """Base class of account errors; the message is one line a person can act on."""
+
+
+class PasswordPolicyError(AccountError, ValueError):
+    """A proposed password does not meet the policy; nothing was changed."""
+
+
+class InvalidAccountDataError(AccountError, ValueError):
+    """A username, full name or role is malformed; nothing was changed."""
+
+
+class UnknownUserError(AccountError, LookupError):
+    """An administrative operation named a user that does not exist; nothing was changed."""
+
+
+class DuplicateUserError(AccountError):
+    """A user with that username already exists; nothing was changed."""
+
+
+class PermissionDeniedError(AccountError, PermissionError):
+    """The actor may not perform this operation; nothing was changed."""
+
+
+class FirstAdminExistsError(AccountError):
+    """An active administrator with a password already exists, so the first-run path is closed."""
+
+
+class HashingParameters(BaseModel):
+    """argon2id cost parameters.
+
+    Defaults are RFC 9106's second recommended option (the "low memory" profile): 3 passes over 64 MiB with 4
+    lanes, about 0.1 s per hash on the console's hardware.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    time_cost: int = Field(default=3, ge=1, le=20, description="passes over memory")
+    memory_cost_kib: int = Field(default=65536, ge=8, le=4 * 1024 * 1024, description="memory in KiB")
+    parallelism: int = Field(default=4, ge=1, le=64, description="lanes (threads)")
+
+    def hasher(self) -> PasswordHasher:
+        """A :class:`PasswordHasher` using these parameters (argon2id, 16-byte salt, 32-byte hash)."""
+        return PasswordHasher(
+            time_cost=self.time_cost, memory_cost=self.memory_cost_kib, parallelism=self.parallelism
+        )
+
+
+class LoginOutcome(enum.StrEnum):
+    """Why a login succeeded or failed (recorded in the audit row's details as ``reason``)."""
+
+    OK = "ok"
+    WRONG_CREDENTIALS = "wrong_credentials"
+    LOCKED = "locked"
+    INACTIVE = "inactive"
+    NO_PASSWORD = "no_password"
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    """A snapshot of one account, safe to hand to a user interface (no password hash).
+
+    Times are naive UTC.
+    """
+
+    tech_id: int
+    username: str
+    full_name: str
+    role: str
+    is_active: bool
+    has_password: bool
+    must_change_password: bool
+    failed_login_count: int
+    locked_until: datetime | None
+    last_login: datetime | None
+    created_date: datetime | None
+
+    @classmethod
+    def from_row(cls, row: TechUser) -> UserInfo:
+        """Copy the fields of a ``tech_users`` row."""
+        return cls(
+            tech_id=row.tech_id,
+            username=row.username,
+            full_name=row.full_name,
+            role=row.role,
+            is_active=bool(row.is_active) if row.is_active is not None else True,
+            has_password=row.password_hash is not None,
+            must_change_password=bool(row.must_change_password),
+            failed_login_count=row.failed_login_count or 0,
+            locked_until=row.locked_until,
+            last_login=row.last_login,
+            created_date=row.created_date,
+        )
+
+    def locked_at(self, now: datetime) -> bool:
+        """True when the account is locked at ``now`` (naive UTC)."""
+        return self.locked_until is not None and self.locked_until > now
+
+
+@dataclass(frozen=True)
+class LoginResult:
+    """The answer to a login attempt: ``message`` is what to show; ``user`` is set only on success."""
+
+    outcome: LoginOutcome
+    message: str
+    user: UserInfo | None = None
+    locked_until: datetime | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the user is logged in."""
+        return self.outcome is LoginOutcome.OK
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who performs an account operation, for permission checks and the audit trail.
+
+    A console user is identified by ``tech_id``/``username``/``role``. The command line acts as the operating
+    system user running it (``os_user``; whoever can write the data directory administers it), with no
+    ``tech_id``.
+    """
+
+    terminal: str
+    tech_id: int | None = None
+    username: str | None = None
+    role: str | None = None
+    os_user: str | None = None
+
+    @classmethod
+    def console_user(cls, user: UserInfo, terminal: str) -> Actor:
+        """The actor for a user logged in at the console."""
+        return cls(terminal=terminal, tech_id=user.tech_id, username=user.username, role=user.role)
+
+    @classmethod
+    def command_line(cls, os_user: str, terminal: str) -> Actor:
+        """The actor for ``tosca user ...`` run by the operating system user ``os_user``."""
+        if not os_user:
+            raise InvalidAccountDataError("the operating system user name is empty")
+        return cls(terminal=terminal, os_user=os_user)
+
+    @property
+    def is_admin(self) -> bool:
+        """True for a console admin and for the command line (the data directory's owner)."""
+        return self.os_user is not None or self.role == "admin"
+
+    def audit_details(self) -> dict[str, Any]:
+        """What the audit row's details record about the actor."""
+        return {"os_user": self.os_user} if self.os_user is not None else {}
+
+
+def check_password_policy(password: str, username: str | None = None) -> None:
+    """Raise :class:`PasswordPolicyError` with a specific reason unless ``password`` is acceptable."""
+    if not isinstance(password, str):
+        raise PasswordPolicyError("the password must be text")
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise PasswordPolicyError(
+            f"the password must have at least {MIN_PASSWORD_LENGTH} characters (it has {len(password)})"
+        )
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise PasswordPolicyError(f"the password must have at most {MAX_PASSWORD_LENGTH} characters")
+    if any(unicodedata.category(ch) == "Cc" for ch in password):
+        raise PasswordPolicyError("the password must not contain control characters (tab, newline, ...)")
+    if not password.strip():
+        raise PasswordPolicyError("the password must not be only spaces")
+    if username is not None and password.casefold() == username.casefold():
+        raise PasswordPolicyError("the password must differ from the username")
+
+
+def check_username(username: str) -> str:
+    """Return ``username`` if well formed, else raise :class:`InvalidAccountDataError` saying why."""
+    if not isinstance(username, str) or not USERNAME_PATTERN.fullmatch(username):
+        raise InvalidAccountDataError(
+            f"invalid username {username!r}: use 2 to 32 lower-case letters, digits, '.', '_' or '-', "
+            "starting with a letter"
+        )
+    return username
+
+
+def check_full_name(full_name: str) -> str:
+    """Return ``full_name`` stripped, or raise :class:`InvalidAccountDataError` if empty or too long."""
+    name = full_name.strip() if isinstance(full_name, str) else ""
+    if not name:
+        raise InvalidAccountDataError("the full name must not be empty")
+    if len(name) > MAX_FULL_NAME_LENGTH:
+        raise InvalidAccountDataError(f"the full name must have at most {MAX_FULL_NAME_LENGTH} characters")
+    if any(unicodedata.category(ch) == "Cc" for ch in name):
+        raise InvalidAccountDataError("the full name must not contain control characters")
+    return name
+
+
+def check_role(role: str) -> str:
+    """Return ``role`` if it is one of :data:`storage.ROLES`, else raise :class:`InvalidAccountDataError`."""
+    if role not in ROLES:
+        raise InvalidAccountDataError(f"invalid role {role!r}: choose one of {', '.join(ROLES)}")
+    return role
+
+
+def locked_message(until: datetime, zone: tzinfo | None = None) -> str:
+    """The message for a locked account: ``until`` (naive UTC) shown as local HH:MM."""
+    return f"account locked until {format_local_hm(until, zone)}"
+
+
+@dataclass
+class _PhantomFailures:
+    """Failed-login bookkeeping for usernames that do not exist (so they lock out like real ones)."""
+
+    count: int = 0
+    locked_until: datetime | None = None
+
+
+@dataclass
+class AccountService:
+    """Account operations against the records database.
+
+    Args:
+        sessions: the session maker of the records database (:func:`storage.session_factory`).
+        terminal: the terminal recorded in audit rows for logins (:func:`control.terminal.detect_terminal`).
+        clock: returns naive UTC now; lockouts and audit timestamps use it.
+        hashing: argon2id parameters; stored hashes made with other parameters are recomputed at login.
+        zone: time zone for messages such as "locked until HH:MM" (default: the machine's local zone).
+    """
+
+    sessions: async_sessionmaker[AsyncSession]
+    terminal: str
+    clock: Clock = utc_now
+    hashing: HashingParameters = field(default_factory=HashingParameters)
+    zone: tzinfo | None = None
+    _hasher: PasswordHasher = field(init=False, repr=False)
+    _dummy_hash: str | None = field(default=None, init=False, repr=False)
+    _phantoms: dict[str, _PhantomFailures] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._hasher = self.hashing.hasher()
+
+    # -- hashing -------------------------------------------------------------------------------------------
+
+    async def hash_password(self, password: str) -> str:
+        """Hash ``password`` with argon2id in a worker thread; returns the encoded hash."""
+        return await asyncio.to_thread(self._hasher.hash, password)
+
+    async def _verify(self, stored_hash: str, password: str) -> bool:
+        def verify() -> bool:
+            try:
+                return self._hasher.verify(stored_hash, password)
+            except VerifyMismatchError:
+                return False
+            except (VerificationError, InvalidHashError):
+                # A damaged or foreign hash never matches; the account then needs a new password.
+                return False
+
+        return await asyncio.to_thread(verify)
+
+    async def _ensure_dummy_hash(self) -> str:
+        if self._dummy_hash is None:
+            self._dummy_hash = await self.hash_password(secrets.token_urlsafe(24))
+        return self._dummy_hash
+
+    async def _verify_dummy(self, password: str) -> None:
+        """Spend the same hashing time as a real verification, for unknown or unverifiable accounts."""
+        await self._verify(await self._ensure_dummy_hash(), password)
+
+    # -- queries -------------------------------------------------------------------------------------------
+
+    async def list_users(self) -> list[UserInfo]:
+        """Every account, ordered by username."""
+        async with self.sessions() as session:
+            rows = await UsersRepository(session).list_all()
+            return [UserInfo.from_row(row) for row in rows]
+
+    async def get_user(self, username: str) -> UserInfo | None:
+        """The account called ``username``, or ``None``."""
+        async with self.sessions() as session:
+            row = await UsersRepository(session).get_by_username(username)
+            return UserInfo.from_row(row) if row is not None else None
+
+    async def needs_first_admin(self) -> bool:
+        """True when no active admin with a password exists (the console then offers to create one)."""
+        async with self.sessions() as session:
+            return await UsersRepository(session).count_active_admins_with_password() == 0
+
+    # -- login ---------------------------------------------------------------------------------------------
+
+    async def login(self, username: str, password: str, *, context: str = "login") -> LoginResult:
+        """Check ``password`` for ``username``; update the failure count, lockout and last login; audit it.
+
+        ``context`` is recorded in the audit details (``"login"`` at the login screen, ``"lock_screen"`` when
+        a locked console is reopened).
+        """
+        # Made before the first attempt of any kind, so that no first attempt costs more than another.
+        await self._ensure_dummy_hash()
+        now = self.clock()
+        name = username.strip() if isinstance(username, str) else ""
+        async with self.sessions() as session, session.begin():
+            users = UsersRepository(session)
+            row = await users.get_by_username(name) if name else None
+            if row is None:
+                return await self._login_unknown(session, name, password, now, context)
+            return await self._login_known(session, row, password, now, context)
+
+    async def _login_unknown(
+        self, session: AsyncSession, name: str, password: str, now: datetime, context: str
+    ) -> LoginResult:
+        if len(self._phantoms) >= MAX_TRACKED_UNKNOWN_NAMES:
+            self._forget_stale_phantoms(now)
+        phantom = self._phantoms.setdefault(name, _PhantomFailures())
+        details = {"reason": "unknown_user", "context": context}
+        if phantom.locked_until is not None and phantom.locked_until > now:
+            await self._verify_dummy(password)
+            await self._audit(session, ACTION_LOGIN, "failure", now, username=name, details=details)
+            return LoginResult(
+                LoginOutcome.LOCKED,
+                locked_message(phantom.locked_until, self.zone),
+                locked_until=phantom.locked_until,
+            )
+        await self._verify_dummy(password)
+        phantom.count += 1
+        await self._audit(session, ACTION_LOGIN, "failure", now, username=name, details=details)
+        if phantom.count >= MAX_FAILED_LOGINS:
+            phantom.count = 0
+            phantom.locked_until = now + LOCKOUT_DURATION
+            await self._audit(
+                session,
+                ACTION_LOCKOUT,
+                "success",
+                now,
+                username=name,
+                details={"reason": "unknown_user", "locked_until": phantom.locked_until.isoformat()},
+            )
+        return LoginResult(LoginOutcome.WRONG_CREDENTIALS, WRONG_CREDENTIALS_MESSAGE)
+
+    def _forget_stale_phantoms(self, now: datetime) -> None:
+        """Drop unknown names that are not locked; if all are locked, drop the oldest half."""
+        for key in [k for k, v in self._phantoms.items() if v.locked_until is None or v.locked_until <= now]:
+            del self._phantoms[key]
+        if len(self._phantoms) >= MAX_TRACKED_UNKNOWN_NAMES:
+            for key in list(self._phantoms)[: MAX_TRACKED_UNKNOWN_NAMES // 2]:
+                del self._phantoms[key]
+
+    async def _login_known(
+        self, session: AsyncSession, row: TechUser, password: str, now: datetime, context: str
+    ) -> LoginResult:
+        users = UsersRepository(session)
+        who = {"tech_id": row.tech_id, "username": row.username, "entity_id": row.tech_id}
+
+        if row.locked_until is not None and row.locked_until > now:
+            await self._verify_dummy(password)
+            await self._audit(
+                session,
+                ACTION_LOGIN,
+                "failure",
+                now,
+                **who,
+                details={"reason": LoginOutcome.LOCKED.value, "context": context},
+            )
+            return LoginResult(
+                LoginOutcome.LOCKED,
+                locked_message(row.locked_until, self.zone),
+                locked_until=row.locked_until,
+            )
+
+        if row.password_hash is None:
+            await self._verify_dummy(password)
+            await self._audit(
+                session,
+                ACTION_LOGIN,
+                "failure",
+                now,
+                **who,
+                details={"reason": LoginOutcome.NO_PASSWORD.value, "context": context},
+            )
+            return LoginResult(LoginOutcome.NO_PASSWORD, NO_PASSWORD_MESSAGE)
+
+        matches = await self._verify(row.password_hash, password)
+        if not matches:
+            count = (row.failed_login_count or 0) + 1
+            locked_until: datetime | None = None
+            if count >= MAX_FAILED_LOGINS:
+                locked_until = now + LOCKOUT_DURATION
+                count = 0
+            row.failed_login_count = count
+            if locked_until is not None:
+                row.locked_until = locked_until
+            await users.save(row)
+            await self._audit(
+                session,
+                ACTION_LOGIN,
+                "failure",
+                now,
+                **who,
+                details={"reason": LoginOutcome.WRONG_CREDENTIALS.value, "context": context},
+            )
+            if locked_until is not None:
+                await self._audit(
+                    session,
+                    ACTION_LOCKOUT,
+                    "success",
+                    now,
+                    **who,
+                    details={"failures": MAX_FAILED_LOGINS, "locked_until": locked_until.isoformat()},
+                )
+            return LoginResult(LoginOutcome.WRONG_CREDENTIALS, WRONG_CREDENTIALS_MESSAGE)
+
+        if not (row.is_active if row.is_active is not None else True):
+            await self._audit(
+                session,
+                ACTION_LOGIN,
+                "failure",
+                now,
+                **who,
+                details={"reason": LoginOutcome.INACTIVE.value, "context": context},
+            )
+            return LoginResult(LoginOutcome.INACTIVE, INACTIVE_MESSAGE)
+
+        new_hash: str | None = None
+        if self._hasher.check_needs_rehash(row.password_hash):
+            new_hash = await self.hash_password(password)
+        row.failed_login_count = 0
+        row.locked_until = None
+        row.last_login = now
+        if new_hash is not None:
+            row.password_hash = new_hash
+        await users.save(row)
+        await self._audit(
+            session,
+            ACTION_LOGIN,
+            "success",
+            now,
+            **who,
+            details={"context": context, "rehashed": new_hash is not None},
+        )
+        return LoginResult(LoginOutcome.OK, f"welcome, {row.full_name}", user=UserInfo.from_row(row))
+
+    async def logout(self, user: UserInfo, *, reason: str) -> None:
+        """Record that ``user`` logged out (``reason``: ``"user"``, ``"lock_screen"``, ...)."""
+        await self._record_session_event(user, ACTION_LOGOUT, {"reason": reason})
+
+    async def screen_locked(self, user: UserInfo, *, idle_minutes: float) -> None:
+        """Record that the console locked itself after ``idle_minutes`` minutes without input."""
+        await self._record_session_event(user, ACTION_SCREEN_LOCK, {"idle_minutes": idle_minutes})
+
+    async def _record_session_event(self, user: UserInfo, action: str, details: Mapping[str, Any]) -> None:
+        now = self.clock()
+        async with self.sessions() as session, session.begin():
+            await self._audit(
+                session,
+                action,
+                "success",
+                now,
+                username=user.username,
+                tech_id=user.tech_id,
+                entity_id=user.tech_id,
+                details=details,
+            )
+
+    # -- administration ------------------------------------------------------------------------------------
+
+    async def create_user(
+        self, username: str, full_name: str, role: str, password: str | None, actor: Actor
+    ) -> UserInfo:
+        """Create an account (admin only). ``password`` None creates an account that cannot log in yet.
+
+        Raises:
+            InvalidAccountDataError, PasswordPolicyError: malformed input.
+            DuplicateUserError: the username is taken.
+            PermissionDeniedError: the actor is not an admin.
+        """
+        check_username(username)
+        name = check_full_name(full_name)
+        check_role(role)
+        if password is not None:
+            check_password_policy(password, username)
+        if not actor.is_admin:
+            raise PermissionDeniedError("only an admin can create users")
+        password_hash = await self.hash_password(password) if password is not None else None
+        now = self.clock()
+        async with self.sessions() as session, session.begin():
+            users = UsersRepository(session)
+            if await users.get_by_username(username) is not None:
+                raise DuplicateUserError(f"a user named {username!r} already exists")
+            row = await users.add(
+                TechUser(
+                    username=username,
+                    full_name=name,
+                    role=role,
+                    password_hash=password_hash,
+                    must_change_password=False,
+                    created_date=now,
+                    is_active=True,
+                    failed_login_count=0,
+                )
+            )
+            await self._record_creation(session, row, actor, now, first_admin=False)
+            return UserInfo.from_row(row)
+
+    async def create_first_admin(self, username: str, full_name: str, password: str) -> UserInfo:
+        """Create the first administrator at first start; refused once an active admin with a password exists.
+
+        The new admin is recorded as the actor of their own creation (there is no one else yet).
+        """
+        check_username(username)
+        name = check_full_name(full_name)
+        check_password_policy(password, username)
+        password_hash = await self.hash_password(password)
+        now = self.clock()
+        async with self.sessions() as session, session.begin():
+            users = UsersRepository(session)
+            if await users.count_active_admins_with_password() > 0:
+                raise FirstAdminExistsError("an administrator already exists; log in instead")
+            if await users.get_by_username(username) is not None:
+                raise DuplicateUserError(f"a user named {username!r} already exists")
+            row = await users.add(
+                TechUser(
+                    username=username,
+                    full_name=name,
+                    role="admin",
+                    password_hash=password_hash,
+                    must_change_password=False,
+                    created_date=now,
+                    is_active=True,
+                    failed_login_count=0,
+                )
+            )
+            actor = Actor(terminal=self.terminal, tech_id=row.tech_id, username=row.username, role="admin")
+            await self._record_creation(session, row, actor, now, first_admin=True)
+            return UserInfo.from_row(row)
+
+    async def _record_creation(
+        self, session: AsyncSession, row: TechUser, actor: Actor, now: datetime, *, first_admin: bool
+    ) -> None:
+        details = {**actor.audit_details(), "created": row.username, "role": row.role}
+        if first_admin:
+            details["first_admin"] = True
+        await self._audit_by(session, actor, ACTION_USER_CREATE, now, row.tech_id, details)
+        if row.password_hash is not None:
+            await self._audit_by(
+                session,
+                actor,
+                ACTION_PASSWORD_SET,
+                now,
+                row.tech_id,
+                {**actor.audit_details(), "user": row.username},
+            )
+
+    async def set_password(self, username: str, password: str, actor: Actor) -> UserInfo:
+        """Set ``username``'s password (an admin for anyone, a user for themselves).
+
+        When an admin sets someone else's password, that user must change it at next login.
+        """
+        check_password_policy(password, username)
+        own = actor.tech_id is not None and actor.username == username
+        if not (own or actor.is_admin):
+            raise PermissionDeniedError("only an admin can set another user's password")
+        password_hash = await self.hash_password(password)
+        now = self.clock()
+        async with self.sessions() as session, session.begin():
+            users = UsersRepository(session)
+            row = await self._existing(users, username)
+            row.password_hash = password_hash
+            row.must_change_password = not own
+            await users.save(row)
+            await self._audit_by(
+                session,
+                actor,
+                ACTION_PASSWORD_SET,
+                now,
+                row.tech_id,
+                {**actor.audit_details(), "user": row.username},
+            )
+            return UserInfo.from_row(row)
+
+    async def unlock(self, username: str, actor: Actor) -> UserInfo:
+        """Clear ``username``'s lockout and failure count (admin only)."""
+        if not actor.is_admin:
+            raise PermissionDeniedError("only an admin can unlock users")
+        now = self.clock()
+        async with self.sessions() as session, session.begin():
+            users = UsersRepository(session)
+            row = await self._existing(users, username)
+            was_locked = row.locked_until.isoformat() if row.locked_until is not None else None
+            row.locked_until = None
+            row.failed_login_count = 0
+            await users.save(row)
+            await self._audit_by(
+                session,
+                actor,
+                ACTION_UNLOCK,
+                now,
+                row.tech_id,
+                {**actor.audit_details(), "user": row.username, "was_locked_until": was_locked},
+            )
+            return UserInfo.from_row(row)
+
+    async def deactivate(self, username: str, actor: Actor) -> UserInfo:
+        """Deactivate ``username`` (admin only); the account stays in the records but can no longer log in.
+
+        An admin cannot deactivate their own account, so the console is never left without the one who is
+        using it.
+        """
+        if not actor.is_admin:
+            raise PermissionDeniedError("only an admin can deactivate users")
+        if actor.tech_id is not None and actor.username == username:
+            raise PermissionDeniedError("an admin cannot deactivate their own account")
+        now = self.clock()
+        async with self.sessions() as session, session.begin():
+            users = UsersRepository(session)
+            row = await self._existing(users, username)
+            if not (row.is_active if row.is_active is not None else True):
+                raise AccountError(f"user {username!r} is already inactive")
+            if row.role == "admin" and row.password_hash is not None:
+                if await users.count_active_admins_with_password() <= 1:
+                    raise PermissionDeniedError(
+                        f"{username!r} is the last active admin; create another first"
+                    )
+            row.is_active = False
+            await users.save(row)
+            await self._audit_by(
+                session,
+                actor,
+                ACTION_DEACTIVATE,
+                now,
+                row.tech_id,
+                {**actor.audit_details(), "user": row.username},
+            )
+            return UserInfo.from_row(row)
+
+    # -- helpers -------------------------------------------------------------------------------------------
+
+    @staticmethod
+    async def _existing(users: UsersRepository, username: str) -> TechUser:
+        row = await users.get_by_username(username)
+        if row is None:
+            raise UnknownUserError(f"no user named {username!r}")
+        return row
+
+    async def _audit_by(
+        self,
+        session: AsyncSession,
+        actor: Actor,
+        action: str,
+        now: datetime,
+        entity_id: int,
+        details: Mapping[str, Any],
+    ) -> None:
+        await AuditRepository(session).add(
+            action,
+            "success",
+            timestamp=now,
+            tech_id=actor.tech_id,
+            username=actor.username if actor.username else actor.os_user,
+            entity_type=ENTITY_USER,
+            entity_id=entity_id,
+            terminal=actor.terminal,
+            details=dict(details),
+        )
+
+    async def _audit(
+        self,
+        session: AsyncSession,
+        action: str,
+        outcome: str,
+        now: datetime,
+        *,
+        username: str,
+        details: Mapping[str, Any],
+        tech_id: int | None = None,
+        entity_id: int | None = None,
+    ) -> None:
+        await AuditRepository(session).add(
+            action,
+            outcome,
+            timestamp=now,
+            tech_id=tech_id,
+            username=username,
+            entity_type=ENTITY_USER if entity_id is not None else None,
+            entity_id=entity_id,
+            terminal=self.terminal,
+            details=dict(details),
+        )

@@ -1,0 +1,67 @@
+"""The camera: sources, the capture thread, ring detection, focus score, recording and snapshots.
+
+A camera is configured as a device index, a video file path or ``"sim"`` (:func:`make_source`). A
+:class:`CameraCapture` reads it in its own thread and hands the newest frame to the asyncio loop through a
+queue of one; its :meth:`CameraCapture.status` reports ok, frozen, no_frames or not_opened with a reason. A
+:class:`FrameAnalyser` runs the :class:`RingDetector` (ring centre and diameter in px and mm, focus score as
+the variance of the Laplacian) on a worker thread; :class:`CameraMonitor` ties the two together. Recording
+writes MJPG ``.avi`` files (:class:`VideoRecorder`); :func:`save_snapshot` writes PNG files.
+
+Typical use in the controller::
+
+    capture = CameraCapture(make_source(config.camera))
+    async with CameraMonitor(capture, expected_diameter_mm=lambda: commanded_ring_mm) as monitor:
+        analysis = await monitor.next_analysis(timeout_s=1.0)
+        health = monitor.status()
+"""
+
+from devices.camera._analysis import (
+    FrameAnalyser,
+    FrameAnalysis,
+    RingDetection,
+    RingDetector,
+    RingDetectorConfig,
+    focus_score,
+)
+from devices.camera._capture import CameraCapture, CameraClosedError, CameraState, CameraStatus
+from devices.camera._frames import CameraFrame, to_grey
+from devices.camera._monitor import CameraMonitor
+from devices.camera._recording import RecordingError, RecordingSummary, VideoRecorder, save_snapshot
+from devices.camera._sources import (
+    DEFAULT_SIM_RING_MM,
+    SIM_SOURCE,
+    CameraOpenError,
+    CameraSpec,
+    FrameSource,
+    OpenCVSource,
+    make_source,
+    parse_camera_spec,
+)
+
+__all__ = [
+    "DEFAULT_SIM_RING_MM",
+    "SIM_SOURCE",
+    "CameraCapture",
+    "CameraClosedError",
+    "CameraFrame",
+    "CameraMonitor",
+    "CameraOpenError",
+    "CameraSpec",
+    "CameraState",
+    "CameraStatus",
+    "FrameAnalyser",
+    "FrameAnalysis",
+    "FrameSource",
+    "OpenCVSource",
+    "RecordingError",
+    "RecordingSummary",
+    "RingDetection",
+    "RingDetector",
+    "RingDetectorConfig",
+    "VideoRecorder",
+    "focus_score",
+    "make_source",
+    "parse_camera_spec",
+    "save_snapshot",
+    "to_grey",
+]

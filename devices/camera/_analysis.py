@@ -1,0 +1,384 @@
+"""Ring detection and focus measurement on 8-bit grey frames.
+
+Ring detection works in two stages, so that a 1280 x 720 frame is analysed in a few milliseconds:
+
+1. **Find.** The frame is reduced by ``downscale`` (area averaging), smoothed with a Gaussian blur (without it
+   ``HoughCircles`` on a noisy frame is slow and finds circles in the noise) and searched with
+   ``cv2.HoughCircles`` for one circle whose radius lies within the bounds of the expected ring size.
+2. **Refine.** Around the circle found, the full-resolution frame is sampled along ``rays`` rays over an
+   annulus (``cv2.remap``). On each ray the bright band's centre is located to a fraction of a pixel
+   (intensity centroid above the half-maximum level), and a circle is fitted through those points by least
+   squares, discarding outlying rays. The diameter is that of the band's centre line.
+
+A ring is reported only when enough rays (``min_coverage``) show the band with at least ``min_contrast`` grey
+levels above their background and the band points lie on a circle (RMS scatter at most ``max_residual_px``);
+otherwise the result says "no ring" and why. Diameters are converted to
+millimetres through the ``px_per_mm`` calibration.
+
+The focus score is the variance of the Laplacian of the full-resolution frame (grey levels squared); it falls
+as the image blurs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from devices.camera._frames import CameraFrame, GreyImage, to_grey
+
+
+@dataclass(frozen=True, slots=True)
+class RingDetectorConfig:
+    """Settings of :class:`RingDetector`.
+
+    Attributes:
+        px_per_mm: calibration, pixels per millimetre at the treatment plane.
+        min_diameter_mm: smallest ring searched for when no expected size is given, mm.
+        max_diameter_mm: largest ring searched for when no expected size is given, mm.
+        expected_tolerance: with an expected size, the search covers expected x (1 -/+ tolerance).
+        downscale: integer reduction of the frame for the Hough search (1 = full resolution).
+        blur_sigma_px: Gaussian blur applied to the reduced frame before the Hough search, pixels of the
+            reduced frame.
+        canny_high: upper Canny threshold of the Hough gradient method, grey levels.
+        accumulator_threshold: Hough accumulator threshold (votes at the reduced scale).
+        rays: number of rays sampled in the refinement.
+        min_contrast: brightness of the band above its background a ray needs to count, grey levels.
+        min_coverage: fraction of rays that must show the band for a ring to be reported (0..1).
+        max_residual_px: largest RMS distance of the band points from the fitted circle for a ring to be
+            reported, full-resolution pixels (texture or glare gives scattered points, a ring a true circle).
+    """
+
+    px_per_mm: float = 100.0
+    min_diameter_mm: float = 1.5
+    max_diameter_mm: float = 5.5
+    expected_tolerance: float = 0.25
+    downscale: int = 4
+    blur_sigma_px: float = 1.0
+    canny_high: float = 80.0
+    accumulator_threshold: float = 20.0
+    rays: int = 256
+    min_contrast: float = 20.0
+    min_coverage: float = 0.6
+    max_residual_px: float = 3.0
+
+    def __post_init__(self) -> None:
+        _finite_positive("px_per_mm", self.px_per_mm)
+        _finite_positive("min_diameter_mm", self.min_diameter_mm)
+        _finite_positive("max_diameter_mm", self.max_diameter_mm)
+        if self.min_diameter_mm >= self.max_diameter_mm:
+            raise ValueError(
+                f"min_diameter_mm ({self.min_diameter_mm}) must be below "
+                f"max_diameter_mm ({self.max_diameter_mm})"
+            )
+        if not (math.isfinite(self.expected_tolerance) and 0.0 < self.expected_tolerance < 1.0):
+            raise ValueError(f"expected_tolerance must be within (0, 1), got {self.expected_tolerance}")
+        if (
+            isinstance(self.downscale, bool)
+            or not isinstance(self.downscale, int)
+            or not 1 <= self.downscale <= 8
+        ):
+            raise ValueError(f"downscale must be an integer 1..8, got {self.downscale!r}")
+        _finite_positive("blur_sigma_px", self.blur_sigma_px)
+        _finite_positive("canny_high", self.canny_high)
+        _finite_positive("accumulator_threshold", self.accumulator_threshold)
+        if isinstance(self.rays, bool) or not isinstance(self.rays, int) or not 16 <= self.rays <= 4096:
+            raise ValueError(f"rays must be an integer 16..4096, got {self.rays!r}")
+        _finite_positive("min_contrast", self.min_contrast)
+        if not (math.isfinite(self.min_coverage) and 0.0 < self.min_coverage <= 1.0):
+            raise ValueError(f"min_coverage must be within (0, 1], got {self.min_coverage}")
+        _finite_positive("max_residual_px", self.max_residual_px)
+
+
+@dataclass(frozen=True, slots=True)
+class RingDetection:
+    """A ring found in a frame.
+
+    Attributes:
+        centre_px: centre (x, y) in full-resolution pixels, origin at the top-left corner.
+        diameter_px: diameter of the band's centre line, pixels.
+        diameter_mm: the same in millimetres through the detector's px/mm calibration.
+        coverage: fraction of rays on which the band was found (0..1).
+        residual_px: RMS distance of the band points from the fitted circle, pixels.
+    """
+
+    centre_px: tuple[float, float]
+    diameter_px: float
+    diameter_mm: float
+    coverage: float
+    residual_px: float
+
+
+@dataclass(frozen=True, slots=True)
+class FrameAnalysis:
+    """What one frame showed.
+
+    Attributes:
+        sequence: the frame's sequence number (0 for an image that did not come from a capture).
+        timestamp: the frame's ``time.monotonic()`` capture time, seconds.
+        ring: the ring, or None when none was found.
+        no_ring_reason: why no ring was reported (empty when a ring was found).
+        focus_score: variance of the Laplacian, grey levels squared; higher is sharper.
+        analysis_s: time the analysis took, seconds.
+    """
+
+    sequence: int
+    timestamp: float
+    ring: RingDetection | None
+    no_ring_reason: str
+    focus_score: float
+    analysis_s: float
+
+
+def focus_score(grey: GreyImage) -> float:
+    """Variance of the Laplacian of an 8-bit grey image, grey levels squared (higher means sharper)."""
+    if not isinstance(grey, np.ndarray) or grey.ndim != 2 or grey.dtype != np.uint8 or grey.size == 0:
+        raise ValueError("focus_score needs a non-empty 8-bit grey image (H x W, uint8)")
+    laplacian = cv2.Laplacian(grey, cv2.CV_16S)
+    _mean, std = cv2.meanStdDev(laplacian)
+    return float(std[0, 0]) ** 2
+
+
+class RingDetector:
+    """Finds the treatment ring in 8-bit grey frames and measures focus; thread-safe (no frame state)."""
+
+    def __init__(self, config: RingDetectorConfig | None = None) -> None:
+        self.config = config if config is not None else RingDetectorConfig()
+        self._angles = np.linspace(0.0, 2.0 * math.pi, self.config.rays, endpoint=False)
+        self._cos = np.cos(self._angles).astype(np.float32)
+        self._sin = np.sin(self._angles).astype(np.float32)
+
+    def search_radii_px(self, expected_diameter_mm: float | None = None) -> tuple[float, float]:
+        """The radius range searched, in full-resolution pixels, for an expected diameter (mm) or the default
+        range. Raises ValueError for an expected diameter that is not a finite positive number."""
+        cfg = self.config
+        if expected_diameter_mm is None:
+            low_mm, high_mm = cfg.min_diameter_mm, cfg.max_diameter_mm
+        else:
+            _finite_positive("expected_diameter_mm", expected_diameter_mm)
+            low_mm = expected_diameter_mm * (1.0 - cfg.expected_tolerance)
+            high_mm = expected_diameter_mm * (1.0 + cfg.expected_tolerance)
+        return low_mm * cfg.px_per_mm / 2.0, high_mm * cfg.px_per_mm / 2.0
+
+    def analyse(
+        self,
+        image: npt.NDArray[np.generic],
+        *,
+        expected_diameter_mm: float | None = None,
+        sequence: int = 0,
+        timestamp: float = 0.0,
+    ) -> FrameAnalysis:
+        """Detect the ring and score the focus of one image (any layout :func:`to_grey` accepts)."""
+        started = time.perf_counter()
+        grey = to_grey(image)
+        low, high = self.search_radii_px(expected_diameter_mm)
+        ring, reason = self._detect(grey, low, high)
+        score = focus_score(grey)
+        return FrameAnalysis(
+            sequence=sequence,
+            timestamp=timestamp,
+            ring=ring,
+            no_ring_reason=reason,
+            focus_score=score,
+            analysis_s=time.perf_counter() - started,
+        )
+
+    def detect_ring(
+        self, image: npt.NDArray[np.generic], expected_diameter_mm: float | None = None
+    ) -> RingDetection | None:
+        """Only the ring detection of :meth:`analyse`; None when no ring is found."""
+        grey = to_grey(image)
+        low, high = self.search_radii_px(expected_diameter_mm)
+        return self._detect(grey, low, high)[0]
+
+    # -- stages ----------------------------------------------------------------------------------------------
+
+    def _detect(self, grey: GreyImage, low_px: float, high_px: float) -> tuple[RingDetection | None, str]:
+        found = self._hough(grey, low_px, high_px)
+        if found is None:
+            return None, "no circle of the expected size"
+        # Refine twice: the second pass samples around the first fit, so a rough Hough radius cannot bias it.
+        first, reason = self._refine(grey, *found)
+        if first is None:
+            return None, reason
+        fit, reason = self._refine(grey, first[0], first[1], first[2])
+        if fit is None:
+            return None, reason
+        cx, cy, radius, coverage, residual = fit
+        if residual > self.config.max_residual_px:
+            return None, (
+                f"band points scatter {residual:.1f} px around the best circle "
+                f"(at most {self.config.max_residual_px:.1f} px for a ring)"
+            )
+        if not low_px <= radius <= high_px:
+            return None, f"ring radius {radius:.1f} px outside the searched {low_px:.1f}..{high_px:.1f} px"
+        diameter = 2.0 * radius
+        ring = RingDetection(
+            centre_px=(cx, cy),
+            diameter_px=diameter,
+            diameter_mm=diameter / self.config.px_per_mm,
+            coverage=coverage,
+            residual_px=residual,
+        )
+        return ring, ""
+
+    def _hough(self, grey: GreyImage, low_px: float, high_px: float) -> tuple[float, float, float] | None:
+        cfg = self.config
+        k = cfg.downscale
+        height, width = grey.shape
+        if k > 1:
+            small = cv2.resize(grey, (width // k, height // k), interpolation=cv2.INTER_AREA)
+        else:
+            small = grey
+        small = cv2.GaussianBlur(small, (0, 0), cfg.blur_sigma_px)
+        min_r = max(1, math.floor(low_px / k))
+        max_r = max(min_r + 1, math.ceil(high_px / k))
+        circles = cv2.HoughCircles(
+            small,
+            cv2.HOUGH_GRADIENT,
+            dp=1,
+            minDist=float(max(small.shape)),
+            param1=cfg.canny_high,
+            param2=cfg.accumulator_threshold,
+            minRadius=min_r,
+            maxRadius=max_r,
+        )
+        if circles is None or circles.size == 0:
+            return None
+        x, y, r = (float(v) for v in circles[0, 0])
+        # Centre of a reduced pixel maps to k * (x + 0.5) - 0.5 at full resolution.
+        return k * (x + 0.5) - 0.5, k * (y + 0.5) - 0.5, k * r
+
+    def _refine(
+        self, grey: GreyImage, cx: float, cy: float, radius: float
+    ) -> tuple[tuple[float, float, float, float, float] | None, str]:
+        cfg = self.config
+        half_span = max(0.3 * radius, 12.0)
+        step = 0.5
+        radii = np.arange(max(radius - half_span, 1.0), radius + half_span, step, dtype=np.float32)
+        if radii.size < 8:
+            return None, "ring too small to measure"
+        map_x = cx + np.outer(self._cos, radii)
+        map_y = cy + np.outer(self._sin, radii)
+        height, width = grey.shape
+        inside = (map_x >= 0) & (map_x <= width - 1) & (map_y >= 0) & (map_y <= height - 1)
+        ray_inside = inside.all(axis=1)
+        polar = cv2.remap(grey, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        polar = polar.astype(np.float32)
+        # Smooth along each ray only (about 1 px), to steady the peak against sensor noise.
+        polar = cv2.GaussianBlur(polar, (0, 0), sigmaX=2.0, sigmaY=1e-3)
+        rows = np.arange(polar.shape[0])
+        peak = polar.argmax(axis=1)
+        top = polar[rows, peak]
+        base = np.median(polar, axis=1)
+        contrast = top - base
+        valid = ray_inside & (contrast >= cfg.min_contrast)
+        coverage = float(valid.mean())
+        if coverage < cfg.min_coverage:
+            return None, f"ring visible on {coverage:.0%} of rays (needs {cfg.min_coverage:.0%})"
+        # Centroid of the band above its half-maximum level, within a window around the peak.
+        half_level = (top + base) / 2.0
+        window = max(4, round(0.25 * half_span / step))
+        offsets = np.arange(-window, window + 1)
+        idx = np.clip(peak[:, None] + offsets[None, :], 0, radii.size - 1)
+        values = polar[rows[:, None], idx]
+        weights = np.clip(values - half_level[:, None], 0.0, None)
+        total = weights.sum(axis=1)
+        valid &= total > 0.0
+        band_r = (weights * radii[idx]).sum(axis=1) / np.where(total > 0.0, total, 1.0)
+        xs = cx + self._cos.astype(np.float64) * band_r
+        ys = cy + self._sin.astype(np.float64) * band_r
+        xs, ys = xs[valid], ys[valid]
+        fit = _fit_circle(xs, ys)
+        if fit is None:
+            return None, "ring points do not form a circle"
+        fx, fy, fr = fit
+        residuals = np.hypot(xs - fx, ys - fy) - fr
+        spread = 1.4826 * float(np.median(np.abs(residuals - np.median(residuals))))
+        keep = np.abs(residuals) <= max(3.0 * spread, 1.0)
+        if keep.sum() >= 0.5 * xs.size and keep.sum() < xs.size:
+            refit = _fit_circle(xs[keep], ys[keep])
+            if refit is not None:
+                fx, fy, fr = refit
+                residuals = np.hypot(xs[keep] - fx, ys[keep] - fy) - fr
+        rms = float(np.sqrt(np.mean(residuals**2)))
+        return (fx, fy, fr, coverage, rms), ""
+
+
+class FrameAnalyser:
+    """Runs a :class:`RingDetector` on its own worker thread, so the asyncio loop never waits on OpenCV.
+
+    One analysis runs at a time (a second call queues behind it); numpy and OpenCV release the GIL while they
+    work. Close with :meth:`aclose` (or :meth:`close`), which joins the worker thread.
+    """
+
+    def __init__(self, detector: RingDetector | None = None, *, thread_name: str = "camera-analysis") -> None:
+        self.detector = detector if detector is not None else RingDetector()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name)
+        self._closed = False
+
+    async def analyse(
+        self, frame: CameraFrame, *, expected_diameter_mm: float | None = None
+    ) -> FrameAnalysis:
+        """Analyse one captured frame off the loop; the expected diameter (mm) narrows the search."""
+        if self._closed:
+            raise RuntimeError("the frame analyser is closed")
+        if expected_diameter_mm is not None:
+            self.detector.search_radii_px(expected_diameter_mm)  # validates before any work is queued
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._run, frame, expected_diameter_mm)
+
+    def _run(self, frame: CameraFrame, expected_diameter_mm: float | None) -> FrameAnalysis:
+        return self.detector.analyse(
+            frame.grey,
+            expected_diameter_mm=expected_diameter_mm,
+            sequence=frame.sequence,
+            timestamp=frame.timestamp,
+        )
+
+    def close(self) -> None:
+        """Stop the worker thread, waiting for an analysis in progress to finish."""
+        self._closed = True
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    async def aclose(self) -> None:
+        """Stop the worker thread without blocking the loop."""
+        self._closed = True
+        await asyncio.to_thread(self._executor.shutdown, True, cancel_futures=True)
+
+
+def _fit_circle(
+    xs: npt.NDArray[np.float64], ys: npt.NDArray[np.float64]
+) -> tuple[float, float, float] | None:
+    """Algebraic least-squares circle through points (Kåsa): centre x, centre y, radius, or None."""
+    if xs.size < 8:
+        return None
+    mx, my = float(xs.mean()), float(ys.mean())
+    u, v = xs - mx, ys - my
+    matrix = np.column_stack([u, v, np.ones_like(u)])
+    rhs = u * u + v * v
+    solution, _res, rank, _sv = np.linalg.lstsq(matrix, rhs, rcond=None)
+    if rank < 3:
+        return None
+    a, b, c = (float(s) for s in solution)
+    ux, uy = a / 2.0, b / 2.0
+    r2 = c + ux * ux + uy * uy
+    if not math.isfinite(r2) or r2 <= 0.0:
+        return None
+    return ux + mx, uy + my, math.sqrt(r2)
+
+
+def _finite_positive(name: str, value: float) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")

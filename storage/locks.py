@@ -1,0 +1,74 @@
+"""The console lock: who is using the database right now.
+
+A running console holds an exclusive :func:`fcntl.flock` on ``DataDir.console_lock`` for as long as it
+runs, with its PID written in the file. The kernel drops the lock when the process ends, however it ends, so
+a stale file never blocks anyone. Maintenance that replaces the database (``tosca db restore``) takes the
+same lock, so it cannot run under a console and a console cannot start in the middle of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from typing import BinaryIO
+
+from storage.errors import DatabaseInUseError
+from storage.paths import DataDir
+
+
+def _read_pid(handle: BinaryIO) -> int | None:
+    handle.seek(0)
+    content = handle.read(64).decode("ascii", "replace").strip()
+    return int(content) if content.isdigit() else None
+
+
+@contextlib.contextmanager
+def hold_console_lock(data_dir: DataDir) -> Iterator[BinaryIO]:
+    """Hold the console lock while the ``with`` block runs; yield the open lock file (our PID written in it).
+
+    Raises :class:`DatabaseInUseError` ("database in use by process N") at once, without waiting, if another
+    open lock (another process, or another holder in this one) has it.
+    """
+    data_dir.root.mkdir(parents=True, exist_ok=True)
+    # "a+b" never truncates on open: the holder's PID must survive a failed attempt to take the lock.
+    handle: BinaryIO = open(data_dir.console_lock, "a+b")
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DatabaseInUseError(_read_pid(handle)) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n".encode("ascii"))
+        handle.flush()
+        try:
+            yield handle
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            handle.flush()
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    finally:
+        handle.close()
+
+
+def console_lock_holder(data_dir: DataDir) -> int | None:
+    """Return the PID of the process holding the console lock, or None if nobody holds it.
+
+    Returns 0 when the lock is held but the holder has not written its PID yet (it does so right after
+    taking the lock).
+    """
+    try:
+        handle: BinaryIO = open(data_dir.console_lock, "rb")
+    except FileNotFoundError:
+        return None
+    with handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = _read_pid(handle)
+            return 0 if pid is None else pid
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        return None

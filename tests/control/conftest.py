@@ -1,0 +1,50 @@
+"""Fixtures for the account tests: a real migrated SQLite file per test, a drivable clock, cheap hashing."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from account_fixtures import CHEAP, TERMINAL, FakeClock
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from control.accounts import AccountService
+from storage import DataDir, create_engine, session_factory
+from storage.maintenance import upgrade
+
+
+@pytest.fixture(scope="session")
+def migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One database migrated to head by storage's upgrade, copied (closed, not live) for each test."""
+    data_dir = DataDir(tmp_path_factory.mktemp("template"))
+    upgrade(data_dir)
+    return data_dir.db_path
+
+
+@pytest.fixture
+def db_path(tmp_path: Path, migrated_template: Path) -> Path:
+    target = DataDir(tmp_path / "data").ensure().db_path
+    shutil.copyfile(migrated_template, target)
+    return target
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(datetime(2026, 3, 14, 9, 30, 0))
+
+
+@pytest.fixture
+async def sessions(db_path: Path) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    engine = create_engine(db_path)
+    try:
+        yield session_factory(engine)
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+def service(sessions: async_sessionmaker[AsyncSession], clock: FakeClock) -> AccountService:
+    return AccountService(sessions=sessions, terminal=TERMINAL, clock=clock, hashing=CHEAP)

@@ -1,0 +1,35 @@
+"""Fixtures for the console tests: each test runs in its own directory with a migrated database in ./data."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from tui_helpers import DATA_DIR, FakeClock
+
+from storage import DataDir
+from storage.maintenance import upgrade
+
+
+@pytest.fixture(scope="session")
+def migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One database migrated to head by storage's upgrade, copied (closed, not live) for each test."""
+    data_dir = DataDir(tmp_path_factory.mktemp("template"))
+    upgrade(data_dir)
+    return data_dir.db_path
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, migrated_template: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``./data`` inside this test's own directory, holding a fresh migrated database."""
+    monkeypatch.chdir(tmp_path)
+    DataDir(DATA_DIR).ensure()
+    shutil.copyfile(migrated_template, DATA_DIR / "tosca.db")
+    return DATA_DIR
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(datetime(2026, 3, 14, 9, 30, 0))

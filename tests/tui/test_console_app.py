@@ -1,0 +1,260 @@
+"""The console driven from the keyboard: first run, login, refusals, lockout, automatic lock, logout,
+kiosk."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+
+from textual.pilot import Pilot
+from textual.widgets import Input, Static
+from tui_helpers import (
+    ADMIN_PASSWORD,
+    CHEAP,
+    CLI,
+    TECH_PASSWORD,
+    FakeClock,
+    enter_text,
+    make_settings,
+    seed,
+    status_text,
+    wait_for_check,
+    wait_until,
+)
+
+from control.accounts import LOCKOUT_DURATION, AccountService
+from control.clock import format_local_hm
+from storage import AuditLog, create_engine, session_factory
+from storage.repositories import AuditRepository
+from tui.app import make_app
+from tui.screens import FirstRunScreen, HomeScreen, LockScreen, LoginScreen
+from tui.widgets.header import SIMULATED_RIG
+
+
+async def audit_rows(data_dir: Path) -> list[AuditLog]:
+    engine = create_engine(data_dir / "tosca.db")
+    try:
+        async with session_factory(engine)() as session:
+            rows = await AuditRepository(session).recent(limit=500)
+    finally:
+        await engine.dispose()
+    return sorted(rows, key=lambda r: r.audit_id)
+
+
+async def type_login(pilot: Pilot[int], username: str, password: str) -> None:
+    await enter_text(pilot, username)
+    await pilot.press("enter")
+    await enter_text(pilot, password)
+    await pilot.press("enter")
+
+
+async def log_in(pilot: Pilot[int], username: str, password: str) -> HomeScreen:
+    app = pilot.app
+    await wait_until(pilot, lambda: isinstance(app.screen, LoginScreen), "the login screen")
+    await type_login(pilot, username, password)
+    await wait_until(pilot, lambda: isinstance(app.screen, HomeScreen), "the home screen")
+    assert isinstance(app.screen, HomeScreen)
+    return app.screen
+
+
+async def test_first_run_creates_the_first_admin_and_logs_them_in(data_dir: Path, clock: FakeClock) -> None:
+    app = make_app(make_settings(clock))
+    async with app.run_test() as pilot:
+        await wait_until(pilot, lambda: isinstance(app.screen, FirstRunScreen), "the first-run screen")
+        assert "Create the first administrator" in str(app.screen.query_one(".form-title", Static).render())
+        await pilot.press(*"ada", "enter", *"Ada Lovelace", "enter", *ADMIN_PASSWORD, "enter")
+        await pilot.press(*ADMIN_PASSWORD, "enter")
+        await wait_until(pilot, lambda: isinstance(app.screen, HomeScreen), "the home screen")
+        assert app.user is not None and (app.user.username, app.user.role) == ("ada", "admin")
+        home = app.screen
+        await wait_until(pilot, lambda: home.facts is not None, "the database facts")
+        assert str(home.query_one("#fact-role", Static).render()) == "admin"
+        assert str(home.query_one("#fact-db", Static).render()) == "data/tosca.db"
+    actions = [(r.action, r.outcome, r.terminal) for r in await audit_rows(data_dir)]
+    assert actions == [
+        ("user_create", "success", "/dev/tty1"),
+        ("password_set", "success", "/dev/tty1"),
+        ("login", "success", "/dev/tty1"),
+    ]
+
+
+async def test_first_run_refuses_mismatched_and_short_passwords(data_dir: Path, clock: FakeClock) -> None:
+    app = make_app(make_settings(clock))
+    async with app.run_test() as pilot:
+        await wait_until(pilot, lambda: isinstance(app.screen, FirstRunScreen), "the first-run screen")
+        for text in ("ada", "Ada Admin", "first one", "other one"):
+            await enter_text(pilot, text)
+            await pilot.press("enter")
+        assert status_text(pilot) == "the two passwords differ; type them again"
+        assert isinstance(app.screen, FirstRunScreen)
+        for field in ("#password", "#repeat"):
+            app.screen.query_one(field, Input).value = "short"
+        repeat = app.screen.query_one("#repeat", Input)
+        repeat.focus()
+        await wait_until(pilot, lambda: app.focused is repeat, "the repeat field to have focus")
+        await pilot.press("enter")
+        assert "at least 8 characters" in status_text(pilot)
+        assert isinstance(app.screen, FirstRunScreen)
+    assert await audit_rows(data_dir) == []
+
+
+async def test_login_success_shows_home_with_user_role_and_database(data_dir: Path, clock: FakeClock) -> None:
+    await seed()
+    app = make_app(make_settings(clock))
+    async with app.run_test() as pilot:
+        home = await log_in(pilot, "tina", TECH_PASSWORD)
+        await wait_until(pilot, lambda: home.facts is not None, "the database facts")
+        assert str(home.query_one("#fact-user", Static).render()) == "Tina Tech (tina)"
+        assert str(home.query_one("#fact-role", Static).render()) == "technician"
+        assert str(home.query_one("#fact-schema", Static).render()).startswith("2026")
+        assert str(home.query_one("#fact-backup", Static).render()) == "none"
+        assert str(home.query_one("#header-user", Static).render()) == "tina (technician)"
+
+
+async def test_wrong_password_and_unknown_user_get_the_same_message(data_dir: Path, clock: FakeClock) -> None:
+    await seed()
+    app = make_app(make_settings(clock))
+    async with app.run_test() as pilot:
+        await wait_until(pilot, lambda: isinstance(app.screen, LoginScreen), "the login screen")
+        await type_login(pilot, "tina", "not my password")
+        await wait_for_check(pilot)
+        assert status_text(pilot) == "wrong username or password"
+        assert app.screen.query_one("#password", Input).value == ""
+        username = app.screen.query_one("#username", Input)
+        username.value = ""
+        username.focus()
+        await wait_until(pilot, lambda: app.focused is username, "the username field to have focus")
+        await type_login(pilot, "nobody", "not my password")
+        await wait_for_check(pilot)
+        assert status_text(pilot) == "wrong username or password"
+        assert isinstance(app.screen, LoginScreen) and app.user is None
+
+
+async def test_lockout_message_names_the_local_time(data_dir: Path, clock: FakeClock) -> None:
+    await seed()
+    app = make_app(make_settings(clock))
+    async with app.run_test() as pilot:
+        await wait_until(pilot, lambda: isinstance(app.screen, LoginScreen), "the login screen")
+        await enter_text(pilot, "tina")
+        await pilot.press("enter")
+        for attempt in range(6):
+            await enter_text(pilot, f"bad guess {attempt}")
+            await pilot.press("enter")
+            await wait_for_check(pilot)
+        until = format_local_hm(clock.now + LOCKOUT_DURATION)
+        assert status_text(pilot) == f"account locked until {until}"
+        # The right password does not help while locked.
+        await enter_text(pilot, TECH_PASSWORD)
+        await pilot.press("enter")
+        await wait_for_check(pilot)
+        assert status_text(pilot) == f"account locked until {until}"
+        assert isinstance(app.screen, LoginScreen)
+
+
+async def test_account_without_password_is_told_to_ask_an_admin(data_dir: Path, clock: FakeClock) -> None:
+    await seed()
+    engine = create_engine(data_dir / "tosca.db")
+    try:
+        accounts = AccountService(sessions=session_factory(engine), terminal="/dev/pts/9", hashing=CHEAP)
+        await accounts.create_user("nina", "Nina New", "technician", None, CLI)
+    finally:
+        await engine.dispose()
+    app = make_app(make_settings(clock))
+    async with app.run_test() as pilot:
+        await wait_until(pilot, lambda: isinstance(app.screen, LoginScreen), "the login screen")
+        await type_login(pilot, "nina", "whatever it is")
+        await wait_for_check(pilot)
+        assert status_text(pilot) == "no password set; ask an admin"
+
+
+async def test_console_locks_after_inactivity_and_reopens_with_the_same_password(
+    data_dir: Path, clock: FakeClock
+) -> None:
+    await seed(auto_lock_minutes=3)
+    app = make_app(make_settings(clock))
+    async with app.run_test() as pilot:
+        await log_in(pilot, "tina", TECH_PASSWORD)
+        assert app.auto_lock == timedelta(minutes=3)
+        clock.advance(timedelta(minutes=2, seconds=59))
+        app.check_inactivity()  # not yet idle long enough
+        assert not app.is_locked
+        await pilot.press("x")  # any input counts as activity
+        clock.advance(timedelta(minutes=2, seconds=59))
+        app.check_inactivity()
+        assert not app.is_locked
+        clock.advance(timedelta(seconds=1))
+        # From here on the app's own periodic check must lock it.
+        await wait_until(pilot, lambda: isinstance(app.screen, LockScreen), "the lock screen")
+        assert str(app.screen.query_one("#lock-who", Static).render()).startswith("Tina Tech (tina)")
+        await enter_text(pilot, "wrong password")
+        await pilot.press("enter")
+        await wait_for_check(pilot)
+        assert status_text(pilot) == "wrong username or password"
+        assert isinstance(app.screen, LockScreen)
+        await enter_text(pilot, TECH_PASSWORD)
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: isinstance(app.screen, HomeScreen), "the home screen again")
+        assert app.user is not None and app.user.username == "tina"
+    rows = await audit_rows(data_dir)
+    lock = [r for r in rows if r.action == "screen_lock"]
+    assert len(lock) == 1 and lock[0].username == "tina"
+    contexts = [json.loads(r.details or "{}").get("context") for r in rows if r.action == "login"]
+    assert contexts == ["login", "lock_screen", "lock_screen"]
+
+
+async def test_logout_returns_to_login_from_home_and_from_the_lock_screen(
+    data_dir: Path, clock: FakeClock
+) -> None:
+    await seed()
+    app = make_app(make_settings(clock))
+    async with app.run_test() as pilot:
+        await log_in(pilot, "ada", ADMIN_PASSWORD)
+        await pilot.press("ctrl+o")
+        await wait_until(pilot, lambda: isinstance(app.screen, LoginScreen), "the login screen")
+        assert app.user is None
+        await log_in(pilot, "tina", TECH_PASSWORD)
+        await pilot.press("ctrl+l")
+        await wait_until(pilot, lambda: isinstance(app.screen, LockScreen), "the lock screen")
+        await pilot.press("ctrl+o")
+        await wait_until(pilot, lambda: isinstance(app.screen, LoginScreen), "the login screen")
+        assert app.user is None and not app.is_locked
+    logouts = [
+        (r.username, json.loads(r.details or "{}")["reason"])
+        for r in await audit_rows(data_dir)
+        if r.action == "logout"
+    ]
+    assert logouts == [("ada", "user"), ("tina", "lock_screen")]
+
+
+async def test_header_says_simulated_rig_only_with_sim(data_dir: Path, clock: FakeClock) -> None:
+    await seed()
+    for sim in (True, False):
+        app = make_app(make_settings(clock, sim=sim))
+        async with app.run_test() as pilot:
+            on_login = lambda: isinstance(app.screen, LoginScreen)  # noqa: B023, E731
+            await wait_until(pilot, on_login, "the login screen")
+            assert str(app.screen.query_one("#brand", Static).render()) == "TOSCA"
+            badges = app.screen.query("#sim-badge")
+            assert [str(b.render()) for b in badges] == ([SIMULATED_RIG] if sim else [])
+
+
+async def test_quit_key_closes_the_console_but_not_the_kiosk(data_dir: Path, clock: FakeClock) -> None:
+    await seed()
+    kiosk = make_app(make_settings(clock, kiosk=True))
+    async with kiosk.run_test() as pilot:
+        await wait_until(pilot, lambda: isinstance(kiosk.screen, LoginScreen), "the login screen")
+        assert not kiosk.use_command_palette
+        await pilot.press("ctrl+q", "ctrl+c")
+        assert kiosk.is_running and isinstance(kiosk.screen, LoginScreen)
+        shown = {
+            b.binding.action for b in kiosk.screen.active_bindings.values() if b.binding.show and b.enabled
+        }
+        assert "quit_console" not in shown
+
+    desktop = make_app(make_settings(clock))
+    async with desktop.run_test() as pilot:
+        await wait_until(pilot, lambda: isinstance(desktop.screen, LoginScreen), "the login screen")
+        await pilot.press("ctrl+q")
+        await wait_until(pilot, lambda: not desktop.is_running, "the console to close")
+    assert desktop.return_code == 0

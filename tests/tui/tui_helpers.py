@@ -1,0 +1,105 @@
+"""Shared pieces of the console tests: settings with a drivable clock, seeding users, waiting on the app."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from textual.pilot import Pilot
+from textual.widgets import Input, Label
+
+from control.accounts import AccountService, Actor, HashingParameters
+from control.settings import ConsoleSettings
+from storage import create_engine, session_factory
+from storage.repositories import ConfigRepository
+from tui.screens import FormScreen
+
+CHEAP = HashingParameters(time_cost=1, memory_cost_kib=8, parallelism=1)
+#: Relative on purpose: the tests run inside their tmp_path, so the screen shows the same text every time.
+DATA_DIR = Path("data")
+ADMIN_PASSWORD = "admin pass 1"
+TECH_PASSWORD = "tech pass 1"
+CLI = Actor.command_line("opsadmin", "/dev/pts/9")
+
+
+class FakeClock:
+    """A clock the test moves by hand; returns naive UTC."""
+
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, delta: timedelta) -> None:
+        self.now += delta
+
+
+def make_settings(clock: FakeClock, **overrides: Any) -> ConsoleSettings:
+    values: dict[str, Any] = {
+        "data_dir": DATA_DIR,
+        "clock": clock,
+        "hashing": CHEAP,
+        "cursor_blink": False,
+        "terminal": "/dev/tty1",
+        "idle_check_seconds": 0.05,
+    }
+    values.update(overrides)
+    return ConsoleSettings(**values)
+
+
+async def seed(auto_lock_minutes: int | None = None) -> None:
+    """An admin ``ada`` and a technician ``tina`` (and optionally an automatic-lock setting)."""
+    engine = create_engine(DATA_DIR / "tosca.db")
+    try:
+        sessions = session_factory(engine)
+        accounts = AccountService(sessions=sessions, terminal="/dev/pts/9", hashing=CHEAP)
+        await accounts.create_user("ada", "Ada Admin", "admin", ADMIN_PASSWORD, CLI)
+        await accounts.create_user("tina", "Tina Tech", "technician", TECH_PASSWORD, CLI)
+        if auto_lock_minutes is not None:
+            async with sessions() as session, session.begin():
+                await ConfigRepository(session).set("auto_lock_minutes", auto_lock_minutes, modified_by=None)
+    finally:
+        await engine.dispose()
+
+
+def seed_sync(auto_lock_minutes: int | None = None) -> None:
+    asyncio.run(seed(auto_lock_minutes))
+
+
+async def wait_until(
+    pilot: Pilot[Any], predicate: Callable[[], bool], what: str, limit: float = 10.0
+) -> None:
+    """Let the app run until ``predicate()`` holds; fail after ``limit`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {limit} s waiting for {what}")
+        await pilot.pause(0.01)
+
+
+def status_text(pilot: Pilot[Any]) -> str:
+    return str(pilot.app.screen.query_one("#status", Label).render())
+
+
+async def enter_text(pilot: Pilot[Any], text: str) -> None:
+    """Put ``text`` in the focused field (as a paste would: quicker than one key press per character)."""
+    await wait_until(pilot, lambda: isinstance(pilot.app.focused, Input), "a focused text field")
+    focused = pilot.app.focused
+    assert isinstance(focused, Input)
+    focused.value = text
+    await pilot.pause()
+
+
+async def wait_for_check(pilot: Pilot[Any]) -> None:
+    """Wait until the form on screen has finished checking what was submitted."""
+
+    def settled() -> bool:
+        screen = pilot.app.screen
+        return isinstance(screen, FormScreen) and not screen.busy
+
+    await wait_until(pilot, settled, "the form's check")

@@ -1,0 +1,134 @@
+"""``tosca db``: upgrade, check, back up and restore the records database.
+
+```
+tosca db upgrade          back up the database, then migrate it to the current schema (creates it if absent)
+tosca db check [FILE]     integrity_check, schema at head, views and triggers present (default: the database)
+tosca db backup           online backup to backups/tosca_YYYYMMDD_HHMMSS.db, verified; 30 days kept
+tosca db restore FILE     verify FILE, back up the current database, put FILE in its place
+```
+
+Success prints one or two lines on stdout and exits 0; a refusal or failure prints ``tosca: <reason>`` on
+stderr and exits 1. ``upgrade`` and ``restore`` refuse while a console holds the database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sqlite3
+import sys
+from pathlib import Path
+from typing import Any
+
+from storage.backup import last_backup
+from storage.errors import StorageError
+from storage.locks import hold_console_lock
+from storage.maintenance import backup, check_database, restore, upgrade
+from storage.paths import DataDir
+from tui.commands import fail
+
+ACTIONS = ("upgrade", "check", "backup", "restore")
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``db`` sub-command (and its actions) to ``subparsers``; return its parser."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "db",
+        help="records database: upgrade | check | backup | restore FILE",
+        description="Maintain the records database of a data directory.",
+    )
+    actions = parser.add_subparsers(dest="db_action", metavar="ACTION", required=True)
+    upgrade_parser = actions.add_parser("upgrade", help="back up, then migrate to the current schema")
+    check_parser = actions.add_parser("check", help="integrity, schema revision, views and triggers")
+    check_parser.add_argument(
+        "file",
+        nargs="?",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="file to check (default: the database)",
+    )
+    backup_parser = actions.add_parser("backup", help="verified online backup into backups/")
+    restore_parser = actions.add_parser("restore", help="replace the database with a verified backup file")
+    restore_parser.add_argument("file", type=Path, metavar="FILE", help="backup file to restore")
+    for sub in (upgrade_parser, check_parser, backup_parser, restore_parser):
+        sub.add_argument(
+            "--data-dir", type=Path, default=argparse.SUPPRESS, metavar="DIR", help="data directory"
+        )
+    return parser
+
+
+def _terminal() -> str | None:
+    """Where the command was typed: ``ssh:<client address>`` over SSH, else the tty name, else None."""
+    ssh_client = os.environ.get("SSH_CLIENT") or os.environ.get("SSH_CONNECTION")
+    if ssh_client:
+        return f"ssh:{ssh_client.split()[0]}"
+    for fd in (0, 1, 2):
+        try:
+            if os.isatty(fd):
+                return os.ttyname(fd)
+        except OSError:
+            continue
+    return None
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _upgrade(data_dir: DataDir) -> None:
+    with hold_console_lock(data_dir):
+        result = upgrade(data_dir)
+    if result.previous == result.current:
+        print(f"ok: schema {result.current} (already current)")
+        return
+    before = result.previous or "new database"
+    print(f"ok: schema {before} -> {result.current}")
+    if result.backup is not None:
+        print(f"backup: {result.backup}")
+
+
+def _check(data_dir: DataDir, file: Path | None) -> None:
+    report = check_database(file if file is not None else data_dir.db_path)
+    print(f"ok: {report.summary()}")
+    if file is None:
+        newest = last_backup(data_dir)
+        if newest is None:
+            print("last backup: none")
+        else:
+            print(f"last backup: {newest.path.name} ({newest.taken_at:%Y-%m-%d %H:%M:%S} local time)")
+
+
+def _backup(data_dir: DataDir) -> None:
+    path = backup(data_dir, terminal=_terminal())
+    print(f"ok: backup {path} (integrity ok)")
+
+
+def _restore(data_dir: DataDir, file: Path) -> None:
+    result = restore(data_dir, file, terminal=_terminal())
+    print(f"ok: restored {result.source} (schema {result.revision})")
+    if result.replaced_backup is not None:
+        print(f"previous database saved as {result.replaced_backup}")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the ``db`` action named in ``args`` on ``args.data_dir``; return the exit code."""
+    data_dir = DataDir(Path(args.data_dir))
+    action = args.db_action
+    try:
+        if action == "upgrade":
+            _upgrade(data_dir)
+        elif action == "check":
+            _check(data_dir, args.file)
+        elif action == "backup":
+            _backup(data_dir)
+        elif action == "restore":
+            _restore(data_dir, args.file)
+        else:
+            return fail(f"unknown db action {action!r} (expected one of {', '.join(ACTIONS)})")
+    except StorageError as exc:
+        return fail(_one_line(exc))
+    except (OSError, sqlite3.Error) as exc:
+        return fail(f"db {action} failed: {_one_line(exc)}")
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,83 @@
+"""What the console's screens share: the messages they post up to the app, and a base for form screens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import Input, Label
+from textual.worker import Worker, WorkerState
+
+from control.accounts import AccountService, UserInfo
+from control.settings import ConsoleSettings
+
+
+@dataclass(frozen=True)
+class ScreenContext:
+    """What a screen is given by the app (attributes down): the settings and the account service."""
+
+    settings: ConsoleSettings
+    accounts: AccountService
+
+
+class LoggedIn(Message):
+    """A user has logged in (from the login or first-run screen)."""
+
+    def __init__(self, user: UserInfo) -> None:
+        super().__init__()
+        self.user = user
+
+
+class LogoutRequested(Message):
+    """The user asked to log out (from the home or lock screen)."""
+
+
+class Unlocked(Message):
+    """The locked console was reopened with the same user's password."""
+
+
+class FormScreen(Screen[None]):
+    """A screen with text fields, a status line and one submit action that runs in a worker.
+
+    While a submission is being processed (hashing takes a moment) further submissions are ignored.
+    """
+
+    def __init__(self, context: ScreenContext) -> None:
+        super().__init__()
+        self.context = context
+        self.busy = False
+
+    def text_input(self, input_id: str, placeholder: str, *, password: bool = False) -> Input:
+        """A field that follows the console's cursor settings."""
+        field = Input(placeholder=placeholder, password=password, id=input_id)
+        field.cursor_blink = self.context.settings.cursor_blink
+        return field
+
+    def value(self, input_id: str) -> str:
+        """The text of the field ``input_id``."""
+        return self.query_one(f"#{input_id}", Input).value
+
+    def show_status(self, text: str, *, error: bool = True) -> None:
+        """Show ``text`` on the status line (styled as an error unless ``error`` is False)."""
+        status = self.query_one("#status", Label)
+        status.update(text)
+        status.set_class(error, "error")
+        status.set_class(not error, "info")
+
+    def focus_next_or_submit(self, field_ids: tuple[str, ...]) -> bool:
+        """Move focus to the next field; True when focus was already on the last one (then submit)."""
+        focused = self.focused
+        current = focused.id if isinstance(focused, Input) else None
+        if current in field_ids[:-1]:
+            index = field_ids.index(current)
+            self.query_one(f"#{field_ids[index + 1]}", Input).focus()
+            return False
+        return True
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """A worker that failed unexpectedly (a database error) is reported on the status line."""
+        if event.state is WorkerState.ERROR:
+            self.busy = False
+            error = event.worker.error
+            self.show_status(f"failed: {error}" if error is not None else "failed")

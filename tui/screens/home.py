@@ -1,0 +1,94 @@
+"""The home screen: who is logged in, and the state of the records database."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Grid, Vertical
+from textual.screen import Screen
+from textual.widgets import Footer, Label, Static
+
+from control.accounts import UserInfo
+from storage import DataDir
+from storage.backup import last_backup
+from storage.maintenance import schema_revision
+from tui.screens._base import LogoutRequested, ScreenContext
+from tui.widgets.header import ConsoleHeader
+
+
+@dataclass(frozen=True)
+class DatabaseFacts:
+    """What the home screen shows about the database (read off the event loop)."""
+
+    path: str
+    schema: str
+    last_backup: str
+
+
+def read_database_facts(data_dir: DataDir) -> DatabaseFacts:
+    """Read the schema revision and the newest backup (file system and SQLite work: call in a thread)."""
+    revision = schema_revision(data_dir.db_path)
+    newest = last_backup(data_dir)
+    return DatabaseFacts(
+        path=str(data_dir.db_path),
+        schema=revision if revision is not None else "none (not initialised)",
+        last_backup=newest.taken_at.strftime("%Y-%m-%d %H:%M:%S") if newest is not None else "none",
+    )
+
+
+class HomeScreen(Screen[None]):
+    """Home: user, role, database path, schema version, last backup. Keys to lock and to log out."""
+
+    BINDINGS = [  # noqa: RUF012
+        Binding("ctrl+l", "app.lock", "Lock"),
+        Binding("ctrl+o", "logout", "Log out"),
+    ]
+
+    def __init__(self, context: ScreenContext, user: UserInfo) -> None:
+        super().__init__()
+        self.context = context
+        self.user = user
+        self.facts: DatabaseFacts | None = None
+
+    def compose(self) -> ComposeResult:
+        user = self.user
+        yield ConsoleHeader("Home", sim=self.context.settings.sim, user_text=f"{user.username} ({user.role})")
+        with Vertical(id="home", classes="panel"):
+            yield Label(f"Welcome, {user.full_name}", classes="form-title")
+            with Grid(id="facts"):
+                yield Label("User", classes="fact-name")
+                yield Static(f"{user.full_name} ({user.username})", id="fact-user")
+                yield Label("Role", classes="fact-name")
+                yield Static(user.role, id="fact-role")
+                yield Label("Database", classes="fact-name")
+                yield Static("reading...", id="fact-db")
+                yield Label("Schema version", classes="fact-name")
+                yield Static("reading...", id="fact-schema")
+                yield Label("Last backup", classes="fact-name")
+                yield Static("reading...", id="fact-backup")
+            if user.must_change_password:
+                yield Label(
+                    "Your password was set by an admin: ask an admin to let you choose your own.",
+                    classes="notice",
+                )
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.load_facts()
+
+    @work(exclusive=True, group="home-facts", exit_on_error=False)
+    async def load_facts(self) -> None:
+        """Fill in the database facts without blocking the screen."""
+        facts = await asyncio.to_thread(read_database_facts, DataDir(self.context.settings.data_dir))
+        self.query_one("#fact-db", Static).update(facts.path)
+        self.query_one("#fact-schema", Static).update(facts.schema)
+        self.query_one("#fact-backup", Static).update(facts.last_backup)
+        self.facts = facts
+
+    def action_logout(self) -> None:
+        """Log out: back to the login screen."""
+        self.post_message(LogoutRequested())
