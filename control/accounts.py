@@ -424,16 +424,15 @@ class AccountService:
         self, session: AsyncSession, row: TechUser, password: str, now: datetime, context: str
     ) -> LoginResult:
         users = UsersRepository(session)
-        who = {"tech_id": row.tech_id, "username": row.username, "entity_id": row.tech_id}
 
         if row.locked_until is not None and row.locked_until > now:
             await self._verify_dummy(password)
-            await self._audit(
+            await self._audit_account(
                 session,
+                row,
                 ACTION_LOGIN,
                 "failure",
                 now,
-                **who,
                 details={"reason": LoginOutcome.LOCKED.value, "context": context},
             )
             return LoginResult(
@@ -444,12 +443,12 @@ class AccountService:
 
         if row.password_hash is None:
             await self._verify_dummy(password)
-            await self._audit(
+            await self._audit_account(
                 session,
+                row,
                 ACTION_LOGIN,
                 "failure",
                 now,
-                **who,
                 details={"reason": LoginOutcome.NO_PASSWORD.value, "context": context},
             )
             return LoginResult(LoginOutcome.NO_PASSWORD, NO_PASSWORD_MESSAGE)
@@ -465,32 +464,32 @@ class AccountService:
             if locked_until is not None:
                 row.locked_until = locked_until
             await users.save(row)
-            await self._audit(
+            await self._audit_account(
                 session,
+                row,
                 ACTION_LOGIN,
                 "failure",
                 now,
-                **who,
                 details={"reason": LoginOutcome.WRONG_CREDENTIALS.value, "context": context},
             )
             if locked_until is not None:
-                await self._audit(
+                await self._audit_account(
                     session,
+                    row,
                     ACTION_LOCKOUT,
                     "success",
                     now,
-                    **who,
                     details={"failures": MAX_FAILED_LOGINS, "locked_until": locked_until.isoformat()},
                 )
             return LoginResult(LoginOutcome.WRONG_CREDENTIALS, WRONG_CREDENTIALS_MESSAGE)
 
         if not (row.is_active if row.is_active is not None else True):
-            await self._audit(
+            await self._audit_account(
                 session,
+                row,
                 ACTION_LOGIN,
                 "failure",
                 now,
-                **who,
                 details={"reason": LoginOutcome.INACTIVE.value, "context": context},
             )
             return LoginResult(LoginOutcome.INACTIVE, INACTIVE_MESSAGE)
@@ -504,12 +503,12 @@ class AccountService:
         if new_hash is not None:
             row.password_hash = new_hash
         await users.save(row)
-        await self._audit(
+        await self._audit_account(
             session,
+            row,
             ACTION_LOGIN,
             "success",
             now,
-            **who,
             details={"context": context, "rehashed": new_hash is not None},
         )
         return LoginResult(LoginOutcome.OK, f"welcome, {row.full_name}", user=UserInfo.from_row(row))
@@ -707,7 +706,7 @@ class AccountService:
             )
             return UserInfo.from_row(row)
 
-    # -- helpers -------------------------------------------------------------------------------------------
+    # -- internals -------------------------------------------------------------------------------------------
 
     @staticmethod
     async def _existing(users: UsersRepository, username: str) -> TechUser:
@@ -735,6 +734,28 @@ class AccountService:
             entity_id=entity_id,
             terminal=actor.terminal,
             details=dict(details),
+        )
+
+    async def _audit_account(
+        self,
+        session: AsyncSession,
+        row: TechUser,
+        action: str,
+        outcome: str,
+        now: datetime,
+        *,
+        details: Mapping[str, Any],
+    ) -> None:
+        """Audit an event of the account ``row`` at this service's terminal."""
+        await self._audit(
+            session,
+            action,
+            outcome,
+            now,
+            username=row.username,
+            tech_id=row.tech_id,
+            entity_id=row.tech_id,
+            details=details,
         )
 
     async def _audit(

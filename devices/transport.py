@@ -358,7 +358,10 @@ class LineTransport:
             try:
                 transport.write(data)
                 try:
-                    reply = await asyncio.wait_for(future, timeout)
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that lands
+                    # just as the reply arrives, leaving a cancelled caller running.
+                    async with asyncio.timeout(timeout):
+                        reply = await future
                 except TimeoutError:
                     got = self._pending.lines if self._pending is not None else []
                     raise self._count_bad(

@@ -1,9 +1,11 @@
-"""The console lock: who is using the database right now.
+"""Who is using the database right now: the console lock and the rig lock.
 
 A running console holds an exclusive :func:`fcntl.flock` on ``DataDir.console_lock`` for as long as it
-runs, with its PID written in the file. The kernel drops the lock when the process ends, however it ends, so
-a stale file never blocks anyone. Maintenance that replaces the database (``tosca db restore``) takes the
-same lock, so it cannot run under a console and a console cannot start in the middle of it.
+runs, with its PID written in the file; the controller (which records treatments) holds ``DataDir.rig_lock``
+the same way. The kernel drops a lock when its process ends, however it ends, so a stale file never blocks
+anyone. Maintenance that replaces the database (``tosca db restore``, ``tosca db upgrade``) takes both
+locks (:func:`hold_database_exclusively`), so it cannot run under a console or a controller, and neither can
+start in the middle of it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import contextlib
 import fcntl
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import BinaryIO
 
 from storage.errors import DatabaseInUseError
@@ -25,15 +28,10 @@ def _read_pid(handle: BinaryIO) -> int | None:
 
 
 @contextlib.contextmanager
-def hold_console_lock(data_dir: DataDir) -> Iterator[BinaryIO]:
-    """Hold the console lock while the ``with`` block runs; yield the open lock file (our PID written in it).
-
-    Raises :class:`DatabaseInUseError` ("database in use by process N") at once, without waiting, if another
-    open lock (another process, or another holder in this one) has it.
-    """
-    data_dir.root.mkdir(parents=True, exist_ok=True)
+def _hold(path: Path) -> Iterator[BinaryIO]:
+    path.parent.mkdir(parents=True, exist_ok=True)
     # "a+b" never truncates on open: the holder's PID must survive a failed attempt to take the lock.
-    handle: BinaryIO = open(data_dir.console_lock, "a+b")
+    handle: BinaryIO = open(path, "a+b")
     try:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -54,14 +52,9 @@ def hold_console_lock(data_dir: DataDir) -> Iterator[BinaryIO]:
         handle.close()
 
 
-def console_lock_holder(data_dir: DataDir) -> int | None:
-    """Return the PID of the process holding the console lock, or None if nobody holds it.
-
-    Returns 0 when the lock is held but the holder has not written its PID yet (it does so right after
-    taking the lock).
-    """
+def _holder(path: Path) -> int | None:
     try:
-        handle: BinaryIO = open(data_dir.console_lock, "rb")
+        handle: BinaryIO = open(path, "rb")
     except FileNotFoundError:
         return None
     with handle:
@@ -72,3 +65,38 @@ def console_lock_holder(data_dir: DataDir) -> int | None:
             return 0 if pid is None else pid
         fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
         return None
+
+
+@contextlib.contextmanager
+def hold_console_lock(data_dir: DataDir) -> Iterator[BinaryIO]:
+    """Hold the console lock while the ``with`` block runs; yield the open lock file (our PID written in it).
+
+    Raises :class:`DatabaseInUseError` ("database in use by process N") at once, without waiting, if another
+    open lock (another process, or another holder in this one) has it.
+    """
+    with _hold(data_dir.console_lock) as handle:
+        yield handle
+
+
+def console_lock_holder(data_dir: DataDir) -> int | None:
+    """Return the PID of the process holding the console lock, or None if nobody holds it.
+
+    Returns 0 when the lock is held but the holder has not written its PID yet (it does so right after
+    taking the lock).
+    """
+    return _holder(data_dir.console_lock)
+
+
+def rig_lock_holder(data_dir: DataDir) -> int | None:
+    """Return the PID of the process holding the rig lock (a controller), or None; 0 if its PID is unknown."""
+    return _holder(data_dir.rig_lock)
+
+
+@contextlib.contextmanager
+def hold_database_exclusively(data_dir: DataDir) -> Iterator[None]:
+    """Hold both the console lock and the rig lock while the ``with`` block runs.
+
+    Raises :class:`DatabaseInUseError` naming the holder if a console or a controller is running.
+    """
+    with _hold(data_dir.console_lock), _hold(data_dir.rig_lock):
+        yield

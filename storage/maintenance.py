@@ -33,7 +33,7 @@ import migrations
 from storage.backup import BackupInfo, backup_database, copy_database, last_backup
 from storage.engine import DEFAULT_BUSY_TIMEOUT_MS, connect_sqlite
 from storage.errors import BackupError, DatabaseCheckError, RestoreError, StorageError
-from storage.locks import hold_console_lock
+from storage.locks import hold_database_exclusively
 from storage.models import APPEND_ONLY_TABLES, VIEW_NAMES, Base, utc_now
 from storage.paths import DataDir
 
@@ -43,6 +43,19 @@ _SQLITE_MAGIC: Final = b"SQLite format 3\x00"
 _VERSION_TABLE: Final = "alembic_version"
 
 
+def migrations_folder() -> Path:
+    """Return the folder of the installed :mod:`migrations` package (the one holding ``env.py``).
+
+    Found through the package's search path rather than its ``__init__``, so it works however the package
+    was installed (wheel, editable, or a plain source tree on ``sys.path``).
+    """
+    for entry in getattr(migrations, "__path__", ()):
+        folder = Path(entry)
+        if (folder / "env.py").is_file() and (folder / "versions").is_dir():
+            return folder.resolve()
+    raise StorageError("the migrations package is incomplete: no folder with env.py and versions/")
+
+
 def alembic_config(db_path: Path | None = None) -> Config:
     """Return an Alembic configuration for ``db_path`` built in code (no ``alembic.ini``).
 
@@ -50,7 +63,7 @@ def alembic_config(db_path: Path | None = None) -> Config:
     ``<revision>_<slug>.py`` with revisions ``YYYYMMDD_NNN``.
     """
     config = Config()
-    config.set_main_option("script_location", str(migrations.SCRIPT_LOCATION))
+    config.set_main_option("script_location", str(migrations_folder()))
     config.set_main_option("file_template", "%%(rev)s_%%(slug)s")
     config.set_main_option("path_separator", "os")
     if db_path is not None:
@@ -241,6 +254,16 @@ def _schema_state(path: Path) -> str:
     return "present"
 
 
+def _migrate(db_path: Path, head: str, backup: Path | None) -> None:
+    """Run Alembic to ``head``; a failure (rolled back by the migration environment) becomes StorageError."""
+    try:
+        command.upgrade(alembic_config(db_path), "head")
+    except Exception as exc:
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+        saved = f"; the backup taken first is {backup}" if backup is not None else ""
+        raise StorageError(f"migration to schema {head} failed and was rolled back: {reason}{saved}") from exc
+
+
 def _in_running_loop() -> bool:
     try:
         asyncio.get_running_loop()
@@ -255,7 +278,8 @@ def upgrade(data_dir: DataDir) -> UpgradeResult:
     An existing database is checked first (``quick_check``, ours, at a known revision) and backed up before
     any migration runs; a database already at head is left alone (no backup). Either way it ends with the
     start-up ``quick_check``. The caller should hold the console lock (the console does; ``tosca db upgrade``
-    takes it). Blocking: from a running event loop use :func:`upgrade_async`.
+    takes it and the rig lock). A failed migration is rolled back and raises :class:`StorageError`.
+    Blocking: from a running event loop use :func:`upgrade_async`.
     """
     if _in_running_loop():
         raise StorageError(
@@ -273,7 +297,7 @@ def upgrade(data_dir: DataDir) -> UpgradeResult:
             return UpgradeResult(previous=previous, current=head, backup=None)
     if state != "absent":
         backup = backup_database(data_dir)
-    command.upgrade(alembic_config(db_path), "head")
+    _migrate(db_path, head, backup)
     report = check_database(db_path, quick=True)
     return UpgradeResult(previous=previous, current=report.revision, backup=backup)
 
@@ -353,7 +377,8 @@ def restore(data_dir: DataDir, source: Path, *, terminal: str | None = None) -> 
     """Replace ``data_dir``'s database with the backup file ``source``.
 
     The file must pass ``integrity_check`` and be a TOSCA database at a known revision, or nothing happens
-    (:class:`RestoreError`). Refused with :class:`DatabaseInUseError` while a console holds the database. The
+    (:class:`RestoreError`). Refused with :class:`DatabaseInUseError` while a console or a controller holds
+    the database (see :func:`storage.locks.hold_database_exclusively`). The
     database being replaced is backed up first (or, if it is too damaged for that, copied raw to
     ``backups/damaged_tosca_*.db``). The restored database is then upgraded to head if it is older, and the
     restore is recorded in ``audit_log``.
@@ -369,7 +394,7 @@ def restore(data_dir: DataDir, source: Path, *, terminal: str | None = None) -> 
     except DatabaseCheckError as exc:
         raise RestoreError(f"refused {source.name}: {exc}") from exc
     data_dir.ensure()
-    with hold_console_lock(data_dir):
+    with hold_database_exclusively(data_dir):
         # Copy first: the backup below prunes old backups, and the file being restored may be one of them.
         staging = data_dir.root / f".tosca.db.restore.{os.getpid()}"
         for extra in ("", "-journal"):
@@ -392,7 +417,7 @@ def restore(data_dir: DataDir, source: Path, *, terminal: str | None = None) -> 
             Path(f"{db_path}{extra}").unlink(missing_ok=True)
         os.replace(staging, db_path)
         if report.revision != head_revision():
-            command.upgrade(alembic_config(db_path), "head")
+            _migrate(db_path, head_revision(), replaced)
         final = check_database(db_path, quick=True)
         record_audit(
             db_path,
@@ -430,6 +455,7 @@ __all__ = [
     "head_revision",
     "known_revisions",
     "last_backup",
+    "migrations_folder",
     "quick_check",
     "record_audit",
     "restore",

@@ -24,10 +24,12 @@ view safety_events_summary         :meth:`SafetyLogRepository.safety_events_summ
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import operator
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, Final
@@ -65,21 +67,39 @@ TREATMENT_EVENT_COLUMNS: Final = frozenset(c.key for c in TreatmentEvent.__table
 TREATMENT_EVENT_REQUIRED: Final = frozenset({"session_id", "timestamp", "time_offset_ms", "event_type"})
 _NON_NEGATIVE_EVENT_COLUMNS: Final = ("laser_power_commanded_watts", "laser_power_actual_watts")
 _EVENT_INSERT_ORDER: Final = tuple(c.key for c in TreatmentEvent.__table__.columns if c.key != "event_id")
-_EVENT_INSERT_SQL: Final = (
-    f"INSERT INTO treatment_events ({', '.join(_EVENT_INSERT_ORDER)}) "
-    f"VALUES ({', '.join('?' for _ in _EVENT_INSERT_ORDER)})"
-)
 _EVENT_REQUIRED_KEYS: Final = set(TREATMENT_EVENT_REQUIRED)
-_EVENT_TIMESTAMP_POSITION: Final = _EVENT_INSERT_ORDER.index("timestamp")
-_EVENT_NON_NEGATIVE_POSITIONS: Final = tuple(
-    (_EVENT_INSERT_ORDER.index(n), n) for n in _NON_NEGATIVE_EVENT_COLUMNS
-)
-_EVENT_REQUIRED_POSITIONS: Final = tuple(
-    (_EVENT_INSERT_ORDER.index(n), n) for n in sorted(_EVENT_REQUIRED_KEYS)
-)
-_EVENT_JSON_POSITIONS: Final = tuple(
-    (_EVENT_INSERT_ORDER.index(n), n) for n in ("interlock_status", "event_details")
-)
+
+
+@dataclass(frozen=True, slots=True)
+class _EventLayout:
+    """The INSERT for one set of event columns, and where the checked and converted values sit in a row."""
+
+    columns: tuple[str, ...]
+    sql: str
+    timestamp: int
+    non_negative: tuple[tuple[int, str], ...]
+    required: tuple[tuple[int, str], ...]
+    json: tuple[tuple[int, str], ...]
+    required_values: Callable[[list[Any]], tuple[Any, ...]]
+
+
+@functools.lru_cache(maxsize=64)
+def _event_layout(columns: tuple[str, ...]) -> _EventLayout:
+    def positions(names: Iterable[str]) -> tuple[tuple[int, str], ...]:
+        return tuple((columns.index(n), n) for n in names if n in columns)
+
+    required = positions(sorted(_EVENT_REQUIRED_KEYS))
+    return _EventLayout(
+        columns=columns,
+        sql=f"INSERT INTO treatment_events ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})",
+        timestamp=columns.index("timestamp"),
+        non_negative=positions(_NON_NEGATIVE_EVENT_COLUMNS),
+        required=required,
+        json=positions(("interlock_status", "event_details")),
+        required_values=operator.itemgetter(*(position for position, _ in required)),
+    )
+
+
 _NON_NEGATIVE_SESSION_COLUMNS: Final = (
     "total_laser_on_time_seconds",
     "avg_power_watts",
@@ -691,39 +711,43 @@ class TreatmentEventsRepository:
         """
         if not batch:
             return 0
+        present: set[str] = set().union(*(row.keys() for row in batch))
+        if not present <= TREATMENT_EVENT_COLUMNS:
+            for index, row in enumerate(batch):
+                unknown = set(row.keys()) - TREATMENT_EVENT_COLUMNS
+                if unknown:
+                    raise ValueError(f"event {index}: unknown columns {', '.join(sorted(unknown))}")
+        present |= _EVENT_REQUIRED_KEYS  # a batch lacking one is refused, row by row, below
+        # Only the columns the batch gives are bound (the others are NULL either way).
+        layout = _event_layout(tuple(name for name in _EVENT_INSERT_ORDER if name in present))
+        columns = layout.columns
         params: list[tuple[Any, ...]] = []
         for index, row in enumerate(batch):
-            keys = row.keys()
-            if not _EVENT_REQUIRED_KEYS <= keys:
-                missing = ", ".join(sorted(_EVENT_REQUIRED_KEYS - set(keys)))
-                raise ValueError(f"event {index}: missing {missing}")
-            if not keys <= TREATMENT_EVENT_COLUMNS:
-                unknown = ", ".join(sorted(set(keys) - TREATMENT_EVENT_COLUMNS))
-                raise ValueError(f"event {index}: unknown columns {unknown}")
-            values = list(map(row.get, _EVENT_INSERT_ORDER))
-            for position, name in _EVENT_NON_NEGATIVE_POSITIONS:
+            values = list(map(row.get, columns))
+            for position, name in layout.non_negative:
                 value = values[position]
                 if value is not None and not (
                     isinstance(value, (int, float)) and value >= 0 and math.isfinite(value)
                 ):
                     raise ValueError(f"event {index}: {name} must be a finite number >= 0; got {value!r}")
-            for position, name in _EVENT_REQUIRED_POSITIONS:
-                if values[position] is None:
-                    raise ValueError(f"event {index}: {name} must not be None")
-            stamp = values[_EVENT_TIMESTAMP_POSITION]
+            if None in layout.required_values(values):
+                for position, name in layout.required:
+                    if values[position] is None:
+                        raise ValueError(f"event {index}: missing {name}")
+            stamp = values[layout.timestamp]
             if not isinstance(stamp, datetime):
                 raise ValueError(f"event {index}: timestamp must be a datetime; got {stamp!r}")
             if stamp.tzinfo is not None:
                 stamp = stamp.astimezone(UTC).replace(tzinfo=None)
-            values[_EVENT_TIMESTAMP_POSITION] = stamp.isoformat(sep=" ", timespec="microseconds")
-            for position, name in _EVENT_JSON_POSITIONS:
+            values[layout.timestamp] = stamp.isoformat(sep=" ", timespec="microseconds")
+            for position, name in layout.json:
                 if values[position] is not None:
                     values[position] = _json_text(f"event {index}: {name}", values[position])
             params.append(tuple(values))
         if self.session.new or self.session.dirty:
             await self.session.flush()  # the events may refer to a session row not yet written
         connection = await self.session.connection()
-        await connection.exec_driver_sql(_EVENT_INSERT_SQL, params)
+        await connection.exec_driver_sql(layout.sql, params)
         return len(params)
 
     async def events_for_session(self, session_id: int) -> list[EventRow]:

@@ -16,16 +16,19 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import ClassVar
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from textual import events, work
 from textual.app import App
 from textual.binding import Binding, BindingType
+from textual.worker import Worker, WorkerState
 
 from control.accounts import AccountService, UserInfo
 from control.settings import DEFAULT_AUTO_LOCK_MINUTES, ConsoleSettings, read_auto_lock_minutes
 from control.terminal import detect_terminal
-from storage import DataDir, create_engine, session_factory
+from storage import DataDir, StorageError, create_engine, session_factory
 from tui.screens import (
+    EntryScreenRequested,
     FirstRunScreen,
     HomeScreen,
     LockScreen,
@@ -140,15 +143,26 @@ class ToscaApp(App[int]):
         """Write the screen-lock audit row."""
         await self.accounts.screen_locked(user, idle_minutes=idle_minutes)
 
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """A failed app worker (the database unreadable, an audit row not written) is shown, not swallowed."""
+        if event.worker.node is self and event.state is WorkerState.ERROR:
+            self.notify(f"{event.worker.name} failed: {event.worker.error}", severity="error", timeout=30)
+
     # -- messages from the screens -------------------------------------------------------------------------
 
     async def on_logged_in(self, message: LoggedIn) -> None:
         self.user = message.user
         self.last_activity = self.settings.clock()
-        minutes, problem = await read_auto_lock_minutes(self.accounts.sessions)
+        try:
+            minutes, problem = await read_auto_lock_minutes(self.accounts.sessions)
+        except (SQLAlchemyError, StorageError) as exc:
+            minutes, problem = (
+                DEFAULT_AUTO_LOCK_MINUTES,
+                f"cannot read auto_lock_minutes ({exc}); using default",
+            )
         self.auto_lock = timedelta(minutes=minutes)
         if problem is not None:
-            self.notify(problem, severity="warning")
+            self.notify(problem, severity="warning", timeout=15)
         await self._show_screen(HomeScreen(self.context, message.user))
 
     async def on_unlocked(self, message: Unlocked) -> None:
@@ -156,13 +170,19 @@ class ToscaApp(App[int]):
         while isinstance(self.screen, LockScreen):
             await self.pop_screen()
 
+    def on_entry_screen_requested(self, message: EntryScreenRequested) -> None:
+        self.show_entry_screen()
+
     async def on_logout_requested(self, message: LogoutRequested) -> None:
         user = self.user
         if user is None:
             return
         reason = "lock_screen" if self.is_locked else "user"
         self.user = None
-        await self.accounts.logout(user, reason=reason)
+        try:
+            await self.accounts.logout(user, reason=reason)
+        except (SQLAlchemyError, StorageError) as exc:
+            self.notify(f"logged out, but the audit row was not written: {exc}", severity="error", timeout=30)
         self.show_entry_screen()
 
     # -- quitting ------------------------------------------------------------------------------------------
@@ -174,7 +194,15 @@ class ToscaApp(App[int]):
         return True
 
     async def action_quit_console(self) -> None:
-        """Close the console (not available in kiosk mode)."""
+        """Close the console (not available in kiosk mode); a logged-in user is logged out first."""
+        user = self.user
+        if user is not None:
+            self.user = None
+            try:
+                await self.accounts.logout(user, reason="quit")
+            except (SQLAlchemyError, StorageError):
+                # Closing must not be prevented by a database that can no longer be written.
+                self.log.error("the logout audit row could not be written")
         self.exit(0)
 
 

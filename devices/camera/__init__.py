@@ -37,9 +37,11 @@ from devices.camera._sources import (
     make_source,
     parse_camera_spec,
 )
+from devices.camera._threads import DEFAULT_THREAD_NICE
 
 __all__ = [
     "DEFAULT_SIM_RING_MM",
+    "DEFAULT_THREAD_NICE",
     "SIM_SOURCE",
     "CameraCapture",
     "CameraClosedError",

@@ -32,6 +32,12 @@ import numpy as np
 import numpy.typing as npt
 
 from devices.camera._frames import CameraFrame, GreyImage, to_grey
+from devices.camera._threads import DEFAULT_THREAD_NICE, check_nice, lower_current_thread_priority
+
+_RAY_STEP_PX = 1.0
+"""Sampling step along each refinement ray, full-resolution pixels."""
+_RESAMPLE_SHIFT_PX = 2.0
+_RESAMPLE_RADIUS_FRACTION = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,13 +209,16 @@ class RingDetector:
         found = self._hough(grey, low_px, high_px)
         if found is None:
             return None, "no circle of the expected size"
-        # Refine twice: the second pass samples around the first fit, so a rough Hough radius cannot bias it.
-        first, reason = self._refine(grey, *found)
-        if first is None:
-            return None, reason
-        fit, reason = self._refine(grey, first[0], first[1], first[2])
+        fit, reason = self._refine(grey, *found)
         if fit is None:
             return None, reason
+        # When the fit lands far from where the rays were cast (a rough Hough estimate), sample again around
+        # the fit so that the rays cross the band squarely and the band sits mid-window.
+        moved = math.hypot(fit[0] - found[0], fit[1] - found[1])
+        if moved > _RESAMPLE_SHIFT_PX or abs(fit[2] - found[2]) > _RESAMPLE_RADIUS_FRACTION * found[2]:
+            fit, reason = self._refine(grey, fit[0], fit[1], fit[2])
+            if fit is None:
+                return None, reason
         cx, cy, radius, coverage, residual = fit
         if residual > self.config.max_residual_px:
             return None, (
@@ -260,41 +269,52 @@ class RingDetector:
     ) -> tuple[tuple[float, float, float, float, float] | None, str]:
         cfg = self.config
         half_span = max(0.3 * radius, 12.0)
-        step = 0.5
-        radii = np.arange(max(radius - half_span, 1.0), radius + half_span, step, dtype=np.float32)
-        if radii.size < 8:
+        r_first = max(radius - half_span, 1.0)
+        r_last = radius + half_span
+        radii = np.arange(r_first, r_last, _RAY_STEP_PX, dtype=np.float32)
+        if radii.size < 16:
             return None, "ring too small to measure"
-        map_x = cx + np.outer(self._cos, radii)
-        map_y = cy + np.outer(self._sin, radii)
         height, width = grey.shape
-        inside = (map_x >= 0) & (map_x <= width - 1) & (map_y >= 0) & (map_y <= height - 1)
-        ray_inside = inside.all(axis=1)
+        # A ray is usable when both its ends lie in the frame (the frame is convex).
+        ends_x = cx + self._cos * np.float32(radii[-1])
+        ends_y = cy + self._sin * np.float32(radii[-1])
+        starts_x = cx + self._cos * np.float32(radii[0])
+        starts_y = cy + self._sin * np.float32(radii[0])
+        ray_inside = (
+            (np.minimum(ends_x, starts_x) >= 0.0)
+            & (np.maximum(ends_x, starts_x) <= width - 1)
+            & (np.minimum(ends_y, starts_y) >= 0.0)
+            & (np.maximum(ends_y, starts_y) <= height - 1)
+        )
+        map_x = np.multiply.outer(self._cos, radii)
+        map_x += np.float32(cx)
+        map_y = np.multiply.outer(self._sin, radii)
+        map_y += np.float32(cy)
         polar = cv2.remap(grey, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        polar = polar.astype(np.float32)
-        # Smooth along each ray only (about 1 px), to steady the peak against sensor noise.
-        polar = cv2.GaussianBlur(polar, (0, 0), sigmaX=2.0, sigmaY=1e-3)
+        # Smooth along each ray only, to steady the peak against sensor noise.
+        polar = cv2.GaussianBlur(polar.astype(np.float32), (0, 0), sigmaX=1.0, sigmaY=1e-3)
         rows = np.arange(polar.shape[0])
         peak = polar.argmax(axis=1)
         top = polar[rows, peak]
-        base = np.median(polar, axis=1)
-        contrast = top - base
-        valid = ray_inside & (contrast >= cfg.min_contrast)
+        # Background: the darker of the two ends of each ray (the band lies between them).
+        edge = max(3, radii.size // 10)
+        base = np.minimum(polar[:, :edge].mean(axis=1), polar[:, -edge:].mean(axis=1))
+        valid = ray_inside & (top - base >= cfg.min_contrast)
         coverage = float(valid.mean())
         if coverage < cfg.min_coverage:
             return None, f"ring visible on {coverage:.0%} of rays (needs {cfg.min_coverage:.0%})"
         # Centroid of the band above its half-maximum level, within a window around the peak.
-        half_level = (top + base) / 2.0
-        window = max(4, round(0.25 * half_span / step))
-        offsets = np.arange(-window, window + 1)
-        idx = np.clip(peak[:, None] + offsets[None, :], 0, radii.size - 1)
-        values = polar[rows[:, None], idx]
-        weights = np.clip(values - half_level[:, None], 0.0, None)
+        half_level = (top + base) * np.float32(0.5)
+        window = max(3, round(0.25 * half_span / _RAY_STEP_PX))
+        idx = np.clip(peak[:, None] + np.arange(-window, window + 1)[None, :], 0, radii.size - 1)
+        weights = polar[rows[:, None], idx]
+        weights -= half_level[:, None]
+        np.maximum(weights, 0.0, out=weights)
         total = weights.sum(axis=1)
         valid &= total > 0.0
-        band_r = (weights * radii[idx]).sum(axis=1) / np.where(total > 0.0, total, 1.0)
-        xs = cx + self._cos.astype(np.float64) * band_r
-        ys = cy + self._sin.astype(np.float64) * band_r
-        xs, ys = xs[valid], ys[valid]
+        band_r = (weights * radii[idx]).sum(axis=1)[valid] / total[valid]
+        xs = cx + self._cos[valid].astype(np.float64) * band_r
+        ys = cy + self._sin[valid].astype(np.float64) * band_r
         fit = _fit_circle(xs, ys)
         if fit is None:
             return None, "ring points do not form a circle"
@@ -302,7 +322,8 @@ class RingDetector:
         residuals = np.hypot(xs - fx, ys - fy) - fr
         spread = 1.4826 * float(np.median(np.abs(residuals - np.median(residuals))))
         keep = np.abs(residuals) <= max(3.0 * spread, 1.0)
-        if keep.sum() >= 0.5 * xs.size and keep.sum() < xs.size:
+        kept = int(keep.sum())
+        if 0.5 * xs.size <= kept < xs.size:
             refit = _fit_circle(xs[keep], ys[keep])
             if refit is not None:
                 fx, fy, fr = refit
@@ -315,12 +336,24 @@ class FrameAnalyser:
     """Runs a :class:`RingDetector` on its own worker thread, so the asyncio loop never waits on OpenCV.
 
     One analysis runs at a time (a second call queues behind it); numpy and OpenCV release the GIL while they
-    work. Close with :meth:`aclose` (or :meth:`close`), which joins the worker thread.
+    work, and the thread runs ``thread_nice`` steps below the process's scheduling priority (Linux). Close
+    with :meth:`aclose` (or :meth:`close`), which joins the worker thread.
     """
 
-    def __init__(self, detector: RingDetector | None = None, *, thread_name: str = "camera-analysis") -> None:
+    def __init__(
+        self,
+        detector: RingDetector | None = None,
+        *,
+        thread_name: str = "camera-analysis",
+        thread_nice: int = DEFAULT_THREAD_NICE,
+    ) -> None:
         self.detector = detector if detector is not None else RingDetector()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name)
+        self._executor = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix=thread_name,
+            initializer=lower_current_thread_priority,
+            initargs=(check_nice(thread_nice),),
+        )
         self._closed = False
 
     async def analyse(

@@ -31,11 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+import cv2
 import numpy as np
 
 from devices.camera._frames import CameraFrame, to_grey
 from devices.camera._recording import RecordingError, RecordingSummary, VideoRecorder, save_snapshot
 from devices.camera._sources import FrameSource
+from devices.camera._threads import DEFAULT_THREAD_NICE, check_nice, lower_current_thread_priority
 
 
 class CameraState(enum.StrEnum):
@@ -87,6 +89,8 @@ class CameraCapture:
         reopen_backoff_s: (first, longest) wait between attempts to open the camera, seconds; it doubles
             after each failed attempt.
         thread_name: name of the capture thread.
+        thread_nice: how much lower the capture thread's scheduling priority is than the process's (nice
+            increment 0..19, Linux), so the asyncio loop wins a contended CPU.
         clock: monotonic clock in seconds (``time.monotonic``); frame timestamps use it.
 
     Use :meth:`start` from a running loop, then :meth:`next_frame`; finish with :meth:`aclose` (or
@@ -102,6 +106,7 @@ class CameraCapture:
         reopen_after_s: float = 2.0,
         reopen_backoff_s: tuple[float, float] = (0.25, 5.0),
         thread_name: str = "camera-capture",
+        thread_nice: int = DEFAULT_THREAD_NICE,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         for name, value in (
@@ -125,6 +130,7 @@ class CameraCapture:
         self._reopen_after = float(reopen_after_s)
         self._backoff = (float(first), float(longest))
         self._thread_name = thread_name
+        self._thread_nice = check_nice(thread_nice)
         self._clock = clock
 
         self._lock = threading.Lock()
@@ -415,6 +421,7 @@ class CameraCapture:
     def _run(self) -> None:
         backoff = self._backoff[0]
         previous: np.ndarray | None = None
+        lower_current_thread_priority(self._thread_nice)
         try:
             while not self._stop.is_set():
                 if not self._opened:
@@ -441,10 +448,8 @@ class CameraCapture:
                     self._read_failed(f"unusable frame: {exc}")
                     continue
                 now = self._clock()
-                changed = (
-                    previous is None or previous.shape != image.shape or not np.array_equal(previous, image)
-                )
-                previous = image
+                changed = previous is None or previous.shape != grey.shape or _differs(previous, grey)
+                previous = grey
                 self._frame_read(now, changed, (int(grey.shape[1]), int(grey.shape[0])))
                 frame = CameraFrame(sequence=self._frames_read, timestamp=now, image=image, grey=grey)
                 self._record(frame)
@@ -538,6 +543,11 @@ class CameraCapture:
         except RuntimeError:  # the loop is closed: nobody is left to consume frames
             return False
         return True
+
+
+def _differs(a: np.ndarray, b: np.ndarray) -> bool:
+    """True when two grey frames of one size differ in any pixel (OpenCV compares without holding the GIL)."""
+    return bool(cv2.norm(a, b, cv2.NORM_INF) > 0)
 
 
 def _discard(recorder: VideoRecorder) -> None:

@@ -491,7 +491,7 @@ def bench_queries(work: Path, template: Path, *, scale: int, repeats: int) -> No
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="ten times fewer rows")
-    parser.add_argument("--rounds", type=int, default=5, help="insert rounds (default 5)")
+    parser.add_argument("--rounds", type=int, default=7, help="insert rounds (default 7)")
     parser.add_argument("--batch", type=int, default=500, help="events per committed batch (default 500)")
     parser.add_argument("--repeats", type=int, default=200, help="runs of each query (default 200)")
     args = parser.parse_args(argv)

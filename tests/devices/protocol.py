@@ -26,8 +26,8 @@ What it does:
   (several lines) or ``Raw(b"...")`` (exact bytes, for garbage, partial or unterminated replies).
 - On leaving the block, the helper waits (bounded, 1 s) for the driver's last commands to arrive, then fails
   the test with :class:`AssertionError` if a line differed from the script, an unscripted line arrived, or a
-  scripted pair was left unused. If the block raised, that exception propagates, with the script mismatch
-  (if any) as its cause in the message.
+  scripted pair was left unused. If the block raised, its exception propagates unchanged, unless a line also
+  differed from the script: then an AssertionError naming the mismatch is raised from it.
 - :attr:`Scripted.peer` is the pty device: ``link.peer.emit("EVT:FOOTPEDAL:1")`` sends an unsolicited line
   at any time; :attr:`Scripted.received` lists every line the device received.
 - ``transport_kwargs`` go to the :class:`LineTransport` (``is_unsolicited=...``, ``timeout_s=...``,

@@ -14,7 +14,10 @@ from devices.laser import LaserDriver
 from devices.transport import LineTransport
 
 ROOT = Path(__file__).resolve().parents[2]
-COMMAND = [sys.executable, "-m", "tui.cli", "sim", "--seed", "4"]
+# The real entry point (tui.cli.main: parser, dispatch, exit code), loading only the ``sim`` sub-command
+# so the test does not depend on the other sub-commands' modules.
+ENTRY = "import sys\nimport tui.cli as cli\ncli.COMMANDS = ('sim',)\nsys.exit(cli.main(sys.argv[1:]))\n"
+COMMAND = [sys.executable, "-c", ENTRY, "sim", "--seed", "4"]
 
 
 def exists(path: str) -> bool:

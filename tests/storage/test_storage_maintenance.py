@@ -18,7 +18,7 @@ from storage_support import ROOT, Child
 from storage import DataDir, connect_sqlite
 from storage.backup import backup_database, last_backup, list_backups, prune_backups
 from storage.errors import BackupError, DatabaseCheckError, DatabaseInUseError, RestoreError
-from storage.locks import console_lock_holder, hold_console_lock
+from storage.locks import console_lock_holder, hold_console_lock, hold_database_exclusively, rig_lock_holder
 from storage.maintenance import check_database, restore, schema_revision
 from tui import cli
 
@@ -60,12 +60,16 @@ while True:
     print(n, flush=True)
 """
 
+# Holds an exclusive flock on the file argv[1] with its PID in it, as a console (console.lock) or a
+# controller (rig.lock) does, until a line arrives on stdin.
 LOCK_HOLDER = """
-import sys
-from pathlib import Path
-from storage import DataDir
-from storage.locks import hold_console_lock
-with hold_console_lock(DataDir(Path(sys.argv[1]))):
+import fcntl, os, sys
+with open(sys.argv[1], "a+b") as handle:
+    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\\n".encode())
+    handle.flush()
     print("locked", flush=True)
     sys.stdin.readline()
 print("released", flush=True)
@@ -172,33 +176,42 @@ def test_restore_refuses_a_bad_file_and_changes_nothing(data_dir: DataDir, tmp_p
 LOCK_MESSAGE = "database in use by process {}"
 
 
-def test_restore_is_refused_while_a_console_holds_the_database(
-    data_dir: DataDir, child: type[Child], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("lock", ["console_lock", "rig_lock"])
+def test_restore_and_upgrade_are_refused_while_a_console_or_controller_holds_the_database(
+    data_dir: DataDir,
+    child: type[Child],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    lock: str,
 ) -> None:
     saved = backup_database(data_dir)
     _add_subject(data_dir.db_path, "P-2026-0001")
-    holder = child(LOCK_HOLDER, str(data_dir.root))
+    holder = child(LOCK_HOLDER, str(getattr(data_dir, lock)))
     assert holder.read_line() == "locked"
     pid = holder.process.pid
-    assert console_lock_holder(data_dir) == pid
+    holders = {"console_lock": console_lock_holder(data_dir), "rig_lock": rig_lock_holder(data_dir)}
+    assert holders == {name: (pid if name == lock else None) for name in holders}
 
     with pytest.raises(DatabaseInUseError, match=LOCK_MESSAGE.format(pid)):
         restore(data_dir, saved)
-    assert _tosca(monkeypatch, "--data-dir", str(data_dir.root), "db", "restore", str(saved)) == 1
-    err = capsys.readouterr().err
-    assert err == f"tosca: {LOCK_MESSAGE.format(pid)}\n"
+    root = str(data_dir.root)
+    assert _tosca(monkeypatch, "--data-dir", root, "db", "restore", str(saved)) == 1
+    assert capsys.readouterr().err == f"tosca: {LOCK_MESSAGE.format(pid)}\n"
+    assert _tosca(monkeypatch, "--data-dir", root, "db", "upgrade") == 1
+    assert capsys.readouterr().err == f"tosca: {LOCK_MESSAGE.format(pid)}\n"
     assert _subject_codes(data_dir.db_path) == ["P-2026-0001"]
     with pytest.raises(DatabaseInUseError, match=LOCK_MESSAGE.format(pid)):
-        with hold_console_lock(data_dir):
-            raise AssertionError("a second holder got the console lock")
-    assert console_lock_holder(data_dir) == pid  # the failed attempt did not erase the holder's PID
+        with hold_database_exclusively(data_dir):
+            raise AssertionError("a second holder got the database")
+    # The failed attempts did not erase the holder's PID, nor leave the other lock held.
+    assert {"console_lock": console_lock_holder(data_dir), "rig_lock": rig_lock_holder(data_dir)} == holders
 
     assert holder.process.stdin is not None
     holder.process.stdin.write("\n")
     holder.process.stdin.flush()
     assert holder.read_line() == "released"
-    assert console_lock_holder(data_dir) is None
-    assert _tosca(monkeypatch, "--data-dir", str(data_dir.root), "db", "restore", str(saved)) == 0
+    assert console_lock_holder(data_dir) is None and rig_lock_holder(data_dir) is None
+    assert _tosca(monkeypatch, "--data-dir", root, "db", "restore", str(saved)) == 0
     assert _subject_codes(data_dir.db_path) == []
 
 
@@ -215,6 +228,21 @@ def test_the_console_lock_records_our_pid_and_is_exclusive_within_a_process(data
 
 
 def _damage(db_path: Path, kind: str) -> None:
+    if kind == "corrupt":
+        # Change one subject code in one of its copies (table row or index entry): the two now disagree.
+        connection = connect_sqlite(db_path)
+        with connection:
+            connection.executemany(
+                "INSERT INTO subjects (subject_code) VALUES (?)",
+                [(f"P-2026-{i:04d}",) for i in range(1, 100)],
+            )
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        connection.close()
+        data = bytearray(db_path.read_bytes())
+        at = data.find(b"P-2026-0042")
+        data[at : at + 11] = b"P-2026-9942"
+        db_path.write_bytes(bytes(data))
+        return
     original = db_path.read_bytes()
     if kind == "truncated":
         db_path.write_bytes(original[: len(original) // 2])
@@ -236,7 +264,8 @@ def _damage(db_path: Path, kind: str) -> None:
     [
         ("truncated", "is truncated"),
         ("garbage", "is not an SQLite database"),
-        ("garbage_after_header", "tosca.db"),
+        ("garbage_after_header", "tosca.db is damaged or not a database"),
+        ("corrupt", "tosca.db failed integrity_check"),
         ("empty", "is empty"),
         ("foreign", "not a TOSCA database"),
     ],

@@ -20,6 +20,7 @@ from storage.maintenance import (
     alembic_config,
     check_database,
     head_revision,
+    migrations_folder,
     schema_revision,
     upgrade,
     upgrade_async,
@@ -134,6 +135,7 @@ def test_upgrade_refuses_a_foreign_database_and_leaves_it_alone(tmp_path: Path) 
 
 def test_alembic_runs_from_any_directory_without_an_ini_file(tmp_path: Path) -> None:
     assert (migrations.SCRIPT_LOCATION / "script.py.mako").is_file()
+    assert migrations_folder() == migrations.SCRIPT_LOCATION
     assert not (ROOT / "alembic.ini").exists()
     code = (
         "import sys; from pathlib import Path\n"
@@ -165,12 +167,27 @@ def test_the_migration_is_atomic(tmp_path: Path) -> None:
     connection.close()
     with pytest.raises(Exception, match="audit_log"):
         command.upgrade(alembic_config(data_dir.db_path), "head")
-    connection = sqlite3.connect(str(data_dir.db_path))
-    names = {
-        r[0] for r in connection.execute("SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")
-    }
-    connection.close()
-    assert names == {"alembic_version", "audit_log"}
+    assert _names(data_dir.db_path) == {"alembic_version", "audit_log"}
+
+    # Through upgrade(): backed up first, rolled back, and reported as one StorageError naming the backup.
+    with pytest.raises(
+        StorageError,
+        match=r"migration to schema 20261123_001 failed and was rolled back: .*"
+        r"audit_log.*the backup taken first is .*tosca_\d{8}_\d{6}\.db$",
+    ):
+        upgrade(data_dir)
+    assert _names(data_dir.db_path) == {"alembic_version", "audit_log"}
+    assert len(list(data_dir.backups.iterdir())) == 1
+
+
+def _names(db_path: Path) -> set[str]:
+    connection = sqlite3.connect(str(db_path))
+    try:
+        return {
+            r[0] for r in connection.execute("SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")
+        }
+    finally:
+        connection.close()
 
 
 async def test_the_console_upgrades_from_async_code_through_a_thread(tmp_path: Path) -> None:

@@ -98,6 +98,50 @@ FROM protocols p
 WHERE is_active = 1
 ORDER BY usage_count DESC;"""
 
+SEED_VIEWS = {
+    "active_sessions": """CREATE VIEW active_sessions AS
+SELECT
+    s.session_id,
+    s.subject_id,
+    p.subject_code,
+    s.tech_id,
+    t.full_name as tech_name,
+    s.start_time,
+    s.status,
+    s.protocol_name,
+    strftime('%s', 'now') - strftime('%s', s.start_time) as duration_seconds
+FROM sessions s
+JOIN subjects p ON s.subject_id = p.subject_id
+JOIN tech_users t ON s.tech_id = t.tech_id
+WHERE s.status IN ('in_progress', 'paused');""",
+    "subject_session_history": """CREATE VIEW subject_session_history AS
+SELECT
+    p.subject_id,
+    p.subject_code,
+    s.session_id,
+    s.start_time,
+    s.end_time,
+    s.status,
+    s.protocol_name,
+    s.total_laser_on_time_seconds,
+    s.avg_power_watts,
+    s.total_energy_joules,
+    t.full_name as technician
+FROM subjects p
+LEFT JOIN sessions s ON p.subject_id = s.subject_id
+LEFT JOIN tech_users t ON s.tech_id = t.tech_id
+ORDER BY p.subject_id, s.start_time DESC;""",
+    "safety_events_summary": """CREATE VIEW safety_events_summary AS
+SELECT
+    DATE(timestamp) as event_date,
+    severity,
+    event_type,
+    COUNT(*) as event_count
+FROM safety_log
+GROUP BY DATE(timestamp), severity, event_type
+ORDER BY event_date DESC, severity;""",
+}
+
 # ---- the schema the seed (and DESIGN section 9) describes: table -> [(column, declared type)]
 
 SEED_COLUMNS: dict[str, list[tuple[str, str]]] = {
@@ -395,16 +439,23 @@ def test_protocol_versions_are_unique_per_protocol(db_path: Path) -> None:
         connection.close()
 
 
+def _normalized(sql: str) -> str:
+    return " ".join(sql.replace(";", " ").split())
+
+
 def test_the_seed_views_exist_with_the_seed_text(db_path: Path) -> None:
     connection = _connect(db_path)
     views = dict(connection.execute("SELECT name, sql FROM sqlite_master WHERE type = 'view'").fetchall())
+    assert set(views) == set(SEED_VIEWS)
+    for name, seed_sql in SEED_VIEWS.items():
+        assert _normalized(views[name]) == _normalized(seed_sql), name
+    # The seed's statements themselves run unchanged (into a scratch schema).
+    with connection:
+        for name, seed_sql in SEED_VIEWS.items():
+            connection.execute(f"DROP VIEW {name}")
+            connection.execute(seed_sql)
+    assert connection.execute("SELECT count(*) FROM subject_session_history").fetchone() == (0,)
     connection.close()
-    assert set(views) == {"active_sessions", "subject_session_history", "safety_events_summary"}
-    assert (
-        "strftime('%s', 'now') - strftime('%s', s.start_time) as duration_seconds" in views["active_sessions"]
-    )
-    assert "LEFT JOIN sessions s ON p.subject_id = s.subject_id" in views["subject_session_history"]
-    assert "GROUP BY DATE(timestamp), severity, event_type" in views["safety_events_summary"]
 
 
 def test_the_seed_config_rows_equal_the_migrated_defaults(db_path: Path, tmp_path: Path) -> None:

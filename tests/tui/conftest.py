@@ -7,7 +7,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from tui_helpers import DATA_DIR, FakeClock
+from console_fixtures import DATA_DIR, FakeClock
 
 from storage import DataDir
 from storage.maintenance import upgrade

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
-from textual.pilot import Pilot
-from textual.widgets import Input, Static
-from tui_helpers import (
+import pytest
+from console_fixtures import (
     ADMIN_PASSWORD,
     CHEAP,
     CLI,
@@ -18,10 +18,13 @@ from tui_helpers import (
     enter_text,
     make_settings,
     seed,
+    showing,
     status_text,
     wait_for_check,
     wait_until,
 )
+from textual.pilot import Pilot
+from textual.widgets import Input, Static
 
 from control.accounts import LOCKOUT_DURATION, AccountService
 from control.clock import format_local_hm
@@ -51,9 +54,9 @@ async def type_login(pilot: Pilot[int], username: str, password: str) -> None:
 
 async def log_in(pilot: Pilot[int], username: str, password: str) -> HomeScreen:
     app = pilot.app
-    await wait_until(pilot, lambda: isinstance(app.screen, LoginScreen), "the login screen")
+    await wait_until(pilot, lambda: showing(app, LoginScreen), "the login screen")
     await type_login(pilot, username, password)
-    await wait_until(pilot, lambda: isinstance(app.screen, HomeScreen), "the home screen")
+    await wait_until(pilot, lambda: showing(app, HomeScreen), "the home screen")
     assert isinstance(app.screen, HomeScreen)
     return app.screen
 
@@ -61,11 +64,11 @@ async def log_in(pilot: Pilot[int], username: str, password: str) -> HomeScreen:
 async def test_first_run_creates_the_first_admin_and_logs_them_in(data_dir: Path, clock: FakeClock) -> None:
     app = make_app(make_settings(clock))
     async with app.run_test() as pilot:
-        await wait_until(pilot, lambda: isinstance(app.screen, FirstRunScreen), "the first-run screen")
+        await wait_until(pilot, lambda: showing(app, FirstRunScreen), "the first-run screen")
         assert "Create the first administrator" in str(app.screen.query_one(".form-title", Static).render())
         await pilot.press(*"ada", "enter", *"Ada Lovelace", "enter", *ADMIN_PASSWORD, "enter")
         await pilot.press(*ADMIN_PASSWORD, "enter")
-        await wait_until(pilot, lambda: isinstance(app.screen, HomeScreen), "the home screen")
+        await wait_until(pilot, lambda: showing(app, HomeScreen), "the home screen")
         assert app.user is not None and (app.user.username, app.user.role) == ("ada", "admin")
         home = app.screen
         await wait_until(pilot, lambda: home.facts is not None, "the database facts")
@@ -82,7 +85,7 @@ async def test_first_run_creates_the_first_admin_and_logs_them_in(data_dir: Path
 async def test_first_run_refuses_mismatched_and_short_passwords(data_dir: Path, clock: FakeClock) -> None:
     app = make_app(make_settings(clock))
     async with app.run_test() as pilot:
-        await wait_until(pilot, lambda: isinstance(app.screen, FirstRunScreen), "the first-run screen")
+        await wait_until(pilot, lambda: showing(app, FirstRunScreen), "the first-run screen")
         for text in ("ada", "Ada Admin", "first one", "other one"):
             await enter_text(pilot, text)
             await pilot.press("enter")
@@ -116,7 +119,7 @@ async def test_wrong_password_and_unknown_user_get_the_same_message(data_dir: Pa
     await seed()
     app = make_app(make_settings(clock))
     async with app.run_test() as pilot:
-        await wait_until(pilot, lambda: isinstance(app.screen, LoginScreen), "the login screen")
+        await wait_until(pilot, lambda: showing(app, LoginScreen), "the login screen")
         await type_login(pilot, "tina", "not my password")
         await wait_for_check(pilot)
         assert status_text(pilot) == "wrong username or password"
@@ -135,7 +138,7 @@ async def test_lockout_message_names_the_local_time(data_dir: Path, clock: FakeC
     await seed()
     app = make_app(make_settings(clock))
     async with app.run_test() as pilot:
-        await wait_until(pilot, lambda: isinstance(app.screen, LoginScreen), "the login screen")
+        await wait_until(pilot, lambda: showing(app, LoginScreen), "the login screen")
         await enter_text(pilot, "tina")
         await pilot.press("enter")
         for attempt in range(6):
@@ -162,7 +165,7 @@ async def test_account_without_password_is_told_to_ask_an_admin(data_dir: Path, 
         await engine.dispose()
     app = make_app(make_settings(clock))
     async with app.run_test() as pilot:
-        await wait_until(pilot, lambda: isinstance(app.screen, LoginScreen), "the login screen")
+        await wait_until(pilot, lambda: showing(app, LoginScreen), "the login screen")
         await type_login(pilot, "nina", "whatever it is")
         await wait_for_check(pilot)
         assert status_text(pilot) == "no password set; ask an admin"
@@ -185,7 +188,7 @@ async def test_console_locks_after_inactivity_and_reopens_with_the_same_password
         assert not app.is_locked
         clock.advance(timedelta(seconds=1))
         # From here on the app's own periodic check must lock it.
-        await wait_until(pilot, lambda: isinstance(app.screen, LockScreen), "the lock screen")
+        await wait_until(pilot, lambda: showing(app, LockScreen), "the lock screen")
         assert str(app.screen.query_one("#lock-who", Static).render()).startswith("Tina Tech (tina)")
         await enter_text(pilot, "wrong password")
         await pilot.press("enter")
@@ -194,7 +197,7 @@ async def test_console_locks_after_inactivity_and_reopens_with_the_same_password
         assert isinstance(app.screen, LockScreen)
         await enter_text(pilot, TECH_PASSWORD)
         await pilot.press("enter")
-        await wait_until(pilot, lambda: isinstance(app.screen, HomeScreen), "the home screen again")
+        await wait_until(pilot, lambda: showing(app, HomeScreen), "the home screen again")
         assert app.user is not None and app.user.username == "tina"
     rows = await audit_rows(data_dir)
     lock = [r for r in rows if r.action == "screen_lock"]
@@ -211,13 +214,13 @@ async def test_logout_returns_to_login_from_home_and_from_the_lock_screen(
     async with app.run_test() as pilot:
         await log_in(pilot, "ada", ADMIN_PASSWORD)
         await pilot.press("ctrl+o")
-        await wait_until(pilot, lambda: isinstance(app.screen, LoginScreen), "the login screen")
+        await wait_until(pilot, lambda: showing(app, LoginScreen), "the login screen")
         assert app.user is None
         await log_in(pilot, "tina", TECH_PASSWORD)
         await pilot.press("ctrl+l")
-        await wait_until(pilot, lambda: isinstance(app.screen, LockScreen), "the lock screen")
+        await wait_until(pilot, lambda: showing(app, LockScreen), "the lock screen")
         await pilot.press("ctrl+o")
-        await wait_until(pilot, lambda: isinstance(app.screen, LoginScreen), "the login screen")
+        await wait_until(pilot, lambda: showing(app, LoginScreen), "the login screen")
         assert app.user is None and not app.is_locked
     logouts = [
         (r.username, json.loads(r.details or "{}")["reason"])
@@ -232,7 +235,7 @@ async def test_header_says_simulated_rig_only_with_sim(data_dir: Path, clock: Fa
     for sim in (True, False):
         app = make_app(make_settings(clock, sim=sim))
         async with app.run_test() as pilot:
-            on_login = lambda: isinstance(app.screen, LoginScreen)  # noqa: B023, E731
+            on_login = lambda: showing(app, LoginScreen)  # noqa: B023, E731
             await wait_until(pilot, on_login, "the login screen")
             assert str(app.screen.query_one("#brand", Static).render()) == "TOSCA"
             badges = app.screen.query("#sim-badge")
@@ -243,7 +246,7 @@ async def test_quit_key_closes_the_console_but_not_the_kiosk(data_dir: Path, clo
     await seed()
     kiosk = make_app(make_settings(clock, kiosk=True))
     async with kiosk.run_test() as pilot:
-        await wait_until(pilot, lambda: isinstance(kiosk.screen, LoginScreen), "the login screen")
+        await wait_until(pilot, lambda: showing(kiosk, LoginScreen), "the login screen")
         assert not kiosk.use_command_palette
         await pilot.press("ctrl+q", "ctrl+c")
         assert kiosk.is_running and isinstance(kiosk.screen, LoginScreen)
@@ -254,7 +257,43 @@ async def test_quit_key_closes_the_console_but_not_the_kiosk(data_dir: Path, clo
 
     desktop = make_app(make_settings(clock))
     async with desktop.run_test() as pilot:
-        await wait_until(pilot, lambda: isinstance(desktop.screen, LoginScreen), "the login screen")
+        await log_in(pilot, "tina", TECH_PASSWORD)
         await pilot.press("ctrl+q")
         await wait_until(pilot, lambda: not desktop.is_running, "the console to close")
     assert desktop.return_code == 0
+    logouts = [json.loads(r.details or "{}") for r in await audit_rows(data_dir) if r.action == "logout"]
+    assert logouts == [{"reason": "quit"}]
+
+
+async def test_first_run_turns_into_login_when_an_admin_appeared_meanwhile(
+    data_dir: Path, clock: FakeClock
+) -> None:
+    app = make_app(make_settings(clock))
+    async with app.run_test() as pilot:
+        await wait_until(pilot, lambda: showing(app, FirstRunScreen), "the first-run screen")
+        await seed()  # an admin is added from another terminal while the form is open
+        for text in ("eve", "Eve Admin", ADMIN_PASSWORD, ADMIN_PASSWORD):
+            await enter_text(pilot, text)
+            await pilot.press("enter")
+        await wait_until(pilot, lambda: showing(app, LoginScreen), "the login screen")
+        assert app.user is None
+    assert "eve" not in {r.username for r in await audit_rows(data_dir)}
+
+
+async def test_an_unreadable_database_is_reported_on_screen(
+    data_dir: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (data_dir / "tosca.db").write_bytes(b"not a database at all " * 200)
+    app = make_app(make_settings(clock))
+    shown: list[tuple[str, str]] = []
+    real_notify = app.notify
+
+    def spy(message: str, **kwargs: Any) -> None:
+        shown.append((message, kwargs.get("severity", "information")))
+        real_notify(message, **kwargs)
+
+    monkeypatch.setattr(app, "notify", spy)
+    async with app.run_test() as pilot:
+        await wait_until(pilot, lambda: bool(shown), "an error notification")
+        assert shown[0][1] == "error" and shown[0][0].startswith("show_entry_screen failed:")
+        assert app.user is None and not isinstance(app.screen, (LoginScreen, FirstRunScreen))

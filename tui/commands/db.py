@@ -8,7 +8,7 @@ tosca db restore FILE     verify FILE, back up the current database, put FILE in
 ```
 
 Success prints one or two lines on stdout and exits 0; a refusal or failure prints ``tosca: <reason>`` on
-stderr and exits 1. ``upgrade`` and ``restore`` refuse while a console holds the database.
+stderr and exits 1. ``upgrade`` and ``restore`` refuse while a console or a controller holds the database.
 """
 
 from __future__ import annotations
@@ -20,10 +20,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from storage.backup import last_backup
-from storage.errors import StorageError
-from storage.locks import hold_console_lock
-from storage.maintenance import backup, check_database, restore, upgrade
 from storage.paths import DataDir
 from tui.commands import fail
 
@@ -77,7 +73,10 @@ def _one_line(error: BaseException) -> str:
 
 
 def _upgrade(data_dir: DataDir) -> None:
-    with hold_console_lock(data_dir):
+    from storage.locks import hold_database_exclusively
+    from storage.maintenance import upgrade
+
+    with hold_database_exclusively(data_dir):
         result = upgrade(data_dir)
     if result.previous == result.current:
         print(f"ok: schema {result.current} (already current)")
@@ -89,6 +88,9 @@ def _upgrade(data_dir: DataDir) -> None:
 
 
 def _check(data_dir: DataDir, file: Path | None) -> None:
+    from storage.backup import last_backup
+    from storage.maintenance import check_database
+
     report = check_database(file if file is not None else data_dir.db_path)
     print(f"ok: {report.summary()}")
     if file is None:
@@ -100,11 +102,15 @@ def _check(data_dir: DataDir, file: Path | None) -> None:
 
 
 def _backup(data_dir: DataDir) -> None:
+    from storage.maintenance import backup
+
     path = backup(data_dir, terminal=_terminal())
     print(f"ok: backup {path} (integrity ok)")
 
 
 def _restore(data_dir: DataDir, file: Path) -> None:
+    from storage.maintenance import restore
+
     result = restore(data_dir, file, terminal=_terminal())
     print(f"ok: restored {result.source} (schema {result.revision})")
     if result.replaced_backup is not None:
@@ -113,6 +119,10 @@ def _restore(data_dir: DataDir, file: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the ``db`` action named in ``args`` on ``args.data_dir``; return the exit code."""
+    # The storage layer (SQLAlchemy, Alembic) is imported only when a db action runs, so that building the
+    # ``tosca`` parser stays quick.
+    from storage.errors import StorageError
+
     data_dir = DataDir(Path(args.data_dir))
     action = args.db_action
     try:

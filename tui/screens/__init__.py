@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from tui.screens._base import FormScreen, LoggedIn, LogoutRequested, ScreenContext, Unlocked
+from tui.screens._base import (
+    EntryScreenRequested,
+    FormScreen,
+    LoggedIn,
+    LogoutRequested,
+    ScreenContext,
+    Unlocked,
+)
 from tui.screens.first_run import FirstRunScreen
 from tui.screens.home import DatabaseFacts, HomeScreen, read_database_facts
 from tui.screens.lock import LockScreen
@@ -10,6 +17,7 @@ from tui.screens.login import LoginScreen
 
 __all__ = [
     "DatabaseFacts",
+    "EntryScreenRequested",
     "FirstRunScreen",
     "FormScreen",
     "HomeScreen",

@@ -37,6 +37,10 @@ class Unlocked(Message):
     """The locked console was reopened with the same user's password."""
 
 
+class EntryScreenRequested(Message):
+    """The screen shown is out of date (an administrator now exists): show first-run or login afresh."""
+
+
 class FormScreen(Screen[None]):
     """A screen with text fields, a status line and one submit action that runs in a worker.
 
@@ -48,9 +52,9 @@ class FormScreen(Screen[None]):
         self.context = context
         self.busy = False
 
-    def text_input(self, input_id: str, placeholder: str, *, password: bool = False) -> Input:
-        """A field that follows the console's cursor settings."""
-        field = Input(placeholder=placeholder, password=password, id=input_id)
+    def text_input(self, input_id: str, hint: str, *, password: bool = False) -> Input:
+        """A one-line field showing ``hint`` while empty, following the console's cursor settings."""
+        field = Input(None, hint, password=password, id=input_id, compact=True)
         field.cursor_blink = self.context.settings.cursor_blink
         return field
 
@@ -78,6 +82,7 @@ class FormScreen(Screen[None]):
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         """A worker that failed unexpectedly (a database error) is reported on the status line."""
         if event.state is WorkerState.ERROR:
+            event.stop()
             self.busy = False
             error = event.worker.error
             self.show_status(f"failed: {error}" if error is not None else "failed")

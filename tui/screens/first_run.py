@@ -6,14 +6,22 @@ in at once.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from textual import work
 from textual.app import ComposeResult
-from textual.binding import Binding
-from textual.containers import Vertical
+from textual.binding import Binding, BindingType
+from textual.containers import Grid, Vertical
 from textual.widgets import Footer, Label
 
-from control.accounts import AccountError, check_full_name, check_password_policy, check_username
-from tui.screens._base import FormScreen, LoggedIn
+from control.accounts import (
+    AccountError,
+    FirstAdminExistsError,
+    check_full_name,
+    check_password_policy,
+    check_username,
+)
+from tui.screens._base import EntryScreenRequested, FormScreen, LoggedIn
 from tui.widgets.header import ConsoleHeader
 
 FIELDS = ("username", "full-name", "password", "repeat")
@@ -22,20 +30,21 @@ FIELDS = ("username", "full-name", "password", "repeat")
 class FirstRunScreen(FormScreen):
     """Username, full name, password and the password again; Enter moves on, then creates the admin."""
 
-    BINDINGS = [Binding("enter", "submit", "Create", priority=True)]  # noqa: RUF012
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("enter", "submit", "Create", priority=True)]
 
     def compose(self) -> ComposeResult:
         yield ConsoleHeader("First start", sim=self.context.settings.sim)
         with Vertical(id="form", classes="panel"):
             yield Label("Create the first administrator", classes="form-title")
-            yield Label("Username")
-            yield self.text_input("username", "2-32 lower-case letters, digits, . _ -")
-            yield Label("Full name")
-            yield self.text_input("full-name", "as it should appear in records")
-            yield Label("Password")
-            yield self.text_input("password", "at least 8 characters", password=True)
-            yield Label("Repeat password")
-            yield self.text_input("repeat", "the same password again", password=True)
+            with Grid(classes="form-grid"):
+                yield Label("Username")
+                yield self.text_input("username", "2-32 lower-case letters, digits, . _ -")
+                yield Label("Full name")
+                yield self.text_input("full-name", "as it should appear in records")
+                yield Label("Password")
+                yield self.text_input("password", "at least 8 characters", password=True)
+                yield Label("Repeat password")
+                yield self.text_input("repeat", "the same password again", password=True)
             yield Label("", id="status")
         yield Footer()
 
@@ -70,6 +79,10 @@ class FirstRunScreen(FormScreen):
         try:
             await accounts.create_first_admin(username, full_name, password)
             result = await accounts.login(username, password)
+        except FirstAdminExistsError:
+            # Created meanwhile from another terminal (``tosca user add``): log in instead.
+            self.post_message(EntryScreenRequested())
+            return
         except AccountError as exc:
             self.show_status(str(exc))
             return

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import ClassVar
 
 from textual import work
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Grid, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Label, Static
@@ -43,7 +44,7 @@ def read_database_facts(data_dir: DataDir) -> DatabaseFacts:
 class HomeScreen(Screen[None]):
     """Home: user, role, database path, schema version, last backup. Keys to lock and to log out."""
 
-    BINDINGS = [  # noqa: RUF012
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+l", "app.lock", "Lock"),
         Binding("ctrl+o", "logout", "Log out"),
     ]

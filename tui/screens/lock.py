@@ -3,10 +3,12 @@ password again. The user may instead log out (for someone else to log in)."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from textual import work
 from textual.app import ComposeResult
-from textual.binding import Binding
-from textual.containers import Vertical
+from textual.binding import Binding, BindingType
+from textual.containers import Grid, Vertical
 from textual.widgets import Footer, Input, Label
 
 from control.accounts import AccountError, UserInfo
@@ -17,7 +19,7 @@ from tui.widgets.header import ConsoleHeader
 class LockScreen(FormScreen):
     """Password of the user who was logged in; Enter unlocks, Ctrl+O logs out."""
 
-    BINDINGS = [  # noqa: RUF012
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "submit", "Unlock", priority=True),
         Binding("ctrl+o", "logout", "Log out", priority=True),
     ]
@@ -36,8 +38,9 @@ class LockScreen(FormScreen):
             yield Label(
                 f"{user.full_name} ({user.username}), enter your password to continue.", id="lock-who"
             )
-            yield Label("Password")
-            yield self.text_input("password", "your password", password=True)
+            with Grid(classes="form-grid"):
+                yield Label("Password")
+                yield self.text_input("password", "your password", password=True)
             yield Label("", id="status")
         yield Footer()
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from textual import work
 from textual.app import ComposeResult
-from textual.binding import Binding
-from textual.containers import Vertical
+from textual.binding import Binding, BindingType
+from textual.containers import Grid, Vertical
 from textual.widgets import Footer, Input, Label
 
 from control.accounts import AccountError
@@ -18,16 +20,17 @@ FIELDS = ("username", "password")
 class LoginScreen(FormScreen):
     """Username and password; Enter moves to the next field, then logs in."""
 
-    BINDINGS = [Binding("enter", "submit", "Log in", priority=True)]  # noqa: RUF012
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("enter", "submit", "Log in", priority=True)]
 
     def compose(self) -> ComposeResult:
         yield ConsoleHeader("Log in", sim=self.context.settings.sim)
         with Vertical(id="form", classes="panel"):
             yield Label("Log in to the console", classes="form-title")
-            yield Label("Username")
-            yield self.text_input("username", "your username")
-            yield Label("Password")
-            yield self.text_input("password", "your password", password=True)
+            with Grid(classes="form-grid"):
+                yield Label("Username")
+                yield self.text_input("username", "your username")
+                yield Label("Password")
+                yield self.text_input("password", "your password", password=True)
             yield Label("", id="status")
         yield Footer()
 

@@ -8,7 +8,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from textual.app import App
 from textual.pilot import Pilot
+from textual.screen import Screen
 from textual.widgets import Input, Label
 
 from control.accounts import AccountService, Actor, HashingParameters
@@ -103,3 +105,8 @@ async def wait_for_check(pilot: Pilot[Any]) -> None:
         return isinstance(screen, FormScreen) and not screen.busy
 
     await wait_until(pilot, settled, "the form's check")
+
+
+def showing(app: App[Any], screen_type: type[Screen[Any]]) -> bool:
+    """True once a screen of ``screen_type`` is on top and mounted (its widgets exist)."""
+    return isinstance(app.screen, screen_type) and app.screen.is_mounted

@@ -1,0 +1,53 @@
+"""``tosca`` start-up: data directory, console lock, database upgrade, then the app."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import pytest
+
+from control.settings import ConsoleSettings
+from storage import DataDir
+from storage.locks import console_lock_holder, hold_console_lock
+from storage.maintenance import head_revision, schema_revision
+from tui.cli import main
+from tui.commands.console import prepared_console, settings_from_args
+
+
+def test_settings_come_from_the_command_line() -> None:
+    args = argparse.Namespace(data_dir=Path("/srv/tosca"), sim=True, kiosk=True)
+    settings = settings_from_args(args)
+    assert (settings.data_dir, settings.sim, settings.kiosk) == (Path("/srv/tosca"), True, True)
+
+
+def test_start_up_creates_the_data_dir_locks_it_and_upgrades_the_database(tmp_path: Path) -> None:
+    data_dir = DataDir(tmp_path / "fresh")
+    with prepared_console(ConsoleSettings(data_dir=data_dir.root)):
+        assert console_lock_holder(data_dir) == os.getpid()
+        assert schema_revision(data_dir.db_path) == head_revision()
+        assert data_dir.backups.is_dir() and data_dir.sessions.is_dir() and data_dir.logs.is_dir()
+    assert console_lock_holder(data_dir) is None
+
+
+def test_a_second_console_on_the_same_data_dir_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data_dir = DataDir(tmp_path / "busy").ensure()
+    with hold_console_lock(data_dir):
+        assert main(["--data-dir", str(data_dir.root)]) == 1
+    err = capsys.readouterr().err
+    assert err == f"tosca: database in use by process {os.getpid()}\n"
+    assert schema_revision(data_dir.db_path) is None  # nothing was migrated under someone else's lock
+
+
+def test_a_damaged_database_stops_the_start_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data_dir = DataDir(tmp_path / "damaged").ensure()
+    data_dir.db_path.write_bytes(b"this is not an SQLite database, just some text" * 100)
+    assert main(["--data-dir", str(data_dir.root)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("tosca: ") and err.count("\n") == 1
+    assert console_lock_holder(data_dir) is None

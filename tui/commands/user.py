@@ -1,0 +1,176 @@
+"""``tosca user``: add, list, unlock and deactivate console users.
+
+```
+tosca user add --username U --full-name NAME --role ROLE   password on stdin (one line); asked twice on a tty
+tosca user list                                            the users: name, role, active, lockout, last login
+tosca user unlock U                                        clear a lockout after failed logins
+tosca user deactivate U                                    the account stays in the records but cannot log in
+```
+
+The password is never taken from the command line (it would show in the process list and the shell history).
+The command acts as the operating system user running it: whoever can write the data directory
+administers its accounts. Every change is written to the audit trail with that user (``details.os_user``)
+and the terminal. Success prints one line (or the table) on stdout and exits 0; a refusal prints
+``tosca: <reason>`` on stderr and exits 1. This module does not import Textual.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from tui.commands import fail
+
+if TYPE_CHECKING:
+    from control.accounts import UserInfo
+    from storage.paths import DataDir
+
+ACTIONS = ("add", "list", "unlock", "deactivate")
+#: Roles offered by ``--role`` (the same as :data:`storage.ROLES`, spelled out so the parser loads quickly).
+ROLE_CHOICES = ("technician", "engineer", "admin")
+
+
+class PasswordInputError(Exception):
+    """No usable password was given on standard input."""
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``user`` sub-command (and its actions) to ``subparsers``; return its parser."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "user",
+        help="console users: add | list | unlock U | deactivate U",
+        description="Manage the console's user accounts (as the operating system user running this).",
+    )
+    actions = parser.add_subparsers(dest="user_action", metavar="ACTION", required=True)
+    add = actions.add_parser("add", help="add a user; the password is read from stdin")
+    add.add_argument("--username", required=True, metavar="U", help="2-32 lower-case letters, digits, . _ -")
+    add.add_argument("--full-name", required=True, metavar="NAME", help="the name shown in records")
+    add.add_argument("--role", required=True, choices=ROLE_CHOICES, help="technician, engineer or admin")
+    listing = actions.add_parser("list", help="every user, with lockouts and last login")
+    unlock = actions.add_parser("unlock", help="clear a user's lockout")
+    unlock.add_argument("username", metavar="U")
+    deactivate = actions.add_parser("deactivate", help="stop a user from logging in (the record stays)")
+    deactivate.add_argument("username", metavar="U")
+    for sub in (add, listing, unlock, deactivate):
+        sub.add_argument(
+            "--data-dir", type=Path, default=argparse.SUPPRESS, metavar="DIR", help="data directory"
+        )
+    return parser
+
+
+def read_password(stream: TextIO) -> str:
+    """Read the new password from ``stream``.
+
+    On a terminal it is asked twice without echo and the two must match; otherwise the first line is the
+    password (its line ending removed, nothing else).
+    """
+    if stream.isatty():
+        first = getpass.getpass("Password: ", stream=sys.stderr)
+        second = getpass.getpass("Repeat password: ", stream=sys.stderr)
+        if first != second:
+            raise PasswordInputError("the two passwords differ")
+        return first
+    line = stream.readline()
+    if not line:
+        raise PasswordInputError("no password on standard input (give it as one line)")
+    return line.removesuffix("\n").removesuffix("\r")
+
+
+def os_user_name() -> str:
+    """The operating system user running the command (falls back to the numeric uid)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid:{os.getuid()}"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the ``user`` action named in ``args`` on ``args.data_dir``; return the exit code."""
+    from control.accounts import AccountError
+    from storage.errors import StorageError
+    from storage.maintenance import head_revision, schema_revision
+    from storage.paths import DataDir
+
+    data_dir = DataDir(Path(args.data_dir))
+    action = args.user_action
+    if action not in ACTIONS:
+        return fail(f"unknown user action {action!r} (expected one of {', '.join(ACTIONS)})")
+    try:
+        revision = schema_revision(data_dir.db_path)
+        if revision is None:
+            return fail(f"no database in {data_dir.root}; run 'tosca db upgrade' first")
+        if revision != head_revision():
+            return fail(
+                f"the database is at schema {revision}, not {head_revision()}; run 'tosca db upgrade'"
+            )
+        password: str | None = None
+        if action == "add":
+            password = read_password(sys.stdin)
+        return asyncio.run(_run(data_dir, args, password))
+    except PasswordInputError as exc:
+        return fail(str(exc))
+    except AccountError as exc:
+        return fail(str(exc))
+    except (StorageError, OSError) as exc:
+        return fail(f"user {action} failed: {' '.join(str(exc).split())}")
+
+
+async def _run(data_dir: DataDir, args: argparse.Namespace, password: str | None) -> int:
+    from control.accounts import AccountService, Actor
+    from control.terminal import detect_terminal
+    from storage.engine import create_engine, session_factory
+
+    terminal = detect_terminal()
+    actor = Actor.command_line(os_user_name(), terminal)
+    engine = create_engine(data_dir.db_path)
+    try:
+        accounts = AccountService(sessions=session_factory(engine), terminal=terminal)
+        action = args.user_action
+        if action == "add":
+            if password is None:
+                raise PasswordInputError("no password given")
+            user = await accounts.create_user(args.username, args.full_name, args.role, password, actor)
+            print(f"user {user.username} added ({user.role})")
+        elif action == "list":
+            print(format_user_table(await accounts.list_users(), accounts.clock()), end="")
+        elif action == "unlock":
+            user = await accounts.unlock(args.username, actor)
+            print(f"user {user.username} unlocked")
+        else:
+            user = await accounts.deactivate(args.username, actor)
+            print(f"user {user.username} deactivated")
+    finally:
+        await engine.dispose()
+    sys.stdout.flush()
+    return 0
+
+
+def format_user_table(users: list[UserInfo], now: datetime) -> str:
+    """The ``tosca user list`` table: one header line and one line per user (times in local time)."""
+    from control.clock import format_local
+
+    header = ("USERNAME", "FULL NAME", "ROLE", "ACTIVE", "LOCKED UNTIL", "LAST LOGIN")
+    rows = [header]
+    for user in users:
+        locked = format_local(user.locked_until) if user.locked_at(now) else "-"
+        rows.append(
+            (
+                user.username,
+                user.full_name,
+                user.role,
+                "yes" if user.is_active else "no",
+                locked,
+                format_local(user.last_login, empty="never"),
+            )
+        )
+    widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
+    return "\n".join(lines) + "\n"
