@@ -15,10 +15,12 @@ import json
 import os
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from devices.sim.rig import SimCommandError, SimRig
 from tui.commands import fail
+
+if TYPE_CHECKING:
+    from devices.sim.rig import SimRig
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -50,12 +52,16 @@ def _answer(rig: SimRig, line: str) -> str | None:
         return None
     try:
         return rig.command(text)
-    except (SimCommandError, RuntimeError, ValueError, OSError) as exc:
+    except (RuntimeError, ValueError, OSError) as exc:
         return f"error: {exc}"
 
 
 async def _serve(seed: int | None) -> int:
     loop = asyncio.get_running_loop()
+    # Imported here, not at module level: every `tosca` command builds this parser, and the simulators
+    # pull in OpenCV and numpy.
+    from devices.sim.rig import SimRig
+
     rig = SimRig(seed=seed)
     await rig.start()
     stop = asyncio.Event()
