@@ -25,14 +25,10 @@ names the device and the reason. Reconnection after a device disappears later is
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 from devices.actuator import ActuatorDriver
 from devices.camera import CameraCapture, CameraSpec, FrameSource, make_source
@@ -41,6 +37,8 @@ from devices.safety import SafetyBoardDriver
 from devices.safety import is_unsolicited as safety_is_unsolicited
 from devices.tec import TecDriver
 from devices.transport import LineTransport, LinkState
+from storage.errors import DatabaseInUseError
+from storage.locks import PidLock
 from storage.paths import DataDir
 
 _LOG = logging.getLogger(__name__)
@@ -98,51 +96,6 @@ class DeviceHealth:
         return self.state in (LinkState.OPEN.value, "ok")
 
 
-class RigLock:
-    """An exclusive ``flock`` on a file, holding the owner's process id."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._file: IO[str] | None = None
-
-    @property
-    def held(self) -> bool:
-        """True while this object holds the lock."""
-        return self._file is not None
-
-    def acquire(self) -> None:
-        """Take the lock or raise :class:`RigInUse` naming the holder's process id."""
-        if self._file is not None:
-            raise RigInUse(f"rig in use by process {os.getpid()}")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+", encoding="ascii")  # kept open while the lock is held
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            handle.close()
-            raise RigInUse(f"rig in use by process {holder}") from None
-        except BaseException:
-            handle.close()
-            raise
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        self._file = handle
-
-    def release(self) -> None:
-        """Release the lock (the file stays). Idempotent."""
-        handle, self._file = self._file, None
-        if handle is not None:
-            with contextlib.suppress(OSError):
-                handle.seek(0)
-                handle.truncate()
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-            handle.close()
-
-
 class Rig:
     """Every device of one configuration. ``data_dir`` is the data directory root (for the rig lock).
 
@@ -158,7 +111,7 @@ class Rig:
         camera_source: FrameSource | None = None,
     ) -> None:
         self.config = config
-        self.lock = RigLock(DataDir(Path(data_dir)).rig_lock)
+        self.lock = PidLock(DataDir(Path(data_dir)).rig_lock, what="rig")
         self._camera_source = camera_source
         self.transports: dict[str, LineTransport] = {}
         self.laser: LaserDriver | None = None
@@ -199,7 +152,10 @@ class Rig:
         """
         if self.is_open:
             return
-        self.lock.acquire()
+        try:
+            self.lock.acquire()
+        except DatabaseInUseError as exc:
+            raise RigInUse(str(exc)) from None
         step = "laser"
         try:
             laser_link = self._transport("laser")

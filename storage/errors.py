@@ -16,12 +16,16 @@ class DatabaseCheckError(StorageError):
 
 
 class DatabaseInUseError(StorageError):
-    """Another process (a running console) holds the database."""
+    """Another process (a running console, or the process owning the rig) holds a lock of the data directory.
 
-    def __init__(self, pid: int | None) -> None:
+    ``what`` names what is held ("database", "rig") in the one-line message: "database in use by process N".
+    """
+
+    def __init__(self, pid: int | None, what: str = "database") -> None:
         self.pid = pid
+        self.what = what
         who = f"process {pid}" if pid is not None else "another process"
-        super().__init__(f"database in use by {who}")
+        super().__init__(f"{what} in use by {who}")
 
 
 class BackupError(StorageError):

@@ -27,29 +27,79 @@ def _read_pid(handle: BinaryIO) -> int | None:
     return int(content) if content.isdigit() else None
 
 
-@contextlib.contextmanager
-def _hold(path: Path) -> Iterator[BinaryIO]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # "a+b" never truncates on open: the holder's PID must survive a failed attempt to take the lock.
-    handle: BinaryIO = open(path, "a+b")
-    try:
+class PidLock:
+    """An exclusive, non-blocking :func:`fcntl.flock` on ``path``, with the holder's PID written in the file.
+
+    :meth:`acquire` raises :class:`DatabaseInUseError` ("<what> in use by process N") at once when another
+    open lock has it, in this process or another. The file stays after :meth:`release`; only the PID is
+    cleared. The kernel drops the lock when the holding process ends, however it ends.
+    """
+
+    def __init__(self, path: Path, *, what: str = "database") -> None:
+        self.path = path
+        self.what = what
+        self._handle: BinaryIO | None = None
+
+    @property
+    def held(self) -> bool:
+        """True while this object holds the lock."""
+        return self._handle is not None
+
+    @property
+    def file(self) -> BinaryIO:
+        """The open lock file (raises RuntimeError when the lock is not held)."""
+        if self._handle is None:
+            raise RuntimeError(f"{self.path} is not locked by this object")
+        return self._handle
+
+    def acquire(self) -> None:
+        """Take the lock or raise :class:`DatabaseInUseError` naming the holder."""
+        if self._handle is not None:
+            raise DatabaseInUseError(os.getpid(), self.what)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # "a+b" never truncates on open: the holder's PID must survive a failed attempt to take the lock.
+        handle: BinaryIO = open(self.path, "a+b")
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise DatabaseInUseError(_read_pid(handle)) from None
+            pid = _read_pid(handle)
+            handle.close()
+            raise DatabaseInUseError(pid, self.what) from None
+        except BaseException:
+            handle.close()
+            raise
         handle.seek(0)
         handle.truncate()
         handle.write(f"{os.getpid()}\n".encode("ascii"))
         handle.flush()
+        self._handle = handle
+
+    def release(self) -> None:
+        """Release the lock (idempotent)."""
+        handle, self._handle = self._handle, None
+        if handle is None:
+            return
         try:
-            yield handle
-        finally:
-            handle.seek(0)
-            handle.truncate()
-            handle.flush()
+            with contextlib.suppress(OSError):
+                handle.seek(0)
+                handle.truncate()
+                handle.flush()
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-    finally:
-        handle.close()
+        finally:
+            handle.close()
+
+    def __enter__(self) -> PidLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+@contextlib.contextmanager
+def _hold(path: Path) -> Iterator[BinaryIO]:
+    with PidLock(path) as lock:
+        yield lock.file
 
 
 def _holder(path: Path) -> int | None:

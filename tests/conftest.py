@@ -1,8 +1,8 @@
 """Test-wide fixtures.
 
 Every test is checked for what it leaves behind: asyncio tasks still running on the test's loop, threads it
-started, and pseudo-terminals (``/dev/ptmx`` or ``/dev/pts/*`` descriptors) it opened. A test that leaks any of
-them fails, so device and controller code is forced to clean up after itself.
+started, and pseudo-terminals (``/dev/ptmx`` or ``/dev/pts/*`` descriptors) it opened. A test that leaks
+any of them fails, so device and controller code is forced to clean up after itself.
 """
 
 from __future__ import annotations
@@ -45,7 +45,9 @@ def no_leaked_threads_or_ptys() -> Iterator[None]:
     deadline = time.monotonic() + 2.0
     while True:
         new_threads = [
-            t for t in _live_threads() - threads_before if not t.name.startswith(("asyncio_", "ThreadPoolExecutor"))
+            t
+            for t in _live_threads() - threads_before
+            if not t.name.startswith(("asyncio_", "ThreadPoolExecutor"))
         ]
         new_ptys = _pty_fds() - ptys_before
         if not (new_threads or new_ptys) or time.monotonic() > deadline:
@@ -79,5 +81,9 @@ async def no_leaked_tasks() -> AsyncIterator[None]:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         func = getattr(item, "function", None)
-        if func is not None and inspect.iscoroutinefunction(func) and "no_leaked_tasks" not in item.fixturenames:
+        if (
+            func is not None
+            and inspect.iscoroutinefunction(func)
+            and "no_leaked_tasks" not in item.fixturenames
+        ):
             item.fixturenames.insert(0, "no_leaked_tasks")

@@ -48,7 +48,5 @@ def test_lower_layers_do_not_import_upper_ones(package: str) -> None:
     )
     assert out.returncode == 0, out.stderr
     loaded = json.loads(out.stdout.strip().splitlines()[-1])
-    bad = sorted(
-        m for m in loaded for top in FORBIDDEN[package] if m == top or m.startswith(f"{top}.")
-    )
+    bad = sorted(m for m in loaded for top in FORBIDDEN[package] if m == top or m.startswith(f"{top}."))
     assert not bad, f"{package} pulls in {bad}"

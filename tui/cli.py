@@ -1,9 +1,10 @@
 """The ``tosca`` command line.
 
-``tosca [--data-dir DIR] [--sim] [--kiosk]`` opens the console; the sub-commands below it are thin wrappers over
-``control``, ``devices`` and ``storage``. Exit codes: 0 success, 1 refused or failed (one-line reason on stderr),
-2 usage. Each sub-command lives in its own module under :mod:`tui.commands` and is imported only when used, so
-``tosca`` starts without loading what it does not need.
+``tosca [--data-dir DIR] [--sim] [--kiosk]`` opens the console; the sub-commands are thin wrappers over
+``control``, ``devices`` and ``storage``. Exit codes: 0 success, 1 refused or failed (one-line reason on
+stderr), 2 usage. Each sub-command lives in its own module under :mod:`tui.commands`. Every module is loaded
+to build the parser, so each keeps its module-level imports light and imports what it works with (Textual, the
+simulators, SQLAlchemy) inside ``run``.
 """
 
 from __future__ import annotations

@@ -179,8 +179,8 @@ class SimCameraSource:
         self._frame_count += 1
         if self.overlay:
             self._draw_overlay(frame)
-        self._last_frame = frame
-        return True, frame.copy()
+        self._last_frame = frame  # kept for a freeze; readers must not modify frames in place
+        return True, frame
 
     def release(self) -> None:
         """Close the camera; a read waiting for its frame period returns at once with a failure."""
@@ -211,15 +211,14 @@ class SimCameraSource:
         if ring_mm <= 0.0:
             raise ValueError(f"ring diameter must be positive, got {ring_mm} mm")
         clean = self._clean_image(float(ring_mm))
+        # OpenCV does the per-pixel work (it saturates to 0..255 and releases the GIL while it works).
         if self.noise_sigma > 0.0:
             noise = self._noise_bank[int(self._rng.integers(_NOISE_BANK_SIZE))]
             dy = int(self._rng.integers(_NOISE_MARGIN_PX))
             dx = int(self._rng.integers(_NOISE_MARGIN_PX))
-            noisy = cv2.add(clean, noise[dy : dy + self.height, dx : dx + self.width])
+            grey8 = cv2.add(clean, noise[dy : dy + self.height, dx : dx + self.width], dtype=cv2.CV_8U)
         else:
-            noisy = clean
-        grey = np.clip(noisy, 0.0, 255.0, out=np.empty_like(noisy))
-        grey8 = grey.astype(np.uint8)
+            grey8 = cv2.convertScaleAbs(clean)  # the clean image is never negative
         return cv2.cvtColor(grey8, cv2.COLOR_GRAY2BGR)
 
     def _clean_image(self, ring_mm: float) -> npt.NDArray[np.float32]:
