@@ -219,8 +219,12 @@ class ArroyoDevice:
         try:
             found = await self.errors()
             on = await self.output_is_on()
-        except Exception:
-            await self.output_off()
+        except BaseException:
+            # Also on cancellation: the output must not stay on because the caller went away mid-check.
+            try:
+                await self.output_off()
+            except Exception:
+                _LOG.exception("%s: output off after a failed switch-on also failed", self.transport.name)
             raise
         if found or not on:
             await self.output_off()

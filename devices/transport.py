@@ -35,7 +35,7 @@ import enum
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TypeVar
 
 import serial
 import serial_asyncio_fast
@@ -67,6 +67,9 @@ class BadReply(LinkError):
 
 class LinkDown(LinkError):
     """The port is closed, could not be opened, or disappeared."""
+
+
+_E = TypeVar("_E", bound=LinkError)
 
 
 class LinkState(enum.Enum):
@@ -229,6 +232,7 @@ class LineTransport:
             self.last_error = f"cannot open {self.port}: {exc}"
             raise LinkDown(f"{self.name}: {self.last_error}") from exc
         self._serial_transport = transport
+        assert isinstance(protocol, _LineProtocol)
         self._protocol = protocol
 
     async def close(self) -> None:
@@ -414,7 +418,7 @@ class LineTransport:
         self._unconfirmed = False
         return self._count_bad(BadReply, f"{reason}: {line!r}")
 
-    def _count_bad(self, kind: type[LinkError], message: str) -> Any:
+    def _count_bad(self, kind: type[_E], message: str) -> _E:
         self.bad_reply_count += 1
         self.consecutive_bad += 1
         self.last_error = message

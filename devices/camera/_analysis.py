@@ -12,8 +12,8 @@ Ring detection works in two stages, so that a 1280 x 720 frame is analysed in a 
 
 A ring is reported only when enough rays (``min_coverage``) show the band with at least ``min_contrast`` grey
 levels above their background and the band points lie on a circle (RMS scatter at most ``max_residual_px``);
-otherwise the result says "no ring" and why. Diameters are converted to
-millimetres through the ``px_per_mm`` calibration.
+otherwise the result says "no ring" and why. Diameters are converted to millimetres through the ``px_per_mm``
+calibration.
 
 The focus score is the variance of the Laplacian of the full-resolution frame (grey levels squared); it falls
 as the image blurs.
@@ -239,8 +239,9 @@ class RingDetector:
 
     def _hough(self, grey: GreyImage, low_px: float, high_px: float) -> tuple[float, float, float] | None:
         cfg = self.config
-        k = cfg.downscale
         height, width = grey.shape
+        # Small frames are searched at (nearly) full resolution: keep at least 32 px on the short side.
+        k = max(1, min(cfg.downscale, min(height, width) // 32))
         if k > 1:
             small = cv2.resize(grey, (width // k, height // k), interpolation=cv2.INTER_AREA)
         else:

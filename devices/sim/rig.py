@@ -46,7 +46,7 @@ from devices.sim.actuator import ActuatorSim
 from devices.sim.camera import SimCameraSource
 from devices.sim.laser import LaserSim
 from devices.sim.model import PhysicalModel
-from devices.sim.pty import PtyDevice
+from devices.sim.pty import LineHandler, PtyDevice
 from devices.sim.safety import SafetyBoardSim
 from devices.sim.tec import TecSim
 
@@ -116,7 +116,12 @@ class SimRig:
             return
         link_dir = Path(tempfile.mkdtemp(prefix="tosca-sim-")) if self._stable_names else None
         self._link_dir = link_dir
-        handlers = {"laser": self.laser, "tec": self.tec, "actuator": self.actuator, "safety": self.safety}
+        handlers: dict[str, LineHandler] = {
+            "laser": self.laser,
+            "tec": self.tec,
+            "actuator": self.actuator,
+            "safety": self.safety,
+        }
         eols = {"laser": b"\r\n", "tec": b"\r\n", "actuator": b"\n", "safety": b"\n"}
         try:
             for index, name in enumerate(SERIAL_DEVICES):

@@ -67,9 +67,11 @@ class _ScriptHandler:
     mismatches: list[str] = field(default_factory=list)
     position: int = 0
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    progress: asyncio.Condition = field(default_factory=asyncio.Condition)
 
     def handle_line(self, line: str) -> list[str]:
         self.received.append(line)
+        asyncio.get_running_loop().create_task(self._notify())
         if self.position >= len(self.script):
             self.mismatches.append(f"unscripted line {line!r} after the script ended")
             self.done.set()
@@ -96,6 +98,10 @@ class _ScriptHandler:
         self.mismatches.append("an over-long line was received")
         self.done.set()
 
+    async def _notify(self) -> None:
+        async with self.progress:
+            self.progress.notify_all()
+
 
 @dataclass
 class Scripted:
@@ -109,6 +115,12 @@ class Scripted:
     def received(self) -> list[str]:
         """Every line the scripted device received so far."""
         return self.handler.received
+
+    async def wait_received(self, line: str, count: int = 1, *, timeout_s: float = 2.0) -> None:
+        """Wait until the device has received ``line`` at least ``count`` times (TimeoutError after
+        ``timeout_s``)."""
+        async with asyncio.timeout(timeout_s), self.handler.progress:
+            await self.handler.progress.wait_for(lambda: self.received.count(line) >= count)
 
 
 @asynccontextmanager

@@ -185,3 +185,21 @@ def test_heavy_texture_is_not_taken_for_a_ring(seed: int) -> None:
     analysis = RingDetector().analyse(frame)
     assert analysis.ring is None, analysis.ring
     assert analysis.no_ring_reason
+
+
+@pytest.mark.parametrize("size", [(1, 1), (5, 7), (40, 30)])
+def test_tiny_frames_give_no_ring_rather_than_an_error(size: tuple[int, int]) -> None:
+    width, height = size
+    analysis = RingDetector().analyse(np.full((height, width), 40, np.uint8))
+    assert analysis.ring is None
+    assert analysis.no_ring_reason
+
+
+def test_small_frames_are_searched_at_full_resolution() -> None:
+    source = SimCameraSource(ring_mm=lambda: 0.6, width=160, height=120, frame_rate_hz=None, seed=12)
+    ok, frame = source.read()
+    assert ok and frame is not None
+    config = RingDetectorConfig(min_diameter_mm=0.3, max_diameter_mm=1.0, downscale=4)
+    ring = RingDetector(config).detect_ring(frame)
+    assert ring is not None
+    assert ring.diameter_mm == pytest.approx(0.6, rel=0.02)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from devices.laser import (
@@ -292,3 +294,22 @@ async def test_three_malformed_replies_make_the_link_faulty_and_a_good_one_recov
         assert link.transport.state == LinkState.OPEN
         assert link.transport.consecutive_bad == 0
         assert link.transport.bad_reply_count == 3
+
+
+async def test_output_on_cancelled_mid_check_switches_the_output_off_again() -> None:
+    """A caller cancelled between ``LAS:OUT 1`` and its verification must not leave the output on."""
+    script = [
+        ("ERR?", "0"),
+        ("LAS:OUT 1", None),
+        ("ERR?", None),  # the device is slow: the caller is cancelled while waiting for this reply
+        ("LAS:OUT 0", None),
+        ("LAS:OUT?", "0"),
+        ("ERR?", "0"),
+    ]
+    async with expected_protocol(script) as link:
+        driver = LaserDriver(link.transport)
+        task = asyncio.create_task(driver.output_on())
+        await link.wait_received("ERR?", 2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
