@@ -284,6 +284,15 @@ def locked_message(until: datetime, zone: tzinfo | None = None) -> str:
     return f"account locked until {format_local_hm(until, zone)}"
 
 
+def _locked_now(until: datetime, zone: tzinfo | None) -> LoginResult:
+    """The answer to the failure that locks an account: the person learns at once, not at the next try."""
+    return LoginResult(
+        LoginOutcome.LOCKED,
+        f"{WRONG_CREDENTIALS_MESSAGE}; {MAX_FAILED_LOGINS} failures: {locked_message(until, zone)}",
+        locked_until=until,
+    )
+
+
 @dataclass
 class _PhantomFailures:
     """Failed-login bookkeeping for usernames that do not exist (so they lock out like real ones)."""
@@ -410,6 +419,7 @@ class AccountService:
                 username=name,
                 details={"reason": "unknown_user", "locked_until": phantom.locked_until.isoformat()},
             )
+            return _locked_now(phantom.locked_until, self.zone)
         return LoginResult(LoginOutcome.WRONG_CREDENTIALS, WRONG_CREDENTIALS_MESSAGE)
 
     def _forget_stale_phantoms(self, now: datetime) -> None:
@@ -481,6 +491,7 @@ class AccountService:
                     now,
                     details={"failures": MAX_FAILED_LOGINS, "locked_until": locked_until.isoformat()},
                 )
+                return _locked_now(locked_until, self.zone)
             return LoginResult(LoginOutcome.WRONG_CREDENTIALS, WRONG_CREDENTIALS_MESSAGE)
 
         if not (row.is_active if row.is_active is not None else True):

@@ -5,7 +5,8 @@ A camera is configured as a device index, a video file path or ``"sim"`` (:func:
 queue of one; its :meth:`CameraCapture.status` reports ok, frozen, no_frames or not_opened with a reason. A
 :class:`FrameAnalyser` runs the :class:`RingDetector` (ring centre and diameter in px and mm, focus score as
 the variance of the Laplacian) on a worker thread; :class:`CameraMonitor` ties the two together. Recording
-writes MJPG ``.avi`` files (:class:`VideoRecorder`); :func:`save_snapshot` writes PNG files.
+writes MJPG ``.avi`` files (:class:`VideoRecorder`); :func:`save_snapshot` writes PNG files;
+:func:`make_preview` and :func:`encode_jpeg` make the small previews the console shows.
 
 Typical use in the controller::
 
@@ -26,6 +27,7 @@ from devices.camera._analysis import (
 from devices.camera._capture import CameraCapture, CameraClosedError, CameraState, CameraStatus
 from devices.camera._frames import CameraFrame, to_grey
 from devices.camera._monitor import CameraMonitor
+from devices.camera._preview import encode_jpeg, make_preview
 from devices.camera._recording import RecordingError, RecordingSummary, VideoRecorder, save_snapshot
 from devices.camera._sources import (
     DEFAULT_SIM_RING_MM,
@@ -61,7 +63,9 @@ __all__ = [
     "RingDetector",
     "RingDetectorConfig",
     "VideoRecorder",
+    "encode_jpeg",
     "focus_score",
+    "make_preview",
     "make_source",
     "parse_camera_spec",
     "save_snapshot",

@@ -182,11 +182,18 @@ async def test_five_failures_lock_for_fifteen_minutes_then_expire(
     service: AccountService, sessions: async_sessionmaker[AsyncSession], clock: FakeClock
 ) -> None:
     await make_user(service)
-    for attempt in range(1, MAX_FAILED_LOGINS + 1):
+    for attempt in range(1, MAX_FAILED_LOGINS):
         result = await service.login("tina", f"wrong-{attempt}")
         assert result.outcome is LoginOutcome.WRONG_CREDENTIALS
         assert result.message == WRONG_CREDENTIALS_MESSAGE
+    # The failure that locks the account says so at once.
     locked_at = clock.now
+    result = await service.login("tina", "wrong-5")
+    assert result.outcome is LoginOutcome.LOCKED
+    assert result.message == (
+        f"{WRONG_CREDENTIALS_MESSAGE}; 5 failures: account locked until "
+        f"{format_local_hm(locked_at + LOCKOUT_DURATION)}"
+    )
     row = await stored_user(sessions, "tina")
     assert row.locked_until == locked_at + LOCKOUT_DURATION == locked_at + timedelta(minutes=15)
 

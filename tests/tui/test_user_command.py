@@ -221,9 +221,7 @@ def test_unlock_clears_a_lockout(
     data_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert add_tina(monkeypatch) == 0
-    assert login(data_dir, "tina", "wrong password", times=MAX_FAILED_LOGINS).outcome is (
-        LoginOutcome.WRONG_CREDENTIALS
-    )
+    assert login(data_dir, "tina", "wrong password", times=MAX_FAILED_LOGINS).outcome is LoginOutcome.LOCKED
     assert login(data_dir, "tina", "tina password 1").outcome is LoginOutcome.LOCKED
     capsys.readouterr()
     assert tosca(monkeypatch, "user", "unlock", "tina") == 0
