@@ -66,7 +66,9 @@ def _to_uint8(image: Image) -> GreyImage:
     if image.dtype == np.uint8:
         return image  # type: ignore[return-value]
     if image.dtype == np.uint16:
-        return cv2.convertScaleAbs(image, alpha=1.0 / 257.0)  # type: ignore[return-value]
+        return np.asarray(
+            cv2.convertScaleAbs(np.asarray(image, dtype=np.uint16), alpha=1.0 / 257.0), dtype=np.uint8
+        )
     if np.issubdtype(image.dtype, np.floating):
         if not np.all(np.isfinite(image)):
             raise ValueError("a floating-point camera image contains NaN or infinite values")

@@ -51,7 +51,7 @@ def make_preview(
         arm = 4 * factor
         cv2.line(preview, (cx - arm, cy), (cx + arm, cy), RING_COLOUR_BGR, 1, cv2.LINE_AA, shift)
         cv2.line(preview, (cx, cy - arm), (cx, cy + arm), RING_COLOUR_BGR, 1, cv2.LINE_AA, shift)
-    return preview
+    return np.asarray(preview, dtype=np.uint8)
 
 
 def encode_jpeg(image: npt.NDArray[np.generic], *, quality: int = 80) -> bytes:
@@ -63,7 +63,7 @@ def encode_jpeg(image: npt.NDArray[np.generic], *, quality: int = 80) -> bytes:
         raise ValueError("a JPEG preview needs a non-empty uint8 image")
     if image.ndim == 3 and image.shape[2] not in (1, 3):
         raise ValueError(f"a JPEG preview needs a grey or BGR image, got shape {image.shape}")
-    ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    ok, encoded = cv2.imencode(".jpg", np.asarray(image, dtype=np.uint8), [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise ValueError("the image could not be encoded as JPEG")
     return encoded.tobytes()

@@ -182,7 +182,7 @@ def save_snapshot(image: npt.NDArray[np.generic], folder: Path, *, stem: str | N
     except OSError as exc:
         raise RecordingError(f"cannot create the snapshot folder {folder}: {exc.strerror or exc}") from exc
     path = _unique_path(folder, name, ".png")
-    ok, encoded = cv2.imencode(".png", image)
+    ok, encoded = cv2.imencode(".png", np.asarray(image, dtype=np.uint8))
     if not ok:
         raise RecordingError(f"the image could not be encoded as PNG for {path}")
     try:

@@ -237,7 +237,7 @@ class SimCameraSource:
 
     def _make_background(self, level: float, texture_sigma: float) -> npt.NDArray[np.float32]:
         field = self._rng.standard_normal((self.height, self.width), dtype=np.float32)
-        texture = cv2.GaussianBlur(field, (0, 0), 9.0)
+        texture = np.asarray(cv2.GaussianBlur(field, (0, 0), 9.0), dtype=np.float32)
         spread = float(texture.std())
         if spread > 0.0 and texture_sigma > 0.0:
             texture *= np.float32(texture_sigma / spread)
@@ -245,7 +245,7 @@ class SimCameraSource:
             texture[:] = 0.0
         # A gentle vignette: the corners are about 15 % darker than the centre.
         r2 = (self._radius_map / np.float32(math.hypot(self.width, self.height) / 2.0)) ** 2
-        return (np.float32(level) * (1.0 - 0.15 * r2) + texture).astype(np.float32)
+        return np.asarray(np.float32(level) * (1.0 - 0.15 * r2) + texture, dtype=np.float32)
 
     def _make_noise_bank(self) -> list[npt.NDArray[np.float32]]:
         if self.noise_sigma <= 0.0:
