@@ -23,7 +23,9 @@ from tui.commands import fail
 
 def settings_from_args(args: argparse.Namespace) -> ConsoleSettings:
     """The console settings given on the command line."""
-    return ConsoleSettings(data_dir=Path(args.data_dir), sim=bool(args.sim), kiosk=bool(args.kiosk))
+    # Absolute, so the home screen and the logs name the database unambiguously.
+    data_dir = Path(args.data_dir).expanduser().absolute()
+    return ConsoleSettings(data_dir=data_dir, sim=bool(args.sim), kiosk=bool(args.kiosk))
 
 
 @contextlib.contextmanager

@@ -1,0 +1,176 @@
+"""End to end: the real ``tosca --sim`` in a real terminal (tmux), driven by keystrokes, read off the screen.
+
+What a new user does on a fresh data directory: the console opens "create the first administrator", the
+administrator is created and lands on the home screen, logs out, fails a login, logs in again, and quits.
+Afterwards the database holds the account and the audit trail of all of it. Keys are sent one field at a
+time and every step waits for the screen to show its result (never a fixed sleep).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+TOSCA = Path(sys.executable).with_name("tosca")
+PASSWORD = "correct horse battery"
+
+
+class Terminal:
+    """One tmux session running a command in an 80x24 terminal."""
+
+    def __init__(self, command: str, *, width: int = 80, height: int = 24) -> None:
+        self.name = f"tosca-e2e-{uuid.uuid4().hex[:8]}"
+        subprocess.run(
+            ["tmux", "new-session", "-d", "-s", self.name, "-x", str(width), "-y", str(height), command],
+            check=True,
+        )
+
+    def screen(self) -> str:
+        out = subprocess.run(
+            ["tmux", "capture-pane", "-p", "-t", self.name], capture_output=True, text=True, check=False
+        )
+        return out.stdout
+
+    def keys(self, *keys: str, literal: bool = False) -> None:
+        args = ["tmux", "send-keys", "-t", self.name, *(["-l"] if literal else []), *keys]
+        subprocess.run(args, check=True)
+
+    def type(self, text: str) -> None:
+        self.keys(text, literal=True)
+
+    def wait_for(self, what: str | Callable[[str], bool], timeout_s: float = 15.0) -> str:
+        check = what if callable(what) else (lambda screen: what in screen)
+        deadline = time.monotonic() + timeout_s
+        screen = ""
+        while time.monotonic() < deadline:
+            screen = self.screen()
+            if check(screen):
+                return screen
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what!r}; the screen shows:\n{screen}")
+
+    def cursor_row(self) -> int:
+        """The terminal cursor's row: Textual puts it in the focused input field (once it has drawn it)."""
+        out = subprocess.run(
+            ["tmux", "display", "-p", "-t", self.name, "#{cursor_y}"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        return int(out.stdout.strip() or -1)
+
+    def focus_moves_to(self, label: str, timeout_s: float = 10.0) -> None:
+        """Wait until the input on the row labelled ``label`` has the focus (the cursor sits in it), so what
+        is typed next cannot land in the previous field."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            rows = [i for i, line in enumerate(self.screen().splitlines()) if f"{label} " in line]
+            if rows and self.cursor_row() == rows[0]:
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"the field {label!r} never got the focus; the screen shows:\n{self.screen()}")
+
+    def close(self) -> None:
+        subprocess.run(["tmux", "kill-session", "-t", self.name], capture_output=True, check=False)
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def terminal(data_dir: Path, tmp_path: Path) -> Iterator[Terminal]:
+    if shutil.which("tmux") is None:
+        pytest.fail("tmux is needed for the end-to-end tests (.ci/run installs it)")
+    exit_file = tmp_path / "exit-code"
+    command = (
+        f"cd {tmp_path} && TERM=xterm-256color {TOSCA} --sim --data-dir data; echo $? > {exit_file}; sleep 30"
+    )
+    term = Terminal(command)
+    term.exit_file = exit_file  # type: ignore[attr-defined]
+    try:
+        yield term
+    finally:
+        term.close()
+
+
+def fill(term: Terminal, text: str, *, shown: str | Callable[[str], bool] | None = None) -> None:
+    """Type into the focused field and wait until the screen shows it (masked fields show dots)."""
+    term.type(text)
+    term.wait_for(shown if shown is not None else text)
+
+
+@pytest.mark.timeout(120)
+def test_first_run_login_logout_and_audit_trail(terminal: Terminal, data_dir: Path) -> None:
+    term = terminal
+    screen = term.wait_for("Create the first administrator")
+    assert "SIMULATED RIG" in screen
+
+    fill(term, "alice")
+    term.keys("Enter")
+    term.focus_moves_to("Full name")
+    fill(term, "Alice Admin")
+    term.keys("Enter")
+    term.focus_moves_to("Password")
+    fill(term, PASSWORD, shown="•" * len(PASSWORD))
+    term.keys("Enter")
+    term.focus_moves_to("Repeat password")
+    term.type(PASSWORD)
+    term.wait_for(lambda screen: screen.count("•" * len(PASSWORD)) == 2)
+    term.keys("Enter")
+
+    home = term.wait_for("20261123_001")  # the schema version: the database facts have been read
+    assert "Welcome, Alice Admin" in home
+    assert "alice (admin)" in home
+    # The database path wraps inside the panel: join the panel's lines to read it whole.
+    panel_text = "".join(line.strip(" │") for line in home.splitlines())
+    assert str(data_dir / "tosca.db") in panel_text
+
+    term.keys("C-o")  # log out
+    term.wait_for(lambda s: "Log in" in s and "Welcome" not in s)
+    fill(term, "alice")
+    term.keys("Enter")
+    term.focus_moves_to("Password")
+    fill(term, "not the password", shown="•" * len("not the password"))
+    term.keys("Enter")
+    term.wait_for("wrong username or password")
+
+    # The password field is cleared after a failure; the right password logs in.
+    term.keys("C-u")
+    fill(term, PASSWORD, shown="•" * len(PASSWORD))
+    term.keys("Enter")
+    term.wait_for("Welcome, Alice Admin")
+
+    term.keys("C-q")
+    exit_file: Path = term.exit_file  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 10
+    while not exit_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert exit_file.read_text().strip() == "0"
+
+    with sqlite3.connect(data_dir / "tosca.db") as db:
+        user = db.execute(
+            "SELECT role, is_active, password_hash LIKE '$argon2id$%' FROM tech_users "
+            "WHERE username = 'alice'"
+        ).fetchone()
+        actions = db.execute(
+            "SELECT action, outcome FROM audit_log WHERE username = 'alice' OR tech_id = "
+            "(SELECT tech_id FROM tech_users WHERE username = 'alice') ORDER BY audit_id"
+        ).fetchall()
+    assert user == ("admin", 1, 1)
+    assert actions[:3] == [("user_create", "success"), ("password_set", "success"), ("login", "success")]
+    assert actions[3:] == [
+        ("logout", "success"),
+        ("login", "failure"),
+        ("login", "success"),
+        ("logout", "success"),  # quitting while logged in is recorded as a logout
+    ]
