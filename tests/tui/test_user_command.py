@@ -6,6 +6,7 @@ import asyncio
 import getpass
 import io
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -264,3 +265,31 @@ def test_the_user_command_does_not_load_textual() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_set_password_lets_the_seeds_password_less_admin_log_in(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The schema document's initialisation script creates an admin with no password at all.
+    with sqlite3.connect(data_dir / "tosca.db") as db:
+        db.execute(
+            "INSERT INTO tech_users (username, full_name, role) VALUES "
+            "('admin', 'System Administrator', 'admin');"
+        )
+    assert login(data_dir, "admin", "anything at all").outcome is LoginOutcome.NO_PASSWORD
+
+    assert tosca(monkeypatch, "user", "set-password", "admin", stdin="short\n") == 1
+    assert one_error_line(capsys) == "tosca: the password must have at least 8 characters (it has 5)"
+    assert login(data_dir, "admin", "short").outcome is LoginOutcome.NO_PASSWORD
+
+    assert tosca(monkeypatch, "user", "set-password", "admin", stdin="a new admin password\n") == 0
+    assert capsys.readouterr().out == "password of admin set; it must be changed at the next login\n"
+    result = login(data_dir, "admin", "a new admin password")
+    assert result.outcome is LoginOutcome.OK
+    assert result.user is not None and result.user.must_change_password
+    rows = [row for row in audit(data_dir) if row.action == "password_set"]
+    assert len(rows) == 1 and rows[0].outcome == "success"
+    assert json.loads(rows[0].details or "{}")["os_user"] == getpass.getuser()
+
+    assert tosca(monkeypatch, "user", "set-password", "nobody", stdin="a long password\n") == 1
+    assert "nobody" in one_error_line(capsys)

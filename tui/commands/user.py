@@ -3,6 +3,8 @@
 ```
 tosca user add --username U --full-name NAME --role ROLE   password on stdin (one line); asked twice on a tty
 tosca user list                                            the users: name, role, active, lockout, last login
+tosca user set-password U                                  new password on stdin, as for add; the user is
+                                                           asked to change it at the next login
 tosca user unlock U                                        clear a lockout after failed logins
 tosca user deactivate U                                    the account stays in the records but cannot log in
 ```
@@ -31,7 +33,7 @@ if TYPE_CHECKING:
     from control.accounts import UserInfo
     from storage.paths import DataDir
 
-ACTIONS = ("add", "list", "unlock", "deactivate")
+ACTIONS = ("add", "list", "set-password", "unlock", "deactivate")
 #: Roles offered by ``--role`` (the same as :data:`storage.ROLES`, spelled out so the parser loads quickly).
 ROLE_CHOICES = ("technician", "engineer", "admin")
 
@@ -44,7 +46,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``user`` sub-command (and its actions) to ``subparsers``; return its parser."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "user",
-        help="console users: add | list | unlock U | deactivate U",
+        help="console users: add | list | set-password U | unlock U | deactivate U",
         description="Manage the console's user accounts (as the operating system user running this).",
     )
     actions = parser.add_subparsers(dest="user_action", metavar="ACTION", required=True)
@@ -53,11 +55,15 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     add.add_argument("--full-name", required=True, metavar="NAME", help="the name shown in records")
     add.add_argument("--role", required=True, choices=ROLE_CHOICES, help="technician, engineer or admin")
     listing = actions.add_parser("list", help="every user, with lockouts and last login")
+    set_password = actions.add_parser(
+        "set-password", help="set a user's password (read from stdin); they change it at next login"
+    )
+    set_password.add_argument("username", metavar="U")
     unlock = actions.add_parser("unlock", help="clear a user's lockout")
     unlock.add_argument("username", metavar="U")
     deactivate = actions.add_parser("deactivate", help="stop a user from logging in (the record stays)")
     deactivate.add_argument("username", metavar="U")
-    for sub in (add, listing, unlock, deactivate):
+    for sub in (add, listing, set_password, unlock, deactivate):
         sub.add_argument(
             "--data-dir", type=Path, default=argparse.SUPPRESS, metavar="DIR", help="data directory"
         )
@@ -110,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
                 f"the database is at schema {revision}, not {head_revision()}; run 'tosca db upgrade'"
             )
         password: str | None = None
-        if action == "add":
+        if action in ("add", "set-password"):
             password = read_password(sys.stdin)
         return asyncio.run(_run(data_dir, args, password))
     except PasswordInputError as exc:
@@ -139,6 +145,11 @@ async def _run(data_dir: DataDir, args: argparse.Namespace, password: str | None
             print(f"user {user.username} added ({user.role})")
         elif action == "list":
             print(format_user_table(await accounts.list_users(), accounts.clock()), end="")
+        elif action == "set-password":
+            if password is None:
+                raise PasswordInputError("no password given")
+            user = await accounts.set_password(args.username, password, actor)
+            print(f"password of {user.username} set; it must be changed at the next login")
         elif action == "unlock":
             user = await accounts.unlock(args.username, actor)
             print(f"user {user.username} unlocked")
