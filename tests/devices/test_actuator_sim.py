@@ -7,33 +7,16 @@ import pytest
 from devices.sim import actuator as act
 from devices.sim.actuator import ActuatorSim
 from devices.sim.model import PhysicalModel
-
-
-class Clock:
-    """A clock the test advances by hand, seconds."""
-
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
+from tests.devices.sim_support import ManualClock
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def model(clock: Clock) -> PhysicalModel:
+def model(clock: ManualClock) -> PhysicalModel:
     return PhysicalModel(seed=1, clock=clock)
 
 
 @pytest.fixture
-def sim(model: PhysicalModel, clock: Clock) -> ActuatorSim:
+def sim(model: PhysicalModel, clock: ManualClock) -> ActuatorSim:
     return ActuatorSim(model, clock=clock)
 
 
@@ -48,7 +31,7 @@ def stat(sim: ActuatorSim) -> int:
     return q(sim, "STAT")
 
 
-def homed(sim: ActuatorSim, clock: Clock) -> ActuatorSim:
+def homed(sim: ActuatorSim, clock: ManualClock) -> ActuatorSim:
     assert sim.handle_line("ENBL=1") == []
     assert sim.handle_line("INDX=0") == []
     clock.advance(1.0)
@@ -90,7 +73,7 @@ def test_set_commands_send_nothing_and_queries_answer_tag_value(sim: ActuatorSim
         "POLI=1",
         "INFO=2",
         "ENBL=2",
-        "XXXX=1",
+        "ABCD=1",
         "RSET=?",
         "INDX=?",
         "STOP=?",
@@ -109,7 +92,7 @@ def test_bad_lines_are_ignored_and_change_nothing(sim: ActuatorSim, line: str) -
     assert after == before
 
 
-def test_sixteen_characters_is_accepted(sim: ActuatorSim, clock: Clock) -> None:
+def test_sixteen_characters_is_accepted(sim: ActuatorSim, clock: ManualClock) -> None:
     homed(sim, clock)
     line = "DPOS=+0000000800"
     assert len(line) == 16
@@ -117,7 +100,9 @@ def test_sixteen_characters_is_accepted(sim: ActuatorSim, clock: Clock) -> None:
     assert q(sim, "DPOS") == 800
 
 
-def test_enable_and_index_search_takes_time(sim: ActuatorSim, clock: Clock, model: PhysicalModel) -> None:
+def test_enable_and_index_search_takes_time(
+    sim: ActuatorSim, clock: ManualClock, model: PhysicalModel
+) -> None:
     model.actuator_position_um = 250.0
     sim.handle_line("RSET=0")  # the encoder now counts from here
     sim.handle_line("ENBL=1")
@@ -139,7 +124,7 @@ def test_enable_and_index_search_takes_time(sim: ActuatorSim, clock: Clock, mode
     assert q(sim, "EPOS") == 0 and model.actuator_position_um == 0.0
 
 
-def test_index_search_has_a_minimum_duration(sim: ActuatorSim, clock: Clock) -> None:
+def test_index_search_has_a_minimum_duration(sim: ActuatorSim, clock: ManualClock) -> None:
     sim.handle_line("ENBL=1")
     sim.handle_line("INDX=0")
     clock.advance(sim.min_index_s / 2)
@@ -148,7 +133,7 @@ def test_index_search_has_a_minimum_duration(sim: ActuatorSim, clock: Clock) -> 
     assert stat(sim) & act.BIT_ENCODER_VALID
 
 
-def test_move_at_sspd_updates_the_model(sim: ActuatorSim, clock: Clock, model: PhysicalModel) -> None:
+def test_move_at_sspd_updates_the_model(sim: ActuatorSim, clock: ManualClock, model: PhysicalModel) -> None:
     homed(sim, clock)
     sim.handle_line("DPOS=800")  # 1000 µm
     s = stat(sim)
@@ -163,7 +148,7 @@ def test_move_at_sspd_updates_the_model(sim: ActuatorSim, clock: Clock, model: P
     assert s & act.BIT_POSITION_REACHED and not s & act.BIT_MOTOR_ON
 
 
-def test_stop_holds_the_current_position(sim: ActuatorSim, clock: Clock) -> None:
+def test_stop_holds_the_current_position(sim: ActuatorSim, clock: ManualClock) -> None:
     homed(sim, clock)
     sim.handle_line("DPOS=800")
     clock.advance(1.0)
@@ -175,7 +160,7 @@ def test_stop_holds_the_current_position(sim: ActuatorSim, clock: Clock) -> None
     assert s & act.BIT_ENABLED and s & act.BIT_POSITION_REACHED and not s & act.BIT_MOTOR_ON
 
 
-def test_target_is_clamped_to_soft_limits(sim: ActuatorSim, clock: Clock) -> None:
+def test_target_is_clamped_to_soft_limits(sim: ActuatorSim, clock: ManualClock) -> None:
     homed(sim, clock)
     sim.handle_line("SSPD=100000")
     sim.handle_line("DPOS=9000")
@@ -184,7 +169,7 @@ def test_target_is_clamped_to_soft_limits(sim: ActuatorSim, clock: Clock) -> Non
     assert q(sim, "DPOS") == 0
 
 
-def test_end_stop_at_physical_travel(sim: ActuatorSim, clock: Clock, model: PhysicalModel) -> None:
+def test_end_stop_at_physical_travel(sim: ActuatorSim, clock: ManualClock, model: PhysicalModel) -> None:
     homed(sim, clock)
     sim.handle_line("HLIM=10000")
     sim.handle_line("SSPD=100000")
@@ -195,7 +180,7 @@ def test_end_stop_at_physical_travel(sim: ActuatorSim, clock: Clock, model: Phys
     assert s & act.BIT_END_STOP and not s & act.BIT_POSITION_REACHED and not s & act.BIT_MOTOR_ON
 
 
-def test_move_refused_without_index_or_enable(sim: ActuatorSim, clock: Clock) -> None:
+def test_move_refused_without_index_or_enable(sim: ActuatorSim, clock: ManualClock) -> None:
     sim.handle_line("ENBL=1")
     sim.handle_line("DPOS=100")
     assert stat(sim) & act.BIT_POSITION_FAIL
@@ -217,7 +202,7 @@ def test_index_refused_while_disabled(sim: ActuatorSim) -> None:
 
 @pytest.mark.parametrize("sensor,bit", [(1, act.BIT_THERMAL_1), (2, act.BIT_THERMAL_2)])
 def test_thermal_fault_latches_until_enbl(
-    sim: ActuatorSim, clock: Clock, model: PhysicalModel, sensor: int, bit: int
+    sim: ActuatorSim, clock: ManualClock, model: PhysicalModel, sensor: int, bit: int
 ) -> None:
     homed(sim, clock)
     sim.handle_line("DPOS=800")
@@ -242,7 +227,7 @@ def test_thermal_sensor_must_exist(sim: ActuatorSim) -> None:
         sim.thermal_fault(3)
 
 
-def test_jam_trips_error_limit(sim: ActuatorSim, clock: Clock) -> None:
+def test_jam_trips_error_limit(sim: ActuatorSim, clock: ManualClock) -> None:
     homed(sim, clock)
     sim.jam()
     sim.handle_line("DPOS=800")
@@ -254,7 +239,7 @@ def test_jam_trips_error_limit(sim: ActuatorSim, clock: Clock) -> None:
     assert not stat(sim) & act.BIT_ERROR_LIMIT
 
 
-def test_encoder_fault_times_out_index_search(sim: ActuatorSim, clock: Clock) -> None:
+def test_encoder_fault_times_out_index_search(sim: ActuatorSim, clock: ManualClock) -> None:
     sim.handle_line("ENBL=1")
     sim.encoder_fault()
     sim.handle_line("INDX=0")
@@ -264,7 +249,7 @@ def test_encoder_fault_times_out_index_search(sim: ActuatorSim, clock: Clock) ->
     assert s & act.BIT_SAFETY_TIMEOUT and not s & act.BIT_ENABLED and not s & act.BIT_ENCODER_VALID
 
 
-def test_reset_restores_defaults_and_forgets_index(sim: ActuatorSim, clock: Clock) -> None:
+def test_reset_restores_defaults_and_forgets_index(sim: ActuatorSim, clock: ManualClock) -> None:
     homed(sim, clock)
     sim.handle_line("SSPD=900")
     sim.handle_line("INFO=3")
@@ -273,7 +258,7 @@ def test_reset_restores_defaults_and_forgets_index(sim: ActuatorSim, clock: Cloc
     assert q(sim, "SSPD") == 200 and q(sim, "INFO") == 0
 
 
-def test_info_lines(sim: ActuatorSim, clock: Clock) -> None:
+def test_info_lines(sim: ActuatorSim, clock: ManualClock) -> None:
     homed(sim, clock)
     assert sim.info_lines() == ["EPOS=0", "DPOS=0", f"STAT={stat(sim)}"]
     sim.handle_line("INFO=3")

@@ -9,25 +9,11 @@ from hypothesis import strategies as st
 from devices.sim import laser as sl
 from devices.sim.laser import LaserSim
 from devices.sim.model import PhysicalModel
-
-
-class Clock:
-    """A clock the test advances by hand, seconds."""
-
-    def __init__(self) -> None:
-        self.t = 500.0
-
-    def __call__(self) -> float:
-        return self.t
+from tests.devices.sim_support import ManualClock
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def model(clock: Clock) -> PhysicalModel:
+def model(clock: ManualClock) -> PhysicalModel:
     m = PhysicalModel(seed=3, clock=clock)
     m.tec_output_on = True
     m.laser_enable = True
@@ -155,7 +141,7 @@ def test_error_queue_is_bounded(sim: LaserSim) -> None:
     assert err(sim) == ",".join(["123"] * sl.ERROR_QUEUE_SIZE)
 
 
-def test_measured_current_voltage_and_settling(sim: LaserSim, clock: Clock) -> None:
+def test_measured_current_voltage_and_settling(sim: LaserSim, clock: ManualClock) -> None:
     assert sim.handle_line("LAS:LDI?;LDV?") == ["0.0", "0.000"]
     sim.handle_line("LAS:LDI 1200;OUT 1")
     assert cond(sim) & sl.BIT_OUT_OF_TOLERANCE
@@ -169,7 +155,7 @@ def test_measured_current_voltage_and_settling(sim: LaserSim, clock: Clock) -> N
     assert sim.handle_line("LAS:LDV?") == ["1.842"]
 
 
-def test_condition_bits(sim: LaserSim, model: PhysicalModel, clock: Clock) -> None:
+def test_condition_bits(sim: LaserSim, model: PhysicalModel, clock: ManualClock) -> None:
     assert cond(sim) == 0
     sim.handle_line("LAS:LIM:LDI 1000;:LAS:LDI 1000;OUT 1")
     clock.t += 1.0

@@ -7,23 +7,11 @@ import math
 import pytest
 
 from devices.sim.model import PhysicalModel
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 10.0
-
-    def __call__(self) -> float:
-        return self.t
+from tests.devices.sim_support import ManualClock
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def model(clock: Clock) -> PhysicalModel:
+def model(clock: ManualClock) -> PhysicalModel:
     return PhysicalModel(seed=9, clock=clock)
 
 
@@ -87,7 +75,9 @@ def test_vibration_with_motor_off_on_and_failed(model: PhysicalModel) -> None:
     assert model.vibration_g() < 0.1
 
 
-def test_tec_first_order_towards_setpoint_and_back_to_ambient(model: PhysicalModel, clock: Clock) -> None:
+def test_tec_first_order_towards_setpoint_and_back_to_ambient(
+    model: PhysicalModel, clock: ManualClock
+) -> None:
     assert model.tec_temperature_c() == 25.0
     model.tec_setpoint_c = 20.0
     clock.t += 10.0

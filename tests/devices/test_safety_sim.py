@@ -9,33 +9,16 @@ import pytest
 
 from devices.sim.model import PhysicalModel
 from devices.sim.safety import SafetyBoardSim
-
-
-class Clock:
-    """A clock the test advances by hand, seconds."""
-
-    def __init__(self) -> None:
-        self.t = 500.0
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
+from tests.devices.sim_support import ManualClock
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def model(clock: Clock) -> PhysicalModel:
+def model(clock: ManualClock) -> PhysicalModel:
     return PhysicalModel(seed=3, clock=clock)
 
 
 @pytest.fixture
-def sim(model: PhysicalModel, clock: Clock) -> SafetyBoardSim:
+def sim(model: PhysicalModel, clock: ManualClock) -> SafetyBoardSim:
     return SafetyBoardSim(model, clock=clock)
 
 
@@ -133,7 +116,9 @@ def test_pedal_and_estop_push_events_at_once(sim: SafetyBoardSim) -> None:
     assert pushes(sim) == ["EVT:ESTOP:0", "EVT:FOOTPEDAL:0"]
 
 
-def test_laser_enable_is_the_conjunction(sim: SafetyBoardSim, model: PhysicalModel, clock: Clock) -> None:
+def test_laser_enable_is_the_conjunction(
+    sim: SafetyBoardSim, model: PhysicalModel, clock: ManualClock
+) -> None:
     seen: list[bool] = []
     model.on_laser_enable_change(seen.append)
     sim.handle_line("WDT_RESET")
@@ -179,7 +164,7 @@ def test_no_enable_before_the_first_heartbeat(sim: SafetyBoardSim, model: Physic
     assert model.laser_enable
 
 
-def test_watchdog_expiry(sim: SafetyBoardSim, model: PhysicalModel, clock: Clock) -> None:
+def test_watchdog_expiry(sim: SafetyBoardSim, model: PhysicalModel, clock: ManualClock) -> None:
     sim.handle_line("WDT_TIMEOUT:200")
     sim.handle_line("WDT_RESET")
     sim.handle_line("ARM")
@@ -207,7 +192,7 @@ def test_watchdog_expiry(sim: SafetyBoardSim, model: PhysicalModel, clock: Clock
     assert pushes(sim) == ["EVT:ENABLE:1"]
 
 
-def test_sample_line_format(sim: SafetyBoardSim, model: PhysicalModel, clock: Clock) -> None:
+def test_sample_line_format(sim: SafetyBoardSim, model: PhysicalModel, clock: ManualClock) -> None:
     clock.advance(1.234)
     sim.set_pedal(True)
     model.motor_pwm = 153

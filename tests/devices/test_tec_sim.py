@@ -8,23 +8,11 @@ import pytest
 
 from devices.sim.model import PhysicalModel
 from devices.sim.tec import TecSim
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 100.0
-
-    def __call__(self) -> float:
-        return self.t
+from tests.devices.sim_support import ManualClock
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def model(clock: Clock) -> PhysicalModel:
+def model(clock: ManualClock) -> PhysicalModel:
     return PhysicalModel(seed=1, clock=clock)
 
 
@@ -65,7 +53,7 @@ def test_bad_value_202_unknown_123_too_long_102(sim: TecSim) -> None:
     assert one(sim, "ERR?") == "202,202,123,102"
 
 
-def test_output_and_first_order_response(sim: TecSim, model: PhysicalModel, clock: Clock) -> None:
+def test_output_and_first_order_response(sim: TecSim, model: PhysicalModel, clock: ManualClock) -> None:
     assert one(sim, "TEC:OUT?") == "0"
     assert one(sim, "TEC:ITE?") == "0.000"
     sim.handle_line("TEC:T 20;OUT 1")
