@@ -146,3 +146,48 @@ async def test_unknown_command_and_bad_value_reach_err(bench: Bench) -> None:
     await link.write("TEC:T hot")
     await link.write("TEC:T 99")
     assert [e.code for e in await bench.tec.errors()] == [123, 202, 201]
+
+
+async def emitting(bench: Bench) -> asyncio.Queue[str]:
+    """TEC on, board armed, pedal down, laser on at 1.5 A: the rig emitting 1 W.
+
+    Returns the safety board's event queue."""
+    events = bench.safety.subscribe()
+    await bench.tec.output_on()
+    await arm_safety_board(bench)
+    bench.sim.command("pedal down")
+    assert await asyncio.wait_for(events.get(), 1) == "EVT:FOOTPEDAL:1"
+    assert await asyncio.wait_for(events.get(), 1) == "EVT:ENABLE:1"
+    await bench.laser.set_current_setpoint_ma(1500.0)
+    await bench.laser.output_on()
+    assert bench.sim.model.light_w() == pytest.approx(1.0)
+    return events
+
+
+async def test_watchdog_expiry_drops_laser_enable_and_the_laser_output(bench: Bench) -> None:
+    assert await bench.safety.query("WDT_TIMEOUT:300") == "OK:WDT_TIMEOUT:300"
+    events = await emitting(bench)
+    # The host stops feeding the watchdog (no WDT_RESET): within its timeout the board drops the line.
+    seen = [await asyncio.wait_for(events.get(), 2), await asyncio.wait_for(events.get(), 2)]
+    assert set(seen) == {"EVT:ENABLE:0", "EVT:WDT:1"}
+    cond = await bench.laser.condition()
+    assert not cond.output_on and cond.interlock_open
+    assert [e.code for e in await bench.laser.errors()] == [501]
+    assert bench.sim.model.light_w() == 0.0
+    # The board stays down until the host clears the watchdog and arms again: no output comes back.
+    bench.sim.command("pedal up")
+    bench.sim.command("pedal down")
+    assert not bench.sim.model.laser_enable
+    with pytest.raises(ArroyoError) as caught:
+        await bench.laser.output_on()
+    assert caught.value.codes == (501,)
+
+
+async def test_estop_drops_the_laser_output(bench: Bench) -> None:
+    events = await emitting(bench)
+    assert bench.sim.command("estop on").startswith("ok")
+    seen = [await asyncio.wait_for(events.get(), 1), await asyncio.wait_for(events.get(), 1)]
+    assert seen[0] == "EVT:ESTOP:1" and "EVT:ENABLE:0" in seen
+    assert not await bench.laser.output_is_on()
+    assert [e.code for e in await bench.laser.errors()] == [501]
+    assert bench.sim.model.light_w() == 0.0
