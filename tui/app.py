@@ -5,10 +5,11 @@
 (``tosca`` does that before starting it, see :mod:`tui.commands.console`).
 
 Flow: at start, if no active admin with a password exists the first-run screen creates one, otherwise the
-login screen asks for a username and password. After login the home screen shows who is logged in and the
-state of the database. After ``auto_lock_minutes`` (``system_config``) without a key press or mouse input the
-console locks and asks the same user's password again, or lets them log out. In kiosk mode there is no quit
-key and no command palette, and Ctrl+C does nothing.
+login screen asks for a username and password. A user whose password was set by an admin must then choose
+their own on the change-password screen (or log out). After that the home screen shows who is logged in and
+the state of the database. After ``auto_lock_minutes`` (``system_config``) without a key press or mouse input
+the console locks and asks the same user's password again, or lets them log out. In kiosk mode there is no
+quit key and no command palette, and Ctrl+C does nothing.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from control.settings import DEFAULT_AUTO_LOCK_MINUTES, ConsoleSettings, read_au
 from control.terminal import detect_terminal
 from storage import DataDir, StorageError, create_engine, session_factory
 from tui.screens import (
+    ChangePasswordScreen,
     EntryScreenRequested,
     FirstRunScreen,
     HomeScreen,
@@ -35,6 +37,7 @@ from tui.screens import (
     LoggedIn,
     LoginScreen,
     LogoutRequested,
+    PasswordChanged,
     ScreenContext,
     Unlocked,
 )
@@ -97,7 +100,9 @@ class ToscaApp(App[int]):
         screen = FirstRunScreen(self.context) if first_run else LoginScreen(self.context)
         await self._show_screen(screen)
 
-    async def _show_screen(self, screen: FirstRunScreen | LoginScreen | HomeScreen) -> None:
+    async def _show_screen(
+        self, screen: FirstRunScreen | LoginScreen | ChangePasswordScreen | HomeScreen
+    ) -> None:
         while isinstance(self.screen, LockScreen):
             await self.pop_screen()
         if len(self.screen_stack) > 1:
@@ -163,12 +168,31 @@ class ToscaApp(App[int]):
         self.auto_lock = timedelta(minutes=minutes)
         if problem is not None:
             self.notify(problem, severity="warning", timeout=15)
-        await self._show_screen(HomeScreen(self.context, message.user))
+        if message.user.must_change_password:
+            await self._show_screen(ChangePasswordScreen(self.context, message.user, message.password))
+        else:
+            await self._show_screen(HomeScreen(self.context, message.user))
+
+    async def on_password_changed(self, message: PasswordChanged) -> None:
+        user = self.user
+        if user is None or user.tech_id != message.user.tech_id:
+            return  # logged out meanwhile
+        self.user = message.user
+        if not self.is_locked:  # else the home screen is shown once the console is unlocked
+            await self._show_screen(HomeScreen(self.context, message.user))
 
     async def on_unlocked(self, message: Unlocked) -> None:
         self.last_activity = self.settings.clock()
         while isinstance(self.screen, LockScreen):
             await self.pop_screen()
+        user = self.user
+        if (
+            isinstance(self.screen, ChangePasswordScreen)
+            and user is not None
+            and not user.must_change_password
+        ):
+            # The new password was saved while the console was locked.
+            await self._show_screen(HomeScreen(self.context, user))
 
     def on_entry_screen_requested(self, message: EntryScreenRequested) -> None:
         self.show_entry_screen()

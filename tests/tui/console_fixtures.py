@@ -24,6 +24,8 @@ CHEAP = HashingParameters(time_cost=1, memory_cost_kib=8, parallelism=1)
 DATA_DIR = Path("data")
 ADMIN_PASSWORD = "admin pass 1"
 TECH_PASSWORD = "tech pass 1"
+#: What an admin gives ``tina`` with ``tosca user set-password`` (she must then choose her own at login).
+GIVEN_PASSWORD = "given by admin 1"
 CLI = Actor.command_line("opsadmin", "/dev/pts/9")
 
 
@@ -70,6 +72,20 @@ async def seed(auto_lock_minutes: int | None = None) -> None:
 
 def seed_sync(auto_lock_minutes: int | None = None) -> None:
     asyncio.run(seed(auto_lock_minutes))
+
+
+async def admin_sets_password(username: str, password: str) -> None:
+    """What ``tosca user set-password`` does: the user must change ``password`` at their next login."""
+    engine = create_engine(DATA_DIR / "tosca.db")
+    try:
+        accounts = AccountService(sessions=session_factory(engine), terminal="/dev/pts/9", hashing=CHEAP)
+        await accounts.set_password(username, password, CLI)
+    finally:
+        await engine.dispose()
+
+
+def admin_sets_password_sync(username: str, password: str) -> None:
+    asyncio.run(admin_sets_password(username, password))
 
 
 async def wait_until(

@@ -1,5 +1,5 @@
-"""The console driven from the keyboard: first run, login, refusals, lockout, automatic lock, logout,
-kiosk."""
+"""The console driven from the keyboard: first run, login, refusals, lockout, changing a password set by an
+admin, automatic lock, logout, kiosk."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ from console_fixtures import (
     ADMIN_PASSWORD,
     CHEAP,
     CLI,
+    GIVEN_PASSWORD,
     TECH_PASSWORD,
     FakeClock,
+    admin_sets_password,
     enter_text,
     make_settings,
     seed,
@@ -23,15 +25,24 @@ from console_fixtures import (
     wait_for_check,
     wait_until,
 )
+from textual.message import Message
 from textual.pilot import Pilot
 from textual.widgets import Input, Static
 
 from control.accounts import LOCKOUT_DURATION, AccountService
 from control.clock import format_local_hm
-from storage import AuditLog, create_engine, session_factory
-from storage.repositories import AuditRepository
+from storage import AuditLog, TechUser, create_engine, session_factory
+from storage.repositories import AuditRepository, UsersRepository
 from tui.app import make_app
-from tui.screens import FirstRunScreen, HomeScreen, LockScreen, LoginScreen
+from tui.screens import (
+    ChangePasswordScreen,
+    FirstRunScreen,
+    HomeScreen,
+    LockScreen,
+    LoggedIn,
+    LoginScreen,
+    PasswordChanged,
+)
 from tui.widgets.header import SIMULATED_RIG
 
 
@@ -43,6 +54,17 @@ async def audit_rows(data_dir: Path) -> list[AuditLog]:
     finally:
         await engine.dispose()
     return sorted(rows, key=lambda r: r.audit_id)
+
+
+async def user_row(data_dir: Path, username: str) -> TechUser:
+    engine = create_engine(data_dir / "tosca.db")
+    try:
+        async with session_factory(engine)() as session:
+            row = await UsersRepository(session).get_by_username(username)
+    finally:
+        await engine.dispose()
+    assert row is not None
+    return row
 
 
 async def type_login(pilot: Pilot[int], username: str, password: str) -> None:
@@ -297,3 +319,153 @@ async def test_an_unreadable_database_is_reported_on_screen(
         await wait_until(pilot, lambda: bool(shown), "an error notification")
         assert shown[0][1] == "error" and shown[0][0].startswith("show_entry_screen failed:")
         assert app.user is None and not isinstance(app.screen, (LoginScreen, FirstRunScreen))
+
+
+async def log_in_to_change(pilot: Pilot[int], username: str, password: str) -> ChangePasswordScreen:
+    app = pilot.app
+    await wait_until(pilot, lambda: showing(app, LoginScreen), "the login screen")
+    await type_login(pilot, username, password)
+    await wait_until(pilot, lambda: showing(app, ChangePasswordScreen), "the change-password screen")
+    assert isinstance(app.screen, ChangePasswordScreen)
+    return app.screen
+
+
+async def type_new_password(pilot: Pilot[int], password: str, repeat: str) -> None:
+    """Both fields from the keyboard: Enter moves from the first to the second, then submits."""
+    await enter_text(pilot, password)
+    await pilot.press("enter")
+    await wait_until(pilot, lambda: getattr(pilot.app.focused, "id", None) == "repeat", "the repeat field")
+    await enter_text(pilot, repeat)
+    await pilot.press("enter")
+
+
+async def test_a_password_set_by_an_admin_must_be_changed_before_home(
+    data_dir: Path, clock: FakeClock
+) -> None:
+    await seed()
+    await admin_sets_password("tina", GIVEN_PASSWORD)
+    app = make_app(make_settings(clock))
+    async with app.run_test() as pilot:
+        screen = await log_in_to_change(pilot, "tina", GIVEN_PASSWORD)
+        assert "Change your password" in str(screen.query_one(".form-title", Static).render())
+        assert str(screen.query_one("#header-user", Static).render()) == "tina (technician)"
+        assert app.user is not None and app.user.username == "tina" and app.user.must_change_password
+        assert not any(isinstance(s, HomeScreen) for s in app.screen_stack)
+        assert app.focused is screen.query_one("#password", Input)
+
+
+async def test_change_password_refuses_short_mismatched_and_unchanged_passwords(
+    data_dir: Path, clock: FakeClock
+) -> None:
+    await seed()
+    await admin_sets_password("tina", GIVEN_PASSWORD)
+    before = await user_row(data_dir, "tina")
+    app = make_app(make_settings(clock))
+    async with app.run_test() as pilot:
+        screen = await log_in_to_change(pilot, "tina", GIVEN_PASSWORD)
+        refusals = [
+            ("short", "short", "the password must have at least 8 characters (it has 5)"),
+            ("my own one 1", "my own one 2", "the two passwords differ; type them again"),
+            (GIVEN_PASSWORD, GIVEN_PASSWORD, "the new password must differ from the one you logged in with"),
+        ]
+        for password, repeat, message in refusals:
+            await type_new_password(pilot, password, repeat)
+            await wait_for_check(pilot)
+            assert status_text(pilot) == message
+            assert app.screen is screen
+            # Both fields are cleared and the first one has focus, to type them again.
+            assert [screen.value(f) for f in ("password", "repeat")] == ["", ""]
+            assert app.focused is screen.query_one("#password", Input)
+    after = await user_row(data_dir, "tina")
+    assert after.must_change_password and after.password_hash == before.password_hash
+    assert [r.username for r in await audit_rows(data_dir) if r.action == "password_set"] == [
+        "opsadmin",
+        "opsadmin",
+        "opsadmin",
+    ]
+
+
+async def test_a_good_new_password_is_saved_and_leads_home(data_dir: Path, clock: FakeClock) -> None:
+    await seed()
+    await admin_sets_password("tina", GIVEN_PASSWORD)
+    before = await user_row(data_dir, "tina")
+    new_password = "tina's own 1"
+    app = make_app(make_settings(clock))
+    seen: list[Message] = []
+
+    def hook(message: Message) -> None:
+        # A message is seen once by each node it bubbles through: count it once.
+        if isinstance(message, (LoggedIn, PasswordChanged)) and all(m is not message for m in seen):
+            seen.append(message)
+
+    async with app.run_test(message_hook=hook) as pilot:
+        await log_in_to_change(pilot, "tina", GIVEN_PASSWORD)
+        await type_new_password(pilot, new_password, new_password)
+        await wait_until(pilot, lambda: showing(app, HomeScreen), "the home screen")
+        assert app.user is not None and not app.user.must_change_password
+        assert [type(m) for m in seen] == [LoggedIn, PasswordChanged]
+        # The new password is now the one that logs in, and straight to the home screen.
+        await pilot.press("ctrl+o")
+        await log_in(pilot, "tina", new_password)
+    after = await user_row(data_dir, "tina")
+    assert not after.must_change_password
+    assert after.password_hash != before.password_hash
+    assert after.password_hash is not None and CHEAP.hasher().verify(after.password_hash, new_password)
+    own = [r for r in await audit_rows(data_dir) if r.action == "password_set" and r.tech_id == after.tech_id]
+    assert [(r.username, r.outcome, r.terminal, json.loads(r.details or "{}")) for r in own] == [
+        ("tina", "success", "/dev/tty1", {"user": "tina"})
+    ]
+
+
+async def test_logging_out_from_the_change_screen_returns_to_login(data_dir: Path, clock: FakeClock) -> None:
+    await seed()
+    await admin_sets_password("tina", GIVEN_PASSWORD)
+    app = make_app(make_settings(clock))
+    async with app.run_test() as pilot:
+        screen = await log_in_to_change(pilot, "tina", GIVEN_PASSWORD)
+        footer_keys = {
+            b.binding.action: b.binding.description
+            for b in screen.active_bindings.values()
+            if b.binding.show and b.enabled
+        }
+        assert footer_keys.get("logout") == "Log out"
+        await pilot.press("ctrl+o")
+        await wait_until(pilot, lambda: showing(app, LoginScreen), "the login screen")
+        assert app.user is None
+        # Nothing was changed, so the next login asks again.
+        await log_in_to_change(pilot, "tina", GIVEN_PASSWORD)
+    assert (await user_row(data_dir, "tina")).must_change_password
+    logouts = [
+        (r.username, json.loads(r.details or "{}")["reason"])
+        for r in await audit_rows(data_dir)
+        if r.action == "logout"
+    ]
+    assert logouts == [("tina", "user")]
+
+
+async def test_the_change_screen_locks_like_any_other_and_unlocks_to_where_the_user_was(
+    data_dir: Path, clock: FakeClock
+) -> None:
+    await seed(auto_lock_minutes=3)
+    await admin_sets_password("tina", GIVEN_PASSWORD)
+    new_password = "tina's own 1"
+    app = make_app(make_settings(clock))
+    async with app.run_test() as pilot:
+        screen = await log_in_to_change(pilot, "tina", GIVEN_PASSWORD)
+        clock.advance(timedelta(minutes=3))
+        await wait_until(pilot, lambda: showing(app, LockScreen), "the lock screen")
+        await enter_text(pilot, GIVEN_PASSWORD)
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: app.screen is screen, "the change-password screen again")
+        # A save still under way when the console locks must not lift the lock.
+        app.action_lock()
+        await wait_until(pilot, lambda: showing(app, LockScreen), "the lock screen")
+        screen.change_password(new_password)
+        await wait_until(
+            pilot, lambda: app.user is not None and not app.user.must_change_password, "the save"
+        )
+        await pilot.pause()
+        assert showing(app, LockScreen)
+        await enter_text(pilot, new_password)
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: showing(app, HomeScreen), "the home screen")

@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from console_fixtures import (
+    GIVEN_PASSWORD,
     TECH_PASSWORD,
     FakeClock,
+    admin_sets_password_sync,
     enter_text,
     make_settings,
     seed_sync,
@@ -19,7 +21,7 @@ from textual.pilot import Pilot
 from textual.widgets import Input
 
 from tui.app import make_app
-from tui.screens import FirstRunScreen, HomeScreen, LockScreen, LoginScreen
+from tui.screens import ChangePasswordScreen, FirstRunScreen, HomeScreen, LockScreen, LoginScreen
 
 SnapCompare = Callable[..., bool]
 
@@ -81,3 +83,18 @@ def test_lock_screen(data_dir: Path, clock: FakeClock, snap_compare: SnapCompare
         await focused_on(pilot, LockScreen)
 
     assert snap_compare(make_app(make_settings(clock)), terminal_size=(80, 24), run_before=locked)
+
+
+def test_change_password_screen(data_dir: Path, clock: FakeClock, snap_compare: SnapCompare) -> None:
+    seed_sync()
+    admin_sets_password_sync("tina", GIVEN_PASSWORD)
+
+    async def must_change(pilot: Pilot[Any]) -> None:
+        await focused_on(pilot, LoginScreen)
+        await enter_text(pilot, "tina")
+        await pilot.press("enter")
+        await enter_text(pilot, GIVEN_PASSWORD)
+        await pilot.press("enter")
+        await focused_on(pilot, ChangePasswordScreen)
+
+    assert snap_compare(make_app(make_settings(clock)), terminal_size=(80, 24), run_before=must_change)

@@ -1,4 +1,4 @@
-"""The console's screens: first start, login, home and lock."""
+"""The console's screens: first start, login, change of password, home and lock."""
 
 from __future__ import annotations
 
@@ -7,15 +7,18 @@ from tui.screens._base import (
     FormScreen,
     LoggedIn,
     LogoutRequested,
+    PasswordChanged,
     ScreenContext,
     Unlocked,
 )
+from tui.screens.change_password import ChangePasswordScreen
 from tui.screens.first_run import FirstRunScreen
 from tui.screens.home import DatabaseFacts, HomeScreen, read_database_facts
 from tui.screens.lock import LockScreen
 from tui.screens.login import LoginScreen
 
 __all__ = [
+    "ChangePasswordScreen",
     "DatabaseFacts",
     "EntryScreenRequested",
     "FirstRunScreen",
@@ -25,6 +28,7 @@ __all__ = [
     "LoggedIn",
     "LoginScreen",
     "LogoutRequested",
+    "PasswordChanged",
     "ScreenContext",
     "Unlocked",
     "read_database_facts",

@@ -22,7 +22,20 @@ class ScreenContext:
 
 
 class LoggedIn(Message):
-    """A user has logged in (from the login or first-run screen)."""
+    """A user has logged in (from the login or first-run screen).
+
+    ``password`` is the one just typed; the app hands it only to the change-password screen, which refuses
+    it as the new password. Messages show none of their attributes in logs.
+    """
+
+    def __init__(self, user: UserInfo, password: str) -> None:
+        super().__init__()
+        self.user = user
+        self.password = password
+
+
+class PasswordChanged(Message):
+    """The logged-in user chose their own password (from the change-password screen)."""
 
     def __init__(self, user: UserInfo) -> None:
         super().__init__()
@@ -30,7 +43,7 @@ class LoggedIn(Message):
 
 
 class LogoutRequested(Message):
-    """The user asked to log out (from the home or lock screen)."""
+    """The user asked to log out (from the home, lock or change-password screen)."""
 
 
 class Unlocked(Message):

@@ -89,6 +89,6 @@ class FirstRunScreen(FormScreen):
         finally:
             self.busy = False
         if result.ok and result.user is not None:
-            self.post_message(LoggedIn(result.user))
+            self.post_message(LoggedIn(result.user, password))
         else:
             self.show_status(result.message)

@@ -71,11 +71,6 @@ class HomeScreen(Screen[None]):
                 yield Static("reading...", id="fact-schema")
                 yield Label("Last backup", classes="fact-name")
                 yield Static("reading...", id="fact-backup")
-            if user.must_change_password:
-                yield Label(
-                    "Your password was set by an admin: ask an admin to let you choose your own.",
-                    classes="notice",
-                )
         yield Footer()
 
     def on_mount(self) -> None:

@@ -61,7 +61,7 @@ class LoginScreen(FormScreen):
         finally:
             self.busy = False
         if result.ok and result.user is not None:
-            self.post_message(LoggedIn(result.user))
+            self.post_message(LoggedIn(result.user, password))
             return
         self.show_status(result.message)
         password_field = self.query_one("#password", Input)

@@ -1,0 +1,105 @@
+"""Change your password: shown after login, instead of the home screen, when an admin set the password.
+
+The user chooses a new password (typed twice) that meets the password policy and differs from the one just
+used to log in; saving it clears the account's must-change flag and is recorded in the audit trail. The user
+may log out instead.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Grid, Vertical
+from textual.widgets import Footer, Input, Label
+
+from control.accounts import AccountError, Actor, UserInfo, check_password_policy
+from tui.screens._base import FormScreen, LogoutRequested, PasswordChanged, ScreenContext
+from tui.widgets.header import ConsoleHeader
+
+FIELDS = ("password", "repeat")
+
+
+class ChangePasswordScreen(FormScreen):
+    """New password and the same again; Enter moves on, then saves it. Ctrl+O logs out instead."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("enter", "submit", "Change", priority=True),
+        Binding("ctrl+o", "logout", "Log out", priority=True),
+    ]
+
+    def __init__(self, context: ScreenContext, user: UserInfo, current_password: str) -> None:
+        super().__init__(context)
+        self.user = user
+        self._current_password = current_password
+
+    def compose(self) -> ComposeResult:
+        user = self.user
+        yield ConsoleHeader(
+            "Change password", sim=self.context.settings.sim, user_text=f"{user.username} ({user.role})"
+        )
+        with Vertical(id="form", classes="panel"):
+            yield Label("Change your password", classes="form-title")
+            yield Label(
+                f"{user.full_name} ({user.username}), your password was set by an admin. "
+                "Choose your own to continue.",
+                id="change-why",
+            )
+            with Grid(classes="form-grid"):
+                yield Label("New password")
+                yield self.text_input("password", "at least 8 characters", password=True)
+                yield Label("Repeat password")
+                yield self.text_input("repeat", "the same password again", password=True)
+            yield Label("", id="status")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#password").focus()
+
+    def action_submit(self) -> None:
+        """Enter: next field, or save the new password from the last field."""
+        if self.busy or not self.focus_next_or_submit(FIELDS):
+            return
+        password = self.value("password")
+        try:
+            check_password_policy(password, self.user.username)
+        except AccountError as exc:
+            self.refuse(str(exc))
+            return
+        if password == self._current_password:
+            self.refuse("the new password must differ from the one you logged in with")
+            return
+        if password != self.value("repeat"):
+            self.refuse("the two passwords differ; type them again")
+            return
+        self.busy = True
+        self.show_status("saving the new password...", error=False)
+        self.change_password(password)
+
+    def refuse(self, text: str) -> None:
+        """Say why the new password was refused and start again from the first field."""
+        self.show_status(text)
+        for field_id in FIELDS:
+            self.query_one(f"#{field_id}", Input).value = ""
+        self.query_one("#password", Input).focus()
+
+    def action_logout(self) -> None:
+        """Log out instead of changing the password (not while a new one is being saved)."""
+        if not self.busy:
+            self.post_message(LogoutRequested())
+
+    @work(exclusive=True, group="change-password", exit_on_error=False)
+    async def change_password(self, password: str) -> None:
+        """Hash and store the new password as the user's own (audited), then tell the app."""
+        accounts = self.context.accounts
+        actor = Actor.console_user(self.user, accounts.terminal)
+        try:
+            user = await accounts.set_password(self.user.username, password, actor)
+        except AccountError as exc:
+            self.show_status(str(exc))
+            return
+        finally:
+            self.busy = False
+        self.post_message(PasswordChanged(user))
