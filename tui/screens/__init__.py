@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tui.screens._base import (
     EntryScreenRequested,
+    FormField,
     FormScreen,
     LoggedIn,
     LogoutRequested,
@@ -22,6 +23,7 @@ __all__ = [
     "DatabaseFacts",
     "EntryScreenRequested",
     "FirstRunScreen",
+    "FormField",
     "FormScreen",
     "HomeScreen",
     "LockScreen",

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
+from textual.app import ComposeResult
+from textual.containers import Grid, Vertical
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Input, Label
+from textual.widgets import Footer, Input, Label
 from textual.worker import Worker, WorkerState
 
 from control.accounts import AccountService, UserInfo
 from control.settings import ConsoleSettings
+from tui.widgets.header import ConsoleHeader
 
 
 @dataclass(frozen=True)
@@ -54,16 +58,60 @@ class EntryScreenRequested(Message):
     """The screen shown is out of date (an administrator now exists): show first-run or login afresh."""
 
 
+@dataclass(frozen=True)
+class FormField:
+    """One labelled one-line field of a form screen; ``hint`` shows while it is empty."""
+
+    id: str
+    label: str
+    hint: str
+    password: bool = False
+
+
 class FormScreen(Screen[None]):
     """A screen with text fields, a status line and one submit action that runs in a worker.
 
-    While a submission is being processed (hashing takes a moment) further submissions are ignored.
+    Each screen declares its header title, form title and fields; the layout (header, panel, fields, status
+    line, footer) is the same for all, and the first field has the focus when the screen opens. Enter moves
+    from field to field and submits from the last. While a submission is being processed (hashing takes a
+    moment) further submissions are ignored.
     """
+
+    HEADER_TITLE: ClassVar[str] = ""
+    FORM_TITLE: ClassVar[str] = ""
+    FORM_FIELDS: ClassVar[tuple[FormField, ...]] = ()
 
     def __init__(self, context: ScreenContext) -> None:
         super().__init__()
         self.context = context
         self.busy = False
+
+    def header_user_text(self) -> str:
+        """Who is shown as logged in, in the header ("" for nobody)."""
+        return ""
+
+    def intro(self) -> Label | None:
+        """A line under the form title explaining the screen, if it needs one."""
+        return None
+
+    def compose(self) -> ComposeResult:
+        yield ConsoleHeader(
+            self.HEADER_TITLE, sim=self.context.settings.sim, user_text=self.header_user_text()
+        )
+        with Vertical(id="form", classes="panel"):
+            yield Label(self.FORM_TITLE, classes="form-title")
+            intro = self.intro()
+            if intro is not None:
+                yield intro
+            with Grid(classes="form-grid"):
+                for field in self.FORM_FIELDS:
+                    yield Label(field.label)
+                    yield self.text_input(field.id, field.hint, password=field.password)
+            yield Label("", id="status")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one(f"#{self.FORM_FIELDS[0].id}", Input).focus()
 
     def text_input(self, input_id: str, hint: str, *, password: bool = False) -> Input:
         """A one-line field showing ``hint`` while empty, following the console's cursor settings."""
@@ -82,8 +130,9 @@ class FormScreen(Screen[None]):
         status.set_class(error, "error")
         status.set_class(not error, "info")
 
-    def focus_next_or_submit(self, field_ids: tuple[str, ...]) -> bool:
+    def focus_next_or_submit(self) -> bool:
         """Move focus to the next field; True when focus was already on the last one (then submit)."""
+        field_ids = [field.id for field in self.FORM_FIELDS]
         focused = self.focused
         current = focused.id if isinstance(focused, Input) else None
         if current in field_ids[:-1]:
@@ -91,6 +140,12 @@ class FormScreen(Screen[None]):
             self.query_one(f"#{field_ids[index + 1]}", Input).focus()
             return False
         return True
+
+    def clear_fields(self, *field_ids: str) -> None:
+        """Empty the named fields and put the focus in the first of them (after a refusal)."""
+        for field_id in field_ids:
+            self.query_one(f"#{field_id}", Input).value = ""
+        self.query_one(f"#{field_ids[0]}", Input).focus()
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         """A worker that failed unexpectedly (a database error) is reported on the status line."""

@@ -10,16 +10,11 @@ from __future__ import annotations
 from typing import ClassVar
 
 from textual import work
-from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Grid, Vertical
-from textual.widgets import Footer, Input, Label
+from textual.widgets import Label
 
 from control.accounts import AccountError, Actor, UserInfo, check_password_policy
-from tui.screens._base import FormScreen, LogoutRequested, PasswordChanged, ScreenContext
-from tui.widgets.header import ConsoleHeader
-
-FIELDS = ("password", "repeat")
+from tui.screens._base import FormField, FormScreen, LogoutRequested, PasswordChanged, ScreenContext
 
 
 class ChangePasswordScreen(FormScreen):
@@ -35,32 +30,27 @@ class ChangePasswordScreen(FormScreen):
         self.user = user
         self._current_password = current_password
 
-    def compose(self) -> ComposeResult:
-        user = self.user
-        yield ConsoleHeader(
-            "Change password", sim=self.context.settings.sim, user_text=f"{user.username} ({user.role})"
-        )
-        with Vertical(id="form", classes="panel"):
-            yield Label("Change your password", classes="form-title")
-            yield Label(
-                f"{user.full_name} ({user.username}), your password was set by an admin. "
-                "Choose your own to continue.",
-                id="change-why",
-            )
-            with Grid(classes="form-grid"):
-                yield Label("New password")
-                yield self.text_input("password", "at least 8 characters", password=True)
-                yield Label("Repeat password")
-                yield self.text_input("repeat", "the same password again", password=True)
-            yield Label("", id="status")
-        yield Footer()
+    HEADER_TITLE = "Change password"
+    FORM_TITLE = "Change your password"
+    FORM_FIELDS = (
+        FormField("password", "New password", "at least 8 characters", password=True),
+        FormField("repeat", "Repeat password", "the same password again", password=True),
+    )
 
-    def on_mount(self) -> None:
-        self.query_one("#password").focus()
+    def header_user_text(self) -> str:
+        return f"{self.user.username} ({self.user.role})"
+
+    def intro(self) -> Label:
+        user = self.user
+        return Label(
+            f"{user.full_name} ({user.username}), your password was set by an admin. "
+            "Choose your own to continue.",
+            id="change-why",
+        )
 
     def action_submit(self) -> None:
         """Enter: next field, or save the new password from the last field."""
-        if self.busy or not self.focus_next_or_submit(FIELDS):
+        if self.busy or not self.focus_next_or_submit():
             return
         password = self.value("password")
         try:
@@ -81,9 +71,7 @@ class ChangePasswordScreen(FormScreen):
     def refuse(self, text: str) -> None:
         """Say why the new password was refused and start again from the first field."""
         self.show_status(text)
-        for field_id in FIELDS:
-            self.query_one(f"#{field_id}", Input).value = ""
-        self.query_one("#password", Input).focus()
+        self.clear_fields("password", "repeat")
 
     def action_logout(self) -> None:
         """Log out instead of changing the password (not while a new one is being saved)."""

@@ -9,10 +9,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from textual import work
-from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Grid, Vertical
-from textual.widgets import Footer, Label
 
 from control.accounts import (
     AccountError,
@@ -21,10 +18,7 @@ from control.accounts import (
     check_password_policy,
     check_username,
 )
-from tui.screens._base import EntryScreenRequested, FormScreen, LoggedIn
-from tui.widgets.header import ConsoleHeader
-
-FIELDS = ("username", "full-name", "password", "repeat")
+from tui.screens._base import EntryScreenRequested, FormField, FormScreen, LoggedIn
 
 
 class FirstRunScreen(FormScreen):
@@ -32,28 +26,18 @@ class FirstRunScreen(FormScreen):
 
     BINDINGS: ClassVar[list[BindingType]] = [Binding("enter", "submit", "Create", priority=True)]
 
-    def compose(self) -> ComposeResult:
-        yield ConsoleHeader("First start", sim=self.context.settings.sim)
-        with Vertical(id="form", classes="panel"):
-            yield Label("Create the first administrator", classes="form-title")
-            with Grid(classes="form-grid"):
-                yield Label("Username")
-                yield self.text_input("username", "2-32 lower-case letters, digits, . _ -")
-                yield Label("Full name")
-                yield self.text_input("full-name", "as it should appear in records")
-                yield Label("Password")
-                yield self.text_input("password", "at least 8 characters", password=True)
-                yield Label("Repeat password")
-                yield self.text_input("repeat", "the same password again", password=True)
-            yield Label("", id="status")
-        yield Footer()
-
-    def on_mount(self) -> None:
-        self.query_one("#username").focus()
+    HEADER_TITLE = "First start"
+    FORM_TITLE = "Create the first administrator"
+    FORM_FIELDS = (
+        FormField("username", "Username", "2-32 lower-case letters, digits, . _ -"),
+        FormField("full-name", "Full name", "as it should appear in records"),
+        FormField("password", "Password", "at least 8 characters", password=True),
+        FormField("repeat", "Repeat password", "the same password again", password=True),
+    )
 
     def action_submit(self) -> None:
         """Enter: next field, or create the administrator from the last field."""
-        if self.busy or not self.focus_next_or_submit(FIELDS):
+        if self.busy or not self.focus_next_or_submit():
             return
         username = self.value("username").strip()
         full_name = self.value("full-name")

@@ -6,14 +6,11 @@ from __future__ import annotations
 from typing import ClassVar
 
 from textual import work
-from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Grid, Vertical
-from textual.widgets import Footer, Input, Label
+from textual.widgets import Label
 
 from control.accounts import AccountError, UserInfo
-from tui.screens._base import FormScreen, LogoutRequested, ScreenContext, Unlocked
-from tui.widgets.header import ConsoleHeader
+from tui.screens._base import FormField, FormScreen, LogoutRequested, ScreenContext, Unlocked
 
 
 class LockScreen(FormScreen):
@@ -28,24 +25,16 @@ class LockScreen(FormScreen):
         super().__init__(context)
         self.user = user
 
-    def compose(self) -> ComposeResult:
-        user = self.user
-        yield ConsoleHeader(
-            "Locked", sim=self.context.settings.sim, user_text=f"{user.username} ({user.role})"
-        )
-        with Vertical(id="form", classes="panel"):
-            yield Label("Console locked", classes="form-title")
-            yield Label(
-                f"{user.full_name} ({user.username}), enter your password to continue.", id="lock-who"
-            )
-            with Grid(classes="form-grid"):
-                yield Label("Password")
-                yield self.text_input("password", "your password", password=True)
-            yield Label("", id="status")
-        yield Footer()
+    HEADER_TITLE = "Locked"
+    FORM_TITLE = "Console locked"
+    FORM_FIELDS = (FormField("password", "Password", "your password", password=True),)
 
-    def on_mount(self) -> None:
-        self.query_one("#password").focus()
+    def header_user_text(self) -> str:
+        return f"{self.user.username} ({self.user.role})"
+
+    def intro(self) -> Label:
+        user = self.user
+        return Label(f"{user.full_name} ({user.username}), enter your password to continue.", id="lock-who")
 
     def action_submit(self) -> None:
         """Enter: check the password."""
@@ -73,6 +62,4 @@ class LockScreen(FormScreen):
             self.post_message(Unlocked())
             return
         self.show_status(result.message)
-        field = self.query_one("#password", Input)
-        field.value = ""
-        field.focus()
+        self.clear_fields("password")

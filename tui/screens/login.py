@@ -5,16 +5,10 @@ from __future__ import annotations
 from typing import ClassVar
 
 from textual import work
-from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Grid, Vertical
-from textual.widgets import Footer, Input, Label
 
 from control.accounts import AccountError
-from tui.screens._base import FormScreen, LoggedIn
-from tui.widgets.header import ConsoleHeader
-
-FIELDS = ("username", "password")
+from tui.screens._base import FormField, FormScreen, LoggedIn
 
 
 class LoginScreen(FormScreen):
@@ -22,24 +16,16 @@ class LoginScreen(FormScreen):
 
     BINDINGS: ClassVar[list[BindingType]] = [Binding("enter", "submit", "Log in", priority=True)]
 
-    def compose(self) -> ComposeResult:
-        yield ConsoleHeader("Log in", sim=self.context.settings.sim)
-        with Vertical(id="form", classes="panel"):
-            yield Label("Log in to the console", classes="form-title")
-            with Grid(classes="form-grid"):
-                yield Label("Username")
-                yield self.text_input("username", "your username")
-                yield Label("Password")
-                yield self.text_input("password", "your password", password=True)
-            yield Label("", id="status")
-        yield Footer()
-
-    def on_mount(self) -> None:
-        self.query_one("#username").focus()
+    HEADER_TITLE = "Log in"
+    FORM_TITLE = "Log in to the console"
+    FORM_FIELDS = (
+        FormField("username", "Username", "your username"),
+        FormField("password", "Password", "your password", password=True),
+    )
 
     def action_submit(self) -> None:
         """Enter: next field, or log in from the password field."""
-        if self.busy or not self.focus_next_or_submit(FIELDS):
+        if self.busy or not self.focus_next_or_submit():
             return
         username = self.value("username").strip()
         if not username:
@@ -64,6 +50,4 @@ class LoginScreen(FormScreen):
             self.post_message(LoggedIn(result.user, password))
             return
         self.show_status(result.message)
-        password_field = self.query_one("#password", Input)
-        password_field.value = ""
-        password_field.focus()
+        self.clear_fields("password")
