@@ -13,8 +13,12 @@ import os
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
+
+from storage.maintenance import upgrade
+from storage.paths import DataDir
 
 
 def _pty_fds() -> set[int]:
@@ -60,6 +64,15 @@ def no_leaked_threads_or_ptys() -> Iterator[None]:
         problems.append(f"pseudo-terminal descriptors left open: {sorted(new_ptys)}")
     if problems:
         pytest.fail("; ".join(problems))
+
+
+@pytest.fixture(scope="session")
+def migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One database brought to head by :func:`storage.maintenance.upgrade` once per run; tests copy it (it is
+    closed, so a plain copy is safe)."""
+    data_dir = DataDir(tmp_path_factory.mktemp("template"))
+    upgrade(data_dir)
+    return data_dir.db_path
 
 
 @pytest.fixture

@@ -13,15 +13,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from control.accounts import AccountService
 from storage import DataDir, create_engine, session_factory
-from storage.maintenance import upgrade
-
-
-@pytest.fixture(scope="session")
-def migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One database migrated to head by storage's upgrade, copied (closed, not live) for each test."""
-    data_dir = DataDir(tmp_path_factory.mktemp("template"))
-    upgrade(data_dir)
-    return data_dir.db_path
 
 
 @pytest.fixture

@@ -11,15 +11,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from storage_support import Child
 
 from storage import DataDir, create_engine, session_factory
-from storage.maintenance import upgrade
-
-
-@pytest.fixture(scope="session")
-def migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A database brought to head by :func:`storage.maintenance.upgrade` (closed, so a plain copy is safe)."""
-    data_dir = DataDir(tmp_path_factory.mktemp("storage_template"))
-    upgrade(data_dir)
-    return data_dir.db_path
 
 
 @pytest.fixture

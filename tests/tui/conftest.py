@@ -10,15 +10,6 @@ import pytest
 from console_fixtures import DATA_DIR, FakeClock
 
 from storage import DataDir
-from storage.maintenance import upgrade
-
-
-@pytest.fixture(scope="session")
-def migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One database migrated to head by storage's upgrade, copied (closed, not live) for each test."""
-    data_dir = DataDir(tmp_path_factory.mktemp("template"))
-    upgrade(data_dir)
-    return data_dir.db_path
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +12,13 @@ from textual.pilot import Pilot
 from textual.screen import Screen
 from textual.widgets import Input, Label
 
-from control.accounts import AccountService, Actor, HashingParameters
+from control.accounts import AccountService, Actor
 from control.settings import ConsoleSettings
 from storage import create_engine, session_factory
 from storage.repositories import ConfigRepository
+from tests.support import CHEAP, FakeClock
 from tui.screens import FormScreen
 
-CHEAP = HashingParameters(time_cost=1, memory_cost_kib=8, parallelism=1)
 #: Relative on purpose: the tests run inside their tmp_path, so the screen shows the same text every time.
 DATA_DIR = Path("data")
 ADMIN_PASSWORD = "admin pass 1"
@@ -27,19 +26,6 @@ TECH_PASSWORD = "tech pass 1"
 #: What an admin gives ``tina`` with ``tosca user set-password`` (she must then choose her own at login).
 GIVEN_PASSWORD = "given by admin 1"
 CLI = Actor.command_line("opsadmin", "/dev/pts/9")
-
-
-class FakeClock:
-    """A clock the test moves by hand; returns naive UTC."""
-
-    def __init__(self, start: datetime) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, delta: timedelta) -> None:
-        self.now += delta
 
 
 def make_settings(clock: FakeClock, **overrides: Any) -> ConsoleSettings:
