@@ -40,6 +40,8 @@ from typing import TypeVar
 import serial
 import serial_asyncio_fast
 
+from devices.framing import LineFramer
+
 _LOG = logging.getLogger(__name__)
 
 #: Consecutive bad replies that mark a link FAULTY.
@@ -99,30 +101,16 @@ class _LineProtocol(asyncio.Protocol):
 
     def __init__(self, owner: LineTransport) -> None:
         self._owner = owner
-        self._buffer = bytearray()
-        self._discarding = False
+        self._framer = LineFramer(owner.eol, owner.max_line_bytes)
         self.closed = asyncio.get_running_loop().create_future()
 
     def data_received(self, data: bytes) -> None:
         owner = self._owner
-        eol = owner.eol
-        self._buffer.extend(data)
-        while True:
-            index = self._buffer.find(eol)
-            if index < 0:
-                break
-            raw = bytes(self._buffer[:index])
-            del self._buffer[: index + len(eol)]
-            if self._discarding:
-                self._discarding = False
-                continue
+        lines, overrun = self._framer.feed(data)
+        for raw in lines:
             owner._on_raw_line(raw)
-        if len(self._buffer) > owner.max_line_bytes:
-            size = len(self._buffer)
-            self._buffer.clear()
-            if not self._discarding:
-                self._discarding = True
-                owner._on_bad_line(f"over-long line (more than {owner.max_line_bytes} bytes, {size} so far)")
+        if overrun is not None:
+            owner._on_bad_line(f"over-long line (more than {owner.max_line_bytes} bytes, {overrun} so far)")
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed.done():

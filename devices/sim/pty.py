@@ -38,6 +38,8 @@ from collections import deque
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from devices.framing import LineFramer
+
 _LOG = logging.getLogger(__name__)
 
 #: Output bytes kept waiting for a reader before the oldest are dropped.
@@ -89,8 +91,8 @@ class PtyDevice:
         self._master: int | None = None
         self._slave: int | None = None
         self._slave_path = ""
-        self._inbuf = bytearray()
-        self._discarding = False
+        # Framed on the last byte of the line end; a preceding CR is removed if present (see _feed).
+        self._framer = LineFramer(self.eol[-1:], max_line_bytes)
         self._outbuf = bytearray()
         self._writer_registered = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -152,9 +154,8 @@ class PtyDevice:
             os.close(slave)
             raise
         self._master, self._slave = master, slave
-        self._inbuf.clear()
+        self._framer.clear()
         self._outbuf.clear()
-        self._discarding = False
         if self.link is not None:
             temp = self.link.with_name(f".{self.link.name}.new")
             with contextlib.suppress(FileNotFoundError):
@@ -177,7 +178,7 @@ class PtyDevice:
                     os.close(fd)
         self._master = self._slave = None
         self._slave_path = ""
-        self._inbuf.clear()
+        self._framer.clear()
         self._outbuf.clear()
 
     # ---------------------------------------------------------------------------------------------- faults
@@ -264,26 +265,14 @@ class PtyDevice:
             self._feed(data)
 
     def _feed(self, data: bytes) -> None:
-        terminator = self.eol[-1:]
         strip = self.eol[:-1]
-        self._inbuf.extend(data)
-        while True:
-            index = self._inbuf.find(terminator)
-            if index < 0:
-                break
-            raw = bytes(self._inbuf[:index])
-            del self._inbuf[: index + 1]
-            if self._discarding:
-                self._discarding = False
-                continue
+        lines, overrun = self._framer.feed(data)
+        for raw in lines:
             if strip and raw.endswith(strip):
                 raw = raw[: -len(strip)]
             self._dispatch(raw)
-        if len(self._inbuf) > self.max_line_bytes:
-            self._inbuf.clear()
-            if not self._discarding:
-                self._discarding = True
-                self._overlong()
+        if overrun is not None:
+            self._overlong()
 
     def _overlong(self) -> None:
         hook = getattr(self.handler, "handle_overlong", None)
