@@ -16,6 +16,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from tui.commands import add_data_dir_option
+
 #: Sub-command name -> module under ``tui.commands`` with ``register(subparsers)`` and ``run(args) -> int``.
 COMMANDS = ("db", "user", "sim")
 
@@ -24,19 +26,9 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("TOSCA_DATA_DIR") or "data")
 
 
-def _data_dir_option(parser: argparse.ArgumentParser, *, default: object) -> None:
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=default,
-        metavar="DIR",
-        help="data directory (default: $TOSCA_DATA_DIR or ./data)",
-    )
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tosca", description="TOSCA laser treatment console")
-    _data_dir_option(parser, default=None)
+    add_data_dir_option(parser, default=None)
     parser.add_argument("--sim", action="store_true", help="run on the simulated rig (shown on screen)")
     parser.add_argument("--kiosk", action="store_true", help="locked-down console: no quit key, no palette")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -44,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(f"tui.commands.{name}")
         sub = module.register(subparsers)
         # Accept --data-dir after the sub-command too; the top-level value is used when it is absent.
-        _data_dir_option(sub, default=argparse.SUPPRESS)
+        add_data_dir_option(sub)
         sub.set_defaults(_module=module)
     return parser
 

@@ -14,14 +14,13 @@ stderr and exits 1. ``upgrade`` and ``restore`` refuse while a console or a cont
 from __future__ import annotations
 
 import argparse
-import os
 import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
 
 from storage.paths import DataDir
-from tui.commands import fail
+from tui.commands import add_data_dir_option, fail
 
 ACTIONS = ("upgrade", "check", "backup", "restore")
 
@@ -48,24 +47,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     restore_parser = actions.add_parser("restore", help="replace the database with a verified backup file")
     restore_parser.add_argument("file", type=Path, metavar="FILE", help="backup file to restore")
     for sub in (upgrade_parser, check_parser, backup_parser, restore_parser):
-        sub.add_argument(
-            "--data-dir", type=Path, default=argparse.SUPPRESS, metavar="DIR", help="data directory"
-        )
+        add_data_dir_option(sub)
     return parser
-
-
-def _terminal() -> str | None:
-    """Where the command was typed: ``ssh:<client address>`` over SSH, else the tty name, else None."""
-    ssh_client = os.environ.get("SSH_CLIENT") or os.environ.get("SSH_CONNECTION")
-    if ssh_client:
-        return f"ssh:{ssh_client.split()[0]}"
-    for fd in (0, 1, 2):
-        try:
-            if os.isatty(fd):
-                return os.ttyname(fd)
-        except OSError:
-            continue
-    return None
 
 
 def _one_line(error: BaseException) -> str:
@@ -102,16 +85,18 @@ def _check(data_dir: DataDir, file: Path | None) -> None:
 
 
 def _backup(data_dir: DataDir) -> None:
+    from control.terminal import detect_terminal
     from storage.maintenance import backup
 
-    path = backup(data_dir, terminal=_terminal())
+    path = backup(data_dir, terminal=detect_terminal())
     print(f"ok: backup {path} (integrity ok)")
 
 
 def _restore(data_dir: DataDir, file: Path) -> None:
+    from control.terminal import detect_terminal
     from storage.maintenance import restore
 
-    result = restore(data_dir, file, terminal=_terminal())
+    result = restore(data_dir, file, terminal=detect_terminal())
     print(f"ok: restored {result.source} (schema {result.revision})")
     if result.replaced_backup is not None:
         print(f"previous database saved as {result.replaced_backup}")

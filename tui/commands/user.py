@@ -27,7 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from tui.commands import fail
+from tui.commands import add_data_dir_option, fail
 
 if TYPE_CHECKING:
     from control.accounts import UserInfo
@@ -64,9 +64,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     deactivate = actions.add_parser("deactivate", help="stop a user from logging in (the record stays)")
     deactivate.add_argument("username", metavar="U")
     for sub in (add, listing, set_password, unlock, deactivate):
-        sub.add_argument(
-            "--data-dir", type=Path, default=argparse.SUPPRESS, metavar="DIR", help="data directory"
-        )
+        add_data_dir_option(sub)
     return parser
 
 
