@@ -26,7 +26,7 @@ import enum
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -193,6 +193,9 @@ class SafetyBoardDriver:
         self.transport = transport
         transport.is_unsolicited = is_unsolicited
         self._streams: set[_Stream[SafetyEvent] | _Stream[SafetySample]] = set()
+        self._listeners: list[Callable[[SafetyEvent | SafetySample], None]] = []
+        #: Monotonic time (s) of the last ``WDT_RESET`` the board acknowledged, None before the first.
+        self.last_heartbeat_ok: float | None = None
         self._dispatcher: asyncio.Task[None] | None = None
         self._queue: asyncio.Queue[str] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
@@ -240,6 +243,7 @@ class SafetyBoardDriver:
                     self.transport.bad_reply(line, "malformed push event")
                     continue
                 self._apply_event(event)
+                self._notify(event)
                 for stream in list(self._streams):
                     if isinstance(stream, EventStream):
                         stream._put(event)
@@ -252,6 +256,7 @@ class SafetyBoardDriver:
                 self.pedal_pressed = sample.pedal
                 self.estop_pressed = sample.estop
                 self.laser_enable = sample.laser_enable
+                self._notify(sample)
                 for stream in list(self._streams):
                     if isinstance(stream, SampleStream):
                         stream._put(sample)
@@ -266,6 +271,25 @@ class SafetyBoardDriver:
         else:
             self.watchdog_expired = True
             _LOG.error("safety board: watchdog expired, LASER_ENABLE dropped")
+
+    def add_listener(self, callback: Callable[[SafetyEvent | SafetySample], None]) -> None:
+        """Call ``callback`` synchronously with every push event and sample, as soon as it is parsed.
+
+        For the reaction that must not wait for a task switch (the safety supervisor). A callback must not
+        block; an exception it raises is logged and never stops the dispatch.
+        """
+        self._listeners.append(callback)
+
+    def remove_listener(self, callback: Callable[[SafetyEvent | SafetySample], None]) -> None:
+        """Stop calling ``callback``."""
+        self._listeners.remove(callback)
+
+    def _notify(self, item: SafetyEvent | SafetySample) -> None:
+        for callback in list(self._listeners):
+            try:
+                callback(item)
+            except Exception:
+                _LOG.exception("safety board listener failed")
 
     def events(self) -> EventStream:
         """A new stream of every push event from now on (close it when done, or use ``with``)."""
@@ -313,6 +337,7 @@ class SafetyBoardDriver:
     async def heartbeat(self) -> None:
         """``WDT_RESET``: feed the watchdog once."""
         await self._command("WDT_RESET", "OK:WDT_RESET")
+        self.last_heartbeat_ok = time.monotonic()
 
     async def set_watchdog_timeout(self, timeout_ms: int) -> None:
         """``WDT_TIMEOUT:<ms>``, 100..2000 ms. Refused if a running heartbeat would be too slow for it."""

@@ -325,6 +325,21 @@ class LineTransport:
         async with self._lock:
             self._ready().write(data)
 
+    def write_now(self, command: str) -> None:
+        """Send a set command at once, without waiting for an exchange in flight (no reply is expected).
+
+        For the one command that must never queue behind a slow reply: the laser's "output off". A set
+        command has no reply, so it cannot be taken for the answer to a pending query. Raises ValueError for
+        a malformed command, :class:`LinkDown` if the link is down.
+        """
+        self._ready_now().write(self._encode(command))
+
+    def _ready_now(self) -> asyncio.Transport:
+        transport = self._serial_transport
+        if transport is None or self.state not in (LinkState.OPEN, LinkState.FAULTY):
+            raise LinkDown(f"{self.name}: link {self.state.value}")
+        return transport
+
     async def query(self, command: str, *, timeout_s: float | None = None, lines: int = 1) -> list[str] | str:
         """Send ``command`` and return its reply: one line as ``str`` when ``lines == 1``, else a list of
         lines.

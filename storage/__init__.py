@@ -96,6 +96,12 @@ if TYPE_CHECKING:
         TreatmentEventsRepository,
         UsersRepository,
     )
+    from storage.telemetry import (
+        TelemetryError,
+        TelemetrySummary,
+        TelemetryWriter,
+        scan_telemetry,
+    )
 
 #: Public name -> the module that defines it.
 _SOURCES: dict[str, str] = {
@@ -165,6 +171,10 @@ _SOURCES: dict[str, str] = {
     "SubjectsRepository": "storage.repositories",
     "TreatmentEventsRepository": "storage.repositories",
     "UsersRepository": "storage.repositories",
+    "TelemetryError": "storage.telemetry",
+    "TelemetrySummary": "storage.telemetry",
+    "TelemetryWriter": "storage.telemetry",
+    "scan_telemetry": "storage.telemetry",
 }
 
 
@@ -220,6 +230,9 @@ __all__ = [
     "SubjectsRepository",
     "SystemConfig",
     "TechUser",
+    "TelemetryError",
+    "TelemetrySummary",
+    "TelemetryWriter",
     "TreatmentEvent",
     "TreatmentEventsRepository",
     "TreatmentSession",
@@ -242,6 +255,7 @@ __all__ = [
     "quick_check",
     "restore",
     "rig_lock_holder",
+    "scan_telemetry",
     "schema_revision",
     "session_factory",
     "sqlite_url",

@@ -195,7 +195,9 @@ class TreatmentSession(Base):
     """One treatment session (table ``sessions``).
 
     Summary columns are filled at the end: laser-on time in seconds, time-weighted average and maximum
-    measured power in watts, delivered energy in joules.
+    measured power in watts, delivered energy in joules. The telemetry columns describe the session's
+    JSON-lines telemetry file: its path, its number of complete lines and the SHA-256 of its bytes (64
+    lower-case hex digits).
     """
 
     __tablename__ = "sessions"
@@ -208,6 +210,12 @@ class TreatmentSession(Base):
         CheckConstraint(_non_negative("avg_power_watts"), name="ck_sessions_avg_power_watts"),
         CheckConstraint(_non_negative("max_power_watts"), name="ck_sessions_max_power_watts"),
         CheckConstraint(_non_negative("total_energy_joules"), name="ck_sessions_total_energy_joules"),
+        CheckConstraint(_non_negative("telemetry_line_count"), name="ck_sessions_telemetry_line_count"),
+        CheckConstraint(
+            "telemetry_sha256 IS NULL OR (length(telemetry_sha256) = 64 "
+            "AND telemetry_sha256 NOT GLOB '*[^0-9a-f]*')",
+            name="ck_sessions_telemetry_sha256",
+        ),
         Index("idx_session_subject", "subject_id"),
         Index("idx_session_tech", "tech_id"),
         Index("idx_session_start_time", "start_time"),
@@ -238,6 +246,9 @@ class TreatmentSession(Base):
     total_energy_joules: Mapped[float | None]
     post_treatment_notes: Mapped[str | None]
     created_date: Mapped[datetime | None] = mapped_column(server_default=_NOW)
+    telemetry_path: Mapped[str | None]
+    telemetry_line_count: Mapped[int | None]
+    telemetry_sha256: Mapped[str | None]
 
 
 class TreatmentEvent(Base):

@@ -19,7 +19,7 @@ from pathlib import Path
 from tui.commands import add_data_dir_option
 
 #: Sub-command name -> module under ``tui.commands`` with ``register(subparsers)`` and ``run(args) -> int``.
-COMMANDS = ("db", "user", "sim")
+COMMANDS = ("db", "user", "sim", "controller", "protocol")
 
 
 def default_data_dir() -> Path:

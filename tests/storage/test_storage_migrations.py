@@ -93,7 +93,7 @@ def test_upgrade_downgrade_upgrade_on_a_database_holding_data(db_path: Path) -> 
     assert schema_revision(db_path) is None
 
     command.upgrade(config, "head")
-    assert schema_revision(db_path) == head_revision() == "20261123_001"
+    assert schema_revision(db_path) == head_revision() == "20261123_002"
     report = check_database(db_path)
     assert (report.views, report.triggers) == (3, len(TRIGGER_NAMES)) == (3, 6)
     assert _count(db_path, "system_config") == 8
@@ -105,19 +105,19 @@ def test_upgrade_downgrade_upgrade_on_a_database_holding_data(db_path: Path) -> 
 def test_upgrade_creates_a_new_database_and_backs_up_an_old_one_first(tmp_path: Path) -> None:
     data_dir = DataDir(tmp_path / "fresh")
     created = upgrade(data_dir)
-    assert (created.previous, created.current, created.backup) == (None, "20261123_001", None)
+    assert (created.previous, created.current, created.backup) == (None, "20261123_002", None)
     again = upgrade(data_dir)
-    assert (again.previous, again.backup) == ("20261123_001", None)
+    assert (again.previous, again.backup) == ("20261123_002", None)
 
     command.downgrade(alembic_config(data_dir.db_path), "base")
     with pytest.raises(Exception, match="no schema yet"):
         check_database(data_dir.db_path)
     result = upgrade(data_dir)
-    assert result.previous is None and result.current == "20261123_001"
+    assert result.previous is None and result.current == "20261123_002"
     assert result.backup is not None and result.backup.parent == data_dir.backups
     # The backup holds the database as it was before the migration ran (no schema yet).
     assert schema_revision(result.backup) is None
-    assert check_database(data_dir.db_path).revision == "20261123_001"
+    assert check_database(data_dir.db_path).revision == "20261123_002"
 
 
 def test_upgrade_refuses_a_foreign_database_and_leaves_it_alone(tmp_path: Path) -> None:
@@ -153,7 +153,7 @@ def test_alembic_runs_from_any_directory_without_an_ini_file(tmp_path: Path) -> 
         check=False,
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "20261123_001"
+    assert out.stdout.strip() == "20261123_002"
 
 
 def test_the_migration_is_atomic(tmp_path: Path) -> None:
@@ -172,7 +172,7 @@ def test_the_migration_is_atomic(tmp_path: Path) -> None:
     # Through upgrade(): backed up first, rolled back, and reported as one StorageError naming the backup.
     with pytest.raises(
         StorageError,
-        match=r"migration to schema 20261123_001 failed and was rolled back: .*"
+        match=r"migration to schema 20261123_002 failed and was rolled back: .*"
         r"audit_log.*the backup taken first is .*tosca_\d{8}_\d{6}\.db$",
     ):
         upgrade(data_dir)
@@ -196,5 +196,65 @@ async def test_the_console_upgrades_from_async_code_through_a_thread(tmp_path: P
         upgrade(data_dir)
     assert not data_dir.db_path.exists()
     result = await upgrade_async(data_dir)
-    assert result.current == "20261123_001"
+    assert result.current == "20261123_002"
     assert check_database(data_dir.db_path, quick=True).views == 3
+
+
+def _sessions_sql(db_path: Path) -> str:
+    connection = sqlite3.connect(str(db_path))
+    try:
+        return str(connection.execute("SELECT sql FROM sqlite_master WHERE name = 'sessions'").fetchone()[0])
+    finally:
+        connection.close()
+
+
+def test_the_telemetry_revision_keeps_records_views_triggers_and_ids_both_ways(tmp_path: Path) -> None:
+    data_dir = DataDir(tmp_path / "telemetry").ensure()
+    config = alembic_config(data_dir.db_path)
+    command.upgrade(config, "20261123_001")
+    before = _sessions_sql(data_dir.db_path)
+    connection = sqlite3.connect(str(data_dir.db_path))
+    with connection:
+        connection.execute("INSERT INTO tech_users (username, full_name, role) VALUES ('a', 'A', 'admin')")
+        connection.execute("INSERT INTO subjects (subject_code) VALUES ('P-2026-0001')")
+        for status in ("completed", "in_progress", "completed"):
+            connection.execute(
+                "INSERT INTO sessions (subject_id, tech_id, start_time, status) "
+                "VALUES (1, 1, '2026-01-01', ?)",
+                (status,),
+            )
+        connection.execute(
+            "INSERT INTO treatment_events (session_id, timestamp, time_offset_ms, event_type) "
+            "VALUES (2, '2026-01-01', 0, 'laser_on')"
+        )
+        connection.execute(
+            "INSERT INTO safety_log (timestamp, session_id, event_type, severity, description) "
+            "VALUES ('2026-01-01', 2, 'e_stop_pressed', 'critical', 'E-stop')"
+        )
+    connection.close()
+
+    command.upgrade(config, "20261123_002")
+    connection = sqlite3.connect(str(data_dir.db_path))
+    connection.execute("PRAGMA foreign_keys = ON")
+    columns = [row[1] for row in connection.execute("PRAGMA table_info(sessions)")]
+    assert columns[-3:] == ["telemetry_path", "telemetry_line_count", "telemetry_sha256"]
+    assert connection.execute("SELECT count(*) FROM active_sessions").fetchone() == (1,)
+    assert connection.execute("SELECT count(*) FROM subject_session_history").fetchone() == (3,)
+    assert connection.execute("PRAGMA foreign_key_check").fetchall() == []
+    with connection:
+        connection.execute(
+            "INSERT INTO sessions (subject_id, tech_id, start_time, status) VALUES (1, 1, '2026-01-02', 'paused')"
+        )
+    assert connection.execute("SELECT max(session_id) FROM sessions").fetchone() == (4,)
+    # The append-only triggers still refuse changes to the records.
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        connection.execute("DELETE FROM treatment_events")
+    connection.close()
+    report = check_database(data_dir.db_path)
+    assert (report.revision, report.views, report.triggers) == ("20261123_002", 3, 6)
+
+    command.downgrade(config, "20261123_001")
+    assert _sessions_sql(data_dir.db_path) == before
+    assert _count(data_dir.db_path, "sessions") == 4
+    assert _count(data_dir.db_path, "treatment_events") == 1
+    assert check_database(data_dir.db_path, require_head=False).triggers == 6

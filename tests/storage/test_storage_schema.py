@@ -205,6 +205,10 @@ SEED_COLUMNS: dict[str, list[tuple[str, str]]] = {
         ("total_energy_joules", "REAL"),
         ("post_treatment_notes", "TEXT"),
         ("created_date", "DATETIME"),
+        # Not in the seed: the session's telemetry file (revision 20261123_002).
+        ("telemetry_path", "TEXT"),
+        ("telemetry_line_count", "INTEGER"),
+        ("telemetry_sha256", "TEXT"),
     ],
     "treatment_events": [
         ("event_id", "INTEGER"),
@@ -713,3 +717,41 @@ async def test_seed_queries_and_views_run_unchanged_and_agree_with_the_repositor
             (r[1], r[2], r[3]) for r in summary
         ]
         assert await ConfigRepository(s).get("max_laser_power_watts") == 10.0
+
+
+def test_telemetry_columns_refuse_a_negative_line_count_and_a_malformed_sha256(db_path: Path) -> None:
+    connection = _connect(db_path)
+    with connection:
+        connection.execute(SEED_TECH_INSERT)
+        connection.execute(SEED_SUBJECT_INSERT)
+        connection.execute(
+            "INSERT INTO sessions (subject_id, tech_id, start_time, status) VALUES (1, 1, '2026-01-01', 'completed')"
+        )
+    good = "0123456789abcdef" * 4
+    bad_values = [
+        ("telemetry_line_count", -1, "ck_sessions_telemetry_line_count"),
+        ("telemetry_sha256", good.upper(), "ck_sessions_telemetry_sha256"),
+        ("telemetry_sha256", good[:-1], "ck_sessions_telemetry_sha256"),
+        ("telemetry_sha256", good[:-1] + "g", "ck_sessions_telemetry_sha256"),
+        ("telemetry_sha256", good + "0", "ck_sessions_telemetry_sha256"),
+    ]
+    try:
+        for column, value, constraint in bad_values:
+            try:
+                connection.execute(f"UPDATE sessions SET {column} = ? WHERE session_id = 1", (value,))
+            except sqlite3.IntegrityError as exc:
+                assert constraint in str(exc), (column, value)
+            else:
+                raise AssertionError(f"{column} = {value!r} was accepted")
+        with connection:
+            connection.execute(
+                "UPDATE sessions SET telemetry_path = 'sessions/P-2025-0001/1/telemetry.jsonl', "
+                "telemetry_line_count = 0, telemetry_sha256 = ? WHERE session_id = 1",
+                (good,),
+            )
+        row = connection.execute(
+            "SELECT telemetry_path, telemetry_line_count, telemetry_sha256 FROM sessions"
+        ).fetchone()
+        assert row == ("sessions/P-2025-0001/1/telemetry.jsonl", 0, good)
+    finally:
+        connection.close()

@@ -15,9 +15,10 @@ import json
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tui.commands import fail
+from tui.commands import add_data_dir_option, fail
 
 if TYPE_CHECKING:
     from devices.sim.rig import SimRig
@@ -35,11 +36,31 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--seed", type=int, default=None, help="seed for reproducible noise and garbage")
+    actions = parser.add_subparsers(dest="sim_action", metavar="ACTION")
+    run_parser = actions.add_parser(
+        "run",
+        help="a whole simulated treatment session, headless and recorded",
+        description=(
+            "Run PROTOCOL (a protocol name in the database, or a protocol JSON file) for the subject CODE on "
+            "the simulated rig, as USERNAME, whose password is read from stdin. The subject is created if "
+            "absent. A scripted operator arms once the pre-checks pass and holds the footpedal down unless "
+            "the script says otherwise; script lines are '<seconds> <simulator command>', seconds from the "
+            "start of treatment. Prints the summary; exit 0 when the protocol completed, 1 with the reason "
+            "when it was aborted or faulted."
+        ),
+    )
+    run_parser.add_argument("protocol", metavar="PROTOCOL")
+    run_parser.add_argument("--subject", required=True, metavar="CODE", help="subject code, P-YYYY-NNNN")
+    run_parser.add_argument("--user", required=True, metavar="USERNAME", help="the technician")
+    run_parser.add_argument("--script", type=Path, default=None, metavar="FILE", help="simulator commands")
+    add_data_dir_option(run_parser)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the simulated rig until stdin ends or a termination signal arrives."""
+    """Run the simulated rig until stdin ends or a termination signal arrives (or ``sim run``)."""
+    if getattr(args, "sim_action", None) == "run":
+        return _run_session(args)
     try:
         return asyncio.run(_serve(getattr(args, "seed", None)))
     except OSError as exc:
@@ -116,3 +137,69 @@ async def _serve(seed: int | None) -> int:
             loop.remove_signal_handler(sig)
         await rig.stop()
     return 0
+
+
+def _run_session(args: argparse.Namespace) -> int:
+    """``tosca sim run``: read the password, run the session, print the summary."""
+    from control.simrun import ScriptError, parse_script
+
+    script_text = ""
+    if args.script is not None:
+        try:
+            script_text = args.script.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            return fail(f"sim run: cannot read the script {args.script}: {exc}")
+    try:
+        script = parse_script(script_text)
+    except ScriptError as exc:
+        return fail(f"sim run: {exc}")
+    password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        return fail("sim run: no password on stdin")
+    try:
+        result = asyncio.run(_session(args, password, script))
+    except Exception as exc:
+        from control.supervisor import Refused
+        from devices.rig import RigError
+
+        if isinstance(exc, Refused | RigError | OSError):
+            return fail(f"sim run: {exc}")
+        raise
+    summary = result.summary
+    labels = (
+        ("status", "status", ""),
+        ("abort_reason", "abort reason", ""),
+        ("duration_seconds", "session duration", " s"),
+        ("laser_on_time_s", "laser-on time", " s"),
+        ("avg_power_w", "average power", " W"),
+        ("max_power_w", "maximum power", " W"),
+        ("energy_j", "delivered energy", " J"),
+        ("event_count", "treatment events", ""),
+        ("safety_event_count", "safety log rows", ""),
+        ("telemetry_path", "telemetry", ""),
+        ("telemetry_line_count", "telemetry lines", ""),
+        ("telemetry_sha256", "telemetry sha256", ""),
+    )
+    for key, label, unit in labels:
+        value = summary.get(key)
+        if value is None:
+            continue
+        shown = f"{value:.3f}" if isinstance(value, float) else str(value)
+        print(f"{label}: {shown}{unit}", flush=True)
+    if result.exit_code != 0:
+        return fail(f"sim run: session {result.session_id} {result.status}: {result.reason}")
+    return 0
+
+
+async def _session(args: argparse.Namespace, password: str, script: Any) -> Any:
+    from control.simrun import run_simulated_session
+
+    return await run_simulated_session(
+        Path(args.data_dir),
+        protocol=args.protocol,
+        subject_code=args.subject,
+        username=args.user,
+        password=password,
+        script=script,
+        say=lambda line: print(line, flush=True),
+    )

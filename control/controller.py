@@ -1,0 +1,1049 @@
+"""The controller: devices, safety supervisor, protocol engine and recorder on one loop, behind two sockets.
+
+DESIGN.md section 3 ("Processes, loops and threads"). ``tosca controller`` runs one :class:`Controller`; the
+console is a client of its sockets (``control.sock`` for the operator, ``observe.sock`` for engineers), and
+tests may run it in-process behind the same client.
+
+Start-up order (DESIGN.md section 4): the rig first (its lock, then "output off" to the laser driver,
+verified, before anything else), then the database (upgraded to the head revision; sessions left open by a crash
+closed as aborted), then the safety board's watchdog, heartbeat and sample stream, then the device monitors
+and the sockets.
+
+One treatment session at a time. ``open_session`` checks the protocol against the system limits and the
+active calibrations, opens the session record (after an automatic backup), starts the telemetry file, turns
+the TEC output and the smoothing motor on, enables and homes the actuator, and starts the protocol engine; the
+supervisor is then READY. ``arm`` needs the technician's password (key control) and every pre-check passing.
+When the protocol completes, or the operator aborts, the session gets its summary and telemetry checksum and
+the supervisor goes back to IDLE (an abort while a fault is latched leaves FAULT latched).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from control import messages as msg
+from control.accounts import AccountService, HashingParameters
+from control.calibration import (
+    CalibrationSet,
+    MissingCalibrations,
+    install_sim_calibrations_if_missing,
+    load_active_calibrations,
+)
+from control.engine import Outcome, StepProgress, TreatmentEngine
+from control.ipc import CommandRefused, ControllerServer, Peer
+from control.protocols import Plan, ProtocolError, check_protocol, install_library_protocols, load_limits
+from control.recorder import Recorder
+from control.sessions import (
+    FinishStatus,
+    OpenedSession,
+    SessionRefused,
+    SessionService,
+    SessionStatus,
+    SummaryAccumulator,
+)
+from control.supervisor import (
+    ARMED_STATES,
+    Limits,
+    Refused,
+    SafetyEntry,
+    SafetySupervisor,
+    SystemState,
+    Term,
+)
+from devices.actuator import ActuatorError
+from devices.laser import LaserDriver
+from devices.rig import Rig, RigConfig
+from devices.safety import SafetyEvent, SafetySample
+from devices.transport import LinkError, LinkState
+from storage import DataDir, create_engine, session_factory
+from storage.maintenance import check_database, upgrade_async
+from storage.repositories import ConfigRepository, UsersRepository
+from storage.telemetry import TelemetrySummary
+
+if TYPE_CHECKING:
+    from devices.sim.rig import SimRig
+
+_LOG = logging.getLogger(__name__)
+
+CONTROL_SOCKET = "control.sock"
+OBSERVE_SOCKET = "observe.sock"
+#: Device readings are polled this often (s): well inside the supervisor's 100 ms freshness limit.
+POLL_PERIOD_S = 0.04
+#: The supervisor's periodic evaluation (s).
+TICK_S = 0.01
+#: Safety board sample rate (Hz): photodiode, pedal, E-stop, vibration, enable.
+STREAM_HZ = 100
+WATCHDOG_TIMEOUT_MS = 1000
+HEARTBEAT_PERIOD_S = 0.2
+#: Smoothing motor PWM during a session (0..153).
+SMOOTHING_PWM = 120
+#: Snapshots pushed to clients per second (the server coalesces to at most 30/s per client).
+SNAPSHOT_HZ = 30
+TEC_SETPOINT_C = 25.0
+TELEMETRY_FILE = "telemetry.jsonl"
+
+
+@dataclass
+class ActiveSession:
+    """The open session and everything that runs for it."""
+
+    opened: OpenedSession
+    plan: Plan
+    calibrations: CalibrationSet
+    engine: TreatmentEngine
+    summary: SummaryAccumulator
+    started_mono: float
+    max_override_w: float
+    task: asyncio.Task[None] | None = None
+    aborting: str | None = None
+
+
+class _Laser:
+    """The supervisor's laser port over the laser driver and the active laser calibration."""
+
+    def __init__(self, controller: Controller) -> None:
+        self.c = controller
+
+    @property
+    def driver(self) -> LaserDriver:
+        laser = self.c.rig.laser
+        if laser is None:
+            raise LinkError("laser driver not open")
+        return laser
+
+    def off_now(self) -> None:
+        self.driver.transport.write_now("LAS:OUT 0")
+
+    async def off_verified(self) -> None:
+        await self.driver.output_off()
+
+    async def on_verified(self) -> None:
+        await self.driver.output_on()
+
+    async def set_power(self, watts: float) -> None:
+        session = self.c.session
+        if session is None:
+            raise Refused("no session: no laser calibration in use")
+        current = session.calibrations.power_to_current_ma(watts)
+        await self.driver.set_current_setpoint_ma(round(current, 1))
+        self.c.current_ma = current
+
+
+class _Board:
+    """The supervisor's board port over the safety board driver."""
+
+    def __init__(self, controller: Controller) -> None:
+        self.c = controller
+
+    def _driver(self) -> Any:
+        board = self.c.rig.safety
+        if board is None:
+            raise LinkError("safety board not open")
+        return board
+
+    async def arm(self) -> None:
+        await self._driver().arm()
+
+    async def disarm(self) -> None:
+        await self._driver().disarm()
+
+    async def clear_watchdog(self) -> None:
+        await self._driver().clear_watchdog()
+
+
+class Controller:
+    """Everything the controller process runs. ``sim_rig`` (started by the caller, or by :meth:`start` when
+    ``sim`` is true) provides the ports and the simulator command language; otherwise ``rig_config`` names
+    the real ports."""
+
+    def __init__(
+        self,
+        data_dir: Path | str,
+        *,
+        sim: bool = False,
+        rig_config: RigConfig | None = None,
+        hashing: HashingParameters | None = None,
+        terminal: str = "controller",
+        serve: bool = True,
+    ) -> None:
+        if not sim and rig_config is None:
+            raise ValueError("a real rig needs its port configuration")
+        self.data = DataDir(Path(data_dir).absolute())
+        self.sim = sim
+        self.rig_config = rig_config
+        self.hashing = hashing or HashingParameters()
+        self.terminal = terminal
+        self.serve = serve
+        self.sim_rig: SimRig | None = None
+        self.rig: Rig = None  # type: ignore[assignment]
+        self.session: ActiveSession | None = None
+        self.last_session_id: int | None = None
+        self.current_ma: float | None = None
+        self.position_um: float | None = None
+        self.calibrations: CalibrationSet | None = None
+        self.server: ControllerServer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._events: list[msg.Event] = []
+        self._seq = 0
+        self._closing = False
+        self.started = asyncio.Event()
+        self.supervisor = SafetySupervisor(_Laser(self), _Board(self), self._write_safety)
+        self.supervisor.on_state_change(self._on_state_change)
+
+    # ------------------------------------------------------------------------------------ start / close
+    async def start(self) -> None:
+        """Open the rig (laser off, verified, first), the database, the board stream and the sockets."""
+        data = self.data.ensure()
+        if self.sim:
+            from devices.sim.rig import SimRig
+
+            self.sim_rig = SimRig()
+            await self.sim_rig.start()
+            config = RigConfig.from_ports(self.sim_rig.ports())
+            self.rig = Rig(config, data.root, camera_source=self.sim_rig.camera)
+        else:
+            assert self.rig_config is not None
+            self.rig = Rig(self.rig_config, data.root)
+        try:
+            await self.rig.open()
+            await upgrade_async(data)
+            self.engine_db = create_engine(data.db_path)
+            self.db = session_factory(self.engine_db)
+            self.accounts = AccountService(sessions=self.db, terminal=self.terminal, hashing=self.hashing)
+            self.sessions = SessionService(self.db, data)
+            closed = await self.sessions.close_interrupted()
+            if closed:
+                _LOG.warning("sessions closed as aborted at start-up: %s", closed)
+            await install_library_protocols(self.db)
+            await self._load_limits()
+            self.recorder = Recorder(self.db, data_root=data.root)
+            await self.recorder.start()
+            self.recorder.on_health_change(self._on_storage_health)
+            self.supervisor.start()
+            await self._reload_calibrations()
+            await self._start_board()
+            for name, transport in self.rig.transports.items():
+                self.supervisor.set_link(name, transport.state.value)
+                transport.on_state_change(self._link_callback(name))
+            self._tasks = [
+                asyncio.create_task(self._poll_laser(), name="poll-laser"),
+                asyncio.create_task(self._poll_tec(), name="poll-tec"),
+                asyncio.create_task(self._poll_actuator(), name="poll-actuator"),
+                asyncio.create_task(self._tick(), name="supervisor-tick"),
+            ]
+            if self.serve:
+                self.server = ControllerServer(
+                    data.root / CONTROL_SOCKET,
+                    data.root / OBSERVE_SOCKET,
+                    self,
+                    on_operator_disconnect=self._operator_gone,
+                )
+                await self.server.start()
+                self._tasks.append(asyncio.create_task(self._publish(), name="publish"))
+        except BaseException:
+            await self.close()
+            raise
+        self.started.set()
+
+    async def close(self) -> None:
+        """Stop emission, close any session as aborted, stop every task, close devices and sockets."""
+        if self._closing:
+            return
+        self._closing = True
+        self.supervisor._output_off_now()
+        if self.server is not None:
+            await self.server.close()
+        if self.session is not None:
+            with contextlib.suppress(Exception):
+                await self._close_session("aborted", "the controller was shut down during the session")
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        if self.rig is not None and self.rig.safety is not None:
+            self.rig.safety.remove_listener(self._on_board)
+            with contextlib.suppress(Exception):
+                await self.rig.safety.disarm()
+            with contextlib.suppress(Exception):
+                await self.rig.safety.motor_off()
+        await self.supervisor.close()
+        if hasattr(self, "recorder"):
+            with contextlib.suppress(Exception):
+                await self.recorder.close()
+        if self.rig is not None:
+            await self.rig.close()
+        if hasattr(self, "engine_db"):
+            await self.engine_db.dispose()
+        if self.sim_rig is not None:
+            await self.sim_rig.stop()
+
+    async def __aenter__(self) -> Controller:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _load_limits(self) -> None:
+        async with self.db() as session:
+            config = ConfigRepository(session)
+            self.loop_hz = float(await config.get("treatment_loop_frequency_hz", 10))
+            self.supervisor.limits = Limits(
+                photodiode_warning_percent=float(
+                    await config.get("photodiode_warning_threshold_percent", 15.0)
+                ),
+                photodiode_fault_percent=float(await config.get("photodiode_fault_threshold_percent", 30.0)),
+                max_power_w=float(await config.get("max_laser_power_watts", 10.0)),
+            )
+
+    async def _reload_calibrations(self) -> None:
+        try:
+            self.calibrations = await load_active_calibrations(self.db)
+        except MissingCalibrations as exc:
+            self.calibrations = None
+            self.supervisor.photodiode_to_watts = None
+            self.supervisor.update(calibrations_ok=False, calibrations_detail=str(exc))
+            return
+        cal = self.calibrations
+        self.supervisor.photodiode_to_watts = cal.photodiode_to_watts
+        self.supervisor.update(calibrations_ok=True, calibrations_detail="active")
+
+    async def _start_board(self) -> None:
+        board = self.rig.safety
+        assert board is not None
+        await board.set_watchdog_timeout(WATCHDOG_TIMEOUT_MS)
+        if board.watchdog_expired:
+            await board.clear_watchdog()
+        await board.disarm()
+        board.add_listener(self._on_board)
+        board.start_heartbeat(HEARTBEAT_PERIOD_S)
+        self.supervisor.readings.watchdog_timeout_s = WATCHDOG_TIMEOUT_MS / 1000
+        self.supervisor.update(
+            pedal=await board.footpedal(), estop=await board.estop(), heartbeat_ok_at=board.last_heartbeat_ok
+        )
+        await board.set_stream(STREAM_HZ)
+
+    def _link_callback(self, name: str) -> Callable[[LinkState], None]:
+        def changed(state: LinkState) -> None:
+            self.supervisor.set_link(name, state.value)
+            self._event("warning" if state is not LinkState.OPEN else "info", f"{name} link {state.value}")
+
+        return changed
+
+    # ---------------------------------------------------------------------------------------- inputs
+    def _on_board(self, item: SafetyEvent | SafetySample) -> None:
+        self.supervisor.on_board(item)
+        if isinstance(item, SafetyEvent):
+            self._event("info", f"safety board: {item.kind.value.lower()} {'on' if item.value else 'off'}")
+            return
+        session = self.session
+        if session is None:
+            return
+        sup = self.supervisor
+        measured = sup.measured_power_w()
+        t = item.received - session.started_mono
+        emitting = sup.output_commanded_on and sup.state is SystemState.TREATING
+        try:
+            session.summary.add(t, measured or 0.0, emitting)
+        except ValueError as exc:
+            _LOG.debug("summary sample skipped: %s", exc)
+        if self.recorder.healthy and self.recorder.session_id == session.opened.session_id:
+            try:
+                self.recorder.telemetry(
+                    {
+                        "t": round(t, 4),
+                        "pd_v": item.photodiode_v,
+                        "p_w": None if measured is None else round(measured, 4),
+                        "cmd_w": round(sup.commanded_w, 4),
+                        "on": emitting,
+                        "pedal": item.pedal,
+                        "estop": item.estop,
+                        "vib_g": item.vibration_g,
+                        "enable": item.laser_enable,
+                        "state": sup.state.value,
+                        "pos_um": self.position_um,
+                    }
+                )
+            except Exception as exc:
+                _LOG.error("telemetry line not written: %s", exc)
+
+    def _on_storage_health(self, ok: bool, problem: str | None) -> None:
+        self.supervisor.update(storage_ok=ok, storage_problem=problem)
+        if not ok:
+            self._event("critical", f"storage cannot record: {problem}")
+
+    def _on_state_change(self, old: SystemState, new: SystemState, reason: str) -> None:
+        self._event(
+            "critical" if new is SystemState.FAULT else "info", f"{old.value} -> {new.value}: {reason}"
+        )
+        session = self.session
+        if session is None:
+            return
+        sup = self.supervisor
+        measured = sup.measured_power_w()
+        columns: dict[str, Any] = {
+            "commanded_w": sup.commanded_w,
+            "actual_w": measured,
+            "photodiode_v": sup.readings.photodiode_v,
+            "footpedal": sup.readings.pedal,
+            "interlocks": {t.term.value: t.ok for t in sup.terms().values()},
+        }
+        if new is SystemState.TREATING:
+            self._record(
+                "laser_on",
+                details={
+                    "source": "footpedal_depression",
+                    "reason": reason,
+                    "protocol_step": self._step_number(),
+                },
+                **columns,
+            )
+        elif old is SystemState.TREATING:
+            self._record(
+                "laser_off", details={"reason": reason, "protocol_step": self._step_number()}, **columns
+            )
+        if new is SystemState.FAULT:
+            fault = sup.fault
+            self._record(
+                "safety_trigger",
+                details={
+                    "trigger_source": fault.event_type if fault else "fault",
+                    "description": fault.what if fault else reason,
+                    "action_taken": "laser_shutdown",
+                    "expected_power": sup.commanded_w,
+                    "measured_power": measured,
+                },
+                **columns,
+            )
+            self._spawn_status("paused")
+        elif new is SystemState.PAUSED:
+            self._record("pause", details={"reason": reason}, **columns)
+            self._spawn_status("paused")
+        elif old is SystemState.PAUSED and new is SystemState.ARMED:
+            self._record("resume", details={"reason": reason}, **columns)
+            self._spawn_status("in_progress")
+        elif old is SystemState.FAULT and new is SystemState.READY:
+            self._spawn_status("in_progress")
+
+    def _spawn_status(self, status: SessionStatus) -> None:
+        session = self.session
+        if session is None:
+            return
+        session_id = session.opened.session_id
+
+        async def write() -> None:
+            try:
+                await self.sessions.set_status(session_id, status)
+            except Exception as exc:
+                _LOG.error("session %s status %s not written: %s", session_id, status, exc)
+
+        task = asyncio.get_running_loop().create_task(write())
+        self._tasks.append(task)
+
+    def _step_number(self) -> int | None:
+        session = self.session
+        if session is None or session.engine.progress is None:
+            return None
+        return session.engine.progress.number
+
+    def _record(self, event_type: str, **columns: Any) -> None:
+        if self.session is None:
+            return
+        if "ring_mm" not in columns and self.session.engine.ring_mm is not None:
+            columns["ring_mm"] = self.session.engine.ring_mm
+        columns.setdefault("position_um", self.position_um)
+        try:
+            self.recorder.event(event_type, **columns)
+        except Exception as exc:
+            _LOG.error("treatment event %s not queued: %s", event_type, exc)
+
+    async def _write_safety(self, entry: SafetyEntry) -> None:
+        await self.recorder.safety(
+            entry.event_type,
+            entry.severity,
+            entry.description,
+            system_state=entry.system_state,
+            laser_state=entry.laser_state,
+            footpedal_state=entry.footpedal_state,
+            smoothing_device_state=entry.smoothing_device_state,
+            photodiode_voltage_v=entry.photodiode_voltage_v,
+            action_taken=entry.action_taken,
+            details=dict(entry.details) if entry.details is not None else None,
+            tech_id=entry.tech_id,
+        )
+
+    # -------------------------------------------------------------------------------------- monitors
+    async def _poll_laser(self) -> None:
+        sup = self.supervisor
+        while True:
+            laser = self.rig.laser
+            if laser is not None:
+                sent = time.monotonic()
+                try:
+                    on = await laser.output_is_on()
+                    current = await laser.measured_current_ma()
+                except (LinkError, ValueError) as exc:
+                    _LOG.debug("laser poll failed: %s", exc)
+                else:
+                    now = time.monotonic()
+                    sup.update(laser_output_on=on, laser_current_ma=current, laser_at=now)
+                    quiet = sent - sup._output_changed_at > 0.05
+                    if on and not sup.output_commanded_on and quiet:
+                        sup.trip(
+                            "interlock_failure",
+                            "laser output reads ON while commanded off",
+                            term=Term.DEVICES,
+                            severity="emergency",
+                        )
+                    elif not on and sup.output_commanded_on and quiet and sup.state is SystemState.TREATING:
+                        sup.trip(
+                            "interlock_failure",
+                            "laser output dropped while treating (interlock?)",
+                            term=Term.DEVICES,
+                        )
+            await asyncio.sleep(POLL_PERIOD_S)
+
+    async def _poll_tec(self) -> None:
+        setpoint: float | None = None
+        while True:
+            tec = self.rig.tec
+            if tec is not None:
+                try:
+                    if setpoint is None:
+                        setpoint = await tec.get_setpoint_c()
+                    on = await tec.output_is_on()
+                    temperature = await tec.temperature_c()
+                except (LinkError, ValueError) as exc:
+                    _LOG.debug("TEC poll failed: %s", exc)
+                else:
+                    self.supervisor.update(
+                        tec_output_on=on,
+                        tec_temperature_c=temperature,
+                        tec_setpoint_c=setpoint,
+                        tec_at=time.monotonic(),
+                    )
+            await asyncio.sleep(POLL_PERIOD_S)
+
+    async def _poll_actuator(self) -> None:
+        while True:
+            actuator = self.rig.actuator
+            if actuator is not None:
+                try:
+                    status = await actuator.status()
+                    position = await actuator.position_um()
+                except (LinkError, ValueError, ActuatorError) as exc:
+                    _LOG.debug("actuator poll failed: %s", exc)
+                else:
+                    self.position_um = position
+                    fault = status.describe() if status.stopped_by_fault else None
+                    self.supervisor.update(
+                        actuator_position_um=position, actuator_fault=fault, actuator_at=time.monotonic()
+                    )
+            await asyncio.sleep(POLL_PERIOD_S)
+
+    async def _tick(self) -> None:
+        sup = self.supervisor
+        while True:
+            board = self.rig.safety
+            if board is not None:
+                sup.readings.heartbeat_ok_at = board.last_heartbeat_ok
+                sup.readings.watchdog_expired = sup.readings.watchdog_expired or board.watchdog_expired
+            sup.tick()
+            await asyncio.sleep(TICK_S)
+
+    # --------------------------------------------------------------------------------------- sessions
+    async def open_session(
+        self,
+        *,
+        subject_code: str,
+        username: str,
+        protocol_name: str,
+        treatment_site: str | None = None,
+        treatment_notes: str | None = None,
+        create_subject: bool = False,
+    ) -> dict[str, Any]:
+        """Open a session (see the module documentation); returns what the console shows."""
+        if self.session is not None or self.supervisor.state is not SystemState.IDLE:
+            raise Refused(
+                f"cannot open a session in {self.supervisor.state.value}"
+                + (" (a session is open)" if self.session is not None else "")
+            )
+        if self.sim:
+            async with self.db() as db:
+                user = await UsersRepository(db).get_by_username(username)
+            if user is not None:
+                installed = await install_sim_calibrations_if_missing(self.db, user.tech_id)
+                if installed:
+                    _LOG.info("simulated rig factory calibrations installed: %s", ", ".join(installed))
+            await self._reload_calibrations()
+        if self.calibrations is None:
+            raise Refused(
+                f"no treatment without active calibrations: {self.supervisor.readings.calibrations_detail}"
+            )
+        protocol_text = await self._protocol_text(protocol_name)
+        limits = await load_limits(self.db)
+        try:
+            plan = check_protocol(protocol_text, limits)
+        except ProtocolError as exc:
+            raise Refused(f"protocol {protocol_name!r} is not valid here: " + "; ".join(exc.errors)) from None
+        try:
+            opened = await self.sessions.open(
+                subject_code=subject_code,
+                username=username,
+                protocol_name=protocol_name,
+                treatment_site=treatment_site,
+                treatment_notes=treatment_notes,
+                create_subject=create_subject,
+            )
+        except SessionRefused as exc:
+            raise Refused(str(exc)) from None
+        if opened.protocol_data != protocol_text:
+            plan = check_protocol(opened.protocol_data, limits)
+        cal = self.calibrations
+        own_max = max(s.power_end_w for s in plan.steps)
+        defn_max = _protocol_max_power(opened.protocol_data)
+        max_override = min(defn_max, self.supervisor.limits.max_power_w)
+        started_mono = time.monotonic()
+        engine = TreatmentEngine(
+            self.supervisor,
+            plan.steps,
+            move_ring=self._move_ring,
+            record=self._record,
+            loop_hz=self.loop_hz,
+            max_override_w=max_override,
+        )
+        session = ActiveSession(opened, plan, cal, engine, SummaryAccumulator(), started_mono, max_override)
+        self.session = session
+        self.last_session_id = opened.session_id
+        self.supervisor.tech_id = opened.tech_id
+        try:
+            await self.recorder.begin_session(
+                opened.session_id,
+                opened.tech_id,
+                started_mono,
+                opened.started_at,
+                telemetry_path=opened.folder / TELEMETRY_FILE,
+            )
+            await self._prepare_devices(max(own_max, plan.max_power_w))
+            await self.supervisor.open_session(
+                f"session {opened.session_id} opened for {opened.subject_code}"
+            )
+        except BaseException as exc:
+            await self._close_session("aborted", f"session could not start: {exc}")
+            raise Refused(f"session could not start: {exc}") from exc
+        session.task = asyncio.create_task(self._run_engine(session), name="treatment-engine")
+        self._event(
+            "info", f"session {opened.session_id} opened: {opened.subject_code}, {opened.protocol_name}"
+        )
+        return {
+            "session_id": opened.session_id,
+            "subject_code": opened.subject_code,
+            "protocol_name": opened.protocol_name,
+            "folder": str(opened.folder),
+            "backup": None if opened.backup_path is None else str(opened.backup_path),
+            "total_duration_s": plan.total_duration_s,
+            "expected_energy_j": plan.expected_energy_j,
+        }
+
+    async def _protocol_text(self, protocol_name: str) -> str:
+        from storage.repositories import ProtocolsRepository
+
+        async with self.db() as db:
+            protocol = await ProtocolsRepository(db).get_by_name(protocol_name)
+        if protocol is None or not protocol.is_active:
+            raise Refused(f"no active protocol named {protocol_name!r}")
+        return protocol.protocol_data
+
+    async def _prepare_devices(self, max_power_w: float) -> None:
+        rig, cal = self.rig, self.session.calibrations if self.session else None
+        assert cal is not None and rig.laser and rig.tec and rig.actuator and rig.safety
+        limit = min(10000.0, math.ceil(cal.power_to_current_ma(max_power_w) + 100.0))
+        await rig.laser.set_current_limit_ma(limit)
+        await self.supervisor.set_power(0.0)
+        await rig.tec.set_setpoint_c(TEC_SETPOINT_C)
+        await rig.tec.output_on()
+        await rig.safety.set_motor_speed(SMOOTHING_PWM)
+        self.supervisor.readings.motor_pwm = SMOOTHING_PWM
+        status = await rig.actuator.status()
+        if status.stopped_by_fault:
+            raise Refused(f"actuator stopped ({status.describe()}): an engineer must clear it")
+        if not status.amplifiers_enabled:
+            await rig.actuator.enable_amplifiers()
+            await self.supervisor.drain_log()
+            await self._write_safety(
+                SafetyEntry(
+                    "actuator_enabled",
+                    "info",
+                    "actuator amplifiers enabled for the session",
+                    self.supervisor.state.value,
+                    "off",
+                    self.supervisor.readings.pedal,
+                    None,
+                    self.supervisor.readings.photodiode_v,
+                    "ENBL=1 sent at session start",
+                    tech_id=self.supervisor.tech_id,
+                )
+            )
+        if not status.encoder_valid:
+            await rig.actuator.find_index()
+
+    async def _move_ring(self, ring_mm: float) -> float:
+        session, actuator = self.session, self.rig.actuator
+        if session is None or actuator is None:
+            raise Refused("no session or no actuator")
+        target = session.calibrations.ring_mm_to_position_um(ring_mm)
+        reached = await actuator.move_to_um(target)
+        self.position_um = reached
+        return session.calibrations.position_to_ring_mm(reached)
+
+    async def _run_engine(self, session: ActiveSession) -> None:
+        try:
+            outcome = await session.engine.run()
+        except asyncio.CancelledError:
+            return
+        except Exception as exc:
+            _LOG.exception("treatment engine failed")
+            if self.supervisor.state is not SystemState.FAULT:
+                self.supervisor.trip("interlock_failure", f"treatment engine failed: {exc}")
+            session.aborting = f"treatment engine failed: {exc}"
+            await self._finish_after_engine(session, "aborted", session.aborting)
+            return
+        if outcome is Outcome.COMPLETED:
+            await self._finish_after_engine(session, "completed", None)
+
+    async def _finish_after_engine(
+        self, session: ActiveSession, status: FinishStatus, reason: str | None
+    ) -> None:
+        if self.session is session:
+            await self._close_session(status, reason)
+
+    async def _close_session(self, status: FinishStatus, reason: str | None) -> None:
+        session = self.session
+        if session is None:
+            return
+        sup = self.supervisor
+        sup._output_off_now()
+        task = session.task
+        if task is not None and task is not asyncio.current_task() and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if sup.state is not SystemState.FAULT:
+            with contextlib.suppress(Refused):
+                await sup.end_session(reason or "session completed")
+        else:
+            sup.set_step_active(False)
+        await sup.drain_log()
+        telemetry: TelemetrySummary | None = None
+        try:
+            telemetry = await self.recorder.end_session()
+        except Exception as exc:
+            _LOG.error("session recording not closed cleanly: %s", exc)
+        acc = session.summary
+        await self.sessions.finish(
+            session.opened.session_id,
+            status=status,
+            reason=reason,
+            summary=acc.summary(),
+            telemetry=telemetry,
+            video_path=None,
+        )
+        self.session = None
+        sup.tech_id = None
+        if self.rig.safety is not None:
+            with contextlib.suppress(Exception):
+                await self.rig.safety.motor_off()
+        sup.readings.motor_pwm = 0
+        self._event(
+            "info", f"session {session.opened.session_id} {status}" + (f": {reason}" if reason else "")
+        )
+
+    # ------------------------------------------------------------------------------------ pre-checks
+    async def prechecks(self) -> list[dict[str, Any]]:
+        """Every pre-treatment check with its live value and pass/fail."""
+        checks: list[dict[str, Any]] = []
+
+        def add(name: str, ok: bool, value: str, detail: str = "") -> None:
+            checks.append({"name": name, "ok": ok, "value": value, "detail": "" if ok else detail})
+
+        for name, health in self.rig.health().items():
+            add(
+                f"device {name}",
+                health.ok and (health.identity is not None or name == "actuator"),
+                f"{health.state}: {health.identity or health.detail or '-'}",
+                health.last_error or health.state,
+            )
+        for term in self.supervisor.terms().values():
+            if term.term in (Term.FOOTPEDAL, Term.STEP):
+                continue
+            add(term.term.value, term.ok, term.value, term.detail)
+        cal = self.calibrations
+        if cal is not None:
+            for label, active in (
+                ("laser", cal.laser),
+                ("photodiode", cal.photodiode),
+                ("actuator", cal.actuator),
+            ):
+                add(f"calibration {label}", True, active.describe())
+        try:
+            report = await asyncio.to_thread(check_database, self.data.db_path, quick=True)
+            add("database", report.integrity == "ok", report.summary(), report.summary())
+        except Exception as exc:
+            add("database", False, "check failed", str(exc))
+        backup = self.session.opened.backup_path if self.session else None
+        add(
+            "backup",
+            backup is not None and backup.exists(),
+            str(backup) if backup else "none",
+            "no backup made for this session",
+        )
+        return checks
+
+    # ------------------------------------------------------------------------------------- commands
+    async def handle(self, command: Any, peer: Peer) -> dict[str, Any] | None:
+        """Answer one command from a client (the socket server's handler)."""
+        try:
+            return await self._dispatch(command, peer)
+        except (Refused, SessionRefused) as exc:
+            raise CommandRefused(str(exc)) from None
+
+    async def _dispatch(self, command: Any, peer: Peer) -> dict[str, Any] | None:
+        kind = command.type
+        sup = self.supervisor
+        if kind == "ping":
+            return {"pong": True}
+        if kind == "status":
+            return self.snapshot().model_dump(mode="json")
+        if kind == "health":
+            return {
+                name: {"state": h.state, "identity": h.identity, "error": h.last_error, "detail": h.detail}
+                for name, h in self.rig.health().items()
+            }
+        if kind == "open_session":
+            return await self.open_session(
+                subject_code=command.subject_code,
+                username=command.username,
+                protocol_name=command.protocol_name,
+                treatment_site=command.treatment_site,
+                treatment_notes=command.treatment_notes,
+                create_subject=command.create_subject,
+            )
+        if kind == "prechecks":
+            return {"checks": await self.prechecks()}
+        if kind == "arm":
+            return await self.arm(command.password)
+        if kind == "disarm":
+            await sup.disarm()
+            return None
+        if kind == "pause":
+            await sup.pause()
+            return None
+        if kind == "resume":
+            await sup.resume()
+            return None
+        if kind == "stop":
+            await sup.stop()
+            return {"state": sup.state.value}
+        if kind == "abort":
+            return await self.abort(command.reason)
+        if kind == "override_power":
+            session = self._require_session()
+            return dict(
+                session.engine.override_power(command.watts, command.reason, actor=session.opened.username)
+            )
+        if kind == "reset_fault":
+            return await self.reset_fault(command.username, command.password)
+        if kind == "end_session":
+            return await self.end_session(command.notes)
+        if kind == "sim":
+            if self.sim_rig is None:
+                raise Refused("simulator commands exist only on the simulated rig")
+            try:
+                return {"reply": self.sim_rig.command(command.command)}
+            except ValueError as exc:
+                raise Refused(str(exc)) from None
+        raise Refused(f"unknown command {kind!r}")
+
+    def _require_session(self) -> ActiveSession:
+        if self.session is None:
+            raise Refused("no session is open")
+        return self.session
+
+    async def _check_password(self, username: str, password: str, context: str) -> Any:
+        result = await self.accounts.login(username, password, context=context)
+        if not result.ok or result.user is None:
+            raise Refused(result.message)
+        return result.user
+
+    async def arm(self, password: str) -> dict[str, Any]:
+        """Key control: the session's technician re-enters the password; every pre-check must pass."""
+        session = self._require_session()
+        await self._check_password(session.opened.username, password, "key_control")
+        failing = [c for c in await self.prechecks() if not c["ok"]]
+        if failing:
+            raise Refused("pre-checks failing: " + "; ".join(f"{c['name']}: {c['detail']}" for c in failing))
+        await self.supervisor.arm()
+        self._record("user_action", details={"action": "arm", "by": session.opened.username})
+        return {"state": self.supervisor.state.value}
+
+    async def abort(self, reason: str) -> dict[str, Any]:
+        """Abort the open session with the operator's reason (laser off first)."""
+        if not reason or not reason.strip():
+            raise Refused("an abort needs a reason")
+        session = self._require_session()
+        self.supervisor._output_off_now()
+        session.aborting = reason.strip()
+        self._record(
+            "user_action",
+            details={"action": "abort", "reason": reason.strip(), "by": session.opened.username},
+        )
+        await self._close_session("aborted", reason.strip())
+        return {"session_id": session.opened.session_id, "state": self.supervisor.state.value}
+
+    async def reset_fault(self, username: str, password: str) -> dict[str, Any]:
+        """Acknowledge a latched fault (who, with the password); refused while its cause is present."""
+        user = await self._check_password(username, password, "fault_reset")
+        await self.supervisor.reset(user.tech_id, user.username, session_open=self.session is not None)
+        return {"state": self.supervisor.state.value}
+
+    async def end_session(self, notes: str | None) -> dict[str, Any]:
+        """Post-treatment notes on the last finished session (the open one must complete or be aborted)."""
+        if self.session is not None:
+            raise Refused("the session is still open: let it complete or abort it first")
+        if self.last_session_id is None:
+            raise Refused("no session to add notes to")
+        if notes and notes.strip():
+            username = await self._session_username(self.last_session_id)
+            await self.sessions.add_notes(self.last_session_id, notes.strip(), username=username)
+        return await self.sessions.summary_of(self.last_session_id)
+
+    async def _session_username(self, session_id: int) -> str:
+        from storage.repositories import SessionsRepository
+
+        async with self.db() as db:
+            row = await SessionsRepository(db).get_by_id(session_id)
+            user = await UsersRepository(db).get_by_id(row.tech_id) if row is not None else None
+        if user is None:
+            raise Refused(f"session {session_id} has no technician")
+        return user.username
+
+    async def _operator_gone(self, peer: Peer) -> None:
+        """The operator's console disconnected: emission stops and the session pauses."""
+        if self.supervisor.state in ARMED_STATES:
+            self.supervisor._output_off_now()
+            with contextlib.suppress(Refused):
+                await self.supervisor.pause("operator console disconnected")
+
+    # ------------------------------------------------------------------------------------- snapshots
+    def _event(self, severity: msg.Severity, text: str) -> None:
+        self._seq += 1
+        event = msg.Event(
+            seq=self._seq, time_s=time.monotonic(), kind="controller", severity=severity, message=text
+        )
+        if self.server is not None:
+            self.server.publish_event(event)
+
+    def snapshot(self) -> msg.Snapshot:
+        """Everything a console shows, now."""
+        sup = self.supervisor
+        now = time.monotonic()
+        session = self.session
+        session_view = None
+        measured = sup.measured_power_w()
+        if session is not None:
+            progress: StepProgress | None = session.engine.progress
+            step_view = None
+            if progress is not None:
+                step_view = msg.StepView(
+                    number=progress.number,
+                    of=progress.of,
+                    elapsed_s=progress.elapsed_s,
+                    duration_s=progress.duration_s,
+                    power_start_w=progress.power_start_w,
+                    power_end_w=progress.power_end_w,
+                    ramp=progress.ramp,
+                    ring_size_mm=progress.ring_size_mm,
+                )
+            session_view = msg.SessionView(
+                session_id=session.opened.session_id,
+                subject_code=session.opened.subject_code,
+                protocol_name=session.opened.protocol_name,
+                technician=session.opened.technician,
+                status="paused" if sup.state in (SystemState.PAUSED, SystemState.FAULT) else "in_progress",
+                clock_s=now - session.started_mono,
+                treating_s=sup.treating_seconds(now),
+                delivered_energy_j=session.summary.energy_j,
+                step=step_view,
+            )
+        cal = self.calibrations
+        measured_ring = None
+        if cal is not None and self.position_um is not None:
+            with contextlib.suppress(ValueError):
+                measured_ring = cal.position_to_ring_mm(self.position_um)
+        fault = sup.fault
+        fault_view = None
+        if fault is not None:
+            fault_view = msg.FaultView(
+                what=fault.what,
+                action=fault.action,
+                how_to_reset=fault.how_to_reset,
+                cause_cleared=fault.term is None or sup.terms(now)[fault.term].ok,
+                at=datetime.fromtimestamp(time.time() - (now - fault.at)).isoformat(timespec="seconds"),
+            )
+        self._seq += 1
+        return msg.Snapshot(
+            seq=self._seq,
+            time_s=now,
+            state=sup.state.value,
+            emitting=sup.output_commanded_on and sup.state is SystemState.TREATING,
+            sim=self.sim,
+            session=session_view,
+            laser=msg.LaserView(
+                commanded_w=sup.commanded_w,
+                measured_w=measured,
+                photodiode_v=sup.readings.photodiode_v,
+                output_on=bool(sup.readings.laser_output_on),
+                current_ma=self.current_ma,
+            ),
+            ring=msg.RingView(
+                commanded_mm=session.engine.ring_mm if session else None,
+                measured_mm=measured_ring,
+                position_um=self.position_um,
+            ),
+            interlocks=[
+                msg.InterlockView(name=t.term.value, ok=t.ok, value=t.value, detail=t.detail)
+                for t in sup.terms(now).values()
+            ],
+            devices=[
+                msg.DeviceView(name=h.name, state=h.state, identity=h.identity, error=h.last_error)
+                for h in self.rig.health().values()
+            ],
+            fault=fault_view,
+            warnings=list(sup.warnings[-5:]),
+        )
+
+    async def _publish(self) -> None:
+        while True:
+            if self.server is not None:
+                try:
+                    self.server.publish(self.snapshot())
+                except Exception:
+                    _LOG.exception("snapshot not published")
+            await asyncio.sleep(1.0 / SNAPSHOT_HZ)
+
+
+def _protocol_max_power(protocol_data: str) -> float:
+    data: Mapping[str, Any] = json.loads(protocol_data)
+    return float(data["safety_limits"]["max_power_watts"])

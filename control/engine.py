@@ -1,0 +1,233 @@
+"""The protocol engine: runs a compiled plan's steps through the safety supervisor.
+
+DESIGN.md section 5. For each step the engine
+
+1. ends emission for the step change (the supervisor's "step" term goes false, so the laser is off),
+2. moves the actuator to the step's ring size while the laser is off,
+3. sets the power for where the step clock stands and marks the step active: emission then follows the
+   footpedal, as the supervisor allows it,
+4. refreshes the setpoint at ``loop_hz`` while the step clock runs. The step clock is the supervisor's
+   emitting time, so it advances only while TREATING: a released footpedal, a pause or a fault stop it, and
+   the step resumes where it stopped. A linear ramp's last setpoint is exactly ``power_end_watts``.
+
+Every way out of :meth:`TreatmentEngine.run` (done, abort, fault, exception, cancellation) marks the step
+inactive, which switches the laser off at once, and then waits for the off state to be verified.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import math
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from control.protocols import PlanStep, RampType
+from control.supervisor import Refused, SafetySupervisor, SystemState
+
+_LOG = logging.getLogger(__name__)
+
+#: Setpoint changes smaller than this (W) are not recorded as power_change events.
+POWER_EVENT_STEP_W = 0.01
+
+
+class Outcome(enum.StrEnum):
+    """How a run ended."""
+
+    COMPLETED = "completed"
+    ABORTED = "aborted"
+
+
+@dataclass
+class StepProgress:
+    """Where the run stands: step ``number`` of ``of``, its clock, and the setpoint, W."""
+
+    number: int
+    of: int
+    elapsed_s: float
+    duration_s: float
+    power_start_w: float
+    power_end_w: float
+    ramp: RampType
+    ring_size_mm: float
+    setpoint_w: float
+    override_w: float | None = None
+
+
+EventSink = Callable[..., None]
+
+
+class TreatmentEngine:
+    """Runs ``steps`` in order. ``move_ring(mm)`` moves the actuator (laser off) and returns the reached ring
+    size, mm. ``record(event_type, **columns)`` queues a treatment_events row. ``max_override_w`` bounds a
+    power override (the protocol's own limit and the system's, whichever is lower)."""
+
+    def __init__(
+        self,
+        supervisor: SafetySupervisor,
+        steps: Sequence[PlanStep],
+        *,
+        move_ring: Callable[[float], Awaitable[float]],
+        record: EventSink,
+        loop_hz: float = 10.0,
+        max_override_w: float,
+    ) -> None:
+        if not steps:
+            raise ValueError("a plan needs at least one step")
+        if not (math.isfinite(loop_hz) and 1.0 <= loop_hz <= 1000.0):
+            raise ValueError(f"treatment loop frequency must be 1..1000 Hz, got {loop_hz}")
+        self.sup = supervisor
+        self.steps = list(steps)
+        self.move_ring = move_ring
+        self.record = record
+        self.period_s = 1.0 / loop_hz
+        self.max_override_w = max_override_w
+        self.progress: StepProgress | None = None
+        self.ring_mm: float | None = None
+        self._override_w: float | None = None
+        self._wake = asyncio.Event()
+        supervisor.on_state_change(self._state_changed)
+
+    def _state_changed(self, old: SystemState, new: SystemState, reason: str) -> None:
+        self._wake.set()
+
+    # ------------------------------------------------------------------------------------------ run
+    async def run(self) -> Outcome:
+        """Run every step; returns COMPLETED. Cancellation (abort) propagates after the laser is off."""
+        try:
+            for step in self.steps:
+                await self._run_step(step)
+            await self.sup.protocol_complete()
+            return Outcome.COMPLETED
+        finally:
+            self.sup.set_step_active(False)
+            try:
+                await asyncio.shield(self.sup.laser.off_verified())
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.sup.trip("interlock_failure", f"laser output off not verified at the end: {exc}")
+
+    async def _run_step(self, step: PlanStep) -> None:
+        total = len(self.steps)
+        self.sup.set_step_active(False)
+        self._override_w = None
+        self.progress = StepProgress(
+            step.number,
+            total,
+            0.0,
+            step.duration_s,
+            step.power_start_w,
+            step.power_end_w,
+            step.ramp,
+            step.ring_size_mm,
+            step.power_at_elapsed(0.0),
+        )
+        if self.ring_mm is None or abs(self.ring_mm - step.ring_size_mm) > 1e-6:
+            await self._wait_state_for_move()
+            reached = await self.move_ring(step.ring_size_mm)
+            self.record(
+                "ring_size_change",
+                ring_mm=reached,
+                details={"target_mm": step.ring_size_mm, "protocol_step": step.number},
+            )
+            self.ring_mm = step.ring_size_mm
+        origin = self.sup.treating_seconds()
+        self.record(
+            "protocol_step_start",
+            commanded_w=step.power_at_elapsed(0.0),
+            ring_mm=self.ring_mm,
+            details={
+                "protocol_step": step.number,
+                "duration_s": step.duration_s,
+                "ramp": step.ramp,
+                "power_start_w": step.power_start_w,
+                "power_end_w": step.power_end_w,
+            },
+        )
+        last_recorded: float | None = None
+        await self._apply(step, 0.0)
+        self.sup.set_step_active(True)
+        while True:
+            elapsed = self.sup.treating_seconds() - origin
+            remaining = step.duration_s - elapsed
+            if remaining <= 0:
+                break
+            setpoint = await self._apply(step, elapsed)
+            if last_recorded is None or abs(setpoint - last_recorded) >= POWER_EVENT_STEP_W:
+                self.record(
+                    "power_change" if last_recorded is not None else "power_set",
+                    commanded_w=setpoint,
+                    details={"protocol_step": step.number, "elapsed_s": round(elapsed, 3)},
+                )
+                last_recorded = setpoint
+            self._wake.clear()
+            if self.sup.state is SystemState.TREATING:
+                delay = min(self.period_s, remaining)
+            else:
+                delay = self.period_s
+            try:
+                await asyncio.wait_for(self._wake.wait(), delay)
+            except TimeoutError:
+                pass
+        final = self._override_w if self._override_w is not None else step.power_at_elapsed(step.duration_s)
+        if self.progress is not None:
+            self.progress.elapsed_s = step.duration_s
+            self.progress.setpoint_w = final
+        self.sup.set_step_active(False)
+        if step.ramp == "linear" and self._override_w is None:
+            await self.sup.set_power(final)
+            self.record(
+                "power_change",
+                commanded_w=final,
+                details={"protocol_step": step.number, "elapsed_s": step.duration_s, "ramp_end": True},
+            )
+        self.record(
+            "protocol_step_end",
+            commanded_w=final,
+            ring_mm=self.ring_mm,
+            details={"protocol_step": step.number},
+        )
+
+    async def _wait_state_for_move(self) -> None:
+        """Move only while nothing emits (the step is inactive, so TREATING is already left)."""
+        while self.sup.state is SystemState.TREATING:
+            self._wake.clear()
+            await self._wake.wait()
+
+    async def _apply(self, step: PlanStep, elapsed: float) -> float:
+        setpoint = self._override_w if self._override_w is not None else step.power_at_elapsed(elapsed)
+        if self.progress is not None:
+            self.progress.elapsed_s = max(0.0, min(elapsed, step.duration_s))
+            self.progress.setpoint_w = setpoint
+            self.progress.override_w = self._override_w
+        if setpoint != self.sup.commanded_w:
+            await self.sup.set_power(setpoint)
+        return setpoint
+
+    # ------------------------------------------------------------------------------------- operator
+    def override_power(self, watts: float, reason: str, *, actor: str) -> Mapping[str, Any]:
+        """Replace the current step's setpoint until the step ends; needs a reason and stays within limits."""
+        if not reason or not reason.strip():
+            raise Refused("a power override needs a reason")
+        if not math.isfinite(watts) or watts < 0:
+            raise Refused(f"override power must be a finite number of watts >= 0, got {watts}")
+        if watts > self.max_override_w:
+            raise Refused(f"override {watts:.2f} W exceeds the limit of {self.max_override_w:.2f} W")
+        if self.progress is None:
+            raise Refused("no protocol step is running")
+        old = self.progress.setpoint_w
+        self._override_w = watts
+        self._wake.set()
+        details = {
+            "action": "protocol_power_override",
+            "old_value": old,
+            "new_value": watts,
+            "reason": reason.strip(),
+            "by": actor,
+            "protocol_step": self.progress.number,
+        }
+        self.record("user_action", commanded_w=watts, details=details)
+        return details

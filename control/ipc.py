@@ -1,0 +1,768 @@
+"""The controller's sockets: a server the controller runs, and the client the console (or a script) uses.
+
+Two Unix stream sockets live in the data directory:
+
+* ``control.sock``, mode 0600: the operator's console. It accepts every
+  :data:`~control.messages.ControlCommand`.
+* ``observe.sock``, mode 0660, group ``tosca-engineers`` when that group exists: it accepts only
+  :data:`~control.messages.ObserveCommand` (ping, status, health). Lines are decoded with a parser that does
+  not know any other command, so an ``arm`` sent there is an unknown command type and the handler never sees
+  it.
+
+Each socket file is bound inside a private (0700) directory, given its mode and group there, and only then
+hard-linked into place, so the public path never exists with looser permissions, and two controllers starting
+at once cannot both take it.
+
+Commands from one connection are handled one after another, in order; each gets exactly one reply with its
+request id. Snapshots and events are pushed to every connection of both sockets: snapshots coalesced (a
+newer one replaces one not yet sent, at most ``max_push_hz`` a second per client, the first at once, and a new
+client gets the latest one on connecting), events queued in order and never coalesced (at most
+:data:`EVENT_QUEUE_LIMIT` waiting per client; beyond that the oldest are dropped and the count logged).
+Writing to one client never waits on another: a client that does not read only stalls its own queue, and a
+client whose socket fails is dropped.
+
+Every end of a ``control.sock`` connection (the console closing, crashing or being killed, an I/O error, the
+server closing it after an over-long line, or the server shutting down) calls ``on_operator_disconnect`` with
+that connection's :class:`Peer`. The controller decides from the peer whether that connection was its operator
+(a connection that never opened a session, such as another controller checking whether this one is alive,
+is not).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import itertools
+import logging
+import math
+import os
+import shutil
+import socket
+import stat
+import struct
+import tempfile
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, Protocol, Self
+
+from control.messages import (
+    MAX_LINE_BYTES,
+    Command,
+    ControlCommand,
+    Event,
+    MessageError,
+    ObserveCommand,
+    Reply,
+    Snapshot,
+    decode_control,
+    decode_observe,
+    decode_server,
+    encode,
+)
+
+logger = logging.getLogger(__name__)
+
+#: The group whose members may use ``observe.sock``.
+OBSERVE_GROUP = "tosca-engineers"
+
+#: Events waiting for one client beyond this many drop the oldest.
+EVENT_QUEUE_LIMIT = 1000
+
+#: Seconds a start-up waits for a live server to answer on an existing socket path.
+PROBE_TIMEOUT_S = 1.0
+
+# sun_path holds 108 bytes including the terminating NUL.
+_SUN_PATH_MAX = 107
+# A bind directory made by mkdtemp(prefix=".") beside the socket, plus "/s".
+_BIND_NAME_OVERHEAD = len("/.XXXXXXXX/s")
+
+SocketKind = Literal["control", "observe"]
+
+
+class CommandRefused(Exception):
+    """Raised by a command handler to refuse a command; the message becomes the reply's ``error``."""
+
+
+class ControllerRunning(RuntimeError):
+    """A live controller already answers on one of the socket paths."""
+
+
+class ControllerUnavailable(ConnectionError):
+    """No controller answers, or the connection to it died."""
+
+
+class CommandFailed(Exception):
+    """The controller answered a command with ``ok: false``; ``error`` is its reason."""
+
+    def __init__(self, error: str) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Who is on the other end of a connection.
+
+    ``socket`` is the socket it came in on; ``connection`` numbers connections from 1 in the order the server
+    accepted them (both sockets share the count); ``pid``, ``uid`` and ``gid`` come from the kernel
+    (``SO_PEERCRED``) as of connecting, ``None`` where the kernel could not say.
+    """
+
+    socket: SocketKind
+    connection: int
+    pid: int | None
+    uid: int | None
+    gid: int | None
+
+    def __str__(self) -> str:
+        return f"{self.socket}#{self.connection} (pid {self.pid}, uid {self.uid})"
+
+
+class CommandHandler(Protocol):
+    """What the server hands decoded commands to (the controller)."""
+
+    async def handle(self, command: ControlCommand | ObserveCommand, peer: Peer) -> dict[str, Any] | None:
+        """Carry out ``command`` from ``peer`` and return the reply's data (``None`` for none).
+
+        Raise :class:`CommandRefused` to refuse it; any other exception is reported to the client as an
+        internal error and logged.
+        """
+        ...
+
+
+OperatorDisconnect = Callable[[Peer], Awaitable[None]]
+
+
+def _peer_credentials(writer: asyncio.StreamWriter) -> tuple[int | None, int | None, int | None]:
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return None, None, None
+    size = struct.calcsize("3i")
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, size)
+    except (OSError, AttributeError):
+        return None, None, None
+    pid, uid, gid = struct.unpack("3i", raw)
+    return pid, uid, gid
+
+
+class _Connection:
+    """One accepted connection: its reader, writer, identity and outgoing push queues."""
+
+    def __init__(
+        self,
+        peer: Peer,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        snapshot_interval_s: float,
+    ) -> None:
+        self.peer = peer
+        self.reader = reader
+        self.writer = writer
+        self.task: asyncio.Task[Any] | None = None
+        #: Set once the connection is ending; from then on nothing may interrupt its clean-up.
+        self.ending = False
+        self._interval_s = snapshot_interval_s
+        self._events: deque[bytes] = deque()
+        self._dropped = 0
+        self._snapshot: bytes | None = None
+        self._next_snapshot_at = 0.0
+        self._wake = asyncio.Event()
+        self._pusher: asyncio.Task[None] | None = None
+
+    def start_pushing(self) -> None:
+        self._pusher = asyncio.get_running_loop().create_task(self._push(), name=f"ipc push {self.peer}")
+
+    def offer_snapshot(self, line: bytes) -> None:
+        """Queue a snapshot line, replacing one not yet sent."""
+        self._snapshot = line
+        self._wake.set()
+
+    def offer_event(self, line: bytes) -> None:
+        """Queue an event line after those already waiting; drop the oldest beyond the limit."""
+        if len(self._events) >= EVENT_QUEUE_LIMIT:
+            self._events.popleft()
+            self._dropped += 1
+        self._events.append(line)
+        self._wake.set()
+
+    async def send_reply(self, line: bytes) -> bool:
+        """Write one reply line and wait for the socket to take it; False when the connection is gone."""
+        try:
+            self.writer.write(line)
+            await self.writer.drain()
+        except (OSError, RuntimeError) as exc:
+            logger.info("%s: reply not delivered: %s", self.peer, exc)
+            return False
+        return True
+
+    async def shutdown(self) -> None:
+        """Stop pushing, close the socket and report any events that were dropped."""
+        if self._pusher is not None:
+            self._pusher.cancel()
+            await asyncio.gather(self._pusher, return_exceptions=True)
+        self._report_dropped()
+        await _close_writer(self.writer)
+
+    def _report_dropped(self) -> None:
+        if self._dropped:
+            logger.warning("%s: %d events dropped (client not reading fast enough)", self.peer, self._dropped)
+            self._dropped = 0
+
+    async def _push(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                now = loop.time()
+                snapshot_due = self._snapshot is not None and now >= self._next_snapshot_at
+                if not self._events and not snapshot_due:
+                    self._wake.clear()
+                    wait_s = None if self._snapshot is None else self._next_snapshot_at - now
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(wait_s):
+                            await self._wake.wait()
+                    continue
+                self._report_dropped()
+                while self._events:
+                    self.writer.write(self._events.popleft())
+                if snapshot_due and self._snapshot is not None:
+                    self.writer.write(self._snapshot)
+                    self._snapshot = None
+                    self._next_snapshot_at = loop.time() + self._interval_s
+                await self.writer.drain()
+        except (OSError, RuntimeError) as exc:
+            logger.info("%s: dropped, its socket failed: %s", self.peer, exc)
+            self.writer.close()
+
+
+class ControllerServer:
+    """Serves ``control.sock`` and ``observe.sock`` for one controller.
+
+    Args:
+        control_path: path of the operator's socket (created with mode 0600).
+        observe_path: path of the observation socket (created with mode 0660, group ``observe_group``).
+        handler: carries out decoded commands.
+        on_operator_disconnect: awaited with the peer whenever a ``control.sock`` connection ends.
+        max_push_hz: most snapshots per second sent to one client (finite, > 0).
+        observe_group: the group given ``observe.sock`` when it exists on this machine.
+
+    Raises:
+        ValueError: for a non-positive or non-finite ``max_push_hz``, equal paths, or a path too long for a
+            Unix socket.
+    """
+
+    def __init__(
+        self,
+        control_path: Path,
+        observe_path: Path,
+        handler: CommandHandler,
+        *,
+        on_operator_disconnect: OperatorDisconnect | None = None,
+        max_push_hz: float = 30.0,
+        observe_group: str | None = OBSERVE_GROUP,
+    ) -> None:
+        if not (math.isfinite(max_push_hz) and max_push_hz > 0):
+            raise ValueError(f"max_push_hz must be a finite number above 0, got {max_push_hz!r}")
+        control_path = Path(control_path).absolute()
+        observe_path = Path(observe_path).absolute()
+        if control_path == observe_path:
+            raise ValueError(f"control and observe sockets need different paths, both are {control_path}")
+        for path in (control_path, observe_path):
+            longest = max(len(os.fsencode(path)), len(os.fsencode(path.parent)) + _BIND_NAME_OVERHEAD)
+            if longest > _SUN_PATH_MAX:
+                raise ValueError(
+                    f"socket path too long for a Unix socket ({longest} > {_SUN_PATH_MAX} bytes): {path}"
+                )
+        self._paths: dict[SocketKind, Path] = {"control": control_path, "observe": observe_path}
+        self._handler = handler
+        self._on_operator_disconnect = on_operator_disconnect
+        self._interval_s = 1.0 / max_push_hz
+        self._observe_group = observe_group
+        self._servers: list[asyncio.Server] = []
+        self._owned: dict[Path, tuple[int, int]] = {}
+        self._connections: dict[int, _Connection] = {}
+        self._numbers = itertools.count(1)
+        self._last_snapshot: bytes | None = None
+        self._started = False
+        self._closing = False
+
+    @property
+    def control_path(self) -> Path:
+        """Where the operator's socket is."""
+        return self._paths["control"]
+
+    @property
+    def observe_path(self) -> Path:
+        """Where the observation socket is."""
+        return self._paths["observe"]
+
+    @property
+    def peers(self) -> list[Peer]:
+        """The peers connected now, in the order they connected."""
+        return [conn.peer for conn in self._connections.values()]
+
+    async def start(self) -> None:
+        """Create both sockets and start accepting connections.
+
+        Raises:
+            ControllerRunning: a live server answers on one of the paths (nothing is changed).
+            FileExistsError: a path exists and is not a socket (it is left alone).
+            RuntimeError: the server was already started.
+        """
+        if self._started:
+            raise RuntimeError("the controller server was already started")
+        for path in self._paths.values():
+            await _clear_stale(path)
+        self._started = True
+        try:
+            for kind, path in self._paths.items():
+                if kind == "control":
+                    sock = self._bind(path, 0o600, None)
+                    callback = self._serve_control
+                else:
+                    sock = self._bind(path, 0o660, self._observe_group)
+                    callback = self._serve_observe
+                server = await asyncio.start_unix_server(callback, sock=sock, limit=MAX_LINE_BYTES)
+                self._servers.append(server)
+        except BaseException:
+            await self.close()
+            raise
+        logger.info("controller listening on %s and %s", self.control_path, self.observe_path)
+
+    async def close(self) -> None:
+        """Stop accepting, close every connection (awaiting their handling), and remove the socket files."""
+        if self._closing:
+            return
+        self._closing = True
+        for server in self._servers:
+            server.close()
+        # Let connections accepted just before the close start, see the flag and finish.
+        await asyncio.sleep(0)
+        tasks = [conn.task for conn in self._connections.values() if conn.task is not None]
+        for conn in self._connections.values():
+            if conn.task is not None and not conn.ending:
+                conn.task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for server in self._servers:
+            await server.wait_closed()
+        for path, identity in self._owned.items():
+            with contextlib.suppress(OSError):
+                info = os.stat(path)
+                if (info.st_dev, info.st_ino) == identity:
+                    path.unlink()
+        self._owned.clear()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    def publish(self, snapshot: Snapshot) -> None:
+        """Push a snapshot to every client, replacing any snapshot still waiting for that client."""
+        line = encode(snapshot)
+        self._last_snapshot = line
+        for conn in self._connections.values():
+            conn.offer_snapshot(line)
+
+    def publish_event(self, event: Event) -> None:
+        """Queue an event for every client, after the events already waiting."""
+        line = encode(event)
+        for conn in self._connections.values():
+            conn.offer_event(line)
+
+    # -- sockets ------------------------------------------------------------------------------------------
+
+    def _bind(self, path: Path, mode: int, group: str | None) -> socket.socket:
+        private_dir = tempfile.mkdtemp(prefix=".", dir=path.parent)
+        private_path = os.path.join(private_dir, "s")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(private_path)
+            os.chmod(private_path, mode)
+            if group is not None:
+                _give_group(private_path, group)
+            try:
+                os.link(private_path, path)
+            except FileExistsError:
+                raise ControllerRunning(f"controller already running (socket {path})") from None
+            info = os.stat(path)
+            self._owned[path] = (info.st_dev, info.st_ino)
+        except BaseException:
+            sock.close()
+            raise
+        finally:
+            shutil.rmtree(private_dir, ignore_errors=True)
+        return sock
+
+    # -- connections --------------------------------------------------------------------------------------
+
+    async def _serve_control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._serve("control", reader, writer)
+
+    async def _serve_observe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._serve("observe", reader, writer)
+
+    async def _serve(
+        self, kind: SocketKind, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        if self._closing:
+            writer.close()
+            return
+        pid, uid, gid = _peer_credentials(writer)
+        peer = Peer(socket=kind, connection=next(self._numbers), pid=pid, uid=uid, gid=gid)
+        conn = _Connection(peer, reader, writer, self._interval_s)
+        conn.task = asyncio.current_task()
+        self._connections[peer.connection] = conn
+        logger.info("%s connected", peer)
+        try:
+            conn.start_pushing()
+            if self._last_snapshot is not None:
+                conn.offer_snapshot(self._last_snapshot)
+            await self._read_commands(conn)
+        except Exception:
+            logger.exception("%s: connection failed", peer)
+        finally:
+            conn.ending = True
+            try:
+                await conn.shutdown()
+            finally:
+                self._connections.pop(peer.connection, None)
+                logger.info("%s disconnected", peer)
+                if kind == "control" and self._on_operator_disconnect is not None:
+                    try:
+                        await self._on_operator_disconnect(peer)
+                    except Exception:
+                        logger.exception("%s: operator-disconnect handling failed", peer)
+
+    async def _read_commands(self, conn: _Connection) -> None:
+        decode: Callable[[bytes], ControlCommand | ObserveCommand]
+        decode = decode_control if conn.peer.socket == "control" else decode_observe
+        while True:
+            try:
+                line = await conn.reader.readline()
+            except ValueError:
+                logger.warning("%s: line longer than %d bytes, closing", conn.peer, MAX_LINE_BYTES)
+                error = f"line longer than {MAX_LINE_BYTES} bytes"
+                await conn.send_reply(encode(Reply(id=None, ok=False, error=error)))
+                return
+            except OSError as exc:
+                logger.info("%s: read failed: %s", conn.peer, exc)
+                return
+            if not line:
+                return
+            if not line.endswith(b"\n"):
+                logger.warning("%s: connection ended in the middle of a line", conn.peer)
+                return
+            if not await conn.send_reply(await self._answer(conn.peer, line, decode)):
+                return
+
+    async def _answer(
+        self, peer: Peer, line: bytes, decode: Callable[[bytes], ControlCommand | ObserveCommand]
+    ) -> bytes:
+        try:
+            command = decode(line)
+        except MessageError as exc:
+            logger.info("%s: refused a malformed message: %s", peer, exc)
+            return encode(Reply(id=exc.request_id, ok=False, error=str(exc)))
+        try:
+            data = await self._handler.handle(command, peer)
+            return encode(Reply(id=command.id, ok=True, data=data))
+        except CommandRefused as exc:
+            return encode(Reply(id=command.id, ok=False, error=str(exc) or f"{command.type} refused"))
+        except Exception as exc:
+            logger.exception("%s: %s failed", peer, command.type)
+            error = f"internal error: {type(exc).__name__}: {exc}"
+            return encode(Reply(id=command.id, ok=False, error=error))
+
+
+async def _close_writer(writer: asyncio.StreamWriter, flush_timeout_s: float = 1.0) -> None:
+    """Close a stream, letting queued bytes go out for at most ``flush_timeout_s`` seconds, then abort it (a
+    peer that stopped reading cannot hold the close up)."""
+    writer.close()
+    try:
+        async with asyncio.timeout(flush_timeout_s):
+            await writer.wait_closed()
+    except TimeoutError:
+        writer.transport.abort()
+    except (OSError, RuntimeError):
+        return
+
+
+def _give_group(path: str, group: str) -> None:
+    try:
+        gid = grp.getgrnam(group).gr_gid
+    except KeyError:
+        return
+    try:
+        os.chown(path, -1, gid)
+    except PermissionError as exc:
+        logger.error("cannot give %s to group %s (%s); members of %s cannot use it", path, group, exc, group)
+
+
+async def _clear_stale(path: Path) -> None:
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(info.st_mode):
+        raise FileExistsError(f"{path} exists and is not a socket; not removing it")
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT_S):
+            _, writer = await asyncio.open_unix_connection(str(path))
+    except ConnectionRefusedError:
+        logger.warning("removing stale socket %s (nothing answers on it)", path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return
+    except FileNotFoundError:
+        return
+    except TimeoutError:
+        raise ControllerRunning(f"controller already running (socket {path} accepts but is slow)") from None
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    raise ControllerRunning(f"controller already running (socket {path})")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Client
+# ---------------------------------------------------------------------------------------------------------
+
+
+class _EventStream:
+    """Async iterator over a client's events; ends when the connection ends."""
+
+    def __init__(self, client: ControllerClient) -> None:
+        self._client = client
+
+    def __aiter__(self) -> _EventStream:
+        return self
+
+    async def __anext__(self) -> Event:
+        event = await self._client._next_event()
+        if event is None:
+            raise StopAsyncIteration
+        return event
+
+
+class ControllerClient:
+    """A connection to one of the controller's sockets. Build it with :meth:`connect`.
+
+    Replies are matched to requests by id, so several requests may be in flight at once. Snapshots update
+    :attr:`latest_snapshot`; events queue for :meth:`events` (at most :data:`EVENT_QUEUE_LIMIT` waiting, the
+    oldest dropped beyond that).
+    """
+
+    def __init__(self, path: Path, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._path = path
+        self._reader = reader
+        self._writer = writer
+        self._next_id = 1
+        self._pending: dict[int, asyncio.Future[Reply]] = {}
+        self._waiters: list[tuple[Callable[[Snapshot], bool], asyncio.Future[Snapshot]]] = []
+        self._snapshot: Snapshot | None = None
+        self._events: deque[Event] = deque()
+        self._events_changed = asyncio.Event()
+        self._dropped_events = 0
+        self._dead_reason: str | None = None
+        self._closed = False
+        self._reader_task = asyncio.get_running_loop().create_task(self._read(), name=f"ipc client {path}")
+
+    @classmethod
+    async def connect(cls, path: Path, timeout_s: float = 2.0) -> ControllerClient:
+        """Connect to the socket at ``path`` within ``timeout_s`` seconds.
+
+        Raises:
+            ControllerUnavailable: nothing answers there in time.
+        """
+        try:
+            async with asyncio.timeout(timeout_s):
+                reader, writer = await asyncio.open_unix_connection(str(path), limit=MAX_LINE_BYTES)
+        except OSError as exc:  # TimeoutError included
+            reason = "timed out" if isinstance(exc, TimeoutError) else str(exc)
+            raise ControllerUnavailable(f"no controller at {path}: {reason}") from exc
+        return cls(Path(path), reader, writer)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    @property
+    def connected(self) -> bool:
+        """True until the connection ends (either side closing it, or an error)."""
+        return self._dead_reason is None
+
+    @property
+    def latest_snapshot(self) -> Snapshot | None:
+        """The newest snapshot received, ``None`` before the first."""
+        return self._snapshot
+
+    @property
+    def dropped_events(self) -> int:
+        """How many events were dropped because nobody consumed them in time."""
+        return self._dropped_events
+
+    async def request(self, command: Command, timeout_s: float = 5.0) -> Reply:
+        """Send ``command`` and return its reply within ``timeout_s`` seconds.
+
+        A command built without an id gets the next free one; one with an explicit id keeps it.
+
+        Raises:
+            ControllerUnavailable: the connection is closed or dies before the reply.
+            TimeoutError: no reply in time.
+            ValueError: the explicit id is already waiting for a reply.
+            MessageError: the command cannot be encoded.
+        """
+        if self._dead_reason is not None:
+            raise ControllerUnavailable(self._dead_reason)
+        if "id" in command.model_fields_set:
+            request_id = command.id
+            if request_id in self._pending:
+                raise ValueError(f"request id {request_id} is already waiting for a reply")
+            self._next_id = max(self._next_id, request_id + 1)
+        else:
+            request_id = self._next_id
+            self._next_id += 1
+            command = command.model_copy(update={"id": request_id})
+        line = encode(command)
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        try:
+            async with asyncio.timeout(timeout_s):
+                self._writer.write(line)
+                await self._writer.drain()
+                return await future
+        except (ConnectionError, RuntimeError) as exc:
+            if isinstance(exc, ControllerUnavailable):
+                raise
+            raise ControllerUnavailable(f"connection to {self._path} lost: {exc}") from exc
+        finally:
+            self._pending.pop(request_id, None)
+
+    async def call(self, command: Command, timeout_s: float = 5.0) -> dict[str, Any]:
+        """Send ``command`` and return its reply's data (empty when it has none).
+
+        Raises:
+            CommandFailed: the controller refused the command or failed carrying it out.
+            ControllerUnavailable, TimeoutError: as for :meth:`request`.
+        """
+        reply = await self.request(command, timeout_s)
+        if not reply.ok:
+            raise CommandFailed(reply.error or "command failed")
+        return dict(reply.data or {})
+
+    async def wait_snapshot(self, predicate: Callable[[Snapshot], bool], timeout_s: float = 5.0) -> Snapshot:
+        """The latest snapshot if it satisfies ``predicate``, else the first one received that does.
+
+        Raises:
+            TimeoutError: none did within ``timeout_s`` seconds.
+            ControllerUnavailable: the connection ended first.
+        """
+        if self._snapshot is not None and predicate(self._snapshot):
+            return self._snapshot
+        if self._dead_reason is not None:
+            raise ControllerUnavailable(self._dead_reason)
+        future: asyncio.Future[Snapshot] = asyncio.get_running_loop().create_future()
+        waiter = (predicate, future)
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await future
+        finally:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+
+    def events(self) -> _EventStream:
+        """An async iterator over pushed events, in order; it ends when the connection ends."""
+        return _EventStream(self)
+
+    async def close(self) -> None:
+        """Close the connection; pending requests fail with :class:`ControllerUnavailable`."""
+        if self._closed:
+            return
+        self._closed = True
+        self._mark_dead("connection closed by the client")
+        self._reader_task.cancel()
+        await asyncio.gather(self._reader_task, return_exceptions=True)
+        await _close_writer(self._writer)
+
+    async def _next_event(self) -> Event | None:
+        while not self._events:
+            if self._dead_reason is not None:
+                return None
+            self._events_changed.clear()
+            await self._events_changed.wait()
+        return self._events.popleft()
+
+    async def _read(self) -> None:
+        reason = f"controller at {self._path} closed the connection"
+        try:
+            while True:
+                try:
+                    line = await self._reader.readline()
+                except ValueError:
+                    reason = f"controller sent a line longer than {MAX_LINE_BYTES} bytes"
+                    return
+                except OSError as exc:
+                    reason = f"connection to {self._path} lost: {exc}"
+                    return
+                if not line.endswith(b"\n"):
+                    return
+                try:
+                    message = decode_server(line)
+                except MessageError as exc:
+                    logger.warning("unreadable message from the controller: %s", exc)
+                    continue
+                self._dispatch(message)
+        finally:
+            self._mark_dead(reason)
+
+    def _dispatch(self, message: Reply | Snapshot | Event) -> None:
+        if isinstance(message, Reply):
+            pending = self._pending.get(message.id) if message.id is not None else None
+            if pending is None or pending.done():
+                logger.warning("reply to no waiting request (id %s): %s", message.id, message.error)
+            else:
+                pending.set_result(message)
+        elif isinstance(message, Snapshot):
+            self._snapshot = message
+            for predicate, future in list(self._waiters):
+                if future.done():
+                    continue
+                try:
+                    matched = predicate(message)
+                except Exception as exc:
+                    future.set_exception(exc)
+                    continue
+                if matched:
+                    future.set_result(message)
+        else:
+            if len(self._events) >= EVENT_QUEUE_LIMIT:
+                self._events.popleft()
+                self._dropped_events += 1
+            self._events.append(message)
+            self._events_changed.set()
+
+    def _mark_dead(self, reason: str) -> None:
+        if self._dead_reason is not None:
+            return
+        self._dead_reason = reason
+        for pending in self._pending.values():
+            if not pending.done():
+                pending.set_exception(ControllerUnavailable(reason))
+        for _, waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_exception(ControllerUnavailable(reason))
+        self._events_changed.set()

@@ -1,0 +1,549 @@
+"""The messages the console and the controller exchange over their Unix sockets.
+
+Every message is defined here once, as a frozen pydantic model, and travels as newline-delimited JSON: one
+UTF-8 JSON object per line, at most :data:`MAX_LINE_BYTES` bytes per line (not counting the newline). Each
+object carries a ``"type"`` discriminator; unknown keys, NaN and infinities are refused, and values are
+checked strictly (``true`` is not an integer, ``"1"`` is not a number).
+
+Commands go from a client to the controller and carry a request id (``id``, an integer >= 0); the controller
+answers each with exactly one :class:`Reply` carrying the same id. :class:`Snapshot` and :class:`Event` are
+pushed by the controller without being asked.
+
+Two command sets exist, and they are different types, not one type with a runtime check:
+
+* :data:`ControlCommand`, accepted on ``control.sock`` (the operator's console): every command, including
+  arming and the session commands.
+* :data:`ObserveCommand`, accepted on ``observe.sock`` (engineers over SSH): ``ping``, ``status`` and
+  ``health`` only. There is no arm, emission or session command in it, so a line such as
+  ``{"type": "arm", ...}`` read from that socket is an unknown command type.
+
+A command model may be built without an id (``Ping()``); :class:`~control.ipc.ControllerClient` then assigns
+one. On the wire the id is required.
+
+Units: times in seconds (``_s``), power in watts (``_w``), energy in joules (``_j``), lengths in
+millimetres (``_mm``) or micrometres (``_um``), photodiode in volts (``_v``), laser diode current in
+milliamperes (``_ma``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime
+from typing import Annotated, Any, Literal, TypeAlias
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+#: The longest line either side accepts, in bytes, not counting the terminating newline (1 MiB).
+MAX_LINE_BYTES = 1_048_576
+
+#: The supervisor states a snapshot can report.
+SafetyState: TypeAlias = Literal["idle", "ready", "armed", "treating", "paused", "fault"]
+
+#: How serious an event is.
+Severity: TypeAlias = Literal["info", "warning", "critical", "emergency"]
+
+#: A string that is not empty once surrounding whitespace is removed (the whitespace is removed).
+NonBlank: TypeAlias = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+
+#: A request id: an integer >= 0.
+RequestId: TypeAlias = Annotated[int, Field(ge=0)]
+
+_FiniteFloat: TypeAlias = Annotated[float, Field(allow_inf_nan=False)]
+_NonNegative: TypeAlias = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+class MessageError(ValueError):
+    """A line that is not a valid message, or a message that cannot be encoded.
+
+    ``str(error)`` is a short, specific reason (``"unknown command type 'fire'"``,
+    ``"arm.password: field required"``); ``request_id`` is the request id when it could be read from the
+    line, else ``None``.
+    """
+
+    def __init__(self, message: str, request_id: int | None = None) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+
+
+class _Message(BaseModel):
+    """Base of every message: frozen, strict, no unknown keys, no NaN or infinity."""
+
+    model_config = ConfigDict(frozen=True, strict=True, extra="forbid", allow_inf_nan=False)
+
+
+class Command(_Message):
+    """Base of every command. ``id`` is the request id the reply will carry.
+
+    When a command is built without an id, ``id`` reads 0 and ``"id"`` is absent from ``model_fields_set``;
+    the client assigns the next free id before sending it.
+    """
+
+    id: RequestId = 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------------------------------------
+
+
+class Ping(Command):
+    """Is the controller there? The reply's data holds the controller's monotonic time (``time_s``)."""
+
+    type: Literal["ping"] = "ping"
+
+
+class Status(Command):
+    """Ask for the current state; the reply's data is the latest snapshot."""
+
+    type: Literal["status"] = "status"
+
+
+class Health(Command):
+    """Ask for device health: each device's connection state, identity, last reading age and error."""
+
+    type: Literal["health"] = "health"
+
+
+class OpenSession(Command):
+    """Open a treatment session for a subject with a protocol.
+
+    ``create_subject`` asks the controller to create the subject when ``subject_code`` is not on record.
+    """
+
+    type: Literal["open_session"] = "open_session"
+    subject_code: NonBlank
+    username: NonBlank
+    protocol_name: NonBlank
+    treatment_site: str | None = None
+    treatment_notes: str | None = None
+    create_subject: bool = False
+
+
+class Prechecks(Command):
+    """Run the pre-treatment checks; READY when they all pass."""
+
+    type: Literal["prechecks"] = "prechecks"
+
+
+class Arm(Command):
+    """Arm the laser (key control): the operator re-enters their password."""
+
+    type: Literal["arm"] = "arm"
+    password: Annotated[str, Field(min_length=1)]
+
+
+class Disarm(Command):
+    """Disarm the laser (ARMED to READY)."""
+
+    type: Literal["disarm"] = "disarm"
+
+
+class Pause(Command):
+    """Operator pause: laser off and disarmed, step clock held."""
+
+    type: Literal["pause"] = "pause"
+
+
+class Resume(Command):
+    """Leave an operator pause (the operator arms again before emitting)."""
+
+    type: Literal["resume"] = "resume"
+
+
+class Stop(Command):
+    """Stop emission at once (the stop key); the session stays open."""
+
+    type: Literal["stop"] = "stop"
+
+
+class Abort(Command):
+    """Abort the session, laser off, with the operator's reason (not blank)."""
+
+    type: Literal["abort"] = "abort"
+    reason: NonBlank
+
+
+class OverridePower(Command):
+    """Override the running step's power, in watts (finite, >= 0), with the operator's reason (not blank).
+
+    The controller checks the value against the protocol's and the system's limits.
+    """
+
+    type: Literal["override_power"] = "override_power"
+    watts: _NonNegative
+    reason: NonBlank
+
+
+class ResetFault(Command):
+    """Acknowledge and reset a latched fault; needs the operator's credentials and a cleared cause."""
+
+    type: Literal["reset_fault"] = "reset_fault"
+    username: NonBlank
+    password: Annotated[str, Field(min_length=1)]
+
+
+class EndSession(Command):
+    """End the open session (laser off), with optional closing notes."""
+
+    type: Literal["end_session"] = "end_session"
+    notes: str | None = None
+
+
+class Sim(Command):
+    """A line of the simulator command language (DEVICES.md); refused unless the controller runs ``--sim``."""
+
+    type: Literal["sim"] = "sim"
+    command: NonBlank
+
+
+#: Every command the operator's socket (``control.sock``) accepts.
+ControlCommand: TypeAlias = Annotated[
+    Ping
+    | Status
+    | Health
+    | OpenSession
+    | Prechecks
+    | Arm
+    | Disarm
+    | Pause
+    | Resume
+    | Stop
+    | Abort
+    | OverridePower
+    | ResetFault
+    | EndSession
+    | Sim,
+    Field(discriminator="type"),
+]
+
+#: The only commands the observation socket (``observe.sock``) accepts: none of them can arm, emit or touch
+#: a session.
+ObserveCommand: TypeAlias = Annotated[Ping | Status | Health, Field(discriminator="type")]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Server to client
+# ---------------------------------------------------------------------------------------------------------
+
+
+class Reply(_Message):
+    """The one answer to a command. ``id`` is the command's request id, or ``None`` when the command's line
+    could not be read far enough to find it. ``error`` is set exactly when ``ok`` is false."""
+
+    type: Literal["reply"] = "reply"
+    id: RequestId | None
+    ok: bool
+    error: str | None = None
+    data: dict[str, Any] | None = None
+
+    @field_validator("data")
+    @classmethod
+    def _finite_data(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            _check_finite(value, "data")
+        return value
+
+    @model_validator(mode="after")
+    def _error_iff_refused(self) -> Reply:
+        if self.ok and self.error is not None:
+            raise ValueError("a successful reply carries no error")
+        if not self.ok and not (self.error and self.error.strip()):
+            raise ValueError("a failed reply needs an error message")
+        return self
+
+
+def _check_finite(value: Any, where: str) -> None:
+    """Refuse NaN and infinities anywhere inside a free-form payload (JSON cannot carry them)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where} is {value}, not a finite number")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_finite(item, f"{where}.{key}")
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _check_finite(item, f"{where}[{index}]")
+
+
+class StepView(_Message):
+    """The protocol step in progress: ``number`` of ``of``, time in seconds, power in watts, ring in mm."""
+
+    number: Annotated[int, Field(ge=1)]
+    of: Annotated[int, Field(ge=1)]
+    elapsed_s: _NonNegative
+    duration_s: _NonNegative
+    power_start_w: _NonNegative
+    power_end_w: _NonNegative
+    ramp: Literal["constant", "linear"]
+    ring_size_mm: _FiniteFloat
+
+
+class SessionView(_Message):
+    """The open treatment session: clocks in seconds, delivered energy in joules."""
+
+    session_id: int
+    subject_code: str
+    protocol_name: str
+    technician: str
+    status: str
+    clock_s: _NonNegative
+    treating_s: _NonNegative
+    delivered_energy_j: _NonNegative
+    step: StepView | None = None
+
+
+class LaserView(_Message):
+    """The laser: commanded and measured power (W), photodiode (V), output state, diode current (mA).
+
+    Measured values are ``None`` while no fresh reading exists.
+    """
+
+    commanded_w: _NonNegative
+    measured_w: _FiniteFloat | None = None
+    photodiode_v: _FiniteFloat | None = None
+    output_on: bool
+    current_ma: _FiniteFloat | None = None
+
+
+class RingView(_Message):
+    """The treatment ring: commanded and measured size (mm), actuator position (um); ``None`` if unknown."""
+
+    commanded_mm: _FiniteFloat | None = None
+    measured_mm: _FiniteFloat | None = None
+    position_um: _FiniteFloat | None = None
+
+
+class InterlockView(_Message):
+    """One term of the permission to emit, with its live value as shown to the operator."""
+
+    name: str
+    ok: bool
+    value: str
+    detail: str
+
+
+class DeviceView(_Message):
+    """One device: connection state, identity string (``None`` until identified) and last error."""
+
+    name: str
+    state: str
+    identity: str | None = None
+    error: str | None = None
+
+
+class FaultView(_Message):
+    """The latched fault: what happened, what the controller did, how to reset, whether the cause has cleared,
+    and when (``at``, an ISO 8601 time)."""
+
+    what: str
+    action: str
+    how_to_reset: str
+    cause_cleared: bool
+    at: str
+
+    @field_validator("at")
+    @classmethod
+    def _iso_time(cls, value: str) -> str:
+        try:
+            datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"not an ISO 8601 time: {value!r}") from None
+        return value
+
+
+class Snapshot(_Message):
+    """The controller's whole visible state, pushed at most ``max_push_hz`` times a second per client.
+
+    ``seq`` increases with every snapshot; ``time_s`` is the controller's monotonic clock in seconds.
+    """
+
+    type: Literal["snapshot"] = "snapshot"
+    seq: Annotated[int, Field(ge=0)]
+    time_s: _FiniteFloat
+    state: SafetyState
+    emitting: bool
+    sim: bool
+    session: SessionView | None = None
+    laser: LaserView
+    ring: RingView
+    interlocks: list[InterlockView] = Field(default_factory=list)
+    devices: list[DeviceView] = Field(default_factory=list)
+    fault: FaultView | None = None
+    warnings: list[str] = Field(default_factory=list)
+
+
+class Event(_Message):
+    """Something that happened (a transition, a warning, a fault), pushed to every client, never coalesced.
+
+    ``seq`` increases with every event; ``time_s`` is the controller's monotonic clock in seconds.
+    """
+
+    type: Literal["event"] = "event"
+    seq: Annotated[int, Field(ge=0)]
+    time_s: _FiniteFloat
+    kind: NonBlank
+    severity: Severity
+    message: str
+
+
+#: Whatever the controller sends.
+ServerMessage: TypeAlias = Annotated[Reply | Snapshot | Event, Field(discriminator="type")]
+
+#: Anything :func:`encode` writes.
+Message: TypeAlias = Command | Reply | Snapshot | Event
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Encoding and decoding
+# ---------------------------------------------------------------------------------------------------------
+
+_CONTROL: TypeAdapter[ControlCommand] = TypeAdapter(ControlCommand)
+_OBSERVE: TypeAdapter[ObserveCommand] = TypeAdapter(ObserveCommand)
+_SERVER: TypeAdapter[ServerMessage] = TypeAdapter(ServerMessage)
+
+
+def encode(message: Message) -> bytes:
+    """One message as one line of compact UTF-8 JSON ending in ``b"\\n"``.
+
+    Raises:
+        MessageError: when the message holds a value JSON cannot carry (NaN, infinity, an object that does
+            not serialise), or the line would exceed :data:`MAX_LINE_BYTES`.
+    """
+    request_id = message.id if isinstance(message, Command | Reply) else None
+    kind = _type_of(message)
+    try:
+        payload = message.model_dump(mode="json")
+        text = json.dumps(payload, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+    except (ValueError, TypeError) as exc:
+        raise MessageError(f"cannot encode {kind}: {exc}", request_id) from exc
+    line = text.encode("utf-8")
+    if len(line) > MAX_LINE_BYTES:
+        raise MessageError(f"{kind} is {len(line)} bytes, longer than {MAX_LINE_BYTES}", request_id)
+    return line + b"\n"
+
+
+def decode_control(line: bytes | str) -> ControlCommand:
+    """Read one command line from ``control.sock``.
+
+    Raises:
+        MessageError: with a short reason and, when it could be read, the request id.
+    """
+    obj = _parse(line)
+    command: ControlCommand = _validate(_CONTROL, obj, "command")
+    _require_id(command)
+    return command
+
+
+def decode_observe(line: bytes | str) -> ObserveCommand:
+    """Read one command line from ``observe.sock``: ``ping``, ``status`` or ``health`` and nothing else.
+
+    Raises:
+        MessageError: with a short reason and, when it could be read, the request id.
+    """
+    obj = _parse(line)
+    command: ObserveCommand = _validate(_OBSERVE, obj, "command")
+    _require_id(command)
+    return command
+
+
+def decode_server(line: bytes | str) -> Reply | Snapshot | Event:
+    """Read one line the controller sent.
+
+    Raises:
+        MessageError: with a short reason.
+    """
+    message: ServerMessage = _validate(_SERVER, _parse(line), "message")
+    return message
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not allowed")
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+def _parse(line: bytes | str) -> dict[str, Any]:
+    raw = line.encode("utf-8") if isinstance(line, str) else bytes(line)
+    if raw.endswith(b"\n"):
+        raw = raw[:-1]
+    if len(raw) > MAX_LINE_BYTES:
+        raise MessageError(f"line longer than {MAX_LINE_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MessageError(f"not UTF-8: {exc.reason} at byte {exc.start}") from None
+    if not text.strip():
+        raise MessageError("empty line")
+    try:
+        obj = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_no_duplicate_keys)
+    except ValueError as exc:
+        raise MessageError(f"not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise MessageError(f"expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _recover_id(obj: dict[str, Any]) -> int | None:
+    value = obj.get("id")
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
+
+
+def _require_id(command: Command) -> None:
+    if "id" not in command.model_fields_set:
+        raise MessageError(f"{_type_of(command)}.id: field required")
+
+
+def _type_of(message: BaseModel) -> str:
+    value = getattr(message, "type", "")
+    return str(value)
+
+
+def _validate(adapter: TypeAdapter[Any], obj: dict[str, Any], noun: str) -> Any:
+    try:
+        return adapter.validate_python(obj)
+    except ValidationError as exc:
+        raise MessageError(_describe(exc, noun), _recover_id(obj)) from None
+
+
+def _describe(exc: ValidationError, noun: str) -> str:
+    parts: list[str] = []
+    for error in exc.errors(include_url=False):
+        kind = error["type"]
+        ctx = error.get("ctx") or {}
+        if kind == "union_tag_invalid":
+            parts.append(f"unknown {noun} type {ctx.get('tag')!r}")
+            continue
+        if kind == "union_tag_not_found":
+            parts.append(f"{noun} has no 'type'")
+            continue
+        where = ".".join(str(part) for part in error["loc"])
+        if kind == "missing":
+            what = "field required"
+        elif kind == "extra_forbidden":
+            what = "unexpected field"
+        else:
+            msg = str(error["msg"]).removeprefix("Value error, ")
+            what = msg[:1].lower() + msg[1:]
+        parts.append(f"{where}: {what}" if where else what)
+    shown = parts[:3]
+    if len(parts) > 3:
+        shown.append(f"and {len(parts) - 3} more")
+    return "; ".join(shown)

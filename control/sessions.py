@@ -1,0 +1,772 @@
+"""Treatment session records: opening and closing sessions, the end-of-session summary, the start-up close.
+
+A session's life, as stored in ``sessions.status``::
+
+    (open) -> in_progress <-> paused -> completed | aborted
+
+* :meth:`SessionService.open` checks the user, the subject, the protocol and that no other session is open,
+  takes an automatic backup of the database, then in one transaction inserts the session row (status
+  ``in_progress``, the protocol's latest saved version as ``protocol_data_snapshot``), creates the session's
+  folder ``sessions/<subject_code>/<session_id>/`` and counts one more use of the protocol.
+* :meth:`SessionService.set_status` moves only between ``in_progress`` and ``paused``.
+* :meth:`SessionService.finish` closes an open session as ``completed`` or ``aborted`` (with a reason) and
+  writes its summary (:class:`SessionSummary`, computed by :class:`SummaryAccumulator`), the telemetry file's
+  path, line count and SHA-256, and the video path. A finished session is never finished again.
+* :meth:`SessionService.add_notes` adds the post-treatment notes to a finished session once; they are part of
+  the record and are never rewritten.
+* :meth:`SessionService.close_interrupted` runs at controller start: a session left ``in_progress`` or
+  ``paused`` by a crash is closed as ``aborted`` with the reason, and a ``safety_log`` warning is written for
+  each.
+
+Only one session may be open at a time on a console (one rig, one treatment). Every refusal raises
+:class:`SessionRefused` with a one-line message a person can act on, and changes nothing.
+
+Times are naive UTC. Powers are in watts, energies in joules, durations in seconds. All database work goes
+through the :mod:`storage` repositories; this module contains no SQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from storage import (
+    AuditRepository,
+    DataDir,
+    ProtocolsRepository,
+    SafetyLogRepository,
+    SessionsRepository,
+    StorageError,
+    Subject,
+    SubjectsRepository,
+    TechUser,
+    TreatmentEventsRepository,
+    TreatmentSession,
+    UsersRepository,
+    utc_now,
+)
+from storage.maintenance import backup as backup_database
+from storage.telemetry import TelemetrySummary
+
+if TYPE_CHECKING:
+    from storage import Protocol
+
+#: Statuses of a session that is still open.
+OPEN_STATUSES: Final = ("in_progress", "paused")
+#: Statuses a session may be finished with.
+FINISHED_STATUSES: Final = ("completed", "aborted")
+#: The only status changes :meth:`SessionService.set_status` makes: (from, to).
+STATUS_TRANSITIONS: Final = frozenset({("in_progress", "paused"), ("paused", "in_progress")})
+#: Subject code pattern for a subject created when a session opens (``P-YYYY-NNNN``, ASCII digits).
+SUBJECT_CODE_PATTERN: Final = re.compile(r"P-[0-9]{4}-[0-9]{4}")
+#: Longest post-treatment note accepted, in characters.
+MAX_NOTES_LENGTH: Final = 10_000
+#: Longest abort reason accepted, in characters.
+MAX_REASON_LENGTH: Final = 500
+#: The reason recorded for a session found open at start-up.
+DEFAULT_INTERRUPTED_REASON: Final = "the controller stopped while the session was open"
+
+#: ``safety_log`` row written for each session closed at start-up.
+EVENT_ABORTED_AT_STARTUP: Final = "session_aborted_at_startup"
+ACTION_CLOSED_AS_ABORTED: Final = "closed as aborted"
+#: ``audit_log.action`` values written by this module.
+ACTION_SESSION_OPEN: Final = "session_open"
+ACTION_SESSION_FINISH: Final = "session_finish"
+ACTION_SESSION_NOTES: Final = "session_notes"
+ACTION_SUBJECT_CREATE: Final = "subject_create"
+#: ``audit_log.entity_type`` values written by this module.
+ENTITY_SESSION: Final = "session"
+ENTITY_SUBJECT: Final = "subject"
+
+SessionStatus = Literal["in_progress", "paused", "completed", "aborted"]
+FinishStatus = Literal["completed", "aborted"]
+
+_SHA256_PATTERN: Final = re.compile(r"[0-9a-f]{64}")
+
+
+class SessionError(Exception):
+    """Base class of session errors; the message is one line a person can act on."""
+
+
+class SessionRefused(SessionError):
+    """An operation on a session was refused; nothing was changed."""
+
+
+# ---- the summary maths
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSummary:
+    """The summary written to a session row at its end.
+
+    Attributes:
+        laser_on_time_s: seconds with the laser on.
+        avg_power_w: time-weighted average measured power while on, in watts (None if never on).
+        max_power_w: highest measured power while on, in watts (None if never on).
+        energy_j: delivered energy in joules (integral of measured power while on).
+    """
+
+    laser_on_time_s: float
+    avg_power_w: float | None
+    max_power_w: float | None
+    energy_j: float
+
+    def __post_init__(self) -> None:
+        for name in ("laser_on_time_s", "avg_power_w", "max_power_w", "energy_j"):
+            value = getattr(self, name)
+            if value is None and name in ("avg_power_w", "max_power_w"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{name} must be a number; got {value!r}")
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0; got {value!r}")
+
+    @classmethod
+    def empty(cls) -> SessionSummary:
+        """The summary of a session in which the laser never emitted."""
+        return cls(laser_on_time_s=0.0, avg_power_w=None, max_power_w=None, energy_j=0.0)
+
+
+class SummaryAccumulator:
+    """Laser-on time, delivered energy, average and maximum measured power from samples in time order.
+
+    Feed it every sample of the treatment (about 100 per second) with :meth:`add`. Between two consecutive
+    samples the laser counts as on when the earlier sample says so; such an interval adds its length to the
+    laser-on time and the trapezoid of the two measured powers to the energy. The average is energy divided by
+    laser-on time (so it is weighted by time, however unevenly the samples arrive). The maximum is taken over
+    the samples measured with the laser on and the samples that close a laser-on interval, so the average
+    never exceeds it. Negative measured powers (photodiode noise around zero) count as 0 W.
+
+    Pure arithmetic: no I/O, no clock. A rejected sample leaves the accumulator as it was.
+    """
+
+    __slots__ = ("_energy_j", "_last_on", "_last_t", "_last_w", "_max_w", "_on_time_s", "_samples")
+
+    def __init__(self) -> None:
+        self._samples = 0
+        self._last_t = 0.0
+        self._last_w = 0.0
+        self._last_on = False
+        self._on_time_s = 0.0
+        self._energy_j = 0.0
+        self._max_w: float | None = None
+
+    def add(self, t_s: float, measured_w: float, laser_on: bool) -> None:
+        """Add one sample: time in seconds (any origin, never decreasing), measured power in watts.
+
+        Raises:
+            ValueError: for a time or power that is not a finite number, a time earlier than the previous
+                sample's, or a ``laser_on`` that is not a bool. Nothing is changed then.
+        """
+        if isinstance(t_s, bool) or not isinstance(t_s, (int, float)) or not math.isfinite(t_s):
+            raise ValueError(f"sample time must be a finite number of seconds; got {t_s!r}")
+        if (
+            isinstance(measured_w, bool)
+            or not isinstance(measured_w, (int, float))
+            or not math.isfinite(measured_w)
+        ):
+            raise ValueError(f"measured power must be a finite number of watts; got {measured_w!r}")
+        if not isinstance(laser_on, bool):
+            raise ValueError(f"laser_on must be True or False; got {laser_on!r}")
+        if self._samples and t_s < self._last_t:
+            raise ValueError(f"sample at {t_s} s is earlier than the previous one at {self._last_t} s")
+        power = max(0.0, float(measured_w))
+        if self._samples and self._last_on:
+            dt = float(t_s) - self._last_t
+            self._on_time_s += dt
+            self._energy_j += 0.5 * (self._last_w + power) * dt
+            self._note_max(power)
+        if laser_on:
+            self._note_max(power)
+        self._samples += 1
+        self._last_t = float(t_s)
+        self._last_w = power
+        self._last_on = laser_on
+
+    def _note_max(self, power: float) -> None:
+        if self._max_w is None or power > self._max_w:
+            self._max_w = power
+
+    @property
+    def sample_count(self) -> int:
+        """How many samples were added."""
+        return self._samples
+
+    @property
+    def laser_on_time_s(self) -> float:
+        """Seconds with the laser on."""
+        return self._on_time_s
+
+    @property
+    def energy_j(self) -> float:
+        """Delivered energy in joules."""
+        return self._energy_j
+
+    @property
+    def avg_power_w(self) -> float | None:
+        """Time-weighted average measured power while on, in watts; None while no laser-on time has passed."""
+        if self._on_time_s <= 0.0:
+            return None
+        return self._energy_j / self._on_time_s
+
+    @property
+    def max_power_w(self) -> float | None:
+        """Highest measured power while on, in watts; None if the laser was never on."""
+        return self._max_w
+
+    def summary(self) -> SessionSummary:
+        """The values to write to the session row."""
+        return SessionSummary(
+            laser_on_time_s=self._on_time_s,
+            avg_power_w=self.avg_power_w,
+            max_power_w=self._max_w,
+            energy_j=self._energy_j,
+        )
+
+
+# ---- the session records
+
+
+@dataclass(frozen=True, slots=True)
+class OpenedSession:
+    """A session just opened: who, for whom, with which protocol version, and where its files go.
+
+    ``started_at`` is naive UTC; ``protocol_data`` is the JSON snapshot stored with the session;
+    ``backup_path`` is the automatic backup taken first (None when none was asked for).
+    """
+
+    session_id: int
+    subject_id: int
+    subject_code: str
+    tech_id: int
+    username: str
+    technician: str
+    protocol_id: int
+    protocol_name: str
+    protocol_version: int
+    protocol_data: str
+    folder: Path
+    backup_path: Path | None
+    started_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class _Checked:
+    """What the checks before opening a session found."""
+
+    user: TechUser
+    subject: Subject | None
+    protocol: Protocol
+    protocol_version: int
+    protocol_data: str
+
+
+def _require_text(name: str, value: object, *, limit: int | None = None) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise SessionRefused(f"{name} must not be empty")
+    if limit is not None and len(value) > limit:
+        raise SessionRefused(f"{name} must have at most {limit} characters (it has {len(value)})")
+    return value
+
+
+def _optional_text(name: str, value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise SessionRefused(f"{name} must be text; got {type(value).__name__}")
+    return value if value.strip() else None
+
+
+def _session_id(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SessionRefused(f"a session id is a positive whole number; got {value!r}")
+    return value
+
+
+def _is_active(flag: bool | None) -> bool:
+    """``is_active`` NULL counts as active (the column's default is 1)."""
+    return True if flag is None else bool(flag)
+
+
+def _check_telemetry(telemetry: TelemetrySummary | None) -> tuple[str | None, int | None, str | None]:
+    """The telemetry columns (path, line count, SHA-256) for ``telemetry``; refused if malformed."""
+    if telemetry is None:
+        return None, None, None
+    if not isinstance(telemetry, TelemetrySummary):
+        raise SessionRefused(f"the telemetry must be a TelemetrySummary; got {type(telemetry).__name__}")
+    path, line_count, sha256 = telemetry.path, telemetry.line_count, telemetry.sha256
+    if not str(path).strip():
+        raise SessionRefused("the telemetry path must not be empty")
+    if isinstance(line_count, bool) or not isinstance(line_count, int) or line_count < 0:
+        raise SessionRefused(f"the telemetry line count must be a whole number >= 0; got {line_count!r}")
+    if not isinstance(sha256, str) or not _SHA256_PATTERN.fullmatch(sha256):
+        raise SessionRefused(f"the telemetry checksum must be 64 lower-case hex digits; got {sha256!r}")
+    return str(path), line_count, sha256
+
+
+class SessionService:
+    """Opens, pauses, resumes, finishes and annotates treatment session records.
+
+    Args:
+        sessions: the session maker of the records database (:func:`storage.session_factory`).
+        data_dir: the data directory (session folders and backups go there).
+        clock: returns naive UTC now; start and end times and log timestamps use it.
+        terminal: the terminal recorded in audit rows (:func:`control.terminal.detect_terminal`).
+
+    Operations that change records run one at a time (an :class:`asyncio.Lock`), so two requests cannot both
+    find "no session open" and both open one.
+    """
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        data_dir: DataDir,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+        terminal: str | None = None,
+    ) -> None:
+        self._sessions = sessions
+        self._data_dir = data_dir
+        self._clock = clock
+        self._terminal = terminal
+        self._lock = asyncio.Lock()
+
+    @property
+    def data_dir(self) -> DataDir:
+        """The data directory this service writes session folders and backups to."""
+        return self._data_dir
+
+    # -- start-up -------------------------------------------------------------------------------------------
+
+    async def close_interrupted(self, reason: str = DEFAULT_INTERRUPTED_REASON) -> list[int]:
+        """Close every session left ``in_progress`` or ``paused`` as ``aborted`` with ``reason``.
+
+        Each one also gets a ``safety_log`` warning (``session_aborted_at_startup``, action "closed as
+        aborted") naming the status it was left in. All in one transaction. Returns the closed sessions' ids.
+        """
+        reason = _require_text("the reason", reason, limit=MAX_REASON_LENGTH).strip()
+        async with self._lock:
+            now = self._clock()
+            async with self._sessions() as session, session.begin():
+                repo = SessionsRepository(session)
+                left_open = {row.session_id: row for row in await repo.active_sessions()}
+                closed = await repo.abort_interrupted(reason, when=now)
+                log = SafetyLogRepository(session)
+                for session_id in closed:
+                    found = left_open.get(session_id)
+                    was = found.status if found is not None else "open"
+                    await log.add(
+                        EVENT_ABORTED_AT_STARTUP,
+                        "warning",
+                        f"session {session_id} was left {was} and was closed as aborted: {reason}",
+                        session_id=session_id,
+                        tech_id=found.tech_id if found is not None else None,
+                        action_taken=ACTION_CLOSED_AS_ABORTED,
+                        details={"previous_status": was, "reason": reason},
+                        timestamp=now,
+                    )
+            return closed
+
+    # -- opening --------------------------------------------------------------------------------------------
+
+    async def open(
+        self,
+        *,
+        subject_code: str,
+        username: str,
+        protocol_name: str,
+        treatment_site: str | None = None,
+        treatment_notes: str | None = None,
+        create_subject: bool = False,
+        backup: bool = True,
+    ) -> OpenedSession:
+        """Open a session for ``subject_code`` run by ``username`` with the protocol ``protocol_name``.
+
+        Refused (:class:`SessionRefused`) for an unknown or inactive user, an unknown subject (unless
+        ``create_subject``, when a code of the form ``P-YYYY-NNNN`` is created), an inactive subject, an
+        unknown or inactive protocol or one with no saved version, and while another session is open. With
+        ``backup`` the database is backed up first and the session is refused if that fails.
+        """
+        subject_code = _require_text("the subject code", subject_code).strip()
+        username = _require_text("the username", username).strip()
+        protocol_name = _require_text("the protocol name", protocol_name).strip()
+        site = _optional_text("the treatment site", treatment_site)
+        notes = _optional_text("the treatment notes", treatment_notes)
+        if create_subject and not SUBJECT_CODE_PATTERN.fullmatch(subject_code):
+            raise SessionRefused(f"a new subject code must look like P-YYYY-NNNN; got {subject_code!r}")
+        async with self._lock:
+            # Check first, so a refused request costs no backup; check again inside the writing transaction.
+            async with self._sessions() as session:
+                await self._check_open(session, subject_code, username, protocol_name, create_subject)
+            backup_path: Path | None = None
+            if backup:
+                try:
+                    backup_path = await asyncio.to_thread(
+                        backup_database, self._data_dir, terminal=self._terminal
+                    )
+                except (StorageError, OSError) as exc:
+                    raise SessionRefused(f"the automatic backup before the session failed: {exc}") from exc
+            return await self._insert(
+                subject_code, username, protocol_name, site, notes, create_subject, backup_path
+            )
+
+    async def _insert(
+        self,
+        subject_code: str,
+        username: str,
+        protocol_name: str,
+        site: str | None,
+        notes: str | None,
+        create_subject: bool,
+        backup_path: Path | None,
+    ) -> OpenedSession:
+        now = self._clock()
+        created_folders: list[Path] = []
+        try:
+            async with self._sessions() as session, session.begin():
+                checked = await self._check_open(
+                    session, subject_code, username, protocol_name, create_subject
+                )
+                user, protocol = checked.user, checked.protocol
+                subject = checked.subject
+                audit = AuditRepository(session)
+                if subject is None:
+                    subject = await SubjectsRepository(session).add(
+                        subject_code, created_by_tech_id=user.tech_id
+                    )
+                    await audit.add(
+                        ACTION_SUBJECT_CREATE,
+                        "success",
+                        tech_id=user.tech_id,
+                        username=user.username,
+                        entity_type=ENTITY_SUBJECT,
+                        entity_id=subject.subject_id,
+                        terminal=self._terminal,
+                        details={"subject_code": subject_code},
+                        timestamp=now,
+                    )
+                repo = SessionsRepository(session)
+                row = await repo.add(
+                    TreatmentSession(
+                        subject_id=subject.subject_id,
+                        tech_id=user.tech_id,
+                        protocol_id=protocol.protocol_id,
+                        start_time=now,
+                        status="in_progress",
+                        treatment_site=site,
+                        treatment_notes=notes,
+                        protocol_name=protocol.protocol_name,
+                        protocol_data_snapshot=checked.protocol_data,
+                    )
+                )
+                folder = self._data_dir.session_folder(subject.subject_code, row.session_id)
+                created_folders = self._make_folder(folder)
+                row.session_folder_path = str(folder)
+                await repo.save(row)
+                await ProtocolsRepository(session).record_use(protocol.protocol_id, when=now)
+                await audit.add(
+                    ACTION_SESSION_OPEN,
+                    "success",
+                    tech_id=user.tech_id,
+                    username=user.username,
+                    entity_type=ENTITY_SESSION,
+                    entity_id=row.session_id,
+                    terminal=self._terminal,
+                    details={
+                        "subject_code": subject.subject_code,
+                        "protocol_name": protocol.protocol_name,
+                        "protocol_version": checked.protocol_version,
+                        "backup": str(backup_path) if backup_path is not None else None,
+                    },
+                    timestamp=now,
+                )
+                opened = OpenedSession(
+                    session_id=row.session_id,
+                    subject_id=subject.subject_id,
+                    subject_code=subject.subject_code,
+                    tech_id=user.tech_id,
+                    username=user.username,
+                    technician=user.full_name,
+                    protocol_id=protocol.protocol_id,
+                    protocol_name=protocol.protocol_name,
+                    protocol_version=checked.protocol_version,
+                    protocol_data=checked.protocol_data,
+                    folder=folder,
+                    backup_path=backup_path,
+                    started_at=now,
+                )
+        except BaseException:
+            self._remove_empty_folders(created_folders)
+            raise
+        return opened
+
+    def _make_folder(self, folder: Path) -> list[Path]:
+        """Create the session folder; return the folders this call created, outermost first.
+
+        A failed open removes them again. A folder that exists and holds files (left from a database restored
+        to an earlier state) is refused: one session's files are never mixed with another's.
+        """
+        if folder.exists():
+            if not folder.is_dir() or any(folder.iterdir()):
+                raise SessionRefused(
+                    f"the session folder {folder} already exists and is not empty; move it aside first"
+                )
+            return []
+        missing = [folder]
+        while not missing[-1].parent.exists():
+            missing.append(missing[-1].parent)
+        try:
+            folder.mkdir(parents=True)
+        except OSError as exc:
+            raise SessionRefused(f"cannot create the session folder {folder}: {exc}") from exc
+        return missing[::-1]
+
+    @staticmethod
+    def _remove_empty_folders(created: list[Path]) -> None:
+        """Remove the folders a failed open created, innermost first, as long as they are still empty."""
+        for folder in reversed(created):
+            try:
+                folder.rmdir()
+            except OSError:
+                return  # not empty (something was written into it) or already gone: keep what is there
+
+    async def _check_open(
+        self,
+        session: AsyncSession,
+        subject_code: str,
+        username: str,
+        protocol_name: str,
+        create_subject: bool,
+    ) -> _Checked:
+        user = await UsersRepository(session).get_by_username(username)
+        if user is None:
+            raise SessionRefused(f"no user named {username!r}")
+        if not _is_active(user.is_active):
+            raise SessionRefused(f"user {username!r} is inactive")
+        subject = await SubjectsRepository(session).find_subject_by_code(subject_code)
+        if subject is None and not create_subject:
+            raise SessionRefused(f"no subject with code {subject_code}")
+        if subject is not None and not _is_active(subject.is_active):
+            raise SessionRefused(f"subject {subject_code} is inactive")
+        protocols = ProtocolsRepository(session)
+        protocol = await protocols.get_by_name(protocol_name)
+        if protocol is None:
+            raise SessionRefused(f"no protocol named {protocol_name!r}")
+        if not _is_active(protocol.is_active):
+            raise SessionRefused(f"protocol {protocol_name!r} is inactive")
+        versions = await protocols.versions(protocol.protocol_id)
+        if not versions:
+            raise SessionRefused(f"protocol {protocol_name!r} has no saved version; save it again first")
+        latest = versions[-1]
+        already = await SessionsRepository(session).active_sessions()
+        if already:
+            other = already[0]
+            raise SessionRefused(
+                f"session {other.session_id} for {other.subject_code} is still {other.status}; "
+                "finish it before opening another"
+            )
+        return _Checked(
+            user=user,
+            subject=subject,
+            protocol=protocol,
+            protocol_version=latest.version,
+            protocol_data=latest.protocol_data,
+        )
+
+    # -- pause and resume -----------------------------------------------------------------------------------
+
+    async def set_status(self, session_id: int, status: SessionStatus) -> None:
+        """Pause (``in_progress`` -> ``paused``) or resume (``paused`` -> ``in_progress``) an open session.
+
+        Any other change is refused; finishing goes through :meth:`finish`.
+        """
+        session_id = _session_id(session_id)
+        async with self._lock, self._sessions() as session, session.begin():
+            repo = SessionsRepository(session)
+            row = await self._existing(repo, session_id)
+            if (row.status, status) not in STATUS_TRANSITIONS:
+                if status in FINISHED_STATUSES and row.status in OPEN_STATUSES:
+                    raise SessionRefused(f"session {session_id} is finished with finish(), not set_status()")
+                raise SessionRefused(f"session {session_id} cannot go from {row.status} to {status}")
+            row.status = status
+            await repo.save(row)
+
+    # -- finishing ------------------------------------------------------------------------------------------
+
+    async def finish(
+        self,
+        session_id: int,
+        *,
+        status: FinishStatus,
+        reason: str | None,
+        summary: SessionSummary,
+        telemetry: TelemetrySummary | None,
+        video_path: str | None,
+    ) -> None:
+        """Close an open session as ``completed`` or ``aborted`` and write its summary.
+
+        Sets the end time (now), the duration in whole seconds, the status, the abort reason (required for
+        ``aborted``, refused for ``completed``), the four summary columns, the telemetry file's path, line
+        count and SHA-256, and the video path. Refused for a session that is already finished.
+        """
+        session_id = _session_id(session_id)
+        if status not in FINISHED_STATUSES:
+            raise SessionRefused(f"a session is finished as completed or aborted, not {status!r}")
+        text = _optional_text("the abort reason", reason)
+        if status == "aborted":
+            text = _require_text("the abort reason", text, limit=MAX_REASON_LENGTH).strip()
+        elif text is not None:
+            raise SessionRefused("a completed session takes no abort reason")
+        if not isinstance(summary, SessionSummary):
+            raise SessionRefused(f"the summary must be a SessionSummary; got {type(summary).__name__}")
+        telemetry_path, line_count, sha256 = _check_telemetry(telemetry)
+        video = _optional_text("the video path", video_path)
+        async with self._lock:
+            now = self._clock()
+            async with self._sessions() as session, session.begin():
+                repo = SessionsRepository(session)
+                row = await self._existing(repo, session_id)
+                if row.status not in OPEN_STATUSES:
+                    raise SessionRefused(f"session {session_id} is already {row.status}")
+                row.status = status
+                row.abort_reason = text
+                row.end_time = now
+                row.duration_seconds = max(0, int((now - row.start_time).total_seconds()))
+                row.total_laser_on_time_seconds = summary.laser_on_time_s
+                row.avg_power_watts = summary.avg_power_w
+                row.max_power_watts = summary.max_power_w
+                row.total_energy_joules = summary.energy_j
+                row.telemetry_path = telemetry_path
+                row.telemetry_line_count = line_count
+                row.telemetry_sha256 = sha256
+                row.video_path = video
+                await repo.save(row)
+                user = await UsersRepository(session).get_by_id(row.tech_id)
+                await AuditRepository(session).add(
+                    ACTION_SESSION_FINISH,
+                    "success",
+                    tech_id=row.tech_id,
+                    username=user.username if user is not None else None,
+                    entity_type=ENTITY_SESSION,
+                    entity_id=session_id,
+                    terminal=self._terminal,
+                    details={"status": status, "reason": text, "energy_j": summary.energy_j},
+                    timestamp=now,
+                )
+
+    # -- notes ----------------------------------------------------------------------------------------------
+
+    async def add_notes(self, session_id: int, notes: str, *, username: str) -> None:
+        """Write the post-treatment notes of a finished session, once, and audit who wrote them.
+
+        Refused while the session is open, when notes already exist (they are part of the record and never
+        rewritten), for empty notes, and for an unknown or inactive user.
+        """
+        session_id = _session_id(session_id)
+        notes = _require_text("the notes", notes, limit=MAX_NOTES_LENGTH)
+        username = _require_text("the username", username).strip()
+        async with self._lock:
+            now = self._clock()
+            async with self._sessions() as session, session.begin():
+                user = await UsersRepository(session).get_by_username(username)
+                if user is None:
+                    raise SessionRefused(f"no user named {username!r}")
+                if not _is_active(user.is_active):
+                    raise SessionRefused(f"user {username!r} is inactive")
+                repo = SessionsRepository(session)
+                row = await self._existing(repo, session_id)
+                if row.status not in FINISHED_STATUSES:
+                    raise SessionRefused(f"session {session_id} is still {row.status}; finish it first")
+                if row.post_treatment_notes is not None:
+                    raise SessionRefused(f"session {session_id} already has notes; they cannot be changed")
+                row.post_treatment_notes = notes
+                await repo.save(row)
+                await AuditRepository(session).add(
+                    ACTION_SESSION_NOTES,
+                    "success",
+                    tech_id=user.tech_id,
+                    username=user.username,
+                    entity_type=ENTITY_SESSION,
+                    entity_id=session_id,
+                    terminal=self._terminal,
+                    details={"characters": len(notes)},
+                    timestamp=now,
+                )
+
+    # -- reading --------------------------------------------------------------------------------------------
+
+    async def summary_of(self, session_id: int) -> dict[str, Any]:
+        """What the console shows at the end of a session.
+
+        Keys: ``session_id``, ``status``, ``subject_code``, ``technician``, ``protocol_name``, ``start_time``
+        and ``end_time`` (naive UTC), ``duration_seconds``, ``abort_reason``, ``treatment_site``,
+        ``laser_on_time_s``, ``avg_power_w``, ``max_power_w``, ``energy_j``, ``treatment_notes``,
+        ``post_treatment_notes``, ``event_count`` (treatment events), ``safety_event_count`` (``safety_log``
+        rows), ``folder``, ``telemetry_path``, ``telemetry_line_count``, ``telemetry_sha256`` and
+        ``video_path``.
+        """
+        session_id = _session_id(session_id)
+        async with self._sessions() as session:
+            repo = SessionsRepository(session)
+            row = await self._existing(repo, session_id)
+            subject = await SubjectsRepository(session).get_by_id(row.subject_id)
+            user = await UsersRepository(session).get_by_id(row.tech_id)
+            events = await TreatmentEventsRepository(session).count_for_session(session_id)
+            safety = await SafetyLogRepository(session).for_session(session_id)
+            return {
+                "session_id": row.session_id,
+                "status": row.status,
+                "subject_code": subject.subject_code if subject is not None else None,
+                "technician": user.full_name if user is not None else None,
+                "protocol_name": row.protocol_name,
+                "start_time": row.start_time,
+                "end_time": row.end_time,
+                "duration_seconds": row.duration_seconds,
+                "abort_reason": row.abort_reason,
+                "treatment_site": row.treatment_site,
+                "laser_on_time_s": row.total_laser_on_time_seconds,
+                "avg_power_w": row.avg_power_watts,
+                "max_power_w": row.max_power_watts,
+                "energy_j": row.total_energy_joules,
+                "treatment_notes": row.treatment_notes,
+                "post_treatment_notes": row.post_treatment_notes,
+                "event_count": events,
+                "safety_event_count": len(safety),
+                "folder": row.session_folder_path,
+                "telemetry_path": row.telemetry_path,
+                "telemetry_line_count": row.telemetry_line_count,
+                "telemetry_sha256": row.telemetry_sha256,
+                "video_path": row.video_path,
+            }
+
+    @staticmethod
+    async def _existing(repo: SessionsRepository, session_id: int) -> TreatmentSession:
+        row = await repo.get_by_id(session_id)
+        if row is None:
+            raise SessionRefused(f"no session with id {session_id}")
+        return row
+
+
+__all__ = [
+    "DEFAULT_INTERRUPTED_REASON",
+    "EVENT_ABORTED_AT_STARTUP",
+    "FINISHED_STATUSES",
+    "OPEN_STATUSES",
+    "STATUS_TRANSITIONS",
+    "FinishStatus",
+    "OpenedSession",
+    "SessionError",
+    "SessionRefused",
+    "SessionService",
+    "SessionStatus",
+    "SessionSummary",
+    "SummaryAccumulator",
+]

@@ -1,0 +1,185 @@
+"""A whole treatment session on the simulated rig, headless: ``tosca sim run``.
+
+DESIGN.md section 8. The controller runs in this process on the simulated rig and records the session like
+any other (session row, treatment events, safety log, telemetry file). A scripted operator arms with the
+technician's password once every pre-check passes, then holds the footpedal down from the start of treatment
+unless the script says otherwise. Script lines are ``<seconds> <simulator command>`` with seconds counted from
+the start of treatment; blank lines and ``#`` comments are ignored.
+
+The run ends when the protocol completes (exit 0) or when it is aborted or faulted (exit 1, with the reason).
+A fault is never reset by the script: the session is closed as aborted with the fault's description.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from control.accounts import HashingParameters
+from control.controller import Controller
+from control.protocols import ProtocolError, parse_protocol, protocol_type
+from control.supervisor import Refused, SystemState
+from storage.repositories import ProtocolsRepository
+
+#: Longest wait for every pre-check to pass before arming, s.
+PRECHECK_WAIT_S = 15.0
+#: Simulator command words the script may use (DEVICES.md, "The simulated rig").
+SCRIPT_VERBS = frozenset(
+    {
+        "pedal",
+        "estop",
+        "smoothing",
+        "photodiode",
+        "laser",
+        "tec",
+        "actuator",
+        "unplug",
+        "replug",
+        "garbage",
+        "stall",
+        "camera",
+    }
+)
+
+
+class ScriptError(ValueError):
+    """A script line that cannot be used; the message names the line."""
+
+
+@dataclass(frozen=True)
+class ScriptLine:
+    """One scripted simulator command at ``at_s`` seconds from the start of treatment."""
+
+    at_s: float
+    command: str
+    line_no: int
+
+
+def parse_script(text: str) -> list[ScriptLine]:
+    """Parse a script; every line is ``<seconds> <command>``. Raises ScriptError naming the first bad line."""
+    lines: list[ScriptLine] = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        head, _, command = line.partition(" ")
+        try:
+            at = float(head)
+        except ValueError:
+            raise ScriptError(f"script line {number}: {head!r} is not a time in seconds") from None
+        if not math.isfinite(at) or at < 0:
+            raise ScriptError(f"script line {number}: time must be a finite number >= 0, got {head}")
+        command = " ".join(command.split())
+        if not command:
+            raise ScriptError(f"script line {number}: no simulator command after the time")
+        if command.split()[0].lower() not in SCRIPT_VERBS:
+            raise ScriptError(f"script line {number}: unknown simulator command {command.split()[0]!r}")
+        lines.append(ScriptLine(at, command, number))
+    return sorted(lines, key=lambda item: (item.at_s, item.line_no))
+
+
+@dataclass(frozen=True)
+class SimRunResult:
+    """How the run ended, and the session's summary as recorded."""
+
+    exit_code: int
+    session_id: int | None
+    status: str
+    reason: str | None
+    summary: dict[str, Any]
+
+
+async def _ensure_protocol(controller: Controller, protocol: str) -> str:
+    """A protocol name in the database, or a JSON file (added, or a new version, under the file's stem)."""
+    path = Path(protocol)
+    if not path.is_file():
+        return protocol
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise Refused(f"cannot read {path}: {exc}") from None
+    try:
+        defn = parse_protocol(text)
+    except ProtocolError as exc:
+        raise Refused(f"{path}: " + "; ".join(exc.errors)) from None
+    name = path.stem
+    async with controller.db() as db, db.begin():
+        repo = ProtocolsRepository(db)
+        existing = await repo.get_by_name(name)
+        if existing is None:
+            await repo.add(name, protocol_type(defn), text, description=f"from {path.name}")
+        elif existing.protocol_data != text:
+            await repo.add_version(existing.protocol_id, text, change_summary=f"from {path.name}")
+    return name
+
+
+async def run_simulated_session(
+    data_dir: Path,
+    *,
+    protocol: str,
+    subject_code: str,
+    username: str,
+    password: str,
+    script: list[ScriptLine],
+    hashing: HashingParameters | None = None,
+    say: Callable[[str], None] = print,
+    on_started: Callable[[Controller], None] | None = None,
+) -> SimRunResult:
+    """Run one session on a fresh simulated rig and return how it ended (see the module documentation)."""
+    controller = Controller(data_dir, sim=True, hashing=hashing, terminal="sim-run", serve=False)
+    await controller.start()
+    try:
+        if on_started is not None:
+            on_started(controller)
+        name = await _ensure_protocol(controller, protocol)
+        opened = await controller.open_session(
+            subject_code=subject_code, username=username, protocol_name=name, create_subject=True
+        )
+        session_id = int(opened["session_id"])
+        say(
+            f"session {session_id}: {opened['subject_code']}, protocol {opened['protocol_name']!r}, "
+            f"{opened['total_duration_s']:g} s, {opened['expected_energy_j']:.1f} J expected"
+        )
+        await _wait_prechecks(controller)
+        await controller.arm(password)
+        assert controller.sim_rig is not None
+        started = time.monotonic()
+        if not (script and script[0].at_s == 0 and script[0].command.lower() == "pedal up"):
+            controller.sim_rig.command("pedal down")
+        pending = list(script)
+        while controller.session is not None:
+            if controller.supervisor.state is SystemState.FAULT:
+                fault = controller.supervisor.fault
+                reason = f"fault: {fault.what if fault else 'unknown'}"
+                await controller.abort(reason)
+                break
+            now = time.monotonic() - started
+            while pending and pending[0].at_s <= now:
+                line = pending.pop(0)
+                reply = controller.sim_rig.command(line.command)
+                say(f"{now:7.2f} s  {reply}")
+            await asyncio.sleep(0.01)
+        summary = await controller.sessions.summary_of(session_id)
+    finally:
+        await controller.close()
+    status = str(summary.get("status"))
+    reason = summary.get("abort_reason")
+    return SimRunResult(0 if status == "completed" else 1, session_id, status, reason, summary)
+
+
+async def _wait_prechecks(controller: Controller) -> None:
+    deadline = time.monotonic() + PRECHECK_WAIT_S
+    while True:
+        failing = [c for c in await controller.prechecks() if not c["ok"]]
+        if not failing:
+            return
+        if time.monotonic() > deadline:
+            raise Refused(
+                "pre-checks still failing: " + "; ".join(f"{c['name']}: {c['detail']}" for c in failing)
+            )
+        await asyncio.sleep(0.1)

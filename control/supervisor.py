@@ -1,0 +1,923 @@
+"""The safety supervisor: the one place that decides whether the laser may emit.
+
+DESIGN.md section 4. The supervisor owns the system state (:class:`SystemState`), the transition table
+:data:`TRANSITIONS` (anything not in it is refused), and the laser output switch. Everything else feeds it:
+
+- the safety board's push events and stream samples, through :meth:`SafetySupervisor.on_board`, called
+  synchronously by the driver's dispatch (no task switch between a pedal edge and "output off");
+- the device monitors' readings (TEC, laser, actuator, link states) through the ``update_*`` methods;
+- the protocol engine (step active or not, the commanded power) and the recorder (storage health);
+- the operator's commands (arm, pause, resume, stop, abort, reset), each a coroutine that raises
+  :class:`Refused` with the reason.
+
+Permission to emit is the conjunction of the :class:`Term` values; :meth:`SafetySupervisor.terms` gives each
+one with its live value. When any term other than the footpedal goes false while ARMED or TREATING, the laser
+is switched off at once (``LAS:OUT 0`` written without waiting), then the off state is verified, the safety
+board disarmed, and only then is the fault logged. FAULT latches: :meth:`SafetySupervisor.reset` needs the
+cause gone and an operator's acknowledgement. Releasing the footpedal is normal operation: TREATING goes back
+to ARMED and the step clock stops.
+
+The supervisor never switches the output on by itself after a fault, a reconnection or a reset: emission
+needs ARMED (key control by the operator) and a footpedal press.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+from devices.safety import EventKind, SafetyEvent, SafetySample
+
+_LOG = logging.getLogger(__name__)
+
+#: A device reading older than this (s) makes the "devices" term false.
+MAX_READING_AGE_S: Final = 0.100
+#: Deviation must persist this long (s) before a photodiode warning or fault.
+PHOTODIODE_PERSISTENCE_S: Final = 0.500
+#: After the output switches on or the setpoint changes, the photodiode is not judged for this long (s).
+PHOTODIODE_SETTLE_S: Final = 0.050
+#: Light above this (W) while the output is commanded off is a fault ...
+STRAY_LIGHT_W: Final = 0.25
+#: ... once it has been seen for this long (s), counted from this long (s) after the output was switched off.
+STRAY_LIGHT_PERSISTENCE_S: Final = 0.020
+STRAY_LIGHT_GRACE_S: Final = 0.050
+#: The deviation is taken relative to the commanded power, but never to less than this (W).
+PHOTODIODE_FLOOR_W: Final = 0.5
+
+
+class SystemState(enum.StrEnum):
+    """The supervisor's state (the values are the seed's ``safety_log.system_state`` words)."""
+
+    IDLE = "idle"
+    READY = "ready"
+    ARMED = "armed"
+    TREATING = "treating"
+    PAUSED = "paused"
+    FAULT = "fault"
+
+
+S = SystemState
+#: Allowed transitions. Anything else is refused.
+TRANSITIONS: Final[Mapping[SystemState, frozenset[SystemState]]] = {
+    S.IDLE: frozenset({S.READY, S.FAULT}),
+    S.READY: frozenset({S.ARMED, S.IDLE, S.FAULT}),
+    S.ARMED: frozenset({S.TREATING, S.READY, S.PAUSED, S.IDLE, S.FAULT}),
+    S.TREATING: frozenset({S.ARMED, S.READY, S.PAUSED, S.IDLE, S.FAULT}),
+    S.PAUSED: frozenset({S.ARMED, S.READY, S.IDLE, S.FAULT}),
+    S.FAULT: frozenset({S.READY, S.IDLE}),
+}
+#: States in which the safety board is armed.
+ARMED_STATES: Final = frozenset({S.ARMED, S.TREATING})
+#: States with an open treatment session.
+SESSION_STATES: Final = frozenset({S.READY, S.ARMED, S.TREATING, S.PAUSED})
+
+
+class Term(enum.StrEnum):
+    """The terms of the permission to emit (DESIGN.md section 4)."""
+
+    FOOTPEDAL = "footpedal"
+    ESTOP = "estop"
+    WATCHDOG = "watchdog"
+    SMOOTHING = "smoothing"
+    TEC = "tec"
+    PHOTODIODE = "photodiode"
+    DEVICES = "devices"
+    CALIBRATIONS = "calibrations"
+    STEP = "step"
+    STORAGE = "storage"
+
+
+#: Terms that may be false in ARMED without a fault (waiting for the pedal; the actuator moving).
+WAITING_TERMS: Final = frozenset({Term.FOOTPEDAL, Term.STEP})
+
+
+class Refused(Exception):
+    """An operator command or a transition the supervisor refuses; the message says why."""
+
+
+class TransitionRefused(Refused):
+    """A transition that is not in :data:`TRANSITIONS`."""
+
+
+@dataclass(frozen=True)
+class TermStatus:
+    """One permission term now: whether it holds, its live value, and why not."""
+
+    term: Term
+    ok: bool
+    value: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class FaultInfo:
+    """A latched fault: what happened, what the console did, what clears it."""
+
+    term: Term | None
+    event_type: str
+    what: str
+    action: str
+    how_to_reset: str
+    at: float
+
+
+@dataclass(frozen=True)
+class SafetyEntry:
+    """One safety_log row the supervisor asks to be written (after it has acted)."""
+
+    event_type: str
+    severity: str
+    description: str
+    system_state: str
+    laser_state: str
+    footpedal_state: bool | None
+    smoothing_device_state: bool | None
+    photodiode_voltage_v: float | None
+    action_taken: str | None
+    details: Mapping[str, Any] | None = None
+    tech_id: int | None = None
+
+
+class LaserPort(Protocol):
+    """The laser output as the supervisor drives it."""
+
+    def off_now(self) -> None:
+        """Put "output off" on the wire at once, without waiting for anything."""
+
+    async def off_verified(self) -> None:
+        """Output off and read back; raises when it cannot be confirmed."""
+
+    async def on_verified(self) -> None:
+        """Output on and read back; raises (after switching off again) when it does not turn on."""
+
+    async def set_power(self, watts: float) -> None:
+        """Set the drive current for ``watts`` through the active calibration."""
+
+
+class BoardPort(Protocol):
+    """The safety board's arming as the supervisor drives it."""
+
+    async def arm(self) -> None:
+        """Arm the board (LASER_ENABLE may then follow the footpedal)."""
+
+    async def disarm(self) -> None:
+        """Disarm the board."""
+
+    async def clear_watchdog(self) -> None:
+        """Clear an expired watchdog."""
+
+
+SafetyLogSink = Callable[[SafetyEntry], Awaitable[None]]
+StateListener = Callable[[SystemState, SystemState, str], None]
+
+
+@dataclass
+class Readings:
+    """The latest value of everything the permission depends on; ``*_at`` are monotonic times, s."""
+
+    pedal: bool | None = None
+    estop: bool | None = None
+    laser_enable: bool | None = None
+    watchdog_expired: bool = False
+    heartbeat_ok_at: float | None = None
+    watchdog_timeout_s: float = 1.0
+    vibration_g: float | None = None
+    photodiode_v: float | None = None
+    board_at: float | None = None
+    motor_pwm: int = 0
+    tec_output_on: bool | None = None
+    tec_temperature_c: float | None = None
+    tec_setpoint_c: float | None = None
+    tec_at: float | None = None
+    laser_output_on: bool | None = None
+    laser_current_ma: float | None = None
+    laser_at: float | None = None
+    actuator_position_um: float | None = None
+    actuator_fault: str | None = None
+    actuator_at: float | None = None
+    links: dict[str, str] = field(default_factory=dict)
+    calibrations_ok: bool = False
+    calibrations_detail: str = "no active calibrations loaded"
+    storage_ok: bool = True
+    storage_problem: str | None = None
+    step_active: bool = False
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Configured thresholds (seed ``system_config`` and DEVICES.md defaults)."""
+
+    photodiode_warning_percent: float = 15.0
+    photodiode_fault_percent: float = 30.0
+    tec_window_c: float = 1.0
+    vibration_min_g: float = 0.8
+    max_power_w: float = 10.0
+
+
+class SafetySupervisor:
+    """The state machine and the permission to emit. All methods run on the controller's loop.
+
+    ``clock`` is the monotonic clock (s) the readings' times use. ``photodiode_to_watts`` converts the
+    photodiode voltage through the active calibration (None: no calibration, the photodiode term is false).
+    """
+
+    def __init__(
+        self,
+        laser: LaserPort,
+        board: BoardPort,
+        log: SafetyLogSink,
+        *,
+        limits: Limits | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        devices: tuple[str, ...] = ("laser", "tec", "actuator", "safety"),
+    ) -> None:
+        self.laser = laser
+        self.board = board
+        self._log_sink = log
+        self.limits = limits or Limits()
+        self.clock = clock
+        self.devices = devices
+        self.readings = Readings()
+        self.state = SystemState.IDLE
+        self.fault: FaultInfo | None = None
+        self.photodiode_to_watts: Callable[[float], float] | None = None
+        #: The power the engine commands (W) and whether the output is commanded on.
+        self.commanded_w = 0.0
+        self.output_commanded_on = False
+        self._output_changed_at = clock()
+        self._setpoint_changed_at = clock()
+        self._deviation_since: float | None = None
+        self._fault_deviation_since: float | None = None
+        self._warning_logged = False
+        self._stray_since: float | None = None
+        self._treating_total_s = 0.0
+        self._treating_since: float | None = None
+        self._lock = asyncio.Lock()
+        self._log_queue: asyncio.Queue[SafetyEntry] = asyncio.Queue()
+        self._log_task: asyncio.Task[None] | None = None
+        self._side_tasks: set[asyncio.Task[None]] = set()
+        self._listeners: list[StateListener] = []
+        self.tech_id: int | None = None
+        self.warnings: list[str] = []
+
+    # ---------------------------------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        """Start the ordered safety-log writer."""
+        if self._log_task is None:
+            self._log_task = asyncio.create_task(self._write_log(), name="supervisor-log")
+
+    async def close(self) -> None:
+        """Laser off (best effort), write what is queued, stop the writer."""
+        self._output_off_now()
+        for task in list(self._side_tasks):
+            task.cancel()
+        for task in list(self._side_tasks):
+            try:
+                await task
+            except BaseException:
+                _LOG.debug("side task ended during close", exc_info=True)
+        await self.drain_log()
+        writer, self._log_task = self._log_task, None
+        if writer is not None:
+            writer.cancel()
+            try:
+                await writer
+            except asyncio.CancelledError:
+                pass
+
+    async def drain_log(self) -> None:
+        """Wait until every queued safety-log entry has been handed to the sink."""
+        if self._log_task is not None and not self._log_task.done():
+            await self._log_queue.join()
+
+    def on_state_change(self, listener: StateListener) -> None:
+        """Call ``listener(old, new, reason)`` after every transition."""
+        self._listeners.append(listener)
+
+    # ------------------------------------------------------------------------------------------- terms
+    def _age_ok(self, at: float | None, now: float) -> bool:
+        return at is not None and now - at <= MAX_READING_AGE_S
+
+    def terms(self, now: float | None = None) -> dict[Term, TermStatus]:
+        """Every permission term with its live value, at ``now`` (default: the clock)."""
+        now = self.clock() if now is None else now
+        r = self.readings
+        out: dict[Term, TermStatus] = {}
+
+        def put(term: Term, ok: bool, value: str, detail: str = "") -> None:
+            out[term] = TermStatus(term, ok, value, "" if ok else detail)
+
+        put(
+            Term.FOOTPEDAL,
+            r.pedal is True,
+            {True: "pressed", False: "released", None: "unknown"}[r.pedal],
+            "footpedal released",
+        )
+        put(
+            Term.ESTOP,
+            r.estop is False,
+            {True: "PRESSED", False: "released", None: "unknown"}[r.estop],
+            "E-stop pressed" if r.estop else "E-stop state unknown",
+        )
+        heartbeat_ok = r.heartbeat_ok_at is not None and now - r.heartbeat_ok_at <= r.watchdog_timeout_s / 2
+        if r.watchdog_expired:
+            put(Term.WATCHDOG, False, "expired", "safety board watchdog expired")
+        else:
+            age = "never" if r.heartbeat_ok_at is None else f"{(now - r.heartbeat_ok_at) * 1000:.0f} ms ago"
+            put(Term.WATCHDOG, heartbeat_ok, f"fed {age}", "heartbeat not acknowledged in time")
+        vib = "unknown" if r.vibration_g is None else f"{r.vibration_g:.2f} g"
+        smoothing_ok = (
+            r.motor_pwm > 0 and r.vibration_g is not None and r.vibration_g >= self.limits.vibration_min_g
+        )
+        put(
+            Term.SMOOTHING,
+            smoothing_ok,
+            f"motor {'on' if r.motor_pwm > 0 else 'off'}, {vib}",
+            "smoothing motor off"
+            if r.motor_pwm <= 0
+            else f"vibration below {self.limits.vibration_min_g:.2f} g",
+        )
+        if r.tec_output_on is None or r.tec_temperature_c is None or r.tec_setpoint_c is None:
+            put(Term.TEC, False, "unknown", "no TEC reading")
+        else:
+            off_by = abs(r.tec_temperature_c - r.tec_setpoint_c)
+            value = f"{r.tec_temperature_c:.2f} degC (set {r.tec_setpoint_c:.2f})"
+            if not r.tec_output_on:
+                put(Term.TEC, False, value + ", output off", "TEC output off")
+            else:
+                put(
+                    Term.TEC,
+                    off_by <= self.limits.tec_window_c,
+                    value,
+                    f"TEC {off_by:.2f} degC from its setpoint (window {self.limits.tec_window_c:.2f})",
+                )
+        measured = self.measured_power_w()
+        if self.photodiode_to_watts is None:
+            put(Term.PHOTODIODE, False, "no calibration", "no active photodiode calibration")
+        elif measured is None:
+            put(Term.PHOTODIODE, False, "unknown", "no photodiode reading")
+        else:
+            deviating = self._fault_deviation_since is not None and (
+                now - self._fault_deviation_since >= PHOTODIODE_PERSISTENCE_S
+            )
+            stray = self._stray_since is not None and now - self._stray_since >= STRAY_LIGHT_PERSISTENCE_S
+            detail = (
+                f"light measured ({measured:.2f} W) while the output is off"
+                if stray
+                else f"measured {measured:.2f} W against {self.commanded_w:.2f} W commanded "
+                f"for over {PHOTODIODE_PERSISTENCE_S * 1000:.0f} ms"
+            )
+            put(Term.PHOTODIODE, not (deviating or stray), f"{measured:.2f} W", detail)
+        stale = []
+        ages = {
+            "safety": r.board_at,
+            "tec": r.tec_at,
+            "laser": r.laser_at,
+            "actuator": r.actuator_at,
+        }
+        for name in self.devices:
+            link = r.links.get(name, "closed")
+            if link != "open":
+                stale.append(f"{name} link {link}")
+            elif not self._age_ok(ages.get(name), now):
+                at = ages.get(name)
+                stale.append(
+                    f"{name} reading " + ("missing" if at is None else f"{(now - at) * 1000:.0f} ms old")
+                )
+        if r.actuator_fault:
+            stale.append(f"actuator stopped: {r.actuator_fault}")
+        put(Term.DEVICES, not stale, "all fresh" if not stale else "; ".join(stale), "; ".join(stale))
+        put(Term.CALIBRATIONS, r.calibrations_ok, r.calibrations_detail, r.calibrations_detail)
+        put(
+            Term.STEP,
+            r.step_active and self.state in SESSION_STATES,
+            "active" if r.step_active else "none",
+            "no protocol step active",
+        )
+        put(
+            Term.STORAGE,
+            r.storage_ok,
+            "writing" if r.storage_ok else "FAILED",
+            f"storage cannot record: {r.storage_problem or 'unknown'}",
+        )
+        return out
+
+    def failing(self, now: float | None = None) -> list[TermStatus]:
+        """The terms that are false now."""
+        return [t for t in self.terms(now).values() if not t.ok]
+
+    def may_emit(self, now: float | None = None) -> bool:
+        """The full conjunction: every term holds and the state is ARMED or TREATING."""
+        return self.state in ARMED_STATES and not self.failing(now)
+
+    def measured_power_w(self) -> float | None:
+        """Measured optical power from the photodiode through the calibration, W (None if unknown)."""
+        volts = self.readings.photodiode_v
+        if volts is None or self.photodiode_to_watts is None:
+            return None
+        return max(0.0, self.photodiode_to_watts(volts))
+
+    # --------------------------------------------------------------------------------- treating clock
+    def treating_seconds(self, now: float | None = None) -> float:
+        """Total time (s) spent emitting in TREATING: the step clock of the engine."""
+        now = self.clock() if now is None else now
+        running = 0.0 if self._treating_since is None else now - self._treating_since
+        return self._treating_total_s + running
+
+    # ------------------------------------------------------------------------------------- transitions
+    def _transition(self, new: SystemState, reason: str) -> None:
+        old = self.state
+        if new == old:
+            return
+        if new not in TRANSITIONS[old]:
+            raise TransitionRefused(f"cannot go from {old.value} to {new.value}")
+        now = self.clock()
+        if old is S.TREATING and self._treating_since is not None:
+            self._treating_total_s += now - self._treating_since
+            self._treating_since = None
+        self.state = new
+        if new is not S.TREATING:
+            self._output_off_now()
+        for listener in list(self._listeners):
+            try:
+                listener(old, new, reason)
+            except Exception:
+                _LOG.exception("state listener failed")
+        self._queue_log(
+            "state_change",
+            "info",
+            f"{old.value} -> {new.value}: {reason}",
+            action="laser off" if old is S.TREATING else None,
+            details={"from": old.value, "to": new.value},
+        )
+
+    def _output_off_now(self) -> None:
+        if self.output_commanded_on:
+            self._output_changed_at = self.clock()
+        self.output_commanded_on = False
+        try:
+            self.laser.off_now()
+        except Exception as exc:
+            _LOG.error("laser output off could not be sent: %s", exc)
+
+    # ------------------------------------------------------------------------------------------ faults
+    def trip(
+        self,
+        event_type: str,
+        what: str,
+        *,
+        term: Term | None = None,
+        severity: str = "critical",
+        how_to_reset: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Latch a fault now: laser off first (synchronously), FAULT, then verify, disarm and log.
+
+        A second fault while latched is logged but keeps the first one's description.
+        """
+        self._output_off_now()
+        if self.state is S.FAULT:
+            self._queue_log(event_type, severity, what, action="already in fault: laser off", details=details)
+            return
+        self.fault = FaultInfo(
+            term=term,
+            event_type=event_type,
+            what=what,
+            action="laser output switched off and verified; safety board disarmed",
+            how_to_reset=how_to_reset or self._how_to_reset(term),
+            at=self.clock(),
+        )
+        self._transition(S.FAULT, what)
+        self._spawn(self._secure(event_type, severity, what, details))
+
+    @staticmethod
+    def _how_to_reset(term: Term | None) -> str:
+        advice = {
+            Term.ESTOP: "release the E-stop",
+            Term.WATCHDOG: "check the safety board link; the reset clears its watchdog",
+            Term.SMOOTHING: "check the smoothing device until its vibration is back above threshold",
+            Term.TEC: "wait until the TEC is on and within its window",
+            Term.PHOTODIODE: "check the fibre, the photodiode and the laser calibration",
+            Term.DEVICES: "reconnect the device and wait until its readings are fresh",
+            Term.CALIBRATIONS: "activate the missing calibrations",
+            Term.STORAGE: "free disk space or repair the database, then recheck storage",
+        }
+        first = advice.get(term, "remove the cause") if term is not None else "remove the cause"
+        return f"{first}, then acknowledge the fault with your password to reset"
+
+    async def _secure(
+        self, event_type: str, severity: str, what: str, details: Mapping[str, Any] | None
+    ) -> None:
+        """After a trip: verify output off, disarm, then log (in that order)."""
+        actions = []
+        try:
+            await self.laser.off_verified()
+            actions.append("laser output off (verified)")
+        except Exception as exc:
+            actions.append(f"laser output off NOT verified: {exc}")
+            _LOG.critical("laser output off not verified after a fault: %s", exc)
+        try:
+            await self.board.disarm()
+            actions.append("safety board disarmed")
+        except Exception as exc:
+            actions.append(f"disarm failed: {exc}")
+            _LOG.error("disarm after a fault failed: %s", exc)
+        self._queue_log(event_type, severity, what, action="; ".join(actions), details=details)
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        async def run() -> None:
+            await coro
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
+    def _check(self, now: float) -> None:
+        """Evaluate the terms after a change and act: fault, back to ARMED, or start emission."""
+        state = self.state
+        if state is S.FAULT:
+            return
+        terms = self.terms(now)
+        photodiode = terms[Term.PHOTODIODE]
+        if (
+            not photodiode.ok
+            and self.photodiode_to_watts is not None
+            and self.readings.photodiode_v is not None
+        ):
+            stray = self._stray_since is not None
+            self.trip(
+                "photodiode_fault" if not stray else "photodiode_out_of_range",
+                photodiode.detail,
+                term=Term.PHOTODIODE,
+                severity="emergency" if stray else "critical",
+                details={
+                    "expected_power": self.commanded_w,
+                    "measured_power": self.measured_power_w(),
+                    "trigger_source": "photodiode_out_of_range",
+                    "action_taken": "laser_shutdown",
+                },
+            )
+            return
+        if state in SESSION_STATES:
+            if not terms[Term.ESTOP].ok and self.readings.estop is True:
+                self.trip("e_stop_pressed", "E-stop pressed", term=Term.ESTOP, severity="emergency")
+                return
+            if not terms[Term.WATCHDOG].ok and self.readings.watchdog_expired:
+                self.trip(
+                    "system_watchdog_timeout",
+                    "safety board watchdog expired",
+                    term=Term.WATCHDOG,
+                    severity="emergency",
+                )
+                return
+        if state not in ARMED_STATES:
+            return
+        blocking = [t for t in terms.values() if not t.ok and t.term not in WAITING_TERMS]
+        if blocking:
+            first = blocking[0]
+            self.trip(
+                _event_type_for(first.term),
+                first.detail,
+                term=first.term,
+                details={"failing": {t.term.value: t.detail for t in blocking}},
+            )
+            return
+        if state is S.TREATING and not (terms[Term.FOOTPEDAL].ok and terms[Term.STEP].ok):
+            reason = "footpedal released" if not terms[Term.FOOTPEDAL].ok else "step ended"
+            self._transition(S.ARMED, reason)
+            return
+        if state is S.ARMED and terms[Term.FOOTPEDAL].ok and terms[Term.STEP].ok:
+            self._begin_emission("footpedal pressed")
+
+    def _begin_emission(self, reason: str) -> None:
+        self._transition(S.TREATING, reason)
+        self.output_commanded_on = True
+        now = self.clock()
+        self._output_changed_at = now
+        self._treating_since = now
+        self._deviation_since = self._fault_deviation_since = None
+        self._warning_logged = False
+        self._spawn(self._switch_on())
+
+    async def _switch_on(self) -> None:
+        try:
+            await self.laser.on_verified()
+        except Exception as exc:
+            if self.state is S.TREATING and self.output_commanded_on:
+                self.trip("interlock_failure", f"laser output did not switch on: {exc}", term=Term.DEVICES)
+            return
+        if self.state is not S.TREATING or not self.output_commanded_on:
+            # The pedal was released (or a fault came) while the output was being switched on.
+            self._output_off_now()
+            try:
+                await self.laser.off_verified()
+            except Exception as exc:
+                self.trip("interlock_failure", f"laser output off not verified: {exc}", term=Term.DEVICES)
+
+    # ---------------------------------------------------------------------------------------- inputs
+    def on_board(self, item: SafetyEvent | SafetySample) -> None:
+        """A push event or a stream sample from the safety board (called synchronously on arrival)."""
+        r = self.readings
+        if isinstance(item, SafetySample):
+            r.pedal, r.estop, r.laser_enable = item.pedal, item.estop, item.laser_enable
+            r.vibration_g, r.photodiode_v = item.vibration_g, item.photodiode_v
+            r.board_at = item.received
+            self._judge_photodiode(item.received)
+            self._check(item.received)
+            return
+        if item.kind is EventKind.FOOTPEDAL:
+            r.pedal = item.value
+            if not item.value and self.state is S.TREATING:
+                # The fast path: off before anything else is evaluated.
+                self._output_off_now()
+        elif item.kind is EventKind.ESTOP:
+            r.estop = item.value
+            if item.value:
+                self._output_off_now()
+                if self.state is S.IDLE:
+                    self._queue_log("e_stop_pressed", "warning", "E-stop pressed", action="none (idle)")
+            else:
+                self._queue_log("e_stop_released", "info", "E-stop released", action="none")
+        elif item.kind is EventKind.ENABLE:
+            r.laser_enable = item.value
+            if not item.value and self.state is S.TREATING:
+                self._output_off_now()
+                if r.pedal and not r.estop:
+                    self.trip(
+                        "interlock_failure",
+                        "LASER_ENABLE dropped by the safety board while treating",
+                        term=Term.WATCHDOG,
+                    )
+                    return
+        elif item.kind is EventKind.WDT:
+            r.watchdog_expired = True
+            self._output_off_now()
+            if self.state is not S.IDLE:
+                self.trip(
+                    "system_watchdog_timeout",
+                    "safety board watchdog expired",
+                    term=Term.WATCHDOG,
+                    severity="emergency",
+                )
+                return
+            self._queue_log(
+                "system_watchdog_timeout", "critical", "safety board watchdog expired", action="none (idle)"
+            )
+        self._check(item.received)
+
+    def _judge_photodiode(self, now: float) -> None:
+        measured = self.measured_power_w()
+        if measured is None:
+            return
+        if not self.output_commanded_on:
+            self._deviation_since = self._fault_deviation_since = None
+            if measured > STRAY_LIGHT_W and now - self._output_changed_at >= STRAY_LIGHT_GRACE_S:
+                if self._stray_since is None:
+                    self._stray_since = now
+            else:
+                self._stray_since = None
+            return
+        self._stray_since = None
+        if now - max(self._output_changed_at, self._setpoint_changed_at) < PHOTODIODE_SETTLE_S:
+            return
+        reference = max(self.commanded_w, PHOTODIODE_FLOOR_W)
+        percent = abs(measured - self.commanded_w) / reference * 100.0
+        if percent > self.limits.photodiode_warning_percent:
+            if self._deviation_since is None:
+                self._deviation_since = now
+            elif not self._warning_logged and now - self._deviation_since >= PHOTODIODE_PERSISTENCE_S:
+                self._warning_logged = True
+                text = (
+                    f"photodiode: measured {measured:.2f} W against {self.commanded_w:.2f} W commanded "
+                    f"({percent:.0f} % off) for {PHOTODIODE_PERSISTENCE_S * 1000:.0f} ms"
+                )
+                self.warnings.append(text)
+                self._queue_log(
+                    "photodiode_out_of_range",
+                    "warning",
+                    text,
+                    action="warning shown",
+                    details={"expected_power": self.commanded_w, "measured_power": measured},
+                )
+        else:
+            self._deviation_since = None
+            self._warning_logged = False
+        if percent > self.limits.photodiode_fault_percent:
+            if self._fault_deviation_since is None:
+                self._fault_deviation_since = now
+        else:
+            self._fault_deviation_since = None
+
+    def tick(self) -> None:
+        """Periodic evaluation (every 10-20 ms): reading ages and persistence windows."""
+        self._check(self.clock())
+
+    def update(self, **values: Any) -> None:
+        """Set readings (names of :class:`Readings` fields) and evaluate at once."""
+        for name, value in values.items():
+            if not hasattr(self.readings, name):
+                raise AttributeError(f"no reading named {name!r}")
+            setattr(self.readings, name, value)
+        self._check(self.clock())
+
+    def set_link(self, device: str, state: str) -> None:
+        """A device link changed state (``open``, ``faulty``, ``reconnecting``, ``closed``)."""
+        self.readings.links[device] = state
+        if state != "open" and device == "laser" and self.state is S.TREATING:
+            self._output_off_now()
+        self._check(self.clock())
+
+    # ---------------------------------------------------------------------------------------- engine
+    async def set_power(self, watts: float) -> None:
+        """The engine's setpoint, W: refused above the system limit; written to the laser driver."""
+        if not math.isfinite(watts) or watts < 0 or watts > self.limits.max_power_w + 1e-9:
+            raise Refused(f"power {watts} W is outside 0..{self.limits.max_power_w} W")
+        if watts != self.commanded_w:
+            self._setpoint_changed_at = self.clock()
+        await self.laser.set_power(watts)
+        self.commanded_w = watts
+
+    def set_step_active(self, active: bool) -> None:
+        """A protocol step is active (True) or not (between steps, while the actuator moves)."""
+        self.readings.step_active = active
+        if not active and self.state is S.TREATING:
+            self._transition(S.ARMED, "step ended")
+        self._check(self.clock())
+
+    # --------------------------------------------------------------------------------- operator commands
+    async def open_session(self, reason: str = "session opened, pre-checks passed") -> None:
+        """IDLE -> READY."""
+        async with self._lock:
+            self._transition(S.READY, reason)
+
+    async def arm(self) -> None:
+        """READY -> ARMED after key control: refused unless every term but the footpedal and step holds,
+        and while the footpedal is pressed (release it first)."""
+        async with self._lock:
+            await self._arm_from(S.READY, "armed (key control)")
+
+    async def _arm_from(self, expected: SystemState, reason: str) -> None:
+        if self.state is not expected:
+            raise Refused(f"cannot arm in {self.state.value}")
+        if self.readings.pedal:
+            raise Refused("release the footpedal before arming")
+        blocking = [t for t in self.failing() if t.term not in WAITING_TERMS]
+        if blocking:
+            raise Refused("cannot arm: " + "; ".join(t.detail for t in blocking))
+        await self.board.arm()
+        if self.state is not expected:
+            await self.board.disarm()
+            raise Refused(f"state changed to {self.state.value} while arming")
+        self._transition(S.ARMED, reason)
+        self._check(self.clock())
+
+    async def disarm(self, reason: str = "disarmed by the operator") -> None:
+        """ARMED or TREATING -> READY (laser off first, then the board disarmed)."""
+        async with self._lock:
+            if self.state not in ARMED_STATES:
+                raise Refused(f"not armed ({self.state.value})")
+            self._transition(S.READY, reason)
+            await self._off_and_disarm()
+
+    async def pause(self, reason: str = "paused by the operator") -> None:
+        """ARMED or TREATING -> PAUSED."""
+        async with self._lock:
+            if self.state not in ARMED_STATES:
+                raise Refused(f"nothing to pause in {self.state.value}")
+            self._transition(S.PAUSED, reason)
+            await self._off_and_disarm()
+
+    async def resume(self) -> None:
+        """PAUSED -> ARMED (the board armed again; the footpedal must be released first)."""
+        async with self._lock:
+            await self._arm_from(S.PAUSED, "resumed by the operator")
+
+    async def stop(self) -> None:
+        """Stop emission at once from any state: laser off now; ARMED/TREATING become PAUSED."""
+        self._output_off_now()
+        async with self._lock:
+            if self.state in ARMED_STATES:
+                self._transition(S.PAUSED, "stop key")
+            await self._off_and_disarm()
+
+    async def end_session(self, reason: str) -> None:
+        """Any session state (not FAULT) -> IDLE: laser off, disarmed."""
+        async with self._lock:
+            if self.state is S.FAULT:
+                raise Refused("the fault must be reset first")
+            self._transition(S.IDLE, reason)
+            self.readings.step_active = False
+            await self._off_and_disarm()
+
+    async def protocol_complete(self) -> None:
+        """The last step ended: -> READY, laser off, disarmed."""
+        async with self._lock:
+            if self.state in ARMED_STATES or self.state is S.PAUSED:
+                self._transition(S.READY, "protocol complete")
+            self.readings.step_active = False
+            await self._off_and_disarm()
+
+    async def reset(self, tech_id: int | None, username: str, *, session_open: bool) -> None:
+        """Acknowledge a latched fault: refused while its cause (or any safety input) is still there."""
+        async with self._lock:
+            if self.state is not S.FAULT or self.fault is None:
+                raise Refused("no fault to reset")
+            fault = self.fault
+            if self.readings.watchdog_expired:
+                await self.board.clear_watchdog()
+                self.readings.watchdog_expired = False
+            still = [
+                t
+                for t in self.failing()
+                if t.term not in WAITING_TERMS
+                and (t.term in (Term.ESTOP, Term.WATCHDOG) or t.term == fault.term)
+            ]
+            if self._stray_since is not None or self._fault_deviation_since is not None:
+                self._stray_since = self._fault_deviation_since = self._deviation_since = None
+            if still:
+                raise Refused("the cause is still there: " + "; ".join(t.detail for t in still))
+            await self._off_and_disarm()
+            self.fault = None
+            self._transition(S.READY if session_open else S.IDLE, f"fault reset acknowledged by {username}")
+            self._queue_log(
+                "fault_reset",
+                "info",
+                f"fault '{fault.what}' acknowledged and reset by {username}",
+                action="no emission until armed again",
+                tech_id=tech_id,
+                details={"fault": fault.event_type},
+            )
+
+    async def _off_and_disarm(self) -> None:
+        self._output_off_now()
+        try:
+            await self.laser.off_verified()
+        except Exception as exc:
+            self.trip("interlock_failure", f"laser output off not verified: {exc}", term=Term.DEVICES)
+            return
+        try:
+            await self.board.disarm()
+        except Exception as exc:
+            self.trip("interlock_failure", f"safety board did not disarm: {exc}", term=Term.DEVICES)
+
+    # --------------------------------------------------------------------------------------- logging
+    def _queue_log(
+        self,
+        event_type: str,
+        severity: str,
+        description: str,
+        *,
+        action: str | None,
+        details: Mapping[str, Any] | None = None,
+        tech_id: int | None = None,
+    ) -> None:
+        r = self.readings
+        entry = SafetyEntry(
+            event_type=event_type,
+            severity=severity,
+            description=description,
+            system_state=self.state.value,
+            laser_state="on" if self.output_commanded_on else "off",
+            footpedal_state=r.pedal,
+            smoothing_device_state=None
+            if r.vibration_g is None
+            else (r.motor_pwm > 0 and r.vibration_g >= self.limits.vibration_min_g),
+            photodiode_voltage_v=r.photodiode_v,
+            action_taken=action,
+            details=details,
+            tech_id=tech_id if tech_id is not None else self.tech_id,
+        )
+        self._log_queue.put_nowait(entry)
+
+    async def _write_log(self) -> None:
+        while True:
+            entry = await self._log_queue.get()
+            try:
+                await self._log_sink(entry)
+            except Exception as exc:
+                _LOG.error("safety log entry not written (%s): %s", exc, entry)
+                if self.readings.storage_ok:
+                    self.readings.storage_ok = False
+                    self.readings.storage_problem = f"safety log write failed: {exc}"
+                    self._check(self.clock())
+            finally:
+                self._log_queue.task_done()
+
+
+def _event_type_for(term: Term) -> str:
+    return {
+        Term.ESTOP: "e_stop_pressed",
+        Term.WATCHDOG: "system_watchdog_timeout",
+        Term.SMOOTHING: "smoothing_device_fault",
+        Term.TEC: "interlock_failure",
+        Term.PHOTODIODE: "photodiode_fault",
+        Term.DEVICES: "interlock_failure",
+        Term.CALIBRATIONS: "interlock_failure",
+        Term.STORAGE: "interlock_failure",
+    }.get(term, "interlock_failure")

@@ -1,0 +1,70 @@
+"""``tosca controller``: the controller process alone (devices, supervisor, engine, recorder, sockets).
+
+``--sim`` runs it on a simulated rig in the same process; ``--ports FILE`` names the serial ports of a rig
+(a JSON object such as ``tosca sim`` prints: laser, tec, actuator, safety, and optionally camera). It prints
+one line when its sockets are ready and runs until SIGTERM or SIGINT, then switches the laser off, closes any
+open session as aborted and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+from pathlib import Path
+from typing import Any
+
+from tui.commands import fail
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``controller`` sub-command."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "controller",
+        help="the controller process alone (what the kiosk's service runs)",
+        description="Run the controller: devices, safety supervisor, protocol engine and the sockets.",
+    )
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--sim", action="store_true", help="run on a simulated rig in this process")
+    where.add_argument("--ports", type=Path, metavar="FILE", help="JSON file naming the rig's serial ports")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run until a termination signal arrives."""
+    from control.supervisor import Refused
+    from devices.rig import RigConfig, RigError
+
+    config = None
+    if args.ports is not None:
+        try:
+            ports = json.loads(args.ports.read_text(encoding="utf-8"))
+            if not isinstance(ports, dict):
+                raise ValueError("not a JSON object")
+            config = RigConfig.from_ports({str(k): str(v) for k, v in ports.items()})
+        except (OSError, ValueError) as exc:
+            return fail(f"controller: bad port file {args.ports}: {exc}")
+    try:
+        return asyncio.run(_serve(Path(args.data_dir), bool(args.sim), config))
+    except (RigError, Refused, OSError, RuntimeError) as exc:
+        return fail(f"controller: {exc}")
+
+
+async def _serve(data_dir: Path, sim: bool, config: Any) -> int:
+    from control.controller import Controller
+
+    controller = Controller(data_dir, sim=sim, rig_config=config, terminal="controller")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await controller.start()
+        print(f"controller ready: {controller.data.root}", flush=True)
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await controller.close()
+    return 0
