@@ -5,9 +5,9 @@ console is a client of its sockets (``control.sock`` for the operator, ``observe
 tests may run it in-process behind the same client.
 
 Start-up order (DESIGN.md section 4): the rig first (its lock, then "output off" to the laser driver,
-verified, before anything else), then the database (upgraded to the head revision; sessions left open by a crash
-closed as aborted), then the safety board's watchdog, heartbeat and sample stream, then the device monitors
-and the sockets.
+verified, before anything else), then the database (upgraded to the head revision; sessions left open by a
+crash closed as aborted), then the safety board's watchdog, heartbeat and sample stream, then the device
+monitors and the sockets.
 
 One treatment session at a time. ``open_session`` checks the protocol against the system limits and the
 active calibrations, opens the session record (after an automatic backup), starts the telemetry file, turns
@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Any
 from control import messages as msg
 from control.accounts import AccountService, HashingParameters
 from control.calibration import (
+    CalibrationError,
     CalibrationSet,
-    MissingCalibrations,
     install_sim_calibrations_if_missing,
     load_active_calibrations,
 )
@@ -78,7 +78,7 @@ _LOG = logging.getLogger(__name__)
 CONTROL_SOCKET = "control.sock"
 OBSERVE_SOCKET = "observe.sock"
 #: Device readings are polled this often (s): well inside the supervisor's 100 ms freshness limit.
-POLL_PERIOD_S = 0.04
+POLL_PERIOD_S = 0.03
 #: The supervisor's periodic evaluation (s).
 TICK_S = 0.01
 #: Safety board sample rate (Hz): photodiode, pedal, E-stop, vibration, enable.
@@ -188,6 +188,10 @@ class Controller:
         self.rig: Rig = None  # type: ignore[assignment]
         self.session: ActiveSession | None = None
         self.last_session_id: int | None = None
+        #: The connection that opened the open session (None when opened in-process).
+        self.operator: Peer | None = None
+        self._camera_state: str | None = None
+        self._bad_replies: dict[str, int] = {}
         self.current_ma: float | None = None
         self.position_um: float | None = None
         self.calibrations: CalibrationSet | None = None
@@ -311,7 +315,7 @@ class Controller:
     async def _reload_calibrations(self) -> None:
         try:
             self.calibrations = await load_active_calibrations(self.db)
-        except MissingCalibrations as exc:
+        except CalibrationError as exc:
             self.calibrations = None
             self.supervisor.photodiode_to_watts = None
             self.supervisor.update(calibrations_ok=False, calibrations_detail=str(exc))
@@ -555,13 +559,79 @@ class Controller:
 
     async def _tick(self) -> None:
         sup = self.supervisor
+        count = 0
         while True:
             board = self.rig.safety
             if board is not None:
                 sup.readings.heartbeat_ok_at = board.last_heartbeat_ok
                 sup.readings.watchdog_expired = sup.readings.watchdog_expired or board.watchdog_expired
             sup.tick()
+            count += 1
+            if count % 50 == 0:
+                self._watch_camera()
+                self._watch_lines()
             await asyncio.sleep(TICK_S)
+
+    def _watch_camera(self) -> None:
+        """The camera is not a term of the permission to emit; a change of its health is logged as a
+        warning (the console shows "no camera")."""
+        camera = self.rig.health().get("camera")
+        state = camera.state if camera is not None else None
+        if state == self._camera_state:
+            return
+        previous, self._camera_state = self._camera_state, state
+        if previous is None and state == "ok":
+            return
+        sup = self.supervisor
+        ok = state == "ok"
+        entry = SafetyEntry(
+            "camera_recovery" if ok else "camera_fault",
+            "info" if ok else "warning",
+            f"camera {state}"
+            + (f": {camera.last_error}" if camera is not None and camera.last_error else ""),
+            sup.state.value,
+            "on" if sup.output_commanded_on else "off",
+            sup.readings.pedal,
+            None,
+            sup.readings.photodiode_v,
+            "none: the camera does not gate emission; the preview shows its state",
+            tech_id=sup.tech_id,
+        )
+        task = asyncio.get_running_loop().create_task(self._log_entry(entry))
+        self._tasks.append(task)
+        self._event("info" if ok else "warning", entry.description)
+
+    def _watch_lines(self) -> None:
+        """Bad replies (garbage, malformed or over-long lines, timeouts) on a serial link are logged as a
+        warning with their count; three in a row make the link faulty, which the supervisor acts on."""
+        sup = self.supervisor
+        for name, transport in self.rig.transports.items():
+            count = transport.bad_reply_count
+            seen = self._bad_replies.get(name, 0)
+            self._bad_replies[name] = count
+            if count <= seen:
+                continue
+            entry = SafetyEntry(
+                "serial_line_error",
+                "warning",
+                f"{name}: {count - seen} bad replies ({transport.last_error or 'unknown'})",
+                sup.state.value,
+                "on" if sup.output_commanded_on else "off",
+                sup.readings.pedal,
+                None,
+                sup.readings.photodiode_v,
+                "counted; the link is marked faulty after 3 in a row",
+                details={"device": name, "bad_replies_total": count},
+                tech_id=sup.tech_id,
+            )
+            self._tasks.append(asyncio.get_running_loop().create_task(self._log_entry(entry)))
+            self._event("warning", entry.description)
+
+    async def _log_entry(self, entry: SafetyEntry) -> None:
+        try:
+            await self._write_safety(entry)
+        except Exception as exc:
+            _LOG.error("safety log entry not written: %s", exc)
 
     # --------------------------------------------------------------------------------------- sessions
     async def open_session(
@@ -832,6 +902,7 @@ class Controller:
                 for name, h in self.rig.health().items()
             }
         if kind == "open_session":
+            self.operator = peer
             return await self.open_session(
                 subject_code=command.subject_code,
                 username=command.username,
@@ -941,6 +1012,9 @@ class Controller:
 
     async def _operator_gone(self, peer: Peer) -> None:
         """The operator's console disconnected: emission stops and the session pauses."""
+        if self.operator is None or peer.connection != self.operator.connection:
+            return
+        self.operator = None
         if self.supervisor.state in ARMED_STATES:
             self.supervisor._output_off_now()
             with contextlib.suppress(Refused):

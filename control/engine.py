@@ -169,7 +169,8 @@ class TreatmentEngine:
             else:
                 delay = self.period_s
             try:
-                await asyncio.wait_for(self._wake.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
         final = self._override_w if self._override_w is not None else step.power_at_elapsed(step.duration_s)

@@ -342,9 +342,11 @@ class ControllerServer:
             server.close()
         # Let connections accepted just before the close start, see the flag and finish.
         await asyncio.sleep(0)
-        tasks = [conn.task for conn in self._connections.values() if conn.task is not None]
+        # A command handler may itself close the server; its own connection then ends after it returns.
+        current = asyncio.current_task()
+        tasks = [c.task for c in self._connections.values() if c.task is not None and c.task is not current]
         for conn in self._connections.values():
-            if conn.task is not None and not conn.ending:
+            if conn.task is not None and conn.task is not current and not conn.ending:
                 conn.task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         for server in self._servers:
@@ -405,10 +407,19 @@ class ControllerServer:
     # -- connections --------------------------------------------------------------------------------------
 
     async def _serve_control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await self._serve("control", reader, writer)
+        await self._accept("control", reader, writer)
 
     async def _serve_observe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await self._serve("observe", reader, writer)
+        await self._accept("observe", reader, writer)
+
+    async def _accept(
+        self, kind: SocketKind, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        # The connection is served in a task of its own, which close() may cancel; the task asyncio created
+        # for this callback only waits for it, so it always ends normally (Python 3.11's stream callback
+        # reports a cancelled callback task as an error).
+        task = asyncio.get_running_loop().create_task(self._serve(kind, reader, writer), name=f"ipc {kind}")
+        await asyncio.wait([task])
 
     async def _serve(
         self, kind: SocketKind, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -462,6 +473,8 @@ class ControllerServer:
                 logger.warning("%s: connection ended in the middle of a line", conn.peer)
                 return
             if not await conn.send_reply(await self._answer(conn.peer, line, decode)):
+                return
+            if self._closing:
                 return
 
     async def _answer(

@@ -97,19 +97,19 @@ class Command(_Message):
 
 
 class Ping(Command):
-    """Is the controller there? The reply's data holds the controller's monotonic time (``time_s``)."""
+    """Is the controller there and answering?"""
 
     type: Literal["ping"] = "ping"
 
 
 class Status(Command):
-    """Ask for the current state; the reply's data is the latest snapshot."""
+    """Ask for the controller's current state."""
 
     type: Literal["status"] = "status"
 
 
 class Health(Command):
-    """Ask for device health: each device's connection state, identity, last reading age and error."""
+    """Ask for the health of each device (connection state, identity, last error)."""
 
     type: Literal["health"] = "health"
 
@@ -139,7 +139,7 @@ class Arm(Command):
     """Arm the laser (key control): the operator re-enters their password."""
 
     type: Literal["arm"] = "arm"
-    password: Annotated[str, Field(min_length=1)]
+    password: Annotated[str, Field(min_length=1, repr=False)]
 
 
 class Disarm(Command):
@@ -189,7 +189,7 @@ class ResetFault(Command):
 
     type: Literal["reset_fault"] = "reset_fault"
     username: NonBlank
-    password: Annotated[str, Field(min_length=1)]
+    password: Annotated[str, Field(min_length=1, repr=False)]
 
 
 class EndSession(Command):
@@ -279,7 +279,7 @@ class StepView(_Message):
 
     number: Annotated[int, Field(ge=1)]
     of: Annotated[int, Field(ge=1)]
-    elapsed_s: _NonNegative
+    elapsed_s: _FiniteFloat
     duration_s: _NonNegative
     power_start_w: _NonNegative
     power_end_w: _NonNegative
@@ -288,16 +288,20 @@ class StepView(_Message):
 
 
 class SessionView(_Message):
-    """The open treatment session: clocks in seconds, delivered energy in joules."""
+    """The open treatment session: clocks in seconds, delivered energy in joules.
+
+    Measured and integrated values are only required to be finite: a photodiode offset can make a measured
+    integral slightly negative, and a snapshot must still reach the operator.
+    """
 
     session_id: int
     subject_code: str
     protocol_name: str
     technician: str
     status: str
-    clock_s: _NonNegative
-    treating_s: _NonNegative
-    delivered_energy_j: _NonNegative
+    clock_s: _FiniteFloat
+    treating_s: _FiniteFloat
+    delivered_energy_j: _FiniteFloat
     step: StepView | None = None
 
 

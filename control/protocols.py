@@ -12,7 +12,8 @@ Python's ``json`` accepts); ``step_number`` 1..N in order; ``duration_seconds`` 
 above the protocol's own ``safety_limits.max_power_watts``; ``ring_size_mm`` > 0; ``ramp_type`` ``constant``
 (start power equals end power) or ``linear``; the total duration not above
 ``safety_limits.max_duration_seconds``. Against the system (:class:`ValidationLimits`): no power above the
-system's ``max_laser_power_watts`` and every ring size within the actuator's calibrated range.
+system's ``max_laser_power_watts`` nor above what the active laser calibration covers, and every ring size
+within the actuator's calibrated range.
 
 Every error names its field path in JSON-path form with 0-based list indexes, e.g.
 ``steps[1].power_end_watts: 12 W exceeds safety_limits.max_power_watts (10 W)`` for the second step.
@@ -35,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from control.calibration import (
     ACTUATOR,
+    LASER,
     CalibrationDataError,
     load_active_calibration,
 )
@@ -208,18 +210,32 @@ def _own_problems(raw: Any) -> list[str]:
 @dataclass(frozen=True, slots=True)
 class ValidationLimits:
     """The system's limits a protocol is checked against: maximum laser power in watts and the ring range in
-    mm; ``source`` says where the ring range came from (an active calibration or the default travel)."""
+    mm; ``source`` says where the ring range came from (an active calibration or the default travel).
+
+    ``laser_max_power_w``, when known, is the highest power the active laser calibration covers (the console
+    cannot convert a higher power to a driver current); ``laser_source`` names that calibration.
+    """
 
     max_system_power_w: float
     ring_min_mm: float
     ring_max_mm: float
     source: str
+    laser_max_power_w: float | None = None
+    laser_source: str = ""
 
     def __post_init__(self) -> None:
         for name in ("max_system_power_w", "ring_min_mm", "ring_max_mm"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number; got {value!r}")
+        laser = self.laser_max_power_w
+        if laser is not None and (
+            isinstance(laser, bool)
+            or not isinstance(laser, (int, float))
+            or not math.isfinite(laser)
+            or laser <= 0
+        ):
+            raise ValueError(f"laser_max_power_w must be a finite number > 0 W; got {laser!r}")
         if self.max_system_power_w <= 0:
             raise ValueError(f"max_system_power_w must be > 0 W; got {self.max_system_power_w!r}")
         if not 0 < self.ring_min_mm <= self.ring_max_mm:
@@ -229,9 +245,13 @@ class ValidationLimits:
             )
 
     def describe(self) -> str:
-        """One line: the system power limit and the ring range with its source."""
+        """One line: the system power limit, the laser calibration's maximum (when known) and the ring range
+        with its source."""
+        laser = ""
+        if self.laser_max_power_w is not None:
+            laser = f"; laser calibrated up to {_n(self.laser_max_power_w)} W ({self.laser_source})"
         return (
-            f"system maximum power {_n(self.max_system_power_w)} W; ring size {_n(self.ring_min_mm)}.."
+            f"system maximum power {_n(self.max_system_power_w)} W{laser}; ring size {_n(self.ring_min_mm)}.."
             f"{_n(self.ring_max_mm)} mm ({self.source})"
         )
 
@@ -259,6 +279,12 @@ def _system_problems(raw: Any, limits: ValidationLimits) -> list[str]:
                 problems.append(
                     f"steps[{i}].{key}: {_n(power)} W exceeds the system limit max_laser_power_watts "
                     f"({_n(limits.max_system_power_w)} W)"
+                )
+            laser_max = limits.laser_max_power_w
+            if power is not None and laser_max is not None and power > laser_max:
+                problems.append(
+                    f"steps[{i}].{key}: {_n(power)} W is above the laser calibration's maximum "
+                    f"{_n(laser_max)} W ({limits.laser_source})"
                 )
         ring = _number(step.get("ring_size_mm"))
         if ring is not None and ring > 0 and not limits.ring_min_mm <= ring <= limits.ring_max_mm:
@@ -527,7 +553,8 @@ def protocol_type(defn: ProtocolDefinition) -> ProtocolType:
 
 async def load_limits(sessions: async_sessionmaker[AsyncSession]) -> ValidationLimits:
     """The system's limits from the database: ``max_laser_power_watts`` from ``system_config``; the ring range
-    from the active actuator calibration or, where none is active, the default travel."""
+    from the active actuator calibration or, where none is active, the default travel; the highest power the
+    active laser calibration covers, where one is active."""
     async with sessions() as session:
         try:
             max_power = await ConfigRepository(session).get("max_laser_power_watts")
@@ -537,13 +564,25 @@ async def load_limits(sessions: async_sessionmaker[AsyncSession]) -> ValidationL
             actuator = await load_active_calibration(session, ACTUATOR)
         except CalibrationDataError as exc:
             raise LimitsError(f"active actuator {exc}") from exc
+        try:
+            laser = await load_active_calibration(session, LASER)
+        except CalibrationDataError as exc:
+            raise LimitsError(f"active laser {exc}") from exc
     if isinstance(max_power, bool) or not isinstance(max_power, (int, float)) or not max_power > 0:
         raise LimitsError(f"config max_laser_power_watts must be a number > 0 W; got {max_power!r}")
     if actuator is None:
         defaults = default_limits()
-        return ValidationLimits(float(max_power), defaults.ring_min_mm, defaults.ring_max_mm, defaults.source)
-    ring_min, ring_max = actuator.curve.range
-    return ValidationLimits(float(max_power), ring_min, ring_max, f"active {actuator.describe()}")
+        ring_min, ring_max, source = defaults.ring_min_mm, defaults.ring_max_mm, defaults.source
+    else:
+        (ring_min, ring_max), source = actuator.curve.range, f"active {actuator.describe()}"
+    return ValidationLimits(
+        max_system_power_w=float(max_power),
+        ring_min_mm=ring_min,
+        ring_max_mm=ring_max,
+        source=source,
+        laser_max_power_w=None if laser is None else laser.curve.range[1],
+        laser_source="" if laser is None else f"active {laser.describe()}",
+    )
 
 
 # ------------------------------------------------------------------------------------------- library
@@ -566,7 +605,10 @@ class LibraryProtocol:
 
 def _library_text(name: str) -> str:
     return (
-        importlib.resources.files(LIBRARY_PACKAGE).joinpath(LIBRARY_FOLDER, name).read_text(encoding="utf-8")
+        importlib.resources.files(LIBRARY_PACKAGE)
+        .joinpath(LIBRARY_FOLDER)
+        .joinpath(name)
+        .read_text(encoding="utf-8")
     )
 
 

@@ -8,8 +8,9 @@ One :class:`Recorder` serves the controller. It writes:
 * ``safety_log`` rows: :meth:`Recorder.safety` writes at once, in its own transaction, and raises
   :class:`RecorderError` if the row could not be written;
 * the session's telemetry file (optional, :meth:`Recorder.begin_session` ``telemetry_path``): high-rate
-  samples as JSON lines through :meth:`Recorder.telemetry`; at :meth:`Recorder.end_session` the file is closed
-  and its path, line count and SHA-256 are written to the session's row.
+  samples as JSON lines through :meth:`Recorder.telemetry`; :meth:`Recorder.end_session` closes the file and
+  returns its :class:`~storage.telemetry.TelemetrySummary` (path, line count, SHA-256), which the session's
+  lifecycle (:meth:`control.sessions.SessionService.finish`) writes into the session's row.
 
 Health. The recorder is *healthy* while everything it was given has been written or is on its way. It
 turns unhealthy, and every callback registered with :meth:`Recorder.on_health_change` is called at once, when
@@ -32,6 +33,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from collections import deque
@@ -55,6 +57,7 @@ from storage import (
     TreatmentEventsRepository,
     utc_now,
 )
+from storage.telemetry import WriteFunction
 
 _LOG = logging.getLogger(__name__)
 
@@ -114,14 +117,6 @@ class _OpenSession:
     started_mono: float
     started_at: datetime
     telemetry: TelemetryWriter | None
-    telemetry_text: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class _TelemetryRecord:
-    session_id: int
-    path_text: str
-    summary: TelemetrySummary
 
 
 def _describe(exc: BaseException) -> str:
@@ -168,7 +163,8 @@ class Recorder:
     ``sessions`` is the records database's session maker; ``data_root`` the data directory (free space is
     checked there, relative telemetry paths are under it); ``min_free_bytes`` the least free space, in bytes;
     ``clock`` returns naive UTC now; ``mono`` is the monotonic clock (seconds) that ``started_mono`` and
-    ``at_mono`` are read from; ``disk_usage`` is :func:`shutil.disk_usage` or a replacement (fault injection).
+    ``at_mono`` are read from; ``disk_usage`` (:func:`shutil.disk_usage`) and ``telemetry_write``
+    (:func:`os.write`) may be replaced for fault injection.
     Call :meth:`close` when done.
     """
 
@@ -181,6 +177,7 @@ class Recorder:
         clock: Callable[[], datetime] = utc_now,
         mono: Callable[[], float] = time.monotonic,
         disk_usage: Callable[[Path], DiskUsage] = shutil.disk_usage,
+        telemetry_write: WriteFunction = os.write,
         batch_interval_s: float = DEFAULT_BATCH_INTERVAL_S,
         space_check_interval_s: float = DEFAULT_SPACE_CHECK_INTERVAL_S,
         max_held_rows: int = DEFAULT_MAX_HELD_ROWS,
@@ -201,11 +198,11 @@ class Recorder:
         self._clock = clock
         self._mono = mono
         self._disk_usage = disk_usage
+        self._telemetry_write = telemetry_write
         self._batch_interval_s = float(batch_interval_s)
         self._space_check_interval_s = float(space_check_interval_s)
         self._max_held_rows = max_held_rows
         self._queue: deque[dict[str, Any]] = deque()
-        self._telemetry_records: list[_TelemetryRecord] = []
         self._session: _OpenSession | None = None
         self._healthy = True
         self._problem: str | None = None
@@ -226,7 +223,7 @@ class Recorder:
 
     @property
     def problem(self) -> str | None:
-        """Why the recorder is unhealthy (one line), or None."""
+        """Why the recorder is unhealthy (one line, the latest reason found), or None."""
         return self._problem
 
     @property
@@ -251,7 +248,9 @@ class Recorder:
     def _set_health(self, healthy: bool, problem: str | None) -> None:
         if healthy == self._healthy:
             if not healthy and problem is not None and problem != self._problem:
-                _LOG.error("storage still unhealthy, also: %s", problem)
+                # Still unhealthy: keep the latest reason for whoever reads it; the health did not change.
+                _LOG.error("storage still unhealthy: %s", problem)
+                self._problem = problem
             return
         self._healthy = healthy
         self._problem = problem
@@ -301,42 +300,46 @@ class Recorder:
         _finite("started_mono", started_mono)
         if not isinstance(started_at, datetime):
             raise ValueError(f"started_at must be a datetime, got {started_at!r}")
+        await self._require_session_row(session_id)
         writer: TelemetryWriter | None = None
-        path_text: str | None = None
         if telemetry_path is not None:
             target = Path(telemetry_path)
             if not target.is_absolute():
                 target = self._data_root / target
             try:
-                writer = TelemetryWriter(target, on_failure=self._mark_unhealthy)
+                writer = TelemetryWriter(target, on_failure=self._mark_unhealthy, write=self._telemetry_write)
             except TelemetryError as exc:
                 raise RecorderError(str(exc)) from exc
-            try:
-                path_text = target.relative_to(self._data_root).as_posix()
-            except ValueError:
-                path_text = str(target)
-        self._session = _OpenSession(session_id, tech_id, float(started_mono), started_at, writer, path_text)
+        self._session = _OpenSession(session_id, tech_id, float(started_mono), started_at, writer)
         await self.start()
         if writer is not None:
             await writer.start()
         await self._check_space()
 
-    async def end_session(self) -> TelemetrySummary | None:
-        """Stop recording the current session: write its queued events, close its telemetry file and record
-        the file's path, line count and SHA-256 in the session's row.
+    async def _require_session_row(self, session_id: int) -> None:
+        try:
+            async with self._sessions() as session:
+                row = await SessionsRepository(session).get_by_id(session_id)
+        except (SQLAlchemyError, OSError) as exc:
+            problem = f"records database read failed: {_describe(exc)}"
+            self._mark_unhealthy(problem)
+            raise RecorderError(problem) from exc
+        if row is None:
+            raise RecorderError(f"session {session_id} does not exist in the records database")
 
-        Returns the telemetry summary (None without a telemetry file). When storage is unhealthy the events
-        and the summary stay held and are written by :meth:`recheck`; nothing is lost.
+    async def end_session(self) -> TelemetrySummary | None:
+        """Stop recording the current session: write its queued events and close its telemetry file.
+
+        Returns the telemetry file's summary (None without one) for the session's row. When storage is
+        unhealthy the events stay held and are written by :meth:`recheck`; nothing is lost.
         """
         current = self._session
         if current is None:
             raise RecorderError("no session is being recorded")
         self._session = None
         summary: TelemetrySummary | None = None
-        if current.telemetry is not None and current.telemetry_text is not None:
+        if current.telemetry is not None:
             summary = await current.telemetry.close()
-            record = _TelemetryRecord(current.session_id, current.telemetry_text, summary)
-            self._telemetry_records.append(record)
         if self._healthy:
             await self._write_held()
         return summary
@@ -360,13 +363,8 @@ class Recorder:
             await self._write_held()
         self._closed = True
         lost = len(self._queue)
-        if lost or self._telemetry_records:
-            _LOG.error(
-                "recorder closed with %d event row(s) and %d telemetry summary(ies) not written: %s",
-                lost,
-                len(self._telemetry_records),
-                self._problem,
-            )
+        if lost:
+            _LOG.error("recorder closed with %d event row(s) not written: %s", lost, self._problem)
         return lost
 
     # ---- events
@@ -449,7 +447,7 @@ class Recorder:
             )
             return
         self._queue.append(row)
-        if len(self._queue) >= MAX_BATCH_ROWS:
+        if self._healthy and len(self._queue) >= MAX_BATCH_ROWS:
             self._wake.set()
 
     def telemetry(self, record: Mapping[str, Any]) -> None:
@@ -522,7 +520,7 @@ class Recorder:
         """Write every queued row now; raise :class:`RecorderError` if any stays unwritten."""
         if self._healthy:
             await self._write_held()
-        if self._queue or self._telemetry_records:
+        if self._queue:
             raise RecorderError(
                 f"storage unhealthy ({self._problem}); {len(self._queue)} event row(s) held for recheck()"
             )
@@ -549,7 +547,7 @@ class Recorder:
     async def _write_held(self, *, probe: bool = False) -> bool:
         async with self._write_lock:
             try:
-                if probe and not self._queue and not self._telemetry_records:
+                if probe and not self._queue:
                     async with self._sessions() as session:
                         await session.execute(_WRITE_PROBE)
                         await session.commit()
@@ -560,26 +558,10 @@ class Recorder:
                         await session.commit()
                     for _ in batch:
                         self._queue.popleft()
-                while self._telemetry_records:
-                    record = self._telemetry_records[0]
-                    await self._write_telemetry_record(record)
-                    self._telemetry_records.pop(0)
-            except (SQLAlchemyError, OSError, RecorderError) as exc:
+            except (SQLAlchemyError, OSError) as exc:
                 self._mark_unhealthy(f"records database write failed: {_describe(exc)}")
                 return False
         return True
-
-    async def _write_telemetry_record(self, record: _TelemetryRecord) -> None:
-        async with self._sessions() as session:
-            repository = SessionsRepository(session)
-            row = await repository.get_by_id(record.session_id)
-            if row is None:
-                raise RecorderError(f"session {record.session_id} does not exist")
-            row.telemetry_path = record.path_text
-            row.telemetry_line_count = record.summary.line_count
-            row.telemetry_sha256 = record.summary.sha256
-            await repository.save(row)
-            await session.commit()
 
     async def _space_problem(self) -> str | None:
         try:
@@ -607,7 +589,7 @@ class Recorder:
             if self._stopping:
                 break
             try:
-                if self._healthy and (self._queue or self._telemetry_records):
+                if self._healthy and self._queue:
                     await self._write_held()
                 if time.monotonic() - last_space_check >= self._space_check_interval_s:
                     last_space_check = time.monotonic()

@@ -97,10 +97,10 @@ class SimRunResult:
 async def _ensure_protocol(controller: Controller, protocol: str) -> str:
     """A protocol name in the database, or a JSON file (added, or a new version, under the file's stem)."""
     path = Path(protocol)
-    if not path.is_file():
+    if not await asyncio.to_thread(path.is_file):
         return protocol
     try:
-        text = path.read_text(encoding="utf-8")
+        text = await asyncio.to_thread(path.read_text, encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise Refused(f"cannot read {path}: {exc}") from None
     try:
@@ -168,8 +168,14 @@ async def run_simulated_session(
     finally:
         await controller.close()
     status = str(summary.get("status"))
-    reason = summary.get("abort_reason")
-    return SimRunResult(0 if status == "completed" else 1, session_id, status, reason, summary)
+    abort_reason = summary.get("abort_reason")
+    return SimRunResult(
+        0 if status == "completed" else 1,
+        session_id,
+        status,
+        None if abort_reason is None else str(abort_reason),
+        summary,
+    )
 
 
 async def _wait_prechecks(controller: Controller) -> None:

@@ -47,6 +47,9 @@ STRAY_LIGHT_W: Final = 0.25
 #: ... once it has been seen for this long (s), counted from this long (s) after the output was switched off.
 STRAY_LIGHT_PERSISTENCE_S: Final = 0.020
 STRAY_LIGHT_GRACE_S: Final = 0.050
+#: A gap between two ticks longer than this (s) is a stall of the controller's own loop (a busy machine):
+#: readings are then not counted stale for the stall's length, because nothing could read them meanwhile.
+LOOP_STALL_S: Final = 0.030
 #: The deviation is taken relative to the commanded power, but never to less than this (W).
 PHOTODIODE_FLOOR_W: Final = 0.5
 
@@ -259,6 +262,12 @@ class SafetySupervisor:
         self._treating_total_s = 0.0
         self._treating_since: float | None = None
         self._lock = asyncio.Lock()
+        self._last_tick: float | None = None
+        self._stall_s = 0.0
+        self._stall_seen_at = -math.inf
+        #: Loop stalls seen by :meth:`tick` (count) and the longest one (s).
+        self.stalls = 0
+        self.longest_stall_s = 0.0
         self._log_queue: asyncio.Queue[SafetyEntry] = asyncio.Queue()
         self._log_task: asyncio.Task[None] | None = None
         self._side_tasks: set[asyncio.Task[None]] = set()
@@ -302,10 +311,14 @@ class SafetySupervisor:
 
     # ------------------------------------------------------------------------------------------- terms
     def _age_ok(self, at: float | None, now: float) -> bool:
-        return at is not None and now - at <= MAX_READING_AGE_S
+        allowance = self._stall_s if now - self._stall_seen_at <= 2 * MAX_READING_AGE_S else 0.0
+        return at is not None and now - at <= MAX_READING_AGE_S + allowance
 
-    def terms(self, now: float | None = None) -> dict[Term, TermStatus]:
-        """Every permission term with its live value, at ``now`` (default: the clock)."""
+    def terms(self, now: float | None = None, *, ages: bool = True) -> dict[Term, TermStatus]:
+        """Every permission term with its live value, at ``now`` (default: the clock).
+
+        ``ages=False`` leaves reading ages out of the "devices" term (they are judged by :meth:`tick`).
+        """
         now = self.clock() if now is None else now
         r = self.readings
         out: dict[Term, TermStatus] = {}
@@ -375,7 +388,8 @@ class SafetySupervisor:
             )
             put(Term.PHOTODIODE, not (deviating or stray), f"{measured:.2f} W", detail)
         stale = []
-        ages = {
+        judge_ages = ages
+        times = {
             "safety": r.board_at,
             "tec": r.tec_at,
             "laser": r.laser_at,
@@ -385,8 +399,8 @@ class SafetySupervisor:
             link = r.links.get(name, "closed")
             if link != "open":
                 stale.append(f"{name} link {link}")
-            elif not self._age_ok(ages.get(name), now):
-                at = ages.get(name)
+            elif judge_ages and not self._age_ok(times.get(name), now):
+                at = times.get(name)
                 stale.append(
                     f"{name} reading " + ("missing" if at is None else f"{(now - at) * 1000:.0f} ms old")
                 )
@@ -431,7 +445,7 @@ class SafetySupervisor:
         return self._treating_total_s + running
 
     # ------------------------------------------------------------------------------------- transitions
-    def _transition(self, new: SystemState, reason: str) -> None:
+    def _transition(self, new: SystemState, reason: str, *, event_type: str = "state_change") -> None:
         old = self.state
         if new == old:
             return
@@ -450,7 +464,7 @@ class SafetySupervisor:
             except Exception:
                 _LOG.exception("state listener failed")
         self._queue_log(
-            "state_change",
+            event_type,
             "info",
             f"{old.value} -> {new.value}: {reason}",
             action="laser off" if old is S.TREATING else None,
@@ -538,12 +552,12 @@ class SafetySupervisor:
         self._side_tasks.add(task)
         task.add_done_callback(self._side_tasks.discard)
 
-    def _check(self, now: float) -> None:
+    def _check(self, now: float, *, ages: bool = False) -> None:
         """Evaluate the terms after a change and act: fault, back to ARMED, or start emission."""
         state = self.state
         if state is S.FAULT:
             return
-        terms = self.terms(now)
+        terms = self.terms(now, ages=ages)
         photodiode = terms[Term.PHOTODIODE]
         if (
             not photodiode.ok
@@ -589,8 +603,9 @@ class SafetySupervisor:
             )
             return
         if state is S.TREATING and not (terms[Term.FOOTPEDAL].ok and terms[Term.STEP].ok):
-            reason = "footpedal released" if not terms[Term.FOOTPEDAL].ok else "step ended"
-            self._transition(S.ARMED, reason)
+            released = not terms[Term.FOOTPEDAL].ok
+            reason = "footpedal released" if released else "step ended"
+            self._transition(S.ARMED, reason, event_type="footpedal_released" if released else "state_change")
             return
         if state is S.ARMED and terms[Term.FOOTPEDAL].ok and terms[Term.STEP].ok:
             self._begin_emission("footpedal pressed")
@@ -715,8 +730,20 @@ class SafetySupervisor:
             self._fault_deviation_since = None
 
     def tick(self) -> None:
-        """Periodic evaluation (every 10-20 ms): reading ages and persistence windows."""
-        self._check(self.clock())
+        """Periodic evaluation (every 10-20 ms): reading ages and persistence windows.
+
+        A gap since the previous tick longer than :data:`LOOP_STALL_S` means the controller's own loop was
+        held up; for the next 200 ms a reading may be older than 100 ms by that gap, since no reply could be
+        read during it. The hardware watchdog still drops LASER_ENABLE if the loop stops for good.
+        """
+        now = self.clock()
+        if self._last_tick is not None and now - self._last_tick > LOOP_STALL_S:
+            self._stall_s = now - self._last_tick
+            self._stall_seen_at = now
+            self.stalls += 1
+            self.longest_stall_s = max(self.longest_stall_s, self._stall_s)
+        self._last_tick = now
+        self._check(now, ages=True)
 
     def update(self, **values: Any) -> None:
         """Set readings (names of :class:`Readings` fields) and evaluate at once."""

@@ -381,6 +381,7 @@ __all__ = [
     "TelemetryError",
     "TelemetrySummary",
     "TelemetryWriter",
+    "WriteFunction",
     "encode_record",
     "scan_telemetry",
 ]

@@ -292,6 +292,10 @@ def test_validate_against_the_system() -> None:
     tight = ValidationLimits(
         max_system_power_w=6.0, ring_min_mm=3.2, ring_max_mm=4.0, source="calibration #7"
     )
+    laser = ValidationLimits(10.0, 2.0, 5.0, "x", laser_max_power_w=8.5, laser_source="calibration #3")
+    assert validate_protocol(defn, laser) == [
+        "steps[1].power_end_watts: 9.0 W is above the laser calibration's maximum 8.5 W (calibration #3)"
+    ]
     assert validate_protocol(defn, tight) == [
         "steps[0].ring_size_mm: 3.0 mm is outside the actuator's range 3.2..4.0 mm (calibration #7)",
         "steps[1].power_end_watts: 9.0 W exceeds the system limit max_laser_power_watts (6.0 W)",
@@ -315,11 +319,12 @@ def test_check_protocol_returns_the_plan_when_within_limits() -> None:
         ((math.nan, 2.0, 5.0), "max_system_power_w must be a finite number"),
         ((10.0, 5.0, 2.0), "the ring range must satisfy 0 < min <= max"),
         ((10.0, 0.0, 2.0), "the ring range must satisfy 0 < min <= max"),
+        ((10.0, 2.0, 5.0, 0.0), "laser_max_power_w must be a finite number > 0 W"),
     ],
 )
-def test_validation_limits_refuse_nonsense(args: tuple[float, float, float], message: str) -> None:
+def test_validation_limits_refuse_nonsense(args: tuple[float, ...], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        ValidationLimits(*args, source="x")
+        ValidationLimits(*args[:3], source="x", laser_max_power_w=args[3] if len(args) > 3 else None)
 
 
 def test_default_limits() -> None:
@@ -343,7 +348,17 @@ async def test_load_limits_default_travel_then_active_calibration(
     limits = await load_limits(sessions)
     assert (limits.max_system_power_w, limits.ring_min_mm, limits.ring_max_mm) == (10.0, 2.0, 5.0)
     assert limits.source.startswith("default actuator travel")
+    assert limits.laser_max_power_w is None
     await install_sim_calibrations_if_missing(sessions, tech_id)
+    limits = await load_limits(sessions)
+    assert limits.laser_max_power_w == pytest.approx(9.5)
+    assert limits.laser_source.startswith("active calibration #")
+    assert "laser calibrated up to 9.5 W (active calibration #" in limits.describe()
+    above_laser = json.dumps(seed(steps__1__power_end_watts=9.8))
+    assert errors_of(above_laser, limits) == [
+        "steps[1].power_end_watts: 9.8 W is above the laser calibration's maximum 9.5 W "
+        f"({limits.laser_source})"
+    ]
     narrow = await record_calibration(
         sessions,
         tech_id=tech_id,

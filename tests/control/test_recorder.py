@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import json
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -14,10 +16,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
 from control.recorder import EVENT_TYPES, MAX_BATCH_ROWS, Recorder, RecorderError
-from storage import create_engine, session_factory
+from storage import apply_pragmas, create_engine, session_factory, utc_now
 from tests.support import FakeClock
 
 START = datetime(2026, 3, 14, 9, 30, 0)
@@ -51,8 +54,8 @@ class FakeDisk:
         return Usage(self.free)
 
 
-async def _wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
+async def _wait_until(condition: Callable[[], bool], within_s: float = 5.0) -> None:
+    deadline = time.monotonic() + within_s
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
@@ -62,8 +65,12 @@ async def _wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> No
 def _insert_session(db_path: Path) -> None:
     connection = sqlite3.connect(str(db_path))
     with connection:
-        connection.execute("INSERT INTO tech_users (username, full_name, role) VALUES ('jane', 'Jane', 'technician')")
-        connection.execute("INSERT INTO subjects (subject_code, created_by_tech_id) VALUES ('P-2026-0001', 1)")
+        connection.execute(
+            "INSERT INTO tech_users (username, full_name, role) VALUES ('jane', 'Jane', 'technician')"
+        )
+        connection.execute(
+            "INSERT INTO subjects (subject_code, created_by_tech_id) VALUES ('P-2026-0001', 1)"
+        )
         for _ in range(2):
             connection.execute(
                 "INSERT INTO sessions (subject_id, tech_id, start_time, status) "
@@ -131,7 +138,7 @@ async def recorder(
 
 @pytest.fixture
 def locked(db_path: Path) -> Iterator[Callable[[bool], None]]:
-    """``locked(True)`` holds the database's write lock from a second connection; ``locked(False)`` frees it."""
+    """``locked(True)`` takes the write lock from another connection; ``locked(False)`` frees it."""
     connection = sqlite3.connect(str(db_path), isolation_level=None)
 
     def hold(on: bool) -> None:
@@ -170,7 +177,7 @@ async def test_events_land_in_batches_in_order_with_offsets_from_the_session_sta
     mono.now = 1002.0
     recorder.event("power_change", commanded_w=6.0, at_mono=1001.5)  # happened half a second ago
     # Written by the background task (at least every 0.1 s), without a flush.
-    await _wait_until(lambda: len(_events(db_path)) == 3, timeout=2.0)
+    await _wait_until(lambda: len(_events(db_path)) == 3 and recorder.held_rows == 0, within_s=2.0)
     rows = _events(db_path)
     assert [r["event_type"] for r in rows] == ["protocol_step_start", "laser_on", "power_change"]
     assert [r["time_offset_ms"] for r in rows] == [0, 250, 1500]
@@ -193,7 +200,9 @@ async def test_a_large_burst_is_written_in_several_batches_in_order(
         mono.now = 1000.0 + index / 1000
         recorder.event("power_change", commanded_w=index / 100)
     await recorder.flush()
-    rows = _rows(db_path, "SELECT time_offset_ms, laser_power_commanded_watts FROM treatment_events ORDER BY event_id")
+    rows = _rows(
+        db_path, "SELECT time_offset_ms, laser_power_commanded_watts FROM treatment_events ORDER BY event_id"
+    )
     assert [r[0] for r in rows] == list(range(count))
     assert [r[1] for r in rows] == [index / 100 for index in range(count)]
 
@@ -219,6 +228,12 @@ async def test_bad_events_are_refused_and_nothing_is_queued(recorder: Recorder, 
     assert recorder.held_rows == 0
     with pytest.raises(RecorderError, match="still being recorded"):
         await recorder.begin_session(2, 1, started_mono=1000.0, started_at=START)
+    await recorder.end_session()
+    with pytest.raises(RecorderError, match="session 99 does not exist"):
+        await recorder.begin_session(99, 1, started_mono=1000.0, started_at=START)
+    with pytest.raises(ValueError, match="session_id must be a positive int"):
+        await recorder.begin_session(0, 1, started_mono=1000.0, started_at=START)
+    assert recorder.session_id is None
 
 
 async def test_a_locked_database_makes_it_unhealthy_once_and_recheck_writes_the_held_rows(
@@ -270,7 +285,9 @@ async def test_recheck_fails_while_the_database_is_still_locked(
     with pytest.raises(RecorderError):
         await recorder.flush()
     assert await recorder.recheck() is False  # no held row is lost by a failed recheck
-    assert recorder.held_rows == 1 and changes == [(False, "records database write failed: database is locked")]
+    assert recorder.held_rows == 1 and changes == [
+        (False, "records database write failed: database is locked")
+    ]
     locked(False)
     assert await recorder.recheck() is True
     assert len(_events(db_path)) == 1
@@ -305,7 +322,9 @@ async def test_safety_records_are_written_at_once_with_the_session_and_its_techn
         action_taken="logged",
         details={"deviation_percent": -18.0},
     )
-    rows = _rows(db_path, "SELECT * FROM safety_log WHERE event_type != 'database_initialized' ORDER BY log_id")
+    rows = _rows(
+        db_path, "SELECT * FROM safety_log WHERE event_type != 'database_initialized' ORDER BY log_id"
+    )
     assert [(r["event_type"], r["session_id"], r["tech_id"]) for r in rows] == [
         ("controller_started", None, None),
         ("photodiode_deviation", 2, 1),
@@ -327,7 +346,9 @@ async def test_a_failed_safety_record_raises_and_reports_once(
     await recorder.begin_session(1, 1, started_mono=1000.0, started_at=START)
     locked(True)
     for _ in range(2):
-        with pytest.raises(RecorderError, match="safety record 'e_stop_pressed' not written: database is locked"):
+        with pytest.raises(
+            RecorderError, match="safety record 'e_stop_pressed' not written: database is locked"
+        ):
             await recorder.safety("e_stop_pressed", "critical", "E-stop pressed")
     assert changes == [(False, "safety record 'e_stop_pressed' not written: database is locked")]
     locked(False)
@@ -357,7 +378,10 @@ async def test_low_free_space_makes_it_unhealthy_at_begin_and_from_the_backgroun
     assert recorder.healthy
     disk.free = 49 * MIB
     await _wait_until(lambda: not recorder.healthy)
-    assert changes[-1] == (False, f"free space under {db_path.parent} is 49.0 MiB, below the 50.0 MiB minimum")
+    assert changes[-1] == (
+        False,
+        f"free space under {db_path.parent} is 49.0 MiB, below the 50.0 MiB minimum",
+    )
     assert len(changes) == 3
 
 
@@ -373,21 +397,23 @@ async def test_an_unreadable_data_root_is_a_storage_problem(
         await rec.close()
 
 
-async def test_the_telemetry_file_is_summarised_into_the_session_row(
+async def test_the_telemetry_file_is_closed_at_the_end_and_its_summary_returned(
     recorder: Recorder, db_path: Path, data_root: Path
 ) -> None:
     relative = Path("sessions/P-2026-0001/1/telemetry.jsonl")
     await recorder.begin_session(1, 1, started_mono=1000.0, started_at=START, telemetry_path=relative)
     for index in range(120):
         recorder.telemetry({"t_ms": index * 10, "photodiode_v": index / 40, "pedal": True})
+    with pytest.raises(ValueError, match="'photodiode_v' is not a finite number"):
+        recorder.telemetry({"t_ms": 1200, "photodiode_v": float("nan")})
     recorder.event("laser_on")
     summary = await recorder.end_session()
     assert summary is not None and recorder.session_id is None
     data = (data_root / relative).read_bytes()
-    assert summary.line_count == 120 and summary.sha256 == hashlib.sha256(data).hexdigest()
-    row = _rows(db_path, "SELECT telemetry_path, telemetry_line_count, telemetry_sha256 FROM sessions WHERE session_id = 1")
-    assert tuple(row[0]) == (relative.as_posix(), 120, hashlib.sha256(data).hexdigest())
-    assert len(_events(db_path)) == 1
+    assert summary.path == data_root / relative
+    assert (summary.line_count, summary.size_bytes) == (120, len(data))
+    assert summary.sha256 == hashlib.sha256(data).hexdigest()
+    assert len(_events(db_path)) == 1 and recorder.healthy
     with pytest.raises(RecorderError, match="no telemetry file is open"):
         recorder.telemetry({"t_ms": 0})
     with pytest.raises(RecorderError, match="no session is being recorded"):
@@ -438,19 +464,66 @@ def test_settings_are_checked(fast_sessions: async_sessionmaker[AsyncSession], d
             Recorder(fast_sessions, data_root=data_root, **kwargs)  # type: ignore[arg-type]
 
 
-async def test_the_clock_default_gives_now_in_utc(
+async def test_the_default_clocks_stamp_events_with_utc_now(
     fast_sessions: async_sessionmaker[AsyncSession], db_path: Path, data_root: Path
 ) -> None:
     rec = Recorder(fast_sessions, data_root=data_root)
     try:
         await rec.begin_session(1, 1, started_mono=time.monotonic(), started_at=START)
-        before = datetime.utcnow().replace(microsecond=0) if False else None  # noqa: DTZ003
-        assert before is None
         rec.event("pause")
         await rec.end_session()
     finally:
         await rec.close()
-    stamp = datetime.fromisoformat(_events(db_path)[0]["timestamp"])
-    from storage import utc_now
-
+    row = _events(db_path)[0]
+    stamp = datetime.fromisoformat(row["timestamp"])
     assert abs(utc_now() - stamp) < timedelta(minutes=1)
+    assert 0 <= row["time_offset_ms"] < 60_000
+
+
+async def test_a_read_only_database_makes_it_unhealthy_and_safety_records_raise(
+    db_path: Path, data_root: Path
+) -> None:
+    # The database opened read-only, as on a medium that turned read-only (chmod does not stop root).
+    engine = create_async_engine(f"sqlite+aiosqlite:///file:{db_path}?mode=ro&uri=true")
+    event.listen(engine.sync_engine, "connect", lambda connection, _record: apply_pragmas(connection, 50))
+    rec = Recorder(session_factory(engine), data_root=data_root, mono=FakeMono(0.0))
+    changes = _health_log(rec)
+    try:
+        await rec.begin_session(1, 1, started_mono=0.0, started_at=START)
+        rec.event("laser_on")
+        with pytest.raises(RecorderError, match=r"1 event row\(s\) held"):
+            await rec.flush()
+        problem = "records database write failed: attempt to write a readonly database"
+        assert changes == [(False, problem)]
+        with pytest.raises(RecorderError, match="attempt to write a readonly database"):
+            await rec.safety("e_stop_pressed", "critical", "E-stop pressed")
+        assert await rec.recheck() is False
+        assert changes == [(False, problem)] and rec.held_rows == 1
+    finally:
+        assert await rec.close() == 1
+        await engine.dispose()
+    assert _events(db_path) == []
+
+
+async def test_a_failed_telemetry_write_makes_it_unhealthy_until_the_session_ends(
+    fast_sessions: async_sessionmaker[AsyncSession], data_root: Path
+) -> None:
+    def full_disk(fd: int, data: memoryview) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    rec = Recorder(fast_sessions, data_root=data_root, mono=FakeMono(0.0), telemetry_write=full_disk)
+    changes = _health_log(rec)
+    try:
+        await rec.begin_session(1, 1, started_mono=0.0, started_at=START, telemetry_path=Path("t.jsonl"))
+        for index in range(50):  # the 50th line is written at once, and fails
+            rec.telemetry({"t": index})
+        assert not rec.healthy and len(changes) == 1
+        assert changes[0][1] is not None and "No space left on device" in changes[0][1]
+        with pytest.raises(RecorderError, match="No space left on device"):
+            rec.telemetry({"t": 50})
+        assert await rec.recheck() is False  # the session's telemetry is broken for good
+        summary = await rec.end_session()
+        assert summary is not None and summary.line_count == 0
+        assert await rec.recheck() is True  # the next session starts with a new file
+    finally:
+        await rec.close()

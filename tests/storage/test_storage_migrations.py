@@ -243,7 +243,8 @@ def test_the_telemetry_revision_keeps_records_views_triggers_and_ids_both_ways(t
     assert connection.execute("PRAGMA foreign_key_check").fetchall() == []
     with connection:
         connection.execute(
-            "INSERT INTO sessions (subject_id, tech_id, start_time, status) VALUES (1, 1, '2026-01-02', 'paused')"
+            "INSERT INTO sessions (subject_id, tech_id, start_time, status) "
+            "VALUES (1, 1, '2026-01-02', 'paused')"
         )
     assert connection.execute("SELECT max(session_id) FROM sessions").fetchone() == (4,)
     # The append-only triggers still refuse changes to the records.

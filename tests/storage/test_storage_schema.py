@@ -725,7 +725,8 @@ def test_telemetry_columns_refuse_a_negative_line_count_and_a_malformed_sha256(d
         connection.execute(SEED_TECH_INSERT)
         connection.execute(SEED_SUBJECT_INSERT)
         connection.execute(
-            "INSERT INTO sessions (subject_id, tech_id, start_time, status) VALUES (1, 1, '2026-01-01', 'completed')"
+            "INSERT INTO sessions (subject_id, tech_id, start_time, status) "
+            "VALUES (1, 1, '2026-01-01', 'completed')"
         )
     good = "0123456789abcdef" * 4
     bad_values = [

@@ -20,8 +20,8 @@ from storage import telemetry as telemetry_module
 from storage.telemetry import TelemetryError, TelemetryWriter, encode_record, scan_telemetry
 
 
-async def _wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
+async def _wait_until(condition: Callable[[], bool], within_s: float = 5.0) -> None:
+    deadline = time.monotonic() + within_s
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
@@ -29,7 +29,13 @@ async def _wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> No
 
 
 def _sample(seq: int) -> dict[str, object]:
-    return {"seq": seq, "t_ms": seq * 10, "photodiode_v": 1.25 + seq / 1000, "pedal": seq % 2 == 0, "mode": "é"}
+    return {
+        "seq": seq,
+        "t_ms": seq * 10,
+        "photodiode_v": 1.25 + seq / 1000,
+        "pedal": seq % 2 == 0,
+        "mode": "é",
+    }
 
 
 async def test_sha256_line_count_and_size_match_the_file_bytes(tmp_path: Path) -> None:

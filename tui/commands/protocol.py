@@ -5,13 +5,13 @@ tosca protocol validate FILE [--data-dir DIR]
 ```
 
 The file is checked against the data directory's limits when its ``tosca.db`` exists
-(``max_laser_power_watts`` from the configuration, the ring range from the active actuator calibration or,
-where none is active, the default actuator travel), and otherwise against the defaults (10.0 W, default
-travel 0..3000 um, ring 2.0 + um/1000 mm). The limits used are printed first. A valid protocol prints its plan
-(step, start, duration, power start -> end, ring, ramp; total time; expected energy) and exits 0. A refused
-one prints every problem on stderr, one per line as ``FILE: problem``, then
-``tosca: FILE: refused (N problems)``, and exits 1. A file that cannot be read gives a one-line reason and
-exit 1.
+(``max_laser_power_watts`` from the configuration, the highest power the active laser calibration covers,
+the ring range from the active actuator calibration or, where none is active, the default actuator travel),
+and otherwise against the defaults (10.0 W, default travel 0..3000 um, ring 2.0 + um/1000 mm). The limits
+used are printed first. A valid protocol prints its plan (step, start, duration, power start -> end, ring,
+ramp; total time; expected energy) and exits 0. A refused one prints every problem on stderr, one per line as
+``FILE: problem``, then ``tosca: FILE: refused (N problems)``, and exits 1. A file that cannot be read gives
+a one-line reason and exit 1.
 """
 
 from __future__ import annotations
@@ -129,6 +129,7 @@ def _validate(args: argparse.Namespace) -> int:
     from storage.errors import StorageError
 
     path = Path(args.file)
+    data_dir = DataDir(Path(args.data_dir))
     try:
         text = _read(path)
     except FileNotFoundError:
@@ -136,9 +137,13 @@ def _validate(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         return fail(f"cannot read {path}: {_one_line(exc)}")
     try:
-        limits, origin = _limits(DataDir(Path(args.data_dir)))
-    except (LimitsError, CalibrationError, StorageError, SQLAlchemyError, sqlite3.Error, OSError) as exc:
-        return fail(f"cannot read the limits: {_one_line(exc)}")
+        limits, origin = _limits(data_dir)
+    except SQLAlchemyError as exc:
+        # The driver's own message ("no such table: ...") without SQLAlchemy's statement and links.
+        reason = getattr(exc, "orig", None) or exc
+        return fail(f"cannot read the limits from {data_dir.db_path}: {_one_line(reason)}")
+    except (LimitsError, CalibrationError, StorageError, sqlite3.Error, OSError) as exc:
+        return fail(f"cannot read the limits from {data_dir.db_path}: {_one_line(exc)}")
     print(f"{origin}: {limits.describe()}")
     try:
         plan = check_protocol(text, limits)

@@ -1,0 +1,311 @@
+"""The safety supervisor under random sequences of inputs and operator commands (hypothesis stateful).
+
+Each test case gets its own event loop (:class:`asyncio.Runner`); every rule runs in it and then lets the
+supervisor's tasks finish and its safety log drain, so the invariants see a settled system. The invariants
+are the safety model of DESIGN.md section 4, checked both through the supervisor's own terms and against the
+fake rig's ground truth (the pedal, the E-stop, the board's arming, the TEC, the light on the photodiode).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from supervisor_fakes import DEVICES, PHOTODIODE_W_PER_V, TEC_SETPOINT_C, World
+
+from control.supervisor import (
+    ARMED_STATES,
+    MAX_READING_AGE_S,
+    PHOTODIODE_FLOOR_W,
+    PHOTODIODE_PERSISTENCE_S,
+    PHOTODIODE_SETTLE_S,
+    Limits,
+    Refused,
+    SafetySupervisor,
+    SystemState,
+)
+from devices.safety import SafetySample
+
+S = SystemState
+LIMITS = Limits()
+#: Photodiode conditions: (factor on the emitted light, stray light W).
+PHOTODIODE_MODES = {
+    "in range": (1.0, 0.0),
+    "warning": (0.8, 0.0),
+    "deviating": (0.5, 0.0),
+    "dark": (0.0, 0.0),
+    "stray": (1.0, 1.0),
+}
+#: Sample period of the board stream while readings are fresh, s.
+PERIOD_S = 0.010
+
+
+def _photodiode(mode: str) -> Callable[[World], None]:
+    def change(w: World) -> None:
+        w.photodiode_factor, w.stray_w = PHOTODIODE_MODES[mode]
+        w.feed_sample()
+
+    return change
+
+
+def _smoothing(pwm: int, vibration_g: float) -> Callable[[World], None]:
+    def change(w: World) -> None:
+        w.motor_pwm, w.vibration_g = pwm, vibration_g
+        w.sup.update(motor_pwm=pwm)
+        w.feed_sample()
+
+    return change
+
+
+def _tec(on: bool, off_by_c: float) -> Callable[[World], None]:
+    def change(w: World) -> None:
+        w.tec_on, w.tec_c = on, TEC_SETPOINT_C + off_by_c
+        w.feed_tec()
+
+    return change
+
+
+def _link(device: str, state: str) -> Callable[[World], None]:
+    return lambda w: w.set_link(device, state)
+
+
+#: Every input the world can change, by name (the hardware and the devices; not the operator).
+INPUTS: dict[str, Callable[[World], None]] = {
+    "pedal down": World.press_pedal,
+    "pedal up": World.release_pedal,
+    "estop pressed": lambda w: w.set_estop(True),
+    "estop released": lambda w: w.set_estop(False),
+    "watchdog expires": World.expire_watchdog,
+    "board drops LASER_ENABLE": World.lose_arming,
+    "step active": lambda w: w.set_step(True),
+    "step ended": lambda w: w.set_step(False),
+    "storage fails": lambda w: w.set_storage(False),
+    "storage recovers": lambda w: w.set_storage(True),
+    "calibrations lost": lambda w: w.set_calibrations(False),
+    "calibrations back": lambda w: w.set_calibrations(True),
+    "smoothing running": _smoothing(180, 1.2),
+    "vibration low": _smoothing(180, 0.3),
+    "motor off": _smoothing(0, 0.3),
+    "tec in window": _tec(True, 0.0),
+    "tec near edge": _tec(True, 0.9),
+    "tec drift": _tec(True, 1.5),
+    "tec far off": _tec(True, -4.0),
+    "tec output off": _tec(False, 0.0),
+    **{f"photodiode {mode}": _photodiode(mode) for mode in PHOTODIODE_MODES},
+    **{
+        f"{device} link {state}": _link(device, state)
+        for device in DEVICES
+        for state in ("open", "faulty", "reconnecting")
+    },
+}
+
+#: Operator commands other than reset.
+COMMANDS: dict[str, Callable[[SafetySupervisor], Coroutine[Any, Any, None]]] = {
+    "open session": lambda sup: sup.open_session(),
+    "arm": lambda sup: sup.arm(),
+    "disarm": lambda sup: sup.disarm(),
+    "pause": lambda sup: sup.pause(),
+    "resume": lambda sup: sup.resume(),
+    "stop": lambda sup: sup.stop(),
+    "end session": lambda sup: sup.end_session("ended by the operator"),
+    "protocol complete": lambda sup: sup.protocol_complete(),
+}
+
+
+class SupervisorMachine(RuleBasedStateMachine):
+    """Drives one supervisor in one fake world per test case."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.runner = asyncio.Runner()
+        self.world = World()
+        self.entries_into_treating = 0
+        self.previous_state = S.IDLE
+        self.reset_accepted = False
+        self.deviating_since: float | None = None
+        self.world.sup.on_state_change(self._count_treating)
+        self.world.sample_hooks.append(self._judge_light)
+        self.run(self._start())
+
+    # ------------------------------------------------------------------------------------------ plumbing
+    def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        return self.runner.run(coro)
+
+    async def _start(self) -> None:
+        self.world.sup.start()
+        self.world.feed_healthy()
+        await self.world.sup.set_power(2.0)
+        await self.world.settle()
+
+    def teardown(self) -> None:
+        try:
+            self.run(self.world.sup.close())
+        finally:
+            self.runner.close()
+
+    def act(self, inputs: Callable[[], None]) -> None:
+        """Apply synchronous inputs on the loop, then let the supervisor settle."""
+
+        async def go() -> None:
+            inputs()
+            await self.world.settle()
+
+        self.run(go())
+
+    def command(self, make: Callable[[], Coroutine[Any, Any, None]]) -> bool:
+        """Run one operator command; False when the supervisor refused it."""
+
+        async def go() -> bool:
+            try:
+                await make()
+            except Refused:
+                accepted = False
+            else:
+                accepted = True
+            await self.world.settle()
+            return accepted
+
+        return bool(self.run(go()))
+
+    def _count_treating(self, _old: SystemState, new: SystemState, _reason: str) -> None:
+        if new is S.TREATING:
+            self.entries_into_treating += 1
+
+    def _judge_light(self, sample: SafetySample) -> None:
+        """Ground truth of a persisting photodiode deviation, from the light actually emitted."""
+        laser = self.world.laser
+        if not laser.output_on or laser.on_since is None:
+            self.deviating_since = None
+            return
+        changed = max(laser.on_since, laser.power_changed_at or -math.inf)
+        if sample.received - changed < PHOTODIODE_SETTLE_S:
+            return
+        measured = sample.photodiode_v * PHOTODIODE_W_PER_V
+        percent = abs(measured - laser.power_w) / max(laser.power_w, PHOTODIODE_FLOOR_W) * 100.0
+        if percent > LIMITS.photodiode_fault_percent:
+            if self.deviating_since is None:
+                self.deviating_since = sample.received
+        else:
+            self.deviating_since = None
+
+    @initialize(start=st.sampled_from([S.IDLE, S.READY, S.ARMED, S.TREATING]))
+    def begin_in(self, start: SystemState) -> None:
+        """Start some cases part-way through a treatment so the deep states get most of the steps."""
+        w = self.world
+        if start is not S.IDLE:
+            assert self.command(w.sup.open_session)
+        if start in (S.ARMED, S.TREATING):
+            self.act(lambda: w.set_step(True))
+            assert self.command(w.sup.arm)
+        if start is S.TREATING:
+            self.act(w.press_pedal)
+        assert w.sup.state is start
+
+    # ------------------------------------------------------------------------------------------ inputs
+    @rule(what=st.sampled_from(sorted(INPUTS)))
+    def change(self, what: str) -> None:
+        """One input changes: the pedal, the E-stop, the board, a permission term, the photodiode."""
+        self.act(lambda: INPUTS[what](self.world))
+
+    @rule(second=st.sampled_from(sorted(INPUTS)))
+    def pedal_down_with(self, second: str) -> None:
+        """The pedal goes down and another input arrives in the same loop turn (one read of the board's
+        line, or a monitor callback right behind it), before any task has run."""
+
+        def both() -> None:
+            self.world.press_pedal()
+            INPUTS[second](self.world)
+
+        self.act(both)
+
+    @rule(ms=st.integers(min_value=0, max_value=300), fresh=st.booleans())
+    def time_passes(self, ms: int, fresh: bool) -> None:
+        """The clock moves in 10 ms steps with the periodic tick; readings keep coming only if ``fresh``."""
+
+        def advance() -> None:
+            w = self.world
+            left = ms / 1000
+            while left > 1e-9:
+                step = min(PERIOD_S, left)
+                w.clock.advance(step)
+                left -= step
+                if fresh:
+                    w.refresh()
+                w.sup.tick()
+
+        self.act(advance)
+
+    # ------------------------------------------------------------------------------- engine, operator
+    @rule(watts=st.sampled_from([0.0, 0.5, 2.0, 5.0]))
+    def set_power(self, watts: float) -> None:
+        self.command(lambda: self.world.sup.set_power(watts))
+
+    @rule(name=st.sampled_from(sorted(COMMANDS)))
+    def operator(self, name: str) -> None:
+        """An operator command other than reset; the supervisor may refuse it."""
+        self.command(lambda: COMMANDS[name](self.world.sup))
+
+    @rule(session_open=st.booleans())
+    def reset(self, session_open: bool) -> None:
+        was = self.world.sup.state
+        accepted = self.command(lambda: self.world.sup.reset(4, "alice", session_open=session_open))
+        if accepted and was is S.FAULT:
+            self.reset_accepted = True
+
+    # ------------------------------------------------------------------------------------- invariants
+    @invariant()
+    def light_only_with_full_permission(self) -> None:
+        w, sup = self.world, self.world.sup
+        if not w.laser.output_on:
+            return
+        assert sup.state is S.TREATING, f"output on in {sup.state.value}"
+        failing = sup.failing()
+        assert not failing, f"output on with terms false: {[t.detail for t in failing]}"
+        # The same conjunction recomputed from the world's ground truth.
+        board = w.board
+        assert board.armed and board.pedal and not board.estop and not board.watchdog_expired
+        assert w.tec_on and abs(w.tec_c - TEC_SETPOINT_C) <= LIMITS.tec_window_c
+        assert w.motor_pwm > 0 and w.vibration_g >= LIMITS.vibration_min_g
+        assert all(state == "open" for state in w.links.values()), w.links
+        assert w.storage_ok and w.calibrations_ok and w.step_active
+        now = w.clock()
+        assert w.last_refresh is not None and now - w.last_refresh <= MAX_READING_AGE_S
+        assert self.deviating_since is None or now - self.deviating_since < PHOTODIODE_PERSISTENCE_S
+
+    @invariant()
+    def output_commanded_only_while_treating(self) -> None:
+        sup = self.world.sup
+        assert not sup.output_commanded_on or sup.state is S.TREATING
+
+    @invariant()
+    def emission_starts_only_on_entering_treating(self) -> None:
+        switch_ons = self.world.laser.switch_ons
+        assert all(seen == (S.TREATING, True) for seen in switch_ons), switch_ons
+        assert len(switch_ons) <= self.entries_into_treating
+
+    @invariant()
+    def board_armed_only_in_armed_states(self) -> None:
+        assert not self.world.board.armed or self.world.sup.state in ARMED_STATES, self.world.sup.state
+
+    @invariant()
+    def fault_latches_until_an_accepted_reset(self) -> None:
+        state = self.world.sup.state
+        if self.previous_state is S.FAULT and not self.reset_accepted:
+            assert state is S.FAULT, f"left FAULT for {state.value} without an accepted reset"
+        self.previous_state = state
+        self.reset_accepted = False
+
+
+SupervisorMachine.TestCase.settings = settings(
+    max_examples=200,
+    stateful_step_count=40,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestSupervisorStateMachine = SupervisorMachine.TestCase
