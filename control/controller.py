@@ -682,9 +682,9 @@ class Controller:
         if opened.protocol_data != protocol_text:
             plan = check_protocol(opened.protocol_data, limits)
         cal = self.calibrations
-        own_max = max(s.power_end_w for s in plan.steps)
         defn_max = _protocol_max_power(opened.protocol_data)
-        max_override = min(defn_max, self.supervisor.limits.max_power_w)
+        # The hardware current limit covers every power this session may command, overrides included.
+        max_override = min(defn_max, self.supervisor.limits.max_power_w, cal.max_power_w)
         started_mono = time.monotonic()
         engine = TreatmentEngine(
             self.supervisor,
@@ -706,7 +706,7 @@ class Controller:
                 opened.started_at,
                 telemetry_path=opened.folder / TELEMETRY_FILE,
             )
-            await self._prepare_devices(max(own_max, plan.max_power_w))
+            await self._prepare_devices(max(max_override, plan.max_power_w))
             await self.supervisor.open_session(
                 f"session {opened.session_id} opened for {opened.subject_code}"
             )

@@ -59,6 +59,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import re
 import shutil
@@ -503,9 +504,13 @@ class Operator:
         return await self.snapshot(lambda s: s.time_s > now and predicate(s), what)
 
     def remaining_s(self, snap: Snapshot) -> float:
-        if snap.session is None or snap.session.step is None:
+        """Treatment time (s) left in the open session's step; infinite while its first step has not started
+        (the ring still moving into place), zero without a session."""
+        if snap.session is None:
             return 0.0
         step = snap.session.step
+        if step is None:
+            return math.inf
         return step.duration_s - step.elapsed_s
 
     async def command(self, command: Command, what: str) -> bool:
@@ -538,6 +543,7 @@ class Operator:
             checks = (await self.client.call(Prechecks(), timeout_s=30.0))["checks"]
             failing = [f"{c['name']}: {c['detail']}" for c in checks if not c["ok"]]
             if not failing:
+                await self.fresh(lambda s: s.session is not None, "the new session in a snapshot")
                 return
             if time.monotonic() > deadline:
                 raise BenchError(f"pre-checks still failing: {failing}")
@@ -571,8 +577,10 @@ class Operator:
         """Get to TREATING with the output on, from wherever the run stands: recover from a fault, open a
         new session when the step has less than ``needed_s`` left, arm, wait for the step, press the pedal.
         Returns the arrival time of the line that switched the output on."""
+        seen: list[str] = []
         for _ in range(MAX_ATTEMPTS):
             snap = self.latest()
+            seen.append(snap.state if snap.session is not None else f"{snap.state} (no session)")
             if snap.state == "fault":
                 self.normal_inputs()
                 await self.reset()
@@ -581,6 +589,10 @@ class Operator:
                 if snap.session is not None:
                     await self.end_session("benchmark: step nearly used up, a new session follows")
                 await self.open_session()
+                continue
+            if snap.state == "idle":
+                # The session is being opened (the devices prepared, the ring homed): READY follows.
+                await self.fresh(lambda s: s.state != "idle" or s.session is None, "READY after opening")
                 continue
             if snap.state in ("treating", "paused"):
                 self.sim("pedal up")
@@ -616,7 +628,7 @@ class Operator:
             if snap.state == "treating":
                 return t_on
         raise BenchError(
-            f"could not get to TREATING in {MAX_ATTEMPTS} attempts; "
+            f"could not get to TREATING in {MAX_ATTEMPTS} attempts (states seen: {', '.join(seen)}); "
             f"unplanned faults: {dict(self.unplanned)}; refusals: {dict(self.refusals)}"
         )
 
@@ -886,7 +898,9 @@ def print_table(results: dict[str, Any]) -> None:
     load = extra.get("load")
     if load:
         shares = ", ".join(
-            f"{k.removesuffix('_cpu_percent')} {v:.0f} %" for k, v in load.items() if "cpu" in k
+            f"{k.removesuffix('_cpu_percent')} {v:.0f} %"
+            for k, v in load.items()
+            if k.endswith("_cpu_percent")
         )
         print(
             f"CPU over {load['wall_s']:.0f} s (share of one core): {shares}; "

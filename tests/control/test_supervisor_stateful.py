@@ -193,7 +193,7 @@ class SupervisorMachine(RuleBasedStateMachine):
         else:
             self.deviating_since = None
 
-    @initialize(start=st.sampled_from([S.IDLE, S.READY, S.ARMED, S.TREATING]))
+    @initialize(start=st.sampled_from([S.IDLE, S.READY, S.ARMED, S.ARMED, S.TREATING, S.TREATING]))
     def begin_in(self, start: SystemState) -> None:
         """Start some cases part-way through a treatment so the deep states get most of the steps."""
         w = self.world
@@ -222,6 +222,19 @@ class SupervisorMachine(RuleBasedStateMachine):
             INPUTS[second](self.world)
 
         self.act(both)
+
+    @rule(second=st.sampled_from(sorted(INPUTS)))
+    def change_while_switching_on(self, second: str) -> None:
+        """The pedal goes down; another input arrives while the laser is still being switched on (its
+        first query to the driver is on the wire)."""
+
+        async def go() -> None:
+            self.world.press_pedal()
+            await asyncio.sleep(0)
+            INPUTS[second](self.world)
+            await self.world.settle()
+
+        self.run(go())
 
     @rule(ms=st.integers(min_value=0, max_value=300), fresh=st.booleans())
     def time_passes(self, ms: int, fresh: bool) -> None:

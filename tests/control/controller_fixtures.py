@@ -1,0 +1,101 @@
+"""A controller on the simulated rig, in-process, over a real migrated SQLite file and real ptys."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from account_fixtures import CHEAP
+
+from control.accounts import AccountService
+from control.controller import Controller
+from control.supervisor import SystemState
+from storage import DataDir, create_engine, session_factory
+from storage.repositories import ProtocolsRepository
+
+PASSWORD = "correct horse 9"
+USERNAME = "tech1"
+SUBJECT = "P-2026-0001"
+
+
+def protocol_json(*steps: tuple[float, float, float, float, str], max_power: float = 10.0) -> str:
+    """A protocol of (duration s, start W, end W, ring mm, ramp) steps."""
+    return json.dumps(
+        {
+            "version": "1.0",
+            "steps": [
+                {
+                    "step_number": n,
+                    "duration_seconds": d,
+                    "power_start_watts": p0,
+                    "power_end_watts": p1,
+                    "ring_size_mm": ring,
+                    "ramp_type": ramp,
+                }
+                for n, (d, p0, p1, ring, ramp) in enumerate(steps, start=1)
+            ],
+            "safety_limits": {"max_power_watts": max_power, "max_duration_seconds": 600},
+        }
+    )
+
+
+async def prepare_data_dir(root: Path, template: Path, protocols: dict[str, str]) -> DataDir:
+    """A data directory with the migrated database, the technician ``tech1`` and the given protocols."""
+    data = DataDir(root).ensure()
+    shutil.copyfile(template, data.db_path)
+    engine = create_engine(data.db_path)
+    try:
+        sessions = session_factory(engine)
+        accounts = AccountService(sessions=sessions, terminal="test", hashing=CHEAP)
+        await accounts.create_first_admin("admin1", "Admin One", "admin password 1")
+        from control.accounts import Actor
+
+        admin = await accounts.get_user("admin1")
+        assert admin is not None
+        await accounts.create_user(USERNAME, "Tech One", "technician", PASSWORD, Actor.console_user(admin, "test"))
+        async with sessions() as db, db.begin():
+            repo = ProtocolsRepository(db)
+            for name, text in protocols.items():
+                await repo.add(name, "multi_step", text)
+    finally:
+        await engine.dispose()
+    return data
+
+
+async def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Wait (polling every 5 ms) until ``predicate()`` holds."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+async def wait_prechecks(controller: Controller, timeout_s: float = 10.0) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        checks = await controller.prechecks()
+        if all(c["ok"] for c in checks):
+            return checks
+        if time.monotonic() > deadline:
+            raise AssertionError(f"pre-checks still failing: {[c for c in checks if not c['ok']]}")
+        await asyncio.sleep(0.05)
+
+
+async def open_and_treat(controller: Controller, protocol: str) -> int:
+    """Open a session, arm, press the pedal and wait until the laser emits; returns the session id."""
+    opened = await controller.open_session(
+        subject_code=SUBJECT, username=USERNAME, protocol_name=protocol, create_subject=True
+    )
+    await wait_prechecks(controller)
+    await controller.arm(PASSWORD)
+    assert controller.sim_rig is not None
+    controller.sim_rig.command("pedal down")
+    await wait_until(lambda: controller.supervisor.state is SystemState.TREATING, 10.0, "TREATING")
+    await wait_until(lambda: controller.sim_rig.model.laser_output_on, 2.0, "laser output on")  # type: ignore[union-attr]
+    return int(opened["session_id"])

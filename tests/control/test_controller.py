@@ -1,0 +1,331 @@
+"""The controller on the simulated rig, in-process: sessions, key control, every simulator fault mid-step, and
+the operator's client over control.sock.
+
+Each test runs a real Controller (real ptys, real SQLite file, real sockets where they matter) and asserts
+what the operator or the records would show: the laser simulator's output, the supervisor's state, the
+safety_log rows, the session's status and summary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from account_fixtures import CHEAP
+from controller_fixtures import (
+    PASSWORD,
+    SUBJECT,
+    USERNAME,
+    open_and_treat,
+    prepare_data_dir,
+    protocol_json,
+    wait_prechecks,
+    wait_until,
+)
+
+from control import messages as msg
+from control.controller import Controller
+from control.ipc import CommandFailed, ControllerClient
+from control.supervisor import Refused, SystemState
+from storage import DataDir
+
+# 1 step of 4 s at 2 W on a 2.0 mm ring (actuator position 0: no long move before the step).
+FAULT_PROTOCOL = protocol_json((4.0, 2.0, 2.0, 2.0, "constant"))
+# Two steps: a constant and a ramp, with a 200 um move between them.
+SHORT_PROTOCOL = protocol_json((1.5, 2.0, 2.0, 2.0, "constant"), (1.0, 2.0, 3.0, 2.2, "linear"))
+
+
+@pytest.fixture
+async def data(tmp_path: Path, migrated_template: Path) -> DataDir:
+    return await prepare_data_dir(
+        tmp_path / "data", migrated_template, {"fault-test": FAULT_PROTOCOL, "short": SHORT_PROTOCOL}
+    )
+
+
+@pytest.fixture
+async def controller(data: DataDir) -> AsyncIterator[Controller]:
+    ctl = Controller(data.root, sim=True, hashing=CHEAP, terminal="test")
+    await ctl.start()
+    try:
+        yield ctl
+    finally:
+        await ctl.close()
+
+
+def _db(data: DataDir) -> sqlite3.Connection:
+    return sqlite3.connect(data.db_path)
+
+
+def _status(data: DataDir, session_id: int) -> str:
+    with _db(data) as db:
+        return str(db.execute("SELECT status FROM sessions WHERE session_id = ?", (session_id,)).fetchone()[0])
+
+
+def _safety_rows(data: DataDir, session_id: int) -> list[tuple[str, str, str]]:
+    with _db(data) as db:
+        return db.execute(
+            "SELECT event_type, severity, system_state FROM safety_log WHERE session_id = ? ORDER BY log_id",
+            (session_id,),
+        ).fetchall()
+
+
+async def test_a_whole_session_is_recorded(controller: Controller, data: DataDir) -> None:
+    sim = controller.sim_rig
+    assert sim is not None
+    opened = await controller.open_session(
+        subject_code=SUBJECT, username=USERNAME, protocol_name="short", create_subject=True
+    )
+    session_id = opened["session_id"]
+    assert opened["expected_energy_j"] == pytest.approx(2.0 * 1.5 + 2.5 * 1.0)
+    assert controller.supervisor.state is SystemState.READY
+    checks = await wait_prechecks(controller)
+    names = {c["name"] for c in checks}
+    assert {"device laser", "device tec", "interlocks" if False else "estop", "tec", "database", "backup"} <= names
+    assert {"calibration laser", "calibration photodiode", "calibration actuator"} <= names
+
+    with pytest.raises(Refused, match="[Ww]rong"):
+        await controller.arm("not the password")
+    assert controller.supervisor.state is SystemState.READY
+    await controller.arm(PASSWORD)
+    assert controller.supervisor.state is SystemState.ARMED
+    assert not sim.model.laser_output_on
+    sim.command("pedal down")
+    await wait_until(lambda: controller.session is None, 20.0, "the session to complete")
+    assert not sim.model.laser_output_on
+    assert controller.supervisor.state is SystemState.IDLE
+
+    with _db(data) as db:
+        row = db.execute(
+            "SELECT status, total_laser_on_time_seconds, avg_power_watts, max_power_watts, total_energy_joules, "
+            "telemetry_path, telemetry_line_count, telemetry_sha256, protocol_data_snapshot "
+            "FROM sessions WHERE session_id = ?",
+            (session_id,),
+        ).fetchone()
+        events = [r[0] for r in db.execute(
+            "SELECT event_type FROM treatment_events WHERE session_id = ? ORDER BY time_offset_ms, event_id",
+            (session_id,),
+        )]
+        last_power = db.execute(
+            "SELECT laser_power_commanded_watts FROM treatment_events WHERE session_id = ? "
+            "AND event_type = 'power_change' ORDER BY event_id DESC LIMIT 1",
+            (session_id,),
+        ).fetchone()[0]
+    status, on_time, avg_w, max_w, energy, path, lines, sha, snapshot = row
+    assert status == "completed"
+    assert on_time == pytest.approx(2.5, abs=0.1)
+    assert energy == pytest.approx(5.5, rel=0.05)
+    assert 2.0 <= avg_w <= 2.5
+    assert max_w == pytest.approx(3.0, abs=0.15)
+    assert last_power == 3.0, "the ramp ends exactly on power_end_watts"
+    assert json.loads(snapshot) == json.loads(SHORT_PROTOCOL)
+    for kind in ("protocol_step_start", "laser_on", "laser_off", "protocol_step_end", "ring_size_change"):
+        assert kind in events
+    assert events.count("protocol_step_start") == 2
+    telemetry = Path(path)
+    assert hashlib.sha256(telemetry.read_bytes()).hexdigest() == sha
+    assert len(telemetry.read_bytes().splitlines()) == lines > 100
+    rows = _safety_rows(data, session_id)
+    assert ("state_change", "info", "treating") in rows
+
+    summary = await controller.end_session("no redness")
+    assert summary["post_treatment_notes"] == "no redness"
+    with pytest.raises(Exception, match="already"):
+        await controller.end_session("second notes")
+
+
+async def test_pedal_release_is_not_a_fault_and_stops_the_step_clock(controller: Controller) -> None:
+    sim = controller.sim_rig
+    assert sim is not None
+    await open_and_treat(controller, "fault-test")
+    sup = controller.supervisor
+    await asyncio.sleep(0.3)
+    sim.command("pedal up")
+    assert not sim.model.laser_output_on, "output off before the command returns"
+    await wait_until(lambda: sup.state is SystemState.ARMED, 1.0, "ARMED")
+    clock = sup.treating_seconds()
+    await asyncio.sleep(0.3)
+    assert sup.treating_seconds() == clock
+    assert sup.fault is None
+    sim.command("pedal down")
+    await wait_until(lambda: sup.state is SystemState.TREATING, 1.0, "TREATING again")
+    await wait_until(lambda: sim.model.laser_output_on, 1.0, "output on again")
+
+
+# (simulator command, safety_log event type, severity) for each fault of the simulator command language.
+FAULTS = [
+    ("estop on", "e_stop_pressed", "emergency"),
+    ("smoothing fail", "smoothing_device_fault", "critical"),
+    ("photodiode gain 0.5", "photodiode_fault", "critical"),
+    ("photodiode offset 1.0", "photodiode_fault", "critical"),
+    ("laser dropout on", "photodiode_fault", "critical"),
+    ("tec drift 3", "interlock_failure", "critical"),
+    ("actuator fault thermal", "interlock_failure", "critical"),
+    ("unplug laser", "interlock_failure", "critical"),
+    ("unplug tec", "interlock_failure", "critical"),
+    ("unplug actuator", "interlock_failure", "critical"),
+    ("unplug safety", "interlock_failure", "critical"),
+    ("stall laser on", "interlock_failure", "critical"),
+    ("stall tec on", "interlock_failure", "critical"),
+    ("stall actuator on", "interlock_failure", "critical"),
+    ("stall safety on", "interlock_failure", "critical"),
+]
+
+
+@pytest.mark.parametrize(("command", "event_type", "severity"), FAULTS, ids=[f[0] for f in FAULTS])
+async def test_each_fault_mid_step_switches_the_laser_off_and_latches(
+    controller: Controller, data: DataDir, command: str, event_type: str, severity: str
+) -> None:
+    sim = controller.sim_rig
+    assert sim is not None
+    session_id = await open_and_treat(controller, "fault-test")
+    await asyncio.sleep(0.2)
+    sim.command(command)
+    sup = controller.supervisor
+    await wait_until(lambda: sup.state is SystemState.FAULT, 3.0, f"FAULT after {command!r}")
+    await wait_until(lambda: not sim.model.laser_output_on, 0.5, "laser output off")
+    assert sup.fault is not None and sup.fault.event_type == event_type
+    await wait_until(
+        lambda: (event_type, severity, "fault") in _safety_rows(data, session_id),
+        3.0,
+        f"a {event_type} safety_log row",
+    )
+    await wait_until(lambda: _status(data, session_id) == "paused", 2.0, "session status paused")
+    await controller.recorder.flush()
+    with _db(data) as db:
+        triggers = db.execute(
+            "SELECT count(*) FROM treatment_events WHERE session_id = ? AND event_type = 'safety_trigger'",
+            (session_id,),
+        ).fetchone()[0]
+    assert triggers == 1
+    # The fault latches: the pedal does nothing, and arming is refused until a reset.
+    sim.command("pedal up")
+    sim.command("pedal down")
+    await asyncio.sleep(0.1)
+    assert sup.state is SystemState.FAULT and not sim.model.laser_output_on
+    with pytest.raises(Refused):
+        await controller.arm(PASSWORD)
+    await controller.abort(f"fault: {command}")
+    with _db(data) as db:
+        status, reason = db.execute(
+            "SELECT status, abort_reason FROM sessions WHERE session_id = ?", (session_id,)
+        ).fetchone()
+    assert (status, reason) == ("aborted", f"fault: {command}")
+    assert sup.state is SystemState.FAULT, "aborting the session does not clear the fault"
+
+
+async def test_reset_needs_the_cause_gone_and_a_password(controller: Controller, data: DataDir) -> None:
+    sim = controller.sim_rig
+    assert sim is not None
+    await open_and_treat(controller, "fault-test")
+    sim.command("estop on")
+    sup = controller.supervisor
+    await wait_until(lambda: sup.state is SystemState.FAULT, 2.0, "FAULT")
+    with pytest.raises(Refused, match="E-stop"):
+        await controller.reset_fault(USERNAME, PASSWORD)
+    sim.command("estop off")
+    sim.command("pedal up")
+    with pytest.raises(Refused):
+        await controller.reset_fault(USERNAME, "wrong password")
+    await wait_until(lambda: sup.readings.estop is False, 1.0, "E-stop released")
+    await controller.reset_fault(USERNAME, PASSWORD)
+    assert sup.state is SystemState.READY
+    assert not sim.model.laser_output_on
+    await sup.drain_log()
+    with _db(data) as db:
+        row = db.execute(
+            "SELECT description, tech_id FROM safety_log WHERE event_type = 'fault_reset'"
+        ).fetchone()
+    assert "tech1" in row[0] and row[1] is not None
+    # Emission needs key control again.
+    sim.command("pedal down")
+    await asyncio.sleep(0.1)
+    assert sup.state is SystemState.READY and not sim.model.laser_output_on
+
+
+@pytest.mark.parametrize("command", ["garbage tec 40", "camera freeze on"])
+async def test_warnings_that_do_not_gate_emission_are_logged(
+    controller: Controller, data: DataDir, command: str
+) -> None:
+    sim = controller.sim_rig
+    assert sim is not None
+    session_id = await open_and_treat(controller, "fault-test")
+    sim.command(command)
+    expected = "serial_line_error" if command.startswith("garbage") else "camera_fault"
+
+    def logged() -> bool:
+        return any(r[0] == expected for r in _safety_rows(data, session_id))
+
+    deadline = asyncio.get_running_loop().time() + 5.0
+    while not logged():
+        assert asyncio.get_running_loop().time() < deadline, f"no {expected} row"
+        await asyncio.sleep(0.1)
+    rows = [r for r in _safety_rows(data, session_id) if r[0] == expected]
+    assert rows[0][1] == "warning"
+
+
+async def test_power_override_needs_a_reason_and_stays_within_limits(controller: Controller) -> None:
+    await open_and_treat(controller, "fault-test")
+    session = controller.session
+    assert session is not None
+    with pytest.raises(Refused, match="reason"):
+        session.engine.override_power(2.5, " ", actor=USERNAME)
+    with pytest.raises(Refused, match="exceeds"):
+        session.engine.override_power(11.0, "too much", actor=USERNAME)
+    details = session.engine.override_power(2.5, "subject tolerance", actor=USERNAME)
+    assert details["old_value"] == 2.0 and details["new_value"] == 2.5
+    await wait_until(lambda: controller.supervisor.commanded_w == 2.5, 1.0, "override applied")
+
+
+async def test_storage_failure_stops_emission(controller: Controller) -> None:
+    sim = controller.sim_rig
+    assert sim is not None
+    await open_and_treat(controller, "fault-test")
+    controller._on_storage_health(False, "disk full (test)")
+    assert not sim.model.laser_output_on or controller.supervisor.state is SystemState.FAULT
+    await wait_until(lambda: not sim.model.laser_output_on, 0.5, "laser output off")
+    assert controller.supervisor.state is SystemState.FAULT
+    assert "storage" in (controller.supervisor.fault.what if controller.supervisor.fault else "")
+
+
+async def test_operator_client_over_control_socket(controller: Controller, data: DataDir) -> None:
+    sim = controller.sim_rig
+    assert sim is not None
+    client = await ControllerClient.connect(data.root / "control.sock")
+    try:
+        opened = await client.call(
+            msg.OpenSession(
+                subject_code=SUBJECT, username=USERNAME, protocol_name="fault-test", create_subject=True
+            )
+        )
+        assert opened["session_id"] >= 1
+        await wait_prechecks(controller)
+        with pytest.raises(CommandFailed):
+            await client.call(msg.Arm(password="wrong password"))
+        await client.call(msg.Arm(password=PASSWORD))
+        await client.call(msg.Sim(command="pedal down"))
+        snapshot = await client.wait_snapshot(lambda s: s.emitting, 3.0)
+        assert snapshot.state == "treating"
+        assert snapshot.session is not None and snapshot.session.step is not None
+        assert {i.name for i in snapshot.interlocks} >= {"footpedal", "estop", "tec", "photodiode"}
+    finally:
+        await client.close()
+    # The operator's console went away during emission: emission stops and the session pauses.
+    await wait_until(lambda: controller.supervisor.state is SystemState.PAUSED, 2.0, "PAUSED")
+    assert not sim.model.laser_output_on
+
+
+async def test_observe_socket_has_no_arm_command(controller: Controller, data: DataDir) -> None:
+    observer = await ControllerClient.connect(data.root / "observe.sock")
+    try:
+        status = await observer.call(msg.Status())
+        assert status["state"] == "idle"
+        reply = await observer.request(msg.Arm(password=PASSWORD))
+        assert not reply.ok and "arm" in (reply.error or "")
+    finally:
+        await observer.close()
+    assert (data.root / "control.sock").stat().st_mode & 0o777 == 0o600
