@@ -559,6 +559,7 @@ class Controller:
 
     async def _tick(self) -> None:
         sup = self.supervisor
+        sup.tick_period_s = TICK_S
         count = 0
         while True:
             board = self.rig.safety
@@ -1110,7 +1111,7 @@ class Controller:
 
     async def _publish(self) -> None:
         while True:
-            if self.server is not None:
+            if self.server is not None and self.server.peers:
                 try:
                     self.server.publish(self.snapshot())
                 except Exception:

@@ -28,6 +28,7 @@ import enum
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
@@ -47,9 +48,12 @@ STRAY_LIGHT_W: Final = 0.25
 #: ... once it has been seen for this long (s), counted from this long (s) after the output was switched off.
 STRAY_LIGHT_PERSISTENCE_S: Final = 0.020
 STRAY_LIGHT_GRACE_S: Final = 0.050
-#: A gap between two ticks longer than this (s) is a stall of the controller's own loop (a busy machine):
-#: readings are then not counted stale for the stall's length, because nothing could read them meanwhile.
-LOOP_STALL_S: Final = 0.030
+#: How late (s) the controller's own loop may run before it counts as held up, and the window (s) over
+#: which that lateness is added up. Time the loop was held up (a busy machine) is not counted against the
+#: age of a reading, because no reply could be read meanwhile; a device that stops answering while the loop
+#: runs on time is stale after 100 ms.
+LOOP_LATE_S: Final = 0.005
+LOOP_LATENESS_WINDOW_S: Final = 0.200
 #: The deviation is taken relative to the commanded power, but never to less than this (W).
 PHOTODIODE_FLOOR_W: Final = 0.5
 
@@ -263,11 +267,11 @@ class SafetySupervisor:
         self._treating_since: float | None = None
         self._lock = asyncio.Lock()
         self._last_tick: float | None = None
-        self._stall_s = 0.0
-        self._stall_seen_at = -math.inf
-        #: Loop stalls seen by :meth:`tick` (count) and the longest one (s).
-        self.stalls = 0
-        self.longest_stall_s = 0.0
+        self.tick_period_s = 0.01
+        self._lateness: deque[tuple[float, float]] = deque()
+        #: Ticks that came late (count) and the longest lateness seen (s).
+        self.late_ticks = 0
+        self.longest_lateness_s = 0.0
         self._log_queue: asyncio.Queue[SafetyEntry] = asyncio.Queue()
         self._log_task: asyncio.Task[None] | None = None
         self._side_tasks: set[asyncio.Task[None]] = set()
@@ -311,7 +315,7 @@ class SafetySupervisor:
 
     # ------------------------------------------------------------------------------------------- terms
     def _age_ok(self, at: float | None, now: float) -> bool:
-        allowance = self._stall_s if now - self._stall_seen_at <= 2 * MAX_READING_AGE_S else 0.0
+        allowance = sum(late for at, late in self._lateness if now - at <= LOOP_LATENESS_WINDOW_S)
         return at is not None and now - at <= MAX_READING_AGE_S + allowance
 
     def terms(self, now: float | None = None, *, ages: bool = True) -> dict[Term, TermStatus]:
@@ -732,16 +736,20 @@ class SafetySupervisor:
     def tick(self) -> None:
         """Periodic evaluation (every 10-20 ms): reading ages and persistence windows.
 
-        A gap since the previous tick longer than :data:`LOOP_STALL_S` means the controller's own loop was
-        held up; for the next 200 ms a reading may be older than 100 ms by that gap, since no reply could be
-        read during it. The hardware watchdog still drops LASER_ENABLE if the loop stops for good.
+        A tick later than its period by more than :data:`LOOP_LATE_S` means the controller's own loop was held
+        up; the lateness added up over the last :data:`LOOP_LATENESS_WINDOW_S` is allowed on top of the 100 ms
+        age limit, since no reply could be read meanwhile. The hardware watchdog still drops LASER_ENABLE if
+        the loop stops for good.
         """
         now = self.clock()
-        if self._last_tick is not None and now - self._last_tick > LOOP_STALL_S:
-            self._stall_s = now - self._last_tick
-            self._stall_seen_at = now
-            self.stalls += 1
-            self.longest_stall_s = max(self.longest_stall_s, self._stall_s)
+        if self._last_tick is not None:
+            late = now - self._last_tick - self.tick_period_s
+            if late > LOOP_LATE_S:
+                self._lateness.append((now, late))
+                self.late_ticks += 1
+                self.longest_lateness_s = max(self.longest_lateness_s, late)
+        while self._lateness and now - self._lateness[0][0] > LOOP_LATENESS_WINDOW_S:
+            self._lateness.popleft()
         self._last_tick = now
         self._check(now, ages=True)
 

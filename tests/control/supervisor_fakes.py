@@ -95,7 +95,9 @@ class FakeLaser:
     :meth:`on_verified` writes "output on" while that line is high; it becomes False on :meth:`off_now`,
     :meth:`off_verified`, or when the line drops (:meth:`interlock_changed`). ``power_w`` is the setpoint, W.
     ``observe``, when set, is called each time the output actually switches on and its result is kept in
-    ``switch_ons`` (the tests record the supervisor's state at that moment).
+    ``switch_ons`` (the tests record the supervisor's state at that moment). With ``off_unconfirmed`` set,
+    "output off" still reaches the driver but its read-back fails (a reply lost on the link); each such
+    failure is counted in ``off_failures``.
     """
 
     def __init__(self, clock: Callable[[], float], journal: Journal, interlock: Callable[[], bool]) -> None:
@@ -108,6 +110,8 @@ class FakeLaser:
         self.power_changed_at: float | None = None
         self.observe: Callable[[], Any] | None = None
         self.switch_ons: list[Any] = []
+        self.off_unconfirmed = False
+        self.off_failures = 0
 
     def _off(self) -> None:
         self.output_on = False
@@ -123,7 +127,11 @@ class FakeLaser:
         self.journal.add(self.clock(), "laser", "off_verified")
         self._off()
         await asyncio.sleep(0)
+        if self.off_unconfirmed:
+            self.off_failures += 1
+            raise LaserOutputError("no reply to the output query")
         if self.output_on:
+            self.off_failures += 1
             raise LaserOutputError("output still on after output off")
 
     async def on_verified(self) -> None:
@@ -162,6 +170,7 @@ class FakeBoard:
     watchdog expiry disarms the board until ``WDT_CLEAR`` and ``ARM``. Events the firmware would push
     because of a port call (LASER_ENABLE changing on ARM/DISARM) go to ``deliver`` on the next loop turn,
     as the driver's dispatch would hand them over; the physical inputs return their events to the caller.
+    With ``disarm_unanswered`` set, ``DISARM`` times out and the board stays as it was.
     """
 
     def __init__(self, clock: Callable[[], float], journal: Journal) -> None:
@@ -173,6 +182,9 @@ class FakeBoard:
         self.watchdog_expired = False
         self.enable_listeners: list[Callable[[bool], None]] = []
         self.deliver: Callable[[SafetyEvent], None] | None = None
+        #: When set, ``DISARM`` gets no reply (the board stays as it was); failures are counted.
+        self.disarm_unanswered = False
+        self.disarm_failures = 0
 
     @property
     def laser_enable(self) -> bool:
@@ -210,6 +222,10 @@ class FakeBoard:
     async def disarm(self) -> None:
         """``DISARM``."""
         self.journal.add(self.clock(), "board", "disarm")
+        if self.disarm_unanswered:
+            self.disarm_failures += 1
+            await asyncio.sleep(0)
+            raise TimeoutError("no reply to DISARM")
         self._push(self._change(lambda: setattr(self, "armed", False)))
         await asyncio.sleep(0)
 

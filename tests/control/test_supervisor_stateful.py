@@ -96,6 +96,10 @@ INPUTS: dict[str, Callable[[World], None]] = {
     "tec drift": _tec(True, 1.5),
     "tec far off": _tec(True, -4.0),
     "tec output off": _tec(False, 0.0),
+    "laser off unconfirmed": lambda w: setattr(w.laser, "off_unconfirmed", True),
+    "laser off confirmed": lambda w: setattr(w.laser, "off_unconfirmed", False),
+    "board disarm unanswered": lambda w: setattr(w.board, "disarm_unanswered", True),
+    "board disarm answered": lambda w: setattr(w.board, "disarm_unanswered", False),
     **{f"photodiode {mode}": _photodiode(mode) for mode in PHOTODIODE_MODES},
     **{
         f"{device} link {state}": _link(device, state)
@@ -128,6 +132,7 @@ class SupervisorMachine(RuleBasedStateMachine):
         self.previous_state = S.IDLE
         self.reset_accepted = False
         self.deviating_since: float | None = None
+        self.failures_seen = 0
         self.world.sup.on_state_change(self._count_treating)
         self.world.sample_hooks.append(self._judge_light)
         self.run(self._start())
@@ -304,6 +309,15 @@ class SupervisorMachine(RuleBasedStateMachine):
     @invariant()
     def board_armed_only_in_armed_states(self) -> None:
         assert not self.world.board.armed or self.world.sup.state in ARMED_STATES, self.world.sup.state
+
+    @invariant()
+    def a_failed_off_or_disarm_leaves_fault(self) -> None:
+        """When "output off" could not be verified or the board did not disarm, FAULT must be latched."""
+        w = self.world
+        failures = w.laser.off_failures + w.board.disarm_failures
+        if failures > self.failures_seen:
+            assert w.sup.state is S.FAULT, f"off/disarm failed, yet the state is {w.sup.state.value}"
+        self.failures_seen = failures
 
     @invariant()
     def fault_latches_until_an_accepted_reset(self) -> None:

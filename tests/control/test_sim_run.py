@@ -1,0 +1,198 @@
+"""``tosca sim run``: a whole session on the simulated rig, headless. The seed's example protocol in real time
+(delivered energy, a 5 s footpedal release), a SIGKILL in the middle of a session, and the command line's
+exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from account_fixtures import CHEAP
+from controller_fixtures import PASSWORD, USERNAME, prepare_data_dir, protocol_json
+
+from control.controller import Controller
+from control.simrun import ScriptError, parse_script, run_simulated_session
+from storage import DataDir, scan_telemetry
+from storage.maintenance import check_database
+
+SEED_PROTOCOL = "Seed example (60 s at 5 W, 30 s ramp to 8 W)"
+TOSCA = [str(Path(sys.executable).with_name("tosca"))]
+
+
+@pytest.fixture
+async def data(tmp_path: Path, migrated_template: Path) -> DataDir:
+    return await prepare_data_dir(
+        tmp_path / "data",
+        migrated_template,
+        {
+            "fault-test": protocol_json((3.0, 2.0, 2.0, 2.0, "constant")),
+            "long": protocol_json((300.0, 2.0, 2.0, 2.0, "constant")),
+        },
+    )
+
+
+def _events(data: DataDir, session_id: int, event_type: str) -> list[tuple[int, str]]:
+    with sqlite3.connect(data.db_path) as db:
+        return db.execute(
+            "SELECT time_offset_ms, event_details FROM treatment_events WHERE session_id = ? AND event_type = ? "
+            "ORDER BY time_offset_ms",
+            (session_id, event_type),
+        ).fetchall()
+
+
+@pytest.mark.timeout(300)
+async def test_seed_protocol_delivers_495_joules_and_a_pedal_release_only_prolongs_it(data: DataDir) -> None:
+    # Start of treatment is the arming; the first 1000 um move takes about 5 s, so at 20 s step 1 emits.
+    script = parse_script("20 pedal up\n25 pedal down\n")
+    result = await run_simulated_session(
+        data.root,
+        protocol=SEED_PROTOCOL,
+        subject_code="P-2026-0007",
+        username=USERNAME,
+        password=PASSWORD,
+        script=script,
+        hashing=CHEAP,
+        say=lambda line: None,
+    )
+    assert result.exit_code == 0, result
+    summary = result.summary
+    assert summary["status"] == "completed"
+    assert summary["energy_j"] == pytest.approx(495.0, rel=0.02)
+    assert summary["laser_on_time_s"] == pytest.approx(90.0, abs=0.3)
+    assert summary["max_power_w"] == pytest.approx(8.0, abs=0.2)
+    session_id = result.session_id
+    assert session_id is not None
+    starts = _events(data, session_id, "protocol_step_start")
+    ends = _events(data, session_id, "protocol_step_end")
+    assert len(starts) == len(ends) == 2
+    step1_s = (ends[0][0] - starts[0][0]) / 1000
+    step2_s = (ends[1][0] - starts[1][0]) / 1000
+    # Step 1 took its 60 s plus the 5 s the pedal was up; step 2 its 30 s.
+    assert step1_s == pytest.approx(65.0, abs=0.5)
+    assert step2_s == pytest.approx(30.0, abs=0.5)
+    offs = _events(data, session_id, "laser_off")
+    assert any("footpedal released" in (details or "") for _, details in offs)
+    with sqlite3.connect(data.db_path) as db:
+        released = db.execute(
+            "SELECT count(*) FROM safety_log WHERE session_id = ? AND event_type = 'footpedal_released'",
+            (session_id,),
+        ).fetchone()[0]
+        faults = db.execute(
+            "SELECT count(*) FROM safety_log WHERE session_id = ? AND system_state = 'fault'", (session_id,)
+        ).fetchone()[0]
+    assert released == 1
+    assert faults == 0
+
+
+def _run_cli(args: list[str], data: DataDir, stdin: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*TOSCA, "--data-dir", str(data.root), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_sim_run_prints_the_summary_and_exits_0(data: DataDir) -> None:
+    done = _run_cli(["sim", "run", "fault-test", "--subject", "P-2026-0002", "--user", USERNAME], data, PASSWORD)
+    assert done.returncode == 0, done.stderr
+    assert "status: completed" in done.stdout
+    assert "delivered energy:" in done.stdout and "telemetry sha256:" in done.stdout
+
+
+def test_sim_run_exits_1_with_the_fault(data: DataDir, tmp_path: Path) -> None:
+    script = tmp_path / "estop.txt"
+    script.write_text("# an E-stop one second into treatment\n1.0 estop on\n", encoding="utf-8")
+    done = _run_cli(
+        ["sim", "run", "fault-test", "--subject", "P-2026-0003", "--user", USERNAME, "--script", str(script)],
+        data,
+        PASSWORD,
+    )
+    assert done.returncode == 1
+    assert "E-stop pressed" in done.stderr
+    assert "status: aborted" in done.stdout
+
+
+def test_sim_run_refuses_a_wrong_password_and_a_bad_script(data: DataDir, tmp_path: Path) -> None:
+    done = _run_cli(["sim", "run", "fault-test", "--subject", "P-2026-0004", "--user", USERNAME], data, "nope-nope")
+    assert done.returncode == 1
+    assert "password" in done.stderr.lower()
+    script = tmp_path / "bad.txt"
+    script.write_text("1 pedal down\nsoon estop on\n", encoding="utf-8")
+    done = _run_cli(
+        ["sim", "run", "fault-test", "--subject", "P-2026-0004", "--user", USERNAME, "--script", str(script)],
+        data,
+        PASSWORD,
+    )
+    assert done.returncode == 1
+    assert "script line 2" in done.stderr
+
+
+def test_script_parsing() -> None:
+    lines = parse_script("# comment\n\n2.5 estop on\n0 pedal up\n")
+    assert [(line.at_s, line.command) for line in lines] == [(0.0, "pedal up"), (2.5, "estop on")]
+    for bad, message in (("-1 pedal up", "finite number >= 0"), ("3", "no simulator command"),
+                         ("1 fire laser", "unknown simulator command")):
+        with pytest.raises(ScriptError, match=message):
+            parse_script(bad)
+
+
+@pytest.mark.timeout(120)
+async def test_a_session_killed_mid_treatment_is_closed_as_aborted_at_next_start(data: DataDir) -> None:
+    env = dict(os.environ)
+    child = subprocess.Popen(
+        [*TOSCA, "--data-dir", str(data.root), "sim", "run", "long", "--subject", "P-2026-0005", "--user", USERNAME],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    assert child.stdin is not None
+    child.stdin.write(PASSWORD + "\n")
+    child.stdin.close()
+    telemetry = data.session_folder("P-2026-0005", 1) / "telemetry.jsonl"
+    deadline = time.monotonic() + 60
+    try:
+        while True:
+            assert child.poll() is None, "the session ended before it could be killed"
+            if telemetry.exists() and telemetry.stat().st_size > 100 * 150:
+                with sqlite3.connect(data.db_path) as db:
+                    on = db.execute("SELECT count(*) FROM treatment_events WHERE event_type = 'laser_on'").fetchone()
+                if on[0] >= 1:
+                    break
+            assert time.monotonic() < deadline, "no emission within 60 s"
+            time.sleep(0.05)
+        time.sleep(0.5)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=10)
+    with sqlite3.connect(data.db_path) as db:
+        assert db.execute("SELECT status FROM sessions WHERE session_id = 1").fetchone()[0] == "in_progress"
+
+    controller = Controller(data.root, sim=True, hashing=CHEAP, terminal="test", serve=False)
+    await controller.start()
+    await controller.close()
+
+    with sqlite3.connect(data.db_path) as db:
+        status, reason = db.execute("SELECT status, abort_reason FROM sessions WHERE session_id = 1").fetchone()
+        startup_rows = db.execute(
+            "SELECT count(*) FROM safety_log WHERE session_id = 1 AND event_type = 'session_aborted_at_startup'"
+        ).fetchone()[0]
+    assert status == "aborted" and "stopped while the session was open" in reason
+    assert startup_rows == 1
+    assert check_database(data.db_path).integrity == "ok"
+    scan = scan_telemetry(telemetry)
+    assert scan.line_count > 100
+    for line in telemetry.read_bytes().splitlines()[: scan.line_count]:
+        record = json.loads(line)
+        assert {"t", "pd_v", "cmd_w", "state"} <= record.keys()
