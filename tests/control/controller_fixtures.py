@@ -57,7 +57,9 @@ async def prepare_data_dir(root: Path, template: Path, protocols: dict[str, str]
 
         admin = await accounts.get_user("admin1")
         assert admin is not None
-        await accounts.create_user(USERNAME, "Tech One", "technician", PASSWORD, Actor.console_user(admin, "test"))
+        await accounts.create_user(
+            USERNAME, "Tech One", "technician", PASSWORD, Actor.console_user(admin, "test")
+        )
         async with sessions() as db, db.begin():
             repo = ProtocolsRepository(db)
             for name, text in protocols.items():

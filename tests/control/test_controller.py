@@ -63,7 +63,9 @@ def _db(data: DataDir) -> sqlite3.Connection:
 
 def _status(data: DataDir, session_id: int) -> str:
     with _db(data) as db:
-        return str(db.execute("SELECT status FROM sessions WHERE session_id = ?", (session_id,)).fetchone()[0])
+        return str(
+            db.execute("SELECT status FROM sessions WHERE session_id = ?", (session_id,)).fetchone()[0]
+        )
 
 
 def _safety_rows(data: DataDir, session_id: int) -> list[tuple[str, str, str]]:
@@ -85,7 +87,14 @@ async def test_a_whole_session_is_recorded(controller: Controller, data: DataDir
     assert controller.supervisor.state is SystemState.READY
     checks = await wait_prechecks(controller)
     names = {c["name"] for c in checks}
-    assert {"device laser", "device tec", "interlocks" if False else "estop", "tec", "database", "backup"} <= names
+    assert {
+        "device laser",
+        "device tec",
+        "interlocks" if False else "estop",
+        "tec",
+        "database",
+        "backup",
+    } <= names
     assert {"calibration laser", "calibration photodiode", "calibration actuator"} <= names
 
     with pytest.raises(Refused, match="[Ww]rong"):
@@ -106,10 +115,13 @@ async def test_a_whole_session_is_recorded(controller: Controller, data: DataDir
             "FROM sessions WHERE session_id = ?",
             (session_id,),
         ).fetchone()
-        events = [r[0] for r in db.execute(
-            "SELECT event_type FROM treatment_events WHERE session_id = ? ORDER BY time_offset_ms, event_id",
-            (session_id,),
-        )]
+        events = [
+            r[0]
+            for r in db.execute(
+                "SELECT event_type FROM treatment_events WHERE session_id = ? ORDER BY time_offset_ms, event_id",
+                (session_id,),
+            )
+        ]
         last_power = db.execute(
             "SELECT laser_power_commanded_watts FROM treatment_events WHERE session_id = ? "
             "AND event_type = 'power_change' ORDER BY event_id DESC LIMIT 1",

@@ -91,7 +91,9 @@ async def test_seed_protocol_delivers_495_joules_and_a_pedal_release_only_prolon
     assert faults == 0
 
 
-def _run_cli(args: list[str], data: DataDir, stdin: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def _run_cli(
+    args: list[str], data: DataDir, stdin: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*TOSCA, "--data-dir", str(data.root), *args],
         input=stdin,
@@ -103,7 +105,9 @@ def _run_cli(args: list[str], data: DataDir, stdin: str, timeout: float = 60) ->
 
 
 def test_sim_run_prints_the_summary_and_exits_0(data: DataDir) -> None:
-    done = _run_cli(["sim", "run", "fault-test", "--subject", "P-2026-0002", "--user", USERNAME], data, PASSWORD)
+    done = _run_cli(
+        ["sim", "run", "fault-test", "--subject", "P-2026-0002", "--user", USERNAME], data, PASSWORD
+    )
     assert done.returncode == 0, done.stderr
     assert "status: completed" in done.stdout
     assert "delivered energy:" in done.stdout and "telemetry sha256:" in done.stdout
@@ -123,7 +127,9 @@ def test_sim_run_exits_1_with_the_fault(data: DataDir, tmp_path: Path) -> None:
 
 
 def test_sim_run_refuses_a_wrong_password_and_a_bad_script(data: DataDir, tmp_path: Path) -> None:
-    done = _run_cli(["sim", "run", "fault-test", "--subject", "P-2026-0004", "--user", USERNAME], data, "nope-nope")
+    done = _run_cli(
+        ["sim", "run", "fault-test", "--subject", "P-2026-0004", "--user", USERNAME], data, "nope-nope"
+    )
     assert done.returncode == 1
     assert "password" in done.stderr.lower()
     script = tmp_path / "bad.txt"
@@ -140,8 +146,11 @@ def test_sim_run_refuses_a_wrong_password_and_a_bad_script(data: DataDir, tmp_pa
 def test_script_parsing() -> None:
     lines = parse_script("# comment\n\n2.5 estop on\n0 pedal up\n")
     assert [(line.at_s, line.command) for line in lines] == [(0.0, "pedal up"), (2.5, "estop on")]
-    for bad, message in (("-1 pedal up", "finite number >= 0"), ("3", "no simulator command"),
-                         ("1 fire laser", "unknown simulator command")):
+    for bad, message in (
+        ("-1 pedal up", "finite number >= 0"),
+        ("3", "no simulator command"),
+        ("1 fire laser", "unknown simulator command"),
+    ):
         with pytest.raises(ScriptError, match=message):
             parse_script(bad)
 
@@ -150,7 +159,18 @@ def test_script_parsing() -> None:
 async def test_a_session_killed_mid_treatment_is_closed_as_aborted_at_next_start(data: DataDir) -> None:
     env = dict(os.environ)
     child = subprocess.Popen(
-        [*TOSCA, "--data-dir", str(data.root), "sim", "run", "long", "--subject", "P-2026-0005", "--user", USERNAME],
+        [
+            *TOSCA,
+            "--data-dir",
+            str(data.root),
+            "sim",
+            "run",
+            "long",
+            "--subject",
+            "P-2026-0005",
+            "--user",
+            USERNAME,
+        ],
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -167,7 +187,9 @@ async def test_a_session_killed_mid_treatment_is_closed_as_aborted_at_next_start
             assert child.poll() is None, "the session ended before it could be killed"
             if telemetry.exists() and telemetry.stat().st_size > 100 * 150:
                 with sqlite3.connect(data.db_path) as db:
-                    on = db.execute("SELECT count(*) FROM treatment_events WHERE event_type = 'laser_on'").fetchone()
+                    on = db.execute(
+                        "SELECT count(*) FROM treatment_events WHERE event_type = 'laser_on'"
+                    ).fetchone()
                 if on[0] >= 1:
                     break
             assert time.monotonic() < deadline, "no emission within 60 s"
@@ -184,7 +206,9 @@ async def test_a_session_killed_mid_treatment_is_closed_as_aborted_at_next_start
     await controller.close()
 
     with sqlite3.connect(data.db_path) as db:
-        status, reason = db.execute("SELECT status, abort_reason FROM sessions WHERE session_id = 1").fetchone()
+        status, reason = db.execute(
+            "SELECT status, abort_reason FROM sessions WHERE session_id = 1"
+        ).fetchone()
         startup_rows = db.execute(
             "SELECT count(*) FROM safety_log WHERE session_id = 1 AND event_type = 'session_aborted_at_startup'"
         ).fetchone()[0]

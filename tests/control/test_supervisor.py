@@ -6,6 +6,7 @@ fake laser, whether the board is armed, and the safety-log rows in the order the
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import AsyncIterator, Callable
 
@@ -263,11 +264,16 @@ async def test_pedal_up_turns_the_output_off_before_any_await(world: World) -> N
     assert sup.state is S.TREATING and world.laser.output_on
     world.run_for(0.3)
     assert sup.treating_seconds() == pytest.approx(stopped_at + 0.3)
-    changes = [e.description for e in world.log.of_type("state_change")]
+    await world.settle()
+    changes = [
+        (e.event_type, e.description)
+        for e in world.log.entries
+        if e.event_type in ("state_change", "footpedal_released")
+    ]
     assert changes[-3:] == [
-        "armed -> treating: footpedal pressed",
-        "treating -> armed: footpedal released",
-        "armed -> treating: footpedal pressed",
+        ("state_change", "armed -> treating: footpedal pressed"),
+        ("footpedal_released", "treating -> armed: footpedal released"),
+        ("state_change", "armed -> treating: footpedal pressed"),
     ]
 
 
@@ -436,6 +442,50 @@ async def test_enable_dropping_with_the_pedal_released_is_not_a_fault(world: Wor
     assert world.sup.fault is None
 
 
+def _storage_fails(w: World) -> None:
+    w.set_storage(False)
+
+
+def _tec_far_off(w: World) -> None:
+    w.tec_c = TEC_SETPOINT_C + 3.0
+    w.feed_tec()
+
+
+SAME_TURN_CAUSES: dict[str, ArmBreaker] = {
+    "tec drift": _tec_far_off,
+    "storage": _storage_fails,
+    "smoothing": _smoothing,
+    "calibrations": _calibrations_flag,
+}
+
+
+@pytest.mark.parametrize("cause", sorted(SAME_TURN_CAUSES))
+async def test_no_light_when_a_fault_arrives_with_the_pedal_press(world: World, cause: str) -> None:
+    """A software fault in the same loop turn as the pedal press (LASER_ENABLE is still high: the board is
+    disarmed only afterwards): the output must not be switched on in FAULT."""
+    await world.to_armed()
+    world.press_pedal()
+    SAME_TURN_CAUSES[cause](world)
+    assert world.sup.state is S.FAULT
+    await world.settle()
+    assert world.laser.switch_ons == [], "the output was switched on after the fault had latched"
+    assert_safe(world)
+    assert world.laser.off_failures == 0, "output off could not be verified after the fault"
+
+
+async def test_no_light_when_a_fault_arrives_while_switching_on(world: World) -> None:
+    """The fault arrives while the switch-on is still querying the driver, before "output on" is written."""
+    await world.to_armed()
+    world.press_pedal()
+    await asyncio.sleep(0)
+    assert world.journal.names()[-1] == "laser.on_verified"
+    _tec_far_off(world)
+    assert world.sup.state is S.FAULT
+    await world.settle()
+    assert world.laser.switch_ons == [], "the output was switched on after the fault had latched"
+    assert_safe(world)
+
+
 # ------------------------------------------------------------------------------------------- photodiode
 async def test_photodiode_warning_is_logged_once_without_fault(world: World) -> None:
     await world.to_treating()
@@ -599,6 +649,28 @@ async def test_stray_light_reset_refused_until_the_light_is_gone(world: World) -
     with pytest.raises(Refused, match="light measured"):
         await sup.reset(1, "alice", session_open=True)
     assert sup.state is S.FAULT
+
+
+@pytest.mark.parametrize("failure", ["laser off unconfirmed", "disarm unanswered"])
+async def test_reset_keeps_the_fault_when_off_or_disarm_is_not_confirmed(world: World, failure: str) -> None:
+    """Reset turns the output off and disarms; if either cannot be confirmed, the fault stays latched."""
+    sup = world.sup
+    await world.to_treating()
+    world.set_storage(False)
+    await world.settle()
+    world.set_storage(True)
+    if failure == "laser off unconfirmed":
+        world.laser.off_unconfirmed = True
+    else:
+        world.board.disarm_unanswered = True
+    try:
+        await sup.reset(1, "alice", session_open=True)
+    except Refused:
+        pass
+    await world.settle()
+    assert world.laser.off_failures + world.board.disarm_failures == 1
+    assert sup.state is S.FAULT, "a reset whose output off or disarm failed was accepted"
+    assert world.log.of_type("fault_reset") == []
 
 
 async def test_no_automatic_re_enable_after_reset(world: World) -> None:

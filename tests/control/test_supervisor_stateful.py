@@ -129,11 +129,12 @@ class SupervisorMachine(RuleBasedStateMachine):
         self.runner = asyncio.Runner()
         self.world = World()
         self.entries_into_treating = 0
+        self.transitions = 0
         self.previous_state = S.IDLE
         self.reset_accepted = False
         self.deviating_since: float | None = None
         self.failures_seen = 0
-        self.world.sup.on_state_change(self._count_treating)
+        self.world.sup.on_state_change(self._count_transitions)
         self.world.sample_hooks.append(self._judge_light)
         self.run(self._start())
 
@@ -177,7 +178,8 @@ class SupervisorMachine(RuleBasedStateMachine):
 
         return bool(self.run(go()))
 
-    def _count_treating(self, _old: SystemState, new: SystemState, _reason: str) -> None:
+    def _count_transitions(self, _old: SystemState, new: SystemState, _reason: str) -> None:
+        self.transitions += 1
         if new is S.TREATING:
             self.entries_into_treating += 1
 
@@ -307,8 +309,21 @@ class SupervisorMachine(RuleBasedStateMachine):
         assert len(switch_ons) <= self.entries_into_treating
 
     @invariant()
+    def every_transition_is_logged(self) -> None:
+        logged = [
+            e for e in self.world.log.entries if e.details is not None and {"from", "to"} <= e.details.keys()
+        ]
+        assert len(logged) == self.transitions
+        if logged:
+            assert logged[-1].details is not None and logged[-1].details["to"] == self.world.sup.state.value
+
+    @invariant()
     def board_armed_only_in_armed_states(self) -> None:
-        assert not self.world.board.armed or self.world.sup.state in ARMED_STATES, self.world.sup.state
+        """READY, PAUSED, IDLE and FAULT mean disarmed (unless the board does not answer DISARM)."""
+        board = self.world.board
+        if board.disarm_unanswered:
+            return
+        assert not board.armed or self.world.sup.state in ARMED_STATES, self.world.sup.state
 
     @invariant()
     def a_failed_off_or_disarm_leaves_fault(self) -> None:
