@@ -65,9 +65,10 @@ from devices.laser import LaserDriver
 from devices.rig import Rig, RigConfig
 from devices.safety import SafetyEvent, SafetySample
 from devices.transport import LinkError, LinkState
-from storage import DataDir, create_engine, session_factory
+from storage import DataDir, create_engine, session_factory, utc_now
 from storage.maintenance import check_database, upgrade_async
-from storage.repositories import ConfigRepository, UsersRepository
+from storage.models import SessionRecording
+from storage.repositories import ConfigRepository, SessionsRepository, UsersRepository
 from storage.telemetry import TelemetrySummary
 
 if TYPE_CHECKING:
@@ -105,6 +106,7 @@ class ActiveSession:
     started_mono: float
     max_override_w: float
     task: asyncio.Task[None] | None = None
+    video: Path | None = None
     aborting: str | None = None
 
 
@@ -127,8 +129,8 @@ class _Laser:
     async def off_verified(self) -> None:
         await self.driver.output_off()
 
-    async def on_verified(self) -> None:
-        await self.driver.output_on()
+    async def on_verified(self, still_wanted: Callable[[], bool] | None = None) -> None:
+        await self.driver.output_on(guard=still_wanted)
 
     async def set_power(self, watts: float) -> None:
         session = self.c.session
@@ -304,6 +306,7 @@ class Controller:
         async with self.db() as session:
             config = ConfigRepository(session)
             self.loop_hz = float(await config.get("treatment_loop_frequency_hz", 10))
+            self.video_fps = float(await config.get("video_fps", 30))
             self.supervisor.limits = Limits(
                 photodiode_warning_percent=float(
                     await config.get("photodiode_warning_threshold_percent", 15.0)
@@ -708,6 +711,7 @@ class Controller:
                 telemetry_path=opened.folder / TELEMETRY_FILE,
             )
             await self._prepare_devices(max(max_override, plan.max_power_w))
+            session.video = await self._start_video(opened.folder)
             await self.supervisor.open_session(
                 f"session {opened.session_id} opened for {opened.subject_code}"
             )
@@ -770,6 +774,51 @@ class Controller:
         if not status.encoder_valid:
             await rig.actuator.find_index()
 
+    async def _start_video(self, folder: Path) -> Path | None:
+        """Record the camera into the session folder; a camera problem is a warning, never a refusal."""
+        camera = self.rig.camera
+        if camera is None:
+            return None
+        try:
+            return await camera.start_recording(folder, fps=self.video_fps, stem="video")
+        except Exception as exc:
+            _LOG.warning("session video not recorded: %s", exc)
+            self._event("warning", f"session video not recorded: {exc}")
+            return None
+
+    async def _stop_video(self, session: ActiveSession) -> str | None:
+        """Stop the recording and add its session_recordings row; returns the video's path."""
+        camera = self.rig.camera
+        if camera is None or session.video is None:
+            return None
+        try:
+            result = await camera.stop_recording()
+        except Exception as exc:
+            _LOG.error("session video not closed: %s", exc)
+            return None
+        if result is None:
+            return None
+        try:
+            size = result.path.stat().st_size
+        except OSError:
+            size = None
+        resolution = camera.frame_size
+        async with self.db() as db, db.begin():
+            await SessionsRepository(db).add_recording(
+                SessionRecording(
+                    session_id=session.opened.session_id,
+                    recording_type="video",
+                    file_path=str(result.path),
+                    file_size_bytes=size,
+                    duration_seconds=result.duration_s,
+                    timestamp=utc_now(),
+                    frame_count=result.frame_count,
+                    resolution=None if resolution is None else f"{resolution[0]}x{resolution[1]}",
+                    notes=result.error,
+                )
+            )
+        return str(result.path)
+
     async def _move_ring(self, ring_mm: float) -> float:
         session, actuator = self.session, self.rig.actuator
         if session is None or actuator is None:
@@ -822,6 +871,7 @@ class Controller:
             telemetry = await self.recorder.end_session()
         except Exception as exc:
             _LOG.error("session recording not closed cleanly: %s", exc)
+        video = await self._stop_video(session)
         acc = session.summary
         await self.sessions.finish(
             session.opened.session_id,
@@ -829,7 +879,7 @@ class Controller:
             reason=reason,
             summary=acc.summary(),
             telemetry=telemetry,
-            video_path=None,
+            video_path=video,
         )
         self.session = None
         sup.tech_id = None
@@ -1002,8 +1052,6 @@ class Controller:
         return await self.sessions.summary_of(self.last_session_id)
 
     async def _session_username(self, session_id: int) -> str:
-        from storage.repositories import SessionsRepository
-
         async with self.db() as db:
             row = await SessionsRepository(db).get_by_id(session_id)
             user = await UsersRepository(db).get_by_id(row.tech_id) if row is not None else None

@@ -44,11 +44,11 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, Final, Protocol
 
-from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from storage import (
+    ConfigRepository,
     SafetyLogRepository,
     SessionsRepository,
     TelemetryError,
@@ -91,8 +91,6 @@ DEFAULT_SPACE_CHECK_INTERVAL_S: Final = 1.0
 DEFAULT_MAX_HELD_ROWS: Final = 100_000
 #: Most rows written in one transaction.
 MAX_BATCH_ROWS: Final = 1000
-# A statement that takes the database's write lock and changes nothing: proves the database writable.
-_WRITE_PROBE: Final = text("UPDATE system_config SET config_value = config_value WHERE 0")
 
 
 class RecorderError(Exception):
@@ -549,7 +547,7 @@ class Recorder:
             try:
                 if probe and not self._queue:
                     async with self._sessions() as session:
-                        await session.execute(_WRITE_PROBE)
+                        await ConfigRepository(session).probe_writable()
                         await session.commit()
                 while self._queue:
                     batch = list(islice(self._queue, MAX_BATCH_ROWS))

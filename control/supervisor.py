@@ -160,8 +160,11 @@ class LaserPort(Protocol):
     async def off_verified(self) -> None:
         """Output off and read back; raises when it cannot be confirmed."""
 
-    async def on_verified(self) -> None:
-        """Output on and read back; raises (after switching off again) when it does not turn on."""
+    async def on_verified(self, still_wanted: Callable[[], bool] | None = None) -> None:
+        """Output on and read back; raises (after switching off again) when it does not turn on.
+
+        ``still_wanted`` is asked immediately before "output on" is sent; when it says no, nothing is sent
+        and the call raises."""
 
     async def set_power(self, watts: float) -> None:
         """Set the drive current for ``watts`` through the active calibration."""
@@ -624,9 +627,12 @@ class SafetySupervisor:
         self._warning_logged = False
         self._spawn(self._switch_on())
 
+    def _wants_emission(self) -> bool:
+        return self.state is S.TREATING and self.output_commanded_on
+
     async def _switch_on(self) -> None:
         try:
-            await self.laser.on_verified()
+            await self.laser.on_verified(self._wants_emission)
         except Exception as exc:
             if self.state is S.TREATING and self.output_commanded_on:
                 self.trip("interlock_failure", f"laser output did not switch on: {exc}", term=Term.DEVICES)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from devices.transport import LineTransport
@@ -78,6 +79,10 @@ def decode_error(code: int) -> DeviceErrorCode:
 
 def _describe(errors: tuple[DeviceErrorCode, ...]) -> str:
     return ", ".join(str(e) for e in errors)
+
+
+class Withdrawn(Exception):
+    """An output-on request whose guard said no just before the command would have been sent."""
 
 
 class ArroyoError(Exception):
@@ -205,17 +210,22 @@ class ArroyoDevice:
             raise VerifyError(f"{self.transport.name}: output still on after {self.prefix}:OUT 0")
         return await self.errors()
 
-    async def output_on(self) -> None:
+    async def output_on(self, *, guard: Callable[[], bool] | None = None) -> None:
         """Switch the output on and verify it; on any error or a wrong read-back, switch it off again and
         raise.
 
+        ``guard`` is asked immediately before ``OUT 1`` is written (after any reply in flight): when it says
+        no, nothing is sent and :class:`Withdrawn` is raised, so a caller that stopped wanting emission while
+        the link was busy never switches the output on late.
+
         Raises :class:`ArroyoError` with the decoded codes (for example E-501 with the interlock open, E-508
-        with the TEC off) or :class:`VerifyError`.
+        with the TEC off), :class:`VerifyError` or :class:`Withdrawn`.
         """
         stale = await self.errors()
         if stale:
             _LOG.warning("%s: errors pending before output on: %s", self.transport.name, _describe(stale))
-        await self.transport.write(f"{self.prefix}:OUT 1")
+        if not await self.transport.write(f"{self.prefix}:OUT 1", guard=guard):
+            raise Withdrawn(f"{self.transport.name}: output on withdrawn before it was sent")
         try:
             found = await self.errors()
             on = await self.output_is_on()

@@ -318,12 +318,19 @@ class LineTransport:
             raise LinkDown(f"{self.name}: link {self.state.value}")
         return transport
 
-    async def write(self, command: str) -> None:
+    async def write(self, command: str, *, guard: Callable[[], bool] | None = None) -> bool:
         """Send a set command (no reply expected). Raises ValueError for a malformed command, LinkDown if
-        down."""
+        down.
+
+        ``guard``, when given, is called once the link is free, immediately before the bytes are written (no
+        task switch in between); when it returns False nothing is sent and the result is False.
+        """
         data = self._encode(command)
         async with self._lock:
+            if guard is not None and not guard():
+                return False
             self._ready().write(data)
+            return True
 
     def write_now(self, command: str) -> None:
         """Send a set command at once, without waiting for an exchange in flight (no reply is expected).

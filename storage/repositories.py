@@ -986,6 +986,11 @@ class ConfigRepository:
             return default
         return parse_config_value(key, entry.config_value, entry.config_type)
 
+    async def probe_writable(self) -> None:
+        """Take the database's write lock without changing anything: raises when the database cannot be
+        written (locked past the busy timeout, read-only, disk I/O error)."""
+        await self.session.execute(text("UPDATE system_config SET config_value = config_value WHERE 0"))
+
     async def all(self) -> list[SystemConfig]:
         """Return every entry, by key."""
         query = select(SystemConfig).order_by(SystemConfig.config_key)

@@ -286,6 +286,12 @@ class CameraCapture:
 
     # -- health ----------------------------------------------------------------------------------------------
 
+    @property
+    def frame_size(self) -> tuple[int, int] | None:
+        """(width, height) of the latest frame read, pixels; None before the first."""
+        with self._lock:
+            return self._last_size
+
     def status(self) -> CameraStatus:
         """The camera's health now (see the module documentation for the states)."""
         now = self._clock()

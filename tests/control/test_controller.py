@@ -143,6 +143,16 @@ async def test_a_whole_session_is_recorded(controller: Controller, data: DataDir
     assert len(telemetry.read_bytes().splitlines()) == lines > 100
     rows = _safety_rows(data, session_id)
     assert ("state_change", "info", "treating") in rows
+    with _db(data) as db:
+        video = db.execute(
+            "SELECT recording_type, file_path, frame_count, resolution FROM session_recordings WHERE session_id = ?",
+            (session_id,),
+        ).fetchone()
+        video_path = db.execute(
+            "SELECT video_path FROM sessions WHERE session_id = ?", (session_id,)
+        ).fetchone()[0]
+    assert video is not None and video[0] == "video" and video[2] > 10 and video[3] == "1280x720"
+    assert video_path == video[1] and Path(video_path).stat().st_size > 0
 
     summary = await controller.end_session("no redness")
     assert summary["post_treatment_notes"] == "no redness"

@@ -14,6 +14,7 @@ import pytest
 from supervisor_fakes import TEC_SETPOINT_C, World
 
 from control.supervisor import (
+    LOOP_LATENESS_WINDOW_S,
     MAX_READING_AGE_S,
     PHOTODIODE_PERSISTENCE_S,
     TRANSITIONS,
@@ -398,6 +399,43 @@ async def test_reading_exactly_at_the_age_limit_is_still_fresh(world: World) -> 
     world.sup.tick()
     assert world.sup.state is S.FAULT
     assert world.sup.fault is not None and "ms old" in world.sup.fault.what
+
+
+def _ticks_until_fault(world: World, period_s: float, limit_s: float) -> float:
+    """Tick every ``period_s`` with no new readings; the age (s) of the readings when the fault latched."""
+    assert world.last_refresh is not None
+    last_reading = world.last_refresh
+    while world.clock() - last_reading < limit_s:
+        world.clock.advance(period_s)
+        world.sup.tick()
+        if world.sup.state is S.FAULT:
+            return world.clock() - last_reading
+    raise AssertionError(f"still {world.sup.state.value} with readings {limit_s} s old")
+
+
+async def test_a_held_up_loop_is_allowed_its_lateness_and_no_more(world: World) -> None:
+    await world.to_treating()
+    for _ in range(5):
+        world.clock.advance(0.010)
+        world.refresh()
+        world.sup.tick()
+    world.clock.advance(0.150)  # the controller's loop was held up: no reading could be read meanwhile
+    world.sup.tick()
+    assert world.sup.state is S.TREATING
+    age = _ticks_until_fault(world, 0.010, 1.0)
+    assert MAX_READING_AGE_S < age <= MAX_READING_AGE_S + 0.140 + 0.011
+    await world.settle()
+    assert_safe(world)
+    assert world.sup.fault is not None and world.sup.fault.term is Term.DEVICES
+
+
+async def test_a_slow_loop_cannot_stretch_reading_ages_without_bound(world: World) -> None:
+    await world.to_treating()
+    world.sup.tick()
+    age = _ticks_until_fault(world, 0.050, 2.0)
+    assert age <= MAX_READING_AGE_S + LOOP_LATENESS_WINDOW_S + 0.050
+    await world.settle()
+    assert_safe(world)
 
 
 async def test_calibrations_withdrawn_while_treating_faults(world: World) -> None:
