@@ -196,6 +196,7 @@ class Controller:
         self._bad_replies: dict[str, int] = {}
         self.current_ma: float | None = None
         self.position_um: float | None = None
+        self.tec_setpoint_c: float | None = None
         self.calibrations: CalibrationSet | None = None
         self.server: ControllerServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -493,19 +494,24 @@ class Controller:
 
     # -------------------------------------------------------------------------------------- monitors
     async def _poll_laser(self) -> None:
+        """Output state every period (the reading the supervisor's age rule needs), current every 5th."""
         sup = self.supervisor
+        count = 0
         while True:
             laser = self.rig.laser
             if laser is not None:
                 sent = time.monotonic()
                 try:
                     on = await laser.output_is_on()
-                    current = await laser.measured_current_ma()
+                    if count % 5 == 0:
+                        self.current_ma = await laser.measured_current_ma()
                 except (LinkError, ValueError) as exc:
                     _LOG.debug("laser poll failed: %s", exc)
                 else:
-                    now = time.monotonic()
-                    sup.update(laser_output_on=on, laser_current_ma=current, laser_at=now)
+                    count += 1
+                    sup.update(
+                        laser_output_on=on, laser_current_ma=self.current_ma, laser_at=time.monotonic()
+                    )
                     quiet = sent - sup._output_changed_at > 0.05
                     if on and not sup.output_commanded_on and quiet:
                         sup.trip(
@@ -523,40 +529,49 @@ class Controller:
             await asyncio.sleep(POLL_PERIOD_S)
 
     async def _poll_tec(self) -> None:
-        setpoint: float | None = None
+        """Temperature every period, output state every 3rd, setpoint when unknown."""
+        count = 0
+        on: bool | None = None
         while True:
             tec = self.rig.tec
             if tec is not None:
                 try:
-                    if setpoint is None:
-                        setpoint = await tec.get_setpoint_c()
-                    on = await tec.output_is_on()
+                    if self.tec_setpoint_c is None:
+                        self.tec_setpoint_c = await tec.get_setpoint_c()
+                    if on is None or count % 3 == 0:
+                        on = await tec.output_is_on()
                     temperature = await tec.temperature_c()
                 except (LinkError, ValueError) as exc:
                     _LOG.debug("TEC poll failed: %s", exc)
                 else:
+                    count += 1
                     self.supervisor.update(
                         tec_output_on=on,
                         tec_temperature_c=temperature,
-                        tec_setpoint_c=setpoint,
+                        tec_setpoint_c=self.tec_setpoint_c,
                         tec_at=time.monotonic(),
                     )
             await asyncio.sleep(POLL_PERIOD_S)
 
     async def _poll_actuator(self) -> None:
+        """Status word every period, position every 3rd."""
+        count = 0
         while True:
             actuator = self.rig.actuator
             if actuator is not None:
                 try:
                     status = await actuator.status()
-                    position = await actuator.position_um()
+                    if self.position_um is None or count % 3 == 0:
+                        self.position_um = await actuator.position_um()
                 except (LinkError, ValueError, ActuatorError) as exc:
                     _LOG.debug("actuator poll failed: %s", exc)
                 else:
-                    self.position_um = position
+                    count += 1
                     fault = status.describe() if status.stopped_by_fault else None
                     self.supervisor.update(
-                        actuator_position_um=position, actuator_fault=fault, actuator_at=time.monotonic()
+                        actuator_position_um=self.position_um,
+                        actuator_fault=fault,
+                        actuator_at=time.monotonic(),
                     )
             await asyncio.sleep(POLL_PERIOD_S)
 
@@ -748,6 +763,7 @@ class Controller:
         await rig.laser.set_current_limit_ma(limit)
         await self.supervisor.set_power(0.0)
         await rig.tec.set_setpoint_c(TEC_SETPOINT_C)
+        self.tec_setpoint_c = TEC_SETPOINT_C
         await rig.tec.output_on()
         await rig.safety.set_motor_speed(SMOOTHING_PWM)
         self.supervisor.readings.motor_pwm = SMOOTHING_PWM

@@ -52,7 +52,7 @@ STRAY_LIGHT_GRACE_S: Final = 0.050
 #: which that lateness is added up. Time the loop was held up (a busy machine) is not counted against the
 #: age of a reading, because no reply could be read meanwhile; a device that stops answering while the loop
 #: runs on time is stale after 100 ms.
-LOOP_LATE_S: Final = 0.005
+LOOP_LATE_S: Final = 0.0005
 LOOP_LATENESS_WINDOW_S: Final = 0.200
 #: The deviation is taken relative to the commanded power, but never to less than this (W).
 PHOTODIODE_FLOOR_W: Final = 0.5

@@ -134,10 +134,14 @@ class FakeLaser:
             self.off_failures += 1
             raise LaserOutputError("output still on after output off")
 
-    async def on_verified(self) -> None:
-        """Query pending errors, write "output on", read it back; raise after switching off if not on."""
+    async def on_verified(self, still_wanted: Callable[[], bool] | None = None) -> None:
+        """Query pending errors, then (if ``still_wanted`` says yes) write "output on" and read it back;
+        raise after switching off if it is not on, or without writing anything if no longer wanted."""
         self.journal.add(self.clock(), "laser", "on_verified")
         await asyncio.sleep(0)
+        if still_wanted is not None and not still_wanted():
+            self.journal.add(self.clock(), "laser", "on_not_sent")
+            raise LaserOutputError("emission no longer wanted: output on not sent")
         if self.interlock():
             self.output_on = True
             self.on_since = self.clock()

@@ -11,7 +11,7 @@ import math
 from collections.abc import AsyncIterator, Callable
 
 import pytest
-from supervisor_fakes import TEC_SETPOINT_C, World
+from supervisor_fakes import TEC_SETPOINT_C, LaserOutputError, World
 
 from control.supervisor import (
     LOOP_LATENESS_WINDOW_S,
@@ -23,7 +23,7 @@ from control.supervisor import (
     Term,
     TransitionRefused,
 )
-from devices.safety import EventKind, SafetyEvent
+from devices.safety import EventKind, NotReady, SafetyEvent
 
 S = SystemState
 
@@ -109,10 +109,13 @@ async def test_open_session_only_from_idle(world: World, state: SystemState) -> 
         await sup.pause()
     await world.settle()
     assert sup.state is state
+    armed = world.board.armed
     with pytest.raises(Refused):
         await sup.open_session()
     await world.settle()
     assert sup.state is state
+    assert world.board.armed == armed
+    assert (sup.fault is not None) == (state is S.FAULT)
 
 
 # ---------------------------------------------------------------------------------------------- arming
@@ -805,3 +808,43 @@ async def test_set_power_at_the_limit(world: World) -> None:
     await world.to_ready()
     await world.sup.set_power(10.0)
     assert world.sup.commanded_w == 10.0 and world.laser.power_w == 10.0
+
+
+# ------------------------------------------------------------------------------------- the fake rig itself
+async def test_fake_board_drives_laser_enable_like_the_firmware(world: World) -> None:
+    board, laser = world.board, world.laser
+    await board.arm()
+    assert not board.laser_enable
+    assert [e.kind for e in board.set_pedal(True)] == [EventKind.FOOTPEDAL, EventKind.ENABLE]
+    assert board.laser_enable
+    await laser.on_verified()
+    assert laser.output_on
+    events = board.set_estop(True)
+    assert [(e.kind, e.value) for e in events] == [(EventKind.ESTOP, True), (EventKind.ENABLE, False)]
+    assert not laser.output_on, "the laser drops its output when its interlock input falls"
+    with pytest.raises(NotReady, match="ESTOP"):
+        await board.arm()
+    board.set_estop(False)
+    assert board.laser_enable
+    events = board.expire_watchdog()
+    assert [(e.kind, e.value) for e in events] == [(EventKind.ENABLE, False), (EventKind.WDT, True)]
+    assert not board.armed
+    with pytest.raises(NotReady, match="WDT"):
+        await board.arm()
+    await board.clear_watchdog()
+    assert not board.laser_enable, "after WDT_CLEAR the board needs ARM again"
+    with pytest.raises(LaserOutputError, match="E-501"):
+        await laser.on_verified()
+    assert not laser.output_on
+
+
+async def test_fake_laser_honours_still_wanted(world: World) -> None:
+    await world.board.arm()
+    world.board.set_pedal(True)
+    with pytest.raises(LaserOutputError, match="not sent"):
+        await world.laser.on_verified(lambda: False)
+    assert not world.laser.output_on
+    await world.laser.on_verified(lambda: True)
+    assert world.laser.output_on
+    world.laser.off_now()
+    assert not world.laser.output_on
