@@ -97,7 +97,7 @@ async def test_a_whole_session_is_recorded(controller: Controller, data: DataDir
     } <= names
     assert {"calibration laser", "calibration photodiode", "calibration actuator"} <= names
 
-    with pytest.raises(Refused, match="[Ww]rong"):
+    with pytest.raises(Refused, match=r"[Ww]rong"):
         await controller.arm("not the password")
     assert controller.supervisor.state is SystemState.READY
     await controller.arm(PASSWORD)
@@ -110,15 +110,16 @@ async def test_a_whole_session_is_recorded(controller: Controller, data: DataDir
 
     with _db(data) as db:
         row = db.execute(
-            "SELECT status, total_laser_on_time_seconds, avg_power_watts, max_power_watts, total_energy_joules, "
-            "telemetry_path, telemetry_line_count, telemetry_sha256, protocol_data_snapshot "
-            "FROM sessions WHERE session_id = ?",
+            "SELECT status, total_laser_on_time_seconds, avg_power_watts, max_power_watts, "
+            "total_energy_joules, telemetry_path, telemetry_line_count, telemetry_sha256, "
+            "protocol_data_snapshot FROM sessions WHERE session_id = ?",
             (session_id,),
         ).fetchone()
         events = [
             r[0]
             for r in db.execute(
-                "SELECT event_type FROM treatment_events WHERE session_id = ? ORDER BY time_offset_ms, event_id",
+                "SELECT event_type FROM treatment_events WHERE session_id = ? "
+                "ORDER BY time_offset_ms, event_id",
                 (session_id,),
             )
         ]
@@ -138,21 +139,23 @@ async def test_a_whole_session_is_recorded(controller: Controller, data: DataDir
     for kind in ("protocol_step_start", "laser_on", "laser_off", "protocol_step_end", "ring_size_change"):
         assert kind in events
     assert events.count("protocol_step_start") == 2
-    telemetry = Path(path)
-    assert hashlib.sha256(telemetry.read_bytes()).hexdigest() == sha
-    assert len(telemetry.read_bytes().splitlines()) == lines > 100
+    content = await asyncio.to_thread(Path(path).read_bytes)
+    assert hashlib.sha256(content).hexdigest() == sha
+    assert len(content.splitlines()) == lines > 100
     rows = _safety_rows(data, session_id)
     assert ("state_change", "info", "treating") in rows
     with _db(data) as db:
         video = db.execute(
-            "SELECT recording_type, file_path, frame_count, resolution FROM session_recordings WHERE session_id = ?",
+            "SELECT recording_type, file_path, frame_count, resolution FROM session_recordings "
+            "WHERE session_id = ?",
             (session_id,),
         ).fetchone()
         video_path = db.execute(
             "SELECT video_path FROM sessions WHERE session_id = ?", (session_id,)
         ).fetchone()[0]
     assert video is not None and video[0] == "video" and video[2] > 10 and video[3] == "1280x720"
-    assert video_path == video[1] and Path(video_path).stat().st_size > 0
+    assert video_path == video[1]
+    assert (await asyncio.to_thread(Path(video_path).stat)).st_size > 0
 
     summary = await controller.end_session("no redness")
     assert summary["post_treatment_notes"] == "no redness"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import sys
@@ -26,7 +27,8 @@ async def data(tmp_path: Path, migrated_template: Path) -> DataDir:
 
 @pytest.mark.timeout(60)
 async def test_controller_process_serves_both_sockets_and_stops_cleanly(data: DataDir) -> None:
-    child = subprocess.Popen(
+    child = await asyncio.to_thread(
+        subprocess.Popen,
         [TOSCA, "--data-dir", str(data.root), "controller", "--sim"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -34,7 +36,7 @@ async def test_controller_process_serves_both_sockets_and_stops_cleanly(data: Da
     )
     try:
         assert child.stdout is not None
-        line = child.stdout.readline()
+        line = await asyncio.to_thread(child.stdout.readline)
         assert line.startswith("controller ready"), line + (child.stderr.read() if child.stderr else "")
         control = data.root / "control.sock"
         assert control.stat().st_mode & 0o777 == 0o600
@@ -52,7 +54,8 @@ async def test_controller_process_serves_both_sockets_and_stops_cleanly(data: Da
         finally:
             await client.close()
         # A second controller on the same data directory is refused: the rig is held.
-        second = subprocess.run(
+        second = await asyncio.to_thread(
+            subprocess.run,
             [TOSCA, "--data-dir", str(data.root), "controller", "--sim"],
             capture_output=True,
             text=True,
@@ -62,7 +65,7 @@ async def test_controller_process_serves_both_sockets_and_stops_cleanly(data: Da
         assert "in use by process" in second.stderr or "already running" in second.stderr
     finally:
         child.send_signal(signal.SIGTERM)
-        _, errors = child.communicate(timeout=20)
+        _, errors = await asyncio.to_thread(child.communicate, timeout=20)
         assert child.returncode == 0, errors
     assert not (data.root / "control.sock").exists()
     assert not (data.root / "observe.sock").exists()

@@ -4,8 +4,8 @@ exit codes."""
 
 from __future__ import annotations
 
+import asyncio
 import json
-import os
 import signal
 import sqlite3
 import subprocess
@@ -41,8 +41,8 @@ async def data(tmp_path: Path, migrated_template: Path) -> DataDir:
 def _events(data: DataDir, session_id: int, event_type: str) -> list[tuple[int, str]]:
     with sqlite3.connect(data.db_path) as db:
         return db.execute(
-            "SELECT time_offset_ms, event_details FROM treatment_events WHERE session_id = ? AND event_type = ? "
-            "ORDER BY time_offset_ms",
+            "SELECT time_offset_ms, event_details FROM treatment_events "
+            "WHERE session_id = ? AND event_type = ? ORDER BY time_offset_ms",
             (session_id, event_type),
         ).fetchall()
 
@@ -155,9 +155,8 @@ def test_script_parsing() -> None:
             parse_script(bad)
 
 
-@pytest.mark.timeout(120)
-async def test_a_session_killed_mid_treatment_is_closed_as_aborted_at_next_start(data: DataDir) -> None:
-    env = dict(os.environ)
+def _start_and_kill_mid_treatment(data: DataDir) -> Path:
+    """Run `tosca sim run` on a long protocol and SIGKILL it once it emits; returns the telemetry file."""
     child = subprocess.Popen(
         [
             *TOSCA,
@@ -175,7 +174,6 @@ async def test_a_session_killed_mid_treatment_is_closed_as_aborted_at_next_start
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         text=True,
-        env=env,
     )
     assert child.stdin is not None
     child.stdin.write(PASSWORD + "\n")
@@ -198,6 +196,12 @@ async def test_a_session_killed_mid_treatment_is_closed_as_aborted_at_next_start
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=10)
+    return telemetry
+
+
+@pytest.mark.timeout(120)
+async def test_a_session_killed_mid_treatment_is_closed_as_aborted_at_next_start(data: DataDir) -> None:
+    telemetry = await asyncio.to_thread(_start_and_kill_mid_treatment, data)
     with sqlite3.connect(data.db_path) as db:
         assert db.execute("SELECT status FROM sessions WHERE session_id = 1").fetchone()[0] == "in_progress"
 
@@ -210,13 +214,15 @@ async def test_a_session_killed_mid_treatment_is_closed_as_aborted_at_next_start
             "SELECT status, abort_reason FROM sessions WHERE session_id = 1"
         ).fetchone()
         startup_rows = db.execute(
-            "SELECT count(*) FROM safety_log WHERE session_id = 1 AND event_type = 'session_aborted_at_startup'"
+            "SELECT count(*) FROM safety_log "
+            "WHERE session_id = 1 AND event_type = 'session_aborted_at_startup'"
         ).fetchone()[0]
     assert status == "aborted" and "stopped while the session was open" in reason
     assert startup_rows == 1
     assert check_database(data.db_path).integrity == "ok"
-    scan = scan_telemetry(telemetry)
+    scan = await asyncio.to_thread(scan_telemetry, telemetry)
     assert scan.line_count > 100
-    for line in telemetry.read_bytes().splitlines()[: scan.line_count]:
+    content = await asyncio.to_thread(telemetry.read_bytes)
+    for line in content.splitlines()[: scan.line_count]:
         record = json.loads(line)
         assert {"t", "pd_v", "cmd_w", "state"} <= record.keys()
