@@ -101,3 +101,15 @@ async def open_and_treat(controller: Controller, protocol: str) -> int:
     await wait_until(lambda: controller.supervisor.state is SystemState.TREATING, 10.0, "TREATING")
     await wait_until(lambda: controller.sim_rig.model.laser_output_on, 2.0, "laser output on")  # type: ignore[union-attr]
     return int(opened["session_id"])
+
+
+async def wait_session_end(controller: Controller, timeout_s: float) -> None:
+    """Wait until the open session has ended; fail at once, saying why, if a fault latches meanwhile."""
+
+    def ended() -> bool:
+        fault = controller.supervisor.fault
+        if fault is not None:
+            raise AssertionError(f"fault during the session: {fault.event_type}: {fault.what}")
+        return controller.session is None
+
+    await wait_until(ended, timeout_s, "the session to end")

@@ -25,6 +25,7 @@ from controller_fixtures import (
     prepare_data_dir,
     protocol_json,
     wait_prechecks,
+    wait_session_end,
     wait_until,
 )
 
@@ -104,7 +105,7 @@ async def test_a_whole_session_is_recorded(controller: Controller, data: DataDir
     assert controller.supervisor.state is SystemState.ARMED
     assert not sim.model.laser_output_on
     sim.command("pedal down")
-    await wait_until(lambda: controller.session is None, 20.0, "the session to complete")
+    await wait_session_end(controller, 20.0)
     assert not sim.model.laser_output_on
     assert controller.supervisor.state is SystemState.IDLE
 
