@@ -887,25 +887,34 @@ class Controller:
             telemetry = await self.recorder.end_session()
         except Exception as exc:
             _LOG.error("session recording not closed cleanly: %s", exc)
-        video = await self._stop_video(session)
-        acc = session.summary
-        await self.sessions.finish(
-            session.opened.session_id,
-            status=status,
-            reason=reason,
-            summary=acc.summary(),
-            telemetry=telemetry,
-            video_path=video,
-        )
-        self.session = None
-        sup.tech_id = None
-        if self.rig.safety is not None:
-            with contextlib.suppress(Exception):
-                await self.rig.safety.motor_off()
-        sup.readings.motor_pwm = 0
+        problem: str | None = None
+        try:
+            video = await self._stop_video(session)
+            await self.sessions.finish(
+                session.opened.session_id,
+                status=status,
+                reason=reason,
+                summary=session.summary.summary(),
+                telemetry=telemetry,
+                video_path=video,
+            )
+        except Exception as exc:
+            # The laser is off; the row stays open and is closed as aborted at the next start.
+            problem = f"session {session.opened.session_id} ended but its record could not be written: {exc}"
+            _LOG.error("%s", problem)
+        finally:
+            self.session = None
+            sup.tech_id = None
+            if self.rig.safety is not None:
+                with contextlib.suppress(Exception):
+                    await self.rig.safety.motor_off()
+            sup.readings.motor_pwm = 0
         self._event(
             "info", f"session {session.opened.session_id} {status}" + (f": {reason}" if reason else "")
         )
+        if problem is not None:
+            self._event("critical", problem)
+            raise Refused(problem)
 
     # ------------------------------------------------------------------------------------ pre-checks
     async def prechecks(self) -> list[dict[str, Any]]:
