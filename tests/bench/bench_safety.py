@@ -9,7 +9,9 @@ Options: ``--trials N`` (default 1000) sets the trials of each measurement; ``--
 ``--estop-trials`` and ``--photodiode-trials`` override it for one; ``--photodiode-budget S`` stops the
 photodiode trials after S seconds (the count reached is reported); ``--step-seconds S`` sets the protocol
 step's length (default 280); ``--console pty|headless|none`` chooses the busy console (default pty);
-``--keep`` keeps the data directory (with the controller's and the console's logs in ``bench-logs/``);
+``--camera sim|none`` gives the controller the simulated camera (default; its video is recorded during
+sessions) or none; ``--keep`` keeps the data directory (with the controller's and the console's logs in
+``bench-logs/``);
 ``--json`` prints one JSON line after the table. Exit code 0, or 1 with the reason when the run could not
 continue.
 
@@ -831,7 +833,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await rig.start()
         watch = LaserWatch(rig.devices["laser"], rig.laser)
         ports_file = root / "ports.json"
-        ports_file.write_text(json.dumps(rig.ports()), encoding="utf-8")
+        ports = dict(rig.ports())
+        if args.camera == "none":
+            ports["camera"] = None
+        ports_file.write_text(json.dumps(ports), encoding="utf-8")
         logs = root / "bench-logs"
         logs.mkdir(exist_ok=True)
         controller = ControllerProcess(ports_file, root, logs / "controller.log")
@@ -962,6 +967,12 @@ def main(argv: list[str] | None = None) -> int:
         "--step-seconds", type=float, default=STEP_S, help="the protocol step's length, s (default 280)"
     )
     parser.add_argument("--console", choices=("pty", "headless", "none"), default="pty")
+    parser.add_argument(
+        "--camera",
+        choices=("sim", "none"),
+        default="sim",
+        help="the controller's camera: the simulated one (recorded during sessions) or none",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the data directory and its logs")
     parser.add_argument("--json", action="store_true", help="also print one JSON line of the results")
     args = parser.parse_args(argv)

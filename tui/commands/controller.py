@@ -1,7 +1,8 @@
 """``tosca controller``: the controller process alone (devices, supervisor, engine, recorder, sockets).
 
 ``--sim`` runs it on a simulated rig in the same process; ``--ports FILE`` names the serial ports of a rig
-(a JSON object such as ``tosca sim`` prints: laser, tec, actuator, safety, and optionally camera). It prints
+(a JSON object such as ``tosca sim`` prints: laser, tec, actuator, safety, and optionally camera: a device
+index, a video file, ``"sim"``, or null for no camera). It prints
 one line when its sockets are ready and runs until SIGTERM or SIGINT, then switches the laser off, closes any
 open session as aborted and exits 0.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import signal
 from pathlib import Path
@@ -42,7 +44,11 @@ def run(args: argparse.Namespace) -> int:
             ports = json.loads(args.ports.read_text(encoding="utf-8"))
             if not isinstance(ports, dict):
                 raise ValueError("not a JSON object")
-            config = RigConfig.from_ports({str(k): str(v) for k, v in ports.items()})
+            camera = ports.get("camera", "sim")
+            serial = {str(k): str(v) for k, v in ports.items() if k != "camera"}
+            config = RigConfig.from_ports(serial, with_camera=camera is not None)
+            if camera is not None:
+                config = dataclasses.replace(config, camera=str(camera))
         except (OSError, ValueError) as exc:
             return fail(f"controller: bad port file {args.ports}: {exc}")
     try:
@@ -51,8 +57,18 @@ def run(args: argparse.Namespace) -> int:
         return fail(f"controller: {exc}")
 
 
+#: The interpreter's thread switch interval in the controller process, s (Python's default is 5 ms). The
+#: camera threads share the interpreter with the loop; a short interval lets the loop take it back within
+#: 0.5 ms when a safety event arrives.
+SWITCH_INTERVAL_S = 0.0005
+
+
 async def _serve(data_dir: Path, sim: bool, config: Any) -> int:
+    import sys
+
     from control.controller import Controller
+
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
 
     controller = Controller(data_dir, sim=sim, rig_config=config, terminal="controller")
     stop = asyncio.Event()
