@@ -793,8 +793,10 @@ class SafetySupervisor:
 
     # --------------------------------------------------------------------------------- operator commands
     async def open_session(self, reason: str = "session opened, pre-checks passed") -> None:
-        """IDLE -> READY."""
+        """IDLE -> READY; refused in any other state (a fault leaves only by an acknowledged reset)."""
         async with self._lock:
+            if self.state is not S.IDLE:
+                raise Refused(f"cannot open a session in {self.state.value}")
             self._transition(S.READY, reason)
 
     async def arm(self) -> None:
@@ -879,11 +881,10 @@ class SafetySupervisor:
                 if t.term not in WAITING_TERMS
                 and (t.term in (Term.ESTOP, Term.WATCHDOG) or t.term == fault.term)
             ]
-            if self._stray_since is not None or self._fault_deviation_since is not None:
-                self._stray_since = self._fault_deviation_since = self._deviation_since = None
             if still:
                 raise Refused("the cause is still there: " + "; ".join(t.detail for t in still))
-            await self._off_and_disarm()
+            if not await self._off_and_disarm():
+                raise Refused("the laser output off or the disarm could not be confirmed; the fault stays")
             self.fault = None
             self._transition(S.READY if session_open else S.IDLE, f"fault reset acknowledged by {username}")
             self._queue_log(
@@ -895,17 +896,21 @@ class SafetySupervisor:
                 details={"fault": fault.event_type},
             )
 
-    async def _off_and_disarm(self) -> None:
+    async def _off_and_disarm(self) -> bool:
+        """Output off (verified), then the board disarmed; a failure of either latches a fault. Returns
+        whether both were confirmed."""
         self._output_off_now()
         try:
             await self.laser.off_verified()
         except Exception as exc:
             self.trip("interlock_failure", f"laser output off not verified: {exc}", term=Term.DEVICES)
-            return
+            return False
         try:
             await self.board.disarm()
         except Exception as exc:
             self.trip("interlock_failure", f"safety board did not disarm: {exc}", term=Term.DEVICES)
+            return False
+        return True
 
     # --------------------------------------------------------------------------------------- logging
     def _queue_log(

@@ -15,7 +15,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 from supervisor_fakes import DEVICES, PHOTODIODE_W_PER_V, TEC_SETPOINT_C, World
 
 from control.supervisor import (
@@ -107,12 +107,6 @@ INPUTS: dict[str, Callable[[World], None]] = {
         for state in ("open", "faulty", "reconnecting")
     },
 }
-
-#: Two paths with a known defect, each pinned by a regression test marked xfail in test_supervisor.py
-#: (test_open_session_only_from_idle, test_reset_keeps_the_fault_when_off_or_disarm_is_not_confirmed): opening
-#: a session outside IDLE, and a reset while "output off" or DISARM cannot be confirmed. The machine leaves
-#: them out so that it keeps guarding everything else; set this to False once both are fixed.
-LEAVE_OUT_KNOWN_DEFECTS = True
 
 #: Operator commands other than opening a session and reset.
 COMMANDS: dict[str, Callable[[SafetySupervisor], Coroutine[Any, Any, None]]] = {
@@ -275,17 +269,10 @@ class SupervisorMachine(RuleBasedStateMachine):
         """An operator command; the supervisor may refuse it."""
         self.command(lambda: COMMANDS[name](self.world.sup))
 
-    @precondition(lambda self: not LEAVE_OUT_KNOWN_DEFECTS or self.world.sup.state is S.IDLE)
     @rule()
     def open_session(self) -> None:
         self.command(self.world.sup.open_session)
 
-    @precondition(
-        lambda self: (
-            not LEAVE_OUT_KNOWN_DEFECTS
-            or not (self.world.laser.off_unconfirmed or self.world.board.disarm_unanswered)
-        )
-    )
     @rule(session_open=st.booleans())
     def reset(self, session_open: bool) -> None:
         was = self.world.sup.state
