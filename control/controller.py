@@ -25,7 +25,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -457,8 +457,12 @@ class Controller:
             except Exception as exc:
                 _LOG.error("session %s status %s not written: %s", session_id, status, exc)
 
-        task = asyncio.get_running_loop().create_task(write())
-        self._tasks.append(task)
+        self._background(write())
+
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run a short record-keeping coroutine; finished ones are dropped from the task list."""
+        self._tasks = [task for task in self._tasks if not task.done()]
+        self._tasks.append(asyncio.get_running_loop().create_task(coro))
 
     def _step_number(self) -> int | None:
         session = self.session
@@ -616,8 +620,7 @@ class Controller:
             "none: the camera does not gate emission; the preview shows its state",
             tech_id=sup.tech_id,
         )
-        task = asyncio.get_running_loop().create_task(self._log_entry(entry))
-        self._tasks.append(task)
+        self._background(self._log_entry(entry))
         self._event("info" if ok else "warning", entry.description)
 
     def _watch_lines(self) -> None:
@@ -643,7 +646,7 @@ class Controller:
                 details={"device": name, "bad_replies_total": count},
                 tech_id=sup.tech_id,
             )
-            self._tasks.append(asyncio.get_running_loop().create_task(self._log_entry(entry)))
+            self._background(self._log_entry(entry))
             self._event("warning", entry.description)
 
     async def _log_entry(self, entry: SafetyEntry) -> None:

@@ -77,8 +77,8 @@ PROBE_TIMEOUT_S = 1.0
 
 # sun_path holds 108 bytes including the terminating NUL.
 _SUN_PATH_MAX = 107
-# A bind directory made by mkdtemp(prefix=".") beside the socket, plus "/s".
-_BIND_NAME_OVERHEAD = len("/.XXXXXXXX/s")
+# A bind directory made by mkdtemp(prefix=".") beside the socket ("/." and 8 random characters), plus "/s".
+_BIND_NAME_OVERHEAD = len("/.") + 8 + len("/s")
 
 SocketKind = Literal["control", "observe"]
 
