@@ -491,7 +491,7 @@ class Recorder:
             _json("details", details)
         try:
             async with self._sessions() as session:
-                await SafetyLogRepository(session).add(
+                await SafetyLogRepository(session).append(
                     event_type,
                     severity,
                     description,

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, Final
 
-from sqlalchemy import Row, func, select, text, update
+from sqlalchemy import Row, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.errors import ConfigValueError
@@ -780,6 +780,39 @@ class TreatmentEventsRepository:
 # ---- safety
 
 
+_SAFETY_COLUMNS: Final = frozenset(
+    {
+        "session_id",
+        "tech_id",
+        "system_state",
+        "laser_state",
+        "footpedal_state",
+        "smoothing_device_state",
+        "photodiode_voltage_v",
+        "action_taken",
+        "details",
+    }
+)
+
+
+def _safety_values(
+    event_type: str, severity: str, description: str, timestamp: datetime | None, columns: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The checked column values of one safety_log row."""
+    _require_text("event_type", event_type)
+    _require_choice("severity", severity, SEVERITIES)
+    _require_text("description", description)
+    unknown = set(columns) - _SAFETY_COLUMNS
+    if unknown:
+        raise ValueError(f"safety_log has no column {', '.join(sorted(unknown))}")
+    values = {name: columns.get(name) for name in _SAFETY_COLUMNS}
+    values["details"] = _json_text("details", columns.get("details"))
+    values.update(
+        timestamp=timestamp or utc_now(), event_type=event_type, severity=severity, description=description
+    )
+    return values
+
+
 class SafetyLogRepository:
     """Safety events (append-only; the database refuses UPDATE and DELETE)."""
 
@@ -804,27 +837,36 @@ class SafetyLogRepository:
         timestamp: datetime | None = None,
     ) -> SafetyLog:
         """Append one safety event (severity info/warning/critical/emergency; photodiode in volts)."""
-        _require_text("event_type", event_type)
-        _require_choice("severity", severity, SEVERITIES)
-        _require_text("description", description)
-        entry = SafetyLog(
-            timestamp=timestamp or utc_now(),
-            session_id=session_id,
-            tech_id=tech_id,
-            event_type=event_type,
-            severity=severity,
-            description=description,
-            system_state=system_state,
-            laser_state=laser_state,
-            footpedal_state=footpedal_state,
-            smoothing_device_state=smoothing_device_state,
-            photodiode_voltage_v=photodiode_voltage_v,
-            action_taken=action_taken,
-            details=_json_text("details", details),
-        )
+        columns = {
+            "session_id": session_id,
+            "tech_id": tech_id,
+            "system_state": system_state,
+            "laser_state": laser_state,
+            "footpedal_state": footpedal_state,
+            "smoothing_device_state": smoothing_device_state,
+            "photodiode_voltage_v": photodiode_voltage_v,
+            "action_taken": action_taken,
+            "details": details,
+        }
+        entry = SafetyLog(**_safety_values(event_type, severity, description, timestamp, columns))
         self.session.add(entry)
         await self.session.flush()
         return entry
+
+    async def append(
+        self,
+        event_type: str,
+        severity: str,
+        description: str,
+        *,
+        timestamp: datetime | None = None,
+        **columns: Any,
+    ) -> int:
+        """Append one safety event as :meth:`add` does, without building an ORM object (the controller
+        writes one per transition, on its control loop); returns the new ``log_id``."""
+        values = _safety_values(event_type, severity, description, timestamp, columns)
+        result = await self.session.execute(insert(SafetyLog).values(**values).returning(SafetyLog.log_id))
+        return int(result.scalar_one())
 
     async def safety_events_last_24h(self) -> list[SafetyEventRow]:
         """Seed query 5: safety events of the last 24 hours (database clock, UTC), newest first."""

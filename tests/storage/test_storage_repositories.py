@@ -364,6 +364,33 @@ async def test_safety_log_checks_severity(factory: Factory) -> None:
         assert await _count(s, "safety_log") == 2  # with the migration's database_initialized row
 
 
+async def test_safety_log_append_writes_the_same_row_as_add(factory: Factory) -> None:
+    async with factory() as s:
+        log = SafetyLogRepository(s)
+        added = await log.add(
+            "fault_reset", "info", "reset by tech1", footpedal_state=False, details={"a": 1}
+        )
+        log_id = await log.append(
+            "fault_reset", "info", "reset by tech1", footpedal_state=False, details={"a": 1}
+        )
+        assert log_id == added.log_id + 1
+        with pytest.raises(ValueError, match="severity must be one of"):
+            await log.append("x", "fatal", "d")
+        with pytest.raises(ValueError, match="no column colour"):
+            await log.append("x", "info", "d", colour="red")
+        await s.commit()
+        rows = (
+            await s.execute(
+                text(
+                    "SELECT event_type, severity, description, footpedal_state, details FROM safety_log "
+                    "WHERE log_id IN (:a, :b) ORDER BY log_id"
+                ),
+                {"a": added.log_id, "b": log_id},
+            )
+        ).all()
+        assert rows[0] == rows[1] == ("fault_reset", "info", "reset by tech1", 0, '{"a": 1}')
+
+
 async def test_a_new_active_calibration_retires_the_previous_one(factory: Factory) -> None:
     async with factory() as s:
         user = await _user(s)
