@@ -280,7 +280,8 @@ class Controller:
                 await task
         self._tasks.clear()
         if self.rig is not None and self.rig.safety is not None:
-            self.rig.safety.remove_listener(self._on_board)
+            with contextlib.suppress(ValueError):
+                self.rig.safety.remove_listener(self._on_board)
             with contextlib.suppress(Exception):
                 await self.rig.safety.disarm()
             with contextlib.suppress(Exception):
