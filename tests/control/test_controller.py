@@ -91,8 +91,15 @@ async def test_a_whole_session_is_recorded(controller: Controller, data: DataDir
     assert {
         "device laser",
         "device tec",
-        "interlocks" if False else "estop",
+        "device actuator",
+        "device safety",
+        "estop",
+        "watchdog",
+        "smoothing",
         "tec",
+        "photodiode",
+        "devices",
+        "storage",
         "database",
         "backup",
     } <= names
