@@ -54,6 +54,8 @@ STRAY_LIGHT_GRACE_S: Final = 0.050
 #: runs on time is stale after 100 ms.
 LOOP_LATE_S: Final = 0.0005
 LOOP_LATENESS_WINDOW_S: Final = 0.200
+#: While a fault is latched and the board's DISARM has not been confirmed, it is sent again this often (s).
+DISARM_RETRY_S: Final = 1.0
 #: The deviation is taken relative to the commanded power, but never to less than this (W).
 PHOTODIODE_FLOOR_W: Final = 0.5
 
@@ -271,6 +273,10 @@ class SafetySupervisor:
         self._lock = asyncio.Lock()
         self._last_tick: float | None = None
         self.tick_period_s = 0.01
+        #: True while a DISARM the supervisor sent has not been confirmed (the board may still be armed).
+        self.disarm_pending = False
+        self._disarm_tried_at = -math.inf
+        self._disarm_retrying = False
         self._lateness: deque[tuple[float, float]] = deque()
         #: Ticks that came late (count) and the longest lateness seen (s).
         self.late_ticks = 0
@@ -544,7 +550,7 @@ class SafetySupervisor:
             actions.append(f"laser output off NOT verified: {exc}")
             _LOG.critical("laser output off not verified after a fault: %s", exc)
         try:
-            await self.board.disarm()
+            await self._disarm_board()
             actions.append("safety board disarmed")
         except Exception as exc:
             actions.append(f"disarm failed: {exc}")
@@ -758,6 +764,33 @@ class SafetySupervisor:
             self._lateness.popleft()
         self._last_tick = now
         self._check(now, ages=True)
+        if (
+            self.disarm_pending
+            and self.state is S.FAULT
+            and not self._disarm_retrying
+            and now - self._disarm_tried_at >= DISARM_RETRY_S
+        ):
+            self._disarm_retrying = True
+            self._spawn(self._retry_disarm())
+
+    async def _retry_disarm(self) -> None:
+        try:
+            await self._disarm_board()
+        except Exception as exc:
+            _LOG.error("safety board DISARM retry failed: %s", exc)
+        else:
+            self._queue_log(
+                "board_disarmed", "info", "safety board disarmed on retry", action="DISARM confirmed"
+            )
+        finally:
+            self._disarm_retrying = False
+
+    async def _disarm_board(self) -> None:
+        """DISARM, remembering whether it was confirmed (an unconfirmed one is retried while FAULT)."""
+        self._disarm_tried_at = self.clock()
+        self.disarm_pending = True
+        await self.board.disarm()
+        self.disarm_pending = False
 
     def update(self, **values: Any) -> None:
         """Set readings (names of :class:`Readings` fields) and evaluate at once."""
@@ -906,7 +939,7 @@ class SafetySupervisor:
             self.trip("interlock_failure", f"laser output off not verified: {exc}", term=Term.DEVICES)
             return False
         try:
-            await self.board.disarm()
+            await self._disarm_board()
         except Exception as exc:
             self.trip("interlock_failure", f"safety board did not disarm: {exc}", term=Term.DEVICES)
             return False

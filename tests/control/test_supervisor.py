@@ -714,6 +714,28 @@ async def test_reset_keeps_the_fault_when_off_or_disarm_is_not_confirmed(world: 
     assert world.log.of_type("fault_reset") == []
 
 
+async def test_an_unconfirmed_disarm_is_sent_again_while_the_fault_is_latched(world: World) -> None:
+    sup = world.sup
+    await world.to_treating()
+    world.board.disarm_unanswered = True
+    world.set_storage(False)
+    await world.settle()
+    assert sup.state is S.FAULT and sup.disarm_pending
+    assert world.board.armed, "the unanswered DISARM left the board armed"
+    world.board.disarm_unanswered = False
+    world.set_storage(True)
+    world.run_for(0.5)
+    sup.tick()
+    await world.settle()
+    assert world.board.armed, "no retry before a second has passed"
+    world.run_for(0.6)
+    sup.tick()
+    await world.settle()
+    assert not world.board.armed and not sup.disarm_pending
+    assert sup.state is S.FAULT, "a confirmed DISARM does not reset the fault"
+    assert world.log.of_type("board_disarmed")
+
+
 async def test_no_automatic_re_enable_after_reset(world: World) -> None:
     sup = world.sup
     await world.to_treating()
