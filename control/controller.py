@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -107,7 +106,6 @@ class ActiveSession:
     max_override_w: float
     task: asyncio.Task[None] | None = None
     video: Path | None = None
-    aborting: str | None = None
 
 
 class _Laser:
@@ -200,10 +198,8 @@ class Controller:
         self.calibrations: CalibrationSet | None = None
         self.server: ControllerServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._events: list[msg.Event] = []
         self._seq = 0
         self._closing = False
-        self.started = asyncio.Event()
         self.supervisor = SafetySupervisor(_Laser(self), _Board(self), self._write_safety)
         self.supervisor.on_state_change(self._on_state_change)
 
@@ -260,14 +256,13 @@ class Controller:
         except BaseException:
             await self.close()
             raise
-        self.started.set()
 
     async def close(self) -> None:
         """Stop emission, close any session as aborted, stop every task, close devices and sockets."""
         if self._closing:
             return
         self._closing = True
-        self.supervisor._output_off_now()
+        self.supervisor.output_off_now()
         if self.server is not None:
             await self.server.close()
         if self.session is not None:
@@ -517,7 +512,7 @@ class Controller:
                     sup.update(
                         laser_output_on=on, laser_current_ma=self.current_ma, laser_at=time.monotonic()
                     )
-                    quiet = sent - sup._output_changed_at > 0.05
+                    quiet = sent - sup.output_changed_at > 0.05
                     if on and not sup.output_commanded_on and quiet:
                         sup.trip(
                             "interlock_failure",
@@ -606,55 +601,36 @@ class Controller:
         previous, self._camera_state = self._camera_state, state
         if previous is None and state == "ok":
             return
-        sup = self.supervisor
         ok = state == "ok"
-        entry = SafetyEntry(
+        description = f"camera {state}" + (
+            f": {camera.last_error}" if camera is not None and camera.last_error else ""
+        )
+        self.supervisor.log(
             "camera_recovery" if ok else "camera_fault",
             "info" if ok else "warning",
-            f"camera {state}"
-            + (f": {camera.last_error}" if camera is not None and camera.last_error else ""),
-            sup.state.value,
-            "on" if sup.output_commanded_on else "off",
-            sup.readings.pedal,
-            None,
-            sup.readings.photodiode_v,
-            "none: the camera does not gate emission; the preview shows its state",
-            tech_id=sup.tech_id,
+            description,
+            action="none: the camera does not gate emission; the preview shows its state",
         )
-        self._background(self._log_entry(entry))
-        self._event("info" if ok else "warning", entry.description)
+        self._event("info" if ok else "warning", description)
 
     def _watch_lines(self) -> None:
         """Bad replies (garbage, malformed or over-long lines, timeouts) on a serial link are logged as a
         warning with their count; three in a row make the link faulty, which the supervisor acts on."""
-        sup = self.supervisor
         for name, transport in self.rig.transports.items():
             count = transport.bad_reply_count
             seen = self._bad_replies.get(name, 0)
             self._bad_replies[name] = count
             if count <= seen:
                 continue
-            entry = SafetyEntry(
+            description = f"{name}: {count - seen} bad replies ({transport.last_error or 'unknown'})"
+            self.supervisor.log(
                 "serial_line_error",
                 "warning",
-                f"{name}: {count - seen} bad replies ({transport.last_error or 'unknown'})",
-                sup.state.value,
-                "on" if sup.output_commanded_on else "off",
-                sup.readings.pedal,
-                None,
-                sup.readings.photodiode_v,
-                "counted; the link is marked faulty after 3 in a row",
+                description,
+                action="counted; the link is marked faulty after 3 in a row",
                 details={"device": name, "bad_replies_total": count},
-                tech_id=sup.tech_id,
             )
-            self._background(self._log_entry(entry))
-            self._event("warning", entry.description)
-
-    async def _log_entry(self, entry: SafetyEntry) -> None:
-        try:
-            await self._write_safety(entry)
-        except Exception as exc:
-            _LOG.error("safety log entry not written: %s", exc)
+            self._event("warning", description)
 
     # --------------------------------------------------------------------------------------- sessions
     async def open_session(
@@ -705,7 +681,7 @@ class Controller:
         if opened.protocol_data != protocol_text:
             plan = check_protocol(opened.protocol_data, limits)
         cal = self.calibrations
-        defn_max = _protocol_max_power(opened.protocol_data)
+        defn_max = plan.definition.safety_limits.max_power_watts
         # The hardware current limit covers every power this session may command, overrides included.
         max_override = min(defn_max, self.supervisor.limits.max_power_w, cal.max_power_w)
         started_mono = time.monotonic()
@@ -776,20 +752,11 @@ class Controller:
             raise Refused(f"actuator stopped ({status.describe()}): an engineer must clear it")
         if not status.amplifiers_enabled:
             await rig.actuator.enable_amplifiers()
-            await self.supervisor.drain_log()
-            await self._write_safety(
-                SafetyEntry(
-                    "actuator_enabled",
-                    "info",
-                    "actuator amplifiers enabled for the session",
-                    self.supervisor.state.value,
-                    "off",
-                    self.supervisor.readings.pedal,
-                    None,
-                    self.supervisor.readings.photodiode_v,
-                    "ENBL=1 sent at session start",
-                    tech_id=self.supervisor.tech_id,
-                )
+            self.supervisor.log(
+                "actuator_enabled",
+                "info",
+                "actuator amplifiers enabled for the session",
+                action="ENBL=1 sent at session start",
             )
         if not status.encoder_valid:
             await rig.actuator.find_index()
@@ -857,8 +824,7 @@ class Controller:
             _LOG.exception("treatment engine failed")
             if self.supervisor.state is not SystemState.FAULT:
                 self.supervisor.trip("interlock_failure", f"treatment engine failed: {exc}")
-            session.aborting = f"treatment engine failed: {exc}"
-            await self._finish_after_engine(session, "aborted", session.aborting)
+            await self._finish_after_engine(session, "aborted", f"treatment engine failed: {exc}")
             return
         if outcome is Outcome.COMPLETED:
             await self._finish_after_engine(session, "completed", None)
@@ -874,7 +840,7 @@ class Controller:
         if session is None:
             return
         sup = self.supervisor
-        sup._output_off_now()
+        sup.output_off_now()
         task = session.task
         if task is not None and task is not asyncio.current_task() and not task.done():
             task.cancel()
@@ -960,6 +926,21 @@ class Controller:
             "no backup made for this session",
         )
         return checks
+
+    async def wait_prechecks(self, timeout_s: float) -> list[dict[str, Any]]:
+        """The pre-checks once all pass (checked every 0.1 s); Refused, naming the failing ones, after
+        ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            checks = await self.prechecks()
+            failing = [c for c in checks if not c["ok"]]
+            if not failing:
+                return checks
+            if time.monotonic() > deadline:
+                raise Refused(
+                    "pre-checks still failing: " + "; ".join(f"{c['name']}: {c['detail']}" for c in failing)
+                )
+            await asyncio.sleep(0.1)
 
     # ------------------------------------------------------------------------------------- commands
     async def handle(self, command: Any, peer: Peer) -> dict[str, Any] | None:
@@ -1054,8 +1035,7 @@ class Controller:
         if not reason or not reason.strip():
             raise Refused("an abort needs a reason")
         session = self._require_session()
-        self.supervisor._output_off_now()
-        session.aborting = reason.strip()
+        self.supervisor.output_off_now()
         self._record(
             "user_action",
             details={"action": "abort", "reason": reason.strip(), "by": session.opened.username},
@@ -1094,7 +1074,7 @@ class Controller:
             return
         self.operator = None
         if self.supervisor.state in ARMED_STATES:
-            self.supervisor._output_off_now()
+            self.supervisor.output_off_now()
             with contextlib.suppress(Refused):
                 await self.supervisor.pause("operator console disconnected")
 
@@ -1194,8 +1174,3 @@ class Controller:
                 except Exception:
                     _LOG.exception("snapshot not published")
             await asyncio.sleep(1.0 / SNAPSHOT_HZ)
-
-
-def _protocol_max_power(protocol_data: str) -> float:
-    data: Mapping[str, Any] = json.loads(protocol_data)
-    return float(data["safety_limits"]["max_power_watts"])

@@ -145,7 +145,7 @@ async def run_simulated_session(
             f"session {session_id}: {opened['subject_code']}, protocol {opened['protocol_name']!r}, "
             f"{opened['total_duration_s']:g} s, {opened['expected_energy_j']:.1f} J expected"
         )
-        await _wait_prechecks(controller)
+        await controller.wait_prechecks(PRECHECK_WAIT_S)
         await controller.arm(password)
         assert controller.sim_rig is not None
         started = time.monotonic()
@@ -176,16 +176,3 @@ async def run_simulated_session(
         None if abort_reason is None else str(abort_reason),
         summary,
     )
-
-
-async def _wait_prechecks(controller: Controller) -> None:
-    deadline = time.monotonic() + PRECHECK_WAIT_S
-    while True:
-        failing = [c for c in await controller.prechecks() if not c["ok"]]
-        if not failing:
-            return
-        if time.monotonic() > deadline:
-            raise Refused(
-                "pre-checks still failing: " + "; ".join(f"{c['name']}: {c['detail']}" for c in failing)
-            )
-        await asyncio.sleep(0.1)

@@ -262,7 +262,7 @@ class SafetySupervisor:
         #: The power the engine commands (W) and whether the output is commanded on.
         self.commanded_w = 0.0
         self.output_commanded_on = False
-        self._output_changed_at = clock()
+        self.output_changed_at = clock()
         self._setpoint_changed_at = clock()
         self._deviation_since: float | None = None
         self._fault_deviation_since: float | None = None
@@ -296,7 +296,7 @@ class SafetySupervisor:
 
     async def close(self) -> None:
         """Laser off (best effort), write what is queued, stop the writer."""
-        self._output_off_now()
+        self.output_off_now()
         for task in list(self._side_tasks):
             task.cancel()
         for task in list(self._side_tasks):
@@ -470,13 +470,13 @@ class SafetySupervisor:
             self._treating_since = None
         self.state = new
         if new is not S.TREATING:
-            self._output_off_now()
+            self.output_off_now()
         for listener in list(self._listeners):
             try:
                 listener(old, new, reason)
             except Exception:
                 _LOG.exception("state listener failed")
-        self._queue_log(
+        self.log(
             event_type,
             "info",
             f"{old.value} -> {new.value}: {reason}",
@@ -484,9 +484,10 @@ class SafetySupervisor:
             details={"from": old.value, "to": new.value},
         )
 
-    def _output_off_now(self) -> None:
+    def output_off_now(self) -> None:
+        """Put "output off" on the wire at once and mark the output commanded off (no await)."""
         if self.output_commanded_on:
-            self._output_changed_at = self.clock()
+            self.output_changed_at = self.clock()
         self.output_commanded_on = False
         try:
             self.laser.off_now()
@@ -508,9 +509,9 @@ class SafetySupervisor:
 
         A second fault while latched is logged but keeps the first one's description.
         """
-        self._output_off_now()
+        self.output_off_now()
         if self.state is S.FAULT:
-            self._queue_log(event_type, severity, what, action="already in fault: laser off", details=details)
+            self.log(event_type, severity, what, action="already in fault: laser off", details=details)
             return
         self.fault = FaultInfo(
             term=term,
@@ -555,7 +556,7 @@ class SafetySupervisor:
         except Exception as exc:
             actions.append(f"disarm failed: {exc}")
             _LOG.error("disarm after a fault failed: %s", exc)
-        self._queue_log(event_type, severity, what, action="; ".join(actions), details=details)
+        self.log(event_type, severity, what, action="; ".join(actions), details=details)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         async def run() -> None:
@@ -627,7 +628,7 @@ class SafetySupervisor:
         self._transition(S.TREATING, reason)
         self.output_commanded_on = True
         now = self.clock()
-        self._output_changed_at = now
+        self.output_changed_at = now
         self._treating_since = now
         self._deviation_since = self._fault_deviation_since = None
         self._warning_logged = False
@@ -645,7 +646,7 @@ class SafetySupervisor:
             return
         if self.state is not S.TREATING or not self.output_commanded_on:
             # The pedal was released (or a fault came) while the output was being switched on.
-            self._output_off_now()
+            self.output_off_now()
             try:
                 await self.laser.off_verified()
             except Exception as exc:
@@ -666,19 +667,19 @@ class SafetySupervisor:
             r.pedal = item.value
             if not item.value and self.state is S.TREATING:
                 # The fast path: off before anything else is evaluated.
-                self._output_off_now()
+                self.output_off_now()
         elif item.kind is EventKind.ESTOP:
             r.estop = item.value
             if item.value:
-                self._output_off_now()
+                self.output_off_now()
                 if self.state is S.IDLE:
-                    self._queue_log("e_stop_pressed", "warning", "E-stop pressed", action="none (idle)")
+                    self.log("e_stop_pressed", "warning", "E-stop pressed", action="none (idle)")
             else:
-                self._queue_log("e_stop_released", "info", "E-stop released", action="none")
+                self.log("e_stop_released", "info", "E-stop released", action="none")
         elif item.kind is EventKind.ENABLE:
             r.laser_enable = item.value
             if not item.value and self.state is S.TREATING:
-                self._output_off_now()
+                self.output_off_now()
                 if r.pedal and not r.estop:
                     self.trip(
                         "interlock_failure",
@@ -688,7 +689,7 @@ class SafetySupervisor:
                     return
         elif item.kind is EventKind.WDT:
             r.watchdog_expired = True
-            self._output_off_now()
+            self.output_off_now()
             if self.state is not S.IDLE:
                 self.trip(
                     "system_watchdog_timeout",
@@ -697,7 +698,7 @@ class SafetySupervisor:
                     severity="emergency",
                 )
                 return
-            self._queue_log(
+            self.log(
                 "system_watchdog_timeout", "critical", "safety board watchdog expired", action="none (idle)"
             )
         self._check(item.received)
@@ -708,14 +709,14 @@ class SafetySupervisor:
             return
         if not self.output_commanded_on:
             self._deviation_since = self._fault_deviation_since = None
-            if measured > STRAY_LIGHT_W and now - self._output_changed_at >= STRAY_LIGHT_GRACE_S:
+            if measured > STRAY_LIGHT_W and now - self.output_changed_at >= STRAY_LIGHT_GRACE_S:
                 if self._stray_since is None:
                     self._stray_since = now
             else:
                 self._stray_since = None
             return
         self._stray_since = None
-        if now - max(self._output_changed_at, self._setpoint_changed_at) < PHOTODIODE_SETTLE_S:
+        if now - max(self.output_changed_at, self._setpoint_changed_at) < PHOTODIODE_SETTLE_S:
             return
         reference = max(self.commanded_w, PHOTODIODE_FLOOR_W)
         percent = abs(measured - self.commanded_w) / reference * 100.0
@@ -729,7 +730,7 @@ class SafetySupervisor:
                     f"({percent:.0f} % off) for {PHOTODIODE_PERSISTENCE_S * 1000:.0f} ms"
                 )
                 self.warnings.append(text)
-                self._queue_log(
+                self.log(
                     "photodiode_out_of_range",
                     "warning",
                     text,
@@ -779,9 +780,7 @@ class SafetySupervisor:
         except Exception as exc:
             _LOG.error("safety board DISARM retry failed: %s", exc)
         else:
-            self._queue_log(
-                "board_disarmed", "info", "safety board disarmed on retry", action="DISARM confirmed"
-            )
+            self.log("board_disarmed", "info", "safety board disarmed on retry", action="DISARM confirmed")
         finally:
             self._disarm_retrying = False
 
@@ -804,7 +803,7 @@ class SafetySupervisor:
         """A device link changed state (``open``, ``faulty``, ``reconnecting``, ``closed``)."""
         self.readings.links[device] = state
         if state != "open" and device == "laser" and self.state is S.TREATING:
-            self._output_off_now()
+            self.output_off_now()
         self._check(self.clock())
 
     # ---------------------------------------------------------------------------------------- engine
@@ -876,7 +875,7 @@ class SafetySupervisor:
 
     async def stop(self) -> None:
         """Stop emission at once from any state: laser off now; ARMED/TREATING become PAUSED."""
-        self._output_off_now()
+        self.output_off_now()
         async with self._lock:
             if self.state in ARMED_STATES:
                 self._transition(S.PAUSED, "stop key")
@@ -920,7 +919,7 @@ class SafetySupervisor:
                 raise Refused("the laser output off or the disarm could not be confirmed; the fault stays")
             self.fault = None
             self._transition(S.READY if session_open else S.IDLE, f"fault reset acknowledged by {username}")
-            self._queue_log(
+            self.log(
                 "fault_reset",
                 "info",
                 f"fault '{fault.what}' acknowledged and reset by {username}",
@@ -932,7 +931,7 @@ class SafetySupervisor:
     async def _off_and_disarm(self) -> bool:
         """Output off (verified), then the board disarmed; a failure of either latches a fault. Returns
         whether both were confirmed."""
-        self._output_off_now()
+        self.output_off_now()
         try:
             await self.laser.off_verified()
         except Exception as exc:
@@ -946,7 +945,7 @@ class SafetySupervisor:
         return True
 
     # --------------------------------------------------------------------------------------- logging
-    def _queue_log(
+    def log(
         self,
         event_type: str,
         severity: str,
@@ -956,6 +955,7 @@ class SafetySupervisor:
         details: Mapping[str, Any] | None = None,
         tech_id: int | None = None,
     ) -> None:
+        """Queue one safety_log row, with the state and readings of now, for the ordered log writer."""
         r = self.readings
         entry = SafetyEntry(
             event_type=event_type,

@@ -79,14 +79,7 @@ async def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str)
 
 
 async def wait_prechecks(controller: Controller, timeout_s: float = 10.0) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        checks = await controller.prechecks()
-        if all(c["ok"] for c in checks):
-            return checks
-        if time.monotonic() > deadline:
-            raise AssertionError(f"pre-checks still failing: {[c for c in checks if not c['ok']]}")
-        await asyncio.sleep(0.05)
+    return await controller.wait_prechecks(timeout_s)
 
 
 async def open_and_treat(controller: Controller, protocol: str) -> int:
