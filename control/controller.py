@@ -40,6 +40,7 @@ from control.calibration import (
 )
 from control.engine import Outcome, StepProgress, TreatmentEngine
 from control.ipc import CommandRefused, ControllerServer, Peer
+from control.preview import PreviewProducer
 from control.protocols import Plan, ProtocolError, check_protocol, install_library_protocols, load_limits
 from control.recorder import Recorder
 from control.sessions import (
@@ -197,6 +198,7 @@ class Controller:
         self.tec_setpoint_c: float | None = None
         self.calibrations: CalibrationSet | None = None
         self.server: ControllerServer | None = None
+        self.preview: PreviewProducer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._seq = 0
         self._closing = False
@@ -253,6 +255,14 @@ class Controller:
                 )
                 await self.server.start()
                 self._tasks.append(asyncio.create_task(self._publish(), name="publish"))
+                server = self.server
+                self.preview = PreviewProducer(
+                    self.rig.camera,
+                    server.publish_preview,
+                    lambda: bool(server.peers),
+                    expected_ring_mm=lambda: self.session.engine.ring_mm if self.session else None,
+                )
+                self.preview.start()
         except BaseException:
             await self.close()
             raise
@@ -265,6 +275,8 @@ class Controller:
         self.supervisor.output_off_now()
         if self.server is not None:
             await self.server.close()
+        if self.preview is not None:
+            await self.preview.aclose()
         if self.session is not None:
             with contextlib.suppress(Exception):
                 await self._close_session("aborted", "the controller was shut down during the session")
@@ -1118,6 +1130,9 @@ class Controller:
                 treating_s=sup.treating_seconds(now),
                 delivered_energy_j=session.summary.energy_j,
                 step=step_view,
+                max_override_w=session.max_override_w,
+                total_duration_s=session.plan.total_duration_s,
+                expected_energy_j=session.plan.expected_energy_j,
             )
         cal = self.calibrations
         measured_ring = None
@@ -1164,6 +1179,7 @@ class Controller:
             ],
             fault=fault_view,
             warnings=list(sup.warnings[-5:]),
+            last_session_id=self.last_session_id,
         )
 
     async def _publish(self) -> None:

@@ -54,6 +54,7 @@ from control.messages import (
     Command,
     ControlCommand,
     Event,
+    Preview,
     MessageError,
     ObserveCommand,
     Reply,
@@ -170,6 +171,7 @@ class _Connection:
         self._events: deque[bytes] = deque()
         self._dropped = 0
         self._snapshot: bytes | None = None
+        self._preview: bytes | None = None
         self._next_snapshot_at = 0.0
         self._wake = asyncio.Event()
         self._pusher: asyncio.Task[None] | None = None
@@ -180,6 +182,11 @@ class _Connection:
     def offer_snapshot(self, line: bytes) -> None:
         """Queue a snapshot line, replacing one not yet sent."""
         self._snapshot = line
+        self._wake.set()
+
+    def offer_preview(self, line: bytes) -> None:
+        """Queue a camera preview line, replacing one not yet sent."""
+        self._preview = line
         self._wake.set()
 
     def offer_event(self, line: bytes) -> None:
@@ -219,7 +226,7 @@ class _Connection:
             while True:
                 now = loop.time()
                 snapshot_due = self._snapshot is not None and now >= self._next_snapshot_at
-                if not self._events and not snapshot_due:
+                if not self._events and not snapshot_due and self._preview is None:
                     self._wake.clear()
                     wait_s = None if self._snapshot is None else self._next_snapshot_at - now
                     with contextlib.suppress(TimeoutError):
@@ -233,6 +240,9 @@ class _Connection:
                     self.writer.write(self._snapshot)
                     self._snapshot = None
                     self._next_snapshot_at = loop.time() + self._interval_s
+                if self._preview is not None:
+                    self.writer.write(self._preview)
+                    self._preview = None
                 await self.writer.drain()
         except (OSError, RuntimeError) as exc:
             logger.info("%s: dropped, its socket failed: %s", self.peer, exc)
@@ -373,6 +383,12 @@ class ControllerServer:
         self._last_snapshot = line
         for conn in self._connections.values():
             conn.offer_snapshot(line)
+
+    def publish_preview(self, preview: Preview) -> None:
+        """Push a camera preview to every client, replacing any preview still waiting for that client."""
+        line = encode(preview)
+        for conn in self._connections.values():
+            conn.offer_preview(line)
 
     def publish_event(self, event: Event) -> None:
         """Queue an event for every client, after the events already waiting."""
@@ -587,6 +603,8 @@ class ControllerClient:
         self._dropped_events = 0
         self._dead_reason: str | None = None
         self._closed = False
+        self._listeners: list[Callable[[Snapshot | Event | Preview], None]] = []
+        self._preview: Preview | None = None
         self._reader_task = asyncio.get_running_loop().create_task(self._read(), name=f"ipc client {path}")
 
     @classmethod
@@ -621,6 +639,28 @@ class ControllerClient:
     def latest_snapshot(self) -> Snapshot | None:
         """The newest snapshot received, ``None`` before the first."""
         return self._snapshot
+
+    @property
+    def latest_preview(self) -> Preview | None:
+        """The newest camera preview received, ``None`` before the first."""
+        return self._preview
+
+    @property
+    def dead_reason(self) -> str | None:
+        """Why the connection ended, ``None`` while it is up."""
+        return self._dead_reason
+
+    def add_listener(self, listener: Callable[[Snapshot | Event | Preview], None]) -> None:
+        """Call ``listener`` with every snapshot, event and preview as it arrives (on the client's loop).
+
+        A listener must not block; one that raises is logged and kept.
+        """
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[Snapshot | Event | Preview], None]) -> None:
+        """Stop calling ``listener`` (no error if it was not added)."""
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(listener)
 
     @property
     def dropped_events(self) -> int:
@@ -697,6 +737,11 @@ class ControllerClient:
             with contextlib.suppress(ValueError):
                 self._waiters.remove(waiter)
 
+    async def wait_closed(self) -> str:
+        """Wait until the connection ends (either side closing it, or an error); return why."""
+        await asyncio.gather(self._reader_task, return_exceptions=True)
+        return self._dead_reason or "connection closed"
+
     def events(self) -> _EventStream:
         """An async iterator over pushed events, in order; it ends when the connection ends."""
         return _EventStream(self)
@@ -742,13 +787,21 @@ class ControllerClient:
         finally:
             self._mark_dead(reason)
 
-    def _dispatch(self, message: Reply | Snapshot | Event) -> None:
+    def _dispatch(self, message: Reply | Snapshot | Event | Preview) -> None:
         if isinstance(message, Reply):
             pending = self._pending.get(message.id) if message.id is not None else None
             if pending is None or pending.done():
                 logger.warning("reply to no waiting request (id %s): %s", message.id, message.error)
             else:
                 pending.set_result(message)
+            return
+        for listener in list(self._listeners):
+            try:
+                listener(message)
+            except Exception:
+                logger.exception("a listener failed on a %s", message.type)
+        if isinstance(message, Preview):
+            self._preview = message
         elif isinstance(message, Snapshot):
             self._snapshot = message
             for predicate, future in list(self._waiters):

@@ -303,6 +303,12 @@ class SessionView(_Message):
     treating_s: _FiniteFloat
     delivered_energy_j: _FiniteFloat
     step: StepView | None = None
+    #: The highest power an override may ask for in this session, W (the protocol's, the system's and the
+    #: laser calibration's limits, the lowest of them).
+    max_override_w: _NonNegative | None = None
+    #: The protocol's total time, s, and the energy it is expected to deliver, J.
+    total_duration_s: _NonNegative | None = None
+    expected_energy_j: _NonNegative | None = None
 
 
 class LaserView(_Message):
@@ -383,6 +389,9 @@ class Snapshot(_Message):
     devices: list[DeviceView] = Field(default_factory=list)
     fault: FaultView | None = None
     warnings: list[str] = Field(default_factory=list)
+    #: The session most recently opened since the controller started (``None`` before the first); once
+    #: ``session`` is ``None`` again it is the one just closed, whose notes and summary come next.
+    last_session_id: int | None = None
 
 
 class Event(_Message):
@@ -399,11 +408,33 @@ class Event(_Message):
     message: str
 
 
+class Preview(_Message):
+    """A small camera preview, pushed a few times a second, never queued (a newer one replaces an unsent one).
+
+    ``camera`` is the camera's state (``"ok"``, ``"frozen"``, ``"no_frames"``, ``"not_opened"``, or
+    ``"none"`` when the rig has no camera) and ``detail`` says why when it is not ok. ``jpeg_b64`` is a
+    base64 JPEG of the downscaled frame with the detected ring drawn on it (``None`` with no frame).
+    ``ring_diameter_mm`` is the detected ring's diameter (``None`` when no ring was found).
+    """
+
+    type: Literal["preview"] = "preview"
+    seq: Annotated[int, Field(ge=0)]
+    time_s: _FiniteFloat
+    camera: str
+    detail: str = ""
+    width: Annotated[int, Field(ge=0)] = 0
+    height: Annotated[int, Field(ge=0)] = 0
+    jpeg_b64: str | None = None
+    ring_diameter_mm: _NonNegative | None = None
+    ring_diameter_px: _NonNegative | None = None
+    focus: _FiniteFloat | None = None
+
+
 #: Whatever the controller sends.
-ServerMessage: TypeAlias = Annotated[Reply | Snapshot | Event, Field(discriminator="type")]
+ServerMessage: TypeAlias = Annotated[Reply | Snapshot | Event | Preview, Field(discriminator="type")]
 
 #: Anything :func:`encode` writes.
-Message: TypeAlias = Command | Reply | Snapshot | Event
+Message: TypeAlias = Command | Reply | Snapshot | Event | Preview
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -459,7 +490,7 @@ def decode_observe(line: bytes | str) -> ObserveCommand:
     return command
 
 
-def decode_server(line: bytes | str) -> Reply | Snapshot | Event:
+def decode_server(line: bytes | str) -> Reply | Snapshot | Event | Preview:
     """Read one line the controller sent.
 
     Raises:

@@ -8,7 +8,8 @@ for.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+import os
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -32,6 +33,15 @@ class ConsoleSettings(BaseModel):
         hashing: argon2id cost parameters for passwords.
         terminal: the terminal recorded in audit rows; ``None`` detects it (tty name or SSH client).
         cursor_blink: whether text cursors blink (off gives steady screenshots and calmer kiosk screens).
+        controller: how the console reaches the controller: ``"start"`` connects, starting ``tosca
+            controller`` when none is running (a desktop console on the simulated rig); ``"connect"`` only
+            connects and keeps retrying (the kiosk, where systemd runs the controller); ``"off"`` runs no link
+            at all (screens that need no controller, in tests).
+        image_protocol: how camera images are drawn: ``"auto"`` uses the terminal's graphics (Kitty, Sixel)
+            where it has them and half-blocks otherwise; ``"halfblock"`` always uses half-blocks (steady
+            screenshots, and terminals that answer graphics queries wrongly).
+        over_ssh: the console runs over SSH, so it refuses to arm the laser; ``None`` detects it from
+            ``SSH_CONNECTION`` in the environment.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
@@ -44,6 +54,16 @@ class ConsoleSettings(BaseModel):
     hashing: HashingParameters = Field(default_factory=HashingParameters)
     terminal: str | None = None
     cursor_blink: bool = True
+    controller: Literal["start", "connect", "off"] = "start"
+    image_protocol: Literal["auto", "halfblock"] = "auto"
+    over_ssh: bool | None = None
+
+    @property
+    def remote(self) -> bool:
+        """True when the console runs over SSH (it then never arms the laser)."""
+        if self.over_ssh is not None:
+            return self.over_ssh
+        return bool(os.environ.get("SSH_CONNECTION"))
 
 
 #: ``system_config`` key: minutes without input before the console locks.

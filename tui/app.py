@@ -8,8 +8,17 @@ Flow: at start, if no active admin with a password exists the first-run screen c
 login screen asks for a username and password. A user whose password was set by an admin must then choose
 their own on the change-password screen (or log out). After that the home screen shows who is logged in and
 the state of the database. After ``auto_lock_minutes`` (``system_config``) without a key press or mouse input
-the console locks and asks the same user's password again, or lets them log out. In kiosk mode there is no
-quit key and no command palette, and Ctrl+C does nothing.
+the console locks and asks the same user's password again, or lets them log out; never while the laser is
+armed or emitting. In kiosk mode there is no quit key and no command palette, and Ctrl+C, Ctrl+Z, Ctrl+Q and
+Ctrl+P do nothing.
+
+The app holds the :class:`~tui.link.ConsoleLink` to the controller. Every snapshot, event and camera preview
+it receives is posted to each screen on the stack (coalesced: a newer snapshot replaces one still queued), so
+a dashboard under a dialog stays live. The treatment flow: the protocol screen posts
+:class:`SessionRequested`; the app opens the session on the controller and shows the pre-treatment checks;
+arming there shows the dashboard; when the session closes the end-of-session screen follows, and saving its
+notes (:class:`SessionFinished`) goes back to the subjects. F12 stops emission from any screen; with
+``--sim`` F5, F6 and F7 press or release the footpedal, hit or release the E-stop and inject faults.
 """
 
 from __future__ import annotations
@@ -25,9 +34,12 @@ from textual.binding import Binding, BindingType
 from textual.worker import Worker, WorkerState
 
 from control.accounts import AccountService, UserInfo
+from control.ipc import CommandFailed, ControllerUnavailable
+from control.messages import Event, OpenSession, Preview, Sim, Snapshot, Stop
 from control.settings import DEFAULT_AUTO_LOCK_MINUTES, ConsoleSettings, read_auto_lock_minutes
 from control.terminal import detect_terminal
 from storage import DataDir, StorageError, create_engine, session_factory
+from tui.link import ConsoleLink
 from tui.screens import (
     ChangePasswordScreen,
     EntryScreenRequested,
@@ -40,6 +52,13 @@ from tui.screens import (
     PasswordChanged,
     ScreenContext,
     Unlocked,
+)
+from tui.screens._base import (
+    ControllerEvent,
+    PreviewUpdated,
+    SessionFinished,
+    SessionRequested,
+    SnapshotUpdated,
 )
 
 #: Input that counts as activity for the automatic lock.
@@ -59,9 +78,18 @@ class ToscaApp(App[int]):
     CSS_PATH = "tosca.tcss"
     TITLE = "TOSCA"
     BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("f12", "stop_emission", "STOP LASER", priority=True),
         Binding("ctrl+q", "quit_console", "Quit", priority=True),
         Binding("ctrl+c", "quit_console", "Quit", show=False, priority=True),
+        Binding("ctrl+z", "inert", show=False, priority=True),
+        Binding("ctrl+p", "palette_or_inert", show=False, priority=True),
+        Binding("f5", "sim_pedal", "Pedal", priority=True),
+        Binding("f6", "sim_estop", "E-stop", priority=True),
+        Binding("f7", "sim_fault", "Fault", priority=True),
     ]
+
+    #: States in which the console never locks itself (the laser is armed or emitting).
+    NO_LOCK_STATES: ClassVar[frozenset[str]] = frozenset({"armed", "treating"})
 
     def __init__(self, settings: ConsoleSettings) -> None:
         # Read by App.__init__: the kiosk has no command palette.
@@ -77,7 +105,22 @@ class ToscaApp(App[int]):
             clock=settings.clock,
             hashing=settings.hashing,
         )
-        self.context = ScreenContext(settings=settings, accounts=self.accounts)
+        self.link: ConsoleLink | None = None
+        if settings.controller != "off":
+            self.link = ConsoleLink(
+                settings.data_dir,
+                sim=settings.sim,
+                on_message=self._on_link_message,
+                on_state=self._on_link_state,
+                start_controller=settings.controller == "start",
+            )
+        self.context = ScreenContext(settings=settings, accounts=self.accounts, link=self.link)
+        #: The controller's newest state (``None`` before the first or while it is unreachable).
+        self.snapshot: Snapshot | None = None
+        #: Sessions whose first emission has rung the terminal bell.
+        self._belled: set[int] = set()
+        #: Screen updates delivered (snapshots posted to the screen on top), for the benchmark.
+        self.snapshots_shown = 0
         #: The logged-in user, or None.
         self.user: UserInfo | None = None
         #: Inactivity after which the console locks (from ``system_config`` at each login).
@@ -88,10 +131,104 @@ class ToscaApp(App[int]):
 
     def on_mount(self) -> None:
         self.set_interval(self.settings.idle_check_seconds, self.check_inactivity, name="auto-lock")
+        if self.link is not None:
+            self.link.start()
         self.show_entry_screen()
 
     async def on_unmount(self) -> None:
+        if self.link is not None:
+            await self.link.close()
         await self._engine.dispose()
+
+    # -- the controller's pushes -----------------------------------------------------------------------
+
+    def _on_link_message(self, message: Snapshot | Event | Preview) -> None:
+        """Called by the link on this loop for every pushed message: hand it to every screen."""
+        if isinstance(message, Snapshot):
+            self.snapshot = message
+            self._ring_on_first_emission(message)
+            update: SnapshotUpdated | PreviewUpdated | ControllerEvent = SnapshotUpdated(message)
+            self.snapshots_shown += 1
+        elif isinstance(message, Preview):
+            update = PreviewUpdated(message)
+        else:
+            update = ControllerEvent(message)
+            if message.severity in ("critical", "emergency"):
+                self.notify(message.message, severity="error", timeout=20)
+        for screen in self.screen_stack:
+            screen.post_message(update)
+
+    def _on_link_state(self, connected: bool, reason: str) -> None:
+        if connected:
+            self.notify("connected to the controller", timeout=3)
+        else:
+            self.snapshot = None
+            self.notify(f"controller: {reason}", severity="error", timeout=30)
+
+    def _ring_on_first_emission(self, snapshot: Snapshot) -> None:
+        """The terminal bell once, on the first emission of each session."""
+        session = snapshot.session
+        if snapshot.emitting and session is not None and session.session_id not in self._belled:
+            self._belled.add(session.session_id)
+            self.bell()
+
+    @property
+    def emission_possible(self) -> bool:
+        """True while the laser is armed or emitting (then the console neither locks nor logs out)."""
+        snapshot = self.snapshot
+        return snapshot is not None and (snapshot.emitting or snapshot.state in self.NO_LOCK_STATES)
+
+    # -- keys that work on every screen ----------------------------------------------------------------
+
+    async def action_stop_emission(self) -> None:
+        """F12: stop emission at once (laser off; an armed or treating session pauses)."""
+        if self.link is None:
+            self.notify("no controller: nothing to stop", severity="warning")
+            return
+        try:
+            reply = await self.link.call(Stop(), timeout_s=2.0)
+        except (CommandFailed, ControllerUnavailable) as exc:
+            self.notify(f"STOP failed: {exc}", severity="error", timeout=30)
+            return
+        self.notify(f"laser stopped ({reply.get('state', '?')})", severity="warning", timeout=5)
+
+    def action_inert(self) -> None:
+        """Keys that do nothing on this console (Ctrl+Z would suspend it)."""
+
+    def action_palette_or_inert(self) -> None:
+        """Ctrl+P opens the command palette, except in kiosk mode where it does nothing."""
+        if not self.settings.kiosk:
+            self.action_command_palette()
+
+    async def _sim(self, command: str) -> None:
+        if self.link is None:
+            return
+        try:
+            await self.link.call(Sim(command=command))
+        except (CommandFailed, ControllerUnavailable) as exc:
+            self.notify(f"simulator: {exc}", severity="error", timeout=10)
+
+    async def action_sim_pedal(self) -> None:
+        """F5 (--sim): press or release the simulated footpedal (a toggle)."""
+        from tui.widgets.sim_panel import pedal_command
+
+        await self._sim(pedal_command(self.snapshot))
+
+    async def action_sim_estop(self) -> None:
+        """F6 (--sim): hit or release the simulated E-stop."""
+        from tui.widgets.sim_panel import estop_command
+
+        await self._sim(estop_command(self.snapshot))
+
+    @work(group="sim-fault", exclusive=True, exit_on_error=False)
+    async def action_sim_fault(self) -> None:
+        """F7 (--sim): choose a fault of the simulator's command language and inject it."""
+        from tui.widgets.sim_panel import SimFaultScreen
+
+        command = await self.push_screen_wait(SimFaultScreen(cursor_blink=self.settings.cursor_blink))
+        if command:
+            await self._sim(command)
+            self.notify(f"simulator: {command}", timeout=4)
 
     @work(exclusive=True, group="entry", exit_on_error=False)
     async def show_entry_screen(self) -> None:
@@ -120,6 +257,10 @@ class ToscaApp(App[int]):
     def check_inactivity(self) -> None:
         """Lock the console if a user is logged in and has been idle for ``auto_lock``."""
         if self.user is None or self.is_locked:
+            return
+        if self.emission_possible:
+            # Never locked while armed or emitting: the idle time counts from when that ends.
+            self.last_activity = self.settings.clock()
             return
         idle = self.settings.clock() - self.last_activity
         if idle >= self.auto_lock:
@@ -172,6 +313,7 @@ class ToscaApp(App[int]):
             await self._show_screen(ChangePasswordScreen(self.context, message.user, message.password))
         else:
             await self._show_screen(HomeScreen(self.context, message.user))
+            await self.resume_open_session(message.user)
 
     async def on_password_changed(self, message: PasswordChanged) -> None:
         user = self.user
@@ -194,12 +336,62 @@ class ToscaApp(App[int]):
             # The new password was saved while the console was locked.
             await self._show_screen(HomeScreen(self.context, user))
 
+    # -- the treatment flow ----------------------------------------------------------------------------
+
+    async def resume_open_session(self, user: UserInfo) -> None:
+        """After a login, a session the controller still has open (the console restarted, or the screen was
+        logged out) comes back on its dashboard, or on the checks while it is not yet armed."""
+        snapshot = self.snapshot
+        if self.link is None or snapshot is None or snapshot.session is None:
+            return
+        from tui.screens.checks import ChecksScreen
+        from tui.screens.dashboard import DashboardScreen
+
+        if snapshot.state == "ready":
+            await self.push_screen(ChecksScreen(self.context, user))
+        else:
+            await self.push_screen(DashboardScreen(self.context, user))
+
+    @work(group="open-session", exclusive=True, exit_on_error=False)
+    async def on_session_requested(self, message: SessionRequested) -> None:
+        """Open the session on the controller, then show the pre-treatment checks in place of the protocol
+        screen; a refusal is shown and nothing changes."""
+        user = self.user
+        if user is None or self.link is None:
+            self.notify("no controller: a session cannot be opened", severity="error", timeout=10)
+            return
+        from tui.screens.checks import ChecksScreen
+
+        self.notify(f"opening a session for {message.subject_code}...", timeout=3)
+        try:
+            await self.link.call(
+                OpenSession(
+                    subject_code=message.subject_code,
+                    username=user.username,
+                    protocol_name=message.protocol_name,
+                    treatment_site=message.treatment_site or None,
+                ),
+                timeout_s=60.0,
+            )
+        except (CommandFailed, ControllerUnavailable) as exc:
+            self.notify(f"session not opened: {exc}", severity="error", timeout=30)
+            return
+        await self.switch_screen(ChecksScreen(self.context, user))
+
+    async def on_session_finished(self, message: SessionFinished) -> None:
+        """The notes are saved: back to the screen under the end-of-session screen (the subjects)."""
+        if len(self.screen_stack) > 2:
+            await self.pop_screen()
+
     def on_entry_screen_requested(self, message: EntryScreenRequested) -> None:
         self.show_entry_screen()
 
     async def on_logout_requested(self, message: LogoutRequested) -> None:
         user = self.user
         if user is None:
+            return
+        if self.emission_possible:
+            self.notify("the laser is armed: stop (F12) or pause before logging out", severity="error")
             return
         reason = "lock_screen" if self.is_locked else "user"
         self.user = None
@@ -212,13 +404,28 @@ class ToscaApp(App[int]):
     # -- quitting ------------------------------------------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        """The kiosk has no quit key: the binding is hidden and inactive there."""
+        """The kiosk has no quit key: the binding is hidden and inactive there. The simulator keys exist only
+        with ``--sim``; the stop key only with a controller."""
         if action == "quit_console" and self.settings.kiosk:
+            return False
+        if action.startswith("sim_") and not (self.settings.sim and self.link is not None):
+            return False
+        if action == "stop_emission" and self.link is None:
             return False
         return True
 
     async def action_quit_console(self) -> None:
-        """Close the console (not available in kiosk mode); a logged-in user is logged out first."""
+        """Close the console (not available in kiosk mode); a logged-in user is logged out first. Refused
+        while a treatment session is open (end or abort it first)."""
+        if self.settings.kiosk:
+            return
+        snapshot = self.snapshot
+        if snapshot is not None and snapshot.session is not None:
+            self.notify(
+                "a treatment session is open: finish or abort it before closing the console",
+                severity="error",
+            )
+            return
         user = self.user
         if user is not None:
             self.user = None

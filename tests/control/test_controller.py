@@ -349,7 +349,8 @@ async def test_operator_client_over_control_socket(controller: Controller, data:
         await client.close()
     # The operator's console went away during emission: emission stops and the session pauses.
     await wait_until(lambda: controller.supervisor.state is SystemState.PAUSED, 2.0, "PAUSED")
-    assert not sim.model.laser_output_on
+    # "Output off" was written before the transition; the simulator reads it from its pty on this loop.
+    await wait_until(lambda: not sim.model.laser_output_on, 0.5, "laser output off")
 
 
 async def test_observe_socket_has_no_arm_command(controller: Controller, data: DataDir) -> None:

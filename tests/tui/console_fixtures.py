@@ -36,6 +36,9 @@ def make_settings(clock: FakeClock, **overrides: Any) -> ConsoleSettings:
         "cursor_blink": False,
         "terminal": "/dev/tty1",
         "idle_check_seconds": 0.05,
+        "controller": "off",
+        "over_ssh": False,
+        "image_protocol": "halfblock",
     }
     values.update(overrides)
     return ConsoleSettings(**values)

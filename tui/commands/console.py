@@ -25,7 +25,11 @@ def settings_from_args(args: argparse.Namespace) -> ConsoleSettings:
     """The console settings given on the command line."""
     # Absolute, so the home screen and the logs name the database unambiguously.
     data_dir = Path(args.data_dir).expanduser().absolute()
-    return ConsoleSettings(data_dir=data_dir, sim=bool(args.sim), kiosk=bool(args.kiosk))
+    sim, kiosk = bool(args.sim), bool(args.kiosk)
+    # On the kiosk systemd runs the controller for the real rig: the console only connects to it. Elsewhere
+    # the console starts a simulated rig's controller when none is running.
+    controller = "connect" if kiosk and not sim else "start"
+    return ConsoleSettings(data_dir=data_dir, sim=sim, kiosk=kiosk, controller=controller)
 
 
 @contextlib.contextmanager
@@ -49,6 +53,10 @@ def run(args: argparse.Namespace) -> int:
             from tui.app import make_app
 
             app = make_app(settings)
+            if settings.image_protocol == "auto":
+                from tui.widgets.camera import prepare_terminal_graphics
+
+                prepare_terminal_graphics()
             app.run()
             return app.return_code or 0
     except StorageError as exc:

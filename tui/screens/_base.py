@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from textual.app import ComposeResult
 from textual.containers import Grid, Vertical
@@ -13,16 +13,71 @@ from textual.widgets import Footer, Input, Label
 from textual.worker import Worker, WorkerState
 
 from control.accounts import AccountService, UserInfo
+from control.messages import Event, Preview, Snapshot
 from control.settings import ConsoleSettings
 from tui.widgets.header import ConsoleHeader
+
+if TYPE_CHECKING:
+    from tui.link import ConsoleLink
 
 
 @dataclass(frozen=True)
 class ScreenContext:
-    """What a screen is given by the app (attributes down): the settings and the account service."""
+    """What a screen is given by the app (attributes down): the settings, the account service (whose
+    ``sessions`` is the console's database) and the link to the controller (``None`` where no screen needs
+    one, as in some tests)."""
 
     settings: ConsoleSettings
     accounts: AccountService
+    link: ConsoleLink | None = None
+
+
+class SnapshotUpdated(Message):
+    """The controller's newest state, posted to the screen on top (a newer one replaces one still queued)."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        super().__init__()
+        self.snapshot = snapshot
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, SnapshotUpdated)
+
+
+class PreviewUpdated(Message):
+    """The newest camera preview, posted to the screen on top (a newer one replaces one still queued)."""
+
+    def __init__(self, preview: Preview) -> None:
+        super().__init__()
+        self.preview = preview
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, PreviewUpdated)
+
+
+class ControllerEvent(Message):
+    """Something the controller reported (a transition, a warning, a fault); never coalesced."""
+
+    def __init__(self, event: Event) -> None:
+        super().__init__()
+        self.event = event
+
+
+class SessionRequested(Message):
+    """The technician chose a subject and a protocol: the app opens the session and shows the checks."""
+
+    def __init__(self, subject_code: str, protocol_name: str, treatment_site: str | None = None) -> None:
+        super().__init__()
+        self.subject_code = subject_code
+        self.protocol_name = protocol_name
+        self.treatment_site = treatment_site
+
+
+class SessionFinished(Message):
+    """The end-of-session notes were saved: the app goes back to the subjects."""
+
+    def __init__(self, session_id: int) -> None:
+        super().__init__()
+        self.session_id = session_id
 
 
 class LoggedIn(Message):

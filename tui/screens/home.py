@@ -1,4 +1,4 @@
-"""The home screen: who is logged in, and the state of the records database."""
+"""The home screen: who is logged in, the state of the records database, and the way to treatment (t)."""
 
 from __future__ import annotations
 
@@ -45,9 +45,13 @@ class HomeScreen(Screen[None]):
     """Home: user, role, database path, schema version, last backup. Keys to lock and to log out."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("t", "subjects", "Treat: subjects"),
         Binding("ctrl+l", "app.lock", "Lock"),
         Binding("ctrl+o", "logout", "Log out"),
     ]
+
+    #: Roles that treat subjects (engineers diagnose and calibrate; they do not treat).
+    TREATING_ROLES: ClassVar[frozenset[str]] = frozenset({"technician", "admin"})
 
     def __init__(self, context: ScreenContext, user: UserInfo) -> None:
         super().__init__()
@@ -84,6 +88,17 @@ class HomeScreen(Screen[None]):
         self.query_one("#fact-schema", Static).update(facts.schema)
         self.query_one("#fact-backup", Static).update(facts.last_backup)
         self.facts = facts
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "subjects":
+            return self.user.role in self.TREATING_ROLES and self.context.link is not None
+        return True
+
+    def action_subjects(self) -> None:
+        """The subjects: find or create one, then choose a protocol and treat."""
+        from tui.screens.subjects import SubjectsScreen
+
+        self.app.push_screen(SubjectsScreen(self.context, self.user))
 
     def action_logout(self) -> None:
         """Log out: back to the login screen."""

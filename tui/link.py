@@ -1,0 +1,299 @@
+"""The console's link to the controller process.
+
+The console never opens a serial port: everything it shows comes from the controller's snapshots, events and
+camera previews on ``control.sock``, and everything it asks for goes there as a command. :class:`ConsoleLink`
+
+* connects to the controller serving the data directory; when none is running and the link may start one
+  (a desktop console), it starts ``tosca controller`` as a process of its own, writing to
+  ``logs/controller.log``, and waits until its socket answers;
+* refuses a controller whose rig does not match the console (a ``--sim`` console on a real rig, or the other
+  way round), so the header never lies about what the keys drive;
+* hands every pushed message to one callback (the app turns them into Textual messages);
+* reconnects after the connection drops (a controller restarted by systemd, or one it starts again), and
+  reports the loss and the recovery through ``on_state``.
+
+On the kiosk, systemd keeps the controller running and the console only connects (``start_controller`` off).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from control.ipc import CommandFailed, ControllerClient, ControllerUnavailable
+from control.messages import Command, Event, Preview, Snapshot
+
+_LOG = logging.getLogger(__name__)
+
+#: The socket file, relative to the data directory.
+CONTROL_SOCKET = "control.sock"
+#: How long a started controller may take to open its rig and its sockets, s.
+START_TIMEOUT_S = 30.0
+#: Pause between reconnection attempts, s.
+RECONNECT_INTERVAL_S = 1.0
+#: How long a command may wait for its reply, s (hashing a password for key control takes a moment).
+COMMAND_TIMEOUT_S = 10.0
+
+
+class LinkError(RuntimeError):
+    """The console cannot reach a usable controller; ``str(error)`` says why in one line."""
+
+
+class ConsoleLink:
+    """A connection to the controller for one console.
+
+    Args:
+        data_dir: the data directory whose ``control.sock`` the controller serves.
+        sim: whether the console runs on the simulated rig (the controller must match).
+        on_message: called on the console's loop with every snapshot, event and preview.
+        on_state: called with ``(connected, reason)`` whenever the connection comes up or goes down.
+        start_controller: start ``tosca controller`` when none answers (else only connect and retry).
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        sim: bool,
+        on_message: Callable[[Snapshot | Event | Preview], None],
+        on_state: Callable[[bool, str], None],
+        start_controller: bool = True,
+    ) -> None:
+        self.data_dir = Path(data_dir).absolute()
+        self.sim = sim
+        self.start_controller = start_controller
+        self._on_message = on_message
+        self._on_state = on_state
+        self._client: ControllerClient | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._connected = asyncio.Event()
+        #: Why the link is not connected ("" while connected).
+        self.problem = "connecting to the controller"
+
+    # -- what screens use ------------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """True while a matching controller is connected."""
+        return self._client is not None and self._client.connected
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        """The newest snapshot, ``None`` before the first or while disconnected."""
+        client = self._client
+        return client.latest_snapshot if client is not None and client.connected else None
+
+    @property
+    def preview(self) -> Preview | None:
+        """The newest camera preview, ``None`` before the first or while disconnected."""
+        client = self._client
+        return client.latest_preview if client is not None and client.connected else None
+
+    @property
+    def started_controller(self) -> bool:
+        """True when this console started the controller it uses (and stops it when it closes)."""
+        return self._process is not None and self._process.poll() is None
+
+    async def call(self, command: Command, timeout_s: float = COMMAND_TIMEOUT_S) -> dict[str, Any]:
+        """Send ``command`` and return its reply's data.
+
+        Raises:
+            CommandFailed: the controller refused it (``str(exc)`` is its reason).
+            ControllerUnavailable: no controller is connected, or the connection dropped before the reply.
+        """
+        client = self._client
+        if client is None or not client.connected:
+            raise ControllerUnavailable(self.problem or "not connected to the controller")
+        try:
+            return await client.call(command, timeout_s)
+        except TimeoutError:
+            raise ControllerUnavailable(
+                f"the controller did not answer {command.type} within {timeout_s:g} s"
+            ) from None
+
+    async def wait_connected(self, timeout_s: float) -> None:
+        """Return once connected. Raises :class:`LinkError` with the latest problem after ``timeout_s``."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._connected.wait()
+        except TimeoutError:
+            raise LinkError(self.problem) from None
+
+    # -- life cycle ------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Begin connecting (and keep the connection up) in a task on the running loop."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="console link")
+
+    async def close(self, *, stop_controller: bool = True) -> None:
+        """Close the connection; stop the controller this console started (SIGTERM: laser off, any open
+        session closed as aborted, then it exits)."""
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+        process, self._process = self._process, None
+        if process is not None and stop_controller:
+            await asyncio.to_thread(_stop_process, process)
+
+    async def _run(self) -> None:
+        announced_down = False
+        while not self._closing:
+            try:
+                client = await self._connect()
+            except LinkError as exc:
+                self.problem = str(exc)
+                if not announced_down:
+                    announced_down = True
+                    self._on_state(False, self.problem)
+                await asyncio.sleep(RECONNECT_INTERVAL_S)
+                continue
+            self._client = client
+            self.problem = ""
+            announced_down = False
+            self._connected.set()
+            client.add_listener(self._on_message)
+            snapshot = client.latest_snapshot
+            if snapshot is not None:
+                self._on_message(snapshot)
+            self._on_state(True, "")
+            reason = await client.wait_closed()
+            self._connected.clear()
+            client.remove_listener(self._on_message)
+            if self._closing:
+                return
+            self._client = None
+            await client.close()
+            self.problem = f"lost the controller: {reason}"
+            announced_down = True
+            self._on_state(False, self.problem)
+            await asyncio.sleep(RECONNECT_INTERVAL_S)
+
+    async def _connect(self) -> ControllerClient:
+        path = self.data_dir / CONTROL_SOCKET
+        try:
+            client = await ControllerClient.connect(path, timeout_s=2.0)
+        except ControllerUnavailable as exc:
+            if not self.start_controller:
+                raise LinkError(f"no controller is running for {self.data_dir} ({exc})") from None
+            client = await self._start_and_connect(path)
+        try:
+            await self._check_rig(client)
+        except BaseException:
+            await client.close()
+            raise
+        return client
+
+    async def _check_rig(self, client: ControllerClient) -> None:
+        try:
+            snapshot = await client.wait_snapshot(lambda _s: True, timeout_s=5.0)
+        except (TimeoutError, ControllerUnavailable) as exc:
+            raise LinkError(f"the controller sent no state ({exc or 'timed out'})") from None
+        if snapshot.sim != self.sim:
+            wanted, found = ("simulated", "real") if self.sim else ("real", "simulated")
+            raise LinkError(
+                f"the controller for {self.data_dir} drives the {found} rig, but this console was started "
+                f"for the {wanted} rig; restart the console {'without' if snapshot.sim else 'with'} --sim"
+            )
+
+    async def _start_and_connect(self, path: Path) -> ControllerClient:
+        process = self._process
+        if process is None or process.poll() is not None:
+            process = await asyncio.to_thread(self._spawn)
+            self._process = process
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            code = process.poll()
+            if code is not None:
+                self._process = None
+                raise LinkError(
+                    f"the controller stopped at start (exit {code}): {_last_line(self._log_path())}"
+                )
+            try:
+                return await ControllerClient.connect(path, timeout_s=1.0)
+            except ControllerUnavailable:
+                if time.monotonic() > deadline:
+                    raise LinkError(
+                        f"the controller did not open {path} within {START_TIMEOUT_S:g} s "
+                        f"(see {self._log_path()})"
+                    ) from None
+                await asyncio.sleep(0.1)
+
+    def _log_path(self) -> Path:
+        return self.data_dir / "logs" / "controller.log"
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        """Start ``tosca controller`` for this data directory, its output going to ``logs/controller.log``.
+
+        It runs in a session of its own, so a terminal closing on the console does not stop it (without its
+        operator it stops emission and pauses; see :mod:`control.controller`).
+        """
+        log = self._log_path()
+        log.parent.mkdir(parents=True, exist_ok=True)
+        argv = [sys.executable, "-m", "tui.cli", "--data-dir", str(self.data_dir), "controller"]
+        if self.sim:
+            argv.append("--sim")
+        else:
+            raise LinkError(
+                "no controller is running for the real rig: start it with `tosca controller --ports FILE` "
+                "(on the kiosk, systemd runs it)"
+            )
+        with log.open("ab") as out:
+            out.write(f"--- started by the console (pid {os.getpid()}) at {time.ctime()}\n".encode())
+            out.flush()
+            return subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
+
+
+def _stop_process(process: subprocess.Popen[bytes], timeout_s: float = 15.0) -> None:
+    """SIGTERM, then wait; SIGKILL only if it does not stop in time (the board's watchdog then drops
+    LASER_ENABLE)."""
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        _LOG.error("the controller did not stop within %s s of SIGTERM; killing it", timeout_s)
+        process.kill()
+        process.wait()
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+    except OSError as exc:
+        return f"no log ({exc})"
+    return lines[-1] if lines else "no output"
+
+
+__all__ = [
+    "COMMAND_TIMEOUT_S",
+    "CommandFailed",
+    "ConsoleLink",
+    "ControllerUnavailable",
+    "LinkError",
+]

@@ -1,0 +1,270 @@
+"""The pre-treatment checks: every check with its live value and pass/fail, then arming (key control).
+
+The checks come from the controller (``prechecks``), asked again every second while the screen shows: every
+device connected and identified, each interlock, the TEC within its window, the active calibrations and their
+dates, the database's integrity and the backup made when the session opened. The technician's password arms
+the laser (key control), and only when every check passes; over SSH the console refuses to arm and says why.
+F8 aborts the session (with a reason) before any emission.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Input, Label, Static
+
+from control.accounts import UserInfo
+from control.ipc import CommandFailed, ControllerUnavailable
+from control.messages import Abort, Arm, Prechecks, Snapshot
+from tui.screens._base import ScreenContext, SnapshotUpdated
+from tui.widgets.header import ConsoleHeader
+
+#: How often the checks are asked for again, s.
+REFRESH_S = 1.0
+
+#: Why the console will not arm over SSH (shown on the screen).
+SSH_REFUSAL = (
+    "this console runs over SSH (SSH_CONNECTION is set): it never arms the laser; arm at the treatment "
+    "console"
+)
+
+
+def arm_refusal(context: ScreenContext) -> str | None:
+    """Why this console may not arm the laser at all, or ``None``."""
+    if context.settings.remote:
+        return SSH_REFUSAL
+    if context.link is None:
+        return "no controller is connected"
+    return None
+
+
+class ChecksScreen(Screen[None]):
+    """Pre-treatment checks and key control for the open session."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("f8", "abort", "Abort session"),
+        Binding("f9", "refresh", "Check again"),
+    ]
+
+    def __init__(self, context: ScreenContext, user: UserInfo) -> None:
+        super().__init__()
+        self.context = context
+        self.user = user
+        #: The checks last received (each a dict: name, ok, value, detail).
+        self.checks: list[dict[str, Any]] = []
+        self.busy = False
+        self._left = False
+
+    def compose(self) -> ComposeResult:
+        yield ConsoleHeader(
+            "Pre-treatment checks",
+            sim=self.context.settings.sim,
+            user_text=f"{self.user.username} ({self.user.role})",
+        )
+        with Vertical(id="checks-body"):
+            yield Static("", id="checks-session")
+            table: DataTable[Text | str] = DataTable(id="checks-table", cursor_type="row", zebra_stripes=True)
+            yield table
+            yield Static("", id="checks-verdict")
+            with Horizontal(id="arm-row"):
+                yield Label("Password to arm", id="arm-label")
+                field = Input(None, "technician's password (key control)", password=True, id="arm-password")
+                field.cursor_blink = self.context.settings.cursor_blink
+                field.compact = True
+                yield field
+            yield Label("", id="status")
+        if self.context.settings.sim:
+            from tui.widgets.sim_panel import SimPanel
+
+            yield SimPanel(id="sim-panel")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one("#checks-table", DataTable)
+        table.add_column("Check", key="name", width=22)
+        table.add_column("Result", key="ok", width=6)
+        table.add_column("Value", key="value")
+        refusal = arm_refusal(self.context)
+        if refusal is not None:
+            self.show_status(f"Arming refused: {refusal}")
+            self.query_one("#arm-password", Input).disabled = True
+        else:
+            self.query_one("#arm-password", Input).focus()
+        link = self.context.link
+        if link is not None and link.snapshot is not None:
+            self._show_session(link.snapshot)
+        self.refresh_checks()
+        self.set_interval(REFRESH_S, self.refresh_checks, name="prechecks")
+
+    # -- live data ---------------------------------------------------------------------------------------
+
+    def on_snapshot_updated(self, message: SnapshotUpdated) -> None:
+        self._show_session(message.snapshot)
+        if self.context.settings.sim:
+            from tui.widgets.sim_panel import SimPanel
+
+            self.query_one("#sim-panel", SimPanel).show(message.snapshot)
+
+    def _show_session(self, snapshot: Snapshot) -> None:
+        session = snapshot.session
+        line = self.query_one("#checks-session", Static)
+        if session is None:
+            line.update(Text("No session is open.", style="bold"))
+            if not self._left and snapshot.state == "idle" and self.is_current:
+                # Aborted here or elsewhere: its notes and summary come next.
+                self._left = True
+                self._show_end(snapshot.last_session_id)
+            return
+        text = Text()
+        text.append(f"Session {session.session_id}", style="bold")
+        text.append(f"  {session.subject_code}  {session.protocol_name}")
+        if session.total_duration_s is not None:
+            minutes, seconds = divmod(round(session.total_duration_s), 60)
+            text.append(f"  {minutes}:{seconds:02d}")
+        if session.expected_energy_j is not None:
+            text.append(f"  {session.expected_energy_j:.1f} J expected")
+        text.append(f"  state {snapshot.state.upper()}")
+        line.update(text)
+        if snapshot.state in ("armed", "treating") and self.is_current and not self._left:
+            self._left = True
+            self._show_dashboard()
+
+    @work(group="prechecks", exclusive=True, exit_on_error=False)
+    async def refresh_checks(self) -> None:
+        """Ask the controller for the checks and show them."""
+        link = self.context.link
+        if link is None:
+            return
+        try:
+            reply = await link.call(Prechecks(), timeout_s=5.0)
+        except (CommandFailed, ControllerUnavailable) as exc:
+            self.query_one("#checks-verdict", Static).update(Text(f"Checks unavailable: {exc}", style="bold"))
+            self.checks = []
+            return
+        self.checks = list(reply.get("checks", []))
+        self._show_checks()
+
+    def _show_checks(self) -> None:
+        table = self.query_one("#checks-table", DataTable)
+        cursor = table.cursor_row
+        table.clear()
+        for check in self.checks:
+            ok = bool(check.get("ok"))
+            value = str(check.get("value", ""))
+            detail = str(check.get("detail", ""))
+            table.add_row(
+                str(check.get("name", "?")),
+                Text("PASS", style="bold") if ok else Text("FAIL", style="bold reverse"),
+                value if ok or not detail or detail == value else f"{value} ({detail})",
+            )
+        if self.checks:
+            table.move_cursor(row=min(cursor, len(self.checks) - 1))
+        failing = [c for c in self.checks if not c.get("ok")]
+        verdict = self.query_one("#checks-verdict", Static)
+        verdict.set_class(not failing, "all-pass")
+        verdict.set_class(bool(failing), "some-fail")
+        if failing:
+            verdict.update(f"{len(failing)} of {len(self.checks)} checks failing: arming is not possible")
+        else:
+            verdict.update(f"All {len(self.checks)} checks pass: enter the password to arm")
+
+    @property
+    def all_pass(self) -> bool:
+        """True when the checks last received all pass."""
+        return bool(self.checks) and all(c.get("ok") for c in self.checks)
+
+    # -- actions -----------------------------------------------------------------------------------------
+
+    def show_status(self, text: str, *, error: bool = True) -> None:
+        status = self.query_one("#status", Label)
+        status.update(text)
+        status.set_class(error, "error")
+        status.set_class(not error, "info")
+
+    def action_refresh(self) -> None:
+        self.refresh_checks()
+
+    @on(Input.Submitted, "#arm-password")
+    def submit_arm(self, event: Input.Submitted) -> None:
+        self.arm(event.value)
+
+    @work(group="arm", exclusive=True, exit_on_error=False)
+    async def arm(self, password: str) -> None:
+        """Key control: arm with the technician's password, if every check passes."""
+        refusal = arm_refusal(self.context)
+        if refusal is not None:
+            self.show_status(f"Arming refused: {refusal}")
+            return
+        if self.busy:
+            return
+        if not password:
+            self.show_status("Enter your password to arm")
+            return
+        if not self.all_pass:
+            failing = (
+                ", ".join(str(c.get("name")) for c in self.checks if not c.get("ok")) or "not checked yet"
+            )
+            self.show_status(f"Arming refused: checks failing ({failing})")
+            return
+        link = self.context.link
+        assert link is not None
+        self.busy = True
+        self.show_status("Arming...", error=False)
+        try:
+            await link.call(Arm(password=password), timeout_s=15.0)
+        except (CommandFailed, ControllerUnavailable) as exc:
+            self.show_status(f"Not armed: {exc}")
+            field = self.query_one("#arm-password", Input)
+            field.value = ""
+            field.focus()
+            return
+        finally:
+            self.busy = False
+        self._left = True
+        self._show_dashboard()
+
+    def _show_end(self, session_id: int | None) -> None:
+        if session_id is None:
+            self.app.pop_screen()
+            return
+        from tui.screens.end_session import EndOfSessionScreen
+
+        self.app.switch_screen(EndOfSessionScreen(self.context, self.user, session_id))
+
+    def _show_dashboard(self) -> None:
+        from tui.screens.dashboard import DashboardScreen
+
+        self.app.switch_screen(DashboardScreen(self.context, self.user))
+
+    @work(group="abort", exclusive=True, exit_on_error=False)
+    async def action_abort(self) -> None:
+        """Abort the session before treatment, with a reason."""
+        from tui.screens.dialogs import ReasonDialog
+
+        link = self.context.link
+        if link is None:
+            return
+        reason = await self.app.push_screen_wait(
+            ReasonDialog(
+                "Abort session",
+                "Why is this session aborted?",
+                cursor_blink=self.context.settings.cursor_blink,
+            )
+        )
+        if reason is None:
+            return
+        try:
+            await link.call(Abort(reason=reason), timeout_s=15.0)
+        except (CommandFailed, ControllerUnavailable) as exc:
+            self.show_status(f"Not aborted: {exc}")
+            return
+        self.app.notify(f"session aborted: {reason}", severity="warning")
+        if not self._left:
+            self._left = True
+            self._show_end(link.snapshot.last_session_id if link.snapshot is not None else None)

@@ -1,0 +1,367 @@
+"""The treatment dashboard: what the laser is doing, now, and the keys to control it.
+
+Everything shown comes from the controller's snapshots (up to 30 a second) and camera previews:
+
+* a state banner that cannot be missed: LASER EMISSION while emitting, ARMED, READY, PAUSED, a FAULT with
+  what happened, what the controller did and how to reset it, or NO CONTROLLER;
+* commanded and measured power as numbers and as a live trace, commanded and measured ring size, the laser
+  output, diode current and photodiode;
+* every interlock (each term of the permission to emit) with its live value;
+* step n of N with the time left and where on the ramp it is, the session clock and the delivered energy;
+* the camera preview with the detected ring and its diameter, or a clear "no camera".
+
+Keys: space (or F12 anywhere) stops emission at once; p pause, r resume, a arm (password), o power override
+(with a reason), x abort (with a reason), f reset a fault (password). When the session closes, the
+end-of-session screen follows.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import Footer, Static
+
+from control.accounts import UserInfo
+from control.ipc import CommandFailed, ControllerUnavailable
+from control.messages import Abort, Arm, Command, OverridePower, Pause, ResetFault, Resume, Snapshot
+from tui.screens._base import PreviewUpdated, ScreenContext, SnapshotUpdated
+from tui.screens.checks import arm_refusal
+from tui.widgets.camera import CameraPreview
+from tui.widgets.header import ConsoleHeader
+from tui.widgets.plot import PowerPlot
+
+#: Seconds of power trace kept on the dashboard.
+TRACE_SECONDS = 60.0
+
+#: Which keys act in which states (the others are shown disabled).
+_ACTION_STATES: dict[str, frozenset[str]] = {
+    "pause": frozenset({"armed", "treating"}),
+    "resume": frozenset({"paused"}),
+    "arm": frozenset({"ready"}),
+    "override": frozenset({"ready", "armed", "treating", "paused"}),
+    "abort": frozenset({"ready", "armed", "treating", "paused", "fault"}),
+    "reset": frozenset({"fault"}),
+}
+
+
+def _clock(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+
+
+def _watts(value: float | None) -> str:
+    return "--" if value is None else f"{value:.2f} W"
+
+
+def _mm(value: float | None) -> str:
+    return "--" if value is None else f"{value:.2f} mm"
+
+
+def banner_text(snapshot: Snapshot | None, problem: str = "") -> tuple[str, Text]:
+    """The banner's class and text for a snapshot (``None``: no controller, with ``problem``)."""
+    if snapshot is None:
+        return "banner-fault", Text.assemble(("NO CONTROLLER", "bold"), f"\n{problem or 'connecting...'}")
+    state = snapshot.state
+    session = snapshot.session
+    step = session.step if session is not None else None
+    where = f"step {step.number} of {step.of}" if step is not None else ""
+    if snapshot.emitting:
+        return "banner-emission", Text.assemble(
+            ("LASER EMISSION", "bold"),
+            f"\n{where}  {snapshot.laser.commanded_w:.2f} W  release the footpedal or press space to stop",
+        )
+    if state == "fault" and snapshot.fault is not None:
+        fault = snapshot.fault
+        cause = "cause cleared: f to reset" if fault.cause_cleared else "cause still present"
+        return "banner-fault", Text.assemble(
+            ("FAULT ", "bold"),
+            (fault.what, "bold"),
+            f"\nDone: {fault.action}\nTo reset: {fault.how_to_reset} ({cause})",
+        )
+    texts = {
+        "treating": ("banner-armed", "TREATING (output off)", "waiting for the laser output"),
+        "armed": ("banner-armed", "ARMED", "the footpedal starts emission"),
+        "ready": ("banner-ready", "READY - NOT ARMED", "a: arm with your password"),
+        "paused": ("banner-ready", "PAUSED - LASER OFF", "r: resume (then the footpedal)"),
+        "idle": ("banner-idle", "NO SESSION", "the session has closed"),
+    }
+    css, title, hint = texts.get(state, ("banner-idle", state.upper(), ""))
+    return css, Text.assemble((title, "bold"), f"\n{where}  {hint}" if where else f"\n{hint}")
+
+
+def readout_text(snapshot: Snapshot) -> Text:
+    """The numbers: power, ring, step, clocks, energy, laser."""
+    laser, ring, session = snapshot.laser, snapshot.ring, snapshot.session
+    text = Text()
+    text.append("Power    ", style="dim")
+    text.append(f"set {laser.commanded_w:5.2f} W", style="bold")
+    text.append(f"   measured {_watts(laser.measured_w)}")
+    if laser.measured_w is not None and laser.commanded_w > 0.05 and laser.output_on:
+        deviation = 100.0 * (laser.measured_w - laser.commanded_w) / laser.commanded_w
+        text.append(f" ({deviation:+.1f} %)")
+    text.append("\nRing     ", style="dim")
+    text.append(f"set {_mm(ring.commanded_mm)}", style="bold")
+    text.append(f"   measured {_mm(ring.measured_mm)}")
+    text.append("\nStep     ", style="dim")
+    step = session.step if session is not None else None
+    if step is None:
+        text.append("--")
+    else:
+        left = max(0.0, step.duration_s - step.elapsed_s)
+        text.append(f"{step.number} of {step.of}", style="bold")
+        if step.ramp == "linear" and step.power_end_w != step.power_start_w:
+            share = 0.0 if step.duration_s <= 0 else min(1.0, max(0.0, step.elapsed_s / step.duration_s))
+            text.append(f"  ramp {step.power_start_w:.1f}->{step.power_end_w:.1f} W at {share * 100:3.0f} %")
+        else:
+            text.append(f"  constant {step.power_start_w:.1f} W")
+        text.append(f"  {left:5.1f} s left")
+    text.append("\nSession  ", style="dim")
+    if session is None:
+        text.append("--")
+    else:
+        text.append(_clock(session.clock_s), style="bold")
+        text.append(f"  treating {_clock(session.treating_s)}")
+        text.append("\nEnergy   ", style="dim")
+        text.append(f"{session.delivered_energy_j:7.1f} J", style="bold")
+        if session.expected_energy_j:
+            text.append(f" of {session.expected_energy_j:.1f} J")
+    text.append("\nLaser    ", style="dim")
+    text.append("output ON" if laser.output_on else "output off", style="bold" if laser.output_on else "")
+    if laser.current_ma is not None:
+        text.append(f"  {laser.current_ma:.0f} mA")
+    if laser.photodiode_v is not None:
+        text.append(f"  PD {laser.photodiode_v:.3f} V")
+    return text
+
+
+def interlock_text(snapshot: Snapshot) -> Text:
+    """Every interlock, one per line: OK or NO, the name and the live value."""
+    text = Text()
+    for index, term in enumerate(snapshot.interlocks):
+        if index:
+            text.append("\n")
+        text.append(" OK " if term.ok else " NO ", style="bold" if term.ok else "bold reverse")
+        text.append(f" {term.name:<12} ", style="bold")
+        text.append(term.value if term.ok or not term.detail else term.detail)
+    return text
+
+
+class DashboardScreen(Screen[None]):
+    """The live treatment dashboard for the open session."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("space", "app.stop_emission", "Stop"),
+        Binding("p", "pause", "Pause"),
+        Binding("r", "resume", "Resume"),
+        Binding("a", "arm", "Arm"),
+        Binding("o", "override", "Override"),
+        Binding("x", "abort", "Abort"),
+        Binding("f", "reset", "Reset fault"),
+    ]
+
+    def __init__(self, context: ScreenContext, user: UserInfo) -> None:
+        super().__init__()
+        self.context = context
+        self.user = user
+        self.state: str | None = None
+        self._banner_css = ""
+        self._trace_origin: float | None = None
+        self._session_seen: int | None = None
+        self._left = False
+        #: Snapshots drawn (for the benchmark).
+        self.updates = 0
+
+    def compose(self) -> ComposeResult:
+        yield ConsoleHeader(
+            "Treatment", sim=self.context.settings.sim, user_text=f"{self.user.username} ({self.user.role})"
+        )
+        yield Static("", id="banner")
+        with Horizontal(id="dash-main"):
+            with Vertical(id="dash-left"):
+                yield Static("", id="readouts")
+                yield PowerPlot(id="trace")
+            with Vertical(id="dash-right"):
+                yield Static("", id="interlocks")
+                yield CameraPreview(
+                    id="camera", force_halfblock=self.context.settings.image_protocol == "halfblock"
+                )
+        if self.context.settings.sim:
+            from tui.widgets.sim_panel import SimPanel
+
+            yield SimPanel(id="sim-panel")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        link = self.context.link
+        self.query_one("#trace", PowerPlot).set_ranges(y=(0.0, 1.0))
+        self.show(link.snapshot if link is not None else None)
+        self.query_one("#camera", CameraPreview).show(link.preview if link is not None else None)
+
+    # -- live data ---------------------------------------------------------------------------------------
+
+    def on_snapshot_updated(self, message: SnapshotUpdated) -> None:
+        self.show(message.snapshot)
+
+    def on_preview_updated(self, message: PreviewUpdated) -> None:
+        self.query_one("#camera", CameraPreview).show(message.preview)
+
+    def show(self, snapshot: Snapshot | None) -> None:
+        """Draw one snapshot (``None``: the controller is not reachable)."""
+        self.updates += 1
+        link = self.context.link
+        css, banner = banner_text(snapshot, link.problem if link is not None else "no controller")
+        banner_widget = self.query_one("#banner", Static)
+        if css != self._banner_css:
+            if self._banner_css:
+                banner_widget.remove_class(self._banner_css)
+            banner_widget.add_class(css)
+            self._banner_css = css
+        banner_widget.update(banner)
+        if snapshot is None:
+            return
+        if snapshot.state != self.state:
+            self.state = snapshot.state
+            self.refresh_bindings()
+        # Fixed-size panes: no layout pass per update.
+        self.query_one("#readouts", Static).update(readout_text(snapshot), layout=False)
+        self.query_one("#interlocks", Static).update(interlock_text(snapshot), layout=False)
+        self._trace(snapshot)
+        if self.context.settings.sim:
+            from tui.widgets.sim_panel import SimPanel
+
+            self.query_one("#sim-panel", SimPanel).show(snapshot)
+        session = snapshot.session
+        if session is not None:
+            self._session_seen = session.session_id
+        elif self._session_seen is not None and not self._left and self.is_current:
+            self._left = True
+            self._show_end(snapshot.last_session_id or self._session_seen)
+
+    def _trace(self, snapshot: Snapshot) -> None:
+        if snapshot.session is None:
+            return
+        if self._trace_origin is None:
+            self._trace_origin = snapshot.time_s - snapshot.session.clock_s
+        t = snapshot.time_s - self._trace_origin
+        plot = self.query_one("#trace", PowerPlot)
+        laser = snapshot.laser
+        plot.add_point("set", t, laser.commanded_w if laser.output_on else 0.0, keep_s=TRACE_SECONDS)
+        if laser.measured_w is not None:
+            plot.add_point("measured", t, max(0.0, laser.measured_w), keep_s=TRACE_SECONDS)
+
+    def _show_end(self, session_id: int) -> None:
+        from tui.screens.end_session import EndOfSessionScreen
+
+        self.app.switch_screen(EndOfSessionScreen(self.context, self.user, session_id))
+
+    # -- keys --------------------------------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        states = _ACTION_STATES.get(action)
+        if states is None:
+            return True
+        return True if self.state in states else None
+
+    async def _send(self, command: Command, done: str, timeout_s: float = 10.0) -> bool:
+        link = self.context.link
+        if link is None:
+            self.notify("no controller", severity="error")
+            return False
+        try:
+            await link.call(command, timeout_s=timeout_s)
+        except (CommandFailed, ControllerUnavailable) as exc:
+            self.notify(f"{command.type.replace('_', ' ')} refused: {exc}", severity="error", timeout=15)
+            return False
+        if done:
+            self.notify(done, timeout=4)
+        return True
+
+    async def action_pause(self) -> None:
+        await self._send(Pause(), "paused: laser off")
+
+    async def action_resume(self) -> None:
+        await self._send(Resume(), "resumed: armed, the footpedal starts emission")
+
+    @work(group="dialog", exclusive=True, exit_on_error=False)
+    async def action_arm(self) -> None:
+        """Arm again (after a pause, a stop or a fault reset): key control with the password."""
+        from tui.screens.dialogs import PasswordDialog
+
+        refusal = arm_refusal(self.context)
+        if refusal is not None:
+            self.notify(f"Arming refused: {refusal}", severity="error", timeout=15)
+            return
+        answer = await self.app.push_screen_wait(
+            PasswordDialog(
+                "Arm the laser",
+                "Key control: enter your password to arm.",
+                username=self.user.username,
+                cursor_blink=self.context.settings.cursor_blink,
+            )
+        )
+        if answer is not None:
+            await self._send(Arm(password=answer[1]), "armed: the footpedal starts emission", 15.0)
+
+    @work(group="dialog", exclusive=True, exit_on_error=False)
+    async def action_override(self) -> None:
+        """Change the running step's power, with a reason (checked by the controller too)."""
+        from tui.screens.dialogs import OverrideDialog
+
+        link = self.context.link
+        snapshot = link.snapshot if link is not None else None
+        if snapshot is None or snapshot.session is None:
+            return
+        session = snapshot.session
+        limit = session.max_override_w if session.max_override_w is not None else snapshot.laser.commanded_w
+        answer = await self.app.push_screen_wait(
+            OverrideDialog(
+                current_w=snapshot.laser.commanded_w,
+                max_w=limit,
+                cursor_blink=self.context.settings.cursor_blink,
+            )
+        )
+        if answer is not None:
+            watts, reason = answer
+            await self._send(OverridePower(watts=watts, reason=reason), f"power override: {watts:.2f} W")
+
+    @work(group="dialog", exclusive=True, exit_on_error=False)
+    async def action_abort(self) -> None:
+        """Abort the session (laser off first), with a reason."""
+        from tui.screens.dialogs import ReasonDialog
+
+        reason = await self.app.push_screen_wait(
+            ReasonDialog(
+                "Abort session",
+                "The laser stops and the session ends. Why is it aborted?",
+                cursor_blink=self.context.settings.cursor_blink,
+            )
+        )
+        if reason is not None:
+            await self._send(Abort(reason=reason), f"session aborted: {reason}", 20.0)
+
+    @work(group="dialog", exclusive=True, exit_on_error=False)
+    async def action_reset(self) -> None:
+        """Acknowledge the latched fault once its cause has cleared (who, with the password)."""
+        from tui.screens.dialogs import PasswordDialog
+
+        answer = await self.app.push_screen_wait(
+            PasswordDialog(
+                "Reset the fault",
+                "Acknowledge the fault: the laser stays off until armed again.",
+                username=self.user.username,
+                cursor_blink=self.context.settings.cursor_blink,
+            )
+        )
+        if answer is not None:
+            username, password = answer
+            await self._send(
+                ResetFault(username=username, password=password), "fault reset: arm again to continue", 15.0
+            )

@@ -1,0 +1,435 @@
+"""The camera preview: the controller's latest camera image with the detected ring, or why there is none.
+
+:class:`CameraPreview` shows a :class:`control.messages.Preview` (pushed by the controller a few times a
+second): the small JPEG with the ring drawn on it, and under it the ring's diameter in millimetres ("no ring
+found" when the detection found none) and the focus score. When there is no usable image it shows instead,
+large and in the error colour, NO CAMERA (no camera configured or it cannot be opened, or no preview from
+the controller), CAMERA FROZEN (identical frames) or NO CAMERA IMAGE (the camera delivers no frames, or the
+image could not be read), with the reason. An image is never left on screen as if it were live: when no new
+preview arrives for ``stale_after_s`` seconds the widget says so instead.
+
+Images are drawn by the ``textual-image`` package. That package probes the terminal when it is first
+imported (a Sixel query, a Kitty graphics query and the cell size in pixels), which only works before
+Textual takes over the terminal, reads the terminal's input and, where the terminal does not answer, may
+swallow a typed character. So this module never imports it at import time:
+
+- the console calls :func:`prepare_terminal_graphics` just before the app starts (on a real terminal), and
+  the widget then uses the best renderer found: Sixel or the Kitty graphics protocol where the terminal has
+  them, coloured half-blocks otherwise;
+- with ``force_halfblock`` (or the class attribute ``FORCE_HALFBLOCK``) the widget always draws half-blocks
+  sized by the widget itself, independent of the terminal's cell size (the tests and snapshots use this);
+- where importing the package would probe a terminal that is already in use (not prepared, but standard
+  output is a terminal), the widget does not import it: it shows the ring and the state, and says that the
+  image is off.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import importlib
+import io
+import logging
+import math
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from PIL import Image as PILImage
+from PIL import UnidentifiedImageError
+from textual.app import ComposeResult
+from textual.containers import Center, Container, Vertical
+from textual.widget import Widget
+from textual.widgets import Static
+
+from control.messages import Preview
+
+_LOG = logging.getLogger(__name__)
+
+#: The package module whose import probes the terminal; present in ``sys.modules`` once it has been probed.
+_GRAPHICS_MODULE = "textual_image.widget"
+
+NO_CAMERA = "NO CAMERA"
+CAMERA_FROZEN = "CAMERA FROZEN"
+NO_CAMERA_IMAGE = "NO CAMERA IMAGE"
+NO_PREVIEW = "NO CAMERA PREVIEW"
+
+_STATE_TITLES = {
+    "none": NO_CAMERA,
+    "not_opened": NO_CAMERA,
+    "frozen": CAMERA_FROZEN,
+    "no_frames": NO_CAMERA_IMAGE,
+    "ok": NO_CAMERA_IMAGE,
+}
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream is not None and stream.isatty())
+    except (ValueError, OSError):  # a closed or detached stream
+        return False
+
+
+def _graphics_imported() -> bool:
+    return _GRAPHICS_MODULE in sys.modules
+
+
+def _import_is_quiet() -> bool:
+    """True when importing ``textual-image`` now sends nothing to a terminal: it was already imported, or
+    standard output is not a terminal (tests, pipes; the package then probes nothing)."""
+    if _graphics_imported():
+        return True
+    return sys.__stdout__ is not None and not _is_terminal(sys.__stdout__)
+
+
+def prepare_terminal_graphics() -> str:
+    """Probe the terminal for image support once, before the console's app starts.
+
+    Call it from the console's entry point just before ``App.run()`` when the settings ask for ``"auto"``
+    images. It imports ``textual-image``, which asks the terminal (with 0.1 s time-outs) whether it draws
+    Sixel or Kitty graphics and how large a cell is in pixels. It probes only when standard input and output
+    are both the terminal, and the terminal has a size; its warnings go to the log, not to the screen.
+
+    Returns:
+        The renderer the widget will use: ``"sixel"``, ``"kitty"``, ``"halfblock"`` or ``"unicode"``; or
+        ``""`` when nothing was probed (no terminal, or the probe failed, which is logged).
+    """
+    if not _graphics_imported():
+        if not (_is_terminal(sys.__stdin__) and _is_terminal(sys.__stdout__)):
+            return ""
+        try:
+            size = os.get_terminal_size(sys.__stdout__.fileno())  # type: ignore[union-attr]
+        except (OSError, ValueError):
+            return ""
+        if size.columns == 0 or size.lines == 0:
+            return ""  # a terminal without a size: the package's cell-size probe would divide by zero
+        # Without a handler of its own, the package's "cell size unknown" warning would be printed on the
+        # terminal by the logging module's last-resort handler.
+        logging.getLogger("textual_image").addHandler(logging.NullHandler())
+        try:
+            importlib.import_module(_GRAPHICS_MODULE)
+        except Exception as exc:
+            _LOG.warning("probing the terminal for image support failed (%s: %s)", type(exc).__name__, exc)
+            return ""
+    return _renderer_name()
+
+
+def _renderer_name() -> str:
+    from textual_image import renderable
+
+    auto = renderable.Image
+    names: dict[type[Any], str] = {
+        renderable.SixelImage: "sixel",
+        renderable.TGPImage: "kitty",
+        renderable.HalfcellImage: "halfblock",
+        renderable.UnicodeImage: "unicode",
+    }
+    return names.get(auto, "unknown")
+
+
+def _image_widget_class(halfblock: bool) -> type[Widget] | None:
+    """The ``textual-image`` widget class to draw with, or None when importing it would probe the terminal."""
+    if not _import_is_quiet():
+        return None
+    if halfblock:
+        return _halfblock_widget_class()
+    from textual_image import widget as images
+
+    chosen: type[Widget] = images.Image
+    return chosen
+
+
+#: Pillow 13 deprecates ``Image.getdata``, which ``textual-image`` 0.12 uses to read the half-block pixels.
+_GETDATA_DEPRECATION = r"Image\.Image\.getdata is deprecated"
+
+
+@functools.cache
+def _halfblock_widget_class() -> type[Widget]:
+    """``textual-image``'s half-block widget, drawing without Pillow's deprecation warning (one per frame
+    otherwise, and an error where warnings are errors)."""
+    from rich.console import Console, ConsoleOptions, RenderResult
+    from textual_image.renderable.halfcell import Image as HalfcellRenderable
+    from textual_image.widget import HalfcellImage
+
+    class QuietHalfcellRenderable(HalfcellRenderable):
+        def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=_GETDATA_DEPRECATION, category=DeprecationWarning)
+                segments = list(super().__rich_console__(console, options))
+            yield from segments
+
+    class CameraHalfcellImage(HalfcellImage, Renderable=QuietHalfcellRenderable):  # type: ignore[call-arg]
+        """Half-block camera image."""
+
+    return CameraHalfcellImage
+
+
+def decode_preview_image(preview: Preview) -> PILImage.Image:
+    """The preview's JPEG as an RGB image; ValueError saying why when it is missing or unreadable."""
+    if preview.jpeg_b64 is None:
+        raise ValueError("the preview has no image")
+    try:
+        data = base64.b64decode(preview.jpeg_b64, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(f"the preview image is not valid base64: {exc}") from None
+    try:
+        image = PILImage.open(io.BytesIO(data))
+        image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise ValueError(f"the preview image could not be decoded: {exc}") from None
+    if image.format != "JPEG":
+        raise ValueError(f"the preview image is {image.format or 'of an unknown format'}, not JPEG")
+    if image.width == 0 or image.height == 0:
+        raise ValueError("the preview image is empty")
+    return image.convert("RGB")
+
+
+def fit_halfblock(image_w: int, image_h: int, cells_w: int, cells_h: int) -> tuple[int, int]:
+    """The largest (width, height) in cells that shows an ``image_w`` x ``image_h`` pixel image with its
+    aspect ratio within ``cells_w`` x ``cells_h`` cells, as half-blocks: each cell shows two pixels, one above
+    the other, so a cell twice as tall as it is wide keeps the pixels square. (0, 0) when nothing fits."""
+    if min(image_w, image_h, cells_w, cells_h) <= 0:
+        return 0, 0
+    scale = min(cells_w / image_w, 2.0 * cells_h / image_h)
+    width = min(cells_w, max(1, math.floor(image_w * scale + 1e-9)))
+    height = min(cells_h, max(1, round(image_h * scale / 2.0)))
+    return width, height
+
+
+def ring_caption(preview: Preview) -> str:
+    """The line under the image: the ring's diameter in mm (or "no ring found") and the focus score."""
+    if preview.ring_diameter_mm is None:
+        text = "no ring found"
+    else:
+        text = f"ring {preview.ring_diameter_mm:.2f} mm"
+    if preview.focus is not None:
+        text += f" · focus {preview.focus:.0f}"
+    return text
+
+
+class CameraPreview(Widget):
+    """The latest camera preview, or a clear NO CAMERA / CAMERA FROZEN / NO CAMERA IMAGE state.
+
+    Args:
+        force_halfblock: always draw half-blocks (steady screenshots, terminals whose graphics answers are
+            wrong); None follows the class attribute ``FORCE_HALFBLOCK``.
+        stale_after_s: seconds without a new preview after which the image is replaced by NO CAMERA PREVIEW;
+            None never (snapshots). Checked four times a second.
+        clock: monotonic clock, seconds, that times the staleness.
+
+    Call :meth:`show` with every preview (or None when there is none); it is cheap (a 160-pixel JPEG decodes
+    in well under a millisecond).
+    """
+
+    DEFAULT_CSS = """
+    CameraPreview {
+        layout: vertical;
+        width: 1fr;
+        height: 1fr;
+        min-height: 4;
+    }
+    CameraPreview > #camera-frame {
+        width: 100%;
+        height: 1fr;
+        align: center middle;
+    }
+    CameraPreview > #camera-banner {
+        width: 100%;
+        height: 1fr;
+        align: center middle;
+        display: none;
+    }
+    CameraPreview #camera-state {
+        width: auto;
+        padding: 1 3;
+        background: $error;
+        color: $text;
+        text-style: bold;
+    }
+    CameraPreview #camera-detail {
+        width: 100%;
+        height: auto;
+        max-height: 3;
+        margin: 1 1 0 1;
+        color: $text-muted;
+        text-align: center;
+    }
+    CameraPreview > #camera-caption {
+        width: 100%;
+        height: 1;
+        color: $foreground;
+        text-align: center;
+        text-style: bold;
+    }
+    CameraPreview.-no-image > #camera-frame {
+        display: none;
+    }
+    CameraPreview.-no-image > #camera-banner {
+        display: block;
+    }
+    CameraPreview.-no-image > #camera-caption {
+        color: $text-muted;
+        text-style: none;
+    }
+    """
+
+    FORCE_HALFBLOCK: ClassVar[bool] = False
+    """Draw half-blocks in every instance that does not say otherwise."""
+
+    STALE_AFTER_S: ClassVar[float] = 2.0
+    """Default seconds without a preview before the image is called stale."""
+
+    def __init__(
+        self,
+        *,
+        force_halfblock: bool | None = None,
+        stale_after_s: float | None = STALE_AFTER_S,
+        clock: Callable[[], float] = time.monotonic,
+        name: str | None = None,
+        id: str | None = None,
+        classes: str | None = None,
+    ) -> None:
+        if stale_after_s is not None and not (math.isfinite(stale_after_s) and stale_after_s > 0):
+            raise ValueError(f"stale_after_s must be a number of seconds > 0 or None, got {stale_after_s!r}")
+        super().__init__(name=name, id=id, classes=classes)
+        self.halfblock = self.FORCE_HALFBLOCK if force_halfblock is None else bool(force_halfblock)
+        self.stale_after_s = stale_after_s
+        self._clock = clock
+        self.preview: Preview | None = None
+        """The preview shown (None before the first)."""
+        self.state_title = NO_CAMERA
+        """The state shown in place of the image ("" while an image is shown)."""
+        self._image_widget: Widget | None = None
+        self._image_size: tuple[int, int] | None = None
+        self._image_class_checked = False
+        self._image_class: type[Widget] | None = None
+        self._shown_at = self._clock()
+        self._stale = False
+        self.add_class("-no-image")
+
+    def compose(self) -> ComposeResult:
+        yield Container(id="camera-frame")
+        with Vertical(id="camera-banner"):
+            with Center():
+                yield Static(NO_CAMERA, id="camera-state")
+            yield Static("no preview from the controller", id="camera-detail")
+        yield Static("", id="camera-caption")
+
+    def on_mount(self) -> None:
+        if self.stale_after_s is not None:
+            self.set_interval(0.25, self.check_stale, name="camera-preview-stale")
+        if self.preview is not None:
+            preview, self.preview = self.preview, None
+            self.show(preview)
+
+    # -- what is shown -------------------------------------------------------------------------------------
+
+    def show(self, preview: Preview | None) -> None:
+        """Show ``preview`` (None: no preview from the controller)."""
+        if preview is not None and preview is self.preview and self.is_mounted:
+            return  # nothing new: the staleness clock keeps running
+        self.preview = preview
+        self._shown_at = self._clock()
+        self._stale = False
+        if not self.is_mounted:
+            return
+        if preview is None:
+            self._show_state(NO_CAMERA, "no preview from the controller", "")
+            return
+        if preview.camera != "ok" or preview.jpeg_b64 is None:
+            title = _STATE_TITLES.get(preview.camera, f"CAMERA {preview.camera.upper()}")
+            detail = preview.detail or (
+                "the camera sent no image" if preview.camera == "ok" else f"camera state: {preview.camera}"
+            )
+            self._show_state(title, detail, "")
+            return
+        try:
+            image = decode_preview_image(preview)
+        except ValueError as exc:
+            self._show_state(NO_CAMERA_IMAGE, str(exc), ring_caption(preview))
+            return
+        self._show_image(image, ring_caption(preview))
+
+    def _show_state(self, title: str, detail: str, caption: str) -> None:
+        self.state_title = title
+        self.query_one("#camera-state", Static).update(title)
+        self.query_one("#camera-detail", Static).update(detail)
+        self.query_one("#camera-caption", Static).update(caption)
+        self.add_class("-no-image")
+
+    def _show_image(self, image: PILImage.Image, caption: str) -> None:
+        widget = self._ensure_image_widget()
+        if widget is None:
+            self._show_state(
+                NO_CAMERA_IMAGE,
+                "images are off: the terminal was not prepared for graphics before the console started",
+                caption,
+            )
+            return
+        widget.image = image  # type: ignore[attr-defined]
+        size = (image.width, image.height)
+        if size != self._image_size:
+            self._image_size = size
+            self._fit_image()
+        self.state_title = ""
+        self.query_one("#camera-caption", Static).update(caption)
+        self.remove_class("-no-image")
+
+    def _ensure_image_widget(self) -> Widget | None:
+        if self._image_widget is not None:
+            return self._image_widget
+        if not self._image_class_checked:
+            self._image_class_checked = True
+            self._image_class = _image_widget_class(self.halfblock)
+        if self._image_class is None:
+            return None
+        widget = self._image_class(id="camera-image")
+        self._image_widget = widget
+        self.query_one("#camera-frame", Container).mount(widget)
+        return widget
+
+    @property
+    def image_widget(self) -> Widget | None:
+        """The ``textual-image`` widget drawing the image (None before the first image)."""
+        return self._image_widget
+
+    # -- size and staleness ----------------------------------------------------------------------------------
+
+    def on_resize(self) -> None:
+        self._fit_image()
+
+    def _fit_image(self) -> None:
+        widget = self._image_widget
+        size = self._image_size
+        if widget is None or size is None:
+            return
+        if not self.halfblock:
+            # Sixel and Kitty images know the terminal's cell size in pixels: they fit themselves.
+            widget.styles.width = "auto"
+            widget.styles.height = "auto"
+            return
+        caption = 1
+        width, height = fit_halfblock(
+            size[0], size[1], self.content_size.width, max(0, self.content_size.height - caption)
+        )
+        widget.styles.width = max(1, width)
+        widget.styles.height = max(1, height)
+
+    def check_stale(self) -> bool:
+        """Replace the preview by NO CAMERA PREVIEW when it is ``stale_after_s`` old; True when it is stale.
+
+        Runs four times a second while the widget is mounted."""
+        if self.stale_after_s is None or self.preview is None:
+            return False
+        if self._stale:
+            return True
+        age = self._clock() - self._shown_at
+        if age < self.stale_after_s:
+            return False
+        self._stale = True
+        self._show_state(NO_PREVIEW, f"no new preview from the controller for {age:.0f} s", "")
+        return True
