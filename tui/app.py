@@ -23,6 +23,7 @@ notes (:class:`SessionFinished`) goes back to the subjects. F12 stops emission f
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import ClassVar
 
@@ -82,7 +83,6 @@ class ToscaApp(App[int]):
         Binding("ctrl+q", "quit_console", "Quit", priority=True),
         Binding("ctrl+c", "quit_console", "Quit", show=False, priority=True),
         Binding("ctrl+z", "inert", show=False, priority=True),
-        Binding("ctrl+p", "palette_or_inert", show=False, priority=True),
         Binding("f5", "sim_pedal", "Pedal", priority=True),
         Binding("f6", "sim_estop", "E-stop", priority=True),
         Binding("f7", "sim_fault", "Fault", priority=True),
@@ -136,9 +136,21 @@ class ToscaApp(App[int]):
         self.show_entry_screen()
 
     async def on_unmount(self) -> None:
+        # Workers still reading the database are cancelled and waited for before the engine goes.
+        self.workers.cancel_all()
+        await self.workers.wait_for_complete()
         if self.link is not None:
             await self.link.close()
         await self._engine.dispose()
+        # A connection whose query was cancelled is closed by SQLAlchemy in a shielded task of its own:
+        # let those finish, so the console leaves nothing running.
+        closing = [
+            task
+            for task in asyncio.all_tasks()
+            if getattr(task.get_coro(), "__qualname__", "").endswith("_terminate_graceful_close")
+        ]
+        if closing:
+            await asyncio.wait(closing, timeout=2.0)
 
     # -- the controller's pushes -----------------------------------------------------------------------
 
@@ -193,12 +205,7 @@ class ToscaApp(App[int]):
         self.notify(f"laser stopped ({reply.get('state', '?')})", severity="warning", timeout=5)
 
     def action_inert(self) -> None:
-        """Keys that do nothing on this console (Ctrl+Z would suspend it)."""
-
-    def action_palette_or_inert(self) -> None:
-        """Ctrl+P opens the command palette, except in kiosk mode where it does nothing."""
-        if not self.settings.kiosk:
-            self.action_command_palette()
+        """Ctrl+Z does nothing: a suspended console could not stop the laser it armed."""
 
     async def _sim(self, command: str) -> None:
         if self.link is None:

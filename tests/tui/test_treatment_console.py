@@ -185,8 +185,14 @@ async def test_each_fault_is_shown_with_what_to_do_and_reset_with_the_password(
             snap = await wait_state(pilot, "fault", 20.0)
             await laser_off(pilot, ready)
             assert snap.fault is not None and what.lower() in snap.fault.what.lower(), snap.fault
+            fault_what = snap.fault.what
+            await wait_until(
+                pilot,
+                lambda shown=fault_what: shown in screen_text(app),  # type: ignore[misc]
+                "the fault on the banner",
+            )
             text = screen_text(app)
-            assert "FAULT" in text and snap.fault.what in text
+            assert "FAULT" in text
             assert "Done:" in text and "To reset:" in text
             # Reset refused while the cause is there: the fault stays.
             await pilot.press("f5")  # release the pedal

@@ -1,0 +1,178 @@
+"""End to end: a whole treatment on the real ``tosca --sim`` in a real terminal (tmux), by keystrokes only.
+
+The console starts its own controller process (none is running), exactly as on a desktop. The technician
+logs in, creates a subject, chooses a protocol, passes the checks, arms with the password, presses the
+simulated footpedal (F5), releases it and presses it again mid-step, lets the protocol complete, writes the
+notes and quits. Then the database holds the session as the controller recorded it, and the controller the
+console started has stopped. The protocol is a short one (5 s at 2 W, then a 4 s ramp to 3 W) so the test
+stays quick; the seed's 90 s protocol runs through the same screens in
+``tests/tui/test_treatment_workflow.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import subprocess
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from test_console_in_tmux import TOSCA, Terminal, fill
+
+from storage import create_engine, session_factory
+from storage.repositories import ProtocolsRepository
+
+PASSWORD = "treat me right 7"
+PROTOCOL = "A short test (5 s at 2 W, 4 s ramp to 3 W)"
+NOTES = "tolerated well"
+
+
+def short_protocol() -> str:
+    steps = [(5, 2.0, 2.0, "constant"), (4, 2.0, 3.0, "linear")]
+    return json.dumps(
+        {
+            "version": "1.0",
+            "steps": [
+                {
+                    "step_number": n,
+                    "duration_seconds": d,
+                    "power_start_watts": p0,
+                    "power_end_watts": p1,
+                    "ring_size_mm": 3.0,
+                    "ramp_type": ramp,
+                }
+                for n, (d, p0, p1, ramp) in enumerate(steps, start=1)
+            ],
+            "safety_limits": {"max_power_watts": 8.0, "max_duration_seconds": 600},
+        }
+    )
+
+
+async def add_protocol(db_path: Path) -> None:
+    engine = create_engine(db_path)
+    try:
+        async with session_factory(engine)() as db, db.begin():
+            await ProtocolsRepository(db).add(PROTOCOL, "multi_step", short_protocol())
+    finally:
+        await engine.dispose()
+
+
+def prepare(data_dir: Path) -> None:
+    """The schema, an administrator and a technician (passwords on stdin) and the short protocol."""
+    subprocess.run(
+        [str(TOSCA), "db", "upgrade", "--data-dir", str(data_dir)], check=True, capture_output=True
+    )
+    for username, full_name, role in (("ada", "Ada Admin", "admin"), ("tina", "Tina Tech", "technician")):
+        subprocess.run(
+            [
+                *(str(TOSCA), "user", "add", "--username", username, "--full-name", full_name),
+                *("--role", role, "--data-dir", str(data_dir)),
+            ],
+            input=PASSWORD + "\n",
+            text=True,
+            check=True,
+            capture_output=True,
+        )
+    asyncio.run(add_protocol(data_dir / "tosca.db"))
+
+
+@pytest.mark.timeout(240)
+def test_a_whole_treatment_by_keystrokes(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    prepare(data_dir)
+    exit_file = tmp_path / "exit-code"
+    command = f"{TOSCA} --sim --data-dir data; echo $? > {exit_file}; sleep 30"
+    term = Terminal(
+        f"cd {tmp_path} && TERM=xterm-256color {command}",
+        width=120,
+        height=40,
+    )
+    try:
+        term.wait_for("Log in", 30.0)
+        fill(term, "tina")
+        term.keys("Enter")
+        term.focus_moves_to("Password")
+        fill(term, PASSWORD, shown="•" * len(PASSWORD))
+        term.keys("Enter")
+        term.wait_for("Welcome, Tina Tech")
+        term.wait_for("Treat: subjects", 30.0)  # shown once the controller is connected
+
+        term.keys("t")
+        term.wait_for("n creates the first", 15.0)
+        term.keys("n")
+        code = f"P-{datetime.now().year}-0001"
+        term.wait_for(code)
+        # Date of birth, gender and notes left empty: Enter moves from field to field and saves from the last.
+        for label in ("Date of birth", "Gender", "Notes"):
+            term.focus_moves_to(label)
+            term.keys("Enter")
+        term.wait_for(lambda s: code in s and "Date of birth" not in s)
+
+        term.keys("Enter")
+        term.wait_for(PROTOCOL)
+        term.wait_for("Step")  # the preview of the highlighted (first) protocol
+        term.keys("Enter")
+
+        term.wait_for("checks pass", 60.0)
+        term.wait_for(lambda s: "All " in s and "checks pass" in s, 30.0)
+        term.type(PASSWORD)
+        term.keys("Enter")
+        term.wait_for("the footpedal starts emission", 30.0)
+        term.wait_for(lambda s: "step 1 of 2" in s, 30.0)  # the ring is in place
+
+        term.keys("F5")
+        screen = term.wait_for("LASER EMISSION", 15.0)
+        assert "SIMULATED HARDWARE" in screen and "PRESSED" in screen
+        term.wait_for(lambda s: "treating 00:02" in s or "treating 00:03" in s, 15.0)
+        term.keys("F5")  # released mid-step: back to ARMED, the step clock stops
+        term.wait_for("the footpedal starts emission", 10.0)
+        term.keys("F5")
+        term.wait_for("LASER EMISSION", 10.0)
+
+        term.wait_for("Save notes", 60.0)  # the protocol completed: the end-of-session screen
+        term.wait_for("completed", 15.0)
+        term.type(NOTES)
+        term.wait_for(NOTES)
+        term.keys("C-s")
+        term.wait_for(lambda s: code in s and "Save notes" not in s, 20.0)
+        term.keys("Escape")
+        term.wait_for("Welcome, Tina Tech")
+        term.keys("C-q")
+        deadline = time.monotonic() + 30
+        while not exit_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert exit_file.read_text().strip() == "0"
+    finally:
+        term.close()
+
+    with sqlite3.connect(data_dir / "tosca.db") as db:
+        status, protocol, notes, laser_on_s, energy_j = db.execute(
+            "SELECT status, protocol_name, post_treatment_notes, total_laser_on_time_seconds, "
+            "total_energy_joules FROM sessions"
+        ).fetchone()
+        subject = db.execute("SELECT subject_code FROM subjects").fetchone()[0]
+        pedal_releases = db.execute(
+            "SELECT COUNT(*) FROM safety_log WHERE description LIKE 'treating -> armed%'"
+        ).fetchone()[0]
+    assert (status, protocol, subject) == ("completed", PROTOCOL, code)
+    assert NOTES in (notes or "")
+    assert laser_on_s == pytest.approx(9.0, abs=0.5)
+    # 5 s at 2 W and a 4 s ramp from 2 to 3 W: 20 J.
+    assert energy_j == pytest.approx(20.0, rel=0.1)
+    assert pedal_releases >= 1
+    # The controller the console started stopped with it: nothing answers on its socket any more.
+    assert not (data_dir / "control.sock").exists() or _socket_dead(data_dir / "control.sock")
+
+
+def _socket_dead(path: Path) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as sock:
+        try:
+            sock.connect(str(path))
+        except OSError:
+            return True
+    return False
