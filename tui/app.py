@@ -24,6 +24,7 @@ notes (:class:`SessionFinished`) goes back to the subjects. F12 stops emission f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import timedelta
 from typing import ClassVar
 
@@ -138,10 +139,13 @@ class ToscaApp(App[int]):
     async def on_unmount(self) -> None:
         # Workers still reading the database are cancelled and waited for before the engine goes.
         self.workers.cancel_all()
-        await self.workers.wait_for_complete()
-        if self.link is not None:
-            await self.link.close()
-        await self._engine.dispose()
+        try:
+            if self.link is not None:
+                await self.link.close()
+            with contextlib.suppress(Exception):
+                await self.workers.wait_for_complete()
+        finally:
+            await self._engine.dispose()
         # A connection whose query was cancelled is closed by SQLAlchemy in a shielded task of its own:
         # let those finish, so the console leaves nothing running.
         closing = [
