@@ -84,9 +84,10 @@ class ToscaApp(App[int]):
         Binding("ctrl+q", "quit_console", "Quit", priority=True),
         Binding("ctrl+c", "quit_console", "Quit", show=False, priority=True),
         Binding("ctrl+z", "inert", show=False, priority=True),
-        Binding("f5", "sim_pedal", "Pedal", priority=True),
-        Binding("f6", "sim_estop", "E-stop", priority=True),
-        Binding("f7", "sim_fault", "Fault", priority=True),
+        # Shown on the simulated hardware panel (checks and dashboard) rather than in the footer.
+        Binding("f5", "sim_pedal", "Pedal", show=False, priority=True),
+        Binding("f6", "sim_estop", "E-stop", show=False, priority=True),
+        Binding("f7", "sim_fault", "Fault", show=False, priority=True),
     ]
 
     #: States in which the console never locks itself (the laser is armed or emitting).

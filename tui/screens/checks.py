@@ -86,10 +86,6 @@ class ChecksScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        table = self.query_one("#checks-table", DataTable)
-        table.add_column("Check", key="name", width=22)
-        table.add_column("Result", key="ok", width=6)
-        table.add_column("Value", key="value")
         refusal = arm_refusal(self.context)
         if refusal is not None:
             self.show_status(f"Arming refused: {refusal}")
@@ -153,16 +149,24 @@ class ChecksScreen(Screen[None]):
     def _show_checks(self) -> None:
         table = self.query_one("#checks-table", DataTable)
         cursor = table.cursor_row
-        table.clear()
+        table.clear(columns=True)
+        rows: list[tuple[str, Text, str]] = []
         for check in self.checks:
             ok = bool(check.get("ok"))
             value = str(check.get("value", ""))
             detail = str(check.get("detail", ""))
-            table.add_row(
-                str(check.get("name", "?")),
-                Text("PASS", style="bold") if ok else Text("FAIL", style="bold reverse"),
-                value if ok or not detail or detail == value else f"{value} ({detail})",
+            rows.append(
+                (
+                    str(check.get("name", "?")),
+                    Text("PASS", style="bold") if ok else Text("FAIL", style="bold reverse"),
+                    value if ok or not detail or detail == value else f"{value} ({detail})",
+                )
             )
+        # The value column as wide as its longest value (the table scrolls sideways when it does not fit).
+        table.add_column("Check", key="name", width=max([5, *(len(r[0]) for r in rows)]))
+        table.add_column("Result", key="ok", width=6)
+        table.add_column("Value", key="value", width=max([5, *(len(r[2]) for r in rows)]))
+        table.add_rows(rows)
         if self.checks:
             table.move_cursor(row=min(cursor, len(self.checks) - 1))
         failing = [c for c in self.checks if not c.get("ok")]

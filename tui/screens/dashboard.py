@@ -98,42 +98,47 @@ def banner_text(snapshot: Snapshot | None, problem: str = "") -> tuple[str, Text
 
 
 def readout_text(snapshot: Snapshot) -> Text:
-    """The numbers: power, ring, step, clocks, energy, laser."""
+    """The numbers, in lines short enough for the left half of an 80-column screen: subject and protocol,
+    power, ring, step, clocks, energy, laser."""
     laser, ring, session = snapshot.laser, snapshot.ring, snapshot.session
-    text = Text()
-    text.append("Power    ", style="dim")
-    text.append(f"set {laser.commanded_w:5.2f} W", style="bold")
-    text.append(f"   measured {_watts(laser.measured_w)}")
+    text = Text(no_wrap=True, overflow="ellipsis")
+    if session is not None:
+        text.append(f"{session.subject_code}  ", style="bold")
+        text.append(session.protocol_name)
+        text.append("\n")
+    text.append("Power  ", style="dim")
+    text.append(f"set {laser.commanded_w:.2f} W", style="bold")
+    text.append(f"  meas {_watts(laser.measured_w)}")
     if laser.measured_w is not None and laser.commanded_w > 0.05 and laser.output_on:
         deviation = 100.0 * (laser.measured_w - laser.commanded_w) / laser.commanded_w
-        text.append(f" ({deviation:+.1f} %)")
-    text.append("\nRing     ", style="dim")
+        text.append(f" {deviation:+.1f}%")
+    text.append("\nRing   ", style="dim")
     text.append(f"set {_mm(ring.commanded_mm)}", style="bold")
-    text.append(f"   measured {_mm(ring.measured_mm)}")
-    text.append("\nStep     ", style="dim")
+    text.append(f"  meas {_mm(ring.measured_mm)}")
+    text.append("\nStep   ", style="dim")
     step = session.step if session is not None else None
     if step is None:
         text.append("--")
     else:
         left = max(0.0, step.duration_s - step.elapsed_s)
         text.append(f"{step.number} of {step.of}", style="bold")
+        text.append(f"  {left:.1f} s left")
         if step.ramp == "linear" and step.power_end_w != step.power_start_w:
             share = 0.0 if step.duration_s <= 0 else min(1.0, max(0.0, step.elapsed_s / step.duration_s))
-            text.append(f"  ramp {step.power_start_w:.1f}->{step.power_end_w:.1f} W at {share * 100:3.0f} %")
+            text.append(f"  ramp {step.power_start_w:.1f}->{step.power_end_w:.1f} W {share * 100:.0f}%")
         else:
             text.append(f"  constant {step.power_start_w:.1f} W")
-        text.append(f"  {left:5.1f} s left")
-    text.append("\nSession  ", style="dim")
+    text.append("\nTime   ", style="dim")
     if session is None:
         text.append("--")
     else:
         text.append(_clock(session.clock_s), style="bold")
         text.append(f"  treating {_clock(session.treating_s)}")
-        text.append("\nEnergy   ", style="dim")
-        text.append(f"{session.delivered_energy_j:7.1f} J", style="bold")
+        text.append("\nEnergy ", style="dim")
+        text.append(f"{session.delivered_energy_j:.1f} J", style="bold")
         if session.expected_energy_j:
             text.append(f" of {session.expected_energy_j:.1f} J")
-    text.append("\nLaser    ", style="dim")
+    text.append("\nLaser  ", style="dim")
     text.append("output ON" if laser.output_on else "output off", style="bold" if laser.output_on else "")
     if laser.current_ma is not None:
         text.append(f"  {laser.current_ma:.0f} mA")
@@ -201,7 +206,6 @@ class DashboardScreen(Screen[None]):
 
     def on_mount(self) -> None:
         link = self.context.link
-        self.query_one("#trace", PowerPlot).set_ranges(y=(0.0, 1.0))
         self.show(link.snapshot if link is not None else None)
         self.query_one("#camera", CameraPreview).show(link.preview if link is not None else None)
 
@@ -250,6 +254,10 @@ class DashboardScreen(Screen[None]):
             return
         if self._trace_origin is None:
             self._trace_origin = snapshot.time_s - snapshot.session.clock_s
+            limit = snapshot.session.max_override_w
+            if limit:
+                # A steady scale: from 0 to the most this session may command.
+                self.query_one("#trace", PowerPlot).set_ranges(y=(0.0, limit))
         t = snapshot.time_s - self._trace_origin
         plot = self.query_one("#trace", PowerPlot)
         laser = snapshot.laser
@@ -268,7 +276,8 @@ class DashboardScreen(Screen[None]):
         states = _ACTION_STATES.get(action)
         if states is None:
             return True
-        return True if self.state in states else None
+        # Keys that cannot act now are left out of the footer, so what is shown fits 80 columns.
+        return self.state in states
 
     async def _send(self, command: Command, done: str, timeout_s: float = 10.0) -> bool:
         link = self.context.link

@@ -1,0 +1,175 @@
+"""Snapshots of the pre-treatment checks and of the treatment dashboard (emitting, latched fault, armed) at
+80x24 and 120x40, on the simulated rig, from fixed controller states (no controller runs: the states are
+posted to the screen as the app posts the controller's)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from console_fixtures import FakeClock, make_settings, seed_sync, wait_until
+from test_subject_screens import ScreenApp
+from textual.pilot import Pilot
+
+from control.accounts import UserInfo
+from control.messages import (
+    DeviceView,
+    FaultView,
+    InterlockView,
+    LaserView,
+    RingView,
+    SessionView,
+    Snapshot,
+    StepView,
+)
+from tui.screens._base import ScreenContext, SnapshotUpdated
+from tui.screens.checks import ChecksScreen
+from tui.screens.dashboard import DashboardScreen
+
+SnapCompare = Callable[..., bool]
+SIZES = [(80, 24), (120, 40)]
+
+TERMS = [
+    ("footpedal", "pressed"),
+    ("estop", "released"),
+    ("watchdog", "fed 0.2 s ago"),
+    ("smoothing", "PWM 120, 1.28 g"),
+    ("tec", "25.00 C (set 25.00)"),
+    ("photodiode", "4.98 W of 5.00 W"),
+    ("devices", "all connected"),
+    ("calibrations", "active"),
+    ("step", "step 1 of 2"),
+    ("storage", "writable"),
+]
+
+
+def snapshot(state: str, *, emitting: bool, fault: FaultView | None = None, pedal: bool = True) -> Snapshot:
+    interlocks = [
+        InterlockView(
+            name=name,
+            ok=(pedal if name == "footpedal" else True) and not (fault and name == "estop"),
+            value="pressed"
+            if (fault and name == "estop")
+            else (value if (name != "footpedal" or pedal) else "released"),
+            detail="" if not (fault and name == "estop") else "E-stop pressed",
+        )
+        for name, value in TERMS
+    ]
+    return Snapshot(
+        seq=1,
+        time_s=1000.0,
+        state=state,  # type: ignore[arg-type]
+        emitting=emitting,
+        sim=True,
+        session=SessionView(
+            session_id=7,
+            subject_code="P-2026-0001",
+            protocol_name="Seed example (60 s at 5 W, 30 s ramp to 8 W)",
+            technician="Tina Tech",
+            status="in_progress" if state != "fault" else "paused",
+            clock_s=83.0,
+            treating_s=41.5,
+            delivered_energy_j=207.5,
+            step=StepView(
+                number=1,
+                of=2,
+                elapsed_s=41.5,
+                duration_s=60.0,
+                power_start_w=5.0,
+                power_end_w=5.0,
+                ramp="constant",
+                ring_size_mm=3.0,
+            ),
+            max_override_w=8.0,
+            total_duration_s=90.0,
+            expected_energy_j=495.0,
+        ),
+        laser=LaserView(
+            commanded_w=5.0 if emitting else 0.0,
+            measured_w=4.98 if emitting else 0.0,
+            photodiode_v=2.49 if emitting else 0.0,
+            output_on=emitting,
+            current_ma=5480.0 if emitting else 0.0,
+        ),
+        ring=RingView(commanded_mm=3.0, measured_mm=3.0, position_um=1000.0),
+        interlocks=interlocks,
+        devices=[DeviceView(name="laser", state="ok", identity="simulated laser driver")],
+        fault=fault,
+        last_session_id=7,
+    )
+
+
+ESTOP_FAULT = FaultView(
+    what="E-stop pressed",
+    action="laser output switched off and verified; safety board disarmed",
+    how_to_reset="release the E-stop, then acknowledge the fault with your password to reset",
+    cause_cleared=False,
+    at="2026-03-14T09:31:12",
+)
+
+CHECKS: list[dict[str, Any]] = [
+    {"name": "device laser", "ok": True, "value": "ok: simulated laser driver", "detail": ""},
+    {"name": "device tec", "ok": True, "value": "ok: simulated TEC", "detail": ""},
+    {"name": "device actuator", "ok": True, "value": "ok: -", "detail": ""},
+    {"name": "device safety", "ok": True, "value": "ok: simulated safety board", "detail": ""},
+    {"name": "estop", "ok": True, "value": "released", "detail": ""},
+    {"name": "tec", "ok": False, "value": "23.10 C (set 25.00)", "detail": "TEC 1.90 C from its setpoint"},
+    {"name": "calibration laser", "ok": True, "value": "power vs current, 2026-03-01", "detail": ""},
+    {"name": "database", "ok": True, "value": "integrity ok", "detail": ""},
+    {"name": "backup", "ok": True, "value": "data/backups/tosca_20260314_093000.db", "detail": ""},
+]
+
+
+class SimScreenApp(ScreenApp):
+    """The console's stylesheet and one screen, on the simulated rig."""
+
+    def __init__(self, make_screen: Callable[[ScreenContext, UserInfo], Any], clock: FakeClock) -> None:
+        super().__init__(make_screen, clock)
+        self.settings = make_settings(clock, sim=True)
+        self.context = ScreenContext(settings=self.settings, accounts=self.accounts, link=None)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize(
+    "state",
+    [
+        ("emission", snapshot("treating", emitting=True)),
+        ("fault", snapshot("fault", emitting=False, fault=ESTOP_FAULT, pedal=False)),
+        ("armed", snapshot("armed", emitting=False, pedal=False)),
+    ],
+    ids=lambda s: s[0],
+)
+def test_dashboard(
+    data_dir: Path, clock: FakeClock, snap_compare: SnapCompare, size: tuple[int, int], state: Any
+) -> None:
+    seed_sync()
+    app = SimScreenApp(DashboardScreen, clock)
+
+    async def shown(pilot: Pilot[Any]) -> None:
+        await wait_until(pilot, lambda: isinstance(app.screen, DashboardScreen), "the dashboard")
+        app.screen.post_message(SnapshotUpdated(state[1]))
+        await wait_until(
+            pilot, lambda: "step 1 of 2" in str(app.screen.query_one("#interlocks").content), "drawn"
+        )
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=size, run_before=shown)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_checks(data_dir: Path, clock: FakeClock, snap_compare: SnapCompare, size: tuple[int, int]) -> None:
+    seed_sync()
+    app = SimScreenApp(ChecksScreen, clock)
+
+    async def shown(pilot: Pilot[Any]) -> None:
+        await wait_until(pilot, lambda: isinstance(app.screen, ChecksScreen), "the checks")
+        screen = app.screen
+        assert isinstance(screen, ChecksScreen)
+        screen.post_message(SnapshotUpdated(snapshot("ready", emitting=False, pedal=False)))
+        screen.checks = CHECKS
+        screen._show_checks()
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=size, run_before=shown)
