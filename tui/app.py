@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from datetime import timedelta
 from typing import ClassVar
 
@@ -147,8 +148,10 @@ class ToscaApp(App[int]):
                 await self.workers.wait_for_complete()
         finally:
             await self._engine.dispose()
-        # A connection whose query was cancelled is closed by SQLAlchemy in a shielded task of its own:
-        # let those finish, so the console leaves nothing running.
+        # A connection whose query was cancelled is closed by SQLAlchemy in a shielded task of its own, some
+        # only once the cancelled session is garbage-collected: collect now, and let those closings finish,
+        # so the console leaves nothing running.
+        gc.collect()
         closing = [
             task
             for task in asyncio.all_tasks()

@@ -8,7 +8,10 @@ time and every step waits for the screen to show its result (never a fixed sleep
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -82,6 +85,28 @@ class Terminal:
         subprocess.run(["tmux", "kill-session", "-t", self.name], capture_output=True, check=False)
 
 
+def controllers_of(data_dir: Path) -> list[int]:
+    """PIDs of the controller processes running for ``data_dir`` (read from /proc)."""
+    found: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"controller" in argv and str(data_dir).encode() in argv:
+            found.append(int(entry.name))
+    return found
+
+
+def stop_controllers(data_dir: Path) -> None:
+    """Whatever happened, no controller of this test is left running."""
+    for pid in controllers_of(data_dir):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
@@ -101,6 +126,7 @@ def terminal(data_dir: Path, tmp_path: Path) -> Iterator[Terminal]:
         yield term
     finally:
         term.close()
+        stop_controllers(data_dir)
 
 
 def fill(term: Terminal, text: str, *, shown: str | Callable[[str], bool] | None = None) -> None:
