@@ -61,12 +61,13 @@ from bench_safety import (
     Operator,
     cpu_seconds,
     prepare_data_dir,
+    run_tosca,
     summary,
     tosca_command,
 )
 
 from control.ipc import ControllerClient
-from control.messages import Stop
+from control.messages import Resume, Stop
 from devices.sim.rig import SimRig
 
 #: F12 as an xterm sends it.
@@ -183,9 +184,24 @@ async def cold_starts(argv: list[str], count: int, marker: bytes) -> list[float]
 
 async def log_in(console: PtyProgram) -> None:
     await console.wait_for(b"Username", 30.0)
-    console.write(USERNAME.encode() + b"\r")
-    await asyncio.sleep(0.3)
-    console.write(PASSWORD.encode() + b"\r")
+    await asyncio.sleep(1.0)  # the field takes the focus once the screen has mounted
+    console.write(USERNAME.encode())
+    await asyncio.sleep(0.5)
+    console.write(b"\r")
+    await asyncio.sleep(1.0)
+    console.write(PASSWORD.encode())
+    await asyncio.sleep(0.5)
+    console.write(b"\r")
+
+
+async def after_stop(op: Operator) -> None:
+    """From PAUSED after a stop: release the pedal, wait until it is seen released, resume (ARMED)."""
+    op.sim("pedal up")
+    await op.fresh(
+        lambda s: any(i.name == "footpedal" and not i.ok for i in s.interlocks), "the pedal seen released"
+    )
+    await op.command(Resume(), "resume")
+    await op.snapshot(lambda s: s.state != "paused", "ARMED after resume")
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -200,6 +216,23 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         say(f"data directory {root}")
         protocol_name = await prepare_data_dir(root, 280.0)
+        # An administrator exists, so the console opens on its login screen (not "create the first admin").
+        await run_tosca(
+            [
+                *(
+                    "user",
+                    "add",
+                    "--username",
+                    "bench.admin",
+                    "--full-name",
+                    "Bench Admin",
+                    "--role",
+                    "admin",
+                ),
+                *("--data-dir", str(root)),
+            ],
+            stdin=PASSWORD + "\n",
+        )
         await rig.start()
         watch = LaserWatch(rig.devices["laser"], rig.laser)
         ports_file = root / "ports.json"
@@ -232,6 +265,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             t0 = time.monotonic()
             await client.call(Stop(), timeout_s=5.0)
             direct.append(await asyncio.wait_for(off, 3.0) - t0)
+            await after_stop(op)
         results["stop command from a client -> output off (baseline)"] = summary(direct)
 
         await op.treating(needed_s=args.seconds + 10.0)
@@ -264,6 +298,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             t0 = time.monotonic()
             console.write(F12)
             keyed.append(await asyncio.wait_for(off, 3.0) - t0)
+            await op.snapshot(lambda s: s.state == "paused", "PAUSED after the stop key")
+            await after_stop(op)
         results["F12 on the console -> output off"] = summary(keyed)
         results["_run"] = {
             "sessions_opened": op.sessions_opened,
