@@ -321,7 +321,11 @@ async def test_no_automatic_lock_while_emitting(ready: Any, clock: FakeClock) ->
         await wait_state(pilot, "paused")
         clock.advance(timedelta(minutes=2))
         await wait_until(pilot, lambda: app.is_locked, "the automatic lock once emission has stopped")
-        assert isinstance(app.screen, LockScreen)
+        await wait_until(
+            pilot,
+            lambda: showing(app, LockScreen) and isinstance(app.focused, Input),
+            "the lock screen asking for the password",
+        )
 
 
 @pytest.mark.timeout(60)
