@@ -1,7 +1,9 @@
-"""Test pieces used across the test folders: a hand-driven wall clock and cheap password hashing."""
+"""Test pieces used across the test folders: a hand-driven wall clock, cheap password hashing and protocol
+JSON."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 
 from control.accounts import HashingParameters
@@ -21,3 +23,26 @@ class FakeClock:
 
     def advance(self, delta: timedelta) -> None:
         self.now += delta
+
+
+def protocol_json(
+    *steps: tuple[float, float, float, float, str], max_power: float = 10.0, max_duration: float = 600
+) -> str:
+    """A protocol in the seed's JSON of (duration s, start W, end W, ring mm, ramp) steps."""
+    return json.dumps(
+        {
+            "version": "1.0",
+            "steps": [
+                {
+                    "step_number": n,
+                    "duration_seconds": d,
+                    "power_start_watts": p0,
+                    "power_end_watts": p1,
+                    "ring_size_mm": ring,
+                    "ramp_type": ramp,
+                }
+                for n, (d, p0, p1, ring, ramp) in enumerate(steps, start=1)
+            ],
+            "safety_limits": {"max_power_watts": max_power, "max_duration_seconds": max_duration},
+        }
+    )

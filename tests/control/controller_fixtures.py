@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
 import time
 from collections.abc import Callable
@@ -21,27 +20,6 @@ from storage.repositories import ProtocolsRepository
 PASSWORD = "correct horse 9"
 USERNAME = "tech1"
 SUBJECT = "P-2026-0001"
-
-
-def protocol_json(*steps: tuple[float, float, float, float, str], max_power: float = 10.0) -> str:
-    """A protocol of (duration s, start W, end W, ring mm, ramp) steps."""
-    return json.dumps(
-        {
-            "version": "1.0",
-            "steps": [
-                {
-                    "step_number": n,
-                    "duration_seconds": d,
-                    "power_start_watts": p0,
-                    "power_end_watts": p1,
-                    "ring_size_mm": ring,
-                    "ramp_type": ramp,
-                }
-                for n, (d, p0, p1, ring, ramp) in enumerate(steps, start=1)
-            ],
-            "safety_limits": {"max_power_watts": max_power, "max_duration_seconds": 600},
-        }
-    )
 
 
 async def prepare_data_dir(root: Path, template: Path, protocols: dict[str, str]) -> DataDir:

@@ -23,7 +23,6 @@ from controller_fixtures import (
     USERNAME,
     open_and_treat,
     prepare_data_dir,
-    protocol_json,
     wait_prechecks,
     wait_session_end,
     wait_until,
@@ -34,6 +33,7 @@ from control.controller import Controller
 from control.ipc import CommandFailed, ControllerClient
 from control.supervisor import Refused, SystemState
 from storage import DataDir
+from tests.support import protocol_json
 
 # 1 step of 4 s at 2 W on a 2.0 mm ring (actuator position 0: no long move before the step).
 FAULT_PROTOCOL = protocol_json((4.0, 2.0, 2.0, 2.0, "constant"))

@@ -9,11 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from controller_fixtures import prepare_data_dir, protocol_json
+from controller_fixtures import prepare_data_dir
 
 from control import messages as msg
 from control.ipc import ControllerClient
 from storage import DataDir
+from tests.support import protocol_json
 
 TOSCA = str(Path(sys.executable).with_name("tosca"))
 

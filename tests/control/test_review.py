@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from account_fixtures import CHEAP
-from controller_fixtures import open_and_treat, prepare_data_dir, protocol_json, wait_session_end
+from controller_fixtures import open_and_treat, prepare_data_dir, wait_session_end
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from control.controller import Controller
@@ -33,6 +33,7 @@ from control.review import (
 )
 from control.sessions import SessionRefused, SessionService
 from storage import DataDir, create_engine, session_factory
+from tests.support import protocol_json
 
 # Two steps: 1.5 s constant at 2 W, then a 1 s ramp from 2 W to 3 W (expected energy 3 + 2.5 = 5.5 J).
 SHORT_PROTOCOL = protocol_json((1.5, 2.0, 2.0, 2.0, "constant"), (1.0, 2.0, 3.0, 2.2, "linear"))

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pytest
 from account_fixtures import CHEAP
-from controller_fixtures import PASSWORD, USERNAME, prepare_data_dir, protocol_json
+from controller_fixtures import PASSWORD, USERNAME, prepare_data_dir
 
 from control.controller import Controller
 from control.simrun import ScriptError, parse_script, run_simulated_session
 from storage import DataDir, scan_telemetry
 from storage.maintenance import check_database
+from tests.support import protocol_json
 
 SEED_PROTOCOL = "Seed example (60 s at 5 W, 30 s ramp to 8 W)"
 TOSCA = [str(Path(sys.executable).with_name("tosca"))]

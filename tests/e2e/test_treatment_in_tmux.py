@@ -12,7 +12,6 @@ stays quick; the seed's 90 s protocol runs through the same screens in
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 import subprocess
 import time
@@ -24,38 +23,22 @@ from test_console_in_tmux import TOSCA, Terminal, controllers_of, fill, stop_con
 
 from storage import create_engine, session_factory
 from storage.repositories import ProtocolsRepository
+from tests.support import protocol_json
 
 PASSWORD = "treat me right 7"
 PROTOCOL = "A short test (5 s at 2 W, 4 s ramp to 3 W)"
 NOTES = "tolerated well"
 
 
-def short_protocol() -> str:
-    steps = [(5, 2.0, 2.0, "constant"), (4, 2.0, 3.0, "linear")]
-    return json.dumps(
-        {
-            "version": "1.0",
-            "steps": [
-                {
-                    "step_number": n,
-                    "duration_seconds": d,
-                    "power_start_watts": p0,
-                    "power_end_watts": p1,
-                    "ring_size_mm": 3.0,
-                    "ramp_type": ramp,
-                }
-                for n, (d, p0, p1, ramp) in enumerate(steps, start=1)
-            ],
-            "safety_limits": {"max_power_watts": 8.0, "max_duration_seconds": 600},
-        }
-    )
-
-
 async def add_protocol(db_path: Path) -> None:
     engine = create_engine(db_path)
     try:
         async with session_factory(engine)() as db, db.begin():
-            await ProtocolsRepository(db).add(PROTOCOL, "multi_step", short_protocol())
+            await ProtocolsRepository(db).add(
+                PROTOCOL,
+                "multi_step",
+                protocol_json((5, 2.0, 2.0, 3.0, "constant"), (4, 2.0, 3.0, 3.0, "linear"), max_power=8.0),
+            )
     finally:
         await engine.dispose()
 

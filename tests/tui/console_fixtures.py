@@ -10,7 +10,7 @@ from typing import Any
 from textual.app import App
 from textual.pilot import Pilot
 from textual.screen import Screen
-from textual.widgets import Input, Label
+from textual.widgets import DataTable, Input, Label
 
 from control.accounts import AccountService, Actor
 from control.settings import ConsoleSettings
@@ -87,6 +87,24 @@ async def wait_until(
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {limit} s waiting for {what}")
         await pilot.pause(0.01)
+
+
+async def tables_measured(pilot: Pilot[Any]) -> None:
+    """Wait until every table on the screen has measured its columns to fit their cells.
+
+    A table measures new rows when the app is next idle; until then its columns are only as wide as their
+    headings, and a snapshot taken then would show the cells cut short."""
+
+    def measured() -> bool:
+        for table in pilot.app.screen.query(DataTable):
+            for index, column in enumerate(table.ordered_columns):
+                widest = max((len(str(cell)) for cell in table.get_column_at(index)), default=0)
+                if column.content_width < widest:
+                    return False
+        return True
+
+    await wait_until(pilot, measured, "the tables' columns to fit their cells")
+    await pilot.pause()
 
 
 def status_text(pilot: Pilot[Any]) -> str:

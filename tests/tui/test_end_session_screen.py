@@ -20,7 +20,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from console_fixtures import DATA_DIR, FakeClock, make_settings, seed_sync, showing, status_text, wait_until
+from console_fixtures import (
+    DATA_DIR,
+    FakeClock,
+    make_settings,
+    seed_sync,
+    showing,
+    status_text,
+    tables_measured,
+    wait_until,
+)
 from textual import events
 from textual.app import App
 from textual.pilot import Pilot
@@ -50,9 +59,10 @@ from controller_fixtures import (
     USERNAME,
     open_and_treat,
     prepare_data_dir,
-    protocol_json,
     wait_session_end,
 )
+
+from tests.support import protocol_json
 
 SnapCompare = Callable[..., bool]
 TOSCA_CSS = Path(tui.__file__).parent / "tosca.tcss"
@@ -421,6 +431,7 @@ def test_formatting() -> None:
 
 async def _ready(pilot: Pilot[Any]) -> None:
     await review_shown(pilot)
+    await tables_measured(pilot)
 
 
 def test_snapshot_events_80x24(data_dir: Path, clock: FakeClock, snap_compare: SnapCompare) -> None:
@@ -432,7 +443,7 @@ def test_snapshot_trace_120x40(data_dir: Path, clock: FakeClock, snap_compare: S
         await review_shown(pilot)
         await paste_notes(pilot, "redness at the rim, faded after 5 min")
         await pilot.press("ctrl+t")
-        await pilot.pause()
+        await tables_measured(pilot)
 
     assert snap_compare(fixed_app(clock), terminal_size=(120, 40), run_before=trace)
 
@@ -441,7 +452,7 @@ def test_snapshot_trace_80x24(data_dir: Path, clock: FakeClock, snap_compare: Sn
     async def trace(pilot: Pilot[Any]) -> None:
         await review_shown(pilot)
         await pilot.press("ctrl+t")
-        await pilot.pause()
+        await tables_measured(pilot)
 
     assert snap_compare(fixed_app(clock), terminal_size=(80, 24), run_before=trace)
 
@@ -455,6 +466,6 @@ def test_snapshot_confirmation(data_dir: Path, clock: FakeClock, snap_compare: S
         await review_shown(pilot)
         await pilot.press("ctrl+s")
         await wait_until(pilot, lambda: showing(pilot.app, ConfirmDialog), "the confirmation")
-        await pilot.pause()
+        await tables_measured(pilot)
 
     assert snap_compare(fixed_app(clock), terminal_size=(80, 24), run_before=confirm)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from console_fixtures import DATA_DIR, FakeClock, enter_text, seed, wait_until
+from console_fixtures import DATA_DIR, FakeClock, enter_text, seed, tables_measured, wait_until
 from sqlalchemy import update
 from test_subject_screens import ScreenApp
 from textual.pilot import Pilot
@@ -180,6 +180,6 @@ def test_protocol_choice_snapshot(
         screen = await choice_ready(pilot)
         screen.query_one("#protocol-table", DataTable).move_cursor(row=listed_names(screen).index(SEED))
         await choice_ready(pilot, SEED)
-        await pilot.pause()
+        await tables_measured(pilot)
 
     assert snap_compare(ScreenApp(choice_screen, clock), terminal_size=size, run_before=seed_example)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from console_fixtures import DATA_DIR, FakeClock, enter_text, make_settings, seed, wait_until
+from console_fixtures import DATA_DIR, FakeClock, enter_text, make_settings, seed, tables_measured, wait_until
 from sqlalchemy import func, select
 from textual.app import App
 from textual.pilot import Pilot
@@ -389,7 +389,11 @@ def snapshot_of(
     ready: Callable[[Pilot[Any]], Any],
     size: tuple[int, int],
 ) -> bool:
-    return bool(snap_compare(ScreenApp(make_screen, clock), terminal_size=size, run_before=ready))
+    async def settled(pilot: Pilot[Any]) -> None:
+        await ready(pilot)
+        await tables_measured(pilot)
+
+    return bool(snap_compare(ScreenApp(make_screen, clock), terminal_size=size, run_before=settled))
 
 
 SIZES = [pytest.param((80, 24), id="80x24"), pytest.param((120, 40), id="120x40")]

@@ -69,6 +69,14 @@ async def arm_on_checks(pilot: Pilot[Any], password: str = TECH_PASSWORD) -> Non
     await pilot.press("enter")
 
 
+async def answer_password_dialog(pilot: Pilot[Any], key: str) -> None:
+    """Press ``key`` (arm or reset), then give the technician's password in the dialog it opens."""
+    await pilot.press(key)
+    await wait_until(pilot, lambda: showing(pilot.app, PasswordDialog), f"the dialog of {key!r}")
+    await enter_text(pilot, TECH_PASSWORD)
+    await pilot.press("enter")
+
+
 async def sim(app: ToscaApp, command: str) -> None:
     assert app.link is not None
     await app.link.call(Sim(command=command))
@@ -198,10 +206,7 @@ async def test_each_fault_is_shown_with_what_to_do_and_reset_with_the_password(
             # Reset refused while the cause is there: the fault stays.
             await pilot.press("f5")  # release the pedal
             if persists:
-                await pilot.press("f")
-                await wait_until(pilot, lambda: showing(app, PasswordDialog), "the reset dialog")
-                await enter_text(pilot, TECH_PASSWORD)
-                await pilot.press("enter")
+                await answer_password_dialog(pilot, "f")
                 await pilot.pause(0.5)
                 assert app.snapshot is not None and app.snapshot.state == "fault"
             await sim(app, clear)
@@ -215,16 +220,10 @@ async def test_each_fault_is_shown_with_what_to_do_and_reset_with_the_password(
                 "the cause cleared",
                 30.0,
             )
-            await pilot.press("f")
-            await wait_until(pilot, lambda: showing(app, PasswordDialog), "the reset dialog")
-            await enter_text(pilot, TECH_PASSWORD)
-            await pilot.press("enter")
+            await answer_password_dialog(pilot, "f")
             await wait_state(pilot, "ready", 20.0)
             # Arming again needs the password (key control) on the dashboard.
-            await pilot.press("a")
-            await wait_until(pilot, lambda: showing(app, PasswordDialog), "the arm dialog")
-            await enter_text(pilot, TECH_PASSWORD)
-            await pilot.press("enter")
+            await answer_password_dialog(pilot, "a")
             await wait_state(pilot, "armed", 20.0)
     with sqlite3.connect("data/tosca.db") as db:
         resets = db.execute("SELECT COUNT(*) FROM safety_log WHERE event_type = 'fault_reset'").fetchone()[0]

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from console_fixtures import FakeClock, make_settings, seed_sync, wait_until
+from console_fixtures import FakeClock, make_settings, seed_sync, tables_measured, wait_until
 from test_subject_screens import ScreenApp
 from textual.pilot import Pilot
 
@@ -170,6 +170,6 @@ def test_checks(data_dir: Path, clock: FakeClock, snap_compare: SnapCompare, siz
         screen.post_message(SnapshotUpdated(snapshot("ready", emitting=False, pedal=False)))
         screen.checks = CHECKS
         screen._show_checks()
-        await pilot.pause()
+        await tables_measured(pilot)
 
     assert snap_compare(app, terminal_size=size, run_before=shown)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -27,6 +26,7 @@ from textual.widgets import Input, Static
 from control.messages import Snapshot
 from storage import create_engine, session_factory
 from storage.repositories import ProtocolsRepository
+from tests.support import protocol_json
 from tui.app import ToscaApp, make_app
 from tui.screens import HomeScreen, LoginScreen
 
@@ -37,26 +37,6 @@ SHORT_PROTOCOL = "Test short (4 s at 2 W, 3 s ramp to 3 W)"
 LONG_PROTOCOL = "Test long (300 s at 2 W)"
 
 
-def _protocol(*steps: tuple[float, float, float, float, str]) -> str:
-    return json.dumps(
-        {
-            "version": "1.0",
-            "steps": [
-                {
-                    "step_number": n,
-                    "duration_seconds": d,
-                    "power_start_watts": p0,
-                    "power_end_watts": p1,
-                    "ring_size_mm": ring,
-                    "ramp_type": ramp,
-                }
-                for n, (d, p0, p1, ring, ramp) in enumerate(steps, start=1)
-            ],
-            "safety_limits": {"max_power_watts": 8.0, "max_duration_seconds": 600},
-        }
-    )
-
-
 async def add_test_protocols() -> None:
     engine = create_engine(DATA_DIR / "tosca.db")
     try:
@@ -65,9 +45,11 @@ async def add_test_protocols() -> None:
             await repo.add(
                 SHORT_PROTOCOL,
                 "multi_step",
-                _protocol((4, 2.0, 2.0, 3.0, "constant"), (3, 2.0, 3.0, 3.0, "linear")),
+                protocol_json((4, 2.0, 2.0, 3.0, "constant"), (3, 2.0, 3.0, 3.0, "linear"), max_power=8.0),
             )
-            await repo.add(LONG_PROTOCOL, "constant", _protocol((300, 2.0, 2.0, 3.0, "constant")))
+            await repo.add(
+                LONG_PROTOCOL, "constant", protocol_json((300, 2.0, 2.0, 3.0, "constant"), max_power=8.0)
+            )
     finally:
         await engine.dispose()
 
