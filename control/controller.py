@@ -926,7 +926,7 @@ class Controller:
             ):
                 add(f"calibration {label}", True, active.describe())
         try:
-            report = await asyncio.to_thread(check_database, self.data.db_path, quick=True)
+            report = await asyncio.to_thread(check_database, self.data.db_path, quick=True, in_use=True)
             add("database", report.integrity == "ok", report.summary(), report.summary())
         except Exception as exc:
             add("database", False, "check failed", str(exc))

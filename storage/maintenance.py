@@ -157,17 +157,25 @@ def _check_header(path: Path) -> None:
         )
 
 
-def check_database(db_path: Path, *, quick: bool = False, require_head: bool = True) -> CheckReport:
+def check_database(
+    db_path: Path, *, quick: bool = False, require_head: bool = True, in_use: bool = False
+) -> CheckReport:
     """Check the database file at ``db_path`` and return a report, or raise :class:`DatabaseCheckError`.
 
     ``quick`` runs ``quick_check`` instead of the full ``integrity_check``. With ``require_head`` the schema
     must be at :func:`head_revision`; otherwise any revision the migrations know is accepted. Nothing in the
     file is changed.
+
+    ``in_use``: the calling process has the database open (the controller's engine). The file header is then
+    not read directly: SQLite's locks are POSIX locks, held per process, and closing *any* descriptor of the
+    file drops them all. Another process would then believe it is the last user, checkpoint and delete the
+    write-ahead log under the open connections, and their next write fails with "disk I/O error".
     """
     path = Path(db_path)
     if not path.is_file():
         raise DatabaseCheckError(f"no database at {path}")
-    _check_header(path)
+    if not in_use:
+        _check_header(path)
     try:
         connection = _open(path)
     except sqlite3.Error as exc:

@@ -339,3 +339,52 @@ def test_the_db_command_does_not_load_textual() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+_AUDIT_ROW = (
+    "INSERT INTO audit_log (timestamp, username, action, outcome)"
+    " VALUES (CURRENT_TIMESTAMP, 't', ?, 'success')"
+)
+_OPEN_AND_CLOSE = """
+import sqlite3, sys
+connection = sqlite3.connect(sys.argv[1])
+connection.execute("SELECT count(*) FROM sqlite_master").fetchall()
+connection.close()
+"""
+
+
+def _writes_after_another_process_came_and_went(db_path: Path, *, in_use: bool) -> bool:
+    """A live connection (as the controller holds one) writes, this process checks the database, another
+    process opens and closes it; True if the write-ahead log survived and the live connection still writes."""
+    live = connect_sqlite(db_path)
+    try:
+        with live:
+            live.execute(_AUDIT_ROW, ("one",))
+        check_database(db_path, quick=True, in_use=in_use)
+        subprocess.run([sys.executable, "-c", _OPEN_AND_CLOSE, str(db_path)], check=True, timeout=30)
+        wal_kept = Path(f"{db_path}-wal").exists()
+        with live:
+            live.execute(_AUDIT_ROW, ("two",))
+        return wal_kept
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        live.close()
+
+
+def test_checking_a_database_this_process_has_open_keeps_its_locks(data_dir: DataDir) -> None:
+    # The controller checks the database before arming while its own connections are open. Reading the file
+    # header through a separate descriptor would drop those connections' locks (POSIX locks are per process):
+    # the next process to close the database then deletes the write-ahead log from under them.
+    assert _writes_after_another_process_came_and_went(data_dir.db_path, in_use=True)
+    reader = sqlite3.connect(data_dir.db_path)
+    try:
+        rows = reader.execute("SELECT action FROM audit_log WHERE username = 't' ORDER BY rowid").fetchall()
+    finally:
+        reader.close()
+    assert [row[0] for row in rows] == ["one", "two"]
+
+
+def test_the_file_header_is_why_in_use_exists(data_dir: DataDir) -> None:
+    # What in_use avoids: without it, the live connection loses its locks and the log is deleted.
+    assert not _writes_after_another_process_came_and_went(data_dir.db_path, in_use=False)
