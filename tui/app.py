@@ -163,7 +163,7 @@ class ToscaApp(App[int]):
     # -- the controller's pushes -----------------------------------------------------------------------
 
     def _on_link_message(self, message: Snapshot | Event | Preview) -> None:
-        """Called by the link on this loop for every pushed message: hand it to every screen."""
+        """Called by the link on this loop for every pushed message: hand it to every screen that shows it."""
         if isinstance(message, Snapshot):
             self.snapshot = message
             self._ring_on_first_emission(message)
@@ -176,7 +176,10 @@ class ToscaApp(App[int]):
             if message.severity in ("critical", "emergency"):
                 self.notify(message.message, severity="error", timeout=20)
         for screen in self.screen_stack:
-            screen.post_message(update)
+            # Only to the screens that handle it. A message to a covered screen that ignores it is not free:
+            # Textual then repaints that screen whole, and with it the whole screen on top, every time.
+            if hasattr(screen, update.handler_name):
+                screen.post_message(update)
 
     def _on_link_state(self, connected: bool, reason: str) -> None:
         if connected:

@@ -17,6 +17,8 @@ end-of-session screen follows.
 
 from __future__ import annotations
 
+import math
+import time
 from typing import ClassVar
 
 from rich.text import Text
@@ -25,6 +27,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
+from textual.timer import Timer
 from textual.widgets import Footer, Static
 
 from control.accounts import UserInfo
@@ -36,8 +39,14 @@ from tui.widgets.camera import CameraPreview
 from tui.widgets.header import ConsoleHeader
 from tui.widgets.plot import PowerPlot
 
+#: A snapshot comes up to 30 times a second; the figures are drawn at most this often, s (about 22 a
+#: second). A change of state is drawn at once.
+DRAW_INTERVAL_S = 0.045
 #: Seconds of power trace kept on the dashboard.
 TRACE_SECONDS = 60.0
+#: The trace is drawn again at most this often, s: one column of its dots spans about half a second of the
+#: 60 s shown, so drawing it for each snapshot (30 a second) would mostly draw the same picture.
+TRACE_REDRAW_S = 0.2
 
 #: Which keys act in which states (the others are shown disabled).
 _ACTION_STATES: dict[str, frozenset[str]] = {
@@ -183,6 +192,13 @@ class DashboardScreen(Screen[None]):
         self._left = False
         #: Snapshots drawn (for the benchmark).
         self.updates = 0
+        #: What each live text pane shows now, by widget id.
+        self._shown: dict[str, Text] = {}
+        #: The newest snapshot not drawn yet, when it was drawn last and the state it showed.
+        self._pending: Snapshot | None = None
+        self._drawn_at = -math.inf
+        self._drawn_key: tuple[object, ...] = ()
+        self._draw_timer: Timer | None = None
 
     def compose(self) -> ComposeResult:
         yield ConsoleHeader(
@@ -192,7 +208,7 @@ class DashboardScreen(Screen[None]):
         with Horizontal(id="dash-main"):
             with Vertical(id="dash-left"):
                 yield Static("", id="readouts")
-                yield PowerPlot(id="trace")
+                yield PowerPlot(id="trace", redraw_interval_s=TRACE_REDRAW_S)
             with Vertical(id="dash-right"):
                 yield Static("", id="interlocks")
                 yield CameraPreview(
@@ -212,7 +228,32 @@ class DashboardScreen(Screen[None]):
     # -- live data ---------------------------------------------------------------------------------------
 
     def on_snapshot_updated(self, message: SnapshotUpdated) -> None:
-        self.show(message.snapshot)
+        """Draw a snapshot at once when the state changes (the banner above all), else at most every
+        :data:`DRAW_INTERVAL_S`: the newest one then, none is drawn late."""
+        snapshot = message.snapshot
+        self._pending = snapshot
+        now = time.monotonic()
+        if self._state_key(snapshot) != self._drawn_key or now - self._drawn_at >= DRAW_INTERVAL_S:
+            self._draw_pending()
+        elif self._draw_timer is None:
+            wait = DRAW_INTERVAL_S - (now - self._drawn_at)
+            self._draw_timer = self.set_timer(wait, self._draw_pending, name="dashboard-draw")
+
+    @staticmethod
+    def _state_key(snapshot: Snapshot) -> tuple[object, ...]:
+        fault = snapshot.fault
+        return (snapshot.state, snapshot.emitting, fault.cause_cleared if fault is not None else None)
+
+    def _draw_pending(self) -> None:
+        if self._draw_timer is not None:
+            self._draw_timer.stop()
+            self._draw_timer = None
+        snapshot, self._pending = self._pending, None
+        if snapshot is None:
+            return
+        self._drawn_at = time.monotonic()
+        self._drawn_key = self._state_key(snapshot)
+        self.show(snapshot)
 
     def on_preview_updated(self, message: PreviewUpdated) -> None:
         self.query_one("#camera", CameraPreview).show(message.preview)
@@ -228,15 +269,14 @@ class DashboardScreen(Screen[None]):
                 banner_widget.remove_class(self._banner_css)
             banner_widget.add_class(css)
             self._banner_css = css
-        banner_widget.update(banner)
+        self._put(banner_widget, banner)
         if snapshot is None:
             return
         if snapshot.state != self.state:
             self.state = snapshot.state
             self.refresh_bindings()
-        # Fixed-size panes: no layout pass per update.
-        self.query_one("#readouts", Static).update(readout_text(snapshot), layout=False)
-        self.query_one("#interlocks", Static).update(interlock_text(snapshot), layout=False)
+        self._put(self.query_one("#readouts", Static), readout_text(snapshot))
+        self._put(self.query_one("#interlocks", Static), interlock_text(snapshot))
         self._trace(snapshot)
         if self.context.settings.sim:
             from tui.widgets.sim_panel import SimPanel
@@ -248,6 +288,16 @@ class DashboardScreen(Screen[None]):
         elif self._session_seen is not None and not self._left and self.is_current:
             self._left = True
             self._show_end(snapshot.last_session_id or self._session_seen)
+
+    def _put(self, widget: Static, text: Text) -> None:
+        """Show ``text`` in ``widget`` if it differs from what is shown; a layout pass only when the number of
+        lines changes (a snapshot comes up to 30 times a second, and most change a few figures at most)."""
+        shown = self._shown.get(widget.id or "")
+        if shown == text:
+            return
+        lines = text.plain.count("\n")
+        widget.update(text, layout=shown is None or shown.plain.count("\n") != lines)
+        self._shown[widget.id or ""] = text
 
     def _trace(self, snapshot: Snapshot) -> None:
         if snapshot.session is None:

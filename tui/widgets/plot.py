@@ -26,6 +26,7 @@ from typing import ClassVar, Final
 from rich.segment import Segment
 from rich.style import Style
 from textual.strip import Strip
+from textual.timer import Timer
 from textual.widget import Widget
 
 #: Most series one plot draws.
@@ -187,10 +188,17 @@ class PowerPlot(Widget):
         name: str | None = None,
         id: str | None = None,
         classes: str | None = None,
+        redraw_interval_s: float = 0.0,
     ) -> None:
+        """``redraw_interval_s`` > 0: a change is drawn at most that often (the data is always current, only
+        the picture waits); for a live trace fed many times a second."""
         super().__init__(name=name, id=id, classes=classes)
+        if not (math.isfinite(redraw_interval_s) and redraw_interval_s >= 0):
+            raise ValueError(f"redraw_interval_s must be a finite number >= 0; got {redraw_interval_s!r}")
         self.y_unit = y_unit
         self.x_unit = x_unit
+        self.redraw_interval_s = redraw_interval_s
+        self._redraw_timer: Timer | None = None
         self._series: dict[str, _Series] = {}
         self._x_fixed: tuple[float, float] | None = None
         self._y_fixed: tuple[float, float] | None = None
@@ -272,6 +280,13 @@ class PowerPlot(Widget):
         return series
 
     def _changed(self) -> None:
+        if self.redraw_interval_s <= 0 or not self.is_mounted:
+            self._redraw()
+        elif self._redraw_timer is None:
+            self._redraw_timer = self.set_timer(self.redraw_interval_s, self._redraw, name="plot-redraw")
+
+    def _redraw(self) -> None:
+        self._redraw_timer = None
         self._lines = None
         self.refresh()
 

@@ -152,8 +152,10 @@ class SimPanel(Widget):
 
     def show(self, snapshot: Snapshot | None) -> None:
         """Show the footpedal and E-stop of ``snapshot`` (both "unknown" when it is ``None``)."""
-        self.pedal = pedal_state(snapshot)
-        self.estop = estop_state(snapshot)
+        pedal, estop = pedal_state(snapshot), estop_state(snapshot)
+        if (pedal, estop) == (self.pedal, self.estop):
+            return
+        self.pedal, self.estop = pedal, estop
         if self.is_mounted:
             self._render_states()
 
