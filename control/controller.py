@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import math
 import time
@@ -266,6 +267,9 @@ class Controller:
         except BaseException:
             await self.close()
             raise
+        # Everything made so far lives as long as the controller: out of the collector's full passes, which
+        # otherwise walk it all with this loop stopped (measured 30 to 75 ms, the supervisor's tick included).
+        gc.freeze()
 
     async def close(self) -> None:
         """Stop emission, close any session as aborted, stop every task, close devices and sockets."""

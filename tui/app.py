@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from textual import events, work
 from textual.app import App
 from textual.binding import Binding, BindingType
+from textual.driver import Driver
 from textual.worker import Worker, WorkerState
 
 from control.accounts import AccountService, UserInfo
@@ -42,7 +43,8 @@ from control.messages import Event, OpenSession, Preview, Sim, Snapshot, Stop
 from control.settings import DEFAULT_AUTO_LOCK_MINUTES, ConsoleSettings, read_auto_lock_minutes
 from control.terminal import detect_terminal
 from storage import DataDir, StorageError, create_engine, session_factory
-from tui.link import ConsoleLink
+from tui.link import CONTROL_SOCKET, ConsoleLink
+from tui.memory import QuietCollector
 from tui.screens import (
     ChangePasswordScreen,
     EntryScreenRequested,
@@ -63,6 +65,7 @@ from tui.screens._base import (
     SessionRequested,
     SnapshotUpdated,
 )
+from tui.stop_key import StopKeyAnswered, stop_now, with_stop_key
 
 #: Input that counts as activity for the automatic lock.
 _ACTIVITY_EVENTS = (
@@ -120,6 +123,8 @@ class ToscaApp(App[int]):
         self.context = ScreenContext(settings=settings, accounts=self.accounts, link=self.link)
         #: The controller's newest state (``None`` before the first or while it is unreachable).
         self.snapshot: Snapshot | None = None
+        #: Keeps the garbage collector's full passes short while the laser may emit (on a terminal).
+        self.collector: QuietCollector | None = None
         #: Sessions whose first emission has rung the terminal bell.
         self._belled: set[int] = set()
         #: Screen updates delivered (snapshots posted to the screen on top), for the benchmark.
@@ -132,11 +137,21 @@ class ToscaApp(App[int]):
 
     # -- life cycle ----------------------------------------------------------------------------------------
 
+    def get_driver_class(self) -> type[Driver]:
+        """The terminal's driver, with F12 sent to the controller from its input thread (see
+        :mod:`tui.stop_key`). Called by ``App.__init__``."""
+        return with_stop_key(super().get_driver_class(), self._stop_key_read)
+
     def on_mount(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self.set_interval(self.settings.idle_check_seconds, self.check_inactivity, name="auto-lock")
         if self.link is not None:
             self.link.start()
         self.show_entry_screen()
+        if not self.is_headless:
+            # On a terminal only: the collector's state is the process's, and tests run many apps in one.
+            self.collector = QuietCollector()
+            self.call_after_refresh(self.collector.freeze)
 
     async def on_unmount(self) -> None:
         # Workers still reading the database are cancelled and waited for before the engine goes.
@@ -151,6 +166,8 @@ class ToscaApp(App[int]):
         # A connection whose query was cancelled is closed by SQLAlchemy in a shielded task of its own, some
         # only once the cancelled session is garbage-collected: collect now, and let those closings finish,
         # so the console leaves nothing running.
+        if self.collector is not None:
+            gc.unfreeze()
         gc.collect()
         closing = [
             task
@@ -166,6 +183,8 @@ class ToscaApp(App[int]):
         """Called by the link on this loop for every pushed message: hand it to every screen that shows it."""
         if isinstance(message, Snapshot):
             self.snapshot = message
+            if self.collector is not None:
+                self.collector.update(self.emission_possible)
             self._ring_on_first_emission(message)
             update: SnapshotUpdated | PreviewUpdated | ControllerEvent = SnapshotUpdated(message)
             self.snapshots_shown += 1
@@ -214,6 +233,27 @@ class ToscaApp(App[int]):
             self.notify(f"STOP failed: {exc}", severity="error", timeout=30)
             return
         self.notify(f"laser stopped ({reply.get('state', '?')})", severity="warning", timeout=5)
+
+    def _stop_key_read(self) -> None:
+        """F12 as the terminal's input thread reads it (not on the app's loop): stop now, show it later."""
+        loop = getattr(self, "_loop", None)
+        if self.link is None:
+            if loop is not None:
+                loop.call_soon_threadsafe(self.notify, "no controller: nothing to stop", severity="warning")
+            return
+
+        def answer(message: StopKeyAnswered) -> None:
+            if loop is not None and not loop.is_closed():
+                loop.call_soon_threadsafe(self.post_message, message)
+
+        stop_now(self.link.data_dir / CONTROL_SOCKET, answer)
+
+    def on_stop_key_answered(self, message: StopKeyAnswered) -> None:
+        self.last_activity = self.settings.clock()
+        if message.error:
+            self.notify(f"STOP failed: {message.error}", severity="error", timeout=30)
+        else:
+            self.notify(f"laser stopped ({message.state})", severity="warning", timeout=5)
 
     def action_inert(self) -> None:
         """Ctrl+Z does nothing: a suspended console could not stop the laser it armed."""

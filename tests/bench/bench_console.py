@@ -69,6 +69,7 @@ from bench_safety import (
 from control.ipc import ControllerClient
 from control.messages import Resume, Stop
 from devices.sim.rig import SimRig
+from tui.stop_key import send_stop
 
 #: F12 as an xterm sends it.
 F12 = b"\x1b[24~"
@@ -267,6 +268,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             direct.append(await asyncio.wait_for(off, 3.0) - t0)
             await after_stop(op)
         results["stop command from a client -> output off (baseline)"] = summary(direct)
+
+        say(f"stop on a new connection, as the console's stop key sends it: {args.stops} trials")
+        fresh: list[float] = []
+        for _ in range(args.stops):
+            await op.treating(needed_s=5.0)
+            off = watch.expect_off()
+            t0 = time.monotonic()
+            reply = await asyncio.to_thread(send_stop, root / "control.sock")
+            if not reply.ok:
+                raise BenchError(f"stop refused: {reply.error}")
+            fresh.append(await asyncio.wait_for(off, 3.0) - t0)
+            await after_stop(op)
+        results["stop on a new connection -> output off"] = summary(fresh)
 
         await op.treating(needed_s=args.seconds + 10.0)
         console = PtyProgram(console_argv, width=120, height=40)

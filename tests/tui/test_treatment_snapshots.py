@@ -27,6 +27,7 @@ from control.messages import (
 from tui.screens._base import ScreenContext, SnapshotUpdated
 from tui.screens.checks import ChecksScreen
 from tui.screens.dashboard import DashboardScreen
+from tui.widgets.lines import LinePanel
 
 SnapCompare = Callable[..., bool]
 SIZES = [(80, 24), (120, 40)]
@@ -151,7 +152,7 @@ def test_dashboard(
         await wait_until(pilot, lambda: isinstance(app.screen, DashboardScreen), "the dashboard")
         app.screen.post_message(SnapshotUpdated(state[1]))
         await wait_until(
-            pilot, lambda: "step 1 of 2" in str(app.screen.query_one("#interlocks").content), "drawn"
+            pilot, lambda: "step 1 of 2" in app.screen.query_one("#interlocks", LinePanel).text.plain, "drawn"
         )
         await pilot.pause()
 

@@ -25,7 +25,7 @@ from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Footer, Static
@@ -37,11 +37,12 @@ from tui.screens._base import PreviewUpdated, ScreenContext, SnapshotUpdated
 from tui.screens.checks import arm_refusal
 from tui.widgets.camera import CameraPreview
 from tui.widgets.header import ConsoleHeader
+from tui.widgets.lines import LinePanel
 from tui.widgets.plot import PowerPlot
 
-#: A snapshot comes up to 30 times a second; the figures are drawn at most this often, s (about 22 a
+#: A snapshot comes up to 30 times a second; the figures are drawn at most this often, s (20 a
 #: second). A change of state is drawn at once.
-DRAW_INTERVAL_S = 0.045
+DRAW_INTERVAL_S = 0.05
 #: Seconds of power trace kept on the dashboard.
 TRACE_SECONDS = 60.0
 #: The trace is drawn again at most this often, s: one column of its dots spans about half a second of the
@@ -205,15 +206,15 @@ class DashboardScreen(Screen[None]):
             "Treatment", sim=self.context.settings.sim, user_text=f"{self.user.username} ({self.user.role})"
         )
         yield Static("", id="banner")
-        with Horizontal(id="dash-main"):
-            with Vertical(id="dash-left"):
-                yield Static("", id="readouts")
-                yield PowerPlot(id="trace", redraw_interval_s=TRACE_REDRAW_S)
-            with Vertical(id="dash-right"):
-                yield Static("", id="interlocks")
-                yield CameraPreview(
-                    id="camera", force_halfblock=self.context.settings.image_protocol == "halfblock"
-                )
+        # The figures that change with every snapshot share one band, so that redrawing them repaints
+        # nothing else: the trace and the camera below are drawn only when they change.
+        with Horizontal(id="dash-top"):
+            yield LinePanel(id="readouts")
+            yield LinePanel(id="interlocks")
+        with Horizontal(id="dash-bottom"):
+            yield PowerPlot(id="trace", redraw_interval_s=TRACE_REDRAW_S)
+            halfblock = self.context.settings.image_protocol == "halfblock"
+            yield CameraPreview(id="camera", force_halfblock=halfblock)
         if self.context.settings.sim:
             from tui.widgets.sim_panel import SimPanel
 
@@ -275,8 +276,8 @@ class DashboardScreen(Screen[None]):
         if snapshot.state != self.state:
             self.state = snapshot.state
             self.refresh_bindings()
-        self._put(self.query_one("#readouts", Static), readout_text(snapshot))
-        self._put(self.query_one("#interlocks", Static), interlock_text(snapshot))
+        self.query_one("#readouts", LinePanel).show(readout_text(snapshot))
+        self.query_one("#interlocks", LinePanel).show(interlock_text(snapshot))
         self._trace(snapshot)
         if self.context.settings.sim:
             from tui.widgets.sim_panel import SimPanel
