@@ -117,6 +117,16 @@ def test_a_whole_treatment_by_keystrokes(tmp_path: Path) -> None:
         term.wait_for("the footpedal starts emission", 10.0)
         term.keys("F5")
         term.wait_for("LASER EMISSION", 10.0)
+        # The stop key, as a terminal sends it (read and sent to the controller by the input thread).
+        term.keys("F12")
+        screen = term.wait_for("PAUSED - LASER OFF", 10.0)
+        term.wait_for("laser stopped (paused)", 10.0)
+        term.keys("F5")  # release the pedal, resume, press it again
+        term.wait_for(lambda s: "PRESSED" not in s, 10.0)
+        term.keys("r")
+        term.wait_for("the footpedal starts emission", 10.0)
+        term.keys("F5")
+        term.wait_for("LASER EMISSION", 10.0)
 
         term.wait_for("Save notes", 60.0)  # the protocol completed: the end-of-session screen
         term.wait_for("completed", 15.0)
@@ -148,11 +158,15 @@ def test_a_whole_treatment_by_keystrokes(tmp_path: Path) -> None:
         pedal_releases = db.execute(
             "SELECT COUNT(*) FROM safety_log WHERE description LIKE 'treating -> armed%'"
         ).fetchone()[0]
+        stops = db.execute(
+            "SELECT COUNT(*) FROM safety_log WHERE description LIKE 'treating -> paused%'"
+        ).fetchone()[0]
     assert (status, protocol, subject) == ("completed", PROTOCOL, code)
     assert NOTES in (notes or "")
     assert laser_on_s == pytest.approx(9.0, abs=0.5)
     # 5 s at 2 W and a 4 s ramp from 2 to 3 W: 20 J.
     assert energy_j == pytest.approx(20.0, rel=0.1)
     assert pedal_releases >= 1
+    assert stops == 1, "the stop key paused the treatment once"
     # The controller the console started stopped with it.
     assert leftover == []
