@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from console_fixtures import DATA_DIR, FakeClock, enter_text, make_settings, seed, tables_measured, wait_until
 from sqlalchemy import func, select
+from textual import events
 from textual.app import App
 from textual.pilot import Pilot
 from textual.screen import Screen
@@ -238,6 +239,26 @@ async def test_create_gives_the_next_codes(data_dir: Path, clock: FakeClock) -> 
         table = screen.query_one("#subject-table", DataTable)
         assert [str(c) for c in table.get_row_at(0)] == ["P-2026-0002", "1984-02-29", "male", "0", "—", "yes"]
         assert screen.highlighted_code() == "P-2026-0002"
+
+
+async def test_keys_typed_right_after_enter_go_to_the_next_field(data_dir: Path, clock: FakeClock) -> None:
+    # A terminal delivers a fast typist's keys in one read: Enter and what follows are queued together.
+    await prepare(clock)
+    app = ScreenApp(subjects_screen, clock)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await list_ready(pilot)
+        await pilot.press("n")
+        await wait_until(pilot, lambda: isinstance(app.screen, SubjectFormScreen), "the form")
+        form = app.screen
+        assert isinstance(form, SubjectFormScreen)
+        await wait_until(pilot, lambda: app.focused is form.query_one("#birth-date"), "the first field")
+        burst = [events.Key(c, c) for c in "1984-02-29"] + [events.Key("enter", "\r")]
+        burst += [events.Key(c, c) for c in "male"]
+        for key in burst:
+            app.post_message(key)
+        gender = form.query_one("#gender", Input)
+        await wait_until(pilot, lambda: gender.value == "male", "the gender typed")
+        assert form.query_one("#birth-date", Input).value == "1984-02-29"
 
 
 BAD_VALUES = [

@@ -192,7 +192,9 @@ class FormScreen(Screen[None]):
         current = focused.id if isinstance(focused, Input) else None
         if current in field_ids[:-1]:
             index = field_ids.index(current)
-            self.query_one(f"#{field_ids[index + 1]}", Input).focus()
+            # At once, not after this message (``Widget.focus``): keys typed right after Enter are already
+            # queued, and belong in the next field.
+            self.set_focus(self.query_one(f"#{field_ids[index + 1]}", Input))
             return False
         return True
 
