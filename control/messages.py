@@ -546,6 +546,11 @@ def _require_id(command: Command) -> None:
         raise MessageError(f"{_type_of(command)}.id: field required")
 
 
+def command_name(command: Command) -> str:
+    """A command's name on the wire (its ``type``), e.g. ``"override_power"``."""
+    return _type_of(command)
+
+
 def _type_of(message: BaseModel) -> str:
     value = getattr(message, "type", "")
     return str(value)

@@ -1,4 +1,5 @@
-"""mypy in strict mode over the layers below the console (control, devices, storage), as pyproject says."""
+"""mypy in strict mode over the console and the layers below it (control, devices, storage, tui), as pyproject
+says."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.timeout(240)
-def test_lower_layers_type_check_strictly() -> None:
+def test_every_layer_type_checks_strictly() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "mypy", "--no-error-summary"],
         cwd=ROOT,

@@ -99,7 +99,7 @@ class ToscaApp(App[int]):
 
     def __init__(self, settings: ConsoleSettings) -> None:
         # Read by App.__init__: the kiosk has no command palette.
-        self.ENABLE_COMMAND_PALETTE = not settings.kiosk
+        self.ENABLE_COMMAND_PALETTE = not settings.kiosk  # type: ignore[misc]  # per console, on purpose
         super().__init__()
         self.settings = settings
         self.data_dir = DataDir(settings.data_dir)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from control.ipc import CommandFailed, ControllerClient, ControllerUnavailable
-from control.messages import Command, Event, Preview, Snapshot
+from control.messages import Command, Event, Preview, Snapshot, command_name
 
 _LOG = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class ConsoleLink:
             return await client.call(command, timeout_s)
         except TimeoutError:
             raise ControllerUnavailable(
-                f"the controller did not answer {command.type} within {timeout_s:g} s"
+                f"the controller did not answer {command_name(command)} within {timeout_s:g} s"
             ) from None
 
     async def wait_connected(self, timeout_s: float) -> None:

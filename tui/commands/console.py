@@ -12,6 +12,7 @@ import argparse
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 from control.settings import ConsoleSettings
 from storage.errors import StorageError
@@ -28,7 +29,7 @@ def settings_from_args(args: argparse.Namespace) -> ConsoleSettings:
     sim, kiosk = bool(args.sim), bool(args.kiosk)
     # On the kiosk systemd runs the controller for the real rig: the console only connects to it. Elsewhere
     # the console starts a simulated rig's controller when none is running.
-    controller = "connect" if kiosk and not sim else "start"
+    controller: Literal["connect", "start"] = "connect" if kiosk and not sim else "start"
     return ConsoleSettings(data_dir=data_dir, sim=sim, kiosk=kiosk, controller=controller)
 
 

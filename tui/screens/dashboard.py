@@ -32,7 +32,17 @@ from textual.widgets import Footer, Static
 
 from control.accounts import UserInfo
 from control.ipc import CommandFailed, ControllerUnavailable
-from control.messages import Abort, Arm, Command, OverridePower, Pause, ResetFault, Resume, Snapshot
+from control.messages import (
+    Abort,
+    Arm,
+    Command,
+    OverridePower,
+    Pause,
+    ResetFault,
+    Resume,
+    Snapshot,
+    command_name,
+)
 from tui.screens._base import PreviewUpdated, ScreenContext, SnapshotUpdated
 from tui.screens.checks import arm_refusal
 from tui.widgets.camera import CameraPreview
@@ -338,7 +348,8 @@ class DashboardScreen(Screen[None]):
         try:
             await link.call(command, timeout_s=timeout_s)
         except (CommandFailed, ControllerUnavailable) as exc:
-            self.notify(f"{command.type.replace('_', ' ')} refused: {exc}", severity="error", timeout=15)
+            name = command_name(command).replace("_", " ")
+            self.notify(f"{name} refused: {exc}", severity="error", timeout=15)
             return False
         if done:
             self.notify(done, timeout=4)

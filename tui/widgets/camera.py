@@ -162,7 +162,7 @@ def _halfblock_widget_class() -> type[Widget]:
                 segments = list(super().__rich_console__(console, options))
             yield from segments
 
-    class CameraHalfcellImage(HalfcellImage, Renderable=QuietHalfcellRenderable):  # type: ignore[call-arg]
+    class CameraHalfcellImage(HalfcellImage, Renderable=QuietHalfcellRenderable):
         """Half-block camera image."""
 
     return CameraHalfcellImage
