@@ -39,6 +39,8 @@ async def test_controller_process_serves_both_sockets_and_stops_cleanly(data: Da
         assert child.stdout is not None
         line = await asyncio.to_thread(child.stdout.readline)
         assert line.startswith("controller ready"), line + (child.stderr.read() if child.stderr else "")
+        # It says what scheduling priority it got (raised where the system allows it, else why not).
+        assert "scheduling priority: " in line and "nice" in line, line
         control = data.root / "control.sock"
         assert control.stat().st_mode & 0o777 == 0o600
         client = await ControllerClient.connect(control)
