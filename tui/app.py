@@ -123,6 +123,8 @@ class ToscaApp(App[int]):
         self.context = ScreenContext(settings=settings, accounts=self.accounts, link=self.link)
         #: The controller's newest state (``None`` before the first or while it is unreachable).
         self.snapshot: Snapshot | None = None
+        #: This app's event loop, for the stop key's answers from other threads (set on mount).
+        self._ui_loop: asyncio.AbstractEventLoop | None = None
         #: Keeps the garbage collector's full passes short while the laser may emit (on a terminal).
         self.collector: QuietCollector | None = None
         #: Sessions whose first emission has rung the terminal bell.
@@ -143,7 +145,7 @@ class ToscaApp(App[int]):
         return with_stop_key(super().get_driver_class(), self._stop_key_read)
 
     def on_mount(self) -> None:
-        self._loop = asyncio.get_running_loop()
+        self._ui_loop = asyncio.get_running_loop()
         self.set_interval(self.settings.idle_check_seconds, self.check_inactivity, name="auto-lock")
         if self.link is not None:
             self.link.start()
@@ -230,25 +232,26 @@ class ToscaApp(App[int]):
         try:
             reply = await self.link.call(Stop(), timeout_s=2.0)
         except (CommandFailed, ControllerUnavailable) as exc:
-            self.notify(f"STOP failed: {exc}", severity="error", timeout=30)
+            self.post_message(StopKeyAnswered("", str(exc)))
             return
-        self.notify(f"laser stopped ({reply.get('state', '?')})", severity="warning", timeout=5)
+        self.post_message(StopKeyAnswered(str(reply.get("state", "?")), ""))
 
-    def _stop_key_read(self) -> None:
-        """F12 as the terminal's input thread reads it (not on the app's loop): stop now, show it later."""
-        loop = getattr(self, "_loop", None)
-        if self.link is None:
-            if loop is not None:
-                loop.call_soon_threadsafe(self.notify, "no controller: nothing to stop", severity="warning")
-            return
+    def _stop_key_read(self) -> bool:
+        """F12 as the terminal's input thread reads it (not on the app's loop): stop now, show the answer
+        later. False (the key goes on to the app's binding) when there is no controller link."""
+        loop = self._ui_loop
+        if self.link is None or loop is None:
+            return False
 
         def answer(message: StopKeyAnswered) -> None:
-            if loop is not None and not loop.is_closed():
+            if not loop.is_closed():
                 loop.call_soon_threadsafe(self.post_message, message)
 
         stop_now(self.link.data_dir / CONTROL_SOCKET, answer)
+        return True
 
     def on_stop_key_answered(self, message: StopKeyAnswered) -> None:
+        """The controller's answer to the stop key, by either path."""
         self.last_activity = self.settings.clock()
         if message.error:
             self.notify(f"STOP failed: {message.error}", severity="error", timeout=30)

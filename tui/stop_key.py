@@ -87,7 +87,8 @@ def send_stop(socket_path: Path, timeout_s: float = STOP_TIMEOUT_S) -> Reply:
 
 
 class StopKeyAnswered(Message):
-    """The controller's answer to a stop sent from the input thread (``error`` is empty when it stopped)."""
+    """The controller's answer to the stop key (``error`` is empty when it stopped; ``state`` is then the
+    state it stopped in)."""
 
     def __init__(self, state: str, error: str) -> None:
         super().__init__()
@@ -123,14 +124,13 @@ def stop_now(socket_path: Path, answer: Callable[[StopKeyAnswered], Any]) -> Non
     threading.Thread(target=wait_for_reply, name="stop key reply", daemon=True).start()
 
 
-def with_stop_key(base: type[Driver], on_stop_key: Callable[[], None]) -> type[Driver]:
-    """A driver class like ``base`` that calls ``on_stop_key()`` (in the input thread) for F12, which is then
-    not passed to the app. ``on_stop_key`` must not block."""
+def with_stop_key(base: type[Driver], on_stop_key: Callable[[], bool]) -> type[Driver]:
+    """A driver class like ``base`` that calls ``on_stop_key()`` (in the input thread) for F12; the key is
+    passed on to the app only if it returns False. ``on_stop_key`` must not block."""
 
     class StopKeyDriver(base):  # type: ignore[valid-type, misc]
         def process_message(self, message: Message) -> None:
-            if isinstance(message, events.Key) and message.key == STOP_KEY:
-                on_stop_key()
+            if isinstance(message, events.Key) and message.key == STOP_KEY and on_stop_key():
                 return
             super().process_message(message)
 

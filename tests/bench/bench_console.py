@@ -45,6 +45,7 @@ import sys
 import tempfile
 import termios
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -205,6 +206,22 @@ async def after_stop(op: Operator) -> None:
     await op.snapshot(lambda s: s.state != "paused", "ARMED after resume")
 
 
+async def stop_trials(
+    op: Operator, watch: LaserWatch, count: int, stop: Callable[[], Awaitable[None]]
+) -> list[float]:
+    """``count`` times: treating, then ``stop()``; the time until "output off" reaches the laser simulator."""
+    times: list[float] = []
+    for _ in range(count):
+        await op.treating(needed_s=5.0)
+        off = watch.expect_off()
+        t0 = time.monotonic()
+        await stop()
+        times.append(await asyncio.wait_for(off, 3.0) - t0)
+        await op.snapshot(lambda s: s.state == "paused", "PAUSED after the stop")
+        await after_stop(op)
+    return times
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="tosca-console-bench-"))
     results: dict[str, Any] = {}
@@ -259,28 +276,24 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         op = Operator(client, rig, watch, protocol_name)
 
         say(f"stop sent by the operator's own client (baseline): {args.stops} trials")
-        direct: list[float] = []
-        for _ in range(args.stops):
-            await op.treating(needed_s=5.0)
-            off = watch.expect_off()
-            t0 = time.monotonic()
+
+        async def on_the_client() -> None:
             await client.call(Stop(), timeout_s=5.0)
-            direct.append(await asyncio.wait_for(off, 3.0) - t0)
-            await after_stop(op)
-        results["stop command from a client -> output off (baseline)"] = summary(direct)
+
+        results["stop command from a client -> output off (baseline)"] = summary(
+            await stop_trials(op, watch, args.stops, on_the_client)
+        )
 
         say(f"stop on a new connection, as the console's stop key sends it: {args.stops} trials")
-        fresh: list[float] = []
-        for _ in range(args.stops):
-            await op.treating(needed_s=5.0)
-            off = watch.expect_off()
-            t0 = time.monotonic()
+
+        async def on_a_new_connection() -> None:
             reply = await asyncio.to_thread(send_stop, root / "control.sock")
             if not reply.ok:
                 raise BenchError(f"stop refused: {reply.error}")
-            fresh.append(await asyncio.wait_for(off, 3.0) - t0)
-            await after_stop(op)
-        results["stop on a new connection -> output off"] = summary(fresh)
+
+        results["stop on a new connection -> output off"] = summary(
+            await stop_trials(op, watch, args.stops, on_a_new_connection)
+        )
 
         await op.treating(needed_s=args.seconds + 10.0)
         console = PtyProgram(console_argv, width=120, height=40)
@@ -305,16 +318,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         }
 
         say(f"stop key on the console: {args.stops} trials")
-        keyed: list[float] = []
-        for _ in range(args.stops):
-            await op.treating(needed_s=5.0)
-            off = watch.expect_off()
-            t0 = time.monotonic()
-            console.write(F12)
-            keyed.append(await asyncio.wait_for(off, 3.0) - t0)
-            await op.snapshot(lambda s: s.state == "paused", "PAUSED after the stop key")
-            await after_stop(op)
-        results["F12 on the console -> output off"] = summary(keyed)
+        terminal = console
+
+        async def with_the_key() -> None:
+            terminal.write(F12)
+
+        results["F12 on the console -> output off"] = summary(
+            await stop_trials(op, watch, args.stops, with_the_key)
+        )
         results["_run"] = {
             "sessions_opened": op.sessions_opened,
             "unplanned_faults": dict(op.unplanned),

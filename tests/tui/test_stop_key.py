@@ -133,9 +133,20 @@ class RecordingDriver(Driver):
 
 def test_the_driver_takes_f12_out_of_the_input_and_passes_every_other_key() -> None:
     pressed: list[str] = []
-    driver = with_stop_key(RecordingDriver, lambda: pressed.append("stop"))()
+
+    def stop() -> bool:
+        pressed.append("stop")
+        return True
+
+    driver = with_stop_key(RecordingDriver, stop)()
     driver.process_message(events.Key("f11", None))
     driver.process_message(events.Key("f12", None))
     driver.process_message(events.Key("space", " "))
     assert pressed == ["stop"]
     assert [event.key for event in driver.sent if isinstance(event, events.Key)] == ["f11", "space"]
+
+
+def test_f12_goes_on_to_the_app_when_the_stop_cannot_be_sent_from_the_input_thread() -> None:
+    driver = with_stop_key(RecordingDriver, lambda: False)()
+    driver.process_message(events.Key("f12", None))
+    assert [event.key for event in driver.sent if isinstance(event, events.Key)] == ["f12"]

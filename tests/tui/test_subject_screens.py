@@ -241,16 +241,22 @@ async def test_create_gives_the_next_codes(data_dir: Path, clock: FakeClock) -> 
         assert screen.highlighted_code() == "P-2026-0002"
 
 
+async def new_subject_form(pilot: Pilot[Any]) -> SubjectFormScreen:
+    """From the subjects list: n, and the form once it is up."""
+    await list_ready(pilot)
+    await pilot.press("n")
+    await wait_until(pilot, lambda: isinstance(pilot.app.screen, SubjectFormScreen), "the form")
+    form = pilot.app.screen
+    assert isinstance(form, SubjectFormScreen)
+    return form
+
+
 async def test_keys_typed_right_after_enter_go_to_the_next_field(data_dir: Path, clock: FakeClock) -> None:
     # A terminal delivers a fast typist's keys in one read: Enter and what follows are queued together.
     await prepare(clock)
     app = ScreenApp(subjects_screen, clock)
     async with app.run_test(size=(80, 24)) as pilot:
-        await list_ready(pilot)
-        await pilot.press("n")
-        await wait_until(pilot, lambda: isinstance(app.screen, SubjectFormScreen), "the form")
-        form = app.screen
-        assert isinstance(form, SubjectFormScreen)
+        form = await new_subject_form(pilot)
         await wait_until(pilot, lambda: app.focused is form.query_one("#birth-date"), "the first field")
         burst = [events.Key(c, c) for c in "1984-02-29"] + [events.Key("enter", "\r")]
         burst += [events.Key(c, c) for c in "male"]
@@ -278,11 +284,7 @@ async def test_a_bad_value_shows_its_error_and_writes_nothing(data_dir: Path, cl
     await prepare(clock)
     app = ScreenApp(subjects_screen, clock)
     async with app.run_test(size=(80, 24)) as pilot:
-        await list_ready(pilot)
-        await pilot.press("n")
-        await wait_until(pilot, lambda: isinstance(app.screen, SubjectFormScreen), "the form")
-        form = app.screen
-        assert isinstance(form, SubjectFormScreen)
+        form = await new_subject_form(pilot)
         for birth, gender, message in BAD_VALUES:
             form.query_one("#birth-date", Input).focus()
             await wait_until(pilot, lambda: app.focused is form.query_one("#birth-date"), "the first field")
