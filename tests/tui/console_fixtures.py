@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import html
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from textual.app import App
+from textual.coordinate import Coordinate
 from textual.pilot import Pilot
 from textual.screen import Screen
 from textual.widgets import DataTable, Input, Label
@@ -104,6 +106,19 @@ async def tables_measured(pilot: Pilot[Any]) -> None:
         return True
 
     await wait_until(pilot, measured, "the tables' columns to fit their cells")
+
+    def drawn() -> bool:
+        # And drawn so: each table's first cell is on the screen whole (a frame drawn before the measuring
+        # shows it cut to the width of its heading).
+        screen = html.unescape(pilot.app.export_screenshot()).replace("\xa0", " ")
+        for table in pilot.app.screen.query(DataTable):
+            if table.row_count and table.columns:
+                first = str(table.get_cell_at(Coordinate(0, 0)))
+                if first and first not in screen:
+                    return False
+        return True
+
+    await wait_until(pilot, drawn, "the tables drawn with their measured columns")
     await pilot.pause()
 
 
