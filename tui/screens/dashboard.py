@@ -203,8 +203,8 @@ class DashboardScreen(Screen[None]):
         self._left = False
         #: Snapshots drawn (for the benchmark).
         self.updates = 0
-        #: What each live text pane shows now, by widget id.
-        self._shown: dict[str, Text] = {}
+        #: What the banner shows now.
+        self._banner_text: Text | None = None
         #: The newest snapshot not drawn yet, when it was drawn last and the state it showed.
         self._pending: Snapshot | None = None
         self._drawn_at = -math.inf
@@ -280,7 +280,12 @@ class DashboardScreen(Screen[None]):
                 banner_widget.remove_class(self._banner_css)
             banner_widget.add_class(css)
             self._banner_css = css
-        self._put(banner_widget, banner)
+        shown = self._banner_text
+        if banner != shown:
+            # A layout pass only when the banner's height changes.
+            resized = shown is None or shown.plain.count("\n") != banner.plain.count("\n")
+            banner_widget.update(banner, layout=resized)
+            self._banner_text = banner
         if snapshot is None:
             return
         if snapshot.state != self.state:
@@ -299,16 +304,6 @@ class DashboardScreen(Screen[None]):
         elif self._session_seen is not None and not self._left and self.is_current:
             self._left = True
             self._show_end(snapshot.last_session_id or self._session_seen)
-
-    def _put(self, widget: Static, text: Text) -> None:
-        """Show ``text`` in ``widget`` if it differs from what is shown; a layout pass only when the number of
-        lines changes (a snapshot comes up to 30 times a second, and most change a few figures at most)."""
-        shown = self._shown.get(widget.id or "")
-        if shown == text:
-            return
-        lines = text.plain.count("\n")
-        widget.update(text, layout=shown is None or shown.plain.count("\n") != lines)
-        self._shown[widget.id or ""] = text
 
     def _trace(self, snapshot: Snapshot) -> None:
         if snapshot.session is None:
