@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from rich.cells import cell_len
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
@@ -96,6 +97,10 @@ def format_energy(energy_j: float | None, expected_j: float | None) -> str:
 def format_steps(completed: int, planned: int | None) -> str:
     """Steps completed, out of the steps planned when known (``2 of 3``)."""
     return f"{completed} of {planned}" if planned is not None else str(completed)
+
+
+#: The events table's headings, one per cell of :func:`event_cells`.
+EVENT_COLUMNS = ("Time", "+s", "Severity", "By", "Event", "Kind")
 
 
 def event_cells(event: ReviewEvent) -> tuple[str, str, Text, str, str, str]:
@@ -301,8 +306,7 @@ class EndOfSessionScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        table = self.query_one("#events", DataTable)
-        table.add_columns("Time", "+s", "Severity", "By", "Event", "Kind")
+        self.query_one("#events", DataTable).add_columns(*EVENT_COLUMNS)
         self.query_one("#notes", TextArea).focus()
         self.show_status("reading the session's records...", error=False)
         self.load()
@@ -345,10 +349,16 @@ class EndOfSessionScreen(Screen[None]):
         for fact_id, text in values.items():
             self.query_one(f"#fact-{fact_id}", Static).update(text)
 
+        # The columns get their widths here, from the cells: a table left to measure them itself draws a
+        # first frame with every column cut to its heading, and keeps those lines in its cache.
         table = self.query_one("#events", DataTable)
-        table.clear()
-        for event in review.events:
-            table.add_row(*event_cells(event))
+        table.clear(columns=True)
+        rows = [event_cells(event) for event in review.events]
+        for index, label in enumerate(EVENT_COLUMNS):
+            cells = (label, *(row[index] for row in rows))
+            table.add_column(label, width=max(cell_len(str(cell)) for cell in cells))
+        for row in rows:
+            table.add_row(*row)
 
         note = self.query_one("#trace-note", Label)
         plot = self.query_one("#trace-plot", PowerPlot)
