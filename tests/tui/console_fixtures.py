@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import html
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -108,13 +107,13 @@ async def tables_measured(pilot: Pilot[Any]) -> None:
     await wait_until(pilot, measured, "the tables' columns to fit their cells")
 
     def drawn() -> bool:
-        # And drawn so: each table's first cell is on the screen whole (a frame drawn before the measuring
-        # shows it cut to the width of its heading).
-        screen = html.unescape(pilot.app.export_screenshot()).replace("\xa0", " ")
+        # And drawn so: each table's first row, as the table draws it now, holds its first cell whole (a line
+        # drawn before the measuring keeps it cut to the width of its heading).
         for table in pilot.app.screen.query(DataTable):
-            if table.row_count and table.columns:
+            if table.row_count and table.columns and table.region.area:  # not in a hidden tab
                 first = str(table.get_cell_at(Coordinate(0, 0)))
-                if first and first not in screen:
+                line = table.render_line(1 if table.show_header else 0).text
+                if first and first not in line:
                     return False
         return True
 
