@@ -58,7 +58,10 @@ class Terminal:
             if check(screen):
                 return screen
             time.sleep(0.05)
-        raise AssertionError(f"timed out waiting for {what!r}; the screen shows:\n{screen}")
+        raise AssertionError(
+            f"timed out waiting for {what!r}; the cursor is on row {self.cursor_row()}; "
+            f"the screen shows:\n{screen}"
+        )
 
     def cursor_row(self) -> int:
         """The terminal cursor's row: Textual puts it in the focused input field (once it has drawn it)."""
@@ -170,7 +173,8 @@ def test_first_run_login_logout_and_audit_trail(terminal: Terminal, data_dir: Pa
     term.keys("Enter")
     term.wait_for("wrong username or password")
 
-    # The password field is cleared after a failure; the right password logs in.
+    # The password field is cleared after a failure and keeps the cursor; the right password logs in.
+    term.focus_moves_to("Password")
     term.keys("C-u")
     fill(term, PASSWORD, shown="•" * len(PASSWORD))
     term.keys("Enter")
