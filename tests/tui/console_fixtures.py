@@ -86,8 +86,23 @@ async def wait_until(
     deadline = loop.time() + limit
     while not predicate():
         if loop.time() > deadline:
-            raise AssertionError(f"timed out after {limit} s waiting for {what}")
+            raise AssertionError(f"timed out after {limit} s waiting for {what}; {app_state(pilot.app)}")
         await pilot.pause(0.01)
+
+
+def app_state(app: Any) -> str:
+    """What the console showed when a wait gave up: the controller's state and fault, the screen's text."""
+    snapshot = getattr(app, "snapshot", None)
+    state = "no snapshot" if snapshot is None else f"state {snapshot.state}, fault {snapshot.fault}"
+    try:
+        text = " | ".join(
+            " ".join(str(widget.render()).split())
+            for widget in app.screen.query("Static")
+            if widget.region.area and str(widget.render()).strip()
+        )
+    except Exception as exc:  # a diagnostic only: the screen may be half built
+        text = f"(screen unreadable: {exc})"
+    return f"{state}; screen {type(app.screen).__name__}: {text[:1500]}"
 
 
 async def tables_measured(pilot: Pilot[Any]) -> None:
