@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from control.accounts import HashingParameters
+from control.account_rules import HashingParameters
 from control.clock import Clock, utc_now
-from storage import ConfigValueError
-from storage.repositories import ConfigRepository
+from storage.errors import ConfigValueError
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 
 class ConsoleSettings(BaseModel):
@@ -81,6 +82,8 @@ async def read_auto_lock_minutes(sessions: async_sessionmaker[AsyncSession]) -> 
     value was unusable (not an integer, or outside 1 to :data:`MAX_AUTO_LOCK_MINUTES`) and the default of
     :data:`DEFAULT_AUTO_LOCK_MINUTES` was used instead. A console never runs without an automatic lock.
     """
+    from storage.repositories import ConfigRepository  # SQLAlchemy: loaded once the database is open
+
     async with sessions() as session:
         try:
             value = await ConfigRepository(session).get(AUTO_LOCK_KEY, DEFAULT_AUTO_LOCK_MINUTES)

@@ -26,46 +26,50 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+from collections.abc import Callable
 from datetime import timedelta
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine
 from textual import events, work
 from textual.app import App
 from textual.binding import Binding, BindingType
 from textual.driver import Driver
 from textual.worker import Worker, WorkerState
 
-from control.accounts import AccountService, UserInfo
+from control.account_rules import UserInfo
 from control.ipc import CommandFailed, ControllerUnavailable
 from control.messages import Event, OpenSession, Preview, Sim, Snapshot, Stop
 from control.settings import DEFAULT_AUTO_LOCK_MINUTES, ConsoleSettings, read_auto_lock_minutes
 from control.terminal import detect_terminal
-from storage import DataDir, StorageError, create_engine, session_factory
+from storage.errors import StorageError
+from storage.paths import DataDir
+from storage.probe import needs_first_admin
 from tui.link import CONTROL_SOCKET, ConsoleLink
 from tui.memory import QuietCollector
-from tui.screens import (
-    ChangePasswordScreen,
-    EntryScreenRequested,
-    FirstRunScreen,
-    HomeScreen,
-    LockScreen,
-    LoggedIn,
-    LoginScreen,
-    LogoutRequested,
-    PasswordChanged,
-    ScreenContext,
-    Unlocked,
-)
 from tui.screens._base import (
     ControllerEvent,
+    EntryScreenRequested,
+    LoggedIn,
+    LogoutRequested,
+    PasswordChanged,
     PreviewUpdated,
+    ScreenContext,
     SessionFinished,
     SessionRequested,
     SnapshotUpdated,
+    Unlocked,
 )
+from tui.screens.change_password import ChangePasswordScreen
+from tui.screens.first_run import FirstRunScreen
+from tui.screens.lock import LockScreen
+from tui.screens.login import LoginScreen
 from tui.stop_key import StopKeyAnswered, stop_now, with_stop_key
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from control.accounts import AccountService
+    from tui.screens.home import HomeScreen
 
 #: Input that counts as activity for the automatic lock.
 _ACTIVITY_EVENTS = (
@@ -97,20 +101,21 @@ class ToscaApp(App[int]):
     #: States in which the console never locks itself (the laser is armed or emitting).
     NO_LOCK_STATES: ClassVar[frozenset[str]] = frozenset({"armed", "treating"})
 
-    def __init__(self, settings: ConsoleSettings) -> None:
+    def __init__(self, settings: ConsoleSettings, prepare: Callable[[], object] | None = None) -> None:
         # Read by App.__init__: the kiosk has no command palette.
         self.ENABLE_COMMAND_PALETTE = not settings.kiosk  # type: ignore[misc]  # per console, on purpose
         super().__init__()
         self.settings = settings
         self.data_dir = DataDir(settings.data_dir)
         self.terminal = settings.terminal if settings.terminal is not None else detect_terminal()
-        self._engine: AsyncEngine = create_engine(self.data_dir.db_path)
-        self.accounts = AccountService(
-            sessions=session_factory(self._engine),
-            terminal=self.terminal,
-            clock=settings.clock,
-            hashing=settings.hashing,
-        )
+        #: Run (blocking, in a thread) before the database is opened: ``tosca`` upgrades it there.
+        self._prepare = prepare
+        #: The database's engine, once it is open (see :meth:`open_database`).
+        self._engine: AsyncEngine | None = None
+        #: Why the database could not be opened (the console then exits with 1 and says this).
+        self.startup_error: str | None = None
+        #: Whether the database is being opened or is open.
+        self._opening = False
         self.link: ConsoleLink | None = None
         if settings.controller != "off":
             self.link = ConsoleLink(
@@ -120,7 +125,7 @@ class ToscaApp(App[int]):
                 on_state=self._on_link_state,
                 start_controller=settings.controller == "start",
             )
-        self.context = ScreenContext(settings=settings, accounts=self.accounts, link=self.link)
+        self.context = ScreenContext(settings=settings, link=self.link)
         #: The controller's newest state (``None`` before the first or while it is unreachable).
         self.snapshot: Snapshot | None = None
         #: This app's event loop, for the stop key's answers from other threads (set on mount).
@@ -144,11 +149,14 @@ class ToscaApp(App[int]):
         :mod:`tui.stop_key`). Called by ``App.__init__``."""
         return with_stop_key(super().get_driver_class(), self._stop_key_read)
 
+    @property
+    def accounts(self) -> AccountService:
+        """The account service on the console's database (there once it is open: before any login)."""
+        return self.context.accounts
+
     def on_mount(self) -> None:
         self._ui_loop = asyncio.get_running_loop()
         self.set_interval(self.settings.idle_check_seconds, self.check_inactivity, name="auto-lock")
-        if self.link is not None:
-            self.link.start()
         self.show_entry_screen()
         if not self.is_headless:
             # On a terminal only: the collector's state is the process's, and tests run many apps in one.
@@ -164,7 +172,8 @@ class ToscaApp(App[int]):
             with contextlib.suppress(Exception):
                 await self.workers.wait_for_complete()
         finally:
-            await self._engine.dispose()
+            if self._engine is not None:
+                await self._engine.dispose()
         # A connection whose query was cancelled is closed by SQLAlchemy in a shielded task of its own, some
         # only once the cancelled session is garbage-collected: collect now, and let those closings finish,
         # so the console leaves nothing running.
@@ -291,12 +300,71 @@ class ToscaApp(App[int]):
             await self._sim(command)
             self.notify(f"simulator: {command}", timeout=4)
 
+    # -- the database, opened after the first frame ---------------------------------------------------------
+
     @work(exclusive=True, group="entry", exit_on_error=False)
     async def show_entry_screen(self) -> None:
-        """First-run screen when no usable admin exists, else the login screen."""
-        first_run = await self.accounts.needs_first_admin()
+        """First-run screen when no usable admin exists, else the login screen.
+
+        At start the answer is read with a plain query (:func:`storage.probe.needs_first_admin`), so the
+        screen is drawn before the database is opened; the opening (the upgrade, SQLAlchemy) follows in a
+        thread while the user types, and a submitted form waits for it. If the plain query cannot answer
+        (no schema yet, an older one, a damaged file) the database is opened first.
+        """
+        first_run: bool | None = None
+        if not self._opening:
+            first_run = await asyncio.to_thread(needs_first_admin, self.data_dir.db_path)
+            if first_run is None:
+                self.open_database()
+        if first_run is None:
+            first_run = await (await self.context.opened_accounts()).needs_first_admin()
         screen = FirstRunScreen(self.context) if first_run else LoginScreen(self.context)
         await self._show_screen(screen)
+        if not self._opening:
+            self.call_after_refresh(self.open_database)
+
+    def open_database(self) -> None:
+        """Open the database in a thread (once); then the controller link starts."""
+        if self._opening:
+            return
+        self._opening = True
+        self._open_database()
+
+    @work(thread=True, group="database", exit_on_error=False)
+    def _open_database(self) -> None:
+        try:
+            if self._prepare is not None:
+                self._prepare()
+            from control.accounts import AccountService
+            from storage.engine import create_engine, session_factory
+
+            engine = create_engine(self.data_dir.db_path)
+            accounts = AccountService(
+                sessions=session_factory(engine),
+                terminal=self.terminal,
+                clock=self.settings.clock,
+                hashing=self.settings.hashing,
+            )
+        except StorageError as exc:
+            self.call_from_thread(self._database_failed, " ".join(str(exc).split()))
+            return
+        self.call_from_thread(self._database_opened, engine, accounts)
+
+    def _database_opened(self, engine: AsyncEngine, accounts: AccountService) -> None:
+        self._engine = engine
+        self.context.database_opened(accounts)
+        # The controller checks the database is at the current schema: it starts once the upgrade is done.
+        if self.link is not None:
+            self.link.start()
+
+    def _database_failed(self, reason: str) -> None:
+        self.startup_error = reason
+        self.exit(1)
+
+    def _home(self, user: UserInfo) -> HomeScreen:
+        from tui.screens.home import HomeScreen
+
+        return HomeScreen(self.context, user)
 
     async def _show_screen(
         self, screen: FirstRunScreen | LoginScreen | ChangePasswordScreen | HomeScreen
@@ -362,7 +430,7 @@ class ToscaApp(App[int]):
         self.last_activity = self.settings.clock()
         try:
             minutes, problem = await read_auto_lock_minutes(self.accounts.sessions)
-        except (SQLAlchemyError, StorageError) as exc:
+        except database_errors() as exc:
             minutes, problem = (
                 DEFAULT_AUTO_LOCK_MINUTES,
                 f"cannot read auto_lock_minutes ({exc}); using default",
@@ -373,7 +441,7 @@ class ToscaApp(App[int]):
         if message.user.must_change_password:
             await self._show_screen(ChangePasswordScreen(self.context, message.user, message.password))
         else:
-            await self._show_screen(HomeScreen(self.context, message.user))
+            await self._show_screen(self._home(message.user))
             await self.resume_open_session(message.user)
 
     async def on_password_changed(self, message: PasswordChanged) -> None:
@@ -382,7 +450,7 @@ class ToscaApp(App[int]):
             return  # logged out meanwhile
         self.user = message.user
         if not self.is_locked:  # else the home screen is shown once the console is unlocked
-            await self._show_screen(HomeScreen(self.context, message.user))
+            await self._show_screen(self._home(message.user))
 
     async def on_unlocked(self, message: Unlocked) -> None:
         self.last_activity = self.settings.clock()
@@ -395,7 +463,7 @@ class ToscaApp(App[int]):
             and not user.must_change_password
         ):
             # The new password was saved while the console was locked.
-            await self._show_screen(HomeScreen(self.context, user))
+            await self._show_screen(self._home(user))
 
     # -- the treatment flow ----------------------------------------------------------------------------
 
@@ -458,7 +526,7 @@ class ToscaApp(App[int]):
         self.user = None
         try:
             await self.accounts.logout(user, reason=reason)
-        except (SQLAlchemyError, StorageError) as exc:
+        except database_errors() as exc:
             self.notify(f"logged out, but the audit row was not written: {exc}", severity="error", timeout=30)
         self.show_entry_screen()
 
@@ -492,12 +560,21 @@ class ToscaApp(App[int]):
             self.user = None
             try:
                 await self.accounts.logout(user, reason="quit")
-            except (SQLAlchemyError, StorageError):
+            except database_errors():
                 # Closing must not be prevented by a database that can no longer be written.
                 self.log.error("the logout audit row could not be written")
         self.exit(0)
 
 
-def make_app(settings: ConsoleSettings) -> ToscaApp:
-    """Build the console for ``settings`` (the one factory, for ``tosca`` and the tests)."""
-    return ToscaApp(settings)
+def database_errors() -> tuple[type[Exception], ...]:
+    """What a failed database call raises (SQLAlchemy's errors are loaded when first needed: by then the
+    database is open, and SQLAlchemy with it)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    return (SQLAlchemyError, StorageError)
+
+
+def make_app(settings: ConsoleSettings, prepare: Callable[[], object] | None = None) -> ToscaApp:
+    """Build the console for ``settings`` (the one factory, for ``tosca`` and the tests). ``prepare`` runs
+    in a thread before the database is opened (``tosca`` upgrades the database there)."""
+    return ToscaApp(settings, prepare)

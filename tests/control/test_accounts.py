@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,7 +35,7 @@ from control.accounts import (
     check_password_policy,
 )
 from control.clock import format_local_hm
-from storage import AuditLog, TechUser
+from storage import AuditLog, TechUser, probe
 from storage.repositories import AuditRepository, UsersRepository
 
 CLI = Actor.command_line("opsadmin", "/dev/pts/9")
@@ -320,14 +322,18 @@ async def test_unknown_user_locks_out_like_a_real_one(service: AccountService, c
 # -- first administrator -------------------------------------------------------------------------------------
 
 
-async def test_first_admin_only_while_no_usable_admin_exists(service: AccountService) -> None:
+async def test_first_admin_only_while_no_usable_admin_exists(service: AccountService, db_path: Path) -> None:
+    # The console's plain query before its database is open (storage.probe) gives the same answer each time.
     assert await service.needs_first_admin()
+    assert probe.needs_first_admin(db_path) is True
     # An admin without a password does not count: nobody could log in as them.
     await service.create_user("root", "Root Admin", "admin", None, CLI)
     assert await service.needs_first_admin()
+    assert probe.needs_first_admin(db_path) is True
     admin = await service.create_first_admin("ada", "Ada Admin", PASSWORD)
     assert admin.role == "admin" and admin.has_password and admin.is_active
     assert not await service.needs_first_admin()
+    assert probe.needs_first_admin(db_path) is False
     with pytest.raises(FirstAdminExistsError):
         await service.create_first_admin("eve", "Eve Admin", PASSWORD)
     assert [u.username for u in await service.list_users()] == ["ada", "root"]
@@ -391,3 +397,14 @@ async def test_refused_logins_are_audited_with_their_reason(
         if r.action == "login"
     ]
     assert reasons == [("nopass", "no_password"), ("gone", "inactive")]
+
+
+def test_the_plain_query_says_it_cannot_tell_rather_than_guess(tmp_path: Path) -> None:
+    assert probe.needs_first_admin(tmp_path / "absent.db") is True  # a new install: first run
+    damaged = tmp_path / "damaged.db"
+    damaged.write_bytes(b"not a database " * 100)
+    assert probe.needs_first_admin(damaged) is None
+    empty = tmp_path / "empty.db"
+    sqlite3.connect(empty).close()
+    assert probe.needs_first_admin(empty) is None  # no schema yet: the upgrade must run first
+    assert not list(tmp_path.glob("*-wal")) and damaged.read_bytes() == b"not a database " * 100

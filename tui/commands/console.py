@@ -1,24 +1,29 @@
 """``tosca [--data-dir DIR] [--sim] [--kiosk]``: start the console.
 
 Start-up, in order: make sure the data directory exists; take the console lock (a second console on the same
-data directory is refused with the PID of the first); bring the database to the current schema (an existing
-database is backed up first, see :func:`storage.maintenance.upgrade`); then run the Textual app built by
-:func:`tui.app.make_app`. The lock is held until the console closes.
+data directory is refused with the PID of the first); then run the Textual app built by
+:func:`tui.app.make_app`. The database is brought to the current schema (an existing database is backed up
+first, see :func:`storage.maintenance.upgrade`) by the app, in a thread, once its first screen is drawn: the
+upgrade loads Alembic and SQLAlchemy, which take longer than the rest of the start. When the file cannot even
+say whether it has an administrator (:func:`storage.probe.needs_first_admin`: no schema, a damaged file) the
+upgrade is done before the app starts instead, so that a damaged database stops the start with one line. A
+failed upgrade ends the console with exit code 1 and the reason. The lock is held until the console closes.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
 from control.settings import ConsoleSettings
 from storage.errors import StorageError
 from storage.locks import hold_console_lock
-from storage.maintenance import upgrade
 from storage.paths import DataDir
+from storage.probe import needs_first_admin
 from tui.commands import fail
 
 
@@ -34,31 +39,45 @@ def settings_from_args(args: argparse.Namespace) -> ConsoleSettings:
 
 
 @contextlib.contextmanager
-def prepared_console(settings: ConsoleSettings) -> Iterator[ConsoleSettings]:
-    """Ensure the data directory, hold the console lock and upgrade the database while the block runs.
+def prepared_console(settings: ConsoleSettings) -> Iterator[Callable[[], object] | None]:
+    """Ensure the data directory and hold the console lock while the block runs. Yields the upgrade still
+    to be done (by the app, after its first frame), or None when it was done here because the file could not
+    tell whether it has an administrator.
 
     Raises :class:`storage.errors.DatabaseInUseError` if another console holds the data directory, and
-    :class:`storage.errors.StorageError` if the database cannot be checked, backed up or upgraded.
+    :class:`storage.errors.StorageError` if an upgrade done here fails.
     """
     data_dir = DataDir(settings.data_dir).ensure()
     with hold_console_lock(data_dir):
-        upgrade(data_dir)
-        yield settings
+        pending = functools.partial(_upgrade, data_dir)
+        if needs_first_admin(data_dir.db_path) is None:
+            pending()
+            yield None
+        else:
+            yield pending
+
+
+def _upgrade(data_dir: DataDir) -> None:
+    from storage.maintenance import upgrade  # Alembic and SQLAlchemy: loaded when the upgrade runs
+
+    upgrade(data_dir)
 
 
 def run(args: argparse.Namespace) -> int:
     """Start the console; return its exit code (1 with a one-line reason if it cannot start)."""
     settings = settings_from_args(args)
     try:
-        with prepared_console(settings):
+        with prepared_console(settings) as pending_upgrade:
             from tui.app import make_app
 
-            app = make_app(settings)
+            app = make_app(settings, prepare=pending_upgrade)
             if settings.image_protocol == "auto":
                 from tui.widgets.camera import prepare_terminal_graphics
 
                 prepare_terminal_graphics()
             app.run()
+            if app.startup_error is not None:
+                return fail(app.startup_error)
             return app.return_code or 0
     except StorageError as exc:
         return fail(" ".join(str(exc).split()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -12,24 +13,56 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input, Label
 from textual.worker import Worker, WorkerState
 
-from control.accounts import AccountService, UserInfo
+from control.account_rules import UserInfo
 from control.messages import Event, Preview, Snapshot
 from control.settings import ConsoleSettings
 from tui.widgets.header import ConsoleHeader
 
 if TYPE_CHECKING:
+    from control.accounts import AccountService
     from tui.link import ConsoleLink
 
 
-@dataclass(frozen=True)
 class ScreenContext:
     """What a screen is given by the app (attributes down): the settings, the account service (whose
     ``sessions`` is the console's database) and the link to the controller (``None`` where no screen needs
-    one, as in some tests)."""
+    one, as in some tests).
 
-    settings: ConsoleSettings
-    accounts: AccountService
-    link: ConsoleLink | None = None
+    The console draws its first screen before its database is open (opening loads SQLAlchemy and may
+    migrate): until :meth:`database_opened`, :attr:`accounts` is not there, and the login and first-run
+    screens wait for it with :meth:`opened_accounts` when a form is submitted.
+    """
+
+    def __init__(
+        self,
+        settings: ConsoleSettings,
+        accounts: AccountService | None = None,
+        link: ConsoleLink | None = None,
+    ) -> None:
+        self.settings = settings
+        self.link = link
+        self._accounts = accounts
+        self._opened = asyncio.Event()
+        if accounts is not None:
+            self._opened.set()
+
+    @property
+    def accounts(self) -> AccountService:
+        """The account service (always there once someone has logged in)."""
+        if self._accounts is None:
+            raise RuntimeError("the console's database is not open yet")
+        return self._accounts
+
+    def database_opened(self, accounts: AccountService) -> None:
+        """The database is open: the screens may use ``accounts``."""
+        self._accounts = accounts
+        self._opened.set()
+
+    async def opened_accounts(self) -> AccountService:
+        """The account service, once the database is open (the console opens it right after its first frame;
+        if that fails the console exits)."""
+        await self._opened.wait()
+        return self.accounts
 
 
 class SnapshotUpdated(Message):

@@ -13,7 +13,7 @@ from textual import work
 from textual.binding import Binding, BindingType
 from textual.widgets import Label
 
-from control.accounts import AccountError, Actor, UserInfo, check_password_policy
+from control.account_rules import AccountError, Actor, UserInfo, check_password_policy
 from tui.screens._base import FormField, FormScreen, LogoutRequested, PasswordChanged, ScreenContext
 
 

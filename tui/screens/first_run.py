@@ -11,7 +11,7 @@ from typing import ClassVar
 from textual import work
 from textual.binding import Binding, BindingType
 
-from control.accounts import (
+from control.account_rules import (
     AccountError,
     FirstAdminExistsError,
     check_full_name,
@@ -59,7 +59,7 @@ class FirstRunScreen(FormScreen):
     @work(exclusive=True, group="first-run", exit_on_error=False)
     async def create_admin(self, username: str, full_name: str, password: str) -> None:
         """Create the admin and log them in (both recorded in the audit trail)."""
-        accounts = self.context.accounts
+        accounts = await self.context.opened_accounts()
         try:
             await accounts.create_first_admin(username, full_name, password)
             result = await accounts.login(username, password)

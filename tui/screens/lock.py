@@ -9,7 +9,7 @@ from textual import work
 from textual.binding import Binding, BindingType
 from textual.widgets import Label
 
-from control.accounts import AccountError, UserInfo
+from control.account_rules import AccountError, UserInfo
 from tui.screens._base import FormField, FormScreen, LogoutRequested, ScreenContext, Unlocked
 
 

@@ -7,7 +7,7 @@ from typing import ClassVar
 from textual import work
 from textual.binding import Binding, BindingType
 
-from control.accounts import AccountError
+from control.account_rules import AccountError
 from tui.screens._base import FormField, FormScreen, LoggedIn
 
 
@@ -40,7 +40,8 @@ class LoginScreen(FormScreen):
     async def log_in(self, username: str, password: str) -> None:
         """Check the password off the event loop; on success tell the app, else say why."""
         try:
-            result = await self.context.accounts.login(username, password)
+            accounts = await self.context.opened_accounts()
+            result = await accounts.login(username, password)
         except AccountError as exc:
             self.show_status(str(exc))
             return
