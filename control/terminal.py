@@ -57,3 +57,33 @@ def detect_terminal(environ: Mapping[str, str] | None = None, stdin_fd: int | No
 def is_ssh_session(environ: Mapping[str, str] | None = None) -> bool:
     """True when this process runs under an SSH login (the console then refuses to arm the laser)."""
     return ssh_client_address(environ) is not None
+
+
+#: ``TERM`` values of terminals that draw Sixel or Kitty graphics.
+GRAPHICS_TERMS = frozenset(
+    {"xterm-kitty", "xterm-ghostty", "foot", "foot-extra", "mlterm", "contour", "wezterm"}
+)
+#: ``TERM_PROGRAM`` values of terminals that draw Sixel or Kitty graphics.
+GRAPHICS_PROGRAMS = frozenset({"WezTerm", "ghostty", "iTerm.app", "contour"})
+#: Variables that only terminals drawing graphics set.
+GRAPHICS_VARIABLES = ("KITTY_WINDOW_ID", "KONSOLE_VERSION", "XTERM_VERSION", "MLTERM", "WEZTERM_EXECUTABLE")
+#: Set to ``1`` to have the console ask the terminal about graphics where none of the above says it can.
+PROBE_GRAPHICS_VARIABLE = "TOSCA_PROBE_GRAPHICS"
+
+
+def may_draw_graphics(environ: Mapping[str, str] | None = None) -> bool:
+    """True when the environment names a terminal that may draw Sixel or Kitty graphics, so that asking it
+    (up to 0.1 s a question where it does not answer, before the console can start) is worth it. Inside
+    tmux or screen, whose default is to pass no graphics, and on the Linux console it is False, unless
+    :data:`PROBE_GRAPHICS_VARIABLE` is ``1``."""
+    env = os.environ if environ is None else environ
+    if env.get(PROBE_GRAPHICS_VARIABLE) == "1":
+        return True
+    term = env.get("TERM", "")
+    if env.get("TMUX") or env.get("STY") or term.startswith(("screen", "tmux")) or term == "linux":
+        return False
+    return (
+        term in GRAPHICS_TERMS
+        or env.get("TERM_PROGRAM", "") in GRAPHICS_PROGRAMS
+        or any(env.get(name) for name in GRAPHICS_VARIABLES)
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from control.terminal import NO_TTY, detect_terminal, is_ssh_session, ssh_client_address
+from control.terminal import NO_TTY, detect_terminal, is_ssh_session, may_draw_graphics, ssh_client_address
 
 
 def test_ssh_connection_names_the_client_address() -> None:
@@ -46,3 +46,19 @@ def test_no_tty_for_a_pipe_or_no_descriptor() -> None:
         os.close(read_end)
         os.close(write_end)
     assert detect_terminal({}, stdin_fd=None) == NO_TTY
+
+
+def test_only_terminals_that_may_draw_graphics_are_asked_about_them() -> None:
+    assert may_draw_graphics({"TERM": "xterm-kitty"})
+    assert may_draw_graphics({"TERM": "foot"})
+    assert may_draw_graphics({"TERM": "xterm-256color", "TERM_PROGRAM": "WezTerm"})
+    assert may_draw_graphics({"TERM": "xterm-256color", "XTERM_VERSION": "XTerm(390)"})
+    # An ordinary terminal, tmux, screen and the Linux console are not asked (each question costs the start
+    # up to 0.1 s where no answer comes), unless the variable says to.
+    assert not may_draw_graphics({"TERM": "xterm-256color"})
+    assert not may_draw_graphics({"TERM": "tmux-256color", "TERM_PROGRAM": "tmux"})
+    assert not may_draw_graphics({"TERM": "xterm-kitty", "TMUX": "/tmp/tmux-0/default,1,0"})
+    assert not may_draw_graphics({"TERM": "linux"})
+    assert not may_draw_graphics({})
+    assert may_draw_graphics({"TERM": "xterm-256color", "TOSCA_PROBE_GRAPHICS": "1"})
+    assert not may_draw_graphics({"TERM": "xterm-256color", "TOSCA_PROBE_GRAPHICS": "0"})

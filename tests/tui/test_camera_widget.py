@@ -323,6 +323,26 @@ def test_an_unprepared_terminal_is_never_probed_by_the_widget() -> None:
     assert line.endswith("False")
 
 
+def test_half_blocks_without_probing_draw_the_image_and_ask_the_terminal_nothing() -> None:
+    """Where the console does not ask the terminal about graphics (tmux, an ordinary terminal), the widget
+    loads the image package on first use without its queries and draws the image in half-blocks."""
+    code = _UNPREPARED_APP.replace(
+        "from tui.widgets.camera import CameraPreview",
+        "from tui.widgets.camera import CameraPreview, use_halfblocks\nuse_halfblocks()",
+    ).replace(
+        'CameraPreview(id="camera", force_halfblock=True, stale_after_s=None)',
+        """CameraPreview(id="camera", stale_after_s=None)""",
+    )
+    assert "use_halfblocks()" in code and "force_halfblock" not in code
+    status, written = _run_on_a_terminal(code)
+    assert status == 0, written
+    text = written.decode(errors="replace")
+    assert "\x1b" not in text, text
+    line = next(row for row in text.splitlines() if row.startswith("RESULT"))
+    assert line.startswith("RESULT ('',") and "ring 2.50 mm" in line, line
+    assert line.endswith("True")
+
+
 def test_the_terminal_is_probed_only_when_asked() -> None:
     """On a terminal that answers no graphics query, preparing picks half-blocks, after the three queries,
     and prints no warning; without a terminal on standard input nothing is probed."""

@@ -15,11 +15,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
 from control.settings import ConsoleSettings
+from control.terminal import may_draw_graphics
 from storage.errors import StorageError
 from storage.locks import hold_console_lock
 from storage.paths import DataDir
@@ -66,15 +68,23 @@ def _upgrade(data_dir: DataDir) -> None:
 def run(args: argparse.Namespace) -> int:
     """Start the console; return its exit code (1 with a one-line reason if it cannot start)."""
     settings = settings_from_args(args)
+    # Where the terminal may draw graphics it is asked while the app's modules load: the asking mostly waits
+    # for answers (up to 0.1 s a question where none comes), and the waiting overlaps the loading. It must
+    # be over before Textual takes the terminal. Elsewhere images are half-blocks and nothing is asked.
+    graphics = None
+    if settings.image_protocol == "auto" and may_draw_graphics():
+        graphics = _start_graphics_probe()
     try:
         with prepared_console(settings) as pending_upgrade:
             from tui.app import make_app
 
             app = make_app(settings, prepare=pending_upgrade)
-            if settings.image_protocol == "auto":
-                from tui.widgets.camera import prepare_terminal_graphics
+            if graphics is not None:
+                graphics.join()
+            elif settings.image_protocol == "auto":
+                from tui.widgets.camera import use_halfblocks
 
-                prepare_terminal_graphics()
+                use_halfblocks()
             app.run()
             if app.startup_error is not None:
                 return fail(app.startup_error)
@@ -83,3 +93,17 @@ def run(args: argparse.Namespace) -> int:
         return fail(" ".join(str(exc).split()))
     except OSError as exc:
         return fail(f"cannot use the data directory {settings.data_dir}: {exc}")
+    finally:
+        if graphics is not None:
+            graphics.join()  # its questions answered before the shell gets the terminal back
+
+
+def _start_graphics_probe() -> threading.Thread:
+    def probe() -> None:
+        from tui.widgets.camera import prepare_terminal_graphics
+
+        prepare_terminal_graphics()
+
+    thread = threading.Thread(target=probe, name="terminal graphics probe", daemon=True)
+    thread.start()
+    return thread

@@ -13,9 +13,13 @@ imported (a Sixel query, a Kitty graphics query and the cell size in pixels), wh
 Textual takes over the terminal, reads the terminal's input and, where the terminal does not answer, may
 swallow a typed character. So this module never imports it at import time:
 
-- the console calls :func:`prepare_terminal_graphics` just before the app starts (on a real terminal), and
-  the widget then uses the best renderer found: Sixel or the Kitty graphics protocol where the terminal has
-  them, coloured half-blocks otherwise;
+- where the environment names a terminal that may draw graphics (:func:`control.terminal.may_draw_graphics`)
+  the console calls :func:`prepare_terminal_graphics` just before the app starts, and the widget then uses
+  the best renderer found: Sixel or the Kitty graphics protocol where the terminal has them, coloured
+  half-blocks otherwise;
+- elsewhere (tmux, SSH from an ordinary terminal, the Linux console) asking would only cost the start up to
+  0.1 s a question: the console calls :func:`use_halfblocks` instead, and the widget draws half-blocks,
+  loading the package on first use without letting it ask the terminal anything;
 - with ``force_halfblock`` (or the class attribute ``FORCE_HALFBLOCK``) the widget always draws half-blocks
   sized by the widget itself, independent of the terminal's cell size (the tests and snapshots use this);
 - where importing the package would probe a terminal that is already in use (not prepared, but standard
@@ -78,10 +82,45 @@ def _graphics_imported() -> bool:
     return _GRAPHICS_MODULE in sys.modules
 
 
+#: Set by :func:`use_halfblocks`: draw half-blocks, and load the package without it asking the terminal.
+_halfblocks_without_probing = False
+
+
+def use_halfblocks() -> None:
+    """Draw camera images with half-blocks, without asking the terminal about graphics (see the module)."""
+    global _halfblocks_without_probing
+    _halfblocks_without_probing = True
+
+
+class _NotATerminal:
+    """Standard output as the image package sees it while it loads without probing: not a terminal."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def isatty(self) -> bool:
+        return False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _import_without_probing() -> None:
+    """Load ``textual-image`` with standard output looking like no terminal: it then asks nothing and takes
+    the cell size from its defaults (half-blocks are sized by this widget, not by the cell size)."""
+    real = sys.__stdout__
+    sys.__stdout__ = _NotATerminal(real)  # type: ignore[misc, assignment]
+    try:
+        importlib.import_module(_GRAPHICS_MODULE)
+    finally:
+        sys.__stdout__ = real  # type: ignore[misc]
+
+
 def _import_is_quiet() -> bool:
     """True when importing ``textual-image`` now sends nothing to a terminal: it was already imported, or
-    standard output is not a terminal (tests, pipes; the package then probes nothing)."""
-    if _graphics_imported():
+    standard output is not a terminal (tests, pipes; the package then probes nothing), or it will be
+    loaded without probing (:func:`use_halfblocks`)."""
+    if _graphics_imported() or _halfblocks_without_probing:
         return True
     return sys.__stdout__ is not None and not _is_terminal(sys.__stdout__)
 
@@ -135,7 +174,9 @@ def _image_widget_class(halfblock: bool) -> type[Widget] | None:
     """The ``textual-image`` widget class to draw with, or None when importing it would probe the terminal."""
     if not _import_is_quiet():
         return None
-    if halfblock:
+    if _halfblocks_without_probing and not _graphics_imported():
+        _import_without_probing()
+    if halfblock or _halfblocks_without_probing:
         return _halfblock_widget_class()
     from textual_image import widget as images
 
