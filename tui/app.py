@@ -1,8 +1,11 @@
 """The TOSCA console application.
 
 :func:`make_app` is the one factory, used by ``tosca`` and by the tests, configured by a
-:class:`control.settings.ConsoleSettings`. The app expects a database already brought to the head revision
-(``tosca`` does that before starting it, see :mod:`tui.commands.console`).
+:class:`control.settings.ConsoleSettings`. The app draws its entry screen before it opens the database:
+which one (first run or login) is read with a plain query (:mod:`storage.probe`), then the database is
+opened in a thread (SQLAlchemy, and the upgrade ``tosca`` passes as ``prepare``, see
+:mod:`tui.commands.console`) while the user types; a submitted form waits for it, the controller link starts
+once it is open, and a failure ends the app with exit code 1 and :attr:`ToscaApp.startup_error`.
 
 Flow: at start, if no active admin with a password exists the first-run screen creates one, otherwise the
 login screen asks for a username and password. A user whose password was set by an admin must then choose

@@ -204,3 +204,35 @@ def test_first_run_login_logout_and_audit_trail(terminal: Terminal, data_dir: Pa
         ("login", "success"),
         ("logout", "success"),  # quitting while logged in is recorded as a logout
     ]
+
+
+@pytest.mark.timeout(60)
+def test_a_database_that_cannot_be_upgraded_ends_the_start_with_the_reason(tmp_path: Path) -> None:
+    """The login screen is drawn before the database is opened; when the opening then fails (here a schema
+    revision newer than this console), the console leaves the terminal, says why in one line and exits 1."""
+    from storage.maintenance import upgrade
+    from storage.paths import DataDir
+
+    data_dir = DataDir(tmp_path / "data")
+    upgrade(data_dir)
+    with contextlib.closing(sqlite3.connect(data_dir.db_path)) as db, db:
+        db.execute(
+            "INSERT INTO tech_users (username, full_name, role, is_active, password_hash) "
+            "VALUES ('ada', 'Ada Admin', 'admin', 1, 'not a hash')"
+        )
+        db.execute("UPDATE alembic_version SET version_num = '20990101_999'")
+    exit_file = tmp_path / "exit-code"
+    term = Terminal(f"cd {tmp_path} && {TOSCA} --sim --data-dir data; echo $? > {exit_file}; sleep 30")
+    try:
+        screen = term.wait_for("unknown to this console")
+        assert "tosca: tosca.db has schema revision 20990101_999, unknown to this console" in screen
+        deadline = time.monotonic() + 10.0
+        while not exit_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert exit_file.read_text().strip() == "1"
+    finally:
+        term.close()
+        stop_controllers(data_dir.root)
+    # Nothing was changed: the revision is the one found.
+    with contextlib.closing(sqlite3.connect(data_dir.db_path)) as db:
+        assert db.execute("SELECT version_num FROM alembic_version").fetchone() == ("20990101_999",)
