@@ -349,9 +349,15 @@ class ToscaApp(App[int]):
                 hashing=self.settings.hashing,
             )
         except StorageError as exc:
-            self.call_from_thread(self._database_failed, " ".join(str(exc).split()))
+            reason = " ".join(str(exc).split())
+        except OSError as exc:
+            reason = f"cannot use the data directory {self.settings.data_dir}: {exc}"
+        except Exception as exc:  # whatever it is, the start ends with the reason, not a screen that waits
+            reason = f"the database could not be opened: {type(exc).__name__}: {exc}"
+        else:
+            self.call_from_thread(self._database_opened, engine, accounts)
             return
-        self.call_from_thread(self._database_opened, engine, accounts)
+        self.call_from_thread(self._database_failed, reason)
 
     def _database_opened(self, engine: AsyncEngine, accounts: AccountService) -> None:
         self._engine = engine
@@ -362,7 +368,7 @@ class ToscaApp(App[int]):
 
     def _database_failed(self, reason: str) -> None:
         self.startup_error = reason
-        self.exit(1)
+        self.exit(1, return_code=1)
 
     def _home(self, user: UserInfo) -> HomeScreen:
         from tui.screens.home import HomeScreen

@@ -4,6 +4,7 @@ admin, automatic lock, logout, kiosk."""
 from __future__ import annotations
 
 import json
+import threading
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from textual.widgets import Input, Static
 from control.accounts import LOCKOUT_DURATION, AccountService
 from control.clock import format_local_hm
 from storage import AuditLog, TechUser, create_engine, session_factory
+from storage.errors import StorageError
 from storage.repositories import AuditRepository, UsersRepository
 from tui.app import make_app
 from tui.screens import (
@@ -469,3 +471,39 @@ async def test_the_change_screen_locks_like_any_other_and_unlocks_to_where_the_u
         await enter_text(pilot, new_password)
         await pilot.press("enter")
         await wait_until(pilot, lambda: showing(app, HomeScreen), "the home screen")
+
+
+async def test_the_login_screen_comes_before_the_database_and_a_login_waits_for_it(
+    data_dir: Path, clock: FakeClock
+) -> None:
+    await seed()
+    release = threading.Event()
+    app = make_app(make_settings(clock), prepare=lambda: release.wait(30.0))
+    async with app.run_test() as pilot:
+        await wait_until(pilot, lambda: showing(app, LoginScreen), "the login screen")
+        await type_login(pilot, "tina", TECH_PASSWORD)
+        await wait_until(pilot, lambda: status_text(pilot) == "checking...", "the check to start")
+        await pilot.pause(0.3)
+        # Still opening (the upgrade has not finished): nobody is logged in, the screen says it is checking.
+        assert showing(app, LoginScreen) and app.user is None and status_text(pilot) == "checking..."
+        release.set()
+        await wait_until(pilot, lambda: showing(app, HomeScreen), "the home screen once the database is open")
+        home = app.screen
+        assert isinstance(home, HomeScreen)
+        await wait_until(pilot, lambda: home.facts is not None, "the database facts")
+        assert app.user is not None and app.user.username == "tina"
+
+
+async def test_a_database_that_cannot_be_opened_ends_the_console_with_the_reason(
+    data_dir: Path, clock: FakeClock
+) -> None:
+    await seed()
+
+    def refuse() -> None:
+        raise StorageError("tosca.db has schema revision 20990101_999, unknown to this console")
+
+    app = make_app(make_settings(clock), prepare=refuse)
+    async with app.run_test() as pilot:
+        await wait_until(pilot, lambda: app.return_code is not None, "the console to end")
+    assert app.return_code == 1
+    assert app.startup_error == "tosca.db has schema revision 20990101_999, unknown to this console"
