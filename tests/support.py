@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta
 
+import pytest
+
 from control.accounts import HashingParameters
 
 #: Cheap argon2id parameters so the tests stay fast (the product default is RFC 9106's low-memory profile).
@@ -46,3 +48,9 @@ def protocol_json(
             "safety_limits": {"max_power_watts": max_power, "max_duration_seconds": max_duration},
         }
     )
+
+
+#: Marks the tests that run a controller on the simulated rig for a long time: they run one at a time (the
+#: ``xdist_group`` of ``--dist loadgroup``). The rig's readings must stay under 100 ms old; two of these at
+#: once, beside the other worker's tests on two cores, have starved a controller into that fault.
+RIG_TEST = pytest.mark.xdist_group("rig")

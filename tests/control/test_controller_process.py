@@ -14,7 +14,10 @@ from controller_fixtures import prepare_data_dir
 from control import messages as msg
 from control.ipc import ControllerClient
 from storage import DataDir
-from tests.support import protocol_json
+from tests.support import RIG_TEST, protocol_json
+
+pytestmark = RIG_TEST
+
 
 TOSCA = str(Path(sys.executable).with_name("tosca"))
 

@@ -21,7 +21,10 @@ from control.controller import Controller
 from control.simrun import ScriptError, parse_script, run_simulated_session
 from storage import DataDir, scan_telemetry
 from storage.maintenance import check_database
-from tests.support import protocol_json
+from tests.support import RIG_TEST, protocol_json
+
+pytestmark = RIG_TEST
+
 
 SEED_PROTOCOL = "Seed example (60 s at 5 W, 30 s ramp to 8 W)"
 TOSCA = [str(Path(sys.executable).with_name("tosca"))]

@@ -23,7 +23,10 @@ from test_console_in_tmux import TOSCA, Terminal, controllers_of, fill, stop_con
 
 from storage import create_engine, session_factory
 from storage.repositories import ProtocolsRepository
-from tests.support import protocol_json
+from tests.support import RIG_TEST, protocol_json
+
+pytestmark = RIG_TEST
+
 
 PASSWORD = "treat me right 7"
 PROTOCOL = "A short test (5 s at 2 W, 4 s ramp to 3 W)"

@@ -28,6 +28,7 @@ from treatment_fixtures import (
 )
 
 from control.messages import Sim
+from tests.support import RIG_TEST
 from tui.app import ToscaApp
 from tui.screens import LockScreen
 from tui.screens._base import SessionRequested
@@ -35,6 +36,9 @@ from tui.screens.checks import SSH_REFUSAL, ChecksScreen
 from tui.screens.dashboard import DashboardScreen
 from tui.screens.dialogs import OverrideDialog, PasswordDialog, ReasonDialog
 from tui.screens.end_session import EndOfSessionScreen
+
+pytestmark = RIG_TEST
+
 
 SUBJECT = "P-2026-0042"
 

@@ -17,12 +17,16 @@ from console_fixtures import FakeClock, enter_text, seed, showing, wait_until
 from textual.widgets import DataTable, TextArea
 from treatment_fixtures import SEED_PROTOCOL, connected, console, controller, log_in, screen_text
 
+from tests.support import RIG_TEST
 from tui.app import ToscaApp
 from tui.screens.checks import ChecksScreen
 from tui.screens.dashboard import DashboardScreen
 from tui.screens.end_session import EndOfSessionScreen
 from tui.screens.protocols import ProtocolChoiceScreen
 from tui.screens.subjects import SubjectFormScreen, SubjectsScreen
+
+pytestmark = RIG_TEST
+
 
 NOTES = "No redness after treatment. Subject comfortable throughout."
 
