@@ -6,8 +6,9 @@ open, do not pull in what the others need (SQLAlchemy, Alembic).
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from storage.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from tui.screens._base import (
@@ -46,17 +47,7 @@ _SOURCES: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _SOURCES.get(name)
-    if module is None:
-        raise AttributeError(f"module 'tui.screens' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_SOURCES))
+__getattr__, __dir__ = lazy_attributes("tui.screens", _SOURCES, globals())
 
 
 __all__ = [
