@@ -333,7 +333,10 @@ def test_half_blocks_without_probing_draw_the_image_and_ask_the_terminal_nothing
         'CameraPreview(id="camera", force_halfblock=True, stale_after_s=None)',
         """CameraPreview(id="camera", stale_after_s=None)""",
     )
-    assert "use_halfblocks()" in code and "force_halfblock" not in code
+    # Sized as half-blocks by the widget (not by the package's guess at the cell size in pixels).
+    check = "    assert camera.halfblock, 'not drawn as half-blocks'\n"
+    code = code.replace("    loaded = any(", check + "    loaded = any(")
+    assert "use_halfblocks()" in code and "force_halfblock" not in code and "camera.halfblock" in code
     status, written = _run_on_a_terminal(code)
     assert status == 0, written
     text = written.decode(errors="replace")

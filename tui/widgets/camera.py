@@ -257,7 +257,7 @@ class CameraPreview(Widget):
 
     Args:
         force_halfblock: always draw half-blocks (steady screenshots, terminals whose graphics answers are
-            wrong); None follows the class attribute ``FORCE_HALFBLOCK``.
+            wrong); None follows the class attribute ``FORCE_HALFBLOCK`` and :func:`use_halfblocks`.
         stale_after_s: seconds without a new preview after which the image is replaced by NO CAMERA PREVIEW;
             None never (snapshots). Checked four times a second.
         clock: monotonic clock, seconds, that times the staleness.
@@ -337,7 +337,8 @@ class CameraPreview(Widget):
         if stale_after_s is not None and not (math.isfinite(stale_after_s) and stale_after_s > 0):
             raise ValueError(f"stale_after_s must be a number of seconds > 0 or None, got {stale_after_s!r}")
         super().__init__(name=name, id=id, classes=classes)
-        self.halfblock = self.FORCE_HALFBLOCK if force_halfblock is None else bool(force_halfblock)
+        default = self.FORCE_HALFBLOCK or _halfblocks_without_probing
+        self.halfblock = default if force_halfblock is None else bool(force_halfblock)
         self.stale_after_s = stale_after_s
         self._clock = clock
         self.preview: Preview | None = None
