@@ -47,6 +47,7 @@ from control.terminal import detect_terminal
 from storage.errors import StorageError
 from storage.paths import DataDir
 from storage.probe import needs_first_admin
+from tui.commands import start_failure
 from tui.link import CONTROL_SOCKET, ConsoleLink
 from tui.memory import QuietCollector
 from tui.screens._base import (
@@ -104,7 +105,12 @@ class ToscaApp(App[int]):
     #: States in which the console never locks itself (the laser is armed or emitting).
     NO_LOCK_STATES: ClassVar[frozenset[str]] = frozenset({"armed", "treating"})
 
-    def __init__(self, settings: ConsoleSettings, prepare: Callable[[], object] | None = None) -> None:
+    def __init__(
+        self,
+        settings: ConsoleSettings,
+        prepare: Callable[[], object] | None = None,
+        first_run: bool | None = None,
+    ) -> None:
         # Read by App.__init__: the kiosk has no command palette.
         self.ENABLE_COMMAND_PALETTE = not settings.kiosk  # type: ignore[misc]  # per console, on purpose
         super().__init__()
@@ -113,6 +119,8 @@ class ToscaApp(App[int]):
         self.terminal = settings.terminal if settings.terminal is not None else detect_terminal()
         #: Run (blocking, in a thread) before the database is opened: ``tosca`` upgrades it there.
         self._prepare = prepare
+        #: The plain query's answer when ``tosca`` has already asked it (None: the app asks).
+        self._first_run_at_start = first_run
         #: The database's engine, once it is open (see :meth:`open_database`).
         self._engine: AsyncEngine | None = None
         #: Why the database could not be opened (the console then exits with 1 and says this).
@@ -316,7 +324,9 @@ class ToscaApp(App[int]):
         """
         first_run: bool | None = None
         if not self._opening:
-            first_run = await asyncio.to_thread(needs_first_admin, self.data_dir.db_path)
+            first_run = self._first_run_at_start
+            if first_run is None:
+                first_run = await asyncio.to_thread(needs_first_admin, self.data_dir.db_path)
             if first_run is None:
                 self.open_database()
         if first_run is None:
@@ -348,16 +358,10 @@ class ToscaApp(App[int]):
                 clock=self.settings.clock,
                 hashing=self.settings.hashing,
             )
-        except StorageError as exc:
-            reason = " ".join(str(exc).split())
-        except OSError as exc:
-            reason = f"cannot use the data directory {self.settings.data_dir}: {exc}"
         except Exception as exc:  # whatever it is, the start ends with the reason, not a screen that waits
-            reason = f"the database could not be opened: {type(exc).__name__}: {exc}"
+            self.call_from_thread(self._database_failed, start_failure(exc, self.settings.data_dir))
         else:
             self.call_from_thread(self._database_opened, engine, accounts)
-            return
-        self.call_from_thread(self._database_failed, reason)
 
     def _database_opened(self, engine: AsyncEngine, accounts: AccountService) -> None:
         self._engine = engine
@@ -583,7 +587,10 @@ def database_errors() -> tuple[type[Exception], ...]:
     return (SQLAlchemyError, StorageError)
 
 
-def make_app(settings: ConsoleSettings, prepare: Callable[[], object] | None = None) -> ToscaApp:
+def make_app(
+    settings: ConsoleSettings, prepare: Callable[[], object] | None = None, first_run: bool | None = None
+) -> ToscaApp:
     """Build the console for ``settings`` (the one factory, for ``tosca`` and the tests). ``prepare`` runs
-    in a thread before the database is opened (``tosca`` upgrades the database there)."""
-    return ToscaApp(settings, prepare)
+    in a thread before the database is opened (``tosca`` upgrades the database there); ``first_run`` is
+    :func:`storage.probe.needs_first_admin`'s answer where ``tosca`` already has it."""
+    return ToscaApp(settings, prepare, first_run)

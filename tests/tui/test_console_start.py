@@ -24,12 +24,12 @@ def test_settings_come_from_the_command_line() -> None:
 
 def test_start_up_creates_the_data_dir_locks_it_and_upgrades_the_database(tmp_path: Path) -> None:
     data_dir = DataDir(tmp_path / "fresh")
-    with prepared_console(ConsoleSettings(data_dir=data_dir.root)) as pending_upgrade:
+    with prepared_console(ConsoleSettings(data_dir=data_dir.root)) as start:
         assert console_lock_holder(data_dir) == os.getpid()
         # No database yet: the first-run screen can be drawn at once, and the upgrade (creating it) follows.
-        assert pending_upgrade is not None
+        assert start.pending_upgrade is not None
         assert schema_revision(data_dir.db_path) is None
-        pending_upgrade()
+        start.pending_upgrade()
         assert schema_revision(data_dir.db_path) == head_revision()
         assert data_dir.backups.is_dir() and data_dir.sessions.is_dir() and data_dir.logs.is_dir()
     assert console_lock_holder(data_dir) is None

@@ -19,6 +19,18 @@ def add_data_dir_option(parser: argparse.ArgumentParser, *, default: object = ar
     )
 
 
+def start_failure(exc: BaseException, data_dir: Path) -> str:
+    """The one line that says why the console could not start on ``data_dir`` (its database could not be
+    checked, backed up, upgraded or opened)."""
+    from storage.errors import StorageError
+
+    if isinstance(exc, StorageError):
+        return " ".join(str(exc).split())
+    if isinstance(exc, OSError):
+        return f"cannot use the data directory {data_dir}: {exc}"
+    return f"the database could not be opened: {type(exc).__name__}: {exc}"
+
+
 def fail(message: str) -> int:
     """Print a one-line reason on stderr and return the "refused or failed" exit code."""
     print(f"tosca: {message}", file=sys.stderr)

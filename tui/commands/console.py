@@ -18,7 +18,7 @@ import functools
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from control.settings import ConsoleSettings
 from control.terminal import may_draw_graphics
@@ -26,7 +26,7 @@ from storage.errors import StorageError
 from storage.locks import hold_console_lock
 from storage.paths import DataDir
 from storage.probe import needs_first_admin
-from tui.commands import fail
+from tui.commands import fail, start_failure
 
 
 def settings_from_args(args: argparse.Namespace) -> ConsoleSettings:
@@ -40,11 +40,19 @@ def settings_from_args(args: argparse.Namespace) -> ConsoleSettings:
     return ConsoleSettings(data_dir=data_dir, sim=sim, kiosk=kiosk, controller=controller)
 
 
+class Start(NamedTuple):
+    """What :func:`prepared_console` found: the plain query's answer (None: it could not tell, and the
+    upgrade was done at once) and the upgrade still to be done by the app after its first frame."""
+
+    first_run: bool | None
+    pending_upgrade: Callable[[], object] | None
+
+
 @contextlib.contextmanager
-def prepared_console(settings: ConsoleSettings) -> Iterator[Callable[[], object] | None]:
-    """Ensure the data directory and hold the console lock while the block runs. Yields the upgrade still
-    to be done (by the app, after its first frame), or None when it was done here because the file could not
-    tell whether it has an administrator.
+def prepared_console(settings: ConsoleSettings) -> Iterator[Start]:
+    """Ensure the data directory and hold the console lock while the block runs. Asks the database whether
+    it has an administrator (:func:`storage.probe.needs_first_admin`); when the file cannot tell, upgrades it
+    here.
 
     Raises :class:`storage.errors.DatabaseInUseError` if another console holds the data directory, and
     :class:`storage.errors.StorageError` if an upgrade done here fails.
@@ -52,11 +60,12 @@ def prepared_console(settings: ConsoleSettings) -> Iterator[Callable[[], object]
     data_dir = DataDir(settings.data_dir).ensure()
     with hold_console_lock(data_dir):
         pending = functools.partial(_upgrade, data_dir)
-        if needs_first_admin(data_dir.db_path) is None:
+        first_run = needs_first_admin(data_dir.db_path)
+        if first_run is None:
             pending()
-            yield None
+            yield Start(None, None)
         else:
-            yield pending
+            yield Start(first_run, pending)
 
 
 def _upgrade(data_dir: DataDir) -> None:
@@ -75,10 +84,10 @@ def run(args: argparse.Namespace) -> int:
     if settings.image_protocol == "auto" and may_draw_graphics():
         graphics = _start_graphics_probe()
     try:
-        with prepared_console(settings) as pending_upgrade:
+        with prepared_console(settings) as start:
             from tui.app import make_app
 
-            app = make_app(settings, prepare=pending_upgrade)
+            app = make_app(settings, prepare=start.pending_upgrade, first_run=start.first_run)
             if graphics is not None:
                 graphics.join()
             elif settings.image_protocol == "auto":
@@ -89,10 +98,8 @@ def run(args: argparse.Namespace) -> int:
             if app.startup_error is not None:
                 return fail(app.startup_error)
             return app.return_code or 0
-    except StorageError as exc:
-        return fail(" ".join(str(exc).split()))
-    except OSError as exc:
-        return fail(f"cannot use the data directory {settings.data_dir}: {exc}")
+    except (StorageError, OSError) as exc:
+        return fail(start_failure(exc, settings.data_dir))
     finally:
         if graphics is not None:
             graphics.join()  # its questions answered before the shell gets the terminal back
