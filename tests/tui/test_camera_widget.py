@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import fcntl
+import io
 import os
 import pty
 import select
@@ -38,14 +39,16 @@ from tui.widgets.camera import (
 SnapCompare = Callable[..., bool]
 
 
-def synthetic_jpeg(width: int = 160, height: int = 90) -> str:
-    """A fixed preview image: a grey gradient, a bright ring and the green outline the controller draws."""
+def synthetic_jpeg(width: int = 160, height: int = 90, ring_fraction: float = 1 / 3) -> str:
+    """A fixed preview image: a grey gradient, a bright ring (its radius ``ring_fraction`` of the height) and
+    the green outline the controller draws."""
     ys, xs = np.mgrid[0:height, 0:width]
     grey = (30 + 40 * xs / width + 20 * ys / height).astype(np.uint8)
     image = cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
     centre = (width // 2, height // 2)
-    cv2.circle(image, centre, height // 3, (210, 210, 210), 3, cv2.LINE_AA)
-    cv2.circle(image, centre, height // 3, (0, 200, 0), 1, cv2.LINE_AA)
+    radius = int(height * ring_fraction)
+    cv2.circle(image, centre, radius, (210, 210, 210), 3, cv2.LINE_AA)
+    cv2.circle(image, centre, radius, (0, 200, 0), 1, cv2.LINE_AA)
     cv2.line(image, (centre[0] - 4, centre[1]), (centre[0] + 4, centre[1]), (0, 200, 0), 1)
     cv2.line(image, (centre[0], centre[1] - 4), (centre[0], centre[1] + 4), (0, 200, 0), 1)
     ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 80])
@@ -53,14 +56,14 @@ def synthetic_jpeg(width: int = 160, height: int = 90) -> str:
     return base64.b64encode(encoded.tobytes()).decode("ascii")
 
 
-def image_preview(seq: int = 1, ring_mm: float | None = 3.02) -> Preview:
+def image_preview(seq: int = 1, ring_mm: float | None = 3.02, ring_fraction: float = 1 / 3) -> Preview:
     return Preview(
         seq=seq,
         time_s=100.0 + seq,
         camera="ok",
         width=160,
         height=90,
-        jpeg_b64=synthetic_jpeg(),
+        jpeg_b64=synthetic_jpeg(ring_fraction=ring_fraction),
         ring_diameter_mm=ring_mm,
         ring_diameter_px=None if ring_mm is None else ring_mm * 100.0,
         focus=412.4,
@@ -125,6 +128,46 @@ async def test_an_image_preview_shows_the_image_and_the_ring() -> None:
         await pilot.pause()
         assert _text(pilot, "camera-caption") == "no ring found · focus 412"
         assert _visible(pilot, "camera-image")
+
+
+async def test_each_new_image_is_drawn_in_place() -> None:
+    """A new image of the same size is repainted where the last one was (no stale picture left behind)."""
+    app = PreviewApp(image_preview())
+    async with app.run_test(size=(60, 20)) as pilot:
+        await pilot.pause()
+        image = app.camera.image_widget
+        assert image is not None
+        region = image.region
+        first = app.export_screenshot()
+        app.camera.show(image_preview(seq=2, ring_fraction=0.2))
+        await pilot.pause()
+        second = app.export_screenshot()
+        assert second != first
+        assert image.region == region
+        app.camera.show(image_preview(seq=3))
+        await pilot.pause()
+        assert app.export_screenshot() == first
+
+
+@pytest.mark.parametrize("cells", [(40, 12), (60, 17), (7, 3)])
+def test_half_blocks_are_the_cells_textual_image_draws(cells: tuple[int, int]) -> None:
+    """The camera's faster half-block renderable draws exactly what ``textual-image``'s own draws."""
+    import warnings
+
+    from rich.console import Console
+    from textual_image.renderable.halfcell import Image as TextualImageHalfcell
+
+    from tui.widgets.camera import _halfblock_widget_class
+
+    image = decode_preview_image(image_preview())
+    console = Console(width=cells[0], height=cells[1], color_system="truecolor", file=io.StringIO())
+    options = console.options.update(width=cells[0], height=cells[1])
+    ours = list(console.render(_halfblock_widget_class()._Renderable(image, *cells), options))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # Pillow 13's Image.getdata
+        theirs = list(console.render(TextualImageHalfcell(image, *cells), options))
+    assert len(ours) == cells[1] * (cells[0] + 1)
+    assert [(s.text, s.style) for s in ours] == [(s.text, s.style) for s in theirs]
 
 
 @pytest.mark.parametrize("preview", [None, NO_CAMERA_PREVIEW], ids=["no-preview", "camera-none"])
