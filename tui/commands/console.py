@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -94,6 +95,9 @@ def run(args: argparse.Namespace) -> int:
                 from tui.widgets.camera import use_halfblocks
 
                 use_halfblocks()
+            from tui.stop_key import SWITCH_INTERVAL_S
+
+            sys.setswitchinterval(SWITCH_INTERVAL_S)  # F12's input thread gets the interpreter sooner
             app.run()
             if app.startup_error is not None:
                 return fail(app.startup_error)
