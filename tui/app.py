@@ -145,6 +145,9 @@ class ToscaApp(App[int]):
         self.collector: QuietCollector | None = None
         #: Sessions whose first emission has rung the terminal bell.
         self._belled: set[int] = set()
+        #: The user who logged in before the controller's first snapshot: a session the controller has open
+        #: is resumed for them when that snapshot comes (:meth:`resume_open_session`).
+        self._resume_for: UserInfo | None = None
         #: Screen updates delivered (snapshots posted to the screen on top), for the benchmark.
         self.snapshots_shown = 0
         #: The logged-in user, or None.
@@ -208,6 +211,10 @@ class ToscaApp(App[int]):
             if self.collector is not None:
                 self.collector.update(self.emission_possible)
             self._ring_on_first_emission(message)
+            if self._resume_for is not None:
+                user, self._resume_for = self._resume_for, None
+                if user is self.user and not self.is_locked:
+                    self.call_later(self.resume_open_session, user)
             update: SnapshotUpdated | PreviewUpdated | ControllerEvent = SnapshotUpdated(message)
             self.snapshots_shown += 1
         elif isinstance(message, Preview):
@@ -455,7 +462,10 @@ class ToscaApp(App[int]):
             await self._show_screen(ChangePasswordScreen(self.context, message.user, message.password))
         else:
             await self._show_screen(self._home(message.user))
-            await self.resume_open_session(message.user)
+            if self.snapshot is None and self.link is not None:
+                self._resume_for = message.user  # decided when the controller's first snapshot comes
+            else:
+                await self.resume_open_session(message.user)
 
     async def on_password_changed(self, message: PasswordChanged) -> None:
         user = self.user
@@ -488,6 +498,9 @@ class ToscaApp(App[int]):
             return
         from tui.screens.checks import ChecksScreen
         from tui.screens.dashboard import DashboardScreen
+
+        if isinstance(self.screen, ChecksScreen | DashboardScreen):
+            return  # already shown (the session was opened on this console meanwhile)
 
         if snapshot.state == "ready":
             await self.push_screen(ChecksScreen(self.context, user))

@@ -358,3 +358,33 @@ async def test_short_protocol_completes_and_the_end_screen_follows(ready: Any, c
     with sqlite3.connect("data/tosca.db") as db:
         status = db.execute("SELECT status FROM sessions").fetchone()[0]
     assert status == "completed"
+
+
+@pytest.mark.timeout(120)
+async def test_a_session_left_open_comes_back_on_the_next_login(ready: Any, clock: FakeClock) -> None:
+    """A console closed with a session open finds it again at the next login, on the checks while it is not
+    armed, also when the login is done before the controller's first snapshot has come."""
+    first = console(clock)
+    async with first.run_test(size=(120, 40)) as pilot:
+        await log_in(pilot)
+        await open_session(pilot)
+    second = console(clock)
+    link = second.link
+    assert link is not None
+    start_link = link.start
+    link.start = lambda: None  # type: ignore[method-assign]  # held: the login comes first
+    async with second.run_test(size=(120, 40)) as pilot:
+        await log_in(pilot)
+        assert second.snapshot is None
+        start_link()
+        await wait_until(pilot, lambda: showing(second, ChecksScreen), "the open session's checks", 30.0)
+        assert SUBJECT in screen_text(second)
+    third = console(clock)
+    async with third.run_test(size=(120, 40)) as pilot:
+        await connected(pilot)  # the snapshot first, then the login
+        await wait_until(pilot, lambda: isinstance(third.focused, Input), "the login form")
+        await enter_text(pilot, "tina")
+        await pilot.press("enter")
+        await enter_text(pilot, TECH_PASSWORD)
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: showing(third, ChecksScreen), "the open session's checks", 30.0)
