@@ -327,7 +327,8 @@ async def test_confirm_enter_answers_no_and_yes_button_answers_yes() -> None:
 # ------------------------------------------------------------------------------------------- snapshots
 
 
-def test_reason_dialog_snapshot(snap_compare: SnapCompare) -> None:
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=["80x24", "120x40"])
+def test_reason_dialog_snapshot(snap_compare: SnapCompare, size: tuple[int, int]) -> None:
     app = DialogHost(ReasonDialog("Abort session", "Why is the session aborted?", cursor_blink=False))
 
     async def refused(pilot: Pilot[Any]) -> None:
@@ -335,10 +336,11 @@ def test_reason_dialog_snapshot(snap_compare: SnapCompare) -> None:
         await pilot.press("enter")
         await still_open_with(pilot, "the reason cannot be blank; say why")
 
-    assert snap_compare(app, terminal_size=(80, 24), run_before=refused)
+    assert snap_compare(app, terminal_size=size, run_before=refused)
 
 
-def test_override_dialog_snapshot(snap_compare: SnapCompare) -> None:
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=["80x24", "120x40"])
+def test_override_dialog_snapshot(snap_compare: SnapCompare, size: tuple[int, int]) -> None:
     app = override_host()
 
     async def refused(pilot: Pilot[Any]) -> None:
@@ -347,10 +349,11 @@ def test_override_dialog_snapshot(snap_compare: SnapCompare) -> None:
         await pilot.press("enter")
         await still_open_with(pilot, "9.0 W is above this protocol's limit of 8.0 W")
 
-    assert snap_compare(app, terminal_size=(80, 24), run_before=refused)
+    assert snap_compare(app, terminal_size=size, run_before=refused)
 
 
-def test_password_dialog_snapshot(snap_compare: SnapCompare) -> None:
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=["80x24", "120x40"])
+def test_password_dialog_snapshot(snap_compare: SnapCompare, size: tuple[int, int]) -> None:
     app = DialogHost(
         PasswordDialog(
             "Reset fault",
@@ -364,4 +367,4 @@ def test_password_dialog_snapshot(snap_compare: SnapCompare) -> None:
         await dialog_open(pilot)
         await enter_text(pilot, "sekrit9")
 
-    assert snap_compare(app, terminal_size=(80, 24), run_before=typed)
+    assert snap_compare(app, terminal_size=size, run_before=typed)

@@ -461,11 +461,14 @@ def test_snapshot_events_120x40(data_dir: Path, clock: FakeClock, snap_compare: 
     assert snap_compare(fixed_app(clock), terminal_size=(120, 40), run_before=_ready)
 
 
-def test_snapshot_confirmation(data_dir: Path, clock: FakeClock, snap_compare: SnapCompare) -> None:
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=["80x24", "120x40"])
+def test_snapshot_confirmation(
+    data_dir: Path, clock: FakeClock, snap_compare: SnapCompare, size: tuple[int, int]
+) -> None:
     async def confirm(pilot: Pilot[Any]) -> None:
         await review_shown(pilot)
         await pilot.press("ctrl+s")
         await wait_until(pilot, lambda: showing(pilot.app, ConfirmDialog), "the confirmation")
         await tables_measured(pilot)
 
-    assert snap_compare(fixed_app(clock), terminal_size=(80, 24), run_before=confirm)
+    assert snap_compare(fixed_app(clock), terminal_size=size, run_before=confirm)

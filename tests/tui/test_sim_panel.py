@@ -344,10 +344,11 @@ async def test_fault_screen_no_match_and_escape() -> None:
         assert await answered(pilot) is None
 
 
-def test_fault_screen_snapshot(snap_compare: SnapCompare) -> None:
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=["80x24", "120x40"])
+def test_fault_screen_snapshot(snap_compare: SnapCompare, size: tuple[int, int]) -> None:
     async def filtered(pilot: Pilot[Any]) -> None:
         await dialog_open(pilot)
         await enter_text(pilot, "laser")
         await pilot.press("down")
 
-    assert snap_compare(fault_host(), terminal_size=(80, 24), run_before=filtered)
+    assert snap_compare(fault_host(), terminal_size=size, run_before=filtered)

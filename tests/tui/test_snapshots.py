@@ -1,4 +1,4 @@
-"""Snapshots of the first screens at 80x24: fixed clock, relative data directory, steady cursor."""
+"""Snapshots of the first screens at 80x24 and 120x40: fixed clock, relative data directory, steady cursor."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from console_fixtures import (
     GIVEN_PASSWORD,
     TECH_PASSWORD,
@@ -24,6 +25,8 @@ from tui.app import make_app
 from tui.screens import ChangePasswordScreen, FirstRunScreen, HomeScreen, LockScreen, LoginScreen
 
 SnapCompare = Callable[..., bool]
+SIZES = [(80, 24), (120, 40)]
+by_size = pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 
 
 async def focused_on(pilot: Pilot[Any], screen_type: type) -> None:
@@ -31,25 +34,32 @@ async def focused_on(pilot: Pilot[Any], screen_type: type) -> None:
     await wait_until(pilot, lambda: showing(app, screen_type) and isinstance(app.focused, Input), "the form")
 
 
-def test_first_run_screen(data_dir: Path, clock: FakeClock, snap_compare: SnapCompare) -> None:
+@by_size
+def test_first_run_screen(
+    data_dir: Path, clock: FakeClock, snap_compare: SnapCompare, size: tuple[int, int]
+) -> None:
     async def ready(pilot: Pilot[Any]) -> None:
         await focused_on(pilot, FirstRunScreen)
 
-    assert snap_compare(make_app(make_settings(clock)), terminal_size=(80, 24), run_before=ready)
+    assert snap_compare(make_app(make_settings(clock)), terminal_size=size, run_before=ready)
 
 
+@by_size
 def test_login_screen_on_the_simulated_rig(
-    data_dir: Path, clock: FakeClock, snap_compare: SnapCompare
+    data_dir: Path, clock: FakeClock, snap_compare: SnapCompare, size: tuple[int, int]
 ) -> None:
     seed_sync()
 
     async def ready(pilot: Pilot[Any]) -> None:
         await focused_on(pilot, LoginScreen)
 
-    assert snap_compare(make_app(make_settings(clock, sim=True)), terminal_size=(80, 24), run_before=ready)
+    assert snap_compare(make_app(make_settings(clock, sim=True)), terminal_size=size, run_before=ready)
 
 
-def test_home_screen(data_dir: Path, clock: FakeClock, snap_compare: SnapCompare) -> None:
+@by_size
+def test_home_screen(
+    data_dir: Path, clock: FakeClock, snap_compare: SnapCompare, size: tuple[int, int]
+) -> None:
     seed_sync()
 
     async def logged_in(pilot: Pilot[Any]) -> None:
@@ -64,12 +74,13 @@ def test_home_screen(data_dir: Path, clock: FakeClock, snap_compare: SnapCompare
         assert isinstance(home, HomeScreen)
         await wait_until(pilot, lambda: home.facts is not None, "the database facts")
 
-    assert snap_compare(
-        make_app(make_settings(clock, sim=True)), terminal_size=(80, 24), run_before=logged_in
-    )
+    assert snap_compare(make_app(make_settings(clock, sim=True)), terminal_size=size, run_before=logged_in)
 
 
-def test_lock_screen(data_dir: Path, clock: FakeClock, snap_compare: SnapCompare) -> None:
+@by_size
+def test_lock_screen(
+    data_dir: Path, clock: FakeClock, snap_compare: SnapCompare, size: tuple[int, int]
+) -> None:
     seed_sync()
 
     async def locked(pilot: Pilot[Any]) -> None:
@@ -82,10 +93,13 @@ def test_lock_screen(data_dir: Path, clock: FakeClock, snap_compare: SnapCompare
         await pilot.press("ctrl+l")
         await focused_on(pilot, LockScreen)
 
-    assert snap_compare(make_app(make_settings(clock)), terminal_size=(80, 24), run_before=locked)
+    assert snap_compare(make_app(make_settings(clock)), terminal_size=size, run_before=locked)
 
 
-def test_change_password_screen(data_dir: Path, clock: FakeClock, snap_compare: SnapCompare) -> None:
+@by_size
+def test_change_password_screen(
+    data_dir: Path, clock: FakeClock, snap_compare: SnapCompare, size: tuple[int, int]
+) -> None:
     seed_sync()
     admin_sets_password_sync("tina", GIVEN_PASSWORD)
 
@@ -97,4 +111,4 @@ def test_change_password_screen(data_dir: Path, clock: FakeClock, snap_compare: 
         await pilot.press("enter")
         await focused_on(pilot, ChangePasswordScreen)
 
-    assert snap_compare(make_app(make_settings(clock)), terminal_size=(80, 24), run_before=must_change)
+    assert snap_compare(make_app(make_settings(clock)), terminal_size=size, run_before=must_change)
