@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -62,6 +63,28 @@ class Terminal:
             f"timed out waiting for {what!r}; the cursor is on row {self.cursor_row()}; "
             f"the screen shows:\n{screen}"
         )
+
+    def colours(self) -> set[str]:
+        """The colour parameters of every SGR sequence on the screen as tmux holds it (``capture-pane -e``):
+        ``"31"``, ``"38;5;208"``, ``"48;2;10;20;30"``, ..."""
+        out = subprocess.run(
+            ["tmux", "capture-pane", "-p", "-e", "-t", self.name], capture_output=True, text=True, check=False
+        )
+        found: set[str] = set()
+        for params in re.findall(r"\x1b\[([0-9;]*)m", out.stdout):
+            parts = params.split(";")
+            i = 0
+            while i < len(parts):
+                part = parts[i]
+                if part in ("38", "48") and i + 1 < len(parts):
+                    size = 3 if parts[i + 1] == "5" else 5
+                    found.add(";".join(parts[i : i + size]))
+                    i += size
+                    continue
+                if part and (30 <= int(part) <= 49 or 90 <= int(part) <= 107):
+                    found.add(part)
+                i += 1
+        return found
 
     def cursor_row(self) -> int:
         """The terminal cursor's row: Textual puts it in the focused input field (once it has drawn it)."""

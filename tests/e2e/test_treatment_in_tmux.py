@@ -7,6 +7,10 @@ notes and quits. Then the database holds the session as the controller recorded 
 console started has stopped. The protocol is a short one (5 s at 2 W, then a 4 s ramp to 3 W) so the test
 stays quick; the seed's 90 s protocol runs through the same screens in
 ``tests/tui/test_treatment_workflow.py``.
+
+The terminal is the Linux console's (``TERM=linux``: 16 colours) at 200x60, the largest size the console is
+made for: the dashboard must use no colour that console cannot show. The Pilot tests and snapshots cover
+80x24 and 120x40 with true colour.
 """
 
 from __future__ import annotations
@@ -72,9 +76,9 @@ def test_a_whole_treatment_by_keystrokes(tmp_path: Path) -> None:
     exit_file = tmp_path / "exit-code"
     command = f"{TOSCA} --sim --data-dir data; echo $? > {exit_file}; sleep 30"
     term = Terminal(
-        f"cd {tmp_path} && TERM=xterm-256color {command}",
-        width=120,
-        height=40,
+        f"cd {tmp_path} && TERM=linux {command}",
+        width=200,
+        height=60,
     )
     try:
         term.wait_for("Log in", 30.0)
@@ -115,6 +119,9 @@ def test_a_whole_treatment_by_keystrokes(tmp_path: Path) -> None:
         term.keys("F5")
         screen = term.wait_for("LASER EMISSION", 15.0)
         assert "SIMULATED HARDWARE" in screen and "PRESSED" in screen
+        colours = term.colours()
+        assert colours, "the dashboard is drawn in colour"
+        assert not [c for c in colours if c.startswith(("38;", "48;"))], f"beyond 16 colours: {colours}"
         term.wait_for(lambda s: "treating 00:02" in s or "treating 00:03" in s, 15.0)
         term.keys("F5")  # released mid-step: back to ARMED, the step clock stops
         term.wait_for("the footpedal starts emission", 10.0)
