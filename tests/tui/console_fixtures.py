@@ -100,6 +100,8 @@ def app_state(app: Any) -> str:
             for widget in app.screen.query("Static")
             if widget.region.area and str(widget.render()).strip()
         )
+        panels = [" ".join(panel.text.plain.split()) for panel in app.screen.query("LinePanel")]
+        text = " | ".join([text, *panels])
     except Exception as exc:  # a diagnostic only: the screen may be half built
         text = f"(screen unreadable: {exc})"
     return f"{state}; screen {type(app.screen).__name__}: {text[:1500]}"

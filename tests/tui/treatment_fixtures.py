@@ -29,6 +29,7 @@ from storage.repositories import ProtocolsRepository
 from tests.support import protocol_json
 from tui.app import ToscaApp, make_app
 from tui.screens import HomeScreen, LoginScreen
+from tui.widgets.lines import LinePanel
 
 SEED_PROTOCOL = "Seed example (60 s at 5 W, 30 s ramp to 8 W)"
 #: A protocol short enough for the tests that do not need the seed's 90 s.
@@ -132,5 +133,7 @@ async def wait_state(pilot: Pilot[Any], state: str, limit: float = 20.0) -> Snap
 
 
 def screen_text(app: ToscaApp) -> str:
-    """The text of every Static and Label on the screen on top (what a user reads there)."""
-    return "\n".join(str(widget.content) for widget in app.screen.query(Static) if widget.display)
+    """The text of every Static, Label and line panel on the screen on top (what a user reads there)."""
+    texts = [str(widget.content) for widget in app.screen.query(Static) if widget.display]
+    texts += [panel.text.plain for panel in app.screen.query(LinePanel) if panel.display]
+    return "\n".join(texts)
