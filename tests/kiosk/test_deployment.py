@@ -536,7 +536,7 @@ def test_ports_file_is_accepted_by_the_controllers_loader(
         "/dev/tosca-actuator",
         "/dev/tosca-safety",
     )
-    # A real camera: a device index, never the simulated camera the loader falls back to without the key.
+    # A real camera: a device index, not the simulated one.
     assert config.camera is not None
     assert isinstance(parse_camera_spec(config.camera), int)
 

@@ -1,10 +1,10 @@
 """``tosca controller``: the controller process alone (devices, supervisor, engine, recorder, sockets).
 
 ``--sim`` runs it on a simulated rig in the same process; ``--ports FILE`` names the serial ports of a rig
-(a JSON object such as ``tosca sim`` prints: laser, tec, actuator, safety, and optionally camera: a device
-index, a video file, ``"sim"``, or null for no camera). It prints
-one line when its sockets are ready and runs until SIGTERM or SIGINT, then switches the laser off, closes any
-open session as aborted and exits 0.
+(a JSON object such as ``tosca sim`` prints: laser, tec, actuator, safety, and camera: a device index, a
+video file, ``"sim"``, or null for no camera; every entry is required, see :func:`rig_config_from_ports`).
+It prints one line when its sockets are ready and runs until SIGTERM or SIGINT, then switches the laser off,
+closes any open session as aborted and exits 0.
 """
 
 from __future__ import annotations
@@ -16,9 +16,12 @@ import json
 import os
 import signal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tui.commands import fail
+
+if TYPE_CHECKING:
+    from devices.rig import RigConfig
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -37,19 +40,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Run until a termination signal arrives."""
     from control.supervisor import Refused
-    from devices.rig import RigConfig, RigError
+    from devices.rig import RigError
 
     config = None
     if args.ports is not None:
         try:
-            ports = json.loads(args.ports.read_text(encoding="utf-8"))
-            if not isinstance(ports, dict):
-                raise ValueError("not a JSON object")
-            camera = ports.get("camera", "sim")
-            serial = {str(k): str(v) for k, v in ports.items() if k != "camera"}
-            config = RigConfig.from_ports(serial, with_camera=camera is not None)
-            if camera is not None:
-                config = dataclasses.replace(config, camera=str(camera))
+            config = rig_config_from_ports(json.loads(args.ports.read_text(encoding="utf-8")))
         except (OSError, ValueError) as exc:
             return fail(f"controller: bad port file {args.ports}: {exc}")
     priority = raise_priority()
@@ -57,6 +53,40 @@ def run(args: argparse.Namespace) -> int:
         return asyncio.run(_serve(Path(args.data_dir), bool(args.sim), config, priority))
     except (RigError, Refused, OSError, RuntimeError) as exc:
         return fail(f"controller: {exc}")
+
+
+def rig_config_from_ports(ports: object) -> RigConfig:
+    """The rig named by a port file's JSON: each serial device's port (a non-empty string) and the camera
+    (a device index, a video file, ``"sim"``, or null for no camera). Every entry must be there, and nothing
+    else: a rig's file that forgot the camera must not get the simulated one.
+
+    Raises:
+        ValueError: saying which entry is missing, unknown or of the wrong kind.
+    """
+    from devices.rig import SERIAL_DEVICES, RigConfig
+
+    if not isinstance(ports, dict):
+        raise ValueError("not a JSON object")
+    expected = (*SERIAL_DEVICES, "camera")
+    unknown = sorted(str(name) for name in ports if name not in expected)
+    if unknown:
+        raise ValueError(f"unknown entries {', '.join(unknown)} (expected {', '.join(expected)})")
+    missing = [name for name in expected if name not in ports]
+    if missing:
+        hint = ""
+        if "camera" in missing:
+            hint = '; camera is a device index, a video file, "sim", or null for none'
+        raise ValueError(f"no entry for {', '.join(missing)}{hint}")
+    bad = [name for name in SERIAL_DEVICES if not isinstance(ports[name], str) or not ports[name].strip()]
+    if bad:
+        raise ValueError(f"the port of {', '.join(bad)} must be a device path")
+    camera = ports["camera"]
+    if camera is not None and (isinstance(camera, bool) or not isinstance(camera, int | str) or camera == ""):
+        raise ValueError(f'camera must be a device index, a video file, "sim" or null, not {camera!r}')
+    config = RigConfig.from_ports(
+        {name: ports[name] for name in SERIAL_DEVICES}, with_camera=camera is not None
+    )
+    return config if camera is None else dataclasses.replace(config, camera=str(camera))
 
 
 #: The controller's scheduling priority (nice value) when the system grants it: it is the process that turns
