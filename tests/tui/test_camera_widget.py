@@ -151,23 +151,28 @@ async def test_each_new_image_is_drawn_in_place() -> None:
 
 @pytest.mark.parametrize("cells", [(40, 12), (60, 17), (7, 3)])
 def test_half_blocks_are_the_cells_textual_image_draws(cells: tuple[int, int]) -> None:
-    """The camera's faster half-block renderable draws exactly what ``textual-image``'s own draws."""
+    """The camera's own half-block lines are exactly the cells ``textual-image``'s renderable draws."""
     import warnings
 
     from rich.console import Console
+    from rich.segment import Segment
     from textual_image.renderable.halfcell import Image as TextualImageHalfcell
 
-    from tui.widgets.camera import _halfblock_widget_class
+    from tui.widgets.camera import halfblock_strips
 
     image = decode_preview_image(image_preview())
     console = Console(width=cells[0], height=cells[1], color_system="truecolor", file=io.StringIO())
     options = console.options.update(width=cells[0], height=cells[1])
-    ours = list(console.render(_halfblock_widget_class()._Renderable(image, *cells), options))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # Pillow 13's Image.getdata
-        theirs = list(console.render(TextualImageHalfcell(image, *cells), options))
-    assert len(ours) == cells[1] * (cells[0] + 1)
-    assert [(s.text, s.style) for s in ours] == [(s.text, s.style) for s in theirs]
+        theirs = list(Segment.split_lines(console.render(TextualImageHalfcell(image, *cells), options)))
+    ours = [list(strip) for strip in halfblock_strips(image, *cells)]
+    assert len(ours) == cells[1] and all(
+        strip.cell_length == cells[0] for strip in halfblock_strips(image, *cells)
+    )
+    assert [[(s.text, s.style) for s in line] for line in ours] == [
+        [(s.text, s.style) for s in line] for line in theirs
+    ]
 
 
 @pytest.mark.parametrize("preview", [None, NO_CAMERA_PREVIEW], ids=["no-preview", "camera-none"])

@@ -46,6 +46,7 @@ from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
 from textual.app import ComposeResult
 from textual.containers import Center, Container, Vertical
+from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import Static
 
@@ -211,36 +212,41 @@ def halfblock_rows(image: PILImage.Image, width: int, height: int) -> list[list[
     return [list(zip(upper, lower, strict=True)) for upper, lower in zip(uppers, lowers, strict=True)]
 
 
+def halfblock_strips(image: PILImage.Image, width: int, height: int) -> list[Strip]:
+    """``image`` drawn in ``width`` x ``height`` cells of upper half blocks: each cell's upper pixel is the
+    foreground, its lower pixel the background. The same cells as ``textual-image``'s half-block renderable
+    draws, made once per image and size."""
+    from rich.segment import Segment
+
+    block = "\u2580"
+    return [
+        Strip([Segment(block, _cell_style(upper, lower)) for upper, lower in row], width)
+        for row in halfblock_rows(image, width, height)
+    ]
+
+
 @functools.cache
 def _halfblock_widget_class() -> type[Widget]:
     """``textual-image``'s half-block widget, with two changes that matter at four previews a second:
 
-    - its renderable reads the pixels through numpy and reuses the style of each colour pair it has drawn
-      before, instead of building two colours and a style per cell (and without Pillow 13's deprecation
-      warning for ``Image.getdata``, one per frame); it draws the same cells;
+    - it draws its lines itself (Textual's line API) from :func:`halfblock_strips`, made once per image and
+      size, instead of going through a Rich renderable that builds two colours and a style per cell each
+      time it is drawn (and warns once per frame about Pillow 13's ``Image.getdata``);
     - a new image repaints the widget without a layout pass: in half-blocks the camera panel sets this
       widget's size in cells (``_fit_image``), so a new image of the same size changes no layout.
     """
-    from rich.console import Console, ConsoleOptions, RenderResult
-    from rich.segment import Segment
     from textual_image.renderable import halfcell
     from textual_image.widget import HalfcellImage
 
-    class FastHalfcellRenderable(halfcell.Image):
-        def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-            width, height = self._render_size.get_cell_size(
-                options.max_width, options.max_height, halfcell.get_cell_size()
-            )
-            newline = Segment("\n")
-            for row in halfblock_rows(self._image_data.pil_image, width, height):
-                for upper, lower in row:
-                    yield Segment("\u2580", _cell_style(upper, lower))
-                yield newline
-
-    class CameraHalfcellImage(HalfcellImage, Renderable=FastHalfcellRenderable):
+    class CameraHalfcellImage(HalfcellImage, Renderable=halfcell.Image):
         """Half-block camera image."""
 
         _repaint_only = False
+        #: The strips of the image shown, and the (image number, width, height) they were made for.
+        _strips: list[Strip] | None = None
+        _strips_key: tuple[int, int, int] | None = None
+        #: Counts the images set, so strips are never reused for another image.
+        _image_number = 0
 
         @property
         def image(self) -> Any:
@@ -248,6 +254,8 @@ def _halfblock_widget_class() -> type[Widget]:
 
         @image.setter
         def image(self, value: Any) -> None:
+            self._image_number += 1
+            self._strips = None
             self._repaint_only = True
             try:
                 HalfcellImage.image.fset(self, value)  # type: ignore[attr-defined]
@@ -260,6 +268,17 @@ def _halfblock_widget_class() -> type[Widget]:
             return super().refresh(
                 *regions, repaint=repaint, layout=layout and not self._repaint_only, recompose=recompose
             )
+
+        def render_line(self, y: int) -> Strip:
+            width, height = self.content_size
+            image = self.image
+            if not isinstance(image, PILImage.Image) or width <= 0 or height <= 0:
+                return Strip.blank(width)
+            key = (self._image_number, width, height)
+            if self._strips is None or self._strips_key != key:
+                self._strips = halfblock_strips(image, width, height)
+                self._strips_key = key
+            return self._strips[y] if 0 <= y < len(self._strips) else Strip.blank(width)
 
     return CameraHalfcellImage
 
