@@ -8,10 +8,11 @@ the controller), CAMERA FROZEN (identical frames) or NO CAMERA IMAGE (the camera
 image could not be read), with the reason. An image is never left on screen as if it were live: when no new
 preview arrives for ``stale_after_s`` seconds the widget says so instead.
 
-Images are drawn by the ``textual-image`` package. That package probes the terminal when it is first
-imported (a Sixel query, a Kitty graphics query and the cell size in pixels), which only works before
-Textual takes over the terminal, reads the terminal's input and, where the terminal does not answer, may
-swallow a typed character. So this module never imports it at import time:
+Images are drawn by the ``textual-image`` package's widgets (half-blocks by its widget with the cells drawn
+here, cheaper at four previews a second: :func:`halfblock_strips`). That package probes the terminal when
+it is first imported (a Sixel query, a Kitty graphics query and the cell size in pixels), which only works
+before Textual takes over the terminal, reads the terminal's input and, where the terminal does not answer,
+may swallow a typed character. So this module never imports it at import time:
 
 - where the environment names a terminal that may draw graphics (:func:`control.terminal.may_draw_graphics`)
   the console calls :func:`prepare_terminal_graphics` just before the app starts, and the widget then uses
