@@ -38,6 +38,7 @@ from devices.camera._sources import (
     OpenCVSource,
     make_source,
     parse_camera_spec,
+    video_device_index,
 )
 from devices.camera._threads import DEFAULT_THREAD_NICE
 
@@ -70,4 +71,5 @@ __all__ = [
     "parse_camera_spec",
     "save_snapshot",
     "to_grey",
+    "video_device_index",
 ]

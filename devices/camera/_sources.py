@@ -8,6 +8,8 @@ reason when the camera cannot be opened, ``read()`` returns ``(ok, frame)`` like
 from __future__ import annotations
 
 import math
+import os
+import re
 import sys
 import threading
 import time
@@ -35,6 +37,13 @@ class CameraOpenError(OSError):
     """The camera could not be opened; the message says why."""
 
 
+def video_device_index(path: Path) -> int | None:
+    """The N of the Video4Linux device ``/dev/videoN`` that ``path`` is or links to (udev's stable names,
+    such as ``/dev/v4l/by-id/usb-...-video-index0``, are links); None for any other path."""
+    match = re.fullmatch(r"/dev/video(\d+)", os.path.realpath(path))
+    return int(match.group(1)) if match else None
+
+
 class FrameSource(Protocol):
     """The small interface every camera source offers."""
 
@@ -60,7 +69,9 @@ class OpenCVSource:
     """A camera device or a video file opened through ``cv2.VideoCapture``.
 
     Args:
-        target: a device index (``/dev/videoN`` on Linux) or the path of a video file.
+        target: a device index (``/dev/videoN`` on Linux), the path of a video device (``/dev/videoN`` or a
+            link to it, followed again at each ``open()``: a replugged camera may get another N), or the
+            path of a video file.
         loop_file: for a file, start again from the first frame at its end instead of failing reads.
         pace_file: for a file, deliver frames at the file's frame rate (as a camera would) rather than as
             fast as they decode.
@@ -80,6 +91,10 @@ class OpenCVSource:
         if isinstance(target, int) and target < 0:
             raise ValueError(f"a camera device index must be >= 0, got {target}")
         self._target = target
+        #: A device named by its path (anything under /dev, or a link to /dev/videoN), not a file.
+        self._device_path = isinstance(target, Path) and (
+            str(target).startswith("/dev/") or video_device_index(target) is not None
+        )
         self._loop_file = loop_file
         self._pace_file = pace_file
         self._api = api_preference
@@ -91,14 +106,14 @@ class OpenCVSource:
     @property
     def description(self) -> str:
         """A human-readable name of the source."""
-        if isinstance(self._target, int):
+        if isinstance(self._target, int) or self._device_path:
             return f"camera device {self._target}"
         return f"video file {self._target}"
 
     @property
     def is_file(self) -> bool:
         """True when the source is a video file."""
-        return isinstance(self._target, Path)
+        return isinstance(self._target, Path) and not self._device_path
 
     @property
     def frame_rate_hz(self) -> float | None:
@@ -111,7 +126,14 @@ class OpenCVSource:
     def open(self) -> None:
         """Open the device or file; raises CameraOpenError saying why it failed."""
         self.release()
-        if isinstance(self._target, Path):
+        if isinstance(self._target, Path) and self._device_path:
+            index = video_device_index(self._target)
+            if index is None and not os.path.lexists(self._target):
+                raise CameraOpenError(f"camera device {self._target} not found")
+            if index is None:
+                raise CameraOpenError(f"{self._target} is not a video device (/dev/videoN or a link to one)")
+            capture = self._open_device(index, f"camera device {self._target} (/dev/video{index})")
+        elif isinstance(self._target, Path):
             if not self._target.exists():
                 raise CameraOpenError(f"video file {self._target} does not exist")
             if not self._target.is_file():
@@ -121,19 +143,21 @@ class OpenCVSource:
                 capture.release()
                 raise CameraOpenError(f"video file {self._target} could not be decoded")
         else:
-            if sys.platform.startswith("linux") and not Path(f"/dev/video{self._target}").exists():
-                raise CameraOpenError(f"camera device {self._target} not found (no /dev/video{self._target})")
-            capture = cv2.VideoCapture(self._target, self._api)
-            if not capture.isOpened():
-                capture.release()
-                raise CameraOpenError(
-                    f"camera device {self._target} could not be opened (busy or not a camera)"
-                )
+            capture = self._open_device(self._target, f"camera device {self._target}")
         self._capture = capture
         self._released.clear()
         fps = self.frame_rate_hz
         self._period_s = 1.0 / fps if (self.is_file and self._pace_file and fps) else 0.0
         self._next_due = None
+
+    def _open_device(self, index: int, name: str) -> cv2.VideoCapture:
+        if sys.platform.startswith("linux") and not Path(f"/dev/video{index}").exists():
+            raise CameraOpenError(f"{name} not found (no /dev/video{index})")
+        capture = cv2.VideoCapture(index, self._api)
+        if not capture.isOpened():
+            capture.release()
+            raise CameraOpenError(f"{name} could not be opened (busy or not a camera)")
+        return capture
 
     def read(self) -> tuple[bool, npt.NDArray[np.generic] | None]:
         """Read the next frame; ``(False, None)`` when closed, at the end of a file or on a device error."""

@@ -16,6 +16,7 @@ from devices.camera import (
     VideoRecorder,
     make_source,
     parse_camera_spec,
+    video_device_index,
 )
 from devices.sim.camera import DEFAULT_PX_PER_MM, SimCameraSource
 
@@ -187,6 +188,33 @@ def test_missing_device_index_is_reported() -> None:
     with pytest.raises(CameraOpenError, match="camera device 63"):
         source.open()
     assert source.read() == (False, None)
+
+
+def test_a_video_device_path_is_followed_to_its_index(tmp_path: Path) -> None:
+    """udev's stable names (/dev/v4l/by-id/...) are links to /dev/videoN; N is read again at each open."""
+    link = tmp_path / "usb-Rig_Camera_0001-video-index0"
+    link.symlink_to("/dev/video63")
+    assert video_device_index(link) == 63
+    assert video_device_index(Path("/dev/video7")) == 7
+    assert video_device_index(Path("/dev/null")) is None
+    assert video_device_index(tmp_path / "ring.avi") is None
+    source = OpenCVSource(link)
+    assert not source.is_file
+    assert source.description == f"camera device {link}"
+    with pytest.raises(CameraOpenError, match=r"usb-Rig_Camera_0001-video-index0 \(/dev/video63\) not found"):
+        source.open()
+    link.unlink()
+    link.symlink_to("/dev/video62")  # replugged: another number
+    with pytest.raises(CameraOpenError, match=r"\(/dev/video62\) not found"):
+        source.open()
+
+
+def test_a_device_path_that_is_no_video_device_is_refused() -> None:
+    with pytest.raises(CameraOpenError, match="/dev/null is not a video device"):
+        OpenCVSource(Path("/dev/null")).open()
+    with pytest.raises(CameraOpenError, match="camera device /dev/v4l/by-id/absent not found"):
+        OpenCVSource(Path("/dev/v4l/by-id/absent")).open()
+    assert not OpenCVSource(Path("/dev/v4l/by-id/absent")).is_file
 
 
 def test_missing_file_is_reported(tmp_path: Path) -> None:
