@@ -63,6 +63,7 @@ def rig_config_from_ports(ports: object) -> RigConfig:
     Raises:
         ValueError: saying which entry is missing, unknown or of the wrong kind.
     """
+    from devices.camera import parse_camera_spec
     from devices.rig import SERIAL_DEVICES, RigConfig
 
     if not isinstance(ports, dict):
@@ -81,8 +82,8 @@ def rig_config_from_ports(ports: object) -> RigConfig:
     if bad:
         raise ValueError(f"the port of {', '.join(bad)} must be a device path")
     camera = ports["camera"]
-    if camera is not None and (isinstance(camera, bool) or not isinstance(camera, int | str) or camera == ""):
-        raise ValueError(f'camera must be a device index, a video file, "sim" or null, not {camera!r}')
+    if camera is not None:
+        parse_camera_spec(camera)  # ValueError saying what is wrong with it
     config = RigConfig.from_ports(
         {name: ports[name] for name in SERIAL_DEVICES}, with_camera=camera is not None
     )
