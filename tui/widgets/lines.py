@@ -46,7 +46,7 @@ class LinePanel(Widget):
             self._strips = [None] * len(lines)
             self.refresh(layout=True)
             return
-        width = self.size.width
+        width = self.content_size.width
         for index, line in enumerate(lines):
             if line != self._lines[index]:
                 self._lines[index] = line
