@@ -16,7 +16,6 @@ from datetime import datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING, Any, Final
 
 from argon2 import PasswordHasher
-from pydantic import BaseModel, ConfigDict, Field
 
 from control.clock import format_local_hm
 
@@ -74,18 +73,33 @@ class FirstAdminExistsError(AccountError):
     """An active administrator with a password already exists, so the first-run path is closed."""
 
 
-class HashingParameters(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class HashingParameters:
     """argon2id cost parameters.
 
     Defaults are RFC 9106's second recommended option (the "low memory" profile): 3 passes over 64 MiB with 4
     lanes, about 0.1 s per hash on the console's hardware.
+
+    Raises:
+        ValueError: a parameter outside its range (or not an integer).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    #: Passes over memory, 1 to 20.
+    time_cost: int = 3
+    #: Memory in KiB, 8 to 4 GiB.
+    memory_cost_kib: int = 65536
+    #: Lanes (threads), 1 to 64.
+    parallelism: int = 4
 
-    time_cost: int = Field(default=3, ge=1, le=20, description="passes over memory")
-    memory_cost_kib: int = Field(default=65536, ge=8, le=4 * 1024 * 1024, description="memory in KiB")
-    parallelism: int = Field(default=4, ge=1, le=64, description="lanes (threads)")
+    def __post_init__(self) -> None:
+        for name, low, high in (
+            ("time_cost", 1, 20),
+            ("memory_cost_kib", 8, 4 * 1024 * 1024),
+            ("parallelism", 1, 64),
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(f"hashing {name} must be an integer from {low} to {high}, not {value!r}")
 
     def hasher(self) -> PasswordHasher:
         """A :class:`PasswordHasher` using these parameters (argon2id, 16-byte salt, 32-byte hash)."""

@@ -49,6 +49,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Protocol, Self
 
+from control.ipc_errors import CommandFailed as CommandFailed
+from control.ipc_errors import ControllerUnavailable as ControllerUnavailable
 from control.messages import (
     MAX_LINE_BYTES,
     Command,
@@ -90,18 +92,6 @@ class CommandRefused(Exception):
 
 class ControllerRunning(RuntimeError):
     """A live controller already answers on one of the socket paths."""
-
-
-class ControllerUnavailable(ConnectionError):
-    """No controller answers, or the connection to it died."""
-
-
-class CommandFailed(Exception):
-    """The controller answered a command with ``ok: false``; ``error`` is its reason."""
-
-    def __init__(self, error: str) -> None:
-        super().__init__(error)
-        self.error = error
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,11 @@ for.
 
 from __future__ import annotations
 
+import math
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
-
-from pydantic import BaseModel, ConfigDict, Field
+from typing import TYPE_CHECKING, Literal, get_args
 
 from control.account_rules import HashingParameters
 from control.clock import Clock, utc_now
@@ -21,8 +21,14 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 
-class ConsoleSettings(BaseModel):
-    """Settings of one console.
+ControllerMode = Literal["start", "connect", "off"]
+ImageProtocol = Literal["auto", "halfblock"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConsoleSettings:
+    """Settings of one console (a plain dataclass, checked when made: the console builds it before its
+    first screen, where loading a validation library would cost start-up time).
 
     Attributes:
         data_dir: the data directory (``tosca.db``, ``backups/``, ...); shown as given, so a relative path
@@ -45,19 +51,53 @@ class ConsoleSettings(BaseModel):
             ``SSH_CONNECTION`` in the environment.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
-
     data_dir: Path
     sim: bool = False
     kiosk: bool = False
     clock: Clock = utc_now
-    idle_check_seconds: Annotated[float, Field(gt=0, le=60)] = 5.0
-    hashing: HashingParameters = Field(default_factory=HashingParameters)
+    idle_check_seconds: float = 5.0
+    hashing: HashingParameters = field(default_factory=HashingParameters)
     terminal: str | None = None
     cursor_blink: bool = True
-    controller: Literal["start", "connect", "off"] = "start"
-    image_protocol: Literal["auto", "halfblock"] = "auto"
+    controller: ControllerMode = "start"
+    image_protocol: ImageProtocol = "auto"
     over_ssh: bool | None = None
+
+    def __post_init__(self) -> None:
+        """Check every field; a path given as text becomes a :class:`~pathlib.Path`.
+
+        Raises:
+            ValueError: saying which field is wrong and what it accepts.
+        """
+        if isinstance(self.data_dir, str):
+            object.__setattr__(self, "data_dir", Path(self.data_dir))
+        if not isinstance(self.data_dir, Path):
+            raise ValueError(f"data_dir must be a path, not {self.data_dir!r}")
+        for name in ("sim", "kiosk", "cursor_blink"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, not {getattr(self, name)!r}")
+        if self.over_ssh is not None and not isinstance(self.over_ssh, bool):
+            raise ValueError(f"over_ssh must be true, false or None, not {self.over_ssh!r}")
+        if not callable(self.clock):
+            raise ValueError(f"clock must be callable, not {self.clock!r}")
+        seconds = self.idle_check_seconds
+        if (
+            isinstance(seconds, bool)
+            or not isinstance(seconds, int | float)
+            or not math.isfinite(seconds)
+            or not 0 < seconds <= 60
+        ):
+            raise ValueError(f"idle_check_seconds must be above 0 and at most 60, not {seconds!r}")
+        if not isinstance(self.hashing, HashingParameters):
+            raise ValueError(f"hashing must be HashingParameters, not {self.hashing!r}")
+        if self.terminal is not None and not isinstance(self.terminal, str):
+            raise ValueError(f"terminal must be text or None, not {self.terminal!r}")
+        for name, choices in (
+            ("controller", get_args(ControllerMode)),
+            ("image_protocol", get_args(ImageProtocol)),
+        ):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {', '.join(choices)}, not {getattr(self, name)!r}")
 
     @property
     def remote(self) -> bool:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import importlib
 from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, ClassVar
@@ -40,8 +41,7 @@ from textual.driver import Driver
 from textual.worker import Worker, WorkerState
 
 from control.account_rules import UserInfo
-from control.ipc import CommandFailed, ControllerUnavailable
-from control.messages import Event, OpenSession, Preview, Sim, Snapshot, Stop
+from control.ipc_errors import CommandFailed, ControllerUnavailable
 from control.settings import DEFAULT_AUTO_LOCK_MINUTES, ConsoleSettings, read_auto_lock_minutes
 from control.terminal import detect_terminal
 from storage.errors import StorageError
@@ -73,6 +73,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     from control.accounts import AccountService
+    from control.messages import Event, Preview, Snapshot
     from tui.screens.home import HomeScreen
 
 #: Input that counts as activity for the automatic lock.
@@ -206,6 +207,8 @@ class ToscaApp(App[int]):
 
     def _on_link_message(self, message: Snapshot | Event | Preview) -> None:
         """Called by the link on this loop for every pushed message: hand it to every screen that shows it."""
+        from control.messages import Preview, Snapshot  # loaded with the link, before its first message
+
         if isinstance(message, Snapshot):
             self.snapshot = message
             if self.collector is not None:
@@ -256,6 +259,8 @@ class ToscaApp(App[int]):
         if self.link is None:
             self.notify("no controller: nothing to stop", severity="warning")
             return
+        from control.messages import Stop
+
         try:
             reply = await self.link.call(Stop(), timeout_s=2.0)
         except (CommandFailed, ControllerUnavailable) as exc:
@@ -291,6 +296,8 @@ class ToscaApp(App[int]):
     async def _sim(self, command: str) -> None:
         if self.link is None:
             return
+        from control.messages import Sim
+
         try:
             await self.link.call(Sim(command=command))
         except (CommandFailed, ControllerUnavailable) as exc:
@@ -365,6 +372,9 @@ class ToscaApp(App[int]):
                 clock=self.settings.clock,
                 hashing=self.settings.hashing,
             )
+            if self.link is not None:
+                # The socket protocol, loaded here (off the loop) before the link starts.
+                importlib.import_module("control.ipc")
         except Exception as exc:  # whatever it is, the start ends with the reason, not a screen that waits
             self.call_from_thread(self._database_failed, start_failure(exc, self.settings.data_dir))
         else:
@@ -515,6 +525,7 @@ class ToscaApp(App[int]):
         if user is None or self.link is None:
             self.notify("no controller: a session cannot be opened", severity="error", timeout=10)
             return
+        from control.messages import OpenSession
         from tui.screens.checks import ChecksScreen
 
         self.notify(f"opening a session for {message.subject_code}...", timeout=3)

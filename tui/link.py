@@ -27,10 +27,15 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from control.ipc import CommandFailed, ControllerClient, ControllerUnavailable
-from control.messages import Command, Event, Preview, Snapshot, command_name
+# The socket protocol (control.ipc, control.messages and pydantic) is loaded when the link starts, not when
+# this module is imported: the console draws its first screen before it needs the controller.
+from control.ipc_errors import CommandFailed, ControllerUnavailable
+
+if TYPE_CHECKING:
+    from control.ipc import ControllerClient
+    from control.messages import Command, Event, Preview, Snapshot
 
 _LOG = logging.getLogger(__name__)
 
@@ -118,6 +123,8 @@ class ConsoleLink:
         try:
             return await client.call(command, timeout_s)
         except TimeoutError:
+            from control.messages import command_name
+
             raise ControllerUnavailable(
                 f"the controller did not answer {command_name(command)} within {timeout_s:g} s"
             ) from None
@@ -186,6 +193,8 @@ class ConsoleLink:
             await asyncio.sleep(RECONNECT_INTERVAL_S)
 
     async def _connect(self) -> ControllerClient:
+        from control.ipc import ControllerClient
+
         path = self.data_dir / CONTROL_SOCKET
         try:
             client = await ControllerClient.connect(path, timeout_s=2.0)
@@ -213,6 +222,8 @@ class ConsoleLink:
             )
 
     async def _start_and_connect(self, path: Path) -> ControllerClient:
+        from control.ipc import ControllerClient
+
         process = self._process
         if process is None or process.poll() is not None:
             process = await asyncio.to_thread(self._spawn)

@@ -17,13 +17,17 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from textual import events
 from textual.driver import Driver
 from textual.message import Message
 
-from control.messages import MAX_LINE_BYTES, MessageError, Reply, Stop, decode_server, encode
+if TYPE_CHECKING:
+    from control.messages import Reply
+
+# The messages module is imported by the functions below, not here: the console loads it (in a thread) just
+# before its link to the controller starts, after the first screen. A stop sent earlier loads it first.
 
 #: The key, as Textual names it.
 STOP_KEY = "f12"
@@ -45,6 +49,8 @@ def open_stop(socket_path: Path, timeout_s: float = STOP_TIMEOUT_S) -> socket.so
     Raises:
         OSError: no controller answers there.
     """
+    from control.messages import Stop, encode
+
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.settimeout(timeout_s)
@@ -64,6 +70,8 @@ def read_reply(sock: socket.socket, timeout_s: float = STOP_TIMEOUT_S) -> Reply:
         OSError: the connection failed (TimeoutError: no reply within ``timeout_s``).
         MessageError: the controller's answer could not be read.
     """
+    from control.messages import MAX_LINE_BYTES, MessageError, Reply, decode_server
+
     deadline = time.monotonic() + timeout_s
     with sock:
         pending = b""
@@ -116,6 +124,8 @@ def stop_now(socket_path: Path, answer: Callable[[StopKeyAnswered], Any]) -> Non
         return
 
     def wait_for_reply() -> None:
+        from control.messages import MessageError
+
         try:
             reply = read_reply(sock)
         except (OSError, MessageError) as exc:

@@ -117,8 +117,12 @@ async def test_hashing_runs_off_the_event_loop_thread(
 def test_default_hashing_parameters_are_rfc9106_low_memory() -> None:
     params = HashingParameters()
     assert (params.time_cost, params.memory_cost_kib, params.parallelism) == (3, 65536, 4)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="time_cost must be an integer from 1 to 20, not 0"):
         HashingParameters(time_cost=0)
+    with pytest.raises(ValueError, match="memory_cost_kib"):
+        HashingParameters(memory_cost_kib=4)
+    with pytest.raises(ValueError, match="parallelism"):
+        HashingParameters(parallelism=True)
 
 
 # -- password policy -----------------------------------------------------------------------------------------

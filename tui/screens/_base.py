@@ -14,12 +14,12 @@ from textual.widgets import Footer, Input, Label
 from textual.worker import Worker, WorkerState
 
 from control.account_rules import UserInfo
-from control.messages import Event, Preview, Snapshot
 from control.settings import ConsoleSettings
 from tui.widgets.header import ConsoleHeader
 
 if TYPE_CHECKING:
     from control.accounts import AccountService
+    from control.messages import Event, Preview, Snapshot
     from tui.link import ConsoleLink
 
 

@@ -41,7 +41,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
@@ -51,7 +51,8 @@ from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import Static
 
-from control.messages import Preview
+if TYPE_CHECKING:
+    from control.messages import Preview
 
 _LOG = logging.getLogger(__name__)
 
