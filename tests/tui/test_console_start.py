@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -55,3 +58,28 @@ def test_a_damaged_database_stops_the_start_with_one_line(
     err = capsys.readouterr().err
     assert err.startswith("tosca: ") and err.count("\n") == 1
     assert console_lock_holder(data_dir) is None
+
+
+def test_the_first_screen_needs_no_database_library_nor_socket_protocol(tmp_path: Path) -> None:
+    """What the console loads before its first screen: not SQLAlchemy, not pydantic, not the controller's
+    messages (each costs a tenth of a second or more of the cold start; they load behind the screen)."""
+    code = (
+        "import argparse, json, sys\n"
+        "from tui.commands.console import settings_from_args\n"
+        "from tui.app import make_app\n"
+        "from tui.screens import FirstRunScreen, LoginScreen\n"
+        "from tui.widgets.camera import CameraPreview, use_halfblocks\n"
+        "use_halfblocks()\n"
+        f"args = argparse.Namespace(data_dir={str(tmp_path)!r}, sim=True, kiosk=False)\n"
+        "app = make_app(settings_from_args(args))\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    heavy = ("sqlalchemy", "pydantic", "alembic", "control.messages", "control.ipc")
+    assert not [m for m in loaded if any(m == h or m.startswith(f"{h}.") for h in heavy)]
+    assert "textual.app" in loaded  # the check itself imported what it meant to
