@@ -1,6 +1,6 @@
 """Names a package offers but loads on first use (PEP 562).
 
-``storage``, ``control`` and ``tui.screens`` each offer their main names at the package level, but importing
+``storage`` and ``tui.screens`` each offer their main names at the package level, but importing
 the package must stay light: the console draws its first screen before SQLAlchemy and Alembic are loaded. Each
 package keeps a table of where its names are defined and gets its module ``__getattr__`` and ``__dir__`` from
 :func:`lazy_attributes`.

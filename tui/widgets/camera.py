@@ -257,7 +257,6 @@ def _halfblock_widget_class() -> type[Widget]:
         @image.setter
         def image(self, value: Any) -> None:
             self._image_number += 1
-            self._strips = None
             self._repaint_only = True
             try:
                 HalfcellImage.image.fset(self, value)  # type: ignore[attr-defined]
