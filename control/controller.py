@@ -43,7 +43,7 @@ from control.engine import Outcome, StepProgress, TreatmentEngine
 from control.ipc import CommandRefused, ControllerServer, Peer
 from control.preview import PreviewProducer
 from control.protocols import Plan, ProtocolError, check_protocol, install_library_protocols, load_limits
-from control.recorder import Recorder
+from control.recorder import Recorder, storage_failure
 from control.sessions import (
     FinishStatus,
     OpenedSession,
@@ -227,14 +227,15 @@ class Controller:
             self.db = session_factory(self.engine_db)
             self.accounts = AccountService(sessions=self.db, terminal=self.terminal, hashing=self.hashing)
             self.sessions = SessionService(self.db, data)
+            # First the rows a previous process left in the recorder's journal (a crash, a locked database).
+            self.recorder = Recorder(self.db, data_root=data.root)
+            await self.recorder.start()
+            self.recorder.on_health_change(self._on_storage_health)
             closed = await self.sessions.close_interrupted()
             if closed:
                 _LOG.warning("sessions closed as aborted at start-up: %s", closed)
             await install_library_protocols(self.db)
             await self._load_limits()
-            self.recorder = Recorder(self.db, data_root=data.root)
-            await self.recorder.start()
-            self.recorder.on_health_change(self._on_storage_health)
             self.supervisor.start()
             await self._reload_calibrations()
             await self._start_board()
@@ -403,6 +404,8 @@ class Controller:
         self.supervisor.update(storage_ok=ok, storage_problem=problem)
         if not ok:
             self._event("critical", f"storage cannot record: {problem}")
+        else:
+            self._event("info", "storage records again")
 
     def _on_state_change(self, old: SystemState, new: SystemState, reason: str) -> None:
         self._event(
@@ -965,6 +968,12 @@ class Controller:
             return await self._dispatch(command, peer)
         except (Refused, SessionRefused) as exc:
             raise CommandRefused(str(exc)) from None
+        except Exception as exc:
+            words = storage_failure(exc)  # a full disk or a locked database, said in words
+            if words is None:
+                raise
+            _LOG.error("%s refused: %s", command.type, exc)
+            raise CommandRefused(words) from None
 
     async def _dispatch(self, command: Any, peer: Peer) -> dict[str, Any] | None:
         kind = command.type

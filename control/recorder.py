@@ -3,44 +3,64 @@
 One :class:`Recorder` serves the controller. It writes:
 
 * ``treatment_events`` rows: :meth:`Recorder.event` never blocks; it checks the values, stamps the row (offset
-  in milliseconds from the session start, UTC time from the clock) and queues it. A background task writes the
-  queue in batches, one transaction per batch, at least every ``batch_interval_s`` (0.1 s);
-* ``safety_log`` rows: :meth:`Recorder.safety` writes at once, in its own transaction, and raises
-  :class:`RecorderError` if the row could not be written;
+  in milliseconds from the session start, UTC time from the clock) and accepts it;
+* ``safety_log`` rows: :meth:`Recorder.safety` checks and stamps the row, accepts it and returns once it is
+  durable (see below);
 * the session's telemetry file (optional, :meth:`Recorder.begin_session` ``telemetry_path``): high-rate
   samples as JSON lines through :meth:`Recorder.telemetry`; :meth:`Recorder.end_session` closes the file and
   returns its :class:`~storage.telemetry.TelemetrySummary` (path, line count, SHA-256), which the session's
   lifecycle (:meth:`control.sessions.SessionService.finish`) writes into the session's row.
 
-Health. The recorder is *healthy* while everything it was given has been written or is on its way. It
-turns unhealthy, and every callback registered with :meth:`Recorder.on_health_change` is called at once, when
-a write fails (the database locked past its busy timeout, a disk I/O error, a read-only database, a full disk,
-a failed telemetry write) or when the free space under ``data_root`` drops below ``min_free_bytes``
-(checked at :meth:`Recorder.begin_session` and about every ``space_check_interval_s`` by the background task).
-The safety supervisor treats "storage able to record" as one of the terms of permission to emit.
+Nothing accepted is lost. Every accepted row gets the next number of this recorder's stream and goes through
+one ordered queue (events and safety rows together). A writer task puts the queue into the database in
+batches, one transaction per batch, at least every ``batch_interval_s`` (0.1 s). A row is *durable* once its
+transaction has committed, or once it is in the journal (:mod:`storage.journal`, ``DIR/tosca.journal``,
+fsynced): a row not in the database ``spill_after_s`` (0.2 s) after it was accepted, because the database is
+locked by another process, slow or failing, is appended to the journal, and from then on every new row goes to
+the journal until the journal has been written into the database, in order, by the retry that runs every
+``retry_interval_s`` (1 s). Each batch records its stream's highest number in the same transaction, so a row
+already in the database is never written twice from the journal. A clean :meth:`Recorder.close` writes or
+journals every row it holds; :meth:`Recorder.start` first writes a journal left by an earlier process (a
+crash, or a close while the database was locked) into the database and removes it. Memory is bounded:
+past ``max_held_rows`` rows that are not durable yet, new events are refused, counted in
+:attr:`Recorder.dropped_events` and logged.
 
-Nothing re-enables itself: once unhealthy, the recorder stops writing events (they stay queued in memory, in
-order) until the controller calls :meth:`Recorder.recheck`, which checks the free space, writes the held rows
-and, only if all of that succeeds, reports healthy again. Rows are never dropped silently: past
-``max_held_rows`` new events are refused from the queue, counted in :attr:`Recorder.dropped_events` and
-logged; rows still held when the recorder is closed are counted and logged.
+Health ("every accepted row is durable"). The recorder is *healthy* while every accepted row became durable
+within ``durable_within_s`` (0.5 s) of being accepted. A database that is only locked or slow does not make it
+unhealthy while the journal takes the rows. It turns unhealthy, and every callback registered with
+:meth:`Recorder.on_health_change` is called at once, when
+
+* a row is neither in the database nor in the journal ``durable_within_s`` after it was accepted (a full
+  disk, a journal that cannot be written while the database is locked);
+* the database refuses a write for any reason other than a lock (full disk, I/O error, read-only file),
+  until a write succeeds again;
+* the session's telemetry file cannot be written;
+* the free space under ``data_root`` drops below ``min_free_bytes`` (checked at :meth:`Recorder.begin_session`
+  and about every ``space_check_interval_s``).
+
+Storage health is retried on its own, every ``retry_interval_s``: free space, the journal written into the
+database, the held rows written. The recorder is healthy again as soon as all of it succeeds; the safety
+supervisor treats "storage able to record" as one of the terms of permission to emit, so the fault it latched
+can then be reset (never automatically). :meth:`Recorder.recheck` runs the same check at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import math
 import os
 import shutil
+import sqlite3
 import time
+import uuid
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from itertools import islice
 from pathlib import Path
 from typing import Any, Final, Protocol
 
@@ -49,13 +69,23 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from storage import (
     ConfigRepository,
-    SafetyLogRepository,
     SessionsRepository,
     TelemetryError,
     TelemetrySummary,
     TelemetryWriter,
-    TreatmentEventsRepository,
     utc_now,
+)
+from storage.journal import (
+    JOURNAL_FILE,
+    Journal,
+    JournalEntry,
+    JournalError,
+    Table,
+    check_safety_values,
+    clear_marks,
+    read_marks,
+    unwritten,
+    write_entries,
 )
 from storage.telemetry import WriteFunction
 
@@ -87,8 +117,17 @@ DEFAULT_MIN_FREE_BYTES: Final = 50 * _MIB
 DEFAULT_BATCH_INTERVAL_S: Final = 0.1
 #: Default time, in seconds, between two free-space checks of the background task.
 DEFAULT_SPACE_CHECK_INTERVAL_S: Final = 1.0
-#: Default most event rows held in memory while storage is unhealthy.
+#: Default most rows held in memory while they are not durable.
 DEFAULT_MAX_HELD_ROWS: Final = 100_000
+#: A row not in the database this long (s) after it was accepted goes to the journal.
+DEFAULT_SPILL_AFTER_S: Final = 0.2
+#: A row neither in the database nor in the journal this long (s) after it was accepted makes the recorder
+#: unhealthy (and the supervisor stops emission). The bound is checked every ``GUARD_PERIOD_S``.
+DEFAULT_DURABLE_WITHIN_S: Final = 0.5
+#: Default time (s) between two retries of the database while the journal holds rows or storage is unhealthy.
+DEFAULT_RETRY_INTERVAL_S: Final = 1.0
+#: How often (s) the journal task looks at the oldest row that is not durable yet.
+GUARD_PERIOD_S: Final = 0.02
 #: Most rows written in one transaction.
 MAX_BATCH_ROWS: Final = 1000
 
@@ -125,6 +164,42 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+_FULL_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def _failure(exc: BaseException) -> tuple[str, bool]:
+    """(what failed, in words; whether it is only a lock that will pass) for a storage exception."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, DBAPIError) and cause.orig is not None:
+            cause = cause.orig
+            continue
+        code = getattr(cause, "sqlite_errorcode", None)
+        if isinstance(cause, sqlite3.Error) and isinstance(code, int):
+            primary = code & 0xFF
+            if primary == sqlite3.SQLITE_FULL:
+                return f"the disk holding the records is full: {_describe(cause)}", False
+            if primary in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                return f"the records database is locked by another process: {_describe(cause)}", True
+            if primary == sqlite3.SQLITE_READONLY:
+                return f"the records database cannot be written: {_describe(cause)}", False
+            return f"records database write failed: {_describe(cause)}", False
+        if isinstance(cause, OSError):
+            if cause.errno in _FULL_ERRNOS:
+                return f"the disk holding the records is full: {_describe(cause)}", False
+            return f"records write failed: {_describe(cause)}", False
+        cause = cause.__cause__
+    return f"records database write failed: {_describe(exc)}", False
+
+
+def storage_failure(exc: BaseException) -> str | None:
+    """Words for a storage exception (a full disk, a locked or read-only database, an I/O error) to show a
+    person instead of the exception's name; None when ``exc`` is not a storage failure."""
+    if not isinstance(exc, (SQLAlchemyError, OSError, sqlite3.Error, JournalError)):
+        return None
+    return _failure(exc)[0]
+
+
 def _finite(name: str, value: float | None, *, non_negative: bool = False) -> float | None:
     if value is None:
         return None
@@ -155,14 +230,25 @@ def _json(name: str, value: Mapping[str, Any]) -> str:
         raise ValueError(f"{name} cannot be stored as JSON: {exc}") from exc
 
 
+@dataclass(slots=True)
+class _Row:
+    """An accepted row that is not durable yet; ``done`` is resolved once it is (safety rows wait on it)."""
+
+    entry: JournalEntry
+    accepted: float
+    done: asyncio.Future[None] | None = None
+
+
 class Recorder:
     """Writes a session's events, safety records and telemetry, and says whether storage can record.
 
     ``sessions`` is the records database's session maker; ``data_root`` the data directory (free space is
-    checked there, relative telemetry paths are under it); ``min_free_bytes`` the least free space, in bytes;
-    ``clock`` returns naive UTC now; ``mono`` is the monotonic clock (seconds) that ``started_mono`` and
-    ``at_mono`` are read from; ``disk_usage`` (:func:`shutil.disk_usage`) and ``telemetry_write``
-    (:func:`os.write`) may be replaced for fault injection.
+    checked there, relative telemetry paths are under it, the journal is ``data_root/tosca.journal`` unless
+    ``journal_path`` says otherwise); ``min_free_bytes`` the least free space, in bytes; ``clock`` returns
+    naive UTC now; ``mono`` is the monotonic clock (seconds) that ``started_mono`` and ``at_mono`` are read
+    from; ``disk_usage`` (:func:`shutil.disk_usage`), ``telemetry_write`` and ``journal_write``
+    (:func:`os.write`) may be replaced for fault injection. Times are in seconds (see the module
+    documentation for ``spill_after_s``, ``durable_within_s`` and ``retry_interval_s``).
     Call :meth:`close` when done.
     """
 
@@ -176,12 +262,16 @@ class Recorder:
         mono: Callable[[], float] = time.monotonic,
         disk_usage: Callable[[Path], DiskUsage] = shutil.disk_usage,
         telemetry_write: WriteFunction = os.write,
+        journal_write: WriteFunction = os.write,
+        journal_path: Path | None = None,
         batch_interval_s: float = DEFAULT_BATCH_INTERVAL_S,
         space_check_interval_s: float = DEFAULT_SPACE_CHECK_INTERVAL_S,
         max_held_rows: int = DEFAULT_MAX_HELD_ROWS,
+        spill_after_s: float = DEFAULT_SPILL_AFTER_S,
+        durable_within_s: float = DEFAULT_DURABLE_WITHIN_S,
+        retry_interval_s: float = DEFAULT_RETRY_INTERVAL_S,
     ) -> None:
-        if isinstance(min_free_bytes, bool) or not isinstance(min_free_bytes, int) or min_free_bytes < 0:
-            raise ValueError(f"min_free_bytes must be an int >= 0 (bytes), got {min_free_bytes!r}")
+        self.min_free_bytes = min_free_bytes
         if not (isinstance(batch_interval_s, (int, float)) and 0 < batch_interval_s <= 0.1):
             raise ValueError(f"batch_interval_s must be > 0 and <= 0.1 seconds, got {batch_interval_s!r}")
         if not (isinstance(space_check_interval_s, (int, float)) and 0 < space_check_interval_s <= 60):
@@ -190,27 +280,59 @@ class Recorder:
             )
         if isinstance(max_held_rows, bool) or not isinstance(max_held_rows, int) or max_held_rows < 1:
             raise ValueError(f"max_held_rows must be an int >= 1, got {max_held_rows!r}")
+        if not (isinstance(durable_within_s, (int, float)) and 0 < durable_within_s <= 5):
+            raise ValueError(f"durable_within_s must be > 0 and <= 5 seconds, got {durable_within_s!r}")
+        if not (isinstance(spill_after_s, (int, float)) and 0 < spill_after_s < durable_within_s):
+            raise ValueError(
+                f"spill_after_s must be > 0 and below durable_within_s ({durable_within_s} s), "
+                f"got {spill_after_s!r}"
+            )
+        if not (isinstance(retry_interval_s, (int, float)) and 0 < retry_interval_s <= 60):
+            raise ValueError(f"retry_interval_s must be > 0 and <= 60 seconds, got {retry_interval_s!r}")
         self._sessions = sessions
         self._data_root = Path(data_root)
-        self._min_free_bytes = min_free_bytes
         self._clock = clock
         self._mono = mono
         self._disk_usage = disk_usage
         self._telemetry_write = telemetry_write
+        self._journal = Journal(
+            self._data_root / JOURNAL_FILE if journal_path is None else Path(journal_path),
+            write=journal_write,
+        )
         self._batch_interval_s = float(batch_interval_s)
         self._space_check_interval_s = float(space_check_interval_s)
         self._max_held_rows = max_held_rows
-        self._queue: deque[dict[str, Any]] = deque()
+        self._spill_after_s = float(spill_after_s)
+        self._durable_within_s = float(durable_within_s)
+        self._retry_interval_s = float(retry_interval_s)
+        self._stream = uuid.uuid4().hex
+        self._seq = 0
+        #: Accepted rows not durable yet, in order.
+        self._pending: deque[_Row] = deque()
+        #: True while new rows go to the journal (it holds rows the database does not have yet).
+        self._journaling = False
+        self._journal_rows = 0  # rows appended to (or found in) the journal file since it was last removed
+        self._replayed_rows = 0  # of those, rows read back and written to (or found in) the database
+        self._replayed_offset = 0
+        self._db_problem: str | None = None
+        self._db_transient = False
+        self._journal_problem: str | None = None
+        self._space_problem: str | None = None
+        self._late_problem: str | None = None
         self._session: _OpenSession | None = None
         self._healthy = True
         self._problem: str | None = None
         self._callbacks: list[HealthCallback] = []
         self._dropped = 0
-        self._write_lock = asyncio.Lock()
+        self._db_lock = asyncio.Lock()
+        self._journal_lock = asyncio.Lock()
         self._wake = asyncio.Event()
+        self._journal_wake = asyncio.Event()
+        self._retry_now = False
         self._stopping = False
         self._closed = False
         self._task: asyncio.Task[None] | None = None
+        self._journal_task: asyncio.Task[None] | None = None
 
     # ---- state
 
@@ -221,7 +343,7 @@ class Recorder:
 
     @property
     def problem(self) -> str | None:
-        """Why the recorder is unhealthy (one line, the latest reason found), or None."""
+        """Why the recorder is unhealthy (one line, the latest reasons found), or None."""
         return self._problem
 
     @property
@@ -231,13 +353,34 @@ class Recorder:
 
     @property
     def held_rows(self) -> int:
-        """Event rows queued in memory and not yet written."""
-        return len(self._queue)
+        """Accepted rows not in the database yet (in memory or in the journal)."""
+        return len(self._pending) + self.journaled_rows
+
+    @property
+    def journaled_rows(self) -> int:
+        """Rows in the journal that have not been written into the database yet."""
+        return max(0, self._journal_rows - self._replayed_rows)
+
+    @property
+    def journal_path(self) -> Path:
+        """The journal file (it exists only while it holds rows)."""
+        return self._journal.path
 
     @property
     def dropped_events(self) -> int:
-        """Events refused because ``max_held_rows`` rows were already held (each one logged)."""
+        """Events refused because ``max_held_rows`` rows were already waiting to be durable (each logged)."""
         return self._dropped
+
+    @property
+    def min_free_bytes(self) -> int:
+        """The least free space (bytes) under the data directory for the recorder to stay healthy."""
+        return self._min_free_bytes
+
+    @min_free_bytes.setter
+    def min_free_bytes(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"min_free_bytes must be an int >= 0 (bytes), got {value!r}")
+        self._min_free_bytes = value
 
     def on_health_change(self, callback: HealthCallback) -> None:
         """Call ``callback(healthy, problem)`` at once whenever the health changes."""
@@ -253,26 +396,78 @@ class Recorder:
         self._healthy = healthy
         self._problem = problem
         if healthy:
-            _LOG.warning("storage healthy again")
+            _LOG.warning("storage healthy again (%d row(s) still in the journal)", self.journaled_rows)
         else:
-            _LOG.error("storage unhealthy: %s (%d event row(s) held)", problem, len(self._queue))
+            _LOG.error("storage unhealthy: %s (%d row(s) not in the database)", problem, self.held_rows)
         for callback in list(self._callbacks):
             try:
                 callback(healthy, problem)
             except Exception:
                 _LOG.exception("storage health callback raised")
 
-    def _mark_unhealthy(self, problem: str) -> None:
-        self._set_health(False, problem)
+    def _evaluate(self) -> None:
+        """Work the health out from what is known now (see the module documentation)."""
+        problems: list[str] = []
+        if self._space_problem is not None:
+            problems.append(self._space_problem)
+        current = self._session
+        if current is not None and current.telemetry is not None and not current.telemetry.healthy:
+            problems.append(current.telemetry.error or "telemetry file failed")
+        if self._db_problem is not None and not self._db_transient:
+            problems.append(self._db_problem)
+        if self._late_problem is not None:
+            problems.append(self._late_problem)
+        unique = list(dict.fromkeys(problems))
+        self._set_health(not unique, "; ".join(unique) or None)
+
+    def _check_late(self) -> None:
+        """Unhealthy while the oldest row that is not durable has waited longer than ``durable_within_s``."""
+        if self._pending:
+            waited = time.monotonic() - self._pending[0].accepted
+            if waited > self._durable_within_s:
+                why = [p for p in (self._db_problem, self._journal_problem) if p is not None]
+                self._late_problem = (
+                    f"{len(self._pending)} accepted row(s) neither in the database nor in the journal "
+                    f"after {waited:.1f} s: " + ("; ".join(why) or "the database has not answered")
+                )
+                self._evaluate()
+                return
+        if self._late_problem is not None:
+            self._late_problem = None
+            self._evaluate()
 
     # ---- lifecycle
 
     async def start(self) -> None:
-        """Start the background task (batch writes, free-space checks); :meth:`begin_session` calls it."""
+        """Write a journal left by an earlier process into the database (then remove it), and start the
+        background tasks (batch writes, the journal, free-space checks, retries); :meth:`begin_session`
+        calls it. A journal that cannot be written into the database yet stays, and is retried."""
         if self._closed:
             raise RecorderError("the recorder is closed")
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="session recorder")
+        if self._task is not None:
+            return
+        try:
+            found = await asyncio.to_thread(self._journal.exists)
+        except JournalError as exc:
+            found = True
+            _LOG.error("%s", exc)
+        if found:
+            self._journaling = True
+            _LOG.warning("found a journal of rows not yet in the records database: %s", self._journal.path)
+            if await self._replay():
+                _LOG.warning("the journal's rows are in the records database; journal removed")
+            else:
+                _LOG.error(
+                    "the journal stays until the records database takes its rows: %s", self._db_problem
+                )
+        else:
+            with contextlib.suppress(SQLAlchemyError, OSError):
+                async with self._db_lock, self._sessions() as session:
+                    await clear_marks(session)
+                    await session.commit()
+        self._task = asyncio.create_task(self._run(), name="session recorder")
+        self._journal_task = asyncio.create_task(self._guard(), name="session recorder journal")
+        self._evaluate()
 
     async def begin_session(
         self,
@@ -305,7 +500,9 @@ class Recorder:
             if not target.is_absolute():
                 target = self._data_root / target
             try:
-                writer = TelemetryWriter(target, on_failure=self._mark_unhealthy, write=self._telemetry_write)
+                writer = TelemetryWriter(
+                    target, on_failure=lambda _problem: self._evaluate(), write=self._telemetry_write
+                )
             except TelemetryError as exc:
                 raise RecorderError(str(exc)) from exc
         self._session = _OpenSession(session_id, tech_id, float(started_mono), started_at, writer)
@@ -320,33 +517,32 @@ class Recorder:
                 row = await SessionsRepository(session).get_by_id(session_id)
         except (SQLAlchemyError, OSError) as exc:
             problem = f"records database read failed: {_describe(exc)}"
-            self._mark_unhealthy(problem)
             raise RecorderError(problem) from exc
         if row is None:
             raise RecorderError(f"session {session_id} does not exist in the records database")
 
     async def end_session(self) -> TelemetrySummary | None:
-        """Stop recording the current session: write its queued events and close its telemetry file.
+        """Stop recording the current session: close its telemetry file and write its queued rows.
 
-        Returns the telemetry file's summary (None without one) for the session's row. When storage is
-        unhealthy the events stay held and are written by :meth:`recheck`; nothing is lost.
+        Returns the telemetry file's summary (None without one) for the session's row. Rows the database
+        cannot take now stay held (in the journal) and are written by the retry; nothing is lost.
         """
         current = self._session
         if current is None:
             raise RecorderError("no session is being recorded")
-        self._session = None
         summary: TelemetrySummary | None = None
         if current.telemetry is not None:
             summary = await current.telemetry.close()
-        if self._healthy:
-            await self._write_held()
+        self._session = None
+        if not self._journaling and self._db_problem is None:
+            await self._write_pending()
+        self._evaluate()
         return summary
 
     async def close(self) -> int:
-        """End the open session if any, write what can be written, stop the background task.
+        """End the open session if any, write or journal every row held, stop the background tasks.
 
-        Returns how many event rows could not be written (held because storage is unhealthy); they are
-        logged as lost.
+        Returns how many rows could be neither written nor journaled (a full disk); they are logged as lost.
         """
         if self._closed:
             return 0
@@ -354,18 +550,54 @@ class Recorder:
             await self.end_session()
         self._stopping = True
         self._wake.set()
-        if self._task is not None:
+        if self._task is not None:  # the journal task keeps spilling while a write is still under way
             await self._task
             self._task = None
-        if self._healthy:
-            await self._write_held()
+        self._journal_wake.set()
+        if self._journal_task is not None:
+            await self._journal_task
+            self._journal_task = None
+        if self._pending and not self._journaling and self._db_problem is None:
+            await self._write_pending()
+        if self._pending:
+            self._journaling = True
+            await self._spill()
+        if self._journaling and self._db_problem is None:
+            await self._replay()
         self._closed = True
-        lost = len(self._queue)
+        self._journal.close()
+        lost = len(self._pending)
         if lost:
-            _LOG.error("recorder closed with %d event row(s) not written: %s", lost, self._problem)
+            _LOG.error(
+                "recorder closed with %d row(s) neither written nor journaled: %s",
+                lost,
+                "; ".join(p for p in (self._db_problem, self._journal_problem) if p) or self._problem,
+            )
+        elif self.journaled_rows:
+            _LOG.warning(
+                "recorder closed with %d row(s) in the journal %s; the next start writes them",
+                self.journaled_rows,
+                self._journal.path,
+            )
+        for row in self._pending:
+            if row.done is not None and not row.done.done():
+                row.done.set_exception(RecorderError("the recorder closed before the row was durable"))
+                row.done.exception()  # retrieved: nobody may be waiting any more
         return lost
 
-    # ---- events
+    # ---- accepting rows
+
+    def _accept(self, table: Table, values: dict[str, Any], *, wait: bool) -> _Row:
+        self._seq += 1
+        row = _Row(JournalEntry(self._stream, self._seq, table, values), time.monotonic())
+        if wait:
+            row.done = asyncio.get_running_loop().create_future()
+        self._pending.append(row)
+        if self._journaling:
+            self._journal_wake.set()
+        elif wait or len(self._pending) >= MAX_BATCH_ROWS:
+            self._wake.set()
+        return row
 
     def event(
         self,
@@ -384,7 +616,7 @@ class Recorder:
         video_timestamp_ms: int | None = None,
         at_mono: float | None = None,
     ) -> None:
-        """Queue one ``treatment_events`` row of the current session; never blocks.
+        """Accept one ``treatment_events`` row of the current session; never blocks.
 
         Powers in watts (>= 0), ring size in mm, actuator position in µm, photodiode in volts; ``interlocks``
         maps each interlock's name to whether it is satisfied; ``details`` is stored as JSON; ``at_mono`` is
@@ -432,21 +664,19 @@ class Recorder:
             row["video_timestamp_ms"] = video_timestamp_ms
         if image_path is not None and not isinstance(image_path, str):
             raise ValueError(f"image_path must be text, got {image_path!r}")
-        if len(self._queue) >= self._max_held_rows:
+        if len(self._pending) >= self._max_held_rows:
             self._dropped += 1
             _LOG.error(
                 "event %s at %d ms of session %d not recorded: %d rows already held (%d dropped so far): %s",
                 event_type,
                 offset_ms,
                 current.session_id,
-                len(self._queue),
+                len(self._pending),
                 self._dropped,
                 self._problem,
             )
             return
-        self._queue.append(row)
-        if self._healthy and len(self._queue) >= MAX_BATCH_ROWS:
-            self._wake.set()
+        self._accept("treatment_events", row, wait=False)
 
     def telemetry(self, record: Mapping[str, Any]) -> None:
         """Append one record to the session's telemetry file (one JSON line); never blocks on the disk.
@@ -461,8 +691,6 @@ class Recorder:
             current.telemetry.append(record)
         except TelemetryError as exc:
             raise RecorderError(str(exc)) from exc
-
-    # ---- safety records
 
     async def safety(
         self,
@@ -479,89 +707,224 @@ class Recorder:
         details: Mapping[str, Any] | None = None,
         tech_id: int | None = None,
     ) -> None:
-        """Write one ``safety_log`` row now, in its own transaction (photodiode in volts).
+        """Accept one ``safety_log`` row, stamped now, and return once it is durable (photodiode in volts).
 
         The row belongs to the current session, if any; ``tech_id`` defaults to the session's technician.
-        Raises ``ValueError`` for a bad value (nothing written) and :class:`RecorderError` when the row could
-        not be written (the recorder is then unhealthy).
+        Raises ``ValueError`` for a bad value (nothing accepted) and :class:`RecorderError` when the row is
+        not durable within ``durable_within_s`` (the recorder is then unhealthy; the row stays held and is
+        written when storage recovers) or the recorder is closed.
         """
+        if self._closed:
+            raise RecorderError(f"the recorder is closed; safety record {event_type!r} refused")
         current = self._session
         _finite("photodiode_voltage_v", photodiode_voltage_v)
         if details is not None:
             _json("details", details)
+        values: dict[str, Any] = {
+            "event_type": event_type,
+            "severity": severity,
+            "description": description,
+            "session_id": None if current is None else current.session_id,
+            "tech_id": tech_id if tech_id is not None or current is None else current.tech_id,
+            "system_state": system_state,
+            "laser_state": laser_state,
+            "footpedal_state": _flag("footpedal_state", footpedal_state),
+            "smoothing_device_state": _flag("smoothing_device_state", smoothing_device_state),
+            "photodiode_voltage_v": photodiode_voltage_v,
+            "action_taken": action_taken,
+            "details": None if details is None else dict(details),
+            "timestamp": self._clock(),
+        }
+        check_safety_values(values)
+        if self._task is None:
+            await self.start()
+        if len(self._pending) >= self._max_held_rows:
+            raise RecorderError(
+                f"safety record {event_type!r} not accepted: {len(self._pending)} rows already held: "
+                f"{self._problem}"
+            )
+        row = self._accept("safety_log", values, wait=True)
+        assert row.done is not None
         try:
-            async with self._sessions() as session:
-                await SafetyLogRepository(session).append(
-                    event_type,
-                    severity,
-                    description,
-                    session_id=None if current is None else current.session_id,
-                    tech_id=tech_id if tech_id is not None or current is None else current.tech_id,
-                    system_state=system_state,
-                    laser_state=laser_state,
-                    footpedal_state=_flag("footpedal_state", footpedal_state),
-                    smoothing_device_state=_flag("smoothing_device_state", smoothing_device_state),
-                    photodiode_voltage_v=photodiode_voltage_v,
-                    action_taken=action_taken,
-                    details=details,
-                    timestamp=self._clock(),
+            await asyncio.wait_for(asyncio.shield(row.done), self._durable_within_s)
+        except TimeoutError:
+            self._check_late()
+            if self._late_problem is None:  # the row is late by the clock even if the guard has not looked
+                self._late_problem = (
+                    f"safety record {event_type!r} not durable after {self._durable_within_s} s"
                 )
-                await session.commit()
-        except (SQLAlchemyError, OSError) as exc:
-            problem = f"safety record {event_type!r} not written: {_describe(exc)}"
-            self._mark_unhealthy(problem)
-            raise RecorderError(problem) from exc
+                self._evaluate()
+            raise RecorderError(
+                f"safety record {event_type!r} not durable yet (held for the database): {self._problem}"
+            ) from None
 
     # ---- writing
 
     async def flush(self) -> None:
-        """Write every queued row now; raise :class:`RecorderError` if any stays unwritten."""
-        if self._healthy:
-            await self._write_held()
-        if self._queue:
+        """Write every held row (the journal's first) into the database now; raise :class:`RecorderError`
+        if any stays out of it."""
+        if self._journaling:
+            await self._replay()
+        if not self._journaling:
+            await self._write_pending()
+        if self.held_rows:
             raise RecorderError(
-                f"storage unhealthy ({self._problem}); {len(self._queue)} event row(s) held for recheck()"
+                f"{self.held_rows} row(s) not in the records database yet "
+                f"({self._db_problem or self._problem or 'storage unavailable'})"
             )
 
     async def recheck(self) -> bool:
-        """Check free space, prove the database writable by writing the held rows (or a no-change write),
-        and become healthy again if all of it succeeds. Returns :attr:`healthy`.
-
-        Never called by the recorder itself: the controller decides when to retry.
+        """Check free space and the telemetry file, write the journal and the held rows into the database (or
+        prove it writable with a no-change write), and report healthy again if all of it succeeds. Returns
+        :attr:`healthy`. The background task runs the same retry every ``retry_interval_s``.
         """
-        space_problem = await self._space_problem()
-        if space_problem is not None:
-            self._set_health(False, space_problem)
+        await self._check_space()
+        if self._journaling:
+            await self._replay()
+        if not self._journaling:
+            if self._pending:
+                await self._write_pending()
+            else:
+                await self._probe()
+        self._check_late()
+        self._evaluate()
+        return self._healthy
+
+    async def _probe(self) -> bool:
+        try:
+            async with self._db_lock, self._sessions() as session:
+                await ConfigRepository(session).probe_writable()
+                await session.commit()
+        except (SQLAlchemyError, OSError) as exc:
+            self._db_failed(exc)
             return False
-        current = self._session
-        if current is not None and current.telemetry is not None and not current.telemetry.healthy:
-            self._set_health(False, current.telemetry.error)
-            return False
-        if not await self._write_held(probe=True):
-            return False
-        self._set_health(True, None)
+        self._db_ok()
         return True
 
-    async def _write_held(self, *, probe: bool = False) -> bool:
-        async with self._write_lock:
+    def _db_failed(self, exc: BaseException) -> None:
+        problem, transient = _failure(exc)
+        if problem != self._db_problem:
+            _LOG.error("%s (%s)", problem, "rows go to the journal" if transient else "storage unhealthy")
+        self._db_problem, self._db_transient = problem, transient
+        self._evaluate()
+
+    def _db_ok(self) -> None:
+        if self._db_problem is not None:
+            _LOG.warning("the records database takes writes again (was: %s)", self._db_problem)
+            self._db_problem, self._db_transient = None, False
+            self._evaluate()
+
+    async def _write_db(self, entries: Sequence[JournalEntry]) -> bool:
+        """Write ``entries`` (in order) and their stream's mark in one transaction; False on failure."""
+        try:
+            async with self._sessions() as session:
+                await write_entries(session, entries)
+                await session.commit()
+        except (SQLAlchemyError, OSError) as exc:
+            self._db_failed(exc)
+            return False
+        except ValueError as exc:  # a row the database layer refuses: it stays held, and says why
+            _LOG.critical("row refused by the records database layer: %s", exc)
+            self._db_failed(RecorderError(f"a held row is refused by the database layer: {exc}"))
+            return False
+        self._db_ok()
+        return True
+
+    async def _write_pending(self) -> bool:
+        """Write the rows in memory straight into the database, batch by batch (only while not journaling)."""
+        async with self._db_lock:
+            while self._pending and not self._journaling:
+                batch = [row for _, row in zip(range(MAX_BATCH_ROWS), self._pending, strict=False)]
+                if not await self._write_db([row.entry for row in batch]):
+                    self._journaling = True  # everything held goes to the journal now, in order
+                    self._journal_wake.set()
+                    return False
+                if self._journaling:
+                    # Spilled while the write was under way: the journal has these rows too, and the mark
+                    # written with them keeps the journal from writing them twice.
+                    return True
+                for row in batch:
+                    popped = self._pending.popleft()
+                    assert popped is row
+                    if row.done is not None and not row.done.done():
+                        row.done.set_result(None)
+            self._check_late()
+        return True
+
+    async def _spill(self) -> bool:
+        """Append every row in memory to the journal (fsynced); True when all of them are durable there."""
+        async with self._journal_lock:
+            rows = list(self._pending)
+            if not rows:
+                return True
             try:
-                if probe and not self._queue:
-                    async with self._sessions() as session:
-                        await ConfigRepository(session).probe_writable()
-                        await session.commit()
-                while self._queue:
-                    batch = list(islice(self._queue, MAX_BATCH_ROWS))
-                    async with self._sessions() as session:
-                        await TreatmentEventsRepository(session).add_many(batch)
-                        await session.commit()
-                    for _ in batch:
-                        self._queue.popleft()
-            except (SQLAlchemyError, OSError) as exc:
-                self._mark_unhealthy(f"records database write failed: {_describe(exc)}")
+                await asyncio.to_thread(self._journal.append, [row.entry for row in rows])
+            except (JournalError, ValueError, OSError) as exc:
+                problem = _failure(exc)[0] if not isinstance(exc, ValueError) else str(exc)
+                if problem != self._journal_problem:
+                    _LOG.error("journal not written: %s", problem)
+                self._journal_problem = problem
+                self._check_late()
                 return False
-        return True
+            if self._journal_problem is not None:
+                _LOG.warning("the journal takes rows again (was: %s)", self._journal_problem)
+                self._journal_problem = None
+            self._journal_rows += len(rows)
+            for row in rows:
+                popped = self._pending.popleft()
+                assert popped is row
+                if row.done is not None and not row.done.done():
+                    row.done.set_result(None)
+            self._check_late()
+            return True
 
-    async def _space_problem(self) -> str | None:
+    async def _replay(self) -> bool:
+        """Write the journal's rows into the database, in order, skipping any already there; remove the
+        journal and go back to writing directly once it is all in. True when the journal is gone."""
+        async with self._db_lock:
+            while True:
+                try:
+                    entries, end = await asyncio.to_thread(self._journal.read, self._replayed_offset)
+                except JournalError as exc:
+                    self._db_failed(exc)
+                    return False
+                if not entries:
+                    async with self._journal_lock:
+                        # The journal task appends under this lock: nothing can slip in between.
+                        more, _ = await asyncio.to_thread(self._journal.read, self._replayed_offset)
+                        if more:
+                            continue
+                        try:
+                            await asyncio.to_thread(self._journal.remove)
+                        except JournalError as exc:
+                            _LOG.error("%s", exc)
+                            return False
+                        self._journaling = False
+                        self._replayed_offset = 0
+                        self._journal_rows = self._replayed_rows = 0
+                    self._wake.set()  # rows accepted meanwhile go straight to the database
+                    with contextlib.suppress(SQLAlchemyError, OSError):
+                        async with self._sessions() as session:  # no journal: no mark is needed
+                            await clear_marks(session)
+                            await session.commit()
+                    return True
+                if self._journal_rows < self._replayed_rows + len(entries):
+                    self._journal_rows = self._replayed_rows + len(entries)  # rows found in an old journal
+                try:
+                    async with self._sessions() as session:
+                        marks = await read_marks(session)
+                except (SQLAlchemyError, OSError, JournalError) as exc:
+                    self._db_failed(exc)
+                    return False
+                todo = unwritten(entries, marks)
+                for index in range(0, len(todo), MAX_BATCH_ROWS):
+                    if not await self._write_db(todo[index : index + MAX_BATCH_ROWS]):
+                        # The batches before this one are in, with their marks: a later retry skips them.
+                        return False
+                self._replayed_offset = end
+                self._replayed_rows += len(entries)
+
+    async def _read_space_problem(self) -> str | None:
         try:
             usage = await asyncio.to_thread(self._disk_usage, self._data_root)
         except OSError as exc:
@@ -574,12 +937,15 @@ class Recorder:
         return None
 
     async def _check_space(self) -> None:
-        problem = await self._space_problem()
-        if problem is not None:
-            self._mark_unhealthy(problem)
+        problem = await self._read_space_problem()
+        if problem != self._space_problem:
+            self._space_problem = problem
+            self._evaluate()
 
     async def _run(self) -> None:
-        last_space_check = time.monotonic()
+        """The writer: batches into the database while it takes them; the journal's replay and the health
+        retry every ``retry_interval_s`` otherwise."""
+        last_retry = time.monotonic()
         while not self._stopping:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._batch_interval_s)
@@ -587,25 +953,66 @@ class Recorder:
             if self._stopping:
                 break
             try:
-                if self._healthy and self._queue:
-                    await self._write_held()
+                if not self._journaling and self._pending and self._db_problem is None:
+                    await self._write_pending()
+                now = time.monotonic()
+                needs_retry = self._journaling or not self._healthy or self._db_problem is not None
+                if needs_retry and (self._retry_now or now - last_retry >= self._retry_interval_s):
+                    self._retry_now = False
+                    last_retry = now
+                    await self.recheck()
+            except Exception as exc:  # the task must outlive any one failure, and say what it was
+                _LOG.exception("session recorder background task")
+                self._db_failed(RecorderError(f"recorder failed: {_describe(exc)}"))
+
+    async def _guard(self) -> None:
+        """The journal task: rows not in the database after ``spill_after_s`` (or any row while journaling)
+        go to the journal; the durability bound and the free space are checked here."""
+        last_space_check = time.monotonic()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._journal_wake.wait(), GUARD_PERIOD_S)
+            self._journal_wake.clear()
+            try:
+                if self._pending:
+                    waited = time.monotonic() - self._pending[0].accepted
+                    if not self._journaling and waited >= self._spill_after_s:
+                        _LOG.warning(
+                            "%d row(s) not in the records database after %.2f s: journaling them (%s)",
+                            len(self._pending),
+                            waited,
+                            self._db_problem or "the database is slow to answer",
+                        )
+                        self._journaling = True
+                    if self._journaling:
+                        await self._spill()
+                self._check_late()
+                if self._stopping:
+                    return
                 if time.monotonic() - last_space_check >= self._space_check_interval_s:
                     last_space_check = time.monotonic()
                     await self._check_space()
             except Exception as exc:  # the task must outlive any one failure, and say what it was
-                _LOG.exception("session recorder background task")
-                self._mark_unhealthy(f"recorder failed: {_describe(exc)}")
+                _LOG.exception("session recorder journal task")
+                self._journal_problem = f"journal task failed: {_describe(exc)}"
+                if self._stopping:
+                    return
 
 
 __all__ = [
     "DEFAULT_BATCH_INTERVAL_S",
+    "DEFAULT_DURABLE_WITHIN_S",
     "DEFAULT_MAX_HELD_ROWS",
     "DEFAULT_MIN_FREE_BYTES",
+    "DEFAULT_RETRY_INTERVAL_S",
     "DEFAULT_SPACE_CHECK_INTERVAL_S",
+    "DEFAULT_SPILL_AFTER_S",
     "EVENT_TYPES",
+    "GUARD_PERIOD_S",
     "MAX_BATCH_ROWS",
     "DiskUsage",
     "HealthCallback",
     "Recorder",
     "RecorderError",
+    "storage_failure",
 ]

@@ -1,4 +1,4 @@
-"""The session recorder: ordered batches, immediate safety records, health on failure, recheck, telemetry."""
+"""The session recorder: ordered batches, durable safety rows, the journal, health and recovery, telemetry."""
 
 from __future__ import annotations
 
@@ -17,10 +17,20 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import event
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
-from control.recorder import EVENT_TYPES, MAX_BATCH_ROWS, Recorder, RecorderError
+from control.recorder import (
+    DEFAULT_DURABLE_WITHIN_S,
+    EVENT_TYPES,
+    GUARD_PERIOD_S,
+    MAX_BATCH_ROWS,
+    Recorder,
+    RecorderError,
+    storage_failure,
+)
 from storage import apply_pragmas, create_engine, session_factory, utc_now
+from storage.journal import MARK_KEY, Journal, JournalEntry, write_entries
 from tests.support import FakeClock
 
 START = datetime(2026, 3, 14, 9, 30, 0)
@@ -108,6 +118,23 @@ async def fast_sessions(db_path: Path, data_root: Path) -> AsyncIterator[async_s
         await engine.dispose()
 
 
+class JournalDisk:
+    """``os.write`` for the journal file that fails with "No space left on device" while ``full``."""
+
+    def __init__(self) -> None:
+        self.full = False
+
+    def __call__(self, fd: int, data: memoryview) -> int:
+        if self.full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return os.write(fd, data)
+
+
+@pytest.fixture
+def journal_disk() -> JournalDisk:
+    return JournalDisk()
+
+
 @pytest.fixture
 def disk() -> FakeDisk:
     return FakeDisk(10 * 1024 * MIB)
@@ -120,7 +147,11 @@ def mono() -> FakeMono:
 
 @pytest.fixture
 async def recorder(
-    fast_sessions: async_sessionmaker[AsyncSession], data_root: Path, disk: FakeDisk, mono: FakeMono
+    fast_sessions: async_sessionmaker[AsyncSession],
+    data_root: Path,
+    disk: FakeDisk,
+    mono: FakeMono,
+    journal_disk: JournalDisk,
 ) -> AsyncIterator[Recorder]:
     rec = Recorder(
         fast_sessions,
@@ -128,7 +159,9 @@ async def recorder(
         clock=FakeClock(START),
         mono=mono,
         disk_usage=disk,
+        journal_write=journal_disk,
         space_check_interval_s=0.05,
+        retry_interval_s=0.2,
     )
     try:
         yield rec
@@ -236,75 +269,6 @@ async def test_bad_events_are_refused_and_nothing_is_queued(recorder: Recorder, 
     assert recorder.session_id is None
 
 
-async def test_a_locked_database_makes_it_unhealthy_once_and_recheck_writes_the_held_rows(
-    recorder: Recorder, db_path: Path, mono: FakeMono, disk: FakeDisk, locked: Callable[[bool], None]
-) -> None:
-    changes = _health_log(recorder)
-    await recorder.begin_session(1, 1, started_mono=1000.0, started_at=START)
-    recorder.event("laser_on", commanded_w=5.0)
-    await recorder.flush()
-    locked(True)
-    for index in range(1, 4):
-        mono.now = 1000.0 + index
-        recorder.event("power_change", commanded_w=5.0 + index)
-    await _wait_until(lambda: not recorder.healthy)
-    assert changes == [(False, "records database write failed: database is locked")]
-    assert recorder.problem == "records database write failed: database is locked"
-    with pytest.raises(RecorderError, match=r"storage unhealthy .* 3 event row\(s\) held"):
-        await recorder.flush()
-    mono.now = 1005.0
-    recorder.event("laser_off")  # still accepted and held, in order
-    assert recorder.held_rows == 4
-
-    locked(False)
-    # The background task keeps running (free-space checks) but never heals the recorder by itself.
-    calls = disk.calls
-    await _wait_until(lambda: disk.calls >= calls + 2)
-    assert not recorder.healthy and recorder.held_rows == 4 and len(changes) == 1
-
-    assert await recorder.recheck() is True
-    assert changes == [(False, "records database write failed: database is locked"), (True, None)]
-    assert recorder.healthy and recorder.problem is None and recorder.held_rows == 0
-    rows = _events(db_path)
-    assert [(r["event_type"], r["time_offset_ms"]) for r in rows] == [
-        ("laser_on", 0),
-        ("power_change", 1000),
-        ("power_change", 2000),
-        ("power_change", 3000),
-        ("laser_off", 5000),
-    ]
-
-
-async def test_recheck_fails_while_the_database_is_still_locked(
-    recorder: Recorder, db_path: Path, locked: Callable[[bool], None]
-) -> None:
-    changes = _health_log(recorder)
-    await recorder.begin_session(1, 1, started_mono=1000.0, started_at=START)
-    locked(True)
-    recorder.event("laser_on")
-    with pytest.raises(RecorderError):
-        await recorder.flush()
-    assert await recorder.recheck() is False  # no held row is lost by a failed recheck
-    assert recorder.held_rows == 1 and changes == [
-        (False, "records database write failed: database is locked")
-    ]
-    locked(False)
-    assert await recorder.recheck() is True
-    assert len(_events(db_path)) == 1
-
-
-async def test_recheck_with_nothing_held_proves_the_database_writable(
-    recorder: Recorder, locked: Callable[[bool], None]
-) -> None:
-    locked(True)
-    with pytest.raises(RecorderError, match="database is locked"):
-        await recorder.safety("e_stop_pressed", "critical", "E-stop pressed")
-    assert recorder.held_rows == 0
-    assert await recorder.recheck() is False
-    locked(False)
-    assert await recorder.recheck() is True
-
-
 async def test_safety_records_are_written_at_once_with_the_session_and_its_technician(
     recorder: Recorder, db_path: Path
 ) -> None:
@@ -339,24 +303,6 @@ async def test_safety_records_are_written_at_once_with_the_session_and_its_techn
     assert recorder.healthy
 
 
-async def test_a_failed_safety_record_raises_and_reports_once(
-    recorder: Recorder, db_path: Path, locked: Callable[[bool], None]
-) -> None:
-    changes = _health_log(recorder)
-    await recorder.begin_session(1, 1, started_mono=1000.0, started_at=START)
-    locked(True)
-    for _ in range(2):
-        with pytest.raises(
-            RecorderError, match="safety record 'e_stop_pressed' not written: database is locked"
-        ):
-            await recorder.safety("e_stop_pressed", "critical", "E-stop pressed")
-    assert changes == [(False, "safety record 'e_stop_pressed' not written: database is locked")]
-    locked(False)
-    assert await recorder.recheck() is True
-    await recorder.safety("e_stop_pressed", "critical", "E-stop pressed")
-    assert len(_rows(db_path, "SELECT * FROM safety_log WHERE event_type = 'e_stop_pressed'")) == 1
-
-
 async def test_low_free_space_makes_it_unhealthy_at_begin_and_from_the_background_check(
     recorder: Recorder, disk: FakeDisk, db_path: Path
 ) -> None:
@@ -367,11 +313,10 @@ async def test_low_free_space_makes_it_unhealthy_at_begin_and_from_the_backgroun
     assert changes == [(False, f"free space under {db_path.parent} is 10.0 MiB, below the 50.0 MiB minimum")]
     recorder.event("laser_on")
     await recorder.end_session()
-    assert recorder.held_rows == 1  # held, not written, while unhealthy
+    assert recorder.held_rows == 0 and len(_events(db_path)) == 1  # rows are written all the same
     assert await recorder.recheck() is False
     disk.free = 60 * MIB
     assert await recorder.recheck() is True
-    assert recorder.held_rows == 0 and len(_events(db_path)) == 1
 
     # The background task notices space running out during a session.
     await recorder.begin_session(2, 1, started_mono=1000.0, started_at=START)
@@ -429,30 +374,6 @@ async def test_an_existing_telemetry_file_refuses_the_session(recorder: Recorder
     assert recorder.session_id is None and target.read_bytes() == b'{"old":1}\n'
 
 
-async def test_rows_beyond_the_memory_limit_are_counted_and_logged(
-    fast_sessions: async_sessionmaker[AsyncSession],
-    data_root: Path,
-    locked: Callable[[bool], None],
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    rec = Recorder(fast_sessions, data_root=data_root, mono=FakeMono(0.0), max_held_rows=2)
-    try:
-        await rec.begin_session(1, 1, started_mono=0.0, started_at=START)
-        locked(True)
-        with caplog.at_level(logging.ERROR, logger="control.recorder"):
-            for _ in range(3):
-                rec.event("user_action")
-        assert rec.held_rows == 2 and rec.dropped_events == 1
-        assert any("not recorded: 2 rows already held (1 dropped so far)" in m for m in caplog.messages)
-        with pytest.raises(RecorderError):
-            await rec.flush()
-        with caplog.at_level(logging.ERROR, logger="control.recorder"):
-            assert await rec.close() == 2  # held rows that could not be written are reported, not hidden
-        assert any("recorder closed with 2 event row(s)" in m for m in caplog.messages)
-    finally:
-        await rec.close()
-
-
 def test_settings_are_checked(fast_sessions: async_sessionmaker[AsyncSession], data_root: Path) -> None:
     for kwargs, message in (
         ({"min_free_bytes": -1}, "min_free_bytes"),
@@ -480,31 +401,6 @@ async def test_the_default_clocks_stamp_events_with_utc_now(
     assert 0 <= row["time_offset_ms"] < 60_000
 
 
-async def test_a_read_only_database_makes_it_unhealthy_and_safety_records_raise(
-    db_path: Path, data_root: Path
-) -> None:
-    # The database opened read-only, as on a medium that turned read-only (chmod does not stop root).
-    engine = create_async_engine(f"sqlite+aiosqlite:///file:{db_path}?mode=ro&uri=true")
-    event.listen(engine.sync_engine, "connect", lambda connection, _record: apply_pragmas(connection, 50))
-    rec = Recorder(session_factory(engine), data_root=data_root, mono=FakeMono(0.0))
-    changes = _health_log(rec)
-    try:
-        await rec.begin_session(1, 1, started_mono=0.0, started_at=START)
-        rec.event("laser_on")
-        with pytest.raises(RecorderError, match=r"1 event row\(s\) held"):
-            await rec.flush()
-        problem = "records database write failed: attempt to write a readonly database"
-        assert changes == [(False, problem)]
-        with pytest.raises(RecorderError, match="attempt to write a readonly database"):
-            await rec.safety("e_stop_pressed", "critical", "E-stop pressed")
-        assert await rec.recheck() is False
-        assert changes == [(False, problem)] and rec.held_rows == 1
-    finally:
-        assert await rec.close() == 1
-        await engine.dispose()
-    assert _events(db_path) == []
-
-
 async def test_a_failed_telemetry_write_makes_it_unhealthy_until_the_session_ends(
     fast_sessions: async_sessionmaker[AsyncSession], data_root: Path
 ) -> None:
@@ -527,3 +423,316 @@ async def test_a_failed_telemetry_write_makes_it_unhealthy_until_the_session_end
         assert await rec.recheck() is True  # the next session starts with a new file
     finally:
         await rec.close()
+
+
+# ---- storage failure and recovery: nothing accepted is lost
+
+
+def _journal_lines(path: Path) -> list[dict[str, object]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_bytes().splitlines()]
+
+
+def _safety_rows(db_path: Path) -> list[sqlite3.Row]:
+    return _rows(
+        db_path, "SELECT * FROM safety_log WHERE event_type != 'database_initialized' ORDER BY log_id"
+    )
+
+
+def _marks(db_path: Path) -> list[sqlite3.Row]:
+    return _rows(db_path, "SELECT config_value FROM system_config WHERE config_key = ?", (MARK_KEY,))
+
+
+async def test_a_locked_database_journals_the_rows_stays_healthy_and_the_retry_writes_them_in_order(
+    recorder: Recorder, db_path: Path, mono: FakeMono, locked: Callable[[bool], None]
+) -> None:
+    changes = _health_log(recorder)
+    await recorder.begin_session(1, 1, started_mono=1000.0, started_at=START)
+    recorder.event("laser_on", commanded_w=5.0)
+    await recorder.flush()
+    locked(True)
+    for index in range(1, 4):
+        mono.now = 1000.0 + index
+        recorder.event("power_change", commanded_w=5.0 + index)
+    started = time.monotonic()
+    # Returns once the row is durable: here in the journal, well within the bound.
+    await recorder.safety("e_stop_pressed", "critical", "E-stop pressed")
+    assert time.monotonic() - started < DEFAULT_DURABLE_WITHIN_S
+    await _wait_until(lambda: recorder.journaled_rows == 4)
+    journal = recorder.journal_path
+    assert journal == db_path.parent / "tosca.journal"
+    assert journal.stat().st_mode & 0o777 == 0o640
+    lines = _journal_lines(journal)
+    assert [line["seq"] for line in lines] == [2, 3, 4, 5]  # seq 1 went straight to the database
+    assert [line["table"] for line in lines] == ["treatment_events"] * 3 + ["safety_log"]
+    assert recorder.healthy and changes == []  # a lock alone does not stop emission
+    with pytest.raises(RecorderError, match=r"4 row\(s\) not in the records database yet .*locked"):
+        await recorder.flush()
+    mono.now = 1005.0
+    recorder.event("laser_off")  # after the journal's rows, so into the journal too
+    await _wait_until(lambda: recorder.journaled_rows == 5)
+    assert len(_events(db_path)) == 1
+
+    locked(False)  # nothing else is called: the recorder's own retry writes the journal
+    await _wait_until(lambda: recorder.held_rows == 0 and not journal.exists(), within_s=3.0)
+    rows = _events(db_path)
+    assert [(r["event_type"], r["time_offset_ms"]) for r in rows] == [
+        ("laser_on", 0),
+        ("power_change", 1000),
+        ("power_change", 2000),
+        ("power_change", 3000),
+        ("laser_off", 5000),
+    ]
+    assert [r["event_type"] for r in _safety_rows(db_path)] == ["e_stop_pressed"]
+    assert changes == [] and recorder.healthy
+    # Direct writes again once the journal is gone.
+    recorder.event("pause")
+    await _wait_until(lambda: len(_events(db_path)) == 6)
+    assert not journal.exists()
+
+
+async def test_when_neither_the_database_nor_the_journal_takes_a_row_it_is_unhealthy_within_the_bound(
+    recorder: Recorder,
+    db_path: Path,
+    mono: FakeMono,
+    locked: Callable[[bool], None],
+    journal_disk: JournalDisk,
+) -> None:
+    changes = _health_log(recorder)
+    await recorder.begin_session(1, 1, started_mono=1000.0, started_at=START)
+    locked(True)
+    journal_disk.full = True
+    accepted = time.monotonic()
+    recorder.event("laser_on", commanded_w=5.0)
+    await _wait_until(lambda: not recorder.healthy, within_s=2.0)
+    took = time.monotonic() - accepted
+    # The bound: a row neither written nor journaled DEFAULT_DURABLE_WITHIN_S (0.5 s) after it was accepted,
+    # checked every GUARD_PERIOD_S; the rest is this test's own polling and a loaded machine.
+    assert DEFAULT_DURABLE_WITHIN_S <= took < DEFAULT_DURABLE_WITHIN_S + GUARD_PERIOD_S + 0.2
+    assert len(changes) == 1 and changes[0][1] is not None
+    assert "1 accepted row(s) neither in the database nor in the journal" in changes[0][1]
+    assert "the disk holding the records is full: No space left on device" in changes[0][1]
+    assert "the records database is locked by another process" in changes[0][1]
+    with pytest.raises(RecorderError, match="safety record 'interlock_failure' not durable yet"):
+        await recorder.safety("interlock_failure", "critical", "storage cannot record")
+    mono.now = 1001.0
+    recorder.event("laser_off")
+    assert recorder.held_rows == 3 and recorder.journaled_rows == 0
+
+    journal_disk.full = False  # space freed: the journal takes the rows, the database is still locked
+    await _wait_until(lambda: recorder.healthy, within_s=3.0)
+    assert changes[-1] == (True, None) and recorder.journaled_rows == 3
+    locked(False)
+    await _wait_until(lambda: recorder.held_rows == 0, within_s=3.0)
+    assert [r["event_type"] for r in _events(db_path)] == ["laser_on", "laser_off"]
+    assert [r["event_type"] for r in _safety_rows(db_path)] == ["interlock_failure"]
+    assert len(changes) == 2
+
+
+async def test_a_clean_close_with_the_database_locked_journals_every_row_and_the_next_start_writes_them(
+    fast_sessions: async_sessionmaker[AsyncSession],
+    db_path: Path,
+    data_root: Path,
+    locked: Callable[[bool], None],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    mono = FakeMono(0.0)
+    rec = Recorder(fast_sessions, data_root=data_root, mono=mono)
+    await rec.begin_session(1, 1, started_mono=0.0, started_at=START)
+    rec.event("laser_on")
+    await rec.flush()
+    locked(True)
+    for index in range(1, 6):
+        mono.now = index / 10
+        rec.event("power_change", commanded_w=float(index))
+    await rec.safety("state_change", "info", "treating -> armed: footpedal released")
+    mono.now = 0.9
+    rec.event("laser_off")
+    with caplog.at_level(logging.WARNING, logger="control.recorder"):
+        assert await rec.close() == 0  # nothing lost
+    assert any("recorder closed with 7 row(s) in the journal" in m for m in caplog.messages)
+    lines = _journal_lines(data_root / "tosca.journal")
+    assert [line["seq"] for line in lines] == list(range(2, 9))
+    assert len(_events(db_path)) == 1
+    locked(False)
+
+    after = Recorder(fast_sessions, data_root=data_root, mono=FakeMono(0.0))
+    try:
+        await after.start()
+        assert not (data_root / "tosca.journal").exists() and after.held_rows == 0
+    finally:
+        assert await after.close() == 0
+    rows = _events(db_path)
+    assert [(r["event_type"], r["time_offset_ms"]) for r in rows] == [
+        ("laser_on", 0),
+        *[("power_change", index * 100) for index in range(1, 6)],
+        ("laser_off", 900),
+    ]
+    assert [r["description"] for r in _safety_rows(db_path)] == ["treating -> armed: footpedal released"]
+    assert _marks(db_path) == []  # no journal left, nothing to remember
+
+
+async def test_a_journal_left_by_a_crash_is_written_once_at_the_next_start(
+    fast_sessions: async_sessionmaker[AsyncSession],
+    db_path: Path,
+    data_root: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    stamp = START + timedelta(seconds=1)
+
+    def event(seq: int, event_type: str) -> JournalEntry:
+        values = {"session_id": 1, "timestamp": stamp, "time_offset_ms": seq * 10, "event_type": event_type}
+        return JournalEntry("crashed", seq, "treatment_events", values)
+
+    safety = JournalEntry(
+        "crashed",
+        3,
+        "safety_log",
+        {
+            "event_type": "state_change",
+            "severity": "info",
+            "description": "armed -> treating",
+            "session_id": 1,
+            "tech_id": 1,
+            "details": {"from": "armed", "to": "treating"},
+            "timestamp": stamp,
+        },
+    )
+    entries = [event(1, "laser_on"), event(2, "power_change"), safety, event(4, "laser_off")]
+    # The first two reached the database (with their mark) before the crash; the journal has them too.
+    engine = create_engine(db_path)
+    try:
+        async with session_factory(engine)() as session:
+            await write_entries(session, entries[:2])
+            await session.commit()
+    finally:
+        await engine.dispose()
+    journal = Journal(data_root / "tosca.journal")
+    journal.append(entries)
+    journal.close()
+    with (data_root / "tosca.journal").open("ab") as handle:
+        handle.write(b'{"stream":"crashed","seq":5,"ta')  # a line the crash cut short: never acknowledged
+
+    rec = Recorder(fast_sessions, data_root=data_root, mono=FakeMono(0.0))
+    with caplog.at_level(logging.WARNING, logger="control.recorder"):
+        await rec.start()
+    try:
+        assert any("found a journal of rows not yet in the records database" in m for m in caplog.messages)
+        assert not (data_root / "tosca.journal").exists()
+    finally:
+        await rec.close()
+    rows = _events(db_path)
+    assert [(r["event_type"], r["time_offset_ms"]) for r in rows] == [
+        ("laser_on", 10),
+        ("power_change", 20),
+        ("laser_off", 40),
+    ]
+    safety_rows = _safety_rows(db_path)
+    assert [(r["description"], r["timestamp"]) for r in safety_rows] == [
+        ("armed -> treating", "2026-03-14 09:30:01.000000")
+    ]
+    assert json.loads(safety_rows[0]["details"]) == {"from": "armed", "to": "treating"}
+
+
+async def test_a_journal_the_database_cannot_take_at_start_stays_and_new_rows_follow_it(
+    fast_sessions: async_sessionmaker[AsyncSession],
+    db_path: Path,
+    data_root: Path,
+    locked: Callable[[bool], None],
+) -> None:
+    old = JournalEntry(
+        "previous",
+        1,
+        "treatment_events",
+        {"session_id": 1, "timestamp": START, "time_offset_ms": 5, "event_type": "laser_off"},
+    )
+    Journal(data_root / "tosca.journal").append([old])
+    locked(True)
+    rec = Recorder(fast_sessions, data_root=data_root, mono=FakeMono(0.0), retry_interval_s=0.1)
+    try:
+        await rec.start()
+        assert (data_root / "tosca.journal").exists() and rec.healthy
+        await rec.begin_session(2, 1, started_mono=0.0, started_at=START)
+        rec.event("laser_on")
+        await _wait_until(lambda: len(_journal_lines(data_root / "tosca.journal")) == 2)
+        locked(False)
+        await _wait_until(lambda: rec.held_rows == 0 and not (data_root / "tosca.journal").exists())
+    finally:
+        await rec.close()
+    assert [(r["session_id"], r["event_type"]) for r in _events(db_path)] == [
+        (1, "laser_off"),
+        (2, "laser_on"),
+    ]
+
+
+async def test_rows_beyond_the_memory_limit_are_counted_and_logged(
+    fast_sessions: async_sessionmaker[AsyncSession],
+    data_root: Path,
+    locked: Callable[[bool], None],
+    journal_disk: JournalDisk,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rec = Recorder(
+        fast_sessions, data_root=data_root, mono=FakeMono(0.0), max_held_rows=2, journal_write=journal_disk
+    )
+    try:
+        await rec.begin_session(1, 1, started_mono=0.0, started_at=START)
+        locked(True)
+        journal_disk.full = True
+        with caplog.at_level(logging.ERROR, logger="control.recorder"):
+            for _ in range(3):
+                rec.event("user_action")
+        assert rec.held_rows == 2 and rec.dropped_events == 1
+        assert any("not recorded: 2 rows already held (1 dropped so far)" in m for m in caplog.messages)
+        with pytest.raises(RecorderError):
+            await rec.flush()
+        with caplog.at_level(logging.ERROR, logger="control.recorder"):
+            assert await rec.close() == 2  # rows neither written nor journaled are reported, not hidden
+        assert any(
+            "recorder closed with 2 row(s) neither written nor journaled" in m for m in caplog.messages
+        )
+    finally:
+        await rec.close()
+
+
+async def test_a_read_only_database_makes_it_unhealthy_and_the_journal_keeps_the_rows(
+    db_path: Path, data_root: Path
+) -> None:
+    # The database opened read-only, as on a medium that turned read-only (chmod does not stop root).
+    engine = create_async_engine(f"sqlite+aiosqlite:///file:{db_path}?mode=ro&uri=true")
+    event.listen(engine.sync_engine, "connect", lambda connection, _record: apply_pragmas(connection, 50))
+    rec = Recorder(session_factory(engine), data_root=data_root, mono=FakeMono(0.0))
+    changes = _health_log(rec)
+    problem = "the records database cannot be written: attempt to write a readonly database"
+    try:
+        await rec.begin_session(1, 1, started_mono=0.0, started_at=START)
+        rec.event("laser_on")
+        await _wait_until(lambda: not rec.healthy)
+        assert changes == [(False, problem)]  # not only a lock: emission must stop
+        await rec.safety("e_stop_pressed", "critical", "E-stop pressed")  # durable in the journal
+        assert await rec.recheck() is False
+        assert changes == [(False, problem)] and rec.journaled_rows == 2
+    finally:
+        assert await rec.close() == 0
+        await engine.dispose()
+    assert _events(db_path) == []
+    assert [line["table"] for line in _journal_lines(data_root / "tosca.journal")] == [
+        "treatment_events",
+        "safety_log",
+    ]
+
+
+def test_storage_failures_are_said_in_words() -> None:
+    full = sqlite3.OperationalError("database or disk is full")
+    full.sqlite_errorcode = sqlite3.SQLITE_FULL  # type: ignore[attr-defined]
+    wrapped = OperationalError("INSERT ...", {}, full)
+    assert storage_failure(wrapped) == "the disk holding the records is full: database or disk is full"
+    no_space = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    assert storage_failure(no_space) == "the disk holding the records is full: No space left on device"
+    busy = sqlite3.OperationalError("database is locked")
+    busy.sqlite_errorcode = sqlite3.SQLITE_BUSY  # type: ignore[attr-defined]
+    assert storage_failure(OperationalError("UPDATE", {}, busy)) == (
+        "the records database is locked by another process: database is locked"
+    )
+    assert storage_failure(ValueError("not storage")) is None
