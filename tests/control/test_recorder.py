@@ -382,7 +382,7 @@ def test_settings_are_checked(fast_sessions: async_sessionmaker[AsyncSession], d
         ({"max_held_rows": 0}, "max_held_rows"),
     ):
         with pytest.raises(ValueError, match=message):
-            Recorder(fast_sessions, data_root=data_root, **kwargs)  # type: ignore[arg-type]
+            Recorder(fast_sessions, data_root=data_root, **kwargs)
 
 
 async def test_the_default_clocks_stamp_events_with_utc_now(
@@ -725,13 +725,13 @@ async def test_a_read_only_database_makes_it_unhealthy_and_the_journal_keeps_the
 
 def test_storage_failures_are_said_in_words() -> None:
     full = sqlite3.OperationalError("database or disk is full")
-    full.sqlite_errorcode = sqlite3.SQLITE_FULL  # type: ignore[attr-defined]
+    full.sqlite_errorcode = sqlite3.SQLITE_FULL
     wrapped = OperationalError("INSERT ...", {}, full)
     assert storage_failure(wrapped) == "the disk holding the records is full: database or disk is full"
     no_space = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     assert storage_failure(no_space) == "the disk holding the records is full: No space left on device"
     busy = sqlite3.OperationalError("database is locked")
-    busy.sqlite_errorcode = sqlite3.SQLITE_BUSY  # type: ignore[attr-defined]
+    busy.sqlite_errorcode = sqlite3.SQLITE_BUSY
     assert storage_failure(OperationalError("UPDATE", {}, busy)) == (
         "the records database is locked by another process: database is locked"
     )
