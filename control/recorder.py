@@ -427,8 +427,8 @@ class Recorder:
             if waited > self._durable_within_s:
                 why = [p for p in (self._db_problem, self._journal_problem) if p is not None]
                 self._late_problem = (
-                    f"{len(self._pending)} accepted row(s) neither in the database nor in the journal "
-                    f"after {waited:.1f} s: " + ("; ".join(why) or "the database has not answered")
+                    f"accepted rows neither in the database nor in the journal within "
+                    f"{self._durable_within_s:g} s: " + ("; ".join(why) or "the database has not answered")
                 )
                 self._evaluate()
                 return

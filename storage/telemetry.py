@@ -53,6 +53,11 @@ _SCAN_CHUNK_BYTES: Final = 1 << 20
 WriteFunction = Callable[[int, memoryview], int]
 
 
+def _full(exc: OSError) -> str:
+    """The words that open a failure caused by a full disk (empty for any other failure)."""
+    return "the disk holding the records is full: " if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+
+
 class TelemetryError(StorageError):
     """A telemetry file cannot be created, written or read back."""
 
@@ -237,7 +242,7 @@ class TelemetryWriter:
         except OSError as exc:
             self._account(data[:written])
             lost = data.count(b"\n") - data.count(b"\n", 0, written)
-            self._fail(f"telemetry write to {self._path} failed: {exc.strerror or exc}", lost)
+            self._fail(f"{_full(exc)}telemetry write to {self._path} failed: {exc.strerror or exc}", lost)
         else:
             self._account(data)
 
@@ -272,7 +277,7 @@ class TelemetryWriter:
             try:
                 await asyncio.to_thread(os.fsync, self._fd)
             except OSError as exc:
-                self._fail(f"telemetry fsync of {self._path} failed: {exc.strerror or exc}")
+                self._fail(f"{_full(exc)}telemetry fsync of {self._path} failed: {exc.strerror or exc}")
 
     # ---- flusher
 
