@@ -857,6 +857,10 @@ class Recorder:
             rows = list(self._pending)
             if not rows:
                 return True
+            if not self._journaling:
+                # The journal was written into the database while this waited for the lock: the rows go
+                # straight to the database now, after it.
+                return False
             try:
                 await asyncio.to_thread(self._journal.append, [row.entry for row in rows])
             except (JournalError, ValueError, OSError) as exc:
