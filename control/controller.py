@@ -380,7 +380,7 @@ class Controller:
             session.summary.add(t, measured or 0.0, emitting)
         except ValueError as exc:
             _LOG.debug("summary sample skipped: %s", exc)
-        if self.recorder.healthy and self.recorder.session_id == session.opened.session_id:
+        if self.recorder.telemetry_open and self.recorder.session_id == session.opened.session_id:
             try:
                 self.recorder.telemetry(
                     {

@@ -357,6 +357,13 @@ class Recorder:
         return len(self._pending) + self.journaled_rows
 
     @property
+    def telemetry_open(self) -> bool:
+        """True while the session has a telemetry file that takes lines (held ones included while the disk
+        refuses them); False without one or once it lost lines for good."""
+        current = self._session
+        return current is not None and current.telemetry is not None and not current.telemetry.broken
+
+    @property
     def journaled_rows(self) -> int:
         """Rows in the journal that have not been written into the database yet."""
         return max(0, self._journal_rows - self._replayed_rows)
@@ -501,7 +508,10 @@ class Recorder:
                 target = self._data_root / target
             try:
                 writer = TelemetryWriter(
-                    target, on_failure=lambda _problem: self._evaluate(), write=self._telemetry_write
+                    target,
+                    on_failure=lambda _problem: self._evaluate(),
+                    on_recover=self._evaluate,
+                    write=self._telemetry_write,
                 )
             except TelemetryError as exc:
                 raise RecorderError(str(exc)) from exc

@@ -13,8 +13,12 @@ number of lines and SHA-256 at the end of the session.
 * the flusher calls ``fsync`` about every ``fsync_interval_s`` seconds in a worker thread
   (:func:`asyncio.to_thread`), so the event loop is never held up by the disk for more than one ``write()``;
 * the SHA-256 is computed incrementally over exactly the bytes handed to the operating system;
-* a failed write (disk full, I/O error) marks the writer unhealthy, reports once through ``on_failure`` and
-  makes every later :meth:`~TelemetryWriter.append` raise :class:`TelemetryError`.
+* a failed write (disk full, I/O error) marks the writer unhealthy and reports once through ``on_failure``;
+  the bytes that did not reach the file are held, new lines are added behind them, and every flush tries
+  again: once the disk takes them the file has every line, in order, the writer is healthy again and
+  ``on_recover`` is called. Held bytes are bounded (``max_held_bytes``): past that, new lines are refused,
+  counted as lost, and the file is unhealthy for good (as after a failed ``fsync``, which may have lost data
+  the kernel had accepted); :meth:`~TelemetryWriter.append` then raises :class:`TelemetryError`.
 
 :func:`scan_telemetry` reads a file back (for instance one left by a crash, whose last line may be cut short)
 and summarises its complete lines without changing the file.
@@ -46,6 +50,8 @@ DEFAULT_FLUSH_INTERVAL_S: Final = 0.1
 DEFAULT_FLUSH_LINES: Final = 50
 #: Default time, in seconds, between two ``fsync`` calls while lines are being written.
 DEFAULT_FSYNC_INTERVAL_S: Final = 1.0
+#: Default most bytes held in memory while the file cannot be written (about ten minutes at 100 Hz).
+DEFAULT_MAX_HELD_BYTES: Final = 16 * 1024 * 1024
 _FILE_MODE: Final = 0o640
 _SCAN_CHUNK_BYTES: Final = 1 << 20
 
@@ -122,7 +128,9 @@ class TelemetryWriter:
 
     ``flush_interval_s`` (seconds) and ``flush_lines`` bound how long and how many lines stay in memory;
     ``fsync_interval_s`` (seconds) is the time between two ``fsync`` calls; ``on_failure`` is called once,
-    with the reason, when a write or ``fsync`` fails. ``write`` replaces :func:`os.write` (fault injection).
+    with the reason, when a write or ``fsync`` fails, and ``on_recover`` when held lines could be written
+    after all; ``max_held_bytes`` bounds what is held meanwhile. ``write`` replaces :func:`os.write` (fault
+    injection).
 
     Use::
 
@@ -140,7 +148,9 @@ class TelemetryWriter:
         flush_lines: int = DEFAULT_FLUSH_LINES,
         fsync_interval_s: float = DEFAULT_FSYNC_INTERVAL_S,
         on_failure: Callable[[str], None] | None = None,
+        on_recover: Callable[[], None] | None = None,
         write: WriteFunction = os.write,
+        max_held_bytes: int = DEFAULT_MAX_HELD_BYTES,
     ) -> None:
         if not (isinstance(flush_interval_s, (int, float)) and 0 < flush_interval_s <= 0.1):
             raise ValueError(f"flush_interval_s must be > 0 and <= 0.1 seconds, got {flush_interval_s!r}")
@@ -148,12 +158,22 @@ class TelemetryWriter:
             raise ValueError(f"flush_lines must be an int from 1 to 50, got {flush_lines!r}")
         if not (isinstance(fsync_interval_s, (int, float)) and 0 < fsync_interval_s <= 60):
             raise ValueError(f"fsync_interval_s must be > 0 and <= 60 seconds, got {fsync_interval_s!r}")
+        if isinstance(max_held_bytes, bool) or not isinstance(max_held_bytes, int) or max_held_bytes < 1:
+            raise ValueError(f"max_held_bytes must be an int >= 1 (bytes), got {max_held_bytes!r}")
         self._path = Path(path)
         self._flush_interval_s = float(flush_interval_s)
         self._flush_lines = flush_lines
         self._fsync_interval_s = float(fsync_interval_s)
         self._on_failure = on_failure
+        self._on_recover = on_recover
         self._write = write
+        self._max_held_bytes = max_held_bytes
+        #: Bytes of lines flushed but not written yet (a write failed), written first by the next flush.
+        self._held = b""
+        #: The written start of a line whose end is still held (hashed once the line is complete).
+        self._tail = b""
+        self._lost_lines = 0
+        self._broken = False  # lines lost or an fsync failed: unhealthy for good
         self._buffer: list[bytes] = []
         self._hash = hashlib.sha256()
         self._line_count = 0
@@ -185,8 +205,18 @@ class TelemetryWriter:
 
     @property
     def healthy(self) -> bool:
-        """False once a write or ``fsync`` has failed."""
+        """False while lines cannot be written, and for good once lines were lost or an ``fsync`` failed."""
         return self._error is None
+
+    @property
+    def broken(self) -> bool:
+        """True once lines were lost or an ``fsync`` failed: the file stays incomplete."""
+        return self._broken
+
+    @property
+    def lost_lines(self) -> int:
+        """Lines refused because ``max_held_bytes`` were already held."""
+        return self._lost_lines
 
     @property
     def error(self) -> str | None:
@@ -205,8 +235,8 @@ class TelemetryWriter:
 
     @property
     def pending_lines(self) -> int:
-        """Lines appended but not yet handed to the operating system."""
-        return len(self._buffer)
+        """Lines appended but not yet handed to the operating system (held ones included)."""
+        return len(self._buffer) + self._held.count(b"\n")
 
     # ---- writing
 
@@ -214,23 +244,33 @@ class TelemetryWriter:
         """Add one record (one JSON line); never blocks for more than one ``write()`` call.
 
         Raises ``ValueError``/``TypeError`` for a record that cannot be written (nothing is written), and
-        :class:`TelemetryError` when the writer is closed or has failed.
+        :class:`TelemetryError` when the writer is closed, failed for good, or holds ``max_held_bytes``
+        already (the line is counted as lost and the file fails for good).
         """
         if self._closed:
             raise TelemetryError(f"telemetry file {self._path} is closed")
-        if self._error is not None:
-            raise TelemetryError(self._error)
+        if self._broken:
+            raise TelemetryError(self._error or f"telemetry file {self._path} failed")
         line = encode_record(record)
+        if self._error is not None and len(self._held) + sum(map(len, self._buffer)) >= self._max_held_bytes:
+            self._lost_lines += 1
+            self._broken = True
+            reason = f"{self._error}; telemetry lines lost after {self._max_held_bytes} bytes were held"
+            self._error = reason
+            _LOG.error("%s", reason)
+            raise TelemetryError(reason)
         self._buffer.append(line)
         if len(self._buffer) >= self._flush_lines:
             self.flush()
 
     def flush(self) -> None:
-        """Hand the buffered lines to the operating system now, with one ``write()`` call (no ``fsync``)."""
-        if not self._buffer or self._error is not None or self._closed:
+        """Hand the held and buffered lines to the operating system now, with one ``write()`` call (no
+        ``fsync``); after a failure this is the retry."""
+        if self._closed or not (self._buffer or self._held):
             return
-        data = b"".join(self._buffer)
+        data = self._held + b"".join(self._buffer)
         self._buffer.clear()
+        self._held = b""
         view = memoryview(data)
         written = 0
         try:
@@ -241,28 +281,39 @@ class TelemetryWriter:
                 written += count
         except OSError as exc:
             self._account(data[:written])
-            lost = data.count(b"\n") - data.count(b"\n", 0, written)
-            self._fail(f"{_full(exc)}telemetry write to {self._path} failed: {exc.strerror or exc}", lost)
+            self._held = data[written:]
+            held = self._held.count(b"\n")
+            self._fail(f"{_full(exc)}telemetry write to {self._path} failed: {exc.strerror or exc}", held)
         else:
             self._account(data)
+            if self._error is not None and not self._broken:
+                _LOG.warning("telemetry file %s written again (was: %s)", self._path, self._error)
+                self._error = None
+                if self._on_recover is not None:
+                    try:
+                        self._on_recover()
+                    except Exception:
+                        _LOG.exception("telemetry recovery callback raised")
 
     def _account(self, written: bytes) -> None:
-        # Every successful write ends with a newline; only a failed one can leave a cut line, and nothing is
-        # written after a failure. The hash covers complete lines only, like scan_telemetry's.
+        # Only a failed write can leave a cut line; the retry writes the rest of it first. The hash covers
+        # complete lines only, like scan_telemetry's.
         if not written:
             return
         self._unsynced = True
-        end = written.rfind(b"\n") + 1
-        self._hash.update(written[:end])
+        data = self._tail + written
+        end = data.rfind(b"\n") + 1
+        self._hash.update(data[:end])
         self._size_bytes += end
-        self._line_count += written.count(b"\n", 0, end)
-        self._partial_tail = len(written) - end
+        self._line_count += data.count(b"\n", 0, end)
+        self._tail = data[end:]
+        self._partial_tail = len(self._tail)
 
     def _fail(self, reason: str, lost_lines: int = 0) -> None:
         if self._error is not None:
             return
         self._error = reason
-        _LOG.error("%s (%d line(s) not written)", reason, lost_lines)
+        _LOG.error("%s (%d line(s) held until it can be written)", reason, lost_lines)
         if self._on_failure is not None:
             try:
                 self._on_failure(reason)
@@ -277,6 +328,7 @@ class TelemetryWriter:
             try:
                 await asyncio.to_thread(os.fsync, self._fd)
             except OSError as exc:
+                self._broken = True  # the kernel may have dropped what it had accepted
                 self._fail(f"{_full(exc)}telemetry fsync of {self._path} failed: {exc.strerror or exc}")
 
     # ---- flusher
@@ -383,6 +435,7 @@ __all__ = [
     "DEFAULT_FLUSH_INTERVAL_S",
     "DEFAULT_FLUSH_LINES",
     "DEFAULT_FSYNC_INTERVAL_S",
+    "DEFAULT_MAX_HELD_BYTES",
     "TelemetryError",
     "TelemetrySummary",
     "TelemetryWriter",

@@ -36,7 +36,7 @@ from control.controller import TICK_S, Controller
 from control.ipc import CommandRefused, Peer
 from control.recorder import DEFAULT_DURABLE_WITHIN_S, GUARD_PERIOD_S, Recorder, RecorderError
 from control.supervisor import SystemState, Term
-from storage import DataDir
+from storage import DataDir, scan_telemetry
 from tests.support import RIG_TEST, protocol_json
 
 pytestmark = RIG_TEST
@@ -354,16 +354,28 @@ async def _full_disk(
         await controller.handle(msg.Arm(password=PASSWORD), peer)
     assert "internal error" not in str(refused.value) and "OperationalError" not in str(refused.value)
 
-    filler.unlink()  # space freed
-    # The session's telemetry file lost lines while the disk was full: the session ends as aborted, and
-    # then nothing stands in the way of the storage interlock.
-    await controller.abort("the disk holding the records was full")
+    filler.unlink()  # space freed: the held telemetry lines and rows are written, the interlock clears
     await wait_until(lambda: sup.terms()[Term.STORAGE].ok, 5.0, "the storage interlock to clear")
     await _all_written(controller)
     sim.command("pedal up")
     await wait_until(lambda: sup.readings.pedal is False, 2.0, "pedal up")
     await controller.reset_fault(USERNAME, PASSWORD)
-    assert controller.supervisor.state is SystemState.IDLE
+    assert controller.supervisor.state is SystemState.READY  # the same session goes on
+    await wait_prechecks(controller)
+    await controller.arm(PASSWORD)
+    sim.command("pedal down")
+    await wait_until(lambda: sim.model.laser_output_on, 3.0, "emitting after the reset")
+    session = controller.session
+    assert session is not None
+    await controller.abort("storage test over")
+    # The session's telemetry file lost no line to the full disk: whole lines only, as many as recorded.
+    with sqlite3.connect(data.db_path) as db:
+        path, count = db.execute(
+            "SELECT telemetry_path, telemetry_line_count FROM sessions WHERE session_id = ?",
+            (session.opened.session_id,),
+        ).fetchone()
+    scanned = scan_telemetry(Path(path))
+    assert scanned.partial_tail_bytes == 0 and scanned.line_count == count > 0
     await _treat_again_and_abort(controller)
     await _all_written(controller)
     _assert_row_for_row(data, accepted, after)

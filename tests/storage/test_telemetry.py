@@ -147,9 +147,12 @@ async def test_fsync_runs_in_a_worker_thread_about_once_per_interval(
     assert len(calls) <= before_idle + 1
 
 
-async def test_a_full_disk_makes_the_writer_unhealthy_reports_once_and_refuses_more(tmp_path: Path) -> None:
+async def test_a_full_disk_makes_the_writer_unhealthy_once_and_writes_every_held_line_when_space_returns(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "t.jsonl"
     failures: list[str] = []
+    recovered: list[bool] = []
     budget = {"bytes": 100}
 
     def small_disk(fd: int, data: memoryview) -> int:
@@ -159,24 +162,58 @@ async def test_a_full_disk_makes_the_writer_unhealthy_reports_once_and_refuses_m
         budget["bytes"] -= count
         return os.write(fd, data[:count])
 
-    writer = TelemetryWriter(path, flush_lines=5, on_failure=failures.append, write=small_disk)
+    writer = TelemetryWriter(
+        path,
+        flush_lines=5,
+        on_failure=failures.append,
+        on_recover=lambda: recovered.append(True),
+        write=small_disk,
+    )
     for seq in range(5):  # five lines of about 70 bytes: the write is cut after 100 bytes
         writer.append(_sample(seq))
-    assert not writer.healthy
-    assert writer.error is not None and "No space left on device" in writer.error
+    assert not writer.healthy and not writer.broken
+    assert writer.error is not None
+    assert writer.error.startswith("the disk holding the records is full: telemetry write to")
     assert failures == [writer.error]
-    with pytest.raises(TelemetryError, match="No space left on device"):
-        writer.append(_sample(5))
+    writer.append(_sample(5))  # held behind the others
     writer.flush()
-    assert failures == [writer.error]  # reported once
+    assert failures == [writer.error] and recovered == []  # reported once
+    assert len(path.read_bytes()) == 100 and writer.pending_lines == 5
 
+    budget["bytes"] = 1 << 20  # space freed: the next flush writes the rest of the cut line and the others
+    writer.flush()
+    assert writer.healthy and recovered == [True] and writer.pending_lines == 0
+    writer.append(_sample(6))
     summary = await writer.close()
-    data = path.read_bytes()
-    assert len(data) == 100
-    complete = data[: data.rfind(b"\n") + 1]
-    assert summary.line_count == 1 and summary.partial_tail_bytes == 100 - len(complete)
-    assert summary.sha256 == hashlib.sha256(complete).hexdigest()
+    expected = b"".join(encode_record(_sample(seq)) for seq in range(7))
+    assert path.read_bytes() == expected
+    assert (summary.line_count, summary.partial_tail_bytes) == (7, 0)
+    assert summary.sha256 == hashlib.sha256(expected).hexdigest()
     assert scan_telemetry(path) == summary
+
+
+async def test_lines_past_the_held_bound_are_lost_counted_and_the_file_fails_for_good(tmp_path: Path) -> None:
+    full = {"on": True}
+
+    def disk(fd: int, data: memoryview) -> int:
+        if full["on"]:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return os.write(fd, data)
+
+    writer = TelemetryWriter(tmp_path / "t.jsonl", flush_lines=1, write=disk, max_held_bytes=200)
+    with pytest.raises(TelemetryError, match="telemetry lines lost after 200 bytes were held"):
+        for seq in range(10):
+            writer.append(_sample(seq))
+    assert writer.broken and writer.lost_lines == 1
+    full["on"] = False
+    writer.flush()  # the lines held before the loss still reach the file
+    assert not writer.healthy  # a file with a gap is never healthy again
+    with pytest.raises(TelemetryError, match="lines lost"):
+        writer.append(_sample(99))
+    summary = await writer.close()
+    assert 0 < summary.line_count < 10
+    expected = b"".join(encode_record(_sample(seq)) for seq in range(summary.line_count))
+    assert (tmp_path / "t.jsonl").read_bytes() == expected
 
 
 async def test_an_io_error_from_the_flusher_is_reported_once(tmp_path: Path) -> None:
