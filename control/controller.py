@@ -229,8 +229,8 @@ class Controller:
             self.sessions = SessionService(self.db, data)
             # First the rows a previous process left in the recorder's journal (a crash, a locked database).
             self.recorder = Recorder(self.db, data_root=data.root)
-            await self.recorder.start()
             self.recorder.on_health_change(self._on_storage_health)
+            await self.recorder.start()
             closed = await self.sessions.close_interrupted()
             if closed:
                 _LOG.warning("sessions closed as aborted at start-up: %s", closed)

@@ -195,7 +195,9 @@ def _failure(exc: BaseException) -> tuple[str, bool]:
 def storage_failure(exc: BaseException) -> str | None:
     """Words for a storage exception (a full disk, a locked or read-only database, an I/O error) to show a
     person instead of the exception's name; None when ``exc`` is not a storage failure."""
-    if not isinstance(exc, (SQLAlchemyError, OSError, sqlite3.Error, JournalError)):
+    if isinstance(exc, OSError):  # only a full disk: other OSErrors (a serial line, a socket) are not storage
+        return _failure(exc)[0] if exc.errno in _FULL_ERRNOS else None
+    if not isinstance(exc, (SQLAlchemyError, sqlite3.Error, JournalError)):
         return None
     return _failure(exc)[0]
 

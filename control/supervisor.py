@@ -534,7 +534,7 @@ class SafetySupervisor:
             Term.PHOTODIODE: "check the fibre, the photodiode and the laser calibration",
             Term.DEVICES: "reconnect the device and wait until its readings are fresh",
             Term.CALIBRATIONS: "activate the missing calibrations",
-            Term.STORAGE: "free disk space or repair the database, then recheck storage",
+            Term.STORAGE: "free disk space or release the database (storage is retried every second)",
         }
         first = advice.get(term, "remove the cause") if term is not None else "remove the cause"
         return f"{first}, then acknowledge the fault with your password to reset"

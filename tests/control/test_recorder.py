@@ -744,3 +744,4 @@ def test_storage_failures_are_said_in_words() -> None:
         "the records database is locked by another process: database is locked"
     )
     assert storage_failure(ValueError("not storage")) is None
+    assert storage_failure(OSError(errno.EIO, "a serial line failed")) is None
