@@ -116,7 +116,7 @@ class Accepted:
 
 
 def _last_ids(data: DataDir) -> tuple[int, int]:
-    with sqlite3.connect(data.db_path) as db:
+    with contextlib.closing(sqlite3.connect(data.db_path)) as db:
         events = db.execute("SELECT coalesce(max(event_id), 0) FROM treatment_events").fetchone()[0]
         safety = db.execute("SELECT coalesce(max(log_id), 0) FROM safety_log").fetchone()[0]
     return int(events), int(safety)
@@ -124,7 +124,7 @@ def _last_ids(data: DataDir) -> tuple[int, int]:
 
 def _recorded(data: DataDir, after: tuple[int, int]) -> tuple[list[str], list[str]]:
     """Event types and safety descriptions written since ``after`` (from :func:`_last_ids`), in order."""
-    with sqlite3.connect(data.db_path) as db:
+    with contextlib.closing(sqlite3.connect(data.db_path)) as db:
         events = db.execute(
             "SELECT event_type FROM treatment_events WHERE event_id > ? ORDER BY event_id", (after[0],)
         ).fetchall()
@@ -315,7 +315,16 @@ def small_disk(where: Path, size: str) -> Iterator[Path]:
     try:
         yield where
     finally:
-        subprocess.run(["umount", str(where)], check=False)
+        done = subprocess.run(["umount", str(where)], check=False, capture_output=True, text=True)
+        if done.returncode != 0:
+            held = []
+            for fd in Path("/proc/self/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    target = os.readlink(fd)
+                    if target.startswith(str(where)):
+                        held.append(target)
+            subprocess.run(["umount", "-l", str(where)], check=False)
+            pytest.fail(f"the small disk stayed in use after the test: {done.stderr.strip()}; {held}")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="a full disk is simulated with a small tmpfs, which needs root")
@@ -369,7 +378,7 @@ async def _full_disk(
     assert session is not None
     await controller.abort("storage test over")
     # The session's telemetry file lost no line to the full disk: whole lines only, as many as recorded.
-    with sqlite3.connect(data.db_path) as db:
+    with contextlib.closing(sqlite3.connect(data.db_path)) as db:
         path, count = db.execute(
             "SELECT telemetry_path, telemetry_line_count FROM sessions WHERE session_id = ?",
             (session.opened.session_id,),
