@@ -899,17 +899,15 @@ class Recorder:
         journal and go back to writing directly once it is all in. True when the journal is gone."""
         async with self._db_lock:
             while True:
-                try:
-                    entries, end = await asyncio.to_thread(self._journal.read, self._replayed_offset)
-                except JournalError as exc:
-                    self._db_failed(exc)
-                    return False
-                if not entries:
-                    async with self._journal_lock:
-                        # The journal task appends under this lock: nothing can slip in between.
-                        more, _ = await asyncio.to_thread(self._journal.read, self._replayed_offset)
-                        if more:
-                            continue
+                # Appends (write and fsync) hold this lock: a read sees durable lines only, and nothing can
+                # slip in between the last read and the removal.
+                async with self._journal_lock:
+                    try:
+                        entries, end = await asyncio.to_thread(self._journal.read, self._replayed_offset)
+                    except JournalError as exc:
+                        self._journal_unreadable(exc)
+                        return False
+                    if not entries:
                         try:
                             await asyncio.to_thread(self._journal.remove)
                         except JournalError as exc:
@@ -918,6 +916,7 @@ class Recorder:
                         self._journaling = False
                         self._replayed_offset = 0
                         self._journal_rows = self._replayed_rows = 0
+                if not entries:
                     self._wake.set()  # rows accepted meanwhile go straight to the database
                     with contextlib.suppress(SQLAlchemyError, OSError):
                         async with self._sessions() as session:  # no journal: no mark is needed
@@ -929,8 +928,11 @@ class Recorder:
                 try:
                     async with self._sessions() as session:
                         marks = await read_marks(session)
-                except (SQLAlchemyError, OSError, JournalError) as exc:
+                except (SQLAlchemyError, OSError) as exc:
                     self._db_failed(exc)
+                    return False
+                except JournalError as exc:
+                    self._journal_unreadable(exc)
                     return False
                 todo = unwritten(entries, marks)
                 for index in range(0, len(todo), MAX_BATCH_ROWS):
@@ -939,6 +941,14 @@ class Recorder:
                         return False
                 self._replayed_offset = end
                 self._replayed_rows += len(entries)
+
+    def _journal_unreadable(self, exc: JournalError) -> None:
+        """A journal that cannot be read back is never skipped: storage stays unhealthy and says why."""
+        problem = f"the journal cannot be written into the database: {exc}"
+        if problem != self._db_problem:
+            _LOG.critical("%s", problem)
+        self._db_problem, self._db_transient = problem, False
+        self._evaluate()
 
     async def _read_space_problem(self) -> str | None:
         try:

@@ -158,6 +158,20 @@ def _assert_row_for_row(data: DataDir, accepted: Accepted, after: tuple[int, int
     assert safety == accepted.safety
 
 
+async def _wait_emitting(controller: Controller, what: str) -> None:
+    """Wait until the laser emits; fail at once, saying why, if a fault latches meanwhile."""
+    sim = controller.sim_rig
+    assert sim is not None
+
+    def emitting() -> bool:
+        fault = controller.supervisor.fault
+        if fault is not None:
+            raise AssertionError(f"fault while waiting for {what}: {fault.event_type}: {fault.what}")
+        return sim.model.laser_output_on
+
+    await wait_until(emitting, 5.0, what)
+
+
 async def _treat_again_and_abort(controller: Controller) -> None:
     """A new session opens, arms and emits after the failure."""
     sim = controller.sim_rig
@@ -248,7 +262,7 @@ async def test_a_locked_database_and_an_unwritable_journal_stop_emission_within_
     await wait_prechecks(controller)
     await controller.arm(PASSWORD)
     sim.command("pedal down")
-    await wait_until(lambda: sim.model.laser_output_on, 3.0, "emitting after the reset")
+    await _wait_emitting(controller, "emission after the reset")
     await controller.abort("storage test over")
     await _treat_again_and_abort(controller)
     await _all_written(controller)
@@ -373,7 +387,7 @@ async def _full_disk(
     await wait_prechecks(controller)
     await controller.arm(PASSWORD)
     sim.command("pedal down")
-    await wait_until(lambda: sim.model.laser_output_on, 3.0, "emitting after the reset")
+    await _wait_emitting(controller, "emission after the reset")
     session = controller.session
     assert session is not None
     await controller.abort("storage test over")

@@ -745,3 +745,31 @@ def test_storage_failures_are_said_in_words() -> None:
     )
     assert storage_failure(ValueError("not storage")) is None
     assert storage_failure(OSError(errno.EIO, "a serial line failed")) is None
+
+
+async def test_a_journal_that_cannot_be_read_back_is_kept_and_keeps_storage_unhealthy(
+    fast_sessions: async_sessionmaker[AsyncSession], data_root: Path
+) -> None:
+    journal = data_root / "tosca.journal"
+    good = JournalEntry(
+        "old",
+        1,
+        "treatment_events",
+        {"session_id": 1, "timestamp": START, "time_offset_ms": 0, "event_type": "pause"},
+    )
+    Journal(journal).append([good])
+    with journal.open("ab") as handle:
+        handle.write(b"this is not a journal row\n")
+    before = journal.read_bytes()
+    rec = Recorder(fast_sessions, data_root=data_root, mono=FakeMono(0.0), retry_interval_s=0.1)
+    try:
+        await rec.start()
+        assert not rec.healthy and rec.problem is not None
+        assert rec.problem.startswith(
+            "the journal cannot be written into the database: tosca.journal at byte"
+        )
+        await asyncio.sleep(0.3)  # retried, never skipped
+        assert not rec.healthy
+    finally:
+        await rec.close()
+    assert journal.read_bytes() == before
