@@ -128,6 +128,7 @@ DEFAULT_DURABLE_WITHIN_S: Final = 0.5
 DEFAULT_RETRY_INTERVAL_S: Final = 1.0
 #: How often (s) the journal task looks at the oldest row that is not durable yet.
 GUARD_PERIOD_S: Final = 0.02
+_IDLE_GUARD_PERIOD_S: Final = 0.25
 #: Most rows written in one transaction.
 MAX_BATCH_ROWS: Final = 1000
 
@@ -604,9 +605,10 @@ class Recorder:
         row = _Row(JournalEntry(self._stream, self._seq, table, values), time.monotonic())
         if wait:
             row.done = asyncio.get_running_loop().create_future()
+        first = not self._pending
         self._pending.append(row)
-        if self._journaling:
-            self._journal_wake.set()
+        if self._journaling or first:
+            self._journal_wake.set()  # the guard watches the oldest row from now on
         elif wait or len(self._pending) >= MAX_BATCH_ROWS:
             self._wake.set()
         return row
@@ -755,8 +757,14 @@ class Recorder:
                 f"safety record {event_type!r} not accepted: {len(self._pending)} rows already held: "
                 f"{self._problem}"
             )
+        late = self._late_problem
         row = self._accept("safety_log", values, wait=True)
         assert row.done is not None
+        if late is not None:  # rows are already late: this one is held behind them, no need to wait
+            row.done.cancel()
+            raise RecorderError(
+                f"safety record {event_type!r} not durable yet (held for the database): {late}"
+            )
         try:
             await asyncio.wait_for(asyncio.shield(row.done), self._durable_within_s)
         except TimeoutError:
@@ -775,10 +783,13 @@ class Recorder:
     async def flush(self) -> None:
         """Write every held row (the journal's first) into the database now; raise :class:`RecorderError`
         if any stays out of it."""
-        if self._journaling:
-            await self._replay()
-        if not self._journaling:
-            await self._write_pending()
+        for _ in range(100):  # the journal first, then the rows in memory; a spill meanwhile goes round again
+            if self._journaling:
+                progress = await self._replay()
+            else:
+                progress = await self._write_pending()
+            if not self.held_rows or not progress:
+                break
         if self.held_rows:
             raise RecorderError(
                 f"{self.held_rows} row(s) not in the records database yet "
@@ -905,7 +916,12 @@ class Recorder:
                     try:
                         entries, end = await asyncio.to_thread(self._journal.read, self._replayed_offset)
                     except JournalError as exc:
-                        self._journal_unreadable(exc)
+                        if isinstance(exc.__cause__, OSError):  # the file, not its rows: retried
+                            if str(exc) != self._journal_problem:
+                                _LOG.error("%s", exc)
+                            self._journal_problem = str(exc)
+                        else:
+                            self._journal_unreadable(exc)
                         return False
                     if not entries:
                         try:
@@ -943,7 +959,8 @@ class Recorder:
                 self._replayed_rows += len(entries)
 
     def _journal_unreadable(self, exc: JournalError) -> None:
-        """A journal that cannot be read back is never skipped: storage stays unhealthy and says why."""
+        """A journal whose rows cannot be read back is never skipped: storage stays unhealthy and says why
+        (its rows, and every row behind them, cannot reach the database)."""
         problem = f"the journal cannot be written into the database: {exc}"
         if problem != self._db_problem:
             _LOG.critical("%s", problem)
@@ -996,8 +1013,10 @@ class Recorder:
         go to the journal; the durability bound and the free space are checked here."""
         last_space_check = time.monotonic()
         while True:
+            # Every GUARD_PERIOD_S while a row waits; otherwise until a row comes (or the next space check).
+            period = GUARD_PERIOD_S if self._pending or self._late_problem else _IDLE_GUARD_PERIOD_S
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._journal_wake.wait(), GUARD_PERIOD_S)
+                await asyncio.wait_for(self._journal_wake.wait(), period)
             self._journal_wake.clear()
             try:
                 if self._pending:

@@ -239,6 +239,8 @@ async def test_a_locked_database_and_an_unwritable_journal_stop_emission_within_
     await open_and_treat(controller, "long")
     session = controller.session
     assert session is not None
+    await sup.drain_log()
+    await recorder.flush()  # nothing waits: the row below is the first one neither written nor journaled
     recorder.journal_path.mkdir()  # a directory where the journal goes: it cannot be written, even by root
     async with lock_held_by_another_process(data.db_path):
         accepted_at = time.monotonic()
