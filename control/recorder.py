@@ -26,7 +26,7 @@ past ``max_held_rows`` rows that are not durable yet, new events are refused, co
 :attr:`Recorder.dropped_events` and logged.
 
 Health ("every accepted row is durable"). The recorder is *healthy* while every accepted row became durable
-within ``durable_within_s`` (0.5 s) of being accepted. A database that is only locked or slow does not make it
+within ``durable_within_s`` (1 s) of being accepted. A database that is only locked or slow does not make it
 unhealthy while the journal takes the rows. It turns unhealthy, and every callback registered with
 :meth:`Recorder.on_health_change` is called at once, when
 
@@ -123,7 +123,7 @@ DEFAULT_MAX_HELD_ROWS: Final = 100_000
 DEFAULT_SPILL_AFTER_S: Final = 0.2
 #: A row neither in the database nor in the journal this long (s) after it was accepted makes the recorder
 #: unhealthy (and the supervisor stops emission). The bound is checked every ``GUARD_PERIOD_S``.
-DEFAULT_DURABLE_WITHIN_S: Final = 0.5
+DEFAULT_DURABLE_WITHIN_S: Final = 1.0
 #: Default time (s) between two retries of the database while the journal holds rows or storage is unhealthy.
 DEFAULT_RETRY_INTERVAL_S: Final = 1.0
 #: How often (s) the journal task looks at the oldest row that is not durable yet.

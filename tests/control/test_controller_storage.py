@@ -37,6 +37,7 @@ from control.ipc import CommandRefused, Peer
 from control.recorder import DEFAULT_DURABLE_WITHIN_S, GUARD_PERIOD_S, Recorder, RecorderError
 from control.supervisor import SystemState, Term
 from storage import DataDir, scan_telemetry
+from storage.telemetry import DEFAULT_FLUSH_INTERVAL_S
 from tests.support import RIG_TEST, protocol_json
 
 pytestmark = RIG_TEST
@@ -46,6 +47,8 @@ LONG_PROTOCOL = protocol_json((120.0, 2.0, 2.0, 2.0, "constant"))
 #: The bound on emission after a row can be neither written nor journaled: the recorder's durability bound,
 #: its guard's period and the supervisor's tick; the rest is margin for a loaded two-core machine.
 STOP_BOUND_S = DEFAULT_DURABLE_WITHIN_S + GUARD_PERIOD_S + TICK_S
+#: A full disk is seen sooner: the telemetry file's next write fails (at most one flush interval later).
+FULL_DISK_BOUND_S = DEFAULT_FLUSH_INTERVAL_S + TICK_S
 MARGIN_S = 0.3
 
 _HOLD_LOCK = """
@@ -163,13 +166,18 @@ async def _wait_emitting(controller: Controller, what: str) -> None:
     sim = controller.sim_rig
     assert sim is not None
 
-    def emitting() -> bool:
-        fault = controller.supervisor.fault
+    sup = controller.supervisor
+    deadline = time.monotonic() + 5.0
+    while not sim.model.laser_output_on:
+        fault = sup.fault
         if fault is not None:
             raise AssertionError(f"fault while waiting for {what}: {fault.event_type}: {fault.what}")
-        return sim.model.laser_output_on
-
-    await wait_until(emitting, 5.0, what)
+        if time.monotonic() > deadline:
+            failing = "; ".join(f"{t.term.value}: {t.detail}" for t in sup.failing())
+            raise AssertionError(
+                f"no {what} after 5 s: state {sup.state.value}, failing: {failing or 'none'}"
+            )
+        await asyncio.sleep(0.005)
 
 
 async def _treat_again_and_abort(controller: Controller) -> None:
@@ -213,7 +221,7 @@ async def test_a_database_locked_during_emission_loses_nothing_and_emission_goes
             await wait_until(lambda: sup.state is SystemState.ARMED, 2.0, "ARMED after the pedal release")
             await asyncio.sleep(0.3)
             sim.command("pedal down")
-            await wait_until(lambda: sim.model.laser_output_on, 2.0, "emitting again")
+            await _wait_emitting(controller, "emission again")
             await asyncio.sleep(0.5)
             assert sup.fault is None and sup.state is SystemState.TREATING
             assert sup.terms()[Term.STORAGE].ok and recorder.healthy
@@ -369,7 +377,7 @@ async def _full_disk(
     filled_at = await asyncio.to_thread(_fill, filler)
     await wait_until(lambda: not sim.model.laser_output_on, 3.0, "laser output off")
     took = time.monotonic() - filled_at
-    assert took < STOP_BOUND_S + MARGIN_S, f"emission stopped {took:.3f} s after the disk was full"
+    assert took < FULL_DISK_BOUND_S + MARGIN_S, f"emission stopped {took:.3f} s after the disk was full"
     fault = sup.fault
     assert sup.state is SystemState.FAULT and fault is not None and fault.term is Term.STORAGE
     assert "the disk holding the records is full" in fault.what

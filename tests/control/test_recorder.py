@@ -515,11 +515,13 @@ async def test_when_neither_the_database_nor_the_journal_takes_a_row_it_is_unhea
     recorder.event("laser_on", commanded_w=5.0)
     await _wait_until(lambda: not recorder.healthy, within_s=2.0)
     took = time.monotonic() - accepted
-    # The bound: a row neither written nor journaled DEFAULT_DURABLE_WITHIN_S (0.5 s) after it was accepted,
+    # The bound: a row neither written nor journaled DEFAULT_DURABLE_WITHIN_S (1 s) after it was accepted,
     # checked every GUARD_PERIOD_S; the rest is this test's own polling and a loaded machine.
     assert DEFAULT_DURABLE_WITHIN_S <= took < DEFAULT_DURABLE_WITHIN_S + GUARD_PERIOD_S + 0.2
     assert len(changes) == 1 and changes[0][1] is not None
-    assert "accepted rows neither in the database nor in the journal within 0.5 s" in changes[0][1]
+    assert (
+        f"neither in the database nor in the journal within {DEFAULT_DURABLE_WITHIN_S:g} s" in changes[0][1]
+    )
     assert "the disk holding the records is full: No space left on device" in changes[0][1]
     assert "the records database is locked by another process" in changes[0][1]
     with pytest.raises(RecorderError, match="safety record 'interlock_failure' not durable yet"):
