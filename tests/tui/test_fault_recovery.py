@@ -143,7 +143,7 @@ async def test_a_fault_on_the_checks_screen_is_a_failing_check_and_is_reset_ther
         assert state is not None and str(state["value"]).startswith("FAULT: E-stop pressed")
         assert "release the E-stop" in state["detail"] and "password" in state["detail"]
         assert not checks.all_pass
-        assert "pass" not in verdict(checks) and "F4 resets it" in verdict(checks)
+        assert "checks pass" not in verdict(checks) and "F4 resets it" in verdict(checks)
         table = checks.query_one("#checks-table", DataTable)
         assert "FAIL" in str(table.get_row_at(0)[1]), "the state check is the first row"
 
@@ -256,7 +256,7 @@ async def test_a_pressed_footpedal_is_a_failing_check_with_its_live_value(
         pedal = check(checks, "footpedal")
         assert pedal is not None and pedal["value"] == "pressed"
         assert pedal["detail"] == "release the footpedal before arming"
-        assert "pass" not in verdict(checks) and "1 of" in verdict(checks)
+        assert "checks pass" not in verdict(checks) and "1 of" in verdict(checks)
         await pilot.press("f5")  # released
         await wait_until(pilot, lambda: checks.all_pass, "every check passing again", 10.0)
         pedal = check(checks, "footpedal")
