@@ -213,10 +213,7 @@ class ChecksScreen(Screen[None]):
             (c for c in failing if c.get("name") == "state" and "FAULT" in str(c.get("value"))), None
         )
         if fault is not None:
-            verdict.update(
-                f"FAULT latched: {RESET_KEY_LABEL} resets it (password) once its cause has cleared; "
-                f"{len(failing)} of {len(self.checks)} checks failing"
-            )
+            verdict.update(f"FAULT latched: {RESET_KEY_LABEL} resets it with your password")
         elif failing:
             verdict.update(f"{len(failing)} of {len(self.checks)} checks failing: arming is not possible")
         elif refusal is not None:
