@@ -89,7 +89,14 @@ class HomeScreen(Screen[None]):
         self.query_one("#fault", FaultNotice).show(link.snapshot if link is not None else None)
 
     def on_snapshot_updated(self, message: SnapshotUpdated) -> None:
-        if self.query_one("#fault", FaultNotice).show(message.snapshot):
+        """A latched fault shows (and F4 in the footer) while the controller reports one; under another
+        screen this one waits until it shows again."""
+        if self.is_current and self.query_one("#fault", FaultNotice).show(message.snapshot):
+            self.refresh_bindings()
+
+    def on_screen_resume(self) -> None:
+        link = self.context.link
+        if self.query_one("#fault", FaultNotice).show(link.snapshot if link is not None else None):
             self.refresh_bindings()
 
     @work(exclusive=True, group="home-facts", exit_on_error=False)

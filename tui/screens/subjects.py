@@ -166,7 +166,7 @@ class SubjectsScreen(Screen[None]):
 
     def on_snapshot_updated(self, message: SnapshotUpdated) -> None:
         """A latched fault shows above the list (and F4 in the footer) while the controller reports one."""
-        if self.query_one("#fault", FaultNotice).show(message.snapshot):
+        if self.is_current and self.query_one("#fault", FaultNotice).show(message.snapshot):
             self.refresh_bindings()
 
     @work(group="reset", exclusive=True, exit_on_error=False)
@@ -176,10 +176,13 @@ class SubjectsScreen(Screen[None]):
 
     def on_screen_resume(self) -> None:
         """Back from choosing a protocol (and perhaps a treatment): read the list again, as session counts
-        may have changed."""
+        may have changed; and a fault latched meanwhile shows."""
         if self._stale:
             self._stale = False
             self.reload(select_code=self.highlighted_code())
+        link = self.context.link
+        if self.query_one("#fault", FaultNotice).show(link.snapshot if link is not None else None):
+            self.refresh_bindings()
 
     # -- loading -------------------------------------------------------------------------------------------
 
