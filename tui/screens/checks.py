@@ -225,6 +225,8 @@ class ChecksScreen(Screen[None]):
     def _show_more(self) -> None:
         """Under the list, which rows show when not all fit, how many failing ones are out of view, and
         that up and down scroll (nothing when every row shows)."""
+        if not self.is_current:
+            return  # left meanwhile (armed, aborted): its widgets may be gone
         table = self.query_one("#checks-table", DataTable)
         more = self.query_one("#checks-more", Static)
         total = len(self.checks)
