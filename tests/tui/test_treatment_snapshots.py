@@ -4,12 +4,13 @@ posted to the screen as the app posts the controller's)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from console_fixtures import FakeClock, make_settings, seed_sync, tables_measured, wait_until
+from console_fixtures import FakeClock, make_settings, seed, seed_sync, tables_measured, wait_until
 from test_subject_screens import ScreenApp
 from textual.pilot import Pilot
 
@@ -212,3 +213,32 @@ def test_checks(
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=size, run_before=shown)
+
+
+async def test_at_80x24_the_checks_say_which_rows_show_and_scroll(data_dir: Path, clock: FakeClock) -> None:
+    """20 checks do not fit at 80x24: the line under the list says which rows show and how many failing
+    ones are out of view, and follows up and down."""
+    from textual.widgets import Static
+
+    await seed()
+    app = SimScreenApp(ChecksScreen, clock)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_until(pilot, lambda: isinstance(app.screen, ChecksScreen), "the checks")
+        screen = app.screen
+        assert isinstance(screen, ChecksScreen)
+        screen.checks = FAULT_CHECKS
+        screen._show_checks()
+        await tables_measured(pilot)
+        more = screen.query_one("#checks-more", Static)
+        first = re.compile(r"rows 1-(1[0-9]) of 20 \(up/down\)")
+        await wait_until(
+            pilot, lambda: bool(first.fullmatch(str(more.render()))), f"the rows (now {more.render()!s})"
+        )
+        for _ in range(len(FAULT_CHECKS)):
+            await pilot.press("down")
+        last = re.compile(r"rows ([0-9]+)-20 of 20, 1 failing out of view \(up/down\)")
+        await wait_until(
+            pilot, lambda: bool(last.fullmatch(str(more.render()))), f"the end (now {more.render()!s})"
+        )
+        await pilot.resize_terminal(120, 40)
+        await wait_until(pilot, lambda: str(more.render()) == "", "no rows line when all show")
