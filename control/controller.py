@@ -64,7 +64,7 @@ from control.supervisor import (
 from devices.actuator import ActuatorError
 from devices.laser import LaserDriver
 from devices.rig import Rig, RigConfig
-from devices.safety import SafetyEvent, SafetySample
+from devices.safety import BoardStatus, SafetyEvent, SafetySample, UnknownCommand, WatchdogState
 from devices.transport import LinkError, LinkState
 from storage import DataDir, create_engine, session_factory, utc_now
 from storage.maintenance import check_database, upgrade_async
@@ -342,12 +342,34 @@ class Controller:
         self.supervisor.update(calibrations_ok=True, calibrations_detail="active")
 
     async def _start_board(self) -> None:
+        """The safety board as this process finds it: read its arming and watchdog, disarm it, clear a
+        watchdog a previous controller left expired (a safety_log row: it stopped without closing, a crash),
+        then the heartbeat and the sample stream. A watchdog that stays expired is a fault to reset."""
         board = self.rig.safety
         assert board is not None
         await board.set_watchdog_timeout(WATCHDOG_TIMEOUT_MS)
-        if board.watchdog_expired:
-            await board.clear_watchdog()
+        try:
+            found: BoardStatus | None = await board.read_status()
+        except UnknownCommand:
+            found = None  # firmware 3.0 cannot tell: a clear changes nothing on a watchdog that runs
         await board.disarm()
+        if found is None or found.watchdog is WatchdogState.EXPIRED or board.watchdog_expired:
+            await board.clear_watchdog()
+        if found is None:
+            _LOG.info("safety board firmware cannot report its watchdog: WDT_CLEAR sent at start-up")
+        elif found.watchdog is WatchdogState.EXPIRED or found.armed:
+            left = "watchdog expired" if found.watchdog is WatchdogState.EXPIRED else "board armed"
+            self.supervisor.log(
+                "system_watchdog_timeout" if found.watchdog is WatchdogState.EXPIRED else "board_disarmed",
+                "warning",
+                f"safety board found with its {left} at start-up: the previous controller stopped without "
+                "disarming it (a crash or a kill)",
+                action="DISARM and WDT_CLEAR sent; arming needs the password again",
+                details={"armed": found.armed, "watchdog": found.watchdog.value},
+            )
+        if found is not None:
+            after = await board.read_status()
+            self.supervisor.readings.watchdog_expired = after.watchdog is WatchdogState.EXPIRED
         board.add_listener(self._on_board)
         board.start_heartbeat(HEARTBEAT_PERIOD_S)
         self.supervisor.readings.watchdog_timeout_s = WATCHDOG_TIMEOUT_MS / 1000
@@ -865,11 +887,9 @@ class Controller:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        if sup.state is not SystemState.FAULT:
-            with contextlib.suppress(Refused):
-                await sup.end_session(reason or "session completed")
-        else:
-            sup.set_step_active(False)
+        with contextlib.suppress(Refused):
+            # In FAULT the session closes and the fault stays latched (its reset then leads to IDLE).
+            await sup.end_session(reason or "session completed")
         await sup.drain_log()
         telemetry: TelemetrySummary | None = None
         try:
@@ -907,12 +927,36 @@ class Controller:
 
     # ------------------------------------------------------------------------------------ pre-checks
     async def prechecks(self) -> list[dict[str, Any]]:
-        """Every pre-treatment check with its live value and pass/fail."""
+        """Every pre-treatment check with its live value and pass/fail: every condition that refuses arming
+        is one of them, so that when all pass only the password can still refuse it.
+
+        First the supervisor's state (READY is the one state that arms; a latched fault fails this check
+        with what happened and how to reset it), then the devices, the footpedal (released: arming is
+        refused while it is pressed) and every other term of the permission to emit, the calibrations, the
+        database and the session's backup.
+        """
         checks: list[dict[str, Any]] = []
+        sup = self.supervisor
 
         def add(name: str, ok: bool, value: str, detail: str = "") -> None:
             checks.append({"name": name, "ok": ok, "value": value, "detail": "" if ok else detail})
 
+        fault = sup.fault
+        if sup.state is SystemState.FAULT and fault is not None:
+            cleared = fault.term is None or sup.terms()[fault.term].ok
+            add(
+                "state",
+                False,
+                f"FAULT: {fault.what}",
+                f"{fault.how_to_reset} ({'cause cleared' if cleared else 'cause still present'})",
+            )
+        else:
+            add(
+                "state",
+                sup.state is SystemState.READY,
+                sup.state.value,
+                "no session is open" if sup.state is SystemState.IDLE else "arming starts from ready",
+            )
         for name, health in self.rig.health().items():
             add(
                 f"device {name}",
@@ -920,8 +964,12 @@ class Controller:
                 f"{health.state}: {health.identity or health.detail or '-'}",
                 health.last_error or health.state,
             )
-        for term in self.supervisor.terms().values():
-            if term.term in (Term.FOOTPEDAL, Term.STEP):
+        for term in sup.terms().values():
+            if term.term is Term.FOOTPEDAL:
+                pedal = sup.readings.pedal
+                add(term.term.value, pedal is False, term.value, "release the footpedal before arming")
+                continue
+            if term.term is Term.STEP:
                 continue
             add(term.term.value, term.ok, term.value, term.detail)
         cal = self.calibrations
@@ -944,6 +992,10 @@ class Controller:
             str(backup) if backup else "none",
             "no backup made for this session",
         )
+        blockers = sup.arm_blockers()
+        if blockers and all(c["ok"] for c in checks):
+            # A refusal none of the checks above shows (they should): never "all pass" while arm would refuse.
+            add("arming", False, "refused", "; ".join(blockers))
         return checks
 
     async def wait_prechecks(self, timeout_s: float) -> list[dict[str, Any]]:

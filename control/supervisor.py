@@ -14,8 +14,11 @@ Permission to emit is the conjunction of the :class:`Term` values; :meth:`Safety
 one with its live value. When any term other than the footpedal goes false while ARMED or TREATING, the laser
 is switched off at once (``LAS:OUT 0`` written without waiting), then the off state is verified, the safety
 board disarmed, and only then is the fault logged. FAULT latches: :meth:`SafetySupervisor.reset` needs the
-cause gone and an operator's acknowledgement. Releasing the footpedal is normal operation: TREATING goes back
-to ARMED and the step clock stops.
+cause gone and an operator's acknowledgement, and leads to READY while a session is open (the operator arms
+again) or to IDLE when none is (a session may be opened). A session may be closed while the fault stays
+latched (:meth:`SafetySupervisor.end_session`). Releasing the footpedal is normal operation: TREATING goes
+back to ARMED and the step clock stops. :meth:`SafetySupervisor.arm_blockers` names every reason an arm would
+be refused now, so that the pre-treatment checks can show each one.
 
 The supervisor never switches the output on by itself after a fault, a reconnection or a reset: emission
 needs ARMED (key control by the operator) and a footpedal press.
@@ -287,6 +290,8 @@ class SafetySupervisor:
         self._listeners: list[StateListener] = []
         self.tech_id: int | None = None
         self.warnings: list[str] = []
+        #: True from :meth:`open_session` until :meth:`end_session` (also while a fault is latched).
+        self.session_open = False
 
     # ---------------------------------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -592,18 +597,18 @@ class SafetySupervisor:
                 },
             )
             return
-        if state in SESSION_STATES:
-            if not terms[Term.ESTOP].ok and self.readings.estop is True:
-                self.trip("e_stop_pressed", "E-stop pressed", term=Term.ESTOP, severity="emergency")
-                return
-            if not terms[Term.WATCHDOG].ok and self.readings.watchdog_expired:
-                self.trip(
-                    "system_watchdog_timeout",
-                    "safety board watchdog expired",
-                    term=Term.WATCHDOG,
-                    severity="emergency",
-                )
-                return
+        if state in SESSION_STATES and not terms[Term.ESTOP].ok and self.readings.estop is True:
+            self.trip("e_stop_pressed", "E-stop pressed", term=Term.ESTOP, severity="emergency")
+            return
+        if not terms[Term.WATCHDOG].ok and self.readings.watchdog_expired:
+            # Also in IDLE: an expired board refuses ARM until the reset clears its watchdog.
+            self.trip(
+                "system_watchdog_timeout",
+                "safety board watchdog expired",
+                term=Term.WATCHDOG,
+                severity="emergency" if state is not S.IDLE else "critical",
+            )
+            return
         if state not in ARMED_STATES:
             return
         blocking = [t for t in terms.values() if not t.ok and t.term not in WAITING_TERMS]
@@ -688,19 +693,16 @@ class SafetySupervisor:
                     )
                     return
         elif item.kind is EventKind.WDT:
+            # In every state: the board stays disarmed until its watchdog is cleared, which the reset does.
             r.watchdog_expired = True
             self.output_off_now()
-            if self.state is not S.IDLE:
-                self.trip(
-                    "system_watchdog_timeout",
-                    "safety board watchdog expired",
-                    term=Term.WATCHDOG,
-                    severity="emergency",
-                )
-                return
-            self.log(
-                "system_watchdog_timeout", "critical", "safety board watchdog expired", action="none (idle)"
+            self.trip(
+                "system_watchdog_timeout",
+                "safety board watchdog expired",
+                term=Term.WATCHDOG,
+                severity="emergency" if self.state is not S.IDLE else "critical",
             )
+            return
         self._check(item.received)
 
     def _judge_photodiode(self, now: float) -> None:
@@ -830,6 +832,7 @@ class SafetySupervisor:
             if self.state is not S.IDLE:
                 raise Refused(f"cannot open a session in {self.state.value}")
             self._transition(S.READY, reason)
+            self.session_open = True
 
     async def arm(self) -> None:
         """READY -> ARMED after key control: refused unless every term but the footpedal and step holds,
@@ -837,14 +840,23 @@ class SafetySupervisor:
         async with self._lock:
             await self._arm_from(S.READY, "armed (key control)")
 
-    async def _arm_from(self, expected: SystemState, reason: str) -> None:
+    def arm_blockers(self, expected: SystemState = S.READY, now: float | None = None) -> list[str]:
+        """Every reason :meth:`arm` (or :meth:`resume` with ``expected`` PAUSED) would be refused now, in the
+        order it checks them; empty when arming would go ahead (the safety board may still refuse it)."""
+        reasons = []
         if self.state is not expected:
-            raise Refused(f"cannot arm in {self.state.value}")
+            reasons.append(f"cannot arm in {self.state.value}")
         if self.readings.pedal:
-            raise Refused("release the footpedal before arming")
-        blocking = [t for t in self.failing() if t.term not in WAITING_TERMS]
+            reasons.append("release the footpedal before arming")
+        blocking = [t for t in self.failing(now) if t.term not in WAITING_TERMS]
         if blocking:
-            raise Refused("cannot arm: " + "; ".join(t.detail for t in blocking))
+            reasons.append("cannot arm: " + "; ".join(t.detail for t in blocking))
+        return reasons
+
+    async def _arm_from(self, expected: SystemState, reason: str) -> None:
+        blockers = self.arm_blockers(expected)
+        if blockers:
+            raise Refused(blockers[0])
         await self.board.arm()
         if self.state is not expected:
             await self.board.disarm()
@@ -882,11 +894,24 @@ class SafetySupervisor:
             await self._off_and_disarm()
 
     async def end_session(self, reason: str) -> None:
-        """Any session state (not FAULT) -> IDLE: laser off, disarmed."""
+        """The session closes: any session state -> IDLE, laser off, disarmed. In FAULT the fault stays
+        latched (its reset then leads to IDLE); with no session open it is refused."""
         async with self._lock:
             if self.state is S.FAULT:
-                raise Refused("the fault must be reset first")
+                if not self.session_open:
+                    raise Refused("no session is open")
+                self.session_open = False
+                self.readings.step_active = False
+                self.log(
+                    "session_closed_in_fault",
+                    "warning",
+                    f"session closed while the fault stays latched: {reason}",
+                    action="laser off; the fault must still be reset",
+                )
+                await self._off_and_disarm()
+                return
             self._transition(S.IDLE, reason)
+            self.session_open = False
             self.readings.step_active = False
             await self._off_and_disarm()
 
@@ -898,8 +923,14 @@ class SafetySupervisor:
             self.readings.step_active = False
             await self._off_and_disarm()
 
-    async def reset(self, tech_id: int | None, username: str, *, session_open: bool) -> None:
-        """Acknowledge a latched fault: refused while its cause (or any safety input) is still there."""
+    async def reset(self, tech_id: int | None, username: str, *, session_open: bool | None = None) -> None:
+        """Acknowledge a latched fault: refused while its cause (or any safety input) is still there.
+
+        Leads to READY when a session is open (``session_open``, default: whether :meth:`open_session` was
+        not followed by :meth:`end_session`), from where the operator arms again; to IDLE otherwise.
+        """
+        if session_open is None:
+            session_open = self.session_open
         async with self._lock:
             if self.state is not S.FAULT or self.fault is None:
                 raise Refused("no fault to reset")
@@ -918,6 +949,7 @@ class SafetySupervisor:
             if not await self._off_and_disarm():
                 raise Refused("the laser output off or the disarm could not be confirmed; the fault stays")
             self.fault = None
+            self.session_open = session_open
             self._transition(S.READY if session_open else S.IDLE, f"fault reset acknowledged by {username}")
             self.log(
                 "fault_reset",

@@ -7,6 +7,10 @@ Link: 115200 baud 8N1, ASCII lines ending LF. Three kinds of line come from the 
 * push events ``EVT:FOOTPEDAL|ESTOP|ENABLE:<0|1>`` and ``EVT:WDT:1``, sent at once on every change;
 * sample lines ``S:<ms>,<photodiode_v>,<pedal>,<estop>,<vibration_g>,<enable>`` at the streaming rate.
 
+``STATUS?`` (firmware 3.1 and later) reads the board's arming and watchdog state, which no push event reports
+to a driver that was not listening when it changed (a watchdog left expired by a controller that died);
+:meth:`SafetyBoardDriver.read_status` raises :class:`UnknownCommand` on firmware 3.0.
+
 The driver installs ``is_unsolicited`` on its transport so that ``EVT:`` and ``S:`` lines never satisfy a
 pending command, even when one arrives between a command and its reply. A dispatcher task
 (:meth:`SafetyBoardDriver.start` / :meth:`SafetyBoardDriver.close`) reads them from the transport, stamps each
@@ -79,6 +83,22 @@ class EventKind(enum.Enum):
     WDT = "WDT"
 
 
+class WatchdogState(enum.Enum):
+    """The board's watchdog as ``STATUS?`` reports it."""
+
+    IDLE = "IDLE"  # no WDT_RESET since power-up: not running, not expired
+    FED = "FED"  # running
+    EXPIRED = "EXPIRED"  # expired: LASER_ENABLE held low and ARM refused until WDT_CLEAR
+
+
+@dataclass(frozen=True)
+class BoardStatus:
+    """The board's own state, read with ``STATUS?``."""
+
+    armed: bool
+    watchdog: WatchdogState
+
+
 @dataclass(frozen=True)
 class SafetyEvent:
     """One push event: ``value`` True for pressed / high / expired; ``received`` monotonic time, s."""
@@ -106,6 +126,7 @@ _EVENT = re.compile(r"EVT:(FOOTPEDAL|ESTOP|ENABLE|WDT):([01])")
 _NUM = r"[0-9]+\.[0-9]{3}"
 _SAMPLE = re.compile(rf"S:([0-9]+),({_NUM}),([01]),([01]),({_NUM}),([01])")
 _VALUE_REPLY = re.compile(rf"(PHOTODIODE|VIBRATION):({_NUM})")
+_STATUS_REPLY = re.compile(r"STATUS:ARMED=([01]),WDT=(IDLE|FED|EXPIRED)")
 
 
 def parse_event(line: str, received: float) -> SafetyEvent | None:
@@ -356,6 +377,19 @@ class SafetyBoardDriver:
         """``WDT_CLEAR``: clear an expired watchdog (the board then needs ``ARM`` again)."""
         await self._command("WDT_CLEAR", "OK:WDT_CLEAR")
         self.watchdog_expired = False
+
+    async def read_status(self) -> BoardStatus:
+        """``STATUS?``: whether the board is armed and the state of its watchdog (an expiry found here is
+        remembered in :attr:`watchdog_expired`). :class:`UnknownCommand` from firmware 3.0, which cannot
+        tell."""
+        reply = await self._command("STATUS?")
+        match = _STATUS_REPLY.fullmatch(reply)
+        if match is None:
+            raise self.transport.bad_reply(reply, "expected STATUS:ARMED=<0|1>,WDT=<IDLE|FED|EXPIRED>")
+        status = BoardStatus(match.group(1) == "1", WatchdogState(match.group(2)))
+        if status.watchdog is WatchdogState.EXPIRED:
+            self.watchdog_expired = True
+        return status
 
     async def arm(self) -> None:
         """``ARM``; raises :class:`NotReady` with the reason (ESTOP or WDT) when the board refuses."""

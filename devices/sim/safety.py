@@ -31,6 +31,9 @@ Behaviour decided where DEVICES.md is silent:
   (running, not expired, last ``WDT_RESET`` within the timeout). Every change sends ``EVT:ENABLE:<0|1>``.
 * ``S:<ms>,<photodiode_v>,<pedal>,<estop>,<vibration_g>,<enable>``: ``<ms>`` is milliseconds since power-up
   (the Arduino ``millis()``), volts and g with three decimals.
+* ``STATUS?`` (firmware 3.1) reads the arming and the watchdog without changing either:
+  ``STATUS:ARMED=<0|1>,WDT=<IDLE|FED|EXPIRED>`` (IDLE: no ``WDT_RESET`` since power-up). A controller that
+  starts after another one died finds the watchdog the dead one left expired, which nothing else reports.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ WDT_MAX_MS = 2000
 PWM_MAX = 153
 STREAM_MIN_HZ = 10
 STREAM_MAX_HZ = 200
-VERSION = "3.0"
+VERSION = "3.1"
 
 
 class _Emitter(Protocol):
@@ -243,6 +246,7 @@ class SafetyBoardSim:
             "ARM": self._cmd_arm,
             "DISARM": self._cmd_disarm,
             "WDT_CLEAR": self._cmd_wdt_clear,
+            "STATUS?": self._cmd_status,
         }
         if cmd in simple:
             return simple[cmd]()
@@ -277,6 +281,16 @@ class SafetyBoardSim:
             self._wdt_fed_at = self._clock()
             self._notify()
         return ["OK:WDT_CLEAR"]
+
+    def watchdog_state(self) -> str:
+        """``IDLE`` (never fed since power-up), ``FED`` (running) or ``EXPIRED``."""
+        self._check_watchdog(self._clock())
+        if self.wdt_expired:
+            return "EXPIRED"
+        return "IDLE" if self._wdt_fed_at is None else "FED"
+
+    def _cmd_status(self) -> list[str]:
+        return [f"STATUS:ARMED={int(self.armed)},WDT={self.watchdog_state()}"]
 
     def _cmd_arm(self) -> list[str]:
         if self.estop:

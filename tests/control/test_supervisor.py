@@ -805,13 +805,51 @@ async def test_end_session_and_protocol_complete(world: World) -> None:
     assert sup.state is S.IDLE
 
 
-async def test_end_session_refused_in_fault(world: World) -> None:
+async def test_a_session_closed_in_fault_keeps_the_fault_latched(world: World) -> None:
+    """An abort while a fault is latched closes the session but not the fault: it still needs its reset,
+    which then leads to IDLE (no session), from where a new session opens and arms."""
+    sup = world.sup
     await world.to_treating()
     world.set_estop(True)
     await world.settle()
-    with pytest.raises(Refused, match="reset first"):
-        await world.sup.end_session("abandon")
-    assert world.sup.state is S.FAULT
+    await sup.end_session("abandon")
+    await world.settle()
+    assert sup.state is S.FAULT and not sup.session_open
+    assert_safe(world)
+    with pytest.raises(Refused, match="cannot open a session in fault"):
+        await sup.open_session()
+    with pytest.raises(Refused, match="no session is open"):
+        await sup.end_session("again")
+    world.set_estop(False)
+    world.release_pedal()
+    await sup.reset(2, "alice")
+    assert sup.state is S.IDLE
+    await sup.open_session()
+    await sup.arm()
+    assert sup.state is S.ARMED
+
+
+async def test_a_fault_in_idle_is_reset_back_to_idle(world: World) -> None:
+    """No session: a watchdog expiry latches a fault (the board refuses ARM until it is cleared); the
+    reset clears it and leads back to IDLE, from where a session opens and arms."""
+    sup = world.sup
+    sup.start()
+    world.feed_healthy()
+    await world.settle()
+    world.expire_watchdog()
+    await world.settle()
+    assert sup.state is S.FAULT and sup.fault is not None and sup.fault.term is Term.WATCHDOG
+    assert sup.arm_blockers() == [
+        "cannot arm in fault",
+        "cannot arm: safety board watchdog expired",
+    ]
+    await sup.reset(2, "alice")
+    assert sup.state is S.IDLE and not world.board.watchdog_expired
+    await sup.open_session()
+    await sup.set_power(2.0)
+    assert sup.arm_blockers() == []
+    await sup.arm()
+    assert sup.state is S.ARMED
 
 
 # ---------------------------------------------------------------------------------------------- power

@@ -4,6 +4,11 @@ Each test case gets its own event loop (:class:`asyncio.Runner`); every rule run
 supervisor's tasks finish and its safety log drain, so the invariants see a settled system. The invariants
 are the safety model of DESIGN.md section 4, checked both through the supervisor's own terms and against the
 fake rig's ground truth (the pedal, the E-stop, the board's arming, the TEC, the light on the photodiode).
+
+Two properties are about getting out again: a fault latched in any state (IDLE, READY, ARMED, PAUSED,
+TREATING), once its cause has cleared and it has been reset, leads back to where a session opens and arms;
+and wherever a sequence of events has left the supervisor, the operator's own moves (reset, end the session,
+open one, arm) reach ARMED once the world is healthy again: no state needs a restart to leave.
 """
 
 from __future__ import annotations
@@ -11,11 +16,13 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from hypothesis.strategies import DataObject
 from supervisor_fakes import DEVICES, PHOTODIODE_W_PER_V, TEC_SETPOINT_C, World
 
 from control.supervisor import (
@@ -24,6 +31,7 @@ from control.supervisor import (
     PHOTODIODE_FLOOR_W,
     PHOTODIODE_PERSISTENCE_S,
     PHOTODIODE_SETTLE_S,
+    SESSION_STATES,
     Limits,
     Refused,
     SafetySupervisor,
@@ -108,6 +116,50 @@ INPUTS: dict[str, Callable[[World], None]] = {
     },
 }
 
+
+@dataclass(frozen=True)
+class Cause:
+    """A fault's cause: how it comes, how it goes, and the states in which it latches a fault."""
+
+    come: Callable[[World], None]
+    go: Callable[[World], None]
+    states: frozenset[SystemState]
+
+
+def _stray_light(on: bool) -> Callable[[World], None]:
+    def change(w: World) -> None:
+        w.stray_w = 1.0 if on else 0.0
+        w.run_for(0.1)
+
+    return change
+
+
+def _deviating(on: bool) -> Callable[[World], None]:
+    def change(w: World) -> None:
+        w.photodiode_factor = 0.5 if on else 1.0
+        w.run_for(PHOTODIODE_PERSISTENCE_S + 0.1)
+
+    return change
+
+
+EVERYWHERE = frozenset({S.IDLE, S.READY, S.ARMED, S.PAUSED, S.TREATING})
+ARMED_ONLY = frozenset({S.ARMED, S.TREATING})
+#: Every kind of fault and where it latches one (the other terms only matter while the board is armed).
+CAUSES: dict[str, Cause] = {
+    "E-stop": Cause(lambda w: w.set_estop(True), lambda w: w.set_estop(False), EVERYWHERE - {S.IDLE}),
+    "watchdog": Cause(World.expire_watchdog, lambda w: None, EVERYWHERE),  # the reset clears it
+    "stray light": Cause(_stray_light(True), _stray_light(False), EVERYWHERE - {S.TREATING}),
+    "photodiode deviating": Cause(_deviating(True), _deviating(False), frozenset({S.TREATING})),
+    "storage": Cause(lambda w: w.set_storage(False), lambda w: w.set_storage(True), ARMED_ONLY),
+    "TEC drift": Cause(_tec(True, 1.5), _tec(True, 0.0), ARMED_ONLY),
+    "TEC link": Cause(_link("tec", "faulty"), _link("tec", "open"), ARMED_ONLY),
+    "smoothing": Cause(_smoothing(0, 0.3), _smoothing(180, 1.2), ARMED_ONLY),
+    "calibrations": Cause(
+        lambda w: w.set_calibrations(False), lambda w: w.set_calibrations(True), ARMED_ONLY
+    ),
+}
+
+
 #: Operator commands other than opening a session and reset.
 COMMANDS: dict[str, Callable[[SafetySupervisor], Coroutine[Any, Any, None]]] = {
     "arm": lambda sup: sup.arm(),
@@ -149,9 +201,13 @@ class SupervisorMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         try:
-            self.run(self.world.sup.close())
+            # However the case ended, there is a way out without a restart.
+            self.way_out()
         finally:
-            self.runner.close()
+            try:
+                self.run(self.world.sup.close())
+            finally:
+                self.runner.close()
 
     def act(self, inputs: Callable[[], None]) -> None:
         """Apply synchronous inputs on the loop, then let the supervisor settle."""
@@ -273,12 +329,99 @@ class SupervisorMachine(RuleBasedStateMachine):
     def open_session(self) -> None:
         self.command(self.world.sup.open_session)
 
-    @rule(session_open=st.booleans())
-    def reset(self, session_open: bool) -> None:
+    @rule()
+    def reset(self) -> None:
+        self.try_reset()
+
+    def try_reset(self) -> bool:
+        """The operator acknowledges the fault with a password; False when it is refused."""
         was = self.world.sup.state
-        accepted = self.command(lambda: self.world.sup.reset(4, "alice", session_open=session_open))
+        accepted = self.command(lambda: self.world.sup.reset(4, "alice"))
         if accepted and was is S.FAULT:
             self.reset_accepted = True
+        return accepted
+
+    # ------------------------------------------------------------------------------------- ways out
+    def heal(self) -> None:
+        """Every cause goes: the world healthy, the pedal up, the laser and the board answering, and time
+        passing with fresh readings (a stray light's or a deviation's persistence window runs out)."""
+        w = self.world
+
+        def healthy() -> None:
+            w.laser.off_unconfirmed = False
+            w.board.disarm_unanswered = False
+            w.release_pedal()
+            w.feed_healthy()
+            w.run_for(0.2)
+
+        self.act(healthy)
+
+    def way_out(self) -> None:
+        """From wherever the supervisor is, with the world healthy, the operator's moves reach ARMED:
+        reset a fault, end a session, open one, arm. Each move must be accepted."""
+        sup = self.world.sup
+        self.heal()
+        for _ in range(3):
+            state = sup.state
+            if state is S.IDLE:
+                break
+            if state is S.FAULT:
+                assert self.try_reset(), f"reset refused with the world healthy: {sup.fault}"
+            else:
+                assert self.command(lambda: sup.end_session("ended to start again")), state
+        assert sup.state is S.IDLE, f"no way back to IDLE: still {sup.state.value}"
+        assert self.command(sup.open_session), "a session does not open after the way out"
+        assert sup.arm_blockers() == [], sup.arm_blockers()
+        assert self.command(sup.arm), "arming refused after the way out"
+        assert sup.state is S.ARMED
+
+    def go_to(self, target: SystemState) -> None:
+        """From a healthy world in IDLE, the operator's way to ``target``."""
+        w, sup = self.world, self.world.sup
+        if target is S.IDLE:
+            return
+        assert self.command(sup.open_session)
+        if target is S.READY:
+            return
+        self.act(lambda: w.set_step(True))
+        assert self.command(sup.arm)
+        if target is S.PAUSED:
+            assert self.command(sup.pause)
+        elif target is S.TREATING:
+            self.act(w.press_pedal)
+        assert sup.state is target
+
+    @rule()
+    def no_state_needs_a_restart(self) -> None:
+        """Wherever the events so far have left it, the supervisor can be brought back to ARMED."""
+        self.way_out()
+
+    @rule(where=st.sampled_from([S.IDLE, S.READY, S.ARMED, S.PAUSED, S.TREATING]), data=st.data())
+    def fault_cleared_and_reset(self, where: SystemState, data: DataObject) -> None:
+        """A fault in ``where``, its cause clearing, the reset: a session then opens (if none is open) and
+        arms."""
+        w, sup = self.world, self.world.sup
+        self.way_out()
+        self.act(lambda: w.set_step(False))
+        assert self.command(lambda: sup.end_session("to reach the state under test"))
+        self.go_to(where)
+        name = data.draw(st.sampled_from(sorted(n for n, c in CAUSES.items() if where in c.states)))
+        cause = CAUSES[name]
+        self.act(lambda: cause.come(w))
+        assert sup.state is S.FAULT, f"{name} in {where.value} did not latch a fault"
+        assert sup.arm_blockers(), "arming would go ahead in FAULT"
+        self.act(lambda: cause.go(w))
+        self.act(lambda: w.run_for(0.2))
+        assert sup.state is S.FAULT, "the fault did not stay latched when its cause went"
+        assert self.try_reset(), f"reset refused once {name} cleared: {sup.fault}"
+        assert sup.state is (S.READY if where is not S.IDLE else S.IDLE)
+        if sup.state is S.IDLE:
+            assert self.command(sup.open_session)
+        if w.board.pedal:
+            self.act(w.release_pedal)
+        assert sup.arm_blockers() == [], sup.arm_blockers()
+        assert self.command(sup.arm), "arming refused after the reset"
+        assert sup.state is S.ARMED
 
     # ------------------------------------------------------------------------------------- invariants
     @invariant()
@@ -337,6 +480,14 @@ class SupervisorMachine(RuleBasedStateMachine):
         if failures > self.failures_seen:
             assert w.sup.state is S.FAULT, f"off/disarm failed, yet the state is {w.sup.state.value}"
         self.failures_seen = failures
+
+    @invariant()
+    def the_supervisor_knows_whether_a_session_is_open(self) -> None:
+        sup = self.world.sup
+        if sup.state in SESSION_STATES:
+            assert sup.session_open
+        elif sup.state is S.IDLE:
+            assert not sup.session_open
 
     @invariant()
     def fault_latches_until_an_accepted_reset(self) -> None:

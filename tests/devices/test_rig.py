@@ -49,7 +49,7 @@ async def test_open_sends_output_off_first_and_verifies_it(sim: SimRig, tmp_path
         assert all(h.ok for h in health.values()), health
         assert health["laser"].identity is not None and "6310" in health["laser"].identity
         assert health["tec"].identity is not None and "5305" in health["tec"].identity
-        assert health["safety"].identity == "TOSCA safety firmware, protocol 3.0"
+        assert health["safety"].identity == "TOSCA safety firmware, protocol 3.1"
         assert health["actuator"].detail
     finally:
         await rig.close()

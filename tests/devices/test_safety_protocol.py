@@ -7,12 +7,14 @@ import asyncio
 import pytest
 
 from devices.safety import (
+    BoardStatus,
     EventKind,
     NotReady,
     SafetyBoardDriver,
     SafetyEvent,
     UnknownCommand,
     VersionMismatch,
+    WatchdogState,
     is_unsolicited,
     parse_event,
     parse_sample,
@@ -98,6 +100,35 @@ async def test_simple_commands() -> None:
         await driver.motor_off()
         await driver.aiming_beam(True)
         await driver.aiming_beam(False)
+
+
+@pytest.mark.parametrize(
+    ("reply", "armed", "watchdog"),
+    [
+        ("STATUS:ARMED=0,WDT=IDLE", False, WatchdogState.IDLE),
+        ("STATUS:ARMED=1,WDT=FED", True, WatchdogState.FED),
+        ("STATUS:ARMED=0,WDT=EXPIRED", False, WatchdogState.EXPIRED),
+    ],
+)
+async def test_status(reply: str, armed: bool, watchdog: WatchdogState) -> None:
+    async with expected_protocol([("STATUS?", reply)], eol=LF) as link:
+        driver = SafetyBoardDriver(link.transport)
+        status = await driver.read_status()
+        assert status == BoardStatus(armed, watchdog)
+        assert driver.watchdog_expired == (watchdog is WatchdogState.EXPIRED)
+
+
+@pytest.mark.parametrize("reply", ["STATUS:ARMED=2,WDT=FED", "STATUS:0,1", "STATUS:ARMED=0,WDT=GONE"])
+async def test_malformed_status_is_a_bad_reply(reply: str) -> None:
+    async with expected_protocol([("STATUS?", reply)], eol=LF) as link:
+        with pytest.raises(BadReply, match="STATUS"):
+            await SafetyBoardDriver(link.transport).read_status()
+
+
+async def test_status_on_firmware_3_0_is_an_unknown_command() -> None:
+    async with expected_protocol([("STATUS?", "ERROR:UNKNOWN_COMMAND:STATUS?")], eol=LF) as link:
+        with pytest.raises(UnknownCommand, match="STATUS"):
+            await SafetyBoardDriver(link.transport).read_status()
 
 
 async def test_wrong_acknowledgement_is_a_bad_reply() -> None:

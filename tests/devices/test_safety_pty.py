@@ -78,7 +78,7 @@ async def next_event(events: EventStream, kind: EventKind, timeout_s: float = 1.
 
 async def test_version_readings_motor_and_aiming_beam(board: Board) -> None:
     driver, model = board.driver, board.model
-    assert await driver.check_version() == "3.0"
+    assert await driver.check_version() == "3.1"
     assert await driver.set_motor_speed(200) == 153
     assert model.motor_pwm == 153
     assert await driver.vibration_g() == pytest.approx(1.5, abs=0.02)

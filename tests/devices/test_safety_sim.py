@@ -40,7 +40,7 @@ def pushes(sim: SafetyBoardSim) -> list[str]:
         ("MOTOR_OFF", ["OK:MOTOR_OFF"]),
         ("LASER_ON", ["OK:LASER_ON"]),
         ("LASER_OFF", ["OK:LASER_OFF"]),
-        ("VERSION?", ["VERSION:3.0"]),
+        ("VERSION?", ["VERSION:3.1"]),
         ("WDT_TIMEOUT:100", ["OK:WDT_TIMEOUT:100"]),
         ("WDT_TIMEOUT:2000", ["OK:WDT_TIMEOUT:2000"]),
         ("ARM", ["OK:ARM"]),
@@ -190,6 +190,25 @@ def test_watchdog_expiry(sim: SafetyBoardSim, model: PhysicalModel, clock: Manua
     assert sim.handle_line("ARM") == ["OK:ARM"]
     assert model.laser_enable
     assert pushes(sim) == ["EVT:ENABLE:1"]
+
+
+def test_status_reports_arming_and_the_watchdog_without_changing_them(
+    sim: SafetyBoardSim, model: PhysicalModel, clock: ManualClock
+) -> None:
+    """``STATUS?`` tells a newly connected host what no push event will: a watchdog left expired."""
+    assert sim.handle_line("STATUS?") == ["STATUS:ARMED=0,WDT=IDLE"]
+    sim.handle_line("WDT_RESET")
+    sim.handle_line("ARM")
+    assert sim.handle_line("STATUS?") == ["STATUS:ARMED=1,WDT=FED"]
+    pushes(sim)
+    clock.advance(1.1)  # the host stopped feeding it (its process died)
+    assert sim.handle_line("STATUS?") == ["STATUS:ARMED=0,WDT=EXPIRED"]
+    assert pushes(sim) == ["EVT:WDT:1"]
+    assert sim.handle_line("STATUS?") == ["STATUS:ARMED=0,WDT=EXPIRED"], "reading it changes nothing"
+    assert sim.handle_line("ARM") == ["ERROR:NOT_READY:WDT"]
+    assert sim.handle_line("WDT_CLEAR") == ["OK:WDT_CLEAR"]
+    assert sim.handle_line("STATUS?") == ["STATUS:ARMED=0,WDT=FED"]
+    assert not model.laser_enable
 
 
 def test_sample_line_format(sim: SafetyBoardSim, model: PhysicalModel, clock: ManualClock) -> None:

@@ -59,7 +59,7 @@ async def test_each_device_answers_on_its_port(rig: SimRig) -> None:
         "laser": ("*IDN?", "Arroyo 6310"),
         "tec": ("*IDN?", "Arroyo 5305"),
         "actuator": ("EPOS=?", "EPOS="),
-        "safety": ("VERSION?", "VERSION:3.0"),
+        "safety": ("VERSION?", "VERSION:3.1"),
     }
     for name, (question, start) in questions.items():
         link = await open_link(rig, name)

@@ -4,12 +4,13 @@ posted to the screen as the app posts the controller's)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from console_fixtures import FakeClock, make_settings, seed_sync, tables_measured, wait_until
+from console_fixtures import FakeClock, make_settings, seed, seed_sync, tables_measured, wait_until
 from test_subject_screens import ScreenApp
 from textual.pilot import Pilot
 
@@ -110,16 +111,43 @@ ESTOP_FAULT = FaultView(
     at="2026-03-14T09:31:12",
 )
 
+
+def _check(name: str, value: str, detail: str = "") -> dict[str, Any]:
+    return {"name": name, "ok": not detail, "value": value, "detail": detail}
+
+
+#: Every check the controller makes, in its order: the state first, the devices, the footpedal and the other
+#: terms, the calibrations, the database and the backup. The TEC is out of its window.
 CHECKS: list[dict[str, Any]] = [
-    {"name": "device laser", "ok": True, "value": "ok: simulated laser driver", "detail": ""},
-    {"name": "device tec", "ok": True, "value": "ok: simulated TEC", "detail": ""},
-    {"name": "device actuator", "ok": True, "value": "ok: -", "detail": ""},
-    {"name": "device safety", "ok": True, "value": "ok: simulated safety board", "detail": ""},
-    {"name": "estop", "ok": True, "value": "released", "detail": ""},
-    {"name": "tec", "ok": False, "value": "23.10 C (set 25.00)", "detail": "TEC 1.90 C from its setpoint"},
-    {"name": "calibration laser", "ok": True, "value": "power vs current, 2026-03-01", "detail": ""},
-    {"name": "database", "ok": True, "value": "integrity ok", "detail": ""},
-    {"name": "backup", "ok": True, "value": "data/backups/tosca_20260314_093000.db", "detail": ""},
+    _check("state", "ready"),
+    _check("device laser", "ok: simulated laser driver"),
+    _check("device tec", "ok: simulated TEC"),
+    _check("device actuator", "ok: -"),
+    _check("device safety", "ok: TOSCA safety firmware, protocol 3.1"),
+    _check("device camera", "ok: simulated camera"),
+    _check("footpedal", "released"),
+    _check("estop", "released"),
+    _check("watchdog", "fed 120 ms ago"),
+    _check("smoothing", "motor on, 1.28 g"),
+    _check("tec", "23.10 degC (set 25.00)", "TEC 1.90 degC from its setpoint (window 1.00)"),
+    _check("photodiode", "0.00 W"),
+    _check("devices", "all fresh"),
+    _check("calibrations", "active"),
+    _check("storage", "writing"),
+    _check("calibration laser", "power vs current, 2026-03-01"),
+    _check("calibration photodiode", "volts vs power, 2026-03-01"),
+    _check("calibration actuator", "position vs ring, 2026-03-01"),
+    _check("database", "integrity ok"),
+    _check("backup", "data/backups/tosca_20260314_093000.db"),
+]
+#: The same with the E-stop hit and released before arming: the fault latched, its cause cleared.
+FAULT_CHECKS: list[dict[str, Any]] = [
+    _check(
+        "state",
+        "FAULT: E-stop pressed",
+        "release the E-stop, then acknowledge the fault with your password to reset (cause cleared)",
+    ),
+    *(c if c["name"] != "tec" else _check("tec", "25.00 degC (set 25.00)") for c in CHECKS[1:]),
 ]
 
 
@@ -160,17 +188,57 @@ def test_dashboard(
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
-def test_checks(data_dir: Path, clock: FakeClock, snap_compare: SnapCompare, size: tuple[int, int]) -> None:
+@pytest.mark.parametrize("case", ["failing", "fault"])
+def test_checks(
+    data_dir: Path, clock: FakeClock, snap_compare: SnapCompare, size: tuple[int, int], case: str
+) -> None:
+    """One check failing, or a fault latched (F4 in the footer, the fault as the first, failing, check);
+    at 80x24 the line under the list says which rows show."""
     seed_sync()
     app = SimScreenApp(ChecksScreen, clock)
+    fault = case == "fault"
+    cleared = FaultView(**{**ESTOP_FAULT.model_dump(), "cause_cleared": True})
 
     async def shown(pilot: Pilot[Any]) -> None:
         await wait_until(pilot, lambda: isinstance(app.screen, ChecksScreen), "the checks")
         screen = app.screen
         assert isinstance(screen, ChecksScreen)
-        screen.post_message(SnapshotUpdated(snapshot("ready", emitting=False, pedal=False)))
-        screen.checks = CHECKS
+        state = snapshot("fault" if fault else "ready", emitting=False, pedal=False)
+        if fault:
+            state = state.model_copy(update={"fault": cleared})
+        screen.post_message(SnapshotUpdated(state))
+        screen.checks = FAULT_CHECKS if fault else CHECKS
         screen._show_checks()
         await tables_measured(pilot)
+        await pilot.pause()
 
     assert snap_compare(app, terminal_size=size, run_before=shown)
+
+
+async def test_at_80x24_the_checks_say_which_rows_show_and_scroll(data_dir: Path, clock: FakeClock) -> None:
+    """20 checks do not fit at 80x24: the line under the list says which rows show and how many failing
+    ones are out of view, and follows up and down."""
+    from textual.widgets import Static
+
+    await seed()
+    app = SimScreenApp(ChecksScreen, clock)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_until(pilot, lambda: isinstance(app.screen, ChecksScreen), "the checks")
+        screen = app.screen
+        assert isinstance(screen, ChecksScreen)
+        screen.checks = FAULT_CHECKS
+        screen._show_checks()
+        await tables_measured(pilot)
+        more = screen.query_one("#checks-more", Static)
+        first = re.compile(r"rows 1-(1[0-9]) of 20 \(up/down\)")
+        await wait_until(
+            pilot, lambda: bool(first.fullmatch(str(more.render()))), f"the rows (now {more.render()!s})"
+        )
+        for _ in range(len(FAULT_CHECKS)):
+            await pilot.press("down")
+        last = re.compile(r"rows ([0-9]+)-20 of 20, 1 failing out of view \(up/down\)")
+        await wait_until(
+            pilot, lambda: bool(last.fullmatch(str(more.render()))), f"the end (now {more.render()!s})"
+        )
+        await pilot.resize_terminal(120, 40)
+        await wait_until(pilot, lambda: str(more.render()) == "", "no rows line when all show")

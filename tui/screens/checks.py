@@ -4,7 +4,10 @@ The checks come from the controller (``prechecks``), asked again every second wh
 device connected and identified, each interlock, the TEC within its window, the active calibrations and their
 dates, the database's integrity and the backup made when the session opened. The technician's password arms
 the laser (key control), and only when every check passes; over SSH the console refuses to arm and says why.
-F8 aborts the session (with a reason) before any emission.
+Every condition that refuses arming is a check (the controller's state first: a latched fault fails it with
+how to reset it), and the verdict never says all pass while arming would be refused. F4 resets a latched
+fault (the password, once its cause has cleared); F8 aborts the session (with a reason) before any emission.
+When the list is taller than the screen, the line under it says which rows show and that up/down scroll.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
+from textual.events import Resize
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Label, Static
 
@@ -23,6 +27,7 @@ from control.accounts import UserInfo
 from control.ipc import CommandFailed, ControllerUnavailable
 from control.messages import Abort, Arm, Prechecks, Snapshot
 from tui.screens._base import ScreenContext, SnapshotUpdated
+from tui.widgets.fault import RESET_KEY, RESET_KEY_LABEL, in_fault, reset_fault
 from tui.widgets.header import ConsoleHeader
 
 #: How often the checks are asked for again, s.
@@ -48,9 +53,27 @@ class ChecksScreen(Screen[None]):
     """Pre-treatment checks and key control for the open session."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
+        Binding(RESET_KEY, "reset_fault", "Reset fault"),
         Binding("f8", "abort", "Abort session"),
         Binding("f9", "refresh", "Check again"),
+        # The password field has the focus: up and down move through the checks.
+        Binding("down", "scroll_checks(1)", "Next check", show=False),
+        Binding("up", "scroll_checks(-1)", "Previous check", show=False),
     ]
+
+    DEFAULT_CSS = """
+    ChecksScreen #verdict-row {
+        height: 1;
+    }
+    ChecksScreen #checks-verdict {
+        width: 1fr;
+    }
+    ChecksScreen #checks-more {
+        width: auto;
+        padding: 0 0 0 1;
+        color: $text-muted;
+    }
+    """
 
     def __init__(self, context: ScreenContext, user: UserInfo) -> None:
         super().__init__()
@@ -60,6 +83,8 @@ class ChecksScreen(Screen[None]):
         self.checks: list[dict[str, Any]] = []
         self.busy = False
         self._left = False
+        #: "fault" while the controller has a fault latched, else None (decides whether F4 shows).
+        self.fault_state: str | None = None
 
     def compose(self) -> ComposeResult:
         yield ConsoleHeader(
@@ -71,7 +96,9 @@ class ChecksScreen(Screen[None]):
             yield Static("", id="checks-session")
             table: DataTable[Text | str] = DataTable(id="checks-table", cursor_type="row", zebra_stripes=True)
             yield table
-            yield Static("", id="checks-verdict")
+            with Horizontal(id="verdict-row"):
+                yield Static("", id="checks-verdict")
+                yield Static("", id="checks-more")
             with Horizontal(id="arm-row"):
                 yield Label("Password to arm", id="arm-label")
                 field = Input(None, "technician's password (key control)", password=True, id="arm-password")
@@ -97,10 +124,18 @@ class ChecksScreen(Screen[None]):
             self._show_session(link.snapshot)
         self.refresh_checks()
         self.set_interval(REFRESH_S, self.refresh_checks, name="prechecks")
+        self.watch(self.query_one("#checks-table", DataTable), "scroll_y", self._show_more, init=False)
+
+    def on_resize(self, _event: Resize) -> None:
+        self.call_after_refresh(self._show_more)
 
     # -- live data ---------------------------------------------------------------------------------------
 
     def on_snapshot_updated(self, message: SnapshotUpdated) -> None:
+        if in_fault(message.snapshot) != (self.fault_state is not None):
+            self.fault_state = message.snapshot.state if in_fault(message.snapshot) else None
+            self.refresh_bindings()
+            self.refresh_checks()  # the fault shows as a failing check at once, not a second later
         self._show_session(message.snapshot)
         if self.context.settings.sim:
             from tui.widgets.sim_panel import SimPanel
@@ -170,13 +205,64 @@ class ChecksScreen(Screen[None]):
         if self.checks:
             table.move_cursor(row=min(cursor, len(self.checks) - 1))
         failing = [c for c in self.checks if not c.get("ok")]
+        refusal = arm_refusal(self.context)
         verdict = self.query_one("#checks-verdict", Static)
-        verdict.set_class(not failing, "all-pass")
-        verdict.set_class(bool(failing), "some-fail")
-        if failing:
+        verdict.set_class(not failing and refusal is None, "all-pass")
+        verdict.set_class(bool(failing) or refusal is not None, "some-fail")
+        fault = next(
+            (c for c in failing if c.get("name") == "state" and "FAULT" in str(c.get("value"))), None
+        )
+        if fault is not None:
+            verdict.update(f"FAULT latched: {RESET_KEY_LABEL} resets it with your password")
+        elif failing:
             verdict.update(f"{len(failing)} of {len(self.checks)} checks failing: arming is not possible")
+        elif refusal is not None:
+            verdict.update(f"All {len(self.checks)} checks pass, but this console cannot arm")
         else:
             verdict.update(f"All {len(self.checks)} checks pass: enter the password to arm")
+        self.call_after_refresh(self._show_more)
+
+    def _show_more(self) -> None:
+        """Under the list, which rows show when not all fit, how many failing ones are out of view, and
+        that up and down scroll (nothing when every row shows)."""
+        if not self.is_current:
+            return  # left meanwhile (armed, aborted): its widgets may be gone
+        table = self.query_one("#checks-table", DataTable)
+        more = self.query_one("#checks-more", Static)
+        total = len(self.checks)
+        rows = table.scrollable_content_region.height - (table.header_height if table.show_header else 0)
+        if total == 0 or rows >= total or rows <= 0:
+            more.update("")
+            return
+        first = min(round(table.scroll_y), total - 1)
+        last = min(total, first + rows)
+        hidden_failing = sum(
+            1 for index, check in enumerate(self.checks) if not check.get("ok") and not first <= index < last
+        )
+        text = f"rows {first + 1}-{last} of {total}"
+        if hidden_failing:
+            text += f", {hidden_failing} failing out of view"
+        more.update(f"{text} (up/down)")
+
+    def action_scroll_checks(self, rows: int) -> None:
+        """Up or down: move through the checks (the list scrolls with the highlighted one)."""
+        table = self.query_one("#checks-table", DataTable)
+        if table.row_count:
+            table.move_cursor(row=max(0, min(table.row_count - 1, table.cursor_row + rows)))
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """The fault reset key shows only while a fault is latched."""
+        if action == "reset_fault":
+            return self.fault_state is not None
+        return True
+
+    @work(group="reset", exclusive=True, exit_on_error=False)
+    async def action_reset_fault(self) -> None:
+        """F4: acknowledge the latched fault with the password (refused while its cause is there); the
+        checks are then asked again, and arming is possible once they pass."""
+        if await reset_fault(self, self.context, self.user):
+            self.show_status("Fault reset: the checks are asked again; arm with your password", error=False)
+            self.refresh_checks()
 
     @property
     def all_pass(self) -> bool:

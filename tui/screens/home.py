@@ -1,4 +1,7 @@
-"""The home screen: who is logged in, the state of the records database, and the way to treatment (t)."""
+"""The home screen: who is logged in, the state of the records database, and the way to treatment (t).
+
+While the controller has a fault latched it shows the fault and F4 resets it (with the password, once the
+cause has cleared), so that a fault left after a session closed never blocks the next one."""
 
 from __future__ import annotations
 
@@ -17,7 +20,8 @@ from control.accounts import UserInfo
 from storage import DataDir
 from storage.backup import last_backup
 from storage.maintenance import schema_revision
-from tui.screens._base import LogoutRequested, ScreenContext
+from tui.screens._base import LogoutRequested, ScreenContext, SnapshotUpdated
+from tui.widgets.fault import RESET_KEY, FaultNotice, in_fault, reset_fault
 from tui.widgets.header import ConsoleHeader
 
 
@@ -46,6 +50,7 @@ class HomeScreen(Screen[None]):
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("t", "subjects", "Treat: subjects"),
+        Binding(RESET_KEY, "reset_fault", "Reset fault"),
         Binding("ctrl+l", "app.lock", "Lock"),
         Binding("ctrl+o", "logout", "Log out"),
     ]
@@ -62,6 +67,7 @@ class HomeScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         user = self.user
         yield ConsoleHeader("Home", sim=self.context.settings.sim, user_text=f"{user.username} ({user.role})")
+        yield FaultNotice(id="fault")
         with Vertical(id="home", classes="panel"):
             yield Label(f"Welcome, {user.full_name}", classes="form-title")
             with Grid(id="facts"):
@@ -79,6 +85,19 @@ class HomeScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self.load_facts()
+        link = self.context.link
+        self.query_one("#fault", FaultNotice).show(link.snapshot if link is not None else None)
+
+    def on_snapshot_updated(self, message: SnapshotUpdated) -> None:
+        """A latched fault shows (and F4 in the footer) while the controller reports one; under another
+        screen this one waits until it shows again."""
+        if self.is_current and self.query_one("#fault", FaultNotice).show(message.snapshot):
+            self.refresh_bindings()
+
+    def on_screen_resume(self) -> None:
+        link = self.context.link
+        if self.query_one("#fault", FaultNotice).show(link.snapshot if link is not None else None):
+            self.refresh_bindings()
 
     @work(exclusive=True, group="home-facts", exit_on_error=False)
     async def load_facts(self) -> None:
@@ -92,7 +111,15 @@ class HomeScreen(Screen[None]):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "subjects":
             return self.user.role in self.TREATING_ROLES and self.context.link is not None
+        if action == "reset_fault":
+            link = self.context.link
+            return link is not None and in_fault(link.snapshot)
         return True
+
+    @work(group="reset", exclusive=True, exit_on_error=False)
+    async def action_reset_fault(self) -> None:
+        """F4: acknowledge the latched fault with the password (refused while its cause is there)."""
+        await reset_fault(self, self.context, self.user)
 
     def action_subjects(self) -> None:
         """The subjects: find or create one, then choose a protocol and treat."""

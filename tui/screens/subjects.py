@@ -12,6 +12,7 @@ or edits one's birth date, gender and notes. :class:`SubjectHistoryScreen` lists
 their summaries and a total line.
 
 Times are shown in the console's local time zone; durations in seconds, powers in watts, energies in joules.
+While the controller has a fault latched the subjects screen shows it, and F4 resets it (with the password).
 """
 
 from __future__ import annotations
@@ -40,9 +41,10 @@ from control.subjects import (
     check_notes,
     history_totals,
 )
-from tui.screens._base import FormField, FormScreen, ScreenContext
+from tui.screens._base import FormField, FormScreen, ScreenContext, SnapshotUpdated
 from tui.screens.dialogs import ConfirmDialog
 from tui.screens.protocols import ProtocolChoiceScreen
+from tui.widgets.fault import RESET_KEY, FaultNotice, in_fault, reset_fault
 from tui.widgets.header import ConsoleHeader
 
 #: Keys that, typed on the list, start a search with that character.
@@ -119,6 +121,7 @@ class SubjectsScreen(Screen[None]):
         Binding("h", "history", "History"),
         Binding("slash", "search", "Find"),
         Binding("escape", "back", "Back"),
+        Binding(RESET_KEY, "reset_fault", "Reset fault"),
     ]
 
     def __init__(self, context: ScreenContext, user: UserInfo) -> None:
@@ -136,6 +139,7 @@ class SubjectsScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield ConsoleHeader("Subjects", sim=self.context.settings.sim, user_text=_user_text(self.user))
+        yield FaultNotice(id="fault")
         with Vertical(id="subjects"):
             with Horizontal(id="search-row"):
                 yield Label("Find code")
@@ -157,13 +161,28 @@ class SubjectsScreen(Screen[None]):
     def on_mount(self) -> None:
         self.query_one("#subject-table", DataTable).focus()
         self.reload()
+        link = self.context.link
+        self.query_one("#fault", FaultNotice).show(link.snapshot if link is not None else None)
+
+    def on_snapshot_updated(self, message: SnapshotUpdated) -> None:
+        """A latched fault shows above the list (and F4 in the footer) while the controller reports one."""
+        if self.is_current and self.query_one("#fault", FaultNotice).show(message.snapshot):
+            self.refresh_bindings()
+
+    @work(group="reset", exclusive=True, exit_on_error=False)
+    async def action_reset_fault(self) -> None:
+        """F4: acknowledge the latched fault with the password (refused while its cause is there)."""
+        await reset_fault(self, self.context, self.user)
 
     def on_screen_resume(self) -> None:
         """Back from choosing a protocol (and perhaps a treatment): read the list again, as session counts
-        may have changed."""
+        may have changed; and a fault latched meanwhile shows."""
         if self._stale:
             self._stale = False
             self.reload(select_code=self.highlighted_code())
+        link = self.context.link
+        if self.query_one("#fault", FaultNotice).show(link.snapshot if link is not None else None):
+            self.refresh_bindings()
 
     # -- loading -------------------------------------------------------------------------------------------
 
@@ -265,6 +284,9 @@ class SubjectsScreen(Screen[None]):
             return True  # Enter in the search field goes on to the list
         if action in ("choose", "edit", "history"):
             return self.highlighted() is not None or None
+        if action == "reset_fault":
+            link = self.context.link
+            return link is not None and in_fault(link.snapshot)
         return True
 
     def show_status(self, text: str, *, error: bool = True) -> None:

@@ -1,0 +1,266 @@
+"""A fault latched before arming, or left after its session closed, never strands the rig: it shows as a
+failing check (and on the home and subjects screens), it is reset there with the password once its cause has
+cleared, and then arming, or the next session, goes ahead. Every condition that refuses arming is a check.
+
+Against the controller process on the simulated rig, with the console's keys as a technician presses them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from console_fixtures import TECH_PASSWORD, FakeClock, enter_text, seed, showing, wait_until
+from textual.pilot import Pilot
+from textual.widgets import DataTable, TextArea
+from treatment_fixtures import LONG_PROTOCOL, connected, console, controller, log_in, screen_text, wait_state
+
+from tests.support import RIG_TEST
+from tui.app import ToscaApp
+from tui.screens import HomeScreen
+from tui.screens.checks import ChecksScreen
+from tui.screens.dashboard import DashboardScreen
+from tui.screens.dialogs import PasswordDialog, ReasonDialog
+from tui.screens.end_session import EndOfSessionScreen
+from tui.screens.protocols import ProtocolChoiceScreen
+from tui.screens.subjects import SubjectsScreen
+
+pytestmark = RIG_TEST
+
+SUBJECT = "P-2026-0042"
+
+
+async def add_subject(code: str = SUBJECT) -> None:
+    from storage import create_engine, session_factory
+    from storage.models import Subject
+
+    engine = create_engine(Path("data") / "tosca.db")
+    try:
+        async with session_factory(engine)() as db, db.begin():
+            db.add(Subject(subject_code=code))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+async def ready(data_dir: Path) -> Any:
+    await seed()
+    await add_subject()
+    async with controller() as ctl:
+        yield ctl
+
+
+def check(screen: ChecksScreen, name: str) -> dict[str, Any] | None:
+    return next((c for c in screen.checks if c.get("name") == name), None)
+
+
+def verdict(screen: ChecksScreen) -> str:
+    return str(screen.query_one("#checks-verdict").render())
+
+
+async def to_checks_from_subjects(pilot: Pilot[Any]) -> ChecksScreen:
+    """On the subjects screen: Enter on the subject, the long protocol, Enter: the session opens."""
+    app = pilot.app
+    subjects = app.screen
+    assert isinstance(subjects, SubjectsScreen)
+    await wait_until(pilot, lambda: [s.subject_code for s in subjects.subjects] == [SUBJECT], "the subject")
+    await pilot.press("enter")
+    await wait_until(pilot, lambda: showing(app, ProtocolChoiceScreen), "the protocol choice")
+    choice = app.screen
+    assert isinstance(choice, ProtocolChoiceScreen)
+    await wait_until(pilot, lambda: choice.loaded, "the protocols listed")
+    names = [p.name for p in choice.protocols]
+    for _ in range(names.index(LONG_PROTOCOL)):
+        await pilot.press("down")
+    await wait_until(
+        pilot,
+        lambda: choice.preview is not None and choice.preview.summary.name == LONG_PROTOCOL,
+        "the long protocol highlighted",
+    )
+    await pilot.press("enter")
+    await wait_until(pilot, lambda: showing(app, ChecksScreen), "the checks screen", 60.0)
+    checks = app.screen
+    assert isinstance(checks, ChecksScreen)
+    return checks
+
+
+async def reset_with_password(pilot: Pilot[Any]) -> None:
+    """F4, then the technician's password in the dialog it opens."""
+    await pilot.press("f4")
+    await wait_until(pilot, lambda: showing(pilot.app, PasswordDialog), "the password dialog of F4")
+    await enter_text(pilot, TECH_PASSWORD)
+    await pilot.press("enter")
+
+
+async def estop_hit_and_released(pilot: Pilot[Any]) -> None:
+    """F6 twice: the E-stop on (a fault latches), then off (its cause clears; the fault stays)."""
+    app = pilot.app
+    assert isinstance(app, ToscaApp)
+    await pilot.press("f6")
+    await wait_state(pilot, "fault")
+    await wait_until(
+        pilot,
+        lambda: (
+            app.snapshot is not None and any(i.name == "estop" and not i.ok for i in app.snapshot.interlocks)
+        ),
+        "the E-stop pressed",
+    )
+    await pilot.press("f6")
+    await wait_until(
+        pilot,
+        lambda: (
+            app.snapshot is not None and app.snapshot.fault is not None and app.snapshot.fault.cause_cleared
+        ),
+        "the E-stop released",
+    )
+    assert app.snapshot is not None and app.snapshot.state == "fault", "the fault stays latched"
+
+
+@pytest.mark.timeout(180)
+async def test_a_fault_on_the_checks_screen_is_a_failing_check_and_is_reset_there(
+    ready: Any, clock: FakeClock
+) -> None:
+    app = console(clock)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await log_in(pilot)
+        await connected(pilot)
+        await pilot.press("t")
+        await wait_until(pilot, lambda: showing(app, SubjectsScreen), "the subjects screen")
+        checks = await to_checks_from_subjects(pilot)
+        await wait_until(pilot, lambda: checks.all_pass, "every check passing", 30.0)
+        assert "All" in verdict(checks) and "pass" in verdict(checks)
+
+        await estop_hit_and_released(pilot)
+        # The fault is a failing check with how to reset it; the verdict never says all pass.
+        await wait_until(
+            pilot,
+            lambda: (c := check(checks, "state")) is not None and not c["ok"],
+            "the fault as a failing check",
+        )
+        state = check(checks, "state")
+        assert state is not None and str(state["value"]).startswith("FAULT: E-stop pressed")
+        assert "release the E-stop" in state["detail"] and "password" in state["detail"]
+        assert not checks.all_pass
+        assert "checks pass" not in verdict(checks) and "F4 resets it" in verdict(checks)
+        table = checks.query_one("#checks-table", DataTable)
+        assert "FAIL" in str(table.get_row_at(0)[1]), "the state check is the first row"
+
+        # Arming is refused with the reason shown; nothing changes.
+        await enter_text(pilot, TECH_PASSWORD)
+        await pilot.press("enter")
+        await wait_until(
+            pilot, lambda: "Arming refused: checks failing (state" in screen_text(app), "refusal"
+        )
+        assert app.snapshot is not None and app.snapshot.state == "fault"
+
+        # F4 and the password: the fault is reset (who and when are in the safety log), the checks pass.
+        await reset_with_password(pilot)
+        await wait_state(pilot, "ready")
+        await wait_until(pilot, lambda: checks.all_pass, "every check passing again", 10.0)
+        assert "All" in verdict(checks)
+        await wait_until(pilot, lambda: checks.query_one("#arm-password").has_focus, "the password field")
+        await enter_text(pilot, TECH_PASSWORD)
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: showing(app, DashboardScreen), "the dashboard", 20.0)
+        await wait_state(pilot, "armed")
+    with sqlite3.connect("data/tosca.db") as db:
+        reset = db.execute(
+            "SELECT description, tech_id, timestamp FROM safety_log WHERE event_type = 'fault_reset'"
+        ).fetchall()
+        tina = db.execute("SELECT tech_id FROM tech_users WHERE username = 'tina'").fetchone()[0]
+    assert len(reset) == 1
+    description, tech_id, when = reset[0]
+    assert "tina" in description and "E-stop" in description and tech_id == tina and when
+
+
+@pytest.mark.timeout(240)
+async def test_after_an_abort_in_fault_the_fault_is_reset_from_home_and_the_next_session_opens(
+    ready: Any, clock: FakeClock
+) -> None:
+    app = console(clock)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await log_in(pilot)
+        await connected(pilot)
+        await pilot.press("t")
+        await wait_until(pilot, lambda: showing(app, SubjectsScreen), "the subjects screen")
+        checks = await to_checks_from_subjects(pilot)
+        await wait_until(pilot, lambda: checks.all_pass, "every check passing", 30.0)
+        await estop_hit_and_released(pilot)
+
+        # Abort while the fault is latched: the session closes, the fault stays.
+        await pilot.press("f8")
+        await wait_until(pilot, lambda: showing(app, ReasonDialog), "the reason dialog")
+        await enter_text(pilot, "E-stop hit before arming")
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: showing(app, EndOfSessionScreen), "the end of the session", 30.0)
+        end = app.screen
+        notes = end.query_one("#notes", TextArea)
+        notes.focus()
+        notes.text = "Not treated: E-stop."
+        await pilot.press("ctrl+s")
+        await wait_until(pilot, lambda: showing(app, SubjectsScreen), "back on the subjects", 20.0)
+        snapshot = app.snapshot
+        assert snapshot is not None and snapshot.state == "fault" and snapshot.session is None
+
+        # The subjects and home screens show the fault and offer F4.
+        await wait_until(
+            pilot, lambda: "FAULT E-stop pressed" in screen_text(app), "the fault on the subjects"
+        )
+        assert "F4 resets it" in screen_text(app)
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: showing(app, HomeScreen), "the home screen")
+        await wait_until(
+            pilot, lambda: "FAULT E-stop pressed" in screen_text(app), "the fault on the home screen"
+        )
+        await reset_with_password(pilot)
+        await wait_state(pilot, "idle")
+        await wait_until(
+            pilot, lambda: "FAULT" not in screen_text(app), "the fault gone from the home screen"
+        )
+
+        # The next session opens and arms.
+        await pilot.press("t")
+        await wait_until(pilot, lambda: showing(app, SubjectsScreen), "the subjects screen")
+        assert "FAULT" not in screen_text(app)
+        checks = await to_checks_from_subjects(pilot)
+        await wait_state(pilot, "ready")
+        await wait_until(pilot, lambda: checks.all_pass, "every check passing", 30.0)
+        await enter_text(pilot, TECH_PASSWORD)
+        await pilot.press("enter")
+        await wait_state(pilot, "armed")
+    with sqlite3.connect("data/tosca.db") as db:
+        statuses = [s for (s,) in db.execute("SELECT status FROM sessions ORDER BY session_id")]
+    assert len(statuses) == 2 and statuses[0] == "aborted", statuses
+
+
+@pytest.mark.timeout(120)
+async def test_a_pressed_footpedal_is_a_failing_check_with_its_live_value(
+    ready: Any, clock: FakeClock
+) -> None:
+    app = console(clock)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await log_in(pilot)
+        await connected(pilot)
+        await pilot.press("t")
+        await wait_until(pilot, lambda: showing(app, SubjectsScreen), "the subjects screen")
+        checks = await to_checks_from_subjects(pilot)
+        await wait_until(pilot, lambda: checks.all_pass, "every check passing", 30.0)
+        await pilot.press("f5")  # the footpedal down
+        await wait_until(
+            pilot,
+            lambda: (c := check(checks, "footpedal")) is not None and not c["ok"],
+            "the footpedal as a failing check",
+        )
+        pedal = check(checks, "footpedal")
+        assert pedal is not None and pedal["value"] == "pressed"
+        assert pedal["detail"] == "release the footpedal before arming"
+        assert "checks pass" not in verdict(checks) and "1 of" in verdict(checks)
+        await pilot.press("f5")  # released
+        await wait_until(pilot, lambda: checks.all_pass, "every check passing again", 10.0)
+        pedal = check(checks, "footpedal")
+        assert pedal is not None and pedal["value"] == "released"
+        await enter_text(pilot, TECH_PASSWORD)
+        await pilot.press("enter")
+        await wait_state(pilot, "armed")
