@@ -197,7 +197,8 @@ class TreatmentSession(Base):
     Summary columns are filled at the end: laser-on time in seconds, time-weighted average and maximum
     measured power in watts, delivered energy in joules. The telemetry columns describe the session's
     JSON-lines telemetry file: its path, its number of complete lines and the SHA-256 of its bytes (64
-    lower-case hex digits).
+    lower-case hex digits). ``session_uid`` is the session's unique identifier, the name of its folder (NULL
+    for sessions recorded before it existed, whose folders are named by their id).
     """
 
     __tablename__ = "sessions"
@@ -216,6 +217,12 @@ class TreatmentSession(Base):
             "AND telemetry_sha256 NOT GLOB '*[^0-9a-f]*')",
             name="ck_sessions_telemetry_sha256",
         ),
+        CheckConstraint(
+            "session_uid IS NULL OR (length(session_uid) BETWEEN 8 AND 64 "
+            "AND session_uid NOT GLOB '*[^0-9A-Za-z-]*')",
+            name="ck_sessions_session_uid",
+        ),
+        Index("uq_sessions_session_uid", "session_uid", unique=True),
         Index("idx_session_subject", "subject_id"),
         Index("idx_session_tech", "tech_id"),
         Index("idx_session_start_time", "start_time"),
@@ -249,6 +256,7 @@ class TreatmentSession(Base):
     telemetry_path: Mapped[str | None]
     telemetry_line_count: Mapped[int | None]
     telemetry_sha256: Mapped[str | None]
+    session_uid: Mapped[str | None]
 
 
 class TreatmentEvent(Base):
