@@ -51,8 +51,13 @@ RECORDING_TYPES: Final = ("video", "snapshot", "focus_stack")
 CONFIG_TYPES: Final = ("string", "integer", "float", "boolean", "json")
 #: Allowed ``audit_log.outcome`` values.
 AUDIT_OUTCOMES: Final = ("success", "failure")
-#: ``subjects.subject_code`` pattern (P-YYYY-NNNN) as an SQLite GLOB.
+#: The seed's ``subjects.subject_code`` form (P-YYYY-NNNN) as an SQLite GLOB.
 SUBJECT_CODE_GLOB: Final = "P-[0-9][0-9][0-9][0-9]-[0-9][0-9][0-9][0-9]"
+#: ``subjects.subject_code`` CHECK: 1 to 32 characters of ``A-Z a-z 0-9 - _`` (a clinic's own pattern; codes
+#: are also folder names). The console checks codes against the configured pattern.
+SUBJECT_CODE_CHECK: Final = (
+    "length(subject_code) BETWEEN 1 AND 32 AND subject_code NOT GLOB '*[^A-Za-z0-9_-]*'"
+)
 #: Tables that triggers in the database keep append-only.
 APPEND_ONLY_TABLES: Final = ("treatment_events", "safety_log", "audit_log")
 #: The seed's convenience views.
@@ -148,7 +153,7 @@ class Subject(Base):
 
     __tablename__ = "subjects"
     __table_args__ = (
-        CheckConstraint(f"subject_code GLOB '{SUBJECT_CODE_GLOB}'", name="ck_subjects_subject_code"),
+        CheckConstraint(SUBJECT_CODE_CHECK, name="ck_subjects_subject_code"),
         Index("idx_subject_code", "subject_code", unique=True),
         Index("idx_subject_active", "is_active"),
         Index("idx_subject_created_date", "created_date"),

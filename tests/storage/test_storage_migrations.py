@@ -266,6 +266,7 @@ def test_the_session_uid_revision_keeps_folders_adds_settings_and_goes_back(tmp_
     config = alembic_config(data_dir.db_path)
     command.upgrade(config, "20261123_002")
     before = _sessions_sql(data_dir.db_path)
+    subjects_before = _subjects_sql(data_dir.db_path)
     connection = sqlite3.connect(str(data_dir.db_path))
     with connection:
         connection.execute("INSERT INTO tech_users (username, full_name, role) VALUES ('a', 'A', 'admin')")
@@ -312,8 +313,29 @@ def test_the_session_uid_revision_keeps_folders_adds_settings_and_goes_back(tmp_
     finally:
         connection.close()
     assert check_database(data_dir.db_path).revision == "20261206_001"
+    # A clinic's own code fits the wider CHECK, and keeps the downgrade from breaking the narrower one.
+    connection = sqlite3.connect(str(data_dir.db_path))
+    with connection:
+        connection.execute("INSERT INTO subjects (subject_code) VALUES ('LX_00001')")
+    connection.close()
+    with pytest.raises(RuntimeError, match="subject code 'LX_00001' is not of the form P-YYYY-NNNN"):
+        command.downgrade(config, "20261123_002")
+    assert check_database(data_dir.db_path).revision == "20261206_001"
+    connection = sqlite3.connect(str(data_dir.db_path))
+    with connection:
+        connection.execute("DELETE FROM subjects WHERE subject_code = 'LX_00001'")
+    connection.close()
 
     command.downgrade(config, "20261123_002")
     assert _sessions_sql(data_dir.db_path) == before
+    assert _subjects_sql(data_dir.db_path) == subjects_before
     assert _count(data_dir.db_path, "sessions") == 2
     assert check_database(data_dir.db_path, require_head=False).revision == "20261123_002"
+
+
+def _subjects_sql(db_path: Path) -> str:
+    connection = sqlite3.connect(str(db_path))
+    try:
+        return str(connection.execute("SELECT sql FROM sqlite_master WHERE name = 'subjects'").fetchone()[0])
+    finally:
+        connection.close()
