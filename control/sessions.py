@@ -299,6 +299,44 @@ def _optional_text(name: str, value: object) -> str | None:
     return value if value.strip() else None
 
 
+@dataclass(frozen=True, slots=True)
+class FreeSpace:
+    """Free space of the data directory's file system against the floor ``min_free_disk_mb``, in megabytes
+    (10^6 bytes). ``problem`` says what is wrong (empty when ``ok``)."""
+
+    free_mb: float
+    floor_mb: int
+    problem: str
+
+    @property
+    def ok(self) -> bool:
+        """True when a session may open."""
+        return not self.problem
+
+    def describe(self) -> str:
+        """One line, e.g. ``41250 MB free (at least 1024 MB)``."""
+        return f"{self.free_mb:.0f} MB free (at least {self.floor_mb} MB)"
+
+
+async def free_space(session: AsyncSession, data_dir: DataDir) -> FreeSpace:
+    """Read ``min_free_disk_mb`` (through ``session``) and the free space of ``data_dir``'s file system."""
+    floor_mb, setting_problem = await read_min_free_disk_mb(session)
+    try:
+        usage = await asyncio.to_thread(shutil.disk_usage, data_dir.root)
+    except OSError as exc:
+        return FreeSpace(0.0, floor_mb, f"cannot read the free space of {data_dir.root}: {exc}")
+    free_mb = usage.free / 1e6
+    if free_mb < floor_mb:
+        return FreeSpace(
+            free_mb,
+            floor_mb,
+            f"only {free_mb:.0f} MB free in the data directory {data_dir.root}; a session needs at least "
+            f"{floor_mb} MB (setting min_free_disk_mb): free some space first"
+            + (f" ({setting_problem})" if setting_problem else ""),
+        )
+    return FreeSpace(free_mb, floor_mb, "")
+
+
 def new_session_uid(now: datetime) -> str:
     """A new session identifier: the UTC start time and 48 random bits, e.g. ``20261206T142501Z-9f3a0c51d2e4``
     (sorts by time; never the same twice in practice, and the database's unique index guarantees it)."""
@@ -568,17 +606,14 @@ class SessionService:
 
     async def _check_disk(self, session: AsyncSession) -> None:
         """Refuse when the data directory's file system has less free space than ``min_free_disk_mb``."""
-        floor_mb, _problem = await read_min_free_disk_mb(session)
-        try:
-            usage = await asyncio.to_thread(shutil.disk_usage, self._data_dir.root)
-        except OSError as exc:
-            raise SessionRefused(f"cannot read the free space of {self._data_dir.root}: {exc}") from exc
-        free_mb = usage.free / 1e6
-        if free_mb < floor_mb:
-            raise SessionRefused(
-                f"only {free_mb:.0f} MB free in the data directory {self._data_dir.root}; a session needs "
-                f"at least {floor_mb} MB (setting min_free_disk_mb): free some space first"
-            )
+        space = await free_space(session, self._data_dir)
+        if not space.ok:
+            raise SessionRefused(space.problem)
+
+    async def free_space(self) -> FreeSpace:
+        """The free space of the data directory against ``min_free_disk_mb`` (the pre-treatment check)."""
+        async with self._sessions() as session:
+            return await free_space(session, self._data_dir)
 
     async def _new_code_pattern(self, session: AsyncSession, subject_code: str) -> CodePattern:
         """The clinic's code pattern, once ``subject_code`` is known to match it and never to have been
@@ -830,6 +865,7 @@ __all__ = [
     "OPEN_STATUSES",
     "STATUS_TRANSITIONS",
     "FinishStatus",
+    "FreeSpace",
     "OpenedSession",
     "SessionError",
     "SessionRefused",
@@ -837,5 +873,6 @@ __all__ = [
     "SessionStatus",
     "SessionSummary",
     "SummaryAccumulator",
+    "free_space",
     "new_session_uid",
 ]
