@@ -182,11 +182,15 @@ def _start_and_kill_mid_treatment(data: DataDir) -> Path:
     assert child.stdin is not None
     child.stdin.write(PASSWORD + "\n")
     child.stdin.close()
-    telemetry = data.session_folder("P-2026-0005", 1) / "telemetry.jsonl"
+    subject_folder = data.sessions / "P-2026-0005"
+    telemetry = subject_folder / "telemetry.jsonl"  # until the session's folder (named by its uid) exists
     deadline = time.monotonic() + 60
     try:
         while True:
             assert child.poll() is None, "the session ended before it could be killed"
+            found = list(subject_folder.glob("*/telemetry.jsonl")) if subject_folder.is_dir() else []
+            if found:
+                telemetry = found[0]
             if telemetry.exists() and telemetry.stat().st_size > 100 * 150:
                 with sqlite3.connect(data.db_path) as db:
                     on = db.execute(
