@@ -813,8 +813,8 @@ class SessionService:
         and ``end_time`` (naive UTC), ``duration_seconds``, ``abort_reason``, ``treatment_site``,
         ``laser_on_time_s``, ``avg_power_w``, ``max_power_w``, ``energy_j``, ``treatment_notes``,
         ``post_treatment_notes``, ``event_count`` (treatment events), ``safety_event_count`` (``safety_log``
-        rows), ``folder``, ``telemetry_path``, ``telemetry_line_count``, ``telemetry_sha256`` and
-        ``video_path``.
+        rows), ``folder``, ``session_uid`` (None for sessions recorded before it existed),
+        ``telemetry_path``, ``telemetry_line_count``, ``telemetry_sha256`` and ``video_path``.
         """
         session_id = _session_id(session_id)
         async with self._sessions() as session:
@@ -844,6 +844,7 @@ class SessionService:
                 "event_count": events,
                 "safety_event_count": len(safety),
                 "folder": row.session_folder_path,
+                "session_uid": row.session_uid,
                 "telemetry_path": row.telemetry_path,
                 "telemetry_line_count": row.telemetry_line_count,
                 "telemetry_sha256": row.telemetry_sha256,

@@ -588,10 +588,12 @@ async def test_finish_round_trip_shows_in_subject_history(
     assert shown["event_count"] == 0
     assert shown["safety_event_count"] == 0
     assert shown["post_treatment_notes"] is None
+    assert (shown["folder"], shown["session_uid"]) == (str(opened.folder), opened.session_uid)
 
-    # A new session may open once the previous one is finished.
+    # A new session may open once the previous one is finished, in a folder of its own.
     second = await open_standard(service)
     assert second.session_id != opened.session_id
+    assert second.session_uid != opened.session_uid and second.folder != opened.folder
 
 
 async def test_finish_records_the_telemetry_file(
