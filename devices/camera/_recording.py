@@ -4,8 +4,8 @@ MPEG-4 Part 2 (``mp4v``) is the compressing codec the ``opencv-python-headless``
 FFmpeg has no H.264 encoder): on the simulated camera's noisy 1280 x 720 frames it takes a third of the space
 of Motion-JPEG at the same frame rate (32 instead of 94 MB per minute at 30 frames/s). Matroska, unlike MP4,
 needs no index written at the end, so a recording cut short by a power loss plays back up to its last
-complete frame. Where the codec cannot be opened (an OpenCV without FFmpeg, an odd frame size) the recorder
-falls back to Motion-JPEG in AVI, which OpenCV encodes itself.
+complete frame. Where the codec cannot be opened (an OpenCV built without FFmpeg) the recorder falls back to
+Motion-JPEG in AVI, which OpenCV encodes itself.
 
 A recording keeps to its frame rate: frames offered faster than ``fps`` are skipped
 (:meth:`VideoRecorder.due`), so the file plays at real speed and a lower ``video_fps`` means a smaller file.
