@@ -226,3 +226,16 @@ def test_recorder_keeps_to_its_frame_rate_and_to_owner_and_group(tmp_path: Path)
     assert written == recorder.frame_count == 10
     summary = recorder.close()
     assert _count_frames(summary.path)[0] == 10
+
+
+def test_recorder_falls_back_to_motion_jpeg_where_the_first_codec_cannot_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import devices.camera._recording as recording
+
+    monkeypatch.setattr(recording, "VIDEO_FORMATS", (("QQQQ", ".mkv"), ("MJPG", ".avi")))
+    recorder = VideoRecorder(tmp_path, (64, 48), fps=10.0, stem="fallback")
+    assert (recorder.path.name, recorder.fourcc) == ("fallback.avi", "MJPG")
+    recorder.write(np.zeros((48, 64, 3), np.uint8))
+    assert _count_frames(recorder.close().path)[0] == 1
+    assert not (tmp_path / "fallback.mkv").exists()
