@@ -985,6 +985,11 @@ class Controller:
             add("database", report.integrity == "ok", report.summary(), report.summary())
         except Exception as exc:
             add("database", False, "check failed", str(exc))
+        try:
+            space = await self.sessions.free_space()
+            add("disk space", space.ok, space.describe(), space.problem)
+        except Exception as exc:
+            add("disk space", False, "check failed", str(exc))
         backup = self.session.opened.backup_path if self.session else None
         add(
             "backup",

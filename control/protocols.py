@@ -11,9 +11,12 @@ Rules: no unknown keys; no NaN or Infinity (also refused as the JSON tokens ``Na
 Python's ``json`` accepts); ``step_number`` 1..N in order; ``duration_seconds`` > 0; powers >= 0 W and not
 above the protocol's own ``safety_limits.max_power_watts``; ``ring_size_mm`` > 0; ``ramp_type`` ``constant``
 (start power equals end power) or ``linear``; the total duration not above
-``safety_limits.max_duration_seconds``. Against the system (:class:`ValidationLimits`): no power above the
-system's ``max_laser_power_watts`` nor above what the active laser calibration covers, and every ring size
-within the actuator's calibrated range.
+``safety_limits.max_duration_seconds``; no number written with more than :data:`MAX_NUMBER_CHARACTERS`
+characters (Python refuses a long integer with a traceback, and no protocol value needs more). Against the
+system (:class:`ValidationLimits`): no power above the system's ``max_laser_power_watts`` nor above what the
+active laser calibration covers, every ring size within the actuator's calibrated range, and no step shorter
+than one period of the control loop (``1 / treatment_loop_frequency_hz``: the engine could not set its power
+even once).
 
 Every error names its field path in JSON-path form with 0-based list indexes, e.g.
 ``steps[1].power_end_watts: 12 W exceeds safety_limits.max_power_watts (10 W)`` for the second step.
@@ -59,6 +62,10 @@ DEFAULT_RING_AT_ZERO_MM: Final = 2.0
 DEFAULT_RING_MM_PER_UM: Final = 0.001
 #: Most setpoints :meth:`Plan.setpoints` returns (bounds the memory one preview can take).
 MAX_SETPOINTS: Final = 1_000_000
+#: The control loop's rate, Hz, where no database is at hand (the seed's ``treatment_loop_frequency_hz``).
+DEFAULT_LOOP_HZ: Final = 10.0
+#: Longest number accepted in a protocol file, in characters (sign, digits, point and exponent).
+MAX_NUMBER_CHARACTERS: Final = 40
 
 _VALIDATE_FIELDS_ONLY: Final = "fields_only"
 
@@ -222,9 +229,10 @@ class ValidationLimits:
     source: str
     laser_max_power_w: float | None = None
     laser_source: str = ""
+    loop_hz: float = DEFAULT_LOOP_HZ
 
     def __post_init__(self) -> None:
-        for name in ("max_system_power_w", "ring_min_mm", "ring_max_mm"):
+        for name in ("max_system_power_w", "ring_min_mm", "ring_max_mm", "loop_hz"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number; got {value!r}")
@@ -238,21 +246,29 @@ class ValidationLimits:
             raise ValueError(f"laser_max_power_w must be a finite number > 0 W; got {laser!r}")
         if self.max_system_power_w <= 0:
             raise ValueError(f"max_system_power_w must be > 0 W; got {self.max_system_power_w!r}")
+        if self.loop_hz <= 0:
+            raise ValueError(f"loop_hz must be > 0 Hz; got {self.loop_hz!r}")
         if not 0 < self.ring_min_mm <= self.ring_max_mm:
             raise ValueError(
                 "the ring range must satisfy 0 < min <= max; "
                 f"got {self.ring_min_mm!r}..{self.ring_max_mm!r} mm"
             )
 
+    @property
+    def min_step_s(self) -> float:
+        """Shortest step accepted, seconds: one period of the control loop."""
+        return 1.0 / self.loop_hz
+
     def describe(self) -> str:
-        """One line: the system power limit, the laser calibration's maximum (when known) and the ring range
-        with its source."""
+        """One line: the system power limit, the laser calibration's maximum (when known), the ring range
+        with its source and the shortest step."""
         laser = ""
         if self.laser_max_power_w is not None:
             laser = f"; laser calibrated up to {_n(self.laser_max_power_w)} W ({self.laser_source})"
         return (
             f"system maximum power {_n(self.max_system_power_w)} W{laser}; ring size {_n(self.ring_min_mm)}.."
-            f"{_n(self.ring_max_mm)} mm ({self.source})"
+            f"{_n(self.ring_max_mm)} mm ({self.source}); steps of at least {_n(self.min_step_s)} s "
+            f"(control loop {_n(self.loop_hz)} Hz)"
         )
 
 
@@ -273,6 +289,12 @@ def default_limits() -> ValidationLimits:
 def _system_problems(raw: Any, limits: ValidationLimits) -> list[str]:
     problems: list[str] = []
     for i, step in _steps_of(raw):
+        duration = _number(step.get("duration_seconds"))
+        if duration is not None and 0 < duration < limits.min_step_s:
+            problems.append(
+                f"steps[{i}].duration_seconds: {_n(duration)} s is shorter than one period of the control "
+                f"loop ({_n(limits.min_step_s)} s at treatment_loop_frequency_hz {_n(limits.loop_hz)})"
+            )
         for key in _POWER_KEYS:
             power = _number(step.get(key))
             if power is not None and power > limits.max_system_power_w:
@@ -363,6 +385,29 @@ def _pydantic_message(error: Mapping[str, Any]) -> str:
     return f"{path}: {error['msg']}"
 
 
+class _NumberTooLong(ValueError):
+    """A number in the JSON text longer than :data:`MAX_NUMBER_CHARACTERS`."""
+
+    def __init__(self, literal: str) -> None:
+        self.length = len(literal)
+        super().__init__(
+            f"invalid JSON: a number written with {self.length} characters; numbers in a protocol have at "
+            f"most {MAX_NUMBER_CHARACTERS}"
+        )
+
+
+def _int_literal(literal: str) -> int:
+    if len(literal) > MAX_NUMBER_CHARACTERS:
+        raise _NumberTooLong(literal)
+    return int(literal)
+
+
+def _float_literal(literal: str) -> float:
+    if len(literal) > MAX_NUMBER_CHARACTERS:
+        raise _NumberTooLong(literal)
+    return float(literal)
+
+
 def _load_json(text: str) -> tuple[Any, list[str]]:
     duplicates: list[str] = []
 
@@ -374,7 +419,7 @@ def _load_json(text: str) -> tuple[Any, list[str]]:
             obj[key] = value
         return obj
 
-    raw = json.loads(text, object_pairs_hook=pairs)
+    raw = json.loads(text, object_pairs_hook=pairs, parse_int=_int_literal, parse_float=_float_literal)
     return raw, duplicates
 
 
@@ -385,6 +430,8 @@ def _parse(text: str, limits: ValidationLimits | None) -> tuple[ProtocolDefiniti
         raw, errors = _load_json(text)
     except json.JSONDecodeError as exc:
         return None, [f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"]
+    except _NumberTooLong as exc:
+        return None, [str(exc)]
     except RecursionError:
         return None, ["invalid JSON: nested too deeply"]
     if not isinstance(raw, Mapping):
@@ -552,12 +599,14 @@ def protocol_type(defn: ProtocolDefinition) -> ProtocolType:
 
 
 async def load_limits(sessions: async_sessionmaker[AsyncSession]) -> ValidationLimits:
-    """The system's limits from the database: ``max_laser_power_watts`` from ``system_config``; the ring range
-    from the active actuator calibration or, where none is active, the default travel; the highest power the
-    active laser calibration covers, where one is active."""
+    """The system's limits from the database: ``max_laser_power_watts`` and ``treatment_loop_frequency_hz``
+    (default :data:`DEFAULT_LOOP_HZ` when absent) from ``system_config``; the ring range from the active
+    actuator calibration or, where none is active, the default travel; the highest power the active laser
+    calibration covers, where one is active."""
     async with sessions() as session:
         try:
             max_power = await ConfigRepository(session).get("max_laser_power_watts")
+            loop_hz = await ConfigRepository(session).get("treatment_loop_frequency_hz", DEFAULT_LOOP_HZ)
         except StorageError as exc:
             raise LimitsError(str(exc)) from exc
         try:
@@ -570,6 +619,13 @@ async def load_limits(sessions: async_sessionmaker[AsyncSession]) -> ValidationL
             raise LimitsError(f"active laser {exc}") from exc
     if isinstance(max_power, bool) or not isinstance(max_power, (int, float)) or not max_power > 0:
         raise LimitsError(f"config max_laser_power_watts must be a number > 0 W; got {max_power!r}")
+    if (
+        isinstance(loop_hz, bool)
+        or not isinstance(loop_hz, (int, float))
+        or not math.isfinite(loop_hz)
+        or not loop_hz > 0
+    ):
+        raise LimitsError(f"config treatment_loop_frequency_hz must be a number > 0 Hz; got {loop_hz!r}")
     if actuator is None:
         defaults = default_limits()
         ring_min, ring_max, source = defaults.ring_min_mm, defaults.ring_max_mm, defaults.source
@@ -582,6 +638,7 @@ async def load_limits(sessions: async_sessionmaker[AsyncSession]) -> ValidationL
         source=source,
         laser_max_power_w=None if laser is None else laser.curve.range[1],
         laser_source="" if laser is None else f"active {laser.describe()}",
+        loop_hz=float(loop_hz),
     )
 
 
@@ -653,8 +710,10 @@ async def install_library_protocols(sessions: async_sessionmaker[AsyncSession]) 
 
 
 __all__ = [
+    "DEFAULT_LOOP_HZ",
     "DEFAULT_MAX_SYSTEM_POWER_W",
     "DEFAULT_TRAVEL_UM",
+    "MAX_NUMBER_CHARACTERS",
     "MAX_SETPOINTS",
     "PROTOCOL_VERSION",
     "LibraryProtocol",

@@ -4,10 +4,17 @@ A session's life, as stored in ``sessions.status``::
 
     (open) -> in_progress <-> paused -> completed | aborted
 
-* :meth:`SessionService.open` checks the user, the subject, the protocol and that no other session is open,
-  takes an automatic backup of the database, then in one transaction inserts the session row (status
-  ``in_progress``, the protocol's latest saved version as ``protocol_data_snapshot``), creates the session's
-  folder ``sessions/<subject_code>/<session_id>/`` and counts one more use of the protocol.
+* :meth:`SessionService.open` checks the user, the subject, the protocol, that no other session is open and
+  that the data directory's file system has at least ``min_free_disk_mb`` free, takes an automatic backup of
+  the database, then in one transaction inserts the session row (status ``in_progress``, the protocol's latest
+  saved version as ``protocol_data_snapshot``, a new unique ``session_uid``), creates the session's folder
+  ``sessions/<subject_code>/<session_uid>/`` and counts one more use of the protocol. The folder is named by
+  the unique identifier, not the session id, so a database restored from an older backup (which hands out
+  session ids again), a renumbering or two consoles never meet a folder that is already there; where
+  ``sessions/<subject_code>`` is unusable (a file, a broken link) the folder is
+  ``sessions/<subject_code>-<session_uid>/`` instead, so a damaged folder never blocks the next session.
+  A subject created with the session takes a code of the clinic's pattern that was never issued before
+  (:mod:`control.subject_codes`), and the code is recorded as issued.
 * :meth:`SessionService.set_status` moves only between ``in_progress`` and ``paused``.
 * :meth:`SessionService.finish` closes an open session as ``completed`` or ``aborted`` (with a reason) and
   writes its summary (:class:`SessionSummary`, computed by :class:`SummaryAccumulator`), the telemetry file's
@@ -30,6 +37,8 @@ from __future__ import annotations
 import asyncio
 import math
 import re
+import secrets
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,6 +47,8 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from control.settings import read_min_free_disk_mb, read_subject_code_pattern
+from control.subject_codes import CodePattern, CodePatternError, codes_on_disk, record_issued
 from storage import (
     AuditRepository,
     DataDir,
@@ -65,8 +76,10 @@ OPEN_STATUSES: Final = ("in_progress", "paused")
 FINISHED_STATUSES: Final = ("completed", "aborted")
 #: The only status changes :meth:`SessionService.set_status` makes: (from, to).
 STATUS_TRANSITIONS: Final = frozenset({("in_progress", "paused"), ("paused", "in_progress")})
-#: Subject code pattern for a subject created when a session opens (``P-YYYY-NNNN``, ASCII digits).
+#: The default subject code form (``P-YYYY-NNNN``, ASCII digits); the clinic's ``subject_code_pattern`` rules.
 SUBJECT_CODE_PATTERN: Final = re.compile(r"P-[0-9]{4}-[0-9]{4}")
+#: Characters kept in a folder name made from a subject code (anything else becomes ``_``).
+_UNSAFE_IN_NAME: Final = re.compile(r"[^A-Za-z0-9_.-]")
 #: Longest post-treatment note accepted, in characters.
 MAX_NOTES_LENGTH: Final = 10_000
 #: Longest abort reason accepted, in characters.
@@ -256,6 +269,7 @@ class OpenedSession:
     folder: Path
     backup_path: Path | None
     started_at: datetime
+    session_uid: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,6 +297,50 @@ def _optional_text(name: str, value: object) -> str | None:
     if not isinstance(value, str):
         raise SessionRefused(f"{name} must be text; got {type(value).__name__}")
     return value if value.strip() else None
+
+
+@dataclass(frozen=True, slots=True)
+class FreeSpace:
+    """Free space of the data directory's file system against the floor ``min_free_disk_mb``, in megabytes
+    (10^6 bytes). ``problem`` says what is wrong (empty when ``ok``)."""
+
+    free_mb: float
+    floor_mb: int
+    problem: str
+
+    @property
+    def ok(self) -> bool:
+        """True when a session may open."""
+        return not self.problem
+
+    def describe(self) -> str:
+        """One line, e.g. ``41250 MB free (at least 1024 MB)``."""
+        return f"{self.free_mb:.0f} MB free (at least {self.floor_mb} MB)"
+
+
+async def free_space(session: AsyncSession, data_dir: DataDir) -> FreeSpace:
+    """Read ``min_free_disk_mb`` (through ``session``) and the free space of ``data_dir``'s file system."""
+    floor_mb, setting_problem = await read_min_free_disk_mb(session)
+    try:
+        usage = await asyncio.to_thread(shutil.disk_usage, data_dir.root)
+    except OSError as exc:
+        return FreeSpace(0.0, floor_mb, f"cannot read the free space of {data_dir.root}: {exc}")
+    free_mb = usage.free / 1e6
+    if free_mb < floor_mb:
+        return FreeSpace(
+            free_mb,
+            floor_mb,
+            f"only {free_mb:.0f} MB free in the data directory {data_dir.root}; a session needs at least "
+            f"{floor_mb} MB (setting min_free_disk_mb): free some space first"
+            + (f" ({setting_problem})" if setting_problem else ""),
+        )
+    return FreeSpace(free_mb, floor_mb, "")
+
+
+def new_session_uid(now: datetime) -> str:
+    """A new session identifier: the UTC start time and 48 random bits, e.g. ``20261206T142501Z-9f3a0c51d2e4``
+    (sorts by time; never the same twice in practice, and the database's unique index guarantees it)."""
+    return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(6)}"
 
 
 def _session_id(value: object) -> int:
@@ -391,21 +449,21 @@ class SessionService:
         """Open a session for ``subject_code`` run by ``username`` with the protocol ``protocol_name``.
 
         Refused (:class:`SessionRefused`) for an unknown or inactive user, an unknown subject (unless
-        ``create_subject``, when a code of the form ``P-YYYY-NNNN`` is created), an inactive subject, an
-        unknown or inactive protocol or one with no saved version, and while another session is open. With
-        ``backup`` the database is backed up first and the session is refused if that fails.
+        ``create_subject``, when a code of the clinic's pattern that was never issued is created), an inactive
+        subject, an unknown or inactive protocol or one with no saved version, while another session is open,
+        and when the data directory has less free space than ``min_free_disk_mb``. With ``backup`` the
+        database is backed up first and the session is refused if that fails.
         """
         subject_code = _require_text("the subject code", subject_code).strip()
         username = _require_text("the username", username).strip()
         protocol_name = _require_text("the protocol name", protocol_name).strip()
         site = _optional_text("the treatment site", treatment_site)
         notes = _optional_text("the treatment notes", treatment_notes)
-        if create_subject and not SUBJECT_CODE_PATTERN.fullmatch(subject_code):
-            raise SessionRefused(f"a new subject code must look like P-YYYY-NNNN; got {subject_code!r}")
         async with self._lock:
             # Check first, so a refused request costs no backup; check again inside the writing transaction.
             async with self._sessions() as session:
                 await self._check_open(session, subject_code, username, protocol_name, create_subject)
+                await self._check_disk(session)
             backup_path: Path | None = None
             if backup:
                 try:
@@ -439,8 +497,18 @@ class SessionService:
                 subject = checked.subject
                 audit = AuditRepository(session)
                 if subject is None:
+                    pattern = await self._new_code_pattern(session, subject_code)
+                    try:
+                        await asyncio.to_thread(record_issued, self._data_dir.root, subject_code)
+                    except OSError as exc:
+                        raise SessionRefused(
+                            f"cannot record the issued subject code {subject_code}: {exc}"
+                        ) from exc
                     subject = await SubjectsRepository(session).add(
-                        subject_code, created_by_tech_id=user.tech_id
+                        subject_code,
+                        created_by_tech_id=user.tech_id,
+                        form=pattern.regex,
+                        form_text=pattern.text,
                     )
                     await audit.add(
                         ACTION_SUBJECT_CREATE,
@@ -454,8 +522,10 @@ class SessionService:
                         timestamp=now,
                     )
                 repo = SessionsRepository(session)
+                uid = new_session_uid(now)
                 row = await repo.add(
                     TreatmentSession(
+                        session_uid=uid,
                         subject_id=subject.subject_id,
                         tech_id=user.tech_id,
                         protocol_id=protocol.protocol_id,
@@ -467,8 +537,7 @@ class SessionService:
                         protocol_data_snapshot=checked.protocol_data,
                     )
                 )
-                folder = self._data_dir.session_folder(subject.subject_code, row.session_id)
-                created_folders = self._make_folder(folder)
+                folder, created_folders = self._make_folder(subject.subject_code, uid)
                 row.session_folder_path = str(folder)
                 await repo.save(row)
                 await ProtocolsRepository(session).record_use(protocol.protocol_id, when=now)
@@ -502,32 +571,64 @@ class SessionService:
                     folder=folder,
                     backup_path=backup_path,
                     started_at=now,
+                    session_uid=uid,
                 )
         except BaseException:
             self._remove_empty_folders(created_folders)
             raise
         return opened
 
-    def _make_folder(self, folder: Path) -> list[Path]:
-        """Create the session folder; return the folders this call created, outermost first.
+    def _make_folder(self, subject_code: str, uid: str) -> tuple[Path, list[Path]]:
+        """Create the session's folder; return it and the folders this call created, outermost first.
 
-        A failed open removes them again. A folder that exists and holds files (left from a database restored
-        to an earlier state) is refused: one session's files are never mixed with another's.
+        ``sessions/<subject_code>/<uid>``, or ``sessions/<subject_code>-<uid>`` where the subject's folder
+        cannot hold it (a file or a broken link in its place). A failed open removes what it created. A
+        folder that exists already is never used: one session's files are never mixed with another's.
         """
-        if folder.exists():
-            if not folder.is_dir() or any(folder.iterdir()):
-                raise SessionRefused(
-                    f"the session folder {folder} already exists and is not empty; move it aside first"
-                )
-            return []
-        missing = [folder]
-        while not missing[-1].parent.exists():
-            missing.append(missing[-1].parent)
+        name = _UNSAFE_IN_NAME.sub("_", subject_code)
+        if name in ("", ".", ".."):
+            name = "_"
+        problems: list[str] = []
+        for folder in (self._data_dir.sessions / name / uid, self._data_dir.sessions / f"{name}-{uid}"):
+            if folder.exists() or folder.is_symlink():
+                problems.append(f"{folder} already exists")
+                continue
+            missing = [folder]
+            while not missing[-1].parent.exists():
+                missing.append(missing[-1].parent)
+            try:
+                folder.mkdir(parents=True)
+            except OSError as exc:
+                problems.append(f"cannot create {folder}: {exc.strerror or exc}")
+                continue
+            return folder, missing[::-1]
+        raise SessionRefused("no session folder could be created: " + "; ".join(problems))
+
+    async def _check_disk(self, session: AsyncSession) -> None:
+        """Refuse when the data directory's file system has less free space than ``min_free_disk_mb``."""
+        space = await free_space(session, self._data_dir)
+        if not space.ok:
+            raise SessionRefused(space.problem)
+
+    async def free_space(self) -> FreeSpace:
+        """The free space of the data directory against ``min_free_disk_mb`` (the pre-treatment check)."""
+        async with self._sessions() as session:
+            return await free_space(session, self._data_dir)
+
+    async def _new_code_pattern(self, session: AsyncSession, subject_code: str) -> CodePattern:
+        """The clinic's code pattern, once ``subject_code`` is known to match it and never to have been
+        issued (SessionRefused otherwise)."""
         try:
-            folder.mkdir(parents=True)
-        except OSError as exc:
-            raise SessionRefused(f"cannot create the session folder {folder}: {exc}") from exc
-        return missing[::-1]
+            pattern = await read_subject_code_pattern(session)
+            pattern.check(subject_code, example_year=self._clock().year)
+        except CodePatternError as exc:
+            raise SessionRefused(f"a new subject code: {exc}") from None
+        if subject_code in await asyncio.to_thread(codes_on_disk, self._data_dir.root):
+            raise SessionRefused(
+                f"subject code {subject_code} was issued before (the data directory keeps it) and is not in "
+                "this database (restored from an older backup?); codes are never given twice: use a new code"
+            )
+        return pattern
 
     @staticmethod
     def _remove_empty_folders(created: list[Path]) -> None:
@@ -554,6 +655,8 @@ class SessionService:
         subject = await SubjectsRepository(session).find_subject_by_code(subject_code)
         if subject is None and not create_subject:
             raise SessionRefused(f"no subject with code {subject_code}")
+        if subject is None:
+            await self._new_code_pattern(session, subject_code)
         if subject is not None and not _is_active(subject.is_active):
             raise SessionRefused(f"subject {subject_code} is inactive")
         protocols = ProtocolsRepository(session)
@@ -710,8 +813,8 @@ class SessionService:
         and ``end_time`` (naive UTC), ``duration_seconds``, ``abort_reason``, ``treatment_site``,
         ``laser_on_time_s``, ``avg_power_w``, ``max_power_w``, ``energy_j``, ``treatment_notes``,
         ``post_treatment_notes``, ``event_count`` (treatment events), ``safety_event_count`` (``safety_log``
-        rows), ``folder``, ``telemetry_path``, ``telemetry_line_count``, ``telemetry_sha256`` and
-        ``video_path``.
+        rows), ``folder``, ``session_uid`` (None for sessions recorded before it existed),
+        ``telemetry_path``, ``telemetry_line_count``, ``telemetry_sha256`` and ``video_path``.
         """
         session_id = _session_id(session_id)
         async with self._sessions() as session:
@@ -741,6 +844,7 @@ class SessionService:
                 "event_count": events,
                 "safety_event_count": len(safety),
                 "folder": row.session_folder_path,
+                "session_uid": row.session_uid,
                 "telemetry_path": row.telemetry_path,
                 "telemetry_line_count": row.telemetry_line_count,
                 "telemetry_sha256": row.telemetry_sha256,
@@ -762,6 +866,7 @@ __all__ = [
     "OPEN_STATUSES",
     "STATUS_TRANSITIONS",
     "FinishStatus",
+    "FreeSpace",
     "OpenedSession",
     "SessionError",
     "SessionRefused",
@@ -769,4 +874,6 @@ __all__ = [
     "SessionStatus",
     "SessionSummary",
     "SummaryAccumulator",
+    "free_space",
+    "new_session_uid",
 ]

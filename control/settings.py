@@ -20,6 +20,8 @@ from storage.errors import ConfigValueError
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+    from control.subject_codes import CodePattern
+
 
 ControllerMode = Literal["start", "connect", "off"]
 ImageProtocol = Literal["auto", "halfblock"]
@@ -135,3 +137,47 @@ async def read_auto_lock_minutes(sessions: async_sessionmaker[AsyncSession]) -> 
             f"using {DEFAULT_AUTO_LOCK_MINUTES} minutes"
         )
     return value, None
+
+
+#: ``system_config`` key: free space, in megabytes, the data directory's file system must keep for a session
+#: to open.
+MIN_FREE_DISK_KEY = "min_free_disk_mb"
+#: Used when the key is absent or its value is unusable.
+DEFAULT_MIN_FREE_DISK_MB = 1024
+#: Largest floor accepted from the configuration, in megabytes (10 TB).
+MAX_MIN_FREE_DISK_MB = 10_000_000
+
+
+async def read_min_free_disk_mb(session: AsyncSession) -> tuple[int, str | None]:
+    """The free-space floor in megabytes from ``system_config``, as ``(megabytes, problem)``.
+
+    ``problem`` is ``None`` normally, or a one-line reason when the stored value was unusable (not an integer,
+    or outside 0 to :data:`MAX_MIN_FREE_DISK_MB`) and :data:`DEFAULT_MIN_FREE_DISK_MB` was used instead. 0
+    switches the floor off.
+    """
+    from storage.repositories import ConfigRepository  # SQLAlchemy: loaded once the database is open
+
+    try:
+        value = await ConfigRepository(session).get(MIN_FREE_DISK_KEY, DEFAULT_MIN_FREE_DISK_MB)
+    except ConfigValueError as exc:
+        return DEFAULT_MIN_FREE_DISK_MB, f"{exc}; using {DEFAULT_MIN_FREE_DISK_MB} MB"
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_MIN_FREE_DISK_MB:
+        return DEFAULT_MIN_FREE_DISK_MB, (
+            f"config {MIN_FREE_DISK_KEY}: {value!r} is outside 0 to {MAX_MIN_FREE_DISK_MB} MB; "
+            f"using {DEFAULT_MIN_FREE_DISK_MB} MB"
+        )
+    return value, None
+
+
+async def read_subject_code_pattern(session: AsyncSession) -> CodePattern:
+    """The clinic's subject code pattern from ``system_config`` (``subject_code_pattern``, default
+    ``P-YYYY-NNNN``). Raises :class:`~control.subject_codes.CodePatternError` naming the setting when the
+    stored pattern is unusable: codes are never made up from a pattern nobody chose."""
+    from control.subject_codes import DEFAULT_PATTERN, PATTERN_KEY, CodePattern, CodePatternError
+    from storage.repositories import ConfigRepository
+
+    try:
+        text = await ConfigRepository(session).get(PATTERN_KEY, DEFAULT_PATTERN)
+        return CodePattern.parse(text)
+    except (ConfigValueError, CodePatternError) as exc:
+        raise CodePatternError(f"config {PATTERN_KEY}: {exc}") from None

@@ -22,7 +22,7 @@ from typing import Any
 
 from control.accounts import HashingParameters
 from control.controller import Controller
-from control.protocols import ProtocolError, parse_protocol, protocol_type
+from control.protocols import LimitsError, ProtocolError, check_protocol, load_limits, protocol_type
 from control.supervisor import Refused, SystemState
 from storage.repositories import ProtocolsRepository
 
@@ -104,7 +104,11 @@ async def _ensure_protocol(controller: Controller, protocol: str) -> str:
     except (OSError, UnicodeDecodeError) as exc:
         raise Refused(f"cannot read {path}: {exc}") from None
     try:
-        defn = parse_protocol(text)
+        limits = await load_limits(controller.db)
+    except LimitsError as exc:
+        raise Refused(f"cannot read the system's limits: {exc}") from None
+    try:
+        defn = check_protocol(text, limits).definition
     except ProtocolError as exc:
         raise Refused(f"{path}: " + "; ".join(exc.errors)) from None
     name = path.stem

@@ -1,10 +1,14 @@
 """Subjects: finding, creating, editing, deactivating, and each subject's treatment history.
 
-A subject is known only by a pseudonymous code ``P-YYYY-NNNN`` (``YYYY`` the year it was created, ``NNNN``
-its number within that year, from 0001). :meth:`SubjectService.next_code` gives the next free number of a
-year; when two consoles create a subject at the same moment, the database's UNIQUE constraint on
-``subject_code`` refuses the second insert and :meth:`SubjectService.create` retries with the next number, so
-no code is ever given twice.
+A subject is known only by a pseudonymous code of the clinic's pattern, the setting ``subject_code_pattern``
+(default ``P-YYYY-NNNN``: ``YYYY`` the year it was created, ``NNNN`` its number within that year, from 0001;
+the pattern language is in :mod:`control.subject_codes`). :meth:`SubjectService.next_code` gives the next free
+number of a year, counting the codes in the database and, when the service knows the data directory, the
+codes its session folders and its issued codes file show were issued before (a database restored from an
+older backup does not know them); a typed code must match the pattern and must never have been issued. When
+two consoles create a subject at the same moment, the database's UNIQUE constraint on ``subject_code`` refuses
+the second insert and :meth:`SubjectService.create` retries with the next number, so no code is ever given
+twice. Each created code is appended to the issued codes file before the subject is written.
 
 Checks made before anything is written (each refusal raises :class:`SubjectError` with a message a person can
 act on, and changes nothing): the code's form and that it is unused, a birth date not in the future nor before
@@ -21,11 +25,14 @@ average power in watts, energy in joules.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
+from pathlib import Path
 from typing import Any, Final
 
 from sqlalchemy import func, insert, select, update
@@ -34,9 +41,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from control.clock import Clock, utc_now
 from control.sessions import ACTION_SUBJECT_CREATE, ENTITY_SUBJECT, OPEN_STATUSES
-from storage import AuditRepository, SessionsRepository, Subject, TechUser, TreatmentSession
+from control.settings import read_subject_code_pattern
+from control.subject_codes import CodePattern, CodePatternError, codes_on_disk, record_issued
+from storage import AuditRepository, DataDir, SessionsRepository, Subject, TechUser, TreatmentSession
 
-#: A subject code: ``P-`` four-digit year ``-`` four-digit number (ASCII digits only).
+#: A subject code of the default pattern: ``P-`` four-digit year ``-`` four-digit number (ASCII digits only).
 SUBJECT_CODE_PATTERN: Final = re.compile(r"P-([0-9]{4})-([0-9]{4})")
 #: Values accepted in ``subjects.gender`` (None means not recorded).
 GENDERS: Final = ("female", "male", "other", "unknown")
@@ -128,7 +137,8 @@ def history_totals(rows: Sequence[HistoryRow]) -> HistoryTotals:
 
 
 def check_code(code: str) -> str:
-    """Return ``code`` if it has the form ``P-YYYY-NNNN`` with a number from 0001; SubjectError otherwise."""
+    """Return ``code`` if it has the default form ``P-YYYY-NNNN`` with a number from 0001; SubjectError
+    otherwise (the service checks against the configured pattern instead)."""
     if not isinstance(code, str) or not SUBJECT_CODE_PATTERN.fullmatch(code):
         raise SubjectError(f"subject code must look like P-YYYY-NNNN (e.g. P-2026-0001); got {code!r}")
     if int(code[-4:]) == 0:
@@ -220,6 +230,8 @@ class SubjectService:
         sessions: the session maker of the records database.
         clock: returns naive UTC now (the year of new codes, "today" for birth dates, modification times).
         terminal: the terminal recorded in audit rows (None when unknown).
+        data_dir: the data directory; when given, codes its session folders and issued codes file show were
+            issued count as used, and each created code is recorded there.
     """
 
     def __init__(
@@ -228,10 +240,32 @@ class SubjectService:
         clock: Clock = utc_now,
         *,
         terminal: str | None = None,
+        data_dir: DataDir | Path | None = None,
     ) -> None:
         self._sessions = sessions
         self._clock = clock
         self._terminal = terminal
+        self._data_root = (
+            None if data_dir is None else data_dir.root if isinstance(data_dir, DataDir) else Path(data_dir)
+        )
+
+    async def _on_disk(self) -> frozenset[str]:
+        """Codes the data directory shows were issued (none when the service has no data directory)."""
+        if self._data_root is None:
+            return frozenset()
+        return frozenset(await asyncio.to_thread(codes_on_disk, self._data_root))
+
+    @staticmethod
+    async def _pattern(session: AsyncSession) -> CodePattern:
+        try:
+            return await read_subject_code_pattern(session)
+        except CodePatternError as exc:
+            raise SubjectError(str(exc)) from None
+
+    async def pattern(self) -> CodePattern:
+        """The clinic's subject code pattern (SubjectError when the setting is unusable)."""
+        async with self._sessions() as session:
+            return await self._pattern(session)
 
     # -- reading -------------------------------------------------------------------------------------------
 
@@ -261,10 +295,13 @@ class SubjectService:
         return None if row is None else _info(row)
 
     async def next_code(self, year: int | None = None) -> str:
-        """The next free code ``P-YYYY-NNNN`` of ``year`` (default: the clock's year): one more than the
-        highest number used that year; codes not of that form are ignored."""
+        """The next free code of the clinic's pattern in ``year`` (default: the clock's year): one more than
+        the highest number used that year in the database or issued before (see the module documentation);
+        codes not of the pattern's form are ignored."""
+        on_disk = await self._on_disk()
         async with self._sessions() as session:
-            return await self._next_code(session, self._year(year))
+            pattern = await self._pattern(session)
+            return await self._next_code(session, self._year(year), pattern, on_disk)
 
     def _year(self, year: int | None) -> int:
         chosen = self._clock().year if year is None else year
@@ -273,19 +310,14 @@ class SubjectService:
         return chosen
 
     @staticmethod
-    async def _next_code(session: AsyncSession, year: int) -> str:
-        prefix = f"P-{year:04d}-"
-        codes = await session.execute(
-            select(Subject.subject_code).where(Subject.subject_code.startswith(prefix, autoescape=True))
-        )
-        highest = 0
-        for (code,) in codes:
-            match = SUBJECT_CODE_PATTERN.fullmatch(code)
-            if match is not None:
-                highest = max(highest, int(match.group(2)))
-        if highest >= MAX_CODE_NUMBER:
-            raise SubjectError(f"every subject code of {year} is used (up to {prefix}{MAX_CODE_NUMBER})")
-        return f"{prefix}{highest + 1:04d}"
+    async def _next_code(
+        session: AsyncSession, year: int, pattern: CodePattern, on_disk: frozenset[str] = frozenset()
+    ) -> str:
+        codes = (await session.execute(select(Subject.subject_code))).scalars()
+        try:
+            return pattern.next_code(itertools.chain(codes, on_disk), year)
+        except CodePatternError as exc:
+            raise SubjectError(str(exc)) from None
 
     async def history(self, subject_code: str) -> list[HistoryRow]:
         """The subject's sessions, newest first, with each session's summary numbers."""
@@ -320,20 +352,43 @@ class SubjectService:
         code: str | None = None,
     ) -> SubjectInfo:
         """Add a subject and return it. With no ``code`` the next free one of the clock's year is used
-        (and, if another console takes it first, the one after). A given ``code`` already used is refused."""
+        (and, if another console takes it first, the one after). A given ``code`` must match the clinic's
+        pattern, and is refused when it exists or was ever issued."""
         now = self._clock()
-        if code is not None:
-            check_code(code)
+        if code is not None and not isinstance(code, str):
+            raise SubjectError(f"subject code must be text; got {type(code).__name__}")
         dob = check_birth_date(date_of_birth, now.date())
         gender = check_gender(gender)
         notes = check_notes(notes)
         for _attempt in range(CREATE_ATTEMPTS):
+            on_disk = await self._on_disk()
             try:
                 async with self._sessions() as session, session.begin():
                     user = await session.get(TechUser, created_by_tech_id)
                     if user is None:
                         raise SubjectError(f"no user with id {created_by_tech_id}")
-                    chosen = code if code is not None else await self._next_code(session, now.year)
+                    pattern = await self._pattern(session)
+                    if code is not None:
+                        try:
+                            pattern.check(code, example_year=now.year)
+                        except CodePatternError as exc:
+                            raise SubjectError(str(exc)) from None
+                        if code in on_disk:
+                            following = await self._next_code(session, now.year, pattern, on_disk)
+                            raise SubjectError(
+                                f"subject code {code} was issued before (the data directory keeps it); "
+                                f"codes are never given twice: the next free code is {following}"
+                            )
+                        chosen = code
+                    else:
+                        chosen = await self._next_code(session, now.year, pattern, on_disk)
+                    if self._data_root is not None:
+                        try:
+                            await asyncio.to_thread(record_issued, self._data_root, chosen)
+                        except OSError as exc:
+                            raise SubjectError(
+                                f"cannot record the issued code {chosen} in the data directory: {exc}"
+                            ) from exc
                     result = await session.execute(
                         insert(Subject)
                         .values(

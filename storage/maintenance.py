@@ -283,7 +283,9 @@ def _in_running_loop() -> bool:
 def upgrade(data_dir: DataDir) -> UpgradeResult:
     """Bring ``data_dir``'s database to the head revision, creating it if absent.
 
-    An existing database is checked first (``quick_check``, ours, at a known revision) and backed up before
+    Every folder and file of the data directory is first restricted to its owner and group
+    (:meth:`DataDir.restrict_modes`: a directory made under a looser umask is tightened here). An existing
+    database is checked first (``quick_check``, ours, at a known revision) and backed up before
     any migration runs; a database already at head is left alone (no backup). Either way it ends with the
     start-up ``quick_check``. The caller should hold the console lock (the console does; ``tosca db upgrade``
     takes it and the rig lock). A failed migration is rolled back and raises :class:`StorageError`.
@@ -299,6 +301,7 @@ def upgrade(data_dir: DataDir) -> UpgradeResult:
     previous: str | None = None
     backup: Path | None = None
     state = _schema_state(db_path)
+    data_dir.restrict_modes()
     if state == "present":
         previous = check_database(db_path, quick=True, require_head=False).revision
         if previous == head:
@@ -306,6 +309,7 @@ def upgrade(data_dir: DataDir) -> UpgradeResult:
     if state != "absent":
         backup = backup_database(data_dir)
     _migrate(db_path, head, backup)
+    data_dir.restrict_modes()
     report = check_database(db_path, quick=True)
     return UpgradeResult(previous=previous, current=report.revision, backup=backup)
 
@@ -427,6 +431,7 @@ def restore(data_dir: DataDir, source: Path, *, terminal: str | None = None) -> 
         if report.revision != head_revision():
             _migrate(db_path, head_revision(), replaced)
         final = check_database(db_path, quick=True)
+        data_dir.restrict_modes()
         record_audit(
             db_path,
             "db_restore",
@@ -444,6 +449,7 @@ def restore(data_dir: DataDir, source: Path, *, terminal: str | None = None) -> 
 def backup(data_dir: DataDir, *, terminal: str | None = None) -> Path:
     """Back up the database (see :func:`storage.backup.backup_database`) and record it in ``audit_log``."""
     path = backup_database(data_dir)
+    data_dir.restrict_modes()
     if schema_revision(data_dir.db_path) == head_revision():
         record_audit(
             data_dir.db_path, "db_backup", "success", terminal=terminal, details={"backup": str(path)}

@@ -51,8 +51,13 @@ RECORDING_TYPES: Final = ("video", "snapshot", "focus_stack")
 CONFIG_TYPES: Final = ("string", "integer", "float", "boolean", "json")
 #: Allowed ``audit_log.outcome`` values.
 AUDIT_OUTCOMES: Final = ("success", "failure")
-#: ``subjects.subject_code`` pattern (P-YYYY-NNNN) as an SQLite GLOB.
+#: The seed's ``subjects.subject_code`` form (P-YYYY-NNNN) as an SQLite GLOB.
 SUBJECT_CODE_GLOB: Final = "P-[0-9][0-9][0-9][0-9]-[0-9][0-9][0-9][0-9]"
+#: ``subjects.subject_code`` CHECK: 1 to 32 characters of ``A-Z a-z 0-9 - _`` (a clinic's own pattern; codes
+#: are also folder names). The console checks codes against the configured pattern.
+SUBJECT_CODE_CHECK: Final = (
+    "length(subject_code) BETWEEN 1 AND 32 AND subject_code NOT GLOB '*[^A-Za-z0-9_-]*'"
+)
 #: Tables that triggers in the database keep append-only.
 APPEND_ONLY_TABLES: Final = ("treatment_events", "safety_log", "audit_log")
 #: The seed's convenience views.
@@ -148,7 +153,7 @@ class Subject(Base):
 
     __tablename__ = "subjects"
     __table_args__ = (
-        CheckConstraint(f"subject_code GLOB '{SUBJECT_CODE_GLOB}'", name="ck_subjects_subject_code"),
+        CheckConstraint(SUBJECT_CODE_CHECK, name="ck_subjects_subject_code"),
         Index("idx_subject_code", "subject_code", unique=True),
         Index("idx_subject_active", "is_active"),
         Index("idx_subject_created_date", "created_date"),
@@ -197,7 +202,8 @@ class TreatmentSession(Base):
     Summary columns are filled at the end: laser-on time in seconds, time-weighted average and maximum
     measured power in watts, delivered energy in joules. The telemetry columns describe the session's
     JSON-lines telemetry file: its path, its number of complete lines and the SHA-256 of its bytes (64
-    lower-case hex digits).
+    lower-case hex digits). ``session_uid`` is the session's unique identifier, the name of its folder (NULL
+    for sessions recorded before it existed, whose folders are named by their id).
     """
 
     __tablename__ = "sessions"
@@ -216,6 +222,12 @@ class TreatmentSession(Base):
             "AND telemetry_sha256 NOT GLOB '*[^0-9a-f]*')",
             name="ck_sessions_telemetry_sha256",
         ),
+        CheckConstraint(
+            "session_uid IS NULL OR (length(session_uid) BETWEEN 8 AND 64 "
+            "AND session_uid NOT GLOB '*[^0-9A-Za-z-]*')",
+            name="ck_sessions_session_uid",
+        ),
+        Index("uq_sessions_session_uid", "session_uid", unique=True),
         Index("idx_session_subject", "subject_id"),
         Index("idx_session_tech", "tech_id"),
         Index("idx_session_start_time", "start_time"),
@@ -249,6 +261,7 @@ class TreatmentSession(Base):
     telemetry_path: Mapped[str | None]
     telemetry_line_count: Mapped[int | None]
     telemetry_sha256: Mapped[str | None]
+    session_uid: Mapped[str | None]
 
 
 class TreatmentEvent(Base):

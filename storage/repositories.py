@@ -388,10 +388,13 @@ class SubjectsRepository:
         date_of_birth: date | None = None,
         gender: str | None = None,
         notes: str | None = None,
+        form: re.Pattern[str] = SUBJECT_CODE_RE,
+        form_text: str = "P-YYYY-NNNN",
     ) -> Subject:
-        """Insert a subject; the code must be ``P-YYYY-NNNN`` and unused."""
-        if not SUBJECT_CODE_RE.fullmatch(subject_code or ""):
-            raise ValueError(f"subject code must look like P-YYYY-NNNN; got {subject_code!r}")
+        """Insert a subject; the code must match ``form`` (by default ``P-YYYY-NNNN``; a clinic's own pattern
+        is given with its text for the message) and be unused."""
+        if not form.fullmatch(subject_code or ""):
+            raise ValueError(f"subject code must look like {form_text}; got {subject_code!r}")
         if await self.find_subject_by_code(subject_code) is not None:
             raise ValueError(f"subject code {subject_code} already exists")
         subject = Subject(

@@ -2,9 +2,12 @@
 
 ``tosca [--data-dir DIR] [--sim] [--kiosk]`` opens the console; the sub-commands are thin wrappers over
 ``control``, ``devices`` and ``storage``. Exit codes: 0 success, 1 refused or failed (one-line reason on
-stderr), 2 usage. Each sub-command lives in its own module under :mod:`tui.commands`. Every module is loaded
-to build the parser, so each keeps its module-level imports light and imports what it works with (Textual, the
-simulators, SQLAlchemy) inside ``run``.
+stderr), 2 usage. Every ``tosca`` process first sets its umask to 027
+(:func:`storage.paths.set_process_umask`): what it writes in the data directory (records, backups, logs,
+session files) is never readable by other local users, whatever umask it was started with. Each sub-command
+lives in its own module under :mod:`tui.commands`. Every module is loaded to build the parser, so each keeps
+its module-level imports light and imports what it works with (Textual, the simulators, SQLAlchemy) inside
+``run``.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from storage.paths import set_process_umask
 from tui.commands import add_data_dir_option
 
 #: Sub-command name -> module under ``tui.commands`` with ``register(subparsers)`` and ``run(args) -> int``.
@@ -42,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    set_process_umask()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.data_dir is None:

@@ -5,7 +5,7 @@ A camera is configured as a device index, a video file path or ``"sim"`` (:func:
 queue of one; its :meth:`CameraCapture.status` reports ok, frozen, no_frames or not_opened with a reason. A
 :class:`FrameAnalyser` runs the :class:`RingDetector` (ring centre and diameter in px and mm, focus score as
 the variance of the Laplacian) on a worker thread; :class:`CameraMonitor` ties the two together. Recording
-writes MJPG ``.avi`` files (:class:`VideoRecorder`); :func:`save_snapshot` writes PNG files;
+writes MPEG-4 ``.mkv`` files (:class:`VideoRecorder`); :func:`save_snapshot` writes PNG files;
 :func:`make_preview` and :func:`encode_jpeg` make the small previews the console shows.
 
 Typical use in the controller::

@@ -366,8 +366,8 @@ class CameraCapture:
     # -- recording -------------------------------------------------------------------------------------------
 
     async def start_recording(self, folder: Path, *, fps: float = 30.0, stem: str | None = None) -> Path:
-        """Record every frame the thread reads from now on into an MJPG ``.avi`` in ``folder``; returns its
-        path.
+        """Record the frames the thread reads from now on, at most ``fps`` a second, into a video file in
+        ``folder`` (:class:`VideoRecorder`: ``mp4v`` in ``.mkv``); returns its path.
 
         The frame size is that of the latest frame, so at least one frame must have been read; the file is
         created off the loop. Raises RuntimeError if a recording is already running or no frame was read yet,
@@ -531,6 +531,8 @@ class CameraCapture:
         with self._write_lock:
             if recorder is not self._recorder:
                 return  # stopped meanwhile
+            if not recorder.due(frame.timestamp):
+                return  # faster than the recording's frame rate
             try:
                 recorder.write(frame.image, frame.timestamp)
             except (ValueError, RecordingError) as exc:

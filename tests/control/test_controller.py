@@ -101,6 +101,7 @@ async def test_a_whole_session_is_recorded(controller: Controller, data: DataDir
         "devices",
         "storage",
         "database",
+        "disk space",
         "backup",
     } <= names
     assert {"calibration laser", "calibration photodiode", "calibration actuator"} <= names
@@ -169,6 +170,32 @@ async def test_a_whole_session_is_recorded(controller: Controller, data: DataDir
     assert summary["post_treatment_notes"] == "no redness"
     with pytest.raises(Exception, match="already"):
         await controller.end_session("second notes")
+
+
+async def test_free_space_below_the_floor_is_a_failing_check_and_refuses_the_next_session(
+    controller: Controller, data: DataDir
+) -> None:
+    opened = await controller.open_session(
+        subject_code=SUBJECT, username=USERNAME, protocol_name="short", create_subject=True
+    )
+    space = next(c for c in await wait_prechecks(controller) if c["name"] == "disk space")
+    assert space["ok"] and space["value"].endswith("MB free (at least 1024 MB)")
+    with _db(data) as db:
+        db.execute("UPDATE system_config SET config_value = '9999999' WHERE config_key = 'min_free_disk_mb'")
+    space = next(c for c in await controller.prechecks() if c["name"] == "disk space")
+    assert not space["ok"]
+    assert (
+        "a session needs at least 9999999 MB (setting min_free_disk_mb): free some space" in (space["detail"])
+    )
+    with pytest.raises(Refused, match="disk space"):
+        await controller.arm(PASSWORD)
+    assert controller.supervisor.state is SystemState.READY
+    await controller.abort("no space")
+    with pytest.raises(Refused, match=r"only \d+ MB free in the data directory"):
+        await controller.open_session(subject_code=SUBJECT, username=USERNAME, protocol_name="short")
+    with _db(data) as db:
+        assert db.execute("SELECT COUNT(*) FROM sessions").fetchone()[0] == 1
+    assert opened["session_id"] == 1
 
 
 async def test_pedal_release_is_not_a_fault_and_stops_the_step_clock(controller: Controller) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
+import shutil
 import sqlite3
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
@@ -35,6 +37,7 @@ from storage import (
     TreatmentSession,
 )
 from storage.repositories import (
+    ConfigRepository,
     ProtocolsRepository,
     SafetyLogRepository,
     SessionsRepository,
@@ -300,10 +303,10 @@ def completed_summary() -> SessionSummary:
             {"subject_code": INACTIVE_SUBJECT, "create_subject": True},
             f"subject {INACTIVE_SUBJECT} is inactive",
         ),
-        ({"subject_code": "X-12", "create_subject": True}, "a new subject code must look like P-YYYY-NNNN"),
+        ({"subject_code": "X-12", "create_subject": True}, "subject code must look like P-YYYY-NNNN"),
         (
             {"subject_code": "P-2026-12345", "create_subject": True},
-            "a new subject code must look like P-YYYY-NNNN",
+            "subject code must look like P-YYYY-NNNN",
         ),
         ({"protocol_name": "Missing"}, "no protocol named 'Missing'"),
         ({"protocol_name": "Retired"}, "protocol 'Retired' is inactive"),
@@ -351,7 +354,8 @@ async def test_open_round_trip_with_backup(
     assert opened.protocol_version == 2
     assert opened.protocol_data == PROTOCOL_V2
     assert opened.started_at == clock.now
-    assert opened.folder == data_dir.sessions / SUBJECT / str(opened.session_id)
+    assert re.fullmatch(r"20260314T093000Z-[0-9a-f]{12}", opened.session_uid)
+    assert opened.folder == data_dir.sessions / SUBJECT / opened.session_uid
     assert opened.folder.is_dir()
 
     row = await session_row(sessions, opened.session_id)
@@ -429,17 +433,51 @@ async def test_open_refused_when_the_backup_fails(
     assert list(data_dir.sessions.iterdir()) == []
 
 
-async def test_open_refuses_a_folder_that_already_holds_files(
+async def test_files_left_by_an_earlier_database_never_block_nor_mix_with_a_new_session(
     service: SessionService, sessions: async_sessionmaker[AsyncSession], data_dir: DataDir
 ) -> None:
     # Session ids start at 1; files for id 1 left behind by a database restored to an earlier state.
     stale = data_dir.session_folder(SUBJECT, 1)
     stale.mkdir(parents=True)
     (stale / "telemetry.jsonl").write_text("{}\n")
-    with pytest.raises(SessionRefused, match="already exists and is not empty"):
-        await open_standard(service)
-    assert await count_sessions(sessions) == 0
+    opened = await open_standard(service)
+    assert opened.session_id == 1
+    assert opened.folder != stale and opened.folder.parent == stale.parent
+    assert list(opened.folder.iterdir()) == []
     assert (stale / "telemetry.jsonl").read_text() == "{}\n"
+    row = await session_row(sessions, opened.session_id)
+    assert (row.session_uid, row.session_folder_path) == (opened.session_uid, str(opened.folder))
+
+
+async def test_a_broken_subject_folder_never_blocks_the_next_session(
+    service: SessionService, sessions: async_sessionmaker[AsyncSession], data_dir: DataDir
+) -> None:
+    # A file where the subject's folder should be (a damaged disk, a mistaken copy).
+    data_dir.sessions.mkdir(parents=True, exist_ok=True)
+    (data_dir.sessions / SUBJECT).write_text("not a folder")
+    opened = await open_standard(service)
+    assert opened.folder == data_dir.sessions / f"{SUBJECT}-{opened.session_uid}"
+    assert opened.folder.is_dir()
+    assert (data_dir.sessions / SUBJECT).read_text() == "not a folder"
+
+
+async def test_a_session_does_not_open_below_the_free_space_floor(
+    service: SessionService, sessions: async_sessionmaker[AsyncSession], data_dir: DataDir
+) -> None:
+    free_mb = shutil.disk_usage(data_dir.root).free / 1e6
+    async with sessions() as db, db.begin():
+        await ConfigRepository(db).set("min_free_disk_mb", int(free_mb) + 1_000_000, modified_by=None)
+    with pytest.raises(
+        SessionRefused,
+        match=r"only \d+ MB free in the data directory .* a session needs at "
+        r"least \d+ MB \(setting min_free_disk_mb\): free some space first",
+    ):
+        await open_standard(service, backup=True)
+    assert await count_sessions(sessions) == 0
+    assert list(data_dir.backups.glob("tosca_*.db")) == []  # refused before the backup
+    async with sessions() as db, db.begin():
+        await ConfigRepository(db).set("min_free_disk_mb", 0, modified_by=None)
+    assert (await open_standard(service)).session_id == 1
 
 
 async def test_failed_open_removes_the_folder_it_created(
@@ -550,10 +588,12 @@ async def test_finish_round_trip_shows_in_subject_history(
     assert shown["event_count"] == 0
     assert shown["safety_event_count"] == 0
     assert shown["post_treatment_notes"] is None
+    assert (shown["folder"], shown["session_uid"]) == (str(opened.folder), opened.session_uid)
 
-    # A new session may open once the previous one is finished.
+    # A new session may open once the previous one is finished, in a folder of its own.
     second = await open_standard(service)
     assert second.session_id != opened.session_id
+    assert second.session_uid != opened.session_uid and second.folder != opened.folder
 
 
 async def test_finish_records_the_telemetry_file(

@@ -182,11 +182,15 @@ def _start_and_kill_mid_treatment(data: DataDir) -> Path:
     assert child.stdin is not None
     child.stdin.write(PASSWORD + "\n")
     child.stdin.close()
-    telemetry = data.session_folder("P-2026-0005", 1) / "telemetry.jsonl"
+    subject_folder = data.sessions / "P-2026-0005"
+    telemetry = subject_folder / "telemetry.jsonl"  # until the session's folder (named by its uid) exists
     deadline = time.monotonic() + 60
     try:
         while True:
             assert child.poll() is None, "the session ended before it could be killed"
+            found = list(subject_folder.glob("*/telemetry.jsonl")) if subject_folder.is_dir() else []
+            if found:
+                telemetry = found[0]
             if telemetry.exists() and telemetry.stat().st_size > 100 * 150:
                 with sqlite3.connect(data.db_path) as db:
                     on = db.execute(
@@ -230,3 +234,28 @@ async def test_a_session_killed_mid_treatment_is_closed_as_aborted_at_next_start
     for line in content.splitlines()[: scan.line_count]:
         record = json.loads(line)
         assert {"t", "pd_v", "cmd_w", "state"} <= record.keys()
+
+
+def test_sim_run_refuses_an_oversized_number_and_a_too_short_step_without_storing_them(
+    data: DataDir, tmp_path: Path
+) -> None:
+    huge = tmp_path / "huge.json"
+    huge.write_text(
+        protocol_json((3.0, 2.0, 2.0, 2.0, "constant")).replace("3.0", "9" * 5000, 1), encoding="utf-8"
+    )
+    tiny = tmp_path / "tiny.json"
+    tiny.write_text(protocol_json((1e-300, 2.0, 2.0, 2.0, "constant")), encoding="utf-8")
+    for path, reason in (
+        (huge, "invalid JSON: a number written with 5000 characters"),
+        (tiny, "steps[0].duration_seconds: 1e-300 s is shorter than one period of the control loop"),
+    ):
+        done = _run_cli(
+            ["sim", "run", str(path), "--subject", "P-2026-0009", "--user", USERNAME], data, PASSWORD
+        )
+        assert done.returncode == 1
+        assert "Traceback" not in done.stderr
+        assert reason in done.stderr
+    with sqlite3.connect(data.db_path) as db:
+        stored = db.execute("SELECT protocol_name FROM protocols WHERE protocol_name IN ('huge', 'tiny')")
+        assert stored.fetchall() == []
+        assert db.execute("SELECT COUNT(*) FROM sessions").fetchone()[0] == 0

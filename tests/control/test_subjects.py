@@ -166,8 +166,8 @@ async def test_a_lost_race_for_a_code_retries_with_the_next_number(
     real = SubjectService._next_code
     answers: list[str] = []
 
-    async def other_console_first(session: AsyncSession, year: int) -> str:
-        code = await real(session, year)
+    async def other_console_first(session: AsyncSession, year: int, *rest: Any) -> str:
+        code = await real(session, year, *rest)
         if not answers:
             # Another console commits this very code between our look-up and our insert.
             await insert_code(sessions, code)

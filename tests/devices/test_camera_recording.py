@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import cv2
@@ -43,14 +45,15 @@ def test_recorder_writes_a_video_that_plays_back(tmp_path: Path) -> None:
         recorder.write(np.full((240, 320, 3), level, np.uint8), timestamp=100.0 + i / 25.0)
     assert recorder.frame_count == 12
     summary = recorder.close()
-    assert summary.path == tmp_path / "session" / "treatment.avi"
+    assert summary.path == tmp_path / "session" / "treatment.mkv"
     assert summary.frame_count == 12
     assert summary.duration_s == pytest.approx(12 / 25.0)
     assert summary.wall_duration_s == pytest.approx(11 / 25.0)
     assert summary.error is None
     count, size, means = _count_frames(summary.path)
     assert count == 12 and size == (320, 240)
-    assert means == pytest.approx(levels, abs=3.0)
+    # MPEG-4 is lossy and stores limited-range YUV: a flat grey comes back within a few levels.
+    assert means == pytest.approx(levels, abs=6.0)
     assert recorder.close() == summary
 
 
@@ -61,7 +64,7 @@ def test_recorder_accepts_grey_frames(tmp_path: Path) -> None:
     summary = recorder.close()
     count, size, means = _count_frames(summary.path)
     assert (count, size) == (3, (64, 48))
-    assert means[0] == pytest.approx(128, abs=3)
+    assert means[0] == pytest.approx(128, abs=6)
 
 
 def test_recorder_refuses_a_frame_of_another_size(tmp_path: Path) -> None:
@@ -141,7 +144,9 @@ def test_snapshot_refuses_bad_input(
     assert list(tmp_path.iterdir()) == []
 
 
-async def test_capture_records_every_frame_it_reads(tmp_path: Path) -> None:
+async def test_capture_records_at_the_recordings_frame_rate(tmp_path: Path) -> None:
+    """A 120 frames/s camera recorded at 30 frames/s: one frame in four goes into the file, which plays
+    back at real speed."""
     source = SimCameraSource(
         ring_mm=lambda: 3.0, frame_rate_hz=120.0, seed=21, width=320, height=240, px_per_mm=40.0
     )
@@ -155,7 +160,7 @@ async def test_capture_records_every_frame_it_reads(tmp_path: Path) -> None:
         assert capture.status().recording
         with pytest.raises(RuntimeError, match="already recording"):
             await capture.start_recording(tmp_path / "video")
-        await capture.wait_for_frames(capture.frames_delivered + 15, 5.0)
+        await capture.wait_for_frames(capture.frames_delivered + 80, 5.0)
         summary = await capture.stop_recording()
         assert summary is not None and summary.path == path
         assert not capture.status().recording
@@ -165,6 +170,8 @@ async def test_capture_records_every_frame_it_reads(tmp_path: Path) -> None:
     assert summary.frame_count >= 10
     assert summary.duration_s == pytest.approx(summary.frame_count / 30.0)
     assert summary.wall_duration_s > 0.0
+    # One frame per 1/30 s of capture time (the first and last one included), not every frame read.
+    assert summary.frame_count == pytest.approx(summary.wall_duration_s * 30.0 + 1, abs=2)
     count, size, _ = _count_frames(path)
     assert count == summary.frame_count
     assert size == (320, 240)
@@ -201,3 +208,34 @@ async def test_capture_saves_the_latest_frame_as_a_snapshot(tmp_path: Path) -> N
     assert path == tmp_path / "snaps" / "focus.png"
     back = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     assert back is not None and back.shape == (120, 160, 3)
+
+
+def test_recorder_keeps_to_its_frame_rate_and_to_owner_and_group(tmp_path: Path) -> None:
+    previous = os.umask(0o022)
+    try:
+        recorder = VideoRecorder(tmp_path, (64, 48), fps=10.0, stem="rate")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(recorder.path.stat().st_mode) == 0o640
+    written = 0
+    for i in range(30):  # one second of a 30 frames/s camera
+        timestamp = 50.0 + i / 30.0
+        if recorder.due(timestamp):
+            recorder.write(np.zeros((48, 64, 3), np.uint8), timestamp)
+            written += 1
+    assert written == recorder.frame_count == 10
+    summary = recorder.close()
+    assert _count_frames(summary.path)[0] == 10
+
+
+def test_recorder_falls_back_to_motion_jpeg_where_the_first_codec_cannot_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import devices.camera._recording as recording
+
+    monkeypatch.setattr(recording, "VIDEO_FORMATS", (("QQQQ", ".mkv"), ("MJPG", ".avi")))
+    recorder = VideoRecorder(tmp_path, (64, 48), fps=10.0, stem="fallback")
+    assert (recorder.path.name, recorder.fourcc) == ("fallback.avi", "MJPG")
+    recorder.write(np.zeros((48, 64, 3), np.uint8))
+    assert _count_frames(recorder.close().path)[0] == 1
+    assert not (tmp_path / "fallback.mkv").exists()

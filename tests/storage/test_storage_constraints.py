@@ -107,7 +107,8 @@ def test_foreign_key_violations_are_refused(conn: sqlite3.Connection, statement:
 CHECK_VIOLATIONS = {
     "ck_tech_users_role": "INSERT INTO tech_users (username, full_name, role) VALUES ('x', 'X', 'superuser')",
     "ck_tech_users_failed_login_count": "UPDATE tech_users SET failed_login_count = -1",
-    "ck_subjects_subject_code": "INSERT INTO subjects (subject_code) VALUES ('P-26-1')",
+    "ck_subjects_subject_code": "INSERT INTO subjects (subject_code) VALUES ('P/26 1')",
+    "ck_sessions_session_uid": "UPDATE sessions SET session_uid = '../etc'",
     "ck_protocols_usage_count": "UPDATE protocols SET usage_count = -1",
     "ck_sessions_status": "UPDATE sessions SET status = 'done'",
     "ck_sessions_duration_seconds": "UPDATE sessions SET duration_seconds = -5",

@@ -93,10 +93,10 @@ def test_upgrade_downgrade_upgrade_on_a_database_holding_data(db_path: Path) -> 
     assert schema_revision(db_path) is None
 
     command.upgrade(config, "head")
-    assert schema_revision(db_path) == head_revision() == "20261123_002"
+    assert schema_revision(db_path) == head_revision() == "20261206_001"
     report = check_database(db_path)
     assert (report.views, report.triggers) == (3, len(TRIGGER_NAMES)) == (3, 6)
-    assert _count(db_path, "system_config") == 8
+    assert _count(db_path, "system_config") == 10
     assert _count(db_path, "safety_log") == 1
     assert _count(db_path, "tech_users") == 0
     assert _diffs(db_path, Base.metadata) == []
@@ -105,19 +105,19 @@ def test_upgrade_downgrade_upgrade_on_a_database_holding_data(db_path: Path) -> 
 def test_upgrade_creates_a_new_database_and_backs_up_an_old_one_first(tmp_path: Path) -> None:
     data_dir = DataDir(tmp_path / "fresh")
     created = upgrade(data_dir)
-    assert (created.previous, created.current, created.backup) == (None, "20261123_002", None)
+    assert (created.previous, created.current, created.backup) == (None, "20261206_001", None)
     again = upgrade(data_dir)
-    assert (again.previous, again.backup) == ("20261123_002", None)
+    assert (again.previous, again.backup) == ("20261206_001", None)
 
     command.downgrade(alembic_config(data_dir.db_path), "base")
     with pytest.raises(Exception, match="no schema yet"):
         check_database(data_dir.db_path)
     result = upgrade(data_dir)
-    assert result.previous is None and result.current == "20261123_002"
+    assert result.previous is None and result.current == "20261206_001"
     assert result.backup is not None and result.backup.parent == data_dir.backups
     # The backup holds the database as it was before the migration ran (no schema yet).
     assert schema_revision(result.backup) is None
-    assert check_database(data_dir.db_path).revision == "20261123_002"
+    assert check_database(data_dir.db_path).revision == "20261206_001"
 
 
 def test_upgrade_refuses_a_foreign_database_and_leaves_it_alone(tmp_path: Path) -> None:
@@ -153,7 +153,7 @@ def test_alembic_runs_from_any_directory_without_an_ini_file(tmp_path: Path) -> 
         check=False,
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "20261123_002"
+    assert out.stdout.strip() == "20261206_001"
 
 
 def test_the_migration_is_atomic(tmp_path: Path) -> None:
@@ -172,7 +172,7 @@ def test_the_migration_is_atomic(tmp_path: Path) -> None:
     # Through upgrade(): backed up first, rolled back, and reported as one StorageError naming the backup.
     with pytest.raises(
         StorageError,
-        match=r"migration to schema 20261123_002 failed and was rolled back: .*"
+        match=r"migration to schema 20261206_001 failed and was rolled back: .*"
         r"audit_log.*the backup taken first is .*tosca_\d{8}_\d{6}\.db$",
     ):
         upgrade(data_dir)
@@ -196,7 +196,7 @@ async def test_the_console_upgrades_from_async_code_through_a_thread(tmp_path: P
         upgrade(data_dir)
     assert not data_dir.db_path.exists()
     result = await upgrade_async(data_dir)
-    assert result.current == "20261123_002"
+    assert result.current == "20261206_001"
     assert check_database(data_dir.db_path, quick=True).views == 3
 
 
@@ -251,7 +251,7 @@ def test_the_telemetry_revision_keeps_records_views_triggers_and_ids_both_ways(t
     with pytest.raises(sqlite3.IntegrityError, match="append-only"):
         connection.execute("DELETE FROM treatment_events")
     connection.close()
-    report = check_database(data_dir.db_path)
+    report = check_database(data_dir.db_path, require_head=False)
     assert (report.revision, report.views, report.triggers) == ("20261123_002", 3, 6)
 
     command.downgrade(config, "20261123_001")
@@ -259,3 +259,83 @@ def test_the_telemetry_revision_keeps_records_views_triggers_and_ids_both_ways(t
     assert _count(data_dir.db_path, "sessions") == 4
     assert _count(data_dir.db_path, "treatment_events") == 1
     assert check_database(data_dir.db_path, require_head=False).triggers == 6
+
+
+def test_the_session_uid_revision_keeps_folders_adds_settings_and_goes_back(tmp_path: Path) -> None:
+    data_dir = DataDir(tmp_path / "uid").ensure()
+    config = alembic_config(data_dir.db_path)
+    command.upgrade(config, "20261123_002")
+    before = _sessions_sql(data_dir.db_path)
+    subjects_before = _subjects_sql(data_dir.db_path)
+    connection = sqlite3.connect(str(data_dir.db_path))
+    with connection:
+        connection.execute("INSERT INTO tech_users (username, full_name, role) VALUES ('a', 'A', 'admin')")
+        connection.execute("INSERT INTO subjects (subject_code) VALUES ('P-2026-0001')")
+        connection.execute(
+            "INSERT INTO sessions (subject_id, tech_id, start_time, status, session_folder_path) "
+            "VALUES (1, 1, '2026-01-01', 'completed', '/data/sessions/P-2026-0001/1')"
+        )
+        # A clinic that already set its own pattern by hand keeps it.
+        connection.execute(
+            "INSERT INTO system_config (config_key, config_value, config_type) "
+            "VALUES ('subject_code_pattern', 'K-NNNNN', 'string')"
+        )
+    connection.close()
+
+    command.upgrade(config, "20261206_001")
+    connection = sqlite3.connect(str(data_dir.db_path))
+    try:
+        assert connection.execute("SELECT session_folder_path, session_uid FROM sessions").fetchall() == [
+            ("/data/sessions/P-2026-0001/1", None)
+        ]
+        settings = dict(
+            connection.execute(
+                "SELECT config_key, config_value FROM system_config "
+                "WHERE config_key IN ('min_free_disk_mb', 'subject_code_pattern')"
+            ).fetchall()
+        )
+        assert settings == {"min_free_disk_mb": "1024", "subject_code_pattern": "K-NNNNN"}
+        with connection:
+            connection.execute(
+                "INSERT INTO sessions (subject_id, tech_id, start_time, status, session_uid) "
+                "VALUES (1, 1, '2026-01-02', 'completed', '20260102T000000Z-0a1b2c3d4e5f')"
+            )
+        with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"), connection:
+            connection.execute(
+                "INSERT INTO sessions (subject_id, tech_id, start_time, status, session_uid) "
+                "VALUES (1, 1, '2026-01-03', 'completed', '20260102T000000Z-0a1b2c3d4e5f')"
+            )
+        with pytest.raises(sqlite3.IntegrityError, match="ck_sessions_session_uid"), connection:
+            connection.execute(
+                "INSERT INTO sessions (subject_id, tech_id, start_time, status, session_uid) "
+                "VALUES (1, 1, '2026-01-03', 'completed', '../../etc')"
+            )
+    finally:
+        connection.close()
+    assert check_database(data_dir.db_path).revision == "20261206_001"
+    # A clinic's own code fits the wider CHECK, and keeps the downgrade from breaking the narrower one.
+    connection = sqlite3.connect(str(data_dir.db_path))
+    with connection:
+        connection.execute("INSERT INTO subjects (subject_code) VALUES ('LX_00001')")
+    connection.close()
+    with pytest.raises(RuntimeError, match="subject code 'LX_00001' is not of the form P-YYYY-NNNN"):
+        command.downgrade(config, "20261123_002")
+    assert check_database(data_dir.db_path).revision == "20261206_001"
+    connection = sqlite3.connect(str(data_dir.db_path))
+    with connection:
+        connection.execute("DELETE FROM subjects WHERE subject_code = 'LX_00001'")
+    connection.close()
+
+    command.downgrade(config, "20261123_002")
+    assert _sessions_sql(data_dir.db_path) == before
+    assert _subjects_sql(data_dir.db_path) == subjects_before
+    assert _count(data_dir.db_path, "sessions") == 2
+    assert check_database(data_dir.db_path, require_head=False).revision == "20261123_002"
+
+
+def _subjects_sql(db_path: Path) -> str:
+    connection = sqlite3.connect(str(db_path))
+    try:
+        return str(connection.execute("SELECT sql FROM sqlite_master WHERE name = 'subjects'").fetchone()[0])
+    finally:
+        connection.close()

@@ -209,6 +209,8 @@ SEED_COLUMNS: dict[str, list[tuple[str, str]]] = {
         ("telemetry_path", "TEXT"),
         ("telemetry_line_count", "INTEGER"),
         ("telemetry_sha256", "TEXT"),
+        # Not in the seed: the session's unique identifier, its folder's name (revision 20261206_001).
+        ("session_uid", "TEXT"),
     ],
     "treatment_events": [
         ("event_id", "INTEGER"),
@@ -485,7 +487,21 @@ def test_the_seed_config_rows_equal_the_migrated_defaults(db_path: Path, tmp_pat
     assert len(seed) == 7
     assert set(seed) <= set(migrated)
     extra = set(migrated) - set(seed)
-    assert extra == {("auto_lock_minutes", "10", "integer", "Minutes of inactivity before the console locks")}
+    assert extra == {
+        ("auto_lock_minutes", "10", "integer", "Minutes of inactivity before the console locks"),
+        (
+            "min_free_disk_mb",
+            "1024",
+            "integer",
+            "Free space (MB) the data directory must keep; no session opens below it",
+        ),
+        (
+            "subject_code_pattern",
+            "P-YYYY-NNNN",
+            "string",
+            "Subject codes: literal letters, digits, - and _; YYYY the year; one run of N the number",
+        ),
+    }
     assert init_rows == [("database_initialized", "info", "Database schema created", "idle", "none")]
 
 

@@ -4,6 +4,7 @@ admin, automatic lock, logout, kiosk."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 from datetime import timedelta
 from pathlib import Path
@@ -137,6 +138,19 @@ async def test_login_success_shows_home_with_user_role_and_database(data_dir: Pa
         assert str(home.query_one("#fact-schema", Static).render()).startswith("2026")
         assert str(home.query_one("#fact-backup", Static).render()) == "none"
         assert str(home.query_one("#header-user", Static).render()) == "tina (technician)"
+
+
+async def test_home_shows_the_disk_use_of_the_data_directory(data_dir: Path, clock: FakeClock) -> None:
+    await seed()
+    folder = data_dir / "sessions" / "P-2026-0001" / "20260314T093000Z-0a1b2c3d4e5f"
+    folder.mkdir(parents=True)
+    (folder / "video.mkv").write_bytes(b"\0" * 2_500_000)
+    app = make_app(make_settings(clock))
+    async with app.run_test() as pilot:
+        home = await log_in(pilot, "tina", TECH_PASSWORD)
+        await wait_until(pilot, lambda: home.facts is not None, "the database facts")
+        shown = str(home.query_one("#fact-disk", Static).render())
+        assert re.fullmatch(r"\d+\.\d (kB|MB|GB) free of \d+\.\d (kB|MB|GB); sessions 2\.5 MB", shown), shown
 
 
 async def test_wrong_password_and_unknown_user_get_the_same_message(data_dir: Path, clock: FakeClock) -> None:

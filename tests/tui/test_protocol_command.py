@@ -227,7 +227,7 @@ def test_limits_come_from_config_and_the_active_calibration(
     assert captured.err.splitlines()[:2] == [
         f"{path}: steps[0].ring_size_mm: 2.2 mm is outside the actuator's range 2.4..4.1 mm "
         f"(active calibration #{calibration_id} of "
-        + first.split(f"#{calibration_id} of ")[1].rstrip(")")
+        + first.split(f"#{calibration_id} of ")[1].split(")")[0]
         + ")",
         f"{path}: steps[1].power_end_watts: 8.0 W exceeds the system limit max_laser_power_watts (7.5 W)",
     ]
@@ -272,3 +272,57 @@ def test_validate_needs_a_file(capsys: pytest.CaptureFixture[str]) -> None:
         main(["protocol", "validate"])
     assert info.value.code == 2
     assert "FILE" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ input limits
+
+
+def test_real_cli_refuses_a_5000_digit_number_in_one_line(tmp_path: Path) -> None:
+    text = seed_text().replace('"duration_seconds": 60', '"duration_seconds": ' + "9" * 5000)
+    path = write(tmp_path, text)
+    done = run_tosca("protocol", "validate", str(path), "--data-dir", str(tmp_path / "data"), cwd=tmp_path)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr and "4300" not in done.stderr
+    assert (
+        f"{path}: invalid JSON: a number written with 5000 characters; numbers in a protocol have at most 40"
+        in (done.stderr)
+    )
+    assert done.stderr.splitlines()[-1] == f"tosca: {path}: refused (1 problem)"
+
+
+def test_real_cli_refuses_a_step_shorter_than_the_control_loop_period(tmp_path: Path) -> None:
+    path = write(tmp_path, seed_text(steps__0__duration_seconds=1e-300))
+    done = run_tosca("protocol", "validate", str(path), "--data-dir", str(tmp_path / "data"), cwd=tmp_path)
+    assert done.returncode == 1
+    assert (
+        f"{path}: steps[0].duration_seconds: 1e-300 s is shorter than one period of the control loop "
+        "(0.1 s at treatment_loop_frequency_hz 10.0)"
+    ) in done.stderr
+    # One period exactly is accepted.
+    path = write(tmp_path, seed_text(steps__0__duration_seconds=0.1), "period.json")
+    done = run_tosca("protocol", "validate", str(path), "--data-dir", str(tmp_path / "data"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_shortest_step_follows_the_configured_loop_frequency(tmp_path: Path, capsys: Any) -> None:
+    data_dir = tmp_path / "data"
+    assert main(["--data-dir", str(data_dir), "db", "upgrade"]) == 0
+
+    async def set_rate() -> None:
+        engine = create_engine(data_dir / "tosca.db")
+        try:
+            async with session_factory(engine)() as db, db.begin():
+                await ConfigRepository(db).set("treatment_loop_frequency_hz", 2, modified_by=None)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(set_rate())
+    capsys.readouterr()
+    path = write(tmp_path, seed_text(steps__0__duration_seconds=0.4))
+    assert main(["--data-dir", str(data_dir), "protocol", "validate", str(path)]) == 1
+    out = capsys.readouterr()
+    assert "steps of at least 0.5 s (control loop 2.0 Hz)" in out.out
+    assert (
+        "0.4 s is shorter than one period of the control loop (0.5 s at treatment_loop_frequency_hz 2.0)"
+        in (out.err)
+    )

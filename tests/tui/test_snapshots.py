@@ -21,6 +21,7 @@ from console_fixtures import (
 from textual.pilot import Pilot
 from textual.widgets import Input
 
+from storage.paths import DataDir, DiskUsage
 from tui.app import make_app
 from tui.screens import ChangePasswordScreen, FirstRunScreen, HomeScreen, LockScreen, LoginScreen
 
@@ -58,9 +59,16 @@ def test_login_screen_on_the_simulated_rig(
 
 @by_size
 def test_home_screen(
-    data_dir: Path, clock: FakeClock, snap_compare: SnapCompare, size: tuple[int, int]
+    data_dir: Path,
+    clock: FakeClock,
+    snap_compare: SnapCompare,
+    size: tuple[int, int],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     seed_sync()
+    # The disk's real figures change from machine to machine; the screenshot shows fixed ones.
+    fixed = DiskUsage(free_bytes=41_250_000_000, total_bytes=63_800_000_000, sessions_bytes=1_234_000_000)
+    monkeypatch.setattr(DataDir, "disk_usage", lambda self: fixed)
 
     async def logged_in(pilot: Pilot[Any]) -> None:
         await focused_on(pilot, LoginScreen)

@@ -241,6 +241,33 @@ async def test_create_gives_the_next_codes(data_dir: Path, clock: FakeClock) -> 
         assert screen.highlighted_code() == "P-2026-0002"
 
 
+async def test_a_typed_code_of_the_clinic_pattern_is_accepted_and_another_refused(
+    data_dir: Path, clock: FakeClock
+) -> None:
+    await prepare(clock)
+    app = ScreenApp(subjects_screen, clock)
+    async with app.run_test(size=(80, 24)) as pilot:
+        form = await new_subject_form(pilot)
+        await wait_until(pilot, lambda: form.next_code is not None, "the next code")
+        code = form.query_one("#code", Input)
+        assert code.value == "P-2026-0001"  # offered, filled in
+        await wait_until(pilot, lambda: app.focused is form.query_one("#birth-date"), "the first field")
+        await pilot.press("shift+tab")
+        await wait_until(pilot, lambda: app.focused is code, "the code field")
+        code.value = ""
+        await enter_text(pilot, "X-1")
+        await pilot.press("enter", "enter", "enter", "enter")
+        expected = "subject code must look like P-YYYY-NNNN (e.g. P-2026-0001); got 'X-1'"
+        await wait_until(pilot, lambda: status(app) == expected, "the refusal")
+        assert app.screen is form
+        code.value = "P-2026-0042"
+        code.focus()
+        await pilot.press("enter", "enter", "enter", "enter")
+        await list_ready(pilot)
+        await wait_until(pilot, lambda: listed_codes(app) == ["P-2026-0042"], "the typed code listed")
+    assert await count_subjects() == 1
+
+
 async def new_subject_form(pilot: Pilot[Any]) -> SubjectFormScreen:
     """From the subjects list: n, and the form once it is up."""
     await list_ready(pilot)

@@ -1,4 +1,5 @@
-"""The home screen: who is logged in, the state of the records database, and the way to treatment (t).
+"""The home screen: who is logged in, the state of the records database and of the disk, and the way to
+treatment (t).
 
 While the controller has a fault latched it shows the fault and F4 resets it (with the password, once the
 cause has cleared), so that a fault left after a session closed never blocks the next one."""
@@ -32,16 +33,23 @@ class DatabaseFacts:
     path: str
     schema: str
     last_backup: str
+    disk: str = ""
 
 
 def read_database_facts(data_dir: DataDir) -> DatabaseFacts:
-    """Read the schema revision and the newest backup (file system and SQLite work: call in a thread)."""
+    """Read the schema revision, the newest backup and the disk use (free and total space of the data
+    directory's file system, size of ``sessions/``): file system and SQLite work, call it in a thread."""
     revision = schema_revision(data_dir.db_path)
     newest = last_backup(data_dir)
+    try:
+        disk = data_dir.disk_usage().describe()
+    except OSError as exc:
+        disk = f"unknown ({exc.strerror or exc})"
     return DatabaseFacts(
         path=str(data_dir.db_path),
         schema=revision if revision is not None else "none (not initialised)",
         last_backup=newest.taken_at.strftime("%Y-%m-%d %H:%M:%S") if newest is not None else "none",
+        disk=disk,
     )
 
 
@@ -81,6 +89,8 @@ class HomeScreen(Screen[None]):
                 yield Static("reading...", id="fact-schema")
                 yield Label("Last backup", classes="fact-name")
                 yield Static("reading...", id="fact-backup")
+                yield Label("Disk", classes="fact-name")
+                yield Static("reading...", id="fact-disk")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -106,6 +116,7 @@ class HomeScreen(Screen[None]):
         self.query_one("#fact-db", Static).update(facts.path)
         self.query_one("#fact-schema", Static).update(facts.schema)
         self.query_one("#fact-backup", Static).update(facts.last_backup)
+        self.query_one("#fact-disk", Static).update(facts.disk)
         self.facts = facts
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:

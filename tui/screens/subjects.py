@@ -24,6 +24,7 @@ from textual import events, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
+from textual.content import Content
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Label
 from textual.worker import Worker, WorkerState
@@ -54,7 +55,10 @@ SEARCH_KEYS = frozenset("0123456789-pP")
 def subject_service(context: ScreenContext) -> SubjectService:
     """The subject service of the console's database, recording the console's terminal in the audit."""
     return SubjectService(
-        context.accounts.sessions, context.settings.clock, terminal=context.accounts.terminal
+        context.accounts.sessions,
+        context.settings.clock,
+        terminal=context.accounts.terminal,
+        data_dir=context.settings.data_dir,
     )
 
 
@@ -397,8 +401,10 @@ class SubjectsScreen(Screen[None]):
 
 
 class SubjectFormScreen(FormScreen):
-    """Create a subject (``subject`` None: the next free code is shown and used) or edit one's birth date,
-    gender and notes. Every value is checked before saving; a refusal names the field and saves nothing."""
+    """Create a subject (``subject`` None: the next free code of the clinic's pattern is offered in the Code
+    field, where another code of that pattern may be typed; the focus starts on the date of birth, Shift+Tab
+    reaches the code) or edit one's birth date, gender and notes. Every value is checked before saving; a
+    refusal names the field and saves nothing."""
 
     DEFAULT_CSS = """
     SubjectFormScreen #subject-code {
@@ -414,11 +420,12 @@ class SubjectFormScreen(FormScreen):
     ]
 
     HEADER_TITLE = "Subject"
-    FORM_FIELDS = (
+    EDIT_FIELDS: ClassVar[tuple[FormField, ...]] = (
         FormField("birth-date", "Date of birth", "YYYY-MM-DD, or leave empty"),
         FormField("gender", "Gender", f"{', '.join(GENDERS)}, or empty"),
         FormField("notes", "Notes", "optional"),
     )
+    CODE_FIELD: ClassVar[FormField] = FormField("code", "Code", "empty: the next free code")
 
     def __init__(self, context: ScreenContext, user: UserInfo, subject: SubjectInfo | None = None) -> None:
         super().__init__(context)
@@ -434,6 +441,11 @@ class SubjectFormScreen(FormScreen):
     def FORM_TITLE(self) -> str:  # type: ignore[override]
         return "New subject" if self.subject is None else f"Edit subject {self.subject.subject_code}"
 
+    @property
+    def FORM_FIELDS(self) -> tuple[FormField, ...]:  # type: ignore[override]
+        """A new subject's form also has the code (first, offered filled in); an edit never changes it."""
+        return self.EDIT_FIELDS if self.subject is not None else (self.CODE_FIELD, *self.EDIT_FIELDS)
+
     def header_user_text(self) -> str:
         return _user_text(self.user)
 
@@ -442,12 +454,16 @@ class SubjectFormScreen(FormScreen):
             return Label("Code: reading the next free code...", id="subject-code")
         return Label(f"Code: {self.subject.subject_code}", id="subject-code")
 
-    def on_mount(self) -> None:
-        super().on_mount()
+    def on_mount(self, event: events.Mount) -> None:  # type: ignore[override]  # the Mount event is needed
         subject = self.subject
         if subject is None:
+            # The code is offered filled in; typing starts at the date of birth, not in the form's first
+            # field (the base class's handler, which would focus it, is not run).
+            event.prevent_default()
+            self.query_one("#birth-date", Input).focus()
             self.read_next_code()
             return
+        super().on_mount()
         birth = subject.date_of_birth
         self.query_one("#birth-date", Input).value = birth.isoformat() if birth is not None else ""
         self.query_one("#gender", Input).value = subject.gender or ""
@@ -455,10 +471,19 @@ class SubjectFormScreen(FormScreen):
 
     @work(exclusive=True, group="subject-code", exit_on_error=False)
     async def read_next_code(self) -> None:
-        """Show the code the new subject will get."""
-        code = await self.service.next_code()
+        """Show the code the new subject will get, and offer it in the Code field (unless one was typed)."""
+        try:
+            pattern = await self.service.pattern()
+            code = await self.service.next_code()
+        except SubjectError as exc:
+            self.query_one("#subject-code", Label).update(Content(f"Code: {exc}"))
+            return
         self.next_code = code
-        self.query_one("#subject-code", Label).update(f"Code: {code} (the next free code)")
+        self.query_one("#subject-code", Label).update(Content(f"Code: {code} (the next free code)"))
+        field = self.query_one("#code", Input)
+        field.placeholder = f"like {pattern.text}; empty: the next free code"
+        if not field.value:
+            field.value = code
 
     def parsed(self) -> tuple[date | None, str | None, str | None]:
         """The typed birth date, gender and notes, checked (SubjectError names the field)."""
@@ -485,17 +510,28 @@ class SubjectFormScreen(FormScreen):
         except SubjectError as exc:
             self.show_status(str(exc))
             return
+        code: str | None = None
+        if self.subject is None:
+            typed = self.value("code").strip()
+            # The offered code (or none) is taken as "the next free one": another console may take it first.
+            code = typed if typed and typed != self.next_code else None
         self.busy = True
         self.show_status("saving...", error=False)
-        self.save(birth, gender, notes)
+        self.save(birth, gender, notes, code)
 
     @work(exclusive=True, group="subject-save", exit_on_error=False)
-    async def save(self, birth: date | None, gender: str | None, notes: str | None) -> None:
-        """Write the subject and go back to the list."""
+    async def save(
+        self, birth: date | None, gender: str | None, notes: str | None, code: str | None = None
+    ) -> None:
+        """Write the subject (with the typed ``code``, or the next free one) and go back to the list."""
         try:
             if self.subject is None:
                 saved = await self.service.create(
-                    created_by_tech_id=self.user.tech_id, date_of_birth=birth, gender=gender, notes=notes
+                    created_by_tech_id=self.user.tech_id,
+                    date_of_birth=birth,
+                    gender=gender,
+                    notes=notes,
+                    code=code,
                 )
             else:
                 saved = await self.service.update(
