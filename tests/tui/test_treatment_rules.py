@@ -1,0 +1,127 @@
+"""The console against a real controller on the simulated rig: an override belongs to the step it was typed
+for, its dialog leaves the readings in view, and every way out of the console follows one rule while a
+session is open."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from console_fixtures import FakeClock, enter_text, seed, showing, wait_until
+from test_treatment_console import add_subject, arm_on_checks, open_session, treating
+from textual.pilot import Pilot
+from treatment_fixtures import SHORT_PROTOCOL, console, controller, log_in, wait_state
+
+from tests.support import RIG_TEST
+from tui.app import ToscaApp
+from tui.screens.checks import ChecksScreen
+from tui.screens.dashboard import DashboardScreen
+from tui.screens.dialogs import ConfirmDialog, OverrideDialog
+
+pytestmark = RIG_TEST
+
+
+@pytest.fixture
+async def ready(data_dir: Path) -> Any:
+    await seed()
+    await add_subject()
+    async with controller() as ctl:
+        yield ctl
+
+
+def notifications(app: ToscaApp) -> str:
+    """Every notification shown so far, one a line."""
+    return "\n".join(str(n.message) for n in app._notifications)
+
+
+def step_number(app: ToscaApp) -> int | None:
+    snapshot = app.snapshot
+    if snapshot is None or snapshot.session is None or snapshot.session.step is None:
+        return None
+    return snapshot.session.step.number
+
+
+@pytest.mark.timeout(120)
+async def test_an_override_typed_while_its_step_ended_is_refused_and_the_readings_stay_in_view(
+    ready: Any, clock: FakeClock
+) -> None:
+    app = console(clock)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await log_in(pilot)
+        await open_session(pilot, SHORT_PROTOCOL)
+        await arm_on_checks(pilot)
+        dashboard = await treating(pilot)
+        assert step_number(app) == 1
+        await pilot.press("o")
+        await wait_until(pilot, lambda: showing(app, OverrideDialog), "the override dialog")
+        dialog = app.screen
+        assert isinstance(dialog, OverrideDialog)
+        assert dialog.dialog_title == "Override power of step 1"
+        # The dialog covers neither the banner, the power nor the interlocks, and they stay live.
+        panel = dialog.query_one("#dialog").region
+        for name in ("#banner", "#readouts", "#interlocks"):
+            shown = dashboard.query_one(name).region
+            assert shown.height > 0 and not shown.overlaps(panel), f"{name} is hidden by the dialog"
+        await enter_text(pilot, "2.5")
+        await pilot.press("enter")
+        # Step 1 (4 s at 2 W) ends while the reason is being typed.
+        await wait_until(pilot, lambda: step_number(app) == 2, "step 2 running", 20.0)
+        await enter_text(pilot, "subject reports warmth")
+        await pilot.press("enter")
+        await wait_until(
+            pilot, lambda: "which has ended" in notifications(app), "the override refused with the reason"
+        )
+        assert "the override was for step 1, which has ended; step 2 of 2 is running" in notifications(app)
+        # Step 2 ramps from 2 W towards 3 W as planned: it was not held at 2.5 W.
+        await wait_until(
+            pilot,
+            lambda: app.snapshot is not None and app.snapshot.laser.commanded_w > 2.6,
+            "the ramp of step 2 going on",
+            20.0,
+        )
+        await pilot.press("f12")
+        await wait_state(pilot, "paused")
+    with sqlite3.connect("data/tosca.db") as db:
+        overrides = db.execute(
+            "SELECT COUNT(*) FROM treatment_events WHERE event_type = 'user_action'"
+            " AND details LIKE '%protocol_power_override%'"
+        ).fetchone()[0]
+    assert overrides == 0
+
+
+async def quit_by_palette(pilot: Pilot[Any]) -> None:
+    """Ctrl+P, "quit", Enter."""
+    await pilot.press("ctrl+p")
+    await pilot.pause(0.3)
+    await enter_text(pilot, "quit")
+    await pilot.pause(0.3)
+    await pilot.press("enter")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("way", ["palette", "ctrl+q", "ctrl+c"])
+async def test_no_way_out_closes_the_console_while_a_session_is_open(
+    ready: Any, clock: FakeClock, way: str
+) -> None:
+    app = console(clock)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await log_in(pilot)
+        await open_session(pilot, SHORT_PROTOCOL)
+        assert showing(app, ChecksScreen)
+        if way == "palette":
+            await quit_by_palette(pilot)
+        else:
+            await pilot.press(way)
+        await wait_until(
+            pilot, lambda: "a treatment session is open" in notifications(app), "the refusal to close"
+        )
+        await pilot.pause(0.5)
+        assert app.is_running and app.return_code is None
+        assert not showing(app, ConfirmDialog)
+        assert app.snapshot is not None and app.snapshot.session is not None
+        assert showing(app, ChecksScreen) or showing(app, DashboardScreen)
+    with sqlite3.connect("data/tosca.db") as db:
+        status = db.execute("SELECT status FROM sessions").fetchone()[0]
+    assert status != "aborted"
