@@ -31,11 +31,14 @@ from typing import Any
 
 from control.protocols import PlanStep, RampType
 from control.supervisor import Refused, SafetySupervisor, SystemState
+from devices.laser import ArroyoError
 
 _LOG = logging.getLogger(__name__)
 
 #: Setpoint changes smaller than this (W) are not recorded as power_change events.
 POWER_EVENT_STEP_W = 0.01
+#: The laser driver's "interlock shutdown" error: it forced its output off because the interlock opened.
+INTERLOCK_SHUTDOWN = 501
 
 
 class Outcome(enum.StrEnum):
@@ -180,7 +183,7 @@ class TreatmentEngine:
             self.progress.setpoint_w = final
         self.sup.set_step_active(False)
         if step.ramp == "linear" and self._override_w is None:
-            await self.sup.set_power(final)
+            await self._set_power(final)
             self.record(
                 "power_change",
                 commanded_w=final,
@@ -221,8 +224,21 @@ class TreatmentEngine:
             self.progress.setpoint_w = setpoint
             self.progress.override_w = self._override_w
         if setpoint != self.sup.commanded_w:
-            await self.sup.set_power(setpoint)
+            await self._set_power(setpoint)
         return setpoint
+
+    async def _set_power(self, watts: float) -> None:
+        """Write a setpoint. A setpoint written just as the footpedal was released (or emission otherwise
+        stopped) may be answered by the driver's report that the interlock forced its output off: with
+        nothing emitting that report is expected, and the setpoint is written once more. Any other error, or
+        that one while still treating, is raised (the run then fails and the laser is switched off)."""
+        try:
+            await self.sup.set_power(watts)
+        except ArroyoError as exc:
+            if set(exc.codes) != {INTERLOCK_SHUTDOWN} or self.sup.state is SystemState.TREATING:
+                raise
+            _LOG.info("setpoint %.3f W met the interlock's opening (%s); writing it again", watts, exc)
+            await self.sup.set_power(watts)
 
     # ------------------------------------------------------------------------------------- operator
     def override_power(self, watts: float, reason: str, *, actor: str, step: int) -> Mapping[str, Any]:

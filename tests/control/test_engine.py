@@ -13,6 +13,7 @@ from supervisor_fakes import World
 from control.engine import TreatmentEngine
 from control.protocols import PlanStep
 from control.supervisor import Refused, SystemState
+from devices.laser import ArroyoError, decode_error
 
 STEPS = [
     PlanStep(1, 0.0, 1.0, 5.0, 5.0, 3.0, "constant"),
@@ -56,19 +57,17 @@ async def run() -> AsyncIterator[Run]:
         yield started
     finally:
         started.task.cancel()
-        try:
-            await started.task
-        except asyncio.CancelledError:
-            pass
+        await asyncio.gather(started.task, return_exceptions=True)
         await world.sup.close()
 
 
 async def until(condition: Callable[[], bool], what: str, timeout_s: float = 5.0) -> None:
     """Let the engine run (real time) until ``condition`` holds."""
-    async with asyncio.timeout(timeout_s):
-        while not condition():
-            await asyncio.sleep(0.005)
-    assert condition(), what
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not condition():
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.005)
 
 
 async def treat(run: Run) -> None:
@@ -106,7 +105,8 @@ async def test_an_override_typed_for_an_ended_step_is_refused_and_changes_nothin
     await until(lambda: engine.progress is not None and engine.progress.number == 2, "step 2 running")
     assert engine.progress is not None and engine.progress.override_w is None
     recorded = len(run.events)
-    with pytest.raises(Refused, match=r"the override was for step 1, which has ended; step 2 of 2 is running"):
+    ended = r"the override was for step 1, which has ended; step 2 of 2 is running"
+    with pytest.raises(Refused, match=ended):
         engine.override_power(4.5, "redness", actor="tech", step=1)
     assert not any(kind == "user_action" for kind, _ in run.events[recorded:])
     # Step 2 ramps from 5 W as planned, not held at the refused 4.5 W.
@@ -120,3 +120,48 @@ async def test_an_override_typed_for_an_ended_step_is_refused_and_changes_nothin
     # The running step's own override applies.
     engine.override_power(6.0, "tolerance", actor="tech", step=2)
     await until(lambda: world.sup.commanded_w == 6.0, "override applied to step 2")
+
+
+def fail_next_setpoint(world: World, code: int) -> list[float]:
+    """Make the laser answer the next setpoint with driver error ``code`` (once); returns the setpoints
+    written after that."""
+    written: list[float] = []
+    original = world.laser.set_power
+    failed = False
+
+    async def set_power(watts: float) -> None:
+        nonlocal failed
+        if not failed:
+            failed = True
+            raise ArroyoError("laser", "set current", (decode_error(code),))
+        written.append(watts)
+        await original(watts)
+
+    world.laser.set_power = set_power  # type: ignore[method-assign]
+    return written
+
+
+async def test_a_setpoint_meeting_the_interlocks_opening_is_written_again(run: Run) -> None:
+    world, engine = run.world, run.engine
+    await until(lambda: world.sup.readings.step_active, "step 1 active")
+    await treat(run)
+    world.release_pedal()
+    await until(lambda: world.sup.state is SystemState.ARMED, "armed, the footpedal up")
+    written = fail_next_setpoint(world, 501)
+    engine.override_power(4.0, "redness", actor="tech", step=1)
+    await until(lambda: world.sup.commanded_w == 4.0, "the setpoint written again")
+    assert written == [4.0]
+    assert run.task is not None and not run.task.done()
+
+
+async def test_any_other_setpoint_error_ends_the_run_with_the_laser_off(run: Run) -> None:
+    world, engine = run.world, run.engine
+    await until(lambda: world.sup.readings.step_active, "step 1 active")
+    await treat(run)
+    fail_next_setpoint(world, 501)  # while still treating: not expected, the run fails
+    engine.override_power(4.0, "redness", actor="tech", step=1)
+    assert run.task is not None
+    await until(run.task.done, "the run to end")
+    with pytest.raises(ArroyoError):
+        run.task.result()
+    assert not world.laser.output_on

@@ -14,6 +14,7 @@ from test_treatment_console import add_subject, arm_on_checks, open_session, tre
 from textual.pilot import Pilot
 from treatment_fixtures import SHORT_PROTOCOL, console, controller, log_in, wait_state
 
+from control.messages import Sim
 from tests.support import RIG_TEST
 from tui.app import ToscaApp
 from tui.screens.checks import ChecksScreen
@@ -66,15 +67,22 @@ async def test_an_override_typed_while_its_step_ended_is_refused_and_the_reading
             assert shown.height > 0 and not shown.overlaps(panel), f"{name} is hidden by the dialog"
         await enter_text(pilot, "2.5")
         await pilot.press("enter")
-        # Step 1 (4 s at 2 W) ends while the reason is being typed.
+        # Step 1 (4 s at 2 W) ends while the reason is being typed; step 2 starts, and the footpedal is
+        # released so that it does not end before the override reaches the controller.
         await wait_until(pilot, lambda: step_number(app) == 2, "step 2 running", 20.0)
+        assert app.link is not None
+        await app.link.call(Sim(command="pedal up"))
+        await wait_state(pilot, "armed")
         await enter_text(pilot, "subject reports warmth")
         await pilot.press("enter")
         await wait_until(
-            pilot, lambda: "which has ended" in notifications(app), "the override refused with the reason"
+            pilot,
+            lambda: "which has ended" in notifications(app),
+            f"the override refused with the reason (shown: {notifications(app)!r})",
         )
         assert "the override was for step 1, which has ended; step 2 of 2 is running" in notifications(app)
-        # Step 2 ramps from 2 W towards 3 W as planned: it was not held at 2.5 W.
+        # Step 2 ramps from 2 W towards 3 W as planned: it is not held at 2.5 W.
+        await app.link.call(Sim(command="pedal down"))
         await wait_until(
             pilot,
             lambda: app.snapshot is not None and app.snapshot.laser.commanded_w > 2.6,
@@ -82,7 +90,7 @@ async def test_an_override_typed_while_its_step_ended_is_refused_and_the_reading
             20.0,
         )
         await pilot.press("f12")
-        await wait_state(pilot, "paused")
+        await wait_until(pilot, lambda: app.snapshot is not None and not app.snapshot.emitting, "stopped")
     with sqlite3.connect("data/tosca.db") as db:
         overrides = db.execute(
             "SELECT COUNT(*) FROM treatment_events WHERE event_type = 'user_action'"
