@@ -9,13 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from console_fixtures import FakeClock, enter_text, seed, showing, wait_until
+from console_fixtures import DATA_DIR, FakeClock, enter_text, seed, showing, wait_until
 from test_treatment_console import add_subject, arm_on_checks, open_session, treating
 from textual.pilot import Pilot
-from treatment_fixtures import SHORT_PROTOCOL, console, controller, log_in, wait_state
+from treatment_fixtures import SHORT_PROTOCOL, connected, console, controller, log_in
 
-from control.messages import Sim
-from tests.support import RIG_TEST
+from storage import create_engine, session_factory
+from storage.repositories import ProtocolsRepository
+from tests.support import RIG_TEST, protocol_json
 from tui.app import ToscaApp
 from tui.screens.checks import ChecksScreen
 from tui.screens.dashboard import DashboardScreen
@@ -24,10 +25,28 @@ from tui.screens.dialogs import ConfirmDialog, OverrideDialog
 pytestmark = RIG_TEST
 
 
+#: Two steps: a short one that ends while an override for it is typed, and a long ramp after it.
+TWO_STEPS = "Test two steps (4 s at 2 W, 60 s ramp to 3 W)"
+
+
+async def add_two_step_protocol() -> None:
+    engine = create_engine(DATA_DIR / "tosca.db")
+    try:
+        async with session_factory(engine)() as db, db.begin():
+            await ProtocolsRepository(db).add(
+                TWO_STEPS,
+                "multi_step",
+                protocol_json((4, 2.0, 2.0, 3.0, "constant"), (60, 2.0, 3.0, 3.0, "linear"), max_power=8.0),
+            )
+    finally:
+        await engine.dispose()
+
+
 @pytest.fixture
 async def ready(data_dir: Path) -> Any:
     await seed()
     await add_subject()
+    await add_two_step_protocol()
     async with controller() as ctl:
         yield ctl
 
@@ -51,7 +70,7 @@ async def test_an_override_typed_while_its_step_ended_is_refused_and_the_reading
     app = console(clock)
     async with app.run_test(size=(80, 24)) as pilot:
         await log_in(pilot)
-        await open_session(pilot, SHORT_PROTOCOL)
+        await open_session(pilot, TWO_STEPS)
         await arm_on_checks(pilot)
         dashboard = await treating(pilot)
         assert step_number(app) == 1
@@ -67,12 +86,8 @@ async def test_an_override_typed_while_its_step_ended_is_refused_and_the_reading
             assert shown.height > 0 and not shown.overlaps(panel), f"{name} is hidden by the dialog"
         await enter_text(pilot, "2.5")
         await pilot.press("enter")
-        # Step 1 (4 s at 2 W) ends while the reason is being typed; step 2 starts, and the footpedal is
-        # released so that it does not end before the override reaches the controller.
+        # Step 1 (4 s at 2 W) ends while the reason is being typed.
         await wait_until(pilot, lambda: step_number(app) == 2, "step 2 running", 20.0)
-        assert app.link is not None
-        await app.link.call(Sim(command="pedal up"))
-        await wait_state(pilot, "armed")
         await enter_text(pilot, "subject reports warmth")
         await pilot.press("enter")
         await wait_until(
@@ -81,11 +96,12 @@ async def test_an_override_typed_while_its_step_ended_is_refused_and_the_reading
             f"the override refused with the reason (shown: {notifications(app)!r})",
         )
         assert "the override was for step 1, which has ended; step 2 of 2 is running" in notifications(app)
-        # Step 2 ramps from 2 W towards 3 W as planned: it is not held at 2.5 W.
-        await app.link.call(Sim(command="pedal down"))
+        # Step 2 ramps from 2 W towards 3 W as planned (1/60 W a second): it is not held at 2.5 W.
+        first = app.snapshot.laser.commanded_w if app.snapshot is not None else 0.0
+        assert 2.0 <= first < 2.5
         await wait_until(
             pilot,
-            lambda: app.snapshot is not None and app.snapshot.laser.commanded_w > 2.6,
+            lambda: app.snapshot is not None and app.snapshot.laser.commanded_w > first + 0.02,
             "the ramp of step 2 going on",
             20.0,
         )
@@ -94,7 +110,7 @@ async def test_an_override_typed_while_its_step_ended_is_refused_and_the_reading
     with sqlite3.connect("data/tosca.db") as db:
         overrides = db.execute(
             "SELECT COUNT(*) FROM treatment_events WHERE event_type = 'user_action'"
-            " AND details LIKE '%protocol_power_override%'"
+            " AND event_details LIKE '%protocol_power_override%'"
         ).fetchone()[0]
     assert overrides == 0
 
@@ -133,3 +149,30 @@ async def test_no_way_out_closes_the_console_while_a_session_is_open(
     with sqlite3.connect("data/tosca.db") as db:
         status = db.execute("SELECT status FROM sessions").fetchone()[0]
     assert status != "aborted"
+
+
+def pedal(app: ToscaApp) -> str | None:
+    snapshot = app.snapshot
+    if snapshot is None:
+        return None
+    return next((term.value for term in snapshot.interlocks if term.name == "footpedal"), None)
+
+
+@pytest.mark.timeout(120)
+async def test_the_simulator_keys_act_only_where_their_panel_shows(ready: Any, clock: FakeClock) -> None:
+    app = console(clock)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await log_in(pilot)
+        await connected(pilot)
+        assert not app.screen.query("SimPanel")
+        assert pedal(app) == "released"
+        await pilot.press("f5", "f6")
+        await pilot.pause(1.0)
+        assert pedal(app) == "released", "F5 pressed the footpedal from the home screen"
+        assert app.snapshot is not None and app.snapshot.state == "idle", "F6 hit the E-stop from home"
+        await open_session(pilot, SHORT_PROTOCOL)
+        assert app.screen.query_one("#sim-panel").display
+        await pilot.press("f5")
+        await wait_until(pilot, lambda: pedal(app) == "pressed", "F5 pressing the footpedal on the checks")
+        await pilot.press("f5")
+        await wait_until(pilot, lambda: pedal(app) == "released", "F5 releasing it")
