@@ -41,7 +41,9 @@ import asyncio
 import contextlib
 import gc
 import importlib
+import os
 import signal
+import threading
 from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import TYPE_CHECKING, ClassVar
@@ -103,6 +105,8 @@ _ACTIVITY_EVENTS = (
 
 #: The smallest terminal the console's layouts are made for (columns, rows).
 MIN_COLUMNS, MIN_ROWS = 80, 24
+#: After a hang-up, once the controller is taken care of, the process ends within this many seconds, s.
+HANG_UP_EXIT_S = 5.0
 #: The themes offered: the one the screens are made and checked for (legible on a 16-colour console too).
 CONSOLE_THEMES = frozenset({"textual-dark"})
 
@@ -694,6 +698,11 @@ class ToscaApp(App[int]):
                 await self.link.close()
             await self._log_out_for_exit("hangup")
         finally:
+            # Leaving a terminal that is gone can block (output to it, its input thread): once the controller
+            # is taken care of, the process ends within HANG_UP_EXIT_S whatever the screen's cleanup does.
+            ending = threading.Timer(HANG_UP_EXIT_S, os._exit, args=(0,))
+            ending.daemon = True
+            ending.start()
             self.exit(0)
 
     # -- the smallest supported terminal ---------------------------------------------------------------
