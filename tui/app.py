@@ -26,10 +26,10 @@ screens that show the simulated hardware panel (the checks and the dashboard) an
 
 Closing: every way out (Ctrl+Q, Ctrl+C, the command palette's Quit) asks :meth:`ToscaApp.exit_refusal`, the
 one rule: the console does not close while a treatment session is open, nor ever on the kiosk. A hang-up
-(SIGHUP: the terminal was closed) leaves no terminal to refuse on: the console then closes, and a controller
-it started itself is stopped first (SIGTERM: laser off, an open session closed as aborted), so no controller
-is left running with nobody attached; a controller it did not start carries on (without its operator it stops
-emission and pauses the session).
+(SIGHUP: the terminal was closed) leaves no terminal to refuse on, and SIGTERM is the system ending the
+console: it then closes, and a controller it started itself is stopped first (SIGTERM: laser off, an open
+session closed as aborted), so no controller is left running with nobody attached; a controller it did not
+start carries on (without its operator it stops emission and pauses the session).
 
 The console's layouts are made for 80x24 and larger: below that, every screen is covered by a "terminal too
 small" notice instead of cut readings. Only the theme the screens are made for is offered.
@@ -105,6 +105,8 @@ _ACTIVITY_EVENTS = (
 
 #: The smallest terminal the console's layouts are made for (columns, rows).
 MIN_COLUMNS, MIN_ROWS = 80, 24
+#: The terminal hung up (SIGHUP), or the system ends the console (SIGTERM): it closes, see :meth:`hang_up`.
+HANG_UP_SIGNALS = (signal.SIGHUP, signal.SIGTERM)
 #: After a hang-up, once the controller is taken care of, the process ends within this many seconds, s.
 HANG_UP_EXIT_S = 5.0
 #: The themes offered: the one the screens are made and checked for (legible on a 16-colour console too).
@@ -223,11 +225,13 @@ class ToscaApp(App[int]):
             # On a terminal only: the collector's state is the process's, and tests run many apps in one.
             self.collector = QuietCollector()
             self.call_after_refresh(self.collector.freeze)
-            self._ui_loop.add_signal_handler(signal.SIGHUP, self.hang_up)
+            for signum in HANG_UP_SIGNALS:
+                self._ui_loop.add_signal_handler(signum, self.hang_up)
 
     async def on_unmount(self) -> None:
         if not self.is_headless and self._ui_loop is not None:
-            self._ui_loop.remove_signal_handler(signal.SIGHUP)
+            for signum in HANG_UP_SIGNALS:
+                self._ui_loop.remove_signal_handler(signum)
         # Workers still reading the database are cancelled and waited for before the engine goes.
         self.workers.cancel_all()
         try:
@@ -683,8 +687,8 @@ class ToscaApp(App[int]):
                 self.log.error("the logout audit row could not be written")
 
     def hang_up(self) -> None:
-        """SIGHUP: the terminal has gone, and with it every key; the console closes (see the module's
-        docstring), stopping a controller it started itself before it goes."""
+        """SIGHUP (the terminal has gone, and with it every key) or SIGTERM: the console closes (see the
+        module's docstring), stopping a controller it started itself before it goes."""
         if self.hung_up:
             return
         self.hung_up = True
