@@ -18,6 +18,7 @@ from storage import create_engine, session_factory
 from storage.repositories import ProtocolsRepository
 from tests.support import RIG_TEST, protocol_json
 from tui.app import ToscaApp
+from tui.screens import LoginScreen
 from tui.screens.checks import ChecksScreen
 from tui.screens.dashboard import DashboardScreen
 from tui.screens.dialogs import ConfirmDialog, OverrideDialog
@@ -176,3 +177,15 @@ async def test_the_simulator_keys_act_only_where_their_panel_shows(ready: Any, c
         await wait_until(pilot, lambda: pedal(app) == "pressed", "F5 pressing the footpedal on the checks")
         await pilot.press("f5")
         await wait_until(pilot, lambda: pedal(app) == "released", "F5 releasing it")
+
+
+@pytest.mark.timeout(120)
+async def test_a_console_without_sim_is_told_to_restart_with_sim(ready: Any, clock: FakeClock) -> None:
+    app = console(clock, sim=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_until(pilot, lambda: showing(app, LoginScreen), "the login screen")
+        link = app.link
+        assert link is not None
+        await wait_until(pilot, lambda: "drives the simulated rig" in link.problem, "the refusal", 30.0)
+        assert "this console was started for the real rig; restart the console with --sim" in link.problem
+        assert app.snapshot is None
