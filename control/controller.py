@@ -1075,7 +1075,9 @@ class Controller:
         if kind == "override_power":
             session = self._require_session()
             return dict(
-                session.engine.override_power(command.watts, command.reason, actor=session.opened.username)
+                session.engine.override_power(
+                    command.watts, command.reason, actor=session.opened.username, step=command.step
+                )
             )
         if kind == "reset_fault":
             return await self.reset_fault(command.username, command.password)

@@ -6,9 +6,14 @@ DESIGN.md section 5. For each step the engine
 2. moves the actuator to the step's ring size while the laser is off,
 3. sets the power for where the step clock stands and marks the step active: emission then follows the
    footpedal, as the supervisor allows it,
-4. refreshes the setpoint at ``loop_hz`` while the step clock runs. The step clock is the supervisor's
+4. records the step's start (and its first setpoint) when the step really starts: the first time the laser
+   is allowed to emit for it (TREATING), so a session that is never armed records no step,
+5. refreshes the setpoint at ``loop_hz`` while the step clock runs. The step clock is the supervisor's
    emitting time, so it advances only while TREATING: a released footpedal, a pause or a fault stop it, and
    the step resumes where it stopped. A linear ramp's last setpoint is exactly ``power_end_watts``.
+
+A power override belongs to the step it was typed for: it names that step, and is refused with the reason
+when that step is no longer running (ended, or another one runs). It lasts until its step ends.
 
 Every way out of :meth:`TreatmentEngine.run` (done, abort, fault, exception, cancellation) marks the step
 inactive, which switches the laser off at once, and then waits for the off state to be verified.
@@ -26,11 +31,14 @@ from typing import Any
 
 from control.protocols import PlanStep, RampType
 from control.supervisor import Refused, SafetySupervisor, SystemState
+from devices.laser import ArroyoError
 
 _LOG = logging.getLogger(__name__)
 
 #: Setpoint changes smaller than this (W) are not recorded as power_change events.
 POWER_EVENT_STEP_W = 0.01
+#: The laser driver's "interlock shutdown" error: it forced its output off because the interlock opened.
+INTERLOCK_SHUTDOWN = 501
 
 
 class Outcome(enum.StrEnum):
@@ -87,6 +95,8 @@ class TreatmentEngine:
         self.progress: StepProgress | None = None
         self.ring_mm: float | None = None
         self._override_w: float | None = None
+        #: The number of the step that takes overrides now (``None`` between steps and after the last).
+        self._override_step: int | None = None
         self._wake = asyncio.Event()
         supervisor.on_state_change(self._state_changed)
 
@@ -114,6 +124,7 @@ class TreatmentEngine:
         total = len(self.steps)
         self.sup.set_step_active(False)
         self._override_w = None
+        self._override_step = step.number
         self.progress = StepProgress(
             step.number,
             total,
@@ -135,28 +146,20 @@ class TreatmentEngine:
             )
             self.ring_mm = step.ring_size_mm
         origin = self.sup.treating_seconds()
-        self.record(
-            "protocol_step_start",
-            commanded_w=step.power_at_elapsed(0.0),
-            ring_mm=self.ring_mm,
-            details={
-                "protocol_step": step.number,
-                "duration_s": step.duration_s,
-                "ramp": step.ramp,
-                "power_start_w": step.power_start_w,
-                "power_end_w": step.power_end_w,
-            },
-        )
+        started = False
         last_recorded: float | None = None
         await self._apply(step, 0.0)
         self.sup.set_step_active(True)
         while True:
             elapsed = self.sup.treating_seconds() - origin
             remaining = step.duration_s - elapsed
+            if not started and (elapsed > 0 or self.sup.state is SystemState.TREATING):
+                started = True
+                self._record_start(step)
             if remaining <= 0:
                 break
             setpoint = await self._apply(step, elapsed)
-            if last_recorded is None or abs(setpoint - last_recorded) >= POWER_EVENT_STEP_W:
+            if started and (last_recorded is None or abs(setpoint - last_recorded) >= POWER_EVENT_STEP_W):
                 self.record(
                     "power_change" if last_recorded is not None else "power_set",
                     commanded_w=setpoint,
@@ -173,13 +176,14 @@ class TreatmentEngine:
                     await self._wake.wait()
             except TimeoutError:
                 pass
+        self._override_step = None
         final = self._override_w if self._override_w is not None else step.power_at_elapsed(step.duration_s)
         if self.progress is not None:
             self.progress.elapsed_s = step.duration_s
             self.progress.setpoint_w = final
         self.sup.set_step_active(False)
         if step.ramp == "linear" and self._override_w is None:
-            await self.sup.set_power(final)
+            await self._set_power(final)
             self.record(
                 "power_change",
                 commanded_w=final,
@@ -190,6 +194,21 @@ class TreatmentEngine:
             commanded_w=final,
             ring_mm=self.ring_mm,
             details={"protocol_step": step.number},
+        )
+
+    def _record_start(self, step: PlanStep) -> None:
+        """Record that ``step`` really started: the laser was allowed to emit for it."""
+        self.record(
+            "protocol_step_start",
+            commanded_w=self.sup.commanded_w,
+            ring_mm=self.ring_mm,
+            details={
+                "protocol_step": step.number,
+                "duration_s": step.duration_s,
+                "ramp": step.ramp,
+                "power_start_w": step.power_start_w,
+                "power_end_w": step.power_end_w,
+            },
         )
 
     async def _wait_state_for_move(self) -> None:
@@ -205,20 +224,40 @@ class TreatmentEngine:
             self.progress.setpoint_w = setpoint
             self.progress.override_w = self._override_w
         if setpoint != self.sup.commanded_w:
-            await self.sup.set_power(setpoint)
+            await self._set_power(setpoint)
         return setpoint
 
+    async def _set_power(self, watts: float) -> None:
+        """Write a setpoint. A setpoint written just as the footpedal was released (or emission otherwise
+        stopped) may be answered by the driver's report that the interlock forced its output off: with
+        nothing emitting that report is expected, and the setpoint is written once more. Any other error, or
+        that one while still treating, is raised (the run then fails and the laser is switched off)."""
+        try:
+            await self.sup.set_power(watts)
+        except ArroyoError as exc:
+            if set(exc.codes) != {INTERLOCK_SHUTDOWN} or self.sup.state is SystemState.TREATING:
+                raise
+            _LOG.info("setpoint %.3f W met the interlock's opening (%s); writing it again", watts, exc)
+            await self.sup.set_power(watts)
+
     # ------------------------------------------------------------------------------------- operator
-    def override_power(self, watts: float, reason: str, *, actor: str) -> Mapping[str, Any]:
-        """Replace the current step's setpoint until the step ends; needs a reason and stays within limits."""
+    def override_power(self, watts: float, reason: str, *, actor: str, step: int) -> Mapping[str, Any]:
+        """Replace step ``step``'s setpoint until that step ends; needs a reason, stays within limits, and is
+        refused when step ``step`` is not the one running (it ended while the override was typed)."""
         if not reason or not reason.strip():
             raise Refused("a power override needs a reason")
         if not math.isfinite(watts) or watts < 0:
             raise Refused(f"override power must be a finite number of watts >= 0, got {watts}")
         if watts > self.max_override_w:
             raise Refused(f"override {watts:.2f} W exceeds the limit of {self.max_override_w:.2f} W")
-        if self.progress is None:
-            raise Refused("no protocol step is running")
+        running = self._override_step
+        if running != step or self.progress is None:
+            if running is None:
+                now = "no step is running"
+            else:
+                now = f"step {running} of {len(self.steps)} is running"
+            when = "has not started" if running is not None and step > running else "has ended"
+            raise Refused(f"the override was for step {step}, which {when}; {now}: not applied")
         old = self.progress.setpoint_w
         self._override_w = watts
         self._wake.set()

@@ -176,12 +176,15 @@ class Abort(Command):
 class OverridePower(Command):
     """Override the running step's power, in watts (finite, >= 0), with the operator's reason (not blank).
 
-    The controller checks the value against the protocol's and the system's limits.
+    ``step`` is the number (from 1) of the protocol step the override was typed for: the controller refuses
+    it when that step is no longer the one running. The controller checks the value against the protocol's
+    and the system's limits.
     """
 
     type: Literal["override_power"] = "override_power"
     watts: _NonNegative
     reason: NonBlank
+    step: Annotated[int, Field(ge=1)]
 
 
 class ResetFault(Command):

@@ -363,6 +363,14 @@ def _treatment_description(row: EventRow, step: int | None) -> str:
     return words + (": " + ", ".join(parts) if parts else "")
 
 
+def _action_suffix(action_taken: str | None) -> str:
+    """What the system did, in brackets after a safety event's description; nothing when it did nothing
+    (the supervisor writes ``none`` or ``none (idle)`` then)."""
+    if not action_taken or action_taken.split(" ", 1)[0] == "none":
+        return ""
+    return f" ({action_taken})"
+
+
 def _treatment_events(rows: Iterable[EventRow], start: datetime, who: str) -> list[ReviewEvent]:
     """Review lines of a session's treatment events; steps are numbered in the order they started (the
     engine runs a protocol's steps once each, in order)."""
@@ -480,7 +488,7 @@ async def load_review(
             source="safety",
             kind=r.event_type,
             severity=r.severity,
-            description=r.description + (f" ({r.action_taken})" if r.action_taken else ""),
+            description=r.description + _action_suffix(r.action_taken),
             who=names.get(r.tech_id, SYSTEM_ACTOR) if r.tech_id is not None else SYSTEM_ACTOR,
         )
         for r in safety_rows

@@ -21,7 +21,18 @@ a dashboard under a dialog stays live. The treatment flow: the protocol screen p
 :class:`SessionRequested`; the app opens the session on the controller and shows the pre-treatment checks;
 arming there shows the dashboard; when the session closes the end-of-session screen follows, and saving its
 notes (:class:`SessionFinished`) goes back to the subjects. F12 stops emission from any screen; with
-``--sim`` F5, F6 and F7 press or release the footpedal, hit or release the E-stop and inject faults.
+``--sim`` F5, F6 and F7 press or release the footpedal, hit or release the E-stop and inject faults, on the
+screens that show the simulated hardware panel (the checks and the dashboard) and nowhere else.
+
+Closing: every way out (Ctrl+Q, Ctrl+C, the command palette's Quit) asks :meth:`ToscaApp.exit_refusal`, the
+one rule: the console does not close while a treatment session is open, nor ever on the kiosk. A hang-up
+(SIGHUP: the terminal was closed) leaves no terminal to refuse on, and SIGTERM is the system ending the
+console: it then closes, and a controller it started itself is stopped first (SIGTERM: laser off, an open
+session closed as aborted), so no controller is left running with nobody attached; a controller it did not
+start carries on (without its operator it stops emission and pauses the session).
+
+The console's layouts are made for 80x24 and larger: below that, every screen is covered by a "terminal too
+small" notice instead of cut readings. Only the theme the screens are made for is offered.
 """
 
 from __future__ import annotations
@@ -30,14 +41,20 @@ import asyncio
 import contextlib
 import gc
 import importlib
-from collections.abc import Callable
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import TYPE_CHECKING, ClassVar
 
 from textual import events, work
-from textual.app import App
+from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.driver import Driver
+from textual.screen import Screen
+from textual.theme import Theme
+from textual.widgets import Static
 from textual.worker import Worker, WorkerState
 
 from control.account_rules import UserInfo
@@ -86,6 +103,33 @@ _ACTIVITY_EVENTS = (
     events.MouseScrollUp,
 )
 
+#: The smallest terminal the console's layouts are made for (columns, rows).
+MIN_COLUMNS, MIN_ROWS = 80, 24
+#: The terminal hung up (SIGHUP), or the system ends the console (SIGTERM): it closes, see :meth:`hang_up`.
+HANG_UP_SIGNALS = (signal.SIGHUP, signal.SIGTERM)
+#: After a hang-up, once the controller is taken care of, the process ends within this many seconds, s.
+HANG_UP_EXIT_S = 5.0
+#: The themes offered: the one the screens are made and checked for (legible on a 16-colour console too).
+CONSOLE_THEMES = frozenset({"textual-dark"})
+
+
+class TooSmall(Static):
+    """Covers the screen while the terminal is smaller than :data:`MIN_COLUMNS` x :data:`MIN_ROWS`."""
+
+    DEFAULT_CSS = """
+    TooSmall {
+        dock: top;
+        width: 100%;
+        height: 100%;
+        padding: 1 1;
+        background: $error;
+        color: $text;
+        text-style: bold;
+        content-align: center middle;
+        text-align: center;
+    }
+    """
+
 
 class ToscaApp(App[int]):
     """The console. Build it with :func:`make_app`."""
@@ -93,7 +137,8 @@ class ToscaApp(App[int]):
     CSS_PATH = "tosca.tcss"
     TITLE = "TOSCA"
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("f12", "stop_emission", "STOP LASER", priority=True),
+        # The stop key's label is in every screen's header (the footer may be cut at 80 columns).
+        Binding("f12", "stop_emission", "STOP LASER", show=False, priority=True),
         Binding("ctrl+q", "quit_console", "Quit", priority=True),
         Binding("ctrl+c", "quit_console", "Quit", show=False, priority=True),
         Binding("ctrl+z", "inert", show=False, priority=True),
@@ -156,6 +201,8 @@ class ToscaApp(App[int]):
         #: Inactivity after which the console locks (from ``system_config`` at each login).
         self.auto_lock = timedelta(minutes=DEFAULT_AUTO_LOCK_MINUTES)
         self.last_activity = settings.clock()
+        #: Set once the terminal has hung up (SIGHUP): the console is closing.
+        self.hung_up = False
 
     # -- life cycle ----------------------------------------------------------------------------------------
 
@@ -172,13 +219,19 @@ class ToscaApp(App[int]):
     def on_mount(self) -> None:
         self._ui_loop = asyncio.get_running_loop()
         self.set_interval(self.settings.idle_check_seconds, self.check_inactivity, name="auto-lock")
+        self.screen_change_signal.subscribe(self, lambda _s: self.call_after_refresh(self.show_too_small))
         self.show_entry_screen()
         if not self.is_headless:
             # On a terminal only: the collector's state is the process's, and tests run many apps in one.
             self.collector = QuietCollector()
             self.call_after_refresh(self.collector.freeze)
+            for signum in HANG_UP_SIGNALS:
+                self._ui_loop.add_signal_handler(signum, self.hang_up)
 
     async def on_unmount(self) -> None:
+        if not self.is_headless and self._ui_loop is not None:
+            for signum in HANG_UP_SIGNALS:
+                self._ui_loop.remove_signal_handler(signum)
         # Workers still reading the database are cancelled and waited for before the engine goes.
         self.workers.cancel_all()
         try:
@@ -571,36 +624,114 @@ class ToscaApp(App[int]):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """The kiosk has no quit key: the binding is hidden and inactive there. The simulator keys exist only
-        with ``--sim``; the stop key only with a controller."""
+        with ``--sim``, and act only where the simulated hardware panel is on screen; the stop key only with
+        a controller."""
         if action == "quit_console" and self.settings.kiosk:
             return False
-        if action.startswith("sim_") and not (self.settings.sim and self.link is not None):
-            return False
+        if action.startswith("sim_"):
+            return self.settings.sim and self.link is not None and self.sim_panel_shown
         if action == "stop_emission" and self.link is None:
             return False
         return True
 
-    async def action_quit_console(self) -> None:
-        """Close the console (not available in kiosk mode); a logged-in user is logged out first. Refused
-        while a treatment session is open (end or abort it first)."""
+    @property
+    def sim_panel_shown(self) -> bool:
+        """Whether the screen on top shows the simulated hardware panel (where F5, F6 and F7 act)."""
+        return any(panel.display for panel in self.screen.query("SimPanel"))
+
+    def exit_refusal(self) -> str | None:
+        """The one rule for every way out of the console (Ctrl+Q, Ctrl+C, the command palette's Quit): why
+        it may not close now, or ``None`` when it may. Never on the kiosk; never while the controller has a
+        treatment session open (it must be finished or aborted first)."""
         if self.settings.kiosk:
-            return
+            return "the kiosk console does not close"
         snapshot = self.snapshot
         if snapshot is not None and snapshot.session is not None:
-            self.notify(
-                "a treatment session is open: finish or abort it before closing the console",
-                severity="error",
-            )
+            return "a treatment session is open: finish or abort it before closing the console"
+        return None
+
+    async def action_quit_console(self) -> None:
+        """Close the console if :meth:`exit_refusal` allows it (a logged-in user is logged out first), else
+        say why not (nothing on the kiosk, which has no way out)."""
+        refusal = self.exit_refusal()
+        if refusal is not None:
+            if not self.settings.kiosk:
+                self.notify(refusal, severity="error")
             return
+        await self._log_out_for_exit("quit")
+        self.exit(0)
+
+    async def action_quit(self) -> None:
+        """The command palette's Quit: the same rule as the quit key."""
+        await self.action_quit_console()
+
+    def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
+        """The command palette's commands, without the theme picker (one theme is offered)."""
+        for command in super().get_system_commands(screen):
+            if command.title != "Theme":
+                yield command
+
+    @property
+    def available_themes(self) -> dict[str, Theme]:
+        """Only the themes the console's screens are made for (:data:`CONSOLE_THEMES`)."""
+        return {name: theme for name, theme in super().available_themes.items() if name in CONSOLE_THEMES}
+
+    async def _log_out_for_exit(self, reason: str) -> None:
         user = self.user
         if user is not None:
             self.user = None
             try:
-                await self.accounts.logout(user, reason="quit")
+                await self.accounts.logout(user, reason=reason)
             except database_errors():
                 # Closing must not be prevented by a database that can no longer be written.
                 self.log.error("the logout audit row could not be written")
-        self.exit(0)
+
+    def hang_up(self) -> None:
+        """SIGHUP (the terminal has gone, and with it every key) or SIGTERM: the console closes (see the
+        module's docstring), stopping a controller it started itself before it goes."""
+        if self.hung_up:
+            return
+        self.hung_up = True
+        self.run_worker(self._close_after_hang_up(), name="hang-up", group="hang-up", exit_on_error=False)
+
+    async def _close_after_hang_up(self) -> None:
+        try:
+            if self.link is not None:
+                # A controller this console started is stopped here (SIGTERM: laser off, an open session
+                # closed as aborted) and waited for; one it did not start is only disconnected.
+                await self.link.close()
+            await self._log_out_for_exit("hangup")
+        finally:
+            # Leaving a terminal that is gone can block (output to it, its input thread): once the controller
+            # is taken care of, the process ends within HANG_UP_EXIT_S whatever the screen's cleanup does.
+            ending = threading.Timer(HANG_UP_EXIT_S, os._exit, args=(0,))
+            ending.daemon = True
+            ending.start()
+            self.exit(0)
+
+    # -- the smallest supported terminal ---------------------------------------------------------------
+
+    def on_resize(self, event: events.Resize) -> None:
+        self.call_after_refresh(self.show_too_small)
+
+    def show_too_small(self) -> None:
+        """Cover the screen on top with a "terminal too small" notice while the terminal is smaller than
+        :data:`MIN_COLUMNS` x :data:`MIN_ROWS`, and remove it once it is large enough."""
+        width, height = self.size
+        small = width < MIN_COLUMNS or height < MIN_ROWS
+        for screen in self.screen_stack:
+            for notice in screen.query(TooSmall):
+                if not small or screen is not self.screen:
+                    notice.remove()
+        if not small:
+            return
+        text = f"terminal too small\n\n{width}x{height}: the console needs at least {MIN_COLUMNS}x{MIN_ROWS}"
+        text += "\n\nenlarge the window" + (" (F12 still stops the laser)" if self.link is not None else "")
+        shown = self.screen.query(TooSmall)
+        if shown:
+            shown.first().update(text)
+        else:
+            self.screen.mount(TooSmall(text))
 
 
 def database_errors() -> tuple[type[Exception], ...]:

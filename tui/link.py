@@ -218,7 +218,7 @@ class ConsoleLink:
             wanted, found = ("simulated", "real") if self.sim else ("real", "simulated")
             raise LinkError(
                 f"the controller for {self.data_dir} drives the {found} rig, but this console was started "
-                f"for the {wanted} rig; restart the console {'without' if snapshot.sim else 'with'} --sim"
+                f"for the {wanted} rig; restart the console {'with' if snapshot.sim else 'without'} --sim"
             )
 
     async def _start_and_connect(self, path: Path) -> ControllerClient:

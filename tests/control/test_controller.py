@@ -333,10 +333,10 @@ async def test_power_override_needs_a_reason_and_stays_within_limits(controller:
     session = controller.session
     assert session is not None
     with pytest.raises(Refused, match="reason"):
-        session.engine.override_power(2.5, " ", actor=USERNAME)
+        session.engine.override_power(2.5, " ", actor=USERNAME, step=1)
     with pytest.raises(Refused, match="exceeds"):
-        session.engine.override_power(11.0, "too much", actor=USERNAME)
-    details = session.engine.override_power(2.5, "subject tolerance", actor=USERNAME)
+        session.engine.override_power(11.0, "too much", actor=USERNAME, step=1)
+    details = session.engine.override_power(2.5, "subject tolerance", actor=USERNAME, step=1)
     assert details["old_value"] == 2.0 and details["new_value"] == 2.5
     await wait_until(lambda: controller.supervisor.commanded_w == 2.5, 1.0, "override applied")
 

@@ -286,7 +286,7 @@ ALL_COMMANDS: list[Command] = [
     Resume(id=9),
     Stop(id=10),
     Abort(id=11, reason="subject moved"),
-    OverridePower(id=12, watts=1.25, reason="tissue response"),
+    OverridePower(id=12, watts=1.25, reason="tissue response", step=1),
     ResetFault(id=13, username="tech", password="pw"),
     EndSession(id=14, notes="fine"),
     Sim(id=15, command="pedal down"),
@@ -312,7 +312,7 @@ def test_any_text_and_power_survive_as_exactly_one_line(
     request_id: int, reason: str, watts: float, notes: str | None
 ) -> None:
     for command in (
-        OverridePower(id=request_id, watts=watts, reason=reason),
+        OverridePower(id=request_id, watts=watts, reason=reason, step=1),
         EndSession(id=request_id, notes=notes),
         Sim(id=request_id, command=reason),
     ):
@@ -354,7 +354,7 @@ def test_observe_union_holds_only_ping_status_health() -> None:
             None,
         ),
         (
-            b'{"type": "override_power", "id": 6, "watts": "1", "reason": "r"}',
+            b'{"type": "override_power", "id": 6, "watts": "1", "reason": "r", "step": 1}',
             "override_power.watts: input",
             6,
         ),
@@ -386,7 +386,7 @@ def test_encode_refuses_values_json_cannot_carry() -> None:
     with pytest.raises(ValueError, match="finite"):
         Reply(id=1, ok=True, data={"power": [1.0, float("nan")]})
     with pytest.raises(ValueError, match="finite number"):
-        OverridePower(watts=float("inf"), reason="r")
+        OverridePower(watts=float("inf"), reason="r", step=1)
     with pytest.raises(MessageError, match="cannot encode reply"):
         encode(Reply(id=1, ok=True, data={"thing": object()}))
     with pytest.raises(MessageError, match="longer than"):
@@ -432,7 +432,7 @@ def test_fault_time_must_be_iso() -> None:
 async def test_concurrent_requests_get_their_own_replies_in_order(
     client: ControllerClient, handler: FakeHandler
 ) -> None:
-    commands = [OverridePower(watts=float(i), reason=f"r{i}") for i in range(40)]
+    commands = [OverridePower(watts=float(i), reason=f"r{i}", step=1) for i in range(40)]
     replies = await asyncio.gather(*(client.request(c) for c in commands))
     ids = [r.id for r in replies]
     assert len(set(ids)) == 40 and all(i is not None for i in ids)

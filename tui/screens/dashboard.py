@@ -11,8 +11,9 @@ Everything shown comes from the controller's snapshots (up to 30 a second) and c
 * the camera preview with the detected ring and its diameter, or a clear "no camera".
 
 Keys: space (or F12 anywhere) stops emission at once; p pause, r resume, a arm (password), o power override
-(with a reason), x abort (with a reason), f reset a fault (password). When the session closes, the
-end-of-session screen follows.
+(with a reason, for the step running when it was asked for), x abort (with a reason), f reset a fault
+(password). Their dialogs are docked at the bottom, so the banner, the power and the interlocks stay readable
+above them. When the session closes, the end-of-session screen follows.
 """
 
 from __future__ import annotations
@@ -106,15 +107,27 @@ def banner_text(snapshot: Snapshot | None, problem: str = "") -> tuple[str, Text
             (fault.what, "bold"),
             f"\nDone: {fault.action}\nTo reset: {fault.how_to_reset} ({cause})",
         )
+    if _pedal_pressed(snapshot):
+        # Resuming (arming) is refused while the footpedal is down: release it first.
+        resume = "release the footpedal, then r: resume"
+    else:
+        resume = "r: resume, then press the footpedal"
     texts = {
         "treating": ("banner-armed", "TREATING (output off)", "waiting for the laser output"),
         "armed": ("banner-armed", "ARMED", "the footpedal starts emission"),
         "ready": ("banner-ready", "READY - NOT ARMED", "a: arm with your password"),
-        "paused": ("banner-ready", "PAUSED - LASER OFF", "r: resume (then the footpedal)"),
+        "paused": ("banner-ready", "PAUSED - LASER OFF", resume),
         "idle": ("banner-idle", "NO SESSION", "the session has closed"),
     }
     css, title, hint = texts.get(state, ("banner-idle", state.upper(), ""))
     return css, Text.assemble((title, "bold"), f"\n{where}  {hint}" if where else f"\n{hint}")
+
+
+def _pedal_pressed(snapshot: Snapshot) -> bool:
+    """Whether the controller last read the footpedal as pressed."""
+    return any(
+        term.name == "footpedal" and term.value.strip().lower() == "pressed" for term in snapshot.interlocks
+    )
 
 
 def readout_text(snapshot: Snapshot) -> Text:
@@ -371,7 +384,7 @@ class DashboardScreen(Screen[None]):
                 "Key control: enter your password to arm.",
                 username=self.user.username,
                 cursor_blink=self.context.settings.cursor_blink,
-            )
+            ).docked()
         )
         if answer is not None:
             await self._send(Arm(password=answer[1]), "armed: the footpedal starts emission", 15.0)
@@ -386,17 +399,26 @@ class DashboardScreen(Screen[None]):
         if snapshot is None or snapshot.session is None:
             return
         session = snapshot.session
+        if session.step is None:
+            self.notify("no protocol step is running: nothing to override", severity="error", timeout=10)
+            return
+        # The override belongs to this step: the controller refuses it if the step has ended meanwhile.
+        step = session.step.number
         limit = session.max_override_w if session.max_override_w is not None else snapshot.laser.commanded_w
         answer = await self.app.push_screen_wait(
             OverrideDialog(
                 current_w=snapshot.laser.commanded_w,
                 max_w=limit,
                 cursor_blink=self.context.settings.cursor_blink,
-            )
+                step=step,
+            ).docked()
         )
         if answer is not None:
             watts, reason = answer
-            await self._send(OverridePower(watts=watts, reason=reason), f"power override: {watts:.2f} W")
+            await self._send(
+                OverridePower(watts=watts, reason=reason, step=step),
+                f"power override for step {step}: {watts:.2f} W",
+            )
 
     @work(group="dialog", exclusive=True, exit_on_error=False)
     async def action_abort(self) -> None:
@@ -408,7 +430,7 @@ class DashboardScreen(Screen[None]):
                 "Abort session",
                 "The laser stops and the session ends. Why is it aborted?",
                 cursor_blink=self.context.settings.cursor_blink,
-            )
+            ).docked()
         )
         if reason is not None:
             await self._send(Abort(reason=reason), f"session aborted: {reason}", 20.0)
@@ -424,7 +446,7 @@ class DashboardScreen(Screen[None]):
                 "Acknowledge the fault: the laser stays off until armed again.",
                 username=self.user.username,
                 cursor_blink=self.context.settings.cursor_blink,
-            )
+            ).docked()
         )
         if answer is not None:
             username, password = answer

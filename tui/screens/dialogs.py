@@ -8,6 +8,9 @@ screen that opened one sends the command and shows the controller's answer.
 
 The checks are plain functions (:func:`check_reason`, :func:`check_power`, :func:`check_credentials`) so the
 rules can be read and tested without a screen.
+
+A dialog is centred, or docked at the bottom (:meth:`DialogScreen.docked`) where the screen below must stay
+readable: over the treatment dashboard the banner, the power and the interlocks stay visible, undimmed.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import math
 import re
 from decimal import Decimal, InvalidOperation
-from typing import ClassVar, TypeVar
+from typing import ClassVar, Self, TypeVar
 
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -157,6 +160,20 @@ class DialogScreen(ModalScreen[ResultT]):
         color: $error;
         text-style: bold;
     }
+    DialogScreen.-docked {
+        align: center bottom;
+    }
+    DialogScreen.-docked > #dialog {
+        width: 100%;
+        max-width: 100;
+    }
+    DialogScreen.-docked .dialog-grid {
+        grid-gutter: 0 0;
+        margin: 0;
+    }
+    DialogScreen.-docked #dialog-error {
+        margin: 0;
+    }
     """
 
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
@@ -167,6 +184,12 @@ class DialogScreen(ModalScreen[ResultT]):
         super().__init__()
         self.dialog_title = title
         self.cursor_blink = cursor_blink
+
+    def docked(self) -> Self:
+        """Dock the panel at the bottom, compact, without dimming the screen below (which stays readable
+        above it); returns the dialog."""
+        self.add_class("-docked")
+        return self
 
     def panel(self) -> Vertical:
         """The bordered panel the dialog's content goes in (titled with the dialog's title)."""
@@ -243,12 +266,14 @@ class OverrideDialog(DialogScreen[tuple[float, str] | None]):
     """Override the running step's power: returns ``(watts, reason)`` or ``None`` on Escape.
 
     The new power (W) must be a finite decimal number from 0 to ``max_w`` with at most two decimals; the
-    reason must not be blank. The power commanded when the dialog opened is shown.
+    reason must not be blank. The power commanded when the dialog opened is shown, and the step the override
+    is for (it applies to that step only).
 
     Args:
         current_w: the power commanded now, W (finite, >= 0).
         max_w: the protocol's power limit, W (finite, >= 0).
         cursor_blink: whether the text cursor blinks.
+        step: the number of the protocol step the override is for, shown in the title.
 
     Raises:
         ValueError: ``current_w`` or ``max_w`` is negative or not finite.
@@ -256,11 +281,15 @@ class OverrideDialog(DialogScreen[tuple[float, str] | None]):
 
     BINDINGS: ClassVar[list[BindingType]] = [Binding("enter", "submit", "Next / override", priority=True)]
 
-    def __init__(self, *, current_w: float, max_w: float, cursor_blink: bool) -> None:
+    def __init__(
+        self, *, current_w: float, max_w: float, cursor_blink: bool, step: int | None = None
+    ) -> None:
         for name, value in (("current_w", current_w), ("max_w", max_w)):
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite power >= 0 W, got {value!r}")
-        super().__init__("Override power", cursor_blink=cursor_blink)
+        title = "Override power" if step is None else f"Override power of step {step}"
+        super().__init__(title, cursor_blink=cursor_blink)
+        self.step = step
         self.current_w = current_w
         self.max_w = max_w
 

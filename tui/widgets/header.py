@@ -1,14 +1,26 @@
-"""The console's header: the product name, the screen, SIMULATED RIG when on the simulator, and who is logged
-in."""
+"""The console's header: the product name, the screen, SIMULATED RIG when on the simulator, who is logged in,
+and the stop key (F12 STOP LASER) wherever it acts: in the header it is never cut off, as the footer's last
+keys are at 80 columns."""
 
 from __future__ import annotations
 
+from textual import events
 from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import Static
 
 #: The badge text shown on every screen while the console runs on the simulated rig.
 SIMULATED_RIG = "SIMULATED RIG"
+#: The stop key's label, shown on every screen of a console with a controller.
+STOP_LABEL = "F12 STOP LASER"
+
+
+class StopKeyLabel(Static):
+    """The stop key's label; a click on it stops emission too."""
+
+    async def on_click(self, event: events.Click) -> None:
+        event.stop()
+        await self.app.run_action("app.stop_emission")
 
 
 class ConsoleHeader(Horizontal):
@@ -32,3 +44,6 @@ class ConsoleHeader(Horizontal):
             yield Static(SIMULATED_RIG, id="sim-badge")
         yield Static(self._screen_title, id="screen-title")
         yield Static(self._user_text, id="header-user")
+        if getattr(self.app, "link", None) is not None:
+            # The console's F12 acts (see tui.app): its label is always on screen.
+            yield StopKeyLabel(STOP_LABEL, id="stop-key")
