@@ -210,7 +210,7 @@ async def test_notes_typed_and_saved_reach_the_record(live: Live, clock: FakeClo
         assert fact(pilot, "laser-on") == f"{on_time:.1f} s"
         assert fact(pilot, "steps") == "1 of 1"
         table = screen.query_one("#events", DataTable)
-        kinds = [table.get_row_at(i)[-1] for i in range(table.row_count)]
+        kinds = [str(table.get_row_at(i)[-1]) for i in range(table.row_count)]
         assert kinds[0] == "session_open" and kinds[-1] == "session_completed"
         assert "laser_on" in kinds and "state_change" in kinds
         plot = screen.query_one("#trace-plot", PowerPlot)
