@@ -329,23 +329,36 @@ def write_fixed_session() -> int:
                 hashlib.sha256(content).hexdigest(),
             ),
         )
+        override = {
+            "action": "protocol_power_override",
+            "old_value": 2.6,
+            "new_value": 2.5,
+            "reason": "subject felt warmth",
+            "by": "tina",
+            "protocol_step": 2,
+        }
+        abort = {"action": "abort", "reason": "subject moved", "by": "tina"}
         events = [
-            (0.5, "ring_size_change", None, None, 2.0),
-            (0.6, "protocol_step_start", 2.0, None, 2.0),
-            (1.0, "laser_on", 2.0, 0.0, 2.0),
-            (11.0, "laser_off", 2.0, 1.96, 2.0),
-            (11.0, "protocol_step_end", 2.0, None, 2.0),
-            (12.0, "ring_size_change", None, None, 2.5),
-            (12.1, "protocol_step_start", 2.0, None, 2.5),
-            (12.5, "laser_on", 2.1, 0.0, 2.5),
-            (16.0, "user_action", 2.7, 2.65, 2.5),
-            (16.0, "laser_off", 2.7, 2.65, 2.5),
+            (0.5, "ring_size_change", None, None, 2.0, None),
+            (0.6, "protocol_step_start", 2.0, None, 2.0, None),
+            (1.0, "laser_on", 2.0, 0.0, 2.0, {"reason": "footpedal pressed", "protocol_step": 1}),
+            (11.0, "laser_off", 2.0, 1.96, 2.0, None),
+            (11.0, "protocol_step_end", 2.0, None, 2.0, None),
+            (12.0, "ring_size_change", None, None, 2.5, None),
+            (12.1, "protocol_step_start", 2.0, None, 2.5, None),
+            (12.5, "laser_on", 2.1, 0.0, 2.5, None),
+            (14.0, "user_action", 2.5, 2.45, 2.5, override),
+            (16.0, "user_action", 2.7, 2.65, 2.5, abort),
+            (16.0, "laser_off", 2.7, 2.65, 2.5, None),
         ]
         db.executemany(
             "INSERT INTO treatment_events (session_id, timestamp, time_offset_ms, event_type, "
-            "laser_power_commanded_watts, laser_power_actual_watts, ring_size_mm) "
-            "VALUES (1, ?, ?, ?, ?, ?, ?)",
-            [(at(s), round(s * 1000), kind, cmd, actual, ring) for s, kind, cmd, actual, ring in events],
+            "laser_power_commanded_watts, laser_power_actual_watts, ring_size_mm, event_details) "
+            "VALUES (1, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (at(s), round(s * 1000), kind, cmd, actual, ring, None if d is None else json.dumps(d))
+                for s, kind, cmd, actual, ring, d in events
+            ],
         )
         safety = [
             (0.3, "state_change", "info", "idle -> ready: session 1 opened for P-2026-0001"),
