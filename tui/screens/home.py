@@ -17,6 +17,7 @@ from control.accounts import UserInfo
 from storage import DataDir
 from storage.backup import last_backup
 from storage.maintenance import schema_revision
+from tui.safe_text import plain
 from tui.screens._base import LogoutRequested, ScreenContext
 from tui.widgets.header import ConsoleHeader
 
@@ -63,12 +64,12 @@ class HomeScreen(Screen[None]):
         user = self.user
         yield ConsoleHeader("Home", sim=self.context.settings.sim, user_text=f"{user.username} ({user.role})")
         with Vertical(id="home", classes="panel"):
-            yield Label(f"Welcome, {user.full_name}", classes="form-title")
+            yield Label(plain(f"Welcome, {user.full_name}"), classes="form-title")
             with Grid(id="facts"):
                 yield Label("User", classes="fact-name")
-                yield Static(f"{user.full_name} ({user.username})", id="fact-user")
+                yield Static(plain(f"{user.full_name} ({user.username})"), id="fact-user")
                 yield Label("Role", classes="fact-name")
-                yield Static(user.role, id="fact-role")
+                yield Static(plain(user.role), id="fact-role")
                 yield Label("Database", classes="fact-name")
                 yield Static("reading...", id="fact-db")
                 yield Label("Schema version", classes="fact-name")
@@ -84,9 +85,9 @@ class HomeScreen(Screen[None]):
     async def load_facts(self) -> None:
         """Fill in the database facts without blocking the screen."""
         facts = await asyncio.to_thread(read_database_facts, DataDir(self.context.settings.data_dir))
-        self.query_one("#fact-db", Static).update(facts.path)
-        self.query_one("#fact-schema", Static).update(facts.schema)
-        self.query_one("#fact-backup", Static).update(facts.last_backup)
+        self.query_one("#fact-db", Static).update(plain(facts.path))
+        self.query_one("#fact-schema", Static).update(plain(facts.schema))
+        self.query_one("#fact-backup", Static).update(plain(facts.last_backup))
         self.facts = facts
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:

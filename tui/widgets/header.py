@@ -7,6 +7,8 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import Static
 
+from tui.safe_text import plain
+
 #: The badge text shown on every screen while the console runs on the simulated rig.
 SIMULATED_RIG = "SIMULATED RIG"
 
@@ -31,4 +33,4 @@ class ConsoleHeader(Horizontal):
         if self._sim:
             yield Static(SIMULATED_RIG, id="sim-badge")
         yield Static(self._screen_title, id="screen-title")
-        yield Static(self._user_text, id="header-user")
+        yield Static(plain(self._user_text), id="header-user")
