@@ -46,9 +46,8 @@ from tui.screens._base import ScreenContext, SessionFinished
 from tui.screens.dialogs import ConfirmDialog
 from tui.widgets.header import ConsoleHeader
 from tui.widgets.session_review import (
-    REVIEW_SCREEN_CLASS,
-    REVIEW_SCREEN_CSS,
     EventsPane,
+    NotesArea,
     ReviewFacts,
     TracePane,
     event_cells,
@@ -56,6 +55,7 @@ from tui.widgets.session_review import (
     format_seconds,
     format_steps,
     format_watts,
+    review_screen_css,
 )
 
 #: The question asked before finishing without notes (y finishes, n or escape goes back to the notes).
@@ -88,7 +88,7 @@ class EndOfSessionScreen(Screen[None]):
     # Screen-level CSS (not DEFAULT_CSS) so that it takes precedence over the console's shared rules for
     # ``#status``.
     CSS = (
-        REVIEW_SCREEN_CSS
+        review_screen_css("EndOfSessionScreen")
         + """
     EndOfSessionScreen #notes:focus {
         background: $primary 20%;
@@ -97,7 +97,7 @@ class EndOfSessionScreen(Screen[None]):
     )
 
     def __init__(self, context: ScreenContext, user: UserInfo, session_id: int) -> None:
-        super().__init__(classes=REVIEW_SCREEN_CLASS)
+        super().__init__()
         self.context = context
         self.user = user
         self.session_id = session_id
@@ -119,7 +119,7 @@ class EndOfSessionScreen(Screen[None]):
             yield ReviewFacts(self.session_id, id="eos-summary")
             with Vertical(id="eos-notes-box"):
                 yield Label("Post-treatment notes (what you type goes here)", id="notes-label")
-                notes = TextArea(
+                notes = NotesArea(
                     id="notes",
                     soft_wrap=True,
                     tab_behavior="focus",
@@ -272,7 +272,8 @@ class EndOfSessionScreen(Screen[None]):
         if event.text and self._take_typing():
             event.stop()
             event.prevent_default()
-            self.query_one("#notes", TextArea).insert(event.text)
+            text = event.text.replace("\r\n", "\n").replace("\r", "\n")
+            self.query_one("#notes", TextArea).insert(escape_controls(text, keep_newlines=True))
 
     def _take_typing(self) -> bool:
         """True when typing elsewhere must go into the notes (and the focus has been moved there); False

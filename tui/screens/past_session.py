@@ -31,11 +31,10 @@ from tui.screens._base import ScreenContext
 from tui.widgets.header import ConsoleHeader
 from tui.widgets.session_review import (
     READING,
-    REVIEW_SCREEN_CLASS,
-    REVIEW_SCREEN_CSS,
     EventsPane,
     ReviewFacts,
     TracePane,
+    review_screen_css,
 )
 
 #: Pane ids of the lower half, in the order ctrl+t cycles through them.
@@ -84,7 +83,7 @@ class PastSessionScreen(Screen[None]):
     ]
 
     CSS = (
-        REVIEW_SCREEN_CSS
+        review_screen_css("PastSessionScreen")
         + """
     PastSessionScreen #notes {
         background: $surface;
@@ -97,7 +96,7 @@ class PastSessionScreen(Screen[None]):
     )
 
     def __init__(self, context: ScreenContext, user: UserInfo, session_id: int) -> None:
-        super().__init__(classes=REVIEW_SCREEN_CLASS)
+        super().__init__()
         self.context = context
         self.user = user
         self.session_id = session_id

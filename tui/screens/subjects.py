@@ -435,7 +435,8 @@ class SubjectFormScreen(FormScreen):
         birth = subject.date_of_birth
         self.query_one("#birth-date", Input).value = birth.isoformat() if birth is not None else ""
         self.query_one("#gender", Input).value = subject.gender or ""
-        self.query_one("#notes", Input).value = subject.notes or ""
+        # Shown as text: control characters in the stored notes appear escaped (and are saved as shown).
+        self.query_one("#notes", Input).value = escape_controls(subject.notes or "")
 
     @work(exclusive=True, group="subject-code", exit_on_error=False)
     async def read_next_code(self) -> None:

@@ -23,10 +23,10 @@ from rich.text import Text
 from textual import events, on
 from textual.app import ComposeResult
 from textual.containers import Grid, Vertical
-from textual.widgets import DataTable, Label, Static
+from textual.widgets import DataTable, Label, Static, TextArea
 
 from control.review import ReviewEvent, SessionReviewData
-from tui.safe_text import plain
+from tui.safe_text import escape_controls, plain
 from tui.widgets.plot import PowerPlot
 
 #: Shown in place of a value the review has not read yet.
@@ -58,61 +58,65 @@ _MAX_KIND = 20
 _MIN_EVENT = 16
 
 
-#: The class a screen reviewing a session carries, for :data:`REVIEW_SCREEN_CSS`.
-REVIEW_SCREEN_CLASS = "session-review"
-#: The layout of a screen reviewing a session (give it as the screen's ``CSS``, so that it takes precedence
-#: over the console's shared rules for ``#status``): the summary beside the notes on a wide screen (above
-#: them on a narrow one), the events and trace tabs below, a status line. The screen sets the breakpoints
-#: ``-wide`` (110 columns) and ``-tall`` (32 rows).
-REVIEW_SCREEN_CSS = """
-.session-review #eos-top {
+#: The layout of a screen reviewing a session, for :func:`review_screen_css` (``SCREEN`` stands for the
+#: screen's class name): the summary beside the notes on a wide screen (above them on a narrow one), the
+#: events and trace tabs below, a status line. The screen sets the breakpoints ``-wide`` (110 columns) and
+#: ``-tall`` (32 rows).
+_REVIEW_SCREEN_CSS = """
+SCREEN #eos-top {
     layout: vertical;
     height: auto;
     margin: 0 1;
 }
-.session-review #eos-notes-box {
+SCREEN #eos-notes-box {
     height: auto;
 }
-.session-review #notes-label {
+SCREEN #notes-label {
     color: $text-muted;
     padding: 0 1;
 }
-.session-review #notes {
+SCREEN #notes {
     height: 3;
     background: $panel;
 }
-.session-review.-tall #notes {
+SCREEN.-tall #notes {
     height: 6;
 }
-.session-review.-wide #eos-top {
+SCREEN.-wide #eos-top {
     layout: horizontal;
     height: 10;
 }
-.session-review.-wide #eos-summary {
+SCREEN.-wide #eos-summary {
     width: 1fr;
     height: 100%;
 }
-.session-review.-wide #eos-notes-box {
+SCREEN.-wide #eos-notes-box {
     width: 1fr;
     height: 100%;
     margin: 0 0 0 1;
 }
-.session-review.-wide #notes {
+SCREEN.-wide #notes {
     height: 1fr;
 }
-.session-review #eos-tabs {
+SCREEN #eos-tabs {
     height: 1fr;
     margin: 0 1;
 }
-.session-review #eos-tabs TabPane {
+SCREEN #eos-tabs TabPane {
     padding: 0;
 }
-.session-review #status {
+SCREEN #status {
     margin: 0 1;
     height: 1;
     min-height: 1;
 }
 """
+
+
+def review_screen_css(screen_name: str) -> str:
+    """The layout of a screen reviewing a session, for the screen class named ``screen_name`` (give it as the
+    screen's ``CSS``, which takes precedence over the console's shared rules for ``#status``)."""
+    return _REVIEW_SCREEN_CSS.replace("SCREEN", screen_name)
 
 
 def format_seconds(seconds: float | None) -> str:
@@ -177,6 +181,17 @@ def _fit(cell: Text, width: int) -> Text:
     cut = cell.copy()
     cut.truncate(width, overflow="ellipsis")
     return cut
+
+
+class NotesArea(TextArea):
+    """A notes field that takes pasted text as it will be drawn: line ends become line breaks and every other
+    control character is written as its escape (``\\x1b``), so that what is saved is what the field shows
+    and nothing pasted reaches the terminal as a command."""
+
+    async def _on_paste(self, event: events.Paste) -> None:
+        text = event.text.replace("\r\n", "\n").replace("\r", "\n")
+        event.text = escape_controls(text, keep_newlines=True)
+        await super()._on_paste(event)
 
 
 class ReviewFacts(Vertical):
@@ -413,10 +428,9 @@ __all__ = [
     "FACTS",
     "NO_VALUE",
     "READING",
-    "REVIEW_SCREEN_CLASS",
-    "REVIEW_SCREEN_CSS",
     "EventsPane",
     "EventsTable",
+    "NotesArea",
     "ReviewFacts",
     "TracePane",
     "event_cells",
@@ -425,4 +439,5 @@ __all__ = [
     "format_seconds",
     "format_steps",
     "format_watts",
+    "review_screen_css",
 ]
