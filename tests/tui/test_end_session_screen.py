@@ -33,7 +33,7 @@ from console_fixtures import (
 from textual import events
 from textual.app import App
 from textual.pilot import Pilot
-from textual.widgets import DataTable, Static, TextArea
+from textual.widgets import DataTable, Label, Static, TextArea
 
 import tui
 from control.accounts import AccountService, UserInfo
@@ -224,6 +224,30 @@ async def test_notes_typed_and_saved_reach_the_record(live: Live, clock: FakeClo
         assert "saved" in status_text(pilot)
     (notes,) = db_row("SELECT post_treatment_notes FROM sessions WHERE session_id = ?", live.session_id)
     assert notes == "no redness\nskin intact"
+
+
+async def test_typing_with_the_focus_on_another_pane_goes_into_the_notes(
+    live: Live, clock: FakeClock
+) -> None:
+    app = Host(clock, live.user, live.session_id, live.link)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await review_shown(pilot)
+        notes = screen.query_one("#notes", TextArea)
+        assert "what you type goes here" in str(screen.query_one("#notes-label", Label).render())
+        await pilot.press("tab", "tab")
+        assert app.focused is not notes and app.focused is not None
+        await pilot.press("o", "k")  # typed on the events pane
+        assert notes.text == "ok" and app.focused is notes
+        await pilot.press("tab", "tab")
+        assert app.focused is not notes
+        app.post_message(events.Paste(", fine"))  # pasted on the events pane
+        await wait_until(pilot, lambda: notes.text == "ok, fine", "the pasted notes")
+        assert app.focused is notes
+        await pilot.press("ctrl+s")
+        await saved(pilot, screen)
+        assert app.finished == [live.session_id]
+    (kept,) = db_row("SELECT post_treatment_notes FROM sessions WHERE session_id = ?", live.session_id)
+    assert kept == "ok, fine"
 
 
 async def test_empty_notes_ask_for_confirmation(live: Live, clock: FakeClock) -> None:
