@@ -189,9 +189,10 @@ class NotesArea(TextArea):
     and nothing pasted reaches the terminal as a command."""
 
     async def _on_paste(self, event: events.Paste) -> None:
+        # Textual calls each class's handler in turn, this one first: the text area's own then inserts the
+        # text as made here.
         text = event.text.replace("\r\n", "\n").replace("\r", "\n")
         event.text = escape_controls(text, keep_newlines=True)
-        await super()._on_paste(event)
 
 
 class ReviewFacts(Vertical):
