@@ -24,7 +24,7 @@ from console_fixtures import DATA_DIR, FakeClock, make_settings, seed_sync, show
 from test_end_session_screen import START, user_info, write_fixed_session
 from textual.app import App
 from textual.screen import Screen
-from textual.widgets import DataTable
+from textual.widgets import DataTable, Input
 from textual.widgets._toast import Toast
 
 import tui
@@ -43,7 +43,7 @@ from tui.screens.end_session import EndOfSessionScreen
 from tui.screens.home import HomeScreen
 from tui.screens.lock import LockScreen
 from tui.screens.past_session import PastSessionScreen
-from tui.screens.subjects import SubjectHistoryScreen
+from tui.screens.subjects import SubjectFormScreen, SubjectHistoryScreen, SubjectsScreen
 
 TOSCA_CSS = Path(tui.__file__).parent / "tosca.tcss"
 
@@ -84,6 +84,7 @@ def write_hostile_session() -> None:
     with sqlite3.connect(DATA_DIR / "tosca.db") as db:
         (tech_id,) = db.execute("SELECT tech_id FROM tech_users WHERE username = 'tina'").fetchone()
         db.execute("UPDATE tech_users SET full_name = ? WHERE tech_id = ?", (FULL_NAME, tech_id))
+        db.execute("UPDATE subjects SET notes = ? WHERE subject_code = 'P-2026-0001'", (NOTES,))
         db.execute(
             "INSERT INTO sessions (session_id, subject_id, tech_id, start_time, end_time, duration_seconds, "
             "status, abort_reason, protocol_name, treatment_notes, post_treatment_notes) "
@@ -184,6 +185,18 @@ async def test_past_session_and_history_show_hostile_words_as_text(data_dir: Pat
         await pilot.pause()
         assert screen.session_id == 2
         assert_shown(app, REASON, "[/bold] [red]x", escaped("\x1b[31mred\x1b[0m \x1b]0;title\x07 \x9b2J"))
+
+
+async def test_subject_notes_are_edited_as_text(data_dir: Path, clock: FakeClock) -> None:
+    user = await asyncio.to_thread(hostile_user)
+    app = Host(clock, user, SubjectsScreen)
+    async with app.run_test(size=(200, 60)) as pilot:
+        await wait_until(pilot, lambda: isinstance(app.screen, SubjectsScreen) and app.screen.loaded, "list")
+        await pilot.press("e")
+        await wait_until(pilot, lambda: showing(app, SubjectFormScreen), "the subject form")
+        await pilot.pause()
+        assert_shown(app, escaped(NOTES)[:40], "shown escaped")
+        assert app.screen.query_one("#notes", Input).value == escaped(NOTES)
 
 
 @pytest.mark.parametrize("which", ["home", "lock", "change-password"])

@@ -435,8 +435,14 @@ class SubjectFormScreen(FormScreen):
         birth = subject.date_of_birth
         self.query_one("#birth-date", Input).value = birth.isoformat() if birth is not None else ""
         self.query_one("#gender", Input).value = subject.gender or ""
-        # Shown as text: control characters in the stored notes appear escaped (and are saved as shown).
-        self.query_one("#notes", Input).value = escape_controls(subject.notes or "")
+        # Shown as text: control characters in the stored notes appear escaped, and are saved as shown.
+        notes = escape_controls(subject.notes or "")
+        self.query_one("#notes", Input).value = notes
+        if notes != (subject.notes or ""):
+            self.show_status(
+                "the notes hold control characters, shown escaped (\\x..); saving keeps them as shown",
+                error=False,
+            )
 
     @work(exclusive=True, group="subject-code", exit_on_error=False)
     async def read_next_code(self) -> None:
