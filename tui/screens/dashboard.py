@@ -43,7 +43,7 @@ from control.messages import (
     Snapshot,
     command_name,
 )
-from tui.safe_text import plain
+from tui.safe_text import escape_controls, plain
 from tui.screens._base import PreviewUpdated, ScreenContext, SnapshotUpdated
 from tui.screens.checks import arm_refusal
 from tui.widgets.camera import CameraPreview
@@ -130,8 +130,8 @@ def readout_text(snapshot: Snapshot) -> Text:
     laser, ring, session = snapshot.laser, snapshot.ring, snapshot.session
     text = Text(no_wrap=True, overflow="ellipsis")
     if session is not None:
-        text.append_text(plain(f"{session.subject_code}  ", "bold"))
-        text.append_text(plain(session.protocol_name))
+        text.append(escape_controls(f"{session.subject_code}  "), style="bold")
+        text.append(escape_controls(session.protocol_name))
         text.append("\n")
     text.append("Power  ", style="dim")
     text.append(f"set {laser.commanded_w:.2f} W", style="bold")
@@ -181,8 +181,8 @@ def interlock_text(snapshot: Snapshot) -> Text:
         if index:
             text.append("\n")
         text.append(" OK " if term.ok else " NO ", style="bold" if term.ok else "bold reverse")
-        text.append_text(plain(f" {term.name:<12} ", "bold"))
-        text.append_text(plain(term.value if term.ok or not term.detail else term.detail))
+        text.append(escape_controls(f" {term.name:<12} "), style="bold")
+        text.append(escape_controls(term.value if term.ok or not term.detail else term.detail))
     return text
 
 
