@@ -9,7 +9,9 @@ record) shows:
   the treatment events show as completed;
 * the **events**: the session's ``treatment_events`` and ``safety_log`` rows merged in time order, with the
   session's opening and closing taken from its own row, each as a :class:`ReviewEvent` (when, what, how
-  serious, a one-line description, who);
+  serious, a one-line description, who, and the row's stored details JSON as readable text: an operator's
+  action says what it was, by whom and why, e.g. "power override 5.00 W -> 4.50 W in step 1 by tina: subject
+  uncomfortable");
 * the **power trace**: commanded and measured laser power over time, read from the session's telemetry file
   (JSON lines written by :class:`control.recorder.Recorder`; each line holds ``t``, seconds since the session
   opened, ``cmd_w``, the commanded power in watts, and ``p_w``, the measured power in watts or ``null`` when
@@ -37,6 +39,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from control.protocols import ProtocolError, compile_plan, parse_protocol
@@ -46,11 +49,10 @@ from storage import (
     SafetyLogRepository,
     SessionsRepository,
     TelemetryError,
-    TreatmentEventsRepository,
+    TreatmentEvent,
     UsersRepository,
     scan_telemetry,
 )
-from storage.repositories import EventRow
 
 #: Default most points kept per power series.
 DEFAULT_MAX_POINTS: Final = 600
@@ -142,7 +144,9 @@ class ReviewEvent:
     treatment event or a safety log row); ``kind`` is the event type as stored; ``severity`` is
     info/warning/critical/emergency; ``who`` is a username: the session's technician for the session's own
     lines and its treatment events, the user a safety row names, or ``controller`` for a safety row that
-    names none.
+    names none. ``details`` is the row's stored details JSON as readable text (``reason: footpedal
+    released; protocol step: 1``), "" when it has none; for a row whose JSON does not parse, the stored text
+    as it is.
     """
 
     at: datetime
@@ -152,6 +156,7 @@ class ReviewEvent:
     severity: str
     description: str
     who: str
+    details: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,8 +354,87 @@ def _watts(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f} W"
 
 
-def _treatment_description(row: EventRow, step: int | None) -> str:
-    words = _EVENT_WORDS.get(row.event_type, row.event_type.replace("_", " "))
+@dataclass(frozen=True, slots=True)
+class _TreatmentRow:
+    """One ``treatment_events`` row as the review reads it (powers W, ring mm, details the stored JSON)."""
+
+    timestamp: datetime
+    event_type: str
+    laser_power_commanded_watts: float | None
+    laser_power_actual_watts: float | None
+    ring_size_mm: float | None
+    event_details: str | None
+
+
+def _parse_details(stored: str | None) -> dict[str, Any] | str | None:
+    """The stored details JSON as a dict; the text itself when it is not a JSON object; None when empty."""
+    if stored is None or not stored.strip():
+        return None
+    try:
+        value = json.loads(stored)
+    except ValueError:
+        return stored
+    return value if isinstance(value, dict) else stored
+
+
+def _detail_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.3f}".rstrip("0").rstrip(".") if math.isfinite(value) else str(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_detail_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_detail_value(v) for v in value) + "]"
+    return "-" if value is None else str(value)
+
+
+def details_text(stored: str | None) -> str:
+    """A row's stored details JSON as one readable line: ``key: value`` pairs joined by ``; `` (underscores
+    read as spaces, numbers without trailing zeros, true/false as yes/no); text that is not a JSON object is
+    returned as stored; "" for none. The ``interlocks`` map is left out (every event has it; the safety log
+    says which term failed)."""
+    parsed = _parse_details(stored)
+    if parsed is None:
+        return ""
+    if isinstance(parsed, str):
+        return parsed
+    return "; ".join(
+        f"{key.replace('_', ' ')}: {_detail_value(value)}"
+        for key, value in parsed.items()
+        if key != "interlocks"
+    )
+
+
+def _action_description(details: Mapping[str, Any]) -> str:
+    """What an operator's action (``user_action``) was, by whom and why, from its details."""
+    action = str(details.get("action", "action"))
+    by = details.get("by")
+    who = f" by {by}" if by else ""
+    reason = details.get("reason")
+    why = f": {reason}" if reason else ""
+    if action == "protocol_power_override":
+        old = _number(details.get("old_value"))
+        new = _number(details.get("new_value"))
+        step = details.get("protocol_step")
+        where = f" in step {step}" if step is not None else ""
+        return f"power override {_watts(old)} -> {_watts(new)}{where}{who}{why}"
+    if action == "abort":
+        return f"abort{who}{why}"
+    if action == "arm":
+        return f"armed (key control){who}{why}"
+    return f"{action.replace('_', ' ')}{who}{why}"
+
+
+def _treatment_description(row: _TreatmentRow, step: int | None) -> str:
+    details = _parse_details(row.event_details)
+    if row.event_type == "user_action" and isinstance(details, dict):
+        words = _action_description(details)
+    else:
+        words = _EVENT_WORDS.get(row.event_type, row.event_type.replace("_", " "))
+        reason = details.get("reason") if isinstance(details, dict) else None
+        if reason and row.event_type in ("pause", "resume", "laser_on", "laser_off"):
+            words += f" ({reason})"
     if step is not None:
         words = f"step {step} {words.removeprefix('step ')}"
     parts: list[str] = []
@@ -371,7 +455,7 @@ def _action_suffix(action_taken: str | None) -> str:
     return f" ({action_taken})"
 
 
-def _treatment_events(rows: Iterable[EventRow], start: datetime, who: str) -> list[ReviewEvent]:
+def _treatment_events(rows: Iterable[_TreatmentRow], start: datetime, who: str) -> list[ReviewEvent]:
     """Review lines of a session's treatment events; steps are numbered in the order they started (the
     engine runs a protocol's steps once each, in order)."""
     events: list[ReviewEvent] = []
@@ -393,6 +477,7 @@ def _treatment_events(rows: Iterable[EventRow], start: datetime, who: str) -> li
                 severity=_EVENT_SEVERITY.get(row.event_type, "info"),
                 description=_treatment_description(row, step),
                 who=who,
+                details=details_text(row.event_details),
             )
         )
     return events
@@ -473,7 +558,21 @@ async def load_review(
             raise SessionRefused(f"no session with id {session_id}")
         snapshot = row.protocol_data_snapshot
         technician = await UsersRepository(db).get_by_id(row.tech_id)
-        treatment_rows = await TreatmentEventsRepository(db).events_for_session(session_id)
+        treatment_rows = [
+            _TreatmentRow(*r)
+            for r in await db.execute(
+                select(
+                    TreatmentEvent.timestamp,
+                    TreatmentEvent.event_type,
+                    TreatmentEvent.laser_power_commanded_watts,
+                    TreatmentEvent.laser_power_actual_watts,
+                    TreatmentEvent.ring_size_mm,
+                    TreatmentEvent.event_details,
+                )
+                .where(TreatmentEvent.session_id == session_id)
+                .order_by(TreatmentEvent.time_offset_ms, TreatmentEvent.event_id)
+            )
+        ]
         safety_rows = await SafetyLogRepository(db).for_session(session_id)
         names: dict[int, str] = {}
         for tech_id in {r.tech_id for r in safety_rows if r.tech_id is not None}:
@@ -490,6 +589,7 @@ async def load_review(
             severity=r.severity,
             description=r.description + _action_suffix(r.action_taken),
             who=names.get(r.tech_id, SYSTEM_ACTOR) if r.tech_id is not None else SYSTEM_ACTOR,
+            details=details_text(r.details),
         )
         for r in safety_rows
     ]
@@ -529,6 +629,7 @@ __all__ = [
     "ReviewEvent",
     "ReviewSummary",
     "SessionReviewData",
+    "details_text",
     "downsample_min_max",
     "load_review",
 ]

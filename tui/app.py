@@ -52,6 +52,7 @@ from textual import events, work
 from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.driver import Driver
+from textual.notifications import SeverityLevel
 from textual.screen import Screen
 from textual.theme import Theme
 from textual.widgets import Static
@@ -67,6 +68,7 @@ from storage.probe import needs_first_admin
 from tui.commands import start_failure
 from tui.link import CONTROL_SOCKET, ConsoleLink
 from tui.memory import QuietCollector
+from tui.safe_text import escape_controls
 from tui.screens._base import (
     ControllerEvent,
     EntryScreenRequested,
@@ -205,6 +207,25 @@ class ToscaApp(App[int]):
         self.hung_up = False
 
     # -- life cycle ----------------------------------------------------------------------------------------
+
+    def notify(
+        self,
+        message: str,
+        *,
+        title: str = "",
+        severity: SeverityLevel = "information",
+        timeout: float | None = None,
+        markup: bool = True,
+    ) -> None:
+        """Every toast is drawn as text: its message carries what people typed and devices sent, so it is
+        never read as markup (``markup`` is ignored) and its control characters are shown escaped."""
+        super().notify(
+            escape_controls(message),
+            title=escape_controls(title),
+            severity=severity,
+            timeout=timeout,
+            markup=False,
+        )
 
     def get_driver_class(self) -> type[Driver]:
         """The terminal's driver, with F12 sent to the controller from its input thread (see

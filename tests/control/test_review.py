@@ -28,6 +28,7 @@ from control.review import (
     SYSTEM_ACTOR,
     PowerTrace,
     ReviewSummary,
+    details_text,
     downsample_min_max,
     load_review,
 )
@@ -290,3 +291,22 @@ def test_summary_needs_every_field() -> None:
     with pytest.raises(ValueError, match="lacks session_id"):
         ReviewSummary.from_mapping({})
     assert PowerTrace().time_range_s is None and PowerTrace().max_power_w is None
+
+
+def test_details_read_as_text() -> None:
+    stored = json.dumps(
+        {
+            "reason": "footpedal released",
+            "protocol_step": 2,
+            "elapsed_s": 1.25,
+            "ramp_end": True,
+            "interlocks": {"estop": True},
+            "target": None,
+        }
+    )
+    assert details_text(stored) == (
+        "reason: footpedal released; protocol step: 2; elapsed s: 1.25; ramp end: yes; target: -"
+    )
+    assert details_text(None) == "" and details_text("  ") == ""
+    assert details_text("not json [/b]") == "not json [/b]", "text that is not JSON is shown as stored"
+    assert details_text("[1, 2]") == "[1, 2]"

@@ -33,7 +33,7 @@ from console_fixtures import (
 from textual import events
 from textual.app import App
 from textual.pilot import Pilot
-from textual.widgets import DataTable, Static, TextArea
+from textual.widgets import DataTable, Label, Static, TextArea
 
 import tui
 from control.accounts import AccountService, UserInfo
@@ -210,7 +210,7 @@ async def test_notes_typed_and_saved_reach_the_record(live: Live, clock: FakeClo
         assert fact(pilot, "laser-on") == f"{on_time:.1f} s"
         assert fact(pilot, "steps") == "1 of 1"
         table = screen.query_one("#events", DataTable)
-        kinds = [table.get_row_at(i)[-1] for i in range(table.row_count)]
+        kinds = [str(table.get_row_at(i)[-1]) for i in range(table.row_count)]
         assert kinds[0] == "session_open" and kinds[-1] == "session_completed"
         assert "laser_on" in kinds and "state_change" in kinds
         plot = screen.query_one("#trace-plot", PowerPlot)
@@ -224,6 +224,30 @@ async def test_notes_typed_and_saved_reach_the_record(live: Live, clock: FakeClo
         assert "saved" in status_text(pilot)
     (notes,) = db_row("SELECT post_treatment_notes FROM sessions WHERE session_id = ?", live.session_id)
     assert notes == "no redness\nskin intact"
+
+
+async def test_typing_with_the_focus_on_another_pane_goes_into_the_notes(
+    live: Live, clock: FakeClock
+) -> None:
+    app = Host(clock, live.user, live.session_id, live.link)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await review_shown(pilot)
+        notes = screen.query_one("#notes", TextArea)
+        assert "what you type goes here" in str(screen.query_one("#notes-label", Label).render())
+        await pilot.press("tab", "tab")
+        assert app.focused is not notes and app.focused is not None
+        await pilot.press("o", "k")  # typed on the events pane
+        assert notes.text == "ok" and app.focused is notes
+        await pilot.press("tab", "tab")
+        assert app.focused is not notes
+        app.post_message(events.Paste(", fine"))  # pasted on the events pane
+        await wait_until(pilot, lambda: notes.text == "ok, fine", "the pasted notes")
+        assert app.focused is notes
+        await pilot.press("ctrl+s")
+        await saved(pilot, screen)
+        assert app.finished == [live.session_id]
+    (kept,) = db_row("SELECT post_treatment_notes FROM sessions WHERE session_id = ?", live.session_id)
+    assert kept == "ok, fine"
 
 
 async def test_empty_notes_ask_for_confirmation(live: Live, clock: FakeClock) -> None:
@@ -329,23 +353,36 @@ def write_fixed_session() -> int:
                 hashlib.sha256(content).hexdigest(),
             ),
         )
+        override = {
+            "action": "protocol_power_override",
+            "old_value": 2.6,
+            "new_value": 2.5,
+            "reason": "subject felt warmth",
+            "by": "tina",
+            "protocol_step": 2,
+        }
+        abort = {"action": "abort", "reason": "subject moved", "by": "tina"}
         events = [
-            (0.5, "ring_size_change", None, None, 2.0),
-            (0.6, "protocol_step_start", 2.0, None, 2.0),
-            (1.0, "laser_on", 2.0, 0.0, 2.0),
-            (11.0, "laser_off", 2.0, 1.96, 2.0),
-            (11.0, "protocol_step_end", 2.0, None, 2.0),
-            (12.0, "ring_size_change", None, None, 2.5),
-            (12.1, "protocol_step_start", 2.0, None, 2.5),
-            (12.5, "laser_on", 2.1, 0.0, 2.5),
-            (16.0, "user_action", 2.7, 2.65, 2.5),
-            (16.0, "laser_off", 2.7, 2.65, 2.5),
+            (0.5, "ring_size_change", None, None, 2.0, None),
+            (0.6, "protocol_step_start", 2.0, None, 2.0, None),
+            (1.0, "laser_on", 2.0, 0.0, 2.0, {"reason": "footpedal pressed", "protocol_step": 1}),
+            (11.0, "laser_off", 2.0, 1.96, 2.0, None),
+            (11.0, "protocol_step_end", 2.0, None, 2.0, None),
+            (12.0, "ring_size_change", None, None, 2.5, None),
+            (12.1, "protocol_step_start", 2.0, None, 2.5, None),
+            (12.5, "laser_on", 2.1, 0.0, 2.5, None),
+            (14.0, "user_action", 2.5, 2.45, 2.5, override),
+            (16.0, "user_action", 2.7, 2.65, 2.5, abort),
+            (16.0, "laser_off", 2.7, 2.65, 2.5, None),
         ]
         db.executemany(
             "INSERT INTO treatment_events (session_id, timestamp, time_offset_ms, event_type, "
-            "laser_power_commanded_watts, laser_power_actual_watts, ring_size_mm) "
-            "VALUES (1, ?, ?, ?, ?, ?, ?)",
-            [(at(s), round(s * 1000), kind, cmd, actual, ring) for s, kind, cmd, actual, ring in events],
+            "laser_power_commanded_watts, laser_power_actual_watts, ring_size_mm, event_details) "
+            "VALUES (1, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (at(s), round(s * 1000), kind, cmd, actual, ring, None if d is None else json.dumps(d))
+                for s, kind, cmd, actual, ring, d in events
+            ],
         )
         safety = [
             (0.3, "state_change", "info", "idle -> ready: session 1 opened for P-2026-0001"),

@@ -15,6 +15,7 @@ from textual.worker import Worker, WorkerState
 
 from control.account_rules import UserInfo
 from control.settings import ConsoleSettings
+from tui.safe_text import plain
 from tui.widgets.header import ConsoleHeader
 
 if TYPE_CHECKING:
@@ -214,7 +215,7 @@ class FormScreen(Screen[None]):
     def show_status(self, text: str, *, error: bool = True) -> None:
         """Show ``text`` on the status line (styled as an error unless ``error`` is False)."""
         status = self.query_one("#status", Label)
-        status.update(text)
+        status.update(plain(text))
         status.set_class(error, "error")
         status.set_class(not error, "info")
 

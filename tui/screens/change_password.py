@@ -14,6 +14,7 @@ from textual.binding import Binding, BindingType
 from textual.widgets import Label
 
 from control.account_rules import AccountError, Actor, UserInfo, check_password_policy
+from tui.safe_text import plain
 from tui.screens._base import FormField, FormScreen, LogoutRequested, PasswordChanged, ScreenContext
 
 
@@ -43,8 +44,10 @@ class ChangePasswordScreen(FormScreen):
     def intro(self) -> Label:
         user = self.user
         return Label(
-            f"{user.full_name} ({user.username}), your password was set by an admin. "
-            "Choose your own to continue.",
+            plain(
+                f"{user.full_name} ({user.username}), your password was set by an admin. "
+                "Choose your own to continue."
+            ),
             id="change-why",
         )
 

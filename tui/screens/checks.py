@@ -26,6 +26,7 @@ from textual.widgets import DataTable, Footer, Input, Label, Static
 from control.accounts import UserInfo
 from control.ipc import CommandFailed, ControllerUnavailable
 from control.messages import Abort, Arm, Prechecks, Snapshot
+from tui.safe_text import escape_controls, plain
 from tui.screens._base import ScreenContext, SnapshotUpdated
 from tui.widgets.fault import RESET_KEY, RESET_KEY_LABEL, in_fault, reset_fault
 from tui.widgets.header import ConsoleHeader
@@ -154,7 +155,7 @@ class ChecksScreen(Screen[None]):
             return
         text = Text()
         text.append(f"Session {session.session_id}", style="bold")
-        text.append(f"  {session.subject_code}  {session.protocol_name}")
+        text.append_text(plain(f"  {session.subject_code}  {session.protocol_name}"))
         if session.total_duration_s is not None:
             minutes, seconds = divmod(round(session.total_duration_s), 60)
             text.append(f"  {minutes}:{seconds:02d}")
@@ -175,7 +176,7 @@ class ChecksScreen(Screen[None]):
         try:
             reply = await link.call(Prechecks(), timeout_s=5.0)
         except (CommandFailed, ControllerUnavailable) as exc:
-            self.query_one("#checks-verdict", Static).update(Text(f"Checks unavailable: {exc}", style="bold"))
+            self.query_one("#checks-verdict", Static).update(plain(f"Checks unavailable: {exc}", "bold"))
             self.checks = []
             return
         self.checks = list(reply.get("checks", []))
@@ -185,22 +186,22 @@ class ChecksScreen(Screen[None]):
         table = self.query_one("#checks-table", DataTable)
         cursor = table.cursor_row
         table.clear(columns=True)
-        rows: list[tuple[str, Text, str]] = []
+        rows: list[tuple[Text, Text, Text]] = []
         for check in self.checks:
             ok = bool(check.get("ok"))
             value = str(check.get("value", ""))
             detail = str(check.get("detail", ""))
             rows.append(
                 (
-                    str(check.get("name", "?")),
+                    plain(check.get("name", "?")),
                     Text("PASS", style="bold") if ok else Text("FAIL", style="bold reverse"),
-                    value if ok or not detail or detail == value else f"{value} ({detail})",
+                    plain(value if ok or not detail or detail == value else f"{value} ({detail})"),
                 )
             )
         # The value column as wide as its longest value (the table scrolls sideways when it does not fit).
-        table.add_column("Check", key="name", width=max([5, *(len(r[0]) for r in rows)]))
+        table.add_column("Check", key="name", width=max([5, *(r[0].cell_len for r in rows)]))
         table.add_column("Result", key="ok", width=6)
-        table.add_column("Value", key="value", width=max([5, *(len(r[2]) for r in rows)]))
+        table.add_column("Value", key="value", width=max([5, *(r[2].cell_len for r in rows)]))
         table.add_rows(rows)
         if self.checks:
             table.move_cursor(row=min(cursor, len(self.checks) - 1))
@@ -273,7 +274,7 @@ class ChecksScreen(Screen[None]):
 
     def show_status(self, text: str, *, error: bool = True) -> None:
         status = self.query_one("#status", Label)
-        status.update(text)
+        status.update(plain(text))
         status.set_class(error, "error")
         status.set_class(not error, "info")
 
@@ -354,7 +355,7 @@ class ChecksScreen(Screen[None]):
         except (CommandFailed, ControllerUnavailable) as exc:
             self.show_status(f"Not aborted: {exc}")
             return
-        self.app.notify(f"session aborted: {reason}", severity="warning")
+        self.app.notify(escape_controls(f"session aborted: {reason}"), severity="warning", markup=False)
         if not self._left:
             self._left = True
             self._show_end(link.snapshot.last_session_id if link.snapshot is not None else None)

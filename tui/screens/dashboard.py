@@ -44,6 +44,7 @@ from control.messages import (
     Snapshot,
     command_name,
 )
+from tui.safe_text import escape_controls, plain
 from tui.screens._base import PreviewUpdated, ScreenContext, SnapshotUpdated
 from tui.screens.checks import arm_refusal
 from tui.widgets.camera import CameraPreview
@@ -89,7 +90,9 @@ def _mm(value: float | None) -> str:
 def banner_text(snapshot: Snapshot | None, problem: str = "") -> tuple[str, Text]:
     """The banner's class and text for a snapshot (``None``: no controller, with ``problem``)."""
     if snapshot is None:
-        return "banner-fault", Text.assemble(("NO CONTROLLER", "bold"), f"\n{problem or 'connecting...'}")
+        return "banner-fault", Text.assemble(
+            ("NO CONTROLLER", "bold"), "\n", plain(problem or "connecting...")
+        )
     state = snapshot.state
     session = snapshot.session
     step = session.step if session is not None else None
@@ -104,8 +107,12 @@ def banner_text(snapshot: Snapshot | None, problem: str = "") -> tuple[str, Text
         cause = "cause cleared: f to reset" if fault.cause_cleared else "cause still present"
         return "banner-fault", Text.assemble(
             ("FAULT ", "bold"),
-            (fault.what, "bold"),
-            f"\nDone: {fault.action}\nTo reset: {fault.how_to_reset} ({cause})",
+            plain(fault.what, "bold"),
+            "\nDone: ",
+            plain(fault.action),
+            "\nTo reset: ",
+            plain(fault.how_to_reset),
+            f" ({cause})",
         )
     if _pedal_pressed(snapshot):
         # Resuming (arming) is refused while the footpedal is down: release it first.
@@ -136,8 +143,8 @@ def readout_text(snapshot: Snapshot) -> Text:
     laser, ring, session = snapshot.laser, snapshot.ring, snapshot.session
     text = Text(no_wrap=True, overflow="ellipsis")
     if session is not None:
-        text.append(f"{session.subject_code}  ", style="bold")
-        text.append(session.protocol_name)
+        text.append(escape_controls(f"{session.subject_code}  "), style="bold")
+        text.append(escape_controls(session.protocol_name))
         text.append("\n")
     text.append("Power  ", style="dim")
     text.append(f"set {laser.commanded_w:.2f} W", style="bold")
@@ -187,8 +194,8 @@ def interlock_text(snapshot: Snapshot) -> Text:
         if index:
             text.append("\n")
         text.append(" OK " if term.ok else " NO ", style="bold" if term.ok else "bold reverse")
-        text.append(f" {term.name:<12} ", style="bold")
-        text.append(term.value if term.ok or not term.detail else term.detail)
+        text.append(escape_controls(f" {term.name:<12} "), style="bold")
+        text.append(escape_controls(term.value if term.ok or not term.detail else term.detail))
     return text
 
 

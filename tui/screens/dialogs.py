@@ -26,6 +26,8 @@ from textual.containers import Grid, Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Footer, Input, Label
 
+from tui.safe_text import plain
+
 #: The longest reason accepted, in characters (after surrounding spaces are removed).
 MAX_REASON_CHARS = 500
 #: Decimals accepted in a power override (0.01 W steps).
@@ -209,7 +211,7 @@ class DialogScreen(ModalScreen[ResultT]):
 
     def show_error(self, text: str) -> None:
         """Show why the input was refused (the dialog stays open)."""
-        self.query_one("#dialog-error", Label).update(text)
+        self.query_one("#dialog-error", Label).update(plain(text))
 
     def field(self, input_id: str) -> Input:
         """The text field ``input_id``."""
@@ -242,7 +244,7 @@ class ReasonDialog(DialogScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with self.panel():
-            yield Label(self.prompt, classes="dialog-prompt")
+            yield Label(plain(self.prompt), classes="dialog-prompt")
             with Grid(classes="dialog-grid"):
                 yield Label("Reason")
                 yield self.text_input("reason", f"why (at most {MAX_REASON_CHARS} characters)")
@@ -352,7 +354,7 @@ class PasswordDialog(DialogScreen[tuple[str, str] | None]):
 
     def compose(self) -> ComposeResult:
         with self.panel():
-            yield Label(self.prompt, classes="dialog-prompt")
+            yield Label(plain(self.prompt), classes="dialog-prompt")
             with Grid(classes="dialog-grid"):
                 yield Label("Username")
                 yield self.text_input("username", "your username", value=self.username or "")
@@ -412,7 +414,7 @@ class ConfirmDialog(DialogScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with self.panel():
-            yield Label(self.question, classes="dialog-prompt", id="confirm-question")
+            yield Label(plain(self.question), classes="dialog-prompt", id="confirm-question")
             with Horizontal(id="confirm-buttons"):
                 yield Button("Yes (y)", id="yes", variant="warning", compact=True)
                 yield Button("No (n)", id="no", variant="primary", compact=True)

@@ -5,7 +5,11 @@ Shown once a treatment session has closed (completed or aborted). The top of the
 protocol plans, steps completed, and the reason of an abort) next to, or above, the notes field. Below, two
 panes: the session's events (treatment events, safety log rows and the session's opening and closing, in
 time order) and the power trace (commanded and measured power over the session). Everything comes from
-:func:`control.review.load_review`, read in a worker.
+:func:`control.review.load_review`, read in a worker, and is drawn by the widgets of
+:mod:`tui.widgets.session_review`, which the past-session screen shares.
+
+Typing goes into the notes wherever the focus is: a printable key or a paste while the events or the tabs
+have the focus lands in the notes at their cursor, and the focus moves there.
 
 The notes step must be answered: there is no way out with escape. Ctrl+S sends the notes to the controller
 (:class:`control.messages.EndSession`), which writes them to the session it just closed; empty notes are
@@ -23,99 +27,41 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from rich.cells import cell_len
-from rich.text import Text
-from textual import work
+from textual import events, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Grid, Vertical
+from textual.containers import Vertical
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Label, Static, TabbedContent, TabPane, TextArea
+from textual.widgets import Footer, Label, TabbedContent, TabPane, TextArea
 from textual.worker import Worker, WorkerState
 
 from control.accounts import UserInfo
 from control.ipc import CommandFailed, ControllerUnavailable
 from control.messages import EndSession
-from control.review import ReviewEvent, SessionReviewData, load_review
+from control.review import SessionReviewData, load_review
 from control.sessions import MAX_NOTES_LENGTH
 from storage import DataDir
+from tui.safe_text import escape_controls, plain
 from tui.screens._base import ScreenContext, SessionFinished
 from tui.screens.dialogs import ConfirmDialog
 from tui.widgets.header import ConsoleHeader
-from tui.widgets.plot import PowerPlot
+from tui.widgets.session_review import (
+    EventsPane,
+    NotesArea,
+    ReviewFacts,
+    TracePane,
+    event_cells,
+    format_energy,
+    format_seconds,
+    format_steps,
+    format_watts,
+    review_screen_css,
+)
 
-#: Shown in place of a value the review has not read yet.
-READING = "reading..."
-#: Shown for a value the record does not have (a laser that never emitted has no average power).
-NO_VALUE = "-"
 #: The question asked before finishing without notes (y finishes, n or escape goes back to the notes).
 EMPTY_NOTES_QUESTION = "No post-treatment notes were typed. Finish the session without notes?"
 #: Pane ids of the lower half, in the order ctrl+t cycles through them.
 PANES = ("events-pane", "trace-pane")
-#: The summary's facts (id, label), row by row: two to a row on a narrow screen, one on a wide one.
-FACTS = (
-    ("status", "Status"),
-    ("started", "Started"),
-    ("laser-on", "Laser on"),
-    ("energy", "Energy"),
-    ("avg", "Avg power"),
-    ("max", "Max power"),
-    ("steps", "Steps"),
-    ("technician", "Technician"),
-    ("reason", "Reason"),
-)
-#: Severities shown in capitals and bold in the events table.
-_LOUD_SEVERITIES = frozenset({"critical", "emergency"})
-
-
-def format_seconds(seconds: float | None) -> str:
-    """A duration in seconds as ``12.3 s``, or ``2 min 05.0 s`` from a minute on; ``-`` for None."""
-    if seconds is None:
-        return NO_VALUE
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, rest = divmod(seconds, 60)
-    return f"{int(minutes)} min {rest:04.1f} s"
-
-
-def format_watts(watts: float | None) -> str:
-    """A power in watts with two decimals (``2.17 W``); ``-`` for None."""
-    return NO_VALUE if watts is None else f"{watts:.2f} W"
-
-
-def format_energy(energy_j: float | None, expected_j: float | None) -> str:
-    """Delivered energy in joules, and the energy the protocol plans when known (``5.43 J of 5.50 J
-    planned``)."""
-    if energy_j is None:
-        return NO_VALUE
-    text = f"{energy_j:.2f} J"
-    if expected_j is not None:
-        text += f" of {expected_j:.2f} J planned"
-    return text
-
-
-def format_steps(completed: int, planned: int | None) -> str:
-    """Steps completed, out of the steps planned when known (``2 of 3``)."""
-    return f"{completed} of {planned}" if planned is not None else str(completed)
-
-
-#: The events table's headings, one per cell of :func:`event_cells`.
-EVENT_COLUMNS = ("Time", "+s", "Severity", "By", "Event", "Kind")
-
-
-def event_cells(event: ReviewEvent) -> tuple[str, str, Text, str, str, str]:
-    """The events table's cells for one event: UTC clock time, seconds since the session started, severity,
-    who, description and the stored event type."""
-    loud = event.severity in _LOUD_SEVERITIES
-    severity = Text(event.severity.upper() if loud else event.severity, style="bold" if loud else "")
-    return (
-        event.at.strftime("%H:%M:%S"),
-        f"{event.offset_s:.1f}",
-        severity,
-        event.who,
-        event.description,
-        event.kind,
-    )
 
 
 class EndOfSessionScreen(Screen[None]):
@@ -141,123 +87,14 @@ class EndOfSessionScreen(Screen[None]):
 
     # Screen-level CSS (not DEFAULT_CSS) so that it takes precedence over the console's shared rules for
     # ``#status``.
-    CSS = """
-    EndOfSessionScreen #eos-top {
-        layout: vertical;
-        height: auto;
-        margin: 0 1;
-    }
-    EndOfSessionScreen #eos-summary {
-        height: auto;
-        padding: 0 1;
-        background: $surface;
-    }
-    EndOfSessionScreen #eos-title {
-        width: 100%;
-        text-style: bold;
-        color: $accent;
-    }
-    EndOfSessionScreen #eos-facts {
-        grid-size: 4;
-        grid-columns: 10 16 10 1fr;
-        grid-rows: auto;
-        grid-gutter: 0 1;
-        height: auto;
-    }
-    EndOfSessionScreen #eos-facts .fact-name {
-        color: $text-muted;
-    }
-    EndOfSessionScreen #eos-facts Static {
-        height: 1;
-    }
-    EndOfSessionScreen #fact-reason-name, EndOfSessionScreen #fact-reason {
-        display: none;
-    }
-    EndOfSessionScreen #eos-facts.-aborted #fact-reason-name,
-    EndOfSessionScreen #eos-facts.-aborted #fact-reason {
-        display: block;
-    }
-    EndOfSessionScreen #eos-facts #fact-reason {
-        column-span: 3;
-        height: auto;
-        max-height: 2;
-    }
-    EndOfSessionScreen #fact-status.-completed {
-        color: $success;
-        text-style: bold;
-    }
-    EndOfSessionScreen #fact-status.-aborted {
-        color: $error;
-        text-style: bold;
-    }
-    EndOfSessionScreen #eos-notes-box {
-        height: auto;
-    }
-    EndOfSessionScreen #notes-label {
-        color: $text-muted;
-        padding: 0 1;
-    }
-    EndOfSessionScreen #notes {
-        height: 3;
-        background: $panel;
-    }
+    CSS = (
+        review_screen_css("EndOfSessionScreen")
+        + """
     EndOfSessionScreen #notes:focus {
         background: $primary 20%;
     }
-    EndOfSessionScreen.-tall #notes {
-        height: 6;
-    }
-    EndOfSessionScreen.-wide #eos-top {
-        layout: horizontal;
-        height: 10;
-    }
-    EndOfSessionScreen.-wide #eos-summary {
-        width: 1fr;
-        height: 100%;
-    }
-    EndOfSessionScreen.-wide #eos-facts {
-        grid-size: 2;
-        grid-columns: 12 1fr;
-    }
-    EndOfSessionScreen.-wide #eos-facts #fact-reason {
-        column-span: 1;
-        max-height: 1;
-    }
-    EndOfSessionScreen.-wide #eos-notes-box {
-        width: 1fr;
-        height: 100%;
-        margin: 0 0 0 1;
-    }
-    EndOfSessionScreen.-wide #notes {
-        height: 1fr;
-    }
-    EndOfSessionScreen #eos-tabs {
-        height: 1fr;
-        margin: 0 1;
-    }
-    EndOfSessionScreen #eos-tabs TabPane {
-        padding: 0;
-    }
-    EndOfSessionScreen #events {
-        height: 1fr;
-    }
-    EndOfSessionScreen #trace-note {
-        width: 100%;
-        color: $text-muted;
-    }
-    EndOfSessionScreen #trace-note.-problem {
-        color: $warning;
-        text-style: bold;
-    }
-    EndOfSessionScreen #trace-plot {
-        height: 1fr;
-    }
-    EndOfSessionScreen #status {
-        margin: 0 1;
-        height: 1;
-        min-height: 1;
-    }
     """
+    )
 
     def __init__(self, context: ScreenContext, user: UserInfo, session_id: int) -> None:
         super().__init__()
@@ -279,15 +116,10 @@ class EndOfSessionScreen(Screen[None]):
             "End of session", sim=self.context.settings.sim, user_text=f"{user.username} ({user.role})"
         )
         with Vertical(id="eos-top"):
-            with Vertical(id="eos-summary"):
-                yield Label(f"Session {self.session_id}", id="eos-title")
-                with Grid(id="eos-facts"):
-                    for fact_id, name in FACTS:
-                        yield Label(name, classes="fact-name", id=f"fact-{fact_id}-name")
-                        yield Static(READING, id=f"fact-{fact_id}")
+            yield ReviewFacts(self.session_id, id="eos-summary")
             with Vertical(id="eos-notes-box"):
-                yield Label("Post-treatment notes", id="notes-label")
-                notes = TextArea(
+                yield Label("Post-treatment notes (what you type goes here)", id="notes-label")
+                notes = NotesArea(
                     id="notes",
                     soft_wrap=True,
                     tab_behavior="focus",
@@ -298,15 +130,13 @@ class EndOfSessionScreen(Screen[None]):
                 yield notes
         with TabbedContent(id="eos-tabs", initial=PANES[0]):
             with TabPane("Events", id=PANES[0]):
-                yield DataTable(id="events", cursor_type="row", zebra_stripes=True)
+                yield EventsPane()
             with TabPane("Power trace", id=PANES[1]):
-                yield Label("", id="trace-note")
-                yield PowerPlot(y_unit="W", x_unit="s", id="trace-plot")
+                yield TracePane()
         yield Label("", id="status")
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#events", DataTable).add_columns(*EVENT_COLUMNS)
         self.query_one("#notes", TextArea).focus()
         self.show_status("reading the session's records...", error=False)
         self.load()
@@ -326,58 +156,9 @@ class EndOfSessionScreen(Screen[None]):
         """Fill the summary, the events table and the power trace from ``review``."""
         self.review = review
         summary = review.summary
-        title = f"Session {summary.session_id}"
-        for part in (summary.subject_code, summary.protocol_name):
-            if part:
-                title += f" · {part}"
-        self.query_one("#eos-title", Label).update(title)
-        status = self.query_one("#fact-status", Static)
-        status.update(summary.status)
-        status.set_class(summary.status == "completed", "-completed")
-        status.set_class(summary.status == "aborted", "-aborted")
-        self.query_one("#eos-facts", Grid).set_class(bool(summary.abort_reason), "-aborted")
-        values = {
-            "started": f"{summary.start_time:%Y-%m-%d %H:%M:%S} UTC",
-            "technician": summary.technician or NO_VALUE,
-            "steps": format_steps(review.steps_completed, review.steps_planned),
-            "laser-on": format_seconds(summary.laser_on_time_s),
-            "energy": format_energy(summary.energy_j, review.expected_energy_j),
-            "avg": format_watts(summary.avg_power_w),
-            "max": format_watts(summary.max_power_w),
-            "reason": summary.abort_reason or NO_VALUE,
-        }
-        for fact_id, text in values.items():
-            self.query_one(f"#fact-{fact_id}", Static).update(text)
-
-        # The columns get their widths here, from the cells: a table left to measure them itself draws a
-        # first frame with every column cut to its heading, and keeps those lines in its cache.
-        table = self.query_one("#events", DataTable)
-        table.clear(columns=True)
-        rows = [event_cells(event) for event in review.events]
-        for index, label in enumerate(EVENT_COLUMNS):
-            cells = (label, *(row[index] for row in rows))
-            table.add_column(label, width=max(cell_len(str(cell)) for cell in cells))
-        for row in rows:
-            table.add_row(*row)
-
-        note = self.query_one("#trace-note", Label)
-        plot = self.query_one("#trace-plot", PowerPlot)
-        trace = review.trace
-        plot.clear_series()
-        if not trace.is_empty:
-            plot.set_series("commanded", trace.commanded, label="commanded")
-            plot.set_series("measured", trace.measured, label="measured")
-            span = trace.time_range_s
-            top = trace.max_power_w
-            plot.set_ranges(
-                x=span if span is not None and span[1] > span[0] else None,
-                y=(0.0, top * 1.1) if top is not None and top > 0 else None,
-            )
-        if review.trace_problem is not None:
-            note.update(review.trace_problem)
-        else:
-            note.update(f"{trace.sample_count} samples; seconds since the session opened")
-        note.set_class(review.trace_problem is not None, "-problem")
+        self.query_one(ReviewFacts).show(review)
+        self.query_one(EventsPane).show(review)
+        self.query_one(TracePane).show(review)
         if summary.post_treatment_notes is None:
             self.show_status("type the post-treatment notes, then ctrl+s", error=False)
             return
@@ -389,7 +170,7 @@ class EndOfSessionScreen(Screen[None]):
                 "this session already has post-treatment notes: what you typed cannot be added to them"
             )
             return
-        notes.text = summary.post_treatment_notes
+        notes.text = escape_controls(summary.post_treatment_notes, keep_newlines=True)
         notes.read_only = True
         self.show_status(
             "this session already has post-treatment notes (they cannot be changed): ctrl+s finishes",
@@ -478,6 +259,35 @@ class EndOfSessionScreen(Screen[None]):
 
     # -- keys ----------------------------------------------------------------------------------------------
 
+    def on_key(self, event: events.Key) -> None:
+        """A printable key typed while another pane (the events, the tabs) has the focus goes into the notes,
+        at their cursor, and the focus moves there: nothing typed on this screen is dropped."""
+        if event.is_printable and event.character is not None and self._take_typing():
+            event.stop()
+            event.prevent_default()
+            self.query_one("#notes", TextArea).insert(event.character)
+
+    def on_paste(self, event: events.Paste) -> None:
+        """Text pasted while another pane has the focus goes into the notes too."""
+        if event.text and self._take_typing():
+            event.stop()
+            event.prevent_default()
+            text = event.text.replace("\r\n", "\n").replace("\r", "\n")
+            self.query_one("#notes", TextArea).insert(escape_controls(text, keep_newlines=True))
+
+    def _take_typing(self) -> bool:
+        """True when typing elsewhere must go into the notes (and the focus has been moved there); False
+        when the notes have the focus already, or cannot take text (recorded, saved: then it says so)."""
+        notes = self.query_one("#notes", TextArea)
+        if self.focused is notes:
+            return False
+        if notes.read_only:
+            self.show_status("the notes are recorded and cannot be changed: ctrl+s finishes", error=False)
+            return False
+        # At once, not after this message: keys typed right after are already queued, and belong there too.
+        self.set_focus(notes)
+        return True
+
     def action_next_pane(self) -> None:
         """Show the other lower pane (events or power trace)."""
         tabs = self.query_one("#eos-tabs", TabbedContent)
@@ -496,7 +306,7 @@ class EndOfSessionScreen(Screen[None]):
     def show_status(self, text: str, *, error: bool = True) -> None:
         """Show ``text`` on the status line (styled as an error unless ``error`` is False)."""
         status = self.query_one("#status", Label)
-        status.update(text)
+        status.update(plain(text))
         status.set_class(error, "error")
         status.set_class(not error, "info")
 
@@ -516,6 +326,7 @@ class EndOfSessionScreen(Screen[None]):
 
 __all__ = [
     "EMPTY_NOTES_QUESTION",
+    "PANES",
     "EndOfSessionScreen",
     "event_cells",
     "format_energy",

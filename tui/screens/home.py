@@ -21,6 +21,7 @@ from control.accounts import UserInfo
 from storage import DataDir
 from storage.backup import last_backup
 from storage.maintenance import schema_revision
+from tui.safe_text import plain
 from tui.screens._base import LogoutRequested, ScreenContext, SnapshotUpdated
 from tui.widgets.fault import RESET_KEY, FaultNotice, in_fault, reset_fault
 from tui.widgets.header import ConsoleHeader
@@ -77,12 +78,12 @@ class HomeScreen(Screen[None]):
         yield ConsoleHeader("Home", sim=self.context.settings.sim, user_text=f"{user.username} ({user.role})")
         yield FaultNotice(id="fault")
         with Vertical(id="home", classes="panel"):
-            yield Label(f"Welcome, {user.full_name}", classes="form-title")
+            yield Label(plain(f"Welcome, {user.full_name}"), classes="form-title")
             with Grid(id="facts"):
                 yield Label("User", classes="fact-name")
-                yield Static(f"{user.full_name} ({user.username})", id="fact-user")
+                yield Static(plain(f"{user.full_name} ({user.username})"), id="fact-user")
                 yield Label("Role", classes="fact-name")
-                yield Static(user.role, id="fact-role")
+                yield Static(plain(user.role), id="fact-role")
                 yield Label("Database", classes="fact-name")
                 yield Static("reading...", id="fact-db")
                 yield Label("Schema version", classes="fact-name")
@@ -113,10 +114,10 @@ class HomeScreen(Screen[None]):
     async def load_facts(self) -> None:
         """Fill in the database facts without blocking the screen."""
         facts = await asyncio.to_thread(read_database_facts, DataDir(self.context.settings.data_dir))
-        self.query_one("#fact-db", Static).update(facts.path)
-        self.query_one("#fact-schema", Static).update(facts.schema)
-        self.query_one("#fact-backup", Static).update(facts.last_backup)
-        self.query_one("#fact-disk", Static).update(facts.disk)
+        self.query_one("#fact-db", Static).update(plain(facts.path))
+        self.query_one("#fact-schema", Static).update(plain(facts.schema))
+        self.query_one("#fact-backup", Static).update(plain(facts.last_backup))
+        self.query_one("#fact-disk", Static).update(plain(facts.disk))
         self.facts = facts
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:

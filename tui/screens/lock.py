@@ -10,6 +10,7 @@ from textual.binding import Binding, BindingType
 from textual.widgets import Label
 
 from control.account_rules import AccountError, UserInfo
+from tui.safe_text import plain
 from tui.screens._base import FormField, FormScreen, LogoutRequested, ScreenContext, Unlocked
 
 
@@ -34,7 +35,9 @@ class LockScreen(FormScreen):
 
     def intro(self) -> Label:
         user = self.user
-        return Label(f"{user.full_name} ({user.username}), enter your password to continue.", id="lock-who")
+        return Label(
+            plain(f"{user.full_name} ({user.username}), enter your password to continue."), id="lock-who"
+        )
 
     def action_submit(self) -> None:
         """Enter: check the password."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -23,6 +24,7 @@ from textual.worker import Worker, WorkerState
 
 from control.accounts import UserInfo
 from control.catalog import CatalogError, ProtocolCatalog, ProtocolPreview, ProtocolSummary
+from tui.safe_text import plain
 from tui.screens._base import ScreenContext, SessionRequested
 from tui.widgets.header import ConsoleHeader
 from tui.widgets.plot import PowerPlot
@@ -142,11 +144,15 @@ class ProtocolChoiceScreen(Screen[None]):
         user_text = f"{self.user.username} ({self.user.role})"
         yield ConsoleHeader("Choose a protocol", sim=self.context.settings.sim, user_text=user_text)
         with Vertical(id="choice"):
-            yield Label(f"Protocol for subject {self.subject_code}", id="choice-title")
-            protocols: DataTable[str] = DataTable(id="protocol-table", cursor_type="row", zebra_stripes=True)
+            yield Label(plain(f"Protocol for subject {self.subject_code}"), id="choice-title")
+            protocols: DataTable[str | Text] = DataTable(
+                id="protocol-table", cursor_type="row", zebra_stripes=True
+            )
             yield protocols
             with Horizontal(id="preview"):
-                steps: DataTable[str] = DataTable(id="step-table", cursor_type="none", zebra_stripes=True)
+                steps: DataTable[str | Text] = DataTable(
+                    id="step-table", cursor_type="none", zebra_stripes=True
+                )
                 steps.add_columns("#", "Time s", "Start W", "End W", "Ramp", "Ring mm")
                 steps.can_focus = False
                 yield steps
@@ -170,7 +176,7 @@ class ProtocolChoiceScreen(Screen[None]):
     async def load(self) -> None:
         """Read the active protocols and show them."""
         listed = await self.catalog.active()
-        table: DataTable[str] = self.query_one("#protocol-table", DataTable)
+        table: DataTable[str | Text] = self.query_one("#protocol-table", DataTable)
         table.clear(columns=True)
         name_width = max(20, min(72, self.size.width - 44))
         table.add_column("Protocol", width=name_width)
@@ -178,8 +184,8 @@ class ProtocolChoiceScreen(Screen[None]):
         for summary in listed:
             name = summary.name if len(summary.name) <= name_width else summary.name[: name_width - 1] + "…"
             table.add_row(
-                name,
-                summary.protocol_type if summary.error is None else "unreadable",
+                plain(name),
+                plain(summary.protocol_type) if summary.error is None else "unreadable",
                 mm_ss(summary.total_duration_s),
                 _number(summary.max_power_w),
                 str(summary.step_count) if summary.step_count is not None else "—",
@@ -215,7 +221,7 @@ class ProtocolChoiceScreen(Screen[None]):
                 return
             self._previews[name] = preview
         self.preview = preview
-        steps: DataTable[str] = self.query_one("#step-table", DataTable)
+        steps: DataTable[str | Text] = self.query_one("#step-table", DataTable)
         steps.clear()
         for step in preview.steps:
             steps.add_row(
@@ -223,7 +229,7 @@ class ProtocolChoiceScreen(Screen[None]):
                 _number(step.duration_s),
                 _number(step.start_w, 2),
                 _number(step.end_w, 2),
-                step.ramp_type,
+                plain(step.ramp_type),
                 _number(step.ring_mm, 2),
             )
         plot = self.query_one("#curve", PowerPlot)
@@ -245,13 +251,13 @@ class ProtocolChoiceScreen(Screen[None]):
     def show_note(self, text: str, *, error: bool) -> None:
         """The line under the preview: the description, or why the protocol cannot be used."""
         note = self.query_one("#protocol-note", Label)
-        note.update(text)
+        note.update(plain(text))
         note.set_class(error, "error")
 
     def show_status(self, text: str, *, error: bool = True) -> None:
         """Show ``text`` on the status line (styled as an error unless ``error`` is False)."""
         status = self.query_one("#status", Label)
-        status.update(text)
+        status.update(plain(text))
         status.set_class(error, "error")
         status.set_class(not error, "info")
 
@@ -264,7 +270,7 @@ class ProtocolChoiceScreen(Screen[None]):
 
     def highlighted(self) -> ProtocolSummary | None:
         """The protocol under the cursor, or None when the list is empty."""
-        table: DataTable[str] = self.query_one("#protocol-table", DataTable)
+        table: DataTable[str | Text] = self.query_one("#protocol-table", DataTable)
         row = table.cursor_row
         if 0 <= row < len(self.protocols) and row < table.row_count:
             return self.protocols[row]

@@ -9,7 +9,7 @@ inactive one, reactivates it.
 
 :class:`SubjectFormScreen` creates a subject (its code is the next free ``P-YYYY-NNNN``, shown before saving)
 or edits one's birth date, gender and notes. :class:`SubjectHistoryScreen` lists a subject's sessions with
-their summaries and a total line.
+their summaries and a total line; Enter opens one, read-only.
 
 Times are shown in the console's local time zone; durations in seconds, powers in watts, energies in joules.
 While the controller has a fault latched the subjects screen shows it, and F4 resets it (with the password).
@@ -20,6 +20,7 @@ from __future__ import annotations
 from datetime import date
 from typing import ClassVar
 
+from rich.text import Text
 from textual import events, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -42,8 +43,10 @@ from control.subjects import (
     check_notes,
     history_totals,
 )
+from tui.safe_text import escape_controls, plain
 from tui.screens._base import FormField, FormScreen, ScreenContext, SnapshotUpdated
 from tui.screens.dialogs import ConfirmDialog
+from tui.screens.past_session import PastSessionScreen
 from tui.screens.protocols import ProtocolChoiceScreen
 from tui.widgets.fault import RESET_KEY, FaultNotice, in_fault, reset_fault
 from tui.widgets.header import ConsoleHeader
@@ -156,7 +159,9 @@ class SubjectsScreen(Screen[None]):
                 )
                 field.cursor_blink = self.context.settings.cursor_blink
                 yield field
-            table: DataTable[str] = DataTable(id="subject-table", cursor_type="row", zebra_stripes=True)
+            table: DataTable[str | Text] = DataTable(
+                id="subject-table", cursor_type="row", zebra_stripes=True
+            )
             table.add_columns("Code", "Born", "Gender", "Sessions", "Last session", "Active")
             yield table
             yield Label("", id="status")
@@ -203,14 +208,14 @@ class SubjectsScreen(Screen[None]):
 
     def show_subjects(self, found: list[SubjectInfo], fragment: str) -> None:
         """Fill the table with ``found`` (keeping the highlighted subject when it is still listed)."""
-        table: DataTable[str] = self.query_one("#subject-table", DataTable)
+        table: DataTable[str | Text] = self.query_one("#subject-table", DataTable)
         keep = self._select_after_load or self.highlighted_code()
         table.clear()
         for info in found:
             table.add_row(
-                info.subject_code,
+                plain(info.subject_code),
                 _shown_date(info.date_of_birth),
-                info.gender or "—",
+                plain(info.gender or "—"),
                 str(info.session_count),
                 format_local(info.last_session, empty="—"),
                 "yes" if info.is_active else "no",
@@ -265,7 +270,7 @@ class SubjectsScreen(Screen[None]):
 
     def highlighted(self) -> SubjectInfo | None:
         """The subject under the cursor, or None when the list is empty."""
-        table: DataTable[str] = self.query_one("#subject-table", DataTable)
+        table: DataTable[str | Text] = self.query_one("#subject-table", DataTable)
         row = table.cursor_row
         if not self.subjects or not 0 <= row < len(self.subjects) or row >= table.row_count:
             return None
@@ -296,7 +301,7 @@ class SubjectsScreen(Screen[None]):
     def show_status(self, text: str, *, error: bool = True) -> None:
         """Show ``text`` on the status line (styled as an error unless ``error`` is False)."""
         status = self.query_one("#status", Label)
-        status.update(text)
+        status.update(plain(text))
         status.set_class(error, "error")
         status.set_class(not error, "info")
 
@@ -349,7 +354,7 @@ class SubjectsScreen(Screen[None]):
             if saved is not None:
                 verb = "updated" if form.subject is not None else "created"
                 self.reload(select_code=saved.subject_code)
-                self.notify(f"subject {saved.subject_code} {verb}", timeout=4)
+                self.notify(escape_controls(f"subject {saved.subject_code} {verb}"), timeout=4, markup=False)
 
         self.app.push_screen(form, callback=closed)
 
@@ -397,7 +402,8 @@ class SubjectsScreen(Screen[None]):
             self.show_status(str(exc))
             return
         self.reload(select_code=code)
-        self.notify(f"subject {code} {'reactivated' if active else 'deactivated'}", timeout=4)
+        done = f"subject {code} {'reactivated' if active else 'deactivated'}"
+        self.notify(escape_controls(done), timeout=4, markup=False)
 
 
 class SubjectFormScreen(FormScreen):
@@ -452,7 +458,7 @@ class SubjectFormScreen(FormScreen):
     def intro(self) -> Label | None:
         if self.subject is None:
             return Label("Code: reading the next free code...", id="subject-code")
-        return Label(f"Code: {self.subject.subject_code}", id="subject-code")
+        return Label(plain(f"Code: {self.subject.subject_code}"), id="subject-code")
 
     def on_mount(self, event: events.Mount) -> None:  # type: ignore[override]  # the Mount event is needed
         subject = self.subject
@@ -467,7 +473,14 @@ class SubjectFormScreen(FormScreen):
         birth = subject.date_of_birth
         self.query_one("#birth-date", Input).value = birth.isoformat() if birth is not None else ""
         self.query_one("#gender", Input).value = subject.gender or ""
-        self.query_one("#notes", Input).value = subject.notes or ""
+        # Shown as text: control characters in the stored notes appear escaped, and are saved as shown.
+        notes = escape_controls(subject.notes or "")
+        self.query_one("#notes", Input).value = notes
+        if notes != (subject.notes or ""):
+            self.show_status(
+                "the notes hold control characters, shown escaped (\\x..); saving keeps them as shown",
+                error=False,
+            )
 
     @work(exclusive=True, group="subject-code", exit_on_error=False)
     async def read_next_code(self) -> None:
@@ -567,7 +580,8 @@ def _joules(value: float | None) -> str:
 
 
 class SubjectHistoryScreen(Screen[None]):
-    """A subject's sessions, newest first, each with its summary, and the totals."""
+    """A subject's sessions, newest first, each with its summary, and the totals; Enter opens the highlighted
+    session (read-only: :class:`tui.screens.past_session.PastSessionScreen`)."""
 
     DEFAULT_CSS = """
     SubjectHistoryScreen #history {
@@ -598,7 +612,10 @@ class SubjectHistoryScreen(Screen[None]):
     }
     """
 
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "back", "Back")]
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("enter", "open", "Open session", priority=True),
+        Binding("escape", "back", "Back"),
+    ]
 
     def __init__(self, context: ScreenContext, user: UserInfo, subject_code: str) -> None:
         super().__init__()
@@ -612,7 +629,7 @@ class SubjectHistoryScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         yield ConsoleHeader("Subject history", sim=self.context.settings.sim, user_text=_user_text(self.user))
         with Vertical(id="history"):
-            yield Label(f"Sessions of {self.subject_code}", id="history-title")
+            yield Label(plain(f"Sessions of {self.subject_code}"), id="history-title")
             yield DataTable(id="history-table", cursor_type="row", zebra_stripes=True)
             yield Label("", id="history-detail")
             yield Label("reading...", id="history-total")
@@ -628,9 +645,9 @@ class SubjectHistoryScreen(Screen[None]):
         try:
             rows = await self.service.history(self.subject_code)
         except SubjectError as exc:
-            self.query_one("#history-total", Label).update(str(exc))
+            self.query_one("#history-total", Label).update(plain(exc))
             return
-        table: DataTable[str] = self.query_one("#history-table", DataTable)
+        table: DataTable[str | Text] = self.query_one("#history-table", DataTable)
         table.clear(columns=True)
         wide = self.size.width >= 110
         fixed = 80 if wide else 62
@@ -640,17 +657,17 @@ class SubjectHistoryScreen(Screen[None]):
         if wide:
             table.add_column("Technician", width=20)
         for row in rows:
-            cells = [
+            cells: list[str | Text] = [
                 format_local(row.start_time, empty="—"),
                 _ended(row),
-                row.status or "—",
+                plain(row.status or "—"),
                 _seconds(row.laser_on_time_s),
                 _watts(row.avg_power_w),
                 _joules(row.energy_j),
-                _fit(row.protocol_name or "—", protocol_width),
+                plain(_fit(row.protocol_name or "—", protocol_width)),
             ]
             if wide:
-                cells.append(_fit(row.technician or "—", 20))
+                cells.append(plain(_fit(row.technician or "—", 20)))
             table.add_row(*cells, key=str(row.session_id))
         totals = history_totals(rows)
         if totals.sessions == 0:
@@ -661,8 +678,9 @@ class SubjectHistoryScreen(Screen[None]):
                 f"Total: {totals.sessions} {noun} ({totals.completed} completed), "
                 f"laser on {totals.laser_on_time_s:.1f} s, {totals.energy_j:.1f} J delivered"
             )
-        self.query_one("#history-total", Label).update(text)
+        self.query_one("#history-total", Label).update(plain(text))
         self.rows = rows
+        self.refresh_bindings()
         if rows:
             self.show_detail(rows[0])
 
@@ -678,12 +696,35 @@ class SubjectHistoryScreen(Screen[None]):
             f"Session {row.session_id}: {row.protocol_name or 'no protocol recorded'}; "
             f"technician {row.technician or 'unknown'}"
         )
-        self.query_one("#history-detail", Label).update(detail)
+        self.query_one("#history-detail", Label).update(plain(detail))
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         """A failed database read is shown in place of the totals."""
         if event.state is WorkerState.ERROR:
-            self.query_one("#history-total", Label).update(f"failed: {event.worker.error}")
+            self.query_one("#history-total", Label).update(plain(f"failed: {event.worker.error}"))
+
+    def highlighted_session(self) -> HistoryRow | None:
+        """The session under the cursor, or None (nothing read yet, no sessions)."""
+        rows = self.rows or []
+        row = self.query_one("#history-table", DataTable).cursor_row
+        return rows[row] if 0 <= row < len(rows) else None
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Enter is dimmed while no session is highlighted."""
+        if action == "open":
+            return self.highlighted_session() is not None or None
+        return True
+
+    @on(DataTable.RowSelected, "#history-table")
+    def session_clicked(self, event: DataTable.RowSelected) -> None:
+        """A click on the highlighted session opens it, as Enter does."""
+        self.action_open()
+
+    def action_open(self) -> None:
+        """Open the highlighted session, read-only: its summary, notes, events and power trace."""
+        row = self.highlighted_session()
+        if row is not None:
+            self.app.push_screen(PastSessionScreen(self.context, self.user, row.session_id))
 
     def action_back(self) -> None:
         """Back to the subjects."""

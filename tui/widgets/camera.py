@@ -51,6 +51,8 @@ from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import Static
 
+from tui.safe_text import plain
+
 if TYPE_CHECKING:
     from control.messages import Preview
 
@@ -473,8 +475,8 @@ class CameraPreview(Widget):
 
     def _show_state(self, title: str, detail: str, caption: str) -> None:
         self.state_title = title
-        self.query_one("#camera-state", Static).update(title)
-        self.query_one("#camera-detail", Static).update(detail)
+        self.query_one("#camera-state", Static).update(plain(title))
+        self.query_one("#camera-detail", Static).update(plain(detail))
         self.query_one("#camera-caption", Static).update(caption)
         self.add_class("-no-image")
 

@@ -9,6 +9,8 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import Static
 
+from tui.safe_text import plain
+
 #: The badge text shown on every screen while the console runs on the simulated rig.
 SIMULATED_RIG = "SIMULATED RIG"
 #: The stop key's label, shown on every screen of a console with a controller.
@@ -43,7 +45,7 @@ class ConsoleHeader(Horizontal):
         if self._sim:
             yield Static(SIMULATED_RIG, id="sim-badge")
         yield Static(self._screen_title, id="screen-title")
-        yield Static(self._user_text, id="header-user")
+        yield Static(plain(self._user_text), id="header-user")
         if getattr(self.app, "link", None) is not None:
             # The console's F12 acts (see tui.app): its label is always on screen.
             yield StopKeyLabel(STOP_LABEL, id="stop-key")
