@@ -151,3 +151,49 @@ def test_snapshot_past_session(
         await past_session_shown(pilot)
 
     assert snap_compare(fixed_history(clock), terminal_size=size, run_before=ready)
+
+
+class RecordsHost(App[None]):
+    """The console's styles around the home screen, for the records route every role has."""
+
+    CSS_PATH = str(TOSCA_CSS)
+
+    def __init__(self, clock: FakeClock, user: UserInfo) -> None:
+        super().__init__()
+        self._engine = create_engine(DATA_DIR / "tosca.db")
+        accounts = AccountService(sessions=session_factory(self._engine), terminal="/dev/tty1", hashing=CHEAP)
+        self.context = ScreenContext(settings=make_settings(clock, sim=False), accounts=accounts, link=None)
+        self.user = user
+
+    def on_mount(self) -> None:
+        from tui.screens.home import HomeScreen
+
+        self.push_screen(HomeScreen(self.context, self.user))
+
+    async def on_unmount(self) -> None:
+        await self._engine.dispose()
+
+
+@pytest.mark.parametrize("role", ["technician", "engineer", "admin"])
+async def test_every_role_reaches_past_sessions_from_home_read_only(
+    data_dir: Path, clock: FakeClock, role: str
+) -> None:
+    from tui.screens.subjects import SubjectsScreen
+
+    history = await asyncio.to_thread(fixed_history, clock, role)
+    app = RecordsHost(clock, history.user)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("r")
+        await wait_until(pilot, lambda: showing(app, SubjectsScreen), "the records")
+        records = app.screen
+        assert isinstance(records, SubjectsScreen) and records.read_only
+        await wait_until(pilot, lambda: records.loaded, "the subjects listed")
+        # Nothing that changes a subject is offered in the records view.
+        for action in ("new", "edit", "deactivate", "reactivate"):
+            assert records.check_action(action, ()) is False
+        await pilot.press("n")
+        await pilot.pause()
+        assert app.screen is records
+        await pilot.press("enter")
+        screen = await past_session_shown(pilot)
+        assert shown(screen, "#fact-reason") == "subject moved"

@@ -59,6 +59,7 @@ class HomeScreen(Screen[None]):
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("t", "subjects", "Treat: subjects"),
+        Binding("r", "records", "Records"),
         Binding(RESET_KEY, "reset_fault", "Reset fault"),
         Binding("ctrl+l", "app.lock", "Lock"),
         Binding("ctrl+o", "logout", "Log out"),
@@ -138,6 +139,12 @@ class HomeScreen(Screen[None]):
         from tui.screens.subjects import SubjectsScreen
 
         self.app.push_screen(SubjectsScreen(self.context, self.user))
+
+    def action_records(self) -> None:
+        """The records, read-only, for every role: find a subject, open its history and its past sessions."""
+        from tui.screens.subjects import SubjectsScreen
+
+        self.app.push_screen(SubjectsScreen(self.context, self.user, read_only=True))
 
     def action_logout(self) -> None:
         """Log out: back to the login screen."""

@@ -131,10 +131,16 @@ class SubjectsScreen(Screen[None]):
         Binding(RESET_KEY, "reset_fault", "Reset fault"),
     ]
 
-    def __init__(self, context: ScreenContext, user: UserInfo) -> None:
+    #: Keys that change a subject or lead to a treatment; absent from the read-only records view.
+    CHANGING_ACTIONS: ClassVar[frozenset[str]] = frozenset({"new", "edit", "deactivate", "reactivate"})
+
+    def __init__(self, context: ScreenContext, user: UserInfo, *, read_only: bool = False) -> None:
         super().__init__()
         self.context = context
         self.user = user
+        #: The records view (any role): find a subject and open its past sessions; nothing is changed and no
+        #: treatment starts from it (Enter opens the history).
+        self.read_only = read_only
         self.service = subject_service(context)
         self.show_inactive = False
         #: The subjects listed, in table order.
@@ -145,7 +151,8 @@ class SubjectsScreen(Screen[None]):
         self._stale = False
 
     def compose(self) -> ComposeResult:
-        yield ConsoleHeader("Subjects", sim=self.context.settings.sim, user_text=_user_text(self.user))
+        title = "Records: subjects" if self.read_only else "Subjects"
+        yield ConsoleHeader(title, sim=self.context.settings.sim, user_text=_user_text(self.user))
         yield FaultNotice(id="fault")
         with Vertical(id="subjects"):
             with Horizontal(id="search-row"):
@@ -283,7 +290,9 @@ class SubjectsScreen(Screen[None]):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """``d`` is Deactivate on an active subject and Reactivate on an inactive one; the keys that act on
-        a subject are dimmed while none is highlighted."""
+        a subject are dimmed while none is highlighted. The records view has no keys that change a subject."""
+        if self.read_only and action in self.CHANGING_ACTIONS:
+            return False
         if action in ("deactivate", "reactivate"):
             info = self.highlighted()
             if info is None:
@@ -331,6 +340,9 @@ class SubjectsScreen(Screen[None]):
             return
         info = self.highlighted()
         if info is None:
+            return
+        if self.read_only:
+            self.app.push_screen(SubjectHistoryScreen(self.context, self.user, info.subject_code))
             return
         if not info.is_active:
             self.show_status(f"{info.subject_code} is inactive; d reactivates it before a treatment")
