@@ -76,7 +76,9 @@ def _subjects(data: DataDir) -> int:
 
 
 async def _open(client: ControllerClient, controller: Controller) -> int:
-    opened = await client.call(msg.OpenSession(subject_code=SUBJECT, protocol_name="long", create_subject=True))
+    opened = await client.call(
+        msg.OpenSession(subject_code=SUBJECT, protocol_name="long", create_subject=True)
+    )
     await wait_prechecks(controller)
     return int(opened["session_id"])
 
@@ -91,7 +93,9 @@ async def _treat(client: ControllerClient, controller: Controller) -> None:
     await wait_until(lambda: sim.model.laser_output_on, 2.0, "laser output on")
 
 
-async def _wait_audits(data: DataDir, action: str, count: int) -> list[tuple[str | None, str, dict[str, Any]]]:
+async def _wait_audits(
+    data: DataDir, action: str, count: int
+) -> list[tuple[str | None, str, dict[str, Any]]]:
     for _ in range(200):
         rows = _audit(data, action)
         if len(rows) >= count:
@@ -234,7 +238,9 @@ async def test_closing_the_arming_connection_stops_emission_and_pauses(
         await owner.close()
 
 
-async def test_resume_after_a_disconnect_pause_needs_the_password(controller: Controller, data: DataDir) -> None:
+async def test_resume_after_a_disconnect_pause_needs_the_password(
+    controller: Controller, data: DataDir
+) -> None:
     # Observed: resume re-armed without the password after any pause.
     sim = controller.sim_rig
     assert sim is not None
@@ -324,7 +330,9 @@ async def test_wrong_arm_passwords_never_lock_the_account_and_are_limited_per_se
         await client.close()
 
 
-async def test_a_token_authenticates_a_new_connection_until_logout(controller: Controller, data: DataDir) -> None:
+async def test_a_token_authenticates_a_new_connection_until_logout(
+    controller: Controller, data: DataDir
+) -> None:
     first = await ControllerClient.connect(_sock(data))
     try:
         reply = await first.call(msg.Authenticate(username=USERNAME, password=PASSWORD))
