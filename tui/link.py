@@ -97,6 +97,10 @@ class ConsoleLink:
         self._on_auth_lost = on_auth_lost
         #: The token the controller gave this console's person (``None``: nobody is signed in).
         self._token: str | None = None
+        #: Clear while a sign-in or a re-authentication is under way: commands wait for it (else a command
+        #: sent right after the login would reach the controller before the person).
+        self._auth_settled = asyncio.Event()
+        self._auth_settled.set()
         #: Who the connection acts for, and the connection's number at the controller (``None``: nobody).
         self.username: str | None = None
         self.connection: int | None = None
@@ -134,6 +138,10 @@ class ConsoleLink:
             CommandFailed: the controller refused it (``str(exc)`` is its reason).
             ControllerUnavailable: no controller is connected, or the connection dropped before the reply.
         """
+        if not self._auth_settled.is_set() and command_needs_person(command):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout_s):
+                    await self._auth_settled.wait()
         client = self._client
         if client is None or not client.connected:
             raise ControllerUnavailable(self.problem or "not connected to the controller")
@@ -169,12 +177,16 @@ class ConsoleLink:
         """
         from control.messages import Authenticate
 
+        self._auth_settled.clear()
         try:
-            await self.wait_connected(timeout_s)
-        except LinkError as exc:
-            raise ControllerUnavailable(str(exc)) from None
-        data = await self.call(Authenticate(username=username, password=password))
-        self._signed_in(data)
+            try:
+                await self.wait_connected(timeout_s)
+            except LinkError as exc:
+                raise ControllerUnavailable(str(exc)) from None
+            data = await self.call(Authenticate(username=username, password=password))
+            self._signed_in(data)
+        finally:
+            self._auth_settled.set()
         return data
 
     async def sign_out(self) -> None:
@@ -374,6 +386,21 @@ class ConsoleLink:
                 start_new_session=True,
                 close_fds=True,
             )
+
+
+def command_needs_person(command: Command) -> bool:
+    """Whether the controller takes ``command`` only from an authenticated connection."""
+    from control.messages import command_name
+
+    return command_name(command) not in {
+        "ping",
+        "status",
+        "health",
+        "prechecks",
+        "stop",
+        "authenticate",
+        "logout",
+    }
 
 
 def _stop_process(process: subprocess.Popen[bytes], timeout_s: float = 15.0) -> None:
