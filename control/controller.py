@@ -1209,11 +1209,11 @@ class Controller:
             raise Refused(
                 f"only the session's technician ({session.opened.username}) or an admin may take it over"
             )
-        if auth.holds(peer.connection):
-            return {"state": self.supervisor.state.value, "session_id": session.opened.session_id}
         if auth.key_blocked and person.role != "admin":
             raise Refused(auth.blocked_message())
         await self._key_check(person.username, password, peer, "takeover")
+        if auth.holds(peer.connection):
+            return {"state": self.supervisor.state.value, "session_id": session.opened.session_id}
         auth.taken_over(peer.connection, person)
         self.supervisor.tech_id = person.tech_id
         sup = self.supervisor
