@@ -17,9 +17,10 @@ from datetime import datetime
 from types import SimpleNamespace
 from typing import Any
 
-from hypothesis import HealthCheck, settings
+import pytest
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from supervisor_fakes import World
 
 from control import messages as msg
@@ -28,6 +29,8 @@ from control.authority import Authority, Person
 from control.controller import Controller
 from control.ipc import CommandRefused, Peer
 from control.supervisor import ARMED_STATES, Refused, SystemState
+
+pytestmark = pytest.mark.timeout(600)
 
 S = SystemState
 #: username: (tech_id, role, password)
@@ -187,6 +190,29 @@ class ConnectionsMachine(RuleBasedStateMachine):
             self.holder = None
             self.own_pause = None
 
+    @initialize(
+        start=st.sampled_from(["none", "signed in", "ready", "armed", "armed", "treating", "treating"])
+    )
+    def begin_in(self, start: str) -> None:
+        """Start most cases part-way (a session open on connection 1, a second console signed in), so the
+        deep states get most of the steps."""
+        if start == "none":
+            return
+        self.connect()
+        self.connect()
+        for conn, user in ((1, "tina"), (2, "tina" if start != "signed in" else "ada")):
+            assert self.send(conn, msg.Authenticate(username=user, password=USERS[user][2]))
+            self.people[conn] = user
+        if start == "signed in":
+            return
+        assert self.send(1, msg.OpenSession(subject_code="P-2026-0001", protocol_name="p"))
+        self.holder = 1
+        if start in ("armed", "treating"):
+            assert self.send(1, msg.Arm(password=USERS["tina"][2]))
+        if start == "treating":
+            self.pedal(True)
+            assert self.world.laser.output_on
+
     # ------------------------------------------------------------------------------------------- rules
     @precondition(lambda self: len(self.live) < MAX_CONNECTIONS)
     @rule()
@@ -228,6 +254,7 @@ class ConnectionsMachine(RuleBasedStateMachine):
         user = self.people.get(conn)
         password = USERS[user][2] if user is not None and right else "wrong password"
         accepted = self.send(conn, msg.Arm(password=password))
+        event(f"arm {'accepted' if accepted else 'refused'} in {self.world.sup.state.value}")
         if accepted:
             assert conn == self.holder and right
             assert self.world.sup.state in ARMED_STATES
@@ -375,8 +402,8 @@ class ConnectionsMachine(RuleBasedStateMachine):
 
 
 ConnectionsMachine.TestCase.settings = settings(
-    max_examples=150,
-    stateful_step_count=40,
+    max_examples=300,
+    stateful_step_count=50,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow],
