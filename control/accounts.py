@@ -20,6 +20,11 @@ Rules (a medical console's, written down once here):
   only reported as inactive to someone who typed its correct password.
 * Every login success and failure, lockout, unlock, user creation, password set and deactivation is written to
   ``audit_log`` with the terminal (:mod:`control.terminal`) and the outcome.
+* Key control (the password re-entered to arm the laser or take a session over,
+  :meth:`AccountService.check_key`) is not a login: a wrong password is audited as a ``key_control`` failure,
+  does not count towards the lockout, and a lockout does not refuse it (a person is never locked out of their
+  own open session); a deactivated account is refused. The controller limits key-control failures per session
+  instead.
 
 All database work goes through :class:`storage.UsersRepository` and :class:`storage.AuditRepository`; this
 module contains no SQL and does not import the user interface.
@@ -74,6 +79,7 @@ from storage.repositories import AuditRepository, UsersRepository
 #: Public names, those defined in :mod:`control.account_rules` included (re-exported here).
 __all__ = [
     "ACTION_DEACTIVATE",
+    "ACTION_KEY_CONTROL",
     "ACTION_LOCKOUT",
     "ACTION_LOGIN",
     "ACTION_LOGOUT",
@@ -122,6 +128,7 @@ ACTION_PASSWORD_SET: Final = "password_set"
 ACTION_DEACTIVATE: Final = "deactivate"
 ACTION_LOGOUT: Final = "logout"
 ACTION_SCREEN_LOCK: Final = "screen_lock"
+ACTION_KEY_CONTROL: Final = "key_control"
 #: ``audit_log.entity_type`` for rows about a user account.
 ENTITY_USER: Final = "tech_user"
 
@@ -213,30 +220,101 @@ class AccountService:
 
     # -- login ---------------------------------------------------------------------------------------------
 
-    async def login(self, username: str, password: str, *, context: str = "login") -> LoginResult:
+    async def login(
+        self,
+        username: str,
+        password: str,
+        *,
+        context: str = "login",
+        details: Mapping[str, Any] | None = None,
+    ) -> LoginResult:
         """Check ``password`` for ``username``; update the failure count, lockout and last login; audit it.
 
         ``context`` is recorded in the audit details (``"login"`` at the login screen, ``"lock_screen"`` when
-        a locked console is reopened).
+        a locked console is reopened, ``"control_connection"`` on the controller's socket); ``details`` are
+        added to them (the socket's peer: its uid and pid).
         """
         # Made before the first attempt of any kind, so that no first attempt costs more than another.
         await self._ensure_dummy_hash()
         now = self.clock()
         name = username.strip() if isinstance(username, str) else ""
+        extra = dict(details or {})
         async with self.sessions() as session, session.begin():
             users = UsersRepository(session)
             row = await users.get_by_username(name) if name else None
             if row is None:
-                return await self._login_unknown(session, name, password, now, context)
-            return await self._login_known(session, row, password, now, context)
+                return await self._login_unknown(session, name, password, now, context, extra)
+            return await self._login_known(session, row, password, now, context, extra)
+
+    async def check_key(
+        self, username: str, password: str, *, details: Mapping[str, Any] | None = None
+    ) -> LoginResult:
+        """Key control: check ``password`` for ``username`` without touching the lockout (see the module's
+        rules). Audited as ``key_control`` with ``details``; refused for an account that is deactivated or
+        has no password. The failure count and ``locked_until`` are neither read nor changed."""
+        await self._ensure_dummy_hash()
+        now = self.clock()
+        extra = dict(details or {})
+        async with self.sessions() as session, session.begin():
+            row = await UsersRepository(session).get_by_username(username.strip())
+            if row is None or row.password_hash is None:
+                await self._verify_dummy(password)
+                result = LoginResult(LoginOutcome.WRONG_CREDENTIALS, "wrong password")
+            elif not await self._verify(row.password_hash, password):
+                result = LoginResult(LoginOutcome.WRONG_CREDENTIALS, "wrong password")
+            elif not (row.is_active if row.is_active is not None else True):
+                result = LoginResult(LoginOutcome.INACTIVE, INACTIVE_MESSAGE)
+            else:
+                result = LoginResult(LoginOutcome.OK, "key control", user=UserInfo.from_row(row))
+            await self._audit(
+                session,
+                ACTION_KEY_CONTROL,
+                "success" if result.ok else "failure",
+                now,
+                username=row.username if row is not None else username.strip(),
+                tech_id=row.tech_id if row is not None else None,
+                entity_id=row.tech_id if row is not None else None,
+                details={**extra, "reason": result.outcome.value},
+            )
+            return result
+
+    async def record_command(
+        self,
+        action: str,
+        outcome: str,
+        *,
+        user: UserInfo | None,
+        details: Mapping[str, Any],
+        username: str | None = None,
+    ) -> None:
+        """Audit one command a person gave the controller (``user``; ``None`` when nobody was
+        authenticated, then ``username`` names who was claimed, if anyone), with ``details`` (the
+        connection's peer, what was refused and why)."""
+        now = self.clock()
+        async with self.sessions() as session, session.begin():
+            await AuditRepository(session).add(
+                action,
+                outcome,
+                timestamp=now,
+                tech_id=user.tech_id if user is not None else None,
+                username=user.username if user is not None else username,
+                terminal=self.terminal,
+                details=dict(details),
+            )
 
     async def _login_unknown(
-        self, session: AsyncSession, name: str, password: str, now: datetime, context: str
+        self,
+        session: AsyncSession,
+        name: str,
+        password: str,
+        now: datetime,
+        context: str,
+        extra: Mapping[str, Any],
     ) -> LoginResult:
         if len(self._phantoms) >= MAX_TRACKED_UNKNOWN_NAMES:
             self._forget_stale_phantoms(now)
         phantom = self._phantoms.setdefault(name, _PhantomFailures())
-        details = {"reason": "unknown_user", "context": context}
+        details = {**extra, "reason": "unknown_user", "context": context}
         if phantom.locked_until is not None and phantom.locked_until > now:
             await self._verify_dummy(password)
             await self._audit(session, ACTION_LOGIN, "failure", now, username=name, details=details)
@@ -271,7 +349,13 @@ class AccountService:
                 del self._phantoms[key]
 
     async def _login_known(
-        self, session: AsyncSession, row: TechUser, password: str, now: datetime, context: str
+        self,
+        session: AsyncSession,
+        row: TechUser,
+        password: str,
+        now: datetime,
+        context: str,
+        extra: Mapping[str, Any],
     ) -> LoginResult:
         users = UsersRepository(session)
 
@@ -283,7 +367,7 @@ class AccountService:
                 ACTION_LOGIN,
                 "failure",
                 now,
-                details={"reason": LoginOutcome.LOCKED.value, "context": context},
+                details={**extra, "reason": LoginOutcome.LOCKED.value, "context": context},
             )
             return LoginResult(
                 LoginOutcome.LOCKED,
@@ -299,7 +383,7 @@ class AccountService:
                 ACTION_LOGIN,
                 "failure",
                 now,
-                details={"reason": LoginOutcome.NO_PASSWORD.value, "context": context},
+                details={**extra, "reason": LoginOutcome.NO_PASSWORD.value, "context": context},
             )
             return LoginResult(LoginOutcome.NO_PASSWORD, NO_PASSWORD_MESSAGE)
 
@@ -320,7 +404,7 @@ class AccountService:
                 ACTION_LOGIN,
                 "failure",
                 now,
-                details={"reason": LoginOutcome.WRONG_CREDENTIALS.value, "context": context},
+                details={**extra, "reason": LoginOutcome.WRONG_CREDENTIALS.value, "context": context},
             )
             if locked_until is not None:
                 await self._audit_account(
@@ -341,7 +425,7 @@ class AccountService:
                 ACTION_LOGIN,
                 "failure",
                 now,
-                details={"reason": LoginOutcome.INACTIVE.value, "context": context},
+                details={**extra, "reason": LoginOutcome.INACTIVE.value, "context": context},
             )
             return LoginResult(LoginOutcome.INACTIVE, INACTIVE_MESSAGE)
 
@@ -360,7 +444,7 @@ class AccountService:
             ACTION_LOGIN,
             "success",
             now,
-            details={"context": context, "rehashed": new_hash is not None},
+            details={**extra, "context": context, "rehashed": new_hash is not None},
         )
         return LoginResult(LoginOutcome.OK, f"welcome, {row.full_name}", user=UserInfo.from_row(row))
 

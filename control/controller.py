@@ -13,6 +13,11 @@ One treatment session at a time. ``open_session`` checks the protocol against th
 active calibrations, opens the session record (after an automatic backup), starts the telemetry file, turns
 the TEC output and the smoothing motor on, enables and homes the actuator, and starts the protocol engine; the
 supervisor is then READY. ``arm`` needs the technician's password (key control) and every pre-check passing.
+
+Commands on ``control.sock`` act for the person authenticated on their connection, and the session belongs
+to one connection (the one that opened or took it over, and so the one that armed): :mod:`control.authority`
+holds those rules and :meth:`Controller._dispatch` applies them. Every command given for a person is audited
+with that person and the connection's peer (its uid and pid from the socket's credentials).
 When the protocol completes, or the operator aborts, the session gets its summary and telemetry checksum and
 the supervisor goes back to IDLE (an abort while a fault is latched leaves FAULT latched).
 """
@@ -32,7 +37,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from control import messages as msg
+from control.account_rules import LoginOutcome, UserInfo, locked_message
 from control.accounts import AccountService, HashingParameters
+from control.authority import HOLDER_COMMANDS, MAX_KEY_FAILURES, SESSION_ROLES, Authority, Person
 from control.calibration import (
     CalibrationError,
     CalibrationSet,
@@ -190,8 +197,8 @@ class Controller:
         self.rig: Rig = None  # type: ignore[assignment]
         self.session: ActiveSession | None = None
         self.last_session_id: int | None = None
-        #: The connection that opened the open session (None when opened in-process).
-        self.operator: Peer | None = None
+        #: Who acts on which connection, and which connection holds the open session.
+        self.authority = Authority()
         self._camera_state: str | None = None
         self._bad_replies: dict[str, int] = {}
         self.current_ma: float | None = None
@@ -205,6 +212,7 @@ class Controller:
         self._closing = False
         self.supervisor = SafetySupervisor(_Laser(self), _Board(self), self._write_safety)
         self.supervisor.on_state_change(self._on_state_change)
+        self.supervisor.on_state_change(self._authority_state)
 
     # ------------------------------------------------------------------------------------ start / close
     async def start(self) -> None:
@@ -683,8 +691,11 @@ class Controller:
         treatment_site: str | None = None,
         treatment_notes: str | None = None,
         create_subject: bool = False,
+        by_connection: int | None = None,
+        by_person: Person | None = None,
     ) -> dict[str, Any]:
-        """Open a session (see the module documentation); returns what the console shows."""
+        """Open a session (see the module documentation); returns what the console shows. The connection
+        ``by_connection`` (``None``: this process) then holds it for ``by_person``."""
         if self.session is not None or self.supervisor.state is not SystemState.IDLE:
             raise Refused(
                 f"cannot open a session in {self.supervisor.state.value}"
@@ -736,6 +747,7 @@ class Controller:
         )
         session = ActiveSession(opened, plan, cal, engine, SummaryAccumulator(), started_mono, max_override)
         self.session = session
+        self.authority.session_opened(by_connection, by_person)
         self.last_session_id = opened.session_id
         self.supervisor.tech_id = opened.tech_id
         try:
@@ -913,6 +925,7 @@ class Controller:
             _LOG.error("%s", problem)
         finally:
             self.session = None
+            self.authority.session_closed()
             sup.tech_id = None
             if self.rig.safety is not None:
                 with contextlib.suppress(Exception):
@@ -1033,8 +1046,12 @@ class Controller:
             raise CommandRefused(words) from None
 
     async def _dispatch(self, command: Any, peer: Peer) -> dict[str, Any] | None:
+        """One command from ``peer``: the open commands for anyone, the others for the person authenticated
+        on that connection, and those acting on the session only from the connection holding it (see
+        :mod:`control.authority`). Each command given for a person is audited with the peer."""
         kind = command.type
         sup = self.supervisor
+        auth = self.authority
         if kind == "ping":
             return {"pong": True}
         if kind == "status":
@@ -1044,44 +1061,101 @@ class Controller:
                 name: {"state": h.state, "identity": h.identity, "error": h.last_error, "detail": h.detail}
                 for name, h in self.rig.health().items()
             }
+        if kind == "prechecks":
+            return {"checks": await self.prechecks()}
+        if kind == "stop":
+            # Anyone, always: it only makes things safer (the stop key sends it on a connection of its own).
+            armed = sup.state in ARMED_STATES
+            await sup.stop()
+            if armed and self.session is not None:
+                auth.paused_by(peer.connection, auth.person(peer.connection))
+            return {"state": sup.state.value}
+        if kind == "authenticate":
+            return await self._authenticate(command, peer)
+        if kind == "logout":
+            held = auth.holds(peer.connection)
+            person = auth.sign_out(peer.connection)
+            if held:
+                await self._release_holder("the operator logging out")
+            if person is not None:
+                self._audit_command(kind, "success", person, peer)
+            return {"username": person.username if person is not None else None}
+        if auth.person(peer.connection) is None:
+            claimed = getattr(command, "username", None)
+            self._audit_command(kind, "failure", None, peer, reason="not authenticated", username=claimed)
+        person = auth.require_person(peer.connection, kind)
+        try:
+            result = await self._act(command, peer, person)
+        except (Refused, SessionRefused) as exc:
+            self._audit_command(kind, "failure", person, peer, reason=str(exc))
+            raise
+        self._audit_command(kind, "success", person, peer)
+        return result
+
+    async def _act(self, command: Any, peer: Peer, person: Person) -> dict[str, Any] | None:
+        """Carry out a command for ``person`` (authenticated on ``peer``'s connection)."""
+        kind = command.type
+        sup = self.supervisor
+        auth = self.authority
+        connection = peer.connection
+        if kind in HOLDER_COMMANDS:
+            self._require_session()
+            auth.require_holder(connection, kind)
         if kind == "open_session":
-            self.operator = peer
+            if person.role not in SESSION_ROLES:
+                raise Refused(
+                    f"{person.username} is {person.role}: only a technician or an admin opens a session"
+                )
+            if command.username is not None and command.username != person.username:
+                raise Refused(
+                    f"open_session for {command.username!r} refused: "
+                    f"this connection acts for {person.username}"
+                )
+            await self._active_account(person, refuse_locked=True)
             return await self.open_session(
                 subject_code=command.subject_code,
-                username=command.username,
+                username=person.username,
                 protocol_name=command.protocol_name,
                 treatment_site=command.treatment_site,
                 treatment_notes=command.treatment_notes,
                 create_subject=command.create_subject,
+                by_connection=connection,
+                by_person=person,
             )
-        if kind == "prechecks":
-            return {"checks": await self.prechecks()}
+        if kind == "takeover":
+            return await self._take_over(command.password, peer, person)
         if kind == "arm":
-            return await self.arm(command.password)
+            return await self.arm(command.password, peer=peer, username=command.username)
         if kind == "disarm":
-            await sup.disarm()
+            await sup.disarm(f"disarmed by {person.username}")
             return None
         if kind == "pause":
-            await sup.pause()
+            await sup.pause(f"paused by {person.username}")
+            auth.paused_by(connection, person)
             return None
         if kind == "resume":
+            refusal = auth.resume_refusal(connection, person)
+            if refusal is not None:
+                raise Refused(refusal)
+            await self._active_account(person, refuse_locked=False)
             await sup.resume()
+            auth.pause = None
             return None
-        if kind == "stop":
-            await sup.stop()
-            return {"state": sup.state.value}
         if kind == "abort":
-            return await self.abort(command.reason)
+            return await self.abort(command.reason, by=person.username)
         if kind == "override_power":
             session = self._require_session()
             return dict(
                 session.engine.override_power(
-                    command.watts, command.reason, actor=session.opened.username, step=command.step
+                    command.watts, command.reason, actor=person.username, step=command.step
                 )
             )
         if kind == "reset_fault":
-            return await self.reset_fault(command.username, command.password)
+            result = await self.reset_fault(command.username, command.password)
+            auth.paused_otherwise("a fault and its reset")
+            return result
         if kind == "end_session":
+            await self._active_account(person, refuse_locked=False)
             return await self.end_session(command.notes)
         if kind == "sim":
             if self.sim_rig is None:
@@ -1091,6 +1165,158 @@ class Controller:
             except ValueError as exc:
                 raise Refused(str(exc)) from None
         raise Refused(f"unknown command {kind!r}")
+
+    @staticmethod
+    def _peer_details(peer: Peer | None) -> dict[str, Any]:
+        """The connection's peer as the audit trail records it."""
+        if peer is None:
+            return {"connection": None}
+        return {"connection": peer.connection, "peer_pid": peer.pid, "peer_uid": peer.uid}
+
+    def _audit_command(
+        self,
+        kind: str,
+        outcome: str,
+        person: Person | None,
+        peer: Peer,
+        *,
+        reason: str | None = None,
+        username: str | None = None,
+    ) -> None:
+        """Audit one command from a connection (in the background: a command never waits on the audit)."""
+        details: dict[str, Any] = {"command": kind, **self._peer_details(peer)}
+        if reason is not None:
+            details["reason"] = reason
+        if self.session is not None:
+            details["session_id"] = self.session.opened.session_id
+        user = None
+        if person is not None:
+            user = UserInfo(
+                tech_id=person.tech_id,
+                username=person.username,
+                full_name=person.full_name,
+                role=person.role,
+                is_active=True,
+                has_password=True,
+                must_change_password=False,
+                failed_login_count=0,
+                locked_until=None,
+                last_login=None,
+                created_date=None,
+            )
+
+        async def write() -> None:
+            try:
+                await self.accounts.record_command(
+                    "control_command", outcome, user=user, details=details, username=username
+                )
+            except Exception as exc:
+                _LOG.error("audit of %s from %s not written: %s", kind, peer, exc)
+
+        self._background(write())
+
+    async def _authenticate(self, command: Any, peer: Peer) -> dict[str, Any]:
+        """Prove who acts on this connection (a password checked like a login, or this console's token)."""
+        auth = self.authority
+        held = auth.holds(peer.connection)
+        if command.token is not None:
+            person, changed = auth.sign_in_with_token(peer.connection, command.token)
+            try:
+                await self._active_account(person, refuse_locked=False)
+            except Refused:
+                auth.sign_out(peer.connection)
+                changed = True
+                raise
+            finally:
+                if changed and held:
+                    await self._release_holder("the connection authenticating as someone else")
+            token = command.token
+            self._audit_command("authenticate", "success", person, peer)
+        else:
+            result = await self.accounts.login(
+                command.username,
+                command.password,
+                context="control_connection",
+                details=self._peer_details(peer),
+            )
+            if not result.ok or result.user is None:
+                raise Refused(result.message)
+            user = result.user
+            person = Person(user.tech_id, user.username, user.full_name, user.role)
+            token, changed = auth.sign_in(peer.connection, person)
+            if changed and held:
+                await self._release_holder("the connection authenticating as someone else")
+        return {
+            "username": person.username,
+            "full_name": person.full_name,
+            "role": person.role,
+            "token": token,
+            "connection": peer.connection,
+        }
+
+    async def _active_account(self, person: Person, *, refuse_locked: bool) -> None:
+        """Refused (and the person forgotten everywhere) when the account was deactivated meanwhile; with
+        ``refuse_locked``, also while it is locked out (starting something new; a locked account still
+        finishes its own open session)."""
+        info = await self.accounts.get_user(person.username)
+        if info is None or not info.is_active or info.tech_id != person.tech_id:
+            self.authority.forget_person(person.tech_id)
+            raise Refused(
+                f"the account {person.username!r} is deactivated: it can no longer command the laser"
+            )
+        if refuse_locked and info.locked_at(self.accounts.clock()):
+            assert info.locked_until is not None
+            raise Refused(f"{person.username}: {locked_message(info.locked_until, self.accounts.zone)}")
+
+    async def _take_over(self, password: str, peer: Peer, person: Person) -> dict[str, Any]:
+        """This connection takes the open session over for ``person`` (its technician or an admin), with the
+        password; emission stops first, and arming again needs the password."""
+        session = self._require_session()
+        auth = self.authority
+        if person.role not in SESSION_ROLES or (
+            person.username != session.opened.username and person.role != "admin"
+        ):
+            raise Refused(
+                f"only the session's technician ({session.opened.username}) or an admin may take it over"
+            )
+        if auth.key_blocked and person.role != "admin":
+            raise Refused(auth.blocked_message())
+        await self._key_check(person.username, password, peer, "takeover")
+        if auth.holds(peer.connection):
+            return {"state": self.supervisor.state.value, "session_id": session.opened.session_id}
+        auth.taken_over(peer.connection, person)
+        self.supervisor.tech_id = person.tech_id
+        sup = self.supervisor
+        if sup.state in ARMED_STATES:
+            sup.output_off_now()
+            with contextlib.suppress(Refused):
+                await sup.pause(f"session taken over by {person.username} (connection {peer.connection})")
+        self._record(
+            "user_action",
+            details={"action": "takeover", "by": person.username, **self._peer_details(peer)},
+        )
+        self._event("info", f"session {session.opened.session_id} taken over by {person.username}")
+        return {"state": sup.state.value, "session_id": session.opened.session_id}
+
+    async def _key_check(self, username: str, password: str, peer: Peer | None, context: str) -> None:
+        """Key control for ``username``: a wrong password is counted for this session (never a lockout)."""
+        session = self.session
+        details = {
+            "context": context,
+            "session_id": session.opened.session_id if session is not None else None,
+            **self._peer_details(peer),
+        }
+        result = await self.accounts.check_key(username, password, details=details)
+        if result.ok:
+            return
+        if result.outcome is LoginOutcome.INACTIVE:
+            raise Refused(result.message)
+        left = self.authority.key_failed()
+        if left:
+            raise Refused(
+                f"wrong password (key control): {left} of {MAX_KEY_FAILURES} tries left in this session"
+            )
+        raise Refused("wrong password (key control); " + self.authority.blocked_message())
 
     def _require_session(self) -> ActiveSession:
         if self.session is None:
@@ -1103,26 +1329,63 @@ class Controller:
             raise Refused(result.message)
         return result.user
 
-    async def arm(self, password: str) -> dict[str, Any]:
-        """Key control: the session's technician re-enters the password; every pre-check must pass."""
+    async def arm(
+        self, password: str, *, peer: Peer | None = None, username: str | None = None
+    ) -> dict[str, Any]:
+        """Key control: the operator re-enters the password; every pre-check must pass. From READY this arms;
+        from PAUSED it resumes. ``peer`` is the connection asking (``None``: this process), which must hold
+        the session; its person is the operator. A wrong password counts towards the session's limit and
+        never locks the account; once the limit is reached only an admin's ``username`` and password arm
+        (and open key control again)."""
         session = self._require_session()
-        await self._check_password(session.opened.username, password, "key_control")
+        auth = self.authority
+        sup = self.supervisor
+        operator = session.opened.username
+        if peer is not None:
+            auth.require_holder(peer.connection, "arm")
+            person = auth.require_person(peer.connection, "arm")
+            operator = person.username
+        elif auth.operator is not None:
+            operator = auth.operator.username
+        if sup.state not in (SystemState.READY, SystemState.PAUSED):
+            raise Refused(f"cannot arm in {sup.state.value}")
+        by = operator
+        if username is not None and username != operator:
+            result = await self.accounts.login(
+                username, password, context="key_unblock", details=self._peer_details(peer)
+            )
+            if not result.ok or result.user is None:
+                raise Refused(result.message)
+            if result.user.role != "admin":
+                raise Refused(f"{username} is not an admin: arming is key control by {operator}")
+            auth.key_unblocked()
+            by = username
+        else:
+            if auth.key_blocked:
+                raise Refused(auth.blocked_message())
+            await self._key_check(operator, password, peer, "arm")
         failing = [c for c in await self.prechecks() if not c["ok"]]
         if failing:
             raise Refused("pre-checks failing: " + "; ".join(f"{c['name']}: {c['detail']}" for c in failing))
-        await self.supervisor.arm()
-        self._record("user_action", details={"action": "arm", "by": session.opened.username})
-        return {"state": self.supervisor.state.value}
+        resuming = sup.state is SystemState.PAUSED
+        if resuming:
+            await sup.resume()
+        else:
+            await sup.arm()
+        auth.pause = None
+        self._record("user_action", details={"action": "resume" if resuming else "arm", "by": by})
+        return {"state": sup.state.value}
 
-    async def abort(self, reason: str) -> dict[str, Any]:
-        """Abort the open session with the operator's reason (laser off first)."""
+    async def abort(self, reason: str, *, by: str | None = None) -> dict[str, Any]:
+        """Abort the open session with the operator's reason (laser off first); ``by`` is who (default: the
+        session's technician)."""
         if not reason or not reason.strip():
             raise Refused("an abort needs a reason")
         session = self._require_session()
         self.supervisor.output_off_now()
         self._record(
             "user_action",
-            details={"action": "abort", "reason": reason.strip(), "by": session.opened.username},
+            details={"action": "abort", "reason": reason.strip(), "by": by or session.opened.username},
         )
         await self._close_session("aborted", reason.strip())
         return {"session_id": session.opened.session_id, "state": self.supervisor.state.value}
@@ -1153,14 +1416,24 @@ class Controller:
         return user.username
 
     async def _operator_gone(self, peer: Peer) -> None:
-        """The operator's console disconnected: emission stops and the session pauses."""
-        if self.operator is None or peer.connection != self.operator.connection:
-            return
-        self.operator = None
-        if self.supervisor.state in ARMED_STATES:
-            self.supervisor.output_off_now()
+        """A connection to ``control.sock`` ended. If it held the session (whoever it was), emission stops at
+        once and an armed session pauses; nobody holds the session until a console takes it over."""
+        if self.authority.connection_closed(peer.connection):
+            await self._release_holder("the operator's connection closing")
+
+    async def _release_holder(self, cause: str) -> None:
+        """Nobody holds the session any more (``cause``): laser off now, an armed session paused."""
+        self.authority.release(cause)
+        sup = self.supervisor
+        if sup.state in ARMED_STATES:
+            sup.output_off_now()
             with contextlib.suppress(Refused):
-                await self.supervisor.pause("operator console disconnected")
+                await sup.pause(cause)
+
+    def _authority_state(self, old: SystemState, new: SystemState, reason: str) -> None:
+        """A fault ends whatever pause came before it: after its reset, arming needs the password."""
+        if new is SystemState.FAULT:
+            self.authority.paused_otherwise("a fault and its reset")
 
     # ------------------------------------------------------------------------------------- snapshots
     def _event(self, severity: msg.Severity, text: str) -> None:
@@ -1205,6 +1478,7 @@ class Controller:
                 max_override_w=session.max_override_w,
                 total_duration_s=session.plan.total_duration_s,
                 expected_energy_j=session.plan.expected_energy_j,
+                **self._holding_view(session),
             )
         cal = self.calibrations
         measured_ring = None
@@ -1253,6 +1527,17 @@ class Controller:
             warnings=list(sup.warnings[-5:]),
             last_session_id=self.last_session_id,
         )
+
+    def _holding_view(self, session: ActiveSession) -> dict[str, Any]:
+        """Who holds the session and what leaving its pause needs, as a snapshot shows it."""
+        auth = self.authority
+        return {
+            "operator": auth.operator.username if auth.operator is not None else session.opened.username,
+            "held_by_connection": None if auth.in_process else auth.holder,
+            "resume_needs_key": self.supervisor.state is SystemState.PAUSED and auth.resume_needs_key,
+            "key_failures": auth.key_failures,
+            "key_failures_allowed": MAX_KEY_FAILURES,
+        }
 
     async def _publish(self) -> None:
         while True:

@@ -491,6 +491,10 @@ class ControllerServer:
         except MessageError as exc:
             logger.info("%s: refused a malformed message: %s", peer, exc)
             return encode(Reply(id=exc.request_id, ok=False, error=str(exc)))
+        except Exception as exc:
+            # Whatever the parser raises (a line it cannot handle at all), the client gets its one reply.
+            logger.warning("%s: refused an unreadable message: %s: %s", peer, type(exc).__name__, exc)
+            return encode(Reply(id=None, ok=False, error=f"unreadable message ({type(exc).__name__})"))
         try:
             data = await self._handler.handle(command, peer)
             return encode(Reply(id=command.id, ok=True, data=data))

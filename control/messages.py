@@ -20,6 +20,17 @@ Two command sets exist, and they are different types, not one type with a runtim
 A command model may be built without an id (``Ping()``); :class:`~control.ipc.ControllerClient` then assigns
 one. On the wire the id is required.
 
+Who may command (``control.sock``): ``ping``, ``status``, ``health``, ``prechecks`` and ``stop`` are answered
+on any connection; ``stop`` only ever makes things safer, so the stop key sends it on a fresh connection of
+its own, unauthenticated. Every other command acts for a person, who proves who they are on that connection
+with :class:`Authenticate` (username and password, checked like a login: refused for a wrong password, a
+locked or a deactivated account). The reply carries a token: a later connection of the same console may
+authenticate with it instead of the password (after the link dropped), until :class:`Logout`, or
+:data:`~control.authority.TOKEN_IDLE_S` seconds after the last connection using it closed; a restarted
+controller knows no token. The open session belongs to one connection: the one that opened it, or that took it
+over (:class:`Takeover`, with the password); only that connection may arm, pause, resume, override or abort
+it. See :mod:`control.authority` for the rules.
+
 Units: times in seconds (``_s``), power in watts (``_w``), energy in joules (``_j``), lengths in
 millimetres (``_mm``) or micrometres (``_um``), photodiode in volts (``_v``), laser diode current in
 milliamperes (``_ma``).
@@ -114,15 +125,57 @@ class Health(Command):
     type: Literal["health"] = "health"
 
 
+class Authenticate(Command):
+    """Prove who acts on this connection: ``username`` and ``password`` (checked like a login, counted towards
+    the account's lockout), or a ``token`` an earlier :class:`Authenticate` of this console returned.
+
+    The reply's data: ``username``, ``full_name``, ``role``, ``token`` and ``connection`` (this connection's
+    number, as snapshots name the connection holding the session).
+    """
+
+    type: Literal["authenticate"] = "authenticate"
+    username: NonBlank | None = None
+    password: Annotated[str | None, Field(min_length=1, repr=False)] = None
+    token: Annotated[str | None, Field(min_length=1, max_length=200, repr=False)] = None
+
+    @model_validator(mode="after")
+    def _password_or_token(self) -> Authenticate:
+        if self.token is not None:
+            if self.password is not None or self.username is not None:
+                raise ValueError("give a token, or a username and password, not both")
+        elif self.username is None or self.password is None:
+            raise ValueError("a username and password (or a token) are required")
+        return self
+
+
+class Logout(Command):
+    """The person on this connection logs out: the connection (and its token) no longer acts for them, and
+    a session this connection held is paused if it was armed, and no longer held."""
+
+    type: Literal["logout"] = "logout"
+
+
+class Takeover(Command):
+    """Take the open session over on this connection (a console re-attaching to it): the person
+    authenticated here re-enters their password; they must be the session's technician or an admin.
+
+    Emission stops first if it was possible; the session is then paused or ready, and arming again needs the
+    password."""
+
+    type: Literal["takeover"] = "takeover"
+    password: Annotated[str, Field(min_length=1, repr=False)]
+
+
 class OpenSession(Command):
-    """Open a treatment session for a subject with a protocol.
+    """Open a treatment session for a subject with a protocol, for the person authenticated on this
+    connection (a technician or an admin); ``username``, when given, must be that person.
 
     ``create_subject`` asks the controller to create the subject when ``subject_code`` is not on record.
     """
 
     type: Literal["open_session"] = "open_session"
     subject_code: NonBlank
-    username: NonBlank
+    username: NonBlank | None = None
     protocol_name: NonBlank
     treatment_site: str | None = None
     treatment_notes: str | None = None
@@ -136,10 +189,17 @@ class Prechecks(Command):
 
 
 class Arm(Command):
-    """Arm the laser (key control): the operator re-enters their password."""
+    """Arm the laser (key control): the operator re-enters their password. From READY it arms; from PAUSED it
+    resumes (the way to resume after a pause the operator did not make on this connection).
+
+    A wrong password is a key-control failure, not a failed login: it never locks the account, and after
+    :data:`~control.authority.MAX_KEY_FAILURES` of them in one session arming is refused until an admin's
+    ``username`` and ``password`` are given here (or the session is aborted and a new one opened).
+    """
 
     type: Literal["arm"] = "arm"
     password: Annotated[str, Field(min_length=1, repr=False)]
+    username: NonBlank | None = None
 
 
 class Disarm(Command):
@@ -155,7 +215,9 @@ class Pause(Command):
 
 
 class Resume(Command):
-    """Leave an operator pause (the operator arms again before emitting)."""
+    """Leave a pause without the password: only a pause the same operator made on this same connection
+    (``pause``, or ``stop`` sent here). After any other pause (a disconnect, a takeover, a stop from another
+    connection) :class:`Arm` with the password resumes."""
 
     type: Literal["resume"] = "resume"
 
@@ -214,6 +276,9 @@ ControlCommand: TypeAlias = Annotated[
     Ping
     | Status
     | Health
+    | Authenticate
+    | Logout
+    | Takeover
     | OpenSession
     | Prechecks
     | Arm
@@ -312,6 +377,15 @@ class SessionView(_Message):
     #: The protocol's total time, s, and the energy it is expected to deliver, J.
     total_duration_s: _NonNegative | None = None
     expected_energy_j: _NonNegative | None = None
+    #: The username of the person holding the session (key control is theirs), and the number of the
+    #: connection holding it (``None``: no live connection does; a console must take it over).
+    operator: str | None = None
+    held_by_connection: int | None = None
+    #: Whether leaving the pause needs the password (arm) rather than a plain resume.
+    resume_needs_key: bool = False
+    #: Wrong key-control passwords in this session, and how many are allowed before arming needs an admin.
+    key_failures: Annotated[int, Field(ge=0)] = 0
+    key_failures_allowed: Annotated[int, Field(ge=0)] = 5
 
 
 class LaserView(_Message):
@@ -532,6 +606,8 @@ def _parse(line: bytes | str) -> dict[str, Any]:
         obj = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_no_duplicate_keys)
     except ValueError as exc:
         raise MessageError(f"not JSON: {exc}") from None
+    except RecursionError:
+        raise MessageError("JSON nested too deeply to be a message") from None
     if not isinstance(obj, dict):
         raise MessageError(f"expected a JSON object, got {type(obj).__name__}")
     return obj
@@ -564,6 +640,8 @@ def _validate(adapter: TypeAdapter[Any], obj: dict[str, Any], noun: str) -> Any:
         return adapter.validate_python(obj)
     except ValidationError as exc:
         raise MessageError(_describe(exc, noun), _recover_id(obj)) from None
+    except RecursionError:
+        raise MessageError(f"{noun} nested too deeply", _recover_id(obj)) from None
 
 
 def _describe(exc: ValidationError, noun: str) -> str:

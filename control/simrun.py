@@ -6,6 +6,10 @@ technician's password once every pre-check passes, then holds the footpedal down
 unless the script says otherwise. Script lines are ``<seconds> <simulator command>`` with seconds counted from
 the start of treatment; blank lines and ``#`` comments are ignored.
 
+The person named by ``--user`` proves who they are first: the password is checked like a login (refused for a
+wrong password, a locked or a deactivated account, and for a role that does not treat) before the session
+is opened, and again as key control when arming.
+
 The run ends when the protocol completes (exit 0) or when it is aborted or faulted (exit 1, with the reason).
 A fault is never reset by the script: the session is closed as aborted with the fault's description.
 """
@@ -21,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from control.accounts import HashingParameters
+from control.authority import SESSION_ROLES, Person
 from control.controller import Controller
 from control.protocols import LimitsError, ProtocolError, check_protocol, load_limits, protocol_type
 from control.supervisor import Refused, SystemState
@@ -140,9 +145,19 @@ async def run_simulated_session(
     try:
         if on_started is not None:
             on_started(controller)
+        login = await controller.accounts.login(username, password, context="sim_run")
+        if not login.ok or login.user is None:
+            raise Refused(f"{username}: {login.message}")
+        user = login.user
+        if user.role not in SESSION_ROLES:
+            raise Refused(f"{username} is {user.role}: only a technician or an admin opens a session")
         name = await _ensure_protocol(controller, protocol)
         opened = await controller.open_session(
-            subject_code=subject_code, username=username, protocol_name=name, create_subject=True
+            subject_code=subject_code,
+            username=user.username,
+            protocol_name=name,
+            create_subject=True,
+            by_person=Person(user.tech_id, user.username, user.full_name, user.role),
         )
         session_id = int(opened["session_id"])
         say(

@@ -33,6 +33,12 @@ start carries on (without its operator it stops emission and pauses the session)
 
 The console's layouts are made for 80x24 and larger: below that, every screen is covered by a "terminal too
 small" notice instead of cut readings. Only the theme the screens are made for is offered.
+
+The controller takes commands only from a connection a person authenticated: after a login the app
+authenticates the link with the password just typed (it keeps it only for that, and for taking over a
+session no live console holds), and the link keeps the controller's token for its reconnections. When the
+controller no longer knows the token (it restarted), the console locks, and unlocking authenticates again
+with that password. Logging out logs the connection out too.
 """
 
 from __future__ import annotations
@@ -183,6 +189,7 @@ class ToscaApp(App[int]):
                 on_message=self._on_link_message,
                 on_state=self._on_link_state,
                 start_controller=settings.controller == "start",
+                on_auth_lost=self._on_link_auth_lost,
             )
         self.context = ScreenContext(settings=settings, link=self.link)
         #: The controller's newest state (``None`` before the first or while it is unreachable).
@@ -196,6 +203,8 @@ class ToscaApp(App[int]):
         #: The user who logged in before the controller's first snapshot: a session the controller has open
         #: is resumed for them when that snapshot comes (:meth:`resume_open_session`).
         self._resume_for: UserInfo | None = None
+        #: True when the controller refused the link's token: the next unlock authenticates again.
+        self._link_needs_password = False
         #: Screen updates delivered (snapshots posted to the screen on top), for the benchmark.
         self.snapshots_shown = 0
         #: The logged-in user, or None.
@@ -312,6 +321,54 @@ class ToscaApp(App[int]):
         else:
             self.snapshot = None
             self.notify(f"controller: {reason}", severity="error", timeout=30)
+
+    def _on_link_auth_lost(self, reason: str) -> None:
+        """The reconnected link could not authenticate with its token (the controller restarted, or the token
+        expired): the console locks, and the password typed to unlock it authenticates the link again."""
+        self._link_needs_password = True
+        if self.user is None:
+            return
+        self.notify(f"the controller asks for your password again ({reason})", severity="warning", timeout=30)
+        if not self.is_locked:
+            self.lock(idle_minutes=0.0)
+
+    @work(group="link-sign-in", exclusive=True, exit_on_error=False)
+    async def sign_in_link(self, user: UserInfo, password: str) -> None:
+        """Authenticate the link for ``user`` with the password just typed; then, if the controller has a
+        session open that no live console holds, take it over for them (the console re-attaching to it).
+        The password lives only as long as this worker."""
+        link = self.link
+        if link is None:
+            return
+        try:
+            await link.sign_in(user.username, password)
+        except (CommandFailed, ControllerUnavailable) as exc:
+            if self.user is user:
+                self.notify(f"the controller did not accept your login: {exc}", severity="error", timeout=30)
+            return
+        self._link_needs_password = False
+        if self.user is not user:
+            return
+        snapshot = link.snapshot
+        session = snapshot.session if snapshot is not None else None
+        if session is None or session.held_by_connection is not None:
+            if session is not None and not link.holds_session:
+                self.notify(
+                    f"session {session.session_id} is held by another console: it cannot be commanded here",
+                    severity="warning",
+                    timeout=20,
+                )
+            return
+        try:
+            await link.take_over(password)
+        except (CommandFailed, ControllerUnavailable) as exc:
+            self.notify(f"session {session.session_id} not taken over: {exc}", severity="error", timeout=30)
+            return
+        self.notify(
+            f"session {session.session_id} taken over on this console: arm again with your password",
+            severity="warning",
+            timeout=10,
+        )
 
     def _ring_on_first_emission(self, snapshot: Snapshot) -> None:
         """The terminal bell once, on the first emission of each session."""
@@ -532,6 +589,8 @@ class ToscaApp(App[int]):
     async def on_logged_in(self, message: LoggedIn) -> None:
         self.user = message.user
         self.last_activity = self.settings.clock()
+        if self.link is not None:
+            self.sign_in_link(message.user, message.password)
         try:
             minutes, problem = await read_auto_lock_minutes(self.accounts.sessions)
         except database_errors() as exc:
@@ -561,6 +620,8 @@ class ToscaApp(App[int]):
 
     async def on_unlocked(self, message: Unlocked) -> None:
         self.last_activity = self.settings.clock()
+        if self._link_needs_password and self.user is not None and message.password:
+            self.sign_in_link(self.user, message.password)
         while isinstance(self.screen, LockScreen):
             await self.pop_screen()
         user = self.user
@@ -635,6 +696,8 @@ class ToscaApp(App[int]):
             return
         reason = "lock_screen" if self.is_locked else "user"
         self.user = None
+        if self.link is not None:
+            await self.link.sign_out()
         try:
             await self.accounts.logout(user, reason=reason)
         except database_errors() as exc:

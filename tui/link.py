@@ -10,7 +10,12 @@ camera previews on ``control.sock``, and everything it asks for goes there as a 
   way round), so the header never lies about what the keys drive;
 * hands every pushed message to one callback (the app turns them into Textual messages);
 * reconnects after the connection drops (a controller restarted by systemd, or one it starts again), and
-  reports the loss and the recovery through ``on_state``.
+  reports the loss and the recovery through ``on_state``;
+* authenticates its connection for the person logged in at the console (:meth:`ConsoleLink.sign_in`, with
+  the password typed at the login, which the link does not keep): the controller answers with a token, and
+  after a reconnection the link authenticates the new connection with that token before reporting it up.
+  A token the controller no longer knows (it restarted, or the token expired) is reported through
+  ``on_auth_lost``: the console then asks for the password again (its lock screen).
 
 On the kiosk, systemd keeps the controller running and the console only connects (``start_controller`` off).
 """
@@ -37,6 +42,9 @@ if TYPE_CHECKING:
     from control.ipc import ControllerClient
     from control.messages import Command, Event, Preview, Snapshot
 
+#: How long a sign-in waits for the controller's connection, s (a controller the console starts takes a few).
+SIGN_IN_WAIT_S = 60.0
+
 _LOG = logging.getLogger(__name__)
 
 #: The socket file, relative to the data directory.
@@ -62,6 +70,8 @@ class ConsoleLink:
         on_message: called on the console's loop with every snapshot, event and preview.
         on_state: called with ``(connected, reason)`` whenever the connection comes up or goes down.
         start_controller: start ``tosca controller`` when none answers (else only connect and retry).
+        on_auth_lost: called with the reason when a reconnected connection could not be authenticated with
+            the token (the console must ask for the password again).
     """
 
     def __init__(
@@ -72,6 +82,7 @@ class ConsoleLink:
         on_message: Callable[[Snapshot | Event | Preview], None],
         on_state: Callable[[bool, str], None],
         start_controller: bool = True,
+        on_auth_lost: Callable[[str], None] | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
         self.sim = sim
@@ -83,6 +94,16 @@ class ConsoleLink:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._connected = asyncio.Event()
+        self._on_auth_lost = on_auth_lost
+        #: The token the controller gave this console's person (``None``: nobody is signed in).
+        self._token: str | None = None
+        #: Clear while a sign-in or a re-authentication is under way: commands wait for it (else a command
+        #: sent right after the login would reach the controller before the person).
+        self._auth_settled = asyncio.Event()
+        self._auth_settled.set()
+        #: Who the connection acts for, and the connection's number at the controller (``None``: nobody).
+        self.username: str | None = None
+        self.connection: int | None = None
         #: Why the link is not connected ("" while connected).
         self.problem = "connecting to the controller"
 
@@ -117,6 +138,10 @@ class ConsoleLink:
             CommandFailed: the controller refused it (``str(exc)`` is its reason).
             ControllerUnavailable: no controller is connected, or the connection dropped before the reply.
         """
+        if not self._auth_settled.is_set() and command_needs_person(command):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout_s):
+                    await self._auth_settled.wait()
         client = self._client
         if client is None or not client.connected:
             raise ControllerUnavailable(self.problem or "not connected to the controller")
@@ -128,6 +153,90 @@ class ConsoleLink:
             raise ControllerUnavailable(
                 f"the controller did not answer {command_name(command)} within {timeout_s:g} s"
             ) from None
+
+    @property
+    def holds_session(self) -> bool:
+        """True when the controller's open session is held by this console's connection."""
+        snapshot = self.snapshot
+        return (
+            snapshot is not None
+            and snapshot.session is not None
+            and self.connection is not None
+            and snapshot.session.held_by_connection == self.connection
+        )
+
+    async def sign_in(
+        self, username: str, password: str, timeout_s: float = SIGN_IN_WAIT_S
+    ) -> dict[str, Any]:
+        """Authenticate the connection for ``username`` (waiting up to ``timeout_s`` for the controller); the
+        password is sent once and not kept. Returns the controller's answer.
+
+        Raises:
+            CommandFailed: the controller refused the password (wrong, locked or deactivated account).
+            ControllerUnavailable: no controller in time, or the connection dropped.
+        """
+        from control.messages import Authenticate
+
+        self._auth_settled.clear()
+        try:
+            try:
+                await self.wait_connected(timeout_s)
+            except LinkError as exc:
+                raise ControllerUnavailable(str(exc)) from None
+            data = await self.call(Authenticate(username=username, password=password))
+            self._signed_in(data)
+        finally:
+            self._auth_settled.set()
+        return data
+
+    async def sign_out(self) -> None:
+        """The person logged out: the controller forgets the token, the connection acts for nobody."""
+        from control.messages import Logout
+
+        had = self._token is not None
+        self._token = None
+        self.username = None
+        self.connection = None
+        if had and self.connected:
+            with contextlib.suppress(CommandFailed, ControllerUnavailable):
+                await self.call(Logout())
+
+    async def take_over(self, password: str) -> dict[str, Any]:
+        """Take the controller's open session over on this connection, with the person's password.
+
+        Raises:
+            CommandFailed, ControllerUnavailable: as for :meth:`call`.
+        """
+        from control.messages import Takeover
+
+        return await self.call(Takeover(password=password))
+
+    def _signed_in(self, data: dict[str, Any]) -> None:
+        self._token = str(data["token"])
+        self.username = str(data["username"])
+        connection = data.get("connection")
+        self.connection = connection if isinstance(connection, int) else None
+
+    async def _reauthenticate(self, client: ControllerClient) -> None:
+        """After a reconnection: authenticate the new connection with the token, if someone is signed in."""
+        from control.messages import Authenticate
+
+        token = self._token
+        if token is None:
+            return
+        try:
+            data = await client.call(Authenticate(token=token), COMMAND_TIMEOUT_S)
+        except CommandFailed as exc:
+            self._token = None
+            self.username = None
+            self.connection = None
+            if self._on_auth_lost is not None:
+                self._on_auth_lost(str(exc))
+            return
+        except (ControllerUnavailable, TimeoutError):
+            return  # the connection is going again; the next one tries again
+        if self._token == token:
+            self._signed_in(data)
 
     async def wait_connected(self, timeout_s: float) -> None:
         """Return once connected. Raises :class:`LinkError` with the latest problem after ``timeout_s``."""
@@ -171,6 +280,7 @@ class ConsoleLink:
                     self._on_state(False, self.problem)
                 await asyncio.sleep(RECONNECT_INTERVAL_S)
                 continue
+            await self._reauthenticate(client)
             self._client = client
             self.problem = ""
             announced_down = False
@@ -276,6 +386,21 @@ class ConsoleLink:
                 start_new_session=True,
                 close_fds=True,
             )
+
+
+def command_needs_person(command: Command) -> bool:
+    """Whether the controller takes ``command`` only from an authenticated connection."""
+    from control.messages import command_name
+
+    return command_name(command) not in {
+        "ping",
+        "status",
+        "health",
+        "prechecks",
+        "stop",
+        "authenticate",
+        "logout",
+    }
 
 
 def _stop_process(process: subprocess.Popen[bytes], timeout_s: float = 15.0) -> None:

@@ -4,7 +4,10 @@ Textual reads the terminal in a thread of its own and hands each key to the app'
 behind whatever that loop is doing (drawing a frame, a layout pass after a change of state). A stop must not
 wait for the screen. So the console's driver looks at every key as it is read: F12 is not passed on, it
 starts a short-lived thread that opens its own connection to ``control.sock``, sends ``stop`` and waits for
-the reply. The answer is then shown by the app, on its loop, when the loop gets to it.
+the reply. The answer is then shown by the app, on its loop, when the loop gets to it. The controller accepts
+``stop`` from any connection without authentication (it only ever makes things safer), so this connection
+needs no login; being another connection than the console's, the pause it causes is not the operator's own,
+and resuming afterwards is arming again with the password.
 
 Under Textual's headless driver (the tests' Pilot) no such driver is used; F12 is the app's priority
 binding there, which sends the same command through the console's connection.

@@ -87,7 +87,17 @@ from typing import Any
 
 from control.calibration import install_sim_calibrations_if_missing
 from control.ipc import CommandFailed, ControllerClient
-from control.messages import Abort, Arm, Command, OpenSession, Prechecks, ResetFault, Resume, Snapshot
+from control.messages import (
+    Abort,
+    Arm,
+    Authenticate,
+    Command,
+    OpenSession,
+    Prechecks,
+    ResetFault,
+    Resume,
+    Snapshot,
+)
 from control.protocols import parse_protocol, protocol_type
 from control.supervisor import PHOTODIODE_PERSISTENCE_S
 from devices.sim.laser import LaserSim
@@ -848,6 +858,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             say(f"console ready ({args.console})")
         client = await ControllerClient.connect(root / "control.sock", timeout_s=10.0)
         await client.wait_snapshot(lambda s: True, STATE_TIMEOUT_S)
+        await client.call(Authenticate(username=USERNAME, password=PASSWORD), timeout_s=60.0)
         op = Operator(client, rig, watch, protocol_name)
         assert controller.proc is not None
         pids: dict[str, int | None] = {"bench": None, "controller": controller.proc.pid}

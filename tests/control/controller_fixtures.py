@@ -13,6 +13,8 @@ from account_fixtures import CHEAP
 
 from control.accounts import AccountService
 from control.controller import Controller
+from control.ipc import ControllerClient
+from control.messages import Authenticate
 from control.supervisor import SystemState
 from storage import DataDir, create_engine, session_factory
 from storage.repositories import ProtocolsRepository
@@ -84,3 +86,16 @@ async def wait_session_end(controller: Controller, timeout_s: float) -> None:
         return controller.session is None
 
     await wait_until(ended, timeout_s, "the session to end")
+
+
+async def authenticated(
+    socket_path: Path, username: str = USERNAME, password: str = PASSWORD
+) -> ControllerClient:
+    """A connection to ``control.sock`` on which ``username`` has authenticated."""
+    client = await ControllerClient.connect(socket_path)
+    try:
+        await client.call(Authenticate(username=username, password=password))
+    except BaseException:
+        await client.close()
+        raise
+    return client

@@ -21,6 +21,7 @@ from controller_fixtures import (
     PASSWORD,
     SUBJECT,
     USERNAME,
+    authenticated,
     open_and_treat,
     prepare_data_dir,
     wait_prechecks,
@@ -355,7 +356,7 @@ async def test_storage_failure_stops_emission(controller: Controller) -> None:
 async def test_operator_client_over_control_socket(controller: Controller, data: DataDir) -> None:
     sim = controller.sim_rig
     assert sim is not None
-    client = await ControllerClient.connect(data.root / "control.sock")
+    client = await authenticated(data.root / "control.sock")
     try:
         opened = await client.call(
             msg.OpenSession(

@@ -56,7 +56,7 @@ async def test_controller_process_serves_both_sockets_and_stops_cleanly(data: Da
             snapshot = await client.wait_snapshot(lambda s: s.state == "idle", 3.0)
             assert {d.name for d in snapshot.devices} >= {"laser", "tec", "actuator", "safety"}
             refused = await client.request(msg.Arm(password="whatever"))
-            assert not refused.ok and "no session" in (refused.error or "")
+            assert not refused.ok and "authenticate this connection first" in (refused.error or "")
         finally:
             await client.close()
         # A second controller on the same data directory is refused: the rig is held.

@@ -533,6 +533,28 @@ async def test_malformed_messages_get_an_error_reply_and_change_nothing(
     assert [c.type for c, _ in handler.commands] == ["ping"]
 
 
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"type": "ping", "id": 7, "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        b'{"a":' * 50_000 + b"1" + b"}" * 50_000,
+    ],
+    ids=["array", "inside-a-command", "objects"],
+)
+async def test_deeply_nested_json_gets_one_refusal_and_the_connection_stays(
+    raw: RawConnection, handler: FakeHandler, disconnects: DisconnectRecorder, line: bytes
+) -> None:
+    # Observed: a JSON line nested 100,000 deep closed the connection with no reply.
+    reply = await raw.exchange(line + b"\n")
+    assert not reply.ok and reply.error == "JSON nested too deeply to be a message"
+    assert reply.id is None
+    assert handler.commands == []
+    follow = await raw.exchange(encode(Ping(id=99)))
+    assert follow.ok and follow.id == 99, "the connection stays open after the refusal"
+    assert disconnects.peers == []
+
+
 async def test_arm_on_observe_socket_is_an_unknown_command(
     raw_observe: RawConnection, handler: FakeHandler
 ) -> None:

@@ -147,6 +147,34 @@ def test_sim_run_refuses_a_wrong_password_and_a_bad_script(data: DataDir, tmp_pa
     assert "script line 2" in done.stderr
 
 
+async def test_sim_run_refuses_a_locked_out_user_before_opening_anything(data: DataDir) -> None:
+    from control.accounts import AccountService
+    from control.supervisor import Refused
+    from storage import create_engine, session_factory
+
+    engine = create_engine(data.db_path)
+    try:
+        accounts = AccountService(sessions=session_factory(engine), terminal="test", hashing=CHEAP)
+        for _ in range(5):
+            await accounts.login(USERNAME, "not the password")
+    finally:
+        await engine.dispose()
+    with pytest.raises(Refused, match="locked"):
+        await run_simulated_session(
+            data.root,
+            protocol="fault-test",
+            subject_code="P-2026-0005",
+            username=USERNAME,
+            password=PASSWORD,
+            script=[],
+            hashing=CHEAP,
+            say=lambda line: None,
+        )
+    with sqlite3.connect(data.db_path) as db:
+        assert db.execute("SELECT COUNT(*) FROM subjects").fetchone()[0] == 0
+        assert db.execute("SELECT COUNT(*) FROM sessions").fetchone()[0] == 0
+
+
 def test_script_parsing() -> None:
     lines = parse_script("# comment\n\n2.5 estop on\n0 pedal up\n")
     assert [(line.at_s, line.command) for line in lines] == [(0.0, "pedal up"), (2.5, "estop on")]

@@ -249,14 +249,29 @@ def test_override_dialog_refuses_bad_figures(current: float, limit: float) -> No
 # -------------------------------------------------------------------------------------------- password
 
 
-async def test_password_with_username_given() -> None:
+async def test_password_with_username_given_shows_who_and_has_no_username_field() -> None:
+    # Observed: the arm dialog's username field was editable but ignored; another person typing their own
+    # credentials there was recorded as the technician's failure.
     app = DialogHost(
-        PasswordDialog("Reset fault", "Acknowledge the fault", username="tina", cursor_blink=False)
+        PasswordDialog(
+            "Arm the laser",
+            "Key control: enter your password to arm.",
+            username="tina",
+            who="Tina [bold]T[/] (tina)",
+            cursor_blink=False,
+        )
     )
     async with app.run_test() as pilot:
         await dialog_open(pilot)
         assert focused_id(pilot) == "password"
-        assert app.dialog.query_one("#username", Input).value == "tina"
+        assert not app.dialog.query("#username")
+        assert [field.id for field in app.dialog.query(Input)] == ["password"]
+        assert "Tina [bold]T[/] (tina)" in screen_text(app)
+        await pilot.press("shift+tab")
+        await pilot.pause()
+        assert focused_id(pilot) == "password", "nothing but the password can be typed"
+        await pilot.press("enter")
+        await still_open_with(pilot, "enter the password")
         await pilot.press(*"sekrit9")
         await pilot.pause()
         assert "sekrit9" not in screen_text(app)

@@ -56,6 +56,7 @@ from tui.widgets.plot import PowerPlot
 # The controller helpers live beside the controller tests.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "control"))
 from controller_fixtures import (
+    PASSWORD,
     USERNAME,
     open_and_treat,
     prepare_data_dir,
@@ -152,8 +153,10 @@ class Rig:
     user: UserInfo
 
     async def connect(self) -> None:
+        """Connect the link and authenticate it for the technician, as the console does after its login."""
         self.link.start()
         await self.link.wait_connected(10.0)
+        await self.link.sign_in(USERNAME, PASSWORD)
 
 
 @dataclass

@@ -379,6 +379,8 @@ async def test_a_session_left_open_comes_back_on_the_next_login(ready: Any, cloc
         start_link()
         await wait_until(pilot, lambda: showing(second, ChecksScreen), "the open session's checks", 30.0)
         assert SUBJECT in screen_text(second)
+        # Nobody held it since the first console closed: this console took it over with the login's password.
+        await wait_until(pilot, lambda: link.holds_session, "the session taken over", 10.0)
     third = console(clock)
     async with third.run_test(size=(120, 40)) as pilot:
         await connected(pilot)  # the snapshot first, then the login

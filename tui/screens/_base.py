@@ -140,7 +140,12 @@ class LogoutRequested(Message):
 
 
 class Unlocked(Message):
-    """The locked console was reopened with the same user's password."""
+    """The locked console was reopened with the same user's password (``password``: what was typed, which
+    the app uses only to authenticate its link to the controller again when the controller asked for it)."""
+
+    def __init__(self, password: str = "") -> None:
+        super().__init__()
+        self.password = password
 
 
 class EntryScreenRequested(Message):

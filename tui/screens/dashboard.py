@@ -65,7 +65,7 @@ TRACE_REDRAW_S = 0.2
 _ACTION_STATES: dict[str, frozenset[str]] = {
     "pause": frozenset({"armed", "treating"}),
     "resume": frozenset({"paused"}),
-    "arm": frozenset({"ready"}),
+    "arm": frozenset({"ready", "paused"}),
     "override": frozenset({"ready", "armed", "treating", "paused"}),
     "abort": frozenset({"ready", "armed", "treating", "paused", "fault"}),
     "reset": frozenset({"fault"}),
@@ -374,6 +374,11 @@ class DashboardScreen(Screen[None]):
         await self._send(Pause(), "paused: laser off")
 
     async def action_resume(self) -> None:
+        snapshot = self.context.link.snapshot if self.context.link is not None else None
+        if snapshot is not None and snapshot.session is not None and snapshot.session.resume_needs_key:
+            # The pause was not this operator's own on this console: resuming is arming, with the password.
+            self.action_arm()
+            return
         await self._send(Resume(), "resumed: armed, the footpedal starts emission")
 
     @work(group="dialog", exclusive=True, exit_on_error=False)
@@ -385,16 +390,30 @@ class DashboardScreen(Screen[None]):
         if refusal is not None:
             self.notify(f"Arming refused: {refusal}", severity="error", timeout=15)
             return
-        answer = await self.app.push_screen_wait(
-            PasswordDialog(
+        link = self.context.link
+        session = link.snapshot.session if link is not None and link.snapshot is not None else None
+        operator = session.operator if session is not None and session.operator else self.user.username
+        blocked = session is not None and session.key_failures >= session.key_failures_allowed
+        if blocked:
+            dialog = PasswordDialog(
                 "Arm the laser",
-                "Key control: enter your password to arm.",
-                username=self.user.username,
+                "Key control is blocked after too many wrong passwords: an admin's username and password "
+                "unblock it (or abort the session).",
+                username=None,
                 cursor_blink=self.context.settings.cursor_blink,
             ).docked()
-        )
+        else:
+            dialog = PasswordDialog(
+                "Arm the laser",
+                "Key control: enter your password to arm.",
+                username=operator,
+                who=f"{self.user.full_name} ({operator})" if operator == self.user.username else operator,
+                cursor_blink=self.context.settings.cursor_blink,
+            ).docked()
+        answer = await self.app.push_screen_wait(dialog)
         if answer is not None:
-            await self._send(Arm(password=answer[1]), "armed: the footpedal starts emission", 15.0)
+            command = Arm(password=answer[1], username=answer[0] if blocked else None)
+            await self._send(command, "armed: the footpedal starts emission", 15.0)
 
     @work(group="dialog", exclusive=True, exit_on_error=False)
     async def action_override(self) -> None:

@@ -20,6 +20,7 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import ClassVar, Self, TypeVar
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Grid, Horizontal, Vertical
@@ -335,49 +336,66 @@ class OverrideDialog(DialogScreen[tuple[float, str] | None]):
 
 
 class PasswordDialog(DialogScreen[tuple[str, str] | None]):
-    """Ask for a username and password (fault reset, arming again): returns ``(username, password)`` or
-    ``None`` on Escape. The password is never shown.
+    """Ask for a password (arming, fault reset) and, where the person is not known, a username: returns
+    ``(username, password)`` or ``None`` on Escape. The password is never shown.
+
+    With ``username`` given, the dialog is for that person alone: who it is (``who``, default the username)
+    is shown as text, not as a field anyone could edit, so nobody can type their own credentials into
+    someone else's key control. With ``username`` ``None`` a username field is asked first (an admin's
+    credentials, for instance).
 
     Args:
         title: the panel's title.
         prompt: what the credentials are for.
-        username: prefilled (and still editable) when given; the focus then starts in the password field.
+        username: the person whose password it is, or ``None`` to ask for a username.
         cursor_blink: whether the text cursor blinks.
+        who: how the person is named in the dialog (e.g. "Tina Turner (tina)"); shown as plain text.
     """
 
     BINDINGS: ClassVar[list[BindingType]] = [Binding("enter", "submit", "Next / confirm", priority=True)]
 
-    def __init__(self, title: str, prompt: str, *, username: str | None, cursor_blink: bool) -> None:
+    def __init__(
+        self, title: str, prompt: str, *, username: str | None, cursor_blink: bool, who: str | None = None
+    ) -> None:
         super().__init__(title, cursor_blink=cursor_blink)
         self.prompt = prompt
         self.username = username
+        self.who = who if who is not None else username
 
     def compose(self) -> ComposeResult:
         with self.panel():
             yield Label(plain(self.prompt), classes="dialog-prompt")
             with Grid(classes="dialog-grid"):
-                yield Label("Username")
-                yield self.text_input("username", "your username", value=self.username or "")
+                if self.username is not None:
+                    yield Label("Who")
+                    # Text, never markup: a name is whatever a person typed.
+                    yield Label(Text(self.who or self.username), id="password-who")
+                else:
+                    yield Label("Username")
+                    yield self.text_input("username", "your username")
                 yield Label("Password")
                 yield self.text_input("password", "your password", password=True)
             yield self.error_line()
         yield Footer()
 
     def on_mount(self) -> None:
-        self.field("password" if self.username else "username").focus()
+        self.field("password" if self.username is not None else "username").focus()
+
+    def _typed_username(self) -> str:
+        return self.username if self.username is not None else self.field("username").value
 
     def action_submit(self) -> None:
         """Enter: from the username, move to the password; from the password, return both."""
         password_field = self.field("password")
         if self.focused is not password_field:
-            if not self.field("username").value.strip():
+            if not self._typed_username().strip():
                 self.refuse(DialogInputError("enter the username", field="username"), "username")
                 return
             self.show_error("")
             password_field.focus()
             return
         try:
-            credentials = check_credentials(self.field("username").value, password_field.value)
+            credentials = check_credentials(self._typed_username(), password_field.value)
         except DialogInputError as exc:
             self.refuse(exc, exc.field or "password")
             return

@@ -62,7 +62,7 @@ class LockScreen(FormScreen):
         finally:
             self.busy = False
         if result.ok:
-            self.post_message(Unlocked())
+            self.post_message(Unlocked(password))
             return
         self.show_status(result.message)
         self.clear_fields("password")
