@@ -89,7 +89,8 @@ class ReviewSummary:
 
     Times are naive UTC; ``duration_seconds`` whole seconds; ``laser_on_time_s`` seconds; ``avg_power_w`` and
     ``max_power_w`` watts (None if the laser never emitted or the session is still open); ``energy_j``
-    joules; ``event_count`` counts treatment events and ``safety_event_count`` ``safety_log`` rows.
+    joules; ``event_count`` counts treatment events and ``safety_event_count`` ``safety_log`` rows;
+    ``session_uid`` names the session's folder (None for sessions recorded before it existed).
     """
 
     session_id: int
@@ -111,6 +112,7 @@ class ReviewSummary:
     event_count: int
     safety_event_count: int
     folder: str | None
+    session_uid: str | None
     telemetry_path: str | None
     telemetry_line_count: int | None
     telemetry_sha256: str | None

@@ -252,7 +252,7 @@ async def test_a_locked_database_and_an_unwritable_journal_stop_emission_within_
     recorder.journal_path.mkdir()  # a directory where the journal goes: it cannot be written, even by root
     async with lock_held_by_another_process(data.db_path):
         accepted_at = time.monotonic()
-        session.engine.override_power(2.5, "storage test", actor=USERNAME)  # one user_action row
+        session.engine.override_power(2.5, "storage test", actor=USERNAME, step=1)  # one user_action row
         await wait_until(lambda: not sim.model.laser_output_on, 3.0, "laser output off")
         took = time.monotonic() - accepted_at
         assert took < STOP_BOUND_S + MARGIN_S, f"emission stopped {took:.3f} s after the row was accepted"
@@ -357,6 +357,9 @@ async def test_a_full_disk_stops_emission_within_the_bound_and_freeing_it_recove
 ) -> None:
     with small_disk(tmp_path / "small", "48m") as disk:
         data = await prepare_data_dir(disk / "data", migrated_template, {"long": LONG_PROTOCOL})
+        # The disk is small on purpose: the session's free-space floor is switched off for this test.
+        with sqlite3.connect(data.db_path) as db:
+            db.execute("UPDATE system_config SET config_value = '0' WHERE config_key = 'min_free_disk_mb'")
         controller = Controller(data.root, sim=True, hashing=CHEAP, terminal="test")
         await controller.start()
         try:
