@@ -19,6 +19,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
@@ -38,6 +39,9 @@ from control.supervisor import (
     SystemState,
 )
 from devices.safety import SafetySample
+
+# 200 cases take about 15 s alone; the suite's other worker and the rig tests may slow it several times over.
+pytestmark = pytest.mark.timeout(300)
 
 S = SystemState
 LIMITS = Limits()
