@@ -966,9 +966,11 @@ class Controller:
         else:
             add(
                 "state",
-                sup.state is SystemState.READY,
+                sup.state in (SystemState.READY, SystemState.PAUSED),  # arming from PAUSED resumes
                 sup.state.value,
-                "no session is open" if sup.state is SystemState.IDLE else "arming starts from ready",
+                "no session is open"
+                if sup.state is SystemState.IDLE
+                else "arming starts from ready (or paused)",
             )
         for name, health in self.rig.health().items():
             add(
@@ -1003,6 +1005,14 @@ class Controller:
             add("disk space", space.ok, space.describe(), space.problem)
         except Exception as exc:
             add("disk space", False, "check failed", str(exc))
+        if self.session is not None:
+            auth = self.authority
+            add(
+                "key control",
+                not auth.key_blocked,
+                f"{auth.key_failures} of {MAX_KEY_FAILURES} wrong passwords",
+                auth.blocked_message(),
+            )
         backup = self.session.opened.backup_path if self.session else None
         add(
             "backup",
@@ -1010,7 +1020,8 @@ class Controller:
             str(backup) if backup else "none",
             "no backup made for this session",
         )
-        blockers = sup.arm_blockers()
+        resumes = sup.state is SystemState.PAUSED
+        blockers = sup.arm_blockers(SystemState.PAUSED if resumes else SystemState.READY)
         if blockers and all(c["ok"] for c in checks):
             # A refusal none of the checks above shows (they should): never "all pass" while arm would refuse.
             add("arming", False, "refused", "; ".join(blockers))
@@ -1348,6 +1359,9 @@ class Controller:
         elif auth.operator is not None:
             operator = auth.operator.username
         if sup.state not in (SystemState.READY, SystemState.PAUSED):
+            fault = sup.fault
+            if sup.state is SystemState.FAULT and fault is not None:
+                raise Refused(f"cannot arm in fault: {fault.what}; {fault.how_to_reset}")
             raise Refused(f"cannot arm in {sup.state.value}")
         by = operator
         if username is not None and username != operator:

@@ -133,7 +133,13 @@ def test_a_whole_treatment_by_keystrokes(tmp_path: Path) -> None:
         term.wait_for("laser stopped (paused)", 10.0)
         term.keys("F5")  # release the pedal, resume, press it again
         term.wait_for(lambda s: "PRESSED" not in s, 10.0)
+        # The stop key's own connection paused the session, not this console's: resuming is arming again
+        # with the password (key control).
         term.keys("r")
+        term.wait_for("Key control: enter your password to arm.", 10.0)
+        term.type(PASSWORD)
+        term.wait_for("•" * len(PASSWORD))
+        term.keys("Enter")
         term.wait_for("the footpedal starts emission", 10.0)
         term.keys("F5")
         term.wait_for("LASER EMISSION", 10.0)

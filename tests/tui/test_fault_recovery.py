@@ -264,3 +264,64 @@ async def test_a_pressed_footpedal_is_a_failing_check_with_its_live_value(
         await enter_text(pilot, TECH_PASSWORD)
         await pilot.press("enter")
         await wait_state(pilot, "armed")
+
+
+@pytest.mark.timeout(240)
+async def test_wrong_arm_passwords_block_key_control_as_a_check_and_an_admin_unblocks_it_there(
+    ready: Any, clock: FakeClock
+) -> None:
+    from console_fixtures import ADMIN_PASSWORD
+
+    app = console(clock)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await log_in(pilot)
+        await connected(pilot)
+        await pilot.press("t")
+        await wait_until(pilot, lambda: showing(app, SubjectsScreen), "the subjects screen")
+        checks = await to_checks_from_subjects(pilot)
+        await wait_until(pilot, lambda: checks.all_pass, "every check passing", 30.0)
+        # Who arms is shown, not asked.
+        assert "tina: password to arm" in screen_text(app)
+
+        for attempt in range(1, 6):
+            await wait_until(pilot, lambda: checks.query_one("#arm-password").has_focus, "the arm field")
+            await enter_text(pilot, f"not her password {attempt}")
+            await pilot.press("enter")
+            await wait_until(
+                pilot,
+                lambda n=attempt: (  # type: ignore[misc]
+                    app.snapshot is not None
+                    and app.snapshot.session is not None
+                    and app.snapshot.session.key_failures == n
+                ),
+                f"wrong password {attempt} counted",
+            )
+            await wait_until(pilot, lambda: not checks.busy, "the refusal shown")
+        assert "Not armed" in screen_text(app)
+        # Blocked: a failing check says so and how to go on; the verdict never says all pass.
+        await wait_until(
+            pilot,
+            lambda: (c := check(checks, "key control")) is not None and not c["ok"],
+            "key control as a failing check",
+            10.0,
+        )
+        key = check(checks, "key control")
+        assert key is not None and "admin" in key["detail"]
+        assert not checks.all_pass
+        # Her account is not locked: the wrong passwords were key-control failures, not failed logins.
+        with sqlite3.connect("data/tosca.db") as db:
+            locked, failed = db.execute(
+                "SELECT locked_until, failed_login_count FROM tech_users WHERE username = 'tina'"
+            ).fetchone()
+        assert locked is None and failed == 0
+
+        # Enter now asks for an admin, whose username and password unblock key control and arm.
+        await wait_until(pilot, lambda: checks.key_blocked, "the block seen by the screen")
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: showing(app, PasswordDialog), "the admin's dialog")
+        await enter_text(pilot, "ada")
+        await pilot.press("tab")
+        await enter_text(pilot, ADMIN_PASSWORD)
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: showing(app, DashboardScreen), "the dashboard", 20.0)
+        await wait_state(pilot, "armed")

@@ -84,6 +84,8 @@ class ChecksScreen(Screen[None]):
         self.checks: list[dict[str, Any]] = []
         self.busy = False
         self._left = False
+        #: True once the session's key control is blocked (too many wrong passwords): arming needs an admin.
+        self.key_blocked = False
         #: "fault" while the controller has a fault latched, else None (decides whether F4 shows).
         self.fault_state: str | None = None
 
@@ -163,6 +165,9 @@ class ChecksScreen(Screen[None]):
             text.append(f"  {session.expected_energy_j:.1f} J expected")
         text.append(f"  state {snapshot.state.upper()}")
         line.update(text)
+        operator = session.operator or self.user.username
+        self.query_one("#arm-label", Label).update(plain(f"{operator}: password to arm"))
+        self.key_blocked = session.key_failures >= session.key_failures_allowed
         if snapshot.state in ("armed", "treating") and self.is_current and not self._left:
             self._left = True
             self._show_dashboard()
@@ -294,6 +299,9 @@ class ChecksScreen(Screen[None]):
             return
         if self.busy:
             return
+        if self.key_blocked:
+            await self._arm_unblocked_by_admin()
+            return
         if not password:
             self.show_status("Enter your password to arm")
             return
@@ -314,6 +322,36 @@ class ChecksScreen(Screen[None]):
             field = self.query_one("#arm-password", Input)
             field.value = ""
             field.focus()
+            return
+        finally:
+            self.busy = False
+        self._left = True
+        self._show_dashboard()
+
+    async def _arm_unblocked_by_admin(self) -> None:
+        """Key control is blocked after too many wrong passwords: an admin's username and password unblock it
+        and arm (the controller checks the admin and every other check)."""
+        from tui.screens.dialogs import PasswordDialog
+
+        answer = await self.app.push_screen_wait(
+            PasswordDialog(
+                "Arm the laser",
+                "Key control is blocked after too many wrong passwords: an admin's username and password "
+                "unblock it (or abort the session with F8).",
+                username=None,
+                cursor_blink=self.context.settings.cursor_blink,
+            )
+        )
+        if answer is None:
+            return
+        link = self.context.link
+        assert link is not None
+        self.busy = True
+        self.show_status("Arming...", error=False)
+        try:
+            await link.call(Arm(password=answer[1], username=answer[0]), timeout_s=15.0)
+        except (CommandFailed, ControllerUnavailable) as exc:
+            self.show_status(f"Not armed: {exc}")
             return
         finally:
             self.busy = False
