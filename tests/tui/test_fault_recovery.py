@@ -281,7 +281,7 @@ async def test_wrong_arm_passwords_block_key_control_as_a_check_and_an_admin_unb
         checks = await to_checks_from_subjects(pilot)
         await wait_until(pilot, lambda: checks.all_pass, "every check passing", 30.0)
         # Who arms is shown, not asked.
-        assert "tina: password to arm" in screen_text(app)
+        assert "Password of tina to arm" in screen_text(app)
 
         for attempt in range(1, 6):
             await wait_until(pilot, lambda: checks.query_one("#arm-password").has_focus, "the arm field")

@@ -166,7 +166,7 @@ class ChecksScreen(Screen[None]):
         text.append(f"  state {snapshot.state.upper()}")
         line.update(text)
         operator = session.operator or self.user.username
-        self.query_one("#arm-label", Label).update(plain(f"{operator}: password to arm"))
+        self.query_one("#arm-label", Label).update(plain(f"Password of {operator} to arm"))
         self.key_blocked = session.key_failures >= session.key_failures_allowed
         if snapshot.state in ("armed", "treating") and self.is_current and not self._left:
             self._left = True
