@@ -866,13 +866,17 @@ class Recorder:
                     # Spilled while the write was under way: the journal has these rows too, and the mark
                     # written with them keeps the journal from writing them twice.
                     return True
-                for row in batch:
-                    popped = self._pending.popleft()
-                    assert popped is row
-                    if row.done is not None and not row.done.done():
-                        row.done.set_result(None)
+                self._settle(batch)
             self._check_late()
         return True
+
+    def _settle(self, rows: list[_Row]) -> None:
+        """``rows``, the oldest held, are durable: drop them from memory and release whoever waits on them."""
+        for row in rows:
+            popped = self._pending.popleft()
+            assert popped is row
+            if row.done is not None and not row.done.done():
+                row.done.set_result(None)
 
     async def _spill(self) -> bool:
         """Append every row in memory to the journal (fsynced); True when all of them are durable there."""
@@ -897,11 +901,7 @@ class Recorder:
                 _LOG.warning("the journal takes rows again (was: %s)", self._journal_problem)
                 self._journal_problem = None
             self._journal_rows += len(rows)
-            for row in rows:
-                popped = self._pending.popleft()
-                assert popped is row
-                if row.done is not None and not row.done.done():
-                    row.done.set_result(None)
+            self._settle(rows)
             self._check_late()
             return True
 

@@ -124,18 +124,25 @@ async def read_auto_lock_minutes(sessions: async_sessionmaker[AsyncSession]) -> 
     value was unusable (not an integer, or outside 1 to :data:`MAX_AUTO_LOCK_MINUTES`) and the default of
     :data:`DEFAULT_AUTO_LOCK_MINUTES` was used instead. A console never runs without an automatic lock.
     """
+    async with sessions() as session:
+        return await _read_int_setting(
+            session, AUTO_LOCK_KEY, DEFAULT_AUTO_LOCK_MINUTES, 1, MAX_AUTO_LOCK_MINUTES, "minutes"
+        )
+
+
+async def _read_int_setting(
+    session: AsyncSession, key: str, default: int, low: int, high: int, unit: str
+) -> tuple[int, str | None]:
+    """An integer setting from ``system_config`` within ``low`` to ``high`` (``unit`` names it in messages),
+    as ``(value, problem)``: ``default`` and a one-line reason when the stored value is unusable."""
     from storage.repositories import ConfigRepository  # SQLAlchemy: loaded once the database is open
 
-    async with sessions() as session:
-        try:
-            value = await ConfigRepository(session).get(AUTO_LOCK_KEY, DEFAULT_AUTO_LOCK_MINUTES)
-        except ConfigValueError as exc:
-            return DEFAULT_AUTO_LOCK_MINUTES, f"{exc}; using {DEFAULT_AUTO_LOCK_MINUTES} minutes"
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_AUTO_LOCK_MINUTES:
-        return DEFAULT_AUTO_LOCK_MINUTES, (
-            f"config {AUTO_LOCK_KEY}: {value!r} is outside 1 to {MAX_AUTO_LOCK_MINUTES} minutes; "
-            f"using {DEFAULT_AUTO_LOCK_MINUTES} minutes"
-        )
+    try:
+        value = await ConfigRepository(session).get(key, default)
+    except ConfigValueError as exc:
+        return default, f"{exc}; using {default} {unit}"
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        return default, f"config {key}: {value!r} is outside {low} to {high} {unit}; using {default} {unit}"
     return value, None
 
 
@@ -155,18 +162,9 @@ async def read_min_free_disk_mb(session: AsyncSession) -> tuple[int, str | None]
     or outside 0 to :data:`MAX_MIN_FREE_DISK_MB`) and :data:`DEFAULT_MIN_FREE_DISK_MB` was used instead. 0
     switches the floor off.
     """
-    from storage.repositories import ConfigRepository  # SQLAlchemy: loaded once the database is open
-
-    try:
-        value = await ConfigRepository(session).get(MIN_FREE_DISK_KEY, DEFAULT_MIN_FREE_DISK_MB)
-    except ConfigValueError as exc:
-        return DEFAULT_MIN_FREE_DISK_MB, f"{exc}; using {DEFAULT_MIN_FREE_DISK_MB} MB"
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_MIN_FREE_DISK_MB:
-        return DEFAULT_MIN_FREE_DISK_MB, (
-            f"config {MIN_FREE_DISK_KEY}: {value!r} is outside 0 to {MAX_MIN_FREE_DISK_MB} MB; "
-            f"using {DEFAULT_MIN_FREE_DISK_MB} MB"
-        )
-    return value, None
+    return await _read_int_setting(
+        session, MIN_FREE_DISK_KEY, DEFAULT_MIN_FREE_DISK_MB, 0, MAX_MIN_FREE_DISK_MB, "MB"
+    )
 
 
 async def read_subject_code_pattern(session: AsyncSession) -> CodePattern:
