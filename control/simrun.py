@@ -1,10 +1,10 @@
 """A whole treatment session on the simulated rig, headless: ``tosca sim run``.
 
-DESIGN.md section 8. The controller runs in this process on the simulated rig and records the session like
-any other (session row, treatment events, safety log, telemetry file). A scripted operator arms with the
-technician's password once every pre-check passes, then holds the footpedal down from the start of treatment
-unless the script says otherwise. Script lines are ``<seconds> <simulator command>`` with seconds counted from
-the start of treatment; blank lines and ``#`` comments are ignored.
+docs/architecture.md, "Command line". The controller runs in this process on the simulated rig and records the
+session like any other (session row, treatment events, safety log, telemetry file). A scripted operator arms
+with the technician's password once every pre-check passes, then holds the footpedal down from the start of
+treatment unless the script says otherwise. Script lines are ``<seconds> <simulator command>`` with seconds
+counted from the start of treatment; blank lines and ``#`` comments are ignored.
 
 The person named by ``--user`` proves who they are first: the password is checked like a login (refused for a
 wrong password, a locked or a deactivated account, and for a role that does not treat) before the session
@@ -33,7 +33,7 @@ from storage.repositories import ProtocolsRepository
 
 #: Longest wait for every pre-check to pass before arming, s.
 PRECHECK_WAIT_S = 15.0
-#: Simulator command words the script may use (DEVICES.md, "The simulated rig").
+#: Simulator command words the script may use (docs/devices.md, "The simulated rig").
 SCRIPT_VERBS = frozenset(
     {
         "pedal",

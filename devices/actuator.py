@@ -1,4 +1,4 @@
-"""Driver for the ring-size actuator: a Xeryon XLA_1250 style linear piezo stage (DEVICES.md, "Actuator").
+"""Driver for the ring-size actuator, a Xeryon XLA_1250 style piezo stage (docs/devices.md, "Actuator").
 
 The driver speaks micrometres; the wire speaks encoder counts of 1250 nm. Link: 115200 baud 8N1, lines end LF,
 each command ``TAG=value`` of at most 16 characters. Set commands get no reply; queries ``TAG=?`` are answered
@@ -48,7 +48,7 @@ POLL_S = 0.02
 
 
 class StatBit(enum.IntFlag):
-    """The bits of the STAT word (DEVICES.md)."""
+    """The bits of the STAT word (docs/devices.md)."""
 
     AMPLIFIERS_ENABLED = 1 << 0
     END_STOP = 1 << 1

@@ -1,4 +1,4 @@
-"""Driver for the safety board: TOSCA safety firmware, protocol 3 (DEVICES.md, "Safety board").
+"""Driver for the safety board: TOSCA safety firmware, protocol 3 (docs/devices.md, "Safety board").
 
 Link: 115200 baud 8N1, ASCII lines ending LF. Three kinds of line come from the board:
 

@@ -1,6 +1,6 @@
 """Driver of the TEC that holds the laser diode's temperature (Arroyo TECSource 5300 series style).
 
-Wire protocol: DEVICES.md, "TEC". Same link and syntax as the laser driver (CR LF lines, set commands
+Wire protocol: docs/devices.md, "TEC". Same link and syntax as the laser driver (CR LF lines, set commands
 without a reply, ``ERR?`` after every set, read-back of safety-relevant sets). Temperatures in degC,
 currents in A.
 

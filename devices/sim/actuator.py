@@ -1,4 +1,4 @@
-"""Simulated ring-size actuator: a Xeryon XLA_1250 style linear piezo stage (DEVICES.md, "Actuator").
+"""Simulated ring-size actuator: a Xeryon XLA_1250 style linear piezo stage (docs/devices.md, "Actuator").
 
 Construction and control, as the simulated rig uses it::
 
@@ -62,7 +62,7 @@ PHYSICAL_MAX_UM = 4000.0
 #: The encoder index mark, physical µm.
 INDEX_UM = 0.0
 
-# STAT bits (DEVICES.md).
+# STAT bits (docs/devices.md).
 BIT_ENABLED = 1 << 0
 BIT_END_STOP = 1 << 1
 BIT_THERMAL_1 = 1 << 2

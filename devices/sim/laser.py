@@ -1,7 +1,7 @@
 """Simulator of the laser diode driver (Arroyo LaserSource 6310 style), a
 :class:`~devices.sim.pty.LineHandler`.
 
-Follows DEVICES.md, "Laser driver", byte for byte. This module also holds :class:`ArroyoSim`, the Arroyo
+Follows docs/devices.md, "Laser driver", byte for byte. This module also holds :class:`ArroyoSim`, the Arroyo
 command syntax shared with the TEC simulator:
 
 - commands are case-insensitive; short (``LAS:OUT``) and long (``LASER:OUTPUT``) mnemonics are both accepted;

@@ -10,7 +10,7 @@ Units: currents in milliamps (laser) or amps (TEC), light in watts, voltages in 
 micrometres, ring sizes in millimetres, accelerations in g, temperatures in degrees Celsius, time in seconds
 of ``clock``.
 
-Defaults (DEVICES.md, "The simulated rig"):
+Defaults (docs/devices.md, "The simulated rig"):
 
 - light ``P = 1.0 W/A x (I - 0.5 A)`` above the 0.5 A threshold, 0 when the output is off or in dropout;
 - photodiode ``V = P / 2.0 x gain + offset`` plus 5 mV of noise, clamped to 0..5 V and quantised to a 10-bit

@@ -5,7 +5,7 @@ A :class:`PtyDevice` owns the master side of a pty and hands every received comm
 line ending. A driver opens :attr:`PtyDevice.path` (the slave, ``/dev/pts/N``) exactly as it would open a
 real serial port, so driver code runs unchanged against the simulator.
 
-Pty handling follows DEVICES.md: the slave is put in raw mode right after ``openpty`` (no echo, no line
+Pty handling follows docs/devices.md: the slave is put in raw mode right after ``openpty`` (no echo, no line
 discipline translating CR/LF), a slave descriptor stays open in the simulator for as long as the device is
 plugged in (otherwise the master reads EIO whenever no driver has the port open), and output never blocks:
 when the pty buffer is full the rest waits for the descriptor to become writable, and beyond
@@ -15,7 +15,7 @@ Stable names: with ``link`` the device also keeps a symbolic link at that path p
 slave. A replugged device gets a new pty, whose number may differ, but the link follows it, as a udev rule
 gives a real device the same name after it is plugged back in. While unplugged the link does not exist.
 
-Fault injection (the simulator command language of DEVICES.md): :meth:`unplug` / :meth:`replug`,
+Fault injection (the simulator command language of docs/devices.md): :meth:`unplug` / :meth:`replug`,
 :attr:`stalled` (commands are read but nothing at all is sent, neither replies nor unsolicited output) and
 :meth:`garbage`.
 

@@ -1,5 +1,5 @@
 """The whole simulated rig: one physical model, four serial devices on ptys, the simulated camera, and the
-simulator command language of DEVICES.md ("The simulated rig").
+simulator command language of docs/devices.md ("The simulated rig").
 
 Usage::
 

@@ -1,4 +1,4 @@
-"""Simulated safety board: Arduino Uno with TOSCA safety firmware, protocol 3 (DEVICES.md, "Safety board").
+"""Simulated safety board: Arduino Uno, TOSCA safety firmware protocol 3 (docs/devices.md, "Safety board").
 
 Construction and control, as the simulated rig uses it::
 
@@ -16,7 +16,7 @@ Public methods for the rig (call them on the simulator's own event loop thread):
   the board, so releasing it never brings LASER_ENABLE back without a new ``ARM``.
 * Smoothing failure and photodiode gain/offset are fields of the shared model, set there directly.
 
-Behaviour decided where DEVICES.md is silent:
+Behaviour in detail:
 
 * A received line is stripped of surrounding white space (the firmware trims), then compared exactly.
 * A value outside its range (``WDT_TIMEOUT:50``, ``STREAM:5``) or not a whole number is not a command the

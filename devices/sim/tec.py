@@ -1,7 +1,8 @@
 """Simulator of the TEC (Arroyo TECSource 5305 style), a :class:`~devices.sim.pty.LineHandler`.
 
-Follows DEVICES.md, "TEC", with the Arroyo syntax of :class:`~devices.sim.laser.ArroyoSim` (case-insensitive,
-short and long forms, ``;`` chains keeping the path, 102/123/201/202, no reply to set commands, ``ERR?``).
+Follows docs/devices.md, "TEC", with the Arroyo syntax of :class:`~devices.sim.laser.ArroyoSim`
+(case-insensitive, short and long forms, ``;`` chains keeping the path, 102/123/201/202, no reply to set
+commands, ``ERR?``).
 
 Temperatures in degC, current in A. The setpoint, the output state and the measured temperature live in the
 shared :class:`~devices.sim.model.PhysicalModel` (first-order response with a 5 s time constant, plus

@@ -4,7 +4,7 @@ Run::
 
     .venv/bin/python tests/bench/bench_console.py [--starts N] [--stops N] [--seconds S] [--json]
 
-The arrangement is the real one (DESIGN.md section 3), three processes, and the console is the real ``tosca``
+The arrangement is the real one (docs/architecture.md), three processes, and the console is the real ``tosca``
 on a real pseudo-terminal (80x24 for the start, 120x40 while treating) whose output this process reads:
 
 - **this process** runs the simulated rig (laser, TEC, actuator and safety board on ptys) and the operator's

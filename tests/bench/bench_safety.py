@@ -15,7 +15,7 @@ sessions) or none; ``--keep`` keeps the data directory (with the controller's an
 ``--json`` prints one JSON line after the table. Exit code 0, or 1 with the reason when the run could not
 continue.
 
-The arrangement is the real one of DESIGN.md section 3 ("Processes, loops and threads"), three processes:
+The arrangement is the real one of docs/architecture.md, "Inside the controller", three processes:
 
 - **this process** runs the simulated rig (:class:`~devices.sim.rig.SimRig`: laser, TEC, actuator and safety
   board on ptys) on its event loop, and the operator's client of ``control.sock``

@@ -1,7 +1,7 @@
 """A fake rig for the safety supervisor's tests: a laser that models its interlock input, a safety board that
 models LASER_ENABLE like the firmware, a hand-driven monotonic clock, and a world that feeds the supervisor.
 
-The fakes model the hardware layer of DESIGN.md section 4 so the tests can check the software layer against
+The fakes model the hardware layer of docs/safety.md so the tests can check the software layer against
 ground truth: :class:`FakeBoard` drives LASER_ENABLE (armed AND footpedal AND E-stop released AND watchdog
 fed), and :class:`FakeLaser` emits only while that line is high, dropping its output by itself when it falls
 (as the Arroyo driver does, error E-501). Every port call is written, with the clock time, to one shared

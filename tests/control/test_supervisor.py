@@ -1,4 +1,4 @@
-"""The safety supervisor against a fake rig that models the hardware interlock (DESIGN.md section 4).
+"""The safety supervisor against a fake rig that models the hardware interlock (docs/safety.md).
 
 Each test asserts what an operator would notice: the state on the banner, whether light comes out of the
 fake laser, whether the board is armed, and the safety-log rows in the order they were written.

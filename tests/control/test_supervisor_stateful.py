@@ -2,7 +2,7 @@
 
 Each test case gets its own event loop (:class:`asyncio.Runner`); every rule runs in it and then lets the
 supervisor's tasks finish and its safety log drain, so the invariants see a settled system. The invariants
-are the safety model of DESIGN.md section 4, checked both through the supervisor's own terms and against the
+are the safety model of docs/safety.md, checked both through the supervisor's own terms and against the
 fake rig's ground truth (the pedal, the E-stop, the board's arming, the TEC, the light on the photodiode).
 
 Two properties are about getting out again: a fault latched in any state (IDLE, READY, ARMED, PAUSED,

@@ -1,4 +1,4 @@
-"""The actuator simulator against DEVICES.md ("Actuator"): a line handler on a hand-stepped clock."""
+"""The actuator simulator against docs/devices.md ("Actuator"): a line handler on a hand-stepped clock."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Conformance of the laser driver simulator to DEVICES.md ("Laser driver"), as a line handler."""
+"""Conformance of the laser driver simulator to docs/devices.md ("Laser driver"), as a line handler."""
 
 from __future__ import annotations
 

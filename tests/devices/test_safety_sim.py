@@ -1,4 +1,5 @@
-"""The safety board simulator against DEVICES.md ("Safety board"): a line handler on a hand-stepped clock."""
+"""The safety board simulator against docs/devices.md ("Safety board"), as a line handler on a hand-stepped
+clock."""
 
 from __future__ import annotations
 

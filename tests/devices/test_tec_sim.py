@@ -1,4 +1,4 @@
-"""Conformance of the TEC simulator to DEVICES.md ("TEC"), as a line handler on a hand-stepped clock."""
+"""Conformance of the TEC simulator to docs/devices.md ("TEC"), as a line handler on a hand-stepped clock."""
 
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
 """``tosca sim``: the simulated rig on ptys, driven by simulator commands on stdin.
 
-Prints one JSON line naming the ports (``{"laser": ..., "tec": ..., "actuator": ..., "safety": ...,
-"camera": "sim"}``), then reads one command per line from stdin (the language of DEVICES.md, "The simulated
-rig") and answers each with one line, ``ok ...`` or ``error: <reason>``. Blank lines and lines starting with
-``#`` are ignored. It stops cleanly (ptys closed, port names removed) at the end of stdin or on
-SIGTERM/SIGINT, and exits 0.
+Prints one JSON line naming the ports (``{"laser": ..., "tec": ..., "actuator": ..., "safety": ..., "camera":
+"sim"}``), then reads one command per line from stdin (the language of docs/devices.md, "The simulated rig")
+and answers each with one line, ``ok ...`` or ``error: <reason>``. Blank lines and lines starting with ``#``
+are ignored. It stops cleanly (ptys closed, port names removed) at the end of stdin or on SIGTERM/SIGINT, and
+exits 0.
 """
 
 from __future__ import annotations

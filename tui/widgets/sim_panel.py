@@ -7,8 +7,8 @@ command, the line :func:`pedal_command` or :func:`estop_command` returns, or the
 The panel only shows: it reads the footpedal and E-stop from the controller's snapshots
 (:meth:`SimPanel.show`), never from what it last sent, so it shows what the controller sees.
 
-:data:`FAULTS` lists every command of the simulator command language (DEVICES.md, "The simulated rig"). The
-value ranges here are the simulator's own (``devices/sim/rig.py``); the tests hold the two together.
+:data:`FAULTS` lists every command of the simulator command language (docs/devices.md, "The simulated rig").
+The value ranges here are the simulator's own (``devices/sim/rig.py``); the tests hold the two together.
 """
 
 from __future__ import annotations
