@@ -68,6 +68,7 @@ from control.supervisor import (
     SystemState,
     Term,
 )
+from control.system_config import read_system_settings
 from devices.actuator import ActuatorError
 from devices.laser import LaserDriver
 from devices.rig import Rig, RigConfig
@@ -76,7 +77,7 @@ from devices.transport import LinkError, LinkState
 from storage import DataDir, create_engine, session_factory, utc_now
 from storage.maintenance import check_database, upgrade_async
 from storage.models import SessionRecording
-from storage.repositories import ConfigRepository, SessionsRepository, UsersRepository
+from storage.repositories import SessionsRepository, UsersRepository
 from storage.telemetry import TelemetrySummary
 
 if TYPE_CHECKING:
@@ -326,16 +327,14 @@ class Controller:
 
     async def _load_limits(self) -> None:
         async with self.db() as session:
-            config = ConfigRepository(session)
-            self.loop_hz = float(await config.get("treatment_loop_frequency_hz", 10))
-            self.video_fps = float(await config.get("video_fps", 30))
-            self.supervisor.limits = Limits(
-                photodiode_warning_percent=float(
-                    await config.get("photodiode_warning_threshold_percent", 15.0)
-                ),
-                photodiode_fault_percent=float(await config.get("photodiode_fault_threshold_percent", 30.0)),
-                max_power_w=float(await config.get("max_laser_power_watts", 10.0)),
-            )
+            settings = await read_system_settings(session)  # SettingError: a refused value stops the start
+        self.loop_hz = float(settings.treatment_loop_frequency_hz)
+        self.video_fps = float(settings.video_fps)
+        self.supervisor.limits = Limits(
+            photodiode_warning_percent=settings.photodiode_warning_threshold_percent,
+            photodiode_fault_percent=settings.photodiode_fault_threshold_percent,
+            max_power_w=settings.max_laser_power_watts,
+        )
 
     async def _reload_calibrations(self) -> None:
         try:

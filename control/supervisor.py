@@ -36,6 +36,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
+from control.system_config import DEFAULTS as _SETTINGS
 from devices.safety import EventKind, SafetyEvent, SafetySample
 
 _LOG = logging.getLogger(__name__)
@@ -226,13 +227,13 @@ class Readings:
 
 @dataclass(frozen=True)
 class Limits:
-    """Configured thresholds (seed ``system_config`` and DEVICES.md defaults)."""
+    """Configured thresholds (defaults: :mod:`control.system_config` and DEVICES.md)."""
 
-    photodiode_warning_percent: float = 15.0
-    photodiode_fault_percent: float = 30.0
+    photodiode_warning_percent: float = _SETTINGS.photodiode_warning_threshold_percent
+    photodiode_fault_percent: float = _SETTINGS.photodiode_fault_threshold_percent
     tec_window_c: float = 1.0
     vibration_min_g: float = 0.8
-    max_power_w: float = 10.0
+    max_power_w: float = _SETTINGS.max_laser_power_watts
 
 
 class SafetySupervisor:
