@@ -1,6 +1,6 @@
-"""The settings model is the one statement of every system_config key: the migrations' seed rows agree with it,
-the database holds no key it does not know, stored values are checked through it, and no other module states a
-default of its own."""
+"""The settings model is the one statement of every system_config key: the migrations' seed rows agree with
+it, the database holds no key it does not know, stored values are checked through it, and no other module
+states a default of its own."""
 
 from __future__ import annotations
 
@@ -64,7 +64,9 @@ def test_a_fresh_database_holds_every_setting_at_its_default_and_no_unknown_key(
     assert {key: stored[key] for key in SETTING_KEYS} == DEFAULTS.model_dump()
 
 
-async def test_reading_a_fresh_database_gives_the_defaults(sessions: async_sessionmaker[AsyncSession]) -> None:
+async def test_reading_a_fresh_database_gives_the_defaults(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
     async with sessions() as session:
         assert await read_system_settings(session) == DEFAULTS
 
@@ -83,7 +85,7 @@ _READERS = ("read_setting(", "_setting_or_default(", "default_setting(")
 def test_no_other_module_reads_or_defaults_a_setting_on_its_own() -> None:
     """Outside the model, a key is named in quotes only as the argument of a reader that goes through it."""
     offenders: list[str] = []
-    quoted = re.compile(r"""["'](%s)["']""" % "|".join(SETTING_KEYS))
+    quoted = re.compile("[\"']({})[\"']".format("|".join(SETTING_KEYS)))
     for package in ("control", "storage", "tui", "devices"):
         for path in sorted((ROOT / package).rglob("*.py")):
             if path.name == "system_config.py":
@@ -129,7 +131,8 @@ def test_values_in_range_are_taken_and_a_whole_number_of_watts_is_a_float() -> N
 def test_the_warning_threshold_must_stay_below_the_fault_threshold() -> None:
     with pytest.raises(SettingError, match=r"warning_threshold_percent \(35 %\) must be below .* \(30 %\)"):
         settings_from({"photodiode_warning_threshold_percent": 35.0})
-    assert settings_from({"photodiode_warning_threshold_percent": 25.0}).photodiode_warning_threshold_percent == 25
+    lowered = settings_from({"photodiode_warning_threshold_percent": 25.0})
+    assert lowered.photodiode_warning_threshold_percent == 25.0
 
 
 async def _store(sessions: async_sessionmaker[AsyncSession], key: str, text: str) -> None:
@@ -147,9 +150,9 @@ async def test_an_unusable_stored_power_ceiling_is_never_used(
 ) -> None:
     await _store(sessions, "max_laser_power_watts", stored)
     async with sessions() as session:
-        with pytest.raises(SettingError, match="^config max_laser_power_watts: "):
+        with pytest.raises(SettingError, match=r"^config max_laser_power_watts: "):
             await read_system_settings(session)
-        with pytest.raises(SettingError, match="^config max_laser_power_watts: "):
+        with pytest.raises(SettingError, match=r"^config max_laser_power_watts: "):
             await read_setting(session, "max_laser_power_watts")
     with pytest.raises(LimitsError, match="max_laser_power_watts"):
         await load_limits(sessions)
@@ -177,7 +180,8 @@ async def test_lenient_and_strict_readers(sessions: async_sessionmaker[AsyncSess
     minutes, problem = await read_auto_lock_minutes(sessions)
     assert minutes == 10
     assert problem == (
-        "config auto_lock_minutes: 100000 refused: Input should be less than or equal to 720; using 10 minutes"
+        "config auto_lock_minutes: 100000 refused: Input should be less than or equal to 720; "
+        "using 10 minutes"
     )
     await _store(sessions, "subject_code_pattern", "P/NN")
     async with sessions() as session:
