@@ -27,7 +27,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -57,8 +56,6 @@ from storage.models import (
     TreatmentSession,
     utc_now,
 )
-
-SUBJECT_CODE_RE: Final = re.compile(r"P-(\d{4})-(\d{4})")
 
 #: Columns a caller may give for one treatment event in :meth:`TreatmentEventsRepository.add_many`.
 TREATMENT_EVENT_COLUMNS: Final = frozenset(c.key for c in TreatmentEvent.__table__.columns) - {"event_id"}
@@ -353,7 +350,7 @@ class AuditRepository:
 
 
 class SubjectsRepository:
-    """Treated subjects, known by their code ``P-YYYY-NNNN``."""
+    """Treated subjects, known by their code (the clinic's pattern, default ``P-YYYY-NNNN``)."""
 
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
@@ -367,19 +364,6 @@ class SubjectsRepository:
         """Return the subject with this id, or None."""
         return await self.session.get(Subject, subject_id)
 
-    async def next_free_code(self, year: int | None = None) -> str:
-        """Return the next unused code ``P-YYYY-NNNN`` of ``year`` (default: this year, UTC)."""
-        year = utc_now().year if year is None else year
-        if not 1000 <= year <= 9999:
-            raise ValueError(f"year must have four digits; got {year}")
-        prefix = f"P-{year:04d}-"
-        query = select(func.max(Subject.subject_code)).where(Subject.subject_code.like(f"{prefix}%"))
-        highest = (await self.session.execute(query)).scalar_one_or_none()
-        number = 1 if highest is None else int(highest[len(prefix) :]) + 1
-        if number > 9999:
-            raise ValueError(f"no subject codes left in {year}")
-        return f"{prefix}{number:04d}"
-
     async def add(
         self,
         subject_code: str,
@@ -388,13 +372,11 @@ class SubjectsRepository:
         date_of_birth: date | None = None,
         gender: str | None = None,
         notes: str | None = None,
-        form: re.Pattern[str] = SUBJECT_CODE_RE,
-        form_text: str = "P-YYYY-NNNN",
     ) -> Subject:
-        """Insert a subject; the code must match ``form`` (by default ``P-YYYY-NNNN``; a clinic's own pattern
-        is given with its text for the message) and be unused."""
-        if not form.fullmatch(subject_code or ""):
-            raise ValueError(f"subject code must look like {form_text}; got {subject_code!r}")
+        """Insert a subject with an unused code. The code's form is the console's rule
+        (``control.subject_codes``, checked before a subject is created); the database's CHECK keeps it to 1
+        to 32 characters of ``A-Z a-z 0-9 - _``."""
+        _require_text("subject_code", subject_code)
         if await self.find_subject_by_code(subject_code) is not None:
             raise ValueError(f"subject code {subject_code} already exists")
         subject = Subject(
