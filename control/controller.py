@@ -526,19 +526,7 @@ class Controller:
             _LOG.error("treatment event %s not queued: %s", event_type, exc)
 
     async def _write_safety(self, entry: SafetyEntry) -> None:
-        await self.recorder.safety(
-            entry.event_type,
-            entry.severity,
-            entry.description,
-            system_state=entry.system_state,
-            laser_state=entry.laser_state,
-            footpedal_state=entry.footpedal_state,
-            smoothing_device_state=entry.smoothing_device_state,
-            photodiode_voltage_v=entry.photodiode_voltage_v,
-            action_taken=entry.action_taken,
-            details=dict(entry.details) if entry.details is not None else None,
-            tech_id=entry.tech_id,
-        )
+        await self.recorder.safety(entry)
 
     # -------------------------------------------------------------------------------------- monitors
     async def _poll_laser(self) -> None:

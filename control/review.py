@@ -368,8 +368,11 @@ class _TreatmentRow:
     event_details: str | None
 
 
-def _parse_details(stored: str | None) -> dict[str, Any] | str | None:
-    """The stored details JSON as a dict; the text itself when it is not a JSON object; None when empty."""
+def _parse_details(stored: str | Mapping[str, Any] | None) -> dict[str, Any] | str | None:
+    """The stored details JSON as a dict; the text itself when it is not a JSON object; None when empty. A
+    mapping (a safety record's details) is taken as it is."""
+    if isinstance(stored, Mapping):
+        return dict(stored) or None
     if stored is None or not stored.strip():
         return None
     try:
@@ -391,7 +394,7 @@ def _detail_value(value: object) -> str:
     return "-" if value is None else str(value)
 
 
-def details_text(stored: str | None) -> str:
+def details_text(stored: str | Mapping[str, Any] | None) -> str:
     """A row's stored details JSON as one readable line: ``key: value`` pairs joined by ``; `` (underscores
     read as spaces, numbers without trailing zeros, true/false as yes/no); text that is not a JSON object is
     returned as stored; "" for none. The ``interlocks`` map is left out (every event has it; the safety log
@@ -584,8 +587,8 @@ async def load_review(
     start = summary.start_time
     safety = [
         ReviewEvent(
-            at=r.timestamp,
-            offset_s=(r.timestamp - start).total_seconds(),
+            at=at,
+            offset_s=(at - start).total_seconds(),
             source="safety",
             kind=r.event_type,
             severity=r.severity,
@@ -594,6 +597,7 @@ async def load_review(
             details=details_text(r.details),
         )
         for r in safety_rows
+        if (at := r.timestamp) is not None  # always: the column is NOT NULL
     ]
     treatment = _treatment_events(treatment_rows, start, who)
     events = _merge(_session_events(summary, who), safety, treatment)

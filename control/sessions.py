@@ -64,6 +64,7 @@ from storage import (
     utc_now,
 )
 from storage.maintenance import backup as backup_database
+from storage.safety_records import SafetyRecord
 from storage.telemetry import TelemetrySummary
 
 if TYPE_CHECKING:
@@ -419,14 +420,18 @@ class SessionService:
                     found = left_open.get(session_id)
                     was = found.status if found is not None else "open"
                     await log.add(
-                        EVENT_ABORTED_AT_STARTUP,
-                        "warning",
-                        f"session {session_id} was left {was} and was closed as aborted: {reason}",
-                        session_id=session_id,
-                        tech_id=found.tech_id if found is not None else None,
-                        action_taken=ACTION_CLOSED_AS_ABORTED,
-                        details={"previous_status": was, "reason": reason},
-                        timestamp=now,
+                        SafetyRecord(
+                            event_type=EVENT_ABORTED_AT_STARTUP,
+                            severity="warning",
+                            description=(
+                                f"session {session_id} was left {was} and was closed as aborted: {reason}"
+                            ),
+                            session_id=session_id,
+                            tech_id=found.tech_id if found is not None else None,
+                            action_taken=ACTION_CLOSED_AS_ABORTED,
+                            details={"previous_status": was, "reason": reason},
+                            timestamp=now,
+                        )
                     )
             return closed
 

@@ -38,6 +38,7 @@ from typing import Any, Final, Protocol
 
 from control.system_config import DEFAULTS as _SETTINGS
 from devices.safety import EventKind, SafetyEvent, SafetySample
+from storage.safety_records import SafetyRecord
 
 _LOG = logging.getLogger(__name__)
 
@@ -140,21 +141,8 @@ class FaultInfo:
     at: float
 
 
-@dataclass(frozen=True)
-class SafetyEntry:
-    """One safety_log row the supervisor asks to be written (after it has acted)."""
-
-    event_type: str
-    severity: str
-    description: str
-    system_state: str
-    laser_state: str
-    footpedal_state: bool | None
-    smoothing_device_state: bool | None
-    photodiode_voltage_v: float | None
-    action_taken: str | None
-    details: Mapping[str, Any] | None = None
-    tech_id: int | None = None
+#: One safety_log row the supervisor asks to be written (after it has acted): the one row type.
+SafetyEntry = SafetyRecord
 
 
 class LaserPort(Protocol):

@@ -39,12 +39,12 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from storage.safety_records import SEVERITIES
+
 #: The roles a console user can have, weakest first.
 ROLES: Final = ("technician", "engineer", "admin")
 #: Allowed ``sessions.status`` values.
 SESSION_STATUSES: Final = ("in_progress", "completed", "aborted", "paused")
-#: Allowed ``safety_log.severity`` values, mildest first.
-SEVERITIES: Final = ("info", "warning", "critical", "emergency")
 #: Allowed ``session_recordings.recording_type`` values.
 RECORDING_TYPES: Final = ("video", "snapshot", "focus_stack")
 #: Allowed ``system_config.config_type`` values.

@@ -28,7 +28,7 @@ import functools
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from typing import Any, Final
 
@@ -42,7 +42,6 @@ from storage.models import (
     RECORDING_TYPES,
     ROLES,
     SESSION_STATUSES,
-    SEVERITIES,
     AuditLog,
     Calibration,
     Protocol,
@@ -56,6 +55,7 @@ from storage.models import (
     TreatmentSession,
     utc_now,
 )
+from storage.safety_records import SafetyRecord
 
 #: Columns a caller may give for one treatment event in :meth:`TreatmentEventsRepository.add_many`.
 TREATMENT_EVENT_COLUMNS: Final = frozenset(c.key for c in TreatmentEvent.__table__.columns) - {"event_id"}
@@ -765,92 +765,21 @@ class TreatmentEventsRepository:
 # ---- safety
 
 
-_SAFETY_COLUMNS: Final = frozenset(
-    {
-        "session_id",
-        "tech_id",
-        "system_state",
-        "laser_state",
-        "footpedal_state",
-        "smoothing_device_state",
-        "photodiode_voltage_v",
-        "action_taken",
-        "details",
-    }
-)
-
-
-def _safety_values(
-    event_type: str, severity: str, description: str, timestamp: datetime | None, columns: Mapping[str, Any]
-) -> dict[str, Any]:
-    """The checked column values of one safety_log row."""
-    _require_text("event_type", event_type)
-    _require_choice("severity", severity, SEVERITIES)
-    _require_text("description", description)
-    unknown = set(columns) - _SAFETY_COLUMNS
-    if unknown:
-        raise ValueError(f"safety_log has no column {', '.join(sorted(unknown))}")
-    values = {name: columns.get(name) for name in _SAFETY_COLUMNS}
-    values["details"] = _json_text("details", columns.get("details"))
-    values.update(
-        timestamp=timestamp or utc_now(), event_type=event_type, severity=severity, description=description
-    )
-    return values
-
-
 class SafetyLogRepository:
-    """Safety events (append-only; the database refuses UPDATE and DELETE)."""
+    """Safety events (append-only; the database refuses UPDATE and DELETE), as :class:`SafetyRecord`."""
 
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def add(
-        self,
-        event_type: str,
-        severity: str,
-        description: str,
-        *,
-        session_id: int | None = None,
-        tech_id: int | None = None,
-        system_state: str | None = None,
-        laser_state: str | None = None,
-        footpedal_state: bool | None = None,
-        smoothing_device_state: bool | None = None,
-        photodiode_voltage_v: float | None = None,
-        action_taken: str | None = None,
-        details: Mapping[str, Any] | None = None,
-        timestamp: datetime | None = None,
-    ) -> SafetyLog:
-        """Append one safety event (severity info/warning/critical/emergency; photodiode in volts)."""
-        columns = {
-            "session_id": session_id,
-            "tech_id": tech_id,
-            "system_state": system_state,
-            "laser_state": laser_state,
-            "footpedal_state": footpedal_state,
-            "smoothing_device_state": smoothing_device_state,
-            "photodiode_voltage_v": photodiode_voltage_v,
-            "action_taken": action_taken,
-            "details": details,
-        }
-        entry = SafetyLog(**_safety_values(event_type, severity, description, timestamp, columns))
-        self.session.add(entry)
-        await self.session.flush()
-        return entry
-
-    async def append(
-        self,
-        event_type: str,
-        severity: str,
-        description: str,
-        *,
-        timestamp: datetime | None = None,
-        **columns: Any,
-    ) -> int:
-        """Append one safety event as :meth:`add` does, without building an ORM object (the controller
-        writes one per transition, on its control loop); returns the new ``log_id``."""
-        values = _safety_values(event_type, severity, description, timestamp, columns)
-        result = await self.session.execute(insert(SafetyLog).values(**values).returning(SafetyLog.log_id))
+    async def add(self, record: SafetyRecord) -> int:
+        """Append one safety event and return its ``log_id``; ``ValueError`` (nothing written) when the record
+        cannot be stored. A record without a timestamp is stamped now (UTC)."""
+        record.check()
+        if record.timestamp is None:
+            record = replace(record, timestamp=utc_now())
+        result = await self.session.execute(
+            insert(SafetyLog).values(**record.columns()).returning(SafetyLog.log_id)
+        )
         return int(result.scalar_one())
 
     async def safety_events_last_24h(self) -> list[SafetyEventRow]:
@@ -868,10 +797,10 @@ class SafetyLogRepository:
         )
         return [SafetyEventRow(*row) for row in await self.session.execute(query)]
 
-    async def for_session(self, session_id: int) -> list[SafetyLog]:
+    async def for_session(self, session_id: int) -> list[SafetyRecord]:
         """Return a session's safety events, oldest first."""
         query = select(SafetyLog).where(SafetyLog.session_id == session_id).order_by(SafetyLog.log_id)
-        return list((await self.session.execute(query)).scalars())
+        return [SafetyRecord.from_row(row) for row in (await self.session.execute(query)).scalars()]
 
     async def safety_events_summary(self) -> list[SafetySummaryRow]:
         """The ``safety_events_summary`` view: counts per day (newest first), severity and event type."""

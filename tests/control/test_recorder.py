@@ -7,6 +7,7 @@ import errno
 import hashlib
 import json
 import logging
+import math
 import os
 import sqlite3
 import time
@@ -31,6 +32,7 @@ from control.recorder import (
 )
 from storage import apply_pragmas, create_engine, session_factory, utc_now
 from storage.journal import MARK_KEY, Journal, JournalEntry, write_entries
+from storage.safety_records import SafetyRecord
 from tests.support import FakeClock
 
 START = datetime(2026, 3, 14, 9, 30, 0)
@@ -272,19 +274,28 @@ async def test_bad_events_are_refused_and_nothing_is_queued(recorder: Recorder, 
 async def test_safety_records_are_written_at_once_with_the_session_and_its_technician(
     recorder: Recorder, db_path: Path
 ) -> None:
-    await recorder.safety("controller_started", "info", "Controller started", system_state="IDLE")
+    await recorder.safety(
+        SafetyRecord(
+            event_type="controller_started",
+            severity="info",
+            description="Controller started",
+            system_state="IDLE",
+        )
+    )
     await recorder.begin_session(2, 1, started_mono=1000.0, started_at=START)
     await recorder.safety(
-        "photodiode_deviation",
-        "warning",
-        "Measured power 18 % below commanded",
-        system_state="TREATING",
-        laser_state="on",
-        footpedal_state=True,
-        smoothing_device_state=True,
-        photodiode_voltage_v=2.1,
-        action_taken="logged",
-        details={"deviation_percent": -18.0},
+        SafetyRecord(
+            event_type="photodiode_deviation",
+            severity="warning",
+            description="Measured power 18 % below commanded",
+            system_state="TREATING",
+            laser_state="on",
+            footpedal_state=True,
+            smoothing_device_state=True,
+            photodiode_voltage_v=2.1,
+            action_taken="logged",
+            details={"deviation_percent": -18.0},
+        )
     )
     rows = _rows(
         db_path, "SELECT * FROM safety_log WHERE event_type != 'database_initialized' ORDER BY log_id"
@@ -296,9 +307,11 @@ async def test_safety_records_are_written_at_once_with_the_session_and_its_techn
     assert rows[1]["timestamp"] == "2026-03-14 09:30:00.000000"
     assert json.loads(rows[1]["details"]) == {"deviation_percent": -18.0}
     with pytest.raises(ValueError, match="severity must be one of"):
-        await recorder.safety("x", "bad", "d")
+        await recorder.safety(SafetyRecord(event_type="x", severity="bad", description="d"))
     with pytest.raises(ValueError, match="photodiode_voltage_v must be a finite number"):
-        await recorder.safety("x", "info", "d", photodiode_voltage_v=float("nan"))
+        await recorder.safety(
+            SafetyRecord(event_type="x", severity="info", description="d", photodiode_voltage_v=math.nan)
+        )
     assert len(_rows(db_path, "SELECT * FROM safety_log")) == 3
     assert recorder.healthy
 
@@ -465,7 +478,9 @@ async def test_a_locked_database_journals_the_rows_stays_healthy_and_the_retry_w
         recorder.event("power_change", commanded_w=5.0 + index)
     started = time.monotonic()
     # Returns once the row is durable: here in the journal, well within the bound.
-    await recorder.safety("e_stop_pressed", "critical", "E-stop pressed")
+    await recorder.safety(
+        SafetyRecord(event_type="e_stop_pressed", severity="critical", description="E-stop pressed")
+    )
     assert time.monotonic() - started < DEFAULT_DURABLE_WITHIN_S
     await _wait_until(lambda: recorder.journaled_rows == 4)
     journal = recorder.journal_path
@@ -525,7 +540,11 @@ async def test_when_neither_the_database_nor_the_journal_takes_a_row_it_is_unhea
     assert "the disk holding the records is full: No space left on device" in changes[0][1]
     assert "the records database is locked by another process" in changes[0][1]
     with pytest.raises(RecorderError, match="safety record 'interlock_failure' not durable yet"):
-        await recorder.safety("interlock_failure", "critical", "storage cannot record")
+        await recorder.safety(
+            SafetyRecord(
+                event_type="interlock_failure", severity="critical", description="storage cannot record"
+            )
+        )
     mono.now = 1001.0
     recorder.event("laser_off")
     assert recorder.held_rows == 3 and recorder.journaled_rows == 0
@@ -556,7 +575,11 @@ async def test_a_clean_close_with_the_database_locked_journals_every_row_and_the
     for index in range(1, 6):
         mono.now = index / 10
         rec.event("power_change", commanded_w=float(index))
-    await rec.safety("state_change", "info", "treating -> armed: footpedal released")
+    await rec.safety(
+        SafetyRecord(
+            event_type="state_change", severity="info", description="treating -> armed: footpedal released"
+        )
+    )
     mono.now = 0.9
     rec.event("laser_off")
     with caplog.at_level(logging.WARNING, logger="control.recorder"):
@@ -720,7 +743,9 @@ async def test_a_read_only_database_makes_it_unhealthy_and_the_journal_keeps_the
         rec.event("laser_on")
         await _wait_until(lambda: not rec.healthy)
         assert changes == [(False, problem)]  # not only a lock: emission must stop
-        await rec.safety("e_stop_pressed", "critical", "E-stop pressed")  # durable in the journal
+        await rec.safety(
+            SafetyRecord(event_type="e_stop_pressed", severity="critical", description="E-stop pressed")
+        )  # durable in the journal
         assert await rec.recheck() is False
         assert changes == [(False, problem)] and rec.journaled_rows == 2
     finally:

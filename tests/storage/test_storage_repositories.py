@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -31,6 +32,7 @@ from storage.repositories import (
     TreatmentEventsRepository,
     UsersRepository,
 )
+from storage.safety_records import SafetyRecord
 
 Factory = async_sessionmaker[AsyncSession]
 
@@ -346,50 +348,70 @@ async def test_add_many_refuses_a_bad_row_and_writes_none_of_the_batch(
         assert await _count(s, "treatment_events") == 0
 
 
-async def test_safety_log_checks_severity(factory: Factory) -> None:
+async def test_safety_log_checks_each_column_and_writes_nothing_it_refuses(factory: Factory) -> None:
     async with factory() as s:
         log = SafetyLogRepository(s)
-        entry = await log.add(
-            "e_stop_pressed",
-            "emergency",
-            "E-stop pressed",
-            action_taken="laser_off",
-            details={"source": "button"},
+        log_id = await log.add(
+            SafetyRecord(
+                event_type="e_stop_pressed",
+                severity="emergency",
+                description="E-stop pressed",
+                footpedal_state=False,
+                action_taken="laser_off",
+                details={"source": "button"},
+            )
         )
-        assert entry.log_id is not None
-        with pytest.raises(ValueError, match="severity must be one of info, warning, critical, emergency"):
-            await log.add("x", "fatal", "d")
-        with pytest.raises(ValueError, match="description must not be empty"):
-            await log.add("x", "info", "")
+        assert log_id > 0
+        for record, message in (
+            (SafetyRecord(event_type="x", severity="fatal", description="d"), "severity must be one of"),
+            (SafetyRecord(event_type="x", severity="info", description=""), "description must not be empty"),
+            (SafetyRecord(event_type=" ", severity="info", description="d"), "event_type must not be empty"),
+            (
+                SafetyRecord(event_type="x", severity="info", description="d", photodiode_voltage_v=math.inf),
+                "photodiode_voltage_v must be a finite number",
+            ),
+            (
+                SafetyRecord(event_type="x", severity="info", description="d", footpedal_state=1),  # type: ignore[arg-type]
+                "footpedal_state must be True, False or None",
+            ),
+            (
+                SafetyRecord(event_type="x", severity="info", description="d", details={"v": math.nan}),
+                "details cannot be stored as JSON",
+            ),
+        ):
+            with pytest.raises(ValueError, match=message):
+                await log.add(record)
         await s.commit()
         assert await _count(s, "safety_log") == 2  # with the migration's database_initialized row
-
-
-async def test_safety_log_append_writes_the_same_row_as_add(factory: Factory) -> None:
-    async with factory() as s:
-        log = SafetyLogRepository(s)
-        added = await log.add(
-            "fault_reset", "info", "reset by tech1", footpedal_state=False, details={"a": 1}
-        )
-        log_id = await log.append(
-            "fault_reset", "info", "reset by tech1", footpedal_state=False, details={"a": 1}
-        )
-        assert log_id == added.log_id + 1
-        with pytest.raises(ValueError, match="severity must be one of"):
-            await log.append("x", "fatal", "d")
-        with pytest.raises(ValueError, match="no column colour"):
-            await log.append("x", "info", "d", colour="red")
-        await s.commit()
-        rows = (
+        row = (
             await s.execute(
-                text(
-                    "SELECT event_type, severity, description, footpedal_state, details FROM safety_log "
-                    "WHERE log_id IN (:a, :b) ORDER BY log_id"
-                ),
-                {"a": added.log_id, "b": log_id},
+                text("SELECT severity, footpedal_state, details FROM safety_log WHERE log_id = :id"),
+                {"id": log_id},
             )
-        ).all()
-        assert rows[0] == rows[1] == ("fault_reset", "info", "reset by tech1", 0, '{"a": 1}')
+        ).one()
+        assert tuple(row) == ("emergency", 0, '{"source": "button"}')
+
+
+async def test_a_safety_record_reads_back_as_it_was_written(factory: Factory) -> None:
+    written = SafetyRecord(
+        event_type="photodiode_fault",
+        severity="critical",
+        description="measured 40 % below commanded",
+        system_state="fault",
+        laser_state="off",
+        footpedal_state=True,
+        smoothing_device_state=False,
+        photodiode_voltage_v=1.25,
+        action_taken="laser off",
+        details={"deviation_percent": -40.0, "term": "photodiode"},
+        timestamp=datetime(2026, 3, 1, 9, 30, 0, 250000),
+    )
+    async with factory() as s:
+        session = await _session(s)
+        stored = replace(written, session_id=session.session_id, tech_id=session.tech_id)
+        await SafetyLogRepository(s).add(stored)
+        await s.commit()
+        assert await SafetyLogRepository(s).for_session(session.session_id) == [stored]
 
 
 async def test_a_new_active_calibration_retires_the_previous_one(factory: Factory) -> None:
