@@ -79,6 +79,7 @@ from storage.maintenance import check_database, upgrade_async
 from storage.models import SessionRecording
 from storage.repositories import SessionsRepository, UsersRepository
 from storage.telemetry import TelemetrySummary
+from storage.telemetry_line import TelemetrySample
 
 if TYPE_CHECKING:
     from devices.sim.rig import SimRig
@@ -412,19 +413,19 @@ class Controller:
         if self.recorder.telemetry_open and self.recorder.session_id == session.opened.session_id:
             try:
                 self.recorder.telemetry(
-                    {
-                        "t": round(t, 4),
-                        "pd_v": item.photodiode_v,
-                        "p_w": None if measured is None else round(measured, 4),
-                        "cmd_w": round(sup.commanded_w, 4),
-                        "on": emitting,
-                        "pedal": item.pedal,
-                        "estop": item.estop,
-                        "vib_g": item.vibration_g,
-                        "enable": item.laser_enable,
-                        "state": sup.state.value,
-                        "pos_um": self.position_um,
-                    }
+                    TelemetrySample(
+                        t=t,
+                        pd_v=item.photodiode_v,
+                        p_w=measured,
+                        cmd_w=sup.commanded_w,
+                        on=emitting,
+                        pedal=item.pedal,
+                        estop=item.estop,
+                        vib_g=item.vibration_g,
+                        enable=item.laser_enable,
+                        state=sup.state.value,
+                        pos_um=self.position_um,
+                    )
                 )
             except Exception as exc:
                 _LOG.error("telemetry line not written: %s", exc)

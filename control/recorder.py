@@ -7,9 +7,10 @@ One :class:`Recorder` serves the controller. It writes:
 * ``safety_log`` rows: :meth:`Recorder.safety` checks and stamps the row, accepts it and returns once it is
   durable (see below);
 * the session's telemetry file (optional, :meth:`Recorder.begin_session` ``telemetry_path``): high-rate
-  samples as JSON lines through :meth:`Recorder.telemetry`; :meth:`Recorder.end_session` closes the file and
-  returns its :class:`~storage.telemetry.TelemetrySummary` (path, line count, SHA-256), which the session's
-  lifecycle (:meth:`control.sessions.SessionService.finish`) writes into the session's row.
+  samples as JSON lines of :mod:`storage.telemetry_line` through :meth:`Recorder.telemetry`;
+  :meth:`Recorder.end_session` closes the file and returns its :class:`~storage.telemetry.TelemetrySummary`
+  (path, line count, SHA-256), which the session's lifecycle
+  (:meth:`control.sessions.SessionService.finish`) writes into the session's row.
 
 Nothing accepted is lost. Every accepted row gets the next number of this recorder's stream and goes through
 one ordered queue (events and safety rows together). A writer task puts the queue into the database in
@@ -88,6 +89,7 @@ from storage.journal import (
 )
 from storage.safety_records import SafetyRecord
 from storage.telemetry import WriteFunction
+from storage.telemetry_line import TelemetrySample
 
 _LOG = logging.getLogger(__name__)
 
@@ -692,17 +694,18 @@ class Recorder:
             return
         self._accept("treatment_events", row, wait=False)
 
-    def telemetry(self, record: Mapping[str, Any]) -> None:
-        """Append one record to the session's telemetry file (one JSON line); never blocks on the disk.
+    def telemetry(self, sample: TelemetrySample) -> None:
+        """Append one sample to the session's telemetry file (one line of the schema of
+        :mod:`storage.telemetry_line`); never blocks on the disk.
 
-        Raises ``ValueError``/``TypeError`` for a record that cannot be written, :class:`RecorderError` when
-        the session has no telemetry file or the file has failed.
+        Raises ``ValueError`` for a sample that cannot be written (a NaN or infinite number),
+        :class:`RecorderError` when the session has no telemetry file or the file has failed.
         """
         current = self._session
         if current is None or current.telemetry is None:
             raise RecorderError("no telemetry file is open")
         try:
-            current.telemetry.append(record)
+            current.telemetry.append(sample.encode())
         except TelemetryError as exc:
             raise RecorderError(str(exc)) from exc
 

@@ -33,6 +33,7 @@ from control.recorder import (
 from storage import apply_pragmas, create_engine, session_factory, utc_now
 from storage.journal import MARK_KEY, Journal, JournalEntry, write_entries
 from storage.safety_records import SafetyRecord
+from storage.telemetry_line import TelemetrySample, decode_sample
 from tests.support import FakeClock
 
 START = datetime(2026, 3, 14, 9, 30, 0)
@@ -355,25 +356,43 @@ async def test_an_unreadable_data_root_is_a_storage_problem(
         await rec.close()
 
 
+def _sample(t: float, *, pd_v: float = 0.5) -> TelemetrySample:
+    return TelemetrySample(
+        t=t,
+        pd_v=pd_v,
+        p_w=None,
+        cmd_w=0.0,
+        on=False,
+        pedal=True,
+        estop=False,
+        vib_g=0.0,
+        enable=False,
+        state="ready",
+        pos_um=None,
+    )
+
+
 async def test_the_telemetry_file_is_closed_at_the_end_and_its_summary_returned(
     recorder: Recorder, db_path: Path, data_root: Path
 ) -> None:
     relative = Path("sessions/P-2026-0001/1/telemetry.jsonl")
     await recorder.begin_session(1, 1, started_mono=1000.0, started_at=START, telemetry_path=relative)
     for index in range(120):
-        recorder.telemetry({"t_ms": index * 10, "photodiode_v": index / 40, "pedal": True})
-    with pytest.raises(ValueError, match="'photodiode_v' is not a finite number"):
-        recorder.telemetry({"t_ms": 1200, "photodiode_v": float("nan")})
+        recorder.telemetry(_sample(index / 100, pd_v=index / 40))
+    with pytest.raises(ValueError, match="'pd_v' is not a finite number"):
+        recorder.telemetry(_sample(1.2, pd_v=math.nan))
     recorder.event("laser_on")
     summary = await recorder.end_session()
     assert summary is not None and recorder.session_id is None
     data = (data_root / relative).read_bytes()
     assert summary.path == data_root / relative
     assert (summary.line_count, summary.size_bytes) == (120, len(data))
+    decoded = [decode_sample(line, f"line {n}") for n, line in enumerate(data.splitlines(), start=1)]
+    assert decoded == [_sample(index / 100, pd_v=index / 40) for index in range(120)]
     assert summary.sha256 == hashlib.sha256(data).hexdigest()
     assert len(_events(db_path)) == 1 and recorder.healthy
     with pytest.raises(RecorderError, match="no telemetry file is open"):
-        recorder.telemetry({"t_ms": 0})
+        recorder.telemetry(_sample(0.0))
     with pytest.raises(RecorderError, match="no session is being recorded"):
         await recorder.end_session()
 
@@ -429,11 +448,11 @@ async def test_a_full_disk_under_the_telemetry_file_makes_it_unhealthy_until_the
     try:
         await rec.begin_session(1, 1, started_mono=0.0, started_at=START, telemetry_path=Path("t.jsonl"))
         for index in range(50):  # the 50th line is written at once, and fails
-            rec.telemetry({"t": index})
+            rec.telemetry(_sample(index))
         assert not rec.healthy and len(changes) == 1 and rec.telemetry_open
         assert changes[0][1] is not None
         assert changes[0][1].startswith("the disk holding the records is full: telemetry write to")
-        rec.telemetry({"t": 50})  # held behind the others
+        rec.telemetry(_sample(50))  # held behind the others
         assert await rec.recheck() is False
         full["on"] = False  # space freed: the telemetry flusher writes every held line
         await _wait_until(lambda: rec.healthy)
