@@ -11,8 +11,11 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from account_fixtures import CHEAP
+from controller_fixtures import prepare_data_dir
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from control.controller import Controller
 from control.protocols import DEFAULT_LOOP_HZ, DEFAULT_MAX_SYSTEM_POWER_W, LimitsError, load_limits
 from control.settings import read_auto_lock_minutes, read_subject_code_pattern
 from control.subject_codes import CodePatternError
@@ -187,3 +190,37 @@ async def test_lenient_and_strict_readers(sessions: async_sessionmaker[AsyncSess
     async with sessions() as session:
         with pytest.raises(CodePatternError, match=r"^config subject_code_pattern: 'P/NN' refused: .*'/'"):
             await read_subject_code_pattern(session)
+
+
+# ---- the controller takes its limits from the model
+
+
+async def _controller_limits(tmp_path: Path, template: Path, stored_power: str) -> Controller:
+    data = await prepare_data_dir(tmp_path / "data", template, {})
+    with sqlite3.connect(data.db_path) as db:
+        db.execute(
+            "UPDATE system_config SET config_value = ? WHERE config_key = 'max_laser_power_watts'",
+            (stored_power,),
+        )
+    return Controller(data.root, sim=True, hashing=CHEAP, terminal="test")
+
+
+async def test_the_controller_takes_a_lowered_power_ceiling(tmp_path: Path, migrated_template: Path) -> None:
+    controller = await _controller_limits(tmp_path, migrated_template, "6.5")
+    await controller.start()
+    try:
+        assert controller.supervisor.limits.max_power_w == 6.5
+        assert controller.supervisor.limits.photodiode_fault_percent == 30.0
+    finally:
+        await controller.close()
+
+
+async def test_the_controller_refuses_to_start_with_a_power_ceiling_the_model_refuses(
+    tmp_path: Path, migrated_template: Path
+) -> None:
+    controller = await _controller_limits(tmp_path, migrated_template, "50")
+    refused = r"^config max_laser_power_watts: 50\.0 refused: .* less than or equal to 10"
+    with pytest.raises(SettingError, match=refused):
+        await controller.start()
+    assert controller.sim_rig is not None
+    assert not controller.sim_rig.model.laser_output_on
