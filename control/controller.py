@@ -68,6 +68,7 @@ from control.supervisor import (
     SystemState,
     Term,
 )
+from control.system_config import read_system_settings
 from devices.actuator import ActuatorError
 from devices.laser import LaserDriver
 from devices.rig import Rig, RigConfig
@@ -76,8 +77,9 @@ from devices.transport import LinkError, LinkState
 from storage import DataDir, create_engine, session_factory, utc_now
 from storage.maintenance import check_database, upgrade_async
 from storage.models import SessionRecording
-from storage.repositories import ConfigRepository, SessionsRepository, UsersRepository
+from storage.repositories import SessionsRepository, UsersRepository
 from storage.telemetry import TelemetrySummary
+from storage.telemetry_line import TelemetrySample
 
 if TYPE_CHECKING:
     from devices.sim.rig import SimRig
@@ -326,16 +328,14 @@ class Controller:
 
     async def _load_limits(self) -> None:
         async with self.db() as session:
-            config = ConfigRepository(session)
-            self.loop_hz = float(await config.get("treatment_loop_frequency_hz", 10))
-            self.video_fps = float(await config.get("video_fps", 30))
-            self.supervisor.limits = Limits(
-                photodiode_warning_percent=float(
-                    await config.get("photodiode_warning_threshold_percent", 15.0)
-                ),
-                photodiode_fault_percent=float(await config.get("photodiode_fault_threshold_percent", 30.0)),
-                max_power_w=float(await config.get("max_laser_power_watts", 10.0)),
-            )
+            settings = await read_system_settings(session)  # SettingError: a refused value stops the start
+        self.loop_hz = float(settings.treatment_loop_frequency_hz)
+        self.video_fps = float(settings.video_fps)
+        self.supervisor.limits = Limits(
+            photodiode_warning_percent=settings.photodiode_warning_threshold_percent,
+            photodiode_fault_percent=settings.photodiode_fault_threshold_percent,
+            max_power_w=settings.max_laser_power_watts,
+        )
 
     async def _reload_calibrations(self) -> None:
         try:
@@ -413,19 +413,19 @@ class Controller:
         if self.recorder.telemetry_open and self.recorder.session_id == session.opened.session_id:
             try:
                 self.recorder.telemetry(
-                    {
-                        "t": round(t, 4),
-                        "pd_v": item.photodiode_v,
-                        "p_w": None if measured is None else round(measured, 4),
-                        "cmd_w": round(sup.commanded_w, 4),
-                        "on": emitting,
-                        "pedal": item.pedal,
-                        "estop": item.estop,
-                        "vib_g": item.vibration_g,
-                        "enable": item.laser_enable,
-                        "state": sup.state.value,
-                        "pos_um": self.position_um,
-                    }
+                    TelemetrySample(
+                        t=t,
+                        pd_v=item.photodiode_v,
+                        p_w=measured,
+                        cmd_w=sup.commanded_w,
+                        on=emitting,
+                        pedal=item.pedal,
+                        estop=item.estop,
+                        vib_g=item.vibration_g,
+                        enable=item.laser_enable,
+                        state=sup.state.value,
+                        pos_um=self.position_um,
+                    )
                 )
             except Exception as exc:
                 _LOG.error("telemetry line not written: %s", exc)
@@ -527,19 +527,7 @@ class Controller:
             _LOG.error("treatment event %s not queued: %s", event_type, exc)
 
     async def _write_safety(self, entry: SafetyEntry) -> None:
-        await self.recorder.safety(
-            entry.event_type,
-            entry.severity,
-            entry.description,
-            system_state=entry.system_state,
-            laser_state=entry.laser_state,
-            footpedal_state=entry.footpedal_state,
-            smoothing_device_state=entry.smoothing_device_state,
-            photodiode_voltage_v=entry.photodiode_voltage_v,
-            action_taken=entry.action_taken,
-            details=dict(entry.details) if entry.details is not None else None,
-            tech_id=entry.tech_id,
-        )
+        await self.recorder.safety(entry)
 
     # -------------------------------------------------------------------------------------- monitors
     async def _poll_laser(self) -> None:

@@ -43,8 +43,10 @@ from control.calibration import (
     CalibrationDataError,
     load_active_calibration,
 )
+from control.system_config import DEFAULTS as SETTINGS_DEFAULTS
+from control.system_config import SettingError, read_setting
 from storage.errors import StorageError
-from storage.repositories import ConfigRepository, ProtocolsRepository
+from storage.repositories import ProtocolsRepository
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -54,16 +56,16 @@ ProtocolType = Literal["constant", "linear_ramp", "multi_step"]
 
 #: The only protocol file version understood.
 PROTOCOL_VERSION: Final = "1.0"
-#: The system's power limit, W, where no database is at hand (the seed's ``max_laser_power_watts``).
-DEFAULT_MAX_SYSTEM_POWER_W: Final = 10.0
+#: The system's power limit, W, where no database is at hand (the default of ``max_laser_power_watts``).
+DEFAULT_MAX_SYSTEM_POWER_W: Final = SETTINGS_DEFAULTS.max_laser_power_watts
 #: Default actuator travel, um, and the ring it gives (2.0 + um/1000 mm) where no calibration is active.
 DEFAULT_TRAVEL_UM: Final = (0.0, 3000.0)
 DEFAULT_RING_AT_ZERO_MM: Final = 2.0
 DEFAULT_RING_MM_PER_UM: Final = 0.001
 #: Most setpoints :meth:`Plan.setpoints` returns (bounds the memory one preview can take).
 MAX_SETPOINTS: Final = 1_000_000
-#: The control loop's rate, Hz, where no database is at hand (the seed's ``treatment_loop_frequency_hz``).
-DEFAULT_LOOP_HZ: Final = 10.0
+#: The control loop's rate, Hz, where no database is at hand (the default of ``treatment_loop_frequency_hz``).
+DEFAULT_LOOP_HZ: Final = float(SETTINGS_DEFAULTS.treatment_loop_frequency_hz)
 #: Longest number accepted in a protocol file, in characters (sign, digits, point and exponent).
 MAX_NUMBER_CHARACTERS: Final = 40
 
@@ -600,14 +602,15 @@ def protocol_type(defn: ProtocolDefinition) -> ProtocolType:
 
 async def load_limits(sessions: async_sessionmaker[AsyncSession]) -> ValidationLimits:
     """The system's limits from the database: ``max_laser_power_watts`` and ``treatment_loop_frequency_hz``
-    (default :data:`DEFAULT_LOOP_HZ` when absent) from ``system_config``; the ring range from the active
+    from ``system_config`` through :mod:`control.system_config` (LimitsError naming a refused value; the
+    default where a key is absent); the ring range from the active
     actuator calibration or, where none is active, the default travel; the highest power the active laser
     calibration covers, where one is active."""
     async with sessions() as session:
         try:
-            max_power = await ConfigRepository(session).get("max_laser_power_watts")
-            loop_hz = await ConfigRepository(session).get("treatment_loop_frequency_hz", DEFAULT_LOOP_HZ)
-        except StorageError as exc:
+            max_power = float(await read_setting(session, "max_laser_power_watts"))
+            loop_hz = float(await read_setting(session, "treatment_loop_frequency_hz"))
+        except (StorageError, SettingError) as exc:
             raise LimitsError(str(exc)) from exc
         try:
             actuator = await load_active_calibration(session, ACTUATOR)
@@ -617,28 +620,19 @@ async def load_limits(sessions: async_sessionmaker[AsyncSession]) -> ValidationL
             laser = await load_active_calibration(session, LASER)
         except CalibrationDataError as exc:
             raise LimitsError(f"active laser {exc}") from exc
-    if isinstance(max_power, bool) or not isinstance(max_power, (int, float)) or not max_power > 0:
-        raise LimitsError(f"config max_laser_power_watts must be a number > 0 W; got {max_power!r}")
-    if (
-        isinstance(loop_hz, bool)
-        or not isinstance(loop_hz, (int, float))
-        or not math.isfinite(loop_hz)
-        or not loop_hz > 0
-    ):
-        raise LimitsError(f"config treatment_loop_frequency_hz must be a number > 0 Hz; got {loop_hz!r}")
     if actuator is None:
         defaults = default_limits()
         ring_min, ring_max, source = defaults.ring_min_mm, defaults.ring_max_mm, defaults.source
     else:
         (ring_min, ring_max), source = actuator.curve.range, f"active {actuator.describe()}"
     return ValidationLimits(
-        max_system_power_w=float(max_power),
+        max_system_power_w=max_power,
         ring_min_mm=ring_min,
         ring_max_mm=ring_max,
         source=source,
         laser_max_power_w=None if laser is None else laser.curve.range[1],
         laser_source="" if laser is None else f"active {laser.describe()}",
-        loop_hz=float(loop_hz),
+        loop_hz=loop_hz,
     )
 
 

@@ -7,9 +7,10 @@ One :class:`Recorder` serves the controller. It writes:
 * ``safety_log`` rows: :meth:`Recorder.safety` checks and stamps the row, accepts it and returns once it is
   durable (see below);
 * the session's telemetry file (optional, :meth:`Recorder.begin_session` ``telemetry_path``): high-rate
-  samples as JSON lines through :meth:`Recorder.telemetry`; :meth:`Recorder.end_session` closes the file and
-  returns its :class:`~storage.telemetry.TelemetrySummary` (path, line count, SHA-256), which the session's
-  lifecycle (:meth:`control.sessions.SessionService.finish`) writes into the session's row.
+  samples as JSON lines of :mod:`storage.telemetry_line` through :meth:`Recorder.telemetry`;
+  :meth:`Recorder.end_session` closes the file and returns its :class:`~storage.telemetry.TelemetrySummary`
+  (path, line count, SHA-256), which the session's lifecycle
+  (:meth:`control.sessions.SessionService.finish`) writes into the session's row.
 
 Nothing accepted is lost. Every accepted row gets the next number of this recorder's stream and goes through
 one ordered queue (events and safety rows together). A writer task puts the queue into the database in
@@ -81,13 +82,14 @@ from storage.journal import (
     JournalEntry,
     JournalError,
     Table,
-    check_safety_values,
     clear_marks,
     read_marks,
     unwritten,
     write_entries,
 )
+from storage.safety_records import SafetyRecord
 from storage.telemetry import WriteFunction
+from storage.telemetry_line import TelemetrySample
 
 _LOG = logging.getLogger(__name__)
 
@@ -692,64 +694,38 @@ class Recorder:
             return
         self._accept("treatment_events", row, wait=False)
 
-    def telemetry(self, record: Mapping[str, Any]) -> None:
-        """Append one record to the session's telemetry file (one JSON line); never blocks on the disk.
+    def telemetry(self, sample: TelemetrySample) -> None:
+        """Append one sample to the session's telemetry file (one line of the schema of
+        :mod:`storage.telemetry_line`); never blocks on the disk.
 
-        Raises ``ValueError``/``TypeError`` for a record that cannot be written, :class:`RecorderError` when
-        the session has no telemetry file or the file has failed.
+        Raises ``ValueError`` for a sample that cannot be written (a NaN or infinite number),
+        :class:`RecorderError` when the session has no telemetry file or the file has failed.
         """
         current = self._session
         if current is None or current.telemetry is None:
             raise RecorderError("no telemetry file is open")
         try:
-            current.telemetry.append(record)
+            current.telemetry.append(sample.encode())
         except TelemetryError as exc:
             raise RecorderError(str(exc)) from exc
 
-    async def safety(
-        self,
-        event_type: str,
-        severity: str,
-        description: str,
-        *,
-        system_state: str | None = None,
-        laser_state: str | None = None,
-        footpedal_state: bool | None = None,
-        smoothing_device_state: bool | None = None,
-        photodiode_voltage_v: float | None = None,
-        action_taken: str | None = None,
-        details: Mapping[str, Any] | None = None,
-        tech_id: int | None = None,
-    ) -> None:
-        """Accept one ``safety_log`` row, stamped now, and return once it is durable (photodiode in volts).
+    async def safety(self, record: SafetyRecord) -> None:
+        """Accept one ``safety_log`` row, stamped now, and return once it is durable.
 
-        The row belongs to the current session, if any; ``tech_id`` defaults to the session's technician.
-        Raises ``ValueError`` for a bad value (nothing accepted) and :class:`RecorderError` when the row is
-        not durable within ``durable_within_s`` (the recorder is then unhealthy; the row stays held and is
-        written when storage recovers) or the recorder is closed.
+        The row belongs to the current session, if any; a record without ``tech_id`` gets the session's
+        technician. Raises ``ValueError`` for a bad value (nothing accepted) and :class:`RecorderError` when
+        the row is not durable within ``durable_within_s`` (the recorder is then unhealthy; the row stays held
+        and is written when storage recovers) or the recorder is closed.
         """
+        event_type = record.event_type
         if self._closed:
             raise RecorderError(f"the recorder is closed; safety record {event_type!r} refused")
         current = self._session
-        _finite("photodiode_voltage_v", photodiode_voltage_v)
-        if details is not None:
-            _json("details", details)
-        values: dict[str, Any] = {
-            "event_type": event_type,
-            "severity": severity,
-            "description": description,
-            "session_id": None if current is None else current.session_id,
-            "tech_id": tech_id if tech_id is not None or current is None else current.tech_id,
-            "system_state": system_state,
-            "laser_state": laser_state,
-            "footpedal_state": _flag("footpedal_state", footpedal_state),
-            "smoothing_device_state": _flag("smoothing_device_state", smoothing_device_state),
-            "photodiode_voltage_v": photodiode_voltage_v,
-            "action_taken": action_taken,
-            "details": None if details is None else dict(details),
-            "timestamp": self._clock(),
-        }
-        check_safety_values(values)
+        stamped = record.stamped(
+            timestamp=self._clock(),
+            session_id=None if current is None else current.session_id,
+            tech_id=None if current is None else current.tech_id,
+        ).check()
         if self._task is None:
             await self.start()
         if len(self._pending) >= self._max_held_rows:
@@ -758,7 +734,7 @@ class Recorder:
                 f"{self._problem}"
             )
         late = self._late_problem
-        row = self._accept("safety_log", values, wait=True)
+        row = self._accept("safety_log", stamped.values(), wait=True)
         assert row.done is not None
         if late is not None:  # rows are already late: this one is held behind them, no need to wait
             row.done.cancel()

@@ -13,11 +13,12 @@ record) shows:
   action says what it was, by whom and why, e.g. "power override 5.00 W -> 4.50 W in step 1 by tina: subject
   uncomfortable");
 * the **power trace**: commanded and measured laser power over time, read from the session's telemetry file
-  (JSON lines written by :class:`control.recorder.Recorder`; each line holds ``t``, seconds since the session
+  (JSON lines written by :class:`control.recorder.Recorder`, each decoded by
+  :func:`storage.telemetry_line.decode_sample`, the writer's own schema: ``t``, seconds since the session
   opened, ``cmd_w``, the commanded power in watts, and ``p_w``, the measured power in watts or ``null`` when
-  the photodiode had no calibrated reading), reduced to at most ``max_points`` points per series by keeping
-  the first and last sample and the lowest and highest sample of each time bucket, so a short dip or spike
-  stays visible.
+  the photodiode had no calibrated reading, among others), reduced to at most ``max_points`` points per
+  series by keeping the first and last sample and the lowest and highest sample of each time bucket, so a
+  short dip or spike stays visible.
 
 The telemetry file is checked against the session row before it is shown: its path must be recorded, the
 file must exist and read back as JSON objects, and its number of complete lines and SHA-256 must equal the
@@ -53,6 +54,7 @@ from storage import (
     UsersRepository,
     scan_telemetry,
 )
+from storage.telemetry_line import decode_sample
 
 #: Default most points kept per power series.
 DEFAULT_MAX_POINTS: Final = 600
@@ -276,8 +278,8 @@ def _parse_samples(
     """The commanded and measured series of the first ``line_count`` (complete) lines of ``path``.
 
     Raises:
-        TelemetryError: naming the first line that is not a JSON object with a finite ``t`` and ``cmd_w``,
-            and a ``p_w`` that is a finite number or null.
+        TelemetryError: naming the first line that does not follow the telemetry line's schema
+            (:mod:`storage.telemetry_line`) and what is wrong with it.
         OSError: when the file cannot be read.
     """
     commanded: list[tuple[float, float]] = []
@@ -286,26 +288,10 @@ def _parse_samples(
         for number, raw in enumerate(handle, start=1):
             if number > line_count:
                 break
-            try:
-                record = json.loads(raw)
-            except ValueError as exc:
-                raise TelemetryError(f"{path.name} line {number} is not valid JSON: {exc}") from exc
-            if not isinstance(record, dict):
-                raise TelemetryError(f"{path.name} line {number} is not a JSON object")
-            t = _number(record.get("t"))
-            cmd = _number(record.get("cmd_w"))
-            if t is None or cmd is None:
-                raise TelemetryError(
-                    f"{path.name} line {number} lacks a time 't' or a commanded power 'cmd_w'"
-                )
-            commanded.append((t, cmd))
-            measured_w = record.get("p_w")
-            if measured_w is None:
-                continue
-            value = _number(measured_w)
-            if value is None:
-                raise TelemetryError(f"{path.name} line {number} has a measured power that is not a number")
-            measured.append((t, value))
+            sample = decode_sample(raw, f"{path.name} line {number}")
+            commanded.append((sample.t, sample.cmd_w))
+            if sample.p_w is not None:
+                measured.append((sample.t, sample.p_w))
     return commanded, measured
 
 
@@ -368,8 +354,11 @@ class _TreatmentRow:
     event_details: str | None
 
 
-def _parse_details(stored: str | None) -> dict[str, Any] | str | None:
-    """The stored details JSON as a dict; the text itself when it is not a JSON object; None when empty."""
+def _parse_details(stored: str | Mapping[str, Any] | None) -> dict[str, Any] | str | None:
+    """The stored details JSON as a dict; the text itself when it is not a JSON object; None when empty. A
+    mapping (a safety record's details) is taken as it is."""
+    if isinstance(stored, Mapping):
+        return dict(stored) or None
     if stored is None or not stored.strip():
         return None
     try:
@@ -391,7 +380,7 @@ def _detail_value(value: object) -> str:
     return "-" if value is None else str(value)
 
 
-def details_text(stored: str | None) -> str:
+def details_text(stored: str | Mapping[str, Any] | None) -> str:
     """A row's stored details JSON as one readable line: ``key: value`` pairs joined by ``; `` (underscores
     read as spaces, numbers without trailing zeros, true/false as yes/no); text that is not a JSON object is
     returned as stored; "" for none. The ``interlocks`` map is left out (every event has it; the safety log
@@ -584,8 +573,8 @@ async def load_review(
     start = summary.start_time
     safety = [
         ReviewEvent(
-            at=r.timestamp,
-            offset_s=(r.timestamp - start).total_seconds(),
+            at=at,
+            offset_s=(at - start).total_seconds(),
             source="safety",
             kind=r.event_type,
             severity=r.severity,
@@ -594,6 +583,7 @@ async def load_review(
             details=details_text(r.details),
         )
         for r in safety_rows
+        if (at := r.timestamp) is not None  # always: the column is NOT NULL
     ]
     treatment = _treatment_events(treatment_rows, start, who)
     events = _merge(_session_events(summary, who), safety, treatment)

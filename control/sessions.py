@@ -47,8 +47,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from control.settings import read_min_free_disk_mb, read_subject_code_pattern
-from control.subject_codes import CodePattern, CodePatternError, codes_on_disk, record_issued
+from control.settings import read_min_free_disk_mb
 from storage import (
     AuditRepository,
     DataDir,
@@ -65,6 +64,7 @@ from storage import (
     utc_now,
 )
 from storage.maintenance import backup as backup_database
+from storage.safety_records import SafetyRecord
 from storage.telemetry import TelemetrySummary
 
 if TYPE_CHECKING:
@@ -76,8 +76,6 @@ OPEN_STATUSES: Final = ("in_progress", "paused")
 FINISHED_STATUSES: Final = ("completed", "aborted")
 #: The only status changes :meth:`SessionService.set_status` makes: (from, to).
 STATUS_TRANSITIONS: Final = frozenset({("in_progress", "paused"), ("paused", "in_progress")})
-#: The default subject code form (``P-YYYY-NNNN``, ASCII digits); the clinic's ``subject_code_pattern`` rules.
-SUBJECT_CODE_PATTERN: Final = re.compile(r"P-[0-9]{4}-[0-9]{4}")
 #: Characters kept in a folder name made from a subject code (anything else becomes ``_``).
 _UNSAFE_IN_NAME: Final = re.compile(r"[^A-Za-z0-9_.-]")
 #: Longest post-treatment note accepted, in characters.
@@ -422,14 +420,18 @@ class SessionService:
                     found = left_open.get(session_id)
                     was = found.status if found is not None else "open"
                     await log.add(
-                        EVENT_ABORTED_AT_STARTUP,
-                        "warning",
-                        f"session {session_id} was left {was} and was closed as aborted: {reason}",
-                        session_id=session_id,
-                        tech_id=found.tech_id if found is not None else None,
-                        action_taken=ACTION_CLOSED_AS_ABORTED,
-                        details={"previous_status": was, "reason": reason},
-                        timestamp=now,
+                        SafetyRecord(
+                            event_type=EVENT_ABORTED_AT_STARTUP,
+                            severity="warning",
+                            description=(
+                                f"session {session_id} was left {was} and was closed as aborted: {reason}"
+                            ),
+                            session_id=session_id,
+                            tech_id=found.tech_id if found is not None else None,
+                            action_taken=ACTION_CLOSED_AS_ABORTED,
+                            details={"previous_status": was, "reason": reason},
+                            timestamp=now,
+                        )
                     )
             return closed
 
@@ -497,30 +499,21 @@ class SessionService:
                 subject = checked.subject
                 audit = AuditRepository(session)
                 if subject is None:
-                    pattern = await self._new_code_pattern(session, subject_code)
+                    from control.subjects import SubjectError, insert_subject  # subjects imports this module
+
                     try:
-                        await asyncio.to_thread(record_issued, self._data_dir.root, subject_code)
-                    except OSError as exc:
-                        raise SessionRefused(
-                            f"cannot record the issued subject code {subject_code}: {exc}"
-                        ) from exc
-                    subject = await SubjectsRepository(session).add(
-                        subject_code,
-                        created_by_tech_id=user.tech_id,
-                        form=pattern.regex,
-                        form_text=pattern.text,
-                    )
-                    await audit.add(
-                        ACTION_SUBJECT_CREATE,
-                        "success",
-                        tech_id=user.tech_id,
-                        username=user.username,
-                        entity_type=ENTITY_SUBJECT,
-                        entity_id=subject.subject_id,
-                        terminal=self._terminal,
-                        details={"subject_code": subject_code},
-                        timestamp=now,
-                    )
+                        subject_id, _code = await insert_subject(
+                            session,
+                            user=user,
+                            now=now,
+                            code=subject_code,
+                            data_root=self._data_dir.root,
+                            terminal=self._terminal,
+                        )
+                    except SubjectError as exc:
+                        raise SessionRefused(f"a new subject code: {exc}") from None
+                    subject = await SubjectsRepository(session).get_by_id(subject_id)
+                    assert subject is not None
                 repo = SessionsRepository(session)
                 uid = new_session_uid(now)
                 row = await repo.add(
@@ -615,20 +608,16 @@ class SessionService:
         async with self._sessions() as session:
             return await free_space(session, self._data_dir)
 
-    async def _new_code_pattern(self, session: AsyncSession, subject_code: str) -> CodePattern:
-        """The clinic's code pattern, once ``subject_code`` is known to match it and never to have been
-        issued (SessionRefused otherwise)."""
+    async def _check_new_code(self, session: AsyncSession, subject_code: str) -> None:
+        """SessionRefused unless ``subject_code`` may be given to a new subject (the clinic's pattern, never
+        issued before)."""
+        from control.subjects import SubjectError, check_new_code  # subjects imports this module
+
         try:
-            pattern = await read_subject_code_pattern(session)
-            pattern.check(subject_code, example_year=self._clock().year)
-        except CodePatternError as exc:
+            year = self._clock().year
+            await check_new_code(session, subject_code, year=year, data_root=self._data_dir.root)
+        except SubjectError as exc:
             raise SessionRefused(f"a new subject code: {exc}") from None
-        if subject_code in await asyncio.to_thread(codes_on_disk, self._data_dir.root):
-            raise SessionRefused(
-                f"subject code {subject_code} was issued before (the data directory keeps it) and is not in "
-                "this database (restored from an older backup?); codes are never given twice: use a new code"
-            )
-        return pattern
 
     @staticmethod
     def _remove_empty_folders(created: list[Path]) -> None:
@@ -656,7 +645,7 @@ class SessionService:
         if subject is None and not create_subject:
             raise SessionRefused(f"no subject with code {subject_code}")
         if subject is None:
-            await self._new_code_pattern(session, subject_code)
+            await self._check_new_code(session, subject_code)
         if subject is not None and not _is_active(subject.is_active):
             raise SessionRefused(f"subject {subject_code} is inactive")
         protocols = ProtocolsRepository(session)

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Literal, get_args
 
 from control.account_rules import HashingParameters
 from control.clock import Clock, utc_now
-from storage.errors import ConfigValueError
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -109,73 +108,55 @@ class ConsoleSettings:
         return bool(os.environ.get("SSH_CONNECTION"))
 
 
-#: ``system_config`` key: minutes without input before the console locks.
-AUTO_LOCK_KEY = "auto_lock_minutes"
-#: Used when the key is absent or its value is unusable.
-DEFAULT_AUTO_LOCK_MINUTES = 10
-#: Longest automatic-lock delay accepted from the configuration, in minutes (a working day).
-MAX_AUTO_LOCK_MINUTES = 12 * 60
-
-
 async def read_auto_lock_minutes(sessions: async_sessionmaker[AsyncSession]) -> tuple[int, str | None]:
-    """Minutes of inactivity before the console locks, from ``system_config`` (via the config repository).
+    """Minutes of inactivity before the console locks: the setting ``auto_lock_minutes``
+    (:mod:`control.system_config` states its range and default).
 
     Returns ``(minutes, problem)``: ``problem`` is ``None`` normally, or a one-line reason when the stored
-    value was unusable (not an integer, or outside 1 to :data:`MAX_AUTO_LOCK_MINUTES`) and the default of
-    :data:`DEFAULT_AUTO_LOCK_MINUTES` was used instead. A console never runs without an automatic lock.
+    value was refused and the default was used instead. A console never runs without an automatic lock.
     """
     async with sessions() as session:
-        return await _read_int_setting(
-            session, AUTO_LOCK_KEY, DEFAULT_AUTO_LOCK_MINUTES, 1, MAX_AUTO_LOCK_MINUTES, "minutes"
-        )
-
-
-async def _read_int_setting(
-    session: AsyncSession, key: str, default: int, low: int, high: int, unit: str
-) -> tuple[int, str | None]:
-    """An integer setting from ``system_config`` within ``low`` to ``high`` (``unit`` names it in messages),
-    as ``(value, problem)``: ``default`` and a one-line reason when the stored value is unusable."""
-    from storage.repositories import ConfigRepository  # SQLAlchemy: loaded once the database is open
-
-    try:
-        value = await ConfigRepository(session).get(key, default)
-    except ConfigValueError as exc:
-        return default, f"{exc}; using {default} {unit}"
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        return default, f"config {key}: {value!r} is outside {low} to {high} {unit}; using {default} {unit}"
-    return value, None
-
-
-#: ``system_config`` key: free space, in megabytes, the data directory's file system must keep for a session
-#: to open.
-MIN_FREE_DISK_KEY = "min_free_disk_mb"
-#: Used when the key is absent or its value is unusable.
-DEFAULT_MIN_FREE_DISK_MB = 1024
-#: Largest floor accepted from the configuration, in megabytes (10 TB).
-MAX_MIN_FREE_DISK_MB = 10_000_000
+        return await _setting_or_default(session, "auto_lock_minutes", "minutes")
 
 
 async def read_min_free_disk_mb(session: AsyncSession) -> tuple[int, str | None]:
-    """The free-space floor in megabytes from ``system_config``, as ``(megabytes, problem)``.
+    """The free-space floor in megabytes, the setting ``min_free_disk_mb``, as ``(megabytes, problem)``.
 
-    ``problem`` is ``None`` normally, or a one-line reason when the stored value was unusable (not an integer,
-    or outside 0 to :data:`MAX_MIN_FREE_DISK_MB`) and :data:`DEFAULT_MIN_FREE_DISK_MB` was used instead. 0
-    switches the floor off.
+    ``problem`` is ``None`` normally, or a one-line reason when the stored value was refused and the default
+    was used instead. 0 switches the floor off.
     """
-    return await _read_int_setting(
-        session, MIN_FREE_DISK_KEY, DEFAULT_MIN_FREE_DISK_MB, 0, MAX_MIN_FREE_DISK_MB, "MB"
-    )
+    return await _setting_or_default(session, "min_free_disk_mb", "MB")
+
+
+async def _setting_or_default(session: AsyncSession, key: str, unit: str) -> tuple[int, str | None]:
+    """An integer setting, as ``(value, problem)``: its default and a one-line reason when the stored value
+    is refused by the settings model."""
+    from control.system_config import DEFAULTS, SettingError, read_setting  # pydantic: loaded when needed
+
+    try:
+        value = await read_setting(session, key)
+    except SettingError as exc:
+        default = getattr(DEFAULTS, key)
+        return default, f"{exc}; using {default} {unit}"
+    assert isinstance(value, int)
+    return value, None
+
+
+def default_setting(key: str) -> object:
+    """The default of the setting ``key`` (from :mod:`control.system_config`, loaded on first use)."""
+    from control.system_config import spec
+
+    return spec(key).default
 
 
 async def read_subject_code_pattern(session: AsyncSession) -> CodePattern:
-    """The clinic's subject code pattern from ``system_config`` (``subject_code_pattern``, default
-    ``P-YYYY-NNNN``). Raises :class:`~control.subject_codes.CodePatternError` naming the setting when the
-    stored pattern is unusable: codes are never made up from a pattern nobody chose."""
-    from control.subject_codes import DEFAULT_PATTERN, PATTERN_KEY, CodePattern, CodePatternError
-    from storage.repositories import ConfigRepository
+    """The clinic's subject code pattern, the setting ``subject_code_pattern``. Raises
+    :class:`~control.subject_codes.CodePatternError` naming the setting when the stored pattern is refused:
+    codes are never made up from a pattern nobody chose."""
+    from control.subject_codes import CodePattern, CodePatternError
+    from control.system_config import SettingError, read_setting
 
     try:
-        text = await ConfigRepository(session).get(PATTERN_KEY, DEFAULT_PATTERN)
-        return CodePattern.parse(text)
-    except (ConfigValueError, CodePatternError) as exc:
-        raise CodePatternError(f"config {PATTERN_KEY}: {exc}") from None
+        return CodePattern.parse(await read_setting(session, "subject_code_pattern"))
+    except SettingError as exc:
+        raise CodePatternError(str(exc)) from None

@@ -1,7 +1,9 @@
 """Subject codes: the clinic's pattern, and every code already issued, so that none is ever issued twice.
 
-The pattern is the ``system_config`` setting ``subject_code_pattern`` (default :data:`DEFAULT_PATTERN`,
-``P-YYYY-NNNN``). Its language is small:
+This module is the one statement of the subject code rule: every check of a code's form, every next free
+code and every code pattern goes through :class:`CodePattern`. The clinic's pattern is the ``system_config``
+setting ``subject_code_pattern`` (its default, ``P-YYYY-NNNN``, is stated in :mod:`control.system_config`).
+Digits are ASCII ``0-9`` only. The pattern's language is small:
 
 * ``YYYY``: the four-digit year the subject is created in (a typed code may carry any year 1000 to 9999);
 * one run of ``N`` (1 to 9 of them): the subject's number, padded with zeros to the run's length, from 1;
@@ -28,10 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-#: ``system_config`` key of the pattern.
-PATTERN_KEY: Final = "subject_code_pattern"
-#: The pattern used when the setting is absent (the seed's form).
-DEFAULT_PATTERN: Final = "P-YYYY-NNNN"
 #: Longest pattern accepted, in characters.
 MAX_PATTERN_LENGTH: Final = 32
 #: Most digits a number run may have.
@@ -188,9 +186,7 @@ def record_issued(data_root: Path, code: str) -> None:
 
 
 __all__ = [
-    "DEFAULT_PATTERN",
     "ISSUED_CODES_FILE",
-    "PATTERN_KEY",
     "CodePattern",
     "CodePatternError",
     "codes_on_disk",

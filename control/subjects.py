@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -45,16 +44,12 @@ from control.settings import read_subject_code_pattern
 from control.subject_codes import CodePattern, CodePatternError, codes_on_disk, record_issued
 from storage import AuditRepository, DataDir, SessionsRepository, Subject, TechUser, TreatmentSession
 
-#: A subject code of the default pattern: ``P-`` four-digit year ``-`` four-digit number (ASCII digits only).
-SUBJECT_CODE_PATTERN: Final = re.compile(r"P-([0-9]{4})-([0-9]{4})")
 #: Values accepted in ``subjects.gender`` (None means not recorded).
 GENDERS: Final = ("female", "male", "other", "unknown")
 #: Earliest birth date accepted.
 EARLIEST_BIRTH_DATE: Final = date(1900, 1, 1)
 #: Longest subject note accepted, in characters.
 MAX_NOTES_LENGTH: Final = 2000
-#: Highest number a code can have within one year.
-MAX_CODE_NUMBER: Final = 9999
 #: How many times :meth:`SubjectService.create` tries the next number after losing a race for a code.
 CREATE_ATTEMPTS: Final = 20
 #: Most rows :meth:`SubjectService.find` returns in one call.
@@ -136,16 +131,6 @@ def history_totals(rows: Sequence[HistoryRow]) -> HistoryTotals:
     )
 
 
-def check_code(code: str) -> str:
-    """Return ``code`` if it has the default form ``P-YYYY-NNNN`` with a number from 0001; SubjectError
-    otherwise (the service checks against the configured pattern instead)."""
-    if not isinstance(code, str) or not SUBJECT_CODE_PATTERN.fullmatch(code):
-        raise SubjectError(f"subject code must look like P-YYYY-NNNN (e.g. P-2026-0001); got {code!r}")
-    if int(code[-4:]) == 0:
-        raise SubjectError(f"subject code numbers start at 0001; got {code}")
-    return code
-
-
 def check_gender(gender: str | None) -> str | None:
     """Return ``gender`` (None or one of :data:`GENDERS`); SubjectError for anything else."""
     if gender is None or gender in GENDERS:
@@ -223,6 +208,111 @@ def _with_counts() -> Any:
     )
 
 
+async def _code_pattern(session: AsyncSession) -> CodePattern:
+    """The clinic's pattern; SubjectError when the setting is unusable."""
+    try:
+        return await read_subject_code_pattern(session)
+    except CodePatternError as exc:
+        raise SubjectError(str(exc)) from None
+
+
+async def _next_free(session: AsyncSession, year: int, pattern: CodePattern, on_disk: frozenset[str]) -> str:
+    """The next free code of ``year``: one more than the highest number among the database's codes and the
+    codes ``on_disk`` (the one algorithm, :meth:`CodePattern.next_code`)."""
+    codes = (await session.execute(select(Subject.subject_code))).scalars()
+    try:
+        return pattern.next_code(itertools.chain(codes, on_disk), year)
+    except CodePatternError as exc:
+        raise SubjectError(str(exc)) from None
+
+
+def _issued_codes(data_root: Path | None) -> frozenset[str]:
+    return frozenset() if data_root is None else frozenset(codes_on_disk(data_root))
+
+
+async def check_new_code(session: AsyncSession, code: str, *, year: int, data_root: Path | None) -> None:
+    """Refuse (SubjectError) a typed ``code`` for a new subject unless it has the clinic's pattern with a
+    number from 1 and was never issued according to the data directory ``data_root`` (None: not checked)."""
+    pattern = await _code_pattern(session)
+    try:
+        pattern.check(code, example_year=year)
+    except CodePatternError as exc:
+        raise SubjectError(str(exc)) from None
+    on_disk = await asyncio.to_thread(_issued_codes, data_root)
+    if code in on_disk:
+        following = await _next_free(session, year, pattern, on_disk)
+        raise SubjectError(
+            f"subject code {code} was issued before (the data directory keeps it); "
+            f"codes are never given twice: the next free code is {following}"
+        )
+
+
+async def insert_subject(
+    session: AsyncSession,
+    *,
+    user: TechUser,
+    now: datetime,
+    code: str | None = None,
+    data_root: Path | None = None,
+    terminal: str | None = None,
+    date_of_birth: date | None = None,
+    gender: str | None = None,
+    notes: str | None = None,
+) -> tuple[int, str]:
+    """Create one subject in the caller's transaction and return its id and code: the only way a subject is
+    created (the subjects screen through :meth:`SubjectService.create`, and a session opened for a new code).
+
+    A given ``code`` is checked by :func:`check_new_code`; without one the next free code of ``now``'s year
+    is taken. The code is appended to the data directory's issued codes file (when ``data_root`` is given)
+    before the row is written, and an ``audit_log`` row ``subject_create`` is written with it. The caller has
+    checked ``date_of_birth``, ``gender`` and ``notes``. SubjectError for a refused code; the database's
+    IntegrityError when another console wrote the same code first.
+    """
+    if code is not None:
+        await check_new_code(session, code, year=now.year, data_root=data_root)
+        chosen = code
+    else:
+        on_disk = await asyncio.to_thread(_issued_codes, data_root)
+        chosen = await _next_free(session, now.year, await _code_pattern(session), on_disk)
+    if data_root is not None:
+        try:
+            await asyncio.to_thread(record_issued, data_root, chosen)
+        except OSError as exc:
+            raise SubjectError(
+                f"cannot record the issued code {chosen} in the data directory: {exc}"
+            ) from exc
+    result = await session.execute(
+        insert(Subject)
+        .values(
+            subject_code=chosen,
+            date_of_birth=date_of_birth,
+            gender=gender,
+            notes=notes,
+            created_by_tech_id=user.tech_id,
+            created_date=now,
+            is_active=True,
+        )
+        .returning(Subject.subject_id)
+    )
+    subject_id = int(result.scalar_one())
+    await AuditRepository(session).add(
+        ACTION_SUBJECT_CREATE,
+        "success",
+        tech_id=user.tech_id,
+        username=user.username,
+        entity_type=ENTITY_SUBJECT,
+        entity_id=subject_id,
+        terminal=terminal,
+        details={
+            "subject_code": chosen,
+            "date_of_birth": date_of_birth.isoformat() if date_of_birth else None,
+            "gender": gender,
+        },
+        timestamp=now,
+    )
+    return subject_id, chosen
+
+
 class SubjectService:
     """Subject operations against the records database.
 
@@ -249,23 +339,10 @@ class SubjectService:
             None if data_dir is None else data_dir.root if isinstance(data_dir, DataDir) else Path(data_dir)
         )
 
-    async def _on_disk(self) -> frozenset[str]:
-        """Codes the data directory shows were issued (none when the service has no data directory)."""
-        if self._data_root is None:
-            return frozenset()
-        return frozenset(await asyncio.to_thread(codes_on_disk, self._data_root))
-
-    @staticmethod
-    async def _pattern(session: AsyncSession) -> CodePattern:
-        try:
-            return await read_subject_code_pattern(session)
-        except CodePatternError as exc:
-            raise SubjectError(str(exc)) from None
-
     async def pattern(self) -> CodePattern:
         """The clinic's subject code pattern (SubjectError when the setting is unusable)."""
         async with self._sessions() as session:
-            return await self._pattern(session)
+            return await _code_pattern(session)
 
     # -- reading -------------------------------------------------------------------------------------------
 
@@ -298,26 +375,15 @@ class SubjectService:
         """The next free code of the clinic's pattern in ``year`` (default: the clock's year): one more than
         the highest number used that year in the database or issued before (see the module documentation);
         codes not of the pattern's form are ignored."""
-        on_disk = await self._on_disk()
+        on_disk = await asyncio.to_thread(_issued_codes, self._data_root)
         async with self._sessions() as session:
-            pattern = await self._pattern(session)
-            return await self._next_code(session, self._year(year), pattern, on_disk)
+            return await _next_free(session, self._year(year), await _code_pattern(session), on_disk)
 
     def _year(self, year: int | None) -> int:
         chosen = self._clock().year if year is None else year
         if isinstance(chosen, bool) or not isinstance(chosen, int) or not 1000 <= chosen <= 9999:
             raise SubjectError(f"the year of a subject code must have four digits; got {chosen!r}")
         return chosen
-
-    @staticmethod
-    async def _next_code(
-        session: AsyncSession, year: int, pattern: CodePattern, on_disk: frozenset[str] = frozenset()
-    ) -> str:
-        codes = (await session.execute(select(Subject.subject_code))).scalars()
-        try:
-            return pattern.next_code(itertools.chain(codes, on_disk), year)
-        except CodePatternError as exc:
-            raise SubjectError(str(exc)) from None
 
     async def history(self, subject_code: str) -> list[HistoryRow]:
         """The subject's sessions, newest first, with each session's summary numbers."""
@@ -361,59 +427,21 @@ class SubjectService:
         gender = check_gender(gender)
         notes = check_notes(notes)
         for _attempt in range(CREATE_ATTEMPTS):
-            on_disk = await self._on_disk()
             try:
                 async with self._sessions() as session, session.begin():
                     user = await session.get(TechUser, created_by_tech_id)
                     if user is None:
                         raise SubjectError(f"no user with id {created_by_tech_id}")
-                    pattern = await self._pattern(session)
-                    if code is not None:
-                        try:
-                            pattern.check(code, example_year=now.year)
-                        except CodePatternError as exc:
-                            raise SubjectError(str(exc)) from None
-                        if code in on_disk:
-                            following = await self._next_code(session, now.year, pattern, on_disk)
-                            raise SubjectError(
-                                f"subject code {code} was issued before (the data directory keeps it); "
-                                f"codes are never given twice: the next free code is {following}"
-                            )
-                        chosen = code
-                    else:
-                        chosen = await self._next_code(session, now.year, pattern, on_disk)
-                    if self._data_root is not None:
-                        try:
-                            await asyncio.to_thread(record_issued, self._data_root, chosen)
-                        except OSError as exc:
-                            raise SubjectError(
-                                f"cannot record the issued code {chosen} in the data directory: {exc}"
-                            ) from exc
-                    result = await session.execute(
-                        insert(Subject)
-                        .values(
-                            subject_code=chosen,
-                            date_of_birth=dob,
-                            gender=gender,
-                            notes=notes,
-                            created_by_tech_id=created_by_tech_id,
-                            created_date=now,
-                            is_active=True,
-                        )
-                        .returning(Subject.subject_id)
-                    )
-                    subject_id = int(result.scalar_one())
-                    await self._audit(
+                    _subject_id, chosen = await insert_subject(
                         session,
-                        ACTION_SUBJECT_CREATE,
-                        user,
-                        subject_id,
-                        {
-                            "subject_code": chosen,
-                            "date_of_birth": dob.isoformat() if dob else None,
-                            "gender": gender,
-                        },
-                        now,
+                        user=user,
+                        now=now,
+                        code=code,
+                        data_root=self._data_root,
+                        terminal=self._terminal,
+                        date_of_birth=dob,
+                        gender=gender,
+                        notes=notes,
                     )
             except IntegrityError as exc:
                 if not _is_code_collision(exc):
@@ -577,15 +605,15 @@ __all__ = [
     "EARLIEST_BIRTH_DATE",
     "GENDERS",
     "MAX_NOTES_LENGTH",
-    "SUBJECT_CODE_PATTERN",
     "HistoryRow",
     "HistoryTotals",
     "SubjectError",
     "SubjectInfo",
     "SubjectService",
     "check_birth_date",
-    "check_code",
     "check_gender",
+    "check_new_code",
     "check_notes",
     "history_totals",
+    "insert_subject",
 ]

@@ -36,7 +36,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
+from control.system_config import DEFAULTS as _SETTINGS
 from devices.safety import EventKind, SafetyEvent, SafetySample
+from storage.safety_records import SafetyRecord
 
 _LOG = logging.getLogger(__name__)
 
@@ -139,21 +141,8 @@ class FaultInfo:
     at: float
 
 
-@dataclass(frozen=True)
-class SafetyEntry:
-    """One safety_log row the supervisor asks to be written (after it has acted)."""
-
-    event_type: str
-    severity: str
-    description: str
-    system_state: str
-    laser_state: str
-    footpedal_state: bool | None
-    smoothing_device_state: bool | None
-    photodiode_voltage_v: float | None
-    action_taken: str | None
-    details: Mapping[str, Any] | None = None
-    tech_id: int | None = None
+#: One safety_log row the supervisor asks to be written (after it has acted): the one row type.
+SafetyEntry = SafetyRecord
 
 
 class LaserPort(Protocol):
@@ -226,13 +215,13 @@ class Readings:
 
 @dataclass(frozen=True)
 class Limits:
-    """Configured thresholds (seed ``system_config`` and DEVICES.md defaults)."""
+    """Configured thresholds (defaults: :mod:`control.system_config` and DEVICES.md)."""
 
-    photodiode_warning_percent: float = 15.0
-    photodiode_fault_percent: float = 30.0
+    photodiode_warning_percent: float = _SETTINGS.photodiode_warning_threshold_percent
+    photodiode_fault_percent: float = _SETTINGS.photodiode_fault_threshold_percent
     tec_window_c: float = 1.0
     vibration_min_g: float = 0.8
-    max_power_w: float = 10.0
+    max_power_w: float = _SETTINGS.max_laser_power_watts
 
 
 class SafetySupervisor:

@@ -67,7 +67,6 @@ if TYPE_CHECKING:
         RECORDING_TYPES,
         ROLES,
         SESSION_STATUSES,
-        SEVERITIES,
         VIEW_NAMES,
         AuditLog,
         Base,
@@ -97,6 +96,7 @@ if TYPE_CHECKING:
         TreatmentEventsRepository,
         UsersRepository,
     )
+    from storage.safety_records import SEVERITIES, SafetyRecord
     from storage.telemetry import (
         TelemetryError,
         TelemetrySummary,
@@ -152,7 +152,8 @@ _SOURCES: dict[str, str] = {
     "RECORDING_TYPES": "storage.models",
     "ROLES": "storage.models",
     "SESSION_STATUSES": "storage.models",
-    "SEVERITIES": "storage.models",
+    "SEVERITIES": "storage.safety_records",
+    "SafetyRecord": "storage.safety_records",
     "SafetyLog": "storage.models",
     "SessionRecording": "storage.models",
     "Subject": "storage.models",
@@ -214,6 +215,7 @@ __all__ = [
     "RestoreResult",
     "SafetyLog",
     "SafetyLogRepository",
+    "SafetyRecord",
     "SessionRecording",
     "SessionsRepository",
     "StorageError",

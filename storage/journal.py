@@ -36,7 +36,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.errors import StorageError
-from storage.repositories import SafetyLogRepository, TreatmentEventsRepository, _safety_values
+from storage.repositories import SafetyLogRepository, TreatmentEventsRepository
+from storage.safety_records import SafetyRecord
 
 #: The journal's file name in the data directory.
 JOURNAL_FILE: Final = "tosca.journal"
@@ -61,7 +62,8 @@ class JournalEntry:
     """One accepted row: its writer's ``stream``, its ``seq`` in that stream, its table and column values.
 
     ``values`` holds the columns as the repositories take them: a naive UTC datetime under ``timestamp``,
-    everything else numbers, booleans, text or None (``details`` of a safety row may be a mapping).
+    everything else numbers, booleans, text or None; a safety row's values are
+    :meth:`storage.safety_records.SafetyRecord.values`.
     """
 
     stream: str
@@ -246,16 +248,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def check_safety_values(values: Mapping[str, Any]) -> None:
-    """Raise ``ValueError`` if ``values`` (a safety row as :func:`write_entries` takes it) is refused."""
-    columns = dict(values)
-    event_type = columns.pop("event_type", None)
-    severity = columns.pop("severity", None)
-    description = columns.pop("description", None)
-    timestamp = columns.pop("timestamp", None)
-    _safety_values(event_type, severity, description, timestamp, columns)
-
-
 # ---- the database side
 
 
@@ -323,14 +315,7 @@ async def write_entries(session: AsyncSession, entries: Sequence[JournalEntry]) 
         if events:
             await repo.add_many(events)
             events = []
-        columns = dict(entry.values)
-        await log.append(
-            columns.pop("event_type"),
-            columns.pop("severity"),
-            columns.pop("description"),
-            timestamp=columns.pop("timestamp"),
-            **columns,
-        )
+        await log.add(SafetyRecord.from_values(entry.values))
     if events:
         await repo.add_many(events)
     for stream, seq in highest.items():
@@ -345,7 +330,6 @@ __all__ = [
     "JournalEntry",
     "JournalError",
     "Table",
-    "check_safety_values",
     "clear_marks",
     "decode_line",
     "encode_entry",

@@ -39,22 +39,20 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from storage.safety_records import SEVERITIES
+
 #: The roles a console user can have, weakest first.
 ROLES: Final = ("technician", "engineer", "admin")
 #: Allowed ``sessions.status`` values.
 SESSION_STATUSES: Final = ("in_progress", "completed", "aborted", "paused")
-#: Allowed ``safety_log.severity`` values, mildest first.
-SEVERITIES: Final = ("info", "warning", "critical", "emergency")
 #: Allowed ``session_recordings.recording_type`` values.
 RECORDING_TYPES: Final = ("video", "snapshot", "focus_stack")
 #: Allowed ``system_config.config_type`` values.
 CONFIG_TYPES: Final = ("string", "integer", "float", "boolean", "json")
 #: Allowed ``audit_log.outcome`` values.
 AUDIT_OUTCOMES: Final = ("success", "failure")
-#: The seed's ``subjects.subject_code`` form (P-YYYY-NNNN) as an SQLite GLOB.
-SUBJECT_CODE_GLOB: Final = "P-[0-9][0-9][0-9][0-9]-[0-9][0-9][0-9][0-9]"
 #: ``subjects.subject_code`` CHECK: 1 to 32 characters of ``A-Z a-z 0-9 - _`` (a clinic's own pattern; codes
-#: are also folder names). The console checks codes against the configured pattern.
+#: are also folder names). The console checks codes against the clinic's pattern (``control.subject_codes``).
 SUBJECT_CODE_CHECK: Final = (
     "length(subject_code) BETWEEN 1 AND 32 AND subject_code NOT GLOB '*[^A-Za-z0-9_-]*'"
 )
@@ -149,7 +147,7 @@ class TechUser(Base):
 
 
 class Subject(Base):
-    """A treated subject, known only by a pseudonymous code ``P-YYYY-NNNN``."""
+    """A treated subject, known only by a pseudonymous code of the clinic's pattern."""
 
     __tablename__ = "subjects"
     __table_args__ = (

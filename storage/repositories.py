@@ -27,9 +27,8 @@ from __future__ import annotations
 import functools
 import json
 import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from typing import Any, Final
 
@@ -43,7 +42,6 @@ from storage.models import (
     RECORDING_TYPES,
     ROLES,
     SESSION_STATUSES,
-    SEVERITIES,
     AuditLog,
     Calibration,
     Protocol,
@@ -57,8 +55,7 @@ from storage.models import (
     TreatmentSession,
     utc_now,
 )
-
-SUBJECT_CODE_RE: Final = re.compile(r"P-(\d{4})-(\d{4})")
+from storage.safety_records import SafetyRecord
 
 #: Columns a caller may give for one treatment event in :meth:`TreatmentEventsRepository.add_many`.
 TREATMENT_EVENT_COLUMNS: Final = frozenset(c.key for c in TreatmentEvent.__table__.columns) - {"event_id"}
@@ -353,7 +350,7 @@ class AuditRepository:
 
 
 class SubjectsRepository:
-    """Treated subjects, known by their code ``P-YYYY-NNNN``."""
+    """Treated subjects, known by their code (the clinic's pattern, default ``P-YYYY-NNNN``)."""
 
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
@@ -367,19 +364,6 @@ class SubjectsRepository:
         """Return the subject with this id, or None."""
         return await self.session.get(Subject, subject_id)
 
-    async def next_free_code(self, year: int | None = None) -> str:
-        """Return the next unused code ``P-YYYY-NNNN`` of ``year`` (default: this year, UTC)."""
-        year = utc_now().year if year is None else year
-        if not 1000 <= year <= 9999:
-            raise ValueError(f"year must have four digits; got {year}")
-        prefix = f"P-{year:04d}-"
-        query = select(func.max(Subject.subject_code)).where(Subject.subject_code.like(f"{prefix}%"))
-        highest = (await self.session.execute(query)).scalar_one_or_none()
-        number = 1 if highest is None else int(highest[len(prefix) :]) + 1
-        if number > 9999:
-            raise ValueError(f"no subject codes left in {year}")
-        return f"{prefix}{number:04d}"
-
     async def add(
         self,
         subject_code: str,
@@ -388,13 +372,11 @@ class SubjectsRepository:
         date_of_birth: date | None = None,
         gender: str | None = None,
         notes: str | None = None,
-        form: re.Pattern[str] = SUBJECT_CODE_RE,
-        form_text: str = "P-YYYY-NNNN",
     ) -> Subject:
-        """Insert a subject; the code must match ``form`` (by default ``P-YYYY-NNNN``; a clinic's own pattern
-        is given with its text for the message) and be unused."""
-        if not form.fullmatch(subject_code or ""):
-            raise ValueError(f"subject code must look like {form_text}; got {subject_code!r}")
+        """Insert a subject with an unused code. The code's form is the console's rule
+        (``control.subject_codes``, checked before a subject is created); the database's CHECK keeps it to 1
+        to 32 characters of ``A-Z a-z 0-9 - _``."""
+        _require_text("subject_code", subject_code)
         if await self.find_subject_by_code(subject_code) is not None:
             raise ValueError(f"subject code {subject_code} already exists")
         subject = Subject(
@@ -783,92 +765,21 @@ class TreatmentEventsRepository:
 # ---- safety
 
 
-_SAFETY_COLUMNS: Final = frozenset(
-    {
-        "session_id",
-        "tech_id",
-        "system_state",
-        "laser_state",
-        "footpedal_state",
-        "smoothing_device_state",
-        "photodiode_voltage_v",
-        "action_taken",
-        "details",
-    }
-)
-
-
-def _safety_values(
-    event_type: str, severity: str, description: str, timestamp: datetime | None, columns: Mapping[str, Any]
-) -> dict[str, Any]:
-    """The checked column values of one safety_log row."""
-    _require_text("event_type", event_type)
-    _require_choice("severity", severity, SEVERITIES)
-    _require_text("description", description)
-    unknown = set(columns) - _SAFETY_COLUMNS
-    if unknown:
-        raise ValueError(f"safety_log has no column {', '.join(sorted(unknown))}")
-    values = {name: columns.get(name) for name in _SAFETY_COLUMNS}
-    values["details"] = _json_text("details", columns.get("details"))
-    values.update(
-        timestamp=timestamp or utc_now(), event_type=event_type, severity=severity, description=description
-    )
-    return values
-
-
 class SafetyLogRepository:
-    """Safety events (append-only; the database refuses UPDATE and DELETE)."""
+    """Safety events (append-only; the database refuses UPDATE and DELETE), as :class:`SafetyRecord`."""
 
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def add(
-        self,
-        event_type: str,
-        severity: str,
-        description: str,
-        *,
-        session_id: int | None = None,
-        tech_id: int | None = None,
-        system_state: str | None = None,
-        laser_state: str | None = None,
-        footpedal_state: bool | None = None,
-        smoothing_device_state: bool | None = None,
-        photodiode_voltage_v: float | None = None,
-        action_taken: str | None = None,
-        details: Mapping[str, Any] | None = None,
-        timestamp: datetime | None = None,
-    ) -> SafetyLog:
-        """Append one safety event (severity info/warning/critical/emergency; photodiode in volts)."""
-        columns = {
-            "session_id": session_id,
-            "tech_id": tech_id,
-            "system_state": system_state,
-            "laser_state": laser_state,
-            "footpedal_state": footpedal_state,
-            "smoothing_device_state": smoothing_device_state,
-            "photodiode_voltage_v": photodiode_voltage_v,
-            "action_taken": action_taken,
-            "details": details,
-        }
-        entry = SafetyLog(**_safety_values(event_type, severity, description, timestamp, columns))
-        self.session.add(entry)
-        await self.session.flush()
-        return entry
-
-    async def append(
-        self,
-        event_type: str,
-        severity: str,
-        description: str,
-        *,
-        timestamp: datetime | None = None,
-        **columns: Any,
-    ) -> int:
-        """Append one safety event as :meth:`add` does, without building an ORM object (the controller
-        writes one per transition, on its control loop); returns the new ``log_id``."""
-        values = _safety_values(event_type, severity, description, timestamp, columns)
-        result = await self.session.execute(insert(SafetyLog).values(**values).returning(SafetyLog.log_id))
+    async def add(self, record: SafetyRecord) -> int:
+        """Append one safety event and return its ``log_id``; ``ValueError`` (nothing written) when the record
+        cannot be stored. A record without a timestamp is stamped now (UTC)."""
+        record.check()
+        if record.timestamp is None:
+            record = replace(record, timestamp=utc_now())
+        result = await self.session.execute(
+            insert(SafetyLog).values(**record.columns()).returning(SafetyLog.log_id)
+        )
         return int(result.scalar_one())
 
     async def safety_events_last_24h(self) -> list[SafetyEventRow]:
@@ -886,10 +797,10 @@ class SafetyLogRepository:
         )
         return [SafetyEventRow(*row) for row in await self.session.execute(query)]
 
-    async def for_session(self, session_id: int) -> list[SafetyLog]:
+    async def for_session(self, session_id: int) -> list[SafetyRecord]:
         """Return a session's safety events, oldest first."""
         query = select(SafetyLog).where(SafetyLog.session_id == session_id).order_by(SafetyLog.log_id)
-        return list((await self.session.execute(query)).scalars())
+        return [SafetyRecord.from_row(row) for row in (await self.session.execute(query)).scalars()]
 
     async def safety_events_summary(self) -> list[SafetySummaryRow]:
         """The ``safety_events_summary`` view: counts per day (newest first), severity and event type."""

@@ -66,7 +66,7 @@ from textual.worker import Worker, WorkerState
 
 from control.account_rules import UserInfo
 from control.ipc_errors import CommandFailed, ControllerUnavailable
-from control.settings import DEFAULT_AUTO_LOCK_MINUTES, ConsoleSettings, read_auto_lock_minutes
+from control.settings import ConsoleSettings, default_setting, read_auto_lock_minutes
 from control.terminal import detect_terminal
 from storage.errors import StorageError
 from storage.paths import DataDir
@@ -209,8 +209,8 @@ class ToscaApp(App[int]):
         self.snapshots_shown = 0
         #: The logged-in user, or None.
         self.user: UserInfo | None = None
-        #: Inactivity after which the console locks (from ``system_config`` at each login).
-        self.auto_lock = timedelta(minutes=DEFAULT_AUTO_LOCK_MINUTES)
+        #: Inactivity after which the console locks (from ``system_config`` at each login; None before).
+        self.auto_lock: timedelta | None = None
         self.last_activity = settings.clock()
         #: Set once the terminal has hung up (SIGHUP): the console is closing.
         self.hung_up = False
@@ -553,7 +553,7 @@ class ToscaApp(App[int]):
             self.last_activity = self.settings.clock()
             return
         idle = self.settings.clock() - self.last_activity
-        if idle >= self.auto_lock:
+        if self.auto_lock is not None and idle >= self.auto_lock:
             self.lock(idle_minutes=round(idle.total_seconds() / 60, 1))
 
     @property
@@ -594,10 +594,9 @@ class ToscaApp(App[int]):
         try:
             minutes, problem = await read_auto_lock_minutes(self.accounts.sessions)
         except database_errors() as exc:
-            minutes, problem = (
-                DEFAULT_AUTO_LOCK_MINUTES,
-                f"cannot read auto_lock_minutes ({exc}); using default",
-            )
+            default = default_setting("auto_lock_minutes")
+            assert isinstance(default, int)
+            minutes, problem = (default, f"cannot read auto_lock_minutes ({exc}); using default")
         self.auto_lock = timedelta(minutes=minutes)
         if problem is not None:
             self.notify(problem, severity="warning", timeout=15)

@@ -35,6 +35,7 @@ from control.controller import TICK_S, Controller
 from control.recorder import DEFAULT_DURABLE_WITHIN_S, GUARD_PERIOD_S, Recorder, RecorderError
 from control.supervisor import Refused, SystemState, Term
 from storage import DataDir, scan_telemetry
+from storage.safety_records import SafetyRecord
 from storage.telemetry import DEFAULT_FLUSH_INTERVAL_S
 from tests.support import RIG_TEST, protocol_json
 
@@ -102,15 +103,15 @@ class Accepted:
             assert recorder.dropped_events == dropped
             self.events.append(event_type)
 
-        async def spy_safety(event_type: str, severity: str, description: str, **columns: Any) -> None:
+        async def spy_safety(record: SafetyRecord) -> None:
             try:
-                await safety(event_type, severity, description, **columns)
+                await safety(record)
             except RecorderError as exc:
                 if "not durable yet" not in str(exc):
                     raise
-                self.safety.append(description)  # accepted and held; it is written when storage recovers
+                self.safety.append(record.description)  # accepted and held; written when storage recovers
                 raise
-            self.safety.append(description)
+            self.safety.append(record.description)
 
         monkeypatch.setattr(recorder, "event", spy_event)
         monkeypatch.setattr(recorder, "safety", spy_safety)

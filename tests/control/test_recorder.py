@@ -7,6 +7,7 @@ import errno
 import hashlib
 import json
 import logging
+import math
 import os
 import sqlite3
 import time
@@ -31,6 +32,8 @@ from control.recorder import (
 )
 from storage import apply_pragmas, create_engine, session_factory, utc_now
 from storage.journal import MARK_KEY, Journal, JournalEntry, write_entries
+from storage.safety_records import SafetyRecord
+from storage.telemetry_line import TelemetrySample, decode_sample
 from tests.support import FakeClock
 
 START = datetime(2026, 3, 14, 9, 30, 0)
@@ -272,19 +275,28 @@ async def test_bad_events_are_refused_and_nothing_is_queued(recorder: Recorder, 
 async def test_safety_records_are_written_at_once_with_the_session_and_its_technician(
     recorder: Recorder, db_path: Path
 ) -> None:
-    await recorder.safety("controller_started", "info", "Controller started", system_state="IDLE")
+    await recorder.safety(
+        SafetyRecord(
+            event_type="controller_started",
+            severity="info",
+            description="Controller started",
+            system_state="IDLE",
+        )
+    )
     await recorder.begin_session(2, 1, started_mono=1000.0, started_at=START)
     await recorder.safety(
-        "photodiode_deviation",
-        "warning",
-        "Measured power 18 % below commanded",
-        system_state="TREATING",
-        laser_state="on",
-        footpedal_state=True,
-        smoothing_device_state=True,
-        photodiode_voltage_v=2.1,
-        action_taken="logged",
-        details={"deviation_percent": -18.0},
+        SafetyRecord(
+            event_type="photodiode_deviation",
+            severity="warning",
+            description="Measured power 18 % below commanded",
+            system_state="TREATING",
+            laser_state="on",
+            footpedal_state=True,
+            smoothing_device_state=True,
+            photodiode_voltage_v=2.1,
+            action_taken="logged",
+            details={"deviation_percent": -18.0},
+        )
     )
     rows = _rows(
         db_path, "SELECT * FROM safety_log WHERE event_type != 'database_initialized' ORDER BY log_id"
@@ -296,9 +308,11 @@ async def test_safety_records_are_written_at_once_with_the_session_and_its_techn
     assert rows[1]["timestamp"] == "2026-03-14 09:30:00.000000"
     assert json.loads(rows[1]["details"]) == {"deviation_percent": -18.0}
     with pytest.raises(ValueError, match="severity must be one of"):
-        await recorder.safety("x", "bad", "d")
+        await recorder.safety(SafetyRecord(event_type="x", severity="bad", description="d"))
     with pytest.raises(ValueError, match="photodiode_voltage_v must be a finite number"):
-        await recorder.safety("x", "info", "d", photodiode_voltage_v=float("nan"))
+        await recorder.safety(
+            SafetyRecord(event_type="x", severity="info", description="d", photodiode_voltage_v=math.nan)
+        )
     assert len(_rows(db_path, "SELECT * FROM safety_log")) == 3
     assert recorder.healthy
 
@@ -342,25 +356,43 @@ async def test_an_unreadable_data_root_is_a_storage_problem(
         await rec.close()
 
 
+def _sample(t: float, *, pd_v: float = 0.5) -> TelemetrySample:
+    return TelemetrySample(
+        t=t,
+        pd_v=pd_v,
+        p_w=None,
+        cmd_w=0.0,
+        on=False,
+        pedal=True,
+        estop=False,
+        vib_g=0.0,
+        enable=False,
+        state="ready",
+        pos_um=None,
+    )
+
+
 async def test_the_telemetry_file_is_closed_at_the_end_and_its_summary_returned(
     recorder: Recorder, db_path: Path, data_root: Path
 ) -> None:
     relative = Path("sessions/P-2026-0001/1/telemetry.jsonl")
     await recorder.begin_session(1, 1, started_mono=1000.0, started_at=START, telemetry_path=relative)
     for index in range(120):
-        recorder.telemetry({"t_ms": index * 10, "photodiode_v": index / 40, "pedal": True})
-    with pytest.raises(ValueError, match="'photodiode_v' is not a finite number"):
-        recorder.telemetry({"t_ms": 1200, "photodiode_v": float("nan")})
+        recorder.telemetry(_sample(index / 100, pd_v=index / 40))
+    with pytest.raises(ValueError, match="'pd_v' is not a finite number"):
+        recorder.telemetry(_sample(1.2, pd_v=math.nan))
     recorder.event("laser_on")
     summary = await recorder.end_session()
     assert summary is not None and recorder.session_id is None
     data = (data_root / relative).read_bytes()
     assert summary.path == data_root / relative
     assert (summary.line_count, summary.size_bytes) == (120, len(data))
+    decoded = [decode_sample(line, f"line {n}") for n, line in enumerate(data.splitlines(), start=1)]
+    assert decoded == [_sample(index / 100, pd_v=index / 40) for index in range(120)]
     assert summary.sha256 == hashlib.sha256(data).hexdigest()
     assert len(_events(db_path)) == 1 and recorder.healthy
     with pytest.raises(RecorderError, match="no telemetry file is open"):
-        recorder.telemetry({"t_ms": 0})
+        recorder.telemetry(_sample(0.0))
     with pytest.raises(RecorderError, match="no session is being recorded"):
         await recorder.end_session()
 
@@ -416,11 +448,11 @@ async def test_a_full_disk_under_the_telemetry_file_makes_it_unhealthy_until_the
     try:
         await rec.begin_session(1, 1, started_mono=0.0, started_at=START, telemetry_path=Path("t.jsonl"))
         for index in range(50):  # the 50th line is written at once, and fails
-            rec.telemetry({"t": index})
+            rec.telemetry(_sample(index))
         assert not rec.healthy and len(changes) == 1 and rec.telemetry_open
         assert changes[0][1] is not None
         assert changes[0][1].startswith("the disk holding the records is full: telemetry write to")
-        rec.telemetry({"t": 50})  # held behind the others
+        rec.telemetry(_sample(50))  # held behind the others
         assert await rec.recheck() is False
         full["on"] = False  # space freed: the telemetry flusher writes every held line
         await _wait_until(lambda: rec.healthy)
@@ -465,7 +497,9 @@ async def test_a_locked_database_journals_the_rows_stays_healthy_and_the_retry_w
         recorder.event("power_change", commanded_w=5.0 + index)
     started = time.monotonic()
     # Returns once the row is durable: here in the journal, well within the bound.
-    await recorder.safety("e_stop_pressed", "critical", "E-stop pressed")
+    await recorder.safety(
+        SafetyRecord(event_type="e_stop_pressed", severity="critical", description="E-stop pressed")
+    )
     assert time.monotonic() - started < DEFAULT_DURABLE_WITHIN_S
     await _wait_until(lambda: recorder.journaled_rows == 4)
     journal = recorder.journal_path
@@ -525,7 +559,11 @@ async def test_when_neither_the_database_nor_the_journal_takes_a_row_it_is_unhea
     assert "the disk holding the records is full: No space left on device" in changes[0][1]
     assert "the records database is locked by another process" in changes[0][1]
     with pytest.raises(RecorderError, match="safety record 'interlock_failure' not durable yet"):
-        await recorder.safety("interlock_failure", "critical", "storage cannot record")
+        await recorder.safety(
+            SafetyRecord(
+                event_type="interlock_failure", severity="critical", description="storage cannot record"
+            )
+        )
     mono.now = 1001.0
     recorder.event("laser_off")
     assert recorder.held_rows == 3 and recorder.journaled_rows == 0
@@ -556,7 +594,11 @@ async def test_a_clean_close_with_the_database_locked_journals_every_row_and_the
     for index in range(1, 6):
         mono.now = index / 10
         rec.event("power_change", commanded_w=float(index))
-    await rec.safety("state_change", "info", "treating -> armed: footpedal released")
+    await rec.safety(
+        SafetyRecord(
+            event_type="state_change", severity="info", description="treating -> armed: footpedal released"
+        )
+    )
     mono.now = 0.9
     rec.event("laser_off")
     with caplog.at_level(logging.WARNING, logger="control.recorder"):
@@ -720,7 +762,9 @@ async def test_a_read_only_database_makes_it_unhealthy_and_the_journal_keeps_the
         rec.event("laser_on")
         await _wait_until(lambda: not rec.healthy)
         assert changes == [(False, problem)]  # not only a lock: emission must stop
-        await rec.safety("e_stop_pressed", "critical", "E-stop pressed")  # durable in the journal
+        await rec.safety(
+            SafetyRecord(event_type="e_stop_pressed", severity="critical", description="E-stop pressed")
+        )  # durable in the journal
         assert await rec.recheck() is False
         assert changes == [(False, problem)] and rec.journaled_rows == 2
     finally:

@@ -32,7 +32,6 @@ from storage import (
     AuditLog,
     DataDir,
     Protocol,
-    SafetyLog,
     TechUser,
     TreatmentSession,
 )
@@ -45,6 +44,7 @@ from storage.repositories import (
     TreatmentEventsRepository,
     UsersRepository,
 )
+from storage.safety_records import SafetyRecord
 from tests.support import FakeClock
 
 TERMINAL = "/dev/tty1"
@@ -767,7 +767,7 @@ async def test_close_interrupted_aborts_open_sessions_and_logs_them(
         async with sessions() as session:
             logged = await SafetyLogRepository(session).for_session(ids[status])
         assert len(logged) == 1
-        entry: SafetyLog = logged[0]
+        entry = logged[0]
         assert (entry.event_type, entry.severity, entry.action_taken) == (
             EVENT_ABORTED_AT_STARTUP,
             "warning",
@@ -776,7 +776,7 @@ async def test_close_interrupted_aborts_open_sessions_and_logs_them(
         assert entry.timestamp == clock.now
         assert entry.tech_id == records["alice"]
         assert DEFAULT_INTERRUPTED_REASON in entry.description
-        assert json.loads(entry.details or "{}")["previous_status"] == status
+        assert entry.details is not None and entry.details["previous_status"] == status
     untouched = await session_row(sessions, ids["completed"])
     assert untouched.status == "completed"
     async with sessions() as session:
@@ -819,7 +819,12 @@ async def test_summary_counts_events_and_safety_rows(
             ]
         )
         await SafetyLogRepository(session).add(
-            "photodiode_warning", "warning", "measured 18 % below commanded", session_id=opened.session_id
+            SafetyRecord(
+                event_type="photodiode_warning",
+                severity="warning",
+                description="measured 18 % below commanded",
+                session_id=opened.session_id,
+            )
         )
     shown = await service.summary_of(opened.session_id)
     assert shown["event_count"] == 3

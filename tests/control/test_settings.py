@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from control.settings import DEFAULT_AUTO_LOCK_MINUTES, ConsoleSettings, read_auto_lock_minutes
+from control.settings import ConsoleSettings, read_auto_lock_minutes
 from storage.repositories import ConfigRepository
 
 
@@ -20,7 +20,6 @@ async def test_auto_lock_defaults_to_the_seeded_ten_minutes(
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
     assert await read_auto_lock_minutes(sessions) == (10, None)
-    assert DEFAULT_AUTO_LOCK_MINUTES == 10
 
 
 async def test_auto_lock_follows_the_configuration(sessions: async_sessionmaker[AsyncSession]) -> None:
@@ -34,7 +33,7 @@ async def test_unusable_auto_lock_falls_back_to_the_default_and_says_why(
 ) -> None:
     await set_auto_lock(sessions, minutes)
     value, problem = await read_auto_lock_minutes(sessions)
-    assert value == DEFAULT_AUTO_LOCK_MINUTES
+    assert value == 10
     assert problem is not None and f"{minutes}" in problem and "using 10 minutes" in problem
 
 

@@ -4,6 +4,7 @@ database was restored from an older backup (the session folders and the issued c
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -180,3 +181,99 @@ async def test_after_restoring_an_older_backup_no_code_is_reused_and_no_folder_c
         assert (treated.folder / "telemetry.jsonl").read_text() == '{"t": 0}\n'
     finally:
         await engine.dispose()
+
+
+# ---- one rule, one way to create a subject
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "P-2026-\u0661\u0662\u0663\u0664",  # Arabic-Indic digits
+        "P-\uff12\uff10\uff12\uff16-0001",  # full-width digits
+        "P-2026-\u09e7\u09e8\u09e9\u09ea",  # Bengali digits
+    ],
+)
+def test_only_ascii_digits_make_a_code(code: str) -> None:
+    pattern = CodePattern.parse("P-YYYY-NNNN")
+    assert pattern.parse_code(code) is None
+    with pytest.raises(CodePatternError, match="must look like P-YYYY-NNNN"):
+        pattern.check(code, example_year=2026)
+    assert pattern.next_code([code], 2026) == "P-2026-0001"
+
+
+async def test_a_non_ascii_code_is_refused_by_the_subjects_screen_and_by_a_session(
+    sessions: async_sessionmaker[AsyncSession], clock: FakeClock, tech_id: int, db_path: Path
+) -> None:
+    code = "P-2026-\u0661\u0662\u0663\u0664"
+    subjects = SubjectService(sessions, clock, data_dir=db_path.parent)
+    with pytest.raises(SubjectError, match="must look like P-YYYY-NNNN"):
+        await subjects.create(created_by_tech_id=tech_id, code=code)
+    service = SessionService(sessions, DataDir(db_path.parent), clock=clock)
+    with pytest.raises(SessionRefused, match="a new subject code: subject code must look like P-YYYY-NNNN"):
+        await service.open(
+            subject_code=code, username="alice", protocol_name=PROTOCOL, create_subject=True, backup=False
+        )
+
+
+async def _created_record(sessions: async_sessionmaker[AsyncSession], code: str) -> tuple[object, ...]:
+    from sqlalchemy import select
+
+    from storage import AuditLog, Subject
+
+    async with sessions() as db:
+        subject = (await db.execute(select(Subject).where(Subject.subject_code == code))).scalar_one()
+        audit = (
+            await db.execute(
+                select(AuditLog).where(
+                    AuditLog.action == "subject_create", AuditLog.entity_id == subject.subject_id
+                )
+            )
+        ).scalar_one()
+    return (
+        subject.created_date,
+        subject.created_by_tech_id,
+        subject.is_active,
+        audit.username,
+        json.loads(audit.details or "{}"),
+    )
+
+
+async def test_a_subject_made_by_a_session_is_made_as_the_subjects_screen_makes_it(
+    sessions: async_sessionmaker[AsyncSession], clock: FakeClock, tech_id: int, db_path: Path
+) -> None:
+    data_dir = DataDir(db_path.parent)
+    subjects = SubjectService(sessions, clock, data_dir=data_dir)
+    by_screen = await subjects.create(created_by_tech_id=tech_id, code="P-2026-0005")
+    service = SessionService(sessions, data_dir, clock=clock)
+    await service.open(
+        subject_code="P-2026-0006",
+        username="alice",
+        protocol_name=PROTOCOL,
+        create_subject=True,
+        backup=False,
+    )
+    screen_record = await _created_record(sessions, by_screen.subject_code)
+    session_record = await _created_record(sessions, "P-2026-0006")
+    assert screen_record[:4] == session_record[:4] == (clock(), tech_id, True, "alice")
+    assert screen_record[4] == {"subject_code": "P-2026-0005", "date_of_birth": None, "gender": None}
+    assert session_record[4] == {"subject_code": "P-2026-0006", "date_of_birth": None, "gender": None}
+    # Both are recorded as issued, so neither is ever given again.
+    assert {"P-2026-0005", "P-2026-0006"} <= codes_on_disk(data_dir.root)
+    assert await subjects.next_code() == "P-2026-0007"
+
+
+def test_no_other_module_states_the_subject_code_rule() -> None:
+    """Outside control/subject_codes.py no module states a code's form (a P-YYYY-NNNN regular expression or
+    GLOB, with [0-9] or \\d), so every check and every next code goes through CodePattern."""
+    root = Path(__file__).resolve().parents[2]
+    form = re.compile(r"P-\(?(\[0-9\]|\\d)")
+    offenders = [
+        f"{path.relative_to(root)}:{number}"
+        for package in ("control", "storage", "tui")
+        for path in sorted((root / package).rglob("*.py"))
+        if path.name != "subject_codes.py"
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+        if form.search(line)
+    ]
+    assert offenders == []

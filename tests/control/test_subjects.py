@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from control import subjects as subjects_module
 from control.subjects import (
     ACTION_SUBJECT_DEACTIVATE,
     ACTION_SUBJECT_UPDATE,
@@ -163,7 +164,7 @@ async def test_a_lost_race_for_a_code_retries_with_the_next_number(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     service = SubjectService(sessions, clock)
-    real = SubjectService._next_code
+    real = subjects_module._next_free
     answers: list[str] = []
 
     async def other_console_first(session: AsyncSession, year: int, *rest: Any) -> str:
@@ -174,7 +175,7 @@ async def test_a_lost_race_for_a_code_retries_with_the_next_number(
         answers.append(code)
         return code
 
-    monkeypatch.setattr(SubjectService, "_next_code", staticmethod(other_console_first))
+    monkeypatch.setattr(subjects_module, "_next_free", other_console_first)
     created = await service.create(created_by_tech_id=tech_id)
     assert answers == ["P-2026-0001", "P-2026-0002"]
     assert created.subject_code == "P-2026-0002"

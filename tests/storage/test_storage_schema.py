@@ -24,6 +24,7 @@ from storage.repositories import (
     TreatmentEventsRepository,
     UsersRepository,
 )
+from storage.safety_records import SafetyRecord
 
 # ---- the seed's SQL, copied verbatim from seeds/000 (only `?` parameters are bound)
 
@@ -613,13 +614,22 @@ async def _populate(factory: async_sessionmaker[AsyncSession], db_path: Path) ->
             )
         safety = SafetyLogRepository(s)
         await safety.add(
-            "e_stop_pressed",
-            "critical",
-            "E-stop",
-            session_id=running.session_id,
-            timestamp=now - timedelta(hours=1),
+            SafetyRecord(
+                event_type="e_stop_pressed",
+                severity="critical",
+                description="E-stop",
+                session_id=running.session_id,
+                timestamp=now - timedelta(hours=1),
+            )
         )
-        await safety.add("footpedal_released", "info", "old", timestamp=now - timedelta(days=2))
+        await safety.add(
+            SafetyRecord(
+                event_type="footpedal_released",
+                severity="info",
+                description="old",
+                timestamp=now - timedelta(days=2),
+            )
+        )
         await s.commit()
         return {
             "first": first.subject_id,

@@ -40,6 +40,7 @@ from control.accounts import AccountService, UserInfo
 from control.controller import Controller
 from control.review import load_review
 from storage import DataDir, create_engine, session_factory
+from storage.telemetry_line import TelemetrySample
 from tests.support import CHEAP
 from tui.link import ConsoleLink
 from tui.screens._base import ScreenContext, SessionFinished
@@ -318,7 +319,20 @@ def _telemetry_lines() -> bytes:
         measured = round(cmd * 0.98, 4) if on else 0.0
         if 8.0 <= t < 8.2:
             measured = 0.5
-        lines.append(json.dumps({"t": t, "p_w": measured, "cmd_w": round(cmd, 4), "on": on}) + "\n")
+        sample = TelemetrySample(
+            t=t,
+            pd_v=measured / 2,
+            p_w=measured,
+            cmd_w=cmd,
+            on=on,
+            pedal=on,
+            estop=False,
+            vib_g=1.0 if on else 0.0,
+            enable=on,
+            state="treating" if on else "ready",
+            pos_um=None,
+        )
+        lines.append(json.dumps(sample.encode()) + "\n")
     return "".join(lines).encode()
 
 
