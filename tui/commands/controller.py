@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import logging
 import os
 import signal
 from pathlib import Path
@@ -48,11 +49,25 @@ def run(args: argparse.Namespace) -> int:
             config = rig_config_from_ports(json.loads(args.ports.read_text(encoding="utf-8")))
         except (OSError, ValueError) as exc:
             return fail(f"controller: bad port file {args.ports}: {exc}")
+    log_to_stderr()
     priority = raise_priority()
     try:
         return asyncio.run(_serve(Path(args.data_dir), bool(args.sim), config, priority))
     except (RigError, Refused, OSError, RuntimeError) as exc:
         return fail(f"controller: {exc}")
+
+
+def log_to_stderr() -> None:
+    """Informational lines and above, with their time and source, on standard error: the kiosk's service
+    hands them to the journal, and a controller started by a console writes them to ``logs/controller.log``.
+    A device that drops its link, reconnects or answers badly is named there."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    for noisy in ("aiosqlite", "sqlalchemy", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def rig_config_from_ports(ports: object) -> RigConfig:
