@@ -52,12 +52,13 @@
 
 enum { WDT_IDLE = 0, WDT_FED = 1, WDT_EXPIRED = 2 };
 
-/* Push flags: set in interrupts (or the main loop), sent by the main loop. */
-#define EV_PEDAL 0x01
-#define EV_ESTOP 0x02
-#define EV_ENABLE 0x04
-#define EV_WDT 0x08
-#define EV_SAMPLE 0x10
+/* Push events: queued in order where they happen (mostly interrupts), sent by the main loop. A code is the
+ * kind times two plus the level. */
+#define EV_PEDAL 1
+#define EV_ESTOP 2
+#define EV_ENABLE 3
+#define EV_WDT 4
+#define EVQ_SIZE 32
 
 /* ------------------------------------------------------------------- state shared with the interrupts */
 static volatile uint8_t pedal;          /* last sampled footpedal (1 pressed) */
@@ -67,7 +68,11 @@ static volatile uint8_t wdt_state;      /* WDT_IDLE, WDT_FED, WDT_EXPIRED */
 static volatile uint16_t wdt_left_ms;   /* countdown while WDT_FED; expiry at 0 */
 static volatile uint16_t wdt_timeout_ms = WDT_DEFAULT_MS;
 static volatile uint8_t enable;         /* LASER_ENABLE as driven */
-static volatile uint8_t events;         /* EV_* flags waiting to be sent */
+static volatile uint8_t evq[EVQ_SIZE];  /* push events waiting to be sent */
+static volatile uint8_t evq_head;
+static volatile uint8_t evq_tail;
+static volatile uint8_t evq_lost;       /* the queue overflowed: resend the levels that differ */
+static volatile uint8_t sample_due;     /* a stream sample is due */
 static volatile uint32_t millis_count;  /* ms since reset */
 static volatile uint8_t stream_hz;
 static uint16_t stream_acc;             /* touched only by the timer interrupt */
@@ -89,6 +94,18 @@ static uint8_t told_pedal;
 static uint8_t told_estop;
 static uint8_t told_enable;
 
+/* Queue one push event. Interrupts must be off. */
+static inline void push_event(uint8_t kind, uint8_t level)
+{
+    uint8_t next = (uint8_t)((evq_head + 1) & (EVQ_SIZE - 1));
+    if (next == evq_tail) {
+        evq_lost = 1;
+        return;
+    }
+    evq[evq_head] = (uint8_t)(kind << 1 | level);
+    evq_head = next;
+}
+
 /* Recompute LASER_ENABLE from the state and drive the pin. Interrupts must be off (an ISR, or cli()). */
 static inline void apply_enable(void)
 {
@@ -100,7 +117,7 @@ static inline void apply_enable(void)
     }
     if (on != enable) {
         enable = on;
-        events |= EV_ENABLE;
+        push_event(EV_ENABLE, on);
     }
 }
 
@@ -127,11 +144,11 @@ static inline void sample_inputs(void)
     uint8_t e = ESTOP_PRESSED() ? 1 : 0;
     if (p != pedal) {
         pedal = p;
-        events |= EV_PEDAL;
+        push_event(EV_PEDAL, p);
     }
     if (e != estop) {
         estop = e;
-        events |= EV_ESTOP;
+        push_event(EV_ESTOP, e);
         if (e) {
             armed = 0; /* pressing the E-stop disarms: releasing it never re-enables by itself */
         }
@@ -166,7 +183,8 @@ ISR(TIMER2_COMPA_vect)
         wdt_state = WDT_EXPIRED;
         armed = 0;
         motor_stop();
-        events |= EV_WDT;
+        apply_enable();
+        push_event(EV_WDT, 1);
     }
     sample_inputs();
     apply_enable();
@@ -174,7 +192,7 @@ ISR(TIMER2_COMPA_vect)
         stream_acc += stream_hz;
         if (stream_acc >= 1000) {
             stream_acc -= 1000;
-            events |= EV_SAMPLE;
+            sample_due = 1;
         }
     }
 }
@@ -273,21 +291,6 @@ static uint16_t adc_millivolts(uint8_t channel)
 }
 
 /* ----------------------------------------------------------------------------------------- push lines */
-/* Levels and pending flags are taken together, so a flag always goes with the level it belongs to. */
-static uint8_t snap_pedal, snap_estop, snap_enable;
-
-static uint8_t take_events(void)
-{
-    cli();
-    uint8_t ev = events;
-    events = 0;
-    snap_pedal = pedal;
-    snap_estop = estop;
-    snap_enable = enable;
-    sei();
-    return ev;
-}
-
 static void send_sample(void)
 {
     cli();
@@ -310,51 +313,55 @@ static void send_sample(void)
     end_line();
 }
 
-/* Send what changed, in the order footpedal, E-stop, enable, watchdog. Levels are compared with what the host
- * was last told, so a change and its reversal between two passes are both reported. */
+static void send_event(uint8_t code)
+{
+    uint8_t kind = code >> 1;
+    uint8_t level = code & 1;
+    if (kind == EV_PEDAL) {
+        put_P(PSTR("EVT:FOOTPEDAL:"));
+        told_pedal = level;
+    } else if (kind == EV_ESTOP) {
+        put_P(PSTR("EVT:ESTOP:"));
+        told_estop = level;
+    } else if (kind == EV_ENABLE) {
+        put_P(PSTR("EVT:ENABLE:"));
+        told_enable = level;
+    } else {
+        put_P(PSTR("EVT:WDT:"));
+    }
+    put((uint8_t)('0' + level));
+    end_line();
+}
+
+/* Send the queued push events in the order they happened, then a due sample. */
 static void flush_events(void)
 {
-    uint8_t ev = take_events();
-    if (ev & (EV_PEDAL | EV_ESTOP | EV_ENABLE | EV_WDT)) {
-        uint8_t p = snap_pedal, e = snap_estop, en = snap_enable;
-        if ((ev & EV_PEDAL) || p != told_pedal) {
-            if (p == told_pedal) {
-                put_P(PSTR("EVT:FOOTPEDAL:"));
-                put((uint8_t)('0' + !p));
-                end_line();
-            }
-            put_P(PSTR("EVT:FOOTPEDAL:"));
-            put((uint8_t)('0' + p));
-            end_line();
-            told_pedal = p;
+    for (;;) {
+        uint8_t code, lost, p, e, en;
+        cli();
+        if (evq_tail != evq_head) {
+            code = evq[evq_tail];
+            evq_tail = (uint8_t)((evq_tail + 1) & (EVQ_SIZE - 1));
+            sei();
+            send_event(code);
+            continue;
         }
-        if ((ev & EV_ESTOP) || e != told_estop) {
-            if (e == told_estop) {
-                put_P(PSTR("EVT:ESTOP:"));
-                put((uint8_t)('0' + !e));
-                end_line();
-            }
-            put_P(PSTR("EVT:ESTOP:"));
-            put((uint8_t)('0' + e));
-            end_line();
-            told_estop = e;
+        lost = evq_lost;
+        evq_lost = 0;
+        p = pedal;
+        e = estop;
+        en = enable;
+        sei();
+        if (lost) {
+            /* More changes than the queue holds: at least the present levels reach the host. */
+            if (p != told_pedal) send_event((uint8_t)(EV_PEDAL << 1 | p));
+            if (e != told_estop) send_event((uint8_t)(EV_ESTOP << 1 | e));
+            if (en != told_enable) send_event((uint8_t)(EV_ENABLE << 1 | en));
         }
-        if ((ev & EV_ENABLE) || en != told_enable) {
-            if (en == told_enable) {
-                put_P(PSTR("EVT:ENABLE:"));
-                put((uint8_t)('0' + !en));
-                end_line();
-            }
-            put_P(PSTR("EVT:ENABLE:"));
-            put((uint8_t)('0' + en));
-            end_line();
-            told_enable = en;
-        }
-        if (ev & EV_WDT) {
-            line_P(PSTR("EVT:WDT:1"));
-        }
+        break;
     }
-    if (ev & EV_SAMPLE) {
+    if (sample_due) {
+        sample_due = 0;
         send_sample();
     }
 }
@@ -539,7 +546,7 @@ static void handle_line(char *cmd)
         cli();
         stream_hz = (uint8_t)value;
         stream_acc = 0;
-        events &= (uint8_t)~EV_SAMPLE;
+        sample_due = 0;
         sei();
         put_P(PSTR("OK:STREAM:"));
         put_uint(value);
