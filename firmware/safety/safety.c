@@ -17,6 +17,7 @@
 #include <avr/interrupt.h>
 #include <avr/io.h>
 #include <avr/pgmspace.h>
+#include <avr/sleep.h>
 #include <avr/wdt.h>
 #include <stdint.h>
 
@@ -642,6 +643,8 @@ static void setup(void)
     EIFR = (uint8_t)(_BV(INTF1) | _BV(INTF0));
     EIMSK = (uint8_t)(_BV(INT1) | _BV(INT0));
 
+    set_sleep_mode(SLEEP_MODE_IDLE);
+
     /* Start from the pins' present levels; the host has been told nothing yet. */
     pedal = PEDAL_PRESSED() ? 1 : 0;
     estop = ESTOP_PRESSED() ? 1 : 0;
@@ -667,5 +670,16 @@ int main(void)
             flush_events();
         }
         flush_events();
+        /* Idle until the next interrupt (a received byte, an input edge, the 1 kHz tick) when there is
+         * nothing to do. Interrupts are enabled by the instruction just before SLEEP, so one arriving after
+         * the check still wakes the loop. */
+        cli();
+        if (rx_tail == rx_head && evq_tail == evq_head && !evq_lost && !sample_due) {
+            sleep_enable();
+            sei();
+            sleep_cpu();
+            sleep_disable();
+        }
+        sei();
     }
 }

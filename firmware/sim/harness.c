@@ -57,6 +57,7 @@
 #define F_CPU 16000000ULL
 #define QUEUE_SIZE 65536
 #define FLOOD_LINE 100
+#define SWITCH_GAP_CYCLES 2000ULL
 
 static avr_t *avr;
 static int lockstep;
@@ -243,6 +244,13 @@ static void queue_rx(const uint8_t *data, size_t n)
     }
 }
 
+/* simavr's own sleep handling waits in real time; the harness paces time itself (or not at all). */
+static void no_wait(avr_t *core, avr_cycle_count_t how_long)
+{
+    (void)core;
+    (void)how_long;
+}
+
 static int step(void)
 {
     int state = avr_run(avr);
@@ -318,6 +326,16 @@ static int command(char *line)
         return 0;
     }
     out("OK");
+    if (!lockstep && (strcmp(word, "PEDAL") == 0 || strcmp(word, "ESTOP") == 0)) {
+        /* Switch changes that arrive together are still apart in simulated time (125 us), as real contacts
+         * are, so the firmware sees every edge. */
+        avr_cycle_count_t end = avr->cycle + SWITCH_GAP_CYCLES;
+        while (avr->cycle < end) {
+            if (step() < 0) {
+                return -1;
+            }
+        }
+    }
     return 0;
 }
 
@@ -360,25 +378,40 @@ static uint64_t now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
 }
 
+/* Simulated time follows the wall clock. Inputs are looked at after at most SLICE cycles, so a host that is
+ * short of CPU sees replies late by at most about that much; when the simulation falls more than MAX_LAG
+ * behind, the backlog is dropped and the simulated clock runs slow for a moment instead (the firmware's
+ * timings stretch, never shrink). */
+#define SLICE_CYCLES 16000ULL
+#define MAX_LAG_CYCLES (F_CPU / 20ULL)
+
 static int run_realtime(void)
 {
     uint64_t start_ns = now_ns();
     avr_cycle_count_t start_cycle = avr->cycle;
     uint8_t buf[4096];
     for (;;) {
-        /* Catch up with the wall clock, then wait for input or the next millisecond. */
         uint64_t elapsed = now_ns() - start_ns;
         avr_cycle_count_t target = start_cycle + (avr_cycle_count_t)(elapsed * F_CPU / 1000000000ULL);
+        if (target > avr->cycle + MAX_LAG_CYCLES) {
+            start_cycle -= target - avr->cycle - MAX_LAG_CYCLES;
+            target = avr->cycle + MAX_LAG_CYCLES;
+        }
+        avr_cycle_count_t slice_end = avr->cycle + SLICE_CYCLES;
+        if (target > slice_end) {
+            target = slice_end;
+        }
         while (avr->cycle < target) {
             if (step() < 0) {
                 return 3;
             }
         }
+        int behind = (avr_cycle_count_t)(start_cycle + (now_ns() - start_ns) * F_CPU / 1000000000ULL) > avr->cycle;
         struct pollfd fds[2] = {
             {.fd = STDIN_FILENO, .events = POLLIN},
             {.fd = pty_master, .events = POLLIN},
         };
-        int ready = poll(fds, 2, 1);
+        int ready = poll(fds, 2, behind ? 0 : 1);
         if (ready < 0 && errno != EINTR) {
             return 1;
         }
@@ -464,6 +497,7 @@ int main(int argc, char **argv)
     close(saved_stdout);
     avr->frequency = (uint32_t)F_CPU;
     avr->vcc = avr->avcc = avr->aref = 5000;
+    avr->sleep = no_wait;
     core_reset = avr->reset;
     avr->reset = on_reset;
 

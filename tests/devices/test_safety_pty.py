@@ -1,4 +1,5 @@
-"""The safety board driver against the safety board simulator over a real pty."""
+"""The safety board driver over a real pty, against both safety boards: the Python simulator and the C firmware
+on a simulated ATmega328P (skipped, saying why, only where the AVR toolchain or simavr is not installed)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 import pytest
 
 from devices.safety import EventKind, EventStream, NotReady, SafetyBoardDriver, SafetyEvent
+from devices.sim.firmware import FirmwarePort, FirmwareSafetyBoard, missing_tools
 from devices.sim.model import PhysicalModel
 from devices.sim.pty import PtyDevice
 from devices.sim.safety import SafetyBoardSim
@@ -19,7 +21,7 @@ from devices.transport import BadReply, LineTransport
 class Recorder:
     """A line handler that records every line and counts heartbeats before the simulator handles it."""
 
-    def __init__(self, sim: SafetyBoardSim) -> None:
+    def __init__(self, sim: SafetyBoardSim | FirmwareSafetyBoard) -> None:
         self.sim = sim
         self.lines: list[str] = []
         self.heartbeats = 0
@@ -38,19 +40,29 @@ class Recorder:
 @dataclass
 class Board:
     model: PhysicalModel
-    sim: SafetyBoardSim
+    sim: SafetyBoardSim | FirmwareSafetyBoard
     recorder: Recorder
     device: PtyDevice
     transport: LineTransport
     driver: SafetyBoardDriver
 
 
-@pytest.fixture
-async def board() -> AsyncIterator[Board]:
+@pytest.fixture(params=["python", "firmware"])
+async def board(request: pytest.FixtureRequest) -> AsyncIterator[Board]:
     model = PhysicalModel(seed=2)
-    sim = SafetyBoardSim(model)
-    recorder = Recorder(sim)
-    device = PtyDevice("safety", recorder, eol=b"\n", seed=5)
+    sim: SafetyBoardSim | FirmwareSafetyBoard
+    device: PtyDevice
+    if request.param == "firmware":
+        missing = missing_tools()
+        if missing:
+            pytest.skip(f"safety firmware under simavr: not installed: {', '.join(missing)}")
+        sim = FirmwareSafetyBoard(model)
+        recorder = Recorder(sim)
+        device = FirmwarePort("safety", recorder, forward=sim.receive, eol=b"\n", seed=5)
+    else:
+        sim = SafetyBoardSim(model)
+        recorder = Recorder(sim)
+        device = PtyDevice("safety", recorder, eol=b"\n", seed=5)
     await device.start()
     sim.attach(device)
     await sim.start()
