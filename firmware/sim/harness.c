@@ -16,7 +16,7 @@
  *   ESTOP <0|1>          E-stop released/pressed (pin D3: 1 -> high, normally-closed contact opens)
  *   ADC <channel> <mV>   analog input voltage, 0..5000 mV (channel 0 photodiode, 1 vibration at 1 V per g)
  *   RX <hex>             lock-step only: bytes for the UART, delivered at line rate
- *   FLOOD <0|1>          keep the UART input saturated with random bytes (an LF every 100 bytes, so the
+ *   FLOOD <0|1>          keep the UART input saturated with random bytes (an LF every 250 bytes, so the
  *                        board also sees and answers over-long lines); lock-step and real time
  *   RUN <cycles>         lock-step only: run that many cycles, then answer "T <cycle>" instead of OK
  *   QUIT                 end (so does the end of stdin)
@@ -56,7 +56,7 @@
 
 #define F_CPU 16000000ULL
 #define QUEUE_SIZE 65536
-#define FLOOD_LINE 100
+#define FLOOD_LINE 250
 #define SWITCH_GAP_CYCLES 2000ULL
 
 static avr_t *avr;
