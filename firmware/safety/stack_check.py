@@ -88,10 +88,13 @@ def main() -> int:
         for line in code[name]:
             if re.search(r"\bi(?:call|jmp)\b", line):
                 raise SystemExit(f"stack check: indirect call in {name}; the estimate needs a static call graph")
-            m = re.search(r"\br?call\b.*<([^>+]+)(?:\+0x[0-9a-f]+)?>", line)
+            # A call, or a jump to the start of another function (a naked vector hands over to its handler).
+            m = re.search(r"\br?call\b.*<([^>+]+)(?:\+0x[0-9a-f]+)?>", line) or re.search(
+                r"\br?jmp\b.*<([^>+]+)>", line
+            )
             if re.search(r"\brcall\s+\.\+0\b", line):
                 continue
-            if m and m.group(1) in code:
+            if m and m.group(1) in code and m.group(1) != name:
                 found.add(m.group(1))
         return found
 
