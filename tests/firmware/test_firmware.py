@@ -262,3 +262,26 @@ def test_the_release_build_has_no_hang_command(firmware: FirmwareBuild, build: s
         board.write(b"HANG\n")
         board.run_ms(300)
         assert bool(board.resets) is (build == "hang")
+
+
+def test_a_chattering_pedal_on_a_flooded_line_neither_resets_nor_loses_the_last_level(
+    board: LockstepBoard,
+) -> None:
+    """Edges faster than the line can report (one every 0.6 ms for 400 ms, 16 bytes of push line each) with
+    garbage arriving at full baud: the board keeps up where it matters and is not reset by its own watchdog."""
+    assert board.query("WDT_TIMEOUT:2000") == ["OK:WDT_TIMEOUT:2000"]
+    arm_and_press(board)
+    board.flood(True)
+    pressed = True
+    for _ in range(660):
+        pressed = not pressed
+        board.pedal(pressed)
+        board.run(9_600)
+        assert board.enable is pressed
+    board.flood(False)
+    board.run_ms(400)
+    assert not board.resets and not board.crashed
+    pedal_events = [text for _, text in board.sent if text.startswith("EVT:FOOTPEDAL:")]
+    assert pedal_events[-1] == f"EVT:FOOTPEDAL:{int(pressed)}"
+    # The leading LF ends whatever the overrun left of the last garbage line (answered as an error).
+    assert board.query("\nGET_FOOTPEDAL", replies=2)[-1] == f"FOOTPEDAL:{int(pressed)}"
