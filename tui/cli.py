@@ -1,8 +1,8 @@
 """The ``tosca`` command line.
 
-``tosca [--data-dir DIR] [--sim] [--kiosk] [--safety-board python|firmware]`` opens the console; the sub-commands are thin wrappers over
-``control``, ``devices`` and ``storage``. Exit codes: 0 success, 1 refused or failed (one-line reason on
-stderr), 2 usage. Every ``tosca`` process first sets its umask to 027
+``tosca [--data-dir DIR] [--sim] [--kiosk] [--safety-board python|firmware]`` opens the console; the
+sub-commands are thin wrappers over ``control``, ``devices`` and ``storage``. Exit codes: 0 success, 1 refused
+or failed (one-line reason on stderr), 2 usage. Every ``tosca`` process first sets its umask to 027
 (:func:`storage.paths.set_process_umask`): what it writes in the data directory (records, backups, logs,
 session files) is never readable by other local users, whatever umask it was started with. Each sub-command
 lives in its own module under :mod:`tui.commands`. Every module is loaded to build the parser, so each keeps

@@ -14,8 +14,8 @@ Two ways to run it:
   exactly as for every other simulated device. LASER_ENABLE reaches ``model.laser_enable`` (the laser
   simulator's interlock input), the PWM duty reaches ``model.motor_pwm``, and the photodiode and vibration
   voltages of the model are sent to the ADC inputs every few milliseconds.
-* :class:`LockstepBoard`: lock-step, for firmware-level tests and the benchmark. Time moves only when told to, in
-  exact cycles, and the UART is read and written through the harness's own lines.
+* :class:`LockstepBoard`: lock-step, for firmware-level tests and the benchmark. Time moves only when told to,
+  in exact cycles, and the UART is read and written through the harness's own lines.
 
 :func:`build` compiles the firmware and the harness with ``make`` into a cache directory (``make`` rebuilds
 only what changed) and raises :class:`ToolchainMissing` when avr-gcc, avr-libc or simavr are not installed.
@@ -114,7 +114,9 @@ def build(build_dir: Path | None = None) -> FirmwareBuild:
                 check=False,
             )
             if result.returncode != 0:
-                raise FirmwareBuildError(f"make in firmware/{directory} failed:\n{result.stdout}{result.stderr}")
+                raise FirmwareBuildError(
+                    f"make in firmware/{directory} failed:\n{result.stdout}{result.stderr}"
+                )
     return FirmwareBuild(
         elf=where / "safety" / "safety.elf",
         hex=where / "safety" / "safety.hex",
@@ -138,7 +140,8 @@ def adc_millivolts(volts: float) -> int:
 
 @dataclass
 class PinChange:
-    """One output change reported by the harness: ``kind`` L (LASER_ENABLE), M (motor duty), B (aiming beam)."""
+    """One output change reported by the harness: ``kind`` L (LASER_ENABLE), M (motor duty), B (aiming
+    beam)."""
 
     kind: str
     value: int
@@ -503,8 +506,8 @@ class FirmwareSafetyBoard:
                 _LOG.error("safety firmware harness: %s", " ".join(words))
 
     def receive(self, data: bytes) -> None:
-        """Bytes from the driver, for the firmware's UART. The analog inputs are brought up to date first, so a
-        reading asked for right after a change in the model sees it, as on the real board."""
+        """Bytes from the driver, for the firmware's UART. The analog inputs are brought up to date first, so
+        a reading asked for right after a change in the model sees it, as on the real board."""
         if self._fd is None:
             return
         self._send_analog()

@@ -10,8 +10,9 @@ Usage::
     await rig.stop()
 
 The safety board is the Python simulator (:class:`devices.sim.safety.SafetyBoardSim`, the default) or, with
-``SimRig(safety_board="firmware")`` or ``TOSCA_SIM_SAFETY_BOARD=firmware`` in the environment, the C firmware of
-``firmware/safety`` on a simulated ATmega328P (:mod:`devices.sim.firmware`); the commands below work with both.
+``SimRig(safety_board="firmware")`` or ``TOSCA_SIM_SAFETY_BOARD=firmware`` in the environment, the C firmware
+of ``firmware/safety`` on a simulated ATmega328P (:mod:`devices.sim.firmware`); the commands below work with
+both.
 
 Port names: each serial device is reached through a stable name, a symbolic link in a private directory
 pointing at the device's current pty (``/dev/pts/N``). A replugged device gets a new pty and the link
@@ -48,8 +49,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from devices.sim.actuator import ActuatorSim
-from devices.sim.firmware import FirmwarePort, FirmwareSafetyBoard
 from devices.sim.camera import SimCameraSource
+from devices.sim.firmware import FirmwarePort, FirmwareSafetyBoard
 from devices.sim.laser import LaserSim
 from devices.sim.model import PhysicalModel
 from devices.sim.pty import LineHandler, PtyDevice
@@ -154,7 +155,12 @@ class SimRig:
                 device: PtyDevice
                 if name == "safety" and isinstance(self.safety, FirmwareSafetyBoard):
                     device = FirmwarePort(
-                        name, self.safety, forward=self.safety.receive, eol=eols[name], link=link, seed=device_seed
+                        name,
+                        self.safety,
+                        forward=self.safety.receive,
+                        eol=eols[name],
+                        link=link,
+                        seed=device_seed,
                     )
                 else:
                     device = PtyDevice(name, handlers[name], eol=eols[name], link=link, seed=device_seed)

@@ -2,8 +2,8 @@
 """Flash and RAM use of the firmware, checked against limits (run by the Makefile after every build).
 
 RAM at the deepest point = static data (.data + .bss + .noinit) + the deepest stack: the deepest call chain
-from ``main`` plus the deepest interrupt handler on top of it (the handlers never re-enable interrupts, so they
-do not nest). A function's frame is the larger of what the compiler reports (``-fstack-usage``) and the
+from ``main`` plus the deepest interrupt handler on top of it (the handlers never re-enable interrupts, so
+they do not nest). A function's frame is the larger of what the compiler reports (``-fstack-usage``) and the
 registers it pushes, plus 2 bytes of return address per call (3 on parts above 128 KiB, not this one); library
 routines from libgcc have no ``.su`` entry and are measured by their pushes. Recursion or an indirect call
 would make the estimate meaningless, so either fails the check.
@@ -87,7 +87,9 @@ def main() -> int:
         found: set[str] = set()
         for line in code[name]:
             if re.search(r"\bi(?:call|jmp)\b", line):
-                raise SystemExit(f"stack check: indirect call in {name}; the estimate needs a static call graph")
+                raise SystemExit(
+                    f"stack check: indirect call in {name}; the estimate needs a static call graph"
+                )
             # A call, or a jump to the start of another function (a naked vector hands over to its handler).
             m = re.search(r"\br?call\b.*<([^>+]+)(?:\+0x[0-9a-f]+)?>", line) or re.search(
                 r"\br?jmp\b.*<([^>+]+)>", line
@@ -115,8 +117,7 @@ def main() -> int:
     stack = main_depth + isr_depth
     free = args.ram - static_ram - stack
     print(
-        f"flash: {flash} of {args.flash} bytes ({100.0 * flash / args.flash:.1f} %, limit "
-        f"{args.flash_limit})"
+        f"flash: {flash} of {args.flash} bytes ({100.0 * flash / args.flash:.1f} %, limit {args.flash_limit})"
     )
     print(
         f"ram: {static_ram} bytes static + {stack} bytes deepest stack (main {main_depth}, interrupt "

@@ -1,5 +1,6 @@
-"""The safety board driver over a real pty, against both safety boards: the Python simulator and the C firmware
-on a simulated ATmega328P (skipped, saying why, only where the AVR toolchain or simavr is not installed)."""
+"""The safety board driver over a real pty, against both safety boards: the Python simulator and the C
+firmware on a simulated ATmega328P (skipped, saying why, only where the AVR toolchain or simavr is not
+installed)."""
 
 from __future__ import annotations
 

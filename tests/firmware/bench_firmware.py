@@ -4,10 +4,10 @@ Run::
 
     .venv/bin/python tests/firmware/bench_firmware.py [--edges N] [--queries N] [--seed S] [--json]
 
-1. Reaction, in simulated CPU cycles at 16 MHz (deterministic for a seed): from a footpedal release, and from an
-   E-stop press, to LASER_ENABLE low; ``--edges`` edges of each (default 1000) at random phases (against the
-   1 kHz tick and the serial bytes) while the serial line is flooded with random bytes and over-long lines at
-   full baud. Prints the worst case, median and mean; the goal is a worst case under 320 cycles (20 us).
+1. Reaction, in simulated CPU cycles at 16 MHz (deterministic for a seed): from a footpedal release, and from
+   an E-stop press, to LASER_ENABLE low; ``--edges`` edges of each (default 1000) at random phases (against
+   the 1 kHz tick and the serial bytes) while the serial line is flooded with random bytes and over-long lines
+   at full baud. Prints the worst case, median and mean; the goal is a worst case under 320 cycles (20 us).
 2. Host round trip of ``VERSION?`` over a pty through the driver's transport, ``--queries`` times (default
    300), to the firmware under simavr in real time and to the Python simulator in the same run: median and
    p99 in milliseconds.
@@ -29,7 +29,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from devices.sim.firmware import (  # noqa: E402
+from devices.sim.firmware import (
     CYCLES_PER_MS,
     FirmwareBuild,
     FirmwarePort,
@@ -37,10 +37,10 @@ from devices.sim.firmware import (  # noqa: E402
     LockstepBoard,
     build,
 )
-from devices.sim.model import PhysicalModel  # noqa: E402
-from devices.sim.pty import PtyDevice  # noqa: E402
-from devices.sim.safety import SafetyBoardSim  # noqa: E402
-from devices.transport import LineTransport  # noqa: E402
+from devices.sim.model import PhysicalModel
+from devices.sim.pty import PtyDevice
+from devices.sim.safety import SafetyBoardSim
+from devices.transport import LineTransport
 
 BUDGET_CYCLES = 320
 PHASE_SPAN = CYCLES_PER_MS  # a whole tick period, which also covers many byte periods
@@ -86,10 +86,14 @@ def measure_edges(firmware: FirmwareBuild, which: str, edges: int, seed: int = 1
             board.run(rng.randrange(PHASE_SPAN))
             edge = board.pedal(False) if which == "pedal" else board.estop(True)
             board.run(2 * BUDGET_CYCLES)
-            falls = [c.cycle for c in board.changes[-8:] if c.kind == "L" and c.value == 0 and c.cycle >= edge]
+            falls = [
+                c.cycle for c in board.changes[-8:] if c.kind == "L" and c.value == 0 and c.cycle >= edge
+            ]
             if not falls:
                 board.run(10_000)
-                falls = [c.cycle for c in board.changes[-8:] if c.kind == "L" and c.value == 0 and c.cycle >= edge]
+                falls = [
+                    c.cycle for c in board.changes[-8:] if c.kind == "L" and c.value == 0 and c.cycle >= edge
+                ]
             if not falls:
                 raise RuntimeError(f"{which}: LASER_ENABLE did not fall after the edge at cycle {edge}")
             latencies.append(falls[0] - edge)
@@ -137,11 +141,13 @@ async def _round_trips(board: str, queries: int) -> list[float]:
 
 def _p99(values: list[float]) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(0.99 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--edges", type=int, default=1000)
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--seed", type=int, default=1)

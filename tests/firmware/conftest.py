@@ -1,5 +1,5 @@
-"""Fixtures for the firmware tests: one build per test session (cached by make), and a fresh simulated board per
-test. Everything here is skipped, saying what is missing, only where the AVR toolchain or simavr is not
+"""Fixtures for the firmware tests: one build per test session (cached by make), and a fresh simulated board
+per test. Everything here is skipped, saying what is missing, only where the AVR toolchain or simavr is not
 installed; CI installs them (``.ci/run``)."""
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The safety board firmware on a simulated ATmega328P, in simulated time (exact cycles at 16 MHz).
 
-What an operator relies on: LASER_ENABLE falls within 20 us of a footpedal release or an E-stop press, falls when
-the host stops feeding the watchdog, stays low after any reset, and none of that is disturbed by a serial line
-full of garbage; the protocol answers exactly as the Python simulator of the same board does.
+What an operator relies on: LASER_ENABLE falls within 20 us of a footpedal release or an E-stop press, falls
+when the host stops feeding the watchdog, stays low after any reset, and none of that is disturbed by a serial
+line full of garbage; the protocol answers exactly as the Python simulator of the same board does.
 """
 
 from __future__ import annotations
@@ -94,7 +94,9 @@ def test_every_reply_is_the_python_simulators(board: LockstepBoard) -> None:
         expected = reference.handle_line(command)
         assert board.query(command, replies=len(expected)) == expected, command
     board.run_ms(5)
-    assert [text for _, text in board.sent if not text.startswith(("EVT:", "S:"))][-1] == "ERROR:UNKNOWN_COMMAND:" + "X" * 64
+    assert [text for _, text in board.sent if not text.startswith(("EVT:", "S:"))][
+        -1
+    ] == "ERROR:UNKNOWN_COMMAND:" + "X" * 64
 
 
 def test_motor_pwm_and_aiming_beam_reach_their_pins(board: LockstepBoard) -> None:
@@ -268,7 +270,8 @@ def test_a_chattering_pedal_on_a_flooded_line_neither_resets_nor_loses_the_last_
     board: LockstepBoard,
 ) -> None:
     """Edges faster than the line can report (one every 0.6 ms for 400 ms, 16 bytes of push line each) with
-    garbage arriving at full baud: the board keeps up where it matters and is not reset by its own watchdog."""
+    garbage arriving at full baud: the board keeps up where it matters and is not reset by its own
+    watchdog."""
     assert board.query("WDT_TIMEOUT:2000") == ["OK:WDT_TIMEOUT:2000"]
     arm_and_press(board)
     board.flood(True)

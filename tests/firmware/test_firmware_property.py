@@ -1,5 +1,5 @@
-"""Property: no sequence of commands and pin changes raises LASER_ENABLE with the footpedal released, the E-stop
-pressed, or the watchdog expired (the firmware on a simulated ATmega328P, 200 random sequences).
+"""Property: no sequence of commands and pin changes raises LASER_ENABLE with the footpedal released, the
+E-stop pressed, or the watchdog expired (the firmware on a simulated ATmega328P, 200 random sequences).
 
 Each example starts a fresh board, plays a random sequence of host commands (arming, heartbeats, watchdog
 timeouts, clears, streaming, garbage) and footpedal / E-stop changes with random pauses, and then checks the
@@ -106,19 +106,29 @@ def check(board: LockstepBoard, record: Record) -> None:
         # Footpedal: low from 320 cycles after any release that comes before or inside the span.
         for at, pressed in record.pedal:
             if not pressed and at < off and not level_at(record.pedal, max(on, at + BUDGET_CYCLES)):
-                assert off <= max(on, at + BUDGET_CYCLES), f"enable high {on}..{off} with the pedal released at {at}"
+                assert off <= max(on, at + BUDGET_CYCLES), (
+                    f"enable high {on}..{off} with the pedal released at {at}"
+                )
         # E-stop: same for a press, and the span must follow an ARM sent after every earlier press.
         for at, pressed in record.estop:
             if pressed and at < off and level_at(record.estop, max(on, at + BUDGET_CYCLES)):
-                assert off <= max(on, at + BUDGET_CYCLES), f"enable high {on}..{off} with the E-stop pressed at {at}"
+                assert off <= max(on, at + BUDGET_CYCLES), (
+                    f"enable high {on}..{off} with the E-stop pressed at {at}"
+                )
             if pressed and at + BUDGET_CYCLES < on:
-                assert any(at < w < on and c == "ARM" for w, _, c in written), f"re-enabled at {on} without ARM"
+                assert any(at < w < on and c == "ARM" for w, _, c in written), (
+                    f"re-enabled at {on} without ARM"
+                )
         # Watchdog: within the longest timeout of a feed that had reached the board.
-        timeout = max([1000] + [int(c.split(":")[1]) for w, _, c in written if c.startswith("WDT_TIMEOUT:") and w < off])
+        timeout = max(
+            [1000] + [int(c.split(":")[1]) for w, _, c in written if c.startswith("WDT_TIMEOUT:") and w < off]
+        )
         limit = timeout * CYCLES_PER_MS + SLACK_CYCLES
         feeds = [d for w, d, c in written if c in ("WDT_RESET", "WDT_CLEAR") and w < off]
         before = [d for d in feeds if d <= on]
-        assert before or any(d <= on + BYTE_CYCLES * 20 for d in feeds), f"enable high at {on} with no heartbeat"
+        assert before or any(d <= on + BYTE_CYCLES * 20 for d in feeds), (
+            f"enable high at {on} with no heartbeat"
+        )
         deadline = (max(before) if before else on) + limit
         for d in sorted(d for d in feeds if d > on):
             assert d <= deadline or off <= deadline, f"enable high past the watchdog deadline {deadline}"
@@ -133,9 +143,9 @@ def check(board: LockstepBoard, record: Record) -> None:
         for on, _ in spans:
             if on > cycle:
                 clears = [w for w, _, c in written if c == "WDT_CLEAR" and expired_no_earlier_than < w < on]
-                assert clears and any(
-                    min(clears) < w < on and c == "ARM" for w, _, c in written
-                ), f"re-enabled at {on} after the watchdog expired without WDT_CLEAR and ARM"
+                assert clears and any(min(clears) < w < on and c == "ARM" for w, _, c in written), (
+                    f"re-enabled at {on} after the watchdog expired without WDT_CLEAR and ARM"
+                )
 
     assert not board.crashed and not board.resets
 
@@ -158,7 +168,9 @@ def test_laser_enable_never_high_when_it_must_not_be(
         for kind, arg in steps:
             if kind == "cmd":
                 if arg == "GARBAGE":
-                    record.write(board, "GARBAGE", bytes(rng.randrange(256) for _ in range(rng.randrange(1, 90))))
+                    record.write(
+                        board, "GARBAGE", bytes(rng.randrange(256) for _ in range(rng.randrange(1, 90)))
+                    )
                 else:
                     record.write(board, str(arg), str(arg).encode() + b"\n")
             elif kind == "pedal":

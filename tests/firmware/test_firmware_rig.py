@@ -1,8 +1,8 @@
-"""The whole controller on the simulated rig with the safety board's firmware under simavr (in real time) in place
-of the Python simulator: every fault that concerns the board injected mid-step, a footpedal release mid-step, and
-a short session run to its end with the pedal released in the middle. Same expectations as the Python board's
-tests in tests/control, except where the firmware's reaction takes real time: "laser output off" is waited for
-(a few milliseconds) instead of being true when the simulator command returns."""
+"""The whole controller on the simulated rig with the safety board's firmware under simavr (in real time) in
+place of the Python simulator: every fault that concerns the board injected mid-step, a footpedal release
+mid-step, and a short session run to its end with the pedal released in the middle. Same expectations as the
+Python board's tests in tests/control, except where the firmware's reaction takes real time: "laser output
+off" is waited for (a few milliseconds) instead of being true when the simulator command returns."""
 
 from __future__ import annotations
 
@@ -16,15 +16,15 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "control"))
 
-from account_fixtures import CHEAP  # noqa: E402
-from controller_fixtures import PASSWORD, USERNAME, open_and_treat, prepare_data_dir, wait_until  # noqa: E402
+from account_fixtures import CHEAP
+from controller_fixtures import PASSWORD, USERNAME, open_and_treat, prepare_data_dir, wait_until
 
-from control.controller import Controller  # noqa: E402
-from control.simrun import parse_script, run_simulated_session  # noqa: E402
-from control.supervisor import Refused, SystemState  # noqa: E402
-from devices.sim.firmware import FirmwareBuild, FirmwareSafetyBoard  # noqa: E402
-from storage import DataDir  # noqa: E402
-from tests.support import RIG_TEST, protocol_json  # noqa: E402
+from control.controller import Controller
+from control.simrun import parse_script, run_simulated_session
+from control.supervisor import Refused, SystemState
+from devices.sim.firmware import FirmwareBuild, FirmwareSafetyBoard
+from storage import DataDir
+from tests.support import RIG_TEST, protocol_json
 
 pytestmark = RIG_TEST
 
