@@ -54,6 +54,7 @@ from devices.sim.firmware import FirmwarePort, FirmwareSafetyBoard
 from devices.sim.laser import LaserSim
 from devices.sim.model import PhysicalModel
 from devices.sim.pty import LineHandler, PtyDevice
+from devices.sim.safety import LINE_MAX_BYTES as SAFETY_LINE_MAX_BYTES
 from devices.sim.safety import SafetyBoardSim
 from devices.sim.tec import TecSim
 
@@ -163,7 +164,14 @@ class SimRig:
                         seed=device_seed,
                     )
                 else:
-                    device = PtyDevice(name, handlers[name], eol=eols[name], link=link, seed=device_seed)
+                    device = PtyDevice(
+                        name,
+                        handlers[name],
+                        eol=eols[name],
+                        link=link,
+                        seed=device_seed,
+                        max_line_bytes=SAFETY_LINE_MAX_BYTES if name == "safety" else 256,
+                    )
                 self.devices[name] = device
                 await device.start()
             self.actuator.attach(self.devices["actuator"])

@@ -15,7 +15,7 @@ from devices.safety import EventKind, EventStream, NotReady, SafetyBoardDriver, 
 from devices.sim.firmware import FirmwarePort, FirmwareSafetyBoard, missing_tools
 from devices.sim.model import PhysicalModel
 from devices.sim.pty import PtyDevice
-from devices.sim.safety import SafetyBoardSim
+from devices.sim.safety import LINE_MAX_BYTES, SafetyBoardSim
 from devices.transport import BadReply, LineTransport
 
 
@@ -36,6 +36,10 @@ class Recorder:
             if self.heartbeat_target and self.heartbeats >= self.heartbeat_target:
                 self.heartbeats_reached.set()
         return self.sim.handle_line(line)
+
+    def handle_overlong(self) -> None:
+        if isinstance(self.sim, SafetyBoardSim):
+            self.sim.handle_overlong()
 
 
 @dataclass
@@ -63,7 +67,7 @@ async def board(request: pytest.FixtureRequest) -> AsyncIterator[Board]:
     else:
         sim = SafetyBoardSim(model)
         recorder = Recorder(sim)
-        device = PtyDevice("safety", recorder, eol=b"\n", seed=5)
+        device = PtyDevice("safety", recorder, eol=b"\n", seed=5, max_line_bytes=LINE_MAX_BYTES)
     await device.start()
     sim.attach(device)
     await sim.start()
@@ -225,3 +229,10 @@ async def test_unknown_command_and_garbage(board: Board) -> None:
     with pytest.raises(BadReply):
         await board.driver.footpedal()
     assert await board.driver.footpedal() is False
+
+
+async def test_over_long_lines_are_discarded_whole_and_answered(board: Board) -> None:
+    assert await board.transport.query("X" * 64) == "ERROR:UNKNOWN_COMMAND:" + "X" * 64
+    assert await board.transport.query("ARM" + " " * 62) == "ERROR:LINE_TOO_LONG"
+    assert not (await board.driver.read_status()).armed
+    assert await board.transport.query("VERSION?") == "VERSION:3.1"

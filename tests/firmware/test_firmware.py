@@ -83,6 +83,8 @@ COMMANDS = [
     "",
     "version?",
     "HELLO WORLD",
+    "HEL\x01LO\xfe",
+    "\x1b[31mARM",
     "ARMED",
     "X" * 64,
 ]
