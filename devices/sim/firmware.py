@@ -378,6 +378,9 @@ class FirmwareSafetyBoard:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,
+            # Its own session: a Ctrl-C or SIGTERM for the rig's process group must not cut the board's power
+            # while the controller is still switching the laser off through it. It ends when its stdin closes.
+            start_new_session=True,
         )
         try:
             assert self._proc.stdout is not None
@@ -523,6 +526,10 @@ class FirmwareSafetyBoard:
                 written = os.write(fd, self._out_pending)
             except BlockingIOError:
                 break
+            except OSError:
+                # The harness is gone (the board has no power): nothing reaches the firmware.
+                self._out_pending.clear()
+                break
             del self._out_pending[:written]
         want = bool(self._out_pending)
         if want != self._writer_registered and self._loop is not None:
@@ -541,6 +548,9 @@ class FirmwareSafetyBoard:
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
+            # EIO: the harness closed its side (it ended); stop watching a descriptor that will not recover.
+            if self._loop is not None:
+                self._loop.remove_reader(fd)
             return
         if not data:
             return
