@@ -247,6 +247,12 @@ class LockstepBoard:
         for start in range(0, len(data), 512):
             self._command(f"RX {data[start : start + 512].hex()}")
 
+    def deepest_stack_bytes(self) -> int:
+        """Bytes of stack in use at the deepest point so far (RAMEND 0x8FF minus the lowest stack pointer)."""
+        self._stdin().write("STACK\n")
+        self._stdin().flush()
+        return 0x8FF - int(self._read_until("STACK")[1])
+
     def replies_since(self, index: int) -> list[str]:
         """Lines sent since ``sent[index]`` that are neither push events nor samples."""
         return [text for _, text in self.sent[index:] if not text.startswith(("EVT:", "S:"))]

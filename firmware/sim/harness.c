@@ -19,6 +19,7 @@
  *   FLOOD <0|1>          keep the UART input saturated with random bytes (an LF every 250 bytes, so the
  *                        board also sees and answers over-long lines); lock-step and real time
  *   RUN <cycles>         lock-step only: run that many cycles, then answer "T <cycle>" instead of OK
+ *   STACK                answered "STACK <lowest stack pointer seen> <cycle>" (the deepest stack so far)
  *   QUIT                 end (so does the end of stdin)
  *
  * stdout:
@@ -251,9 +252,16 @@ static void no_wait(avr_t *core, avr_cycle_count_t how_long)
     (void)how_long;
 }
 
+/* Lowest stack pointer seen (the deepest stack), for the "STACK" command. */
+static uint16_t min_sp = 0xFFFF;
+
 static int step(void)
 {
     int state = avr_run(avr);
+    uint16_t sp = (uint16_t)(avr->data[0x5D] | (avr->data[0x5E] << 8));
+    if (sp < min_sp && sp != 0) {
+        min_sp = sp;
+    }
     if (reset_seen) {
         reset_seen = 0;
         portb = ddrb = portd = ddrd = tccr0a = ocr0a = 0;
@@ -298,6 +306,9 @@ static int command(char *line)
     } else if (strcmp(word, "ADC") == 0 && fields == 3 && a <= 1 && b <= 5000) {
         adc_mv[a] = (uint32_t)b;
         avr_raise_irq(adc_irq + ADC_IRQ_ADC0 + a, (uint32_t)b);
+    } else if (strcmp(word, "STACK") == 0) {
+        out("STACK %u", (unsigned)min_sp);
+        return 0;
     } else if (strcmp(word, "FLOOD") == 0 && fields == 2 && a <= 1) {
         flood = (int)a;
     } else if (strcmp(word, "RX") == 0 && lockstep) {

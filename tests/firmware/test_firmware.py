@@ -26,6 +26,19 @@ def quantised(volts: float) -> str:
     return f"{round(volts / 5.0 * 1023) * 5.0 / 1023:.3f}"
 
 
+def estimated_stack_bytes(build_dir: Path) -> int:
+    """The build's estimate of the deepest stack (main plus the deepest interrupt)."""
+    out = subprocess.run(
+        ["make", "-s", "-C", str(FIRMWARE_DIR / "safety"), f"BUILD={build_dir}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    found = re.search(r"\+ (\d+) bytes deepest stack", out)
+    assert found is not None, out
+    return int(found.group(1))
+
+
 def test_build_prints_flash_and_ram_within_limits(firmware: FirmwareBuild, tmp_path: Path) -> None:
     del firmware  # the toolchain is there
     out = subprocess.run(
@@ -202,7 +215,7 @@ def test_bytes_outside_printable_ascii_are_ignored(board: LockstepBoard) -> None
     assert board.replies_since(mark) == ["ESTOP:0"]
 
 
-def test_garbage_flood_delays_no_edge_and_crashes_nothing(board: LockstepBoard) -> None:
+def test_garbage_flood_delays_no_edge_and_crashes_nothing(board: LockstepBoard, tmp_path: Path) -> None:
     assert board.query("WDT_TIMEOUT:2000") == ["OK:WDT_TIMEOUT:2000"]
     arm_and_press(board)
     board.flood(True)
@@ -228,6 +241,8 @@ def test_garbage_flood_delays_no_edge_and_crashes_nothing(board: LockstepBoard) 
     board.run_ms(30)
     assert board.query("VERSION?") == ["VERSION:3.1"]
     assert not board.resets and not board.crashed
+    # The deepest stack the flood, the edges and the commands reached stays within the build's estimate.
+    assert 0 < board.deepest_stack_bytes() <= estimated_stack_bytes(tmp_path)
 
 
 def test_hung_main_loop_ends_in_a_watchdog_reset_with_laser_enable_low(firmware: FirmwareBuild) -> None:
