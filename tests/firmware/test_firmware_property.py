@@ -120,9 +120,12 @@ def check(board: LockstepBoard, record: Record) -> None:
                     f"re-enabled at {on} without ARM"
                 )
         # Watchdog: within the longest timeout of a feed that had reached the board.
-        timeout = max(
-            [1000] + [int(c.split(":")[1]) for w, _, c in written if c.startswith("WDT_TIMEOUT:") and w < off]
-        )
+        # The timeout in force when the span began (1000 ms unless set), or any set while it lasted.
+        set_before = [int(c.split(":")[1]) for w, _, c in written if c.startswith("WDT_TIMEOUT:") and w <= on]
+        set_during = [
+            int(c.split(":")[1]) for w, _, c in written if c.startswith("WDT_TIMEOUT:") and on < w < off
+        ]
+        timeout = max([set_before[-1] if set_before else 1000, *set_during])
         limit = timeout * CYCLES_PER_MS + SLACK_CYCLES
         feeds = [d for w, d, c in written if c in ("WDT_RESET", "WDT_CLEAR") and w < off]
         before = [d for d in feeds if d <= on]
@@ -157,14 +160,26 @@ def check(board: LockstepBoard, record: Record) -> None:
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
-@given(steps=actions, seed=st.integers(0, 2**16))
+@given(
+    steps=actions,
+    seed=st.integers(0, 2**16),
+    timeout_ms=st.sampled_from([100, 150, 1000]),
+    prearm=st.booleans(),
+)
 def test_laser_enable_never_high_when_it_must_not_be(
-    firmware: FirmwareBuild, steps: list[tuple[str, object]], seed: int
+    firmware: FirmwareBuild, steps: list[tuple[str, object]], seed: int, timeout_ms: int, prearm: bool
 ) -> None:
     rng = random.Random(seed)
     record = Record()
     with LockstepBoard(firmware.elf, firmware.harness, seed=seed) as board:
         board.run(rng.randrange(1, 20_000))
+        # Start from a short watchdog timeout (most examples) and, in half of them, armed and fed with the
+        # pedal down, so that expiries and releases are reached often.
+        setup = [f"WDT_TIMEOUT:{timeout_ms}"] + (["WDT_RESET", "ARM"] if prearm else [])
+        for command in setup:
+            record.write(board, command, command.encode() + b"\n")
+        if prearm:
+            record.pedal.append((board.pedal(True), True))
         for kind, arg in steps:
             if kind == "cmd":
                 if arg == "GARBAGE":
