@@ -2,8 +2,8 @@
 E-stop pressed, or the watchdog expired (the firmware on a simulated ATmega328P, 200 random sequences).
 
 Each example starts a fresh board, plays a random sequence of host commands (arming, heartbeats, watchdog
-timeouts, clears, streaming, garbage) and footpedal / E-stop changes with random pauses, and then checks the
-whole LASER_ENABLE record against the inputs, in cycles:
+timeouts, clears, streaming, garbage) and footpedal / E-stop changes (and short pulses of either) with random
+pauses, and then checks the whole LASER_ENABLE record against the inputs, in cycles:
 
 * from 20 us (320 cycles) after a footpedal release until the next press, LASER_ENABLE is low;
 * from 20 us after an E-stop press until its release, LASER_ENABLE is low, and it rises again only after an
@@ -48,6 +48,7 @@ actions = st.lists(
         st.tuples(st.just("cmd"), st.sampled_from(COMMANDS)),
         st.tuples(st.just("pedal"), st.booleans()),
         st.tuples(st.just("estop"), st.booleans()),
+        st.tuples(st.just("pulse"), st.sampled_from(["pedal", "estop"])),
         st.tuples(st.just("run"), st.sampled_from(PAUSES_MS)),
     ),
     min_size=4,
@@ -192,6 +193,16 @@ def test_laser_enable_never_high_when_it_must_not_be(
                 record.pedal.append((board.pedal(bool(arg)), bool(arg)))
             elif kind == "estop":
                 record.estop.append((board.estop(bool(arg)), bool(arg)))
+            elif kind == "pulse":
+                # A short press of the E-stop, or a short release of the pedal, then back.
+                if arg == "estop":
+                    record.estop.append((board.estop(True), True))
+                    board.run(rng.randrange(500, 8000))
+                    record.estop.append((board.estop(False), False))
+                else:
+                    record.pedal.append((board.pedal(False), False))
+                    board.run(rng.randrange(500, 8000))
+                    record.pedal.append((board.pedal(True), True))
             else:
                 assert isinstance(arg, float)
                 board.run(round(arg * CYCLES_PER_MS) + rng.randrange(0, BYTE_CYCLES))
