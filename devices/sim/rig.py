@@ -9,6 +9,11 @@ Usage::
     rig.command("pedal down")   # -> "ok pedal down"
     await rig.stop()
 
+The safety board is the Python simulator (:class:`devices.sim.safety.SafetyBoardSim`, the default) or, with
+``SimRig(safety_board="firmware")`` or ``TOSCA_SIM_SAFETY_BOARD=firmware`` in the environment, the C firmware
+of ``firmware/safety`` on a simulated ATmega328P (:mod:`devices.sim.firmware`); the commands below work with
+both.
+
 Port names: each serial device is reached through a stable name, a symbolic link in a private directory
 pointing at the device's current pty (``/dev/pts/N``). A replugged device gets a new pty and the link
 follows it, as a udev rule keeps a real device's name, so a driver reconnecting to the same name finds the
@@ -36,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -44,15 +50,29 @@ from pathlib import Path
 
 from devices.sim.actuator import ActuatorSim
 from devices.sim.camera import SimCameraSource
+from devices.sim.firmware import FirmwarePort, FirmwareSafetyBoard
 from devices.sim.laser import LaserSim
 from devices.sim.model import PhysicalModel
 from devices.sim.pty import LineHandler, PtyDevice
+from devices.sim.safety import LINE_MAX_BYTES as SAFETY_LINE_MAX_BYTES
 from devices.sim.safety import SafetyBoardSim
 from devices.sim.tec import TecSim
 
 SERIAL_DEVICES = ("laser", "tec", "actuator", "safety")
 ALL_DEVICES = (*SERIAL_DEVICES, "camera")
 MAX_GARBAGE_BYTES = 4096
+#: Which safety board the simulated rig runs: the Python simulator, or the C firmware under simavr.
+SAFETY_BOARDS = ("python", "firmware")
+#: Environment variable naming the safety board when the caller does not (``tosca ... --safety-board``).
+SAFETY_BOARD_ENV = "TOSCA_SIM_SAFETY_BOARD"
+
+
+def safety_board_choice(choice: str | None = None) -> str:
+    """``choice``, else ``$TOSCA_SIM_SAFETY_BOARD``, else ``"python"``; ValueError for anything else."""
+    picked = choice or os.environ.get(SAFETY_BOARD_ENV) or "python"
+    if picked not in SAFETY_BOARDS:
+        raise ValueError(f"unknown safety board {picked!r} (expected one of: {', '.join(SAFETY_BOARDS)})")
+    return picked
 
 
 class SimCommandError(ValueError):
@@ -87,12 +107,18 @@ class SimRig:
         clock: Callable[[], float] = time.monotonic,
         stable_names: bool = True,
         camera_frame_rate_hz: float | None = 30.0,
+        safety_board: str | None = None,
     ) -> None:
+        self.safety_board = safety_board_choice(safety_board)
         self.model = PhysicalModel(seed=seed, clock=clock)
         self.laser = LaserSim(self.model, seed=seed)
         self.tec = TecSim(self.model)
         self.actuator = ActuatorSim(self.model, clock=clock)
-        self.safety = SafetyBoardSim(self.model, clock=clock)
+        self.safety: SafetyBoardSim | FirmwareSafetyBoard
+        if self.safety_board == "firmware":
+            self.safety = FirmwareSafetyBoard(self.model, seed=seed)
+        else:
+            self.safety = SafetyBoardSim(self.model, clock=clock)
         self._camera_source: SimCameraSource | None = None
         self._camera_frame_rate_hz = camera_frame_rate_hz
         self._stable_names = stable_names
@@ -125,13 +151,27 @@ class SimRig:
         eols = {"laser": b"\r\n", "tec": b"\r\n", "actuator": b"\n", "safety": b"\n"}
         try:
             for index, name in enumerate(SERIAL_DEVICES):
-                device = PtyDevice(
-                    name,
-                    handlers[name],
-                    eol=eols[name],
-                    link=(link_dir / name) if link_dir is not None else None,
-                    seed=None if self._seed is None else self._seed + index,
-                )
+                link = (link_dir / name) if link_dir is not None else None
+                device_seed = None if self._seed is None else self._seed + index
+                device: PtyDevice
+                if name == "safety" and isinstance(self.safety, FirmwareSafetyBoard):
+                    device = FirmwarePort(
+                        name,
+                        self.safety,
+                        forward=self.safety.receive,
+                        eol=eols[name],
+                        link=link,
+                        seed=device_seed,
+                    )
+                else:
+                    device = PtyDevice(
+                        name,
+                        handlers[name],
+                        eol=eols[name],
+                        link=link,
+                        seed=device_seed,
+                        max_line_bytes=SAFETY_LINE_MAX_BYTES if name == "safety" else 256,
+                    )
                 self.devices[name] = device
                 await device.start()
             self.actuator.attach(self.devices["actuator"])

@@ -18,7 +18,9 @@ Public methods for the rig (call them on the simulator's own event loop thread):
 
 Behaviour in detail:
 
-* A received line is stripped of surrounding white space (the firmware trims), then compared exactly.
+* Bytes outside printable ASCII are ignored (as the firmware does), then the line is stripped of surrounding
+  white space and compared exactly. A line over :data:`LINE_MAX_BYTES` is discarded whole and answered
+  ``ERROR:LINE_TOO_LONG`` (the pty counts the bytes and calls :meth:`SafetyBoardSim.handle_overlong`).
 * A value outside its range (``WDT_TIMEOUT:50``, ``STREAM:5``) or not a whole number is not a command the
   firmware knows: ``ERROR:UNKNOWN_COMMAND:<line>``, and nothing changes.
 * The watchdog starts with the first ``WDT_RESET`` after power-up (a board nobody has talked to yet has not
@@ -52,6 +54,8 @@ PWM_MAX = 153
 STREAM_MIN_HZ = 10
 STREAM_MAX_HZ = 200
 VERSION = "3.1"
+#: Longest command line the firmware accepts; longer lines are answered ``ERROR:LINE_TOO_LONG``.
+LINE_MAX_BYTES = 64
 
 
 class _Emitter(Protocol):
@@ -226,11 +230,16 @@ class SafetyBoardSim:
     def handle_line(self, line: str) -> list[str]:
         """Handle one received line (without LF); return the reply lines."""
         self._check_watchdog(self._clock())
-        cmd = line.strip()
+        cmd = "".join(c for c in line if " " <= c <= "~").strip()
         replies = self._dispatch(cmd)
         if replies is None:
             return [f"ERROR:UNKNOWN_COMMAND:{cmd}"]
         return replies
+
+    def handle_overlong(self) -> None:
+        """A line over :data:`LINE_MAX_BYTES` was discarded: answer it."""
+        if self._device is not None:
+            self._device.emit("ERROR:LINE_TOO_LONG")
 
     def _dispatch(self, cmd: str) -> list[str] | None:
         simple: dict[str, Callable[[], list[str]]] = {

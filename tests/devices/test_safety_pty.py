@@ -1,4 +1,6 @@
-"""The safety board driver against the safety board simulator over a real pty."""
+"""The safety board driver over a real pty, against both safety boards: the Python simulator and the C
+firmware on a simulated ATmega328P (skipped, saying why, only where the AVR toolchain or simavr is not
+installed)."""
 
 from __future__ import annotations
 
@@ -10,16 +12,17 @@ from dataclasses import dataclass
 import pytest
 
 from devices.safety import EventKind, EventStream, NotReady, SafetyBoardDriver, SafetyEvent
+from devices.sim.firmware import FirmwarePort, FirmwareSafetyBoard, missing_tools
 from devices.sim.model import PhysicalModel
 from devices.sim.pty import PtyDevice
-from devices.sim.safety import SafetyBoardSim
+from devices.sim.safety import LINE_MAX_BYTES, SafetyBoardSim
 from devices.transport import BadReply, LineTransport
 
 
 class Recorder:
     """A line handler that records every line and counts heartbeats before the simulator handles it."""
 
-    def __init__(self, sim: SafetyBoardSim) -> None:
+    def __init__(self, sim: SafetyBoardSim | FirmwareSafetyBoard) -> None:
         self.sim = sim
         self.lines: list[str] = []
         self.heartbeats = 0
@@ -34,23 +37,37 @@ class Recorder:
                 self.heartbeats_reached.set()
         return self.sim.handle_line(line)
 
+    def handle_overlong(self) -> None:
+        if isinstance(self.sim, SafetyBoardSim):
+            self.sim.handle_overlong()
+
 
 @dataclass
 class Board:
     model: PhysicalModel
-    sim: SafetyBoardSim
+    sim: SafetyBoardSim | FirmwareSafetyBoard
     recorder: Recorder
     device: PtyDevice
     transport: LineTransport
     driver: SafetyBoardDriver
 
 
-@pytest.fixture
-async def board() -> AsyncIterator[Board]:
+@pytest.fixture(params=["python", "firmware"])
+async def board(request: pytest.FixtureRequest) -> AsyncIterator[Board]:
     model = PhysicalModel(seed=2)
-    sim = SafetyBoardSim(model)
-    recorder = Recorder(sim)
-    device = PtyDevice("safety", recorder, eol=b"\n", seed=5)
+    sim: SafetyBoardSim | FirmwareSafetyBoard
+    device: PtyDevice
+    if request.param == "firmware":
+        missing = missing_tools()
+        if missing:
+            pytest.skip(f"safety firmware under simavr: not installed: {', '.join(missing)}")
+        sim = FirmwareSafetyBoard(model)
+        recorder = Recorder(sim)
+        device = FirmwarePort("safety", recorder, forward=sim.receive, eol=b"\n", seed=5)
+    else:
+        sim = SafetyBoardSim(model)
+        recorder = Recorder(sim)
+        device = PtyDevice("safety", recorder, eol=b"\n", seed=5, max_line_bytes=LINE_MAX_BYTES)
     await device.start()
     sim.attach(device)
     await sim.start()
@@ -212,3 +229,10 @@ async def test_unknown_command_and_garbage(board: Board) -> None:
     with pytest.raises(BadReply):
         await board.driver.footpedal()
     assert await board.driver.footpedal() is False
+
+
+async def test_over_long_lines_are_discarded_whole_and_answered(board: Board) -> None:
+    assert await board.transport.query("X" * 64) == "ERROR:UNKNOWN_COMMAND:" + "X" * 64
+    assert await board.transport.query("ARM" + " " * 62) == "ERROR:LINE_TOO_LONG"
+    assert not (await board.driver.read_status()).armed
+    assert await board.transport.query("VERSION?") == "VERSION:3.1"

@@ -73,14 +73,20 @@ def test_command_table(sim: SafetyBoardSim, command: str, reply: list[str]) -> N
         "VERSION",
         "GET_PHOTODIODE:1",
         "\x01\xfe",
+        "HEL\x01LO\xfe",
         "",
     ],
 )
 def test_unknown_commands_echo_what_was_received_and_change_nothing(
     sim: SafetyBoardSim, model: PhysicalModel, command: str
 ) -> None:
-    assert sim.handle_line(command) == [f"ERROR:UNKNOWN_COMMAND:{command.strip()}"]
+    printable = "".join(c for c in command if " " <= c <= "~")
+    assert sim.handle_line(command) == [f"ERROR:UNKNOWN_COMMAND:{printable.strip()}"]
     assert sim.wdt_timeout_ms == 1000 and sim.stream_hz == 0 and model.motor_pwm == 0 and not sim.armed
+
+
+def test_bytes_outside_printable_ascii_are_ignored(sim: SafetyBoardSim) -> None:
+    assert sim.handle_line("VER\x00SI\x7f\x1bON?\r") == ["VERSION:3.1"]
 
 
 def test_readings_come_from_the_model(sim: SafetyBoardSim, model: PhysicalModel) -> None:
