@@ -100,11 +100,11 @@ def _backup(data_dir: DataDir) -> None:
         path = backup(data_dir, terminal=detect_terminal())
         print(f"ok: backup {path} (integrity ok)")
         return
-    days, problem = read_retention_days(data_dir.db_path)
+    _days, problem = read_retention_days(data_dir.db_path)
     if problem is not None:
         print(f"warning: {problem}", file=sys.stderr)
     entry = make_backup(data_dir, terminal=detect_terminal())
-    print(f"ok: backup {entry.path} (integrity ok); backups older than {days} days pruned")
+    print(f"ok: backup {entry.path} (integrity ok)")
 
 
 def _backups(data_dir: DataDir) -> None:
