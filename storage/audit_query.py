@@ -26,8 +26,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
-from storage.engine import DEFAULT_BUSY_TIMEOUT_MS
+from storage.engine import DEFAULT_BUSY_TIMEOUT_MS, connect_sqlite
 from storage.errors import StorageError
+from storage.maintenance import record_audit
 from storage.models import AUDIT_OUTCOMES, utc_now
 
 #: Rows per page unless asked otherwise.
@@ -435,3 +436,39 @@ def row_as_json(row: AuditRow) -> dict[str, object]:
         "details": details,
     }
 
+
+
+def record_action(
+    db_path: Path,
+    action: str,
+    outcome: str,
+    *,
+    user: str | None,
+    terminal: str | None,
+    details: dict[str, object],
+) -> None:
+    """Append an ``audit_log`` row for an admin's action; ``user`` is the logged-in person (their account's
+    id is filled in when the name is an account), or None for the OS account (the command line)."""
+    if user is None:
+        record_audit(db_path, action, outcome, terminal=terminal, details=details)
+        return
+    connection = connect_sqlite(db_path)
+    try:
+        with connection:
+            connection.execute(
+                "INSERT INTO audit_log (timestamp, tech_id, username, action, terminal, outcome, details) "
+                "VALUES (?, (SELECT tech_id FROM tech_users WHERE username = ?), ?, ?, ?, ?, ?)",
+                (
+                    utc_now().isoformat(sep=" ", timespec="microseconds"),
+                    user,
+                    user,
+                    action,
+                    terminal,
+                    outcome,
+                    json.dumps(details, sort_keys=True),
+                ),
+            )
+    except sqlite3.Error as exc:
+        raise StorageError(f"could not record {action} in the audit log: {exc}") from exc
+    finally:
+        connection.close()

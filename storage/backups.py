@@ -30,8 +30,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Final
 
+from storage.audit_query import record_action
 from storage.backup import BACKUP_NAME_RE, RETENTION_DAYS, backup_database, copy_database, list_backups
-from storage.engine import DEFAULT_BUSY_TIMEOUT_MS, connect_sqlite
+from storage.engine import DEFAULT_BUSY_TIMEOUT_MS
 from storage.errors import BackupError, ConfigValueError, DatabaseCheckError, RestoreError, StorageError
 from storage.maintenance import _migrate, check_database, head_revision, record_audit
 from storage.models import utc_now
@@ -196,30 +197,7 @@ def _audit(
     terminal: str | None,
     details: dict[str, object],
 ) -> None:
-    """Record an admin's backup action; ``user`` None means the OS account (the command line)."""
-    if user is None:
-        record_audit(data_dir.db_path, action, outcome, terminal=terminal, details=details)
-        return
-    connection = connect_sqlite(data_dir.db_path)
-    try:
-        with connection:
-            connection.execute(
-                "INSERT INTO audit_log (timestamp, tech_id, username, action, terminal, outcome, details) "
-                "VALUES (?, (SELECT tech_id FROM tech_users WHERE username = ?), ?, ?, ?, ?, ?)",
-                (
-                    utc_now().isoformat(sep=" ", timespec="microseconds"),
-                    user,
-                    user,
-                    action,
-                    terminal,
-                    outcome,
-                    json.dumps(details, sort_keys=True),
-                ),
-            )
-    except sqlite3.Error as exc:
-        raise StorageError(f"could not record {action} in the audit log: {exc}") from exc
-    finally:
-        connection.close()
+    record_action(data_dir.db_path, action, outcome, user=user, terminal=terminal, details=details)
 
 
 def make_backup(data_dir: DataDir, *, user: str | None = None, terminal: str | None = None) -> BackupEntry:

@@ -127,6 +127,7 @@ def main() -> int:
         ),
         "user with no rows": AuditFilter.build(user="nobody"),
         "free text (common)": AuditFilter.build(text="entry 99"),
+        "free text, no match": AuditFilter.build(text="no such words"),
         "free text in a month": AuditFilter.build(
             text="value\": 7", since=START + timedelta(days=200), until=START + timedelta(days=230)
         ),
