@@ -307,25 +307,29 @@ def restore_live(
         reason = "a treatment session is open in the records"
     if reason is not None:
         raise refuse(f"restore refused while a session is open ({reason}); end the session first")
-    days, _problem = read_retention_days(data_dir.db_path)
-    try:
-        replaced = backup_database(data_dir, retention_days=days)
-    except BackupError as exc:
-        raise refuse(f"the current database could not be backed up first: {exc}") from exc
-    _write_verdict(replaced, True, "integrity ok")
     staging = data_dir.root / f".tosca.db.restore.{os.getpid()}"
-    for extra in ("", "-journal", "-wal", "-shm"):
-        Path(f"{staging}{extra}").unlink(missing_ok=True)
+    _remove_staging(staging)
     try:
+        # Copied first: the backup of the current database prunes old backups, and this may be one of them.
         copy_database(source, staging)
         if report.revision != head_revision():
-            _migrate(staging, head_revision(), replaced)
-        _copy_into_live(staging, data_dir.db_path)
+            _migrate(staging, head_revision(), None)
     except (BackupError, StorageError, sqlite3.Error) as exc:
-        raise refuse(f"restore of {name} failed, records unchanged: {' '.join(str(exc).split())}") from exc
+        _remove_staging(staging)
+        raise refuse(f"{name} could not be prepared, records unchanged: {_one_line(exc)}") from exc
+    try:
+        days, _problem = read_retention_days(data_dir.db_path)
+        try:
+            replaced = backup_database(data_dir, retention_days=days)
+        except BackupError as exc:
+            raise refuse(f"the current database could not be backed up first: {exc}") from exc
+        _write_verdict(replaced, True, "integrity ok")
+        try:
+            _copy_into_live(staging, data_dir.db_path)
+        except sqlite3.Error as exc:
+            raise refuse(f"restore of {name} failed, records unchanged: {_one_line(exc)}") from exc
     finally:
-        for extra in ("", "-journal", "-wal", "-shm"):
-            Path(f"{staging}{extra}").unlink(missing_ok=True)
+        _remove_staging(staging)
     final = check_database(data_dir.db_path, quick=True, in_use=True)
     _audit(
         data_dir,
@@ -336,6 +340,15 @@ def restore_live(
         details={"backup": name, "source_revision": report.revision, "replaced_backup": replaced.name},
     )
     return LiveRestoreResult(source=source, replaced_backup=replaced, revision=final.revision)
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _remove_staging(staging: Path) -> None:
+    for extra in ("", "-journal", "-wal", "-shm"):
+        Path(f"{staging}{extra}").unlink(missing_ok=True)
 
 
 def _copy_into_live(staging: Path, db_path: Path) -> None:
