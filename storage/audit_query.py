@@ -437,7 +437,6 @@ def row_as_json(row: AuditRow) -> dict[str, object]:
     }
 
 
-
 def record_action(
     db_path: Path,
     action: str,

@@ -34,7 +34,7 @@ from storage.audit_query import record_action
 from storage.backup import BACKUP_NAME_RE, RETENTION_DAYS, backup_database, copy_database, list_backups
 from storage.engine import DEFAULT_BUSY_TIMEOUT_MS
 from storage.errors import BackupError, ConfigValueError, DatabaseCheckError, RestoreError, StorageError
-from storage.maintenance import _migrate, check_database, head_revision, record_audit
+from storage.maintenance import _migrate, check_database, head_revision
 from storage.models import utc_now
 from storage.paths import DataDir
 from storage.repositories import parse_config_value
@@ -59,7 +59,9 @@ def read_retention_days(db_path: Path) -> tuple[int, str | None]:
     if not Path(db_path).is_file():
         return default, None
     try:
-        connection = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=DEFAULT_BUSY_TIMEOUT_MS / 1000)
+        connection = sqlite3.connect(
+            f"file:{db_path}?mode=ro", uri=True, timeout=DEFAULT_BUSY_TIMEOUT_MS / 1000
+        )
         try:
             row = connection.execute(
                 "SELECT config_value, config_type FROM system_config WHERE config_key = ?", (RETENTION_KEY,)
@@ -75,7 +77,10 @@ def read_retention_days(db_path: Path) -> tuple[int, str | None]:
     except ConfigValueError as exc:
         return default, f"{exc}; using {default} days"
     if isinstance(value, bool) or not isinstance(value, int):
-        return default, f"config {RETENTION_KEY}: {value!r} is not a whole number of days; using {default} days"
+        return (
+            default,
+            f"config {RETENTION_KEY}: {value!r} is not a whole number of days; using {default} days",
+        )
     if not MIN_RETENTION_DAYS <= value <= MAX_RETENTION_DAYS:
         return default, (
             f"config {RETENTION_KEY}: {value} is outside {MIN_RETENTION_DAYS} to {MAX_RETENTION_DAYS} days; "
@@ -126,7 +131,11 @@ def _read_verdict(backup: Path) -> tuple[bool | None, str]:
         stat = backup.stat()
     except (OSError, ValueError):
         return None, ""
-    if not isinstance(data, dict) or data.get("size") != stat.st_size or data.get("mtime_ns") != stat.st_mtime_ns:
+    if (
+        not isinstance(data, dict)
+        or data.get("size") != stat.st_size
+        or data.get("mtime_ns") != stat.st_mtime_ns
+    ):
         # The file changed since it was checked: the old verdict says nothing about it.
         return None, ""
     ok = data.get("ok")

@@ -72,7 +72,9 @@ def test_pages_are_newest_first_and_keyset_pages_cover_every_row_once(trail: Pat
         pages += 1
     connection.close()
     assert pages == 7
-    assert len(seen) == len(set(seen)) == 125  # the five rows sharing a timestamp are neither lost nor doubled
+    assert (
+        len(seen) == len(set(seen)) == 125
+    )  # the five rows sharing a timestamp are neither lost nor doubled
     assert first_ids[0] == 125 and first_ids == sorted(first_ids, reverse=True)
 
 
@@ -112,7 +114,7 @@ def test_bad_filters_are_refused_with_the_reason(filters: dict[str, str], reason
 
 
 def test_csv_export_guards_formulas_and_never_overwrites(trail: Path, data_dir: DataDir) -> None:
-    _insert(trail, [(T0 + timedelta(days=1), "=HYPERLINK(\"x\")", "@SUM(1)", "success", "-2+3")])
+    _insert(trail, [(T0 + timedelta(days=1), '=HYPERLINK("x")', "@SUM(1)", "success", "-2+3")])
     exports = data_dir.root / "exports"
     now = datetime(2026, 3, 2, 9, 0, 0)
     first = export_csv(trail, exports, AuditFilter.build(since="2026-03-02"), now=now)
@@ -123,7 +125,7 @@ def test_csv_export_guards_formulas_and_never_overwrites(trail: Path, data_dir: 
     with first.path.open(newline="", encoding="utf-8") as handle:
         rows = list(csv.reader(handle))
     assert rows[0][:5] == ["audit_id", "timestamp_utc", "username", "action", "outcome"]
-    assert rows[1][2:4] == ["'=HYPERLINK(\"x\")", "'@SUM(1)"]
+    assert rows[1][2:4] == ['\'=HYPERLINK("x")', "'@SUM(1)"]
     assert rows[1][8] == "'-2+3"
     assert [p.name for p in exports.iterdir() if p.name.startswith(".")] == []
     everything = export_csv(trail, exports, None, now=now)
@@ -134,7 +136,9 @@ def test_csv_export_guards_formulas_and_never_overwrites(trail: Path, data_dir: 
 def test_record_action_names_the_account(db_path: Path) -> None:
     connection = sqlite3.connect(str(db_path))
     with connection:
-        connection.execute("INSERT INTO tech_users (username, full_name, role) VALUES ('ada', 'Ada', 'admin')")
+        connection.execute(
+            "INSERT INTO tech_users (username, full_name, role) VALUES ('ada', 'Ada', 'admin')"
+        )
     connection.close()
     record_action(db_path, "audit_export", "success", user="ada", terminal="tty1", details={"rows": 3})
     connection = open_read_only(db_path)

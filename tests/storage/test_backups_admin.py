@@ -120,7 +120,10 @@ def test_restore_into_the_open_database_backs_up_first(data_dir: DataDir) -> Non
     # A connection held open across the restore, as the console's and the controller's engines are.
     reader = sqlite3.connect(str(data_dir.db_path))
     reader.execute("PRAGMA journal_mode = WAL")
-    assert [r[0] for r in reader.execute("SELECT subject_code FROM subjects")] == ["P-2026-0001", "P-2026-0002"]
+    assert [r[0] for r in reader.execute("SELECT subject_code FROM subjects")] == [
+        "P-2026-0001",
+        "P-2026-0002",
+    ]
 
     result = restore_live(data_dir, saved.name, user="ada", terminal="tty1")
 
@@ -138,11 +141,14 @@ def test_restore_into_the_open_database_backs_up_first(data_dir: DataDir) -> Non
 
 def test_restore_is_refused_while_a_session_is_open(data_dir: DataDir) -> None:
     saved = backup_database(data_dir, now=datetime(2026, 3, 1, 9, 0, 0))
-    _execute(data_dir.db_path, "INSERT INTO tech_users (username, full_name, role) VALUES ('t', 'T', 'technician')")
+    _execute(
+        data_dir.db_path, "INSERT INTO tech_users (username, full_name, role) VALUES ('t', 'T', 'technician')"
+    )
     _execute(data_dir.db_path, "INSERT INTO subjects (subject_code) VALUES ('P-2026-0001')")
     _execute(
         data_dir.db_path,
-        "INSERT INTO sessions (subject_id, tech_id, start_time, status) VALUES (1, 1, '2026-03-01', 'in_progress')",
+        "INSERT INTO sessions (subject_id, tech_id, start_time, status) "
+        "VALUES (1, 1, '2026-03-01', 'in_progress')",
     )
     with pytest.raises(RestoreError, match="restore refused while a session is open"):
         restore_live(data_dir, saved.name, user="ada")

@@ -1,5 +1,5 @@
-"""``tosca audit list`` and ``tosca db backups`` / ``tosca db verify``: output, filters and exit codes (0 done,
-1 refused with one line why, 2 usage)."""
+"""``tosca audit list`` and ``tosca db backups`` / ``tosca db verify``: output, filters and exit codes
+(0 done, 1 refused with one line why, 2 usage)."""
 
 from __future__ import annotations
 
@@ -25,11 +25,26 @@ def _rows(data_dir: Path) -> None:
     connection = sqlite3.connect(str(data_dir / "tosca.db"))
     with connection:
         connection.executemany(
-            "INSERT INTO audit_log (timestamp, username, action, terminal, outcome, details) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO audit_log (timestamp, username, action, terminal, outcome, details) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
             [
                 ("2026-03-01 08:00:00.000000", "ana", "login", "tty1", "success", '{"note": "first"}'),
-                ("2026-03-02 08:00:00.000000", "ben", "login", "tty2", "failure", '{"reason": "bad password"}'),
-                ("2026-03-03 08:00:00.000000", "ana", "config_change", "tty1", "success", '{"key": "=cmd|x"}'),
+                (
+                    "2026-03-02 08:00:00.000000",
+                    "ben",
+                    "login",
+                    "tty2",
+                    "failure",
+                    '{"reason": "bad password"}',
+                ),
+                (
+                    "2026-03-03 08:00:00.000000",
+                    "ana",
+                    "config_change",
+                    "tty1",
+                    "success",
+                    '{"key": "=cmd|x"}',
+                ),
             ],
         )
     connection.close()
@@ -40,7 +55,9 @@ def _out(capsys: pytest.CaptureFixture[str]) -> tuple[str, str]:
     return captured.out, captured.err
 
 
-def test_audit_list_table_is_newest_first_and_filtered(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_audit_list_table_is_newest_first_and_filtered(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     _rows(data_dir)
     assert _tosca("audit", "list", "--data-dir", str(data_dir)) == 0
     out, err = _out(capsys)

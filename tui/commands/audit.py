@@ -48,7 +48,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     listing.add_argument("--outcome", choices=("success", "failure"), help="only this outcome")
     listing.add_argument("--since", metavar="ISO", help="from this date or time (inclusive, UTC)")
     listing.add_argument("--until", metavar="ISO", help="before this date or time (exclusive, UTC)")
-    listing.add_argument("--text", metavar="TEXT", help="free text found in user, action, terminal or details")
+    listing.add_argument(
+        "--text", metavar="TEXT", help="free text found in user, action, terminal or details"
+    )
     listing.add_argument(
         "--limit", type=_limit, default=DEFAULT_LIMIT, metavar="N", help="rows at most (0: all; default 50)"
     )

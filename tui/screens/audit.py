@@ -27,7 +27,6 @@ from textual.widgets import DataTable, Footer, Input, Label
 
 from control.account_rules import UserInfo
 from storage.audit_query import (
-    PAGE_SIZE,
     AuditFilter,
     AuditPage,
     Cursor,
@@ -237,7 +236,7 @@ class AuditScreen(Screen[None]):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "next_page":
-            return self.page is not None and self.page.next_cursor is not None or None
+            return (self.page is not None and self.page.next_cursor is not None) or None
         if action == "previous_page":
             return bool(self._previous) or None
         return True
