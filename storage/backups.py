@@ -156,8 +156,19 @@ def _write_verdict(backup: Path, ok: bool, note: str) -> None:
     os.replace(partial, _verdict_path(backup))
 
 
-def backup_overview(data_dir: DataDir) -> BackupOverview:
-    """List ``data_dir``'s backups, newest first, with the retention and free space."""
+def disk_space(folder: Path) -> tuple[int, int]:
+    """Free and total bytes of the file system holding ``folder`` (its nearest existing parent)."""
+    while not folder.exists() and folder.parent != folder:
+        folder = folder.parent
+    usage = shutil.disk_usage(folder)
+    return usage.free, usage.total
+
+
+def backup_overview(
+    data_dir: DataDir, *, space: Callable[[Path], tuple[int, int]] = disk_space
+) -> BackupOverview:
+    """List ``data_dir``'s backups, newest first, with the retention and the free space (``space`` measures
+    the file system: free and total bytes)."""
     entries: list[BackupEntry] = []
     for info in reversed(list_backups(data_dir)):
         try:
@@ -167,13 +178,13 @@ def backup_overview(data_dir: DataDir) -> BackupOverview:
         verified, note = _read_verdict(info.path)
         entries.append(BackupEntry(info.path, info.taken_at, size, verified, note))
     days, problem = read_retention_days(data_dir.db_path)
-    usage = shutil.disk_usage(data_dir.root if data_dir.root.exists() else data_dir.root.parent)
+    free, total = space(data_dir.root)
     return BackupOverview(
         entries=entries,
         retention_days=days,
         retention_problem=problem,
-        free_bytes=usage.free,
-        total_bytes=usage.total,
+        free_bytes=free,
+        total_bytes=total,
     )
 
 

@@ -2,11 +2,11 @@
 
 Filters: user, action, outcome, from and to (ISO dates or date-times, UTC) and free text. Enter in any filter
 field applies them; a bad value (a date that is not a date, a range the wrong way round, an unknown outcome)
-is refused with one line saying why, and the rows shown stay as they were. PageDown / PageUp (or ``]`` and
-``[``) move by one page of :data:`storage.audit_query.PAGE_SIZE` rows, found by keyset on the timestamp
-and id, so a page deep in a million rows comes as quickly as the first. ``x`` exports every row matching the
-filters to ``<data dir>/exports/audit_YYYYMMDD_HHMMSS.csv`` (cells that a spreadsheet would run as a formula
-are guarded) and shows the path; the export is itself audited.
+is refused with one line saying why, and the rows shown stay as they were. PageDown / PageUp move by one
+page of :data:`storage.audit_query.PAGE_SIZE` rows, found by keyset on the timestamp and id, so a page deep
+in a million rows comes as quickly as the first. F2 goes to the filters, F3 clears them. F5 exports every
+row matching the filters to ``<data dir>/exports/audit_YYYYMMDD_HHMMSS.csv`` (cells that a spreadsheet
+would run as a formula are guarded) and shows the path; the export is itself audited.
 
 Everything shown from the log (names, actions, terminals, details) is drawn as text, never as markup.
 Open it with ``AuditScreen(context, user)``.
@@ -99,8 +99,9 @@ class AuditScreen(Screen[None]):
     """
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("pagedown,right_square_bracket", "next_page", "Next page"),
-        Binding("pageup,left_square_bracket", "previous_page", "Prev page"),
+        # Priority: the table would otherwise take PageDown/PageUp to scroll within the page.
+        Binding("pagedown", "next_page", "Next page", priority=True),
+        Binding("pageup", "previous_page", "Prev page", priority=True),
         Binding("f2", "filters", "Filters"),
         Binding("f3", "clear_filters", "Clear"),
         Binding("f5", "export", "Export CSV"),

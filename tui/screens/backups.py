@@ -16,6 +16,8 @@ Open it with ``BackupsScreen(context, user)``.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from pathlib import Path
 from typing import ClassVar
 
 from rich.text import Text
@@ -31,6 +33,7 @@ from storage.backups import (
     BackupEntry,
     BackupOverview,
     backup_overview,
+    disk_space,
     human_size,
     make_backup,
     restore_live,
@@ -81,10 +84,18 @@ class BackupsScreen(Screen[None]):
         Binding("escape", "back", "Back"),
     ]
 
-    def __init__(self, context: ScreenContext, user: UserInfo) -> None:
+    def __init__(
+        self,
+        context: ScreenContext,
+        user: UserInfo,
+        *,
+        space: Callable[[Path], tuple[int, int]] = disk_space,
+    ) -> None:
+        """``space`` measures the data directory's file system (free and total bytes)."""
         super().__init__()
         self.context = context
         self.user = user
+        self.space = space
         self.data_dir = DataDir(context.settings.data_dir)
         self.overview: BackupOverview | None = None
         #: True while a backup, verification or restore runs (the keys wait for it).
@@ -116,7 +127,7 @@ class BackupsScreen(Screen[None]):
     async def reload(self, select: str | None = None) -> None:
         """Read the backups again (``select`` names the backup to highlight afterwards)."""
         try:
-            overview = await asyncio.to_thread(backup_overview, self.data_dir)
+            overview = await asyncio.to_thread(backup_overview, self.data_dir, space=self.space)
         except (StorageError, OSError) as exc:
             self.show_status(f"cannot list the backups: {_one_line(exc)}", error=True)
             return
