@@ -274,7 +274,7 @@ def test_restore_refused_while_the_rig_or_the_records_have_a_session_open(
                 "end the session first"
             )
             assert not isinstance(pilot.app.screen, ConfirmDialog)
-            # The rig's session ended, but the records still hold one open (a controller that stopped mid-way).
+            # The rig's session ended, but the records still hold one open (a controller stopped mid-way).
             link.snapshot = None
             _execute(
                 "INSERT INTO sessions (subject_id, tech_id, start_time, status) "
