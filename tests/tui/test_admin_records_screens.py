@@ -97,21 +97,21 @@ def test_audit_pages_newest_first_and_back(data_dir: object, clock: FakeClock) -
     async def run() -> None:
         async with AdminScreenApp(audit_screen, clock).run_test(size=(120, 40)) as pilot:
             await audit_loaded(pilot, "page 1, 50 rows")
-            details = table_column(pilot, 5)
+            details = table_column(pilot, 4)
             assert details[seeded : seeded + 2] == [row(119), row(118)]
             await pilot.press("pagedown")
             await audit_loaded(pilot, "page 2, 50 rows")
-            assert table_column(pilot, 5)[0] == row(119 - (50 - seeded))
+            assert table_column(pilot, 4)[0] == row(119 - (50 - seeded))
             await pilot.press("pagedown")
             await audit_loaded(pilot, f"page 3, {total - 100} rows")
             assert "last page" in page_text(pilot)
-            assert table_column(pilot, 5)[-1] == row(0)
-            assert table_column(pilot, 5)[-13] == row(12)
+            assert table_column(pilot, 4)[-1] == row(0)
+            assert table_column(pilot, 4)[-13] == row(12)
             # Text from the log is shown as typed: neither markup nor a terminal escape.
-            assert table_column(pilot, 5)[-8] == "n=7, note=[red]boom[/red] \\x1b[2J"
+            assert table_column(pilot, 4)[-8] == "n=7, note=[red]boom[/red] \\x1b[2J"
             await pilot.press("pageup")
             await audit_loaded(pilot, "page 2, 50 rows")
-            assert table_column(pilot, 5)[0] == row(119 - (50 - seeded))
+            assert table_column(pilot, 4)[0] == row(119 - (50 - seeded))
 
     asyncio.run(run())
 
@@ -129,7 +129,7 @@ def test_audit_filters_and_a_refused_date(data_dir: object, clock: FakeClock) ->
             assert set(table_column(pilot, 1)) == {"ben"}
             await type_filter(pilot, "outcome", "failure")
             await audit_loaded(pilot, "page 1, 1 rows")
-            assert table_column(pilot, 5) == ["reason=bad password"]
+            assert table_column(pilot, 4) == ["reason=bad password"]
             assert table_column(pilot, 3) == ["failure"]
             # A date that is not one: refused with the reason, and the rows shown stay.
             await type_filter(pilot, "since", "2026-03-32")
@@ -137,7 +137,7 @@ def test_audit_filters_and_a_refused_date(data_dir: object, clock: FakeClock) ->
             assert status_text(pilot) == (
                 "filter refused: since: '2026-03-32' is not a date (use YYYY-MM-DD or YYYY-MM-DD HH:MM, UTC)"
             )
-            assert table_column(pilot, 5) == ["reason=bad password"]
+            assert table_column(pilot, 4) == ["reason=bad password"]
             # A range the wrong way round.
             await type_filter(pilot, "since", "2026-03-02")
             await type_filter(pilot, "until", "2026-03-01")
@@ -152,7 +152,7 @@ def test_audit_filters_and_a_refused_date(data_dir: object, clock: FakeClock) ->
             assert status_text(pilot) == ""
             await type_filter(pilot, "text", "ROW 15")
             await audit_loaded(pilot, "page 1, 1 rows")
-            assert table_column(pilot, 5) == ["n=15, note=row 15"]
+            assert table_column(pilot, 4) == ["n=15, note=row 15"]
             await pilot.press("f3")
             await audit_loaded(pilot, "page 1, 50 rows, newest first; more follow (PageDown); all rows")
 

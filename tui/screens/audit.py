@@ -138,7 +138,7 @@ class AuditScreen(Screen[None]):
                         field.cursor_blink = self.context.settings.cursor_blink
                         yield field
             table: DataTable[str | Text] = DataTable(id="audit-table", cursor_type="row", zebra_stripes=True)
-            table.add_columns("Time (UTC)", "User", "Action", "Outcome", "Terminal", "Details")
+            table.add_columns("Time (UTC)", "User", "Action", "Outcome", "Details", "Terminal")
             yield table
             yield Label("", id="page")
             yield Label("", id="status")
@@ -180,8 +180,8 @@ class AuditScreen(Screen[None]):
                 plain(row.username or "—"),
                 plain(row.action),
                 plain(row.outcome, outcome_style),
-                plain(row.terminal or "—"),
                 plain(row.details_summary(120)),
+                plain(row.terminal or "—"),
                 key=str(row.audit_id),
             )
         self.page = page
