@@ -8,7 +8,9 @@ read and throw away every earlier row). ``audit_id`` breaks ties between rows wi
 
 Filters: user (the name as recorded, exact), action (exact), outcome, a time range (``since`` inclusive,
 ``until`` exclusive, naive UTC) and free text (a case-insensitive substring of the user, action, terminal,
-entity type or details). Bad filter input raises :class:`AuditFilterError` with a one-line reason; nothing
+entity type or details; it cannot use an index, so a free-text page reads at most :data:`TEXT_SCAN_WINDOW`
+rows and, when that leaves it short, says how far back it searched and goes on from there on the next
+page). Bad filter input raises :class:`AuditFilterError` with a one-line reason; nothing
 is read.
 
 The functions here are synchronous (plain :mod:`sqlite3`, read-only); from an event loop call them through
@@ -21,7 +23,7 @@ import csv
 import json
 import sqlite3
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
@@ -35,6 +37,10 @@ from storage.models import AUDIT_OUTCOMES, utc_now
 PAGE_SIZE: Final = 50
 #: Largest page anyone may ask for.
 MAX_PAGE_SIZE: Final = 1000
+#: Rows (matching the other filters) a free-text page reads at most before it returns what it found; the
+#: next page goes on from there. A substring cannot use an index, so without a bound a rare text would read
+#: the whole log for one page.
+TEXT_SCAN_WINDOW: Final = 5_000
 #: Longest free-text or name filter accepted.
 MAX_FILTER_LENGTH: Final = 200
 #: Columns of an exported CSV file, in order.
@@ -202,11 +208,17 @@ class Cursor:
 
 @dataclass(frozen=True, slots=True)
 class AuditPage:
-    """One page, newest first; ``next_cursor`` is None on the last page."""
+    """One page, newest first; ``next_cursor`` is None on the last page.
+
+    ``searched_to`` is set when a free-text page stopped at its reading bound
+    (:data:`TEXT_SCAN_WINDOW`) before filling up: the oldest time it looked at; the next page searches on
+    from there.
+    """
 
     rows: list[AuditRow]
     next_cursor: Cursor | None
     filters: AuditFilter = field(default_factory=AuditFilter)
+    searched_to: datetime | None = None
 
 
 def _stamp(moment: datetime) -> str:
@@ -304,16 +316,43 @@ def fetch_page(
     filters = filters or AuditFilter()
     if isinstance(limit, bool) or not 1 <= limit <= MAX_PAGE_SIZE:
         raise AuditFilterError(f"page size must be 1 to {MAX_PAGE_SIZE}")
+    boundary = _text_boundary(connection, filters, after)
     where, params = _where(filters, after)
+    if boundary is not None:
+        where += " AND (timestamp, audit_id) >= (?, ?)"
+        params.extend([_stamp(boundary.timestamp), boundary.audit_id])
     try:
         found = connection.execute(f"{_SELECT}{where}{_ORDER} LIMIT ?", [*params, limit + 1]).fetchall()
     except sqlite3.Error as exc:
         raise StorageError(f"could not read the audit log: {exc}") from exc
     rows = [_row(tuple(values)) for values in found[:limit]]
-    next_cursor = None
     if len(found) > limit and rows:
-        next_cursor = Cursor(rows[-1].timestamp, rows[-1].audit_id)
-    return AuditPage(rows=rows, next_cursor=next_cursor, filters=filters)
+        return AuditPage(
+            rows=rows, next_cursor=Cursor(rows[-1].timestamp, rows[-1].audit_id), filters=filters
+        )
+    if boundary is not None:
+        # The window was read to its end without filling the page: go on after it next time.
+        return AuditPage(rows=rows, next_cursor=boundary, filters=filters, searched_to=boundary.timestamp)
+    return AuditPage(rows=rows, next_cursor=None, filters=filters)
+
+
+def _text_boundary(
+    connection: sqlite3.Connection, filters: AuditFilter, after: Cursor | None
+) -> Cursor | None:
+    """For a free-text filter: the last row of the window of :data:`TEXT_SCAN_WINDOW` rows (matching the
+    other filters) that this page reads, or None when fewer rows than that remain. Found on an index (a
+    bounded walk from the cursor), never by reading the rows themselves."""
+    if filters.text is None:
+        return None
+    where, params = _where(replace(filters, text=None), after)
+    try:
+        row = connection.execute(
+            f"SELECT timestamp, audit_id FROM audit_log{where}{_ORDER} LIMIT 1 OFFSET ?",
+            [*params, TEXT_SCAN_WINDOW - 1],
+        ).fetchone()
+    except sqlite3.Error as exc:
+        raise StorageError(f"could not read the audit log: {exc}") from exc
+    return None if row is None else Cursor(_parse_stored(row[0]), int(row[1]))
 
 
 def iter_rows(connection: sqlite3.Connection, filters: AuditFilter | None = None) -> Iterator[AuditRow]:

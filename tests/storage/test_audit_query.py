@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from alembic import command
 
+import storage.audit_query as audit_query
 from storage import DataDir
 from storage.audit_query import (
     AuditFilter,
@@ -181,4 +182,20 @@ def test_the_index_revision_upgrades_and_downgrades(data_dir: DataDir, trail: Pa
     assert check_database(trail).revision == "20261207_001"
     connection = open_read_only(trail)
     assert len(list(iter_rows(connection))) == 125  # no row touched either way
+    connection.close()
+
+
+def test_free_text_reads_a_bounded_window_per_page_and_goes_on_after_it(
+    trail: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(audit_query, "TEXT_SCAN_WINDOW", 30)
+    connection = open_read_only(trail)
+    wanted = AuditFilter.build(text='"n": 3,')  # only row 3, the 122nd newest
+    first = fetch_page(connection, wanted)
+    assert first.rows == [] and first.next_cursor is not None
+    assert first.searched_to == T0 + timedelta(minutes=95)  # the 30 newest rows were read
+    assert _numbers(list(iter_rows(connection, wanted))) == [3]
+    # A page that fills up inside its window ends at its last row, as without text.
+    common = fetch_page(connection, AuditFilter.build(text="row"), limit=10)
+    assert common.searched_to is None and _numbers(common.rows) == list(range(124, 114, -1))
     connection.close()

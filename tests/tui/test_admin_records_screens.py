@@ -11,6 +11,7 @@ import sqlite3
 from datetime import datetime, timedelta
 from typing import Any
 
+import pytest
 from admin_records_fixtures import (
     AdminScreenApp,
     LinkStandIn,
@@ -24,6 +25,7 @@ from console_fixtures import DATA_DIR, FakeClock, seed, status_text, wait_until
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, Label
 
+import storage.audit_query as audit_query
 from control.accounts import UserInfo
 from storage import DataDir
 from storage.backup import backup_database
@@ -324,3 +326,32 @@ def test_restore_after_yes_backs_up_first_and_no_changes_nothing(data_dir: objec
     asyncio.run(run())
     assert _subjects() == []
     assert audit_actions("db_restore") == [("db_restore", "success", "ada")]
+
+
+def test_a_rare_text_pages_through_bounded_windows(
+    data_dir: object, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(audit_query, "TEXT_SCAN_WINDOW", 40)
+    asyncio.run(seed())
+    seeded = _audit_count()
+    many_rows()
+
+    def minute(n: int) -> str:
+        return f"{T0 + timedelta(minutes=n):%Y-%m-%d %H:%M}"
+
+    async def run() -> None:
+        async with AdminScreenApp(audit_screen, clock).run_test(size=(120, 40)) as pilot:
+            await audit_loaded(pilot, "page 1")
+            await type_filter(pilot, "text", '"n": 50,')  # only row 50
+            # Each page reads 40 rows, newest first: the seed's rows, then row 119 down.
+            await audit_loaded(pilot, f"page 1, 0 rows; searched back to {minute(119 - 39 + seeded)}")
+            assert "PageDown searches further" in page_text(pilot)
+            await pilot.press("pagedown")
+            await audit_loaded(pilot, f"page 2, 1 rows; searched back to {minute(119 - 79 + seeded)}")
+            assert table_column(pilot, 4) == ["n=50, note=row 50"]
+            await pilot.press("pagedown")
+            await audit_loaded(pilot, "page 3, 0 rows")
+            await pilot.press("pageup", "pageup")
+            await audit_loaded(pilot, "page 1, 0 rows")
+
+    asyncio.run(run())

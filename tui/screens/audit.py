@@ -187,7 +187,12 @@ class AuditScreen(Screen[None]):
         self.page = page
         number = len(self._previous) + 1
         more = "more follow (PageDown)" if page.next_cursor is not None else "last page"
-        if not page.rows:
+        if page.searched_to is not None:
+            text = (
+                f"page {number}, {len(page.rows)} rows; searched back to {page.searched_to:%Y-%m-%d %H:%M}, "
+                f"PageDown searches further; {self.filters.describe()}"
+            )
+        elif not page.rows:
             text = f"no rows match: {self.filters.describe()}"
         else:
             text = f"page {number}, {len(page.rows)} rows, newest first; {more}; {self.filters.describe()}"
