@@ -249,7 +249,18 @@ def verify_backup(
 ) -> tuple[bool, str]:
     """Check the backup ``name``: ``(True, summary)`` or ``(False, reason)``; the verdict is kept and
     recorded in the audit log either way."""
-    path = find_backup(data_dir, name)
+    try:
+        path = find_backup(data_dir, name)
+    except RestoreError as exc:
+        _audit(
+            data_dir,
+            "db_backup_verify",
+            "failure",
+            user=user,
+            terminal=terminal,
+            details={"backup": name, "result": str(exc)},
+        )
+        raise
     try:
         report = check_database(path, require_head=False)
     except DatabaseCheckError as exc:
@@ -305,7 +316,6 @@ def restore_live(
     says so (a session ``in_progress`` or ``paused``), or ``session_open`` (the controller's view, e.g. its
     state over the console's link) returns a reason. The current database is backed up first.
     """
-    source = find_backup(data_dir, name)
 
     def refuse(reason: str) -> RestoreError:
         _audit(
@@ -318,6 +328,10 @@ def restore_live(
         )
         return RestoreError(reason)
 
+    try:
+        source = find_backup(data_dir, name)
+    except RestoreError as exc:
+        raise refuse(str(exc)) from None
     try:
         report = check_database(source, require_head=False)
     except DatabaseCheckError as exc:

@@ -111,6 +111,14 @@ def test_verify_says_no_for_a_damaged_backup_and_forgets_a_verdict_when_the_file
 def test_only_a_listed_backup_can_be_named(data_dir: DataDir, name: str) -> None:
     with pytest.raises(RestoreError):
         find_backup(data_dir, name)
+    with pytest.raises(RestoreError):
+        verify_backup(data_dir, name, user="ada")
+    with pytest.raises(RestoreError):
+        restore_live(data_dir, name, user="ada")
+    assert [(a, o, u) for a, o, u, _d in _audit(data_dir.db_path)] == [
+        ("db_backup_verify", "failure", "ada"),
+        ("db_restore", "failure", "ada"),
+    ]
 
 
 def test_restore_into_the_open_database_backs_up_first(data_dir: DataDir) -> None:
