@@ -11,8 +11,8 @@ A database at the current schema is made with ``storage.maintenance.upgrade`` an
 audit screen makes is timed through :mod:`storage.audit_query` (the same code the screen and ``tosca audit
 list`` use), each on a fresh connection's warm cache: the first page, a second page and a page half-way
 down (keyset), and a page for each filter on its own and combined, including a filter that matches nothing
-and a free text found nowhere (a free-text page reads at most ``TEXT_SCAN_WINDOW`` rows). For each it prints the median,
-p95 and p99 in ms and the query plan's access path; the goal is p95 < 100 ms.
+and a free text found nowhere (a free-text page reads at most ``TEXT_SCAN_WINDOW`` rows). For each it prints
+the median, p95 and p99 in ms and the query plan's access path; the goal is p95 < 100 ms.
 
 This is a command that prints figures, not a test.
 """
