@@ -72,6 +72,22 @@ def test_audit_list_table_is_newest_first_and_filtered(
     assert out.splitlines()[-1] == "1 row(s), newest first; user=ana, since 2026-03-02 00:00"
 
 
+def test_audit_list_table_prints_a_terminal_escape_escaped(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    connection = sqlite3.connect(str(data_dir / "tosca.db"))
+    with connection:
+        connection.execute(
+            "INSERT INTO audit_log (timestamp, username, action, outcome, details) "
+            "VALUES ('2026-03-01 08:00:00.000000', 'eve\x1b]0;owned\x07', 'login', 'failure', '{}')"
+        )
+    connection.close()
+    assert _tosca("audit", "list", "--data-dir", str(data_dir)) == 0
+    out = _out(capsys)[0]
+    assert "\x1b" not in out and "\x07" not in out
+    assert "eve\\x1b]0;owned\\x07" in out
+
+
 def test_audit_list_json_and_csv(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _rows(data_dir)
     assert _tosca("audit", "list", "--action", "login", "--format", "json", "--data-dir", str(data_dir)) == 0

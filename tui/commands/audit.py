@@ -60,6 +60,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _table(rows: list[Any]) -> None:
+    from tui.safe_text import escape_controls
+
     headers = ("time (UTC)", "user", "action", "outcome", "terminal", "details")
     cells = [
         (
@@ -72,11 +74,12 @@ def _table(rows: list[Any]) -> None:
         )
         for row in rows
     ]
-    widths = [max([len(h)] + [len(" ".join(c[i].split())) for c in cells]) for i, h in enumerate(headers)]
+    # A name or a detail may hold a terminal escape: printed escaped, never sent to the terminal.
+    shown_rows = [[escape_controls(" ".join(cell.split())) for cell in row_cells] for row_cells in cells]
+    widths = [max([len(h)] + [len(c[i]) for c in shown_rows]) for i, h in enumerate(headers)]
     widths[-1] = len(headers[-1])
     print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
-    for row_cells in cells:
-        shown = [" ".join(cell.split()) for cell in row_cells]
+    for shown in shown_rows:
         print("  ".join(c.ljust(w) for c, w in zip(shown, widths, strict=True)).rstrip())
 
 
