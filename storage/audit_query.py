@@ -366,17 +366,6 @@ def iter_rows(connection: sqlite3.Connection, filters: AuditFilter | None = None
         cursor = page.next_cursor
 
 
-def distinct_values(connection: sqlite3.Connection, column: str, *, limit: int = 200) -> list[str]:
-    """The distinct users or actions recorded (for choosing a filter), sorted; at most ``limit``."""
-    if column not in ("username", "action"):
-        raise ValueError(f"no such filter column: {column}")
-    query = f"SELECT DISTINCT {column} FROM audit_log WHERE {column} IS NOT NULL ORDER BY {column} LIMIT ?"
-    try:
-        return [str(row[0]) for row in connection.execute(query, (limit,))]
-    except sqlite3.Error as exc:
-        raise StorageError(f"could not read the audit log: {exc}") from exc
-
-
 def safe_cell(value: object) -> str:
     """A CSV cell a spreadsheet shows as text: a value starting with ``= + - @`` (or a tab or carriage
     return) gets a leading apostrophe so it is never run as a formula."""

@@ -47,12 +47,19 @@ class LinkStandIn:
 
 
 class AdminScreenApp(App[None]):
-    """The console's stylesheet and one screen made for the admin ``ada`` (seeded first)."""
+    """The console's stylesheet and one screen made for the admin ``ada`` (or ``username``; seeded first)."""
 
     CSS_PATH = TCSS
 
-    def __init__(self, make_screen: ScreenMaker, clock: FakeClock, link: LinkStandIn | None = None) -> None:
+    def __init__(
+        self,
+        make_screen: ScreenMaker,
+        clock: FakeClock,
+        link: LinkStandIn | None = None,
+        username: str = "ada",
+    ) -> None:
         super().__init__()
+        self.username = username
         self.make_screen = make_screen
         self.settings = make_settings(clock)
         self.terminal = "/dev/tty1"
@@ -66,7 +73,7 @@ class AdminScreenApp(App[None]):
         self.first: Screen[Any] | None = None
 
     async def on_mount(self) -> None:
-        user = await self.accounts.get_user("ada")
+        user = await self.accounts.get_user(self.username)
         assert user is not None
         self.first = self.make_screen(self.context, user)
         await self.push_screen(self.first)

@@ -355,3 +355,22 @@ def test_a_rare_text_pages_through_bounded_windows(
             await audit_loaded(pilot, "page 1, 0 rows")
 
     asyncio.run(run())
+
+
+def test_a_technician_is_refused_both_screens(data_dir: object, clock: FakeClock) -> None:
+    asyncio.run(seed())
+    before = audit_actions()
+
+    async def run(maker: Any) -> None:
+        async with AdminScreenApp(maker, clock, username="tina").run_test(size=(120, 40)) as pilot:
+            await wait_until(pilot, lambda: "only an admin" in status_text(pilot), "the refusal")
+            assert status_text(pilot) == "only an admin may use this screen (tina is technician)"
+            assert pilot.app.screen.query_one(DataTable).row_count == 0
+            await pilot.press("b", "f5", "pagedown")
+            await pilot.pause()
+
+    asyncio.run(run(audit_screen))
+    asyncio.run(run(backups_screen))
+    assert audit_actions() == before
+    assert not (DATA_DIR / "exports").exists()
+    assert list((DATA_DIR / "backups").glob("tosca_*.db")) == []

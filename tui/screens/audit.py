@@ -146,6 +146,12 @@ class AuditScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self.query_one("#audit-table", DataTable).focus()
+        if self.user.role != "admin":
+            # Reached only from an admin's menu; anyone else is told so and nothing is read.
+            self.show_status(
+                f"only an admin may use this screen ({self.user.username} is {self.user.role})", error=True
+            )
+            return
         self.load(None)
 
     # -- reading ---------------------------------------------------------------------------------------------
@@ -241,6 +247,8 @@ class AuditScreen(Screen[None]):
     # -- paging ----------------------------------------------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if self.user.role != "admin" and action != "back":
+            return False
         if action == "next_page":
             return (self.page is not None and self.page.next_cursor is not None) or None
         if action == "previous_page":

@@ -119,6 +119,12 @@ class BackupsScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self.query_one("#backup-table", DataTable).focus()
+        if self.user.role != "admin":
+            # Reached only from an admin's menu; anyone else is told so and nothing is read.
+            self.show_status(
+                f"only an admin may use this screen ({self.user.username} is {self.user.role})", error=True
+            )
+            return
         self.reload()
 
     # -- the list --------------------------------------------------------------------------------------------
@@ -178,6 +184,8 @@ class BackupsScreen(Screen[None]):
         self.refresh_bindings()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if self.user.role != "admin" and action != "back":
+            return False
         if action in ("verify", "restore"):
             return self.highlighted() is not None or None
         return True
