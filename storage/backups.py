@@ -336,11 +336,15 @@ def restore_live(
         report = check_database(source, require_head=False)
     except DatabaseCheckError as exc:
         raise refuse(f"{name} does not verify: {' '.join(str(exc).split())}") from exc
-    reason = session_open() if session_open is not None else None
-    if reason is None and open_session_count(data_dir.db_path):
-        reason = "a treatment session is open in the records"
-    if reason is not None:
-        raise refuse(f"restore refused while a session is open ({reason}); end the session first")
+
+    def refuse_if_session_open() -> None:
+        reason = session_open() if session_open is not None else None
+        if reason is None and open_session_count(data_dir.db_path):
+            reason = "a treatment session is open in the records"
+        if reason is not None:
+            raise refuse(f"restore refused while a session is open ({reason}); end the session first")
+
+    refuse_if_session_open()
     staging = data_dir.root / f".tosca.db.restore.{os.getpid()}"
     _remove_staging(staging)
     try:
@@ -358,6 +362,8 @@ def restore_live(
         except BackupError as exc:
             raise refuse(f"the current database could not be backed up first: {exc}") from exc
         _write_verdict(replaced, True, "integrity ok")
+        # Asked again right before the copy: the backup above took a while, and a session may have opened.
+        refuse_if_session_open()
         try:
             _copy_into_live(staging, data_dir.db_path)
         except sqlite3.Error as exc:

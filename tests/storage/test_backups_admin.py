@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -176,3 +176,15 @@ def test_a_damaged_backup_is_never_restored(data_dir: DataDir) -> None:
     with pytest.raises(RestoreError, match="does not verify"):
         restore_live(data_dir, bad.name, user="ada")
     assert _codes(data_dir.db_path) == ["P-2026-0001"]
+
+
+def test_a_session_opened_while_the_current_database_is_backed_up_stops_the_restore(
+    data_dir: DataDir,
+) -> None:
+    saved = backup_database(data_dir, now=datetime.now().replace(microsecond=0) - timedelta(days=1))
+    _execute(data_dir.db_path, "INSERT INTO subjects (subject_code) VALUES ('P-2026-0001')")
+    answers = iter([None, "session 3 opened meanwhile"])
+    with pytest.raises(RestoreError, match=r"\(session 3 opened meanwhile\)"):
+        restore_live(data_dir, saved.name, user="ada", session_open=lambda: next(answers))
+    assert _codes(data_dir.db_path) == ["P-2026-0001"]
+    assert len(backup_overview(data_dir).entries) == 2  # the backup taken first stays
