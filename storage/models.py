@@ -407,6 +407,10 @@ class AuditLog(Base):
         CheckConstraint(_in_list("outcome", AUDIT_OUTCOMES), name="ck_audit_log_outcome"),
         Index("idx_audit_timestamp", "timestamp"),
         Index("idx_audit_tech_time", "tech_id", "timestamp"),
+        # Browsing by user, action or outcome, newest first (revision 20261207_001).
+        Index("idx_audit_user_time", "username", "timestamp"),
+        Index("idx_audit_action_time", "action", "timestamp"),
+        Index("idx_audit_outcome_time", "outcome", "timestamp"),
         {"sqlite_autoincrement": True},
     )
 

@@ -3,7 +3,10 @@
 ```
 tosca db upgrade          back up the database, then migrate it to the current schema (creates it if absent)
 tosca db check [FILE]     integrity_check, schema at head, views and triggers present (default: the database)
-tosca db backup           online backup to backups/tosca_YYYYMMDD_HHMMSS.db, verified; 30 days kept
+tosca db backup           online backup to backups/tosca_YYYYMMDD_HHMMSS.db, verified; kept for the configured
+                          retention (system_config backup_retention_days, default 30 days)
+tosca db backups          every backup (local time, size, verified yes/no), the retention and the free space
+tosca db verify NAME      check the backup NAME (as listed) and remember the verdict
 tosca db restore FILE     verify FILE, back up the current database, put FILE in its place
 ```
 
@@ -22,14 +25,14 @@ from typing import Any
 from storage.paths import DataDir
 from tui.commands import add_data_dir_option, fail
 
-ACTIONS = ("upgrade", "check", "backup", "restore")
+ACTIONS = ("upgrade", "check", "backup", "backups", "verify", "restore")
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``db`` sub-command (and its actions) to ``subparsers``; return its parser."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "db",
-        help="records database: upgrade | check | backup | restore FILE",
+        help="records database: upgrade | check | backup | backups | verify NAME | restore FILE",
         description="Maintain the records database of a data directory.",
     )
     actions = parser.add_subparsers(dest="db_action", metavar="ACTION", required=True)
@@ -44,9 +47,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         help="file to check (default: the database)",
     )
     backup_parser = actions.add_parser("backup", help="verified online backup into backups/")
+    backups_parser = actions.add_parser("backups", help="list the backups, the retention and the free space")
+    verify_parser = actions.add_parser("verify", help="check one backup and remember the verdict")
+    verify_parser.add_argument("name", metavar="NAME", help="backup file name, as tosca db backups lists it")
     restore_parser = actions.add_parser("restore", help="replace the database with a verified backup file")
     restore_parser.add_argument("file", type=Path, metavar="FILE", help="backup file to restore")
-    for sub in (upgrade_parser, check_parser, backup_parser, restore_parser):
+    for sub in (upgrade_parser, check_parser, backup_parser, backups_parser, verify_parser, restore_parser):
         add_data_dir_option(sub)
     return parser
 
@@ -86,10 +92,49 @@ def _check(data_dir: DataDir, file: Path | None) -> None:
 
 def _backup(data_dir: DataDir) -> None:
     from control.terminal import detect_terminal
-    from storage.maintenance import backup
+    from storage.backups import make_backup, read_retention_days
+    from storage.maintenance import backup, head_revision, schema_revision
 
-    path = backup(data_dir, terminal=detect_terminal())
-    print(f"ok: backup {path} (integrity ok)")
+    if schema_revision(data_dir.db_path) != head_revision():
+        # An older or unversioned database: a plain backup, without the audit trail it may not have yet.
+        path = backup(data_dir, terminal=detect_terminal())
+        print(f"ok: backup {path} (integrity ok)")
+        return
+    _days, problem = read_retention_days(data_dir.db_path)
+    if problem is not None:
+        print(f"warning: {problem}", file=sys.stderr)
+    entry = make_backup(data_dir, terminal=detect_terminal())
+    print(f"ok: backup {entry.path} (integrity ok)")
+
+
+def _backups(data_dir: DataDir) -> None:
+    from storage.backups import backup_overview, human_size
+
+    overview = backup_overview(data_dir)
+    if overview.retention_problem is not None:
+        print(f"warning: {overview.retention_problem}", file=sys.stderr)
+    if overview.entries:
+        print(f"{'taken (local time)':19}  {'size':>9}  {'verified':11}  name")
+        for entry in overview.entries:
+            print(
+                f"{entry.taken_at:%Y-%m-%d %H:%M:%S}  {human_size(entry.size):>9}  "
+                f"{entry.verified_text:11}  {entry.name}"
+            )
+    print(
+        f"{len(overview.entries)} backup(s) in {data_dir.backups}; kept {overview.retention_days} days; "
+        f"{human_size(overview.free_bytes)} free of {human_size(overview.total_bytes)}"
+    )
+
+
+def _verify(data_dir: DataDir, name: str) -> int:
+    from control.terminal import detect_terminal
+    from storage.backups import verify_backup
+
+    ok, note = verify_backup(data_dir, name, terminal=detect_terminal())
+    if not ok:
+        return fail(f"{name} does not verify: {note}")
+    print(f"ok: {name}: {note}")
+    return 0
 
 
 def _restore(data_dir: DataDir, file: Path) -> None:
@@ -117,6 +162,12 @@ def run(args: argparse.Namespace) -> int:
             _check(data_dir, args.file)
         elif action == "backup":
             _backup(data_dir)
+        elif action == "backups":
+            _backups(data_dir)
+        elif action == "verify":
+            code = _verify(data_dir, args.name)
+            if code:
+                return code
         elif action == "restore":
             _restore(data_dir, args.file)
         else:
