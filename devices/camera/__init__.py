@@ -5,11 +5,11 @@ A camera is configured as a device index, a video file path or ``"sim"`` (:func:
 and preview images), so none of that work competes with the controller's loop for the interpreter; it has the
 methods of :class:`CameraCapture` the controller uses, plus :meth:`CameraProcess.preview`. A
 :class:`CameraCapture` reads a camera in a thread of the calling process and hands the newest frame to the
-asyncio loop through a queue of one; its :meth:`CameraCapture.status` reports ok, frozen, no_frames or not_opened with a reason. A
-:class:`FrameAnalyser` runs the :class:`RingDetector` (ring centre and diameter in px and mm, focus score as
-the variance of the Laplacian) on a worker thread; :class:`CameraMonitor` ties the two together. Recording
-writes MPEG-4 ``.mkv`` files (:class:`VideoRecorder`); :func:`save_snapshot` writes PNG files;
-:func:`make_preview` and :func:`encode_jpeg` make the small previews the console shows.
+asyncio loop through a queue of one; its :meth:`CameraCapture.status` reports ok, frozen, no_frames or
+not_opened with a reason. A :class:`FrameAnalyser` runs the :class:`RingDetector` (ring centre and diameter
+in px and mm, focus score as the variance of the Laplacian) on a worker thread; :class:`CameraMonitor` ties
+the two together. Recording writes MPEG-4 ``.mkv`` files (:class:`VideoRecorder`); :func:`save_snapshot`
+writes PNG files; :func:`make_preview` and :func:`encode_jpeg` make the small previews the console shows.
 
 Typical use in the controller::
 

@@ -22,7 +22,6 @@ import itertools
 import logging
 import math
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -110,7 +109,11 @@ class CameraProcess:
         ):
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
                 raise ValueError(f"{name} must be a finite number of seconds > 0, got {value!r}")
-        if isinstance(process_nice, bool) or not isinstance(process_nice, int) or not -20 <= process_nice <= 19:
+        if (
+            isinstance(process_nice, bool)
+            or not isinstance(process_nice, int)
+            or not -20 <= process_nice < 20
+        ):
             raise ValueError(f"process_nice must be an integer -20..19, got {process_nice!r}")
         self._spec = str(spec)
         self._freeze_after = float(freeze_after_s)
@@ -129,7 +132,7 @@ class CameraProcess:
         self._connected: asyncio.Event | None = None
         self._calls: dict[int, asyncio.Future[Any]] = {}
         self._ids = itertools.count(1)
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc: asyncio.subprocess.Process | None = None
         self._recording_lost: RecordingSummary | None = None
         self._recording_path: Path | None = None
         self._recording_fps = 30.0
@@ -148,7 +151,7 @@ class CameraProcess:
     def pid(self) -> int | None:
         """The camera process's id while it runs."""
         proc = self._proc
-        return proc.pid if proc is not None and proc.poll() is None else None
+        return proc.pid if proc is not None and proc.returncode is None else None
 
     def start(self) -> None:
         """Start the camera process; call from the asyncio loop that will use the camera."""
@@ -175,7 +178,7 @@ class CameraProcess:
             return None
         summary: RecordingSummary | None = None
         self._stopping = True
-        if self._writer is not None and self._proc is not None and self._proc.poll() is None:
+        if self._writer is not None and self._proc is not None and self._proc.returncode is None:
             try:
                 summary = await self._call("close", timeout_s=timeout_s)
             except Exception as exc:
@@ -184,10 +187,10 @@ class CameraProcess:
         proc = self._proc
         if proc is not None:
             try:
-                await asyncio.wait_for(asyncio.to_thread(proc.wait), timeout_s)
+                await asyncio.wait_for(proc.wait(), timeout_s)
             except TimeoutError:
                 proc.kill()
-                await asyncio.to_thread(proc.wait)
+                await proc.wait()
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -201,21 +204,19 @@ class CameraProcess:
         while not (self._closed or self._stopping):
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                self._proc = subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "devices.camera._worker",
-                        "--fd",
-                        str(theirs.fileno()),
-                        "--camera",
-                        self._spec,
-                        "--nice",
-                        str(self._nice),
-                        "--health-period",
-                        repr(self._health_period),
-                    ],
-                    stdin=subprocess.DEVNULL,
+                self._proc = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "devices.camera._worker",
+                    "--fd",
+                    str(theirs.fileno()),
+                    "--camera",
+                    self._spec,
+                    "--nice",
+                    str(self._nice),
+                    "--health-period",
+                    repr(self._health_period),
+                    stdin=asyncio.subprocess.DEVNULL,
                     pass_fds=(theirs.fileno(),),
                 )
             except OSError as exc:
@@ -242,7 +243,7 @@ class CameraProcess:
                 writer.close()
                 self._health = None
                 self._lose_calls()
-            code = await asyncio.to_thread(self._proc.wait)
+            code = await self._proc.wait()
             if self._closed or self._stopping:
                 return
             self._down_reason = f"the camera process ended (exit status {code}); starting it again"
@@ -264,7 +265,8 @@ class CameraProcess:
                 future.set_result(value)
             else:
                 name, text = value
-                future.set_exception(_ERRORS.get(name, RuntimeError)(text if name in _ERRORS else f"{name}: {text}"))
+                error = _ERRORS.get(name)
+                future.set_exception(error(text) if error is not None else RuntimeError(f"{name}: {text}"))
             return
         _LOG.warning("camera process sent an unexpected %r message", kind)
 
@@ -388,9 +390,7 @@ class CameraProcess:
         path: Path = await self._call("snapshot", folder=str(folder), stem=stem)
         return path
 
-    async def preview(
-        self, *, width: int, quality: int, expected_mm: float | None
-    ) -> PreviewImage | None:
+    async def preview(self, *, width: int, quality: int, expected_mm: float | None) -> PreviewImage | None:
         """The newest frame analysed (ring, focus) and made into a ``width``-pixel JPEG by the camera
         process; None before its first frame."""
         image: PreviewImage | None = await self._call(
