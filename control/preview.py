@@ -38,7 +38,6 @@ from dataclasses import dataclass
 from control.messages import Preview
 from devices.camera import (
     Camera,
-    CameraCapture,
     CameraFrame,
     CameraProcess,
     CameraState,
@@ -179,7 +178,8 @@ class PreviewProducer:
             raise RuntimeError("the preview producer is closed")
         if self._task is not None:
             raise RuntimeError("the preview producer is already started")
-        if isinstance(self._camera, CameraCapture) and self._analyser is None:
+        in_process = self._camera is not None and not isinstance(self._camera, CameraProcess)
+        if in_process and self._analyser is None:
             self._analyser = FrameAnalyser(thread_name="camera-preview")
         self._task = asyncio.get_running_loop().create_task(self._run(), name="camera-preview")
 

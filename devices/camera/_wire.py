@@ -69,7 +69,7 @@ async def receive(reader: asyncio.StreamReader) -> tuple[Any, ...] | None:
         if size > MAX_MESSAGE_BYTES:
             raise ValueError(f"a camera message of {size} bytes is over the {MAX_MESSAGE_BYTES} limit")
         body = await reader.readexactly(size)
-    except asyncio.IncompleteReadError:
+    except (asyncio.IncompleteReadError, ConnectionResetError):
         return None
     message = pickle.loads(body)
     if not isinstance(message, tuple) or not message:

@@ -54,6 +54,10 @@ def lower_priority(nice: int) -> list[str]:
     return done
 
 
+#: Longest wait for the first frame when a recording is asked for before it, s.
+FIRST_FRAME_WAIT_S = 5.0
+
+
 class _Server:
     """Answers the controller's calls for one camera capture."""
 
@@ -95,6 +99,9 @@ class _Server:
     async def _call(self, operation: str, kwargs: dict[str, Any]) -> Any:
         capture = self.capture
         if operation == "start_recording":
+            if capture.frame_size is None:  # just started: the video's size comes from the first frame
+                with contextlib.suppress(TimeoutError):
+                    await capture.wait_for_frames(1, FIRST_FRAME_WAIT_S)
             return await capture.start_recording(
                 Path(kwargs["folder"]), fps=float(kwargs["fps"]), stem=kwargs["stem"]
             )

@@ -279,6 +279,52 @@ class CpuMeter:
         return out
 
 
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (of every thread of it)."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            out.extend(int(child) for child in (task / "children").read_text().split())
+    return out
+
+
+#: SCHED_FIFO priority of the controller's main thread in the kiosk arrangement
+#: (``kiosk/tosca-controller.service``) and of this process, which plays the hardware.
+KIOSK_CONTROLLER_PRIORITY = 40
+KIOSK_HARDWARE_PRIORITY = 30
+
+
+def arrangement(sched: str) -> tuple[list[str], list[str], str]:
+    """The command prefixes of the controller and of the console, and a description, for ``sched``.
+
+    ``kiosk``: as ``kiosk/tosca-controller.service`` runs it, the controller at SCHED_FIFO 40 with
+    reset-on-fork (only its main thread is real-time; its threads and children are not) pinned to the last
+    CPU, the console pinned to the other CPUs. ``desktop``: no prefix (the controller asks for nice -10
+    itself, which root gets).
+    """
+    if sched == "desktop":
+        return [], [], "desktop: normal scheduling (the controller at nice -10, which it asks for)"
+    cpus = sorted(os.sched_getaffinity(0))
+    last, others = cpus[-1], cpus[:-1] or cpus
+    controller = [
+        "chrt",
+        "--reset-on-fork",
+        "--fifo",
+        str(KIOSK_CONTROLLER_PRIORITY),
+        "taskset",
+        "--cpu-list",
+        str(last),
+    ]
+    console = ["taskset", "--cpu-list", ",".join(str(c) for c in others)]
+    return (
+        controller,
+        console,
+        f"kiosk: controller SCHED_FIFO {KIOSK_CONTROLLER_PRIORITY} reset-on-fork on CPU {last}, console on "
+        f"CPU {','.join(str(c) for c in others)}, the simulated hardware (this process) SCHED_FIFO "
+        f"{KIOSK_HARDWARE_PRIORITY}",
+    )
+
+
 def tosca_command() -> list[str]:
     """The ``tosca`` entry point of this interpreter's environment."""
     script = Path(sys.executable).with_name("tosca")
@@ -303,10 +349,11 @@ async def run_tosca(args: list[str], *, stdin: str | None = None) -> str:
 class ControllerProcess:
     """``tosca controller --ports FILE --data-dir D`` as a child process."""
 
-    def __init__(self, ports_file: Path, data_dir: Path, log_path: Path) -> None:
+    def __init__(self, ports_file: Path, data_dir: Path, log_path: Path, prefix: Sequence[str] = ()) -> None:
         self.ports_file = ports_file
         self.data_dir = data_dir
         self.log_path = log_path
+        self.prefix = list(prefix)
         self.proc: asyncio.subprocess.Process | None = None
         self._log = log_path.open("ab")
         self._drain: asyncio.Task[None] | None = None
@@ -314,6 +361,7 @@ class ControllerProcess:
     async def start(self) -> None:
         """Start it and wait for its "controller ready" line."""
         self.proc = await asyncio.create_subprocess_exec(
+            *self.prefix,
             *tosca_command(),
             "controller",
             "--ports",
@@ -365,10 +413,11 @@ class ControllerProcess:
 class ConsoleProcess:
     """The busy console (``busy_console.py``) as a child process, talking over two pipes."""
 
-    def __init__(self, observe_path: Path, mode: str, log_path: Path) -> None:
+    def __init__(self, observe_path: Path, mode: str, log_path: Path, prefix: Sequence[str] = ()) -> None:
         self.observe_path = observe_path
         self.mode = mode
         self.log_path = log_path
+        self.prefix = list(prefix)
         self.proc: asyncio.subprocess.Process | None = None
         self.stats: dict[str, Any] | None = None
         self._stop_w = -1
@@ -383,6 +432,7 @@ class ConsoleProcess:
         try:
             with self.log_path.open("ab") as log:
                 self.proc = await asyncio.create_subprocess_exec(
+                    *self.prefix,
                     sys.executable,
                     str(HERE / "busy_console.py"),
                     "--socket",
@@ -795,6 +845,22 @@ async def fault_trials(
     return out
 
 
+async def treating_cpu(op: Operator, pids: dict[str, int | None], seconds: float) -> dict[str, Any]:
+    """CPU of each process over ``seconds`` of steady treatment (TREATING, output on, the session's video
+    recording when there is a camera, the console drawing); ``disturbed`` when the state left TREATING."""
+    await op.treating(seconds + 5.0)
+    meter = CpuMeter(pids)
+    started = time.monotonic()
+    left = False
+    while time.monotonic() - started < seconds:
+        await asyncio.sleep(0.25)
+        left = left or op.latest().state != "treating"
+    shares = meter.shares()
+    shares["disturbed"] = left
+    op.sim("pedal up")
+    return shares
+
+
 async def baseline_trials(count: int) -> list[float]:
     """A line written to a raw pty master until the slave's reader on this loop has it."""
     master, slave = os.openpty()
@@ -849,11 +915,22 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         ports_file.write_text(json.dumps(ports), encoding="utf-8")
         logs = root / "bench-logs"
         logs.mkdir(exist_ok=True)
-        controller = ControllerProcess(ports_file, root, logs / "controller.log")
+        controller_prefix, console_prefix, described = arrangement(args.sched)
+        results["_arrangement"] = {"sched": args.sched, "camera": args.camera, "described": described}
+        say(described)
+        if args.sched == "kiosk":
+            os.sched_setscheduler(
+                0,
+                os.SCHED_FIFO | os.SCHED_RESET_ON_FORK,
+                os.sched_param(KIOSK_HARDWARE_PRIORITY),
+            )
+        controller = ControllerProcess(ports_file, root, logs / "controller.log", controller_prefix)
         await controller.start()
         say("controller ready")
         if args.console != "none":
-            console = ConsoleProcess(root / "observe.sock", args.console, logs / "console.log")
+            console = ConsoleProcess(
+                root / "observe.sock", args.console, logs / "console.log", console_prefix
+            )
             await console.start()
             say(f"console ready ({args.console})")
         client = await ControllerClient.connect(root / "control.sock", timeout_s=10.0)
@@ -862,6 +939,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         op = Operator(client, rig, watch, protocol_name)
         assert controller.proc is not None
         pids: dict[str, int | None] = {"bench": None, "controller": controller.proc.pid}
+        camera_pids = children(controller.proc.pid)
+        if camera_pids:
+            pids["camera process"] = camera_pids[0]
         if console is not None and console.proc is not None:
             pids["console"] = console.proc.pid
         meter = CpuMeter(pids)
@@ -897,6 +977,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             results["photodiode fault -> output off"] = summary(samples)
             results["photodiode fault - 500 ms persistence"] = summary([s - PERSISTENCE_S for s in samples])
             say(f"  {time.monotonic() - t:.0f} s")
+        if args.cpu_seconds:
+            say(f"steady treatment: CPU over {args.cpu_seconds:g} s")
+            results["_treating_cpu"] = await treating_cpu(op, pids, args.cpu_seconds)
         results["_run"] = {
             "sessions_opened": op.sessions_opened,
             "off_lines_seen": watch.off_lines,
@@ -927,6 +1010,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def print_table(results: dict[str, Any]) -> None:
+    described = results.get("_arrangement", {}).get("described")
+    if described:
+        print(f"arrangement: {described}; camera {results['_arrangement']['camera']}")
     print(f"{'measurement':40} {'n':>6} {'median':>9} {'p90':>9} {'p99':>9} {'max':>9}   (ms)")
     for name, s in results.items():
         if name.startswith("_") or not s.get("n"):
@@ -955,6 +1041,15 @@ def print_table(results: dict[str, Any]) -> None:
             f"CPU over {load['wall_s']:.0f} s (share of one core): {shares}; "
             f"load average {load['loadavg_1min']:.2f} on {load['cpus']} CPUs"
         )
+    treating = results.get("_treating_cpu")
+    if treating:
+        shares = ", ".join(
+            f"{k.removesuffix('_cpu_percent')} {v:.0f} %"
+            for k, v in treating.items()
+            if k.endswith("_cpu_percent")
+        )
+        note = " (disturbed: the state left TREATING)" if treating.get("disturbed") else ""
+        print(f"CPU while treating, {treating['wall_s']:.0f} s (share of one core): {shares}{note}")
     if extra.get("unplanned_faults"):
         print("unplanned faults (recovered; the trials they disturbed are not counted):")
         for what, n in extra["unplanned_faults"].items():
@@ -983,6 +1078,18 @@ def main(argv: list[str] | None = None) -> int:
         choices=("sim", "none"),
         default="sim",
         help="the controller's camera: the simulated one (recorded during sessions) or none",
+    )
+    parser.add_argument(
+        "--sched",
+        choices=("desktop", "kiosk"),
+        default="desktop",
+        help="desktop: normal scheduling; kiosk: the controller real-time and pinned as the kiosk runs it",
+    )
+    parser.add_argument(
+        "--cpu-seconds",
+        type=float,
+        default=10.0,
+        help="seconds of steady treatment over which each process's CPU is measured (0: none)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the data directory and its logs")
     parser.add_argument("--json", action="store_true", help="also print one JSON line of the results")
