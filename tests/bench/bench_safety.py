@@ -1062,6 +1062,7 @@ def print_table(results: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global PEDAL_WARMUP, FAULT_WARMUP
     parser = argparse.ArgumentParser(description="Safety reaction of the controller (three processes)")
     parser.add_argument("--trials", type=int, default=1000, help="trials per measurement (default 1000)")
     parser.add_argument("--pedal-trials", type=int, help="pedal release trials (default --trials)")
@@ -1091,9 +1092,18 @@ def main(argv: list[str] | None = None) -> int:
         default=10.0,
         help="seconds of steady treatment over which each process's CPU is measured (0: none)",
     )
+    parser.add_argument(
+        "--pedal-warmup", type=int, default=PEDAL_WARMUP, help="uncounted first pedal and baseline trials"
+    )
+    parser.add_argument(
+        "--fault-warmup", type=int, default=FAULT_WARMUP, help="uncounted first E-stop and photodiode trials"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the data directory and its logs")
     parser.add_argument("--json", action="store_true", help="also print one JSON line of the results")
     args = parser.parse_args(argv)
+    if args.pedal_warmup < 0 or args.fault_warmup < 0:
+        parser.error("warm-up counts must not be negative")
+    PEDAL_WARMUP, FAULT_WARMUP = args.pedal_warmup, args.fault_warmup
     if args.trials < 1:
         parser.error("--trials must be at least 1")
     for name in ("pedal_trials", "estop_trials", "photodiode_trials", "baseline_lines"):
