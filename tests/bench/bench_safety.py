@@ -48,7 +48,16 @@ Measurements:
   until the off line. The supervisor requires the deviation to persist for 500 ms, so the figure is reported
   both as measured and minus 500 ms. Then gain 1.0, pedal up, reset, arm, pedal down.
 - **baseline**: one line written to a raw pty master until the slave's reader on this loop has it, under the
-  same load, as ``bench_push_latency.py`` does.
+  same load, as ``bench_push_latency.py`` does: first as a back-to-back burst before the trials, then
+  ("baseline during the trials") one line every 20 ms for as long as the trials run, so that it meets what
+  they meet (the burst lasts well under a second).
+- **CPU while treating** (``--cpu-seconds``): the CPU share of each process (the controller, its camera
+  process, the console, this process) over seconds of steady treatment, the session's video recording.
+
+``--sched kiosk`` runs the controller as ``kiosk/tosca-controller.service`` does: ``chrt --reset-on-fork
+--fifo 40`` (only its main thread real-time) and ``taskset`` to the last CPU, the console on the other CPUs,
+and this process, which plays the hardware, at SCHED_FIFO 30 (real devices answer whatever the machine does).
+It needs root. ``--sched desktop`` (default) starts them all normally.
 
 The first trials of each measurement warm up and are not counted (20 for pedal and baseline, 3 for E-stop and
 photodiode). Set-up: a fresh data directory (``tosca db upgrade``; a technician added with ``tosca user add``,
@@ -893,6 +902,55 @@ async def baseline_trials(count: int) -> list[float]:
     return out
 
 
+class PacedBaseline:
+    """The raw pty baseline sampled through the trials: one line every ``period_s`` written to a pty master
+    until the slave's reader on this loop has it, for as long as the trials run, so it meets the same load
+    (other work on the machine, this loop's own) as they do; a back-to-back burst lasts under a second."""
+
+    def __init__(self, period_s: float = 0.02) -> None:
+        self.period_s = period_s
+        self.samples: list[float] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="paced-baseline")
+
+    async def stop(self) -> list[float]:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        return self.samples
+
+    async def _run(self) -> None:
+        master, slave = os.openpty()
+        tty.setraw(slave)
+        os.set_blocking(slave, False)
+        loop = asyncio.get_running_loop()
+        arrived: asyncio.Queue[float] = asyncio.Queue()
+        buffer = bytearray()
+
+        def on_readable() -> None:
+            with contextlib.suppress(BlockingIOError):
+                buffer.extend(os.read(slave, 4096))
+            while b"\n" in buffer:
+                del buffer[: buffer.index(b"\n") + 1]
+                arrived.put_nowait(time.monotonic())
+
+        loop.add_reader(slave, on_readable)
+        try:
+            while True:
+                await asyncio.sleep(self.period_s)
+                t0 = time.monotonic()
+                os.write(master, b"LAS:OUT 0\r\n")
+                got = await asyncio.wait_for(arrived.get(), REACTION_TIMEOUT_S)
+                self.samples.append(got - t0)
+        finally:
+            loop.remove_reader(slave)
+            os.close(master)
+            os.close(slave)
+
+
 # ---------------------------------------------------------------------------------------------------- run
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="tosca-bench-"))
@@ -948,6 +1006,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
         say(f"baseline: {args.baseline_lines} raw pty lines")
         results["baseline raw pty line"] = summary(await baseline_trials(args.baseline_lines))
+        paced = PacedBaseline()
+        paced.start()
         if args.pedal_trials:
             say(f"pedal release: {args.pedal_trials} trials")
             t = time.monotonic()
@@ -977,6 +1037,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             results["photodiode fault -> output off"] = summary(samples)
             results["photodiode fault - 500 ms persistence"] = summary([s - PERSISTENCE_S for s in samples])
             say(f"  {time.monotonic() - t:.0f} s")
+        results["baseline during the trials"] = summary(await paced.stop())
         if args.cpu_seconds:
             say(f"steady treatment: CPU over {args.cpu_seconds:g} s")
             results["_treating_cpu"] = await treating_cpu(op, pids, args.cpu_seconds)
