@@ -136,6 +136,7 @@ def figures(result: dict[str, Any]) -> dict[str, Any]:
         "console_cpu": treating.get("console_cpu_percent"),
         "treating_disturbed": bool(treating.get("disturbed")),
         "unplanned_faults": sum(run.get("unplanned_faults", {}).values()),
+        "video_fps": run.get("video", {}).get("fps"),
     }
 
 
@@ -198,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     table = {name: figures(result) for name, result in results.items()}
     head = (
         f"{'arrangement':20} {'burst p99':>9} {'baseline med/p99':>17} {'pedal n med/p99':>22} "
-        f"{'E-stop n med/p99':>22} {'PD+ p99':>8} {'CPU ctl/cam/con %':>18} {'load':>11} {'busy':>5}"
+        f"{'E-stop n med/p99':>22} {'PD+ p99':>8} {'video':>5} {'CPU ctl/cam/con %':>18} "
+        f"{'load':>11} {'busy':>5}"
     )
     print(head)
     print("-" * len(head))
@@ -211,12 +213,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{name:20} {_fmt(f['burst_p99']):>9} {_fmt(f['baseline_median'])}/{_fmt(f['baseline_p99']):>7} "
             f"{f['pedal_n']:>5} {_fmt(f['pedal_median'])}/{_fmt(f['pedal_p99']):>8} "
             f"{f['estop_n']:>5} {_fmt(f['estop_median'])}/{_fmt(f['estop_p99']):>8} "
-            f"{_fmt(f['photodiode_p99']):>8} {cpu:>18} "
+            f"{_fmt(f['photodiode_p99']):>8} "
+            f"{'-' if f['video_fps'] is None else format(f['video_fps'], '.1f'):>5} {cpu:>18} "
             f"{machine['loadavg_before']:>5.1f}>{machine['loadavg_after']:<5.1f} "
             f"{machine['busy_percent']:>4.0f}%"
         )
     print("(times in ms; burst: the baseline's back-to-back lines before the trials; baseline: during them;")
-    print(" PD+: photodiode fault past its 500 ms persistence; CPU while treating, % of one core;")
+    print(" PD+: photodiode fault past its 500 ms persistence; video: frames/s in the sessions' videos;")
+    print(" CPU while treating, % of one core, of the controller, its camera process and the console;")
     print(
         " load: the 1-minute load average before and after the run; busy: all CPUs' busy share over the run)"
     )

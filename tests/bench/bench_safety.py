@@ -83,6 +83,7 @@ import os
 import re
 import shutil
 import signal
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -902,6 +903,30 @@ async def baseline_trials(count: int) -> list[float]:
     return out
 
 
+def video_rate(db_path: Path) -> dict[str, float] | None:
+    """Frames in the sessions' videos per second of those sessions (a starved camera records fewer), from the
+    database; None without a video."""
+    with contextlib.closing(sqlite3.connect(db_path)) as db:
+        rows = db.execute(
+            "SELECT s.start_time, s.end_time, r.frame_count FROM session_recordings r "
+            "JOIN sessions s ON s.session_id = r.session_id WHERE r.recording_type = 'video'"
+        ).fetchall()
+    seconds = frames = 0.0
+    for start, end, count in rows:
+        if start is None or end is None or count is None:
+            continue
+        seconds += (datetime.fromisoformat(str(end)) - datetime.fromisoformat(str(start))).total_seconds()
+        frames += count
+    if not seconds:
+        return None
+    return {
+        "videos": float(len(rows)),
+        "frames": frames,
+        "seconds": round(seconds, 1),
+        "fps": frames / seconds,
+    }
+
+
 class PacedBaseline:
     """The raw pty baseline sampled through the trials: one line every ``period_s`` written to a pty master
     until the slave's reader on this loop has it, for as long as the trials run, so it meets the same load
@@ -1063,6 +1088,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         if watch is not None:
             watch.detach()
         await rig.stop()
+        with contextlib.suppress(sqlite3.Error, ValueError, OSError):
+            video = video_rate(DataDir(root).db_path)
+            if video is not None:
+                results.setdefault("_run", {})["video"] = video
         if args.keep:
             say(f"kept {root}")
         else:
@@ -1118,6 +1147,12 @@ def print_table(results: dict[str, Any]) -> None:
         print(f"disturbed trials: {extra.get('disturbed_trials')}")
     if extra.get("refused_commands"):
         print(f"refused commands: {extra['refused_commands']}")
+    video = extra.get("video")
+    if video:
+        print(
+            f"session video: {video['frames']:.0f} frames in {video['seconds']:.0f} s of sessions "
+            f"({video['fps']:.1f} frames/s; recorded at up to 30)"
+        )
     if "sessions_opened" in extra:
         print(f"sessions opened: {extra['sessions_opened']}; controller exit: {extra.get('controller_exit')}")
 
