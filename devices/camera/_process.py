@@ -184,18 +184,20 @@ class CameraProcess:
             except Exception as exc:
                 _LOG.warning("camera process did not close cleanly: %s", exc)
         self._closed = True
-        proc = self._proc
-        if proc is not None:
-            try:
-                await asyncio.wait_for(proc.wait(), timeout_s)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        # Stopping the task closes this end of the socket: a camera process that was not asked to close
+        # (not connected yet, or no answer) sees it end and exits.
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            try:
+                await asyncio.wait_for(proc.wait(), timeout_s)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
         return summary if summary is not None else self._take_lost_recording()
 
     # -- the process -----------------------------------------------------------------------------------------
@@ -228,7 +230,11 @@ class CameraProcess:
             finally:
                 theirs.close()
             self.starts += 1
-            reader, writer = await asyncio.open_connection(sock=ours)
+            try:
+                reader, writer = await asyncio.open_connection(sock=ours)
+            except BaseException:
+                ours.close()
+                raise
             self._writer = writer
             assert self._connected is not None
             self._connected.set()

@@ -202,3 +202,15 @@ def test_a_bad_camera_spec_is_refused_before_any_process_starts() -> None:
         CameraProcess("sim", health_period_s=0)
     assert describe_spec(0) == "camera device 0"
     assert describe_spec("sim") == "simulated camera"
+
+
+async def test_closing_right_after_the_start_leaves_no_camera_process() -> None:
+    cam = CameraProcess("sim")
+    cam.start()
+    await _wait_until(lambda: cam.pid is not None, START_S)
+    pid = cam.pid
+    assert pid is not None
+    started = time.monotonic()
+    await cam.aclose(timeout_s=20.0)
+    assert not _running(pid)
+    assert time.monotonic() - started < 20.0  # it ended by itself, it was not killed at the deadline
