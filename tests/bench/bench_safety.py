@@ -12,7 +12,9 @@ step's length (default 280); ``--console pty|headless|none`` chooses the busy co
 ``--camera sim|none`` gives the controller the simulated camera (default; its video is recorded during
 sessions) or none; ``--keep`` keeps the data directory (with the controller's and the console's logs in
 ``bench-logs/``);
-``--json`` prints one JSON line after the table. Exit code 0, or 1 with the reason when the run could not
+``--profile-loop`` times every callback of the controller's event loop (``loop_profile.py``) and lists
+the ones over 0.3 ms (an edge that arrives meanwhile waits for them); ``--json`` prints one JSON line after
+the table. Exit code 0, or 1 with the reason when the run could not
 continue.
 
 The arrangement is the real one of DESIGN.md section 3 ("Processes, loops and threads"), three processes:
@@ -359,20 +361,34 @@ async def run_tosca(args: list[str], *, stdin: str | None = None) -> str:
 class ControllerProcess:
     """``tosca controller --ports FILE --data-dir D`` as a child process."""
 
-    def __init__(self, ports_file: Path, data_dir: Path, log_path: Path, prefix: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        ports_file: Path,
+        data_dir: Path,
+        log_path: Path,
+        prefix: Sequence[str] = (),
+        profile: Path | None = None,
+    ) -> None:
         self.ports_file = ports_file
         self.data_dir = data_dir
         self.log_path = log_path
         self.prefix = list(prefix)
+        #: With a path: the controller runs under ``loop_profile.py``, which writes its report there.
+        self.profile = profile
         self.proc: asyncio.subprocess.Process | None = None
         self._log = log_path.open("ab")
         self._drain: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Start it and wait for its "controller ready" line."""
+        tosca = (
+            tosca_command()
+            if self.profile is None
+            else [sys.executable, str(HERE / "loop_profile.py"), str(self.profile)]
+        )
         self.proc = await asyncio.create_subprocess_exec(
             *self.prefix,
-            *tosca_command(),
+            *tosca,
             "controller",
             "--ports",
             str(self.ports_file),
@@ -1007,7 +1023,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 os.SCHED_FIFO | os.SCHED_RESET_ON_FORK,
                 os.sched_param(KIOSK_HARDWARE_PRIORITY),
             )
-        controller = ControllerProcess(ports_file, root, logs / "controller.log", controller_prefix)
+        profile = logs / "loop-profile.json" if args.profile_loop else None
+        controller = ControllerProcess(
+            ports_file, root, logs / "controller.log", controller_prefix, profile=profile
+        )
         await controller.start()
         say("controller ready")
         if args.console != "none":
@@ -1085,6 +1104,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         if controller is not None:
             code = await controller.stop()
             results.setdefault("_run", {})["controller_exit"] = code
+            if controller.profile is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    results["_loop_profile"] = json.loads(controller.profile.read_text(encoding="utf-8"))
         if watch is not None:
             watch.detach()
         await rig.stop()
@@ -1147,6 +1169,15 @@ def print_table(results: dict[str, Any]) -> None:
         print(f"disturbed trials: {extra.get('disturbed_trials')}")
     if extra.get("refused_commands"):
         print(f"refused commands: {extra['refused_commands']}")
+    profile = results.get("_loop_profile")
+    if profile:
+        bins = ", ".join(f"<{edge}: {n}" for edge, n in profile["histogram_ms"].items() if n)
+        print(f"controller loop callbacks by duration (ms): {bins}")
+        for entry in profile["slow"][:10]:
+            print(
+                f"  {entry['count']:>6} x >= 0.3 ms, longest {entry['longest_ms']:7.3f} ms: "
+                f"{entry['callback']}"
+            )
     video = extra.get("video")
     if video:
         print(
@@ -1193,6 +1224,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--fault-warmup", type=int, default=FAULT_WARMUP, help="uncounted first E-stop and photodiode trials"
+    )
+    parser.add_argument(
+        "--profile-loop",
+        action="store_true",
+        help="time every callback of the controller's event loop (loop_profile.py) and list the slow ones",
     )
     parser.add_argument("--keep", action="store_true", help="keep the data directory and its logs")
     parser.add_argument("--json", action="store_true", help="also print one JSON line of the results")
