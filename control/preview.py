@@ -5,9 +5,10 @@ console never sees a stale image presented as live. :class:`PreviewProducer` run
 loop. While at least one client is connected it, ``rate_hz`` times a second:
 
 1. asks the camera for its health (:meth:`devices.camera.CameraCapture.status`);
-2. when the camera is ok, takes the newest frame and has the ring detected and the focus scored on the
-   analyser's worker thread (a lower scheduling priority than the loop), then makes the small JPEG (a
-   ``width``-pixel-wide grey image with the ring drawn on it) on a worker thread too;
+2. when the camera is ok, has its newest frame analysed (ring detected, focus scored) and made into the small
+   JPEG (a ``width``-pixel-wide grey image with the ring drawn on it): by the camera's own process
+   (:meth:`devices.camera.CameraProcess.preview`), or, for a camera read in this process, on the analyser's
+   worker thread and another worker thread (a lower scheduling priority than the loop);
 3. publishes a :class:`control.messages.Preview` carrying the camera's state and, only when the camera is ok,
    the image, the ring's diameter (mm and px) and the focus score.
 
@@ -36,8 +37,9 @@ from dataclasses import dataclass
 
 from control.messages import Preview
 from devices.camera import (
-    CameraCapture,
+    Camera,
     CameraFrame,
+    CameraProcess,
     CameraState,
     CameraStatus,
     FrameAnalyser,
@@ -75,7 +77,9 @@ class PreviewProducer:
     """Publishes camera previews while clients are connected.
 
     Args:
-        camera: the rig's camera capture (started and closed by its owner), or None when the rig has none.
+        camera: the rig's camera (started and closed by its owner), or None when the rig has none. A camera in
+            a process of its own analyses the frame and makes the image there; a camera read in this process
+            has it done on worker threads here.
         publish: hands a preview to every connected client (``ControllerServer.publish_preview``); called on
             the loop.
         has_clients: True while at least one client is connected; nothing is made otherwise.
@@ -94,7 +98,7 @@ class PreviewProducer:
 
     def __init__(
         self,
-        camera: CameraCapture | None,
+        camera: Camera | None,
         publish: Callable[[Preview], None],
         has_clients: Callable[[], bool],
         *,
@@ -174,7 +178,8 @@ class PreviewProducer:
             raise RuntimeError("the preview producer is closed")
         if self._task is not None:
             raise RuntimeError("the preview producer is already started")
-        if self._camera is not None and self._analyser is None:
+        in_process = self._camera is not None and not isinstance(self._camera, CameraProcess)
+        if in_process and self._analyser is None:
             self._analyser = FrameAnalyser(thread_name="camera-preview")
         self._task = asyncio.get_running_loop().create_task(self._run(), name="camera-preview")
 
@@ -244,13 +249,17 @@ class PreviewProducer:
             self._cached = None
             self._emit(status.state.value, status.reason)
             return
-        frame = camera.latest_frame
-        if frame is None:
-            self._emit(CameraState.NO_FRAMES.value, "waiting for the first frame from the camera")
-            return
         expected = self._expected_mm()
         try:
-            rendered = await self._render(frame, expected)
+            if isinstance(camera, CameraProcess):
+                made = await self._render_elsewhere(camera, expected)
+            else:
+                frame = camera.latest_frame
+                made = None if frame is None else await self._render(frame, expected)
+            if made is None:
+                self._emit(CameraState.NO_FRAMES.value, "waiting for the first frame from the camera")
+                return
+            rendered = made
         except ValueError as exc:
             self._note_failure(f"preview image failed: {exc}")
             self._emit(status.state.value, f"preview image failed: {exc}")
@@ -277,6 +286,13 @@ class PreviewProducer:
         rendered = _Rendered(frame.sequence, expected, jpeg, width, height, analysis)
         self._cached = rendered
         return rendered
+
+    async def _render_elsewhere(self, camera: CameraProcess, expected: float | None) -> _Rendered | None:
+        """Have the camera's own process analyse its newest frame and make the image."""
+        image = await camera.preview(width=self._width, quality=self._quality, expected_mm=expected)
+        if image is None:
+            return None
+        return _Rendered(image.sequence, expected, image.jpeg, image.width, image.height, image.analysis)
 
     def _make_image(self, frame: CameraFrame, analysis: FrameAnalysis) -> tuple[bytes, int, int]:
         """Downscale, draw the ring and encode (worker thread)."""

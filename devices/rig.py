@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from devices.actuator import ActuatorDriver
-from devices.camera import CameraCapture, CameraSpec, FrameSource, make_source
+from devices.camera import Camera, CameraCapture, CameraProcess, CameraSpec, FrameSource
 from devices.laser import LaserDriver
 from devices.safety import SafetyBoardDriver
 from devices.safety import is_unsolicited as safety_is_unsolicited
@@ -118,7 +118,7 @@ class Rig:
         self.tec: TecDriver | None = None
         self.actuator: ActuatorDriver | None = None
         self.safety: SafetyBoardDriver | None = None
-        self.camera: CameraCapture | None = None
+        self.camera: Camera | None = None
         self._identity: dict[str, str] = {}
         self._detail: dict[str, str] = {}
         self._errors: dict[str, str] = {}
@@ -189,10 +189,13 @@ class Rig:
 
             step = "camera"
             if self.config.camera is not None:
-                source = self._camera_source or make_source(self.config.camera)
-                self.camera = CameraCapture(source, thread_name="rig-camera")
+                # A configured camera is read by a process of its own, away from the controller's loop.
+                if self._camera_source is not None:
+                    self.camera = CameraCapture(self._camera_source, thread_name="rig-camera")
+                else:
+                    self.camera = CameraProcess(self.config.camera)
                 self.camera.start()
-                self._identity["camera"] = source.description
+                self._identity["camera"] = self.camera.description
         except Exception as exc:
             await self._shutdown()
             raise RigError(f"{step}: {exc}") from exc

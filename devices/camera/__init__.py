@@ -1,12 +1,15 @@
 """The camera: sources, the capture thread, ring detection, focus score, recording and snapshots.
 
 A camera is configured as a device index, a video file path or ``"sim"`` (:func:`make_source`). A
-:class:`CameraCapture` reads it in its own thread and hands the newest frame to the asyncio loop through a
-queue of one; its :meth:`CameraCapture.status` reports ok, frozen, no_frames or not_opened with a reason. A
-:class:`FrameAnalyser` runs the :class:`RingDetector` (ring centre and diameter in px and mm, focus score as
-the variance of the Laplacian) on a worker thread; :class:`CameraMonitor` ties the two together. Recording
-writes MPEG-4 ``.mkv`` files (:class:`VideoRecorder`); :func:`save_snapshot` writes PNG files;
-:func:`make_preview` and :func:`encode_jpeg` make the small previews the console shows.
+:class:`CameraProcess` reads a configured camera in a process of its own (capture, recording, ring analysis
+and preview images), so none of that work competes with the controller's loop for the interpreter; it has the
+methods of :class:`CameraCapture` the controller uses, plus :meth:`CameraProcess.preview`. A
+:class:`CameraCapture` reads a camera in a thread of the calling process and hands the newest frame to the
+asyncio loop through a queue of one; its :meth:`CameraCapture.status` reports ok, frozen, no_frames or
+not_opened with a reason. A :class:`FrameAnalyser` runs the :class:`RingDetector` (ring centre and diameter
+in px and mm, focus score as the variance of the Laplacian) on a worker thread; :class:`CameraMonitor` ties
+the two together. Recording writes MPEG-4 ``.mkv`` files (:class:`VideoRecorder`); :func:`save_snapshot`
+writes PNG files; :func:`make_preview` and :func:`encode_jpeg` make the small previews the console shows.
 
 Typical use in the controller::
 
@@ -24,10 +27,18 @@ from devices.camera._analysis import (
     RingDetectorConfig,
     focus_score,
 )
-from devices.camera._capture import CameraCapture, CameraClosedError, CameraState, CameraStatus
+from devices.camera._capture import (
+    CameraCapture,
+    CameraClosedError,
+    CameraState,
+    CameraStatus,
+    CaptureHealth,
+    judge_health,
+)
 from devices.camera._frames import CameraFrame, to_grey
 from devices.camera._monitor import CameraMonitor
 from devices.camera._preview import encode_jpeg, make_preview
+from devices.camera._process import CameraProcess, describe_spec
 from devices.camera._recording import RecordingError, RecordingSummary, VideoRecorder, save_snapshot
 from devices.camera._sources import (
     DEFAULT_SIM_RING_MM,
@@ -41,31 +52,42 @@ from devices.camera._sources import (
     video_device_index,
 )
 from devices.camera._threads import DEFAULT_THREAD_NICE
+from devices.camera._wire import PreviewImage
+
+#: The camera of a rig: read in the controller's process (a source object given by the simulated rig) or in
+#: a process of its own (a configured camera).
+Camera = CameraCapture | CameraProcess
 
 __all__ = [
     "DEFAULT_SIM_RING_MM",
     "DEFAULT_THREAD_NICE",
     "SIM_SOURCE",
+    "Camera",
     "CameraCapture",
     "CameraClosedError",
     "CameraFrame",
     "CameraMonitor",
     "CameraOpenError",
+    "CameraProcess",
     "CameraSpec",
     "CameraState",
     "CameraStatus",
+    "CaptureHealth",
     "FrameAnalyser",
     "FrameAnalysis",
     "FrameSource",
     "OpenCVSource",
+    "PreviewImage",
     "RecordingError",
     "RecordingSummary",
     "RingDetection",
     "RingDetector",
     "RingDetectorConfig",
     "VideoRecorder",
+    "describe_spec",
     "encode_jpeg",
     "focus_score",
+    "judge_health",
     "make_preview",
     "make_source",
     "parse_camera_spec",

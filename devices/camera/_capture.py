@@ -74,6 +74,93 @@ class CameraStatus:
     recording: bool
 
 
+@dataclass(frozen=True, slots=True)
+class CaptureHealth:
+    """What the capture thread has recorded, as :func:`judge_health` needs it (times: ``time.monotonic()``
+    seconds, the same clock in every process of the machine).
+
+    Attributes:
+        source: the source's description.
+        started: the capture thread was started.
+        closed: the capture was closed.
+        fatal_error: why the capture thread stopped on an unexpected error (empty otherwise).
+        opened: the source is open.
+        open_error: why the last attempt to open the source failed (empty otherwise).
+        read_error: why the last read failed (empty after a good read).
+        opened_at: when the source was last opened, or None.
+        last_frame_at: when the last frame was read, or None.
+        last_change_at: when a frame last differed from the one before, or None.
+        frames_read: frames read since the start.
+        frames_dropped: frames replaced before the consumer took them.
+        fps: recent frame rate, frames per second.
+        recording: a video recording runs.
+        frame_size: (width, height) of the last frame, pixels, or None before the first.
+    """
+
+    source: str
+    started: bool
+    closed: bool
+    fatal_error: str
+    opened: bool
+    open_error: str
+    read_error: str
+    opened_at: float | None
+    last_frame_at: float | None
+    last_change_at: float | None
+    frames_read: int
+    frames_dropped: int
+    fps: float
+    recording: bool
+    frame_size: tuple[int, int] | None
+
+
+def judge_health(
+    health: CaptureHealth, now: float, *, freeze_after_s: float, no_frame_timeout_s: float
+) -> CameraStatus:
+    """The camera's state at ``now`` from what its capture thread recorded (see the module documentation)."""
+    last_frame_at = health.last_frame_at
+    age = None if last_frame_at is None else now - last_frame_at
+
+    def make(state: CameraState, reason: str) -> CameraStatus:
+        return CameraStatus(
+            state=state,
+            reason=reason,
+            source=health.source,
+            frames_read=health.frames_read,
+            frames_dropped=health.frames_dropped,
+            last_frame_age_s=age,
+            fps=health.fps if state is CameraState.OK or state is CameraState.FROZEN else 0.0,
+            recording=health.recording,
+        )
+
+    if not health.started:
+        return make(CameraState.NOT_OPENED, "camera capture not started")
+    if health.closed:
+        return make(CameraState.NOT_OPENED, "camera capture closed")
+    if health.fatal_error:
+        return make(CameraState.NOT_OPENED, health.fatal_error)
+    if not health.opened:
+        return make(CameraState.NOT_OPENED, health.open_error or f"opening {health.source}")
+    since = last_frame_at if last_frame_at is not None else health.opened_at
+    if since is not None and now - since > no_frame_timeout_s:
+        reason = f"no frame from {health.source} for {now - since:.1f} s"
+        if health.read_error:
+            reason += f" ({health.read_error})"
+        return make(CameraState.NO_FRAMES, reason)
+    if last_frame_at is None:
+        reason = f"waiting for the first frame from {health.source}"
+        if health.read_error:
+            reason += f" ({health.read_error})"
+        return make(CameraState.NO_FRAMES, reason)
+    last_change_at = health.last_change_at
+    if last_change_at is not None and last_frame_at - last_change_at > freeze_after_s:
+        return make(
+            CameraState.FROZEN,
+            f"{health.source} has sent identical frames for {last_frame_at - last_change_at:.1f} s",
+        )
+    return make(CameraState.OK, "")
+
+
 class CameraClosedError(RuntimeError):
     """The capture was closed while a frame was awaited, or before it."""
 
@@ -166,6 +253,11 @@ class CameraCapture:
     def source(self) -> FrameSource:
         """The camera source."""
         return self._source
+
+    @property
+    def description(self) -> str:
+        """A human-readable name of the camera."""
+        return self._source.description
 
     def start(self) -> None:
         """Start the capture thread; call from the asyncio loop that will consume the frames."""
@@ -292,60 +384,36 @@ class CameraCapture:
         with self._lock:
             return self._last_size
 
+    def health(self) -> CaptureHealth:
+        """The raw facts :meth:`status` judges: what the capture thread recorded, with the times on the
+        monotonic clock. A camera in another process sends these, so it is judged by the same rules."""
+        with self._lock:
+            return CaptureHealth(
+                source=self._source.description,
+                started=self._thread is not None,
+                closed=self._closed,
+                fatal_error=self._fatal_error,
+                opened=self._opened,
+                open_error=self._open_error,
+                read_error=self._read_error,
+                opened_at=self._opened_at,
+                last_frame_at=self._last_frame_at,
+                last_change_at=self._last_change_at,
+                frames_read=self._frames_read,
+                frames_dropped=self._frames_dropped,
+                fps=self._fps,
+                recording=self._recorder is not None,
+                frame_size=self._last_size,
+            )
+
     def status(self) -> CameraStatus:
         """The camera's health now (see the module documentation for the states)."""
-        now = self._clock()
-        with self._lock:
-            opened = self._opened
-            open_error = self._open_error
-            read_error = self._read_error
-            opened_at = self._opened_at
-            last_frame_at = self._last_frame_at
-            last_change_at = self._last_change_at
-            frames_read = self._frames_read
-            fps = self._fps
-            recording = self._recorder is not None
-            fatal_error = self._fatal_error
-        age = None if last_frame_at is None else now - last_frame_at
-
-        def make(state: CameraState, reason: str) -> CameraStatus:
-            return CameraStatus(
-                state=state,
-                reason=reason,
-                source=self._source.description,
-                frames_read=frames_read,
-                frames_dropped=self._frames_dropped,
-                last_frame_age_s=age,
-                fps=fps if state is CameraState.OK or state is CameraState.FROZEN else 0.0,
-                recording=recording,
-            )
-
-        if self._thread is None:
-            return make(CameraState.NOT_OPENED, "camera capture not started")
-        if self._closed:
-            return make(CameraState.NOT_OPENED, "camera capture closed")
-        if fatal_error:
-            return make(CameraState.NOT_OPENED, fatal_error)
-        if not opened:
-            return make(CameraState.NOT_OPENED, open_error or f"opening {self._source.description}")
-        since = last_frame_at if last_frame_at is not None else opened_at
-        if since is not None and now - since > self._no_frame_timeout:
-            reason = f"no frame from {self._source.description} for {now - since:.1f} s"
-            if read_error:
-                reason += f" ({read_error})"
-            return make(CameraState.NO_FRAMES, reason)
-        if last_frame_at is None:
-            reason = f"waiting for the first frame from {self._source.description}"
-            if read_error:
-                reason += f" ({read_error})"
-            return make(CameraState.NO_FRAMES, reason)
-        if last_change_at is not None and last_frame_at - last_change_at > self._freeze_after:
-            return make(
-                CameraState.FROZEN,
-                f"{self._source.description} has sent identical frames "
-                f"for {last_frame_at - last_change_at:.1f} s",
-            )
-        return make(CameraState.OK, "")
+        return judge_health(
+            self.health(),
+            self._clock(),
+            freeze_after_s=self._freeze_after,
+            no_frame_timeout_s=self._no_frame_timeout,
+        )
 
     async def wait_for_state(
         self, state: CameraState, timeout_s: float, poll_s: float = 0.01

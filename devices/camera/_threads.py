@@ -1,9 +1,10 @@
 """Scheduling priority of the camera's worker threads.
 
-The camera shares the controller process with the safety supervisor's asyncio loop. Its capture and analysis
-threads therefore run at a lower scheduling priority (a higher nice value, Linux per-thread): when the CPU
-is contended the loop thread is scheduled first, and the camera reports a lower frame rate instead of
-delaying the safety loop.
+A camera read in the calling process (the simulated rig's own camera in ``tosca controller --sim``, tests,
+tools) shares it with that process's asyncio loop. Its capture and analysis threads therefore run at a lower
+scheduling priority (a higher nice value, Linux per-thread): when the CPU is contended the loop thread is
+scheduled first, and the camera reports a lower frame rate instead of delaying the loop. A configured camera
+runs in a process of its own (:mod:`devices.camera._process`), which lowers its priority as a whole.
 """
 
 from __future__ import annotations

@@ -13,6 +13,11 @@ line, as the socket server does once per preview. OpenCV is limited to one threa
   of the loop thread over the same span: what the safety loop itself gives up per preview, including the
   waking, the thread hand-offs and the system calls around them.
 - the share of one core that the default rate (4 previews/s) costs, and the preview line's size in bytes.
+
+``--camera process`` measures the arrangement the controller uses for a configured camera instead: the
+simulated camera in its own process (:class:`devices.camera.CameraProcess`), which finds the ring and makes
+the JPEG there; the figures are then what this process (the controller) still spends per preview, the
+camera process's own work excluded.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ if str(ROOT) not in sys.path:
 
 from control.messages import Preview, encode  # noqa: E402
 from control.preview import PreviewProducer  # noqa: E402
-from devices.camera import CameraFrame, CameraState, CameraStatus, to_grey  # noqa: E402
+from devices.camera import CameraFrame, CameraProcess, CameraState, CameraStatus, to_grey  # noqa: E402
 from devices.sim.camera import SimCameraSource  # noqa: E402
 
 PROCESS_GOAL_MS = 15.0
@@ -78,8 +83,16 @@ def _frames() -> list[npt.NDArray[np.uint8]]:
     return images
 
 
-async def _run(count: int, rate_hz: float, width: int, warm_up: int) -> dict[str, float]:
-    camera = _FramesCamera(_frames())
+async def _run(
+    count: int, rate_hz: float, width: int, warm_up: int, in_process: bool = True
+) -> dict[str, float]:
+    camera: _FramesCamera | CameraProcess
+    if in_process:
+        camera = _FramesCamera(_frames())
+    else:
+        camera = CameraProcess("sim")
+        camera.start()
+        await camera.wait_for_state(CameraState.OK, 60.0)
     lines: list[int] = []
     rings: list[bool] = []
     marks: list[tuple[float, float, float]] = []
@@ -107,6 +120,8 @@ async def _run(count: int, rate_hz: float, width: int, warm_up: int) -> dict[str
         await asyncio.wait_for(done.wait(), (warm_up + count) / rate_hz * 4 + 10.0)
     finally:
         await producer.aclose()
+        if isinstance(camera, CameraProcess):
+            await camera.aclose()
     (process_0, loop_0, wall_0), (process_1, loop_1, wall_1) = marks
     per_preview_ms = (process_1 - process_0) / count * 1e3
     return {
@@ -129,6 +144,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warm-up", type=int, default=10, help="previews made before measuring")
     parser.add_argument("--rate", type=float, default=20.0, help="previews per second during the run")
     parser.add_argument("--width", type=int, default=160, help="preview width, pixels")
+    parser.add_argument(
+        "--camera",
+        choices=("in-process", "process"),
+        default="in-process",
+        help="in-process: pre-rendered frames analysed on this process's threads; process: the simulated "
+        "camera in its own process (devices.camera.CameraProcess), which analyses and encodes there",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args(argv)
     if args.count < 5:
@@ -136,7 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     if not 0.0 < args.rate <= 30.0:
         parser.error("--rate must be within (0, 30]")
     cv2.setNumThreads(1)
-    result = asyncio.run(_run(args.count, args.rate, args.width, max(1, args.warm_up)))
+    result = asyncio.run(
+        _run(args.count, args.rate, args.width, max(1, args.warm_up), args.camera == "in-process")
+    )
     result["process_goal_ms"] = PROCESS_GOAL_MS
     result["loop_goal_ms"] = LOOP_GOAL_MS
     if args.json:

@@ -12,7 +12,9 @@ step's length (default 280); ``--console pty|headless|none`` chooses the busy co
 ``--camera sim|none`` gives the controller the simulated camera (default; its video is recorded during
 sessions) or none; ``--keep`` keeps the data directory (with the controller's and the console's logs in
 ``bench-logs/``);
-``--json`` prints one JSON line after the table. Exit code 0, or 1 with the reason when the run could not
+``--profile-loop`` times every callback of the controller's event loop (``loop_profile.py``) and lists
+the ones over 0.3 ms (an edge that arrives meanwhile waits for them); ``--json`` prints one JSON line after
+the table. Exit code 0, or 1 with the reason when the run could not
 continue.
 
 The arrangement is the real one of docs/architecture.md, "Inside the controller", three processes:
@@ -48,7 +50,16 @@ Measurements:
   until the off line. The supervisor requires the deviation to persist for 500 ms, so the figure is reported
   both as measured and minus 500 ms. Then gain 1.0, pedal up, reset, arm, pedal down.
 - **baseline**: one line written to a raw pty master until the slave's reader on this loop has it, under the
-  same load, as ``bench_push_latency.py`` does.
+  same load, as ``bench_push_latency.py`` does: first as a back-to-back burst before the trials, then
+  ("baseline during the trials") one line every 20 ms for as long as the trials run, so that it meets what
+  they meet (the burst lasts well under a second).
+- **CPU while treating** (``--cpu-seconds``): the CPU share of each process (the controller, its camera
+  process, the console, this process) over seconds of steady treatment, the session's video recording.
+
+``--sched kiosk`` runs the controller as ``kiosk/tosca-controller.service`` does: ``chrt --reset-on-fork
+--fifo 40`` (only its main thread real-time) and ``taskset`` to the last CPU, the console on the other CPUs,
+and this process, which plays the hardware, at SCHED_FIFO 30 (real devices answer whatever the machine does).
+It needs root. ``--sched desktop`` (default) starts them all normally.
 
 The first trials of each measurement warm up and are not counted (20 for pedal and baseline, 3 for E-stop and
 photodiode). Set-up: a fresh data directory (``tosca db upgrade``; a technician added with ``tosca user add``,
@@ -74,6 +85,7 @@ import os
 import re
 import shutil
 import signal
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -279,6 +291,52 @@ class CpuMeter:
         return out
 
 
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (of every thread of it)."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            out.extend(int(child) for child in (task / "children").read_text().split())
+    return out
+
+
+#: SCHED_FIFO priority of the controller's main thread in the kiosk arrangement
+#: (``kiosk/tosca-controller.service``) and of this process, which plays the hardware.
+KIOSK_CONTROLLER_PRIORITY = 40
+KIOSK_HARDWARE_PRIORITY = 30
+
+
+def arrangement(sched: str) -> tuple[list[str], list[str], str]:
+    """The command prefixes of the controller and of the console, and a description, for ``sched``.
+
+    ``kiosk``: as ``kiosk/tosca-controller.service`` runs it, the controller at SCHED_FIFO 40 with
+    reset-on-fork (only its main thread is real-time; its threads and children are not) pinned to the last
+    CPU, the console pinned to the other CPUs. ``desktop``: no prefix (the controller asks for nice -10
+    itself, which root gets).
+    """
+    if sched == "desktop":
+        return [], [], "desktop: normal scheduling (the controller at nice -10, which it asks for)"
+    cpus = sorted(os.sched_getaffinity(0))
+    last, others = cpus[-1], cpus[:-1] or cpus
+    controller = [
+        "chrt",
+        "--reset-on-fork",
+        "--fifo",
+        str(KIOSK_CONTROLLER_PRIORITY),
+        "taskset",
+        "--cpu-list",
+        str(last),
+    ]
+    console = ["taskset", "--cpu-list", ",".join(str(c) for c in others)]
+    return (
+        controller,
+        console,
+        f"kiosk: controller SCHED_FIFO {KIOSK_CONTROLLER_PRIORITY} reset-on-fork on CPU {last}, console on "
+        f"CPU {','.join(str(c) for c in others)}, the simulated hardware (this process) SCHED_FIFO "
+        f"{KIOSK_HARDWARE_PRIORITY}",
+    )
+
+
 def tosca_command() -> list[str]:
     """The ``tosca`` entry point of this interpreter's environment."""
     script = Path(sys.executable).with_name("tosca")
@@ -303,18 +361,34 @@ async def run_tosca(args: list[str], *, stdin: str | None = None) -> str:
 class ControllerProcess:
     """``tosca controller --ports FILE --data-dir D`` as a child process."""
 
-    def __init__(self, ports_file: Path, data_dir: Path, log_path: Path) -> None:
+    def __init__(
+        self,
+        ports_file: Path,
+        data_dir: Path,
+        log_path: Path,
+        prefix: Sequence[str] = (),
+        profile: Path | None = None,
+    ) -> None:
         self.ports_file = ports_file
         self.data_dir = data_dir
         self.log_path = log_path
+        self.prefix = list(prefix)
+        #: With a path: the controller runs under ``loop_profile.py``, which writes its report there.
+        self.profile = profile
         self.proc: asyncio.subprocess.Process | None = None
         self._log = log_path.open("ab")
         self._drain: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Start it and wait for its "controller ready" line."""
+        tosca = (
+            tosca_command()
+            if self.profile is None
+            else [sys.executable, str(HERE / "loop_profile.py"), str(self.profile)]
+        )
         self.proc = await asyncio.create_subprocess_exec(
-            *tosca_command(),
+            *self.prefix,
+            *tosca,
             "controller",
             "--ports",
             str(self.ports_file),
@@ -365,10 +439,11 @@ class ControllerProcess:
 class ConsoleProcess:
     """The busy console (``busy_console.py``) as a child process, talking over two pipes."""
 
-    def __init__(self, observe_path: Path, mode: str, log_path: Path) -> None:
+    def __init__(self, observe_path: Path, mode: str, log_path: Path, prefix: Sequence[str] = ()) -> None:
         self.observe_path = observe_path
         self.mode = mode
         self.log_path = log_path
+        self.prefix = list(prefix)
         self.proc: asyncio.subprocess.Process | None = None
         self.stats: dict[str, Any] | None = None
         self._stop_w = -1
@@ -383,6 +458,7 @@ class ConsoleProcess:
         try:
             with self.log_path.open("ab") as log:
                 self.proc = await asyncio.create_subprocess_exec(
+                    *self.prefix,
                     sys.executable,
                     str(HERE / "busy_console.py"),
                     "--socket",
@@ -795,6 +871,22 @@ async def fault_trials(
     return out
 
 
+async def treating_cpu(op: Operator, pids: dict[str, int | None], seconds: float) -> dict[str, Any]:
+    """CPU of each process over ``seconds`` of steady treatment (TREATING, output on, the session's video
+    recording when there is a camera, the console drawing); ``disturbed`` when the state left TREATING."""
+    await op.treating(seconds + 5.0)
+    meter = CpuMeter(pids)
+    started = time.monotonic()
+    left = False
+    while time.monotonic() - started < seconds:
+        await asyncio.sleep(0.25)
+        left = left or op.latest().state != "treating"
+    shares = meter.shares()
+    shares["disturbed"] = left
+    op.sim("pedal up")
+    return shares
+
+
 async def baseline_trials(count: int) -> list[float]:
     """A line written to a raw pty master until the slave's reader on this loop has it."""
     master, slave = os.openpty()
@@ -827,6 +919,79 @@ async def baseline_trials(count: int) -> list[float]:
     return out
 
 
+def video_rate(db_path: Path) -> dict[str, float] | None:
+    """Frames in the sessions' videos per second of those sessions (a starved camera records fewer), from the
+    database; None without a video."""
+    with contextlib.closing(sqlite3.connect(db_path)) as db:
+        rows = db.execute(
+            "SELECT s.start_time, s.end_time, r.frame_count FROM session_recordings r "
+            "JOIN sessions s ON s.session_id = r.session_id WHERE r.recording_type = 'video'"
+        ).fetchall()
+    seconds = frames = 0.0
+    for start, end, count in rows:
+        if start is None or end is None or count is None:
+            continue
+        seconds += (datetime.fromisoformat(str(end)) - datetime.fromisoformat(str(start))).total_seconds()
+        frames += count
+    if not seconds:
+        return None
+    return {
+        "videos": float(len(rows)),
+        "frames": frames,
+        "seconds": round(seconds, 1),
+        "fps": frames / seconds,
+    }
+
+
+class PacedBaseline:
+    """The raw pty baseline sampled through the trials: one line every ``period_s`` written to a pty master
+    until the slave's reader on this loop has it, for as long as the trials run, so it meets the same load
+    (other work on the machine, this loop's own) as they do; a back-to-back burst lasts under a second."""
+
+    def __init__(self, period_s: float = 0.02) -> None:
+        self.period_s = period_s
+        self.samples: list[float] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="paced-baseline")
+
+    async def stop(self) -> list[float]:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        return self.samples
+
+    async def _run(self) -> None:
+        master, slave = os.openpty()
+        tty.setraw(slave)
+        os.set_blocking(slave, False)
+        loop = asyncio.get_running_loop()
+        arrived: asyncio.Queue[float] = asyncio.Queue()
+        buffer = bytearray()
+
+        def on_readable() -> None:
+            with contextlib.suppress(BlockingIOError):
+                buffer.extend(os.read(slave, 4096))
+            while b"\n" in buffer:
+                del buffer[: buffer.index(b"\n") + 1]
+                arrived.put_nowait(time.monotonic())
+
+        loop.add_reader(slave, on_readable)
+        try:
+            while True:
+                await asyncio.sleep(self.period_s)
+                t0 = time.monotonic()
+                os.write(master, b"LAS:OUT 0\r\n")
+                got = await asyncio.wait_for(arrived.get(), REACTION_TIMEOUT_S)
+                self.samples.append(got - t0)
+        finally:
+            loop.remove_reader(slave)
+            os.close(master)
+            os.close(slave)
+
+
 # ---------------------------------------------------------------------------------------------------- run
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="tosca-bench-"))
@@ -849,11 +1014,25 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         ports_file.write_text(json.dumps(ports), encoding="utf-8")
         logs = root / "bench-logs"
         logs.mkdir(exist_ok=True)
-        controller = ControllerProcess(ports_file, root, logs / "controller.log")
+        controller_prefix, console_prefix, described = arrangement(args.sched)
+        results["_arrangement"] = {"sched": args.sched, "camera": args.camera, "described": described}
+        say(described)
+        if args.sched == "kiosk":
+            os.sched_setscheduler(
+                0,
+                os.SCHED_FIFO | os.SCHED_RESET_ON_FORK,
+                os.sched_param(KIOSK_HARDWARE_PRIORITY),
+            )
+        profile = logs / "loop-profile.json" if args.profile_loop else None
+        controller = ControllerProcess(
+            ports_file, root, logs / "controller.log", controller_prefix, profile=profile
+        )
         await controller.start()
         say("controller ready")
         if args.console != "none":
-            console = ConsoleProcess(root / "observe.sock", args.console, logs / "console.log")
+            console = ConsoleProcess(
+                root / "observe.sock", args.console, logs / "console.log", console_prefix
+            )
             await console.start()
             say(f"console ready ({args.console})")
         client = await ControllerClient.connect(root / "control.sock", timeout_s=10.0)
@@ -862,12 +1041,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         op = Operator(client, rig, watch, protocol_name)
         assert controller.proc is not None
         pids: dict[str, int | None] = {"bench": None, "controller": controller.proc.pid}
+        camera_pids = children(controller.proc.pid)
+        if camera_pids:
+            pids["camera process"] = camera_pids[0]
         if console is not None and console.proc is not None:
             pids["console"] = console.proc.pid
         meter = CpuMeter(pids)
 
         say(f"baseline: {args.baseline_lines} raw pty lines")
         results["baseline raw pty line"] = summary(await baseline_trials(args.baseline_lines))
+        paced = PacedBaseline()
+        paced.start()
         if args.pedal_trials:
             say(f"pedal release: {args.pedal_trials} trials")
             t = time.monotonic()
@@ -897,6 +1081,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             results["photodiode fault -> output off"] = summary(samples)
             results["photodiode fault - 500 ms persistence"] = summary([s - PERSISTENCE_S for s in samples])
             say(f"  {time.monotonic() - t:.0f} s")
+        results["baseline during the trials"] = summary(await paced.stop())
+        if args.cpu_seconds:
+            say(f"steady treatment: CPU over {args.cpu_seconds:g} s")
+            results["_treating_cpu"] = await treating_cpu(op, pids, args.cpu_seconds)
         results["_run"] = {
             "sessions_opened": op.sessions_opened,
             "off_lines_seen": watch.off_lines,
@@ -916,9 +1104,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         if controller is not None:
             code = await controller.stop()
             results.setdefault("_run", {})["controller_exit"] = code
+            if controller.profile is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    results["_loop_profile"] = json.loads(controller.profile.read_text(encoding="utf-8"))
         if watch is not None:
             watch.detach()
         await rig.stop()
+        with contextlib.suppress(sqlite3.Error, ValueError, OSError):
+            video = video_rate(DataDir(root).db_path)
+            if video is not None:
+                results.setdefault("_run", {})["video"] = video
         if args.keep:
             say(f"kept {root}")
         else:
@@ -927,6 +1122,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def print_table(results: dict[str, Any]) -> None:
+    described = results.get("_arrangement", {}).get("described")
+    if described:
+        print(f"arrangement: {described}; camera {results['_arrangement']['camera']}")
     print(f"{'measurement':40} {'n':>6} {'median':>9} {'p90':>9} {'p99':>9} {'max':>9}   (ms)")
     for name, s in results.items():
         if name.startswith("_") or not s.get("n"):
@@ -955,6 +1153,15 @@ def print_table(results: dict[str, Any]) -> None:
             f"CPU over {load['wall_s']:.0f} s (share of one core): {shares}; "
             f"load average {load['loadavg_1min']:.2f} on {load['cpus']} CPUs"
         )
+    treating = results.get("_treating_cpu")
+    if treating:
+        shares = ", ".join(
+            f"{k.removesuffix('_cpu_percent')} {v:.0f} %"
+            for k, v in treating.items()
+            if k.endswith("_cpu_percent")
+        )
+        note = " (disturbed: the state left TREATING)" if treating.get("disturbed") else ""
+        print(f"CPU while treating, {treating['wall_s']:.0f} s (share of one core): {shares}{note}")
     if extra.get("unplanned_faults"):
         print("unplanned faults (recovered; the trials they disturbed are not counted):")
         for what, n in extra["unplanned_faults"].items():
@@ -962,11 +1169,27 @@ def print_table(results: dict[str, Any]) -> None:
         print(f"disturbed trials: {extra.get('disturbed_trials')}")
     if extra.get("refused_commands"):
         print(f"refused commands: {extra['refused_commands']}")
+    profile = results.get("_loop_profile")
+    if profile:
+        bins = ", ".join(f"<{edge}: {n}" for edge, n in profile["histogram_ms"].items() if n)
+        print(f"controller loop callbacks by duration (ms): {bins}")
+        for entry in profile["slow"][:10]:
+            print(
+                f"  {entry['count']:>6} x >= 0.3 ms, longest {entry['longest_ms']:7.3f} ms: "
+                f"{entry['callback']}"
+            )
+    video = extra.get("video")
+    if video:
+        print(
+            f"session video: {video['frames']:.0f} frames in {video['seconds']:.0f} s of sessions "
+            f"({video['fps']:.1f} frames/s; recorded at up to 30)"
+        )
     if "sessions_opened" in extra:
         print(f"sessions opened: {extra['sessions_opened']}; controller exit: {extra.get('controller_exit')}")
 
 
 def main(argv: list[str] | None = None) -> int:
+    global PEDAL_WARMUP, FAULT_WARMUP
     parser = argparse.ArgumentParser(description="Safety reaction of the controller (three processes)")
     parser.add_argument("--trials", type=int, default=1000, help="trials per measurement (default 1000)")
     parser.add_argument("--pedal-trials", type=int, help="pedal release trials (default --trials)")
@@ -984,9 +1207,35 @@ def main(argv: list[str] | None = None) -> int:
         default="sim",
         help="the controller's camera: the simulated one (recorded during sessions) or none",
     )
+    parser.add_argument(
+        "--sched",
+        choices=("desktop", "kiosk"),
+        default="desktop",
+        help="desktop: normal scheduling; kiosk: the controller real-time and pinned as the kiosk runs it",
+    )
+    parser.add_argument(
+        "--cpu-seconds",
+        type=float,
+        default=10.0,
+        help="seconds of steady treatment over which each process's CPU is measured (0: none)",
+    )
+    parser.add_argument(
+        "--pedal-warmup", type=int, default=PEDAL_WARMUP, help="uncounted first pedal and baseline trials"
+    )
+    parser.add_argument(
+        "--fault-warmup", type=int, default=FAULT_WARMUP, help="uncounted first E-stop and photodiode trials"
+    )
+    parser.add_argument(
+        "--profile-loop",
+        action="store_true",
+        help="time every callback of the controller's event loop (loop_profile.py) and list the slow ones",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the data directory and its logs")
     parser.add_argument("--json", action="store_true", help="also print one JSON line of the results")
     args = parser.parse_args(argv)
+    if args.pedal_warmup < 0 or args.fault_warmup < 0:
+        parser.error("warm-up counts must not be negative")
+    PEDAL_WARMUP, FAULT_WARMUP = args.pedal_warmup, args.fault_warmup
     if args.trials < 1:
         parser.error("--trials must be at least 1")
     for name in ("pedal_trials", "estop_trials", "photodiode_trials", "baseline_lines"):

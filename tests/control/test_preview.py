@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -24,8 +26,17 @@ from control import messages as msg
 from control.controller import Controller
 from control.ipc import ControllerClient
 from control.preview import NO_CAMERA, PreviewProducer
-from devices.camera import CameraCapture, CameraState, FrameAnalyser, FrameAnalysis, RingDetector
+from devices.camera import (
+    CameraCapture,
+    CameraProcess,
+    CameraState,
+    FrameAnalyser,
+    FrameAnalysis,
+    RingDetector,
+)
+from devices.rig import RigConfig
 from devices.sim.camera import SimCameraSource
+from devices.sim.rig import SimRig
 
 RING_MM = 3.0
 
@@ -83,6 +94,11 @@ class Clients:
             while self.calls < target:
                 self._asked.clear()
                 await self._asked.wait()
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists (a reaped child does not)."""
+    return Path(f"/proc/{pid}").exists()
 
 
 def _decode(preview: msg.Preview) -> npt.NDArray[np.uint8]:
@@ -413,3 +429,68 @@ def test_the_benchmark_runs_and_reports_the_cost_per_preview() -> None:
     assert 0.0 < result["loop_cpu_ms_per_preview"] <= result["process_cpu_ms_per_preview"] < 1000.0
     assert result["rings_found_pct"] == 100.0
     assert 1000 < result["line_bytes"] < 20000
+
+
+async def test_a_camera_process_makes_the_preview_and_its_end_shows_with_no_image() -> None:
+    camera = CameraProcess("sim", restart_after_s=30.0)
+    camera.start()
+    published = Published()
+    producer = PreviewProducer(camera, published, lambda: True, rate_hz=10.0, expected_ring_mm=lambda: 2.0)
+    try:
+        await camera.wait_for_state(CameraState.OK, 30.0)
+        producer.start()
+        previews = await published.wait_for(
+            lambda p: any(x.jpeg_b64 is not None for x in p), "a preview with an image", 30.0
+        )
+        shown = next(x for x in previews if x.jpeg_b64 is not None)
+        assert shown.camera == "ok"
+        assert _decode(shown).shape == (90, 160, 3)
+        assert shown.ring_diameter_mm == pytest.approx(2.0, abs=0.05)  # the camera process found the ring
+        pid = camera.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        after = len(published.previews)
+        previews = await published.wait_for(
+            lambda p: any(x.camera == "not_opened" for x in p[after:]), "the camera's end", 10.0
+        )
+        gone = next(x for x in previews[after:] if x.camera == "not_opened")
+        assert gone.jpeg_b64 is None
+        assert "camera process ended" in gone.detail
+    finally:
+        await producer.aclose()
+        await camera.aclose()
+
+
+async def test_a_configured_camera_runs_in_its_own_process_and_previews_reach_the_console(
+    tmp_path: Path, migrated_template: Path
+) -> None:
+    data = await prepare_data_dir(tmp_path / "data", migrated_template, {})
+    async with SimRig() as rig:
+        config = RigConfig.from_ports(rig.ports())  # camera "sim": configured, not the simulated rig's object
+        controller = Controller(data.root, rig_config=config, hashing=CHEAP, terminal="test")
+        await controller.start()
+        try:
+            camera = controller.rig.camera
+            assert isinstance(camera, CameraProcess)
+            assert camera.pid is not None and camera.pid != os.getpid()
+            client = await ControllerClient.connect(data.root / "observe.sock")
+            try:
+                arrived: asyncio.Future[msg.Preview] = asyncio.get_running_loop().create_future()
+
+                def listen(message: msg.Snapshot | msg.Event | msg.Preview) -> None:
+                    if (
+                        isinstance(message, msg.Preview)
+                        and message.jpeg_b64 is not None
+                        and not arrived.done()
+                    ):
+                        arrived.set_result(message)
+
+                client.add_listener(listen)
+                preview = await asyncio.wait_for(arrived, 30.0)
+            finally:
+                await client.close()
+            pid = camera.pid
+        finally:
+            await controller.close()
+    assert preview.camera == "ok" and preview.ring_diameter_mm is not None
+    assert pid is not None and not _running(pid)
