@@ -16,6 +16,7 @@ admin, or a lockout), the change is refused with what changed, and the table is 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import ClassVar
 
 from rich.text import Text
@@ -28,7 +29,7 @@ from textual.widgets import DataTable, Footer, Input, Label
 from textual.worker import Worker, WorkerState
 
 from control.accounts import AccountError, AccountService, Actor, ConcurrentChangeError, UserInfo
-from control.clock import format_local
+from control.clock import to_local
 from tui.safe_text import escape_controls, plain
 from tui.screens._base import ScreenContext
 from tui.screens.dialogs import ConfirmDialog
@@ -41,8 +42,37 @@ from tui.screens.user_dialogs import (
 )
 from tui.widgets.header import ConsoleHeader
 
-#: The table's columns, in order.
-COLUMNS = ("Username", "Full name", "Role", "Active", "Last login", "Locked until", "Must change pw")
+#: The table's columns, in order (short headings: the table fits 80 columns; the line under it says each in
+#: full for the highlighted account).
+COLUMNS = ("Username", "Full name", "Role", "Active", "Last login", "Locked", "Chg pw")
+#: Width of every column but the full name's, their padding included (the widest value or heading each).
+_OTHER_COLUMNS_WIDTH = sum(2 + width for width in (8, 10, 6, 12, 12, 6))
+#: The full name column never gets narrower than this.
+_MIN_NAME_WIDTH = 10
+
+
+def short_time(moment: datetime | None, now: datetime, *, empty: str = "—") -> str:
+    """A naive UTC time in local time, as short as it stays clear: ``HH:MM`` today, ``14 Mar 09:30`` this
+    year, ``2025-03-14`` before."""
+    if moment is None:
+        return empty
+    local, today = to_local(moment), to_local(now)
+    if local.date() == today.date():
+        return local.strftime("%H:%M")
+    if local.year == today.year:
+        return local.strftime("%d %b %H:%M")
+    return local.strftime("%Y-%m-%d")
+
+
+def describe(info: UserInfo, now: datetime) -> str:
+    """One line saying everything about an account in full (under the table, for the highlighted one)."""
+    locked = f"locked until {short_time(info.locked_until, now)}" if info.locked_at(now) else "not locked"
+    return (
+        f"{info.username}: {info.full_name}, {info.role}, {'active' if info.is_active else 'inactive'}; "
+        f"last login {short_time(info.last_login, now, empty='never')}; {locked}; "
+        f"{'must change password' if info.must_change_password else 'own password'}"
+        f"{'' if info.has_password else ' (none set)'}"
+    )
 
 
 def matches(user: UserInfo, fragment: str) -> bool:
@@ -82,6 +112,11 @@ class UsersScreen(Screen[None]):
         height: 1fr;
         margin: 1 0 0 0;
         background: $surface;
+    }
+    UsersScreen #user-detail {
+        width: 100%;
+        height: 1;
+        color: $text-muted;
     }
     UsersScreen #status {
         width: 100%;
@@ -145,9 +180,8 @@ class UsersScreen(Screen[None]):
                 )
                 field.cursor_blink = self.context.settings.cursor_blink
                 yield field
-            table: DataTable[str | Text] = DataTable(id="user-table", cursor_type="row", zebra_stripes=True)
-            table.add_columns(*COLUMNS)
-            yield table
+            yield DataTable(id="user-table", cursor_type="row", zebra_stripes=True)
+            yield Label("", id="user-detail")
             yield Label("", id="status")
         yield Footer(compact=True)
 
@@ -175,15 +209,16 @@ class UsersScreen(Screen[None]):
         fragment = self.query_one("#user-find", Input).value
         now = self.context.settings.clock()
         shown = [info for info in self.accounts if matches(info, fragment)]
-        table.clear()
+        table.clear(columns=True)
+        self._add_columns(table, shown)
         for info in shown:
             table.add_row(
                 plain(info.username),
                 plain(info.full_name),
                 plain(info.role),
                 "yes" if info.is_active else "no",
-                format_local(info.last_login, empty="never"),
-                format_local(info.locked_until) if info.locked_at(now) else "—",
+                short_time(info.last_login, now, empty="never"),
+                short_time(info.locked_until, now) if info.locked_at(now) else "—",
                 "yes" if info.must_change_password else "no",
                 key=info.username,
             )
@@ -193,6 +228,7 @@ class UsersScreen(Screen[None]):
             table.move_cursor(row=names.index(keep))
         self._select_after_load = None
         self.loaded = True
+        self.show_detail()
         if status:
             where = f" matching {fragment.strip()!r}" if fragment.strip() else ""
             if shown:
@@ -201,6 +237,25 @@ class UsersScreen(Screen[None]):
                 self.show_status(f"no accounts{where}; a adds one", error=False)
         self.refresh_bindings()
 
+    def _add_columns(self, table: DataTable[str | Text], shown: list[UserInfo]) -> None:
+        """The columns, the full name's as wide as the screen leaves it (names longer are cut in the table and
+        shown whole on the line under it)."""
+        room = self.size.width - 4 - _OTHER_COLUMNS_WIDTH - 2
+        widest = max((len(info.full_name) for info in shown), default=0)
+        name_width = None if room >= widest or self.size.width == 0 else max(_MIN_NAME_WIDTH, room)
+        for index, label in enumerate(COLUMNS):
+            table.add_column(label, width=name_width if index == 1 else None, key=label)
+
+    def on_resize(self, event: events.Resize) -> None:
+        if self.loaded:
+            self.show_accounts(status=False)
+
+    def show_detail(self) -> None:
+        """Say everything about the highlighted account on the line under the table."""
+        info = self.highlighted()
+        text = describe(info, self.context.settings.clock()) if info is not None else ""
+        self.query_one("#user-detail", Label).update(plain(text))
+
     @on(Input.Changed, "#user-find")
     def find_changed(self, event: Input.Changed) -> None:
         if self.loaded:
@@ -208,6 +263,7 @@ class UsersScreen(Screen[None]):
 
     @on(DataTable.RowHighlighted, "#user-table")
     def row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self.show_detail()
         self.refresh_bindings()
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
