@@ -41,6 +41,7 @@ from typing import Any, Final
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from control.account_rules import (
@@ -527,18 +528,22 @@ class AccountService:
             users = UsersRepository(session)
             if await users.get_by_username(username) is not None:
                 raise DuplicateUserError(f"a user named {username!r} already exists")
-            row = await users.add(
-                TechUser(
-                    username=username,
-                    full_name=name,
-                    role=role,
-                    password_hash=password_hash,
-                    must_change_password=must_change_password and password_hash is not None,
-                    created_date=now,
-                    is_active=True,
-                    failed_login_count=0,
+            try:
+                row = await users.add(
+                    TechUser(
+                        username=username,
+                        full_name=name,
+                        role=role,
+                        password_hash=password_hash,
+                        must_change_password=must_change_password and password_hash is not None,
+                        created_date=now,
+                        is_active=True,
+                        failed_login_count=0,
+                    )
                 )
-            )
+            except IntegrityError:
+                # Another console added the same name between the check above and this insert.
+                raise DuplicateUserError(f"a user named {username!r} already exists") from None
             await self._record_creation(session, row, actor, now, first_admin=False)
             return UserInfo.from_row(row)
 

@@ -19,6 +19,7 @@ from control.accounts import (
     AccountService,
     Actor,
     ConcurrentChangeError,
+    DuplicateUserError,
     InvalidAccountDataError,
     PasswordPolicyError,
     PermissionDeniedError,
@@ -27,7 +28,7 @@ from control.accounts import (
     account_changes,
 )
 from storage import AuditLog
-from storage.repositories import AuditRepository
+from storage.repositories import AuditRepository, UsersRepository
 
 CLI = Actor.command_line("opsadmin", "/dev/pts/9")
 PASSWORD = "correct horse"
@@ -279,3 +280,17 @@ async def test_a_lockout_meanwhile_is_a_change_shown_in_the_refusal(
         await service.login("tina", "wrong password")
     with pytest.raises(ConcurrentChangeError, match=r"locked until: none -> 2026-03-14 09:45 UTC"):
         await service.deactivate("tina", people["ada"], expected=seen)
+
+
+async def test_the_same_name_added_at_once_from_two_consoles_is_refused_cleanly(
+    service: AccountService, people: dict[str, Actor], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The other console's insert lands between this one's check for the name and its own insert.
+    async def not_seen(self: UsersRepository, username: str) -> None:
+        return None
+
+    monkeypatch.setattr(UsersRepository, "get_by_username", not_seen)
+    with pytest.raises(DuplicateUserError, match="a user named 'tina' already exists"):
+        await service.create_user("tina", "Tina Two", "technician", PASSWORD, people["ada"])
+    monkeypatch.undo()
+    assert [u.full_name for u in await service.list_users() if u.username == "tina"] == ["Tina Tech"]
