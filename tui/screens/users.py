@@ -42,11 +42,15 @@ from tui.screens.user_dialogs import (
 )
 from tui.widgets.header import ConsoleHeader
 
-#: The table's columns, in order (short headings: the table fits 80 columns; the line under it says each in
-#: full for the highlighted account).
-COLUMNS = ("Username", "Full name", "Role", "Active", "Last login", "Locked", "Chg pw")
+#: The table's columns, in order, as headed where the screen is wide enough.
+COLUMNS = ("Username", "Full name", "Role", "Active", "Last login", "Locked until", "Must change pw")
+#: The same, headed short so that the table fits 80 columns (the line under the table says each in full for
+#: the highlighted account).
+SHORT_COLUMNS = ("Username", "Full name", "Role", "Active", "Last login", "Locked", "Chg pw")
 #: Width of every column but the full name's, their padding included (the widest value or heading each).
 _OTHER_COLUMNS_WIDTH = sum(2 + width for width in (8, 10, 6, 12, 12, 6))
+#: What the long headings add to that.
+_LONG_HEADINGS_EXTRA = len("Must change pw") - len("Chg pw")
 #: The full name column never gets narrower than this.
 _MIN_NAME_WIDTH = 10
 
@@ -241,10 +245,11 @@ class UsersScreen(Screen[None]):
         """The columns, the full name's as wide as the screen leaves it (names longer are cut in the table and
         shown whole on the line under it)."""
         room = self.size.width - 4 - _OTHER_COLUMNS_WIDTH - 2
-        widest = max((len(info.full_name) for info in shown), default=0)
+        widest = max((len(info.full_name) for info in shown), default=len("Full name"))
+        long_headings = room - _LONG_HEADINGS_EXTRA >= widest
         name_width = None if room >= widest or self.size.width == 0 else max(_MIN_NAME_WIDTH, room)
-        for index, label in enumerate(COLUMNS):
-            table.add_column(label, width=name_width if index == 1 else None, key=label)
+        for index, label in enumerate(COLUMNS if long_headings else SHORT_COLUMNS):
+            table.add_column(label, width=name_width if index == 1 else None, key=COLUMNS[index])
 
     def on_resize(self, event: events.Resize) -> None:
         if self.loaded:
