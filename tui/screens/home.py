@@ -111,13 +111,32 @@ class MenuEntry(NamedTuple):
 
 #: Everything the home screen offers, in menu order.
 HOME_MENU: tuple[MenuEntry, ...] = (
-    MenuEntry("t", "subjects", "Treat: subjects", "Treatment: a subject, a protocol, the session",
-              TREATING_ROLES, _treatment, needs_controller=True),
-    MenuEntry("r", "records", "Records", "Records: subjects, their history and past sessions",
-              EVERY_ROLE, _records),
-    MenuEntry("u", "users", "Users", "Users and roles: add, role, password, unlock, deactivate",
-              ADMIN_ONLY, _users),
-)  # fmt: skip
+    MenuEntry(
+        key="t",
+        name="subjects",
+        label="Treat: subjects",
+        line="Treatment: a subject, a protocol, the session",
+        roles=TREATING_ROLES,
+        opener=_treatment,
+        needs_controller=True,
+    ),
+    MenuEntry(
+        key="r",
+        name="records",
+        label="Records",
+        line="Records: subjects, their history and past sessions",
+        roles=EVERY_ROLE,
+        opener=_records,
+    ),
+    MenuEntry(
+        key="u",
+        name="users",
+        label="Users",
+        line="Users and roles: add, role, password, unlock, deactivate",
+        roles=ADMIN_ONLY,
+        opener=_users,
+    ),
+)
 
 #: The admin's screens not in this version yet (said on the admin's home screen).
 ADMIN_NOT_YET: tuple[str, ...] = ("configuration", "protocol library", "backups", "audit trail")
