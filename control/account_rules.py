@@ -9,6 +9,7 @@ its database is open (the login and first-run screens, the settings) does not lo
 from __future__ import annotations
 
 import enum
+import hashlib
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -71,6 +72,11 @@ class PermissionDeniedError(AccountError, PermissionError):
 
 class FirstAdminExistsError(AccountError):
     """An active administrator with a password already exists, so the first-run path is closed."""
+
+
+class ConcurrentChangeError(AccountError):
+    """The account was changed by someone else since it was read for this change; nothing was saved. The
+    message says what changed."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -136,6 +142,9 @@ class UserInfo:
     locked_until: datetime | None
     last_login: datetime | None
     created_date: datetime | None
+    #: A short digest of the stored password hash (None without a password): tells whether the password
+    #: was set again since this snapshot was taken, without handing the hash itself to a user interface.
+    password_stamp: str | None = None
 
     @classmethod
     def from_row(cls, row: TechUser) -> UserInfo:
@@ -152,6 +161,7 @@ class UserInfo:
             locked_until=row.locked_until,
             last_login=row.last_login,
             created_date=row.created_date,
+            password_stamp=password_stamp(row.password_hash),
         )
 
     def locked_at(self, now: datetime) -> bool:
@@ -209,6 +219,53 @@ class Actor:
     def audit_details(self) -> dict[str, Any]:
         """What the audit row's details record about the actor."""
         return {"os_user": self.os_user} if self.os_user is not None else {}
+
+
+def password_stamp(password_hash: str | None) -> str | None:
+    """A 16-hex-digit digest of ``password_hash`` (None for None), to notice a password set again."""
+    if password_hash is None:
+        return None
+    return hashlib.blake2b(password_hash.encode(), digest_size=8).hexdigest()
+
+
+#: What an administrator edits on an account, with how each is named in a message. A login changes none of
+#: them except ``locked_until`` (a lockout), which is shown in the users' table and so is compared too.
+ADMINISTERED_FIELDS: Final = (
+    ("full_name", "full name"),
+    ("role", "role"),
+    ("is_active", "active"),
+    ("must_change_password", "must change password"),
+    ("locked_until", "locked until"),
+    ("password_stamp", "password"),
+)
+
+
+def _shown(field: str, value: object) -> str:
+    if field == "password_stamp":
+        return "set" if value is not None else "none"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if value is None:
+        return "none"
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M UTC")
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def account_changes(loaded: UserInfo, current: UserInfo) -> list[str]:
+    """What an administrator could have changed between two snapshots of one account, one phrase each
+    ("role: 'technician' -> 'engineer'", "password: set again"); empty when nothing did. The last login and
+    the failed-login count are not compared: a login is not an edit."""
+    changes: list[str] = []
+    for field, name in ADMINISTERED_FIELDS:
+        old, new = getattr(loaded, field), getattr(current, field)
+        if old == new:
+            continue
+        if field == "password_stamp" and old is not None and new is not None:
+            changes.append("password: set again")
+        else:
+            changes.append(f"{name}: {_shown(field, old)} -> {_shown(field, new)}")
+    return changes
 
 
 def check_password_policy(password: str, username: str | None = None) -> None:

@@ -41,6 +41,7 @@ from typing import Any, Final
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from control.account_rules import (
@@ -56,6 +57,7 @@ from control.account_rules import (
     WRONG_CREDENTIALS_MESSAGE,
     AccountError,
     Actor,
+    ConcurrentChangeError,
     DuplicateUserError,
     FirstAdminExistsError,
     HashingParameters,
@@ -66,6 +68,7 @@ from control.account_rules import (
     PermissionDeniedError,
     UnknownUserError,
     UserInfo,
+    account_changes,
     check_full_name,
     check_password_policy,
     check_username,
@@ -79,11 +82,14 @@ from storage.repositories import AuditRepository, UsersRepository
 #: Public names, those defined in :mod:`control.account_rules` included (re-exported here).
 __all__ = [
     "ACTION_DEACTIVATE",
+    "ACTION_FULL_NAME_CHANGE",
     "ACTION_KEY_CONTROL",
     "ACTION_LOCKOUT",
     "ACTION_LOGIN",
     "ACTION_LOGOUT",
     "ACTION_PASSWORD_SET",
+    "ACTION_REACTIVATE",
+    "ACTION_ROLE_CHANGE",
     "ACTION_SCREEN_LOCK",
     "ACTION_UNLOCK",
     "ACTION_USER_CREATE",
@@ -101,6 +107,7 @@ __all__ = [
     "AccountError",
     "AccountService",
     "Actor",
+    "ConcurrentChangeError",
     "DuplicateUserError",
     "FirstAdminExistsError",
     "HashingParameters",
@@ -111,6 +118,7 @@ __all__ = [
     "PermissionDeniedError",
     "UnknownUserError",
     "UserInfo",
+    "account_changes",
     "check_full_name",
     "check_password_policy",
     "check_role",
@@ -129,8 +137,25 @@ ACTION_DEACTIVATE: Final = "deactivate"
 ACTION_LOGOUT: Final = "logout"
 ACTION_SCREEN_LOCK: Final = "screen_lock"
 ACTION_KEY_CONTROL: Final = "key_control"
+ACTION_REACTIVATE: Final = "reactivate"
+ACTION_ROLE_CHANGE: Final = "role_change"
+ACTION_FULL_NAME_CHANGE: Final = "full_name_change"
 #: ``audit_log.entity_type`` for rows about a user account.
 ENTITY_USER: Final = "tech_user"
+
+
+def _require_admin(actor: Actor, what: str) -> None:
+    if not actor.is_admin:
+        raise PermissionDeniedError(f"only an admin can {what}")
+
+
+def _active(row: TechUser) -> bool:
+    return row.is_active if row.is_active is not None else True
+
+
+def _usable_admin(row: TechUser) -> bool:
+    """An admin who can log in now or after an unlock: active, with a password."""
+    return row.role == "admin" and _active(row) and row.password_hash is not None
 
 
 def check_role(role: str) -> str:
@@ -473,9 +498,17 @@ class AccountService:
     # -- administration ------------------------------------------------------------------------------------
 
     async def create_user(
-        self, username: str, full_name: str, role: str, password: str | None, actor: Actor
+        self,
+        username: str,
+        full_name: str,
+        role: str,
+        password: str | None,
+        actor: Actor,
+        *,
+        must_change_password: bool = False,
     ) -> UserInfo:
-        """Create an account (admin only). ``password`` None creates an account that cannot log in yet.
+        """Create an account (admin only). ``password`` None creates an account that cannot log in yet;
+        with ``must_change_password`` the new user must choose their own password at the first login.
 
         Raises:
             InvalidAccountDataError, PasswordPolicyError: malformed input.
@@ -495,18 +528,22 @@ class AccountService:
             users = UsersRepository(session)
             if await users.get_by_username(username) is not None:
                 raise DuplicateUserError(f"a user named {username!r} already exists")
-            row = await users.add(
-                TechUser(
-                    username=username,
-                    full_name=name,
-                    role=role,
-                    password_hash=password_hash,
-                    must_change_password=False,
-                    created_date=now,
-                    is_active=True,
-                    failed_login_count=0,
+            try:
+                row = await users.add(
+                    TechUser(
+                        username=username,
+                        full_name=name,
+                        role=role,
+                        password_hash=password_hash,
+                        must_change_password=must_change_password and password_hash is not None,
+                        created_date=now,
+                        is_active=True,
+                        failed_login_count=0,
+                    )
                 )
-            )
+            except IntegrityError:
+                # Another console added the same name between the check above and this insert.
+                raise DuplicateUserError(f"a user named {username!r} already exists") from None
             await self._record_creation(session, row, actor, now, first_admin=False)
             return UserInfo.from_row(row)
 
@@ -545,24 +582,37 @@ class AccountService:
     async def _record_creation(
         self, session: AsyncSession, row: TechUser, actor: Actor, now: datetime, *, first_admin: bool
     ) -> None:
-        details = {**actor.audit_details(), "created": row.username, "role": row.role}
+        details: dict[str, Any] = {**actor.audit_details(), "created": row.username, "role": row.role}
+        details["old"] = {}
+        details["new"] = {
+            "username": row.username,
+            "full_name": row.full_name,
+            "role": row.role,
+            "is_active": True,
+            "has_password": row.password_hash is not None,
+            "must_change_password": row.must_change_password,
+        }
         if first_admin:
             details["first_admin"] = True
         await self._audit_by(session, actor, ACTION_USER_CREATE, now, row.tech_id, details)
         if row.password_hash is not None:
-            await self._audit_by(
+            await self._audit_change(
                 session,
                 actor,
                 ACTION_PASSWORD_SET,
                 now,
-                row.tech_id,
-                {**actor.audit_details(), "user": row.username},
+                row,
+                {"has_password": False, "must_change_password": False},
+                {"has_password": True, "must_change_password": row.must_change_password},
             )
 
-    async def set_password(self, username: str, password: str, actor: Actor) -> UserInfo:
+    async def set_password(
+        self, username: str, password: str, actor: Actor, *, expected: UserInfo | None = None
+    ) -> UserInfo:
         """Set ``username``'s password (an admin for anyone, a user for themselves).
 
-        When an admin sets someone else's password, that user must change it at next login.
+        When an admin sets someone else's password, that user must change it at next login. ``expected`` is
+        the account as the caller last read it (see :meth:`_current`).
         """
         check_password_policy(password, username)
         own = actor.tech_id is not None and actor.username == username
@@ -572,72 +622,130 @@ class AccountService:
         now = self.clock()
         async with self.sessions() as session, session.begin():
             users = UsersRepository(session)
-            row = await self._existing(users, username)
+            row = await self._current(users, username, expected)
+            old = {
+                "has_password": row.password_hash is not None,
+                "must_change_password": row.must_change_password,
+            }
             row.password_hash = password_hash
             row.must_change_password = not own
             await users.save(row)
-            await self._audit_by(
-                session,
-                actor,
-                ACTION_PASSWORD_SET,
-                now,
-                row.tech_id,
-                {**actor.audit_details(), "user": row.username},
-            )
+            new = {"has_password": True, "must_change_password": row.must_change_password}
+            await self._audit_change(session, actor, ACTION_PASSWORD_SET, now, row, old, new)
             return UserInfo.from_row(row)
 
-    async def unlock(self, username: str, actor: Actor) -> UserInfo:
-        """Clear ``username``'s lockout and failure count (admin only)."""
-        if not actor.is_admin:
-            raise PermissionDeniedError("only an admin can unlock users")
+    async def change_full_name(
+        self, username: str, full_name: str, actor: Actor, *, expected: UserInfo | None = None
+    ) -> UserInfo:
+        """Change ``username``'s full name (admin only)."""
+        name = check_full_name(full_name)
+        _require_admin(actor, "change a user's full name")
         now = self.clock()
         async with self.sessions() as session, session.begin():
             users = UsersRepository(session)
-            row = await self._existing(users, username)
+            row = await self._current(users, username, expected)
+            if row.full_name == name:
+                raise AccountError(f"the full name of {username!r} is already {name!r}")
+            old = {"full_name": row.full_name}
+            row.full_name = name
+            await users.save(row)
+            await self._audit_change(
+                session, actor, ACTION_FULL_NAME_CHANGE, now, row, old, {"full_name": name}
+            )
+            return UserInfo.from_row(row)
+
+    async def change_role(
+        self, username: str, role: str, actor: Actor, *, expected: UserInfo | None = None
+    ) -> UserInfo:
+        """Give ``username`` another role (admin only).
+
+        An admin cannot demote their own account, and the last usable admin (active, with a password) is
+        never demoted, so the console always keeps someone who can administer it.
+        """
+        check_role(role)
+        _require_admin(actor, "change a user's role")
+        if actor.tech_id is not None and actor.username == username and role != "admin":
+            raise PermissionDeniedError("an admin cannot demote their own account; another admin must")
+        now = self.clock()
+        async with self.sessions() as session, session.begin():
+            users = UsersRepository(session)
+            row = await self._current(users, username, expected)
+            if row.role == role:
+                raise AccountError(f"{username!r} is already {role}")
+            if _usable_admin(row) and await users.count_active_admins_with_password() <= 1:
+                raise PermissionDeniedError(
+                    f"{username!r} is the last active admin and cannot be demoted; make another admin first"
+                )
+            old = {"role": row.role}
+            row.role = role
+            await users.save(row)
+            await self._audit_change(session, actor, ACTION_ROLE_CHANGE, now, row, old, {"role": role})
+            return UserInfo.from_row(row)
+
+    async def unlock(self, username: str, actor: Actor, *, expected: UserInfo | None = None) -> UserInfo:
+        """Clear ``username``'s lockout and failure count (admin only)."""
+        _require_admin(actor, "unlock users")
+        now = self.clock()
+        async with self.sessions() as session, session.begin():
+            users = UsersRepository(session)
+            row = await self._current(users, username, expected)
             was_locked = row.locked_until.isoformat() if row.locked_until is not None else None
+            old = {"locked_until": was_locked, "failed_login_count": row.failed_login_count or 0}
             row.locked_until = None
             row.failed_login_count = 0
             await users.save(row)
-            await self._audit_by(
+            await self._audit_change(
                 session,
                 actor,
                 ACTION_UNLOCK,
                 now,
-                row.tech_id,
-                {**actor.audit_details(), "user": row.username, "was_locked_until": was_locked},
+                row,
+                old,
+                {"locked_until": None, "failed_login_count": 0},
+                was_locked_until=was_locked,
             )
             return UserInfo.from_row(row)
 
-    async def deactivate(self, username: str, actor: Actor) -> UserInfo:
+    async def deactivate(self, username: str, actor: Actor, *, expected: UserInfo | None = None) -> UserInfo:
         """Deactivate ``username`` (admin only); the account stays in the records but can no longer log in.
 
         An admin cannot deactivate their own account, so the console is never left without the one who is
-        using it.
+        using it; the last usable admin is never deactivated.
         """
-        if not actor.is_admin:
-            raise PermissionDeniedError("only an admin can deactivate users")
+        _require_admin(actor, "deactivate users")
         if actor.tech_id is not None and actor.username == username:
             raise PermissionDeniedError("an admin cannot deactivate their own account")
         now = self.clock()
         async with self.sessions() as session, session.begin():
             users = UsersRepository(session)
-            row = await self._existing(users, username)
-            if not (row.is_active if row.is_active is not None else True):
+            row = await self._current(users, username, expected)
+            if not _active(row):
                 raise AccountError(f"user {username!r} is already inactive")
-            if row.role == "admin" and row.password_hash is not None:
-                if await users.count_active_admins_with_password() <= 1:
-                    raise PermissionDeniedError(
-                        f"{username!r} is the last active admin; create another first"
-                    )
+            if _usable_admin(row) and await users.count_active_admins_with_password() <= 1:
+                raise PermissionDeniedError(
+                    f"{username!r} is the last active admin and cannot be deactivated; create another first"
+                )
             row.is_active = False
             await users.save(row)
-            await self._audit_by(
-                session,
-                actor,
-                ACTION_DEACTIVATE,
-                now,
-                row.tech_id,
-                {**actor.audit_details(), "user": row.username},
+            await self._audit_change(
+                session, actor, ACTION_DEACTIVATE, now, row, {"is_active": True}, {"is_active": False}
+            )
+            return UserInfo.from_row(row)
+
+    async def reactivate(self, username: str, actor: Actor, *, expected: UserInfo | None = None) -> UserInfo:
+        """Let a deactivated account log in again (admin only); its password, role and lockout are as they
+        were when it was deactivated."""
+        _require_admin(actor, "reactivate users")
+        now = self.clock()
+        async with self.sessions() as session, session.begin():
+            users = UsersRepository(session)
+            row = await self._current(users, username, expected)
+            if _active(row):
+                raise AccountError(f"user {username!r} is already active")
+            row.is_active = True
+            await users.save(row)
+            await self._audit_change(
+                session, actor, ACTION_REACTIVATE, now, row, {"is_active": False}, {"is_active": True}
             )
             return UserInfo.from_row(row)
 
@@ -649,6 +757,41 @@ class AccountService:
         if row is None:
             raise UnknownUserError(f"no user named {username!r}")
         return row
+
+    @classmethod
+    async def _current(cls, users: UsersRepository, username: str, expected: UserInfo | None) -> TechUser:
+        """The row of ``username``, read in the caller's transaction. With ``expected`` (the account as a
+        screen showed it when the change was asked for), a row changed since by someone else refuses the
+        change with what changed, so that two admins never overwrite each other's work unawares."""
+        row = await cls._existing(users, username)
+        if expected is None:
+            return row
+        if expected.tech_id != row.tech_id:
+            raise ConcurrentChangeError(
+                f"{username!r} is no longer the account that was shown; nothing was saved: look again"
+            )
+        changes = account_changes(expected, UserInfo.from_row(row))
+        if changes:
+            raise ConcurrentChangeError(
+                f"{username!r} was changed meanwhile ({'; '.join(changes)}); nothing was saved: "
+                "look at it again and retry"
+            )
+        return row
+
+    async def _audit_change(
+        self,
+        session: AsyncSession,
+        actor: Actor,
+        action: str,
+        now: datetime,
+        row: TechUser,
+        old: Mapping[str, Any],
+        new: Mapping[str, Any],
+        **extra: Any,
+    ) -> None:
+        """Audit an administrative change of ``row`` with its ``old`` and ``new`` values."""
+        details = {**actor.audit_details(), "user": row.username, **extra, "old": dict(old), "new": dict(new)}
+        await self._audit_by(session, actor, action, now, row.tech_id, details)
 
     async def _audit_by(
         self,

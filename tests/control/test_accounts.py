@@ -379,7 +379,12 @@ async def test_every_account_event_is_audited_with_terminal_and_outcome(
     ]
     details = [d for *_, d in rows]
     assert details[0]["first_admin"] is True
-    assert details[3] == {"os_user": "opsadmin", "user": "tina"}
+    assert details[3] == {
+        "os_user": "opsadmin",
+        "user": "tina",
+        "old": {"has_password": False, "must_change_password": False},
+        "new": {"has_password": True, "must_change_password": True},
+    }
     assert details[5]["reason"] == "unknown_user"
     assert details[6]["reason"] == "wrong_credentials"
     assert details[-2]["os_user"] == "opsadmin" and details[-2]["was_locked_until"] is not None

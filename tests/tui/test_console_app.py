@@ -429,7 +429,16 @@ async def test_a_good_new_password_is_saved_and_leads_home(data_dir: Path, clock
     assert after.password_hash is not None and CHEAP.hasher().verify(after.password_hash, new_password)
     own = [r for r in await audit_rows(data_dir) if r.action == "password_set" and r.tech_id == after.tech_id]
     assert [(r.username, r.outcome, r.terminal, json.loads(r.details or "{}")) for r in own] == [
-        ("tina", "success", "/dev/tty1", {"user": "tina"})
+        (
+            "tina",
+            "success",
+            "/dev/tty1",
+            {
+                "user": "tina",
+                "old": {"has_password": True, "must_change_password": True},
+                "new": {"has_password": True, "must_change_password": False},
+            },
+        )
     ]
 
 

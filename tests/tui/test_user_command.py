@@ -293,3 +293,99 @@ def test_set_password_lets_the_seeds_password_less_admin_log_in(
 
     assert tosca(monkeypatch, "user", "set-password", "nobody", stdin="a long password\n") == 1
     assert "nobody" in one_error_line(capsys)
+
+
+def add_admin(monkeypatch: pytest.MonkeyPatch, username: str) -> int:
+    return tosca(
+        monkeypatch,
+        "user",
+        "add",
+        "--username",
+        username,
+        "--full-name",
+        f"{username.title()} Admin",
+        "--role",
+        "admin",
+        stdin="admin password 1\n",
+    )
+
+
+def test_role_changes_a_users_role_and_audits_old_and_new(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert add_tina(monkeypatch) == 0
+    capsys.readouterr()
+    assert tosca(monkeypatch, "user", "role", "tina", "engineer") == 0
+    assert capsys.readouterr().out == "user tina is now engineer (was technician)\n"
+    result = login(data_dir, "tina", "tina password 1")
+    assert result.user is not None and result.user.role == "engineer"
+    changes = [r for r in audit(data_dir) if r.action == "role_change"]
+    assert len(changes) == 1 and changes[0].username == getpass.getuser()
+    details = json.loads(changes[0].details or "{}")
+    assert (details["old"], details["new"]) == ({"role": "technician"}, {"role": "engineer"})
+    assert details["user"] == "tina" and details["os_user"] == getpass.getuser()
+
+
+def test_role_refusals_say_why_in_one_line_and_change_nothing(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert add_admin(monkeypatch, "ada") == 0
+    assert add_tina(monkeypatch) == 0
+    capsys.readouterr()
+    before = len(audit(data_dir))
+    assert tosca(monkeypatch, "user", "role", "ada", "technician") == 1
+    assert one_error_line(capsys) == (
+        "tosca: 'ada' is the last active admin and cannot be demoted; make another admin first"
+    )
+    assert tosca(monkeypatch, "user", "role", "tina", "technician") == 1
+    assert one_error_line(capsys) == "tosca: 'tina' is already technician"
+    assert tosca(monkeypatch, "user", "role", "nobody", "admin") == 1
+    assert one_error_line(capsys) == "tosca: no user named 'nobody'"
+    assert len(audit(data_dir)) == before
+    assert tosca(monkeypatch, "user", "list") == 0
+    listed = capsys.readouterr().out
+    assert any(line.split()[:1] == ["ada"] and " admin " in line for line in listed.splitlines())
+
+    # With a second admin, ada may be demoted.
+    assert add_admin(monkeypatch, "bob") == 0
+    assert tosca(monkeypatch, "user", "role", "ada", "engineer") == 0
+    assert capsys.readouterr().out.endswith("user ada is now engineer (was admin)\n")
+
+
+def test_role_usage_errors_exit_2(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for argv in (["user", "role", "tina", "surgeon"], ["user", "role", "tina"], ["user", "reactivate"]):
+        with pytest.raises(SystemExit) as exit_info:
+            tosca(monkeypatch, *argv)
+        assert exit_info.value.code == 2
+
+
+def test_reactivate_lets_a_deactivated_user_log_in_again(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert add_tina(monkeypatch) == 0
+    assert tosca(monkeypatch, "user", "reactivate", "tina") == 1
+    assert one_error_line(capsys) == "tosca: user 'tina' is already active"
+    assert tosca(monkeypatch, "user", "deactivate", "tina") == 0
+    assert login(data_dir, "tina", "tina password 1").outcome is LoginOutcome.INACTIVE
+    capsys.readouterr()
+    assert tosca(monkeypatch, "user", "reactivate", "tina") == 0
+    assert capsys.readouterr().out == "user tina reactivated\n"
+    assert login(data_dir, "tina", "tina password 1").ok
+    rows = [r for r in audit(data_dir) if r.action == "reactivate"]
+    assert len(rows) == 1
+    details = json.loads(rows[0].details or "{}")
+    assert (details["old"], details["new"]) == ({"is_active": False}, {"is_active": True})
+    assert tosca(monkeypatch, "user", "reactivate", "nobody") == 1
+    assert one_error_line(capsys) == "tosca: no user named 'nobody'"
+
+
+def test_the_last_active_admin_cannot_be_deactivated_from_the_command_line(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert add_admin(monkeypatch, "ada") == 0
+    capsys.readouterr()
+    assert tosca(monkeypatch, "user", "deactivate", "ada") == 1
+    assert one_error_line(capsys) == (
+        "tosca: 'ada' is the last active admin and cannot be deactivated; create another first"
+    )
+    assert login(data_dir, "ada", "admin password 1").ok

@@ -1,4 +1,4 @@
-"""``tosca user``: add, list, unlock and deactivate console users.
+"""``tosca user``: add, list, unlock, deactivate and reactivate console users, and change their role.
 
 ```
 tosca user add --username U --full-name NAME --role ROLE   password on stdin (one line); asked twice on a tty
@@ -7,6 +7,9 @@ tosca user set-password U                                  new password on stdin
                                                            asked to change it at the next login
 tosca user unlock U                                        clear a lockout after failed logins
 tosca user deactivate U                                    the account stays in the records but cannot log in
+tosca user reactivate U                                    a deactivated account can log in again
+tosca user role U ROLE                                     technician, engineer or admin; the last active
+                                                           admin is never demoted
 ```
 
 The password is never taken from the command line (it would show in the process list and the shell history).
@@ -33,7 +36,7 @@ if TYPE_CHECKING:
     from control.accounts import UserInfo
     from storage.paths import DataDir
 
-ACTIONS = ("add", "list", "set-password", "unlock", "deactivate")
+ACTIONS = ("add", "list", "set-password", "unlock", "deactivate", "reactivate", "role")
 #: Roles offered by ``--role`` (the same as :data:`storage.ROLES`, spelled out so the parser loads quickly).
 ROLE_CHOICES = ("technician", "engineer", "admin")
 
@@ -46,7 +49,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``user`` sub-command (and its actions) to ``subparsers``; return its parser."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "user",
-        help="console users: add | list | set-password U | unlock U | deactivate U",
+        help="console users: add | list | set-password U | unlock U | deactivate U | reactivate U | role U R",
         description="Manage the console's user accounts (as the operating system user running this).",
     )
     actions = parser.add_subparsers(dest="user_action", metavar="ACTION", required=True)
@@ -63,7 +66,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     unlock.add_argument("username", metavar="U")
     deactivate = actions.add_parser("deactivate", help="stop a user from logging in (the record stays)")
     deactivate.add_argument("username", metavar="U")
-    for sub in (add, listing, set_password, unlock, deactivate):
+    reactivate = actions.add_parser("reactivate", help="let a deactivated user log in again")
+    reactivate.add_argument("username", metavar="U")
+    role = actions.add_parser("role", help="give a user another role (the last active admin stays admin)")
+    role.add_argument("username", metavar="U")
+    role.add_argument("role", choices=ROLE_CHOICES, metavar="ROLE", help="technician, engineer or admin")
+    for sub in (add, listing, set_password, unlock, deactivate, reactivate, role):
         add_data_dir_option(sub)
     return parser
 
@@ -151,9 +159,17 @@ async def _run(data_dir: DataDir, args: argparse.Namespace, password: str | None
         elif action == "unlock":
             user = await accounts.unlock(args.username, actor)
             print(f"user {user.username} unlocked")
-        else:
+        elif action == "deactivate":
             user = await accounts.deactivate(args.username, actor)
             print(f"user {user.username} deactivated")
+        elif action == "reactivate":
+            user = await accounts.reactivate(args.username, actor)
+            print(f"user {user.username} reactivated")
+        else:
+            before = await accounts.get_user(args.username)
+            user = await accounts.change_role(args.username, args.role, actor)
+            was = f" (was {before.role})" if before is not None else ""
+            print(f"user {user.username} is now {user.role}{was}")
     finally:
         await engine.dispose()
     sys.stdout.flush()

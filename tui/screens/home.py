@@ -1,5 +1,12 @@
-"""The home screen: who is logged in, the state of the records database and of the disk, and the way to
-treatment (t).
+"""The home screen: what the logged-in person can do from here, who they are, and the state of the records
+database and of the disk.
+
+What each role can do is one list, :data:`HOME_MENU`: one entry per screen, with its key (also in the footer),
+its line in the menu and the roles it is offered to. A technician treats and reads the records; an admin also
+administers (the users and roles); an engineer reads the records, and is told that the engineer's screens are
+not in this version yet. The admin's screens that are not built yet are named as such
+(:data:`ADMIN_NOT_YET`), never silently missing: a new screen adds its entry to :data:`HOME_MENU` and leaves
+that list.
 
 While the controller has a fault latched it shows the fault and F4 resets it (with the password, once the
 cause has cleared), so that a fault left after a session closed never blocks the next one."""
@@ -7,15 +14,18 @@ cause has cleared), so that a fault left after a session closed never blocks the
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
-from textual import work
+from rich.text import Text
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Grid, Vertical
 from textual.screen import Screen
-from textual.widgets import Footer, Label, Static
+from textual.widgets import Footer, Label, OptionList, Static
+from textual.widgets.option_list import Option
 
 from control.accounts import UserInfo
 from storage import DataDir
@@ -54,19 +64,112 @@ def read_database_facts(data_dir: DataDir) -> DatabaseFacts:
     )
 
 
+ScreenOpener = Callable[[ScreenContext, UserInfo], Screen[None]]
+
+#: Roles that treat subjects (engineers diagnose and calibrate; they do not treat).
+TREATING_ROLES = frozenset({"technician", "admin"})
+EVERY_ROLE = frozenset({"technician", "engineer", "admin"})
+ADMIN_ONLY = frozenset({"admin"})
+
+
+def _treatment(context: ScreenContext, user: UserInfo) -> Screen[None]:
+    from tui.screens.subjects import SubjectsScreen
+
+    return SubjectsScreen(context, user)
+
+
+def _records(context: ScreenContext, user: UserInfo) -> Screen[None]:
+    from tui.screens.subjects import SubjectsScreen
+
+    return SubjectsScreen(context, user, read_only=True)
+
+
+def _users(context: ScreenContext, user: UserInfo) -> Screen[None]:
+    from tui.screens.users import UsersScreen
+
+    return UsersScreen(context, user)
+
+
+class MenuEntry(NamedTuple):
+    """One thing to do from the home screen."""
+
+    #: The key that opens it (shown in the footer and in the menu).
+    key: str
+    #: Its name (the action's parameter and the menu option's id).
+    name: str
+    #: Its label in the footer.
+    label: str
+    #: Its line in the menu.
+    line: str
+    #: The roles it is offered to.
+    roles: frozenset[str]
+    #: Builds the screen it opens.
+    opener: ScreenOpener
+    #: Offered only with a controller (a treatment needs one).
+    needs_controller: bool = False
+
+
+#: Everything the home screen offers, in menu order.
+HOME_MENU: tuple[MenuEntry, ...] = (
+    MenuEntry(
+        key="t",
+        name="subjects",
+        label="Treat: subjects",
+        line="Treatment: a subject, a protocol, the session",
+        roles=TREATING_ROLES,
+        opener=_treatment,
+        needs_controller=True,
+    ),
+    MenuEntry(
+        key="r",
+        name="records",
+        label="Records",
+        line="Records: subjects, their history and past sessions",
+        roles=EVERY_ROLE,
+        opener=_records,
+    ),
+    MenuEntry(
+        key="u",
+        name="users",
+        label="Users",
+        line="Users and roles: add, role, password, unlock, deactivate",
+        roles=ADMIN_ONLY,
+        opener=_users,
+    ),
+)
+
+#: The admin's screens not in this version yet (said on the admin's home screen).
+ADMIN_NOT_YET: tuple[str, ...] = ("configuration", "protocol library", "backups", "audit trail")
+#: What an engineer is told instead of a menu of their own.
+ENGINEER_NOT_YET = "The engineer's screens (diagnostics, calibration) are not in this version yet."
+
+
+def menu_for(role: str) -> tuple[MenuEntry, ...]:
+    """The entries offered to ``role``, in menu order."""
+    return tuple(entry for entry in HOME_MENU if role in entry.roles)
+
+
+def not_yet_line(role: str) -> str | None:
+    """The line naming what ``role`` would find here but is not in this version yet, if anything."""
+    if role == "engineer":
+        return ENGINEER_NOT_YET
+    if role == "admin" and ADMIN_NOT_YET:
+        return f"Not in this version yet: {', '.join(ADMIN_NOT_YET)}."
+    return None
+
+
 class HomeScreen(Screen[None]):
-    """Home: user, role, database path, schema version, last backup. Keys to lock and to log out."""
+    """Home: what this role can do (a menu, and its keys in the footer), then the user, role, database path,
+    schema version, last backup and disk. Keys to lock and to log out."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("t", "subjects", "Treat: subjects"),
-        Binding("r", "records", "Records"),
+        *(Binding(entry.key, f"open('{entry.name}')", entry.label) for entry in HOME_MENU),
         Binding(RESET_KEY, "reset_fault", "Reset fault"),
         Binding("ctrl+l", "app.lock", "Lock"),
         Binding("ctrl+o", "logout", "Log out"),
     ]
 
-    #: Roles that treat subjects (engineers diagnose and calibrate; they do not treat).
-    TREATING_ROLES: ClassVar[frozenset[str]] = frozenset({"technician", "admin"})
+    TREATING_ROLES: ClassVar[frozenset[str]] = TREATING_ROLES
 
     def __init__(self, context: ScreenContext, user: UserInfo) -> None:
         super().__init__()
@@ -80,6 +183,12 @@ class HomeScreen(Screen[None]):
         yield FaultNotice(id="fault")
         with Vertical(id="home", classes="panel"):
             yield Label(plain(f"Welcome, {user.full_name}"), classes="form-title")
+            entries = self.entries()
+            if entries:
+                yield OptionList(*(self._option(entry) for entry in entries), id="home-menu")
+            missing = not_yet_line(user.role)
+            if missing is not None:
+                yield Label(missing, id="home-not-yet")
             with Grid(id="facts"):
                 yield Label("User", classes="fact-name")
                 yield Static(plain(f"{user.full_name} ({user.username})"), id="fact-user")
@@ -94,6 +203,20 @@ class HomeScreen(Screen[None]):
                 yield Label("Disk", classes="fact-name")
                 yield Static("reading...", id="fact-disk")
         yield Footer()
+
+    def entries(self) -> tuple[MenuEntry, ...]:
+        """What this user's role is offered."""
+        return menu_for(self.user.role)
+
+    def available(self, entry: MenuEntry) -> bool:
+        """Whether ``entry`` can be opened now (a treatment needs the controller)."""
+        return not entry.needs_controller or self.context.link is not None
+
+    def _option(self, entry: MenuEntry) -> Option:
+        line = Text.assemble((f"{entry.key}", "bold"), "  ", entry.line)
+        if not self.available(entry):
+            line.append(" (no controller)")
+        return Option(line, id=entry.name, disabled=not self.available(entry))
 
     def on_mount(self) -> None:
         self.load_facts()
@@ -122,8 +245,9 @@ class HomeScreen(Screen[None]):
         self.facts = facts
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action == "subjects":
-            return self.user.role in self.TREATING_ROLES and self.context.link is not None
+        if action == "open":
+            entry = next((e for e in self.entries() if (e.name,) == parameters), None)
+            return entry is not None and self.available(entry)
         if action == "reset_fault":
             link = self.context.link
             return link is not None and in_fault(link.snapshot)
@@ -134,17 +258,25 @@ class HomeScreen(Screen[None]):
         """F4: acknowledge the latched fault with the password (refused while its cause is there)."""
         await reset_fault(self, self.context, self.user)
 
+    def action_open(self, name: str) -> None:
+        """Open the screen of the menu entry ``name``, if this role is offered it and it can open now."""
+        entry = next((e for e in self.entries() if e.name == name), None)
+        if entry is not None and self.available(entry):
+            self.app.push_screen(entry.opener(self.context, self.user))
+
     def action_subjects(self) -> None:
         """The subjects: find or create one, then choose a protocol and treat."""
-        from tui.screens.subjects import SubjectsScreen
-
-        self.app.push_screen(SubjectsScreen(self.context, self.user))
+        self.action_open("subjects")
 
     def action_records(self) -> None:
         """The records, read-only, for every role: find a subject, open its history and its past sessions."""
-        from tui.screens.subjects import SubjectsScreen
+        self.action_open("records")
 
-        self.app.push_screen(SubjectsScreen(self.context, self.user, read_only=True))
+    @on(OptionList.OptionSelected, "#home-menu")
+    def menu_chosen(self, event: OptionList.OptionSelected) -> None:
+        """Enter or a click on a menu line opens it."""
+        if event.option.id is not None:
+            self.action_open(event.option.id)
 
     def action_logout(self) -> None:
         """Log out: back to the login screen."""
