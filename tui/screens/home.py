@@ -160,7 +160,7 @@ HOME_MENU: tuple[MenuEntry, ...] = (
         key="a",
         name="audit",
         label="Audit trail",
-        line="Audit trail: browse and filter every recorded action, export to CSV",
+        line="Audit trail: browse, filter and export recorded actions",
         roles=ADMIN_ONLY,
         opener=_audit,
     ),
