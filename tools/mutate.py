@@ -34,6 +34,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -51,7 +52,16 @@ TESTS: dict[str, tuple[str, ...]] = {
     "control/engine.py": ("tests/control/test_engine*.py",),
 }
 #: What is left out of the copy of the tree.
-IGNORED = (".venv", ".git", "__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache", ".hypothesis", "data")
+IGNORED = (
+    ".venv",
+    ".git",
+    "__pycache__",
+    ".mypy_cache",
+    ".pytest_cache",
+    ".ruff_cache",
+    ".hypothesis",
+    "data",
+)
 #: The name of the logger object in the modules; calls on it are not deleted.
 LOGGER_NAMES = frozenset({"_LOG", "logger", "log"})
 
@@ -337,18 +347,32 @@ class Sandbox:
             *tests,
         ]
         started = time.monotonic()
+        # Its own process group, so that a time-out or an interruption ends the run and whatever it started.
+        process = subprocess.Popen(
+            command,
+            cwd=self.root,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         try:
-            out = subprocess.run(
-                command, cwd=self.root, env=env, capture_output=True, text=True, timeout=timeout_s, check=False
-            )
+            stdout, stderr = process.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
             return "timeout", time.monotonic() - started, ""
+        except BaseException:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            raise
         seconds = time.monotonic() - started
-        if out.returncode == 0:
+        if process.returncode == 0:
             return "passed", seconds, ""
         failed = next(
-            (line.split(" ", 1)[1] for line in out.stdout.splitlines() if line.startswith(("FAILED ", "ERROR "))),
-            out.stdout.strip().splitlines()[-1] if out.stdout.strip() else out.stderr.strip()[-200:],
+            (line.split(" ", 1)[1] for line in stdout.splitlines() if line.startswith(("FAILED ", "ERROR "))),
+            stdout.strip().splitlines()[-1] if stdout.strip() else stderr.strip()[-200:],
         )
         return "failed", seconds, failed
 
@@ -380,7 +404,9 @@ def _choose(sites: list[Site], args: argparse.Namespace) -> list[Site]:
     return chosen
 
 
-def _run(module: str, chosen: list[Site], source: str, tests: list[str], args: argparse.Namespace) -> list[Result]:
+def _run(
+    module: str, chosen: list[Site], source: str, tests: list[str], args: argparse.Namespace
+) -> list[Result]:
     box = Sandbox(ROOT)
     results: list[Result] = []
     try:
@@ -389,8 +415,11 @@ def _run(module: str, chosen: list[Site], source: str, tests: list[str], args: a
             print(f"mutate: the unchanged tree does not pass {' '.join(tests)}: {failed}", file=sys.stderr)
             raise SystemExit(2)
         limit = args.timeout or max(30.0, 3 * baseline)
-        print(f"{module}: {len(chosen)} mutants, tests {' '.join(tests)} ({baseline:.1f} s unchanged, "
-              f"limit {limit:.0f} s each)", flush=True)
+        print(
+            f"{module}: {len(chosen)} mutants, tests {' '.join(tests)} ({baseline:.1f} s unchanged, "
+            f"limit {limit:.0f} s each)",
+            flush=True,
+        )
         deadline = time.monotonic() + args.budget if args.budget else None
         for site in chosen:
             if deadline is not None and time.monotonic() > deadline:
@@ -401,8 +430,11 @@ def _run(module: str, chosen: list[Site], source: str, tests: list[str], args: a
             outcome = {"failed": "killed", "passed": "survived", "timeout": "timeout"}[status]
             results.append(Result(site, outcome, seconds, failed))
             mark = "SURVIVED" if outcome == "survived" else outcome
-            print(f"  #{site.number:<4} line {site.line:<5} {site.kind:<13} {mark:<8} {seconds:5.1f} s  "
-                  f"{site.change[:110]}", flush=True)
+            print(
+                f"  #{site.number:<4} line {site.line:<5} {site.kind:<13} {mark:<8} {seconds:5.1f} s  "
+                f"{site.change[:110]}",
+                flush=True,
+            )
         box.write(module, source)
     finally:
         box.close()
@@ -411,8 +443,10 @@ def _run(module: str, chosen: list[Site], source: str, tests: list[str], args: a
 
 def _summary(module: str, results: list[Result]) -> str:
     killed = sum(r.outcome != "survived" for r in results)
-    lines = [f"{module}: {killed} of {len(results)} mutants killed"
-             + (f" ({100 * killed / len(results):.0f} %)" if results else "")]
+    lines = [
+        f"{module}: {killed} of {len(results)} mutants killed"
+        + (f" ({100 * killed / len(results):.0f} %)" if results else "")
+    ]
     for r in results:
         if r.outcome == "survived":
             lines.append(f"  survived #{r.site.number} line {r.site.line} ({r.site.kind}): {r.site.change}")
@@ -422,11 +456,15 @@ def _summary(module: str, results: list[Result]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="tools/mutate.py")
     parser.add_argument("modules", nargs="*", default=sorted(TESTS), help="modules, as paths from the root")
-    parser.add_argument("--tests", action="append", default=[], help="test files or globs (default: per module)")
+    parser.add_argument(
+        "--tests", action="append", default=[], help="test files or globs (default: per module)"
+    )
     parser.add_argument("--sample", type=int, help="run this many mutants per module, chosen at random")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random sample (default 0)")
     parser.add_argument("--only", type=int, action="append", help="run only these mutant numbers")
-    parser.add_argument("--kind", action="append", help="only this kind (compare, boolop, negate, number, ...)")
+    parser.add_argument(
+        "--kind", action="append", help="only this kind (compare, boolop, negate, number, ...)"
+    )
     parser.add_argument("--lines", help="only mutants on these lines, e.g. 400-460")
     parser.add_argument("--budget", type=float, help="stop starting new mutants after this many seconds")
     parser.add_argument("--timeout", type=float, help="limit for one run, s (default: 3x the unchanged run)")
@@ -434,6 +472,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--show", action="store_true", help="print the mutated source of --only mutants")
     parser.add_argument("--report", type=Path, help="write every result as JSON to this file")
     args = parser.parse_args(argv)
+    # A termination request unwinds like Ctrl-C: the running test is ended and the copy of the tree removed.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     if len(args.modules) > 1 and args.tests:
         parser.error("--tests needs exactly one module")
     all_results: list[Result] = []

@@ -165,10 +165,10 @@ def test_every_wrong_type_is_listed_at_once() -> None:
     data["steps"][1]["power_end_watts"] = [2.0]
     data["safety_limits"]["max_power_watts"] = "ten"
     assert refused(data) == [
-        "safety_limits.max_power_watts: must be a number, got \"ten\"",
-        "steps[0].step_number: must be a whole number, got \"one\"",
+        'safety_limits.max_power_watts: must be a number, got "ten"',
+        'steps[0].step_number: must be a whole number, got "one"',
         "steps[0].ramp_type: must be 'constant' or 'linear', got 1",
-        "steps[1].duration_seconds: must be a number, got \"twenty\"",
+        'steps[1].duration_seconds: must be a number, got "twenty"',
         "steps[1].power_end_watts: must be a number, got [2.0]",
     ]
 

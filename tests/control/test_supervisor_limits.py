@@ -222,7 +222,9 @@ async def test_a_deviation_just_over_15_percent_warns_once_after_exactly_500_ms(
     assert world.sup.warnings == []
     at(world, 0.05 + 0.5)
     at(world, 0.8)
-    assert world.sup.warnings == ["photodiode: measured 2.10 W against 2.50 W commanded (16 % off) for 500 ms"]
+    assert world.sup.warnings == [
+        "photodiode: measured 2.10 W against 2.50 W commanded (16 % off) for 500 ms"
+    ]
     await world.settle()
     [entry] = world.log.of_type("photodiode_out_of_range")
     assert entry.severity == "warning"
