@@ -64,8 +64,8 @@ RIG_TEST = pytest.mark.xdist_group("rig")
 
 async def wait_until(
     predicate: Callable[[], bool],
-    what: str,
     timeout_s: float = 5.0,
+    what: str = "the condition",
     *,
     poll: Callable[[], Awaitable[object]] | None = None,
     describe: Callable[[], str] | None = None,

@@ -82,7 +82,7 @@ class Rig:
             await asyncio.sleep(0.01)
 
     async def until(self, predicate: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
-        await wait_until(predicate, what, timeout_s, describe=lambda: f"state {self.world.sup.state.value}")
+        await wait_until(predicate, timeout_s, what, describe=lambda: f"state {self.world.sup.state.value}")
 
     async def step_active(self) -> None:
         await self.until(lambda: self.world.sup.readings.step_active, "a step active")
