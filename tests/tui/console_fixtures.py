@@ -163,3 +163,21 @@ async def wait_for_check(pilot: Pilot[Any]) -> None:
 def showing(app: App[Any], screen_type: type[Screen[Any]]) -> bool:
     """True once a screen of ``screen_type`` is on top and mounted (its widgets exist)."""
     return isinstance(app.screen, screen_type) and app.screen.is_mounted
+
+
+async def quit_by_palette(pilot: Pilot[Any]) -> None:
+    """Ctrl+P, "quit", Enter: each step once the palette has shown what the next one needs."""
+    from textual.command import CommandList, CommandPalette
+
+    app = pilot.app
+    await pilot.press("ctrl+p")
+    await wait_until(pilot, lambda: isinstance(app.screen, CommandPalette), "the command palette")
+    await enter_text(pilot, "quit")
+    await wait_until(
+        pilot,
+        lambda: any(
+            "quit" in str(option.prompt).lower() for option in app.screen.query_one(CommandList).options
+        ),
+        "the palette offering to quit",
+    )
+    await pilot.press("enter")
