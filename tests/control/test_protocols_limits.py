@@ -207,3 +207,40 @@ def test_the_seed_shape_is_untouched_by_the_checks() -> None:
     before = copy.deepcopy(data)
     accepted(data)
     assert data == before
+
+
+# ---------------------------------------------------------------------------------- the file's numbers
+def test_a_number_of_40_characters_is_read_and_one_of_41_is_refused() -> None:
+    forty = "3." + "0" * 38
+    text = json.dumps(protocol((10, 1.0, 1.0, 3.0, "constant"))).replace(
+        '"ring_size_mm": 3.0', f'"ring_size_mm": {forty}'
+    )
+    assert parse_protocol(text).steps[0].ring_size_mm == 3.0
+    with pytest.raises(ProtocolError) as info:
+        parse_protocol(text.replace(forty, forty + "0"))
+    assert info.value.errors == [
+        "invalid JSON: a number written with 41 characters; numbers in a protocol have at most 40"
+    ]
+
+
+def test_a_zero_duration_is_reported_once_not_also_as_shorter_than_a_loop_period() -> None:
+    assert refused(protocol((0, 1.0, 1.0, 3.0, "constant"))) == [
+        "steps[0].duration_seconds: must be > 0.0, got 0"
+    ]
+
+
+def test_the_definition_gives_its_total_duration() -> None:
+    defn = parse_protocol(
+        json.dumps(protocol((0.25, 1.0, 1.0, 3.0, "constant"), (60, 1.0, 2.0, 3.0, "linear")))
+    )
+    assert defn.total_duration_s == 60.25
+
+
+@pytest.mark.parametrize(("ring_min", "ring_max"), [(0.5, 5.0), (3.0, 3.0)])
+def test_a_ring_range_may_start_under_1_mm_or_be_a_single_size(ring_min: float, ring_max: float) -> None:
+    limits = ValidationLimits(10.0, ring_min, ring_max, "calibration #9")
+    accepted(protocol((10, 1.0, 1.0, ring_max, "constant")), limits)
+    assert refused(protocol((10, 1.0, 1.0, ring_max + 0.5, "constant")), limits) == [
+        f"steps[0].ring_size_mm: {ring_max + 0.5} mm is outside the actuator's range "
+        f"{ring_min}..{ring_max} mm (calibration #9)"
+    ]

@@ -22,6 +22,7 @@ from supervisor_support import (
     readings_stamped,
     repeat_pedal_pressed,
     treating_from_zero,
+    world_from,
 )
 
 from control.supervisor import SystemState, Term
@@ -376,3 +377,69 @@ async def test_a_pedal_released_event_switches_off_at_once(worlds: list[World]) 
     assert world.journal.names()[mark:][0] == "laser.off_now"
     assert set(world.journal.names()[mark:]) == {"laser.off_now"}
     assert world.sup.state is S.ARMED and not world.laser.output_on
+
+
+# ------------------------------------------------------------------------- heartbeat, smoothing, TEC
+async def test_a_heartbeat_acknowledged_500_ms_ago_is_in_time_and_one_older_is_not(
+    worlds: list[World],
+) -> None:
+    """The board's watchdog times out after 1 s; the heartbeat must have been acknowledged within half of
+    that."""
+    world = await armed_from(0.0)
+    worlds.append(world)
+    await world.sup.disarm()
+    give_readings(world.sup, tec_at=0.45, laser_at=0.45, actuator_at=0.45, board_at=0.45)
+    for now in (0.4, 0.5):
+        assert world.sup.terms(now)[Term.WATCHDOG].ok, now
+        assert world.sup.arm_blockers(now=now) == []
+    assert world.sup.arm_blockers(now=0.501) == ["cannot arm: heartbeat not acknowledged in time"]
+    assert world.sup.terms(0.501)[Term.WATCHDOG].value == "fed 501 ms ago"
+
+
+async def test_smoothing_holds_at_exactly_0_8_g_and_not_below(worlds: list[World]) -> None:
+    world = await treating_from_zero(2.5)
+    worlds.append(world)
+    world.vibration_g = 0.8
+    at(world, 0.01)
+    assert world.sup.state is S.TREATING
+    world.vibration_g = 0.79
+    at(world, 0.02)
+    assert world.sup.state is S.FAULT
+    assert world.sup.fault is not None and world.sup.fault.what == "vibration below 0.80 g"
+
+
+async def test_a_slowly_turning_motor_is_on_and_judged_by_its_vibration(worlds: list[World]) -> None:
+    world = await treating_from_zero(2.5)
+    worlds.append(world)
+    world.motor_pwm = 1
+    world.vibration_g = 0.5
+    at(world, 0.01)
+    assert world.sup.fault is not None and world.sup.fault.what == "vibration below 0.80 g"
+    assert world.sup.terms()[Term.SMOOTHING].value == "motor on, 0.50 g"
+
+
+async def test_the_tec_holds_at_exactly_1_degree_from_its_setpoint(worlds: list[World]) -> None:
+    world = await treating_from_zero(2.5)
+    worlds.append(world)
+    world.tec_c = 26.0  # the setpoint is 25.0 degC
+    at(world, 0.01)
+    world.tec_c = 24.0
+    at(world, 0.02)
+    assert world.sup.state is S.TREATING
+    world.tec_c = 26.01
+    at(world, 0.03)
+    assert world.sup.state is S.FAULT
+    assert world.sup.fault is not None
+    assert world.sup.fault.what == "TEC 1.01 degC from its setpoint (window 1.00)"
+
+
+async def test_before_any_reading_every_input_shows_unknown_and_the_motor_off(worlds: list[World]) -> None:
+    world = world_from(0.0)
+    worlds.append(world)
+    values = {term: status.value for term, status in world.sup.terms().items()}
+    assert values[Term.FOOTPEDAL] == "unknown"
+    assert values[Term.ESTOP] == "unknown"
+    assert values[Term.SMOOTHING] == "motor off, unknown"
+    assert values[Term.TEC] == "unknown"
+    assert values[Term.WATCHDOG] == "fed never"
+    assert world.sup.arm_blockers()[0] == "cannot arm in idle"
