@@ -443,3 +443,35 @@ async def test_before_any_reading_every_input_shows_unknown_and_the_motor_off(wo
     assert values[Term.TEC] == "unknown"
     assert values[Term.WATCHDOG] == "fed never"
     assert world.sup.arm_blockers()[0] == "cannot arm in idle"
+
+
+async def test_the_terms_show_their_live_values_while_treating_and_after_failures(
+    worlds: list[World],
+) -> None:
+    """What the dashboard lists for each term of the permission to emit."""
+    world = await treating_from_zero(2.5)
+    worlds.append(world)
+    light(world, 2.5)
+    at(world, 0.06)
+    shown = {term.value: (status.ok, status.value) for term, status in world.sup.terms().items()}
+    assert shown == {
+        "footpedal": (True, "pressed"),
+        "estop": (True, "released"),
+        "watchdog": (True, "fed 0 ms ago"),
+        "smoothing": (True, "motor on, 1.20 g"),
+        "tec": (True, "25.00 degC (set 25.00)"),
+        "photodiode": (True, "2.50 W"),
+        "devices": (True, "all fresh"),
+        "calibrations": (True, "active"),
+        "step": (True, "active"),
+        "storage": (True, "writing"),
+    }
+    world.set_step(False)
+    world.set_storage(False)
+    world.set_link("tec", "faulty")
+    terms = world.sup.terms()
+    assert (terms[Term.STEP].ok, terms[Term.STEP].value) == (False, "none")
+    assert (terms[Term.STORAGE].ok, terms[Term.STORAGE].value) == (False, "FAILED")
+    assert terms[Term.STORAGE].detail == "storage cannot record: disk full"
+    assert terms[Term.DEVICES].value == "tec link faulty"
+    assert world.sup.state is S.FAULT
