@@ -475,3 +475,28 @@ async def test_the_terms_show_their_live_values_while_treating_and_after_failure
     assert terms[Term.STORAGE].detail == "storage cannot record: disk full"
     assert terms[Term.DEVICES].value == "tec link faulty"
     assert world.sup.state is S.FAULT
+
+
+async def test_may_emit_holds_only_while_treating_with_every_term_true(worlds: list[World]) -> None:
+    world = await treating_from_zero(2.5)
+    worlds.append(world)
+    assert world.sup.may_emit()
+    world.release_pedal()
+    assert not world.sup.may_emit(), "ARMED with the footpedal up"
+    await world.sup.disarm()
+    world.press_pedal()
+    assert world.sup.state is S.READY and world.sup.terms()[Term.FOOTPEDAL].ok
+    assert not world.sup.may_emit(), "READY: every term may hold, the state does not allow emission"
+
+
+async def test_a_fault_whose_laser_off_is_not_confirmed_says_so_in_the_log(worlds: list[World]) -> None:
+    world = await treating_from_zero(2.5)
+    worlds.append(world)
+    world.laser.off_unconfirmed = True
+    world.set_storage(False)
+    await world.settle()
+    entry = world.log.of_type("interlock_failure")[-1]
+    assert entry.action_taken == (
+        "laser output off NOT verified: no reply to the output query; safety board disarmed"
+    )
+    world.laser.off_unconfirmed = False
