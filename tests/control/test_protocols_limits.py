@@ -7,17 +7,23 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from typing import Any
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from control.protocols import (
+    LimitsError,
+    PlanStep,
     ProtocolError,
     ValidationLimits,
     check_protocol,
+    load_limits,
     parse_protocol,
     validate_protocol,
 )
+from storage.repositories import ConfigRepository
 
 #: The actuator's default travel gives rings of 2 to 5 mm; the system allows 10 W; the loop runs at 10 Hz.
 LIMITS = ValidationLimits(max_system_power_w=10.0, ring_min_mm=2.0, ring_max_mm=5.0, source="default travel")
@@ -244,3 +250,53 @@ def test_a_ring_range_may_start_under_1_mm_or_be_a_single_size(ring_min: float, 
         f"steps[0].ring_size_mm: {ring_max + 0.5} mm is outside the actuator's range "
         f"{ring_min}..{ring_max} mm (calibration #9)"
     ]
+
+
+# --------------------------------------------------------------------------------------- plans and limits
+def test_a_ramp_gives_its_start_power_before_it_starts_and_a_constant_step_never_drifts() -> None:
+    ramp = PlanStep(1, 0.0, 10.0, 2.0, 6.0, 3.0, "linear")
+    assert ramp.power_at_elapsed(-0.5) == 2.0
+    assert ramp.power_at_elapsed(0.0) == 2.0
+    assert ramp.power_at_elapsed(2.5) == 3.0
+    constant = PlanStep(1, 0.0, 10.0, 0.1, 0.1, 3.0, "constant")
+    assert {constant.power_at_elapsed(k / 10) for k in range(101)} == {0.1}
+
+
+def test_a_plan_gives_exactly_a_million_setpoints_and_not_one_more() -> None:
+    plan = check_protocol(
+        json.dumps(protocol((99999.9, 1.0, 1.0, 3.0, "constant"), max_duration=100000)), LIMITS
+    )
+    assert len(plan.setpoints(10.0)) == 1_000_000
+    with pytest.raises(ValueError, match="gives 1000001 setpoints; at most 1000000 are allowed"):
+        check_protocol(
+            json.dumps(protocol((100000, 1.0, 1.0, 3.0, "constant"), max_duration=100000)), LIMITS
+        ).setpoints(10.0)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("max_laser_power_watts", 0, "config max_laser_power_watts must be a number > 0 W; got 0"),
+        ("max_laser_power_watts", -1.0, "config max_laser_power_watts must be a number > 0 W; got -1.0"),
+        (
+            "treatment_loop_frequency_hz",
+            0,
+            "config treatment_loop_frequency_hz must be a number > 0 Hz; got 0",
+        ),
+    ],
+)
+async def test_system_limits_not_above_zero_are_refused(
+    sessions: async_sessionmaker[AsyncSession], key: str, value: Any, message: str
+) -> None:
+    async with sessions() as session, session.begin():
+        await ConfigRepository(session).set(key, value, modified_by=None)
+    with pytest.raises(LimitsError, match=re.escape(message)):
+        await load_limits(sessions)
+
+
+async def test_system_limits_just_above_zero_are_read(sessions: async_sessionmaker[AsyncSession]) -> None:
+    async with sessions() as session, session.begin():
+        await ConfigRepository(session).set("max_laser_power_watts", 0.5, modified_by=None)
+        await ConfigRepository(session).set("treatment_loop_frequency_hz", 1, modified_by=None)
+    limits = await load_limits(sessions)
+    assert (limits.max_system_power_w, limits.loop_hz, limits.min_step_s) == (0.5, 1.0, 1.0)

@@ -25,7 +25,7 @@ from supervisor_support import (
     world_from,
 )
 
-from control.supervisor import SystemState, Term
+from control.supervisor import Refused, SystemState, Term
 from devices.safety import EventKind, SafetyEvent
 
 S = SystemState
@@ -355,7 +355,7 @@ async def test_a_switch_on_abandoned_because_the_pedal_came_up_is_no_fault(world
     assert world.sup.state is S.ARMED
     assert world.sup.fault is None
     assert world.laser.switch_ons == []
-    assert "laser.on_not_sent" in world.journal.names()
+    assert world.journal.names("laser")[-1] == "laser.on_not_sent", "nothing more was sent to the laser"
 
 
 async def test_a_repeated_pedal_pressed_event_leaves_the_output_on(worlds: list[World]) -> None:
@@ -500,3 +500,13 @@ async def test_a_fault_whose_laser_off_is_not_confirmed_says_so_in_the_log(world
         "laser output off NOT verified: no reply to the output query; safety board disarmed"
     )
     world.laser.off_unconfirmed = False
+
+
+async def test_zero_watts_is_a_setpoint_and_below_zero_is_refused(worlds: list[World]) -> None:
+    world = await treating_from_zero(2.5)
+    worlds.append(world)
+    await world.sup.set_power(0.0)
+    assert world.sup.commanded_w == 0.0 and world.laser.power_w == 0.0
+    with pytest.raises(Refused, match=r"power -0\.01 W is outside 0\.\.10\.0 W"):
+        await world.sup.set_power(-0.01)
+    assert world.sup.commanded_w == 0.0
