@@ -8,10 +8,21 @@ test of "exactly 100 ms old" needs the exact value, or it tests nothing.
 
 from __future__ import annotations
 
-from supervisor_fakes import DEVICES, World
+from supervisor_fakes import DEVICES, SafetyLog, World
 
-from control.supervisor import SafetySupervisor, SystemState
+from control.supervisor import SafetyEntry, SafetySupervisor, SystemState
 from devices.safety import EventKind, SafetyEvent
+
+
+class FailingLog(SafetyLog):
+    """The safety-log sink, which fails every write once ``failing`` is set (a full disk)."""
+
+    failing = False
+
+    async def __call__(self, entry: SafetyEntry) -> None:
+        if self.failing:
+            raise OSError("disk full")
+        await super().__call__(entry)
 
 
 def give_readings(sup: SafetySupervisor, **readings: object) -> None:
@@ -29,6 +40,7 @@ def world_from(start: float) -> World:
     """A fake rig whose monotonic clock reads ``start`` (s) when its supervisor is made."""
     world = World()
     world.clock.now = start
+    world.log = FailingLog(world.clock, world.journal)
     world.sup = SafetySupervisor(world.laser, world.board, world.log, clock=world.clock, devices=DEVICES)
     world.board.deliver = world.sup.on_board
     return world

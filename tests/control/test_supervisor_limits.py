@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 import pytest
 from supervisor_fakes import World
 from supervisor_support import (
+    FailingLog,
     armed_from,
     at,
     give_readings,
@@ -510,3 +511,16 @@ async def test_zero_watts_is_a_setpoint_and_below_zero_is_refused(worlds: list[W
     with pytest.raises(Refused, match=r"power -0\.01 W is outside 0\.\.10\.0 W"):
         await world.sup.set_power(-0.01)
     assert world.sup.commanded_w == 0.0
+
+
+async def test_a_safety_log_that_cannot_be_written_is_a_storage_fault_at_once(worlds: list[World]) -> None:
+    world = await treating_from_zero(2.5)
+    worlds.append(world)
+    assert isinstance(world.log, FailingLog)
+    world.log.failing = True
+    world.release_pedal()  # its safety-log row cannot be written
+    await world.settle()
+    assert world.sup.state is S.FAULT
+    assert world.sup.fault is not None and world.sup.fault.term is Term.STORAGE
+    assert world.sup.fault.what == "storage cannot record: safety log write failed: disk full"
+    assert_off_and_disarmed(world)
