@@ -281,6 +281,33 @@ def test_the_ring_moves_only_while_nothing_emits_even_with_the_footpedal_held() 
     run(Rig(steps), script)
 
 
+def test_at_a_step_change_the_laser_comes_on_at_the_new_steps_power() -> None:
+    """The footpedal stays down from 5 W into a 2 W step: the new setpoint is written before the step is
+    marked active, so the output never comes on at the old step's power, even with a laser that takes a
+    few milliseconds to take a setpoint."""
+    steps = [
+        PlanStep(1, 0.0, 1.0, 5.0, 5.0, 3.0, "constant"),
+        PlanStep(2, 1.0, 1.0, 2.0, 2.0, 3.0, "constant"),
+    ]
+
+    async def script(rig: Rig) -> None:
+        laser = rig.world.laser
+        written = laser.set_power
+
+        async def slow_set_power(watts: float) -> None:
+            await asyncio.sleep(0.005)
+            await written(watts)
+
+        laser.set_power = slow_set_power  # type: ignore[method-assign]
+        laser.observe = lambda: laser.power_w
+        await rig.step_active()
+        await rig.emit()
+        await rig.finished()
+        assert laser.switch_ons == [5.0, 2.0]
+
+    run(Rig(steps), script)
+
+
 # ------------------------------------------------------------------------------------------- recording
 def test_each_step_is_recorded_as_started_only_once_it_emits() -> None:
     async def script(rig: Rig) -> None:
