@@ -133,6 +133,9 @@ def test_a_step_emits_for_exactly_its_duration_then_the_protocol_completes() -> 
         assert end - on == pytest.approx(2.0, abs=1e-6)
         assert columns == {"commanded_w": 5.0, "ring_mm": 3.0, "details": {"protocol_step": 1}}
         assert rig.world.sup.treating_seconds() == pytest.approx(2.0, abs=1e-6)
+        progress = rig.engine.progress
+        assert progress is not None
+        assert (progress.number, progress.of, progress.elapsed_s, progress.setpoint_w) == (1, 1, 2.0, 5.0)
         assert rig.world.sup.state is S.READY
         assert not rig.world.laser.output_on and not rig.world.board.armed
         assert "laser.off_verified" in rig.world.journal.names()[-4:]
@@ -247,7 +250,7 @@ def test_setpoint_changes_under_10_mw_are_not_recorded_one_by_one() -> None:
         written = [w for _, w in rig.setpoints()]
         assert len(recorded) < len(written)
         steps = [b - a for a, b in itertools.pairwise(recorded[:-1])]
-        assert steps and all(0.0099 <= s < 0.0151 for s in steps), steps
+        assert steps and all(s == pytest.approx(0.01, abs=1e-9) for s in steps), steps
         assert recorded[-1] == 5.05
 
     run(Rig([slow]), script)
@@ -315,8 +318,10 @@ def test_each_step_is_recorded_as_started_only_once_it_emits() -> None:
         await asyncio.sleep(1.0)  # ten turns of the engine's loop in READY
         assert "protocol_step_start" not in rig.kinds()
         assert "power_set" not in rig.kinds()
-        await rig.emit()
+        on = await rig.emit()
         await rig.finished()
+        # Recorded the moment the output came on: the engine wakes on the state change, not a period later.
+        assert rig.of("protocol_step_start")[0][0] == pytest.approx(on, abs=1e-9)
         starts = [c for _, c in rig.of("protocol_step_start")]
         assert [s["details"]["protocol_step"] for s in starts] == [1, 2]
         assert [s["commanded_w"] for s in starts] == [5.0, 5.0]
@@ -517,6 +522,12 @@ def test_the_loop_rate_may_be_1_or_1000_hz(loop_hz: float) -> None:
         world.sup, [CONSTANT_2S], move_ring=_never, record=_ignore, loop_hz=loop_hz, max_override_w=1
     )
     assert engine.period_s == 1.0 / loop_hz
+
+
+def test_the_loop_rate_is_10_hz_unless_given() -> None:
+    world = World()
+    engine = TreatmentEngine(world.sup, [CONSTANT_2S], move_ring=_never, record=_ignore, max_override_w=1)
+    assert engine.period_s == 0.1
 
 
 def test_a_plan_needs_a_step() -> None:
