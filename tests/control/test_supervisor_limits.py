@@ -524,3 +524,21 @@ async def test_a_safety_log_that_cannot_be_written_is_a_storage_fault_at_once(wo
     assert world.sup.fault is not None and world.sup.fault.term is Term.STORAGE
     assert world.sup.fault.what == "storage cannot record: safety log write failed: disk full"
     assert_off_and_disarmed(world)
+
+
+async def test_emission_before_any_setpoint_is_judged_against_0_w(worlds: list[World]) -> None:
+    """No setpoint was ever written: the commanded power is 0 W, and no light is what is expected."""
+    world = world_from(0.0)
+    worlds.append(world)
+    world.sup.start()
+    world.feed_healthy()
+    await world.sup.open_session()
+    world.set_step(True)
+    await world.sup.arm()
+    world.press_pedal()
+    await world.settle()
+    assert world.sup.state is S.TREATING and world.sup.commanded_w == 0.0
+    for t in (0.05, 0.3, 0.6, 1.0):
+        at(world, t)
+    assert world.sup.state is S.TREATING
+    assert world.sup.terms()[Term.PHOTODIODE].value == "0.00 W"
