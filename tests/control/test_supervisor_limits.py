@@ -542,3 +542,27 @@ async def test_emission_before_any_setpoint_is_judged_against_0_w(worlds: list[W
         at(world, t)
     assert world.sup.state is S.TREATING
     assert world.sup.terms()[Term.PHOTODIODE].value == "0.00 W"
+
+
+@pytest.mark.parametrize(("state", "severity"), [(S.IDLE, "critical"), (S.READY, "emergency")])
+async def test_an_expired_watchdog_reported_by_a_reading_faults_in_any_state(
+    worlds: list[World], state: SystemState, severity: str
+) -> None:
+    """The board's status shows its watchdog expired (no push event): a fault even in IDLE, where the board
+    refuses to arm until the reset clears it; critical there, an emergency once a session is open."""
+    world = world_from(0.0)
+    worlds.append(world)
+    world.sup.start()
+    world.feed_healthy()
+    if state is S.READY:
+        await world.sup.open_session()
+    give_readings(world.sup, watchdog_expired=True)
+    await world.settle()
+    assert world.sup.state is S.FAULT
+    assert world.sup.fault is not None and world.sup.fault.term is Term.WATCHDOG
+    assert world.sup.fault.how_to_reset == (
+        "check the safety board link; the reset clears its watchdog, then acknowledge the fault with your "
+        "password to reset"
+    )
+    [entry] = world.log.of_type("system_watchdog_timeout")
+    assert entry.severity == severity
