@@ -269,10 +269,14 @@ async def test_each_fault_mid_step_switches_the_laser_off_and_latches(
         ).fetchone()[0]
     assert triggers == 1
     # The fault latches: the pedal does nothing, and arming is refused until a reset.
+    # With the safety board unplugged or stalled the edges cannot reach the supervisor at all.
+    board_linked = command not in ("unplug safety", "stall safety on")
     sim.command("pedal up")
-    await wait_until(lambda: sup.readings.pedal is False, 2.0, "the pedal released")
+    if board_linked:
+        await wait_until(lambda: sup.readings.pedal is False, 2.0, "the pedal released")
     sim.command("pedal down")
-    await wait_until(lambda: sup.readings.pedal is True, 2.0, "the pedal pressed")
+    if board_linked:
+        await wait_until(lambda: sup.readings.pedal is True, 2.0, "the pedal pressed")
     assert sup.state is SystemState.FAULT and not sim.model.laser_output_on
     with pytest.raises(Refused):
         await controller.arm(PASSWORD)
