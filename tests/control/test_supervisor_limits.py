@@ -566,3 +566,17 @@ async def test_an_expired_watchdog_reported_by_a_reading_faults_in_any_state(
     )
     [entry] = world.log.of_type("system_watchdog_timeout")
     assert entry.severity == severity
+
+
+async def test_one_sample_with_the_pedal_up_and_a_fault_latches_the_fault(worlds: list[World]) -> None:
+    """A board sample shows the footpedal up and the smoothing failed at once (the pedal's own event was
+    lost): the fault latches, and nothing tries to go back to ARMED from it."""
+    world = await treating_from_zero(2.5)
+    worlds.append(world)
+    world.board.pedal = False  # no FOOTPEDAL event: only the stream sample shows it
+    world.vibration_g = 0.5
+    at(world, 0.01)
+    assert world.sup.state is S.FAULT
+    assert world.sup.fault is not None and world.sup.fault.term is Term.SMOOTHING
+    await world.settle()
+    assert_off_and_disarmed(world)
