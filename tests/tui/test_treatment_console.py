@@ -213,7 +213,7 @@ async def test_each_fault_is_shown_with_what_to_do_and_reset_with_the_password(
                 await answer_password_dialog(pilot, "f")
                 await wait_until(
                     pilot,
-                    lambda: any(str(n.message).startswith("fault not reset") for n in app._notifications),
+                    lambda: any("reset fault refused" in str(n.message) for n in app._notifications),
                     "the reset refused",
                 )
                 assert app.snapshot is not None and app.snapshot.state == "fault"
