@@ -580,3 +580,23 @@ async def test_one_sample_with_the_pedal_up_and_a_fault_latches_the_fault(worlds
     assert world.sup.fault is not None and world.sup.fault.term is Term.SMOOTHING
     await world.settle()
     assert_off_and_disarmed(world)
+
+
+async def test_an_unanswered_disarm_is_sent_again_after_exactly_1_s(worlds: list[World]) -> None:
+    world = await armed_from(0.0)
+    worlds.append(world)
+    world.board.disarm_unanswered = True
+    world.set_storage(False)  # a fault at 0.0 s: its DISARM gets no reply
+    await world.settle()
+    assert world.sup.state is S.FAULT and world.sup.disarm_pending
+    assert world.board.disarm_failures == 1
+    world.clock.now = 0.999
+    world.sup.tick()
+    await world.settle()
+    assert world.board.disarm_failures == 1
+    world.board.disarm_unanswered = False
+    world.clock.now = 1.0
+    world.sup.tick()
+    await world.settle()
+    assert not world.sup.disarm_pending and not world.board.armed
+    assert world.log.of_type("board_disarmed")[-1].description == "safety board disarmed on retry"
