@@ -427,7 +427,7 @@ def _load_json(text: str) -> tuple[Any, list[str]]:
 
 def _parse(text: str, limits: ValidationLimits | None) -> tuple[ProtocolDefinition | None, list[str]]:
     if not isinstance(text, str):
-        raise TypeError(f"protocol text must be a str, got {type(text).__name__}")
+        return None, [f"protocol: must be JSON text, got {type(text).__name__}"]
     try:
         raw, errors = _load_json(text)
     except json.JSONDecodeError as exc:
@@ -452,7 +452,8 @@ def _parse(text: str, limits: ValidationLimits | None) -> tuple[ProtocolDefiniti
 
 
 def parse_protocol(text: str) -> ProtocolDefinition:
-    """Parse a protocol file's text; ProtocolError lists every problem (invalid JSON: line and column)."""
+    """Parse a protocol file's text; ProtocolError lists every problem (invalid JSON: line and column; a
+    value of the wrong type, anywhere, is one of the problems listed, never an exception of its own)."""
     defn, errors = _parse(text, None)
     if defn is None:
         raise ProtocolError(errors)

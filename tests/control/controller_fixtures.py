@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import shutil
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +15,7 @@ from control.messages import Authenticate
 from control.supervisor import SystemState
 from storage import DataDir, create_engine, session_factory
 from storage.repositories import ProtocolsRepository
+from tests.support import wait_until
 
 PASSWORD = "correct horse 9"
 USERNAME = "tech1"
@@ -47,15 +45,6 @@ async def prepare_data_dir(root: Path, template: Path, protocols: dict[str, str]
     finally:
         await engine.dispose()
     return data
-
-
-async def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    """Wait (polling every 5 ms) until ``predicate()`` holds."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.005)
 
 
 async def wait_prechecks(controller: Controller, timeout_s: float = 10.0) -> list[dict[str, Any]]:

@@ -197,7 +197,7 @@ async def test_a_second_connection_cannot_resume_arm_or_pause_the_session(
             with pytest.raises(CommandFailed, match="does not hold the open session"):
                 await other.call(command, timeout_s=10.0)
         await other.call(msg.Sim(command="pedal down"))
-        await asyncio.sleep(0.3)
+        await wait_until(lambda: controller.supervisor.readings.pedal is True, 2.0, "the pedal pressed")
         assert controller.supervisor.state is SystemState.PAUSED
         assert not sim.model.laser_output_on
         # The owner's own pause resumes without the password.

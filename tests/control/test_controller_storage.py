@@ -218,10 +218,18 @@ async def test_a_database_locked_during_emission_loses_nothing_and_emission_goes
         while time.monotonic() - locked_at < 6.0:
             sim.command("pedal up")
             await wait_until(lambda: sup.state is SystemState.ARMED, 2.0, "ARMED after the pedal release")
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.3)  # the operator's foot is up for a moment
             sim.command("pedal down")
             await _wait_emitting(controller, "emission again")
-            await asyncio.sleep(0.5)
+            # Half a second of emission, its rows going to the journal while the database is locked.
+            emitted = sup.treating_seconds()
+            await wait_until(
+                lambda emitted=emitted: (
+                    sup.treating_seconds() >= emitted + 0.5 or sup.state is not SystemState.TREATING
+                ),
+                5.0,
+                "0.5 s more of emission",
+            )
             assert sup.fault is None and sup.state is SystemState.TREATING
             assert sup.terms()[Term.STORAGE].ok and recorder.healthy
         assert recorder.journaled_rows > 0 and recorder.journal_path.exists()

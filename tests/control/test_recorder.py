@@ -34,7 +34,7 @@ from storage import apply_pragmas, create_engine, session_factory, utc_now
 from storage.journal import MARK_KEY, Journal, JournalEntry, write_entries
 from storage.safety_records import SafetyRecord
 from storage.telemetry_line import TelemetrySample, decode_sample
-from tests.support import FakeClock
+from tests.support import FakeClock, wait_until
 
 START = datetime(2026, 3, 14, 9, 30, 0)
 MIB = 1024 * 1024
@@ -65,14 +65,6 @@ class FakeDisk:
     def __call__(self, path: Path) -> Usage:
         self.calls += 1
         return Usage(self.free)
-
-
-async def _wait_until(condition: Callable[[], bool], within_s: float = 5.0) -> None:
-    deadline = time.monotonic() + within_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.005)
 
 
 def _insert_session(db_path: Path) -> None:
@@ -213,7 +205,7 @@ async def test_events_land_in_batches_in_order_with_offsets_from_the_session_sta
     mono.now = 1002.0
     recorder.event("power_change", commanded_w=6.0, at_mono=1001.5)  # happened half a second ago
     # Written by the background task (at least every 0.1 s), without a flush.
-    await _wait_until(lambda: len(_events(db_path)) == 3 and recorder.held_rows == 0, within_s=2.0)
+    await wait_until(lambda: len(_events(db_path)) == 3 and recorder.held_rows == 0, timeout_s=2.0)
     rows = _events(db_path)
     assert [r["event_type"] for r in rows] == ["protocol_step_start", "laser_on", "power_change"]
     assert [r["time_offset_ms"] for r in rows] == [0, 250, 1500]
@@ -336,7 +328,7 @@ async def test_low_free_space_makes_it_unhealthy_at_begin_and_from_the_backgroun
     await recorder.begin_session(2, 1, started_mono=1000.0, started_at=START)
     assert recorder.healthy
     disk.free = 49 * MIB
-    await _wait_until(lambda: not recorder.healthy)
+    await wait_until(lambda: not recorder.healthy)
     assert changes[-1] == (
         False,
         f"free space under {db_path.parent} is 49.0 MiB, below the 50.0 MiB minimum",
@@ -455,7 +447,7 @@ async def test_a_full_disk_under_the_telemetry_file_makes_it_unhealthy_until_the
         rec.telemetry(_sample(50))  # held behind the others
         assert await rec.recheck() is False
         full["on"] = False  # space freed: the telemetry flusher writes every held line
-        await _wait_until(lambda: rec.healthy)
+        await wait_until(lambda: rec.healthy)
         assert changes[-1] == (True, None)
         summary = await rec.end_session()
         assert summary is not None and summary.line_count == 51
@@ -501,7 +493,7 @@ async def test_a_locked_database_journals_the_rows_stays_healthy_and_the_retry_w
         SafetyRecord(event_type="e_stop_pressed", severity="critical", description="E-stop pressed")
     )
     assert time.monotonic() - started < DEFAULT_DURABLE_WITHIN_S
-    await _wait_until(lambda: recorder.journaled_rows == 4)
+    await wait_until(lambda: recorder.journaled_rows == 4)
     journal = recorder.journal_path
     assert journal == db_path.parent / "tosca.journal"
     assert journal.stat().st_mode & 0o777 == 0o640
@@ -513,11 +505,11 @@ async def test_a_locked_database_journals_the_rows_stays_healthy_and_the_retry_w
         await recorder.flush()
     mono.now = 1005.0
     recorder.event("laser_off")  # after the journal's rows, so into the journal too
-    await _wait_until(lambda: recorder.journaled_rows == 5)
+    await wait_until(lambda: recorder.journaled_rows == 5)
     assert len(_events(db_path)) == 1
 
     locked(False)  # nothing else is called: the recorder's own retry writes the journal
-    await _wait_until(lambda: recorder.held_rows == 0 and not journal.exists(), within_s=3.0)
+    await wait_until(lambda: recorder.held_rows == 0 and not journal.exists(), timeout_s=3.0)
     rows = _events(db_path)
     assert [(r["event_type"], r["time_offset_ms"]) for r in rows] == [
         ("laser_on", 0),
@@ -530,7 +522,7 @@ async def test_a_locked_database_journals_the_rows_stays_healthy_and_the_retry_w
     assert changes == [] and recorder.healthy
     # Direct writes again once the journal is gone.
     recorder.event("pause")
-    await _wait_until(lambda: len(_events(db_path)) == 6)
+    await wait_until(lambda: len(_events(db_path)) == 6)
     assert not journal.exists()
 
 
@@ -547,7 +539,7 @@ async def test_when_neither_the_database_nor_the_journal_takes_a_row_it_is_unhea
     journal_disk.full = True
     accepted = time.monotonic()
     recorder.event("laser_on", commanded_w=5.0)
-    await _wait_until(lambda: not recorder.healthy, within_s=2.0)
+    await wait_until(lambda: not recorder.healthy, timeout_s=2.0)
     took = time.monotonic() - accepted
     # The bound: a row neither written nor journaled DEFAULT_DURABLE_WITHIN_S (1 s) after it was accepted,
     # checked every GUARD_PERIOD_S; the rest is this test's own polling and a loaded machine.
@@ -569,10 +561,10 @@ async def test_when_neither_the_database_nor_the_journal_takes_a_row_it_is_unhea
     assert recorder.held_rows == 3 and recorder.journaled_rows == 0
 
     journal_disk.full = False  # space freed: the journal takes the rows, the database is still locked
-    await _wait_until(lambda: recorder.healthy, within_s=3.0)
+    await wait_until(lambda: recorder.healthy, timeout_s=3.0)
     assert changes[-1] == (True, None) and recorder.journaled_rows == 3
     locked(False)
-    await _wait_until(lambda: recorder.held_rows == 0, within_s=3.0)
+    await wait_until(lambda: recorder.held_rows == 0, timeout_s=3.0)
     assert [r["event_type"] for r in _events(db_path)] == ["laser_on", "laser_off"]
     assert [r["event_type"] for r in _safety_rows(db_path)] == ["interlock_failure"]
     assert len(changes) == 2
@@ -707,9 +699,9 @@ async def test_a_journal_the_database_cannot_take_at_start_stays_and_new_rows_fo
         assert (data_root / "tosca.journal").exists() and rec.healthy
         await rec.begin_session(2, 1, started_mono=0.0, started_at=START)
         rec.event("laser_on")
-        await _wait_until(lambda: len(_journal_lines(data_root / "tosca.journal")) == 2)
+        await wait_until(lambda: len(_journal_lines(data_root / "tosca.journal")) == 2)
         locked(False)
-        await _wait_until(lambda: rec.held_rows == 0 and not (data_root / "tosca.journal").exists())
+        await wait_until(lambda: rec.held_rows == 0 and not (data_root / "tosca.journal").exists())
     finally:
         await rec.close()
     assert [(r["session_id"], r["event_type"]) for r in _events(db_path)] == [
@@ -760,7 +752,7 @@ async def test_a_read_only_database_makes_it_unhealthy_and_the_journal_keeps_the
     try:
         await rec.begin_session(1, 1, started_mono=0.0, started_at=START)
         rec.event("laser_on")
-        await _wait_until(lambda: not rec.healthy)
+        await wait_until(lambda: not rec.healthy)
         assert changes == [(False, problem)]  # not only a lock: emission must stop
         await rec.safety(
             SafetyRecord(event_type="e_stop_pressed", severity="critical", description="E-stop pressed")

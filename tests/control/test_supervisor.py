@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from supervisor_fakes import TEC_SETPOINT_C, LaserOutputError, World
@@ -21,7 +21,6 @@ from control.supervisor import (
     Refused,
     SystemState,
     Term,
-    TransitionRefused,
 )
 from devices.safety import EventKind, NotReady, SafetyEvent
 
@@ -45,25 +44,111 @@ def assert_safe(world: World) -> None:
 
 
 # ------------------------------------------------------------------------------------------ transitions
-PAIRS = [(old, new) for old in SystemState for new in SystemState if old is not new]
-
-
-@pytest.mark.parametrize(("old", "new"), PAIRS, ids=[f"{o.value}-{n.value}" for o, n in PAIRS])
-async def test_transition_table(world: World, old: SystemState, new: SystemState) -> None:
+async def _reach(world: World, state: SystemState) -> None:
+    """Bring the rig to ``state`` through the supervisor's public commands and the rig's inputs only."""
     sup = world.sup
-    sup.state = old
+    if state is S.IDLE:
+        sup.start()
+        world.feed_healthy()
+    elif state is S.READY:
+        await world.to_ready()
+    elif state is S.ARMED:
+        await world.to_armed()
+    elif state is S.TREATING:
+        await world.to_treating()
+    elif state is S.PAUSED:
+        await world.to_armed()
+        await sup.pause()
+    else:
+        await world.to_ready()
+        world.set_estop(True)
+        world.set_estop(False)  # released again: only the latched fault remains
+    await world.settle()
+    assert sup.state is state
+
+
+Command = Callable[[World], Awaitable[object]]
+COMMANDS: dict[str, Command] = {
+    "open_session": lambda w: w.sup.open_session(),
+    "arm": lambda w: w.sup.arm(),
+    "disarm": lambda w: w.sup.disarm(),
+    "pause": lambda w: w.sup.pause(),
+    "resume": lambda w: w.sup.resume(),
+    "stop": lambda w: w.sup.stop(),
+    "end_session": lambda w: w.sup.end_session("done"),
+    "protocol_complete": lambda w: w.sup.protocol_complete(),
+    "reset": lambda w: w.sup.reset(1, "alice"),
+}
+R = None  # refused
+#: What each operator command leads to from each state (None: refused with the reason, nothing changes).
+OUTCOMES: dict[SystemState, dict[str, SystemState | None]] = {
+    S.IDLE: {
+        "open_session": S.READY, "arm": R, "disarm": R, "pause": R, "resume": R, "stop": S.IDLE,
+        "end_session": S.IDLE, "protocol_complete": S.IDLE, "reset": R,
+    },
+    S.READY: {
+        "open_session": R, "arm": S.ARMED, "disarm": R, "pause": R, "resume": R, "stop": S.READY,
+        "end_session": S.IDLE, "protocol_complete": S.READY, "reset": R,
+    },
+    S.ARMED: {
+        "open_session": R, "arm": R, "disarm": S.READY, "pause": S.PAUSED, "resume": R, "stop": S.PAUSED,
+        "end_session": S.IDLE, "protocol_complete": S.READY, "reset": R,
+    },
+    S.TREATING: {
+        "open_session": R, "arm": R, "disarm": S.READY, "pause": S.PAUSED, "resume": R, "stop": S.PAUSED,
+        "end_session": S.IDLE, "protocol_complete": S.READY, "reset": R,
+    },
+    S.PAUSED: {
+        "open_session": R, "arm": R, "disarm": R, "pause": R, "resume": S.ARMED, "stop": S.PAUSED,
+        "end_session": S.IDLE, "protocol_complete": S.READY, "reset": R,
+    },
+    S.FAULT: {
+        "open_session": R, "arm": R, "disarm": R, "pause": R, "resume": R, "stop": S.FAULT,
+        "end_session": S.FAULT, "protocol_complete": S.FAULT, "reset": S.READY,
+    },
+}  # fmt: skip
+CASES = [(state, name) for state in SystemState for name in COMMANDS]
+
+
+@pytest.mark.parametrize(("state", "command"), CASES, ids=[f"{s.value}-{c}" for s, c in CASES])
+async def test_each_command_in_each_state(world: World, state: SystemState, command: str) -> None:
+    """Every operator command from every state, through the public methods only: it leads where the table
+    says, every change it makes is a transition of :data:`TRANSITIONS`, and a refused one changes nothing."""
+    sup = world.sup
+    await _reach(world, state)
     seen: list[tuple[SystemState, SystemState]] = []
     sup.on_state_change(lambda a, b, _reason: seen.append((a, b)))
-    if new in TRANSITIONS[old]:
-        sup._transition(new, "table check")
-        assert sup.state is new
-        assert seen == [(old, new)]
-    else:
-        with pytest.raises(TransitionRefused, match=f"cannot go from {old.value} to {new.value}"):
-            sup._transition(new, "table check")
-        assert sup.state is old
+    armed, emitting = world.board.armed, world.laser.output_on
+    expected = OUTCOMES[state][command]
+    if expected is None:
+        with pytest.raises(Refused):
+            await COMMANDS[command](world)
+        await world.settle()
+        assert sup.state is state
         assert seen == []
-        assert world.journal.calls == []
+        assert (world.board.armed, world.laser.output_on) == (armed, emitting)
+    else:
+        await COMMANDS[command](world)
+        await world.settle()
+        assert sup.state is expected
+        assert all(new in TRANSITIONS[old] for old, new in seen), seen
+        assert [new for _, new in seen][-1:] == ([] if expected is state else [expected])
+        if expected is not S.ARMED:
+            assert not world.laser.output_on
+    assert not world.laser.output_on or sup.state is S.TREATING
+
+
+async def test_emission_starts_only_from_armed(world: World) -> None:
+    """TREATING is entered only from ARMED, and only by the footpedal with a step active."""
+    seen: list[tuple[SystemState, SystemState]] = []
+    world.sup.on_state_change(lambda a, b, _reason: seen.append((a, b)))
+    await world.to_treating()
+    world.release_pedal()
+    await world.sup.pause()
+    world.press_pedal()  # pressed while PAUSED: nothing
+    await world.settle()
+    assert world.sup.state is S.PAUSED and not world.laser.output_on
+    assert [old for old, new in seen if new is S.TREATING] == [S.ARMED]
 
 
 def test_fault_is_left_only_towards_ready_or_idle() -> None:

@@ -447,8 +447,9 @@ class SupervisorMachine(RuleBasedStateMachine):
         assert all(state == "open" for state in w.links.values()), w.links
         assert w.storage_ok and w.calibrations_ok and w.step_active
         now = w.clock()
-        # Fresh means younger than 100 ms plus the time the loop itself was held up (the documented allowance:
-        # a long step of the world's clock between two ticks counts as the loop held up, not as a stale device).
+        # Fresh means younger than 100 ms plus the time the loop itself was held up (the documented
+        # allowance: a long step of the world's clock between two ticks counts as the loop held up, not as a
+        # stale device).
         assert w.last_refresh is not None
         assert now - w.last_refresh <= MAX_READING_AGE_S or sup._age_ok(w.last_refresh, now)
         assert self.deviating_since is None or now - self.deviating_since < PHOTODIODE_PERSISTENCE_S

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +12,7 @@ import pytest
 
 from devices.sim.pty import PtyDevice
 from devices.transport import BadReply, LineTransport, LinkDown, LinkState, LinkTimeout
+from tests.support import wait_until
 
 
 @dataclass
@@ -31,16 +32,6 @@ class Echo:
         if line.endswith("?"):
             return [line[:-1]]
         return []
-
-
-async def wait_until(predicate: Callable[[], bool], timeout_s: float = 2.0) -> None:
-    """Wait (bounded) until ``predicate()`` holds, checking at every turn of the loop."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.001)
 
 
 @dataclass

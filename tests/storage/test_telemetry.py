@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import hashlib
 import json
@@ -10,7 +9,6 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,14 +16,7 @@ from storage_support import Child
 
 from storage import telemetry as telemetry_module
 from storage.telemetry import TelemetryError, TelemetryWriter, encode_record, scan_telemetry
-
-
-async def _wait_until(condition: Callable[[], bool], within_s: float = 5.0) -> None:
-    deadline = time.monotonic() + within_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.005)
+from tests.support import wait_until
 
 
 def _sample(seq: int) -> dict[str, object]:
@@ -118,7 +109,7 @@ async def test_fifty_lines_reach_the_os_at_once_and_fewer_within_the_flush_inter
     await writer.start()
     started = time.monotonic()
     writer.append(_sample(50))
-    await _wait_until(lambda: path.read_bytes().count(b"\n") == 51)
+    await wait_until(lambda: path.read_bytes().count(b"\n") == 51)
     # The flusher runs every 0.1 s; allow for a loaded machine, but not for a lost line.
     assert time.monotonic() - started < 1.0
     summary = await writer.close()
@@ -139,7 +130,7 @@ async def test_fsync_runs_in_a_worker_thread_about_once_per_interval(
     writer = TelemetryWriter(tmp_path / "t.jsonl", fsync_interval_s=0.05)
     await writer.start()
     writer.append(_sample(0))
-    await _wait_until(lambda: len(calls) >= 1)
+    await wait_until(lambda: len(calls) >= 1)
     assert all(name != threading.main_thread().name for name in calls)
     before_idle = len(calls)
     await writer.close()
@@ -225,7 +216,7 @@ async def test_an_io_error_from_the_flusher_is_reported_once(tmp_path: Path) -> 
     writer = TelemetryWriter(tmp_path / "t.jsonl", on_failure=failures.append, write=broken)
     await writer.start()
     writer.append(_sample(0))
-    await _wait_until(lambda: not writer.healthy)
+    await wait_until(lambda: not writer.healthy)
     assert failures == [writer.error] and "Input/output error" in failures[0]
     summary = await writer.close()
     assert (summary.line_count, summary.size_bytes) == (0, 0)

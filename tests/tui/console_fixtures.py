@@ -17,6 +17,7 @@ from control.accounts import AccountService, Actor
 from control.settings import ConsoleSettings
 from storage import create_engine, session_factory
 from storage.repositories import ConfigRepository
+from tests import support
 from tests.support import CHEAP, FakeClock
 from tui.screens import FormScreen
 
@@ -81,13 +82,11 @@ def admin_sets_password_sync(username: str, password: str) -> None:
 async def wait_until(
     pilot: Pilot[Any], predicate: Callable[[], bool], what: str, limit: float = 10.0
 ) -> None:
-    """Let the app run until ``predicate()`` holds; fail after ``limit`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {limit} s waiting for {what}; {app_state(pilot.app)}")
-        await pilot.pause(0.01)
+    """Let the app run (its pilot pausing between two looks) until ``predicate()`` holds; fail after
+    ``limit`` seconds, saying what the console showed."""
+    await support.wait_until(
+        predicate, limit, what, poll=lambda: pilot.pause(0.01), describe=lambda: app_state(pilot.app)
+    )
 
 
 def app_state(app: Any) -> str:
@@ -164,3 +163,21 @@ async def wait_for_check(pilot: Pilot[Any]) -> None:
 def showing(app: App[Any], screen_type: type[Screen[Any]]) -> bool:
     """True once a screen of ``screen_type`` is on top and mounted (its widgets exist)."""
     return isinstance(app.screen, screen_type) and app.screen.is_mounted
+
+
+async def quit_by_palette(pilot: Pilot[Any]) -> None:
+    """Ctrl+P, "quit", Enter: each step once the palette has shown what the next one needs."""
+    from textual.command import CommandList, CommandPalette
+
+    app = pilot.app
+    await pilot.press("ctrl+p")
+    await wait_until(pilot, lambda: isinstance(app.screen, CommandPalette), "the command palette")
+    await enter_text(pilot, "quit")
+    await wait_until(
+        pilot,
+        lambda: any(
+            "quit" in str(option.prompt).lower() for option in app.screen.query_one(CommandList).options
+        ),
+        "the palette offering to quit",
+    )
+    await pilot.press("enter")

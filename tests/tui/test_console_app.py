@@ -501,12 +501,19 @@ async def test_the_login_screen_comes_before_the_database_and_a_login_waits_for_
 ) -> None:
     await seed()
     release = threading.Event()
-    app = make_app(make_settings(clock), prepare=lambda: release.wait(30.0))
+    opening = threading.Event()
+
+    def prepare() -> None:
+        opening.set()
+        release.wait(30.0)
+
+    app = make_app(make_settings(clock), prepare=prepare)
     async with app.run_test() as pilot:
         await wait_until(pilot, lambda: showing(app, LoginScreen), "the login screen")
         await type_login(pilot, "tina", TECH_PASSWORD)
         await wait_until(pilot, lambda: status_text(pilot) == "checking...", "the check to start")
-        await pilot.pause(0.3)
+        await wait_until(pilot, opening.is_set, "the database being opened")
+        await pilot.pause()
         # Still opening (the upgrade has not finished): nobody is logged in, the screen says it is checking.
         assert showing(app, LoginScreen) and app.user is None and status_text(pilot) == "checking..."
         release.set()

@@ -13,6 +13,7 @@ from console_fixtures import (
     FakeClock,
     enter_text,
     make_settings,
+    quit_by_palette,
     seed,
     seed_sync,
     showing,
@@ -104,11 +105,7 @@ async def test_the_palettes_quit_closes_the_console_when_no_session_is_open(
     app = make_app(make_settings(clock))
     async with app.run_test(size=(80, 24)) as pilot:
         await log_in(pilot)
-        await pilot.press("ctrl+p")
-        await pilot.pause(0.3)
-        await enter_text(pilot, "quit")
-        await pilot.pause(0.3)
-        await pilot.press("enter")
+        await quit_by_palette(pilot)
         await wait_until(pilot, lambda: not app.is_running, "the console to close")
     assert app.return_code == 0
 

@@ -211,7 +211,11 @@ async def test_each_fault_is_shown_with_what_to_do_and_reset_with_the_password(
             await pilot.press("f5")  # release the pedal
             if persists:
                 await answer_password_dialog(pilot, "f")
-                await pilot.pause(0.5)
+                await wait_until(
+                    pilot,
+                    lambda: any("reset fault refused" in str(n.message) for n in app._notifications),
+                    "the reset refused",
+                )
                 assert app.snapshot is not None and app.snapshot.state == "fault"
             await sim(app, clear)
             await wait_until(
@@ -245,7 +249,7 @@ async def test_abort_asks_for_a_reason_and_ends_on_the_notes(ready: Any, clock: 
         await pilot.press("x")
         await wait_until(pilot, lambda: showing(app, ReasonDialog), "the reason dialog")
         await pilot.press("enter")  # blank: refused, the dialog stays
-        await pilot.pause(0.2)
+        await wait_until(pilot, lambda: "cannot be blank" in screen_text(app), "the blank reason refused")
         assert showing(app, ReasonDialog)
         assert laser_on(app)  # nothing changed yet
         await enter_text(pilot, "subject asked to stop")
@@ -292,8 +296,8 @@ async def test_over_ssh_the_console_refuses_to_arm_and_says_why(ready: Any, cloc
         screen = await open_session(pilot)
         await wait_until(pilot, lambda: SSH_REFUSAL in screen_text(app), "the SSH refusal")
         assert screen.query_one("#arm-password", Input).disabled
-        screen.arm(TECH_PASSWORD)
-        await pilot.pause(0.5)
+        attempt = screen.arm(TECH_PASSWORD)
+        await wait_until(pilot, lambda: attempt.is_finished, "the arming attempt to end")
         assert app.snapshot is not None and app.snapshot.state == "ready"
         assert SSH_REFUSAL in screen_text(app)
 
@@ -318,7 +322,8 @@ async def test_no_automatic_lock_while_emitting(ready: Any, clock: FakeClock) ->
         await arm_on_checks(pilot)
         await treating(pilot)
         clock.advance(timedelta(minutes=5))
-        await pilot.pause(0.5)
+        # The inactivity check has run once the idle time restarts from now (it does while emitting).
+        await wait_until(pilot, lambda: app.last_activity == clock(), "an inactivity check after 5 minutes")
         assert not app.is_locked and showing(app, DashboardScreen)
         await pilot.press("f12")
         await wait_state(pilot, "paused")
@@ -339,7 +344,7 @@ async def test_kiosk_keys_do_nothing(data_dir: Path, clock: FakeClock) -> None:
         await log_in(pilot)
         for key in ("ctrl+c", "ctrl+q", "ctrl+z", "ctrl+p"):
             await pilot.press(key)
-            await pilot.pause(0.1)
+            await pilot.pause()  # every message the key caused has been handled
             assert app.is_running
             assert len(app.screen_stack) == 2, (key, app.screen_stack)
         assert not app.use_command_palette

@@ -9,9 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from console_fixtures import DATA_DIR, FakeClock, enter_text, seed, showing, wait_until
+from console_fixtures import DATA_DIR, FakeClock, enter_text, quit_by_palette, seed, showing, wait_until
 from test_treatment_console import add_subject, arm_on_checks, open_session, treating
-from textual.pilot import Pilot
 from treatment_fixtures import SHORT_PROTOCOL, connected, console, controller, log_in
 
 from storage import create_engine, session_factory
@@ -116,15 +115,6 @@ async def test_an_override_typed_while_its_step_ended_is_refused_and_the_reading
     assert overrides == 0
 
 
-async def quit_by_palette(pilot: Pilot[Any]) -> None:
-    """Ctrl+P, "quit", Enter."""
-    await pilot.press("ctrl+p")
-    await pilot.pause(0.3)
-    await enter_text(pilot, "quit")
-    await pilot.pause(0.3)
-    await pilot.press("enter")
-
-
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("way", ["palette", "ctrl+q", "ctrl+c"])
 async def test_no_way_out_closes_the_console_while_a_session_is_open(
@@ -142,7 +132,7 @@ async def test_no_way_out_closes_the_console_while_a_session_is_open(
         await wait_until(
             pilot, lambda: "a treatment session is open" in notifications(app), "the refusal to close"
         )
-        await pilot.pause(0.5)
+        await pilot.pause()  # anything the refused command still had queued is handled
         assert app.is_running and app.return_code is None
         assert not showing(app, ConfirmDialog)
         assert app.snapshot is not None and app.snapshot.session is not None
@@ -167,8 +157,19 @@ async def test_the_simulator_keys_act_only_where_their_panel_shows(ready: Any, c
         await connected(pilot)
         assert not app.screen.query("SimPanel")
         assert pedal(app) == "released"
+        assert app.link is not None
+        sent: list[str] = []
+        call = app.link.call
+
+        async def recording(command: Any, **kwargs: Any) -> Any:
+            sent.append(command.type)
+            return await call(command, **kwargs)
+
+        app.link.call = recording  # type: ignore[method-assign]
         await pilot.press("f5", "f6")
-        await pilot.pause(1.0)
+        await pilot.pause()  # both keys handled
+        app.link.call = call  # type: ignore[method-assign]
+        assert "sim" not in sent, "a simulator key sent a command from the home screen"
         assert pedal(app) == "released", "F5 pressed the footpedal from the home screen"
         assert app.snapshot is not None and app.snapshot.state == "idle", "F6 hit the E-stop from home"
         await open_session(pilot, SHORT_PROTOCOL)
