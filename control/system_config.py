@@ -231,10 +231,20 @@ _ADAPTERS: Final[dict[str, TypeAdapter[Any]]] = {
 }
 
 
-def _reason(error: ValidationError) -> str:
+_BOUND_ERRORS: Final = frozenset({"greater_than", "greater_than_equal", "less_than", "less_than_equal"})
+
+
+def _reason(error: ValidationError, key: str | None = None) -> str:
+    """The first problem in words a person reads: "must be greater than 0 W" rather than pydantic's "Input
+    should be greater than 0"."""
     first = error.errors()[0]
-    message = str(first["msg"])
-    return message.removeprefix("Value error, ")
+    message = str(first["msg"]).removeprefix("Value error, ").replace("Input should be", "must be")
+    field = SystemSettings.model_fields.get(key) if key is not None else None
+    if field is not None and first["type"] in _BOUND_ERRORS and isinstance(field.json_schema_extra, dict):
+        unit = str(field.json_schema_extra.get("unit", ""))
+        if unit and unit not in ("path", "pattern", "pixels"):
+            message = f"{message} {unit}"
+    return message
 
 
 def check_setting(key: str, value: object) -> Any:
@@ -250,7 +260,7 @@ def check_setting(key: str, value: object) -> Any:
         elif key == "subject_code_pattern":
             SystemSettings._pattern(checked)
     except ValidationError as exc:
-        raise SettingError(f"config {key}: {value!r} refused: {_reason(exc)}") from None
+        raise SettingError(f"config {key}: {value!r} refused: {_reason(exc, key)}") from None
     except ValueError as exc:
         raise SettingError(f"config {key}: {value!r} refused: {exc}") from None
     return checked

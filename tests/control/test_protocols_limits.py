@@ -276,12 +276,12 @@ def test_a_plan_gives_exactly_a_million_setpoints_and_not_one_more() -> None:
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
-        ("max_laser_power_watts", 0, "config max_laser_power_watts must be a number > 0 W; got 0"),
-        ("max_laser_power_watts", -1.0, "config max_laser_power_watts must be a number > 0 W; got -1.0"),
+        ("max_laser_power_watts", 0, "config max_laser_power_watts: 0.0 refused: must be greater than 0 W"),
+        ("max_laser_power_watts", -1.0, "config max_laser_power_watts: -1.0 refused: must be greater than 0 W"),
         (
             "treatment_loop_frequency_hz",
             0,
-            "config treatment_loop_frequency_hz must be a number > 0 Hz; got 0",
+            "config treatment_loop_frequency_hz: 0 refused: must be greater than or equal to 1 Hz",
         ),
     ],
 )
