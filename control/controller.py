@@ -61,13 +61,19 @@ from control.sessions import (
 )
 from control.supervisor import (
     ARMED_STATES,
+    ActuatorReading,
+    BoardLink,
+    LaserReading,
     Limits,
     Refused,
     SafetyEntry,
     SafetySupervisor,
     SystemState,
+    TecReading,
     Term,
 )
+from control.vocabulary import SessionStatus as Status
+from control.vocabulary import Severity
 from devices.actuator import ActuatorError
 from devices.laser import LaserDriver
 from devices.rig import Rig, RigConfig
@@ -131,7 +137,7 @@ class _Laser:
         return laser
 
     def off_now(self) -> None:
-        self.driver.transport.write_now("LAS:OUT 0")
+        self.driver.output_off_now()
 
     async def off_verified(self) -> None:
         await self.driver.output_off()
@@ -343,11 +349,10 @@ class Controller:
         except CalibrationError as exc:
             self.calibrations = None
             self.supervisor.photodiode_to_watts = None
-            self.supervisor.update(calibrations_ok=False, calibrations_detail=str(exc))
+            self.supervisor.set_calibrations(False, str(exc))
             return
-        cal = self.calibrations
-        self.supervisor.photodiode_to_watts = cal.photodiode_to_watts
-        self.supervisor.update(calibrations_ok=True, calibrations_detail="active")
+        self.supervisor.photodiode_to_watts = self.calibrations.photodiode_to_watts
+        self.supervisor.set_calibrations(True, "active")
 
     async def _start_board(self) -> None:
         """The safety board as this process finds it: read its arming and watchdog, disarm it, clear a
@@ -381,15 +386,18 @@ class Controller:
         board.add_listener(self._on_board)
         board.start_heartbeat(HEARTBEAT_PERIOD_S)
         self.supervisor.readings.watchdog_timeout_s = WATCHDOG_TIMEOUT_MS / 1000
-        self.supervisor.update(
-            pedal=await board.footpedal(), estop=await board.estop(), heartbeat_ok_at=board.last_heartbeat_ok
-        )
+        pedal, estop = await board.footpedal(), await board.estop()
+        self.supervisor.update_board_link(BoardLink(board.last_heartbeat_ok, watchdog_expired=False))
+        self.supervisor.update_switches(pedal=pedal, estop=estop)
         await board.set_stream(STREAM_HZ)
 
     def _link_callback(self, name: str) -> Callable[[LinkState], None]:
         def changed(state: LinkState) -> None:
             self.supervisor.set_link(name, state.value)
-            self._event("warning" if state is not LinkState.OPEN else "info", f"{name} link {state.value}")
+            self._event(
+                Severity.WARNING if state is not LinkState.OPEN else Severity.INFO,
+                f"{name} link {state.value}",
+            )
 
         return changed
 
@@ -397,7 +405,9 @@ class Controller:
     def _on_board(self, item: SafetyEvent | SafetySample) -> None:
         self.supervisor.on_board(item)
         if isinstance(item, SafetyEvent):
-            self._event("info", f"safety board: {item.kind.value.lower()} {'on' if item.value else 'off'}")
+            self._event(
+                Severity.INFO, f"safety board: {item.kind.value.lower()} {'on' if item.value else 'off'}"
+            )
             return
         session = self.session
         if session is None:
@@ -431,15 +441,16 @@ class Controller:
                 _LOG.error("telemetry line not written: %s", exc)
 
     def _on_storage_health(self, ok: bool, problem: str | None) -> None:
-        self.supervisor.update(storage_ok=ok, storage_problem=problem)
+        self.supervisor.set_storage(ok, problem)
         if not ok:
-            self._event("critical", f"storage cannot record: {problem}")
+            self._event(Severity.CRITICAL, f"storage cannot record: {problem}")
         else:
-            self._event("info", "storage records again")
+            self._event(Severity.INFO, "storage records again")
 
     def _on_state_change(self, old: SystemState, new: SystemState, reason: str) -> None:
         self._event(
-            "critical" if new is SystemState.FAULT else "info", f"{old.value} -> {new.value}: {reason}"
+            Severity.CRITICAL if new is SystemState.FAULT else Severity.INFO,
+            f"{old.value} -> {new.value}: {reason}",
         )
         session = self.session
         if session is None:
@@ -543,13 +554,13 @@ class Controller:
 
     # -------------------------------------------------------------------------------------- monitors
     async def _poll_laser(self) -> None:
-        """Output state every period (the reading the supervisor's age rule needs), current every 5th."""
-        sup = self.supervisor
+        """Output state every period (the reading the supervisor's age rule needs), current every 5th; the
+        supervisor judges the read-back against the commanded output."""
         count = 0
         while True:
             laser = self.rig.laser
             if laser is not None:
-                sent = time.monotonic()
+                asked = time.monotonic()
                 try:
                     on = await laser.output_is_on()
                     if count % 5 == 0:
@@ -558,23 +569,7 @@ class Controller:
                     _LOG.debug("laser poll failed: %s", exc)
                 else:
                     count += 1
-                    sup.update(
-                        laser_output_on=on, laser_current_ma=self.current_ma, laser_at=time.monotonic()
-                    )
-                    quiet = sent - sup.output_changed_at > 0.05
-                    if on and not sup.output_commanded_on and quiet:
-                        sup.trip(
-                            "interlock_failure",
-                            "laser output reads ON while commanded off",
-                            term=Term.DEVICES,
-                            severity="emergency",
-                        )
-                    elif not on and sup.output_commanded_on and quiet and sup.state is SystemState.TREATING:
-                        sup.trip(
-                            "interlock_failure",
-                            "laser output dropped while treating (interlock?)",
-                            term=Term.DEVICES,
-                        )
+                    self.supervisor.update_laser(LaserReading(on, self.current_ma, asked, time.monotonic()))
             await asyncio.sleep(POLL_PERIOD_S)
 
     async def _poll_tec(self) -> None:
@@ -594,11 +589,8 @@ class Controller:
                     _LOG.debug("TEC poll failed: %s", exc)
                 else:
                     count += 1
-                    self.supervisor.update(
-                        tec_output_on=on,
-                        tec_temperature_c=temperature,
-                        tec_setpoint_c=self.tec_setpoint_c,
-                        tec_at=time.monotonic(),
+                    self.supervisor.update_tec(
+                        TecReading(on, temperature, self.tec_setpoint_c, time.monotonic())
                     )
             await asyncio.sleep(POLL_PERIOD_S)
 
@@ -617,10 +609,8 @@ class Controller:
                 else:
                     count += 1
                     fault = status.describe() if status.stopped_by_fault else None
-                    self.supervisor.update(
-                        actuator_position_um=self.position_um,
-                        actuator_fault=fault,
-                        actuator_at=time.monotonic(),
+                    self.supervisor.update_actuator(
+                        ActuatorReading(self.position_um, fault, time.monotonic())
                     )
             await asyncio.sleep(POLL_PERIOD_S)
 
@@ -631,8 +621,7 @@ class Controller:
         while True:
             board = self.rig.safety
             if board is not None:
-                sup.readings.heartbeat_ok_at = board.last_heartbeat_ok
-                sup.readings.watchdog_expired = sup.readings.watchdog_expired or board.watchdog_expired
+                sup.update_board_link(BoardLink(board.last_heartbeat_ok, board.watchdog_expired))
             sup.tick()
             count += 1
             if count % 50 == 0:
@@ -660,7 +649,7 @@ class Controller:
             description,
             action="none: the camera does not gate emission; the preview shows its state",
         )
-        self._event("info" if ok else "warning", description)
+        self._event(Severity.INFO if ok else Severity.WARNING, description)
 
     def _watch_lines(self) -> None:
         """Bad replies (garbage, malformed or over-long lines, timeouts) on a serial link are logged as a
@@ -679,7 +668,7 @@ class Controller:
                 action="counted; the link is marked faulty after 3 in a row",
                 details={"device": name, "bad_replies_total": count},
             )
-            self._event("warning", description)
+            self._event(Severity.WARNING, description)
 
     # --------------------------------------------------------------------------------------- sessions
     async def open_session(
@@ -733,9 +722,10 @@ class Controller:
         if opened.protocol_data != protocol_text:
             plan = check_protocol(opened.protocol_data, limits)
         cal = self.calibrations
-        defn_max = plan.definition.safety_limits.max_power_watts
         # The hardware current limit covers every power this session may command, overrides included.
-        max_override = min(defn_max, self.supervisor.limits.max_power_w, cal.max_power_w)
+        max_override = self.supervisor.session_power_ceiling(
+            plan.definition.safety_limits.max_power_watts, cal.max_power_w
+        )
         started_mono = time.monotonic()
         engine = TreatmentEngine(
             self.supervisor,
@@ -768,7 +758,8 @@ class Controller:
             raise Refused(f"session could not start: {exc}") from exc
         session.task = asyncio.create_task(self._run_engine(session), name="treatment-engine")
         self._event(
-            "info", f"session {opened.session_id} opened: {opened.subject_code}, {opened.protocol_name}"
+            Severity.INFO,
+            f"session {opened.session_id} opened: {opened.subject_code}, {opened.protocol_name}",
         )
         return {
             "session_id": opened.session_id,
@@ -799,7 +790,7 @@ class Controller:
         self.tec_setpoint_c = TEC_SETPOINT_C
         await rig.tec.output_on()
         await rig.safety.set_motor_speed(SMOOTHING_PWM)
-        self.supervisor.readings.motor_pwm = SMOOTHING_PWM
+        self.supervisor.set_motor_pwm(SMOOTHING_PWM)
         status = await rig.actuator.status()
         if status.stopped_by_fault:
             raise Refused(f"actuator stopped ({status.describe()}): an engineer must clear it")
@@ -823,7 +814,7 @@ class Controller:
             return await camera.start_recording(folder, fps=self.video_fps, stem="video")
         except Exception as exc:
             _LOG.warning("session video not recorded: %s", exc)
-            self._event("warning", f"session video not recorded: {exc}")
+            self._event(Severity.WARNING, f"session video not recorded: {exc}")
             return None
 
     async def _stop_video(self, session: ActiveSession) -> str | None:
@@ -930,12 +921,12 @@ class Controller:
             if self.rig.safety is not None:
                 with contextlib.suppress(Exception):
                     await self.rig.safety.motor_off()
-            sup.readings.motor_pwm = 0
+            sup.set_motor_pwm(0)
         self._event(
-            "info", f"session {session.opened.session_id} {status}" + (f": {reason}" if reason else "")
+            Severity.INFO, f"session {session.opened.session_id} {status}" + (f": {reason}" if reason else "")
         )
         if problem is not None:
-            self._event("critical", problem)
+            self._event(Severity.CRITICAL, problem)
             raise Refused(problem)
 
     # ------------------------------------------------------------------------------------ pre-checks
@@ -1306,7 +1297,7 @@ class Controller:
             "user_action",
             details={"action": "takeover", "by": person.username, **self._peer_details(peer)},
         )
-        self._event("info", f"session {session.opened.session_id} taken over by {person.username}")
+        self._event(Severity.INFO, f"session {session.opened.session_id} taken over by {person.username}")
         return {"state": sup.state.value, "session_id": session.opened.session_id}
 
     async def _key_check(self, username: str, password: str, peer: Peer | None, context: str) -> None:
@@ -1450,7 +1441,7 @@ class Controller:
             self.authority.paused_otherwise("a fault and its reset")
 
     # ------------------------------------------------------------------------------------- snapshots
-    def _event(self, severity: msg.Severity, text: str) -> None:
+    def _event(self, severity: Severity, text: str) -> None:
         self._seq += 1
         event = msg.Event(
             seq=self._seq, time_s=time.monotonic(), kind="controller", severity=severity, message=text
@@ -1484,7 +1475,9 @@ class Controller:
                 subject_code=session.opened.subject_code,
                 protocol_name=session.opened.protocol_name,
                 technician=session.opened.technician,
-                status="paused" if sup.state in (SystemState.PAUSED, SystemState.FAULT) else "in_progress",
+                status=Status.PAUSED
+                if sup.state in (SystemState.PAUSED, SystemState.FAULT)
+                else Status.IN_PROGRESS,
                 clock_s=now - session.started_mono,
                 treating_s=sup.treating_seconds(now),
                 delivered_energy_j=session.summary.energy_j,
@@ -1513,7 +1506,7 @@ class Controller:
         return msg.Snapshot(
             seq=self._seq,
             time_s=now,
-            state=sup.state.value,
+            state=sup.state,
             emitting=sup.output_commanded_on and sup.state is SystemState.TREATING,
             sim=self.sim,
             session=session_view,
@@ -1523,6 +1516,7 @@ class Controller:
                 photodiode_v=sup.readings.photodiode_v,
                 output_on=bool(sup.readings.laser_output_on),
                 current_ma=self.current_ma,
+                deviation_percent=sup.photodiode_deviation_percent(measured),
             ),
             ring=msg.RingView(
                 commanded_mm=session.engine.ring_mm if session else None,
@@ -1539,6 +1533,7 @@ class Controller:
             ],
             fault=fault_view,
             warnings=list(sup.warnings[-5:]),
+            actions=sup.permitted_actions(),
             last_session_id=self.last_session_id,
         )
 

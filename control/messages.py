@@ -54,14 +54,21 @@ from pydantic import (
     model_validator,
 )
 
+from control.vocabulary import OperatorAction, SessionStatus, Severity, SystemState
+
 #: The longest line either side accepts, in bytes, not counting the terminating newline (1 MiB).
 MAX_LINE_BYTES = 1_048_576
 
+# The vocabularies (states, severities, session statuses, operator actions) are the enums of
+# control.vocabulary; on the wire they travel as their values, which are read back into the enums.
 #: The supervisor states a snapshot can report.
-SafetyState: TypeAlias = Literal["idle", "ready", "armed", "treating", "paused", "fault"]
+SafetyState: TypeAlias = Annotated[SystemState, Field(strict=False)]
 
 #: How serious an event is.
-Severity: TypeAlias = Literal["info", "warning", "critical", "emergency"]
+EventSeverity: TypeAlias = Annotated[Severity, Field(strict=False)]
+
+_Status: TypeAlias = Annotated[SessionStatus, Field(strict=False)]
+_Action: TypeAlias = Annotated[OperatorAction, Field(strict=False)]
 
 #: A string that is not empty once surrounding whitespace is removed (the whitespace is removed).
 NonBlank: TypeAlias = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
@@ -366,7 +373,7 @@ class SessionView(_Message):
     subject_code: str
     protocol_name: str
     technician: str
-    status: str
+    status: _Status
     clock_s: _FiniteFloat
     treating_s: _FiniteFloat
     delivered_energy_j: _FiniteFloat
@@ -399,6 +406,8 @@ class LaserView(_Message):
     photodiode_v: _FiniteFloat | None = None
     output_on: bool
     current_ma: _FiniteFloat | None = None
+    #: The photodiode deviation the supervisor judges, percent (signed; ``None`` while it judges none).
+    deviation_percent: _FiniteFloat | None = None
 
 
 class RingView(_Message):
@@ -466,6 +475,8 @@ class Snapshot(_Message):
     devices: list[DeviceView] = Field(default_factory=list)
     fault: FaultView | None = None
     warnings: list[str] = Field(default_factory=list)
+    #: The operator actions the supervisor permits in this state (a command may still be refused).
+    actions: list[_Action] = Field(default_factory=list)
     #: The session most recently opened since the controller started (``None`` before the first); once
     #: ``session`` is ``None`` again it is the one just closed, whose notes and summary come next.
     last_session_id: int | None = None
@@ -481,7 +492,7 @@ class Event(_Message):
     seq: Annotated[int, Field(ge=0)]
     time_s: _FiniteFloat
     kind: NonBlank
-    severity: Severity
+    severity: EventSeverity
     message: str
 
 

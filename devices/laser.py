@@ -200,6 +200,12 @@ class ArroyoDevice:
         """Read the output state (``<prefix>:OUT?``)."""
         return self._bool(await self._query(f"{self.prefix}:OUT?"), "output state")
 
+    def output_off_now(self) -> None:
+        """Put "output off" (``<prefix>:OUT 0``) on the wire at once, ahead of any exchange in flight and
+        without reading anything back (:meth:`output_off` verifies). Raises :class:`LinkDown` if the link is
+        down."""
+        self.transport.write_now(f"{self.prefix}:OUT 0")
+
     async def output_off(self) -> tuple[DeviceErrorCode, ...]:
         """Switch the output off and verify it; returns the errors ``ERR?`` then reported (not raised).
 

@@ -25,6 +25,7 @@ from control.messages import (
     Snapshot,
     StepView,
 )
+from control.supervisor import SystemState, permitted_actions
 from tui.screens._base import ScreenContext, SnapshotUpdated
 from tui.screens.checks import ChecksScreen
 from tui.screens.dashboard import DashboardScreen
@@ -94,11 +95,13 @@ def snapshot(state: str, *, emitting: bool, fault: FaultView | None = None, peda
             photodiode_v=2.49 if emitting else 0.0,
             output_on=emitting,
             current_ma=5480.0 if emitting else 0.0,
+            deviation_percent=-0.4 if emitting else None,
         ),
         ring=RingView(commanded_mm=3.0, measured_mm=3.0, position_um=1000.0),
         interlocks=interlocks,
         devices=[DeviceView(name="laser", state="ok", identity="simulated laser driver")],
         fault=fault,
+        actions=permitted_actions(SystemState(state)),
         last_session_id=7,
     )
 
