@@ -153,9 +153,7 @@ class ArroyoDevice:
         return reply == "1"
 
     async def _query(self, command: str) -> str:
-        reply = await self.transport.query(command)
-        assert isinstance(reply, str)
-        return reply
+        return await self.transport.query(command)
 
     # ------------------------------------------------------------------------------------ commands
     async def identify(self) -> Identity:
