@@ -17,8 +17,8 @@ Two command sets exist, and they are different types, not one type with a runtim
   ``health`` only. There is no arm, emission or session command in it, so a line such as
   ``{"type": "arm", ...}`` read from that socket is an unknown command type.
 
-A command model may be built without an id (``Ping()``); :class:`~control.ipc.ControllerClient` then assigns
-one. On the wire the id is required.
+A command model may be built without an id (``Ping()``); :class:`~control.ipc.client.ControllerClient` then
+assigns one. On the wire the id is required.
 
 Who may command (``control.sock``): ``ping``, ``status``, ``health``, ``prechecks`` and ``stop`` are answered
 on any connection; ``stop`` only ever makes things safer, so the stop key sends it on a fresh connection of
@@ -349,6 +349,105 @@ def _check_finite(value: Any, where: str) -> None:
             _check_finite(item, f"{where}[{index}]")
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Reply data: what a successful reply's ``data`` holds, per command
+# ---------------------------------------------------------------------------------------------------------
+
+
+class Pong(_Message):
+    """``ping``: the controller is there."""
+
+    pong: bool = True
+
+
+class DeviceStatus(_Message):
+    """``health``, for one device (the reply's data maps each device's name to one of these)."""
+
+    state: str
+    identity: str | None = None
+    error: str | None = None
+    detail: str = ""
+
+
+class PrecheckView(_Message):
+    """One pre-treatment check: its live value and whether it passes (``detail`` says why not)."""
+
+    name: str
+    ok: bool
+    value: str
+    detail: str = ""
+
+
+class PrechecksReply(_Message):
+    """``prechecks``: every check, in the controller's order."""
+
+    checks: list[PrecheckView]
+
+    @property
+    def failing(self) -> list[PrecheckView]:
+        """The checks that do not pass."""
+        return [check for check in self.checks if not check.ok]
+
+
+class SignedIn(_Message):
+    """``authenticate``: who acts on this connection now, the token a later connection of this console may
+    authenticate with, and this connection's number."""
+
+    username: str
+    full_name: str
+    role: str
+    token: Annotated[str, Field(repr=False)]
+    connection: int
+
+
+class SignedOut(_Message):
+    """``logout``: who was signed out (``None``: nobody was signed in)."""
+
+    username: str | None
+
+
+class StateReply(_Message):
+    """``stop``, ``arm`` and ``reset_fault``: the supervisor's state afterwards."""
+
+    state: SafetyState
+
+
+class SessionStateReply(_Message):
+    """``takeover`` and ``abort``: the session concerned and the supervisor's state afterwards."""
+
+    state: SafetyState
+    session_id: int
+
+
+class SessionOpened(_Message):
+    """``open_session``: the session opened, where it records, its backup, and what its protocol plans."""
+
+    session_id: int
+    subject_code: str
+    protocol_name: str
+    folder: str
+    backup: str | None
+    total_duration_s: _NonNegative
+    expected_energy_j: _NonNegative
+
+
+class OverrideApplied(_Message):
+    """``override_power``: the override as recorded."""
+
+    action: Literal["protocol_power_override"] = "protocol_power_override"
+    old_value: _FiniteFloat
+    new_value: _NonNegative
+    reason: str
+    by: str
+    protocol_step: int
+
+
+class SimReply(_Message):
+    """``sim``: the simulator's answer."""
+
+    reply: str
+
+
 class StepView(_Message):
     """The protocol step in progress: ``number`` of ``of``, time in seconds, power in watts, ring in mm."""
 
@@ -516,6 +615,38 @@ class Preview(_Message):
     ring_diameter_mm: _NonNegative | None = None
     ring_diameter_px: _NonNegative | None = None
     focus: _FiniteFloat | None = None
+
+
+#: What a successful command answers with (``end_session`` answers with the session's summary as recorded,
+#: a free-form mapping; ``status`` with a :class:`Snapshot`; ``health`` with a :class:`DeviceStatus` per
+#: device; ``disarm``, ``pause`` and ``resume`` with nothing).
+ReplyData: TypeAlias = (
+    Pong
+    | PrechecksReply
+    | SignedIn
+    | SignedOut
+    | StateReply
+    | SessionStateReply
+    | SessionOpened
+    | OverrideApplied
+    | SimReply
+    | Snapshot
+    | dict[str, DeviceStatus]
+    | dict[str, Any]
+    | None
+)
+
+
+def reply_data(data: ReplyData) -> dict[str, Any] | None:
+    """``data`` as a reply carries it (JSON-ready)."""
+    if isinstance(data, BaseModel):
+        return data.model_dump(mode="json")
+    if data is None:
+        return None
+    return {
+        key: value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+        for key, value in data.items()
+    }
 
 
 #: Whatever the controller sends.

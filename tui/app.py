@@ -505,7 +505,7 @@ class ToscaApp(App[int]):
             )
             if self.link is not None:
                 # The socket protocol, loaded here (off the loop) before the link starts.
-                importlib.import_module("control.ipc")
+                importlib.import_module("control.ipc.client")
         except Exception as exc:  # whatever it is, the start ends with the reason, not a screen that waits
             self.call_from_thread(self._database_failed, start_failure(exc, self.settings.data_dir))
         else:

@@ -7,14 +7,13 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from account_fixtures import CHEAP
 
 from control.accounts import AccountService
 from control.controller import Controller
-from control.ipc import ControllerClient
-from control.messages import Authenticate
+from control.ipc.client import ControllerClient
+from control.messages import Authenticate, PrecheckView
 from control.supervisor import SystemState
 from storage import DataDir, create_engine, session_factory
 from storage.repositories import ProtocolsRepository
@@ -58,7 +57,7 @@ async def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str)
         await asyncio.sleep(0.005)
 
 
-async def wait_prechecks(controller: Controller, timeout_s: float = 10.0) -> list[dict[str, Any]]:
+async def wait_prechecks(controller: Controller, timeout_s: float = 10.0) -> list[PrecheckView]:
     return await controller.wait_prechecks(timeout_s)
 
 
@@ -73,7 +72,7 @@ async def open_and_treat(controller: Controller, protocol: str) -> int:
     controller.sim_rig.command("pedal down")
     await wait_until(lambda: controller.supervisor.state is SystemState.TREATING, 10.0, "TREATING")
     await wait_until(lambda: controller.sim_rig.model.laser_output_on, 2.0, "laser output on")  # type: ignore[union-attr]
-    return int(opened["session_id"])
+    return opened.session_id
 
 
 async def wait_session_end(controller: Controller, timeout_s: float) -> None:

@@ -20,6 +20,7 @@ from control.messages import (
     FaultView,
     InterlockView,
     LaserView,
+    PrecheckView,
     RingView,
     SessionView,
     Snapshot,
@@ -115,13 +116,13 @@ ESTOP_FAULT = FaultView(
 )
 
 
-def _check(name: str, value: str, detail: str = "") -> dict[str, Any]:
-    return {"name": name, "ok": not detail, "value": value, "detail": detail}
+def _check(name: str, value: str, detail: str = "") -> PrecheckView:
+    return PrecheckView(name=name, ok=not detail, value=value, detail=detail)
 
 
 #: Every check the controller makes, in its order: the state first, the devices, the footpedal and the other
 #: terms, the calibrations, the database and the backup. The TEC is out of its window.
-CHECKS: list[dict[str, Any]] = [
+CHECKS: list[PrecheckView] = [
     _check("state", "ready"),
     _check("device laser", "ok: simulated laser driver"),
     _check("device tec", "ok: simulated TEC"),
@@ -144,13 +145,13 @@ CHECKS: list[dict[str, Any]] = [
     _check("backup", "data/backups/tosca_20260314_093000.db"),
 ]
 #: The same with the E-stop hit and released before arming: the fault latched, its cause cleared.
-FAULT_CHECKS: list[dict[str, Any]] = [
+FAULT_CHECKS: list[PrecheckView] = [
     _check(
         "state",
         "FAULT: E-stop pressed",
         "release the E-stop, then acknowledge the fault with your password to reset (cause cleared)",
     ),
-    *(c if c["name"] != "tec" else _check("tec", "25.00 degC (set 25.00)") for c in CHECKS[1:]),
+    *(c if c.name != "tec" else _check("tec", "25.00 degC (set 25.00)") for c in CHECKS[1:]),
 ]
 
 

@@ -32,7 +32,7 @@ from textual.timer import Timer
 from textual.widgets import Footer, Static
 
 from control.accounts import UserInfo
-from control.ipc import CommandFailed, ControllerUnavailable
+from control.ipc_errors import CommandFailed, ControllerUnavailable
 from control.messages import (
     Abort,
     Arm,
