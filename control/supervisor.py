@@ -44,7 +44,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
-from control.vocabulary import OperatorAction, SystemState
+from control.vocabulary import OperatorAction, Severity, SystemState
 from devices.safety import EventKind, SafetyEvent, SafetySample
 
 __all__ = ["OperatorAction", "SystemState"]
@@ -581,7 +581,7 @@ class SafetySupervisor:
                 _LOG.exception("state listener failed")
         self.log(
             event_type,
-            "info",
+            Severity.INFO,
             f"{old.value} -> {new.value}: {reason}",
             action="laser off" if old is S.TREATING else None,
             details={"from": old.value, "to": new.value},
@@ -604,7 +604,7 @@ class SafetySupervisor:
         what: str,
         *,
         term: Term | None = None,
-        severity: str = "critical",
+        severity: Severity = Severity.CRITICAL,
         how_to_reset: str | None = None,
         details: Mapping[str, Any] | None = None,
     ) -> None:
@@ -643,7 +643,7 @@ class SafetySupervisor:
         return f"{first}, then acknowledge the fault with your password to reset"
 
     async def _secure(
-        self, event_type: str, severity: str, what: str, details: Mapping[str, Any] | None
+        self, event_type: str, severity: Severity, what: str, details: Mapping[str, Any] | None
     ) -> None:
         """After a trip: verify output off, disarm, then log (in that order)."""
         actions = []
@@ -686,7 +686,7 @@ class SafetySupervisor:
                 "photodiode_fault" if not stray else "photodiode_out_of_range",
                 photodiode.detail,
                 term=Term.PHOTODIODE,
-                severity="emergency" if stray else "critical",
+                severity=Severity.EMERGENCY if stray else Severity.CRITICAL,
                 details={
                     "expected_power": self.commanded_w,
                     "measured_power": self.measured_power_w(),
@@ -696,7 +696,7 @@ class SafetySupervisor:
             )
             return
         if state in SESSION_STATES and not terms[Term.ESTOP].ok and self.readings.estop is True:
-            self.trip("e_stop_pressed", "E-stop pressed", term=Term.ESTOP, severity="emergency")
+            self.trip("e_stop_pressed", "E-stop pressed", term=Term.ESTOP, severity=Severity.EMERGENCY)
             return
         if not terms[Term.WATCHDOG].ok and self.readings.watchdog_expired:
             # Also in IDLE: an expired board refuses ARM until the reset clears its watchdog.
@@ -704,7 +704,7 @@ class SafetySupervisor:
                 "system_watchdog_timeout",
                 "safety board watchdog expired",
                 term=Term.WATCHDOG,
-                severity="emergency" if state is not S.IDLE else "critical",
+                severity=Severity.EMERGENCY if state is not S.IDLE else Severity.CRITICAL,
             )
             return
         if state not in ARMED_STATES:
@@ -778,9 +778,9 @@ class SafetySupervisor:
             if item.value:
                 self.output_off_now()
                 if self.state is S.IDLE:
-                    self.log("e_stop_pressed", "warning", "E-stop pressed", action="none (idle)")
+                    self.log("e_stop_pressed", Severity.WARNING, "E-stop pressed", action="none (idle)")
             else:
-                self.log("e_stop_released", "info", "E-stop released", action="none")
+                self.log("e_stop_released", Severity.INFO, "E-stop released", action="none")
         elif item.kind is EventKind.ENABLE:
             r.laser_enable = item.value
             if not item.value and self.state is S.TREATING:
@@ -800,7 +800,7 @@ class SafetySupervisor:
                 "system_watchdog_timeout",
                 "safety board watchdog expired",
                 term=Term.WATCHDOG,
-                severity="emergency" if self.state is not S.IDLE else "critical",
+                severity=Severity.EMERGENCY if self.state is not S.IDLE else Severity.CRITICAL,
             )
             return
         self._check(item.received)
@@ -833,7 +833,7 @@ class SafetySupervisor:
                 self.warnings.append(text)
                 self.log(
                     "photodiode_out_of_range",
-                    "warning",
+                    Severity.WARNING,
                     text,
                     action="warning shown",
                     details={"expected_power": self.commanded_w, "measured_power": measured},
@@ -881,7 +881,9 @@ class SafetySupervisor:
         except Exception as exc:
             _LOG.error("safety board DISARM retry failed: %s", exc)
         else:
-            self.log("board_disarmed", "info", "safety board disarmed on retry", action="DISARM confirmed")
+            self.log(
+                "board_disarmed", Severity.INFO, "safety board disarmed on retry", action="DISARM confirmed"
+            )
         finally:
             self._disarm_retrying = False
 
@@ -907,7 +909,7 @@ class SafetySupervisor:
                 "interlock_failure",
                 "laser output reads ON while commanded off",
                 term=Term.DEVICES,
-                severity="emergency",
+                severity=Severity.EMERGENCY,
             )
         elif not reading.output_on and self.output_commanded_on and self.state is S.TREATING:
             self.trip(
@@ -1069,7 +1071,7 @@ class SafetySupervisor:
                 self.readings.step_active = False
                 self.log(
                     "session_closed_in_fault",
-                    "warning",
+                    Severity.WARNING,
                     f"session closed while the fault stays latched: {reason}",
                     action="laser off; the fault must still be reset",
                 )
@@ -1118,7 +1120,7 @@ class SafetySupervisor:
             self._transition(S.READY if session_open else S.IDLE, f"fault reset acknowledged by {username}")
             self.log(
                 "fault_reset",
-                "info",
+                Severity.INFO,
                 f"fault '{fault.what}' acknowledged and reset by {username}",
                 action="no emission until armed again",
                 tech_id=tech_id,
@@ -1145,7 +1147,7 @@ class SafetySupervisor:
     def log(
         self,
         event_type: str,
-        severity: str,
+        severity: Severity,
         description: str,
         *,
         action: str | None,

@@ -166,7 +166,7 @@ class DeviceMonitors:
         )
         self.supervisor.log(
             "camera_recovery" if ok else "camera_fault",
-            "info" if ok else "warning",
+            Severity.INFO if ok else Severity.WARNING,
             description,
             action="none: the camera does not gate emission; the preview shows its state",
         )
@@ -184,7 +184,7 @@ class DeviceMonitors:
             description = f"{name}: {count - seen} bad replies ({transport.last_error or 'unknown'})"
             self.supervisor.log(
                 "serial_line_error",
-                "warning",
+                Severity.WARNING,
                 description,
                 action="counted; the link is marked faulty after 3 in a row",
                 details={"device": name, "bad_replies_total": count},

@@ -244,7 +244,7 @@ class Controller(ControllerCommands):
             left = "watchdog expired" if found.watchdog is WatchdogState.EXPIRED else "board armed"
             self.supervisor.log(
                 "system_watchdog_timeout" if found.watchdog is WatchdogState.EXPIRED else "board_disarmed",
-                "warning",
+                Severity.WARNING,
                 f"safety board found with its {left} at start-up: the previous controller stopped without "
                 "disarming it (a crash or a kill)",
                 action="DISARM and WDT_CLEAR sent; arming needs the password again",

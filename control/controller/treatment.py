@@ -306,7 +306,7 @@ class TreatmentLifecycle(ControllerBase):
             await rig.actuator.enable_amplifiers()
             self.supervisor.log(
                 "actuator_enabled",
-                "info",
+                Severity.INFO,
                 "actuator amplifiers enabled for the session",
                 action="ENBL=1 sent at session start",
             )
