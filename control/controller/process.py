@@ -13,36 +13,25 @@ import contextlib
 import gc
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from control.accounts import AccountService, HashingParameters
 from control.authority import Authority
+from control.controller.commands import ControllerCommands
+from control.controller.monitors import DeviceMonitors, Readouts
+from control.controller.ports import SupervisorBoard, SupervisorLaser
+from control.controller.rig_lock import DataDirRigLock
 from control.ipc.server import ControllerServer
 from control.preview import PreviewProducer
 from control.protocols import install_library_protocols
 from control.recorder import Recorder
-from control.sessions import (
-    SessionService,
-)
-from control.supervisor import (
-    BoardLink,
-    Limits,
-    SafetySupervisor,
-)
+from control.sessions import SessionService
+from control.supervisor import BoardLink, Limits, SafetySupervisor
 from control.vocabulary import Severity
 from devices.rig import Rig, RigConfig
 from devices.safety import BoardStatus, UnknownCommand, WatchdogState
 from storage import DataDir, create_engine, session_factory
 from storage.maintenance import upgrade_async
 from storage.repositories import ConfigRepository
-
-if TYPE_CHECKING:
-    pass
-
-from control.controller.commands import ControllerCommands
-from control.controller.monitors import DeviceMonitors, Readouts
-from control.controller.ports import SupervisorBoard, SupervisorLaser
-from control.controller.rig_lock import DataDirRigLock
 
 _LOG = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from control import messages as msg
 from control.authority import MAX_KEY_FAILURES, Person
@@ -25,6 +25,7 @@ from control.calibration import (
     install_sim_calibrations_if_missing,
     load_active_calibrations,
 )
+from control.controller.state import ActiveSession, ControllerBase
 from control.engine import Outcome, TreatmentEngine
 from control.protocols import ProtocolError, check_protocol, load_limits
 from control.sessions import (
@@ -33,11 +34,7 @@ from control.sessions import (
     SessionStatus,
     SummaryAccumulator,
 )
-from control.supervisor import (
-    Refused,
-    SystemState,
-    Term,
-)
+from control.supervisor import Refused, SystemState, Term
 from control.vocabulary import Severity
 from devices.safety import SafetyEvent, SafetySample
 from storage import utc_now
@@ -45,11 +42,6 @@ from storage.maintenance import check_database
 from storage.models import SessionRecording
 from storage.repositories import SessionsRepository, UsersRepository
 from storage.telemetry import TelemetrySummary
-
-if TYPE_CHECKING:
-    pass
-
-from control.controller.state import ActiveSession, ControllerBase
 
 _LOG = logging.getLogger(__name__)
 
