@@ -81,8 +81,8 @@ class PauseMark:
 class Authority:
     """The connections' people, the tokens, the session's holder, the pause's origin and the key failures.
 
-    Connections are named by their number (:attr:`control.ipc.Peer.connection`); ``None`` stands for the
-    controller's own process (in-process callers, which hold no connection).
+    Connections are named by their number (:attr:`control.ipc.server.Peer.connection`); ``None`` stands for
+    the controller's own process (in-process callers, which hold no connection).
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:

@@ -114,7 +114,7 @@ class TreatmentEngine:
         finally:
             self.sup.set_step_active(False)
             try:
-                await asyncio.shield(self.sup.laser.off_verified())
+                await asyncio.shield(self.sup.verify_output_off())
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

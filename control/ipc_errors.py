@@ -1,7 +1,7 @@
 """What a client of the controller's sockets may catch: no controller, or a command refused.
 
-Apart from :mod:`control.ipc` (which re-exports both) so that the console can name them before it loads the
-socket protocol's messages, which it does only once its first screen is drawn.
+Apart from :mod:`control.ipc.client` (which raises both) so that the console can name them before it loads
+the socket protocol's messages, which it does only once its first screen is drawn.
 """
 
 from __future__ import annotations

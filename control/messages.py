@@ -17,8 +17,8 @@ Two command sets exist, and they are different types, not one type with a runtim
   ``health`` only. There is no arm, emission or session command in it, so a line such as
   ``{"type": "arm", ...}`` read from that socket is an unknown command type.
 
-A command model may be built without an id (``Ping()``); :class:`~control.ipc.ControllerClient` then assigns
-one. On the wire the id is required.
+A command model may be built without an id (``Ping()``); :class:`~control.ipc.client.ControllerClient` then
+assigns one. On the wire the id is required.
 
 Who may command (``control.sock``): ``ping``, ``status``, ``health``, ``prechecks`` and ``stop`` are answered
 on any connection; ``stop`` only ever makes things safer, so the stop key sends it on a fresh connection of
@@ -54,14 +54,21 @@ from pydantic import (
     model_validator,
 )
 
+from control.vocabulary import OperatorAction, SessionStatus, Severity, SystemState
+
 #: The longest line either side accepts, in bytes, not counting the terminating newline (1 MiB).
 MAX_LINE_BYTES = 1_048_576
 
+# The vocabularies (states, severities, session statuses, operator actions) are the enums of
+# control.vocabulary; on the wire they travel as their values, which are read back into the enums.
 #: The supervisor states a snapshot can report.
-SafetyState: TypeAlias = Literal["idle", "ready", "armed", "treating", "paused", "fault"]
+SafetyState: TypeAlias = Annotated[SystemState, Field(strict=False)]
 
 #: How serious an event is.
-Severity: TypeAlias = Literal["info", "warning", "critical", "emergency"]
+EventSeverity: TypeAlias = Annotated[Severity, Field(strict=False)]
+
+_Status: TypeAlias = Annotated[SessionStatus, Field(strict=False)]
+_Action: TypeAlias = Annotated[OperatorAction, Field(strict=False)]
 
 #: A string that is not empty once surrounding whitespace is removed (the whitespace is removed).
 NonBlank: TypeAlias = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
@@ -342,6 +349,105 @@ def _check_finite(value: Any, where: str) -> None:
             _check_finite(item, f"{where}[{index}]")
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Reply data: what a successful reply's ``data`` holds, per command
+# ---------------------------------------------------------------------------------------------------------
+
+
+class Pong(_Message):
+    """``ping``: the controller is there."""
+
+    pong: bool = True
+
+
+class DeviceStatus(_Message):
+    """``health``, for one device (the reply's data maps each device's name to one of these)."""
+
+    state: str
+    identity: str | None = None
+    error: str | None = None
+    detail: str = ""
+
+
+class PrecheckView(_Message):
+    """One pre-treatment check: its live value and whether it passes (``detail`` says why not)."""
+
+    name: str
+    ok: bool
+    value: str
+    detail: str = ""
+
+
+class PrechecksReply(_Message):
+    """``prechecks``: every check, in the controller's order."""
+
+    checks: list[PrecheckView]
+
+    @property
+    def failing(self) -> list[PrecheckView]:
+        """The checks that do not pass."""
+        return [check for check in self.checks if not check.ok]
+
+
+class SignedIn(_Message):
+    """``authenticate``: who acts on this connection now, the token a later connection of this console may
+    authenticate with, and this connection's number."""
+
+    username: str
+    full_name: str
+    role: str
+    token: Annotated[str, Field(repr=False)]
+    connection: int
+
+
+class SignedOut(_Message):
+    """``logout``: who was signed out (``None``: nobody was signed in)."""
+
+    username: str | None
+
+
+class StateReply(_Message):
+    """``stop``, ``arm`` and ``reset_fault``: the supervisor's state afterwards."""
+
+    state: SafetyState
+
+
+class SessionStateReply(_Message):
+    """``takeover`` and ``abort``: the session concerned and the supervisor's state afterwards."""
+
+    state: SafetyState
+    session_id: int
+
+
+class SessionOpened(_Message):
+    """``open_session``: the session opened, where it records, its backup, and what its protocol plans."""
+
+    session_id: int
+    subject_code: str
+    protocol_name: str
+    folder: str
+    backup: str | None
+    total_duration_s: _NonNegative
+    expected_energy_j: _NonNegative
+
+
+class OverrideApplied(_Message):
+    """``override_power``: the override as recorded."""
+
+    action: Literal["protocol_power_override"] = "protocol_power_override"
+    old_value: _FiniteFloat
+    new_value: _NonNegative
+    reason: str
+    by: str
+    protocol_step: int
+
+
+class SimReply(_Message):
+    """``sim``: the simulator's answer."""
+
+    reply: str
+
+
 class StepView(_Message):
     """The protocol step in progress: ``number`` of ``of``, time in seconds, power in watts, ring in mm."""
 
@@ -366,7 +472,7 @@ class SessionView(_Message):
     subject_code: str
     protocol_name: str
     technician: str
-    status: str
+    status: _Status
     clock_s: _FiniteFloat
     treating_s: _FiniteFloat
     delivered_energy_j: _FiniteFloat
@@ -399,6 +505,8 @@ class LaserView(_Message):
     photodiode_v: _FiniteFloat | None = None
     output_on: bool
     current_ma: _FiniteFloat | None = None
+    #: The photodiode deviation the supervisor judges, percent (signed; ``None`` while it judges none).
+    deviation_percent: _FiniteFloat | None = None
 
 
 class RingView(_Message):
@@ -466,6 +574,8 @@ class Snapshot(_Message):
     devices: list[DeviceView] = Field(default_factory=list)
     fault: FaultView | None = None
     warnings: list[str] = Field(default_factory=list)
+    #: The operator actions the supervisor permits in this state (a command may still be refused).
+    actions: list[_Action] = Field(default_factory=list)
     #: The session most recently opened since the controller started (``None`` before the first); once
     #: ``session`` is ``None`` again it is the one just closed, whose notes and summary come next.
     last_session_id: int | None = None
@@ -481,7 +591,7 @@ class Event(_Message):
     seq: Annotated[int, Field(ge=0)]
     time_s: _FiniteFloat
     kind: NonBlank
-    severity: Severity
+    severity: EventSeverity
     message: str
 
 
@@ -505,6 +615,38 @@ class Preview(_Message):
     ring_diameter_mm: _NonNegative | None = None
     ring_diameter_px: _NonNegative | None = None
     focus: _FiniteFloat | None = None
+
+
+#: What a successful command answers with (``end_session`` answers with the session's summary as recorded,
+#: a free-form mapping; ``status`` with a :class:`Snapshot`; ``health`` with a :class:`DeviceStatus` per
+#: device; ``disarm``, ``pause`` and ``resume`` with nothing).
+ReplyData: TypeAlias = (
+    Pong
+    | PrechecksReply
+    | SignedIn
+    | SignedOut
+    | StateReply
+    | SessionStateReply
+    | SessionOpened
+    | OverrideApplied
+    | SimReply
+    | Snapshot
+    | dict[str, DeviceStatus]
+    | dict[str, Any]
+    | None
+)
+
+
+def reply_data(data: ReplyData) -> dict[str, Any] | None:
+    """``data`` as a reply carries it (JSON-ready)."""
+    if isinstance(data, BaseModel):
+        return data.model_dump(mode="json")
+    if data is None:
+        return None
+    return {
+        key: value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+        for key, value in data.items()
+    }
 
 
 #: Whatever the controller sends.

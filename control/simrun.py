@@ -159,10 +159,10 @@ async def run_simulated_session(
             create_subject=True,
             by_person=Person(user.tech_id, user.username, user.full_name, user.role),
         )
-        session_id = int(opened["session_id"])
+        session_id = opened.session_id
         say(
-            f"session {session_id}: {opened['subject_code']}, protocol {opened['protocol_name']!r}, "
-            f"{opened['total_duration_s']:g} s, {opened['expected_energy_j']:.1f} J expected"
+            f"session {session_id}: {opened.subject_code}, protocol {opened.protocol_name!r}, "
+            f"{opened.total_duration_s:g} s, {opened.expected_energy_j:.1f} J expected"
         )
         await controller.wait_prechecks(PRECHECK_WAIT_S)
         await controller.arm(password)

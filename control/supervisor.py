@@ -5,13 +5,21 @@ DESIGN.md section 4. The supervisor owns the system state (:class:`SystemState`)
 
 - the safety board's push events and stream samples, through :meth:`SafetySupervisor.on_board`, called
   synchronously by the driver's dispatch (no task switch between a pedal edge and "output off");
-- the device monitors' readings (TEC, laser, actuator, link states) through the ``update_*`` methods;
+- the device monitors' readings, one typed reading per device (:class:`LaserReading`, :class:`TecReading`,
+  :class:`ActuatorReading`) through :meth:`SafetySupervisor.update_laser` and its siblings, and the link
+  states through :meth:`SafetySupervisor.set_link`;
 - the protocol engine (step active or not, the commanded power) and the recorder (storage health);
 - the operator's commands (arm, pause, resume, stop, abort, reset), each a coroutine that raises
   :class:`Refused` with the reason.
 
-Permission to emit is the conjunction of the :class:`Term` values; :meth:`SafetySupervisor.terms` gives each
-one with its live value. When any term other than the footpedal goes false while ARMED or TREATING, the laser
+Permission to emit is the conjunction of the :class:`Term` values in ARMED or TREATING, decided in one place,
+:meth:`SafetySupervisor.may_emit`; :meth:`SafetySupervisor.terms` gives each term with its live value. The
+supervisor also publishes what a console shows of its judgement: the photodiode deviation it judges
+(:meth:`SafetySupervisor.photodiode_deviation_percent`), the operator actions the state permits
+(:func:`permitted_actions`) and the highest power a session may command
+(:meth:`SafetySupervisor.session_power_ceiling`).
+
+When any term other than the footpedal goes false while ARMED or TREATING, the laser
 is switched off at once (``LAS:OUT 0`` written without waiting), then the off state is verified, the safety
 board disarmed, and only then is the fault logged. FAULT latches: :meth:`SafetySupervisor.reset` needs the
 cause gone and an operator's acknowledgement, and leads to READY while a session is open (the operator arms
@@ -37,8 +45,11 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 from control.system_config import DEFAULTS as _SETTINGS
+from control.vocabulary import OperatorAction, Severity, SystemState
 from devices.safety import EventKind, SafetyEvent, SafetySample
 from storage.safety_records import SafetyRecord
+
+__all__ = ["OperatorAction", "SystemState"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -63,17 +74,9 @@ LOOP_LATENESS_WINDOW_S: Final = 0.200
 DISARM_RETRY_S: Final = 1.0
 #: The deviation is taken relative to the commanded power, but never to less than this (W).
 PHOTODIODE_FLOOR_W: Final = 0.5
-
-
-class SystemState(enum.StrEnum):
-    """The supervisor's state (the values are the seed's ``safety_log.system_state`` words)."""
-
-    IDLE = "idle"
-    READY = "ready"
-    ARMED = "armed"
-    TREATING = "treating"
-    PAUSED = "paused"
-    FAULT = "fault"
+#: A laser output read-back is judged against the commanded output only when the question was asked this
+#: long (s) after the output was last switched: a read-back from before that may still show the old state.
+OUTPUT_READBACK_SETTLE_S: Final = 0.050
 
 
 S = SystemState
@@ -90,6 +93,30 @@ TRANSITIONS: Final[Mapping[SystemState, frozenset[SystemState]]] = {
 ARMED_STATES: Final = frozenset({S.ARMED, S.TREATING})
 #: States with an open treatment session.
 SESSION_STATES: Final = frozenset({S.READY, S.ARMED, S.TREATING, S.PAUSED})
+
+A = OperatorAction
+#: The states in which each operator action on a session is permitted (a command may still be refused for
+#: another reason, which it then says).
+ACTION_STATES: Final[Mapping[OperatorAction, frozenset[SystemState]]] = {
+    A.PAUSE: ARMED_STATES,
+    A.RESUME: frozenset({S.PAUSED}),
+    A.ARM: frozenset({S.READY, S.PAUSED}),
+    A.OVERRIDE_POWER: SESSION_STATES,
+    A.ABORT: SESSION_STATES | {S.FAULT},
+    A.RESET_FAULT: frozenset({S.FAULT}),
+}
+
+
+def deviation_percent(measured_w: float, commanded_w: float) -> float:
+    """The photodiode rule's deviation: measured minus commanded power, in percent of the commanded power
+    but of never less than :data:`PHOTODIODE_FLOOR_W` (so that a small absolute error at low power is not a
+    large percentage)."""
+    return (measured_w - commanded_w) / max(commanded_w, PHOTODIODE_FLOOR_W) * 100.0
+
+
+def permitted_actions(state: SystemState) -> list[OperatorAction]:
+    """The operator actions permitted in ``state``, in :class:`OperatorAction` order."""
+    return [action for action in OperatorAction if state in ACTION_STATES[action]]
 
 
 class Term(enum.StrEnum):
@@ -175,6 +202,47 @@ class BoardPort(Protocol):
 
     async def clear_watchdog(self) -> None:
         """Clear an expired watchdog."""
+
+
+@dataclass(frozen=True)
+class LaserReading:
+    """One poll of the laser driver: its output state read back, the diode current (mA, ``None`` when not
+    read this time), when the read-back was asked (``asked_at``) and when it was answered (``at``),
+    monotonic s."""
+
+    output_on: bool
+    current_ma: float | None
+    asked_at: float
+    at: float
+
+
+@dataclass(frozen=True)
+class TecReading:
+    """One poll of the TEC: output state, temperature and setpoint (degC), answered at ``at``."""
+
+    output_on: bool
+    temperature_c: float
+    setpoint_c: float | None
+    at: float
+
+
+@dataclass(frozen=True)
+class ActuatorReading:
+    """One poll of the actuator: position (um), the fault that stopped it (``None``: none), answered at
+    ``at``."""
+
+    position_um: float | None
+    fault: str | None
+    at: float
+
+
+@dataclass(frozen=True)
+class BoardLink:
+    """The safety board's heartbeat as its driver last saw it: when a heartbeat was last acknowledged and
+    whether the board reported its watchdog expired."""
+
+    heartbeat_ok_at: float | None
+    watchdog_expired: bool
 
 
 SafetyLogSink = Callable[[SafetyEntry], Awaitable[None]]
@@ -352,9 +420,7 @@ class SafetySupervisor:
             age = "never" if r.heartbeat_ok_at is None else f"{(now - r.heartbeat_ok_at) * 1000:.0f} ms ago"
             put(Term.WATCHDOG, heartbeat_ok, f"fed {age}", "heartbeat not acknowledged in time")
         vib = "unknown" if r.vibration_g is None else f"{r.vibration_g:.2f} g"
-        smoothing_ok = (
-            r.motor_pwm > 0 and r.vibration_g is not None and r.vibration_g >= self.limits.vibration_min_g
-        )
+        smoothing_ok = self._smoothing_ok() is True
         put(
             Term.SMOOTHING,
             smoothing_ok,
@@ -429,13 +495,45 @@ class SafetySupervisor:
         )
         return out
 
+    def _smoothing_ok(self) -> bool | None:
+        """The smoothing device works: motor on and vibration at or above the limit (``None``: no vibration
+        reading yet)."""
+        r = self.readings
+        if r.vibration_g is None:
+            return None
+        return r.motor_pwm > 0 and r.vibration_g >= self.limits.vibration_min_g
+
     def failing(self, now: float | None = None) -> list[TermStatus]:
         """The terms that are false now."""
         return [t for t in self.terms(now).values() if not t.ok]
 
-    def may_emit(self, now: float | None = None) -> bool:
-        """The full conjunction: every term holds and the state is ARMED or TREATING."""
-        return self.state in ARMED_STATES and not self.failing(now)
+    def may_emit(self, now: float | None = None, *, terms: Mapping[Term, TermStatus] | None = None) -> bool:
+        """The permission to emit, decided here and nowhere else: the state is ARMED or TREATING and every
+        term holds (``terms``: as already evaluated for ``now``)."""
+        if self.state not in ARMED_STATES:
+            return False
+        judged = self.terms(now) if terms is None else terms
+        return all(t.ok for t in judged.values())
+
+    def permitted_actions(self) -> list[OperatorAction]:
+        """The operator actions the present state permits (see :data:`ACTION_STATES`)."""
+        return permitted_actions(self.state)
+
+    def session_power_ceiling(self, protocol_max_w: float, calibration_max_w: float) -> float:
+        """The highest power a session may command, W, overrides included: the protocol's own limit, the
+        system's and the laser calibration's, whichever is lowest."""
+        return min(protocol_max_w, self.limits.max_power_w, calibration_max_w)
+
+    def photodiode_deviation_percent(self, measured: float | None = None) -> float | None:
+        """How far the measured power is from the commanded one, in percent of the commanded power but of
+        never less than :data:`PHOTODIODE_FLOOR_W` (signed: negative when less light is measured). The
+        warning and the fault judge its size. ``None`` while the output is commanded off or nothing is
+        measured."""
+        if measured is None:
+            measured = self.measured_power_w()
+        if measured is None or not self.output_commanded_on:
+            return None
+        return deviation_percent(measured, self.commanded_w)
 
     def measured_power_w(self) -> float | None:
         """Measured optical power from the photodiode through the calibration, W (None if unknown)."""
@@ -472,7 +570,7 @@ class SafetySupervisor:
                 _LOG.exception("state listener failed")
         self.log(
             event_type,
-            "info",
+            Severity.INFO,
             f"{old.value} -> {new.value}: {reason}",
             action="laser off" if old is S.TREATING else None,
             details={"from": old.value, "to": new.value},
@@ -495,7 +593,7 @@ class SafetySupervisor:
         what: str,
         *,
         term: Term | None = None,
-        severity: str = "critical",
+        severity: Severity = Severity.CRITICAL,
         how_to_reset: str | None = None,
         details: Mapping[str, Any] | None = None,
     ) -> None:
@@ -534,7 +632,7 @@ class SafetySupervisor:
         return f"{first}, then acknowledge the fault with your password to reset"
 
     async def _secure(
-        self, event_type: str, severity: str, what: str, details: Mapping[str, Any] | None
+        self, event_type: str, severity: Severity, what: str, details: Mapping[str, Any] | None
     ) -> None:
         """After a trip: verify output off, disarm, then log (in that order)."""
         actions = []
@@ -577,7 +675,7 @@ class SafetySupervisor:
                 "photodiode_fault" if not stray else "photodiode_out_of_range",
                 photodiode.detail,
                 term=Term.PHOTODIODE,
-                severity="emergency" if stray else "critical",
+                severity=Severity.EMERGENCY if stray else Severity.CRITICAL,
                 details={
                     "expected_power": self.commanded_w,
                     "measured_power": self.measured_power_w(),
@@ -587,7 +685,7 @@ class SafetySupervisor:
             )
             return
         if state in SESSION_STATES and not terms[Term.ESTOP].ok and self.readings.estop is True:
-            self.trip("e_stop_pressed", "E-stop pressed", term=Term.ESTOP, severity="emergency")
+            self.trip("e_stop_pressed", "E-stop pressed", term=Term.ESTOP, severity=Severity.EMERGENCY)
             return
         if not terms[Term.WATCHDOG].ok and self.readings.watchdog_expired:
             # Also in IDLE: an expired board refuses ARM until the reset clears its watchdog.
@@ -595,7 +693,7 @@ class SafetySupervisor:
                 "system_watchdog_timeout",
                 "safety board watchdog expired",
                 term=Term.WATCHDOG,
-                severity="emergency" if state is not S.IDLE else "critical",
+                severity=Severity.EMERGENCY if state is not S.IDLE else Severity.CRITICAL,
             )
             return
         if state not in ARMED_STATES:
@@ -610,12 +708,14 @@ class SafetySupervisor:
                 details={"failing": {t.term.value: t.detail for t in blocking}},
             )
             return
-        if state is S.TREATING and not (terms[Term.FOOTPEDAL].ok and terms[Term.STEP].ok):
+        # Only the waiting terms (footpedal, step) can fail from here: they decide between emitting or not.
+        permitted = self.may_emit(now, terms=terms)
+        if state is S.TREATING and not permitted:
             released = not terms[Term.FOOTPEDAL].ok
             reason = "footpedal released" if released else "step ended"
             self._transition(S.ARMED, reason, event_type="footpedal_released" if released else "state_change")
             return
-        if state is S.ARMED and terms[Term.FOOTPEDAL].ok and terms[Term.STEP].ok:
+        if state is S.ARMED and permitted:
             self._begin_emission("footpedal pressed")
 
     def _begin_emission(self, reason: str) -> None:
@@ -667,9 +767,9 @@ class SafetySupervisor:
             if item.value:
                 self.output_off_now()
                 if self.state is S.IDLE:
-                    self.log("e_stop_pressed", "warning", "E-stop pressed", action="none (idle)")
+                    self.log("e_stop_pressed", Severity.WARNING, "E-stop pressed", action="none (idle)")
             else:
-                self.log("e_stop_released", "info", "E-stop released", action="none")
+                self.log("e_stop_released", Severity.INFO, "E-stop released", action="none")
         elif item.kind is EventKind.ENABLE:
             r.laser_enable = item.value
             if not item.value and self.state is S.TREATING:
@@ -689,7 +789,7 @@ class SafetySupervisor:
                 "system_watchdog_timeout",
                 "safety board watchdog expired",
                 term=Term.WATCHDOG,
-                severity="emergency" if self.state is not S.IDLE else "critical",
+                severity=Severity.EMERGENCY if self.state is not S.IDLE else Severity.CRITICAL,
             )
             return
         self._check(item.received)
@@ -709,8 +809,7 @@ class SafetySupervisor:
         self._stray_since = None
         if now - max(self.output_changed_at, self._setpoint_changed_at) < PHOTODIODE_SETTLE_S:
             return
-        reference = max(self.commanded_w, PHOTODIODE_FLOOR_W)
-        percent = abs(measured - self.commanded_w) / reference * 100.0
+        percent = abs(deviation_percent(measured, self.commanded_w))
         if percent > self.limits.photodiode_warning_percent:
             if self._deviation_since is None:
                 self._deviation_since = now
@@ -723,7 +822,7 @@ class SafetySupervisor:
                 self.warnings.append(text)
                 self.log(
                     "photodiode_out_of_range",
-                    "warning",
+                    Severity.WARNING,
                     text,
                     action="warning shown",
                     details={"expected_power": self.commanded_w, "measured_power": measured},
@@ -771,7 +870,9 @@ class SafetySupervisor:
         except Exception as exc:
             _LOG.error("safety board DISARM retry failed: %s", exc)
         else:
-            self.log("board_disarmed", "info", "safety board disarmed on retry", action="DISARM confirmed")
+            self.log(
+                "board_disarmed", Severity.INFO, "safety board disarmed on retry", action="DISARM confirmed"
+            )
         finally:
             self._disarm_retrying = False
 
@@ -782,13 +883,79 @@ class SafetySupervisor:
         await self.board.disarm()
         self.disarm_pending = False
 
-    def update(self, **values: Any) -> None:
-        """Set readings (names of :class:`Readings` fields) and evaluate at once."""
-        for name, value in values.items():
-            if not hasattr(self.readings, name):
-                raise AttributeError(f"no reading named {name!r}")
-            setattr(self.readings, name, value)
+    def update_laser(self, reading: LaserReading) -> None:
+        """A laser poll: its output read back, judged against the commanded output. A read-back asked at
+        least :data:`OUTPUT_READBACK_SETTLE_S` after the output was last switched must agree with it: light
+        commanded off but reading ON is an emergency, and an output that dropped while TREATING is an
+        interlock failure."""
+        r = self.readings
+        r.laser_output_on, r.laser_current_ma, r.laser_at = reading.output_on, reading.current_ma, reading.at
         self._check(self.clock())
+        if reading.asked_at - self.output_changed_at <= OUTPUT_READBACK_SETTLE_S:
+            return
+        if reading.output_on and not self.output_commanded_on:
+            self.trip(
+                "interlock_failure",
+                "laser output reads ON while commanded off",
+                term=Term.DEVICES,
+                severity=Severity.EMERGENCY,
+            )
+        elif not reading.output_on and self.output_commanded_on and self.state is S.TREATING:
+            self.trip(
+                "interlock_failure", "laser output dropped while treating (interlock?)", term=Term.DEVICES
+            )
+
+    def update_tec(self, reading: TecReading) -> None:
+        """A TEC poll."""
+        r = self.readings
+        r.tec_output_on, r.tec_temperature_c = reading.output_on, reading.temperature_c
+        r.tec_setpoint_c, r.tec_at = reading.setpoint_c, reading.at
+        self._check(self.clock())
+
+    def update_actuator(self, reading: ActuatorReading) -> None:
+        """An actuator poll."""
+        r = self.readings
+        r.actuator_position_um, r.actuator_fault, r.actuator_at = (
+            reading.position_um,
+            reading.fault,
+            reading.at,
+        )
+        self._check(self.clock())
+
+    def update_board_link(self, link: BoardLink) -> None:
+        """The safety board driver's heartbeat record (an expired watchdog stays expired until the reset)."""
+        r = self.readings
+        expired = r.watchdog_expired or link.watchdog_expired
+        if link.heartbeat_ok_at == r.heartbeat_ok_at and expired == r.watchdog_expired:
+            return
+        r.heartbeat_ok_at, r.watchdog_expired = link.heartbeat_ok_at, expired
+        self._check(self.clock())
+
+    def update_switches(self, *, pedal: bool, estop: bool) -> None:
+        """The footpedal and E-stop as read by asking the board (before its stream runs)."""
+        self.readings.pedal, self.readings.estop = pedal, estop
+        self._check(self.clock())
+
+    def set_motor_pwm(self, pwm: int) -> None:
+        """The smoothing motor's PWM as last commanded (0: off)."""
+        self.readings.motor_pwm = pwm
+        self._check(self.clock())
+
+    def set_calibrations(self, ok: bool, detail: str) -> None:
+        """The active calibrations are usable (``ok``) or not, with ``detail`` as the term's value (the
+        photodiode conversion is :attr:`photodiode_to_watts`)."""
+        self.readings.calibrations_ok, self.readings.calibrations_detail = ok, detail
+        self._check(self.clock())
+
+    def set_storage(self, ok: bool, problem: str | None) -> None:
+        """Storage records (``ok``) or not, and why not."""
+        self.readings.storage_ok, self.readings.storage_problem = ok, problem
+        self._check(self.clock())
+
+    async def verify_output_off(self) -> None:
+        """Output off and read back (the engine's last word on a run); raises when the off state cannot be
+        confirmed."""
+        await self.laser.off_verified()
 
     def set_link(self, device: str, state: str) -> None:
         """A device link changed state (``open``, ``faulty``, ``reconnecting``, ``closed``)."""
@@ -893,7 +1060,7 @@ class SafetySupervisor:
                 self.readings.step_active = False
                 self.log(
                     "session_closed_in_fault",
-                    "warning",
+                    Severity.WARNING,
                     f"session closed while the fault stays latched: {reason}",
                     action="laser off; the fault must still be reset",
                 )
@@ -942,7 +1109,7 @@ class SafetySupervisor:
             self._transition(S.READY if session_open else S.IDLE, f"fault reset acknowledged by {username}")
             self.log(
                 "fault_reset",
-                "info",
+                Severity.INFO,
                 f"fault '{fault.what}' acknowledged and reset by {username}",
                 action="no emission until armed again",
                 tech_id=tech_id,
@@ -969,7 +1136,7 @@ class SafetySupervisor:
     def log(
         self,
         event_type: str,
-        severity: str,
+        severity: Severity,
         description: str,
         *,
         action: str | None,
@@ -985,9 +1152,7 @@ class SafetySupervisor:
             system_state=self.state.value,
             laser_state="on" if self.output_commanded_on else "off",
             footpedal_state=r.pedal,
-            smoothing_device_state=None
-            if r.vibration_g is None
-            else (r.motor_pwm > 0 and r.vibration_g >= self.limits.vibration_min_g),
+            smoothing_device_state=self._smoothing_ok(),
             photodiode_voltage_v=r.photodiode_v,
             action_taken=action,
             details=details,

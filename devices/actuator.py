@@ -261,7 +261,6 @@ class ActuatorDriver:
         if self._info_on and tag + "=" in INFO_TAGS:
             raise RuntimeError(f"{tag} is read from INFO lines while INFO is on")
         reply = await self.transport.query(f"{tag}=?")
-        assert isinstance(reply, str)
         match = _REPLY.fullmatch(reply)
         if match is None or match.group(1) != tag:
             raise self.transport.bad_reply(reply, f"expected {tag}=<integer>")
@@ -309,7 +308,6 @@ class ActuatorDriver:
 
     async def _query_info_barrier(self) -> int:
         reply = await self.transport.query("INFO=?")
-        assert isinstance(reply, str)
         match = _REPLY.fullmatch(reply)
         if match is None or match.group(1) != "INFO":
             raise self.transport.bad_reply(reply, "expected INFO=<integer>")

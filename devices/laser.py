@@ -153,9 +153,7 @@ class ArroyoDevice:
         return reply == "1"
 
     async def _query(self, command: str) -> str:
-        reply = await self.transport.query(command)
-        assert isinstance(reply, str)
-        return reply
+        return await self.transport.query(command)
 
     # ------------------------------------------------------------------------------------ commands
     async def identify(self) -> Identity:
@@ -199,6 +197,12 @@ class ArroyoDevice:
     async def output_is_on(self) -> bool:
         """Read the output state (``<prefix>:OUT?``)."""
         return self._bool(await self._query(f"{self.prefix}:OUT?"), "output state")
+
+    def output_off_now(self) -> None:
+        """Put "output off" (``<prefix>:OUT 0``) on the wire at once, ahead of any exchange in flight and
+        without reading anything back (:meth:`output_off` verifies). Raises :class:`LinkDown` if the link is
+        down."""
+        self.transport.write_now(f"{self.prefix}:OUT 0")
 
     async def output_off(self) -> tuple[DeviceErrorCode, ...]:
         """Switch the output off and verify it; returns the errors ``ERR?`` then reported (not raised).

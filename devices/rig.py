@@ -2,7 +2,7 @@
 
 Usage::
 
-    rig = Rig(RigConfig.from_ports(sim_rig.ports()), data_dir)   # or RigConfig(laser="/dev/tosca-laser", ...)
+    rig = Rig(RigConfig.from_ports(sim_rig.ports()), lock)   # or RigConfig(laser="/dev/tosca-laser", ...)
     await rig.open()          # lock, laser output off (verified), then every other device
     rig.health()              # {"laser": DeviceHealth(...), ...}
     await rig.close()         # laser output off again (best effort), everything closed, lock released
@@ -10,9 +10,9 @@ Usage::
 Order on :meth:`Rig.open` (DESIGN.md, section 4: "Every start-up sends output off to the laser driver and
 verifies it before anything else"):
 
-1. the rig lock (``fcntl.flock`` on ``DataDir(root).rig_lock``); a second holder, in this process or
-   another, gets :class:`RigInUse` ("rig in use by process N"); the holder's process id is written into the
-   file;
+1. the rig lock, which the caller provides (:class:`RigLock`: the controller's is an ``fcntl.flock`` on the
+   data directory's ``rig.lock``, see :mod:`control.controller.rig_lock`); a second holder, in this process
+   or another, gets :class:`RigInUse` ("rig in use by process N");
 2. the laser driver's port, ``LAS:OUT 0`` and the ``LAS:OUT?`` read-back **before any other command**; then
    the laser's identity and current limit;
 3. the TEC (identity and limits), the actuator (its status word), the safety board (protocol version, event
@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Protocol
 
 from devices.actuator import ActuatorDriver
 from devices.camera import Camera, CameraCapture, CameraProcess, CameraSpec, FrameSource
@@ -37,9 +37,6 @@ from devices.safety import SafetyBoardDriver
 from devices.safety import is_unsolicited as safety_is_unsolicited
 from devices.tec import TecDriver
 from devices.transport import LineTransport, LinkState
-from storage.errors import DatabaseInUseError
-from storage.locks import PidLock
-from storage.paths import DataDir
 
 _LOG = logging.getLogger(__name__)
 
@@ -54,6 +51,20 @@ class RigError(Exception):
 
 class RigInUse(RigError):
     """Another holder has the rig lock."""
+
+
+class RigLock(Protocol):
+    """The exclusive lock a rig is opened under (where it lives is the caller's business)."""
+
+    @property
+    def held(self) -> bool:
+        """True while this lock is held."""
+
+    def acquire(self) -> None:
+        """Take the lock, or raise :class:`RigInUse` naming its holder."""
+
+    def release(self) -> None:
+        """Release the lock (idempotent)."""
 
 
 @dataclass(frozen=True)
@@ -97,7 +108,7 @@ class DeviceHealth:
 
 
 class Rig:
-    """Every device of one configuration. ``data_dir`` is the data directory root (for the rig lock).
+    """Every device of one configuration, opened under ``lock``.
 
     ``camera_source`` replaces the source the configuration names (the simulated rig passes its own camera,
     whose ring follows the shared physical model).
@@ -106,12 +117,12 @@ class Rig:
     def __init__(
         self,
         config: RigConfig,
-        data_dir: Path | str,
+        lock: RigLock,
         *,
         camera_source: FrameSource | None = None,
     ) -> None:
         self.config = config
-        self.lock = PidLock(DataDir(Path(data_dir)).rig_lock, what="rig")
+        self.lock = lock
         self._camera_source = camera_source
         self.transports: dict[str, LineTransport] = {}
         self.laser: LaserDriver | None = None
@@ -152,10 +163,7 @@ class Rig:
         """
         if self.is_open:
             return
-        try:
-            self.lock.acquire()
-        except DatabaseInUseError as exc:
-            raise RigInUse(str(exc)) from None
+        self.lock.acquire()
         step = "laser"
         try:
             laser_link = self._transport("laser")

@@ -329,7 +329,6 @@ class SafetyBoardDriver:
     # --------------------------------------------------------------------------------------- commands
     async def _command(self, command: str, expected: str | None = None) -> str:
         reply = await self.transport.query(command)
-        assert isinstance(reply, str)
         self._raise_for_error(command, reply)
         if expected is not None and reply != expected:
             raise self.transport.bad_reply(reply, f"expected {expected!r} to {command!r}")
@@ -447,7 +446,6 @@ class SafetyBoardDriver:
             await self._command(command, f"OK:MOTOR_SPEED:{pwm}")
             return pwm
         replies = await self.transport.query(command, lines=2)
-        assert isinstance(replies, list)
         self._raise_for_error(command, replies[0])
         if replies != ["WARNING:PWM_CLAMPED_TO_MAX", f"OK:MOTOR_SPEED:{PWM_MAX}"]:
             raise self.transport.bad_reply(

@@ -35,7 +35,7 @@ import enum
 import logging
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Literal, TypeVar, overload
 
 import serial
 import serial_asyncio_fast
@@ -346,6 +346,14 @@ class LineTransport:
         if transport is None or self.state not in (LinkState.OPEN, LinkState.FAULTY):
             raise LinkDown(f"{self.name}: link {self.state.value}")
         return transport
+
+    @overload
+    async def query(self, command: str, *, timeout_s: float | None = None, lines: Literal[1] = 1) -> str: ...
+
+    @overload
+    async def query(
+        self, command: str, *, timeout_s: float | None = None, lines: Literal[2, 3, 4]
+    ) -> list[str]: ...
 
     async def query(self, command: str, *, timeout_s: float | None = None, lines: int = 1) -> list[str] | str:
         """Send ``command`` and return its reply: one line as ``str`` when ``lines == 1``, else a list of

@@ -1,4 +1,5 @@
-"""The layers may only point one way: tui -> control -> devices, storage.
+"""The layers may only point one way: tui -> control -> devices, storage; devices and storage know nothing of
+each other.
 
 Each lower package is imported in a fresh interpreter and the modules it pulled in are checked, so an indirect
 import (through a helper module) is caught as well as a direct one.
@@ -18,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 FORBIDDEN = {
     "control": ("textual", "tui"),
-    "devices": ("textual", "tui", "control"),
+    "devices": ("textual", "tui", "control", "storage"),
     "storage": ("textual", "tui", "control"),
     "migrations": ("textual", "tui", "control"),
 }
@@ -50,3 +51,26 @@ def test_lower_layers_do_not_import_upper_ones(package: str) -> None:
     loaded = json.loads(out.stdout.strip().splitlines()[-1])
     bad = sorted(m for m in loaded for top in FORBIDDEN[package] if m == top or m.startswith(f"{top}."))
     assert not bad, f"{package} pulls in {bad}"
+
+
+#: What only the controller process runs. The console reaches the controller through the socket client
+#: (``control.ipc.client``); the ``tosca controller`` command loads the controller when it runs, not before.
+CONTROLLER_ONLY = ("control.controller", "control.ipc.server", "control.engine", "control.recorder")
+
+
+def test_the_console_loads_no_module_of_the_controller_process() -> None:
+    modules = _modules_of("tui")
+    code = (
+        "import importlib, json, sys\n"
+        f"for name in {modules!r}:\n"
+        "    importlib.import_module(name)\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "tui.screens.dashboard" in loaded  # the check imported what it meant to
+    bad = sorted(m for m in loaded for top in CONTROLLER_ONLY if m == top or m.startswith(f"{top}."))
+    assert not bad, f"the console pulls in {bad}"

@@ -72,7 +72,7 @@ from storage.errors import StorageError
 from storage.paths import DataDir
 from storage.probe import needs_first_admin
 from tui.commands import start_failure
-from tui.link import CONTROL_SOCKET, ConsoleLink
+from tui.link import CONTROL_SOCKET, ConsoleLink, read_reply
 from tui.memory import QuietCollector
 from tui.safe_text import escape_controls
 from tui.screens._base import (
@@ -390,14 +390,14 @@ class ToscaApp(App[int]):
         if self.link is None:
             self.notify("no controller: nothing to stop", severity="warning")
             return
-        from control.messages import Stop
+        from control.messages import StateReply, Stop
 
         try:
-            reply = await self.link.call(Stop(), timeout_s=2.0)
+            reply = read_reply(StateReply, await self.link.call(Stop(), timeout_s=2.0))
         except (CommandFailed, ControllerUnavailable) as exc:
             self.post_message(StopKeyAnswered("", str(exc)))
             return
-        self.post_message(StopKeyAnswered(str(reply.get("state", "?")), ""))
+        self.post_message(StopKeyAnswered(reply.state.value, ""))
 
     def _stop_key_read(self) -> bool:
         """F12 as the terminal's input thread reads it (not on the app's loop): stop now, show the answer
@@ -505,7 +505,7 @@ class ToscaApp(App[int]):
             )
             if self.link is not None:
                 # The socket protocol, loaded here (off the loop) before the link starts.
-                importlib.import_module("control.ipc")
+                importlib.import_module("control.ipc.client")
         except Exception as exc:  # whatever it is, the start ends with the reason, not a screen that waits
             self.call_from_thread(self._database_failed, start_failure(exc, self.settings.data_dir))
         else:

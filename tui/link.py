@@ -32,15 +32,17 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-# The socket protocol (control.ipc, control.messages and pydantic) is loaded when the link starts, not when
-# this module is imported: the console draws its first screen before it needs the controller.
+# The socket protocol (control.ipc.client, control.messages and pydantic) is loaded when the link starts, not
+# when this module is imported: the console draws its first screen before it needs the controller.
 from control.ipc_errors import CommandFailed, ControllerUnavailable
 
 if TYPE_CHECKING:
-    from control.ipc import ControllerClient
-    from control.messages import Command, Event, Preview, Snapshot
+    from pydantic import BaseModel
+
+    from control.ipc.client import ControllerClient
+    from control.messages import Command, Event, Preview, SessionStateReply, SignedIn, Snapshot
 
 #: How long a sign-in waits for the controller's connection, s (a controller the console starts takes a few).
 SIGN_IN_WAIT_S = 60.0
@@ -55,6 +57,20 @@ START_TIMEOUT_S = 30.0
 RECONNECT_INTERVAL_S = 1.0
 #: How long a command may wait for its reply, s (hashing a password for key control takes a moment).
 COMMAND_TIMEOUT_S = 10.0
+
+
+_M = TypeVar("_M", bound="BaseModel")
+
+
+def read_reply(model: type[_M], data: dict[str, Any] | None) -> _M:
+    """A reply's data read as the typed message ``model``; an answer that does not fit it means the controller
+    speaks another version of the protocol, reported as :class:`ControllerUnavailable`."""
+    from pydantic import ValidationError
+
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ControllerUnavailable(f"the controller's answer is not a {model.__name__}: {exc}") from None
 
 
 class LinkError(RuntimeError):
@@ -165,9 +181,7 @@ class ConsoleLink:
             and snapshot.session.held_by_connection == self.connection
         )
 
-    async def sign_in(
-        self, username: str, password: str, timeout_s: float = SIGN_IN_WAIT_S
-    ) -> dict[str, Any]:
+    async def sign_in(self, username: str, password: str, timeout_s: float = SIGN_IN_WAIT_S) -> SignedIn:
         """Authenticate the connection for ``username`` (waiting up to ``timeout_s`` for the controller); the
         password is sent once and not kept. Returns the controller's answer.
 
@@ -175,7 +189,7 @@ class ConsoleLink:
             CommandFailed: the controller refused the password (wrong, locked or deactivated account).
             ControllerUnavailable: no controller in time, or the connection dropped.
         """
-        from control.messages import Authenticate
+        from control.messages import Authenticate, SignedIn
 
         self._auth_settled.clear()
         try:
@@ -183,11 +197,13 @@ class ConsoleLink:
                 await self.wait_connected(timeout_s)
             except LinkError as exc:
                 raise ControllerUnavailable(str(exc)) from None
-            data = await self.call(Authenticate(username=username, password=password))
-            self._signed_in(data)
+            signed_in = read_reply(
+                SignedIn, await self.call(Authenticate(username=username, password=password))
+            )
+            self._signed_in(signed_in)
         finally:
             self._auth_settled.set()
-        return data
+        return signed_in
 
     async def sign_out(self) -> None:
         """The person logged out: the controller forgets the token, the connection acts for nobody."""
@@ -201,31 +217,30 @@ class ConsoleLink:
             with contextlib.suppress(CommandFailed, ControllerUnavailable):
                 await self.call(Logout())
 
-    async def take_over(self, password: str) -> dict[str, Any]:
+    async def take_over(self, password: str) -> SessionStateReply:
         """Take the controller's open session over on this connection, with the person's password.
 
         Raises:
             CommandFailed, ControllerUnavailable: as for :meth:`call`.
         """
-        from control.messages import Takeover
+        from control.messages import SessionStateReply, Takeover
 
-        return await self.call(Takeover(password=password))
+        return read_reply(SessionStateReply, await self.call(Takeover(password=password)))
 
-    def _signed_in(self, data: dict[str, Any]) -> None:
-        self._token = str(data["token"])
-        self.username = str(data["username"])
-        connection = data.get("connection")
-        self.connection = connection if isinstance(connection, int) else None
+    def _signed_in(self, signed_in: SignedIn) -> None:
+        self._token = signed_in.token
+        self.username = signed_in.username
+        self.connection = signed_in.connection
 
     async def _reauthenticate(self, client: ControllerClient) -> None:
         """After a reconnection: authenticate the new connection with the token, if someone is signed in."""
-        from control.messages import Authenticate
+        from control.messages import Authenticate, SignedIn
 
         token = self._token
         if token is None:
             return
         try:
-            data = await client.call(Authenticate(token=token), COMMAND_TIMEOUT_S)
+            signed_in = read_reply(SignedIn, await client.call(Authenticate(token=token), COMMAND_TIMEOUT_S))
         except CommandFailed as exc:
             self._token = None
             self.username = None
@@ -236,7 +251,7 @@ class ConsoleLink:
         except (ControllerUnavailable, TimeoutError):
             return  # the connection is going again; the next one tries again
         if self._token == token:
-            self._signed_in(data)
+            self._signed_in(signed_in)
 
     async def wait_connected(self, timeout_s: float) -> None:
         """Return once connected. Raises :class:`LinkError` with the latest problem after ``timeout_s``."""
@@ -303,7 +318,7 @@ class ConsoleLink:
             await asyncio.sleep(RECONNECT_INTERVAL_S)
 
     async def _connect(self) -> ControllerClient:
-        from control.ipc import ControllerClient
+        from control.ipc.client import ControllerClient
 
         path = self.data_dir / CONTROL_SOCKET
         try:
@@ -332,7 +347,7 @@ class ConsoleLink:
             )
 
     async def _start_and_connect(self, path: Path) -> ControllerClient:
-        from control.ipc import ControllerClient
+        from control.ipc.client import ControllerClient
 
         process = self._process
         if process is None or process.poll() is not None:

@@ -67,7 +67,7 @@ from bench_safety import (
     tosca_command,
 )
 
-from control.ipc import ControllerClient
+from control.ipc.client import ControllerClient
 from control.messages import Resume, Stop
 from devices.sim.rig import SimRig
 from tui.stop_key import send_stop

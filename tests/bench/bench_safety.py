@@ -21,7 +21,7 @@ The arrangement is the real one of docs/architecture.md, "Inside the controller"
 
 - **this process** runs the simulated rig (:class:`~devices.sim.rig.SimRig`: laser, TEC, actuator and safety
   board on ptys) on its event loop, and the operator's client of ``control.sock``
-  (:class:`~control.ipc.ControllerClient`), which opens sessions, arms (key control: the technician's
+  (:class:`~control.ipc.client.ControllerClient`), which opens sessions, arms (key control: the technician's
   password) and resets faults as a console would;
 - **child 1** is ``tosca controller --ports ports.json --data-dir D``, the controller process alone, driving
   the rig over the ptys;
@@ -98,7 +98,8 @@ from pathlib import Path
 from typing import Any
 
 from control.calibration import install_sim_calibrations_if_missing
-from control.ipc import CommandFailed, ControllerClient
+from control.ipc.client import ControllerClient
+from control.ipc_errors import CommandFailed
 from control.messages import (
     Abort,
     Arm,
@@ -106,6 +107,7 @@ from control.messages import (
     Command,
     OpenSession,
     Prechecks,
+    PrechecksReply,
     ResetFault,
     Resume,
     Snapshot,
@@ -649,8 +651,8 @@ class Operator:
         self.sessions_opened += 1
         deadline = time.monotonic() + 30.0
         while True:
-            checks = (await self.client.call(Prechecks(), timeout_s=30.0))["checks"]
-            failing = [f"{c['name']}: {c['detail']}" for c in checks if not c["ok"]]
+            reply = PrechecksReply.model_validate(await self.client.call(Prechecks(), timeout_s=30.0))
+            failing = [f"{c.name}: {c.detail}" for c in reply.failing]
             if not failing:
                 await self.fresh(lambda s: s.session is not None, "the new session in a snapshot")
                 return

@@ -4,8 +4,8 @@ Run by ``tests/bench/bench_safety.py`` as its own process::
 
     python tests/bench/busy_console.py --socket DIR/observe.sock --stop-fd R --report-fd W [--mode pty]
 
-It connects to the controller's ``observe.sock`` with :class:`~control.ipc.ControllerClient` and shows every
-pushed snapshot: a table of the permission terms and devices whose cells are rewritten on every frame, a
+It connects to the controller's ``observe.sock`` with :class:`~control.ipc.client.ControllerClient` and shows
+every pushed snapshot: a table of the permission terms and devices whose cells are rewritten on every frame, a
 history table that gains a row per snapshot (the newest 300 kept), a log line per snapshot, a sparkline of
 the measured power (W) and a clock line. A frame timer at ``--fps`` (default 60, Textual's own limit)
 rewrites the cells whether or not a new snapshot came, so the screen is redrawn continuously.
@@ -42,7 +42,7 @@ from textual.app import App, ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Log, Sparkline, Static
 
-from control.ipc import ControllerClient
+from control.ipc.client import ControllerClient
 from control.messages import Snapshot
 
 HISTORY_ROWS = 300

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
 
 from account_fixtures import CHEAP
 
 from control.accounts import AccountService
 from control.controller import Controller
-from control.ipc import ControllerClient
-from control.messages import Authenticate
+from control.ipc.client import ControllerClient
+from control.messages import Authenticate, PrecheckView
 from control.supervisor import SystemState
 from storage import DataDir, create_engine, session_factory
 from storage.repositories import ProtocolsRepository
@@ -47,7 +46,7 @@ async def prepare_data_dir(root: Path, template: Path, protocols: dict[str, str]
     return data
 
 
-async def wait_prechecks(controller: Controller, timeout_s: float = 10.0) -> list[dict[str, Any]]:
+async def wait_prechecks(controller: Controller, timeout_s: float = 10.0) -> list[PrecheckView]:
     return await controller.wait_prechecks(timeout_s)
 
 
@@ -62,7 +61,7 @@ async def open_and_treat(controller: Controller, protocol: str) -> int:
     controller.sim_rig.command("pedal down")
     await wait_until(lambda: controller.supervisor.state is SystemState.TREATING, 10.0, "TREATING")
     await wait_until(lambda: controller.sim_rig.model.laser_output_on, 2.0, "laser output on")  # type: ignore[union-attr]
-    return int(opened["session_id"])
+    return opened.session_id
 
 
 async def wait_session_end(controller: Controller, timeout_s: float) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from control.supervisor import SafetyEntry, SafetySupervisor, SystemState
+from control.supervisor import SafetyEntry, SafetySupervisor, SystemState, TecReading
 from devices.safety import EventKind, NotReady, SafetyEvent, SafetySample
 
 #: Calibration of the fake photodiode: watts = volts * this.
@@ -346,28 +346,21 @@ class World:
 
     def feed_tec(self) -> None:
         """One TEC reading, stamped now."""
-        self.sup.update(
-            tec_output_on=self.tec_on,
-            tec_temperature_c=self.tec_c,
-            tec_setpoint_c=TEC_SETPOINT_C,
-            tec_at=self.clock(),
-        )
+        self.sup.update_tec(TecReading(self.tec_on, self.tec_c, TEC_SETPOINT_C, self.clock()))
 
     def refresh(self) -> None:
         """Fresh device readings, heartbeat and one board sample, all stamped now."""
         now = self.clock()
         self.last_refresh = now
-        self.sup.update(
-            tec_output_on=self.tec_on,
-            tec_temperature_c=self.tec_c,
-            tec_setpoint_c=TEC_SETPOINT_C,
-            tec_at=now,
-            laser_at=now,
-            actuator_at=now,
-            heartbeat_ok_at=now,
-            motor_pwm=self.motor_pwm,
-            laser_output_on=self.laser.output_on,
+        r = self.sup.readings
+        r.tec_output_on, r.tec_temperature_c, r.tec_setpoint_c, r.tec_at = (
+            self.tec_on,
+            self.tec_c,
+            TEC_SETPOINT_C,
+            now,
         )
+        r.laser_at, r.laser_output_on, r.actuator_at, r.heartbeat_ok_at = now, self.laser.output_on, now, now
+        self.sup.set_motor_pwm(self.motor_pwm)
         self.feed_sample()
 
     def run_for(self, seconds: float, period: float = 0.010) -> None:
@@ -386,9 +379,9 @@ class World:
         self.photodiode_factor, self.stray_w = 1.0, 0.0
         self.sup.photodiode_to_watts = lambda volts: volts * PHOTODIODE_W_PER_V
         self.calibrations_ok = True
-        self.sup.update(calibrations_ok=True, calibrations_detail="active")
+        self.sup.set_calibrations(True, "active")
         self.storage_ok = True
-        self.sup.update(storage_ok=True, storage_problem=None)
+        self.sup.set_storage(True, None)
         for name in DEVICES:
             self.links[name] = "open"
             self.sup.set_link(name, "open")
@@ -428,17 +421,17 @@ class World:
     def set_storage(self, ok: bool) -> None:
         """Storage able to record or not."""
         self.storage_ok = ok
-        self.sup.update(storage_ok=ok, storage_problem=None if ok else "disk full")
+        self.sup.set_storage(ok, None if ok else "disk full")
 
     def set_calibrations(self, ok: bool) -> None:
         """Active calibrations present or gone (the photodiode conversion goes with them)."""
         self.calibrations_ok = ok
         if ok:
             self.sup.photodiode_to_watts = lambda volts: volts * PHOTODIODE_W_PER_V
-            self.sup.update(calibrations_ok=True, calibrations_detail="active")
+            self.sup.set_calibrations(True, "active")
         else:
             self.sup.photodiode_to_watts = None
-            self.sup.update(calibrations_ok=False, calibrations_detail="laser calibration deactivated")
+            self.sup.set_calibrations(False, "laser calibration deactivated")
 
     def set_step(self, active: bool) -> None:
         """A protocol step starts or ends."""

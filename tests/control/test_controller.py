@@ -31,7 +31,8 @@ from controller_fixtures import (
 
 from control import messages as msg
 from control.controller import Controller
-from control.ipc import CommandFailed, ControllerClient
+from control.ipc.client import ControllerClient
+from control.ipc_errors import CommandFailed
 from control.supervisor import Refused, SystemState
 from storage import DataDir
 from tests.support import protocol_json
@@ -84,11 +85,11 @@ async def test_a_whole_session_is_recorded(controller: Controller, data: DataDir
     opened = await controller.open_session(
         subject_code=SUBJECT, username=USERNAME, protocol_name="short", create_subject=True
     )
-    session_id = opened["session_id"]
-    assert opened["expected_energy_j"] == pytest.approx(2.0 * 1.5 + 2.5 * 1.0)
+    session_id = opened.session_id
+    assert opened.expected_energy_j == pytest.approx(2.0 * 1.5 + 2.5 * 1.0)
     assert controller.supervisor.state is SystemState.READY
     checks = await wait_prechecks(controller)
-    names = {c["name"] for c in checks}
+    names = {c.name for c in checks}
     assert {
         "device laser",
         "device tec",
@@ -179,14 +180,14 @@ async def test_free_space_below_the_floor_is_a_failing_check_and_refuses_the_nex
     opened = await controller.open_session(
         subject_code=SUBJECT, username=USERNAME, protocol_name="short", create_subject=True
     )
-    space = next(c for c in await wait_prechecks(controller) if c["name"] == "disk space")
-    assert space["ok"] and space["value"].endswith("MB free (at least 1024 MB)")
+    space = next(c for c in await wait_prechecks(controller) if c.name == "disk space")
+    assert space.ok and space.value.endswith("MB free (at least 1024 MB)")
     with _db(data) as db:
         db.execute("UPDATE system_config SET config_value = '9999999' WHERE config_key = 'min_free_disk_mb'")
-    space = next(c for c in await controller.prechecks() if c["name"] == "disk space")
-    assert not space["ok"]
+    space = next(c for c in await controller.prechecks() if c.name == "disk space")
+    assert not space.ok
     assert (
-        "a session needs at least 9999999 MB (setting min_free_disk_mb): free some space" in (space["detail"])
+        "a session needs at least 9999999 MB (setting min_free_disk_mb): free some space" in (space.detail)
     )
     with pytest.raises(Refused, match="disk space"):
         await controller.arm(PASSWORD)
@@ -196,7 +197,7 @@ async def test_free_space_below_the_floor_is_a_failing_check_and_refuses_the_nex
         await controller.open_session(subject_code=SUBJECT, username=USERNAME, protocol_name="short")
     with _db(data) as db:
         assert db.execute("SELECT COUNT(*) FROM sessions").fetchone()[0] == 1
-    assert opened["session_id"] == 1
+    assert opened.session_id == 1
 
 
 async def test_pedal_release_is_not_a_fault_and_stops_the_step_clock(controller: Controller) -> None:

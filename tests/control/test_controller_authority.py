@@ -30,7 +30,8 @@ from controller_fixtures import (
 from control import messages as msg
 from control.authority import MAX_KEY_FAILURES
 from control.controller import Controller
-from control.ipc import CommandFailed, ControllerClient
+from control.ipc.client import ControllerClient
+from control.ipc_errors import CommandFailed
 from control.supervisor import SystemState
 from storage import DataDir
 from tests.support import RIG_TEST, protocol_json

@@ -27,7 +27,7 @@ from control import messages as msg
 from control.account_rules import LoginOutcome, LoginResult, UserInfo
 from control.authority import Authority, Person
 from control.controller import Controller
-from control.ipc import CommandRefused, Peer
+from control.ipc.server import CommandRefused, Peer
 from control.supervisor import ARMED_STATES, Refused, SystemState
 
 pytestmark = pytest.mark.timeout(600)

@@ -12,7 +12,7 @@ import pytest
 from controller_fixtures import prepare_data_dir
 
 from control import messages as msg
-from control.ipc import ControllerClient
+from control.ipc.client import ControllerClient
 from storage import DataDir
 from tests.support import RIG_TEST, protocol_json
 

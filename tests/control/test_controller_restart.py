@@ -104,7 +104,7 @@ async def test_a_controller_restarted_after_a_kill_clears_the_expired_watchdog_l
                 subject_code=SUBJECT, username=USERNAME, protocol_name="p", create_subject=True
             )
             checks = await wait_prechecks(controller)
-            assert {c["name"]: c["ok"] for c in checks}["watchdog"] is True
+            assert {c.name: c.ok for c in checks}["watchdog"] is True
             await controller.arm(PASSWORD)
             assert sup.state is SystemState.ARMED
             assert rig.safety.armed
@@ -143,8 +143,8 @@ async def test_a_watchdog_that_cannot_be_cleared_at_start_up_is_a_fault_shown_as
             sup = controller.supervisor
             await wait_until(lambda: sup.state is SystemState.FAULT, 2.0, "the fault")
             assert sup.terms()[Term.WATCHDOG].value == "expired"
-            checks = {c["name"]: c for c in await controller.prechecks()}
-            assert not checks["watchdog"]["ok"] and not checks["state"]["ok"]
+            checks = {c.name: c for c in await controller.prechecks()}
+            assert not checks["watchdog"].ok and not checks["state"].ok
             rig.safety._cmd_wdt_clear = clear  # type: ignore[method-assign]
             await controller.reset_fault(USERNAME, PASSWORD)
             assert sup.state is SystemState.IDLE

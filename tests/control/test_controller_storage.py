@@ -31,7 +31,8 @@ from controller_fixtures import (
     wait_until,
 )
 
-from control.controller import TICK_S, Controller
+from control.controller import Controller
+from control.controller.monitors import TICK_S
 from control.recorder import DEFAULT_DURABLE_WITHIN_S, GUARD_PERIOD_S, Recorder, RecorderError
 from control.supervisor import Refused, SystemState, Term
 from storage import DataDir, scan_telemetry

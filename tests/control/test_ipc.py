@@ -22,16 +22,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from control.ipc import (
-    EVENT_QUEUE_LIMIT,
-    CommandFailed,
-    CommandRefused,
-    ControllerClient,
-    ControllerRunning,
-    ControllerServer,
-    ControllerUnavailable,
-    Peer,
-)
+from control.ipc import EVENT_QUEUE_LIMIT
+from control.ipc.client import ControllerClient
+from control.ipc.server import CommandRefused, ControllerRunning, ControllerServer, Peer
+from control.ipc_errors import CommandFailed, ControllerUnavailable
 from control.messages import (
     MAX_LINE_BYTES,
     Abort,

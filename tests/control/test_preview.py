@@ -24,7 +24,7 @@ from controller_fixtures import prepare_data_dir
 
 from control import messages as msg
 from control.controller import Controller
-from control.ipc import ControllerClient
+from control.ipc.client import ControllerClient
 from control.preview import NO_CAMERA, PreviewProducer
 from devices.camera import (
     CameraCapture,

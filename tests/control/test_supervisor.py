@@ -18,6 +18,8 @@ from control.supervisor import (
     MAX_READING_AGE_S,
     PHOTODIODE_PERSISTENCE_S,
     TRANSITIONS,
+    ActuatorReading,
+    BoardLink,
     Refused,
     SystemState,
     Term,
@@ -244,7 +246,7 @@ def _link(w: World) -> None:
 
 
 def _actuator_fault(w: World) -> None:
-    w.sup.update(actuator_fault="following error")
+    w.sup.update_actuator(ActuatorReading(None, "following error", w.clock()))
 
 
 def _calibrations(w: World) -> None:
@@ -256,7 +258,7 @@ def _storage(w: World) -> None:
 
 
 def _heartbeat(w: World) -> None:
-    w.sup.update(heartbeat_ok_at=w.clock() - 0.6)
+    w.sup.update_board_link(BoardLink(w.clock() - 0.6, watchdog_expired=False))
 
 
 ARM_CASES: list[tuple[str, ArmBreaker, str]] = [
@@ -423,7 +425,7 @@ def _laser_link(w: World) -> None:
 
 
 def _calibrations_flag(w: World) -> None:
-    w.sup.update(calibrations_ok=False, calibrations_detail="no active laser calibration")
+    w.sup.set_calibrations(False, "no active laser calibration")
 
 
 def _enable_dropped(w: World) -> None:
@@ -662,10 +664,10 @@ async def test_fault_deviation_is_judged_by_tick_between_samples(world: World) -
     world.photodiode_factor = 0.5
     world.run_for(0.090)
     start = world.clock()
-    # Readings stay fresh through update(); only the board stream is late here.
+    # The other readings stay fresh; the board stream's samples arrive, only the tick judges between them.
     for _ in range(60):
         world.clock.advance(0.010)
-        world.sup.update(board_at=world.clock())
+        world.sup.readings.board_at = world.clock()
         world.sup.tick()
         if world.sup.state is S.FAULT:
             break

@@ -68,7 +68,7 @@ def _photodiode(mode: str) -> Callable[[World], None]:
 def _smoothing(pwm: int, vibration_g: float) -> Callable[[World], None]:
     def change(w: World) -> None:
         w.motor_pwm, w.vibration_g = pwm, vibration_g
-        w.sup.update(motor_pwm=pwm)
+        w.sup.set_motor_pwm(pwm)
         w.feed_sample()
 
     return change

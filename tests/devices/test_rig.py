@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from control.controller.rig_lock import DataDirRigLock
 from devices.rig import Rig, RigConfig, RigError, RigInUse
 from devices.sim.rig import SimRig
 from devices.transport import LinkState
@@ -36,7 +37,7 @@ def switch_laser_on_behind_the_console(sim: SimRig) -> None:
 
 async def test_open_sends_output_off_first_and_verifies_it(sim: SimRig, tmp_path: Path) -> None:
     switch_laser_on_behind_the_console(sim)
-    rig = Rig(RigConfig.from_ports(sim.ports(), with_camera=False), tmp_path)
+    rig = Rig(RigConfig.from_ports(sim.ports(), with_camera=False), DataDirRigLock(tmp_path))
     await rig.open()
     try:
         history = list(sim.devices["laser"].history)
@@ -57,7 +58,7 @@ async def test_open_sends_output_off_first_and_verifies_it(sim: SimRig, tmp_path
 
 
 async def test_health_follows_a_device_that_disappears(sim: SimRig, tmp_path: Path) -> None:
-    async with Rig(RigConfig.from_ports(sim.ports(), with_camera=False), tmp_path) as rig:
+    async with Rig(RigConfig.from_ports(sim.ports(), with_camera=False), DataDirRigLock(tmp_path)) as rig:
         sim.command("unplug tec")
         assert rig.tec is not None
         await rig.tec.transport.wait_for_state(LinkState.RECONNECTING, 2.0)
@@ -68,7 +69,7 @@ async def test_health_follows_a_device_that_disappears(sim: SimRig, tmp_path: Pa
 
 
 async def test_camera_is_opened_and_reported(sim: SimRig, tmp_path: Path) -> None:
-    rig = Rig(RigConfig.from_ports(sim.ports()), tmp_path, camera_source=sim.camera)
+    rig = Rig(RigConfig.from_ports(sim.ports()), DataDirRigLock(tmp_path), camera_source=sim.camera)
     async with rig:
         assert rig.camera is not None
         frame = await rig.camera.next_frame(timeout_s=5.0)
@@ -79,24 +80,25 @@ async def test_camera_is_opened_and_reported(sim: SimRig, tmp_path: Path) -> Non
 async def test_a_failing_device_closes_everything_and_releases_the_lock(sim: SimRig, tmp_path: Path) -> None:
     ports = sim.ports()
     sim.command("unplug safety")
-    rig = Rig(RigConfig.from_ports(ports, with_camera=False), tmp_path)
+    rig = Rig(RigConfig.from_ports(ports, with_camera=False), DataDirRigLock(tmp_path))
     with pytest.raises(RigError, match=r"safety: .*cannot open"):
         await rig.open()
     assert not rig.lock.held
     assert rig.transports == {}
     sim.command("replug safety")
-    async with Rig(RigConfig.from_ports(ports, with_camera=False), tmp_path) as again:
+    async with Rig(RigConfig.from_ports(ports, with_camera=False), DataDirRigLock(tmp_path)) as again:
         assert again.health()["safety"].ok
 
 
 async def test_second_holder_in_another_process_is_refused(sim: SimRig, tmp_path: Path) -> None:
-    async with Rig(RigConfig.from_ports(sim.ports(), with_camera=False), tmp_path):
+    async with Rig(RigConfig.from_ports(sim.ports(), with_camera=False), DataDirRigLock(tmp_path)):
         code = (
             "import asyncio, sys\n"
+            "from control.controller.rig_lock import DataDirRigLock\n"
             "from devices.rig import Rig, RigConfig, RigInUse\n"
             "config = RigConfig('/none/a', '/none/b', '/none/c', '/none/d', None)\n"
             "async def main():\n"
-            f"    rig = Rig(config, {str(tmp_path)!r})\n"
+            f"    rig = Rig(config, DataDirRigLock({str(tmp_path)!r}))\n"
             "    try:\n"
             "        await rig.open()\n"
             "    except RigInUse as exc:\n"
@@ -121,12 +123,12 @@ async def test_second_holder_in_another_process_is_refused(sim: SimRig, tmp_path
 
 async def test_second_holder_in_this_process_is_refused(sim: SimRig, tmp_path: Path) -> None:
     config = RigConfig.from_ports(sim.ports(), with_camera=False)
-    async with Rig(config, tmp_path):
-        other = Rig(config, tmp_path)
+    async with Rig(config, DataDirRigLock(tmp_path)):
+        other = Rig(config, DataDirRigLock(tmp_path))
         with pytest.raises(RigInUse, match=f"rig in use by process {os.getpid()}"):
             await other.open()
     # Released on close: a new holder gets it.
-    async with Rig(config, tmp_path) as third:
+    async with Rig(config, DataDirRigLock(tmp_path)) as third:
         assert third.is_open
 
 

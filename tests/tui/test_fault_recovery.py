@@ -17,6 +17,7 @@ from textual.pilot import Pilot
 from textual.widgets import DataTable, TextArea
 from treatment_fixtures import LONG_PROTOCOL, connected, console, controller, log_in, screen_text, wait_state
 
+from control.messages import PrecheckView
 from tests.support import RIG_TEST
 from tui.app import ToscaApp
 from tui.screens import HomeScreen
@@ -52,8 +53,8 @@ async def ready(data_dir: Path) -> Any:
         yield ctl
 
 
-def check(screen: ChecksScreen, name: str) -> dict[str, Any] | None:
-    return next((c for c in screen.checks if c.get("name") == name), None)
+def check(screen: ChecksScreen, name: str) -> PrecheckView | None:
+    return next((c for c in screen.checks if c.name == name), None)
 
 
 def verdict(screen: ChecksScreen) -> str:
@@ -136,12 +137,12 @@ async def test_a_fault_on_the_checks_screen_is_a_failing_check_and_is_reset_ther
         # The fault is a failing check with how to reset it; the verdict never says all pass.
         await wait_until(
             pilot,
-            lambda: (c := check(checks, "state")) is not None and not c["ok"],
+            lambda: (c := check(checks, "state")) is not None and not c.ok,
             "the fault as a failing check",
         )
         state = check(checks, "state")
-        assert state is not None and str(state["value"]).startswith("FAULT: E-stop pressed")
-        assert "release the E-stop" in state["detail"] and "password" in state["detail"]
+        assert state is not None and state.value.startswith("FAULT: E-stop pressed")
+        assert "release the E-stop" in state.detail and "password" in state.detail
         assert not checks.all_pass
         assert "checks pass" not in verdict(checks) and "F4 resets it" in verdict(checks)
         table = checks.query_one("#checks-table", DataTable)
@@ -250,17 +251,17 @@ async def test_a_pressed_footpedal_is_a_failing_check_with_its_live_value(
         await pilot.press("f5")  # the footpedal down
         await wait_until(
             pilot,
-            lambda: (c := check(checks, "footpedal")) is not None and not c["ok"],
+            lambda: (c := check(checks, "footpedal")) is not None and not c.ok,
             "the footpedal as a failing check",
         )
         pedal = check(checks, "footpedal")
-        assert pedal is not None and pedal["value"] == "pressed"
-        assert pedal["detail"] == "release the footpedal before arming"
+        assert pedal is not None and pedal.value == "pressed"
+        assert pedal.detail == "release the footpedal before arming"
         assert "checks pass" not in verdict(checks) and "1 of" in verdict(checks)
         await pilot.press("f5")  # released
         await wait_until(pilot, lambda: checks.all_pass, "every check passing again", 10.0)
         pedal = check(checks, "footpedal")
-        assert pedal is not None and pedal["value"] == "released"
+        assert pedal is not None and pedal.value == "released"
         await enter_text(pilot, TECH_PASSWORD)
         await pilot.press("enter")
         await wait_state(pilot, "armed")
@@ -301,12 +302,12 @@ async def test_wrong_arm_passwords_block_key_control_as_a_check_and_an_admin_unb
         # Blocked: a failing check says so and how to go on; the verdict never says all pass.
         await wait_until(
             pilot,
-            lambda: (c := check(checks, "key control")) is not None and not c["ok"],
+            lambda: (c := check(checks, "key control")) is not None and not c.ok,
             "key control as a failing check",
             10.0,
         )
         key = check(checks, "key control")
-        assert key is not None and "admin" in key["detail"]
+        assert key is not None and "admin" in key.detail
         assert not checks.all_pass
         # Her account is not locked: the wrong passwords were key-control failures, not failed logins.
         with sqlite3.connect("data/tosca.db") as db:

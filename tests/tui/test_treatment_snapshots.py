@@ -20,11 +20,13 @@ from control.messages import (
     FaultView,
     InterlockView,
     LaserView,
+    PrecheckView,
     RingView,
     SessionView,
     Snapshot,
     StepView,
 )
+from control.supervisor import SystemState, permitted_actions
 from tui.screens._base import ScreenContext, SnapshotUpdated
 from tui.screens.checks import ChecksScreen
 from tui.screens.dashboard import DashboardScreen
@@ -94,11 +96,13 @@ def snapshot(state: str, *, emitting: bool, fault: FaultView | None = None, peda
             photodiode_v=2.49 if emitting else 0.0,
             output_on=emitting,
             current_ma=5480.0 if emitting else 0.0,
+            deviation_percent=-0.4 if emitting else None,
         ),
         ring=RingView(commanded_mm=3.0, measured_mm=3.0, position_um=1000.0),
         interlocks=interlocks,
         devices=[DeviceView(name="laser", state="ok", identity="simulated laser driver")],
         fault=fault,
+        actions=permitted_actions(SystemState(state)),
         last_session_id=7,
     )
 
@@ -112,13 +116,13 @@ ESTOP_FAULT = FaultView(
 )
 
 
-def _check(name: str, value: str, detail: str = "") -> dict[str, Any]:
-    return {"name": name, "ok": not detail, "value": value, "detail": detail}
+def _check(name: str, value: str, detail: str = "") -> PrecheckView:
+    return PrecheckView(name=name, ok=not detail, value=value, detail=detail)
 
 
 #: Every check the controller makes, in its order: the state first, the devices, the footpedal and the other
 #: terms, the calibrations, the database and the backup. The TEC is out of its window.
-CHECKS: list[dict[str, Any]] = [
+CHECKS: list[PrecheckView] = [
     _check("state", "ready"),
     _check("device laser", "ok: simulated laser driver"),
     _check("device tec", "ok: simulated TEC"),
@@ -141,13 +145,13 @@ CHECKS: list[dict[str, Any]] = [
     _check("backup", "data/backups/tosca_20260314_093000.db"),
 ]
 #: The same with the E-stop hit and released before arming: the fault latched, its cause cleared.
-FAULT_CHECKS: list[dict[str, Any]] = [
+FAULT_CHECKS: list[PrecheckView] = [
     _check(
         "state",
         "FAULT: E-stop pressed",
         "release the E-stop, then acknowledge the fault with your password to reset (cause cleared)",
     ),
-    *(c if c["name"] != "tec" else _check("tec", "25.00 degC (set 25.00)") for c in CHECKS[1:]),
+    *(c if c.name != "tec" else _check("tec", "25.00 degC (set 25.00)") for c in CHECKS[1:]),
 ]
 
 

@@ -92,7 +92,7 @@ async def test_a_whole_treatment_from_login_to_notes(data_dir: Path, clock: Fake
             checks = app.screen
             assert isinstance(checks, ChecksScreen)
             await wait_until(pilot, lambda: checks.all_pass, "every check passing", 30.0)
-            names = [str(c["name"]) for c in checks.checks]
+            names = [c.name for c in checks.checks]
             for expected in ("device laser", "device tec", "device actuator", "device safety", "database"):
                 assert expected in names, names
             assert any(n.startswith("calibration") for n in names) and "backup" in names

@@ -29,7 +29,15 @@ from textual.widgets._toast import Toast
 
 import tui
 from control.accounts import AccountService, UserInfo
-from control.messages import FaultView, InterlockView, LaserView, RingView, SessionView, Snapshot
+from control.messages import (
+    FaultView,
+    InterlockView,
+    LaserView,
+    PrecheckView,
+    RingView,
+    SessionView,
+    Snapshot,
+)
 from storage import create_engine, session_factory
 from tests.support import CHEAP
 from tui.app import make_app
@@ -221,8 +229,8 @@ async def test_checks_values_are_drawn_as_text(data_dir: Path, clock: FakeClock)
         screen = app.screen
         assert isinstance(screen, ChecksScreen)
         screen.checks = [
-            {"name": "laser [b]", "ok": True, "value": DEVICE, "detail": ""},
-            {"name": "tec", "ok": False, "value": PROTOCOL, "detail": OVERRIDE},
+            PrecheckView(name="laser [b]", ok=True, value=DEVICE, detail=""),
+            PrecheckView(name="tec", ok=False, value=PROTOCOL, detail=OVERRIDE),
         ]
         screen._show_checks()
         await pilot.pause()

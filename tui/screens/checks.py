@@ -12,8 +12,9 @@ When the list is taller than the screen, the line under it says which rows show 
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
+from pydantic import ValidationError
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
@@ -24,8 +25,8 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Label, Static
 
 from control.accounts import UserInfo
-from control.ipc import CommandFailed, ControllerUnavailable
-from control.messages import Abort, Arm, Prechecks, Snapshot
+from control.ipc_errors import CommandFailed, ControllerUnavailable
+from control.messages import Abort, Arm, Prechecks, PrechecksReply, PrecheckView, Snapshot
 from tui.safe_text import escape_controls, plain
 from tui.screens._base import ScreenContext, SnapshotUpdated
 from tui.widgets.fault import RESET_KEY, RESET_KEY_LABEL, in_fault, reset_fault
@@ -80,8 +81,8 @@ class ChecksScreen(Screen[None]):
         super().__init__()
         self.context = context
         self.user = user
-        #: The checks last received (each a dict: name, ok, value, detail).
-        self.checks: list[dict[str, Any]] = []
+        #: The checks last received.
+        self.checks: list[PrecheckView] = []
         self.busy = False
         self._left = False
         #: True once the session's key control is blocked (too many wrong passwords): arming needs an admin.
@@ -184,7 +185,12 @@ class ChecksScreen(Screen[None]):
             self.query_one("#checks-verdict", Static).update(plain(f"Checks unavailable: {exc}", "bold"))
             self.checks = []
             return
-        self.checks = list(reply.get("checks", []))
+        try:
+            self.checks = PrechecksReply.model_validate(reply).checks
+        except ValidationError as exc:
+            self.query_one("#checks-verdict", Static).update(plain(f"Checks unreadable: {exc}", "bold"))
+            self.checks = []
+            return
         self._show_checks()
 
     def _show_checks(self) -> None:
@@ -193,12 +199,10 @@ class ChecksScreen(Screen[None]):
         table.clear(columns=True)
         rows: list[tuple[Text, Text, Text]] = []
         for check in self.checks:
-            ok = bool(check.get("ok"))
-            value = str(check.get("value", ""))
-            detail = str(check.get("detail", ""))
+            ok, value, detail = check.ok, check.value, check.detail
             rows.append(
                 (
-                    plain(check.get("name", "?")),
+                    plain(check.name),
                     Text("PASS", style="bold") if ok else Text("FAIL", style="bold reverse"),
                     plain(value if ok or not detail or detail == value else f"{value} ({detail})"),
                 )
@@ -210,14 +214,12 @@ class ChecksScreen(Screen[None]):
         table.add_rows(rows)
         if self.checks:
             table.move_cursor(row=min(cursor, len(self.checks) - 1))
-        failing = [c for c in self.checks if not c.get("ok")]
+        failing = [c for c in self.checks if not c.ok]
         refusal = arm_refusal(self.context)
         verdict = self.query_one("#checks-verdict", Static)
         verdict.set_class(not failing and refusal is None, "all-pass")
         verdict.set_class(bool(failing) or refusal is not None, "some-fail")
-        fault = next(
-            (c for c in failing if c.get("name") == "state" and "FAULT" in str(c.get("value"))), None
-        )
+        fault = next((c for c in failing if c.name == "state" and "FAULT" in c.value), None)
         if fault is not None:
             verdict.update(f"FAULT latched: {RESET_KEY_LABEL} resets it with your password")
         elif failing:
@@ -243,7 +245,7 @@ class ChecksScreen(Screen[None]):
         first = min(round(table.scroll_y), total - 1)
         last = min(total, first + rows)
         hidden_failing = sum(
-            1 for index, check in enumerate(self.checks) if not check.get("ok") and not first <= index < last
+            1 for index, check in enumerate(self.checks) if not check.ok and not first <= index < last
         )
         text = f"rows {first + 1}-{last} of {total}"
         if hidden_failing:
@@ -273,7 +275,7 @@ class ChecksScreen(Screen[None]):
     @property
     def all_pass(self) -> bool:
         """True when the checks last received all pass."""
-        return bool(self.checks) and all(c.get("ok") for c in self.checks)
+        return bool(self.checks) and all(c.ok for c in self.checks)
 
     # -- actions -----------------------------------------------------------------------------------------
 
@@ -306,9 +308,7 @@ class ChecksScreen(Screen[None]):
             self.show_status("Enter your password to arm")
             return
         if not self.all_pass:
-            failing = (
-                ", ".join(str(c.get("name")) for c in self.checks if not c.get("ok")) or "not checked yet"
-            )
+            failing = ", ".join(c.name for c in self.checks if not c.ok) or "not checked yet"
             self.show_status(f"Arming refused: checks failing ({failing})")
             return
         link = self.context.link

@@ -32,7 +32,7 @@ from textual.timer import Timer
 from textual.widgets import Footer, Static
 
 from control.accounts import UserInfo
-from control.ipc import CommandFailed, ControllerUnavailable
+from control.ipc_errors import CommandFailed, ControllerUnavailable
 from control.messages import (
     Abort,
     Arm,
@@ -61,14 +61,15 @@ TRACE_SECONDS = 60.0
 #: 60 s shown, so drawing it for each snapshot (30 a second) would mostly draw the same picture.
 TRACE_REDRAW_S = 0.2
 
-#: Which keys act in which states (the others are shown disabled).
-_ACTION_STATES: dict[str, frozenset[str]] = {
-    "pause": frozenset({"armed", "treating"}),
-    "resume": frozenset({"paused"}),
-    "arm": frozenset({"ready", "paused"}),
-    "override": frozenset({"ready", "armed", "treating", "paused"}),
-    "abort": frozenset({"ready", "armed", "treating", "paused", "fault"}),
-    "reset": frozenset({"fault"}),
+#: The controller's name of the operator action each key asks for: a key acts only while the newest snapshot
+#: says the supervisor permits that action (the others are left out of the footer).
+_KEY_ACTIONS: dict[str, str] = {
+    "pause": "pause",
+    "resume": "resume",
+    "arm": "arm",
+    "override": "override_power",
+    "abort": "abort",
+    "reset": "reset_fault",
 }
 
 
@@ -149,9 +150,9 @@ def readout_text(snapshot: Snapshot) -> Text:
     text.append("Power  ", style="dim")
     text.append(f"set {laser.commanded_w:.2f} W", style="bold")
     text.append(f"  meas {_watts(laser.measured_w)}")
-    if laser.measured_w is not None and laser.commanded_w > 0.05 and laser.output_on:
-        deviation = 100.0 * (laser.measured_w - laser.commanded_w) / laser.commanded_w
-        text.append(f" {deviation:+.1f}%")
+    if laser.deviation_percent is not None and laser.output_on:
+        # The supervisor's own figure: the one its photodiode warning and fault judge.
+        text.append(f" {laser.deviation_percent:+.1f}%")
     text.append("\nRing   ", style="dim")
     text.append(f"set {_mm(ring.commanded_mm)}", style="bold")
     text.append(f"  meas {_mm(ring.measured_mm)}")
@@ -217,6 +218,8 @@ class DashboardScreen(Screen[None]):
         self.context = context
         self.user = user
         self.state: str | None = None
+        #: The operator actions the supervisor permits, as the newest snapshot drawn says.
+        self.actions: frozenset[str] = frozenset()
         self._banner_css = ""
         self._trace_origin: float | None = None
         self._session_seen: int | None = None
@@ -308,8 +311,10 @@ class DashboardScreen(Screen[None]):
             self._banner_text = banner
         if snapshot is None:
             return
-        if snapshot.state != self.state:
+        actions = frozenset(str(action) for action in snapshot.actions)
+        if snapshot.state != self.state or actions != self.actions:
             self.state = snapshot.state
+            self.actions = actions
             self.refresh_bindings()
         self.query_one("#readouts", LinePanel).show(readout_text(snapshot))
         self.query_one("#interlocks", LinePanel).show(interlock_text(snapshot))
@@ -349,11 +354,11 @@ class DashboardScreen(Screen[None]):
     # -- keys --------------------------------------------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        states = _ACTION_STATES.get(action)
-        if states is None:
+        name = _KEY_ACTIONS.get(action)
+        if name is None:
             return True
         # Keys that cannot act now are left out of the footer, so what is shown fits 80 columns.
-        return self.state in states
+        return name in self.actions
 
     async def _send(self, command: Command, done: str, timeout_s: float = 10.0) -> bool:
         link = self.context.link

@@ -36,7 +36,7 @@ from textual.widgets import Footer, Label, TabbedContent, TabPane, TextArea
 from textual.worker import Worker, WorkerState
 
 from control.accounts import UserInfo
-from control.ipc import CommandFailed, ControllerUnavailable
+from control.ipc_errors import CommandFailed, ControllerUnavailable
 from control.messages import EndSession
 from control.review import SessionReviewData, load_review
 from control.sessions import MAX_NOTES_LENGTH
