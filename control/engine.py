@@ -37,6 +37,8 @@ _LOG = logging.getLogger(__name__)
 
 #: Setpoint changes smaller than this (W) are not recorded as power_change events.
 POWER_EVENT_STEP_W = 0.01
+#: How early (s) the step-end timer may find the treating clock short of the step, from rounding alone.
+STEP_END_TOLERANCE_S = 0.001
 #: The laser driver's "interlock shutdown" error: it forced its output off because the interlock opened.
 INTERLOCK_SHUTDOWN = 501
 
@@ -98,6 +100,8 @@ class TreatmentEngine:
         #: The number of the step that takes overrides now (``None`` between steps and after the last).
         self._override_step: int | None = None
         self._wake = asyncio.Event()
+        #: The current step's time ran out while a setpoint was being written (set by its end timer).
+        self._time_up = False
         supervisor.on_state_change(self._state_changed)
 
     def _state_changed(self, old: SystemState, new: SystemState, reason: str) -> None:
@@ -150,32 +154,48 @@ class TreatmentEngine:
         last_recorded: float | None = None
         await self._apply(step, 0.0)
         self.sup.set_step_active(True)
+        loop = asyncio.get_running_loop()
+        self._time_up = False
         while True:
             elapsed = self.sup.treating_seconds() - origin
             remaining = step.duration_s - elapsed
             if not started and (elapsed > 0 or self.sup.state is SystemState.TREATING):
                 started = True
                 self._record_start(step)
-            if remaining <= 0:
+            if remaining <= 0 or self._time_up:
                 break
-            setpoint = await self._apply(step, elapsed)
-            if started and (last_recorded is None or abs(setpoint - last_recorded) >= POWER_EVENT_STEP_W):
-                self.record(
-                    "power_change" if last_recorded is not None else "power_set",
-                    commanded_w=setpoint,
-                    details={"protocol_step": step.number, "elapsed_s": round(elapsed, 3)},
-                )
-                last_recorded = setpoint
-            self._wake.clear()
-            if self.sup.state is SystemState.TREATING:
-                delay = min(self.period_s, remaining)
-            else:
-                delay = self.period_s
+            # The step ends on time even while a setpoint is still being written to the laser.
+            end_timer = (
+                loop.call_later(remaining, self._end_step_emission, origin, step.duration_s)
+                if self.sup.state is SystemState.TREATING
+                else None
+            )
             try:
-                async with asyncio.timeout(delay):
-                    await self._wake.wait()
-            except TimeoutError:
-                pass
+                setpoint = await self._apply(step, elapsed)
+                if started and (
+                    last_recorded is None or abs(setpoint - last_recorded) >= POWER_EVENT_STEP_W
+                ):
+                    self.record(
+                        "power_change" if last_recorded is not None else "power_set",
+                        commanded_w=setpoint,
+                        details={"protocol_step": step.number, "elapsed_s": round(elapsed, 3)},
+                    )
+                    last_recorded = setpoint
+                self._wake.clear()
+                if self.sup.state is SystemState.TREATING:
+                    # Measured again: writing the setpoint took time.
+                    left = step.duration_s - (self.sup.treating_seconds() - origin)
+                    delay = min(self.period_s, max(left, 0.0))
+                else:
+                    delay = self.period_s
+                try:
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
+                except TimeoutError:
+                    pass
+            finally:
+                if end_timer is not None:
+                    end_timer.cancel()
         self._override_step = None
         final = self._override_w if self._override_w is not None else step.power_at_elapsed(step.duration_s)
         if self.progress is not None:
@@ -195,6 +215,18 @@ class TreatmentEngine:
             ring_mm=self.ring_mm,
             details={"protocol_step": step.number},
         )
+
+    def _end_step_emission(self, origin: float, duration_s: float) -> None:
+        """The step's time is up while the loop still waits for a setpoint's write: emission stops now (the
+        step becomes inactive, so the supervisor leaves TREATING); the loop then ends the step as usual.
+        Judged again on the treating clock, since a pause since the timer was set moves the step's end."""
+        if (
+            self.sup.state is SystemState.TREATING
+            and self.sup.treating_seconds() - origin >= duration_s - STEP_END_TOLERANCE_S
+        ):
+            self._time_up = True
+            self.sup.set_step_active(False)
+            self._wake.set()
 
     def _record_start(self, step: PlanStep) -> None:
         """Record that ``step`` really started: the laser was allowed to emit for it."""

@@ -26,9 +26,15 @@ class FailingLog(SafetyLog):
 
 
 def give_readings(sup: SafetySupervisor, **readings: object) -> None:
-    """Hand device readings (names of the supervisor's reading fields) to the supervisor, as the
-    controller's monitors do. Every reading these tests give goes through here."""
-    sup.update(**readings)
+    """Hand device readings (names of the supervisor's reading fields) to the supervisor all at once, then
+    let it judge them once, as after one of the monitors' typed updates. Every reading these tests give goes
+    through here; giving them together means no intermediate judgement sees half of them."""
+    current = sup.readings
+    for name, value in readings.items():
+        if not hasattr(current, name):
+            raise AttributeError(f"no reading named {name!r}")
+        setattr(current, name, value)
+    sup.set_motor_pwm(current.motor_pwm)  # unchanged value; the supervisor judges every term now
 
 
 def readings_stamped(sup: SafetySupervisor, at: float) -> None:

@@ -255,12 +255,6 @@ def test_a_ramps_exact_end_power_is_written_with_the_output_off() -> None:
     run(Rig([ramp]), script)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="control/engine.py: the wait after a setpoint is the step's remaining time measured before the "
-    "setpoint was written, so a step emits longer than planned by the time the laser takes to take its "
-    "last setpoint (1.02 s for a 1 s ramp when a setpoint takes 20 ms)",
-)
 def test_a_ramp_emits_no_longer_than_its_step_with_a_slow_setpoint() -> None:
     ramp = PlanStep(1, 0.0, 1.0, 2.0, 6.0, 3.0, "linear")
 
