@@ -1,6 +1,6 @@
 """The protocol engine: runs a compiled plan's steps through the safety supervisor.
 
-DESIGN.md section 5. For each step the engine
+docs/architecture.md, "Running a protocol". For each step the engine
 
 1. ends emission for the step change (the supervisor's "step" term goes false, so the laser is off),
 2. moves the actuator to the step's ring size while the laser is off,

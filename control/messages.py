@@ -272,7 +272,7 @@ class EndSession(Command):
 
 
 class Sim(Command):
-    """A line of the simulator command language (DEVICES.md); refused unless the controller runs ``--sim``."""
+    """A simulator command line (docs/devices.md); refused unless the controller runs ``--sim``."""
 
     type: Literal["sim"] = "sim"
     command: NonBlank

@@ -1,6 +1,6 @@
 """Camera previews for the console: the newest frame, downscaled, with the detected ring, a few per second.
 
-DESIGN.md section 3: previews are pushed to the console's sockets "downscaled, a few per second", and the
+docs/architecture.md: previews are pushed to the console's sockets "downscaled, a few per second", and the
 console never sees a stale image presented as live. :class:`PreviewProducer` runs one task on the controller's
 loop. While at least one client is connected it, ``rate_hz`` times a second:
 

@@ -1,6 +1,6 @@
 """The safety supervisor: the one place that decides whether the laser may emit.
 
-DESIGN.md section 4. The supervisor owns the system state (:class:`SystemState`), the transition table
+docs/safety.md. The supervisor owns the system state (:class:`SystemState`), the transition table
 :data:`TRANSITIONS` (anything not in it is refused), and the laser output switch. Everything else feeds it:
 
 - the safety board's push events and stream samples, through :meth:`SafetySupervisor.on_board`, called
@@ -120,7 +120,7 @@ def permitted_actions(state: SystemState) -> list[OperatorAction]:
 
 
 class Term(enum.StrEnum):
-    """The terms of the permission to emit (DESIGN.md section 4)."""
+    """The terms of the permission to emit (docs/safety.md, "Permission to emit")."""
 
     FOOTPEDAL = "footpedal"
     ESTOP = "estop"
@@ -283,7 +283,7 @@ class Readings:
 
 @dataclass(frozen=True)
 class Limits:
-    """Configured thresholds (defaults: :mod:`control.system_config` and DEVICES.md)."""
+    """Configured thresholds (defaults: :mod:`control.system_config` and docs/devices.md)."""
 
     photodiode_warning_percent: float = _SETTINGS.photodiode_warning_threshold_percent
     photodiode_fault_percent: float = _SETTINGS.photodiode_fault_threshold_percent

@@ -1,6 +1,6 @@
 """Driver of the laser diode driver (Arroyo Instruments LaserSource 6300 series style).
 
-Wire protocol: DEVICES.md, "Laser driver". 38400 baud 8N1, CR LF lines. Set commands get no reply, so every
+See docs/devices.md, "Laser driver". 38400 baud 8N1, CR LF lines. Set commands get no reply, so every
 safety-relevant set is read back, and ``ERR?`` is read after every set.
 
 Units: currents in milliamps (the wire's unit), voltages in volts.
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from devices.transport import LineTransport
 
-#: Arroyo error codes used by the rig (DEVICES.md).
+#: Arroyo error codes used by the rig (docs/devices.md).
 ERROR_CODES: dict[int, str] = {
     102: "message too long",
     123: "unknown command",

@@ -7,8 +7,7 @@ Usage::
     rig.health()              # {"laser": DeviceHealth(...), ...}
     await rig.close()         # laser output off again (best effort), everything closed, lock released
 
-Order on :meth:`Rig.open` (DESIGN.md, section 4: "Every start-up sends output off to the laser driver and
-verifies it before anything else"):
+Order on :meth:`Rig.open` (docs/architecture.md, "Start-up order"):
 
 1. the rig lock, which the caller provides (:class:`RigLock`: the controller's is an ``fcntl.flock`` on the
    data directory's ``rig.lock``, see :mod:`control.controller.rig_lock`); a second holder, in this process

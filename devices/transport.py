@@ -9,7 +9,7 @@ things:
 - :meth:`LineTransport.subscribe`: a queue of the unsolicited lines (push events, stream samples) the device
   sends by itself, as told apart by ``is_unsolicited``.
 
-Rules (DEVICES.md, "General rules for every driver"):
+Rules (docs/devices.md, "General rules for every driver"):
 
 - Exchanges are serialised by a lock: one command is in flight at a time.
 - A received line must be printable ASCII and at most ``max_line_bytes`` long; anything else (undecodable
