@@ -25,8 +25,8 @@ from control.preview import PreviewProducer
 from control.protocols import install_library_protocols
 from control.recorder import Recorder
 from control.sessions import SessionService
-from control.system_config import read_system_settings
 from control.supervisor import BoardLink, Limits, SafetySupervisor
+from control.system_config import read_system_settings
 from control.vocabulary import Severity
 from devices.rig import Rig, RigConfig
 from devices.safety import BoardStatus, UnknownCommand, WatchdogState

@@ -449,6 +449,10 @@ class ControllerServer:
                 await conn.shutdown()
             finally:
                 self._connections.pop(peer.connection, None)
+                if not self._connections:
+                    # Nothing is published while nobody listens: what was last sent goes stale, and the
+                    # next console to connect waits for a fresh snapshot instead of being shown it.
+                    self._last_snapshot = None
                 logger.info("%s disconnected", peer)
                 if kind == "control" and self._on_operator_disconnect is not None:
                     try:

@@ -55,6 +55,10 @@ def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
+#: The audit table's columns, in order.
+AUDIT_COLUMNS = ("Time (UTC)", "User", "Action", "Outcome", "Details", "Terminal")
+
+
 class AuditScreen(Screen[None]):
     """Browse, filter and export ``audit_log`` (an admin's screen)."""
 
@@ -138,7 +142,7 @@ class AuditScreen(Screen[None]):
                         field.cursor_blink = self.context.settings.cursor_blink
                         yield field
             table: DataTable[str | Text] = DataTable(id="audit-table", cursor_type="row", zebra_stripes=True)
-            table.add_columns("Time (UTC)", "User", "Action", "Outcome", "Details", "Terminal")
+            table.add_columns(*AUDIT_COLUMNS)
             yield table
             yield Label("", id="page")
             yield Label("", id="status")
@@ -178,7 +182,9 @@ class AuditScreen(Screen[None]):
 
     def show_page(self, page: AuditPage) -> None:
         table: DataTable[str | Text] = self.query_one("#audit-table", DataTable)
-        table.clear()
+        # Columns as wide as this page's cells: a wide cell on an earlier page must not push them aside.
+        table.clear(columns=True)
+        table.add_columns(*AUDIT_COLUMNS)
         for row in page.rows:
             outcome_style = "bold red" if row.outcome == "failure" else ""
             table.add_row(
