@@ -277,7 +277,11 @@ def test_a_plan_gives_exactly_a_million_setpoints_and_not_one_more() -> None:
     ("key", "value", "message"),
     [
         ("max_laser_power_watts", 0, "config max_laser_power_watts: 0.0 refused: must be greater than 0 W"),
-        ("max_laser_power_watts", -1.0, "config max_laser_power_watts: -1.0 refused: must be greater than 0 W"),
+        (
+            "max_laser_power_watts",
+            -1.0,
+            "config max_laser_power_watts: -1.0 refused: must be greater than 0 W",
+        ),
         (
             "treatment_loop_frequency_hz",
             0,
