@@ -161,6 +161,22 @@ def judge_health(
     return make(CameraState.OK, "")
 
 
+async def wait_for_camera_state(
+    status: Callable[[], CameraStatus], state: CameraState, timeout_s: float, poll_s: float
+) -> CameraStatus:
+    """Poll ``status()`` every ``poll_s`` s until it reports ``state``; TimeoutError with the last status
+    after ``timeout_s`` s. Shared by the in-process camera and the camera process."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        current = status()
+        if current.state is state:
+            return current
+        if loop.time() >= deadline:
+            raise TimeoutError(f"camera did not reach {state.value} within {timeout_s} s; it is {current}")
+        await asyncio.sleep(poll_s)
+
+
 class CameraClosedError(RuntimeError):
     """The capture was closed while a frame was awaited, or before it."""
 
@@ -419,17 +435,7 @@ class CameraCapture:
         self, state: CameraState, timeout_s: float, poll_s: float = 0.01
     ) -> CameraStatus:
         """Wait until :meth:`status` reports ``state``; raises TimeoutError with the last status otherwise."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while True:
-            current = self.status()
-            if current.state is state:
-                return current
-            if loop.time() >= deadline:
-                raise TimeoutError(
-                    f"camera did not reach {state.value} within {timeout_s} s; it is {current}"
-                )
-            await asyncio.sleep(poll_s)
+        return await wait_for_camera_state(self.status, state, timeout_s, poll_s)
 
     # -- recording -------------------------------------------------------------------------------------------
 

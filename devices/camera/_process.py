@@ -34,6 +34,7 @@ from devices.camera._capture import (
     CameraStatus,
     CaptureHealth,
     judge_health,
+    wait_for_camera_state,
 )
 from devices.camera._recording import RecordingError, RecordingSummary
 from devices.camera._sources import CameraSpec, parse_camera_spec
@@ -351,17 +352,7 @@ class CameraProcess:
         self, state: CameraState, timeout_s: float, poll_s: float = 0.01
     ) -> CameraStatus:
         """Wait until :meth:`status` reports ``state``; raises TimeoutError with the last status otherwise."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while True:
-            current = self.status()
-            if current.state is state:
-                return current
-            if loop.time() >= deadline:
-                raise TimeoutError(
-                    f"camera did not reach {state.value} within {timeout_s} s; it is {current}"
-                )
-            await asyncio.sleep(poll_s)
+        return await wait_for_camera_state(self.status, state, timeout_s, poll_s)
 
     @property
     def frame_size(self) -> tuple[int, int] | None:
