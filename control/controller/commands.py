@@ -258,7 +258,8 @@ class ControllerCommands(TreatmentLifecycle):
         )
 
     async def _active_account(self, person: Person, *, refuse_locked: bool) -> None:
-        """Refused (and the person forgotten everywhere) when the account was deactivated meanwhile; with
+        """Refused (and the person forgotten everywhere) when the account was deactivated or given another
+        role meanwhile; with
         ``refuse_locked``, also while it is locked out (starting something new; a locked account still
         finishes its own open session)."""
         info = await self.accounts.get_user(person.username)
@@ -266,6 +267,12 @@ class ControllerCommands(TreatmentLifecycle):
             self.authority.forget_person(person.tech_id)
             raise Refused(
                 f"the account {person.username!r} is deactivated: it can no longer command the laser"
+            )
+        if info.role != person.role:
+            # Signed in under another role (an admin demoted meanwhile): nothing more acts on the old one.
+            self.authority.forget_person(person.tech_id)
+            raise Refused(
+                f"the account {person.username!r} is {info.role} now, not {person.role}: sign in again"
             )
         if refuse_locked and info.locked_at(self.accounts.clock()):
             assert info.locked_until is not None
@@ -276,6 +283,7 @@ class ControllerCommands(TreatmentLifecycle):
         password; emission stops first, and arming again needs the password."""
         session = self._require_session()
         auth = self.authority
+        await self._active_account(person, refuse_locked=False)
         if person.role not in SESSION_ROLES or (
             person.username != session.opened.username and person.role != "admin"
         ):

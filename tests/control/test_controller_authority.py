@@ -164,6 +164,24 @@ async def test_an_account_locked_or_deactivated_after_authenticating_opens_nothi
     assert controller.session is None and _subjects(data) == 0
 
 
+async def test_a_role_changed_after_authenticating_acts_no_more_under_the_old_one(
+    controller: Controller, data: DataDir
+) -> None:
+    from control.accounts import Actor
+
+    client = await authenticated(_sock(data))
+    try:
+        await controller.accounts.change_role(USERNAME, "engineer", Actor.command_line("root", "test"))
+        with pytest.raises(CommandFailed, match="is engineer now, not technician: sign in again"):
+            await _open(client, controller)
+        # The connection no longer acts for that person at all.
+        with pytest.raises(CommandFailed, match="authenticate this connection first"):
+            await client.call(msg.Sim(command="pedal up"))
+    finally:
+        await client.close()
+    assert controller.session is None and _subjects(data) == 0
+
+
 async def test_the_audit_row_of_a_command_names_the_person_and_the_peer(
     controller: Controller, data: DataDir
 ) -> None:
