@@ -15,7 +15,17 @@ import pytest
 from console_fixtures import TECH_PASSWORD, FakeClock, enter_text, seed, showing, wait_until
 from textual.pilot import Pilot
 from textual.widgets import DataTable, TextArea
-from treatment_fixtures import LONG_PROTOCOL, connected, console, controller, log_in, screen_text, wait_state
+from treatment_fixtures import (
+    LONG_PROTOCOL,
+    SUBJECT,
+    add_subject,
+    connected,
+    console,
+    controller,
+    log_in,
+    screen_text,
+    wait_state,
+)
 
 from control.messages import PrecheckView
 from tests.support import RIG_TEST
@@ -29,21 +39,6 @@ from tui.screens.protocols import ProtocolChoiceScreen
 from tui.screens.subjects import SubjectsScreen
 
 pytestmark = RIG_TEST
-
-SUBJECT = "P-2026-0042"
-
-
-async def add_subject(code: str = SUBJECT) -> None:
-    from storage import create_engine, session_factory
-    from storage.models import Subject
-
-    engine = create_engine(Path("data") / "tosca.db")
-    try:
-        async with session_factory(engine)() as db, db.begin():
-            db.add(Subject(subject_code=code))
-    finally:
-        await engine.dispose()
-
 
 @pytest.fixture
 async def ready(data_dir: Path) -> Any:

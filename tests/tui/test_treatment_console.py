@@ -19,6 +19,8 @@ from textual.widgets import Input
 from treatment_fixtures import (
     LONG_PROTOCOL,
     SHORT_PROTOCOL,
+    SUBJECT,
+    add_subject,
     connected,
     console,
     controller,
@@ -38,21 +40,6 @@ from tui.screens.dialogs import OverrideDialog, PasswordDialog, ReasonDialog
 from tui.screens.end_session import EndOfSessionScreen
 
 pytestmark = RIG_TEST
-
-
-SUBJECT = "P-2026-0042"
-
-
-async def add_subject(code: str = SUBJECT) -> None:
-    from storage import create_engine, session_factory
-    from storage.models import Subject
-
-    engine = create_engine(Path("data") / "tosca.db")
-    try:
-        async with session_factory(engine)() as db, db.begin():
-            db.add(Subject(subject_code=code))
-    finally:
-        await engine.dispose()
 
 
 async def open_session(pilot: Pilot[Any], protocol: str = LONG_PROTOCOL) -> ChecksScreen:

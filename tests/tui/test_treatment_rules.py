@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 from console_fixtures import DATA_DIR, FakeClock, enter_text, quit_by_palette, seed, showing, wait_until
-from test_treatment_console import add_subject, arm_on_checks, open_session, treating
-from treatment_fixtures import SHORT_PROTOCOL, connected, console, controller, log_in
+from test_treatment_console import arm_on_checks, open_session, treating
+from treatment_fixtures import SHORT_PROTOCOL, add_subject, connected, console, controller, log_in
 
 from storage import create_engine, session_factory
 from storage.repositories import ProtocolsRepository

@@ -38,6 +38,22 @@ SHORT_PROTOCOL = "Test short (4 s at 2 W, 3 s ramp to 3 W)"
 LONG_PROTOCOL = "Test long (300 s at 2 W)"
 
 
+#: The subject the treatment tests treat.
+SUBJECT = "P-2026-0042"
+
+
+async def add_subject(code: str = SUBJECT) -> None:
+    """Enter the subject ``code`` in ./data's records."""
+    from storage.models import Subject
+
+    engine = create_engine(DATA_DIR / "tosca.db")
+    try:
+        async with session_factory(engine)() as db, db.begin():
+            db.add(Subject(subject_code=code))
+    finally:
+        await engine.dispose()
+
+
 async def add_test_protocols() -> None:
     engine = create_engine(DATA_DIR / "tosca.db")
     try:
