@@ -57,13 +57,20 @@ def run(args: argparse.Namespace) -> int:
         return fail(f"controller: {exc}")
 
 
+#: The name of the controller's standard-error log handler.
+_LOG_HANDLER = "tosca-controller-stderr"
+
+
 def log_to_stderr() -> None:
     """Informational lines and above, with their time and source, on standard error: the kiosk's service
     hands them to the journal, and a controller started by a console writes them to ``logs/controller.log``.
     A device that drops its link, reconnects or answers badly is named there."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
+    if any(getattr(handler, "name", None) == _LOG_HANDLER for handler in root.handlers):
+        return  # already set up in this process (a second ``run`` in the same interpreter)
+    handler = logging.StreamHandler()
+    handler.set_name(_LOG_HANDLER)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
     root.setLevel(logging.INFO)
     for noisy in ("aiosqlite", "sqlalchemy", "alembic"):
