@@ -85,7 +85,12 @@ def test_closing_the_terminal_mid_emission_stops_the_controller_the_console_star
         term.close()  # the terminal goes: the console gets SIGHUP
 
         deadline = time.monotonic() + 30.0
-        while (controllers_of(data_dir) or console_pids(data_dir)) and time.monotonic() < deadline:
+        # Both leave the data directory first, then finish exiting: wait for the processes themselves too.
+        while (
+            controllers_of(data_dir)
+            or console_pids(data_dir)
+            or any(alive(pid) for pid in controllers + consoles)
+        ) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert controllers_of(data_dir) == [], "the controller the console started is still running"
         assert console_pids(data_dir) == [], "the console is still running"
