@@ -39,6 +39,7 @@ from storage.errors import StorageError
 from tui.safe_text import escape_controls, plain
 from tui.screens._base import ScreenContext
 from tui.widgets.header import ConsoleHeader
+from tui.widgets.tables import Cell, fill_table
 
 #: Filter fields: (id, label, placeholder).
 FILTER_FIELDS: tuple[tuple[str, str, str], ...] = (
@@ -183,19 +184,18 @@ class AuditScreen(Screen[None]):
     def show_page(self, page: AuditPage) -> None:
         table: DataTable[str | Text] = self.query_one("#audit-table", DataTable)
         # Columns as wide as this page's cells: a wide cell on an earlier page must not push them aside.
-        table.clear(columns=True)
-        table.add_columns(*AUDIT_COLUMNS)
-        for row in page.rows:
-            outcome_style = "bold red" if row.outcome == "failure" else ""
-            table.add_row(
+        cells: list[list[Cell]] = [
+            [
                 f"{row.timestamp:%Y-%m-%d %H:%M:%S}",
                 plain(row.username or "—"),
                 plain(row.action),
-                plain(row.outcome, outcome_style),
+                plain(row.outcome, "bold red" if row.outcome == "failure" else ""),
                 plain(row.details_summary(120)),
                 plain(row.terminal or "—"),
-                key=str(row.audit_id),
-            )
+            ]
+            for row in page.rows
+        ]
+        fill_table(table, AUDIT_COLUMNS, cells, keys=[str(row.audit_id) for row in page.rows])
         self.page = page
         number = len(self._previous) + 1
         more = "more follow (PageDown)" if page.next_cursor is not None else "last page"

@@ -45,6 +45,10 @@ from tui.safe_text import plain
 from tui.screens._base import ScreenContext
 from tui.screens.dialogs import ConfirmDialog
 from tui.widgets.header import ConsoleHeader
+from tui.widgets.tables import Cell, fill_table
+
+#: The backup list's columns.
+BACKUP_COLUMNS = ("Taken (local time)", "Size", "Verified", "File")
 
 
 def _one_line(error: BaseException) -> str:
@@ -111,7 +115,7 @@ class BackupsScreen(Screen[None]):
         )
         with Vertical(id="backups"):
             table: DataTable[str | Text] = DataTable(id="backup-table", cursor_type="row", zebra_stripes=True)
-            table.add_columns("Taken (local time)", "Size", "Verified", "File")
+            table.add_columns(*BACKUP_COLUMNS)
             yield table
             yield Label("", id="facts")
             yield Label("", id="status")
@@ -142,16 +146,16 @@ class BackupsScreen(Screen[None]):
     def show_overview(self, overview: BackupOverview, select: str | None) -> None:
         table: DataTable[str | Text] = self.query_one("#backup-table", DataTable)
         keep = select or self.highlighted_name()
-        table.clear()
-        for entry in overview.entries:
-            verified = plain(entry.verified_text, "bold red" if entry.verified is False else "")
-            table.add_row(
+        cells: list[list[Cell]] = [
+            [
                 f"{entry.taken_at:%Y-%m-%d %H:%M:%S}",
                 human_size(entry.size),
-                verified,
+                plain(entry.verified_text, "bold red" if entry.verified is False else ""),
                 plain(entry.name),
-                key=entry.name,
-            )
+            ]
+            for entry in overview.entries
+        ]
+        fill_table(table, BACKUP_COLUMNS, cells, keys=[entry.name for entry in overview.entries])
         names = [entry.name for entry in overview.entries]
         if keep in names:
             table.move_cursor(row=names.index(keep))

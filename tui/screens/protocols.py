@@ -28,6 +28,7 @@ from tui.safe_text import plain
 from tui.screens._base import ScreenContext, SessionRequested
 from tui.widgets.header import ConsoleHeader
 from tui.widgets.plot import PowerPlot
+from tui.widgets.tables import Cell, fill_table
 
 #: Longest treatment site accepted, in characters.
 MAX_SITE_LENGTH = 200
@@ -44,6 +45,9 @@ def mm_ss(seconds: float | None) -> str:
 def _number(value: float | None, decimals: int = 1) -> str:
     return f"{value:.{decimals}f}" if value is not None else "—"
 
+
+#: The columns of the highlighted protocol's steps.
+STEP_COLUMNS = ("#", "Time s", "Start W", "End W", "Ramp", "Ring mm")
 
 class ProtocolChoiceScreen(Screen[None]):
     """Choose the protocol for ``subject_code``: list, preview (steps and power curve) and treatment site."""
@@ -153,7 +157,7 @@ class ProtocolChoiceScreen(Screen[None]):
                 steps: DataTable[str | Text] = DataTable(
                     id="step-table", cursor_type="none", zebra_stripes=True
                 )
-                steps.add_columns("#", "Time s", "Start W", "End W", "Ramp", "Ring mm")
+                steps.add_columns(*STEP_COLUMNS)
                 steps.can_focus = False
                 yield steps
                 yield PowerPlot(y_unit="W", x_unit="s", id="curve")
@@ -177,20 +181,19 @@ class ProtocolChoiceScreen(Screen[None]):
         """Read the active protocols and show them."""
         listed = await self.catalog.active()
         table: DataTable[str | Text] = self.query_one("#protocol-table", DataTable)
-        table.clear(columns=True)
         name_width = max(20, min(72, self.size.width - 44))
-        table.add_column("Protocol", width=name_width)
-        table.add_columns("Type", "Time", "Max W", "Steps")
-        for summary in listed:
-            name = summary.name if len(summary.name) <= name_width else summary.name[: name_width - 1] + "…"
-            table.add_row(
-                plain(name),
+        cells: list[list[Cell]] = [
+            [
+                plain(summary.name),
                 plain(summary.protocol_type) if summary.error is None else "unreadable",
                 mm_ss(summary.total_duration_s),
                 _number(summary.max_power_w),
                 str(summary.step_count) if summary.step_count is not None else "—",
-                key=summary.name,
-            )
+            ]
+            for summary in listed
+        ]
+        headings = ("Protocol", "Type", "Time", "Max W", "Steps")
+        fill_table(table, headings, cells, keys=[summary.name for summary in listed], fixed={0: name_width})
         self.protocols = listed
         self.loaded = True
         if listed:
@@ -222,16 +225,18 @@ class ProtocolChoiceScreen(Screen[None]):
             self._previews[name] = preview
         self.preview = preview
         steps: DataTable[str | Text] = self.query_one("#step-table", DataTable)
-        steps.clear()
-        for step in preview.steps:
-            steps.add_row(
+        step_cells: list[list[Cell]] = [
+            [
                 str(step.number),
                 _number(step.duration_s),
                 _number(step.start_w, 2),
                 _number(step.end_w, 2),
                 plain(step.ramp_type),
                 _number(step.ring_mm, 2),
-            )
+            ]
+            for step in preview.steps
+        ]
+        fill_table(steps, STEP_COLUMNS, step_cells)
         plot = self.query_one("#curve", PowerPlot)
         if preview.curve:
             plot.set_series(

@@ -50,9 +50,12 @@ from tui.screens.past_session import PastSessionScreen
 from tui.screens.protocols import ProtocolChoiceScreen
 from tui.widgets.fault import RESET_KEY, FaultNotice, in_fault, reset_fault
 from tui.widgets.header import ConsoleHeader
+from tui.widgets.tables import Cell, fill_table
 
 #: Keys that, typed on the list, start a search with that character.
 SEARCH_KEYS = frozenset("0123456789-pP")
+#: The subject list's columns.
+SUBJECT_COLUMNS = ("Code", "Born", "Gender", "Sessions", "Last session", "Active")
 
 
 def subject_service(context: ScreenContext) -> SubjectService:
@@ -169,7 +172,7 @@ class SubjectsScreen(Screen[None]):
             table: DataTable[str | Text] = DataTable(
                 id="subject-table", cursor_type="row", zebra_stripes=True
             )
-            table.add_columns("Code", "Born", "Gender", "Sessions", "Last session", "Active")
+            table.add_columns(*SUBJECT_COLUMNS)
             yield table
             yield Label("", id="status")
         yield Footer(compact=True)
@@ -217,17 +220,18 @@ class SubjectsScreen(Screen[None]):
         """Fill the table with ``found`` (keeping the highlighted subject when it is still listed)."""
         table: DataTable[str | Text] = self.query_one("#subject-table", DataTable)
         keep = self._select_after_load or self.highlighted_code()
-        table.clear()
-        for info in found:
-            table.add_row(
+        rows: list[list[Cell]] = [
+            [
                 plain(info.subject_code),
                 _shown_date(info.date_of_birth),
                 plain(info.gender or "—"),
                 str(info.session_count),
                 format_local(info.last_session, empty="—"),
                 "yes" if info.is_active else "no",
-                key=info.subject_code,
-            )
+            ]
+            for info in found
+        ]
+        fill_table(table, SUBJECT_COLUMNS, rows, keys=[info.subject_code for info in found])
         self.subjects = found
         codes = [info.subject_code for info in found]
         if keep in codes:
@@ -660,27 +664,28 @@ class SubjectHistoryScreen(Screen[None]):
             self.query_one("#history-total", Label).update(plain(exc))
             return
         table: DataTable[str | Text] = self.query_one("#history-table", DataTable)
-        table.clear(columns=True)
         wide = self.size.width >= 110
         fixed = 80 if wide else 62
         protocol_width = max(12, min(48, self.size.width - fixed))
-        table.add_columns("Started", "Ended", "Status", "On s", "Avg W", "Energy J")
-        table.add_column("Protocol", width=protocol_width)
+        headings = ["Started", "Ended", "Status", "On s", "Avg W", "Energy J", "Protocol"]
         if wide:
-            table.add_column("Technician", width=20)
+            headings.append("Technician")
+        cells: list[list[Cell]] = []
         for row in rows:
-            cells: list[str | Text] = [
+            line: list[Cell] = [
                 format_local(row.start_time, empty="—"),
                 _ended(row),
                 plain(row.status or "—"),
                 _seconds(row.laser_on_time_s),
                 _watts(row.avg_power_w),
                 _joules(row.energy_j),
-                plain(_fit(row.protocol_name or "—", protocol_width)),
+                plain(row.protocol_name or "—"),
             ]
             if wide:
-                cells.append(plain(_fit(row.technician or "—", 20)))
-            table.add_row(*cells, key=str(row.session_id))
+                line.append(plain(row.technician or "—"))
+            cells.append(line)
+        cut_to = {6: protocol_width, 7: 20} if wide else {6: protocol_width}
+        fill_table(table, headings, cells, keys=[str(row.session_id) for row in rows], fixed=cut_to)
         totals = history_totals(rows)
         if totals.sessions == 0:
             text = f"{self.subject_code} has no sessions yet"
@@ -751,10 +756,6 @@ def _ended(row: HistoryRow) -> str:
     ended = format_local(row.end_time)
     started = format_local(row.start_time, empty="")
     return ended[11:] if started[:10] == ended[:10] else ended
-
-
-def _fit(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 __all__ = [

@@ -41,6 +41,7 @@ from tui.screens.user_dialogs import (
     RoleDialog,
 )
 from tui.widgets.header import ConsoleHeader
+from tui.widgets.tables import Cell, fill_table
 
 #: The table's columns, in order, as headed where the screen is wide enough.
 COLUMNS = ("Username", "Full name", "Role", "Active", "Last login", "Locked until", "Must change pw")
@@ -213,10 +214,9 @@ class UsersScreen(Screen[None]):
         fragment = self.query_one("#user-find", Input).value
         now = self.context.settings.clock()
         shown = [info for info in self.accounts if matches(info, fragment)]
-        table.clear(columns=True)
-        self._add_columns(table, shown)
-        for info in shown:
-            table.add_row(
+        headings, name_width = self._headings(shown)
+        cells: list[list[Cell]] = [
+            [
                 plain(info.username),
                 plain(info.full_name),
                 plain(info.role),
@@ -224,8 +224,18 @@ class UsersScreen(Screen[None]):
                 short_time(info.last_login, now, empty="never"),
                 short_time(info.locked_until, now) if info.locked_at(now) else "—",
                 "yes" if info.must_change_password else "no",
-                key=info.username,
-            )
+            ]
+            for info in shown
+        ]
+        fill_table(
+            table,
+            headings,
+            cells,
+            keys=[info.username for info in shown],
+            column_keys=COLUMNS,
+            fixed={1: name_width} if name_width is not None else None,
+            ellipsis=False,  # the line under the table shows the highlighted name whole
+        )
         self.shown = shown
         names = [info.username for info in shown]
         if keep in names:
@@ -241,15 +251,14 @@ class UsersScreen(Screen[None]):
                 self.show_status(f"no accounts{where}; a adds one", error=False)
         self.refresh_bindings()
 
-    def _add_columns(self, table: DataTable[str | Text], shown: list[UserInfo]) -> None:
-        """The columns, the full name's as wide as the screen leaves it (names longer are cut in the table and
-        shown whole on the line under it)."""
+    def _headings(self, shown: list[UserInfo]) -> tuple[tuple[str, ...], int | None]:
+        """The column headings, and the full name's width when the screen leaves it less than the widest name
+        (names longer are cut in the table and shown whole on the line under it)."""
         room = self.size.width - 4 - _OTHER_COLUMNS_WIDTH - 2
         widest = max((len(info.full_name) for info in shown), default=len("Full name"))
         long_headings = room - _LONG_HEADINGS_EXTRA >= widest
         name_width = None if room >= widest or self.size.width == 0 else max(_MIN_NAME_WIDTH, room)
-        for index, label in enumerate(COLUMNS if long_headings else SHORT_COLUMNS):
-            table.add_column(label, width=name_width if index == 1 else None, key=COLUMNS[index])
+        return (COLUMNS if long_headings else SHORT_COLUMNS), name_width
 
     def on_resize(self, event: events.Resize) -> None:
         if self.loaded:
