@@ -30,8 +30,9 @@ PASSWORD = "correct horse battery"
 class Terminal:
     """One tmux session running a command in an 80x24 terminal."""
 
-    def __init__(self, command: str, *, width: int = 80, height: int = 24) -> None:
+    def __init__(self, command: str, *, width: int = 80, height: int = 24, logs: Path | None = None) -> None:
         self.name = f"tosca-e2e-{uuid.uuid4().hex[:8]}"
+        self.logs = logs  # the data directory's logs, quoted when a wait times out
         subprocess.run(
             ["tmux", "new-session", "-d", "-s", self.name, "-x", str(width), "-y", str(height), command],
             check=True,
@@ -61,8 +62,18 @@ class Terminal:
             time.sleep(0.05)
         raise AssertionError(
             f"timed out waiting for {what!r}; the cursor is on row {self.cursor_row()}; "
-            f"the screen shows:\n{screen}"
+            f"the screen shows:\n{screen}{self.log_tails()}"
         )
+
+    def log_tails(self, lines: int = 15) -> str:
+        """The last lines of each log of the data directory (what the console and controller said)."""
+        if self.logs is None or not self.logs.is_dir():
+            return ""
+        parts = []
+        for log in sorted(self.logs.glob("*.log")):
+            tail = log.read_text(errors="replace").splitlines()[-lines:]
+            parts.append(f"\n--- {log.name} (last {len(tail)} lines)\n" + "\n".join(tail))
+        return "".join(parts)
 
     def colours(self) -> set[str]:
         """The colour parameters of every SGR sequence on the screen as tmux holds it (``capture-pane -e``):
@@ -105,7 +116,9 @@ class Terminal:
             if rows and self.cursor_row() == rows[0]:
                 return
             time.sleep(0.02)
-        raise AssertionError(f"the field {label!r} never got the focus; the screen shows:\n{self.screen()}")
+        raise AssertionError(
+            f"the field {label!r} never got the focus; the screen shows:\n{self.screen()}{self.log_tails()}"
+        )
 
     def close(self) -> None:
         subprocess.run(["tmux", "kill-session", "-t", self.name], capture_output=True, check=False)
@@ -146,7 +159,7 @@ def terminal(data_dir: Path, tmp_path: Path) -> Iterator[Terminal]:
     command = (
         f"cd {tmp_path} && TERM=xterm-256color {TOSCA} --sim --data-dir data; echo $? > {exit_file}; sleep 30"
     )
-    term = Terminal(command)
+    term = Terminal(command, logs=data_dir / "logs")
     term.exit_file = exit_file  # type: ignore[attr-defined]
     try:
         yield term

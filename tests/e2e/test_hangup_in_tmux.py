@@ -48,7 +48,10 @@ def test_closing_the_terminal_mid_emission_stops_the_controller_the_console_star
     data_dir = tmp_path / "data"
     prepare(data_dir)
     term = Terminal(
-        f"cd {tmp_path} && TERM=xterm-256color {TOSCA} --sim --data-dir {data_dir}", height=40, width=120
+        f"cd {tmp_path} && TERM=xterm-256color {TOSCA} --sim --data-dir {data_dir}",
+        height=40,
+        width=120,
+        logs=data_dir / "logs",
     )
     try:
         term.wait_for("Log in", 30.0)

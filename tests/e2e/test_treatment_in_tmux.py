@@ -79,6 +79,7 @@ def test_a_whole_treatment_by_keystrokes(tmp_path: Path) -> None:
         f"cd {tmp_path} && TERM=linux {command}",
         width=200,
         height=60,
+        logs=data_dir / "logs",
     )
     try:
         term.wait_for("Log in", 30.0)
