@@ -348,6 +348,10 @@ class ToscaApp(App[int]):
             return
         self._link_needs_password = False
         if self.user is not user:
+            # Logged out (or another person logged in) while the controller was still starting: the
+            # connection must not stay signed in for someone who has left.
+            if self.user is None:
+                await link.sign_out()
             return
         snapshot = link.snapshot
         session = snapshot.session if snapshot is not None else None

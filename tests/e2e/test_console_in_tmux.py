@@ -73,6 +73,18 @@ class Terminal:
         for log in sorted(self.logs.glob("*.log")):
             tail = log.read_text(errors="replace").splitlines()[-lines:]
             parts.append(f"\n--- {log.name} (last {len(tail)} lines)\n" + "\n".join(tail))
+        database = self.logs.parent / "tosca.db"
+        if database.is_file():
+            with (
+                contextlib.suppress(sqlite3.Error),
+                sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db,
+            ):
+                rows = db.execute(
+                    "SELECT timestamp, username, action, outcome, details FROM audit_log "
+                    "ORDER BY audit_id DESC LIMIT ?",
+                    (lines,),
+                ).fetchall()
+                parts.append("\n--- audit_log (newest first)\n" + "\n".join(map(str, rows)))
         return "".join(parts)
 
     def colours(self) -> set[str]:
