@@ -25,7 +25,8 @@ pytestmark = RIG_TEST
 def control_connection_rows() -> list[tuple[str, str]]:
     with sqlite3.connect(DATA_DIR / "tosca.db") as db:
         rows = db.execute(
-            "SELECT action, outcome FROM audit_log WHERE details LIKE '%control_connection%' ORDER BY audit_id"
+            "SELECT action, outcome FROM audit_log WHERE details LIKE '%control_connection%' "
+            "ORDER BY audit_id"
         ).fetchall()
     return [(str(action), str(outcome)) for action, outcome in rows]
 
