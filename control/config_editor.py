@@ -62,21 +62,11 @@ ENTITY_CONFIG: Final = "system_config"
 MAX_REASON_CHARS: Final = 500
 #: Longest value text looked at.
 MAX_VALUE_CHARS: Final = 4096
-#: Safety limits: what the controller reads when it starts and when a session opens.
-SAFETY_KEYS: Final = frozenset(
-    {
-        "max_laser_power_watts",
-        "photodiode_warning_threshold_percent",
-        "photodiode_fault_threshold_percent",
-        "treatment_loop_frequency_hz",
-        "max_session_duration_minutes",
-    }
-)
 #: When a changed setting takes effect, said wherever settings are changed.
 WHEN_APPLIED: Final = (
-    "Safety limits take effect at the next session, never during one: the controller checks each protocol "
-    "against the power ceiling when a session opens, and reads the photodiode thresholds and the power "
-    "ceiling of its supervisor only when it starts."
+    "Safety limits never change during a session: protocols are checked against a new power ceiling from "
+    "the next session; the supervisor takes new photodiode thresholds and power ceiling when the controller "
+    "next starts."
 )
 
 _WHOLE: Final = re.compile(r"[+-]?[0-9]+")
@@ -385,7 +375,6 @@ async def _audit_refusal(
 
 __all__ = [
     "ACTION_CONFIG_CHANGE",
-    "SAFETY_KEYS",
     "WHEN_APPLIED",
     "ConcurrentSettingChange",
     "ConfigChangeRefused",

@@ -237,8 +237,7 @@ async def test_lenient_and_strict_readers(sessions: async_sessionmaker[AsyncSess
     minutes, problem = await read_auto_lock_minutes(sessions)
     assert minutes == 10
     assert problem == (
-        "config auto_lock_minutes: 100000 refused: must be less than or equal to 720 min; "
-        "using 10 minutes"
+        "config auto_lock_minutes: 100000 refused: must be less than or equal to 720 min; using 10 minutes"
     )
     await _store(sessions, "subject_code_pattern", "P/NN")
     async with sessions() as session:
