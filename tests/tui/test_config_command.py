@@ -162,3 +162,17 @@ def test_no_database_is_refused(
     monkeypatch.chdir(tmp_path)
     assert tosca(monkeypatch, "config", "list") == 1
     assert "no database in data" in capsys.readouterr().err
+
+
+def test_the_config_command_does_not_load_textual(data_dir: Path) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from tui.cli import main\n"
+        "assert main(['config', 'list', '--data-dir', 'data']) == 0\n"
+        "print(sorted(m for m in sys.modules if m == 'textual' or m.startswith('textual.')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
