@@ -313,7 +313,7 @@ async def _change(
         ) from None
     old_text = entry.config_value if entry is not None else None
     try:
-        await config.set(
+        written = await config.set(
             key,
             value,
             modified_by=tech_id,
@@ -322,6 +322,7 @@ async def _change(
         )
     except ConfigValueError as exc:
         raise ConfigChangeRefused(str(exc)) from None
+    written.last_modified = now  # the time of the audit row
     old: Any = current if problem is None else old_text
     details: dict[str, Any] = {"key": key, "old": old, "new": value, "reason": why}
     if problem is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -57,8 +58,16 @@ def _audits(db_path: Path) -> list[tuple[str, str | None, dict[str, object]]]:
 async def test_a_change_is_stored_typed_and_audited_with_old_new_and_reason(
     sessions: async_sessionmaker[AsyncSession], db_path: Path, people: None
 ) -> None:
+    at = datetime(2026, 3, 14, 9, 45, 0)
     done = await change_setting(
-        sessions, "max_laser_power_watts", " 6.5 ", admin="ada", reason="new fibre", expected=10.0
+        sessions,
+        "max_laser_power_watts",
+        " 6.5 ",
+        admin="ada",
+        reason="new fibre",
+        expected=10.0,
+        terminal="/dev/tty3",
+        clock=lambda: at,
     )
     assert (done.old, done.new) == (10.0, 6.5)
     value, kind, by = _config(db_path, "max_laser_power_watts") or ()
@@ -67,6 +76,11 @@ async def test_a_change_is_stored_typed_and_audited_with_old_new_and_reason(
     assert _audits(db_path) == [
         ("success", "ada", {"key": "max_laser_power_watts", "old": 10.0, "new": 6.5, "reason": "new fibre"})
     ]
+    assert _rows(
+        db_path,
+        "SELECT a.timestamp, a.terminal, a.entity_type, c.last_modified FROM audit_log a, system_config c "
+        "WHERE a.action = 'config_change' AND c.config_key = 'max_laser_power_watts'",
+    ) == [("2026-03-14 09:45:00.000000", "/dev/tty3", "system_config", "2026-03-14 09:45:00.000000")]
     async with sessions() as session:
         assert (await read_system_settings(session)).max_laser_power_watts == 6.5
 
