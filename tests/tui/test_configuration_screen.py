@@ -268,3 +268,21 @@ async def test_a_stored_value_the_model_refuses_is_marked_and_explained(
         assert (
             "Stored value refused, the default applies: config max_laser_power_watts: 50.0 refused" in detail
         )
+
+
+async def test_a_stored_text_is_shown_as_text_never_as_markup(data_dir: object, clock: FakeClock) -> None:
+    await seed()
+    with sqlite3.connect(DATA_DIR / "tosca.db") as db:
+        db.execute(
+            "UPDATE system_config SET config_value = 'data/[red]x[/red]' "
+            "WHERE config_key = 'session_data_path'"
+        )
+    app = AdminScreenApp(configuration, clock)
+    async with app.run_test(size=(160, 40)) as pilot:
+        await loaded(pilot)
+        assert table_rows(pilot)["session_data_path"][0] == "data/[red]x[/red]"
+        table = pilot.app.screen.query_one("#config-table", DataTable)
+        table.move_cursor(row=SETTING_KEYS.index("session_data_path"))
+        await pilot.pause()
+        line = table.render_line(1 + SETTING_KEYS.index("session_data_path")).text
+        assert "data/[red]x[/red]" in line

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import ClassVar
 
-from rich.text import Text
+from rich.cells import cell_len
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -275,18 +275,18 @@ class ConfigurationScreen(Screen[None]):
         rows: list[list[Cell]] = []
         for entry in self.entries:
             value = format_value(entry.value) + (" !" if entry.problem is not None else "")
-            shown: Cell = Text(value, style="bold") if entry.value != entry.spec.default else value
+            # A value stored by a person is text, never markup; one that differs from its default is bold.
+            style = "bold" if entry.value != entry.spec.default else ""
             rows.append(
                 [
-                    entry.key,
-                    shown,
-                    format_value(entry.spec.default),
-                    entry.spec.unit,
-                    entry.spec.meaning,
+                    plain(entry.key),
+                    plain(value, style),
+                    plain(format_value(entry.spec.default)),
+                    plain(entry.spec.unit),
+                    plain(entry.spec.meaning),
                 ]
             )
-        others = max((len(r[0]) for r in rows), default=3)
-        others += sum(max((len(str(r[i])) for r in rows), default=0) for i in (1, 2, 3))
+        others = sum(max((cell_len(str(r[i])) for r in rows), default=0) for i in (0, 1, 2, 3))
         room = self.size.width - _TABLE_FRAME - 2 * len(CONFIG_COLUMNS) - others
         headings: tuple[str, ...] = CONFIG_COLUMNS
         if self.size.width and room < _MIN_MEANING:
