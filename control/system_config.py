@@ -11,6 +11,13 @@ converted by its ``config_type`` and then checked against the field; an unusable
 :class:`SettingError` naming the key and the reason, and is never used. A key absent from the table gives the
 default. The photodiode warning threshold must stay below the fault threshold.
 
+Not every key is seeded by a migration: ``backup_retention_days``, ``calibration_validity_days`` and
+``max_session_duration_minutes`` are stored only once an admin changes them (:mod:`control.config_editor`)
+and read as their defaults until then. ``storage.backups`` reads ``backup_retention_days`` on its own (the
+storage layer does not import this package); its default and range are the same as here, and a test holds
+them equal. Nothing reads ``calibration_validity_days`` or ``max_session_duration_minutes`` yet: the
+controller neither checks a calibration's age nor limits how long a session stays open.
+
 ``recorder_journal_mark`` (:func:`known_keys`) is also kept in ``system_config``, by the recorder, for
 its own bookkeeping; it is not a setting and nobody edits it.
 """
@@ -136,6 +143,31 @@ class SystemSettings(BaseModel):
         strict=True,
         description="Subject codes: literal letters, digits, - and _; YYYY the year; one run of N the number",
         json_schema_extra=_unit("pattern"),
+    )
+
+    backup_retention_days: int = Field(
+        default=30,
+        ge=1,
+        le=3650,
+        strict=True,
+        description="Days a backup is kept; older ones are pruned when the next backup is made",
+        json_schema_extra=_unit("days"),
+    )
+    calibration_validity_days: int = Field(
+        default=365,
+        ge=1,
+        le=3650,
+        strict=True,
+        description="Days a calibration stays valid after it was made (not enforced yet)",
+        json_schema_extra=_unit("days"),
+    )
+    max_session_duration_minutes: int = Field(
+        default=60,
+        ge=1,
+        le=12 * 60,
+        strict=True,
+        description="Longest a treatment session may stay open (not enforced yet)",
+        json_schema_extra=_unit("min"),
     )
 
     @field_validator("video_resolution")

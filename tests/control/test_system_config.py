@@ -55,16 +55,53 @@ def test_every_seeded_row_is_a_setting_with_the_models_type_and_default(
     assert description
 
 
-def test_the_model_states_no_key_the_migrations_do_not_seed() -> None:
-    assert sorted(key for key, *_ in _seed_rows()) == sorted(SETTING_KEYS)
+#: Settings no migration seeds: stored only once an admin changes them, read as their defaults until then.
+UNSEEDED = ("backup_retention_days", "calibration_validity_days", "max_session_duration_minutes")
 
 
-def test_a_fresh_database_holds_every_setting_at_its_default_and_no_unknown_key(db_path: Path) -> None:
+def test_the_migrations_seed_every_key_but_those_read_as_their_defaults_until_changed() -> None:
+    seeded = [key for key, *_ in _seed_rows()]
+    assert len(seeded) == len(set(seeded))
+    assert set(seeded) <= set(SETTING_KEYS)
+    assert sorted(set(SETTING_KEYS) - set(seeded)) == sorted(UNSEEDED)
+
+
+def test_a_fresh_database_holds_every_seeded_setting_at_its_default_and_no_unknown_key(
+    db_path: Path,
+) -> None:
     with sqlite3.connect(db_path) as db:
         rows = db.execute("SELECT config_key, config_value, config_type FROM system_config").fetchall()
     stored = {key: parse_config_value(key, value, kind) for key, value, kind in rows}
     assert set(stored) <= known_keys()
-    assert {key: stored[key] for key in SETTING_KEYS} == DEFAULTS.model_dump()
+    assert set(SETTING_KEYS) - set(stored) == set(UNSEEDED)
+    defaults = DEFAULTS.model_dump()
+    assert {key: stored[key] for key in SETTING_KEYS if key in stored} == {
+        key: value for key, value in defaults.items() if key not in UNSEEDED
+    }
+
+
+async def test_a_key_no_migration_seeds_reads_as_its_default(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    async with sessions() as session:
+        assert await read_setting(session, "backup_retention_days") == 30
+        assert await read_setting(session, "calibration_validity_days") == 365
+        assert await read_setting(session, "max_session_duration_minutes") == 60
+
+
+def test_the_storage_layers_own_retention_reader_agrees_with_the_model() -> None:
+    """storage/ may not import control/, so storage.backups reads backup_retention_days itself: its key,
+    default and range must be the model's."""
+    from storage.backup import RETENTION_DAYS
+    from storage.backups import MAX_RETENTION_DAYS, MIN_RETENTION_DAYS, RETENTION_KEY
+
+    described = spec("backup_retention_days")
+    assert RETENTION_KEY == described.key
+    assert (RETENTION_DAYS, MIN_RETENTION_DAYS, MAX_RETENTION_DAYS) == (
+        described.default,
+        described.low,
+        described.high,
+    )
 
 
 async def test_reading_a_fresh_database_gives_the_defaults(
@@ -95,6 +132,23 @@ def test_no_other_module_reads_or_defaults_a_setting_on_its_own() -> None:
                 continue
             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
                 if quoted.search(line) and not any(reader in line for reader in _READERS):
+                    offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    # The storage layer's own reader of the retention (see the test above that holds it to the model).
+    assert offenders == ['storage/backups.py:43: RETENTION_KEY: Final = "backup_retention_days"']
+
+
+def test_no_other_module_states_a_number_beside_a_settings_name() -> None:
+    """A key's name with a literal number beside it (``backup_retention_days, default 30``,
+    ``max_session_duration_minutes = 60``) outside the model is a default stated twice."""
+    names = "|".join(SETTING_KEYS)
+    beside = re.compile(rf"\b({names})\b\W{{0,3}}(?:[A-Za-z_]+\W{{1,3}}){{0,2}}\d")
+    offenders: list[str] = []
+    for package in ("control", "storage", "tui", "devices"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            if path.name == "system_config.py":
+                continue
+            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+                if beside.search(line):
                     offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
     assert offenders == []
 
@@ -183,8 +237,7 @@ async def test_lenient_and_strict_readers(sessions: async_sessionmaker[AsyncSess
     minutes, problem = await read_auto_lock_minutes(sessions)
     assert minutes == 10
     assert problem == (
-        "config auto_lock_minutes: 100000 refused: must be less than or equal to 720 min; "
-        "using 10 minutes"
+        "config auto_lock_minutes: 100000 refused: must be less than or equal to 720 min; using 10 minutes"
     )
     await _store(sessions, "subject_code_pattern", "P/NN")
     async with sessions() as session:

@@ -4,7 +4,7 @@
 tosca db upgrade          back up the database, then migrate it to the current schema (creates it if absent)
 tosca db check [FILE]     integrity_check, schema at head, views and triggers present (default: the database)
 tosca db backup           online backup to backups/tosca_YYYYMMDD_HHMMSS.db, verified; kept for the configured
-                          retention (system_config backup_retention_days, default 30 days)
+                          retention (``tosca config get backup_retention_days``)
 tosca db backups          every backup (local time, size, verified yes/no), the retention and the free space
 tosca db verify NAME      check the backup NAME (as listed) and remember the verdict
 tosca db restore FILE     verify FILE, back up the current database, put FILE in its place
