@@ -21,10 +21,10 @@ with outcome ``failure``, the refusal and the value tried.
 :func:`read_entries` lists every setting as an editor shows it: the stored value (or the default where the
 key is absent), the default, the unit and the meaning, with a note where a stored value is unusable.
 
-When a change applies: the controller reads the photodiode thresholds and the power ceiling of its safety
-supervisor once, when it starts (``control/controller/process.py``), and checks each protocol against the
-power ceiling and the loop rate when a session opens. A change therefore never alters the limits of a session
-that is open; see :data:`WHEN_APPLIED`.
+When a change applies: the controller reads the settings when it starts and again each time a session opens
+(``control/controller/treatment.py`` ``_load_limits``): the supervisor's photodiode thresholds and power
+ceiling, the loop rate, and the ceiling each protocol is checked against. A change therefore never alters
+the limits of a session that is open; see :data:`WHEN_APPLIED`.
 
 All database work goes through :mod:`storage.repositories`; this module contains no SQL.
 """
@@ -64,9 +64,8 @@ MAX_REASON_CHARS: Final = 500
 MAX_VALUE_CHARS: Final = 4096
 #: When a changed setting takes effect, said wherever settings are changed.
 WHEN_APPLIED: Final = (
-    "Safety limits never change during a session: protocols are checked against a new power ceiling from "
-    "the next session; the supervisor takes new photodiode thresholds and power ceiling when the controller "
-    "next starts."
+    "Safety limits never change during a session: a new power ceiling, photodiode threshold or loop rate "
+    "holds from the next session the controller opens."
 )
 
 _WHOLE: Final = re.compile(r"[+-]?[0-9]+")

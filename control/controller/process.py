@@ -25,8 +25,7 @@ from control.preview import PreviewProducer
 from control.protocols import install_library_protocols
 from control.recorder import Recorder
 from control.sessions import SessionService
-from control.supervisor import BoardLink, Limits, SafetySupervisor
-from control.system_config import read_system_settings
+from control.supervisor import BoardLink, SafetySupervisor
 from control.vocabulary import Severity
 from devices.rig import Rig, RigConfig
 from devices.safety import BoardStatus, UnknownCommand, WatchdogState
@@ -121,7 +120,7 @@ class Controller(ControllerCommands):
             if closed:
                 _LOG.warning("sessions closed as aborted at start-up: %s", closed)
             await install_library_protocols(self.db)
-            await self._load_limits()
+            await self._load_limits()  # SettingError: a refused value stops the start
             self.supervisor.start()
             await self._reload_calibrations()
             await self._start_board()
@@ -199,17 +198,6 @@ class Controller(ControllerCommands):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-    async def _load_limits(self) -> None:
-        async with self.db() as session:
-            settings = await read_system_settings(session)  # SettingError: a refused value stops the start
-        self.loop_hz = float(settings.treatment_loop_frequency_hz)
-        self.video_fps = float(settings.video_fps)
-        self.supervisor.limits = Limits(
-            photodiode_warning_percent=settings.photodiode_warning_threshold_percent,
-            photodiode_fault_percent=settings.photodiode_fault_threshold_percent,
-            max_power_w=settings.max_laser_power_watts,
-        )
 
     async def _start_board(self) -> None:
         """The safety board as this process finds it: read its arming and watchdog, disarm it, clear a

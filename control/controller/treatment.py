@@ -34,7 +34,8 @@ from control.sessions import (
     SessionStatus,
     SummaryAccumulator,
 )
-from control.supervisor import Refused, SystemState, Term
+from control.supervisor import Limits, Refused, SystemState, Term
+from control.system_config import SettingError, read_system_settings
 from control.vocabulary import Severity
 from devices.safety import SafetyEvent, SafetySample
 from storage import utc_now
@@ -54,6 +55,23 @@ TELEMETRY_FILE = "telemetry.jsonl"
 
 class TreatmentLifecycle(ControllerBase):
     """The session's life from opening to closing, on the controller's state."""
+
+    async def _load_limits(self) -> None:
+        """The configured limits as ``system_config`` holds them now: read at start and again each time a
+        session opens (never during one), so a change an admin saves holds from the next session.
+
+        Raises:
+            SettingError: a stored value is refused (named with the reason); nothing is changed.
+        """
+        async with self.db() as session:
+            settings = await read_system_settings(session)
+        self.loop_hz = float(settings.treatment_loop_frequency_hz)
+        self.video_fps = float(settings.video_fps)
+        self.supervisor.limits = Limits(
+            photodiode_warning_percent=settings.photodiode_warning_threshold_percent,
+            photodiode_fault_percent=settings.photodiode_fault_threshold_percent,
+            max_power_w=settings.max_laser_power_watts,
+        )
 
     async def _reload_calibrations(self) -> None:
         try:
@@ -191,6 +209,10 @@ class TreatmentLifecycle(ControllerBase):
                 f"cannot open a session in {self.supervisor.state.value}"
                 + (" (a session is open)" if self.session is not None else "")
             )
+        try:
+            await self._load_limits()
+        except SettingError as exc:
+            raise Refused(f"no session with an unusable configuration: {exc}") from None
         if self.sim:
             async with self.db() as db:
                 user = await UsersRepository(db).get_by_username(username)

@@ -186,15 +186,48 @@ async def test_free_space_below_the_floor_is_a_failing_check_and_refuses_the_nex
         db.execute("UPDATE system_config SET config_value = '9999999' WHERE config_key = 'min_free_disk_mb'")
     space = next(c for c in await controller.prechecks() if c.name == "disk space")
     assert not space.ok
-    assert (
-        "a session needs at least 9999999 MB (setting min_free_disk_mb): free some space" in (space.detail)
-    )
+    assert "a session needs at least 9999999 MB (setting min_free_disk_mb): free some space" in (space.detail)
     with pytest.raises(Refused, match="disk space"):
         await controller.arm(PASSWORD)
     assert controller.supervisor.state is SystemState.READY
     await controller.abort("no space")
     with pytest.raises(Refused, match=r"only \d+ MB free in the data directory"):
         await controller.open_session(subject_code=SUBJECT, username=USERNAME, protocol_name="short")
+    with _db(data) as db:
+        assert db.execute("SELECT COUNT(*) FROM sessions").fetchone()[0] == 1
+    assert opened.session_id == 1
+
+
+async def test_safety_limits_saved_meanwhile_hold_from_the_next_session_never_during_one(
+    controller: Controller, data: DataDir
+) -> None:
+    def configure(key: str, value: str) -> None:
+        with _db(data) as db:
+            db.execute("UPDATE system_config SET config_value = ? WHERE config_key = ?", (value, key))
+
+    assert controller.supervisor.limits.photodiode_fault_percent == 30.0
+    opened = await controller.open_session(
+        subject_code=SUBJECT, username=USERNAME, protocol_name="short", create_subject=True
+    )
+    configure("photodiode_fault_threshold_percent", "25.0")
+    configure("max_laser_power_watts", "1.5")
+    await wait_prechecks(controller)
+    # The open session keeps the limits it opened with.
+    assert controller.supervisor.limits.photodiode_fault_percent == 30.0
+    assert controller.supervisor.limits.max_power_w == 10.0
+    await controller.abort("limits changed")
+    # The next session takes them: the short protocol's 2 W steps are above the new 1.5 W ceiling.
+    with pytest.raises(Refused, match=r"exceeds the system limit max_laser_power_watts \(1\.5 W\)"):
+        await controller.open_session(subject_code=SUBJECT, username=USERNAME, protocol_name="short")
+    assert controller.supervisor.limits.photodiode_fault_percent == 25.0
+    assert controller.supervisor.limits.max_power_w == 1.5
+    # A stored value the settings model refuses opens no session and says which key.
+    configure("max_laser_power_watts", "-1")
+    with pytest.raises(
+        Refused, match="no session with an unusable configuration: config max_laser_power_watts"
+    ):
+        await controller.open_session(subject_code=SUBJECT, username=USERNAME, protocol_name="short")
+    assert controller.supervisor.limits.max_power_w == 1.5
     with _db(data) as db:
         assert db.execute("SELECT COUNT(*) FROM sessions").fetchone()[0] == 1
     assert opened.session_id == 1

@@ -108,7 +108,7 @@ async def test_every_setting_is_listed_with_value_default_unit_and_meaning(
         assert rows["backup_retention_days"][:3] == ["30", "30", "days"]
         when = str(screen.query_one("#config-when", Label).render())
         assert when.startswith("Safety limits never change during a session: ")
-        assert "from the next session" in when and "when the controller next starts" in when
+        assert "never change during a session" in when and "from the next session" in when
         assert str(screen.query_one("#config-session", Label).render()) == ""
         detail = str(screen.query_one("#config-detail", Label).render())
         assert (

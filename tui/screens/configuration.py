@@ -12,9 +12,8 @@ refusal says why in the dialog and changes nothing. The change itself goes throu
 :func:`control.config_editor.change_setting`, which checks again in the database (the admin's role now, a
 change made meanwhile by another admin) and writes the value with its audit row.
 
-A line says when changes take effect (:data:`control.config_editor.WHEN_APPLIED`): the controller checks each
-protocol against the power ceiling when a session opens, and reads the photodiode thresholds only when it
-starts; never during a session. While the controller reports an open session, a second line says the change
+A line says when changes take effect (:data:`control.config_editor.WHEN_APPLIED`): the controller reads the
+settings each time a session opens, never during one. While the controller reports an open session, a second line says the change
 applies after it.
 
 Open it with ``ConfigurationScreen(context, user)``.
