@@ -31,6 +31,7 @@ from alembic.script import ScriptDirectory
 
 import migrations
 from storage.backup import BackupInfo, backup_database, copy_database, last_backup
+from storage.chain import append_sqlite, seal_file
 from storage.engine import DEFAULT_BUSY_TIMEOUT_MS, connect_sqlite
 from storage.errors import BackupError, DatabaseCheckError, RestoreError, StorageError
 from storage.locks import hold_database_exclusively
@@ -309,6 +310,7 @@ def upgrade(data_dir: DataDir) -> UpgradeResult:
     if state != "absent":
         backup = backup_database(data_dir)
     _migrate(db_path, head, backup)
+    seal_file(db_path)  # creates the chain's keys when missing and seals the rows written before the chain
     data_dir.restrict_modes()
     report = check_database(db_path, quick=True)
     return UpgradeResult(previous=previous, current=report.revision, backup=backup)
@@ -340,17 +342,17 @@ def _insert_audit(
     connection = connect_sqlite(db_path)
     try:
         with connection:
-            connection.execute(
-                "INSERT INTO audit_log (timestamp, username, action, terminal, outcome, details) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    utc_now().isoformat(sep=" ", timespec="microseconds"),
-                    _os_user(),
-                    action,
-                    terminal,
-                    outcome,
-                    json.dumps(details or {}, sort_keys=True),
-                ),
+            append_sqlite(
+                connection,
+                "audit_log",
+                {
+                    "timestamp": utc_now(),
+                    "username": _os_user(),
+                    "action": action,
+                    "terminal": terminal,
+                    "outcome": outcome,
+                    "details": json.dumps(details or {}, sort_keys=True),
+                },
             )
     finally:
         connection.close()
