@@ -572,9 +572,7 @@ def _head(executor: Executor, table: ChainTable, mac: Mac, signing_path: Path) -
     return _seal(executor, table, mac, signing_key(signing_path))
 
 
-def append(
-    executor: Executor, table_name: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
-) -> int:
+def append(executor: Executor, table_name: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> int:
     """Append ``rows`` (values in the order of ``columns``; other content columns are NULL) to the chained
     table ``table_name`` in the caller's transaction, and return the id of the last row written.
 

@@ -66,7 +66,9 @@ TREATMENT_EVENT_COLUMNS: Final = frozenset(c.key for c in TreatmentEvent.__table
 #: Columns every treatment event must have.
 TREATMENT_EVENT_REQUIRED: Final = frozenset({"session_id", "timestamp", "time_offset_ms", "event_type"})
 _NON_NEGATIVE_EVENT_COLUMNS: Final = ("laser_power_commanded_watts", "laser_power_actual_watts")
-_EVENT_INSERT_ORDER: Final = tuple(c.key for c in TreatmentEvent.__table__.columns if c.key in TREATMENT_EVENT_COLUMNS)
+_EVENT_INSERT_ORDER: Final = tuple(
+    c.key for c in TreatmentEvent.__table__.columns if c.key in TREATMENT_EVENT_COLUMNS
+)
 _EVENT_REQUIRED_KEYS: Final = set(TREATMENT_EVENT_REQUIRED)
 
 
