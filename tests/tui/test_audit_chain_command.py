@@ -172,8 +172,8 @@ def test_checkpoint_command_signs_each_chain_and_verify_still_passes(
         pytest.param(
             "INSERT INTO audit_log (timestamp, tech_id, username, action, entity_type, entity_id, terminal, "
             "outcome, details, chain_seq, chain_prev, chain_mac) "
-            "SELECT timestamp, tech_id, username, action, entity_type, entity_id, terminal, outcome, details, "
-            "chain_seq, chain_prev, chain_mac "
+            "SELECT timestamp, tech_id, username, action, entity_type, entity_id, terminal, outcome, "
+            "details, chain_seq, chain_prev, chain_mac "
             "FROM audit_log WHERE audit_id = 2;",
             "audit_log row 7: inserted (a copy of seq 2",
             id="insert-a-copied-row",
