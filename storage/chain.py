@@ -561,15 +561,29 @@ def _head(executor: Executor, table: ChainTable, mac: Mac, signing_path: Path) -
     if rows:
         row_id, seq, last = rows[0]
         return Head(length=int(seq), hash=bytes(last), row_id=int(row_id))
+    sealed = _seal_head(executor, table.name)
+    if sealed is not None:
+        return sealed
+    # The first open since the chain's revision: every chain not sealed yet is sealed now, at once.
+    key = signing_key(signing_path)
+    for name in CHAINS:
+        if _seal_head(executor, name) is None:
+            _seal(executor, chain_table(name), mac, key)
+    head = _seal_head(executor, table.name)
+    assert head is not None
+    return head
+
+
+def _seal_head(executor: Executor, chain: str) -> Head | None:
     found = executor.fetch(
         "SELECT length, head_hash, head_row_id FROM chain_checkpoints WHERE chain = ? AND reason = 'seal' "
         "ORDER BY checkpoint_id LIMIT 1",
-        (table.name,),
+        (chain,),
     )
-    if found:
-        length, head_hash, row_id = found[0]
-        return Head(length=int(length), hash=bytes(head_hash), row_id=int(row_id))
-    return _seal(executor, table, mac, signing_key(signing_path))
+    if not found:
+        return None
+    length, head_hash, row_id = found[0]
+    return Head(length=int(length), hash=bytes(head_hash), row_id=int(row_id))
 
 
 def append(executor: Executor, table_name: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> int:
