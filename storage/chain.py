@@ -340,7 +340,7 @@ def _numeric(name: str, value: Any) -> int | float | str | None:
 
 def _text(name: str, value: Any) -> str | None:
     if value is None or value.__class__ is str:
-        return value  # type: ignore[no-any-return]
+        return value
     if isinstance(value, str):
         return str(value)
     if isinstance(value, int):
@@ -406,7 +406,7 @@ class _AlchemyExecutor:
         self.connection.exec_driver_sql(sql, tuple(params))
 
     def run_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
-        self.connection.exec_driver_sql(sql, rows)  # type: ignore[arg-type]
+        self.connection.exec_driver_sql(sql, rows)
 
 
 def database_file(executor: Executor) -> Path:

@@ -231,7 +231,7 @@ def _forged(db_path: Path, checkpoint_id: int, key: Ed25519PrivateKey, **changes
         )
     )
     fields.update(changes)
-    unsigned = Checkpoint(**fields, signature=b"")  # type: ignore[arg-type]
+    unsigned = Checkpoint(**fields, signature=b"")
     signature = key.sign(unsigned.message())
     return (
         f"DELETE FROM chain_checkpoints WHERE checkpoint_id = {checkpoint_id};"

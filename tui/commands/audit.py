@@ -104,7 +104,7 @@ def _table(rows: list[Any]) -> None:
 KEY_REFUSED = 2
 
 
-def _one_line(exc: BaseException) -> str:
+def _one_line(exc: BaseException | str) -> str:
     return " ".join(str(exc).split())
 
 
