@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, TypeVar
 
 from sqlalchemy import event
 
@@ -52,6 +52,8 @@ CHECKPOINT_PREFIX: Final = b"tosca-checkpoint-v1\n"
 ChainName = Literal["audit_log", "safety_log", "treatment_events"]
 CHAINS: Final[tuple[ChainName, ...]] = ("audit_log", "safety_log", "treatment_events")
 CHAIN_COLUMNS: Final = ("chain_seq", "chain_prev", "chain_mac")
+
+_T = TypeVar("_T")
 
 # Column affinities as SQLite applies them to the declared types: INTEGER, REAL, TEXT, NUMERIC (DATETIME and
 # BOOLEAN columns).
@@ -200,21 +202,33 @@ def verifying_key(path: Path) -> Ed25519PublicKey:
     return signing_key(path).public_key()
 
 
+_MACS: dict[bytes, Mac] = {}
+
+
 class Mac:
     """HMAC-SHA-256 with one key, its padded key blocks hashed once (RFC 2104), for speed."""
 
-    __slots__ = ("_inner", "_outer")
+    __slots__ = ("inner", "outer")
 
     def __init__(self, key: bytes) -> None:
         block = key.ljust(64, b"\0")
-        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
-        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
+        #: SHA-256 states after the inner and the outer padded key; copy them, never update them.
+        self.inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
+        self.outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
+
+    @classmethod
+    def of(cls, key: bytes) -> Mac:
+        """The (cached) :class:`Mac` of ``key``."""
+        found = _MACS.get(key)
+        if found is None:
+            found = _MACS[key] = cls(key)
+        return found
 
     def digest(self, message: bytes) -> bytes:
         """HMAC-SHA-256 of ``message``."""
-        inner = self._inner.copy()
+        inner = self.inner.copy()
         inner.update(message)
-        outer = self._outer.copy()
+        outer = self.outer.copy()
         outer.update(inner.digest())
         return outer.digest()
 
@@ -226,33 +240,31 @@ def _json_fallback(value: Any) -> Any:
     raise TypeError(f"a chained value must be NULL, an integer, a real or text; got {value!r}")
 
 
-def _make_encoder() -> Callable[[Sequence[Any]], str]:
-    encoder = json.JSONEncoder(
-        ensure_ascii=True, allow_nan=True, separators=(",", ":"), check_circular=False, default=_json_fallback
-    )
+def _make_chunker() -> Callable[[Sequence[Any], int], Iterable[str]]:
     c_make = getattr(json.encoder, "c_make_encoder", None)
     if c_make is None:  # pragma: no cover - CPython has the C encoder
-        return encoder.encode
-    c_encoder = c_make(
-        None,
-        _json_fallback,
-        json.encoder.encode_basestring_ascii,
-        None,
-        ":",
-        ",",
-        False,
-        False,
-        True,
+        encoder = json.JSONEncoder(
+            ensure_ascii=True,
+            allow_nan=True,
+            separators=(",", ":"),
+            check_circular=False,
+            default=_json_fallback,
+        )
+        return lambda values, _level: encoder.iterencode(values)
+    chunker: Callable[[Sequence[Any], int], Iterable[str]] = c_make(
+        None, _json_fallback, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True
     )
-
-    def encode(values: Sequence[Any]) -> str:
-        return "".join(c_encoder(values, 0))
-
-    return encode
+    return chunker
 
 
-#: The JSON array text of a row's content values (docs/records-chain.md, "Encoding").
-encode_values: Final = _make_encoder()
+#: The pieces of a row's JSON text, ``"".join(json_chunks(values, 0))``: the C encoder called directly, as
+#: the hot loops of appending and verifying do.
+json_chunks: Final = _make_chunker()
+
+
+def encode_values(values: Sequence[Any]) -> str:
+    """The JSON array text of a row's content values (docs/records-chain.md, "Encoding")."""
+    return "".join(json_chunks(values, 0))
 
 
 def row_message(chain: str, seq: int, prev: bytes, values: Sequence[Any]) -> bytes:
@@ -356,10 +368,11 @@ def _normalise_column(name: str, affinity: Affinity, values: list[Any]) -> list[
         return [v if v is None or v.__class__ is int else _integer(name, v) for v in values]
     if affinity == "r":
         return [v if v is None or (v.__class__ is float and v == v and v) else _real(name, v) for v in values]
+    # A time as text holds a ":", which no number does; a boolean is 1 or 0.
     return [
         v
-        if v is None or v.__class__ is int or (v.__class__ is str and not v[:1].isdigit())
-        else _numeric(name, v)
+        if v is None or v.__class__ is int or (v.__class__ is str and (":" in v or not v[:1].isdigit()))
+        else (1 if v is True else 0 if v is False else _numeric(name, v))
         for v in values
     ]
 
@@ -614,18 +627,25 @@ def append(executor: Executor, table_name: str, columns: Sequence[str], rows: Se
             continue
         content.append(_normalise_column(name, affinity, [row[index] for row in rows]))
     key_path, signing_path = _keys_for(executor)
-    mac = Mac(read_key(key_path))
+    mac = Mac.of(read_key(key_path))
     lock_for_append(executor)
     head = _head(executor, table, mac, signing_path)
     seq = head.length
     prev = head.hash
-    digest = mac.digest
+    inner_copy = mac.inner.copy
+    outer_copy = mac.outer.copy
+    chunks = json_chunks
+    join = "".join
     prefix = ROW_PREFIX + table.name.encode("ascii") + b"\n"
     params: list[tuple[Any, ...]] = []
     try:
         for values in zip(*content, strict=True):
             seq += 1
-            this = digest(prefix + seq.to_bytes(8, "big") + prev + encode_values(values).encode("ascii"))
+            inner = inner_copy()
+            inner.update(prefix + seq.to_bytes(8, "big") + prev + join(chunks(values, 0)).encode("ascii"))
+            outer = outer_copy()
+            outer.update(inner.digest())
+            this = outer.digest()
             params.append((*values, seq, prev, this))
             prev = this
     except TypeError as exc:
@@ -646,14 +666,32 @@ def append_sqlite(connection: sqlite3.Connection, table_name: str, row: Mapping[
     return append_mappings(SqliteExecutor(connection), table_name, [row])
 
 
+async def _on_session(session: AsyncSession, work: Callable[[Executor], _T]) -> _T:
+    """Run ``work`` on ``session``'s connection, in its transaction (pending ORM changes flushed first).
+
+    aiosqlite runs each driver call on its own thread and the event loop waits for each: a chain step of three
+    statements would cost three round trips. When the driver is aiosqlite, the whole step is one call on that
+    thread, on the same :class:`sqlite3.Connection` and transaction the session uses; otherwise it runs
+    statement by statement through SQLAlchemy.
+    """
+    if session.new or session.dirty:
+        await session.flush()
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    driver = raw.driver_connection
+    submit = getattr(driver, "_execute", None)
+    native = getattr(driver, "_connection", None)
+    if callable(submit) and isinstance(native, sqlite3.Connection):
+        result: _T = await submit(work, SqliteExecutor(native))
+        return result
+    return await connection.run_sync(lambda sync: work(_AlchemyExecutor(sync)))
+
+
 async def append_async(
     session: AsyncSession, table_name: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
 ) -> int:
     """:func:`append` in ``session``'s transaction (pending ORM changes are flushed first)."""
-    if session.new or session.dirty:
-        await session.flush()
-    connection = await session.connection()
-    return await connection.run_sync(lambda sync: append(_AlchemyExecutor(sync), table_name, columns, rows))
+    return await _on_session(session, lambda executor: append(executor, table_name, columns, rows))
 
 
 async def append_one_async(session: AsyncSession, table_name: str, row: Mapping[str, Any]) -> int:
@@ -683,7 +721,7 @@ def checkpoint(
     before a chain are sealed first when it has not begun); return them. The keys are those of the
     connection's database, or of the database file ``keys_of`` (for a copy being made)."""
     key_path, signing_path = _keys_for(executor, keys_of)
-    mac = Mac(read_key(key_path))
+    mac = Mac.of(read_key(key_path))
     key = signing_key(signing_path)
     lock_for_append(executor)
     written: list[Checkpoint] = []
@@ -697,7 +735,7 @@ def checkpoint(
 def seal(executor: Executor) -> None:
     """Seal every chain that has not begun (creating the keys when missing), in the caller's transaction."""
     key_path, signing_path = _keys_for(executor)
-    mac = Mac(read_key(key_path))
+    mac = Mac.of(read_key(key_path))
     lock_for_append(executor)
     for name in CHAINS:
         _head(executor, chain_table(name), mac, signing_path)
@@ -742,10 +780,7 @@ def seal_file(db_path: Path) -> None:
 
 async def checkpoint_async(session: AsyncSession, reason: CheckpointReason) -> list[Checkpoint]:
     """:func:`checkpoint` in ``session``'s transaction."""
-    if session.new or session.dirty:
-        await session.flush()
-    connection = await session.connection()
-    return await connection.run_sync(lambda sync: checkpoint(_AlchemyExecutor(sync), reason))
+    return await _on_session(session, lambda executor: checkpoint(executor, reason))
 
 
 def write_checkpoint_json(path: Path, checkpoints: Sequence[Checkpoint]) -> None:
