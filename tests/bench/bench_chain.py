@@ -183,23 +183,28 @@ def bench_verify(seconds: float, folder: Path) -> tuple[int, float]:
     took = time.perf_counter() - started
     print(f"  generated {rows:,} chained events in {took:.1f} s ({rows / took:,.0f} rows/s through append)")
     verify_database(data_dir.db_path)  # warm the page cache as a second run would find it
-    runs = []
-    for _ in range(2):
-        started = time.perf_counter()
+    walls: list[float] = []
+    cpus: list[float] = []
+    for _ in range(3):
+        started, started_cpu = time.perf_counter(), time.process_time()
         result = verify_database(data_dir.db_path)
-        runs.append(time.perf_counter() - started)
+        walls.append(time.perf_counter() - started)
+        cpus.append(time.process_time() - started_cpu)
         if result.failure is not None:
             raise SystemExit(f"verification failed: {result.failure.message}")
-    best = statistics.median(runs)
     total = sum(count.rows for count in result.counts)
-    rate = total / best
-    extrapolated = TARGET_ROWS / rate
-    verdict = "meets" if extrapolated < GOAL_VERIFY_S else "MISSES"
-    print(
-        f"  verify {total:,} rows: {best:.2f} s (median of {len(runs)}), {rate:,.0f} rows/s -> "
-        f"{TARGET_ROWS:,} rows in {extrapolated:.1f} s: {verdict} the goal < {GOAL_VERIFY_S:.0f} s"
-    )
-    return total, rate
+    # Verification is one thread: its CPU time is its time on one core, whatever else the machine runs.
+    for label, runs in (("wall", walls), ("cpu", cpus)):
+        best = statistics.median(runs)
+        rate = total / best
+        extrapolated = TARGET_ROWS / rate
+        verdict = "meets" if extrapolated < GOAL_VERIFY_S else "MISSES"
+        print(
+            f"  verify {total:,} rows, {label:4s} time: {best:.2f} s (median of {len(runs)}), "
+            f"{rate:,.0f} rows/s "
+            f"-> {TARGET_ROWS:,} rows in {extrapolated:.1f} s: {verdict} the goal < {GOAL_VERIFY_S:.0f} s"
+        )
+    return total, total / statistics.median(cpus)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
