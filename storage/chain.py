@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, TypeVar
 
 from sqlalchemy import event
+from sqlalchemy.exc import DBAPIError
 
 from storage.errors import StorageError
 from storage.models import AuditLog, SafetyLog, TreatmentEvent
@@ -64,8 +65,9 @@ class ChainError(StorageError):
     """The chain cannot be written or read (a key is missing or malformed, the schema predates the chain)."""
 
 
-class ChainKeyError(ChainError):
-    """A key file is missing, unreadable or of the wrong length."""
+class ChainKeyError(ChainError, OSError):
+    """A key file is missing, unreadable or of the wrong length. It is also an :class:`OSError`: to a writer
+    it is a fault of the environment, like a disk that cannot be written (the recorder journals its rows)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -682,7 +684,11 @@ async def _on_session(session: AsyncSession, work: Callable[[Executor], _T]) -> 
     submit = getattr(driver, "_execute", None)
     native = getattr(driver, "_connection", None)
     if callable(submit) and isinstance(native, sqlite3.Connection):
-        result: _T = await submit(work, SqliteExecutor(native))
+        try:
+            result: _T = await submit(work, SqliteExecutor(native))
+        except sqlite3.Error as exc:
+            # What SQLAlchemy would have raised for the same statement, so callers see the same errors.
+            raise DBAPIError.instance("record chain step", None, exc, sqlite3.Error) from exc
         return result
     return await connection.run_sync(lambda sync: work(_AlchemyExecutor(sync)))
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from alembic import command
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from storage_support import Child
 
@@ -405,3 +406,22 @@ def test_the_keys_live_where_configured_and_a_short_key_stops_appends(
     monkeypatch.delenv("TOSCA_CHAIN_KEY_FILE")
     record_audit(installed.db_path, "x", "success")
     assert _verified(installed.db_path)["audit_log"] == (1, 0)
+
+
+async def test_a_locked_database_raises_what_sqlalchemy_raises_and_writes_nothing(installed: DataDir) -> None:
+    holder = sqlite3.connect(str(installed.db_path))
+    holder.execute("BEGIN IMMEDIATE")
+    engine = create_engine(installed.db_path, busy_timeout_ms=50)
+    try:
+        async with session_factory(engine)() as s:
+            with pytest.raises(OperationalError, match="database is locked"):
+                await AuditRepository(s).add("blocked", "success")
+            await s.rollback()
+        holder.rollback()
+        async with session_factory(engine)() as s:
+            await AuditRepository(s).add("after", "success")
+            await s.commit()
+    finally:
+        holder.close()
+        await engine.dispose()
+    assert _chain_columns(installed.db_path, "audit_log", "audit_id") == [(1, 1)]
