@@ -20,7 +20,7 @@ import json
 import os
 import re
 import sqlite3
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -387,6 +387,8 @@ class Executor(Protocol):
 
     def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
 
+    def stream(self, sql: str) -> Iterator[tuple[Any, ...]]: ...
+
     def run(self, sql: str, params: Sequence[Any] = ()) -> None: ...
 
     def run_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None: ...
@@ -400,6 +402,9 @@ class SqliteExecutor:
 
     def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return self.connection.execute(sql, params).fetchall()
+
+    def stream(self, sql: str) -> Iterator[tuple[Any, ...]]:
+        return iter(self.connection.execute(sql))
 
     def run(self, sql: str, params: Sequence[Any] = ()) -> None:
         self.connection.execute(sql, params)
@@ -416,6 +421,9 @@ class _AlchemyExecutor:
 
     def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return [tuple(row) for row in self.connection.exec_driver_sql(sql, tuple(params))]
+
+    def stream(self, sql: str) -> Iterator[tuple[Any, ...]]:
+        return (tuple(row) for row in self.connection.exec_driver_sql(sql))
 
     def run(self, sql: str, params: Sequence[Any] = ()) -> None:
         self.connection.exec_driver_sql(sql, tuple(params))
@@ -529,7 +537,7 @@ def _seal(executor: Executor, table: ChainTable, mac: Mac, key: Ed25519PrivateKe
     seq = 0
     row_id = 0
     name = table.name
-    for row in executor.fetch(table.select_sql):
+    for row in executor.stream(table.select_sql):  # streamed: a large table is never held in memory
         seq += 1
         row_id = row[0]
         prev = mac.digest(row_message(name, seq, prev, row[4:]))

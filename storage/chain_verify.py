@@ -14,7 +14,7 @@ import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 from urllib.parse import quote
 
 from storage.chain import (
@@ -215,13 +215,14 @@ def _walk(
             f"{seal.checkpoint_id}) differs from what was sealed",
         )
     sealed = position
+    check_head(position, head)  # every checkpoint taken before the first chained row
 
     def chained() -> Iterator[tuple[Any, ...]]:
         if pending is not None:
             yield pending
         yield from rows_iter
 
-    def judge(row: tuple[Any, ...], position: int, head: bytes, valid: bool) -> None:
+    def judge(row: tuple[Any, ...], position: int, head: bytes, valid: bool) -> NoReturn:
         """Name what is wrong with a chained row (the hot loop only notices that something is)."""
         row_id, seq, prev, stored = row[0], row[1], row[2], row[3]
         if seq is None or prev is None or stored is None:
@@ -273,7 +274,7 @@ def _walk(
 
 def _misplaced(
     connection: sqlite3.Connection, table: ChainTable, row_id: int, seq: int, expected: int
-) -> None:
+) -> NoReturn:
     """Name what a row whose own MAC holds but whose sequence number is not the next one means."""
     name = table.name
     if seq < expected:
