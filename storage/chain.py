@@ -356,7 +356,7 @@ def _text(name: str, value: Any) -> str | None:
     if value is None or value.__class__ is str:
         return value
     if isinstance(value, str):
-        return str(value)
+        return str.__str__(value)  # the text itself, whatever a subclass's str() says
     if isinstance(value, int):
         return str(int(value))
     raise _bad(name, value, "text")

@@ -4,6 +4,7 @@ stay outside the database."""
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import hmac
 import json
@@ -425,3 +426,23 @@ async def test_a_locked_database_raises_what_sqlalchemy_raises_and_writes_nothin
         holder.close()
         await engine.dispose()
     assert _chain_columns(installed.db_path, "audit_log", "audit_id") == [(1, 1)]
+
+
+def test_enumerations_are_stored_and_encoded_as_their_values(installed: DataDir) -> None:
+    class Outcome(str, enum.Enum):  # noqa: UP042 - the mixin whose str() is not its value
+        SUCCESS = "success"
+
+    class Level(enum.IntEnum):
+        FIVE = 5
+
+    connection = connect_sqlite(installed.db_path)
+    with connection:
+        append(
+            SqliteExecutor(connection),
+            "audit_log",
+            ("timestamp", "action", "outcome", "entity_id"),
+            [(datetime(2026, 1, 1), "x", Outcome.SUCCESS, Level.FIVE)],
+        )
+    assert connection.execute("SELECT outcome, entity_id FROM audit_log").fetchall() == [("success", 5)]
+    connection.close()
+    assert _verified(installed.db_path)["audit_log"] == (1, 0)
