@@ -22,12 +22,14 @@ from storage_support import Child
 
 from storage import DataDir, connect_sqlite, create_engine, session_factory
 from storage.audit_query import record_action
+from storage.backup import backup_database
 from storage.chain import (
     ChainError,
     ChainKeyError,
     Mac,
     SqliteExecutor,
     append,
+    backup_checkpoint_path,
     checkpoint_async,
     encode_values,
     ensure_keys,
@@ -446,3 +448,24 @@ def test_enumerations_are_stored_and_encoded_as_their_values(installed: DataDir)
     assert connection.execute("SELECT outcome, entity_id FROM audit_log").fetchall() == [("success", 5)]
     connection.close()
     assert _verified(installed.db_path)["audit_log"] == (1, 0)
+
+
+def test_a_backup_carries_its_checkpoints_inside_and_beside_and_pruning_takes_both(
+    installed: DataDir,
+) -> None:
+    record_audit(installed.db_path, "before_backup", "success")
+    old = backup_database(installed, now=datetime(2026, 1, 1, 8, 0))
+    beside = backup_checkpoint_path(old)
+    kept = [c["reason"] for c in json.loads(beside.read_text())["checkpoints"]]
+    assert kept == ["backup", "backup", "backup"]
+    inside = sqlite3.connect(str(old))
+    assert inside.execute("SELECT count(*) FROM chain_checkpoints WHERE reason = 'backup'").fetchone() == (3,)
+    inside.close()
+    # The live database keeps writing its own checkpoints; the backup's are in the backup only.
+    live = sqlite3.connect(str(installed.db_path))
+    assert live.execute("SELECT count(*) FROM chain_checkpoints WHERE reason = 'backup'").fetchone() == (0,)
+    live.close()
+    assert verify_database(old, keys_of=installed.db_path, backup=True).failure is None
+    newer = backup_database(installed, now=datetime(2026, 3, 1, 8, 0))
+    assert not old.exists() and not beside.exists()
+    assert backup_checkpoint_path(newer).is_file()
