@@ -647,7 +647,9 @@ def append(executor: Executor, table_name: str, columns: Sequence[str], rows: Se
     chunks = json_chunks
     join = "".join
     prefix = ROW_PREFIX + table.name.encode("ascii") + b"\n"
-    params: list[tuple[Any, ...]] = []
+    first = seq + 1
+    links = [prev]
+    add_link = links.append
     try:
         for values in zip(*content, strict=True):
             seq += 1
@@ -655,11 +657,12 @@ def append(executor: Executor, table_name: str, columns: Sequence[str], rows: Se
             inner.update(prefix + seq.to_bytes(8, "big") + prev + join(chunks(values, 0)).encode("ascii"))
             outer = outer_copy()
             outer.update(inner.digest())
-            this = outer.digest()
-            params.append((*values, seq, prev, this))
-            prev = this
+            prev = outer.digest()
+            add_link(prev)
     except TypeError as exc:
         raise ValueError(str(exc)) from None
+    # Each row: its values, its sequence number, the hash before it (links[i]) and its own (links[i + 1]).
+    params = list(zip(*content, range(first, seq + 1), links[:-1], links[1:], strict=True))
     executor.run_many(table.insert_sql, params)
     (last,) = executor.fetch("SELECT last_insert_rowid()")[0]
     return int(last)
