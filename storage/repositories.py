@@ -36,7 +36,7 @@ from sqlalchemy import Row, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.chain import CHAIN_COLUMNS, append_async, append_one_async
-from storage.errors import ConfigValueError
+from storage.errors import ConfigValueError, StorageError
 from storage.models import (
     AUDIT_OUTCOMES,
     CONFIG_TYPES,
@@ -74,10 +74,9 @@ _EVENT_REQUIRED_KEYS: Final = set(TREATMENT_EVENT_REQUIRED)
 
 @dataclass(frozen=True, slots=True)
 class _EventLayout:
-    """The INSERT for one set of event columns, and where the checked and converted values sit in a row."""
+    """One set of event columns, and where the checked and converted values sit in a row."""
 
     columns: tuple[str, ...]
-    sql: str
     timestamp: int
     non_negative: tuple[tuple[int, str], ...]
     required: tuple[tuple[int, str], ...]
@@ -92,7 +91,6 @@ def _event_layout(columns: tuple[str, ...]) -> _EventLayout:
     required = positions(sorted(_EVENT_REQUIRED_KEYS))
     return _EventLayout(
         columns=columns,
-        sql=f"INSERT INTO treatment_events ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})",
         timestamp=columns.index("timestamp"),
         non_negative=positions(_NON_NEGATIVE_EVENT_COLUMNS),
         required=required,
@@ -334,8 +332,10 @@ class AuditRepository:
             "outcome": outcome,
             "details": _json_text("details", details),
         }
-        entry = await self.session.get(AuditLog, await append_one_async(self.session, "audit_log", row))
-        assert entry is not None
+        audit_id = await append_one_async(self.session, "audit_log", row)
+        entry = await self.session.get(AuditLog, audit_id)
+        if entry is None:  # pragma: no cover - written just above, in this transaction
+            raise StorageError(f"audit row {audit_id} vanished after it was written")
         return entry
 
     async def recent(
@@ -685,10 +685,10 @@ class TreatmentEventsRepository:
         for name in _NON_NEGATIVE_EVENT_COLUMNS:
             _require_non_negative(name, getattr(event, name))
         row = {name: getattr(event, name) for name in _EVENT_INSERT_ORDER}
-        stored = await self.session.get(
-            TreatmentEvent, await append_one_async(self.session, "treatment_events", row)
-        )
-        assert stored is not None
+        event_id = await append_one_async(self.session, "treatment_events", row)
+        stored = await self.session.get(TreatmentEvent, event_id)
+        if stored is None:  # pragma: no cover - written just above, in this transaction
+            raise StorageError(f"event {event_id} vanished after it was written")
         return stored
 
     async def add_many(self, batch: Sequence[Mapping[str, Any]]) -> int:
