@@ -5,7 +5,8 @@ the file of a live database: the copy is one consistent snapshot even while the 
 copy is switched to a self-contained rollback-journal file, checked with ``PRAGMA integrity_check``, flushed
 to disk and only then given its final name ``backups/tosca_YYYYMMDD_HHMMSS.db`` (local time). If that name
 exists a suffix ``_1``, ``_2``, ... is added; an existing backup is never overwritten. Backups older than 30
-days (by the time in their name) are pruned after each successful backup.
+days (by the time in their name) are pruned after each successful backup. Each copy gets a signed checkpoint
+of every record chain, stored in it and beside it as ``<backup>.chain.json`` (docs/records-chain.md).
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Final
 
 from storage.engine import DEFAULT_BUSY_TIMEOUT_MS
 from storage.errors import BackupError, StorageError
 from storage.paths import DataDir
+
+if TYPE_CHECKING:
+    from storage.chain import Checkpoint
 
 #: Days a backup is kept, counted from the time in its name.
 RETENTION_DAYS: Final = 30
@@ -156,7 +160,7 @@ def copy_database(source: Path, target: Path, *, busy_timeout_ms: int = DEFAULT_
         src.close()
 
 
-def _checkpoint_copy(copy: Path, source: Path) -> list[Any]:
+def _checkpoint_copy(copy: Path, source: Path) -> list[Checkpoint]:
     """Sign a checkpoint of each record chain of the copy and store it there (none for a schema older than
     the chain); the keys are those of ``source``. The copy is private, so no live writer waits for this."""
     from storage.chain import checkpoint_file
