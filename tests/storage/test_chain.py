@@ -194,6 +194,41 @@ def test_two_processes_appending_at_once_keep_the_chain_gapless(
     assert _verified(installed.db_path)["audit_log"] == (2 * rows, 0)
 
 
+ASYNC_APPENDER = """
+import asyncio, sys
+from pathlib import Path
+from storage import create_engine, session_factory
+from storage.repositories import AuditRepository
+
+async def main() -> None:
+    engine = create_engine(Path(sys.argv[1]))
+    factory = session_factory(engine)
+    for n in range(int(sys.argv[2])):
+        async with factory() as s:
+            await AuditRepository(s).add("async_" + sys.argv[3], "success", details={"n": n})
+            await s.commit()
+    await engine.dispose()
+
+asyncio.run(main())
+print("done", flush=True)
+"""
+
+
+def test_two_processes_appending_through_the_async_engine_keep_the_chain_gapless(
+    installed: DataDir, child: type[Child]
+) -> None:
+    rows = 120
+    writers = [
+        child(ASYNC_APPENDER, str(installed.db_path), str(rows), name) for name in ("console", "controller")
+    ]
+    writers.append(child(APPENDER, str(installed.db_path), str(rows), "cli"))
+    for writer in writers:
+        assert writer.read_line() == "done"
+    seqs = [seq for _id, seq in _chain_columns(installed.db_path, "audit_log", "audit_id")]
+    assert seqs == list(range(1, 3 * rows + 1))
+    assert _verified(installed.db_path)["audit_log"] == (3 * rows, 0)
+
+
 def _database_before_the_chain(tmp_path: Path) -> DataDir:
     data_dir = DataDir(tmp_path / "old").ensure()
     command.upgrade(alembic_config(data_dir.db_path), "20261207_001")
