@@ -504,3 +504,22 @@ def test_a_backup_carries_its_checkpoints_inside_and_beside_and_pruning_takes_bo
     newer = backup_database(installed, now=datetime(2026, 3, 1, 8, 0))
     assert not old.exists() and not beside.exists()
     assert backup_checkpoint_path(newer).is_file()
+
+
+def test_the_chain_revision_goes_down_keeping_every_record_and_up_again_sealing_them(
+    installed: DataDir,
+) -> None:
+    for n in range(3):
+        record_audit(installed.db_path, f"a{n}", "success")
+    config = alembic_config(installed.db_path)
+    command.downgrade(config, "20261207_001")
+    connection = sqlite3.connect(str(installed.db_path))
+    columns = [row[1] for row in connection.execute("PRAGMA table_info(audit_log)")]
+    triggers = {r[0] for r in connection.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+    actions = [r[0] for r in connection.execute("SELECT action FROM audit_log ORDER BY audit_id")]
+    connection.close()
+    assert "chain_seq" not in columns and actions == ["a0", "a1", "a2"]
+    assert len(triggers) == 6 and not any("chain" in name for name in triggers)
+    upgrade(installed)  # the install path again: the three rows are now sealed before the chain
+    record_audit(installed.db_path, "a3", "success")
+    assert _verified(installed.db_path)["audit_log"] == (4, 3)
