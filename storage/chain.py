@@ -169,6 +169,14 @@ def ensure_keys(db_path: Path) -> tuple[Path, Path]:
     return paths
 
 
+def check_keys(db_path: Path) -> None:
+    """Create the key files when missing and read both: :class:`ChainKeyError` (one line) when either is
+    unreadable or not 32 bytes."""
+    key_path, signing_path = ensure_keys(db_path)
+    read_key(key_path)
+    read_key(signing_path, "checkpoint signing key")
+
+
 _KEY_CACHE: dict[tuple[str, int, int], bytes] = {}
 
 
@@ -848,6 +856,7 @@ __all__ = [
     "append_sqlite",
     "backup_checkpoint_path",
     "chain_table",
+    "check_keys",
     "checkpoint",
     "checkpoint_async",
     "checkpoint_file",

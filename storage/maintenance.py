@@ -31,7 +31,7 @@ from alembic.script import ScriptDirectory
 
 import migrations
 from storage.backup import BackupInfo, backup_database, copy_database, last_backup
-from storage.chain import append_sqlite, seal_file
+from storage.chain import append_sqlite, check_keys, seal_file
 from storage.engine import DEFAULT_BUSY_TIMEOUT_MS, connect_sqlite
 from storage.errors import BackupError, DatabaseCheckError, RestoreError, StorageError
 from storage.locks import hold_database_exclusively
@@ -306,6 +306,7 @@ def upgrade(data_dir: DataDir) -> UpgradeResult:
     if state == "present":
         previous = check_database(db_path, quick=True, require_head=False).revision
         if previous == head:
+            check_keys(db_path)  # a bad key file refuses the start here, in one line, not at the first write
             return UpgradeResult(previous=previous, current=head, backup=None)
     if state != "absent":
         backup = backup_database(data_dir)

@@ -523,3 +523,15 @@ def test_the_chain_revision_goes_down_keeping_every_record_and_up_again_sealing_
     upgrade(installed)  # the install path again: the three rows are now sealed before the chain
     record_audit(installed.db_path, "a3", "success")
     assert _verified(installed.db_path)["audit_log"] == (4, 3)
+
+
+def test_a_start_on_a_bad_key_file_is_refused_in_one_line(installed: DataDir) -> None:
+    key, signing = key_paths(installed.db_path)
+    signing.write_bytes(b"x" * 64)
+    with pytest.raises(ChainKeyError) as refused:
+        upgrade(installed)  # what the console and the command line run first
+    assert str(refused.value) == f"the checkpoint signing key file {signing} holds 64 bytes, not 32"
+    signing.unlink()
+    key.unlink()
+    upgrade(installed)  # missing keys are made again (the records written before then will not verify)
+    assert len(key.read_bytes()) == 32 and len(signing.read_bytes()) == 32
