@@ -63,6 +63,7 @@ from storage import (
     UsersRepository,
     utc_now,
 )
+from storage.chain import checkpoint_async
 from storage.maintenance import backup as backup_database
 from storage.safety_records import SafetyRecord
 from storage.telemetry import TelemetrySummary
@@ -753,6 +754,7 @@ class SessionService:
                     details={"status": status, "reason": text, "energy_j": summary.energy_j},
                     timestamp=now,
                 )
+                await checkpoint_async(session, "session_end")  # each chain's head, signed
 
     # -- notes ----------------------------------------------------------------------------------------------
 

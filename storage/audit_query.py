@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
+from storage.chain import append_sqlite
 from storage.engine import DEFAULT_BUSY_TIMEOUT_MS, connect_sqlite
 from storage.errors import StorageError
 from storage.maintenance import record_audit
@@ -482,18 +483,20 @@ def record_action(
     connection = connect_sqlite(db_path)
     try:
         with connection:
-            connection.execute(
-                "INSERT INTO audit_log (timestamp, tech_id, username, action, terminal, outcome, details) "
-                "VALUES (?, (SELECT tech_id FROM tech_users WHERE username = ?), ?, ?, ?, ?, ?)",
-                (
-                    utc_now().isoformat(sep=" ", timespec="microseconds"),
-                    user,
-                    user,
-                    action,
-                    terminal,
-                    outcome,
-                    json.dumps(details, sort_keys=True),
-                ),
+            account = connection.execute("SELECT tech_id FROM tech_users WHERE username = ?", (user,))
+            found = account.fetchone()
+            append_sqlite(
+                connection,
+                "audit_log",
+                {
+                    "timestamp": utc_now(),
+                    "tech_id": found[0] if found else None,
+                    "username": user,
+                    "action": action,
+                    "terminal": terminal,
+                    "outcome": outcome,
+                    "details": json.dumps(details, sort_keys=True),
+                },
             )
     except sqlite3.Error as exc:
         raise StorageError(f"could not record {action} in the audit log: {exc}") from exc

@@ -5,7 +5,8 @@ the file of a live database: the copy is one consistent snapshot even while the 
 copy is switched to a self-contained rollback-journal file, checked with ``PRAGMA integrity_check``, flushed
 to disk and only then given its final name ``backups/tosca_YYYYMMDD_HHMMSS.db`` (local time). If that name
 exists a suffix ``_1``, ``_2``, ... is added; an existing backup is never overwritten. Backups older than 30
-days (by the time in their name) are pruned after each successful backup.
+days (by the time in their name) are pruned after each successful backup. Each copy gets a signed checkpoint
+of every record chain, stored in it and beside it as ``<backup>.chain.json`` (docs/records-chain.md).
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from storage.engine import DEFAULT_BUSY_TIMEOUT_MS
-from storage.errors import BackupError
+from storage.errors import BackupError, StorageError
 from storage.paths import DataDir
+
+if TYPE_CHECKING:
+    from storage.chain import Checkpoint
 
 #: Days a backup is kept, counted from the time in its name.
 RETENTION_DAYS: Final = 30
@@ -87,6 +91,7 @@ def prune_backups(
     for info in list_backups(data_dir):
         if info.taken_at < cutoff and (keep is None or info.path != keep):
             info.path.unlink(missing_ok=True)
+            Path(f"{info.path}.chain.json").unlink(missing_ok=True)  # its checkpoints (storage.chain)
             removed.append(info.path)
     return removed
 
@@ -155,6 +160,18 @@ def copy_database(source: Path, target: Path, *, busy_timeout_ms: int = DEFAULT_
         src.close()
 
 
+def _checkpoint_copy(copy: Path, source: Path) -> list[Checkpoint]:
+    """Sign a checkpoint of each record chain of the copy and store it there (none for a schema older than
+    the chain); the keys are those of ``source``. The copy is private, so no live writer waits for this."""
+    from storage.chain import checkpoint_file
+
+    try:
+        return checkpoint_file(copy, "backup", keys_of=source, pragmas=False)
+    except (StorageError, sqlite3.Error) as exc:
+        _remove_with_sidecars(copy)
+        raise BackupError(f"could not checkpoint the record chain of the backup: {exc}") from exc
+
+
 def backup_database(
     data_dir: DataDir,
     *,
@@ -175,6 +192,7 @@ def backup_database(
     partial = data_dir.backups / f".tosca_{stamp}.{os.getpid()}.partial"
     _remove_with_sidecars(partial)
     copy_database(source, partial)
+    checkpoints = _checkpoint_copy(partial, source)
     final: Path | None = None
     try:
         for suffix in range(_MAX_SUFFIX):
@@ -192,6 +210,10 @@ def backup_database(
         partial.unlink(missing_ok=True)
     if final is None:
         raise BackupError(f"too many backups named tosca_{stamp}*.db")
+    if checkpoints:
+        from storage.chain import backup_checkpoint_path, write_checkpoint_json
+
+        write_checkpoint_json(backup_checkpoint_path(final), checkpoints)
     with contextlib.suppress(OSError):
         _fsync(data_dir.backups)
     prune_backups(data_dir, now=now, retention_days=retention_days, keep=final)

@@ -31,6 +31,7 @@ from alembic.script import ScriptDirectory
 
 import migrations
 from storage.backup import BackupInfo, backup_database, copy_database, last_backup
+from storage.chain import append_sqlite, check_keys, seal_file
 from storage.engine import DEFAULT_BUSY_TIMEOUT_MS, connect_sqlite
 from storage.errors import BackupError, DatabaseCheckError, RestoreError, StorageError
 from storage.locks import hold_database_exclusively
@@ -305,10 +306,12 @@ def upgrade(data_dir: DataDir) -> UpgradeResult:
     if state == "present":
         previous = check_database(db_path, quick=True, require_head=False).revision
         if previous == head:
+            check_keys(db_path)  # a bad key file refuses the start here, in one line, not at the first write
             return UpgradeResult(previous=previous, current=head, backup=None)
     if state != "absent":
         backup = backup_database(data_dir)
     _migrate(db_path, head, backup)
+    seal_file(db_path)  # creates the chain's keys when missing and seals the rows written before the chain
     data_dir.restrict_modes()
     report = check_database(db_path, quick=True)
     return UpgradeResult(previous=previous, current=report.revision, backup=backup)
@@ -340,17 +343,17 @@ def _insert_audit(
     connection = connect_sqlite(db_path)
     try:
         with connection:
-            connection.execute(
-                "INSERT INTO audit_log (timestamp, username, action, terminal, outcome, details) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    utc_now().isoformat(sep=" ", timespec="microseconds"),
-                    _os_user(),
-                    action,
-                    terminal,
-                    outcome,
-                    json.dumps(details or {}, sort_keys=True),
-                ),
+            append_sqlite(
+                connection,
+                "audit_log",
+                {
+                    "timestamp": utc_now(),
+                    "username": _os_user(),
+                    "action": action,
+                    "terminal": terminal,
+                    "outcome": outcome,
+                    "details": json.dumps(details or {}, sort_keys=True),
+                },
             )
     finally:
         connection.close()

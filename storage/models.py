@@ -31,6 +31,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Text,
     UniqueConstraint,
@@ -300,6 +301,10 @@ class TreatmentEvent(Base):
     image_path: Mapped[str | None]
     video_timestamp_ms: Mapped[int | None]
     event_details: Mapped[str | None]
+    # The record chain (revision 20261207_002, docs/records-chain.md): NULL on rows written before it.
+    chain_seq: Mapped[int | None]
+    chain_prev: Mapped[bytes | None] = mapped_column(LargeBinary)
+    chain_mac: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
 class SessionRecording(Base):
@@ -354,6 +359,10 @@ class SafetyLog(Base):
     photodiode_voltage_v: Mapped[float | None]
     action_taken: Mapped[str | None]
     details: Mapped[str | None]
+    # The record chain (revision 20261207_002, docs/records-chain.md): NULL on rows written before it.
+    chain_seq: Mapped[int | None]
+    chain_prev: Mapped[bytes | None] = mapped_column(LargeBinary)
+    chain_mac: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
 class Calibration(Base):
@@ -424,6 +433,10 @@ class AuditLog(Base):
     terminal: Mapped[str | None]
     outcome: Mapped[str]
     details: Mapped[str | None]
+    # The record chain (revision 20261207_002, docs/records-chain.md): NULL on rows written before it.
+    chain_seq: Mapped[int | None]
+    chain_prev: Mapped[bytes | None] = mapped_column(LargeBinary)
+    chain_mac: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
 class ProtocolVersion(Base):
@@ -443,3 +456,26 @@ class ProtocolVersion(Base):
     change_summary: Mapped[str | None]
     created_by_tech_id: Mapped[int | None] = mapped_column(ForeignKey("tech_users.tech_id"))
     created_date: Mapped[datetime | None] = mapped_column(server_default=_NOW)
+
+
+class ChainCheckpoint(Base):
+    """A signed checkpoint of one record chain: its length and head hash at ``created_at`` (append-only;
+    revision 20261207_002, docs/records-chain.md). ``reason`` says what took it (``seal``, ``session_end``,
+    ``backup``, ``manual``); ``signature`` is Ed25519 over the encoding in the docs."""
+
+    __tablename__ = "chain_checkpoints"
+    __table_args__ = (
+        CheckConstraint(_in_list("chain", APPEND_ONLY_TABLES), name="ck_chain_checkpoints_chain"),
+        CheckConstraint("length >= 0", name="ck_chain_checkpoints_length"),
+        Index("idx_checkpoint_chain", "chain", "checkpoint_id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    checkpoint_id: Mapped[int] = mapped_column(primary_key=True)
+    chain: Mapped[str]
+    length: Mapped[int]
+    head_hash: Mapped[bytes] = mapped_column(LargeBinary)
+    head_row_id: Mapped[int]
+    created_at: Mapped[datetime]
+    reason: Mapped[str]
+    signature: Mapped[bytes] = mapped_column(LargeBinary)

@@ -32,10 +32,11 @@ from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from typing import Any, Final
 
-from sqlalchemy import Row, func, insert, select, text, update
+from sqlalchemy import Row, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage.errors import ConfigValueError
+from storage.chain import CHAIN_COLUMNS, append_async, append_one_async
+from storage.errors import ConfigValueError, StorageError
 from storage.models import (
     AUDIT_OUTCOMES,
     CONFIG_TYPES,
@@ -58,20 +59,24 @@ from storage.models import (
 from storage.safety_records import SafetyRecord
 
 #: Columns a caller may give for one treatment event in :meth:`TreatmentEventsRepository.add_many`.
-TREATMENT_EVENT_COLUMNS: Final = frozenset(c.key for c in TreatmentEvent.__table__.columns) - {"event_id"}
+TREATMENT_EVENT_COLUMNS: Final = frozenset(c.key for c in TreatmentEvent.__table__.columns) - {
+    "event_id",
+    *CHAIN_COLUMNS,
+}
 #: Columns every treatment event must have.
 TREATMENT_EVENT_REQUIRED: Final = frozenset({"session_id", "timestamp", "time_offset_ms", "event_type"})
 _NON_NEGATIVE_EVENT_COLUMNS: Final = ("laser_power_commanded_watts", "laser_power_actual_watts")
-_EVENT_INSERT_ORDER: Final = tuple(c.key for c in TreatmentEvent.__table__.columns if c.key != "event_id")
+_EVENT_INSERT_ORDER: Final = tuple(
+    c.key for c in TreatmentEvent.__table__.columns if c.key in TREATMENT_EVENT_COLUMNS
+)
 _EVENT_REQUIRED_KEYS: Final = set(TREATMENT_EVENT_REQUIRED)
 
 
 @dataclass(frozen=True, slots=True)
 class _EventLayout:
-    """The INSERT for one set of event columns, and where the checked and converted values sit in a row."""
+    """One set of event columns, and where the checked and converted values sit in a row."""
 
     columns: tuple[str, ...]
-    sql: str
     timestamp: int
     non_negative: tuple[tuple[int, str], ...]
     required: tuple[tuple[int, str], ...]
@@ -86,7 +91,6 @@ def _event_layout(columns: tuple[str, ...]) -> _EventLayout:
     required = positions(sorted(_EVENT_REQUIRED_KEYS))
     return _EventLayout(
         columns=columns,
-        sql=f"INSERT INTO treatment_events ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})",
         timestamp=columns.index("timestamp"),
         non_negative=positions(_NON_NEGATIVE_EVENT_COLUMNS),
         required=required,
@@ -317,19 +321,21 @@ class AuditRepository:
         """Append one audit record (``outcome`` is ``success`` or ``failure``; ``details`` stored as JSON)."""
         _require_text("action", action)
         _require_choice("outcome", outcome, AUDIT_OUTCOMES)
-        entry = AuditLog(
-            timestamp=timestamp or utc_now(),
-            tech_id=tech_id,
-            username=username,
-            action=action,
-            entity_type=entity_type,
-            entity_id=entity_id,
-            terminal=terminal,
-            outcome=outcome,
-            details=_json_text("details", details),
-        )
-        self.session.add(entry)
-        await self.session.flush()
+        row = {
+            "timestamp": timestamp or utc_now(),
+            "tech_id": tech_id,
+            "username": username,
+            "action": action,
+            "entity_type": entity_type,
+            "entity_id": entity_id,
+            "terminal": terminal,
+            "outcome": outcome,
+            "details": _json_text("details", details),
+        }
+        audit_id = await append_one_async(self.session, "audit_log", row)
+        entry = await self.session.get(AuditLog, audit_id)
+        if entry is None:  # pragma: no cover - written just above, in this transaction
+            raise StorageError(f"audit row {audit_id} vanished after it was written")
         return entry
 
     async def recent(
@@ -678,9 +684,12 @@ class TreatmentEventsRepository:
         _require_text("event_type", event.event_type)
         for name in _NON_NEGATIVE_EVENT_COLUMNS:
             _require_non_negative(name, getattr(event, name))
-        self.session.add(event)
-        await self.session.flush()
-        return event
+        row = {name: getattr(event, name) for name in _EVENT_INSERT_ORDER}
+        event_id = await append_one_async(self.session, "treatment_events", row)
+        stored = await self.session.get(TreatmentEvent, event_id)
+        if stored is None:  # pragma: no cover - written just above, in this transaction
+            raise StorageError(f"event {event_id} vanished after it was written")
+        return stored
 
     async def add_many(self, batch: Sequence[Mapping[str, Any]]) -> int:
         """Insert a batch of events with one ``executemany`` and return how many were inserted.
@@ -733,12 +742,9 @@ class TreatmentEventsRepository:
             for index, values in enumerate(rows):
                 if values[position] is not None:
                     values[position] = _json_text(f"event {index}: {name}", values[position])
-        params = list(map(tuple, rows))
-        if self.session.new or self.session.dirty:
-            await self.session.flush()  # the events may refer to a session row not yet written
-        connection = await self.session.connection()
-        await connection.exec_driver_sql(layout.sql, params)
-        return len(params)
+        # Pending ORM changes are flushed first: the events may refer to a session row not yet written.
+        await append_async(self.session, "treatment_events", columns, rows)
+        return len(rows)
 
     async def events_for_session(self, session_id: int) -> list[EventRow]:
         """Seed query 3: a session's events in time order (by ``time_offset_ms``)."""
@@ -777,10 +783,7 @@ class SafetyLogRepository:
         record.check()
         if record.timestamp is None:
             record = replace(record, timestamp=utc_now())
-        result = await self.session.execute(
-            insert(SafetyLog).values(**record.columns()).returning(SafetyLog.log_id)
-        )
-        return int(result.scalar_one())
+        return await append_one_async(self.session, "safety_log", record.columns())
 
     async def safety_events_last_24h(self) -> list[SafetyEventRow]:
         """Seed query 5: safety events of the last 24 hours (database clock, UTC), newest first."""

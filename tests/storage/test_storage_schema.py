@@ -230,6 +230,10 @@ SEED_COLUMNS: dict[str, list[tuple[str, str]]] = {
         ("image_path", "TEXT"),
         ("video_timestamp_ms", "INTEGER"),
         ("event_details", "TEXT"),
+        # Not in the seed: the record chain (revision 20261207_002), NULL on rows the chain did not write.
+        ("chain_seq", "INTEGER"),
+        ("chain_prev", "BLOB"),
+        ("chain_mac", "BLOB"),
     ],
     "session_recordings": [
         ("recording_id", "INTEGER"),
@@ -258,6 +262,10 @@ SEED_COLUMNS: dict[str, list[tuple[str, str]]] = {
         ("photodiode_voltage_v", "REAL"),
         ("action_taken", "TEXT"),
         ("details", "TEXT"),
+        # Not in the seed: the record chain (revision 20261207_002), NULL on rows the chain did not write.
+        ("chain_seq", "INTEGER"),
+        ("chain_prev", "BLOB"),
+        ("chain_mac", "BLOB"),
     ],
     "calibrations": [
         ("calibration_id", "INTEGER"),
@@ -290,6 +298,10 @@ SEED_COLUMNS: dict[str, list[tuple[str, str]]] = {
         ("terminal", "TEXT"),
         ("outcome", "TEXT"),
         ("details", "TEXT"),
+        # Not in the seed: the record chain (revision 20261207_002), NULL on rows the chain did not write.
+        ("chain_seq", "INTEGER"),
+        ("chain_prev", "BLOB"),
+        ("chain_mac", "BLOB"),
     ],
     "protocol_versions": [
         ("version_id", "INTEGER"),

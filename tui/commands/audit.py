@@ -1,14 +1,23 @@
-"""``tosca audit``: read the audit trail.
+"""``tosca audit``: read the audit trail, and prove the records unaltered.
 
 ```
 tosca audit list [--user U] [--action A] [--outcome success|failure] [--since ISO] [--until ISO]
                  [--text TEXT] [--limit N] [--format table|csv|json]
+tosca audit verify [--backup FILE]
+tosca audit checkpoint
 ```
 
 Rows newest first; ``--since`` is inclusive and ``--until`` exclusive, ISO 8601 dates or date-times (UTC
 unless an offset is given). ``--limit`` (default 50, 0 for every row) bounds the rows printed. ``table``
 prints aligned columns, ``csv`` the same cells as the console's export (formula-guarded), ``json`` one JSON
 array. Exit codes: 0 done, 1 refused or failed (one line on stderr: a bad date, no database), 2 usage.
+
+``verify`` recomputes every record chain (``audit_log``, ``safety_log``, ``treatment_events``) and every
+signed checkpoint of the data directory's database, or of the backup ``FILE`` with the checkpoint file kept
+beside it (see docs/records-chain.md). Exit codes: 0 verified (one line of counts per chain), 1 the first
+row or checkpoint that fails and why, on one line on stderr (or no database), 2 usage or a key file that is
+missing or not 32 bytes. ``checkpoint`` signs and stores a checkpoint of each chain now (0 done, 1 refused,
+2 a bad key file).
 """
 
 from __future__ import annotations
@@ -39,7 +48,9 @@ def _limit(text: str) -> int:
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``audit`` sub-command to ``subparsers``; return its parser."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
-        "audit", help="audit trail: list", description="Read the audit trail of a data directory."
+        "audit",
+        help="audit trail: list, verify, checkpoint",
+        description="Read the audit trail of a data directory, and prove its records unaltered.",
     )
     actions = parser.add_subparsers(dest="audit_action", metavar="ACTION", required=True)
     listing = actions.add_parser("list", help="rows newest first, filtered")
@@ -56,6 +67,13 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     listing.add_argument("--format", choices=FORMATS, default="table", help="output format (default table)")
     add_data_dir_option(listing)
+    verify = actions.add_parser("verify", help="recompute the record chains and their signed checkpoints")
+    verify.add_argument(
+        "--backup", type=Path, metavar="FILE", help="verify this backup file (with the data directory's keys)"
+    )
+    add_data_dir_option(verify)
+    checkpoint = actions.add_parser("checkpoint", help="sign a checkpoint of each record chain now")
+    add_data_dir_option(checkpoint)
     return parser
 
 
@@ -83,14 +101,74 @@ def _table(rows: list[Any]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(shown, widths, strict=True)).rstrip())
 
 
+KEY_REFUSED = 2
+
+
+def _one_line(exc: BaseException | str) -> str:
+    return " ".join(str(exc).split())
+
+
+def _verify(data_dir: Path, backup: Path | None) -> int:
+    from storage.chain import ChainKeyError
+    from storage.chain_verify import verify_database
+    from storage.errors import StorageError
+    from storage.paths import DataDir
+
+    live = DataDir(data_dir).db_path
+    target = live if backup is None else backup
+    try:
+        result = verify_database(target, keys_of=live, backup=backup is not None)
+    except ChainKeyError as exc:
+        print(f"tosca: {_one_line(exc)}", file=sys.stderr)
+        return KEY_REFUSED
+    except StorageError as exc:
+        return fail(_one_line(exc))
+    if result.failure is not None:
+        return fail(f"verification failed: {_one_line(result.failure.message)}")
+    for count in result.counts:
+        print(count.describe())
+    print(f"ok: {target.name}: every chain and checkpoint verifies")
+    sys.stdout.flush()
+    return 0
+
+
+def _checkpoint(data_dir: Path) -> int:
+    import sqlite3
+
+    from storage.chain import ChainKeyError, checkpoint_file
+    from storage.errors import StorageError
+    from storage.paths import DataDir
+
+    db_path = DataDir(data_dir).db_path
+    if not db_path.is_file():
+        return fail(f"no database at {db_path}")
+    try:
+        written = checkpoint_file(db_path, "manual")
+    except ChainKeyError as exc:
+        print(f"tosca: {_one_line(exc)}", file=sys.stderr)
+        return KEY_REFUSED
+    except (StorageError, sqlite3.Error) as exc:
+        return fail(f"no checkpoint written: {_one_line(exc)}")
+    if not written:
+        return fail("the database predates the record chain: run tosca db upgrade first")
+    for cp in written:
+        print(f"{cp.chain}: checkpoint {cp.checkpoint_id} at {cp.length} rows ({cp.created_at} UTC)")
+    sys.stdout.flush()
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``tosca audit ACTION``; return the exit code."""
+    if args.audit_action == "verify":
+        return _verify(Path(args.data_dir), args.backup)
+    if args.audit_action == "checkpoint":
+        return _checkpoint(Path(args.data_dir))
     from storage.audit_query import AuditFilter, csv_record, iter_rows, open_read_only, row_as_json
     from storage.errors import StorageError
     from storage.paths import DataDir
 
     if args.audit_action != "list":
-        return fail(f"unknown audit action {args.audit_action!r} (expected list)")
+        return fail(f"unknown audit action {args.audit_action!r} (expected list, verify or checkpoint)")
     data_dir = DataDir(Path(args.data_dir))
     try:
         filters = AuditFilter.build(
