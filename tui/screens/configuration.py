@@ -13,8 +13,8 @@ refusal says why in the dialog and changes nothing. The change itself goes throu
 change made meanwhile by another admin) and writes the value with its audit row.
 
 A line says when changes take effect (:data:`control.config_editor.WHEN_APPLIED`): the controller reads the
-settings each time a session opens, never during one. While the controller reports an open session, a second line says the change
-applies after it.
+settings each time a session opens, never during one. While the controller reports an open session, a second
+line says the change applies after it.
 
 Open it with ``ConfigurationScreen(context, user)``.
 """
