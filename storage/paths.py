@@ -6,6 +6,8 @@ DIR/backups/tosca_YYYYMMDD_HHMMSS.db     verified online backups (30 days kept)
 DIR/sessions/<subject_code>/<folder>/    telemetry, video and snapshots of one session (<folder>: the
                                          session's unique identifier, ``sessions.session_uid``)
 DIR/logs/                                controller and console logs
+DIR/keys/                                the record chain's HMAC and signing keys (0600; see
+                                         docs/records-chain.md; $TOSCA_CHAIN_KEY_FILE may put them elsewhere)
 DIR/rig.lock                             held by the process that owns the devices
 DIR/console.lock                         held by a console using the database
 ```
