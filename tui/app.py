@@ -663,24 +663,27 @@ class ToscaApp(App[int]):
         if user is None or self.link is None:
             self.notify("no controller: a session cannot be opened", severity="error", timeout=10)
             return
-        from control.messages import OpenSession
+        from control.messages import OpenSession, SessionOpened
         from tui.screens.checks import ChecksScreen
 
         self.notify(f"opening a session for {message.subject_code}...", timeout=3)
         try:
-            await self.link.call(
-                OpenSession(
-                    subject_code=message.subject_code,
-                    username=user.username,
-                    protocol_name=message.protocol_name,
-                    treatment_site=message.treatment_site or None,
+            opened = read_reply(
+                SessionOpened,
+                await self.link.call(
+                    OpenSession(
+                        subject_code=message.subject_code,
+                        username=user.username,
+                        protocol_name=message.protocol_name,
+                        treatment_site=message.treatment_site or None,
+                    ),
+                    timeout_s=60.0,
                 ),
-                timeout_s=60.0,
             )
         except (CommandFailed, ControllerUnavailable) as exc:
             self.notify(f"session not opened: {exc}", severity="error", timeout=30)
             return
-        await self.switch_screen(ChecksScreen(self.context, user))
+        await self.switch_screen(ChecksScreen(self.context, user, opened.session_id))
 
     async def on_session_finished(self, message: SessionFinished) -> None:
         """The notes are saved: back to the screen under the end-of-session screen (the subjects)."""

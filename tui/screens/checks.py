@@ -77,10 +77,14 @@ class ChecksScreen(Screen[None]):
     }
     """
 
-    def __init__(self, context: ScreenContext, user: UserInfo) -> None:
+    def __init__(self, context: ScreenContext, user: UserInfo, session_id: int | None = None) -> None:
         super().__init__()
         self.context = context
         self.user = user
+        #: The session these checks are for (from the controller's answer to opening it, or the first
+        #: snapshot showing it): only its end leaves the screen. A snapshot sent before the session opened
+        #: shows no session and the previous one as the last, and must not be read as this one's end.
+        self.session_id = session_id
         #: The checks last received.
         self.checks: list[PrecheckView] = []
         self.busy = False
@@ -150,12 +154,16 @@ class ChecksScreen(Screen[None]):
         session = snapshot.session
         line = self.query_one("#checks-session", Static)
         if session is None:
+            ended = self.session_id is None or snapshot.last_session_id == self.session_id
+            if not ended:
+                return  # sent before this session opened: its own snapshots follow
             line.update(Text("No session is open.", style="bold"))
             if not self._left and snapshot.state == "idle" and self.is_current:
                 # Aborted here or elsewhere: its notes and summary come next.
                 self._left = True
                 self._show_end(snapshot.last_session_id)
             return
+        self.session_id = session.session_id
         text = Text()
         text.append(f"Session {session.session_id}", style="bold")
         text.append_text(plain(f"  {session.subject_code}  {session.protocol_name}"))

@@ -49,6 +49,7 @@ def _number(value: float | None, decimals: int = 1) -> str:
 #: The columns of the highlighted protocol's steps.
 STEP_COLUMNS = ("#", "Time s", "Start W", "End W", "Ramp", "Ring mm")
 
+
 class ProtocolChoiceScreen(Screen[None]):
     """Choose the protocol for ``subject_code``: list, preview (steps and power curve) and treatment site."""
 
