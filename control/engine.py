@@ -172,9 +172,7 @@ class TreatmentEngine:
             )
             try:
                 setpoint = await self._apply(step, elapsed)
-                if started and (
-                    last_recorded is None or abs(setpoint - last_recorded) >= POWER_EVENT_STEP_W
-                ):
+                if started and (last_recorded is None or abs(setpoint - last_recorded) >= POWER_EVENT_STEP_W):
                     self.record(
                         "power_change" if last_recorded is not None else "power_set",
                         commanded_w=setpoint,

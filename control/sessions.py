@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from control.settings import read_min_free_disk_mb
+from control.vocabulary import SessionStatus
 from storage import (
     AuditRepository,
     DataDir,
@@ -98,7 +99,6 @@ ACTION_SUBJECT_CREATE: Final = "subject_create"
 ENTITY_SESSION: Final = "session"
 ENTITY_SUBJECT: Final = "subject"
 
-SessionStatus = Literal["in_progress", "paused", "completed", "aborted"]
 FinishStatus = Literal["completed", "aborted"]
 
 _SHA256_PATTERN: Final = re.compile(r"[0-9a-f]{64}")

@@ -28,15 +28,10 @@ from control.calibration import (
 from control.controller.state import ActiveSession, ControllerBase
 from control.engine import Outcome, TreatmentEngine
 from control.protocols import ProtocolError, check_protocol, load_limits
-from control.sessions import (
-    FinishStatus,
-    SessionRefused,
-    SessionStatus,
-    SummaryAccumulator,
-)
+from control.sessions import FinishStatus, SessionRefused, SummaryAccumulator
 from control.supervisor import Limits, Refused, SystemState, Term
 from control.system_config import SettingError, read_system_settings
-from control.vocabulary import Severity
+from control.vocabulary import SessionStatus, Severity
 from devices.safety import SafetyEvent, SafetySample
 from storage import utc_now
 from storage.maintenance import check_database
@@ -166,15 +161,15 @@ class TreatmentLifecycle(ControllerBase):
                 },
                 **columns,
             )
-            self._spawn_status("paused")
+            self._spawn_status(SessionStatus.PAUSED)
         elif new is SystemState.PAUSED:
             self._record("pause", details={"reason": reason}, **columns)
-            self._spawn_status("paused")
+            self._spawn_status(SessionStatus.PAUSED)
         elif old is SystemState.PAUSED and new is SystemState.ARMED:
             self._record("resume", details={"reason": reason}, **columns)
-            self._spawn_status("in_progress")
+            self._spawn_status(SessionStatus.IN_PROGRESS)
         elif old is SystemState.FAULT and new is SystemState.READY:
-            self._spawn_status("in_progress")
+            self._spawn_status(SessionStatus.IN_PROGRESS)
 
     def _spawn_status(self, status: SessionStatus) -> None:
         session = self.session
