@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import sys
 from pathlib import Path
+from typing import TextIO
 
 
 def add_data_dir_option(parser: argparse.ArgumentParser, *, default: object = argparse.SUPPRESS) -> None:
@@ -35,3 +37,38 @@ def fail(message: str) -> int:
     """Print a one-line reason on stderr and return the "refused or failed" exit code."""
     print(f"tosca: {message}", file=sys.stderr)
     return 1
+
+
+class PasswordInputError(Exception):
+    """No usable password was given on standard input."""
+
+
+def read_password(stream: TextIO, *, repeat: bool = False) -> str:
+    """A password from ``stream``: on a terminal asked without echo (twice with ``repeat``, and the two must
+    match); otherwise the first line, its line ending removed and nothing else.
+
+    Raises:
+        PasswordInputError: nothing on standard input, or the two typed differ.
+    """
+    if stream.isatty():
+        first = getpass.getpass("Password: ", stream=sys.stderr)
+        if repeat and getpass.getpass("Repeat password: ", stream=sys.stderr) != first:
+            raise PasswordInputError("the two passwords differ")
+        return first
+    line = stream.readline()
+    if not line:
+        raise PasswordInputError("no password on standard input (give it as one line)")
+    return line.removesuffix("\n").removesuffix("\r")
+
+
+def schema_refusal(db_path: Path) -> str | None:
+    """Why a command that reads and writes records cannot use the database at ``db_path`` (none there, or not
+    at the current schema), or None when it can."""
+    from storage.maintenance import head_revision, schema_revision
+
+    revision = schema_revision(db_path)
+    if revision is None:
+        return f"no database in {db_path.parent}; run 'tosca db upgrade' first"
+    if revision != head_revision():
+        return f"the database is at schema {revision}, not {head_revision()}; run 'tosca db upgrade'"
+    return None

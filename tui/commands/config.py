@@ -22,22 +22,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
-from tui.commands import add_data_dir_option, fail
+from tui.commands import PasswordInputError, add_data_dir_option, fail, read_password, schema_refusal
 
 if TYPE_CHECKING:
     from control.config_editor import SettingEntry
     from storage.paths import DataDir
 
 ACTIONS = ("list", "get", "set")
-
-
-class PasswordInputError(Exception):
-    """No password was given on standard input."""
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -61,21 +56,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-def read_password(stream: TextIO) -> str:
-    """The admin's password: asked without echo on a terminal, else the first line of ``stream``."""
-    if stream.isatty():
-        return getpass.getpass("Password: ", stream=sys.stderr)
-    line = stream.readline()
-    if not line:
-        raise PasswordInputError("no password on standard input (give it as one line)")
-    return line.removesuffix("\n").removesuffix("\r")
-
-
 def run(args: argparse.Namespace) -> int:
     """Run the ``config`` action named in ``args`` on ``args.data_dir``; return the exit code."""
     from control.config_editor import ConfigChangeRefused
     from storage.errors import StorageError
-    from storage.maintenance import head_revision, schema_revision
     from storage.paths import DataDir
 
     data_dir = DataDir(Path(args.data_dir))
@@ -83,13 +67,9 @@ def run(args: argparse.Namespace) -> int:
     if action not in ACTIONS:
         return fail(f"unknown config action {action!r} (expected one of {', '.join(ACTIONS)})")
     try:
-        revision = schema_revision(data_dir.db_path)
-        if revision is None:
-            return fail(f"no database in {data_dir.root}; run 'tosca db upgrade' first")
-        if revision != head_revision():
-            return fail(
-                f"the database is at schema {revision}, not {head_revision()}; run 'tosca db upgrade'"
-            )
+        refusal = schema_refusal(data_dir.db_path)
+        if refusal is not None:
+            return fail(refusal)
         password = read_password(sys.stdin) if action == "set" else None
         return asyncio.run(_run(data_dir, args, password))
     except PasswordInputError as exc:

@@ -28,9 +28,9 @@ import os
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
-from tui.commands import add_data_dir_option, fail
+from tui.commands import PasswordInputError, add_data_dir_option, fail, read_password, schema_refusal
 
 if TYPE_CHECKING:
     from control.accounts import UserInfo
@@ -39,10 +39,6 @@ if TYPE_CHECKING:
 ACTIONS = ("add", "list", "set-password", "unlock", "deactivate", "reactivate", "role")
 #: Roles offered by ``--role`` (the same as :data:`storage.ROLES`, spelled out so the parser loads quickly).
 ROLE_CHOICES = ("technician", "engineer", "admin")
-
-
-class PasswordInputError(Exception):
-    """No usable password was given on standard input."""
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -76,24 +72,6 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-def read_password(stream: TextIO) -> str:
-    """Read the new password from ``stream``.
-
-    On a terminal it is asked twice without echo and the two must match; otherwise the first line is the
-    password (its line ending removed, nothing else).
-    """
-    if stream.isatty():
-        first = getpass.getpass("Password: ", stream=sys.stderr)
-        second = getpass.getpass("Repeat password: ", stream=sys.stderr)
-        if first != second:
-            raise PasswordInputError("the two passwords differ")
-        return first
-    line = stream.readline()
-    if not line:
-        raise PasswordInputError("no password on standard input (give it as one line)")
-    return line.removesuffix("\n").removesuffix("\r")
-
-
 def os_user_name() -> str:
     """The operating system user running the command (falls back to the numeric uid)."""
     try:
@@ -106,7 +84,6 @@ def run(args: argparse.Namespace) -> int:
     """Run the ``user`` action named in ``args`` on ``args.data_dir``; return the exit code."""
     from control.accounts import AccountError
     from storage.errors import StorageError
-    from storage.maintenance import head_revision, schema_revision
     from storage.paths import DataDir
 
     data_dir = DataDir(Path(args.data_dir))
@@ -114,16 +91,12 @@ def run(args: argparse.Namespace) -> int:
     if action not in ACTIONS:
         return fail(f"unknown user action {action!r} (expected one of {', '.join(ACTIONS)})")
     try:
-        revision = schema_revision(data_dir.db_path)
-        if revision is None:
-            return fail(f"no database in {data_dir.root}; run 'tosca db upgrade' first")
-        if revision != head_revision():
-            return fail(
-                f"the database is at schema {revision}, not {head_revision()}; run 'tosca db upgrade'"
-            )
+        refusal = schema_refusal(data_dir.db_path)
+        if refusal is not None:
+            return fail(refusal)
         password: str | None = None
         if action in ("add", "set-password"):
-            password = read_password(sys.stdin)
+            password = read_password(sys.stdin, repeat=True)
         return asyncio.run(_run(data_dir, args, password))
     except PasswordInputError as exc:
         return fail(str(exc))
