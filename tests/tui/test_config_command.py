@@ -5,12 +5,10 @@ changed, the refusal audited), and usage errors (exit 2)."""
 from __future__ import annotations
 
 import io
-import json
-import sqlite3
 from pathlib import Path
-from typing import Any
 
 import pytest
+from config_fixtures import config_audits, stored
 from console_fixtures import ADMIN_PASSWORD, DATA_DIR, TECH_PASSWORD, seed_sync
 
 from control.system_config import SETTING_KEYS
@@ -20,21 +18,6 @@ from tui.cli import main
 def tosca(monkeypatch: pytest.MonkeyPatch, *argv: str, stdin: str = "") -> int:
     monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
     return main([*argv, "--data-dir", str(DATA_DIR)])
-
-
-def stored(key: str) -> str | None:
-    with sqlite3.connect(DATA_DIR / "tosca.db") as db:
-        row = db.execute("SELECT config_value FROM system_config WHERE config_key = ?", (key,)).fetchone()
-    return None if row is None else str(row[0])
-
-
-def config_audits() -> list[tuple[str, str, dict[str, Any]]]:
-    with sqlite3.connect(DATA_DIR / "tosca.db") as db:
-        rows = db.execute(
-            "SELECT outcome, username, details FROM audit_log WHERE action = 'config_change' "
-            "ORDER BY audit_id"
-        ).fetchall()
-    return [(str(o), str(u), json.loads(d)) for o, u, d in rows]
 
 
 def test_list_shows_every_setting_with_value_default_unit_and_meaning(

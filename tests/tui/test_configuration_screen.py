@@ -4,12 +4,12 @@ the key and the reason, changing nothing; the line about an open session; a tech
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from typing import Any
 
 import pytest
 from admin_records_fixtures import AdminScreenApp, LinkStandIn, SessionShown, SnapshotShown
+from config_fixtures import config_audits, stored
 from console_fixtures import CLI, DATA_DIR, FakeClock, enter_text, seed, status_text, wait_until
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Label
@@ -25,21 +25,6 @@ from tui.screens.home import menu_for, not_yet_line
 
 def configuration(context: ScreenContext, user: UserInfo) -> ConfigurationScreen:
     return ConfigurationScreen(context, user)
-
-
-def stored(key: str) -> str | None:
-    with sqlite3.connect(DATA_DIR / "tosca.db") as db:
-        row = db.execute("SELECT config_value FROM system_config WHERE config_key = ?", (key,)).fetchone()
-    return None if row is None else str(row[0])
-
-
-def config_audits() -> list[tuple[str, str, dict[str, Any]]]:
-    with sqlite3.connect(DATA_DIR / "tosca.db") as db:
-        rows = db.execute(
-            "SELECT outcome, username, details FROM audit_log WHERE action = 'config_change' "
-            "ORDER BY audit_id"
-        ).fetchall()
-    return [(str(o), str(u), json.loads(d)) for o, u, d in rows]
 
 
 async def loaded(pilot: Pilot[Any]) -> ConfigurationScreen:

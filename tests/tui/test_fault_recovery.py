@@ -40,6 +40,7 @@ from tui.screens.subjects import SubjectsScreen
 
 pytestmark = RIG_TEST
 
+
 @pytest.fixture
 async def ready(data_dir: Path) -> Any:
     await seed()

@@ -47,6 +47,7 @@ async def test_a_sign_in_answered_after_the_logout_leaves_the_connection_signed_
             await connected(pilot)
             link = app.link
             assert link is not None
+
             # The waiting sign-in reaches the controller now; it is undone at once, nobody being logged in.
             def signing_in() -> bool:
                 return any(w.group == "link-sign-in" and not w.is_finished for w in app.workers)
