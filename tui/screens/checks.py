@@ -7,6 +7,8 @@ the laser (key control), and only when every check passes; over SSH the console 
 Every condition that refuses arming is a check (the controller's state first: a latched fault fails it with
 how to reset it), and the verdict never says all pass while arming would be refused. F4 resets a latched
 fault (the password, once its cause has cleared); F8 aborts the session (with a reason) before any emission.
+F2 saves a snapshot of the treatment site and F3 switches the aiming beam (its state is on the session line),
+to place the ring before treating.
 When the list is taller than the screen, the line under it says which rows show and that up/down scroll.
 """
 
@@ -31,6 +33,7 @@ from tui.safe_text import escape_controls, plain
 from tui.screens._base import ScreenContext, SnapshotUpdated
 from tui.widgets.fault import RESET_KEY, RESET_KEY_LABEL, in_fault, reset_fault
 from tui.widgets.header import ConsoleHeader
+from tui.widgets.imaging import AIM_KEY, SNAPSHOT_KEY, aim_text, take_snapshot, toggle_aiming_beam
 
 #: How often the checks are asked for again, s.
 REFRESH_S = 1.0
@@ -58,6 +61,8 @@ class ChecksScreen(Screen[None]):
         Binding(RESET_KEY, "reset_fault", "Reset fault"),
         Binding("f8", "abort", "Abort session"),
         Binding("f9", "refresh", "Check again"),
+        Binding(SNAPSHOT_KEY, "snapshot", "Snapshot"),
+        Binding(AIM_KEY, "aiming_beam", "Aim beam"),
         # The password field has the focus: up and down move through the checks.
         Binding("down", "scroll_checks(1)", "Next check", show=False),
         Binding("up", "scroll_checks(-1)", "Previous check", show=False),
@@ -164,7 +169,8 @@ class ChecksScreen(Screen[None]):
             text.append(f"  {minutes}:{seconds:02d}")
         if session.expected_energy_j is not None:
             text.append(f"  {session.expected_energy_j:.1f} J expected")
-        text.append(f"  state {snapshot.state.upper()}")
+        text.append(f"  state {snapshot.state.upper()}  ")
+        text.append_text(aim_text(snapshot))
         line.update(text)
         operator = session.operator or self.user.username
         self.query_one("#arm-label", Label).update(plain(f"Password of {operator} to arm"))
@@ -284,6 +290,20 @@ class ChecksScreen(Screen[None]):
         status.update(plain(text))
         status.set_class(error, "error")
         status.set_class(not error, "info")
+
+    @work(group="snapshot", exclusive=False, exit_on_error=False)
+    async def action_snapshot(self) -> None:
+        """Save the camera's frame in the session's folder, and say where (or why not)."""
+        taken = await take_snapshot(self, self.context.link)
+        if taken is not None:
+            self.show_status(f"Snapshot saved: {taken.raw_path}", error=False)
+
+    @work(group="aiming", exclusive=True, exit_on_error=False)
+    async def action_aiming_beam(self) -> None:
+        """Switch the aiming beam on or off."""
+        on = await toggle_aiming_beam(self, self.context.link)
+        if on is not None:
+            self.show_status(f"Aiming beam {'on' if on else 'off'}", error=False)
 
     def action_refresh(self) -> None:
         self.refresh_checks()

@@ -12,7 +12,9 @@ Everything shown comes from the controller's snapshots (up to 30 a second) and c
 
 Keys: space (or F12 anywhere) stops emission at once; p pause, r resume, a arm (password), o power override
 (with a reason, for the step running when it was asked for), x abort (with a reason), f reset a fault
-(password). Their dialogs are docked at the bottom, so the banner, the power and the interlocks stay readable
+(password); F2 saves a snapshot of the treatment site (the camera's frame, raw and with the ring drawn, in
+the session's folder) and F3 switches the aiming beam on or off (its state is on the Laser line). Their
+dialogs are docked at the bottom, so the banner, the power and the interlocks stay readable
 above them. When the session closes, the end-of-session screen follows.
 """
 
@@ -49,6 +51,13 @@ from tui.screens._base import PreviewUpdated, ScreenContext, SnapshotUpdated
 from tui.screens.checks import arm_refusal
 from tui.widgets.camera import CameraPreview
 from tui.widgets.header import ConsoleHeader
+from tui.widgets.imaging import (
+    AIM_KEY,
+    SNAPSHOT_KEY,
+    aim_text,
+    take_snapshot,
+    toggle_aiming_beam,
+)
 from tui.widgets.lines import LinePanel
 from tui.widgets.plot import PowerPlot
 
@@ -185,6 +194,8 @@ def readout_text(snapshot: Snapshot) -> Text:
         text.append(f"  {laser.current_ma:.0f} mA")
     if laser.photodiode_v is not None:
         text.append(f"  PD {laser.photodiode_v:.3f} V")
+    text.append("  ")
+    text.append_text(aim_text(snapshot))
     return text
 
 
@@ -211,6 +222,8 @@ class DashboardScreen(Screen[None]):
         Binding("o", "override", "Override"),
         Binding("x", "abort", "Abort"),
         Binding("f", "reset", "Reset fault"),
+        Binding(SNAPSHOT_KEY, "snapshot", "Snapshot"),
+        Binding(AIM_KEY, "aiming_beam", "Aim beam"),
     ]
 
     def __init__(self, context: ScreenContext, user: UserInfo) -> None:
@@ -374,6 +387,16 @@ class DashboardScreen(Screen[None]):
         if done:
             self.notify(done, timeout=4)
         return True
+
+    @work(group="snapshot", exclusive=False, exit_on_error=False)
+    async def action_snapshot(self) -> None:
+        """Save the camera's frame in the session's folder, and say where (or why not)."""
+        await take_snapshot(self, self.context.link)
+
+    @work(group="aiming", exclusive=True, exit_on_error=False)
+    async def action_aiming_beam(self) -> None:
+        """Switch the aiming beam on or off."""
+        await toggle_aiming_beam(self, self.context.link)
 
     async def action_pause(self) -> None:
         await self._send(Pause(), "paused: laser off")
