@@ -52,7 +52,7 @@ def aim_shown(app: ToscaApp, on: bool) -> bool:
     return (
         snapshot is not None
         and snapshot.aiming_beam is on
-        and ("aim ON" if on else "aim off") in screen_text(app)
+        and ("aiming beam ON" if on else "aiming beam off") in screen_text(app)
     )
 
 

@@ -7,8 +7,8 @@ the laser (key control), and only when every check passes; over SSH the console 
 Every condition that refuses arming is a check (the controller's state first: a latched fault fails it with
 how to reset it), and the verdict never says all pass while arming would be refused. F4 resets a latched
 fault (the password, once its cause has cleared); F8 aborts the session (with a reason) before any emission.
-F2 saves a snapshot of the treatment site and F3 switches the aiming beam (its state is on the session line),
-to place the ring before treating.
+F2 saves a snapshot of the treatment site and F3 switches the aiming beam (its state is at the end of the
+password line), to place the ring before treating.
 When the list is taller than the screen, the line under it says which rows show and that up/down scroll.
 """
 
@@ -80,6 +80,10 @@ class ChecksScreen(Screen[None]):
         padding: 0 0 0 1;
         color: $text-muted;
     }
+    ChecksScreen #checks-aim {
+        width: auto;
+        padding: 0 0 0 2;
+    }
     """
 
     def __init__(self, context: ScreenContext, user: UserInfo) -> None:
@@ -114,6 +118,7 @@ class ChecksScreen(Screen[None]):
                 field.cursor_blink = self.context.settings.cursor_blink
                 field.compact = True
                 yield field
+                yield Static(aim_text(None), id="checks-aim")
             yield Label("", id="status")
         if self.context.settings.sim:
             from tui.widgets.sim_panel import SimPanel
@@ -169,9 +174,9 @@ class ChecksScreen(Screen[None]):
             text.append(f"  {minutes}:{seconds:02d}")
         if session.expected_energy_j is not None:
             text.append(f"  {session.expected_energy_j:.1f} J expected")
-        text.append(f"  state {snapshot.state.upper()}  ")
-        text.append_text(aim_text(snapshot))
+        text.append(f"  state {snapshot.state.upper()}")
         line.update(text)
+        self.query_one("#checks-aim", Static).update(aim_text(snapshot))
         operator = session.operator or self.user.username
         self.query_one("#arm-label", Label).update(plain(f"Password of {operator} to arm"))
         self.key_blocked = session.key_failures >= session.key_failures_allowed
@@ -265,9 +270,11 @@ class ChecksScreen(Screen[None]):
             table.move_cursor(row=max(0, min(table.row_count - 1, table.cursor_row + rows)))
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        """The fault reset key shows only while a fault is latched."""
+        """The fault reset key shows only while a fault is latched, the aiming beam's only while none is."""
         if action == "reset_fault":
             return self.fault_state is not None
+        if action == "aiming_beam":
+            return self.fault_state is None
         return True
 
     @work(group="reset", exclusive=True, exit_on_error=False)

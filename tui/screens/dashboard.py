@@ -13,7 +13,7 @@ Everything shown comes from the controller's snapshots (up to 30 a second) and c
 Keys: space (or F12 anywhere) stops emission at once; p pause, r resume, a arm (password), o power override
 (with a reason, for the step running when it was asked for), x abort (with a reason), f reset a fault
 (password); F2 saves a snapshot of the treatment site (the camera's frame, raw and with the ring drawn, in
-the session's folder) and F3 switches the aiming beam on or off (its state is on the Laser line). Their
+the session's folder) and F3 switches the aiming beam on or off (its state is on the Aim line). Their
 dialogs are docked at the bottom, so the banner, the power and the interlocks stay readable
 above them. When the session closes, the end-of-session screen follows.
 """
@@ -149,7 +149,7 @@ def _pedal_pressed(snapshot: Snapshot) -> bool:
 
 def readout_text(snapshot: Snapshot) -> Text:
     """The numbers, in lines short enough for the left half of an 80-column screen: subject and protocol,
-    power, ring, step, clocks, energy, laser."""
+    power, ring, step, clocks, energy, laser, and the aiming beam."""
     laser, ring, session = snapshot.laser, snapshot.ring, snapshot.session
     text = Text(no_wrap=True, overflow="ellipsis")
     if session is not None:
@@ -194,7 +194,7 @@ def readout_text(snapshot: Snapshot) -> Text:
         text.append(f"  {laser.current_ma:.0f} mA")
     if laser.photodiode_v is not None:
         text.append(f"  PD {laser.photodiode_v:.3f} V")
-    text.append("  ")
+    text.append("\nAim    ", style="dim")
     text.append_text(aim_text(snapshot))
     return text
 
@@ -367,6 +367,8 @@ class DashboardScreen(Screen[None]):
     # -- keys --------------------------------------------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "aiming_beam":
+            return self.state != "fault"  # the controller refuses the aiming beam in fault
         name = _KEY_ACTIONS.get(action)
         if name is None:
             return True

@@ -34,10 +34,10 @@ SNAPSHOT_TIMEOUT_S = 15.0
 
 
 def aim_text(snapshot: Snapshot | None) -> Text:
-    """The aiming beam's state in a few words: ``aim ON`` (bold) or ``aim off``."""
+    """The aiming beam's state in a few words: ``aiming beam ON`` (bold) or ``aiming beam off``."""
     if snapshot is not None and snapshot.aiming_beam:
-        return Text("aim ON", style="bold")
-    return Text("aim off")
+        return Text("aiming beam ON", style="bold")
+    return Text("aiming beam off")
 
 
 def snapshot_words(taken: SnapshotTaken) -> str:
