@@ -280,7 +280,8 @@ class Sim(Command):
 
 class TakeSnapshot(Command):
     """Save the camera's newest frame in the open session's folder: the raw picture and one with the ring
-    drawn (the connection holding the session)."""
+    drawn (the connection holding the session). Answered at once; how it ended comes as an :class:`Event` of
+    kind ``snapshot``."""
 
     type: Literal["take_snapshot"] = "take_snapshot"
 
@@ -465,8 +466,14 @@ class SimReply(_Message):
     reply: str
 
 
+class SnapshotStarted(_Message):
+    """``take_snapshot``: the snapshot is being saved into ``folder`` (the session's)."""
+
+    folder: str
+
+
 class SnapshotTaken(_Message):
-    """``take_snapshot``: the two pictures saved, where, their size, and what the ring measured.
+    """A snapshot saved: the two pictures, where, their size, and what the ring measured.
 
     ``offset_s`` is the time since the session opened, s; ``ring_mm`` the detected ring's diameter (``None``:
     no ring found, ``no_ring_reason`` says why).
@@ -672,7 +679,7 @@ ReplyData: TypeAlias = (
     | SessionOpened
     | OverrideApplied
     | SimReply
-    | SnapshotTaken
+    | SnapshotStarted
     | AimingBeamState
     | Snapshot
     | dict[str, DeviceStatus]

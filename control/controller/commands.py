@@ -168,7 +168,7 @@ class ControllerCommands(TreatmentLifecycle):
             case msg.TakeSnapshot():
                 self._require_session()
                 auth.require_holder(connection, kind)
-                return await self.take_snapshot(by=person.username)
+                return self.start_snapshot(by=person.username)
             case msg.AimingBeam():
                 self._require_session()
                 auth.require_holder(connection, kind)

@@ -11,6 +11,12 @@ frame's time offset in the session. A camera that is not ok (none, no frame yet,
 with the reason and nothing is recorded; a picture that cannot be written (a full disk) refuses with the
 reason and leaves no file behind; the treatment goes on either way.
 
+The ``take_snapshot`` command (:meth:`Imaging.start_snapshot`) answers at once, after checking that there is
+a session and a usable camera image, and saves in the background: commands on one connection are answered in
+order, so a reply that waited for the files would hold up the next command of the operator's console (a
+stop among them). The outcome is published as an event of kind ``snapshot`` (:data:`SNAPSHOT_EVENT`), which
+the console shows: where the pictures are, or why they were not saved. One snapshot is saved at a time.
+
 **The aiming beam.** The safety board's ``LASER_ON`` / ``LASER_OFF`` commands switch the visible aiming beam
 (docs/devices.md, "Safety board"), never the treatment laser: nothing here touches the supervisor, the laser
 driver or the permission to emit, and emission never waits for the aiming beam.
@@ -34,13 +40,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from pathlib import Path
 
 from control import messages as msg
 from control.controller.state import ControllerBase
+from control.recorder import storage_failure
 from control.supervisor import Refused, SystemState
 from control.system_config import read_setting
 from control.vocabulary import Severity
-from devices.camera import CameraClosedError, NoImageError, RecordingError, SnapshotFiles
+from devices.camera import CameraClosedError, CameraState, NoImageError, RecordingError, SnapshotFiles
 from storage import utc_now
 from storage.models import SessionRecording
 from storage.repositories import SessionsRepository
@@ -51,6 +60,18 @@ _LOG = logging.getLogger(__name__)
 SNAPSHOT_TIMEOUT_S = 10.0
 #: Longest wait for the safety board to acknowledge an aiming beam command, s.
 AIM_TIMEOUT_S = 2.0
+#: The kind of the events that say how a snapshot ended (saved, where; or why not).
+SNAPSHOT_EVENT = "snapshot"
+
+
+def snapshot_words(taken: msg.SnapshotTaken) -> str:
+    """What the console says of a snapshot saved: where the two pictures are, and the ring measured."""
+    raw, annotated = Path(taken.raw_path), Path(taken.annotated_path)
+    ring = f"ring {taken.ring_mm:.2f} mm" if taken.ring_mm is not None else "no ring found"
+    return (
+        f"snapshot saved at {taken.offset_s:.1f} s ({taken.resolution}, {ring}): "
+        f"{raw.name} and {annotated.name} in {raw.parent}"
+    )
 
 
 class Imaging(ControllerBase):
@@ -61,8 +82,55 @@ class Imaging(ControllerBase):
     #: Bumped by every forced switch-off, so an "on" asked for before it never lands after it.
     _aim_epoch: int = 0
     _aim_lock: asyncio.Lock | None = None
+    _snapshot_task: asyncio.Task[None] | None = None
 
     # -- snapshots -------------------------------------------------------------------------------------------
+
+    @property
+    def snapshot_in_progress(self) -> bool:
+        """Whether a snapshot is being saved."""
+        return self._snapshot_task is not None and not self._snapshot_task.done()
+
+    def start_snapshot(self, *, by: str) -> msg.SnapshotStarted:
+        """Start saving a snapshot of the open session for ``by`` and answer at once (see the module
+        documentation); Refused, with the reason, when there is no session or no usable image, or while one
+        is being saved."""
+        session = self._require_session()
+        self._usable_camera()
+        if self.snapshot_in_progress:
+            raise Refused("a snapshot is being saved: wait for it to finish")
+        task = asyncio.get_running_loop().create_task(self._snapshot_in_background(by), name="snapshot")
+        self._snapshot_task = task
+        self._tasks.append(task)
+        return msg.SnapshotStarted(folder=str(session.opened.folder))
+
+    async def _snapshot_in_background(self, by: str) -> None:
+        try:
+            taken = await self.take_snapshot(by=by)
+        except Refused as exc:
+            self._snapshot_event(Severity.WARNING, f"snapshot not saved: {exc}")
+        except Exception as exc:
+            _LOG.exception("snapshot failed")
+            words = storage_failure(exc) or f"{type(exc).__name__}: {exc}"
+            self._snapshot_event(Severity.WARNING, f"snapshot not saved: {words}")
+        else:
+            self._snapshot_event(Severity.INFO, snapshot_words(taken))
+
+    def _snapshot_event(self, severity: Severity, text: str) -> None:
+        self._seq += 1
+        event = msg.Event(
+            seq=self._seq, time_s=time.monotonic(), kind=SNAPSHOT_EVENT, severity=severity, message=text
+        )
+        if self.server is not None:
+            self.server.publish_event(event)
+
+    def _usable_camera(self) -> None:
+        camera = self.rig.camera
+        if camera is None:
+            raise Refused("no image to take: this rig has no camera")
+        status = camera.status()
+        if status.state is not CameraState.OK:
+            raise Refused(f"no image to take: the camera is {status.state.value} ({status.reason})")
 
     async def take_snapshot(self, *, by: str) -> msg.SnapshotTaken:
         """Save the camera's newest frame as a snapshot pair of the open session, recorded for ``by``."""
@@ -77,10 +145,9 @@ class Imaging(ControllerBase):
         except NoImageError as exc:
             raise Refused(str(exc)) from None
         except RecordingError as exc:
-            self._event(Severity.WARNING, f"snapshot not saved: {exc}")
-            raise Refused(f"snapshot not saved: {exc}") from None
+            raise Refused(str(exc)) from None
         except (CameraClosedError, TimeoutError) as exc:
-            raise Refused(f"snapshot not saved: the camera did not answer ({exc or 'timed out'})") from None
+            raise Refused(f"the camera did not answer ({exc or 'timed out'})") from None
         offset_s = max(0.0, files.frame_timestamp - session.started_mono)
         ring_mm = files.ring.diameter_mm if files.ring is not None else None
         try:
@@ -106,7 +173,6 @@ class Imaging(ControllerBase):
                     "frame": files.frame_sequence,
                 },
             )
-        self._event(Severity.INFO, f"snapshot saved: {files.raw}")
         return msg.SnapshotTaken(
             raw_path=str(files.raw),
             annotated_path=str(files.annotated),

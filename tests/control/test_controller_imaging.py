@@ -27,6 +27,7 @@ from controller_fixtures import (
 
 from control import messages as msg
 from control.controller import Controller
+from control.ipc.client import ControllerClient
 from control.ipc_errors import CommandFailed
 from control.supervisor import Refused, SystemState
 from devices.camera import CameraCapture, CameraState
@@ -184,7 +185,7 @@ async def test_a_snapshot_that_cannot_be_written_is_refused_and_treatment_goes_o
     folder.rename(moved)
     folder.write_text("not a folder")
     try:
-        with pytest.raises(Refused, match="snapshot not saved: cannot create the snapshot folder"):
+        with pytest.raises(Refused, match="cannot create the snapshot folder"):
             await controller.take_snapshot(by=USERNAME)
         assert controller.supervisor.state is SystemState.TREATING
         assert not [p for p in moved.iterdir() if p.suffix == ".png" or p.name.endswith(".partial")]
@@ -217,15 +218,86 @@ async def test_the_snapshot_and_aiming_beam_commands_belong_to_the_holding_conne
             await other.call(msg.TakeSnapshot())
         assert not _board(controller).aiming_beam
         reply = await holder.call(msg.TakeSnapshot())
-        taken = msg.SnapshotTaken.model_validate(reply)
-        for path in (taken.raw_path, taken.annotated_path):
-            assert await asyncio.to_thread(Path(path).is_file)
+        assert controller.session is not None
+        assert reply == {"folder": str(controller.session.opened.folder)}
+        saved = await _snapshot_event(holder)
+        assert saved.severity == "info" and saved.message.startswith("snapshot saved at ")
         reply = await holder.call(msg.AimingBeam(on=True))
         assert reply == {"on": True}
         snapshot = await holder.wait_snapshot(lambda s: s.aiming_beam, 3.0)
         assert snapshot.aiming_beam
     finally:
         await other.close()
+        await holder.close()
+
+
+async def _snapshot_event(client: ControllerClient, timeout_s: float = 15.0) -> msg.Event:
+    async with asyncio.timeout(timeout_s):
+        async for event in client.events():
+            if event.kind == "snapshot":
+                return event
+    raise AssertionError("the connection ended before the snapshot's event")
+
+
+async def test_the_snapshot_key_is_answered_at_once_and_never_holds_up_a_stop(
+    controller: Controller, data: DataDir
+) -> None:
+    """The operator's connection asks for a snapshot and then stops: the stop is answered (and the laser
+    off) long before the pictures are saved; the outcome comes as an event naming both files."""
+    holder = await authenticated(data.root / "control.sock")
+    try:
+        await holder.call(
+            msg.OpenSession(subject_code=SUBJECT, username=USERNAME, protocol_name="p", create_subject=True)
+        )
+        await wait_prechecks(controller)
+        await holder.call(msg.Arm(password=PASSWORD))
+        assert controller.sim_rig is not None
+        controller.sim_rig.command("pedal down")
+        await wait_until(lambda: controller.sim_rig.model.laser_output_on, 10.0, "laser on")  # type: ignore[union-attr]
+        asked = asyncio.get_running_loop().time()
+        await holder.call(msg.TakeSnapshot())
+        with pytest.raises(CommandFailed, match="a snapshot is being saved"):
+            await holder.call(msg.TakeSnapshot())
+        await holder.call(msg.Stop())
+        stopped = asyncio.get_running_loop().time() - asked
+        assert controller.supervisor.state is SystemState.PAUSED
+        assert controller.snapshot_in_progress, (
+            "the pictures were still being saved when the stop was answered"
+        )
+        event = await _snapshot_event(holder)
+        assert event.severity == "info"
+        folder = controller.session.opened.folder if controller.session else Path()
+        names = sorted(p.name for p in await asyncio.to_thread(lambda: list(folder.glob("snapshot_*.png"))))
+        assert len(names) == 2 and all(name in event.message for name in names)
+        assert stopped < 0.5
+    finally:
+        await holder.close()
+
+
+async def test_a_snapshot_that_fails_says_why_in_its_event(controller: Controller, data: DataDir) -> None:
+    holder = await authenticated(data.root / "control.sock")
+    try:
+        await holder.call(
+            msg.OpenSession(subject_code=SUBJECT, username=USERNAME, protocol_name="p", create_subject=True)
+        )
+        camera = controller.rig.camera
+        assert camera is not None
+        await camera.wait_for_state(CameraState.OK, 10.0)
+        session = controller.session
+        assert session is not None
+        folder = session.opened.folder
+        moved = folder.with_name(folder.name + "-moved")
+        folder.rename(moved)
+        folder.write_text("not a folder")
+        try:
+            await holder.call(msg.TakeSnapshot())
+            event = await _snapshot_event(holder)
+        finally:
+            folder.unlink()
+            moved.rename(folder)
+        assert event.severity == "warning"
+        assert event.message.startswith("snapshot not saved: cannot create the snapshot folder")
+    finally:
         await holder.close()
 
 
@@ -344,7 +416,7 @@ async def test_the_aiming_beam_is_off_after_each_way_a_session_can_end(data: Dat
         else:
             await client.close()
         await wait_until(lambda: not board.aiming_beam, 3.0, "the board's aiming beam off")
-        assert not controller.aiming_on
+        await wait_until(lambda: not controller.aiming_on, 3.0, "the board's acknowledgement")
         if ending == "disconnect":
             await wait_until(lambda: controller.authority.holder is None, 3.0, "no holder")
         await _recorded(controller)

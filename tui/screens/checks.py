@@ -30,10 +30,17 @@ from control.accounts import UserInfo
 from control.ipc_errors import CommandFailed, ControllerUnavailable
 from control.messages import Abort, Arm, Prechecks, PrechecksReply, PrecheckView, Snapshot
 from tui.safe_text import escape_controls, plain
-from tui.screens._base import ScreenContext, SnapshotUpdated
+from tui.screens._base import ControllerEvent, ScreenContext, SnapshotUpdated
 from tui.widgets.fault import RESET_KEY, RESET_KEY_LABEL, in_fault, reset_fault
 from tui.widgets.header import ConsoleHeader
-from tui.widgets.imaging import AIM_KEY, SNAPSHOT_KEY, aim_text, take_snapshot, toggle_aiming_beam
+from tui.widgets.imaging import (
+    AIM_KEY,
+    SNAPSHOT_KEY,
+    aim_text,
+    show_snapshot_outcome,
+    take_snapshot,
+    toggle_aiming_beam,
+)
 
 #: How often the checks are asked for again, s.
 REFRESH_S = 1.0
@@ -301,9 +308,17 @@ class ChecksScreen(Screen[None]):
     @work(group="snapshot", exclusive=False, exit_on_error=False)
     async def action_snapshot(self) -> None:
         """Save the camera's frame in the session's folder, and say where (or why not)."""
-        taken = await take_snapshot(self, self.context.link)
-        if taken is not None:
-            self.show_status(f"Snapshot saved: {taken.raw_path}", error=False)
+        folder = await take_snapshot(self, self.context.link)
+        if folder is not None:
+            self.show_status(f"Saving a snapshot in {folder}", error=False)
+
+    def on_controller_event(self, message: ControllerEvent) -> None:
+        """How a snapshot asked for here ended, also on the status line."""
+        if not self.is_current:
+            return
+        words = show_snapshot_outcome(self, message.event)
+        if words is not None:
+            self.show_status(words, error=message.event.severity != "info")
 
     @work(group="aiming", exclusive=True, exit_on_error=False)
     async def action_aiming_beam(self) -> None:

@@ -47,7 +47,7 @@ from control.messages import (
     command_name,
 )
 from tui.safe_text import escape_controls, plain
-from tui.screens._base import PreviewUpdated, ScreenContext, SnapshotUpdated
+from tui.screens._base import ControllerEvent, PreviewUpdated, ScreenContext, SnapshotUpdated
 from tui.screens.checks import arm_refusal
 from tui.widgets.camera import CameraPreview
 from tui.widgets.header import ConsoleHeader
@@ -55,6 +55,7 @@ from tui.widgets.imaging import (
     AIM_KEY,
     SNAPSHOT_KEY,
     aim_text,
+    show_snapshot_outcome,
     take_snapshot,
     toggle_aiming_beam,
 )
@@ -301,6 +302,11 @@ class DashboardScreen(Screen[None]):
         self._drawn_at = time.monotonic()
         self._drawn_key = self._state_key(snapshot)
         self.show(snapshot)
+
+    def on_controller_event(self, message: ControllerEvent) -> None:
+        """How a snapshot asked for here ended: where it was saved, or why not."""
+        if self.is_current:
+            show_snapshot_outcome(self, message.event)
 
     def on_preview_updated(self, message: PreviewUpdated) -> None:
         self.query_one("#camera", CameraPreview).show(message.preview)
