@@ -294,8 +294,12 @@ class Imaging(ControllerBase):
         self._aim_epoch += 1
         if not self.aiming_on and not self._aim_guard().locked():
             return  # off, and no switch in progress that could leave it on
-        loop = asyncio.get_running_loop()
-        loop.call_soon(self._background, self.aim_off(reason))
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            _LOG.error("aiming beam not switched off (%s): no event loop", reason)
+            return
+        loop.call_soon(lambda: self._background(self.aim_off(reason)))
 
     def _aim_state(self, old: SystemState, new: SystemState, reason: str) -> None:
         """The supervisor's transitions: off on a fault, and when emission starts unless it may stay on."""
