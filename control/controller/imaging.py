@@ -43,6 +43,8 @@ import logging
 import time
 from pathlib import Path
 
+from sqlalchemy import insert
+
 from control import messages as msg
 from control.controller.state import ControllerBase
 from control.recorder import storage_failure
@@ -52,7 +54,6 @@ from control.vocabulary import Severity
 from devices.camera import CameraClosedError, CameraState, NoImageError, RecordingError, SnapshotFiles
 from storage import utc_now
 from storage.models import SessionRecording
-from storage.repositories import SessionsRepository
 
 _LOG = logging.getLogger(__name__)
 
@@ -185,27 +186,29 @@ class Imaging(ControllerBase):
         )
 
     async def _snapshot_rows(self, session_id: int, files: SnapshotFiles, ring_mm: float | None) -> None:
+        """The pair's two ``session_recordings`` rows, in one transaction: one multi-row INSERT rather than
+        the ORM's unit of work, so that little Python runs on this loop for a snapshot."""
         ring = f"ring {ring_mm:.2f} mm drawn" if ring_mm is not None else "no ring found"
         taken = utc_now()
-        async with self.db() as db, db.begin():
-            repository = SessionsRepository(db)
+        rows = [
+            {
+                "session_id": session_id,
+                "recording_type": "snapshot",
+                "file_path": str(path),
+                "file_size_bytes": size,
+                "duration_seconds": None,
+                "timestamp": taken,
+                "frame_count": 1,
+                "resolution": files.resolution,
+                "notes": notes,
+            }
             for path, size, notes in (
                 (files.raw, files.raw_bytes, "snapshot: the camera frame"),
                 (files.annotated, files.annotated_bytes, f"snapshot annotated: {ring}"),
-            ):
-                await repository.add_recording(
-                    SessionRecording(
-                        session_id=session_id,
-                        recording_type="snapshot",
-                        file_path=str(path),
-                        file_size_bytes=size,
-                        duration_seconds=None,
-                        timestamp=taken,
-                        frame_count=1,
-                        resolution=files.resolution,
-                        notes=notes,
-                    )
-                )
+            )
+        ]
+        async with self.db() as db, db.begin():
+            await db.execute(insert(SessionRecording).values(rows))
 
     # -- the aiming beam -------------------------------------------------------------------------------------
 

@@ -508,8 +508,8 @@ class CameraCapture:
         self, folder: Path, *, stem: str | None = None, expected_mm: float | None = None
     ) -> SnapshotFiles:
         """Save the newest frame as a treatment snapshot pair (raw and with the ring drawn,
-        :func:`devices.camera.snapshot.save_snapshot_pair`) in ``folder``, on a low-priority thread of its
-        own.
+        :func:`devices.camera.snapshot.save_snapshot_pair`) in ``folder``, on a thread of its
+        own at the lowest priority (nice 19).
 
         Raises NoImageError, saying why, unless the camera is ok (no frame yet, frozen, not opened), and
         RecordingError when a file cannot be written (neither is left behind).
@@ -521,7 +521,7 @@ class CameraCapture:
         if status.state is not CameraState.OK or frame is None:
             raise NoImageError(f"no image to take: the camera is {status.state.value} ({status.reason})")
         if self._snapshot_writer is None:
-            self._snapshot_writer = SnapshotWriter(thread_nice=self._thread_nice)
+            self._snapshot_writer = SnapshotWriter()
         return await self._snapshot_writer.save(frame, folder, stem=stem, expected_diameter_mm=expected_mm)
 
     # -- the thread ------------------------------------------------------------------------------------------

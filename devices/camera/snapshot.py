@@ -33,7 +33,7 @@ import numpy.typing as npt
 from devices.camera._analysis import RingDetection, RingDetector
 from devices.camera._frames import CameraFrame, to_grey
 from devices.camera._recording import RecordingError
-from devices.camera._threads import DEFAULT_THREAD_NICE, check_nice, lower_current_thread_priority
+from devices.camera._threads import MAX_NICE, check_nice, lower_current_thread_priority
 
 #: Colour of the ring, its centre mark and its label on the annotated picture (BGR, green).
 ANNOTATION_BGR = (0, 220, 0)
@@ -214,14 +214,15 @@ def save_snapshot_pair(
 
 class SnapshotWriter:
     """Saves snapshot pairs on one worker thread of its own, ``thread_nice`` steps below the process's
-    priority, so the asyncio loop neither waits for nor competes with the encoding."""
+    priority (default: the lowest there is, nice 19), so the asyncio loop neither waits for nor competes with
+    the encoding: a snapshot is never urgent."""
 
     def __init__(
         self,
         *,
         detector: RingDetector | None = None,
         thread_name: str = "camera-snapshot",
-        thread_nice: int = DEFAULT_THREAD_NICE,
+        thread_nice: int = MAX_NICE,
     ) -> None:
         self.detector = detector if detector is not None else RingDetector()
         self._executor = ThreadPoolExecutor(

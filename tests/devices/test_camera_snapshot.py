@@ -4,9 +4,11 @@ usable image; and the simulated camera's aiming beam spot."""
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -218,3 +220,15 @@ async def test_the_camera_process_saves_the_pair_in_its_own_process(tmp_path: Pa
     assert files.ring is not None
     assert files.ring.diameter_mm == pytest.approx(DEFAULT_SIM_RING_MM, abs=0.05)
     assert np.any(raw != annotated)
+
+
+@pytest.mark.skipif(not hasattr(os, "getpriority"), reason="per-thread nice values are Linux's")
+async def test_snapshots_are_saved_at_the_lowest_priority(
+    capture: tuple[CameraCapture, SimCameraSource], tmp_path: Path
+) -> None:
+    cam, _source = capture
+    await cam.save_snapshots(tmp_path)
+    writers = [t for t in threading.enumerate() if t.name.startswith("camera-snapshot")]
+    assert writers and writers[0].native_id is not None
+    assert os.getpriority(os.PRIO_PROCESS, writers[0].native_id) == 19
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) < 19, "the loop's thread keeps its own"
