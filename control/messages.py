@@ -278,6 +278,22 @@ class Sim(Command):
     command: NonBlank
 
 
+class TakeSnapshot(Command):
+    """Save the camera's newest frame in the open session's folder: the raw picture and one with the ring
+    drawn (the connection holding the session). Answered at once; how it ended comes as an :class:`Event` of
+    kind ``snapshot``."""
+
+    type: Literal["take_snapshot"] = "take_snapshot"
+
+
+class AimingBeam(Command):
+    """Switch the aiming beam (the visible pilot light, never the treatment laser) on or off while a session
+    is open (the connection holding the session)."""
+
+    type: Literal["aiming_beam"] = "aiming_beam"
+    on: bool
+
+
 #: Every command the operator's socket (``control.sock``) accepts.
 ControlCommand: TypeAlias = Annotated[
     Ping
@@ -297,6 +313,8 @@ ControlCommand: TypeAlias = Annotated[
     | OverridePower
     | ResetFault
     | EndSession
+    | TakeSnapshot
+    | AimingBeam
     | Sim,
     Field(discriminator="type"),
 ]
@@ -448,6 +466,35 @@ class SimReply(_Message):
     reply: str
 
 
+class SnapshotStarted(_Message):
+    """``take_snapshot``: the snapshot is being saved into ``folder`` (the session's)."""
+
+    folder: str
+
+
+class SnapshotTaken(_Message):
+    """A snapshot saved: the two pictures, where, their size, and what the ring measured.
+
+    ``offset_s`` is the time since the session opened, s; ``ring_mm`` the detected ring's diameter (``None``:
+    no ring found, ``no_ring_reason`` says why).
+    """
+
+    raw_path: str
+    annotated_path: str
+    raw_bytes: Annotated[int, Field(ge=0)]
+    annotated_bytes: Annotated[int, Field(ge=0)]
+    resolution: str
+    offset_s: _FiniteFloat
+    ring_mm: _FiniteFloat | None = None
+    no_ring_reason: str = ""
+
+
+class AimingBeamState(_Message):
+    """``aiming_beam``: whether the aiming beam is on afterwards."""
+
+    on: bool
+
+
 class StepView(_Message):
     """The protocol step in progress: ``number`` of ``of``, time in seconds, power in watts, ring in mm."""
 
@@ -579,6 +626,8 @@ class Snapshot(_Message):
     #: The session most recently opened since the controller started (``None`` before the first); once
     #: ``session`` is ``None`` again it is the one just closed, whose notes and summary come next.
     last_session_id: int | None = None
+    #: Whether the safety board's aiming beam is on (as its last acknowledged command left it).
+    aiming_beam: bool = False
 
 
 class Event(_Message):
@@ -630,6 +679,8 @@ ReplyData: TypeAlias = (
     | SessionOpened
     | OverrideApplied
     | SimReply
+    | SnapshotStarted
+    | AimingBeamState
     | Snapshot
     | dict[str, DeviceStatus]
     | dict[str, Any]

@@ -2,9 +2,10 @@
 
 :class:`SystemSettings` is the only statement of the settings. Each field is one key of the ``system_config``
 table: its annotation is the type stored (``int`` as ``integer``, ``float`` as ``float``, ``str`` as
-``string``), its constraints the range accepted, its default the value used where the key is absent, its
-``description`` the one-line meaning and ``json_schema_extra["unit"]`` the unit. :data:`DEFAULTS` is the model
-with every default; :func:`spec` and :data:`SETTING_KEYS` describe the keys for a reader or an editor.
+``string``, ``bool`` as ``boolean``), its constraints the range accepted, its default the value used where
+the key is absent, its ``description`` the one-line meaning and ``json_schema_extra["unit"]`` the unit.
+:data:`DEFAULTS` is the model with every default; :func:`spec` and :data:`SETTING_KEYS` describe the keys for
+a reader or an editor.
 
 Reading (:func:`read_system_settings`, :func:`read_setting`) goes through the model: a stored value is
 converted by its ``config_type`` and then checked against the field; an unusable value raises
@@ -143,6 +144,12 @@ class SystemSettings(BaseModel):
         strict=True,
         description="Subject codes: literal letters, digits, - and _; YYYY the year; one run of N the number",
         json_schema_extra=_unit("pattern"),
+    )
+    aiming_beam_during_emission: bool = Field(
+        default=True,
+        strict=True,
+        description="Whether the aiming beam stays on while the treatment laser emits (false: it goes off)",
+        json_schema_extra=_unit("on/off"),
     )
 
     backup_retention_days: int = Field(

@@ -165,6 +165,14 @@ class ControllerCommands(TreatmentLifecycle):
             case msg.EndSession():
                 await self._active_account(person, refuse_locked=False)
                 return await self.end_session(command.notes)
+            case msg.TakeSnapshot():
+                self._require_session()
+                auth.require_holder(connection, kind)
+                return self.start_snapshot(by=person.username)
+            case msg.AimingBeam():
+                self._require_session()
+                auth.require_holder(connection, kind)
+                return await self.set_aiming_beam(command.on, by=person.username)
             case msg.Sim():
                 if self.sim_rig is None:
                     raise Refused("simulator commands exist only on the simulated rig")
@@ -438,6 +446,8 @@ class ControllerCommands(TreatmentLifecycle):
             sup.output_off_now()
             with contextlib.suppress(Refused):
                 await sup.pause(cause)
+        if self.session is not None:
+            await self.aim_off(cause)
 
     def _authority_state(self, old: SystemState, new: SystemState, reason: str) -> None:
         """A fault ends whatever pause came before it: after its reset, arming needs the password."""

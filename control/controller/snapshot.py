@@ -37,6 +37,7 @@ def build_snapshot(
     calibrations: CalibrationSet | None,
     health: Mapping[str, DeviceHealth],
     last_session_id: int | None,
+    aiming_beam: bool = False,
 ) -> msg.Snapshot:
     """Everything a console shows at ``now`` (the monotonic clock; ``wall_now`` is the wall clock at the
     same moment, for the time of a latched fault)."""
@@ -90,6 +91,7 @@ def build_snapshot(
         warnings=list(sup.warnings[-5:]),
         actions=sup.permitted_actions(),
         last_session_id=last_session_id,
+        aiming_beam=aiming_beam,
     )
 
 

@@ -89,6 +89,9 @@ class ControllerBase:
     recorder: Recorder
     loop_hz: float
     video_fps: float
+    #: Whether the aiming beam is on, as the safety board last acknowledged it
+    #: (:mod:`control.controller.imaging`).
+    aiming_on: bool = False
 
     @property
     def rig(self) -> Rig:
@@ -112,6 +115,7 @@ class ControllerBase:
             calibrations=self.calibrations,
             health=self.rig.health(),
             last_session_id=self.last_session_id,
+            aiming_beam=self.aiming_on,
         )
 
     def _event(self, severity: Severity, text: str) -> None:

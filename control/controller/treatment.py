@@ -25,7 +25,8 @@ from control.calibration import (
     install_sim_calibrations_if_missing,
     load_active_calibrations,
 )
-from control.controller.state import ActiveSession, ControllerBase
+from control.controller.imaging import Imaging
+from control.controller.state import ActiveSession
 from control.engine import Outcome, TreatmentEngine
 from control.protocols import ProtocolError, check_protocol, load_limits
 from control.sessions import FinishStatus, SessionRefused, SummaryAccumulator
@@ -48,7 +49,7 @@ TEC_SETPOINT_C = 25.0
 TELEMETRY_FILE = "telemetry.jsonl"
 
 
-class TreatmentLifecycle(ControllerBase):
+class TreatmentLifecycle(Imaging):
     """The session's life from opening to closing, on the controller's state."""
 
     async def _load_limits(self) -> None:
@@ -118,6 +119,7 @@ class TreatmentLifecycle(ControllerBase):
                 _LOG.error("telemetry line not written: %s", exc)
 
     def _on_state_change(self, old: SystemState, new: SystemState, reason: str) -> None:
+        self._aim_state(old, new, reason)
         self._event(
             Severity.CRITICAL if new is SystemState.FAULT else Severity.INFO,
             f"{old.value} -> {new.value}: {reason}",
@@ -253,6 +255,7 @@ class TreatmentLifecycle(ControllerBase):
             loop_hz=self.loop_hz,
             max_override_w=max_override,
         )
+        await self._read_aim_setting()
         session = ActiveSession(opened, plan, cal, engine, SummaryAccumulator(), started_mono, max_override)
         self.session = session
         self.authority.session_opened(by_connection, by_person)
@@ -411,6 +414,8 @@ class TreatmentLifecycle(ControllerBase):
         with contextlib.suppress(Refused):
             # In FAULT the session closes and the fault stays latched (its reset then leads to IDLE).
             await sup.end_session(reason or "session completed")
+        # The aiming beam off while the session is still recorded, so its last change is in the records.
+        await self.aim_off(f"session {status}")
         await sup.drain_log()
         telemetry: TelemetrySummary | None = None
         try:

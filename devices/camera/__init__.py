@@ -9,7 +9,9 @@ asyncio loop through a queue of one; its :meth:`CameraCapture.status` reports ok
 not_opened with a reason. A :class:`FrameAnalyser` runs the :class:`RingDetector` (ring centre and diameter
 in px and mm, focus score as the variance of the Laplacian) on a worker thread; :class:`CameraMonitor` ties
 the two together. Recording writes MPEG-4 ``.mkv`` files (:class:`VideoRecorder`); :func:`save_snapshot`
-writes PNG files; :func:`make_preview` and :func:`encode_jpeg` make the small previews the console shows.
+writes PNG files and :func:`save_snapshot_pair` a treatment snapshot (the raw frame and one with the ring
+drawn, :mod:`devices.camera.snapshot`); :func:`make_preview` and :func:`encode_jpeg` make the small
+previews the console shows.
 
 Typical use in the controller::
 
@@ -53,6 +55,7 @@ from devices.camera._sources import (
 )
 from devices.camera._threads import DEFAULT_THREAD_NICE
 from devices.camera._wire import PreviewImage
+from devices.camera.snapshot import NoImageError, SnapshotFiles, save_snapshot_pair
 
 #: The camera of a rig: read in the controller's process (a source object given by the simulated rig) or in
 #: a process of its own (a configured camera).
@@ -76,6 +79,7 @@ __all__ = [
     "FrameAnalyser",
     "FrameAnalysis",
     "FrameSource",
+    "NoImageError",
     "OpenCVSource",
     "PreviewImage",
     "RecordingError",
@@ -83,6 +87,7 @@ __all__ = [
     "RingDetection",
     "RingDetector",
     "RingDetectorConfig",
+    "SnapshotFiles",
     "VideoRecorder",
     "describe_spec",
     "encode_jpeg",
@@ -92,6 +97,7 @@ __all__ = [
     "make_source",
     "parse_camera_spec",
     "save_snapshot",
+    "save_snapshot_pair",
     "to_grey",
     "video_device_index",
 ]

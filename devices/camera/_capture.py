@@ -38,6 +38,7 @@ from devices.camera._frames import CameraFrame, to_grey
 from devices.camera._recording import RecordingError, RecordingSummary, VideoRecorder, save_snapshot
 from devices.camera._sources import FrameSource
 from devices.camera._threads import DEFAULT_THREAD_NICE, check_nice, lower_current_thread_priority
+from devices.camera.snapshot import NoImageError, SnapshotFiles, SnapshotWriter
 
 
 class CameraState(enum.StrEnum):
@@ -262,6 +263,7 @@ class CameraCapture:
         self._write_lock = threading.Lock()
         self._last_size: tuple[int, int] | None = None
         self._fatal_error = ""
+        self._snapshot_writer: SnapshotWriter | None = None
 
     # -- life cycle ------------------------------------------------------------------------------------------
 
@@ -312,6 +314,9 @@ class CameraCapture:
                     f"the camera thread {self._thread_name!r} did not stop within {timeout_s} s"
                 ) from None
             await asyncio.to_thread(thread.join, timeout_s)
+        writer, self._snapshot_writer = self._snapshot_writer, None
+        if writer is not None:
+            await writer.aclose()
         return await asyncio.to_thread(self._finish_recording)
 
     def close(self, timeout_s: float = 5.0) -> RecordingSummary | None:
@@ -324,6 +329,9 @@ class CameraCapture:
                 raise TimeoutError(
                     f"the camera thread {self._thread_name!r} did not stop within {timeout_s} s"
                 )
+        writer, self._snapshot_writer = self._snapshot_writer, None
+        if writer is not None:
+            writer.close()
         return self._finish_recording()
 
     def _begin_close(self) -> None:
@@ -495,6 +503,26 @@ class CameraCapture:
         if frame is None:
             raise RuntimeError("no frame read yet, nothing to save")
         return await asyncio.to_thread(save_snapshot, frame.image, folder, stem=stem)
+
+    async def save_snapshots(
+        self, folder: Path, *, stem: str | None = None, expected_mm: float | None = None
+    ) -> SnapshotFiles:
+        """Save the newest frame as a treatment snapshot pair (raw and with the ring drawn,
+        :func:`devices.camera.snapshot.save_snapshot_pair`) in ``folder``, on a thread of its
+        own at the lowest priority (nice 19).
+
+        Raises NoImageError, saying why, unless the camera is ok (no frame yet, frozen, not opened), and
+        RecordingError when a file cannot be written (neither is left behind).
+        """
+        if self._closed:
+            raise NoImageError("no image to take: the camera is closed")
+        status = self.status()
+        frame = self._latest
+        if status.state is not CameraState.OK or frame is None:
+            raise NoImageError(f"no image to take: the camera is {status.state.value} ({status.reason})")
+        if self._snapshot_writer is None:
+            self._snapshot_writer = SnapshotWriter()
+        return await self._snapshot_writer.save(frame, folder, stem=stem, expected_diameter_mm=expected_mm)
 
     # -- the thread ------------------------------------------------------------------------------------------
 

@@ -45,6 +45,7 @@ from devices.camera._wire import (
     encode,
     receive,
 )
+from devices.camera.snapshot import NoImageError, SnapshotFiles
 
 _LOG = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ _ERRORS: dict[str, type[Exception]] = {
     "TimeoutError": TimeoutError,
     "RecordingError": RecordingError,
     "CameraClosedError": CameraClosedError,
+    "NoImageError": NoImageError,
     "FileNotFoundError": RecordingError,
     "PermissionError": RecordingError,
     "OSError": RecordingError,
@@ -386,6 +388,19 @@ class CameraProcess:
         """Save the latest frame as a PNG in ``folder`` and return its path."""
         path: Path = await self._call("snapshot", folder=str(folder), stem=stem)
         return path
+
+    async def save_snapshots(
+        self, folder: Path, *, stem: str | None = None, expected_mm: float | None = None
+    ) -> SnapshotFiles:
+        """Have the camera process save its newest frame as a treatment snapshot pair (as
+        :meth:`CameraCapture.save_snapshots`); NoImageError unless the camera is ok."""
+        status = self.status()
+        if status.state is not CameraState.OK:
+            raise NoImageError(f"no image to take: the camera is {status.state.value} ({status.reason})")
+        files: SnapshotFiles = await self._call(
+            "save_snapshots", folder=str(folder), stem=stem, expected_mm=expected_mm
+        )
+        return files
 
     async def preview(self, *, width: int, quality: int, expected_mm: float | None) -> PreviewImage | None:
         """The newest frame analysed (ring, focus) and made into a ``width``-pixel JPEG by the camera

@@ -109,6 +109,10 @@ class _Server:
             return await capture.stop_recording()
         if operation == "snapshot":
             return await capture.snapshot(Path(kwargs["folder"]), stem=kwargs["stem"])
+        if operation == "save_snapshots":
+            return await capture.save_snapshots(
+                Path(kwargs["folder"]), stem=kwargs["stem"], expected_mm=kwargs["expected_mm"]
+            )
         if operation == "preview":
             return await self.preview(int(kwargs["width"]), int(kwargs["quality"]), kwargs["expected_mm"])
         if operation == "close":

@@ -13,6 +13,8 @@ Geometry and units:
 - Optics are modelled by a Gaussian blur of ``blur_sigma_px`` pixels (defocus), applied before the sensor
   noise; the sensor adds white Gaussian noise of ``noise_sigma`` grey levels to every frame.
 - An optional overlay writes the frame counter and the source's clock in the top-left corner.
+- The aiming beam: while ``aiming()`` returns true (the safety board's aiming beam output), a small bright
+  spot, :data:`AIM_SPOT_RADIUS_PX` pixels in radius, shows at the ring's centre.
 
 Faults, driven by the simulated rig:
 
@@ -45,6 +47,11 @@ DEFAULT_PX_PER_MM = 100.0
 DEFAULT_WIDTH_PX = 1280
 DEFAULT_HEIGHT_PX = 720
 
+AIM_SPOT_RADIUS_PX = 6.0
+"""Radius of the aiming beam's spot on the simulated image, pixels (its brightness falls off over a pixel)."""
+AIM_SPOT_LEVEL = 200.0
+"""Brightness of the aiming beam's spot above the background, grey levels."""
+
 _NOISE_BANK_SIZE = 4
 _NOISE_MARGIN_PX = 64
 
@@ -69,6 +76,7 @@ class SimCameraSource:
         frame_rate_hz: frames per second a read is paced at, or None for no pacing.
         overlay: draw the frame counter and timestamp in the top-left corner.
         seed: seed of the texture and noise generator, for reproducible frames.
+        aiming: returns whether the aiming beam is on at the moment of the exposure (None: never).
     """
 
     def __init__(
@@ -88,6 +96,7 @@ class SimCameraSource:
         frame_rate_hz: float | None = 30.0,
         overlay: bool = False,
         seed: int | None = None,
+        aiming: Callable[[], bool] | None = None,
     ) -> None:
         if not callable(ring_mm):
             raise TypeError("ring_mm must be a callable returning the ring diameter in mm")
@@ -105,6 +114,7 @@ class SimCameraSource:
         if frame_rate_hz is not None:
             _check_positive("frame_rate_hz", frame_rate_hz)
         self._ring_mm = ring_mm
+        self._aiming = aiming
         self.px_per_mm = float(px_per_mm)
         self.width = width
         self.height = height
@@ -126,7 +136,7 @@ class SimCameraSource:
         self._started_at = time.monotonic()
         self._next_due: float | None = None
         self._last_frame: Image | None = None
-        self._clean_key: float | None = None
+        self._clean_key: tuple[float, bool] | None = None
         self._clean: npt.NDArray[np.float32] | None = None
 
         ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
@@ -175,7 +185,7 @@ class SimCameraSource:
         if self.frozen and self._last_frame is not None:
             self._frame_count += 1
             return True, self._last_frame.copy()
-        frame = self.render(self._ring_mm())
+        frame = self.render(self._ring_mm(), aiming=self._aiming is not None and bool(self._aiming()))
         self._frame_count += 1
         if self.overlay:
             self._draw_overlay(frame)
@@ -201,8 +211,9 @@ class SimCameraSource:
 
     # -- rendering -----------------------------------------------------------------------------------------
 
-    def render(self, ring_mm: float) -> Image:
-        """Render one frame (BGR, uint8, height x width x 3) showing a ring of ``ring_mm`` millimetres.
+    def render(self, ring_mm: float, *, aiming: bool = False) -> Image:
+        """Render one frame (BGR, uint8, height x width x 3) showing a ring of ``ring_mm`` millimetres, and
+        the aiming beam's spot at its centre when ``aiming``.
 
         Raises ValueError when ``ring_mm`` is not a finite positive number.
         """
@@ -210,7 +221,7 @@ class SimCameraSource:
             raise ValueError(f"ring diameter must be a finite number of mm, got {ring_mm!r}")
         if ring_mm <= 0.0:
             raise ValueError(f"ring diameter must be positive, got {ring_mm} mm")
-        clean = self._clean_image(float(ring_mm))
+        clean = self._clean_image(float(ring_mm), aiming)
         # OpenCV does the per-pixel work (it saturates to 0..255 and releases the GIL while it works).
         if self.noise_sigma > 0.0:
             noise = self._noise_bank[int(self._rng.integers(_NOISE_BANK_SIZE))]
@@ -221,18 +232,21 @@ class SimCameraSource:
             grey8 = cv2.convertScaleAbs(clean)  # the clean image is never negative
         return cv2.cvtColor(grey8, cv2.COLOR_GRAY2BGR)
 
-    def _clean_image(self, ring_mm: float) -> npt.NDArray[np.float32]:
-        if self._clean is not None and self._clean_key == ring_mm:
+    def _clean_image(self, ring_mm: float, aiming: bool = False) -> npt.NDArray[np.float32]:
+        if self._clean is not None and self._clean_key == (ring_mm, aiming):
             return self._clean
         radius = np.float32(ring_mm * self.px_per_mm / 2.0)
         half = np.float32(self.ring_width_px / 2.0 + 0.5)
         # Area-weighted coverage of a band of the given width: 1 inside, 0 outside, linear over one pixel.
         coverage = np.clip(half - np.abs(self._radius_map - radius), 0.0, 1.0)
         image = self._background + np.float32(self.ring_level) * coverage
+        if aiming:
+            spot = np.clip(np.float32(AIM_SPOT_RADIUS_PX + 0.5) - self._radius_map, 0.0, 1.0)
+            image = image + np.float32(AIM_SPOT_LEVEL) * spot
         if self.blur_sigma_px > 0.0:
             image = cv2.GaussianBlur(image, (0, 0), self.blur_sigma_px)
         self._clean = image.astype(np.float32, copy=False)
-        self._clean_key = ring_mm
+        self._clean_key = (ring_mm, aiming)
         return self._clean
 
     def _make_background(self, level: float, texture_sigma: float) -> npt.NDArray[np.float32]:

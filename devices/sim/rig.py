@@ -129,10 +129,15 @@ class SimRig:
 
     @property
     def camera(self) -> SimCameraSource:
-        """The simulated camera, whose ring follows the model's actuator position (built on first use)."""
+        """The simulated camera, whose ring follows the model's actuator position and which shows the safety
+        board's aiming beam as a spot at the ring's centre (built on first use)."""
         if self._camera_source is None:
+            safety = self.safety
             self._camera_source = SimCameraSource(
-                self.model.ring_mm, seed=self._seed, frame_rate_hz=self._camera_frame_rate_hz
+                self.model.ring_mm,
+                seed=self._seed,
+                frame_rate_hz=self._camera_frame_rate_hz,
+                aiming=lambda: bool(safety.aiming_beam),
             )
         return self._camera_source
 

@@ -42,6 +42,8 @@ def _seed_rows() -> list[tuple[str, str, str, str]]:
     rows.extend(initial.DEFAULT_CONFIG)
     later = importlib.import_module("migrations.versions.20261206_001_session_uid_and_site_settings")
     rows.extend(later.SETTINGS)
+    aiming = importlib.import_module("migrations.versions.20261207_003_aiming_beam_setting")
+    rows.extend(aiming.SETTINGS)
     return rows
 
 

@@ -514,6 +514,12 @@ def test_the_seed_config_rows_equal_the_migrated_defaults(db_path: Path, tmp_pat
             "string",
             "Subject codes: literal letters, digits, - and _; YYYY the year; one run of N the number",
         ),
+        (
+            "aiming_beam_during_emission",
+            "true",
+            "boolean",
+            "Whether the aiming beam stays on while the treatment laser emits (false: it goes off)",
+        ),
     }
     assert init_rows == [("database_initialized", "info", "Database schema created", "idle", "none")]
 

@@ -197,3 +197,48 @@ async def test_every_role_reaches_past_sessions_from_home_read_only(
         await pilot.press("enter")
         screen = await past_session_shown(pilot)
         assert shown(screen, "#fact-reason") == "subject moved"
+
+
+async def test_the_snapshots_of_the_session_are_listed(data_dir: Path, clock: FakeClock) -> None:
+    """Each snapshot file recorded for the session, in order, with its size and resolution; a file no longer
+    where its record says is marked missing."""
+    app = await asyncio.to_thread(fixed_history, clock)
+    folder = (DATA_DIR / "sessions" / "P-2026-0001" / "1").absolute()
+    raw = folder / "snapshot_20260314_093005_120.png"
+    await asyncio.to_thread(raw.write_bytes, b"\x89PNG\r\n\x1a\n" + bytes(1_400_000))
+    with sqlite3.connect(DATA_DIR / "tosca.db") as db:
+        for path, size, notes in (
+            (raw, 1_400_008, "snapshot: the camera frame"),
+            (
+                folder / "snapshot_20260314_093005_120_ring.png",
+                1_420_000,
+                "snapshot annotated: ring 3.00 mm drawn",
+            ),
+        ):
+            db.execute(
+                "INSERT INTO session_recordings (session_id, recording_type, file_path, file_size_bytes, "
+                "timestamp, frame_count, resolution, notes) "
+                "VALUES (1, 'snapshot', ?, ?, ?, 1, '1280x720', ?)",
+                (str(path), size, "2026-03-14 09:30:05.120000", notes),
+            )
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await past_session_shown(pilot)
+        await pilot.press("ctrl+t", "ctrl+t")
+        await wait_until(
+            pilot, lambda: "snapshot_" in shown(screen, "#snapshots-list"), "the snapshots listed"
+        )
+        lines = shown(screen, "#snapshots-list").splitlines()
+        assert lines[0].startswith("09:30:05 snapshot_20260314_093005_120.png  1.4 MB  1280x720")
+        assert "the camera frame" in lines[0] and "MISSING" not in lines[0]
+        assert "snapshot_20260314_093005_120_ring.png" in lines[1] and "ring 3.00 mm drawn" in lines[1]
+        assert lines[1].endswith("MISSING")
+        assert lines[2] == f"in {folder}"
+
+
+async def test_a_session_without_snapshots_says_so(data_dir: Path, clock: FakeClock) -> None:
+    app = await asyncio.to_thread(fixed_history, clock)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await past_session_shown(pilot)
+        await wait_until(
+            pilot, lambda: "No snapshots" in shown(screen, "#snapshots-list"), "no snapshots said"
+        )

@@ -7,6 +7,8 @@ the laser (key control), and only when every check passes; over SSH the console 
 Every condition that refuses arming is a check (the controller's state first: a latched fault fails it with
 how to reset it), and the verdict never says all pass while arming would be refused. F4 resets a latched
 fault (the password, once its cause has cleared); F8 aborts the session (with a reason) before any emission.
+F2 saves a snapshot of the treatment site and F3 switches the aiming beam (its state is at the end of the
+password line), to place the ring before treating.
 When the list is taller than the screen, the line under it says which rows show and that up/down scroll.
 """
 
@@ -28,9 +30,17 @@ from control.accounts import UserInfo
 from control.ipc_errors import CommandFailed, ControllerUnavailable
 from control.messages import Abort, Arm, Prechecks, PrechecksReply, PrecheckView, Snapshot
 from tui.safe_text import escape_controls, plain
-from tui.screens._base import ScreenContext, SnapshotUpdated
+from tui.screens._base import ControllerEvent, ScreenContext, SnapshotUpdated
 from tui.widgets.fault import RESET_KEY, RESET_KEY_LABEL, in_fault, reset_fault
 from tui.widgets.header import ConsoleHeader
+from tui.widgets.imaging import (
+    AIM_KEY,
+    SNAPSHOT_KEY,
+    aim_text,
+    show_snapshot_outcome,
+    take_snapshot,
+    toggle_aiming_beam,
+)
 
 #: How often the checks are asked for again, s.
 REFRESH_S = 1.0
@@ -58,6 +68,8 @@ class ChecksScreen(Screen[None]):
         Binding(RESET_KEY, "reset_fault", "Reset fault"),
         Binding("f8", "abort", "Abort session"),
         Binding("f9", "refresh", "Check again"),
+        Binding(SNAPSHOT_KEY, "snapshot", "Snapshot"),
+        Binding(AIM_KEY, "aiming_beam", "Aim beam"),
         # The password field has the focus: up and down move through the checks.
         Binding("down", "scroll_checks(1)", "Next check", show=False),
         Binding("up", "scroll_checks(-1)", "Previous check", show=False),
@@ -74,6 +86,10 @@ class ChecksScreen(Screen[None]):
         width: auto;
         padding: 0 0 0 1;
         color: $text-muted;
+    }
+    ChecksScreen #checks-aim {
+        width: auto;
+        padding: 0 0 0 2;
     }
     """
 
@@ -113,6 +129,7 @@ class ChecksScreen(Screen[None]):
                 field.cursor_blink = self.context.settings.cursor_blink
                 field.compact = True
                 yield field
+                yield Static(aim_text(None), id="checks-aim")
             yield Label("", id="status")
         if self.context.settings.sim:
             from tui.widgets.sim_panel import SimPanel
@@ -174,6 +191,7 @@ class ChecksScreen(Screen[None]):
             text.append(f"  {session.expected_energy_j:.1f} J expected")
         text.append(f"  state {snapshot.state.upper()}")
         line.update(text)
+        self.query_one("#checks-aim", Static).update(aim_text(snapshot))
         operator = session.operator or self.user.username
         self.query_one("#arm-label", Label).update(plain(f"Password of {operator} to arm"))
         self.key_blocked = session.key_failures >= session.key_failures_allowed
@@ -267,9 +285,11 @@ class ChecksScreen(Screen[None]):
             table.move_cursor(row=max(0, min(table.row_count - 1, table.cursor_row + rows)))
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        """The fault reset key shows only while a fault is latched."""
+        """The fault reset key shows only while a fault is latched, the aiming beam's only while none is."""
         if action == "reset_fault":
             return self.fault_state is not None
+        if action == "aiming_beam":
+            return self.fault_state is None
         return True
 
     @work(group="reset", exclusive=True, exit_on_error=False)
@@ -292,6 +312,28 @@ class ChecksScreen(Screen[None]):
         status.update(plain(text))
         status.set_class(error, "error")
         status.set_class(not error, "info")
+
+    @work(group="snapshot", exclusive=False, exit_on_error=False)
+    async def action_snapshot(self) -> None:
+        """Save the camera's frame in the session's folder, and say where (or why not)."""
+        folder = await take_snapshot(self, self.context.link)
+        if folder is not None:
+            self.show_status(f"Saving a snapshot in {folder}", error=False)
+
+    def on_controller_event(self, message: ControllerEvent) -> None:
+        """How a snapshot asked for here ended, also on the status line."""
+        if not self.is_current:
+            return
+        words = show_snapshot_outcome(self, message.event)
+        if words is not None:
+            self.show_status(words, error=message.event.severity != "info")
+
+    @work(group="aiming", exclusive=True, exit_on_error=False)
+    async def action_aiming_beam(self) -> None:
+        """Switch the aiming beam on or off."""
+        on = await toggle_aiming_beam(self, self.context.link)
+        if on is not None:
+            self.show_status(f"Aiming beam {'on' if on else 'off'}", error=False)
 
     def action_refresh(self) -> None:
         self.refresh_checks()

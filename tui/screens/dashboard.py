@@ -12,7 +12,9 @@ Everything shown comes from the controller's snapshots (up to 30 a second) and c
 
 Keys: space (or F12 anywhere) stops emission at once; p pause, r resume, a arm (password), o power override
 (with a reason, for the step running when it was asked for), x abort (with a reason), f reset a fault
-(password). Their dialogs are docked at the bottom, so the banner, the power and the interlocks stay readable
+(password); F2 saves a snapshot of the treatment site (the camera's frame, raw and with the ring drawn, in
+the session's folder) and F3 switches the aiming beam on or off (its state is on the Aim line). Their
+dialogs are docked at the bottom, so the banner, the power and the interlocks stay readable
 above them. When the session closes, the end-of-session screen follows.
 """
 
@@ -45,10 +47,18 @@ from control.messages import (
     command_name,
 )
 from tui.safe_text import escape_controls, plain
-from tui.screens._base import PreviewUpdated, ScreenContext, SnapshotUpdated
+from tui.screens._base import ControllerEvent, PreviewUpdated, ScreenContext, SnapshotUpdated
 from tui.screens.checks import arm_refusal
 from tui.widgets.camera import CameraPreview
 from tui.widgets.header import ConsoleHeader
+from tui.widgets.imaging import (
+    AIM_KEY,
+    SNAPSHOT_KEY,
+    aim_text,
+    show_snapshot_outcome,
+    take_snapshot,
+    toggle_aiming_beam,
+)
 from tui.widgets.lines import LinePanel
 from tui.widgets.plot import PowerPlot
 
@@ -140,7 +150,7 @@ def _pedal_pressed(snapshot: Snapshot) -> bool:
 
 def readout_text(snapshot: Snapshot) -> Text:
     """The numbers, in lines short enough for the left half of an 80-column screen: subject and protocol,
-    power, ring, step, clocks, energy, laser."""
+    power, ring, step, clocks, energy, laser, and the aiming beam."""
     laser, ring, session = snapshot.laser, snapshot.ring, snapshot.session
     text = Text(no_wrap=True, overflow="ellipsis")
     if session is not None:
@@ -185,6 +195,8 @@ def readout_text(snapshot: Snapshot) -> Text:
         text.append(f"  {laser.current_ma:.0f} mA")
     if laser.photodiode_v is not None:
         text.append(f"  PD {laser.photodiode_v:.3f} V")
+    text.append("\nAim    ", style="dim")
+    text.append_text(aim_text(snapshot))
     return text
 
 
@@ -211,6 +223,8 @@ class DashboardScreen(Screen[None]):
         Binding("o", "override", "Override"),
         Binding("x", "abort", "Abort"),
         Binding("f", "reset", "Reset fault"),
+        Binding(SNAPSHOT_KEY, "snapshot", "Snapshot"),
+        Binding(AIM_KEY, "aiming_beam", "Aim beam"),
     ]
 
     def __init__(self, context: ScreenContext, user: UserInfo) -> None:
@@ -289,6 +303,11 @@ class DashboardScreen(Screen[None]):
         self._drawn_key = self._state_key(snapshot)
         self.show(snapshot)
 
+    def on_controller_event(self, message: ControllerEvent) -> None:
+        """How a snapshot asked for here ended: where it was saved, or why not."""
+        if self.is_current:
+            show_snapshot_outcome(self, message.event)
+
     def on_preview_updated(self, message: PreviewUpdated) -> None:
         self.query_one("#camera", CameraPreview).show(message.preview)
 
@@ -354,6 +373,8 @@ class DashboardScreen(Screen[None]):
     # -- keys --------------------------------------------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "aiming_beam":
+            return self.state != "fault"  # the controller refuses the aiming beam in fault
         name = _KEY_ACTIONS.get(action)
         if name is None:
             return True
@@ -374,6 +395,16 @@ class DashboardScreen(Screen[None]):
         if done:
             self.notify(done, timeout=4)
         return True
+
+    @work(group="snapshot", exclusive=False, exit_on_error=False)
+    async def action_snapshot(self) -> None:
+        """Save the camera's frame in the session's folder, and say where (or why not)."""
+        await take_snapshot(self, self.context.link)
+
+    @work(group="aiming", exclusive=True, exit_on_error=False)
+    async def action_aiming_beam(self) -> None:
+        """Switch the aiming beam on or off."""
+        await toggle_aiming_beam(self, self.context.link)
 
     async def action_pause(self) -> None:
         await self._send(Pause(), "paused: laser off")

@@ -7,7 +7,9 @@ laser-on time, energy against the plan, average and maximum power, steps, techni
 abort), the treatment notes and post-treatment notes, the events (the highlighted one in full, with what its
 record says: the reason of a pause or an abort, an override's old and new power and its reason) and the
 power trace read from the session's telemetry file (what is wrong with that file, when something is, is
-said above the plot). Nothing on this screen changes the record. Escape goes back to the history.
+said above the plot), and the snapshots taken during the session, as a list
+(:mod:`tui.widgets.snapshots_pane`). Nothing on this screen changes the record. Escape goes back to the
+history.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from textual.widgets import Footer, Label, Static, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState
 
 from control.accounts import UserInfo
+from control.imaging_records import session_snapshots
 from control.review import SessionReviewData, load_review
 from storage import DataDir
 from tui.safe_text import plain
@@ -36,9 +39,10 @@ from tui.widgets.session_review import (
     TracePane,
     review_screen_css,
 )
+from tui.widgets.snapshots_pane import SnapshotsPane
 
 #: Pane ids of the lower half, in the order ctrl+t cycles through them.
-PANES = ("past-events-pane", "past-trace-pane")
+PANES = ("past-events-pane", "past-trace-pane", "past-snapshots-pane")
 
 
 def notes_text(review: SessionReviewData) -> Text:
@@ -79,7 +83,7 @@ class PastSessionScreen(Screen[None]):
         Binding("escape", "back", "Back"),
         Binding("tab", "app.focus_next", "Next pane"),
         Binding("shift+tab", "app.focus_previous", "Previous pane", show=False),
-        Binding("ctrl+t", "next_pane", "Events/trace", priority=True),
+        Binding("ctrl+t", "next_pane", "Events/trace/snapshots", priority=True),
     ]
 
     CSS = (
@@ -119,6 +123,8 @@ class PastSessionScreen(Screen[None]):
                 yield EventsPane()
             with TabPane("Power trace", id=PANES[1]):
                 yield TracePane()
+            with TabPane("Snapshots", id=PANES[2]):
+                yield SnapshotsPane()
         yield Label("", id="status")
         yield Footer()
 
@@ -129,11 +135,11 @@ class PastSessionScreen(Screen[None]):
 
     @work(exclusive=True, group="past-session-review", exit_on_error=False)
     async def load(self) -> None:
-        """Read the session's summary, notes, events and power trace and show them."""
-        review = await load_review(
-            self.context.accounts.sessions, DataDir(self.context.settings.data_dir), self.session_id
-        )
+        """Read the session's summary, notes, events, power trace and snapshots and show them."""
+        sessions = self.context.accounts.sessions
+        review = await load_review(sessions, DataDir(self.context.settings.data_dir), self.session_id)
         self.show_review(review)
+        self.query_one(SnapshotsPane).show(await session_snapshots(sessions, self.session_id))
 
     def show_review(self, review: SessionReviewData) -> None:
         """Fill the summary, the notes, the events table and the power trace from ``review``."""
@@ -149,7 +155,7 @@ class PastSessionScreen(Screen[None]):
         )
 
     def action_next_pane(self) -> None:
-        """Show the other lower pane (events or power trace)."""
+        """Show the next lower pane (events, power trace or snapshots)."""
         tabs = self.query_one("#eos-tabs", TabbedContent)
         index = PANES.index(tabs.active) if tabs.active in PANES else -1
         tabs.active = PANES[(index + 1) % len(PANES)]
