@@ -114,8 +114,15 @@ class SettingChange:
     reason: str
 
 
+#: The words a boolean setting accepts (any case), as ``system_config`` reads them.
+_TRUE_WORDS: Final = frozenset({"true", "on", "yes", "1"})
+_FALSE_WORDS: Final = frozenset({"false", "off", "no", "0"})
+
+
 def format_value(value: Any) -> str:
     """A value as the editor shows it and as ``tosca config`` prints it (``10`` W as ``10.0``)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, float):
         return repr(value)
     return str(value)
@@ -149,6 +156,11 @@ def parse_setting_text(key: str, raw_text: str) -> Any:
         value = float(text)
         if not math.isfinite(value):
             raise ConfigChangeRefused(f"config {key}: {shown!r} refused: must be a finite number")
+    elif described.config_type == "boolean":
+        lowered = text.lower()
+        if lowered not in _TRUE_WORDS | _FALSE_WORDS:
+            raise ConfigChangeRefused(f"config {key}: {shown!r} refused: must be true or false")
+        value = lowered in _TRUE_WORDS
     else:
         value = text
     try:

@@ -17,6 +17,7 @@ from control.config_editor import (
     ConfigChangeRefused,
     NotAnAdmin,
     change_setting,
+    format_value,
     parse_setting_text,
     read_entries,
     read_entry,
@@ -113,6 +114,7 @@ async def test_a_key_no_migration_seeded_is_inserted_with_its_type(
         ("subject_code_pattern", "P/NN", "'/'"),
         ("no_such_key", "1", "no such setting"),
         ("auto_lock_minutes", "   ", "no value"),
+        ("aiming_beam_during_emission", "maybe", "true or false"),
     ],
 )
 async def test_a_refused_value_names_the_key_and_why_changes_nothing_and_is_audited(
@@ -212,6 +214,21 @@ async def test_an_unusable_stored_value_is_listed_with_why_and_can_be_replaced(
 def test_a_typed_value_is_converted_to_the_keys_type() -> None:
     assert parse_setting_text("max_laser_power_watts", "5") == 5.0
     assert parse_setting_text("video_resolution", " 1280x720 ") == "1280x720"
+    assert parse_setting_text("aiming_beam_during_emission", "Off") is False
+    assert parse_setting_text("aiming_beam_during_emission", "true") is True
+
+
+async def test_a_boolean_setting_is_stored_as_the_table_reads_it(
+    sessions: async_sessionmaker[AsyncSession], db_path: Path, people: None
+) -> None:
+    await change_setting(
+        sessions, "aiming_beam_during_emission", "off", admin="ada", reason="clinic rule", expected=True
+    )
+    assert _config(db_path, "aiming_beam_during_emission")[:2] == ("false", "boolean")  # type: ignore[index]
+    async with sessions() as session:
+        assert (await read_system_settings(session)).aiming_beam_during_emission is False
+    entry = await read_entry(sessions, "aiming_beam_during_emission")
+    assert format_value(entry.value) == "false"
 
 
 async def test_the_list_has_every_key(sessions: async_sessionmaker[AsyncSession]) -> None:
