@@ -196,9 +196,13 @@ class TreatmentLifecycle(ControllerBase):
         create_subject: bool = False,
         by_connection: int | None = None,
         by_person: Person | None = None,
+        draft: bool = False,
     ) -> msg.SessionOpened:
         """Open a session (see the module documentation); returns what the console shows. The connection
-        ``by_connection`` (``None``: this process) then holds it for ``by_person``."""
+        ``by_connection`` (``None``: this process) then holds it for ``by_person``. ``draft`` tries the
+        protocol's newest unapproved version, on the simulated rig only."""
+        if draft and not self.sim:
+            raise Refused("a draft protocol version may be tried on the simulated rig only")
         if self.session is not None or self.supervisor.state is not SystemState.IDLE:
             raise Refused(
                 f"cannot open a session in {self.supervisor.state.value}"
@@ -234,6 +238,7 @@ class TreatmentLifecycle(ControllerBase):
                 treatment_site=treatment_site,
                 treatment_notes=treatment_notes,
                 create_subject=create_subject,
+                draft=draft,
             )
         except SessionRefused as exc:
             raise Refused(str(exc)) from None
