@@ -262,7 +262,7 @@ def test_a_database_with_rows_from_before_the_chain_is_migrated_sealed_and_verif
     monkeypatch.delenv("TOSCA_CHAIN_KEY_FILE", raising=False)
     data_dir = _database_before_the_chain(tmp_path)
     result = upgrade(data_dir)
-    assert (result.previous, result.current) == ("20261207_001", "20261207_002")
+    assert (result.previous, result.current) == ("20261207_001", "20261207_003")
     assert _verified(data_dir.db_path) == {
         "audit_log": (7, 7),
         "safety_log": (1, 1),
