@@ -79,7 +79,7 @@ async def test_every_version_is_listed_with_its_status(data_dir: object, clock: 
         rows = library_rows(pilot)
         seed_row = rows[[(e.name, v.version) for e, v in screen.rows].index((SEED, 1))]
         assert seed_row[0].startswith("Seed example (60 s") and seed_row[0].endswith("…")  # cut to fit
-        assert seed_row[1:] == ["1", "approved", "the system", "the system", "used for treatment"]
+        assert seed_row[1:] == ["1", "approved", "the system", "the system", "in use"]
         assert [NAME, "1", "draft", "ada", "", ""] in rows
         screen = await highlight(pilot, NAME, 1)
         detail = str(screen.query_one("#library-detail", Label).render())
@@ -146,7 +146,7 @@ async def test_the_author_may_not_approve_and_another_admin_does(data_dir: objec
         await wait_status(pilot, f"{NAME} v1: submitted -> approved")
         await wait_until(
             pilot,
-            lambda: [NAME, "1", "approved", "ada", "bob", "used for treatment"] in library_rows(pilot),
+            lambda: [NAME, "1", "approved", "ada", "bob", "in use"] in library_rows(pilot),
             "the approved row",
         )
         # Approved once: the keys to approve or reject it again are not offered.

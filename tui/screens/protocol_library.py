@@ -2,7 +2,8 @@
 
 One row per version, oldest first within each protocol: the protocol's name (marked when retired), the
 version, its status (``draft``, ``submitted``, ``approved``, ``rejected``), its author and who decided (or
-submitted) it; the note says which version is the one used for treatment, or why a version was rejected. The
+submitted) it; the note says which version is the one used for treatment (``in use``), or why a version was
+rejected. The
 line under the table says all about the highlighted version.
 
 Keys: ``i`` imports a protocol file (its path typed, and the protocol's name: a new protocol, or the next
@@ -61,6 +62,9 @@ LIBRARY_COLUMNS = ("Protocol", "V", "Status", "Author", "Decided by", "Note")
 #: Widest the name and note columns get (cut with an ellipsis; the line under the table has them whole).
 _NAME_LIMIT = 34
 _NOTE_LIMIT = 28
+#: The name's limit on a screen narrower than :data:`_WIDE` columns.
+_NARROW_NAME_LIMIT = 22
+_WIDE = 110
 
 
 def _one_line(error: BaseException) -> str:
@@ -130,7 +134,7 @@ class ImportDialog(DialogScreen[ImportResult | None]):
             done = await self.owner.import_file(path, name)
         except ApprovalRefused as exc:
             self.saving = False
-            self.show_error("\n".join(exc.errors))
+            self.show_error("; ".join(exc.errors))
             return
         self.saving = False
         self.dismiss(done)
@@ -202,6 +206,11 @@ class ProtocolLibraryScreen(Screen[None]):
             yield Label("", id="status")
         yield Footer(compact=True)
 
+    def on_resize(self) -> None:
+        if self.loaded:
+            self._select_after_load = self.highlighted_key()
+            self.show_entries()
+
     def on_mount(self) -> None:
         self.query_one("#library-table", DataTable).focus()
         if self.user.role != "admin":
@@ -236,7 +245,7 @@ class ProtocolLibraryScreen(Screen[None]):
         for entry, version in self.rows:
             name = entry.name + ("" if entry.active else " (retired)")
             in_use = entry.active and entry.approved is not None and entry.approved.version == version.version
-            note = "used for treatment" if in_use else (version.rejection_reason or "")
+            note = "in use" if in_use else (version.rejection_reason or "")
             decided = version.approved_by or version.rejected_by or version.submitted_by or ""
             style = {APPROVED: "bold", DRAFT: "", SUBMITTED: "italic"}.get(version.status, "dim")
             cells.append(
@@ -250,7 +259,9 @@ class ProtocolLibraryScreen(Screen[None]):
                 ]
             )
         keys = [f"{entry.protocol_id}:{version.version}" for entry, version in self.rows]
-        fill_table(table, LIBRARY_COLUMNS, cells, keys=keys, limits={0: _NAME_LIMIT, 5: _NOTE_LIMIT})
+        wide = not self.size.width or self.size.width >= _WIDE
+        limits = {0: _NAME_LIMIT if wide else _NARROW_NAME_LIMIT, 5: _NOTE_LIMIT}
+        fill_table(table, LIBRARY_COLUMNS, cells, keys=keys, limits=limits)
         select = self._select_after_load
         found = [(entry.name, version.version) for entry, version in self.rows]
         if select is not None and select in found:
