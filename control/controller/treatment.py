@@ -224,7 +224,7 @@ class TreatmentLifecycle(ControllerBase):
             raise Refused(
                 f"no treatment without active calibrations: {self.supervisor.readings.calibrations_detail}"
             )
-        protocol_text = await self._protocol_text(protocol_name)
+        protocol_text = await self._protocol_text(protocol_name, draft)
         limits = await load_limits(self.db)
         try:
             plan = check_protocol(protocol_text, limits)
@@ -294,14 +294,19 @@ class TreatmentLifecycle(ControllerBase):
             expected_energy_j=plan.expected_energy_j,
         )
 
-    async def _protocol_text(self, protocol_name: str) -> str:
+    async def _protocol_text(self, protocol_name: str, draft: bool = False) -> str:
+        """The data of the version a session would use (the newest approved one, or with ``draft`` the newest
+        draft); the protocol's newest data where it has no such version (opening it is then refused)."""
+        from control.protocol_approval import usable_version
         from storage.repositories import ProtocolsRepository
 
         async with self.db() as db:
-            protocol = await ProtocolsRepository(db).get_by_name(protocol_name)
-        if protocol is None or not protocol.is_active:
-            raise Refused(f"no active protocol named {protocol_name!r}")
-        return protocol.protocol_data
+            repo = ProtocolsRepository(db)
+            protocol = await repo.get_by_name(protocol_name)
+            if protocol is None or not protocol.is_active:
+                raise Refused(f"no active protocol named {protocol_name!r}")
+            chosen = usable_version(await repo.versions(protocol.protocol_id), draft=draft)
+        return chosen.protocol_data if chosen is not None else protocol.protocol_data
 
     async def _prepare_devices(self, max_power_w: float) -> None:
         rig, cal = self.rig, self.session.calibrations if self.session else None

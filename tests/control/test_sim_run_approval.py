@@ -16,8 +16,9 @@ from account_fixtures import CHEAP
 from controller_fixtures import PASSWORD, USERNAME, prepare_data_dir
 
 from control.simrun import run_simulated_session
+from control.supervisor import Refused
 from storage import DataDir, create_engine, session_factory
-from storage.repositories import ProtocolsRepository
+from storage.repositories import ConfigRepository, ProtocolsRepository
 from tests.support import RIG_TEST, protocol_json
 
 pytestmark = RIG_TEST
@@ -118,3 +119,23 @@ def test_a_file_is_tried_as_a_draft(data: DataDir, tmp_path: Path) -> None:
     assert [(name, json.loads(details)["protocol_status"]) for name, _s, _n, details in rows] == [
         ("trial", "draft")
     ]
+
+
+@pytest.mark.timeout(120)
+async def test_a_draft_the_limits_now_refuse_does_not_block_the_approved_version(data: DataDir) -> None:
+    engine = create_engine(data.db_path)
+    try:
+        async with session_factory(engine)() as db, db.begin():
+            repo = ProtocolsRepository(db)
+            short = await repo.get_by_name("short")
+            assert short is not None
+            await repo.add_version(short.protocol_id, protocol_json((2.0, 7.0, 7.0, 2.0, "constant")))
+            await ConfigRepository(db).set("max_laser_power_watts", 5.0, modified_by=None)
+    finally:
+        await engine.dispose()
+    said: list[str] = []
+    result = await _run(data, "short", draft=False, said=said)
+    assert result.exit_code == 0, result
+    assert [json.loads(details)["protocol_version"] for *_, details in _session_rows(data)] == [1]
+    with pytest.raises(Refused, match="not valid here"):
+        await _run(data, "short", draft=True, said=said)
