@@ -82,7 +82,8 @@ def stored_versions() -> list[tuple[Any, ...]]:
         return list(
             db.execute(
                 "SELECT p.protocol_name, v.version, v.status FROM protocol_versions v "
-                "JOIN protocols p USING (protocol_id) WHERE v.created_by_tech_id IS NOT NULL ORDER BY v.version_id"
+                "JOIN protocols p USING (protocol_id) WHERE v.created_by_tech_id IS NOT NULL "
+                "ORDER BY v.version_id"
             )
         )
 
