@@ -1,7 +1,11 @@
 """The protocol catalog: the active protocols a technician can choose from, and a preview of each.
 
-:meth:`ProtocolCatalog.active` lists every active protocol of the database with its summary (type, total
-duration in seconds, highest power in watts, number of steps, description, latest saved version). A protocol
+:meth:`ProtocolCatalog.active` lists every active protocol of the database that has an approved version,
+with the summary of its newest approved version (type, total duration in seconds, highest power in watts,
+number of steps, description, version number): only an approved version is used for treatment
+(``control/protocol_approval.py``). With ``drafts`` (the simulated rig), a protocol whose newest draft or
+submitted version is newer than its approved one (or that has no approved one) is listed a second time with
+that version, marked ``draft``. A protocol
 whose stored JSON no longer parses is still listed, with its error and no numbers, so one bad row never hides
 the others. Each summary also carries the system limits it breaks (the system's maximum power, the active
 laser calibration, the actuator's ring range): a protocol that breaks one would be refused when a session is
@@ -17,9 +21,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from control.protocol_approval import TRIAL_STATUSES
 from control.protocols import (
     LimitsError,
     Plan,
@@ -54,7 +59,7 @@ class ProtocolSummary:
         max_power_w: highest setpoint, W (None when the data does not parse).
         step_count: number of steps (None when the data does not parse).
         description: the stored description ("" when there is none).
-        version: the latest saved version number (0 when no version is recorded).
+        version: the number of the version summarised (the newest approved one, or the draft tried).
         error: why the stored data does not parse (None when it does).
         limit_problems: each system limit the protocol breaks (empty when it may run).
     """
@@ -69,6 +74,7 @@ class ProtocolSummary:
     version: int
     error: str | None = None
     limit_problems: tuple[str, ...] = ()
+    draft: bool = False
 
     @property
     def usable(self) -> bool:
@@ -118,22 +124,27 @@ class ProtocolCatalog:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
 
-    async def active(self) -> list[ProtocolSummary]:
-        """Every active protocol, by name, each with its summary or its error."""
+    async def active(self, *, drafts: bool = False) -> list[ProtocolSummary]:
+        """Every active protocol with an approved version, by name, each with its summary or its error; with
+        ``drafts`` also each newer draft, marked (see the module documentation)."""
         async with self._sessions() as session:
-            rows = await self._rows(session, None)
+            rows = await self._rows(session, None, drafts)
         limits, limits_problem = await self._limits()
         return [self._summarise(row, version, limits, limits_problem)[0] for row, version in rows]
 
-    async def preview(self, name: str) -> ProtocolPreview:
-        """The summary, step table and power curve of the active protocol ``name``; CatalogError when no
-        active protocol has that name."""
+    async def preview(self, name: str, *, draft: bool = False) -> ProtocolPreview:
+        """The summary, step table and power curve of the active protocol ``name`` (its newest approved
+        version, or with ``draft`` its newest draft); CatalogError when no active protocol has that name and
+        such a version."""
         async with self._sessions() as session:
-            rows = await self._rows(session, name)
+            rows = [
+                r for r in await self._rows(session, name, draft) if r[1].status != "approved" or not draft
+            ]
         if not rows:
-            raise CatalogError(f"no active protocol named {name!r}")
+            kind = "draft" if draft else "approved"
+            raise CatalogError(f"no active protocol named {name!r} with an {kind} version")
         limits, limits_problem = await self._limits()
-        row, version = rows[0]
+        row, version = rows[-1]
         summary, plan = self._summarise(row, version, limits, limits_problem)
         if plan is None:
             return ProtocolPreview(summary=summary, steps=(), curve=())
@@ -151,21 +162,35 @@ class ProtocolCatalog:
         return ProtocolPreview(summary=summary, steps=steps, curve=power_curve(plan))
 
     @staticmethod
-    async def _rows(session: AsyncSession, name: str | None) -> list[tuple[Protocol, int]]:
-        latest = (
-            select(ProtocolVersion.protocol_id, func.max(ProtocolVersion.version).label("version"))
-            .group_by(ProtocolVersion.protocol_id)
-            .subquery("latest")
-        )
+    async def _rows(
+        session: AsyncSession, name: str | None, drafts: bool
+    ) -> list[tuple[Protocol, ProtocolVersion]]:
+        """Each active protocol with its newest approved version, and (``drafts``) its newest draft when
+        that is newer, by name."""
         query = (
-            select(Protocol, latest.c.version)
-            .outerjoin(latest, latest.c.protocol_id == Protocol.protocol_id)
+            select(Protocol, ProtocolVersion)
+            .join(ProtocolVersion, ProtocolVersion.protocol_id == Protocol.protocol_id)
             .where(Protocol.is_active.is_(True))
-            .order_by(Protocol.protocol_name)
+            .where(ProtocolVersion.status.in_(("approved", *(TRIAL_STATUSES if drafts else ()))))
+            .order_by(Protocol.protocol_name, ProtocolVersion.version)
         )
         if name is not None:
             query = query.where(Protocol.protocol_name == name)
-        return [(row[0], int(row[1] or 0)) for row in await session.execute(query)]
+        newest: dict[int, tuple[Protocol, ProtocolVersion | None, ProtocolVersion | None]] = {}
+        for protocol, version in await session.execute(query):
+            _p, approved, draft = newest.get(protocol.protocol_id, (protocol, None, None))
+            if version.status == "approved":
+                approved = version
+            else:
+                draft = version
+            newest[protocol.protocol_id] = (protocol, approved, draft)
+        found: list[tuple[Protocol, ProtocolVersion]] = []
+        for protocol, approved, draft in newest.values():
+            if approved is not None:
+                found.append((protocol, approved))
+            if draft is not None and (approved is None or draft.version > approved.version):
+                found.append((protocol, draft))
+        return found
 
     async def _limits(self) -> tuple[ValidationLimits | None, str | None]:
         try:
@@ -175,11 +200,13 @@ class ProtocolCatalog:
 
     @staticmethod
     def _summarise(
-        row: Protocol, version: int, limits: ValidationLimits | None, limits_problem: str | None
+        row: Protocol, chosen: ProtocolVersion, limits: ValidationLimits | None, limits_problem: str | None
     ) -> tuple[ProtocolSummary, Plan | None]:
         description = row.description or ""
+        version = chosen.version
+        draft = chosen.status != "approved"
         try:
-            definition = parse_protocol(row.protocol_data)
+            definition = parse_protocol(chosen.protocol_data)
         except ProtocolError as exc:
             broken = ProtocolSummary(
                 protocol_id=row.protocol_id,
@@ -191,6 +218,7 @@ class ProtocolCatalog:
                 description=description,
                 version=version,
                 error="; ".join(exc.errors),
+                draft=draft,
             )
             return broken, None
         plan = compile_plan(definition)
@@ -208,6 +236,7 @@ class ProtocolCatalog:
             description=description,
             version=version,
             limit_problems=problems,
+            draft=draft,
         )
         return summary, plan
 

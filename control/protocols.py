@@ -684,8 +684,11 @@ def load_library() -> list[LibraryProtocol]:
 
 
 async def install_library_protocols(sessions: async_sessionmaker[AsyncSession]) -> list[str]:
-    """Add, in one transaction, the library protocols whose names are not in the database yet; return their
-    names. Existing protocols (and their versions) are left as they are."""
+    """Add, in one transaction, the library protocols whose names are not in the database yet, each version 1
+    approved by the system; return their names. Existing protocols (and their versions) are left as they
+    are."""
+    from control.protocol_approval import approve_as_system  # it imports this module
+
     library = load_library()
     added: list[str] = []
     async with sessions() as session, session.begin():
@@ -693,13 +696,14 @@ async def install_library_protocols(sessions: async_sessionmaker[AsyncSession]) 
         for item in library:
             if await repo.get_by_name(item.name) is not None:
                 continue
-            await repo.add(
+            protocol = await repo.add(
                 item.name,
                 protocol_type(item.definition),
                 item.text,
                 description=item.description,
                 created_by_tech_id=None,
             )
+            await approve_as_system(session, protocol.protocol_id)
             added.append(item.name)
     return added
 

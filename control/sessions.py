@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from control.protocol_approval import usable_version
 from control.settings import read_min_free_disk_mb
 from control.vocabulary import SessionStatus
 from storage import (
@@ -269,6 +270,7 @@ class OpenedSession:
     backup_path: Path | None
     started_at: datetime
     session_uid: str = ""
+    protocol_status: str = "approved"
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,6 +282,7 @@ class _Checked:
     protocol: Protocol
     protocol_version: int
     protocol_data: str
+    protocol_status: str = "approved"
 
 
 def _require_text(name: str, value: object, *, limit: int | None = None) -> str:
@@ -448,6 +451,7 @@ class SessionService:
         treatment_notes: str | None = None,
         create_subject: bool = False,
         backup: bool = True,
+        draft: bool = False,
     ) -> OpenedSession:
         """Open a session for ``subject_code`` run by ``username`` with the protocol ``protocol_name``.
 
@@ -456,6 +460,10 @@ class SessionService:
         subject, an unknown or inactive protocol or one with no saved version, while another session is open,
         and when the data directory has less free space than ``min_free_disk_mb``. With ``backup`` the
         database is backed up first and the session is refused if that fails.
+
+        The session uses the protocol's newest approved version, and is refused when it has none; with
+        ``draft`` (the simulated rig only: the caller decides) it uses the newest draft or submitted version,
+        recorded as such in the session's notes and its audit row.
         """
         subject_code = _require_text("the subject code", subject_code).strip()
         username = _require_text("the username", username).strip()
@@ -465,7 +473,7 @@ class SessionService:
         async with self._lock:
             # Check first, so a refused request costs no backup; check again inside the writing transaction.
             async with self._sessions() as session:
-                await self._check_open(session, subject_code, username, protocol_name, create_subject)
+                await self._check_open(session, subject_code, username, protocol_name, create_subject, draft)
                 await self._check_disk(session)
             backup_path: Path | None = None
             if backup:
@@ -476,7 +484,7 @@ class SessionService:
                 except (StorageError, OSError) as exc:
                     raise SessionRefused(f"the automatic backup before the session failed: {exc}") from exc
             return await self._insert(
-                subject_code, username, protocol_name, site, notes, create_subject, backup_path
+                subject_code, username, protocol_name, site, notes, create_subject, backup_path, draft
             )
 
     async def _insert(
@@ -488,14 +496,21 @@ class SessionService:
         notes: str | None,
         create_subject: bool,
         backup_path: Path | None,
+        draft: bool = False,
     ) -> OpenedSession:
         now = self._clock()
         created_folders: list[Path] = []
         try:
             async with self._sessions() as session, session.begin():
                 checked = await self._check_open(
-                    session, subject_code, username, protocol_name, create_subject
+                    session, subject_code, username, protocol_name, create_subject, draft
                 )
+                if checked.protocol_status != "approved":
+                    trial = (
+                        f"Trial of {checked.protocol_status} protocol version {checked.protocol_version} "
+                        "on the simulated rig."
+                    )
+                    notes = trial if notes is None else f"{trial} {notes}"
                 user, protocol = checked.user, checked.protocol
                 subject = checked.subject
                 audit = AuditRepository(session)
@@ -547,6 +562,7 @@ class SessionService:
                         "subject_code": subject.subject_code,
                         "protocol_name": protocol.protocol_name,
                         "protocol_version": checked.protocol_version,
+                        "protocol_status": checked.protocol_status,
                         "backup": str(backup_path) if backup_path is not None else None,
                     },
                     timestamp=now,
@@ -566,6 +582,7 @@ class SessionService:
                     backup_path=backup_path,
                     started_at=now,
                     session_uid=uid,
+                    protocol_status=checked.protocol_status,
                 )
         except BaseException:
             self._remove_empty_folders(created_folders)
@@ -636,6 +653,7 @@ class SessionService:
         username: str,
         protocol_name: str,
         create_subject: bool,
+        draft: bool = False,
     ) -> _Checked:
         user = await UsersRepository(session).get_by_username(username)
         if user is None:
@@ -658,7 +676,13 @@ class SessionService:
         versions = await protocols.versions(protocol.protocol_id)
         if not versions:
             raise SessionRefused(f"protocol {protocol_name!r} has no saved version; save it again first")
-        latest = versions[-1]
+        latest = usable_version(versions, draft=draft)
+        if latest is None:
+            if draft:
+                raise SessionRefused(f"protocol {protocol_name!r} has no draft version to try")
+            raise SessionRefused(
+                f"protocol {protocol_name!r} has no approved version; an admin must approve one first"
+            )
         already = await SessionsRepository(session).active_sessions()
         if already:
             other = already[0]
@@ -672,6 +696,7 @@ class SessionService:
             protocol=protocol,
             protocol_version=latest.version,
             protocol_data=latest.protocol_data,
+            protocol_status=latest.status,
         )
 
     # -- pause and resume -----------------------------------------------------------------------------------

@@ -10,6 +10,11 @@ The person named by ``--user`` proves who they are first: the password is checke
 wrong password, a locked or a deactivated account, and for a role that does not treat) before the session
 is opened, and again as key control when arming.
 
+A protocol named by its name runs its newest approved version (refused when it has none), or with ``draft``
+its newest draft. A protocol file is stored as the next version of the protocol named by the file's stem and
+tried as a draft (unless it is that protocol's newest approved version): that is how an author tries a
+protocol. A draft run is said so on the output and recorded so in the session's notes and audit row.
+
 The run ends when the protocol completes (exit 0) or when it is aborted or faulted (exit 1, with the reason).
 A fault is never reset by the script: the session is closed as aborted with the fault's description.
 """
@@ -27,6 +32,7 @@ from typing import Any
 from control.accounts import HashingParameters
 from control.authority import SESSION_ROLES, Person
 from control.controller import Controller
+from control.protocol_approval import TRIAL_STATUSES
 from control.protocols import LimitsError, ProtocolError, check_protocol, load_limits, protocol_type
 from control.supervisor import Refused, SystemState
 from storage.repositories import ProtocolsRepository
@@ -99,11 +105,12 @@ class SimRunResult:
     summary: dict[str, Any]
 
 
-async def _ensure_protocol(controller: Controller, protocol: str) -> str:
-    """A protocol name in the database, or a JSON file (added, or a new version, under the file's stem)."""
+async def _ensure_protocol(controller: Controller, protocol: str) -> tuple[str, bool]:
+    """A protocol name in the database, or a JSON file (added, or a new version, under the file's stem), and
+    whether it names a file. A file is tried as a draft unless its text is the newest approved version's."""
     path = Path(protocol)
     if not await asyncio.to_thread(path.is_file):
-        return protocol
+        return protocol, False
     try:
         text = await asyncio.to_thread(path.read_text, encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -122,9 +129,14 @@ async def _ensure_protocol(controller: Controller, protocol: str) -> str:
         existing = await repo.get_by_name(name)
         if existing is None:
             await repo.add(name, protocol_type(defn), text, description=f"from {path.name}")
-        elif existing.protocol_data != text:
+            return name, True
+        versions = await repo.versions(existing.protocol_id)
+        newest = versions[-1] if versions else None
+        if newest is not None and newest.protocol_data == text and newest.status == "approved":
+            return name, False
+        if newest is None or newest.protocol_data != text or newest.status not in TRIAL_STATUSES:
             await repo.add_version(existing.protocol_id, text, change_summary=f"from {path.name}")
-    return name
+    return name, True
 
 
 async def run_simulated_session(
@@ -138,6 +150,7 @@ async def run_simulated_session(
     hashing: HashingParameters | None = None,
     say: Callable[[str], None] = print,
     on_started: Callable[[Controller], None] | None = None,
+    draft: bool = False,
 ) -> SimRunResult:
     """Run one session on a fresh simulated rig and return how it ended (see the module documentation)."""
     controller = Controller(data_dir, sim=True, hashing=hashing, terminal="sim-run", serve=False)
@@ -151,13 +164,17 @@ async def run_simulated_session(
         user = login.user
         if user.role not in SESSION_ROLES:
             raise Refused(f"{username} is {user.role}: only a technician or an admin opens a session")
-        name = await _ensure_protocol(controller, protocol)
+        name, from_file = await _ensure_protocol(controller, protocol)
+        trial = draft or from_file
+        if trial:
+            say(f"protocol {name!r}: trying its newest DRAFT version on the simulated rig (not approved)")
         opened = await controller.open_session(
             subject_code=subject_code,
             username=user.username,
             protocol_name=name,
             create_subject=True,
             by_person=Person(user.tech_id, user.username, user.full_name, user.role),
+            draft=trial,
         )
         session_id = opened.session_id
         say(

@@ -50,6 +50,8 @@ SESSION_STATUSES: Final = ("in_progress", "completed", "aborted", "paused")
 RECORDING_TYPES: Final = ("video", "snapshot", "focus_stack")
 #: Allowed ``system_config.config_type`` values.
 CONFIG_TYPES: Final = ("string", "integer", "float", "boolean", "json")
+#: Allowed ``protocol_versions.status`` values (revision 20261207_004).
+PROTOCOL_VERSION_STATUSES: Final = ("draft", "submitted", "approved", "rejected")
 #: Allowed ``audit_log.outcome`` values.
 AUDIT_OUTCOMES: Final = ("success", "failure")
 #: ``subjects.subject_code`` CHECK: 1 to 32 characters of ``A-Z a-z 0-9 - _`` (a clinic's own pattern; codes
@@ -440,12 +442,19 @@ class AuditLog(Base):
 
 
 class ProtocolVersion(Base):
-    """One saved version of a protocol; versions are numbered 1, 2, ... per protocol and never rewritten."""
+    """One saved version of a protocol; versions are numbered 1, 2, ... per protocol and their data is never
+    rewritten.
+
+    The approval columns (revision 20261207_004) say where the version is in its approval: ``draft`` when
+    saved, ``submitted`` for approval, then ``approved`` or ``rejected`` (with the reason), each with who and
+    when. An approved version with no approving user was approved by the system (a shipped protocol).
+    """
 
     __tablename__ = "protocol_versions"
     __table_args__ = (
         UniqueConstraint("protocol_id", "version", name="uq_protocol_versions_protocol_version"),
         CheckConstraint("version >= 1", name="ck_protocol_versions_version"),
+        CheckConstraint(_in_list("status", PROTOCOL_VERSION_STATUSES), name="ck_protocol_versions_status"),
         {"sqlite_autoincrement": True},
     )
 
@@ -456,6 +465,14 @@ class ProtocolVersion(Base):
     change_summary: Mapped[str | None]
     created_by_tech_id: Mapped[int | None] = mapped_column(ForeignKey("tech_users.tech_id"))
     created_date: Mapped[datetime | None] = mapped_column(server_default=_NOW)
+    status: Mapped[str] = mapped_column(server_default=text("'draft'"))
+    submitted_by_tech_id: Mapped[int | None] = mapped_column(ForeignKey("tech_users.tech_id"))
+    submitted_at: Mapped[datetime | None]
+    approved_by_tech_id: Mapped[int | None] = mapped_column(ForeignKey("tech_users.tech_id"))
+    approved_at: Mapped[datetime | None]
+    rejected_by_tech_id: Mapped[int | None] = mapped_column(ForeignKey("tech_users.tech_id"))
+    rejected_at: Mapped[datetime | None]
+    rejection_reason: Mapped[str | None]
 
 
 class ChainCheckpoint(Base):

@@ -198,9 +198,13 @@ class TreatmentLifecycle(Imaging):
         create_subject: bool = False,
         by_connection: int | None = None,
         by_person: Person | None = None,
+        draft: bool = False,
     ) -> msg.SessionOpened:
         """Open a session (see the module documentation); returns what the console shows. The connection
-        ``by_connection`` (``None``: this process) then holds it for ``by_person``."""
+        ``by_connection`` (``None``: this process) then holds it for ``by_person``. ``draft`` tries the
+        protocol's newest unapproved version, on the simulated rig only."""
+        if draft and not self.sim:
+            raise Refused("a draft protocol version may be tried on the simulated rig only")
         if self.session is not None or self.supervisor.state is not SystemState.IDLE:
             raise Refused(
                 f"cannot open a session in {self.supervisor.state.value}"
@@ -222,7 +226,7 @@ class TreatmentLifecycle(Imaging):
             raise Refused(
                 f"no treatment without active calibrations: {self.supervisor.readings.calibrations_detail}"
             )
-        protocol_text = await self._protocol_text(protocol_name)
+        protocol_text = await self._protocol_text(protocol_name, draft)
         limits = await load_limits(self.db)
         try:
             plan = check_protocol(protocol_text, limits)
@@ -236,6 +240,7 @@ class TreatmentLifecycle(Imaging):
                 treatment_site=treatment_site,
                 treatment_notes=treatment_notes,
                 create_subject=create_subject,
+                draft=draft,
             )
         except SessionRefused as exc:
             raise Refused(str(exc)) from None
@@ -292,14 +297,19 @@ class TreatmentLifecycle(Imaging):
             expected_energy_j=plan.expected_energy_j,
         )
 
-    async def _protocol_text(self, protocol_name: str) -> str:
+    async def _protocol_text(self, protocol_name: str, draft: bool = False) -> str:
+        """The data of the version a session would use (the newest approved one, or with ``draft`` the newest
+        draft); the protocol's newest data where it has no such version (opening it is then refused)."""
+        from control.protocol_approval import usable_version
         from storage.repositories import ProtocolsRepository
 
         async with self.db() as db:
-            protocol = await ProtocolsRepository(db).get_by_name(protocol_name)
-        if protocol is None or not protocol.is_active:
-            raise Refused(f"no active protocol named {protocol_name!r}")
-        return protocol.protocol_data
+            repo = ProtocolsRepository(db)
+            protocol = await repo.get_by_name(protocol_name)
+            if protocol is None or not protocol.is_active:
+                raise Refused(f"no active protocol named {protocol_name!r}")
+            chosen = usable_version(await repo.versions(protocol.protocol_id), draft=draft)
+        return chosen.protocol_data if chosen is not None else protocol.protocol_data
 
     async def _prepare_devices(self, max_power_w: float) -> None:
         rig, cal = self.rig, self.session.calibrations if self.session else None

@@ -112,6 +112,7 @@ from control.messages import (
     Resume,
     Snapshot,
 )
+from control.protocol_approval import approve_as_system
 from control.protocols import parse_protocol, protocol_type
 from control.supervisor import PHOTODIODE_PERSISTENCE_S
 from devices.sim.laser import LaserSim
@@ -546,13 +547,14 @@ async def prepare_data_dir(root: Path, step_s: float) -> str:
         defn = parse_protocol(text)
         name = f"{PROTOCOL_PREFIX}_{step_s:g}s"
         async with sessions() as db, db.begin():
-            await ProtocolsRepository(db).add(
+            added = await ProtocolsRepository(db).add(
                 name,
                 protocol_type(defn),
                 text,
                 description=f"reaction benchmark: one constant step, {step_s:g} s at 5 W",
                 created_by_tech_id=user.tech_id,
             )
+            await approve_as_system(db, added.protocol_id)
     finally:
         await engine.dispose()
     return name

@@ -11,6 +11,7 @@ from control.accounts import AccountService
 from control.controller import Controller
 from control.ipc.client import ControllerClient
 from control.messages import Authenticate, PrecheckView
+from control.protocol_approval import approve_as_system
 from control.supervisor import SystemState
 from storage import DataDir, create_engine, session_factory
 from storage.repositories import ProtocolsRepository
@@ -40,7 +41,8 @@ async def prepare_data_dir(root: Path, template: Path, protocols: dict[str, str]
         async with sessions() as db, db.begin():
             repo = ProtocolsRepository(db)
             for name, text in protocols.items():
-                await repo.add(name, "multi_step", text)
+                added = await repo.add(name, "multi_step", text)
+                await approve_as_system(db, added.protocol_id)
     finally:
         await engine.dispose()
     return data

@@ -9,8 +9,9 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from control.catalog import CatalogError, ProtocolCatalog, StepRow, power_curve
+from control.protocol_approval import approve_as_system
 from control.protocols import compile_plan, install_library_protocols, load_library
-from storage import Protocol
+from storage import Protocol, ProtocolVersion
 from storage.repositories import ConfigRepository, ProtocolsRepository
 
 SEED = "Seed example (60 s at 5 W, 30 s ramp to 8 W)"
@@ -69,12 +70,18 @@ async def test_a_protocol_whose_data_no_longer_parses_is_listed_with_its_error(
     catalog: ProtocolCatalog, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
     async with sessions() as session, session.begin():
-        await session.execute(
-            update(Protocol).where(Protocol.protocol_name == SEED).values(protocol_data='{"version": "1.0"')
+        seed = await ProtocolsRepository(session).get_by_name(SEED)
+        assert seed is not None
+        # A version written outside the console, approved, whose JSON is cut short.
+        session.add(
+            ProtocolVersion(
+                protocol_id=seed.protocol_id, version=2, protocol_data='{"version": "1.0"', status="approved"
+            )
         )
-        await ProtocolsRepository(session).add(
+        strong = await ProtocolsRepository(session).add(
             "Too strong", "constant", json.dumps({"version": "1.0", "steps": [], "extra": 1})
         )
+        await approve_as_system(session, strong.protocol_id)
     listed = {s.name: s for s in await catalog.active()}
     assert len(listed) == len(load_library()) + 1
     broken = listed[SEED]
@@ -115,13 +122,45 @@ async def test_inactive_and_unknown_protocols_are_not_offered(
         await catalog.preview("Nothing")
 
 
-async def test_version_is_the_latest_saved(
+async def test_the_newest_approved_version_is_offered_and_a_draft_only_on_request(
     catalog: ProtocolCatalog, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
-    text = next(p.text for p in load_library() if p.name == SEED)
+    stronger = json.dumps(
+        {
+            "version": "1.0",
+            "steps": [
+                {
+                    "step_number": 1,
+                    "duration_seconds": 10,
+                    "power_start_watts": 6.0,
+                    "power_end_watts": 6.0,
+                    "ring_size_mm": 3.0,
+                    "ramp_type": "constant",
+                }
+            ],
+            "safety_limits": {"max_power_watts": 7.0, "max_duration_seconds": 60},
+        }
+    )
     async with sessions() as session, session.begin():
         repo = ProtocolsRepository(session)
         row = await repo.get_by_name(SEED)
         assert row is not None
-        await repo.add_version(row.protocol_id, text, change_summary="same steps, saved again")
-    assert (await catalog.preview(SEED)).summary.version == 2
+        await repo.add_version(row.protocol_id, stronger, change_summary="a draft")
+        fresh = await repo.add("Only a draft", "constant", stronger)
+    # The technician is offered version 1 with its own data; the draft and the draft-only protocol are not.
+    listed = {s.name: s for s in await catalog.active()}
+    assert (listed[SEED].version, listed[SEED].total_duration_s, listed[SEED].draft) == (1, 90.0, False)
+    assert "Only a draft" not in listed
+    with pytest.raises(CatalogError, match="approved"):
+        await catalog.preview("Only a draft")
+    # On the simulated rig the drafts are listed as well, marked.
+    trial = [(s.name, s.version, s.draft, s.total_duration_s) for s in await catalog.active(drafts=True)]
+    assert ("Only a draft", 1, True, 10.0) in trial
+    assert (SEED, 1, False, 90.0) in trial and (SEED, 2, True, 10.0) in trial
+    assert (await catalog.preview(SEED, draft=True)).summary.version == 2
+    async with sessions() as session, session.begin():
+        await approve_as_system(session, row.protocol_id)
+        await approve_as_system(session, fresh.protocol_id)
+    listed = {s.name: s for s in await catalog.active()}
+    assert (listed[SEED].version, listed[SEED].total_duration_s) == (2, 10.0)
+    assert listed["Only a draft"].version == 1

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from control.protocol_approval import approve_as_system
 from control.sessions import SessionService, SessionSummary
 from storage import DataDir, create_engine, session_factory
 from storage.chain_verify import verify_database
@@ -35,9 +36,10 @@ async def test_finishing_a_session_checkpoints_every_chain_and_the_records_verif
                 TechUser(username="alice", full_name="Alice", role="technician")
             )
             await SubjectsRepository(s).add("P-2026-0001", created_by_tech_id=alice.tech_id)
-            await ProtocolsRepository(s).add(
+            added = await ProtocolsRepository(s).add(
                 PROTOCOL, "standard", PROTOCOL_DATA, created_by_tech_id=alice.tech_id
             )
+            await approve_as_system(s, added.protocol_id)
         clock = FakeClock(datetime(2026, 3, 14, 9, 30))
         service = SessionService(sessions, data_dir, clock=clock, terminal="/dev/tty1")
         opened = await service.open(

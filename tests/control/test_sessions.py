@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from control.protocol_approval import approve_as_system
 from control.sessions import (
     DEFAULT_INTERRUPTED_REASON,
     EVENT_ABORTED_AT_STARTUP,
@@ -225,7 +226,9 @@ async def records(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[d
         protocols = ProtocolsRepository(session)
         standard = await protocols.add(PROTOCOL, "standard", PROTOCOL_V1, created_by_tech_id=alice.tech_id)
         await protocols.add_version(standard.protocol_id, PROTOCOL_V2, change_summary="1.5 W")
+        await approve_as_system(session, standard.protocol_id)
         retired = await protocols.add("Retired", "standard", PROTOCOL_V1)
+        await approve_as_system(session, retired.protocol_id)
         retired.is_active = False
         # A protocol row with no saved version (as the seed's sample INSERT makes one).
         bare = Protocol(protocol_name="Bare", protocol_type="standard", protocol_data=PROTOCOL_V1)

@@ -11,6 +11,7 @@ import pytest
 from account_fixtures import FakeClock
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from control.protocol_approval import approve_as_system
 from control.sessions import SessionRefused, SessionService, SessionSummary
 from control.subject_codes import CodePattern, CodePatternError, codes_on_disk
 from control.subjects import SubjectError, SubjectService
@@ -88,6 +89,7 @@ async def tech_id(sessions: async_sessionmaker[AsyncSession]) -> int:
         protocols = ProtocolsRepository(session)
         standard = await protocols.add(PROTOCOL, "standard", PROTOCOL_TEXT, created_by_tech_id=user.tech_id)
         await protocols.add_version(standard.protocol_id, PROTOCOL_TEXT, change_summary="saved")
+        await approve_as_system(session, standard.protocol_id)
         return user.tech_id
 
 

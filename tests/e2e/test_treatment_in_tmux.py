@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 from test_console_in_tmux import TOSCA, Terminal, controllers_of, fill, stop_controllers
 
+from control.protocol_approval import approve_as_system
 from storage import create_engine, session_factory
 from storage.repositories import ProtocolsRepository
 from tests.support import RIG_TEST, protocol_json
@@ -41,11 +42,12 @@ async def add_protocol(db_path: Path) -> None:
     engine = create_engine(db_path)
     try:
         async with session_factory(engine)() as db, db.begin():
-            await ProtocolsRepository(db).add(
+            added = await ProtocolsRepository(db).add(
                 PROTOCOL,
                 "multi_step",
                 protocol_json((5, 2.0, 2.0, 3.0, "constant"), (4, 2.0, 3.0, 3.0, "linear"), max_power=8.0),
             )
+            await approve_as_system(db, added.protocol_id)
     finally:
         await engine.dispose()
 

@@ -311,6 +311,15 @@ SEED_COLUMNS: dict[str, list[tuple[str, str]]] = {
         ("change_summary", "TEXT"),
         ("created_by_tech_id", "INTEGER"),
         ("created_date", "DATETIME"),
+        # Not in the seed: the approval state (revision 20261207_004).
+        ("status", "TEXT"),
+        ("submitted_by_tech_id", "INTEGER"),
+        ("submitted_at", "DATETIME"),
+        ("approved_by_tech_id", "INTEGER"),
+        ("approved_at", "DATETIME"),
+        ("rejected_by_tech_id", "INTEGER"),
+        ("rejected_at", "DATETIME"),
+        ("rejection_reason", "TEXT"),
     ],
 }
 
@@ -329,6 +338,7 @@ SEED_DEFAULTS = {
     ("calibrations", "is_active"): "1",
     ("system_config", "last_modified"): "CURRENT_TIMESTAMP",
     ("protocol_versions", "created_date"): "CURRENT_TIMESTAMP",
+    ("protocol_versions", "status"): "'draft'",
 }
 
 # index name -> (table, columns, unique)
@@ -381,6 +391,9 @@ SEED_FOREIGN_KEYS = {
     "protocol_versions": {
         ("protocol_id", "protocols", "protocol_id"),
         ("created_by_tech_id", "tech_users", "tech_id"),
+        ("submitted_by_tech_id", "tech_users", "tech_id"),
+        ("approved_by_tech_id", "tech_users", "tech_id"),
+        ("rejected_by_tech_id", "tech_users", "tech_id"),
     },
 }
 

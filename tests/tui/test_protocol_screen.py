@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from console_fixtures import DATA_DIR, FakeClock, enter_text, seed, tables_measured, wait_until
-from sqlalchemy import update
+from sqlalchemy import select, update
 from test_subject_screens import ScreenApp
 from textual.pilot import Pilot
 from textual.screen import Screen
@@ -18,7 +18,7 @@ from textual.widgets import DataTable, Input, Label
 
 from control.accounts import UserInfo
 from control.protocols import install_library_protocols, load_library
-from storage import Protocol, create_engine, session_factory
+from storage import Protocol, ProtocolVersion, create_engine, session_factory
 from tui.screens._base import ScreenContext
 from tui.screens.protocols import ProtocolChoiceScreen, mm_ss
 from tui.widgets.plot import PowerPlot
@@ -40,8 +40,12 @@ async def prepare(*, break_seed: bool = False) -> None:
         await install_library_protocols(sessions)
         if break_seed:
             async with sessions() as session, session.begin():
+                # The approved version the technician is offered is what the list reads.
+                seed_id = select(Protocol.protocol_id).where(Protocol.protocol_name == SEED).scalar_subquery()
                 await session.execute(
-                    update(Protocol).where(Protocol.protocol_name == SEED).values(protocol_data="{")
+                    update(ProtocolVersion)
+                    .where(ProtocolVersion.protocol_id == seed_id)
+                    .values(protocol_data="{")
                 )
     finally:
         await engine.dispose()

@@ -13,6 +13,7 @@ from console_fixtures import DATA_DIR, FakeClock, enter_text, quit_by_palette, s
 from test_treatment_console import arm_on_checks, open_session, treating
 from treatment_fixtures import SHORT_PROTOCOL, add_subject, connected, console, controller, log_in
 
+from control.protocol_approval import approve_as_system
 from storage import create_engine, session_factory
 from storage.repositories import ProtocolsRepository
 from tests.support import RIG_TEST, protocol_json
@@ -33,11 +34,12 @@ async def add_two_step_protocol() -> None:
     engine = create_engine(DATA_DIR / "tosca.db")
     try:
         async with session_factory(engine)() as db, db.begin():
-            await ProtocolsRepository(db).add(
+            added = await ProtocolsRepository(db).add(
                 TWO_STEPS,
                 "multi_step",
                 protocol_json((4, 2.0, 2.0, 3.0, "constant"), (60, 2.0, 3.0, 3.0, "linear"), max_power=8.0),
             )
+            await approve_as_system(db, added.protocol_id)
     finally:
         await engine.dispose()
 

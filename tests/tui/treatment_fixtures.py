@@ -24,6 +24,7 @@ from textual.pilot import Pilot
 from textual.widgets import Input, Static
 
 from control.messages import Snapshot
+from control.protocol_approval import approve_as_system
 from storage import create_engine, session_factory
 from storage.repositories import ProtocolsRepository
 from tests.support import protocol_json
@@ -67,6 +68,8 @@ async def add_test_protocols() -> None:
             await repo.add(
                 LONG_PROTOCOL, "constant", protocol_json((300, 2.0, 2.0, 3.0, "constant"), max_power=8.0)
             )
+            for protocol in await repo.list_active():
+                await approve_as_system(db, protocol.protocol_id)
     finally:
         await engine.dispose()
 

@@ -1,8 +1,22 @@
-"""``tosca protocol validate FILE``: a dry run of a protocol file, with no hardware.
+"""``tosca protocol``: validate a protocol file, and the protocol library with its versions and approval.
 
 ```
 tosca protocol validate FILE [--data-dir DIR]
+tosca protocol list                                       every protocol, each version with its status
+tosca protocol import FILE --name NAME --user ADMIN       a new draft version (or a new protocol)
+tosca protocol submit NAME --version N --user ADMIN       offer a draft for approval
+tosca protocol approve NAME --version N --user ADMIN      approve (not the version's author)
+tosca protocol reject NAME --version N --reason TEXT --user ADMIN
+tosca protocol retire NAME --user ADMIN                   no longer offered for treatment; kept
 ```
+
+The library actions read ADMIN's password from stdin (asked without echo on a terminal) and check it as a
+login does, then act through ``control/protocol_approval.py``: ADMIN must be an active admin by the role the
+database holds; a version is approved or rejected by an admin who is not its author, and only once; a
+rejection needs a reason. Every action and every refusal is an audit row with the old and new status.
+``import`` checks the file exactly as ``validate`` does and prints every problem of a refused file on stderr,
+storing nothing; importing under an existing name makes that protocol's next draft version. Exit codes: 0
+done, 1 refused or failed (``tosca: <reason>`` on stderr), 2 usage.
 
 The file is checked against the data directory's limits when its ``tosca.db`` exists
 (``max_laser_power_watts`` from the configuration, the highest power the active laser calibration covers,
@@ -17,27 +31,35 @@ a one-line reason and exit 1.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sqlite3
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from storage.paths import DataDir
-from tui.commands import add_data_dir_option, fail
+from tui.commands import PasswordInputError, add_data_dir_option, fail, read_password, schema_refusal
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+    from control.protocol_approval import LibraryEntry
     from control.protocols import Plan, ValidationLimits
 
-#: Largest protocol file read, bytes (a protocol is a few kilobytes; this bounds a mistaken argument).
+#: Largest protocol file read, bytes (a protocol is a few kilobytes; this bounds a mistaken argument); the
+#: same bound as ``control.protocol_approval.MAX_PROTOCOL_FILE_BYTES``, kept here so ``tosca`` starts
+#: without loading the protocol model.
 MAX_FILE_BYTES = 1_000_000
+#: The library actions (besides ``validate``).
+LIBRARY_ACTIONS = ("list", "import", "submit", "approve", "reject", "retire")
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``protocol`` sub-command (and its actions) to ``subparsers``; return its parser."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "protocol",
-        help="treatment protocols: validate FILE",
-        description="Work with treatment protocol files.",
+        help="treatment protocols: validate FILE | list | import | submit | approve | reject | retire",
+        description="Check protocol files, and keep the protocol library: versions and their approval.",
     )
     actions = parser.add_subparsers(dest="protocol_action", metavar="ACTION", required=True)
     validate = actions.add_parser(
@@ -47,6 +69,29 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     validate.add_argument("file", type=Path, metavar="FILE", help="protocol JSON file")
     add_data_dir_option(validate)
+    listing = actions.add_parser("list", help="every protocol, each version with its approval status")
+    add_data_dir_option(listing)
+    imported = actions.add_parser(
+        "import", help="store a protocol file as a new draft version (password on stdin)"
+    )
+    imported.add_argument("file", type=Path, metavar="FILE", help="protocol JSON file")
+    imported.add_argument("--name", required=True, metavar="NAME", help="the protocol's name")
+    for verb, text in (
+        ("submit", "offer a draft version for approval"),
+        ("approve", "approve a version (not its author)"),
+        ("reject", "reject a version with a reason (not its author)"),
+        ("retire", "stop offering a protocol for treatment (kept for history)"),
+    ):
+        sub = actions.add_parser(verb, help=f"{text} (password on stdin)")
+        sub.add_argument("name", metavar="NAME")
+        if verb != "retire":
+            sub.add_argument("--version", dest="number", required=True, type=int, metavar="N")
+        if verb == "reject":
+            sub.add_argument("--reason", required=True, metavar="TEXT", help="why (recorded, shown)")
+        sub.add_argument("--user", required=True, metavar="ADMIN", help="the admin acting")
+        add_data_dir_option(sub)
+    imported.add_argument("--user", required=True, metavar="ADMIN", help="the admin importing")
+    add_data_dir_option(imported)
     return parser
 
 
@@ -165,4 +210,135 @@ def run(args: argparse.Namespace) -> int:
     """Run the ``protocol`` action named in ``args``; return the exit code."""
     if args.protocol_action == "validate":
         return _validate(args)
-    return fail(f"unknown protocol action {args.protocol_action!r} (expected validate)")
+    if args.protocol_action in LIBRARY_ACTIONS:
+        return _library(args)
+    return fail(f"unknown protocol action {args.protocol_action!r}")
+
+
+def _library(args: argparse.Namespace) -> int:
+    from control.protocol_approval import ApprovalRefused
+    from storage.errors import StorageError
+
+    data_dir = DataDir(Path(args.data_dir))
+    action = args.protocol_action
+    try:
+        refusal = schema_refusal(data_dir.db_path)
+        if refusal is not None:
+            return fail(refusal)
+        text = None
+        if action == "import":
+            from control.protocol_approval import read_protocol_file
+
+            text = read_protocol_file(Path(args.file))
+        password = read_password(sys.stdin) if action != "list" else None
+        return asyncio.run(_library_run(data_dir, args, password, text))
+    except PasswordInputError as exc:
+        return fail(f"protocol {action}: {exc}")
+    except ApprovalRefused as exc:
+        sys.stdout.flush()
+        if len(exc.errors) > 1 or (action == "import" and exc.errors[0] != str(exc)):
+            for error in exc.errors:
+                print(error, file=sys.stderr)
+            count = len(exc.errors)
+            return fail(f"{args.file}: refused ({count} problem{'s' if count != 1 else ''}); nothing stored")
+        return fail(f"protocol {action}: {_one_line(exc)}")
+    except (StorageError, OSError) as exc:
+        return fail(f"protocol {action} failed: {_one_line(exc)}")
+
+
+async def _library_run(
+    data_dir: DataDir, args: argparse.Namespace, password: str | None, text: str | None
+) -> int:
+    from storage.engine import create_engine, session_factory
+
+    engine = create_engine(data_dir.db_path)
+    try:
+        sessions = session_factory(engine)
+        if args.protocol_action == "list":
+            from control.protocol_approval import list_library
+
+            print(format_library(await list_library(sessions)), end="")
+            return 0
+        assert password is not None
+        return await _act(sessions, args, password, text)
+    finally:
+        await engine.dispose()
+
+
+async def _act(
+    sessions: async_sessionmaker[AsyncSession], args: argparse.Namespace, password: str, text: str | None
+) -> int:
+    from control import protocol_approval as library
+    from control.accounts import AccountService
+    from control.terminal import detect_terminal
+    from tui.safe_text import escape_controls
+
+    action = args.protocol_action
+    terminal = detect_terminal()
+    login = await AccountService(sessions=sessions, terminal=terminal).login(
+        args.user, password, context=f"protocol_{action}"
+    )
+    if not login.ok:
+        return fail(f"protocol {action}: {login.message}")
+    if action == "import":
+        assert text is not None
+        made = await library.import_protocol(
+            sessions, text, name=args.name, admin=args.user, source=Path(args.file).name, terminal=terminal
+        )
+        what = "new protocol" if made.created_protocol else "next version"
+        print(
+            f"{escape_controls(made.name)} v{made.version}: stored as a draft ({what}, {made.protocol_type})"
+        )
+        print("an admin other than the author must approve it before it is used for treatment")
+        return 0
+    if action == "retire":
+        await library.retire_protocol(sessions, args.name, admin=args.user, terminal=terminal)
+        print(f"{escape_controls(args.name)}: retired; no longer offered for treatment (kept for history)")
+        return 0
+    if action == "submit":
+        change = await library.submit_version(
+            sessions, args.name, args.number, admin=args.user, terminal=terminal
+        )
+    elif action == "approve":
+        change = await library.approve_version(
+            sessions, args.name, args.number, admin=args.user, terminal=terminal
+        )
+    else:
+        change = await library.reject_version(
+            sessions, args.name, args.number, admin=args.user, reason=args.reason, terminal=terminal
+        )
+    print(f"{escape_controls(change.name)} v{change.version}: {change.old_status} -> {change.new_status}")
+    return 0
+
+
+def format_library(entries: list[LibraryEntry]) -> str:
+    """The ``tosca protocol list`` table: one line per version, newest last, with who wrote it, who decided
+    and the rejection reason; a retired protocol is marked."""
+    from tui.safe_text import escape_controls
+
+    header = ("PROTOCOL", "V", "STATUS", "AUTHOR", "DECIDED BY", "NOTE")
+    rows = [header]
+    for entry in entries:
+        name = escape_controls(entry.name) + ("" if entry.active else " (retired)")
+        for version in entry.versions:
+            decided = version.approved_by or version.rejected_by or version.submitted_by or ""
+            note = version.rejection_reason or ""
+            if entry.approved is not None and version.version == entry.approved.version and entry.active:
+                note = "used for treatment"
+            rows.append(
+                (
+                    name,
+                    str(version.version),
+                    version.status,
+                    escape_controls(version.created_by),
+                    escape_controls(decided),
+                    escape_controls(note),
+                )
+            )
+        if not entry.versions:
+            rows.append((name, "-", "no version", "", "", ""))
+    widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
+    return "".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() + "\n"
+        for row in rows
+    )

@@ -42,7 +42,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         help="a whole simulated treatment session, headless and recorded",
         description=(
             "Run PROTOCOL (a protocol name in the database, or a protocol JSON file) for the subject CODE on "
-            "the simulated rig, as USERNAME, whose password is read from stdin. The subject is created if "
+            "the simulated rig, as USERNAME, whose password is read from stdin. A name runs the protocol's "
+            "newest approved version (refused when it has none), or with --draft its newest draft; a file is "
+            "stored as the next version of the protocol named by its stem and tried as a draft. A draft run "
+            "is said so and recorded so. The subject is created if "
             "absent. A scripted operator arms once the pre-checks pass and holds the footpedal down unless "
             "the script says otherwise; script lines are '<seconds> <simulator command>', seconds from the "
             "start of treatment. Prints the summary; exit 0 when the protocol completed, 1 with the reason "
@@ -53,6 +56,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     run_parser.add_argument("--subject", required=True, metavar="CODE", help="subject code, P-YYYY-NNNN")
     run_parser.add_argument("--user", required=True, metavar="USERNAME", help="the technician")
     run_parser.add_argument("--script", type=Path, default=None, metavar="FILE", help="simulator commands")
+    run_parser.add_argument(
+        "--draft",
+        action="store_true",
+        help="try the protocol's newest draft version instead of its approved one (recorded as a draft)",
+    )
     add_data_dir_option(run_parser)
     return parser
 
@@ -202,4 +210,5 @@ async def _session(args: argparse.Namespace, password: str, script: Any) -> Any:
         password=password,
         script=script,
         say=lambda line: print(line, flush=True),
+        draft=bool(getattr(args, "draft", False)),
     )

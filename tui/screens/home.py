@@ -102,6 +102,12 @@ def _configuration(context: ScreenContext, user: UserInfo) -> Screen[None]:
     return ConfigurationScreen(context, user)
 
 
+def _protocol_library(context: ScreenContext, user: UserInfo) -> Screen[None]:
+    from tui.screens.protocol_library import ProtocolLibraryScreen
+
+    return ProtocolLibraryScreen(context, user)
+
+
 def _audit(context: ScreenContext, user: UserInfo) -> Screen[None]:
     from tui.screens.audit import AuditScreen
 
@@ -155,6 +161,14 @@ HOME_MENU: tuple[MenuEntry, ...] = (
         opener=_users,
     ),
     MenuEntry(
+        key="p",
+        name="protocol_library",
+        label="Protocols",
+        line="Protocol library: versions, import, submit, approve, reject, retire",
+        roles=ADMIN_ONLY,
+        opener=_protocol_library,
+    ),
+    MenuEntry(
         key="c",
         name="configuration",
         label="Config",
@@ -181,7 +195,7 @@ HOME_MENU: tuple[MenuEntry, ...] = (
 )
 
 #: The admin's screens not in this version yet (said on the admin's home screen).
-ADMIN_NOT_YET: tuple[str, ...] = ("protocol library",)
+ADMIN_NOT_YET: tuple[str, ...] = ()
 #: What an engineer is told instead of a menu of their own.
 ENGINEER_NOT_YET = "The engineer's screens (diagnostics, calibration) are not in this version yet."
 
