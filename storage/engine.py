@@ -13,6 +13,8 @@ including ones opened after a connection was recycled.
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import sqlite3
 from pathlib import Path
 from typing import Any, Final
@@ -103,6 +105,22 @@ def connect_sqlite(db_path: Path, *, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT
         connection.close()
         raise
     return connection
+
+
+async def finish_closing_connections(timeout_s: float = 2.0) -> None:
+    """Let the connections SQLAlchemy is still closing finish (call after ``engine.dispose()``).
+
+    A connection whose query was cancelled is closed by SQLAlchemy in a shielded task of its own, some only
+    once the cancelled session is garbage-collected: collect now, and wait (at most ``timeout_s``) for those
+    closings, so nothing is left running when the loop ends."""
+    gc.collect()
+    closing = [
+        task
+        for task in asyncio.all_tasks()
+        if getattr(task.get_coro(), "__qualname__", "").endswith("_terminate_graceful_close")
+    ]
+    if closing:
+        await asyncio.wait(closing, timeout=timeout_s)
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -272,19 +272,12 @@ class ToscaApp(App[int]):
         finally:
             if self._engine is not None:
                 await self._engine.dispose()
-        # A connection whose query was cancelled is closed by SQLAlchemy in a shielded task of its own, some
-        # only once the cancelled session is garbage-collected: collect now, and let those closings finish,
-        # so the console leaves nothing running.
+        # Connections whose queries were cancelled are still closing: the console leaves nothing running.
+        from storage.engine import finish_closing_connections
+
         if self.collector is not None:
             gc.unfreeze()
-        gc.collect()
-        closing = [
-            task
-            for task in asyncio.all_tasks()
-            if getattr(task.get_coro(), "__qualname__", "").endswith("_terminate_graceful_close")
-        ]
-        if closing:
-            await asyncio.wait(closing, timeout=2.0)
+        await finish_closing_connections()
 
     # -- the controller's pushes -----------------------------------------------------------------------
 

@@ -30,7 +30,6 @@ from tui.screens._base import SnapshotUpdated
 from tui.screens.checks import ChecksScreen
 from tui.screens.dashboard import DashboardScreen, banner_text
 from tui.screens.dialogs import OverrideDialog, ReasonDialog
-from tui.screens.end_session import EndOfSessionScreen
 from tui.widgets.header import STOP_LABEL
 from tui.widgets.lines import LinePanel
 
@@ -173,10 +172,14 @@ def test_override_dialog_over_the_dashboard_snapshot(
     assert snap_compare(app, terminal_size=size, run_before=shown)
 
 
-async def test_the_checks_leave_only_when_their_own_session_ends(data_dir: Path, clock: FakeClock) -> None:
+async def test_the_checks_leave_only_when_their_own_session_ends(
+    data_dir: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The checks screen is opened as soon as the controller answers "session 8 opened"; a snapshot sent
     just before (no session open, the last one 7) can still arrive, and is not session 8's end."""
     await seed()
+    ends: list[int | None] = []
+    monkeypatch.setattr(ChecksScreen, "_show_end", lambda _screen, session_id: ends.append(session_id))
     app = SimScreenApp(lambda context, user: ChecksScreen(context, user, 8), clock)
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_until(pilot, lambda: isinstance(app.screen, ChecksScreen), "the checks")
@@ -185,9 +188,6 @@ async def test_the_checks_leave_only_when_their_own_session_ends(data_dir: Path,
         checks.post_message(SnapshotUpdated(before))
         await pilot.pause()
         await pilot.pause()
-        assert app.screen is checks, "a snapshot from before the session opened ended it"
-        ended = before.model_copy(update={"last_session_id": 8})
-        checks.post_message(SnapshotUpdated(ended))
-        await wait_until(pilot, lambda: isinstance(app.screen, EndOfSessionScreen), "session 8's end")
-        end = app.screen
-        assert isinstance(end, EndOfSessionScreen) and end.session_id == 8
+        assert ends == [], "a snapshot from before the session opened ended it"
+        checks.post_message(SnapshotUpdated(before.model_copy(update={"last_session_id": 8})))
+        await wait_until(pilot, lambda: ends == [8], "session 8's end")

@@ -25,6 +25,7 @@ from control.accounts import AccountService, UserInfo
 from control.protocols import install_library_protocols
 from control.subjects import SubjectService
 from storage import Subject, TreatmentSession, create_engine, session_factory
+from storage.engine import finish_closing_connections
 from storage.repositories import SessionsRepository, SubjectsRepository, UsersRepository
 from tests.support import CHEAP
 from tui.screens._base import ScreenContext, SessionRequested
@@ -64,6 +65,7 @@ class ScreenApp(App[None]):
 
     async def on_unmount(self) -> None:
         await self.engine.dispose()
+        await finish_closing_connections()
 
     def on_session_requested(self, message: SessionRequested) -> None:
         self.requested.append(message)
