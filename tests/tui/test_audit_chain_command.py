@@ -22,6 +22,7 @@ from storage.maintenance import backup, record_audit, upgrade
 from storage.models import Subject, TechUser, TreatmentSession
 from storage.repositories import SafetyLogRepository, TreatmentEventsRepository
 from storage.safety_records import SafetyRecord
+from storage.verifications import last_verification
 from tui import cli
 
 SQLITE3 = shutil.which("sqlite3")
@@ -342,3 +343,32 @@ def test_verify_without_a_database_fails_in_one_line(
 ) -> None:
     code, _out, err = _verify(capsys, tmp_path / "empty")
     assert code == 1 and err == f"tosca: no database at {tmp_path / 'empty' / 'tosca.db'}\n"
+
+
+@needs_sqlite3
+def test_each_verification_of_the_live_database_is_kept_and_the_last_is_read_back(
+    chained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db_path = chained / "tosca.db"
+    assert last_verification(db_path) is None
+    code, _out, _err = _verify(capsys, chained)
+    assert code == 0
+    first = last_verification(db_path)
+    assert first is not None and first.ok
+    assert first.describe().startswith("intact on ")
+    assert "audit_log 6 rows" in first.summary and "treatment_events 20 rows" in first.summary
+    # The row it wrote is chained: the next verification covers it.
+    code, out, _err = _verify(capsys, chained)
+    assert code == 0 and "audit_log: 7 rows" in out
+    _sqlite(db_path, "UPDATE treatment_events SET laser_power_actual_watts = 4.95 WHERE event_id = 7;")
+    code, _out, err = _verify(capsys, chained)
+    assert code == 1 and "altered" in err
+    failed = last_verification(db_path)
+    assert failed is not None and not failed.ok
+    assert (
+        failed.describe().startswith("FAILED on ")
+        and "treatment_events row 7 (seq 7): altered" in failed.summary
+    )
+    with sqlite3.connect(db_path) as db:
+        outcomes = [o for (o,) in db.execute("SELECT outcome FROM audit_log WHERE action = 'records_verify'")]
+    assert outcomes == ["success", "success", "failure"]

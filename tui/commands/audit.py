@@ -16,8 +16,9 @@ array. Exit codes: 0 done, 1 refused or failed (one line on stderr: a bad date, 
 signed checkpoint of the data directory's database, or of the backup ``FILE`` with the checkpoint file kept
 beside it (see docs/records-chain.md). Exit codes: 0 verified (one line of counts per chain), 1 the first
 row or checkpoint that fails and why, on one line on stderr (or no database), 2 usage or a key file that is
-missing or not 32 bytes. ``checkpoint`` signs and stores a checkpoint of each chain now (0 done, 1 refused,
-2 a bad key file).
+missing or not 32 bytes. A verification of the data directory's own database is kept as a
+``records_verify`` audit row (the admin's and engineer's home screens show the last). ``checkpoint`` signs
+and stores a checkpoint of each chain now (0 done, 1 refused, 2 a bad key file).
 """
 
 from __future__ import annotations
@@ -123,6 +124,14 @@ def _verify(data_dir: Path, backup: Path | None) -> int:
         return KEY_REFUSED
     except StorageError as exc:
         return fail(_one_line(exc))
+    if backup is None:
+        # The live database keeps its verifications (the admin's and engineer's home screens show the last).
+        from storage.verifications import record_verification
+
+        try:
+            record_verification(live, result)
+        except StorageError as exc:
+            print(f"tosca: this verification was not recorded: {_one_line(exc)}", file=sys.stderr)
     if result.failure is not None:
         return fail(f"verification failed: {_one_line(result.failure.message)}")
     for count in result.counts:

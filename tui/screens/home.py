@@ -31,6 +31,7 @@ from control.accounts import UserInfo
 from storage import DataDir
 from storage.backup import last_backup
 from storage.maintenance import schema_revision
+from storage.verifications import last_verification
 from tui.safe_text import plain
 from tui.screens._base import LogoutRequested, ScreenContext, SnapshotUpdated
 from tui.widgets.fault import RESET_KEY, FaultNotice, in_fault, reset_fault
@@ -45,6 +46,9 @@ class DatabaseFacts:
     schema: str
     last_backup: str
     disk: str = ""
+    #: The last verification of the record chains (``tosca audit verify``), in one line; whether it failed.
+    records: str = ""
+    records_failed: bool = False
 
 
 def read_database_facts(data_dir: DataDir) -> DatabaseFacts:
@@ -56,11 +60,14 @@ def read_database_facts(data_dir: DataDir) -> DatabaseFacts:
         disk = data_dir.disk_usage().describe()
     except OSError as exc:
         disk = f"unknown ({exc.strerror or exc})"
+    verified = last_verification(data_dir.db_path)
     return DatabaseFacts(
         path=str(data_dir.db_path),
         schema=revision if revision is not None else "none (not initialised)",
         last_backup=newest.taken_at.strftime("%Y-%m-%d %H:%M:%S") if newest is not None else "none",
         disk=disk,
+        records=verified.describe() if verified is not None else "never verified (tosca audit verify)",
+        records_failed=verified is not None and not verified.ok,
     )
 
 
@@ -70,6 +77,8 @@ ScreenOpener = Callable[[ScreenContext, UserInfo], Screen[None]]
 TREATING_ROLES = frozenset({"technician", "admin"})
 EVERY_ROLE = frozenset({"technician", "engineer", "admin"})
 ADMIN_ONLY = frozenset({"admin"})
+#: Roles whose home screen shows the last verification of the records.
+RECORD_KEEPERS = frozenset({"admin", "engineer"})
 
 
 def _treatment(context: ScreenContext, user: UserInfo) -> Screen[None]:
@@ -258,6 +267,9 @@ class HomeScreen(Screen[None]):
                 yield Static("reading...", id="fact-backup")
                 yield Label("Disk", classes="fact-name")
                 yield Static("reading...", id="fact-disk")
+                if user.role in RECORD_KEEPERS:
+                    yield Label("Record chain", classes="fact-name")
+                    yield Static("reading...", id="fact-records")
         yield Footer()
 
     def entries(self) -> tuple[MenuEntry, ...]:
@@ -298,6 +310,10 @@ class HomeScreen(Screen[None]):
         self.query_one("#fact-schema", Static).update(plain(facts.schema))
         self.query_one("#fact-backup", Static).update(plain(facts.last_backup))
         self.query_one("#fact-disk", Static).update(plain(facts.disk))
+        if self.user.role in RECORD_KEEPERS:
+            self.query_one("#fact-records", Static).update(
+                plain(facts.records, "bold red" if facts.records_failed else "")
+            )
         self.facts = facts
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
