@@ -38,3 +38,12 @@ class RestoreError(StorageError):
 
 class ConfigValueError(StorageError):
     """A configuration value does not match its declared type, or the key is unknown."""
+
+
+def one_line(value: BaseException | str) -> str:
+    """An error (or a message) on one line, as a status line or ``tosca: ...`` shows it: its whitespace runs
+    made single spaces; an error with no message is named by its type."""
+    text = " ".join(str(value).split())
+    if text or isinstance(value, str):
+        return text
+    return type(value).__name__

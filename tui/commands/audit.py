@@ -30,6 +30,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from storage.errors import one_line
 from tui.commands import add_data_dir_option, fail
 
 FORMATS = ("table", "csv", "json")
@@ -105,10 +106,6 @@ def _table(rows: list[Any]) -> None:
 KEY_REFUSED = 2
 
 
-def _one_line(exc: BaseException | str) -> str:
-    return " ".join(str(exc).split())
-
-
 def _verify(data_dir: Path, backup: Path | None) -> int:
     from storage.chain import ChainKeyError
     from storage.chain_verify import verify_database
@@ -120,10 +117,10 @@ def _verify(data_dir: Path, backup: Path | None) -> int:
     try:
         result = verify_database(target, keys_of=live, backup=backup is not None)
     except ChainKeyError as exc:
-        print(f"tosca: {_one_line(exc)}", file=sys.stderr)
+        print(f"tosca: {one_line(exc)}", file=sys.stderr)
         return KEY_REFUSED
     except StorageError as exc:
-        return fail(_one_line(exc))
+        return fail(one_line(exc))
     if backup is None:
         # The live database keeps its verifications (the admin's and engineer's home screens show the last).
         from storage.verifications import record_verification
@@ -131,9 +128,9 @@ def _verify(data_dir: Path, backup: Path | None) -> int:
         try:
             record_verification(live, result)
         except StorageError as exc:
-            print(f"tosca: this verification was not recorded: {_one_line(exc)}", file=sys.stderr)
+            print(f"tosca: this verification was not recorded: {one_line(exc)}", file=sys.stderr)
     if result.failure is not None:
-        return fail(f"verification failed: {_one_line(result.failure.message)}")
+        return fail(f"verification failed: {one_line(result.failure.message)}")
     for count in result.counts:
         print(count.describe())
     print(f"ok: {target.name}: every chain and checkpoint verifies")
@@ -154,10 +151,10 @@ def _checkpoint(data_dir: Path) -> int:
     try:
         written = checkpoint_file(db_path, "manual")
     except ChainKeyError as exc:
-        print(f"tosca: {_one_line(exc)}", file=sys.stderr)
+        print(f"tosca: {one_line(exc)}", file=sys.stderr)
         return KEY_REFUSED
     except (StorageError, sqlite3.Error) as exc:
-        return fail(f"no checkpoint written: {_one_line(exc)}")
+        return fail(f"no checkpoint written: {one_line(exc)}")
     if not written:
         return fail("the database predates the record chain: run tosca db upgrade first")
     for cp in written:

@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from storage.errors import one_line
 from storage.paths import DataDir
 from tui.commands import add_data_dir_option, fail
 
@@ -55,10 +56,6 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     for sub in (upgrade_parser, check_parser, backup_parser, backups_parser, verify_parser, restore_parser):
         add_data_dir_option(sub)
     return parser
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 def _upgrade(data_dir: DataDir) -> None:
@@ -173,8 +170,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             return fail(f"unknown db action {action!r} (expected one of {', '.join(ACTIONS)})")
     except StorageError as exc:
-        return fail(_one_line(exc))
+        return fail(one_line(exc))
     except (OSError, sqlite3.Error) as exc:
-        return fail(f"db {action} failed: {_one_line(exc)}")
+        return fail(f"db {action} failed: {one_line(exc)}")
     sys.stdout.flush()
     return 0

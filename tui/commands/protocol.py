@@ -37,6 +37,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from storage.errors import one_line
 from storage.paths import DataDir
 from tui.commands import PasswordInputError, add_data_dir_option, fail, read_password, schema_refusal
 
@@ -93,10 +94,6 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     imported.add_argument("--user", required=True, metavar="ADMIN", help="the admin importing")
     add_data_dir_option(imported)
     return parser
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 def _read(path: Path) -> str:
@@ -180,15 +177,15 @@ def _validate(args: argparse.Namespace) -> int:
     except FileNotFoundError:
         return fail(f"{path}: no such file")
     except (OSError, ValueError) as exc:
-        return fail(f"cannot read {path}: {_one_line(exc)}")
+        return fail(f"cannot read {path}: {one_line(exc)}")
     try:
         limits, origin = _limits(data_dir)
     except SQLAlchemyError as exc:
         # The driver's own message ("no such table: ...") without SQLAlchemy's statement and links.
         reason = getattr(exc, "orig", None) or exc
-        return fail(f"cannot read the limits from {data_dir.db_path}: {_one_line(reason)}")
+        return fail(f"cannot read the limits from {data_dir.db_path}: {one_line(reason)}")
     except (LimitsError, CalibrationError, StorageError, sqlite3.Error, OSError) as exc:
-        return fail(f"cannot read the limits from {data_dir.db_path}: {_one_line(exc)}")
+        return fail(f"cannot read the limits from {data_dir.db_path}: {one_line(exc)}")
     print(f"{origin}: {limits.describe()}")
     try:
         plan = check_protocol(text, limits)
@@ -241,9 +238,9 @@ def _library(args: argparse.Namespace) -> int:
                 print(error, file=sys.stderr)
             count = len(exc.errors)
             return fail(f"{args.file}: refused ({count} problem{'s' if count != 1 else ''}); nothing stored")
-        return fail(f"protocol {action}: {_one_line(exc)}")
+        return fail(f"protocol {action}: {one_line(exc)}")
     except (StorageError, OSError) as exc:
-        return fail(f"protocol {action} failed: {_one_line(exc)}")
+        return fail(f"protocol {action} failed: {one_line(exc)}")
 
 
 async def _library_run(

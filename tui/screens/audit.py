@@ -35,7 +35,7 @@ from storage.audit_query import (
     open_read_only,
     record_action,
 )
-from storage.errors import StorageError
+from storage.errors import StorageError, one_line
 from tui.safe_text import escape_controls, plain
 from tui.screens._base import ScreenContext
 from tui.widgets.header import ConsoleHeader
@@ -50,10 +50,6 @@ FILTER_FIELDS: tuple[tuple[str, str, str], ...] = (
     ("until", "To", "YYYY-MM-DD"),
     ("text", "Text", "any text"),
 )
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 #: The audit table's columns, in order.
@@ -175,7 +171,7 @@ class AuditScreen(Screen[None]):
         try:
             page = await asyncio.to_thread(self._read, wanted, start)
         except StorageError as exc:
-            self.show_status(_one_line(exc), error=True)
+            self.show_status(one_line(exc), error=True)
             return
         self.filters = wanted
         self._current_start = start
@@ -233,7 +229,7 @@ class AuditScreen(Screen[None]):
         try:
             wanted = self.read_filters()
         except StorageError as exc:
-            self.show_status(f"filter refused: {_one_line(exc)}", error=True)
+            self.show_status(f"filter refused: {one_line(exc)}", error=True)
             return
         self.show_status("", error=False)
         self._previous = []
@@ -283,7 +279,7 @@ class AuditScreen(Screen[None]):
         try:
             result = await asyncio.to_thread(export_csv, data_dir / "tosca.db", data_dir / "exports", filters)
         except (StorageError, OSError) as exc:
-            self.show_status(f"export failed: {_one_line(exc)}", error=True)
+            self.show_status(f"export failed: {one_line(exc)}", error=True)
             return
         try:
             await asyncio.to_thread(
@@ -296,7 +292,7 @@ class AuditScreen(Screen[None]):
                 details={"file": str(result.path), "rows": result.rows, "filters": filters.describe()},
             )
         except StorageError as exc:
-            self.show_status(f"exported, but not recorded: {_one_line(exc)}", error=True)
+            self.show_status(f"exported, but not recorded: {one_line(exc)}", error=True)
             return
         self.last_export = str(result.path)
         self.show_status(f"exported {result.rows} rows to {escape_controls(str(result.path))}", error=False)

@@ -39,7 +39,7 @@ from storage.backups import (
     restore_live,
     verify_backup,
 )
-from storage.errors import StorageError
+from storage.errors import StorageError, one_line
 from storage.paths import DataDir
 from tui.safe_text import plain
 from tui.screens._base import ScreenContext
@@ -49,10 +49,6 @@ from tui.widgets.tables import Cell, fill_table
 
 #: The backup list's columns.
 BACKUP_COLUMNS = ("Taken (local time)", "Size", "Verified", "File")
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 class BackupsScreen(Screen[None]):
@@ -139,7 +135,7 @@ class BackupsScreen(Screen[None]):
         try:
             overview = await asyncio.to_thread(backup_overview, self.data_dir, space=self.space)
         except (StorageError, OSError) as exc:
-            self.show_status(f"cannot list the backups: {_one_line(exc)}", error=True)
+            self.show_status(f"cannot list the backups: {one_line(exc)}", error=True)
             return
         self.show_overview(overview, select)
 
@@ -213,7 +209,7 @@ class BackupsScreen(Screen[None]):
                 make_backup, self.data_dir, user=self.user.username, terminal=self._terminal()
             )
         except (StorageError, OSError) as exc:
-            self.show_status(f"backup failed: {_one_line(exc)}", error=True)
+            self.show_status(f"backup failed: {one_line(exc)}", error=True)
             return
         finally:
             self.busy = False
@@ -233,7 +229,7 @@ class BackupsScreen(Screen[None]):
                 verify_backup, self.data_dir, entry.name, user=self.user.username, terminal=self._terminal()
             )
         except (StorageError, OSError) as exc:
-            self.show_status(f"cannot verify {entry.name}: {_one_line(exc)}", error=True)
+            self.show_status(f"cannot verify {entry.name}: {one_line(exc)}", error=True)
             return
         finally:
             self.busy = False
@@ -292,7 +288,7 @@ class BackupsScreen(Screen[None]):
                 details={"backup": name, "reason": text},
             )
         except StorageError as exc:
-            self.show_status(f"{text} (not recorded: {_one_line(exc)})", error=True)
+            self.show_status(f"{text} (not recorded: {one_line(exc)})", error=True)
 
     @work(exclusive=True, group="backups-action", exit_on_error=False)
     async def restore(self, name: str) -> None:
@@ -309,7 +305,7 @@ class BackupsScreen(Screen[None]):
                 session_open=self.controller_session,
             )
         except (StorageError, OSError) as exc:
-            self.show_status(_one_line(exc), error=True)
+            self.show_status(one_line(exc), error=True)
             return
         finally:
             self.busy = False

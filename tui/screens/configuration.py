@@ -46,6 +46,7 @@ from control.config_editor import (
     read_entries,
 )
 from control.system_config import SettingError, settings_from
+from storage.errors import one_line
 from tui.safe_text import escape_controls, plain
 from tui.screens._base import ScreenContext, SnapshotUpdated
 from tui.screens.dialogs import DialogInputError, DialogScreen
@@ -61,10 +62,6 @@ _MIN_MEANING = 12
 _NARROW_VALUE = 11
 #: Columns of the table that are not cells: its cursor column and the screen's padding.
 _TABLE_FRAME = 4
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 def _range(entry: SettingEntry) -> str:
@@ -176,7 +173,7 @@ class EditSettingDialog(DialogScreen[SettingChange | None]):
         """A database failure while saving is shown; the dialog stays open."""
         if event.state is WorkerState.ERROR:
             self.saving = False
-            self.show_error(f"not saved: {_one_line(event.worker.error or RuntimeError('failed'))}")
+            self.show_error(f"not saved: {one_line(event.worker.error or RuntimeError('failed'))}")
 
 
 class ConfigurationScreen(Screen[None]):
@@ -381,7 +378,7 @@ class ConfigurationScreen(Screen[None]):
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         """A failed database read is shown on the status line."""
         if event.state is WorkerState.ERROR:
-            self.show_status(f"failed: {_one_line(event.worker.error or RuntimeError('failed'))}")
+            self.show_status(f"failed: {one_line(event.worker.error or RuntimeError('failed'))}")
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "edit":

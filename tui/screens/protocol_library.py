@@ -51,6 +51,7 @@ from control.protocol_approval import (
     retire_protocol,
     submit_version,
 )
+from storage.errors import one_line
 from tui.safe_text import plain
 from tui.screens._base import ScreenContext
 from tui.screens.dialogs import ConfirmDialog, DialogScreen, ReasonDialog
@@ -65,10 +66,6 @@ _NOTE_LIMIT = 28
 #: The name's limit on a screen narrower than :data:`_WIDE` columns.
 _NARROW_NAME_LIMIT = 22
 _WIDE = 110
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 class ImportDialog(DialogScreen[ImportResult | None]):
@@ -142,7 +139,7 @@ class ImportDialog(DialogScreen[ImportResult | None]):
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.state is WorkerState.ERROR:
             self.saving = False
-            self.show_error(f"not stored: {_one_line(event.worker.error or RuntimeError('failed'))}")
+            self.show_error(f"not stored: {one_line(event.worker.error or RuntimeError('failed'))}")
 
 
 class ProtocolLibraryScreen(Screen[None]):
@@ -320,7 +317,7 @@ class ProtocolLibraryScreen(Screen[None]):
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         """A failed database read or write is shown on the status line."""
         if event.state is WorkerState.ERROR:
-            self.show_status(f"failed: {_one_line(event.worker.error or RuntimeError('failed'))}")
+            self.show_status(f"failed: {one_line(event.worker.error or RuntimeError('failed'))}")
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action in ("back",):
