@@ -21,10 +21,8 @@ as the image blurs.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import cv2
@@ -32,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from devices.camera._frames import CameraFrame, GreyImage, to_grey
-from devices.camera._threads import DEFAULT_THREAD_NICE, check_nice, lower_current_thread_priority
+from devices.camera._threads import DEFAULT_THREAD_NICE, LowPriorityWorker
 
 _RAY_STEP_PX = 1.0
 """Sampling step along each refinement ray, full-resolution pixels."""
@@ -333,13 +331,15 @@ class RingDetector:
         return (fx, fy, fr, coverage, rms), ""
 
 
-class FrameAnalyser:
+class FrameAnalyser(LowPriorityWorker):
     """Runs a :class:`RingDetector` on its own worker thread, so the asyncio loop never waits on OpenCV.
 
     One analysis runs at a time (a second call queues behind it); numpy and OpenCV release the GIL while they
     work, and the thread runs ``thread_nice`` steps below the process's scheduling priority (Linux). Close
     with :meth:`aclose` (or :meth:`close`), which joins the worker thread.
     """
+
+    WHAT = "the frame analyser"
 
     def __init__(
         self,
@@ -348,43 +348,24 @@ class FrameAnalyser:
         thread_name: str = "camera-analysis",
         thread_nice: int = DEFAULT_THREAD_NICE,
     ) -> None:
+        super().__init__(thread_name=thread_name, thread_nice=thread_nice)
         self.detector = detector if detector is not None else RingDetector()
-        self._executor = ThreadPoolExecutor(
-            max_workers=1,
-            thread_name_prefix=thread_name,
-            initializer=lower_current_thread_priority,
-            initargs=(check_nice(thread_nice),),
-        )
-        self._closed = False
 
     async def analyse(
         self, frame: CameraFrame, *, expected_diameter_mm: float | None = None
     ) -> FrameAnalysis:
         """Analyse one captured frame off the loop; the expected diameter (mm) narrows the search."""
-        if self._closed:
-            raise RuntimeError("the frame analyser is closed")
+        self._check_open()
         if expected_diameter_mm is not None:
             self.detector.search_radii_px(expected_diameter_mm)  # validates before any work is queued
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._run, frame, expected_diameter_mm)
-
-    def _run(self, frame: CameraFrame, expected_diameter_mm: float | None) -> FrameAnalysis:
-        return self.detector.analyse(
-            frame.grey,
-            expected_diameter_mm=expected_diameter_mm,
-            sequence=frame.sequence,
-            timestamp=frame.timestamp,
+        return await self.run(
+            lambda: self.detector.analyse(
+                frame.grey,
+                expected_diameter_mm=expected_diameter_mm,
+                sequence=frame.sequence,
+                timestamp=frame.timestamp,
+            )
         )
-
-    def close(self) -> None:
-        """Stop the worker thread, waiting for an analysis in progress to finish."""
-        self._closed = True
-        self._executor.shutdown(wait=True, cancel_futures=True)
-
-    async def aclose(self) -> None:
-        """Stop the worker thread without blocking the loop."""
-        self._closed = True
-        await asyncio.to_thread(self._executor.shutdown, True, cancel_futures=True)
 
 
 def _fit_circle(

@@ -9,8 +9,14 @@ runs in a process of its own (:mod:`devices.camera._process`), which lowers its 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import ClassVar, TypeVar
+
+_T = TypeVar("_T")
 
 MAX_NICE = 19
 DEFAULT_THREAD_NICE = 10
@@ -39,3 +45,40 @@ def lower_current_thread_priority(increment: int) -> bool:
     except OSError:
         return False
     return True
+
+
+class LowPriorityWorker:
+    """One worker thread of its own, ``thread_nice`` steps below the process's priority, that the asyncio
+    loop hands work to (:meth:`run`) and never waits on; closed with :meth:`close` or :meth:`aclose`, which
+    let work in progress finish and drop what is queued."""
+
+    #: What the subclass is, for the error of a call after it was closed.
+    WHAT: ClassVar[str] = "the worker"
+
+    def __init__(self, *, thread_name: str, thread_nice: int) -> None:
+        self._executor = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix=thread_name,
+            initializer=lower_current_thread_priority,
+            initargs=(check_nice(thread_nice),),
+        )
+        self._closed = False
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"{self.WHAT} is closed")
+
+    async def run(self, work: Callable[[], _T]) -> _T:
+        """``work()`` on the worker thread; RuntimeError once closed."""
+        self._check_open()
+        return await asyncio.get_running_loop().run_in_executor(self._executor, work)
+
+    def close(self) -> None:
+        """Stop the worker thread, waiting for work in progress to finish."""
+        self._closed = True
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    async def aclose(self) -> None:
+        """:meth:`close` without blocking the loop."""
+        self._closed = True
+        await asyncio.to_thread(self._executor.shutdown, True, cancel_futures=True)

@@ -18,10 +18,8 @@ of its own at a lowered priority in the controller's process (:class:`SnapshotWr
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,7 +31,7 @@ import numpy.typing as npt
 from devices.camera._analysis import RingDetection, RingDetector
 from devices.camera._frames import CameraFrame, to_grey
 from devices.camera._recording import RecordingError
-from devices.camera._threads import MAX_NICE, check_nice, lower_current_thread_priority
+from devices.camera._threads import MAX_NICE, LowPriorityWorker
 
 #: Colour of the ring, its centre mark and its label on the annotated picture (BGR, green).
 ANNOTATION_BGR = (0, 220, 0)
@@ -212,10 +210,12 @@ def save_snapshot_pair(
     )
 
 
-class SnapshotWriter:
+class SnapshotWriter(LowPriorityWorker):
     """Saves snapshot pairs on one worker thread of its own, ``thread_nice`` steps below the process's
     priority (default: the lowest there is, nice 19), so the asyncio loop neither waits for nor competes with
     the encoding: a snapshot is never urgent."""
+
+    WHAT = "the snapshot writer"
 
     def __init__(
         self,
@@ -224,14 +224,8 @@ class SnapshotWriter:
         thread_name: str = "camera-snapshot",
         thread_nice: int = MAX_NICE,
     ) -> None:
+        super().__init__(thread_name=thread_name, thread_nice=thread_nice)
         self.detector = detector if detector is not None else RingDetector()
-        self._executor = ThreadPoolExecutor(
-            max_workers=1,
-            thread_name_prefix=thread_name,
-            initializer=lower_current_thread_priority,
-            initargs=(check_nice(thread_nice),),
-        )
-        self._closed = False
 
     async def save(
         self,
@@ -242,22 +236,8 @@ class SnapshotWriter:
         expected_diameter_mm: float | None = None,
     ) -> SnapshotFiles:
         """:func:`save_snapshot_pair` on the writer's thread."""
-        if self._closed:
-            raise RuntimeError("the snapshot writer is closed")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._executor,
+        return await self.run(
             lambda: save_snapshot_pair(
                 frame, folder, stem=stem, detector=self.detector, expected_diameter_mm=expected_diameter_mm
-            ),
+            )
         )
-
-    def close(self) -> None:
-        """Stop the worker thread once a snapshot being written is finished."""
-        self._closed = True
-        self._executor.shutdown(wait=True, cancel_futures=True)
-
-    async def aclose(self) -> None:
-        """:meth:`close` without blocking the loop."""
-        self._closed = True
-        await asyncio.to_thread(self._executor.shutdown, True, cancel_futures=True)
