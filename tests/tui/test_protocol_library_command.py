@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from console_fixtures import ADMIN_PASSWORD, CLI, DATA_DIR, TECH_PASSWORD, seed
+from protocol_library_fixtures import library_audits
 
 from control.accounts import AccountService
 from storage import create_engine, session_factory
@@ -57,14 +58,6 @@ def versions() -> list[tuple[Any, ...]]:
         )
 
 
-def audits(action: str) -> list[tuple[str, str]]:
-    with sqlite3.connect(DATA_DIR / "tosca.db") as db:
-        rows = db.execute(
-            "SELECT outcome, username FROM audit_log WHERE action = ? ORDER BY audit_id", (action,)
-        )
-        return [(str(o), str(u)) for o, u in rows]
-
-
 @pytest.fixture
 def people(data_dir: Path) -> None:
     """ada and bob (admins) and tina (technician)."""
@@ -105,7 +98,7 @@ def test_import_then_a_second_admin_approves_and_the_list_shows_it(
         monkeypatch, "protocol", "approve", NAME, "--version", "1", "--user", "bob", stdin=BOB_PASSWORD
     )
     assert code == 1 and "already approved" in capsys.readouterr().err
-    assert audits("protocol_approve") == [("failure", "ada"), ("success", "bob"), ("failure", "bob")]
+    assert library_audits("protocol_approve") == [("failure", "ada"), ("success", "bob"), ("failure", "bob")]
     assert tosca(monkeypatch, "protocol", "list") == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["PROTOCOL", "V", "STATUS", "AUTHOR", "DECIDED", "BY", "NOTE"]
@@ -136,7 +129,7 @@ def test_a_refused_file_prints_every_error_and_stores_nothing(
     assert tosca(monkeypatch, *argv, stdin=ADMIN_PASSWORD + "\n") == 1
     assert "larger than 1000000 bytes" in capsys.readouterr().err
     assert versions() == []
-    assert audits("protocol_import") == [("failure", "ada"), ("failure", "ada")]
+    assert library_audits("protocol_import") == [("failure", "ada"), ("failure", "ada")]
 
 
 def test_a_technician_and_a_wrong_password_are_refused(
