@@ -33,14 +33,7 @@ from typing import Final
 from storage.audit_query import record_action
 from storage.backup import BACKUP_NAME_RE, RETENTION_DAYS, backup_database, copy_database, list_backups
 from storage.engine import DEFAULT_BUSY_TIMEOUT_MS
-from storage.errors import (
-    BackupError,
-    ConfigValueError,
-    DatabaseCheckError,
-    RestoreError,
-    StorageError,
-    one_line,
-)
+from storage.errors import BackupError, ConfigValueError, DatabaseCheckError, RestoreError, StorageError
 from storage.maintenance import _migrate, check_database, head_revision
 from storage.models import utc_now
 from storage.paths import DataDir
@@ -361,7 +354,7 @@ def restore_live(
             _migrate(staging, head_revision(), None)
     except (BackupError, StorageError, sqlite3.Error) as exc:
         _remove_staging(staging)
-        raise refuse(f"{name} could not be prepared, records unchanged: {one_line(exc)}") from exc
+        raise refuse(f"{name} could not be prepared, records unchanged: {_one_line(exc)}") from exc
     try:
         days, _problem = read_retention_days(data_dir.db_path)
         try:
@@ -374,7 +367,7 @@ def restore_live(
         try:
             _copy_into_live(staging, data_dir.db_path)
         except sqlite3.Error as exc:
-            raise refuse(f"restore of {name} failed, records unchanged: {one_line(exc)}") from exc
+            raise refuse(f"restore of {name} failed, records unchanged: {_one_line(exc)}") from exc
     finally:
         _remove_staging(staging)
     final = check_database(data_dir.db_path, quick=True, in_use=True)
@@ -387,6 +380,10 @@ def restore_live(
         details={"backup": name, "source_revision": report.revision, "replaced_backup": replaced.name},
     )
     return LiveRestoreResult(source=source, replaced_backup=replaced, revision=final.revision)
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def _remove_staging(staging: Path) -> None:
