@@ -3,7 +3,9 @@
 A protocol is a named series of versions (``protocol_versions``); a version's data is never rewritten and a
 version moves through its approval only forwards:
 
-* ``draft``: saved by :func:`import_protocol` (a new protocol, or the next version of an existing one);
+* ``draft``: saved by :func:`import_protocol` (a file: a new protocol, or the next version of an existing one)
+  or by :func:`save_edited_version` (the steps edited in the console's form, from an existing version or
+  from nothing): a new version every time, so a version a session used is never changed;
 * ``submitted``: offered for approval by an admin (:func:`submit_version`);
 * ``approved`` or ``rejected`` (with a reason) by an admin who is not the version's author
   (:func:`approve_version`, :func:`reject_version`). A draft may be approved or rejected directly: the import
@@ -15,9 +17,13 @@ draft (or submitted) version may be tried, and the session records it as such. R
 (:func:`retire_protocol`) hides it from the technician's list; its versions and sessions are kept.
 
 Every action is done by an admin, by the role the database holds now (not the role they logged in with).
-Each action and each refusal writes one ``audit_log`` row (actions ``protocol_import``, ``protocol_submit``,
-``protocol_approve``, ``protocol_reject``, ``protocol_retire``; entity ``protocol_version`` or
-``protocol``) with the protocol, the version and the old and new status; a refusal changes nothing else.
+Each action and each refusal writes one ``audit_log`` row (actions ``protocol_import``, ``protocol_edit``,
+``protocol_submit``, ``protocol_approve``, ``protocol_reject``, ``protocol_retire``; entity
+``protocol_version`` or ``protocol``) with the protocol, the version and the old and new status; a refusal
+changes nothing else. A refusal a screen decides before asking the database (the author approving their own
+version, a version already decided, a name that cannot be one) is audited the same way through
+:func:`record_refusal`, and so is a protocol file refused before its rules are checked (unreadable, too large,
+not UTF-8: :func:`import_protocol_file`).
 
 Two admins at once: each action names what the admin saw (``expected_latest``: the newest version number of
 the protocol when importing; ``expected_status``: the version's status when approving, rejecting or
@@ -31,6 +37,7 @@ check_protocol` against the system's limits, every error named); a file larger t
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -48,6 +55,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 ACTION_IMPORT: Final = "protocol_import"
+ACTION_EDIT: Final = "protocol_edit"
 ACTION_SUBMIT: Final = "protocol_submit"
 ACTION_APPROVE: Final = "protocol_approve"
 ACTION_REJECT: Final = "protocol_reject"
@@ -315,6 +323,27 @@ async def _audit(
         )
 
 
+async def record_refusal(
+    sessions: async_sessionmaker[AsyncSession],
+    action: str,
+    admin: str,
+    reason: str,
+    *,
+    protocol: str | None = None,
+    version: int | None = None,
+    old_status: str | None = None,
+    new_status: str | None = None,
+    terminal: str | None = None,
+    clock: Callable[[], datetime] = utc_now,
+) -> None:
+    """Audit a refusal decided before the library was asked (by a screen that already knows the answer):
+    one failure row ``action`` for ``admin`` with the protocol, version, statuses and ``reason``."""
+    details: dict[str, Any] = {"protocol": protocol, "version": version}
+    if old_status is not None or new_status is not None:
+        details |= {"old_status": old_status, "new_status": new_status}
+    await _audit(sessions, action, admin, details, reason, terminal, clock())
+
+
 # ------------------------------------------------------------------------------------------------- import
 
 
@@ -335,10 +364,111 @@ async def import_protocol(
     with every error; then nothing is stored and the refusal is audited."""
     details: dict[str, Any] = {"protocol": name.strip(), "source": source, "old_status": None}
     try:
-        return await _import(sessions, text, name, admin, source, expected_latest, terminal, clock())
+        return await _import(
+            sessions,
+            text,
+            name,
+            admin,
+            _Origin(ACTION_IMPORT, source, f"imported from {source}", None),
+            expected_latest,
+            terminal,
+            clock(),
+        )
     except ApprovalRefused as exc:
         await _audit(sessions, ACTION_IMPORT, admin, details, "; ".join(exc.errors), terminal, clock())
         raise
+
+
+async def import_protocol_file(
+    sessions: async_sessionmaker[AsyncSession],
+    path: Path,
+    *,
+    name: str,
+    admin: str,
+    expected_latest: int | None = None,
+    terminal: str | None = None,
+    clock: Callable[[], datetime] = utc_now,
+) -> ImportResult:
+    """Read the protocol file ``path`` (:func:`read_protocol_file`, in a worker thread) and store it as
+    :func:`import_protocol` does. A file refused unread (missing, a folder, too large, not UTF-8) is audited
+    as a refused import too; nothing is stored."""
+    try:
+        text = await asyncio.to_thread(lambda: read_protocol_file(path.expanduser()))
+    except ApprovalRefused as exc:
+        details: dict[str, Any] = {"protocol": name.strip(), "source": path.name, "old_status": None}
+        await _audit(sessions, ACTION_IMPORT, admin, details, str(exc), terminal, clock())
+        raise
+    return await import_protocol(
+        sessions,
+        text,
+        name=name,
+        admin=admin,
+        source=path.name,
+        expected_latest=expected_latest,
+        terminal=terminal,
+        clock=clock,
+    )
+
+
+#: Where a version edited in the console comes from (the ``source`` of its audit row).
+EDITOR_SOURCE: Final = "the console's protocol editor"
+#: Longest note an admin gives to an edited version.
+MAX_NOTE_CHARS: Final = 200
+
+
+async def save_edited_version(
+    sessions: async_sessionmaker[AsyncSession],
+    text: str,
+    *,
+    name: str,
+    admin: str,
+    based_on: int | None,
+    expected_latest: int,
+    note: str = "",
+    terminal: str | None = None,
+    clock: Callable[[], datetime] = utc_now,
+) -> ImportResult:
+    """Store the protocol JSON ``text`` edited in the console as a new draft version of ``name`` (version 1
+    of a new protocol when ``expected_latest`` is 0). ``based_on`` is the version the form started from (None:
+    from nothing); ``expected_latest`` the newest version the admin saw: another admin's version saved
+    meanwhile refuses the save with what changed. The version started from is never changed. Checked and
+    audited exactly as an import is (action ``protocol_edit``)."""
+    origin = "a new protocol" if based_on is None else f"edited from v{based_on}"
+    details: dict[str, Any] = {
+        "protocol": name.strip(),
+        "source": EDITOR_SOURCE,
+        "based_on": based_on,
+        "old_status": None,
+    }
+    try:
+        why = note.strip()
+        if len(why) > MAX_NOTE_CHARS:
+            raise ApprovalRefused(f"the note has {len(why)} characters; at most {MAX_NOTE_CHARS}")
+        summary = f"{origin} in the console" + (f": {why}" if why else "")
+        return await _import(
+            sessions,
+            text,
+            name,
+            admin,
+            _Origin(ACTION_EDIT, EDITOR_SOURCE, summary, based_on),
+            expected_latest,
+            terminal,
+            clock(),
+        )
+    except ApprovalRefused as exc:
+        await _audit(sessions, ACTION_EDIT, admin, details, "; ".join(exc.errors), terminal, clock())
+        raise
+
+
+@dataclass(frozen=True, slots=True)
+class _Origin:
+    """How a new version came: the audit action, its source, the version's change summary, the version it
+    was edited from."""
+
+    action: str
+    source: str
+    summary: str
+    based_on: int | None
 
 
 async def _import(
@@ -346,11 +476,12 @@ async def _import(
     text: str,
     raw_name: str,
     admin: str,
-    source: str,
+    origin: _Origin,
     expected_latest: int | None,
     terminal: str | None,
     now: datetime,
 ) -> ImportResult:
+    source = origin.source
     name = check_name(raw_name)
     async with sessions() as session:
         await _require_admin(session, admin)
@@ -362,9 +493,11 @@ async def _import(
         plan = check_protocol(text, limits)
     except ProtocolError as exc:
         count = len(exc.errors)
+        # A file's errors name the file; the editor's name only their field (shown next to it).
+        prefix = f"{source}: " if origin.action == ACTION_IMPORT else ""
         raise ApprovalRefused(
-            f"{source}: refused ({count} problem{'s' if count != 1 else ''}): " + "; ".join(exc.errors),
-            [f"{source}: {error}" for error in exc.errors],
+            f"{prefix}refused ({count} problem{'s' if count != 1 else ''}): " + "; ".join(exc.errors),
+            [f"{prefix}{error}" for error in exc.errors],
         ) from None
     kind = protocol_type(plan.definition)
     async with sessions() as session, session.begin():
@@ -390,9 +523,10 @@ async def _import(
         if protocol is not None and protocol.is_active is False:
             raise ApprovalRefused(f"{name}: the protocol is retired; import under a new name")
         if latest_row is not None and latest_row.protocol_data == text:
-            raise ApprovalRefused(f"{name}: the file is identical to version {latest}; nothing to store")
+            what = "the file is" if origin.action == ACTION_IMPORT else "the steps are"
+            raise ApprovalRefused(f"{name}: {what} identical to version {latest}; nothing to store")
         audit = AuditRepository(session)
-        summary = f"imported from {source}"
+        summary = origin.summary
         if protocol is None:
             protocol = await repo.add(name, kind, text, description=summary, created_by_tech_id=user.tech_id)
             rows = await repo.versions(protocol.protocol_id)
@@ -404,22 +538,25 @@ async def _import(
             )
             protocol.protocol_type = kind
             created = False
+        details: dict[str, Any] = {
+            "protocol": name,
+            "version": row.version,
+            "source": source,
+            "old_status": None,
+            "new_status": DRAFT,
+            "new_protocol": created,
+        }
+        if origin.action == ACTION_EDIT:
+            details["based_on"] = origin.based_on
         await audit.add(
-            ACTION_IMPORT,
+            origin.action,
             "success",
             tech_id=user.tech_id,
             username=user.username,
             entity_type=ENTITY_VERSION,
             entity_id=row.version_id,
             terminal=terminal,
-            details={
-                "protocol": name,
-                "version": row.version,
-                "source": source,
-                "old_status": None,
-                "new_status": DRAFT,
-                "new_protocol": created,
-            },
+            details=details,
             timestamp=now,
         )
         return ImportResult(name=name, version=row.version, created_protocol=created, protocol_type=kind)
@@ -645,12 +782,14 @@ async def retire_protocol(
 
 __all__ = [
     "ACTION_APPROVE",
+    "ACTION_EDIT",
     "ACTION_IMPORT",
     "ACTION_REJECT",
     "ACTION_RETIRE",
     "ACTION_SUBMIT",
     "APPROVED",
     "DRAFT",
+    "EDITOR_SOURCE",
     "MAX_PROTOCOL_FILE_BYTES",
     "REJECTED",
     "SUBMITTED",
@@ -667,11 +806,14 @@ __all__ = [
     "approve_version",
     "check_name",
     "import_protocol",
+    "import_protocol_file",
     "library_entry",
     "list_library",
     "read_protocol_file",
+    "record_refusal",
     "reject_version",
     "retire_protocol",
+    "save_edited_version",
     "submit_version",
     "usable_version",
 ]

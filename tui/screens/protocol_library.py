@@ -7,21 +7,22 @@ rejected. The
 line under the table says all about the highlighted version.
 
 Keys: ``i`` imports a protocol file (its path typed, and the protocol's name: a new protocol, or the next
-draft version of an existing one), checked as ``tosca protocol validate`` checks it; ``s`` submits the
-highlighted draft for approval; ``a`` approves it and ``x`` rejects it with a reason (an admin other than its
-author); ``r`` retires the highlighted protocol (kept for history, no longer offered for treatment). Every
-action goes through ``control/protocol_approval.py``, which checks again in the database (the admin's role
-now, what another admin did meanwhile) and audits the action or the refusal; each refusal is shown here with
-its reason, every error of a refused file included.
-
-Steps are not edited on this screen: a new version is imported from a file.
+draft version of an existing one), checked as ``tosca protocol validate`` checks it; ``e`` opens the
+highlighted version's steps in the protocol editor (``tui/screens/protocol_editor.py``), whose save is the
+protocol's next draft version, and ``n`` the editor for a new protocol; ``s`` submits the highlighted draft
+for approval; ``a`` approves it and ``x`` rejects it with a reason (an admin other than its author); ``r``
+retires the highlighted protocol (kept for history, no longer offered for treatment). Every action goes
+through ``control/protocol_approval.py``, which checks again in the database (the admin's role now, what
+another admin did meanwhile) and audits the action or the refusal; each refusal is shown here with its
+reason, every error of a refused file included. A refusal this screen can tell before asking (the author
+approving or rejecting their own version, a version already approved or rejected, a name that cannot be a
+protocol's, someone who is not an admin) is refused here at once and audited all the same.
 
 Open it with ``ProtocolLibraryScreen(context, user)``.
 """
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import ClassVar
 
@@ -35,8 +36,15 @@ from textual.worker import Worker, WorkerState
 
 from control.account_rules import UserInfo
 from control.protocol_approval import (
+    ACTION_APPROVE,
+    ACTION_EDIT,
+    ACTION_IMPORT,
+    ACTION_REJECT,
+    ACTION_RETIRE,
+    ACTION_SUBMIT,
     APPROVED,
     DRAFT,
+    REJECTED,
     SUBMITTED,
     ApprovalRefused,
     ImportResult,
@@ -44,9 +52,9 @@ from control.protocol_approval import (
     VersionInfo,
     approve_version,
     check_name,
-    import_protocol,
+    import_protocol_file,
     list_library,
-    read_protocol_file,
+    record_refusal,
     reject_version,
     retire_protocol,
     submit_version,
@@ -55,6 +63,7 @@ from storage.errors import one_line
 from tui.safe_text import plain
 from tui.screens._base import ScreenContext
 from tui.screens.dialogs import ConfirmDialog, DialogScreen, ReasonDialog
+from tui.screens.protocol_editor import EditorStart, ProtocolEditorScreen
 from tui.widgets.header import ConsoleHeader
 from tui.widgets.tables import Cell, fill_table
 
@@ -120,6 +129,9 @@ class ImportDialog(DialogScreen[ImportResult | None]):
         except ApprovalRefused as exc:
             self.show_error(str(exc))
             self.field("name").focus()
+            self.owner.audit_refusal(
+                ACTION_IMPORT, str(exc), protocol=self.field("name").value.strip() or None
+            )
             return
         self.saving = True
         self.show_error("checking and storing...")
@@ -172,6 +184,8 @@ class ProtocolLibraryScreen(Screen[None]):
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("i", "import_file", "Import"),
+        Binding("e", "edit", "Edit"),
+        Binding("n", "new_protocol", "New"),
         Binding("s", "submit", "Submit"),
         Binding("a", "approve", "Approve"),
         Binding("x", "reject", "Reject"),
@@ -320,12 +334,13 @@ class ProtocolLibraryScreen(Screen[None]):
             self.show_status(f"failed: {one_line(event.worker.error or RuntimeError('failed'))}")
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action in ("back",):
+        """Keys shown dimmed where they cannot apply. Approve and reject stay live on every version of an
+        active protocol: pressed where they are refused (a decided version, one's own), the refusal is said
+        and audited rather than silently ignored."""
+        if action in ("back", "import_file", "new_protocol"):
             return True
         if self.user.role != "admin":
-            return None
-        if action == "import_file":
-            return True
+            return True  # refused and audited by the action itself
         found = self.highlighted()
         if found is None:
             return None
@@ -336,8 +351,66 @@ class ProtocolLibraryScreen(Screen[None]):
             return None
         if action == "submit":
             return version.status == DRAFT or None
-        if action in ("approve", "reject"):
-            return version.status in (DRAFT, SUBMITTED) or None
+        return True
+
+    def audit_refusal(
+        self,
+        action: str,
+        reason: str,
+        *,
+        protocol: str | None = None,
+        version: VersionInfo | None = None,
+        new_status: str | None = None,
+    ) -> None:
+        """Say ``reason`` on the status line and audit it as a refused ``action`` (decided here, before the
+        library was asked)."""
+        self.show_status(f"refused: {reason}")
+        self.write_refusal(action, reason, protocol, version, new_status)
+
+    @work(group="library-refusal", exit_on_error=False)
+    async def write_refusal(
+        self,
+        action: str,
+        reason: str,
+        protocol: str | None,
+        version: VersionInfo | None,
+        new_status: str | None,
+    ) -> None:
+        await record_refusal(
+            self.context.accounts.sessions,
+            action,
+            self.user.username,
+            reason,
+            protocol=protocol,
+            version=None if version is None else version.version,
+            old_status=None if version is None else version.status,
+            new_status=new_status,
+            terminal=self.terminal,
+        )
+
+    def refused_here(self, action: str, new_status: str | None) -> bool:
+        """Refuse (and audit) ``action`` on the highlighted version when this screen already knows the
+        library would: not an admin, the author deciding their own version, a version already decided."""
+        found = self.highlighted()
+        entry, version = found if found is not None else (None, None)
+        name = None if entry is None else entry.name
+        reason: str | None = None
+        if self.user.role != "admin":
+            reason = (
+                f"only an admin may change the protocol library ({self.user.username} is {self.user.role})"
+            )
+        elif entry is not None and version is not None and new_status in (APPROVED, REJECTED):
+            verb = "approve" if new_status == APPROVED else "reject"
+            if version.status in (APPROVED, REJECTED):
+                reason = (
+                    f"{entry.name} v{version.version}: already {version.status}; a version is decided once"
+                )
+            elif version.created_by == self.user.username:
+                who = self.user.username
+                reason = f"{entry.name} v{version.version}: {who} is its author; another admin must {verb} it"
+        if reason is None:
+            return False
+        self.audit_refusal(action, reason, protocol=name, version=version, new_status=new_status)
         return True
 
     def action_back(self) -> None:
@@ -347,24 +420,54 @@ class ProtocolLibraryScreen(Screen[None]):
         """Store the file at the ``typed`` path as the next version of ``name``, expecting the newest version
         shown here."""
 
-        def read() -> tuple[Path, str]:
-            path = Path(typed).expanduser()
-            return path, read_protocol_file(path)
-
-        path, text = await asyncio.to_thread(read)
         shown = next((entry for entry in self.entries if entry.name == name.strip()), None)
         latest = shown.latest.version if shown is not None and shown.latest is not None else 0
-        return await import_protocol(
+        return await import_protocol_file(
             self.context.accounts.sessions,
-            text,
+            Path(typed),
             name=name,
             admin=self.user.username,
-            source=path.name,
             expected_latest=latest,
             terminal=self.terminal,
         )
 
+    def _editor_done(self, result: ImportResult | None) -> None:
+        if result is not None:
+            kind = "a new protocol" if result.created_protocol else "its next version"
+            self.show_status(
+                f"{result.name} v{result.version} saved as a draft ({kind}); another admin approves it",
+                error=False,
+            )
+            self.reload(select=(result.name, result.version))
+
+    def action_edit(self) -> None:
+        """The highlighted version's steps in the editor; its save is the protocol's next draft version."""
+        if self.refused_here(ACTION_EDIT, None):
+            return
+        found = self.highlighted()
+        if found is None:
+            return
+        entry, version = found
+        latest = entry.latest.version if entry.latest is not None else version.version
+        start = EditorStart(
+            name=entry.name,
+            based_on=version.version,
+            data=version.protocol_data,
+            latest=latest,
+            taken=frozenset(e.name for e in self.entries),
+        )
+        self.app.push_screen(ProtocolEditorScreen(self.context, self.user, start), callback=self._editor_done)
+
+    def action_new_protocol(self) -> None:
+        """The editor for a new protocol (one step to start from)."""
+        if self.refused_here(ACTION_EDIT, None):
+            return
+        start = EditorStart(taken=frozenset(e.name for e in self.entries))
+        self.app.push_screen(ProtocolEditorScreen(self.context, self.user, start), callback=self._editor_done)
+
     def action_import_file(self) -> None:
+        if self.refused_here(ACTION_IMPORT, None):
+            return
         found = self.highlighted()
         name = found[0].name if found is not None and found[0].active else ""
 
@@ -381,11 +484,15 @@ class ProtocolLibraryScreen(Screen[None]):
         self.app.push_screen(dialog, callback=done)
 
     def action_submit(self) -> None:
+        if self.refused_here(ACTION_SUBMIT, SUBMITTED):
+            return
         found = self.highlighted()
         if found is not None:
             self.change_status(found, SUBMITTED, None)
 
     def action_approve(self) -> None:
+        if self.refused_here(ACTION_APPROVE, APPROVED):
+            return
         found = self.highlighted()
         if found is None:
             return
@@ -399,6 +506,8 @@ class ProtocolLibraryScreen(Screen[None]):
         self.app.push_screen(ConfirmDialog(question), callback=answered)
 
     def action_reject(self) -> None:
+        if self.refused_here(ACTION_REJECT, REJECTED):
+            return
         found = self.highlighted()
         if found is None:
             return
@@ -406,7 +515,7 @@ class ProtocolLibraryScreen(Screen[None]):
 
         def answered(reason: str | None) -> None:
             if reason:
-                self.change_status(found, "rejected", reason)
+                self.change_status(found, REJECTED, reason)
 
         dialog = ReasonDialog(
             f"Reject {entry.name} v{version.version}",
@@ -416,6 +525,8 @@ class ProtocolLibraryScreen(Screen[None]):
         self.app.push_screen(dialog, callback=answered)
 
     def action_retire(self) -> None:
+        if self.refused_here(ACTION_RETIRE, None):
+            return
         found = self.highlighted()
         if found is None:
             return
