@@ -38,6 +38,7 @@ check_protocol` against the system's limits, every error named); a file larger t
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -286,6 +287,16 @@ async def _require_admin(session: AsyncSession, admin: str) -> TechUser:
     return user
 
 
+def _same_protocol(stored: str, text: str) -> bool:
+    """Whether ``text`` holds the same protocol as ``stored`` (the same JSON values, however written)."""
+    if stored == text:
+        return True
+    try:
+        return bool(json.loads(stored) == json.loads(text))
+    except ValueError:
+        return False
+
+
 def _when(moment: datetime | None) -> str:
     return "at an unknown time" if moment is None else f"at {moment:%Y-%m-%d %H:%M:%S} UTC"
 
@@ -522,7 +533,7 @@ async def _import(
             )
         if protocol is not None and protocol.is_active is False:
             raise ApprovalRefused(f"{name}: the protocol is retired; import under a new name")
-        if latest_row is not None and latest_row.protocol_data == text:
+        if latest_row is not None and _same_protocol(latest_row.protocol_data, text):
             what = "the file is" if origin.action == ACTION_IMPORT else "the steps are"
             raise ApprovalRefused(f"{name}: {what} identical to version {latest}; nothing to store")
         audit = AuditRepository(session)
