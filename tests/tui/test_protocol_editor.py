@@ -99,7 +99,10 @@ async def test_a_version_opens_in_the_form_with_its_curve(data_dir: object, cloc
         ]
         assert editor.query_one("#name", Input).disabled  # the name of an existing protocol stays
         assert editor.query_one("#curve", PowerPlot).points("setpoint") == [(0.0, 2.0), (20.0, 2.0)]
-        assert str(editor.query_one("#totals", Label).render()) == "1 step, 20.0 s, at most 2.0 W, 40.0 J expected"
+        assert (
+            str(editor.query_one("#totals", Label).render())
+            == "1 step, 20.0 s, at most 2.0 W, 40.0 J expected"
+        )
         assert editor.errors == []
 
 
@@ -114,7 +117,10 @@ async def test_each_error_is_shown_under_its_step_as_it_is_typed(data_dir: objec
         await type_into(pilot, editor.step_input(1, "power_end_watts"), "12")
         errors = row_errors(editor, 1)
         assert "steps[1].power_end_watts: 12.0 W exceeds safety_limits.max_power_watts (8.0 W)" in errors
-        assert "steps[1].power_end_watts: 12.0 W exceeds the system limit max_laser_power_watts (10.0 W)" in errors
+        assert (
+            "steps[1].power_end_watts: 12.0 W exceeds the system limit max_laser_power_watts (10.0 W)"
+            in errors
+        )
         assert editor.step_input(1, "power_end_watts").has_class("-refused")
         assert not editor.step_input(1, "duration_seconds").has_class("-refused")
         assert row_errors(editor, 0) == ""
@@ -160,7 +166,9 @@ async def test_a_save_is_the_next_draft_and_the_old_version_is_untouched(
         assert isinstance(library, ProtocolLibraryScreen)
         await wait_until(
             pilot,
-            lambda: str(library.query_one("#status", Label).render()).startswith(f"{NAME} v2 saved as a draft"),
+            lambda: str(library.query_one("#status", Label).render()).startswith(
+                f"{NAME} v2 saved as a draft"
+            ),
             "the saved status",
         )
     assert stored_versions() == [(NAME, 1, "draft"), (NAME, 2, "draft")]
@@ -178,7 +186,9 @@ async def test_a_save_is_the_next_draft_and_the_old_version_is_untouched(
     assert summary == "edited from v1 in the console: warmer"
 
 
-async def test_a_broken_step_is_refused_audited_and_nothing_stored(data_dir: object, clock: FakeClock) -> None:
+async def test_a_broken_step_is_refused_audited_and_nothing_stored(
+    data_dir: object, clock: FakeClock
+) -> None:
     await seed_library()
     app = AdminScreenApp(library_screen, clock, username="bob")
     async with app.run_test(size=(120, 40)) as pilot:

@@ -120,8 +120,10 @@ async def test_a_refused_file_shows_every_error_and_stores_nothing(
         dialog.field("name").focus()
         await pilot.press("enter")
         await wait_until(pilot, lambda: "no such file" in dialog_error(pilot), "the missing file refused")
+        await wait_until(pilot, lambda: len(library_audits("protocol_import")) == 2, "the refusal audited")
     assert stored_versions() == []
-    assert library_audits("protocol_import") == [("failure", "ada")]
+    # The file read before its rules are checked is audited as much as the one its rules refuse.
+    assert library_audits("protocol_import") == [("failure", "ada"), ("failure", "ada")]
 
 
 async def test_the_author_may_not_approve_and_another_admin_does(data_dir: object, clock: FakeClock) -> None:
@@ -129,11 +131,11 @@ async def test_the_author_may_not_approve_and_another_admin_does(data_dir: objec
     app = AdminScreenApp(library_screen, clock)
     async with app.run_test(size=(120, 40)) as pilot:
         await highlight(pilot, NAME, 1)
-        await pilot.press("a")
-        await wait_until(pilot, lambda: isinstance(pilot.app.screen, ConfirmDialog), "the confirmation")
-        await pilot.press("y")
+        await pilot.press("a")  # refused at once, without asking to confirm, and audited
         text = await wait_status(pilot, "refused: ")
         assert text == f"refused: {NAME} v1: ada is its author; another admin must approve it"
+        assert not isinstance(pilot.app.screen, ConfirmDialog)
+        await wait_until(pilot, lambda: library_audits("protocol_approve") != [], "the refusal audited")
     assert stored_versions() == [(NAME, 1, "draft")]
     app = AdminScreenApp(library_screen, clock, username="bob")
     async with app.run_test(size=(120, 40)) as pilot:
@@ -149,11 +151,12 @@ async def test_the_author_may_not_approve_and_another_admin_does(data_dir: objec
             lambda: [NAME, "1", "approved", "ada", "bob", "in use"] in library_rows(pilot),
             "the approved row",
         )
-        # Approved once: the keys to approve or reject it again are not offered.
-        screen = pilot.app.screen
-        assert isinstance(screen, ProtocolLibraryScreen)
-        assert screen.check_action("approve", ()) is None and screen.check_action("reject", ()) is None
-    assert library_audits("protocol_approve") == [("failure", "ada"), ("success", "bob")]
+        # Approved once: approving it again is refused at once, and audited.
+        await pilot.press("a")
+        text = await wait_status(pilot, "refused: ")
+        assert text == f"refused: {NAME} v1: already approved; a version is decided once"
+        await wait_until(pilot, lambda: len(library_audits("protocol_approve")) == 3, "the refusal audited")
+    assert library_audits("protocol_approve") == [("failure", "ada"), ("success", "bob"), ("failure", "bob")]
 
 
 async def test_a_rejection_takes_a_reason(data_dir: object, clock: FakeClock) -> None:
@@ -226,5 +229,13 @@ async def test_a_technician_is_refused(data_dir: object, clock: FakeClock) -> No
         await wait_status(pilot, "only an admin may use this screen (tina is technician)")
         assert library_rows(pilot) == []
         await pilot.press("i")
-        await pilot.pause()
+        await wait_status(
+            pilot, "refused: only an admin may change the protocol library (tina is technician)"
+        )
         assert isinstance(pilot.app.screen, ProtocolLibraryScreen)
+        await pilot.press("a")
+        await wait_until(pilot, lambda: len(library_audits("protocol_approve")) == 1, "the approval audited")
+        await wait_until(pilot, lambda: len(library_audits("protocol_import")) == 2, "the import audited")
+    # The import of the fixtures is ada's success; tina's tries are refusals.
+    assert library_audits("protocol_import") == [("success", "ada"), ("failure", "tina")]
+    assert library_audits("protocol_approve") == [("failure", "tina")]

@@ -22,7 +22,6 @@ from protocol_library_fixtures import (
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Label
 
-from tui.screens.dialogs import ConfirmDialog
 from tui.screens.protocol_library import ImportDialog
 
 SnapCompare = Callable[..., bool]
@@ -43,8 +42,6 @@ def test_protocol_library_snapshot(
         table.focus()
         table.move_cursor(row=[entry.name for entry, _v in screen.rows].index(NAME))
         await pilot.press("a")
-        await wait_until(pilot, lambda: isinstance(pilot.app.screen, ConfirmDialog), "the confirmation")
-        await pilot.press("y")
         await wait_until(
             pilot, lambda: "author" in str(screen.query_one("#status", Label).render()), "the refusal"
         )
