@@ -25,7 +25,7 @@ from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, Label
 
 from control.protocol_approval import import_protocol
-from storage import create_engine, session_factory
+from storage import session_factory
 from tui.screens.protocol_editor import ProtocolEditorScreen
 from tui.screens.protocol_library import ProtocolLibraryScreen
 from tui.widgets.plot import PowerPlot

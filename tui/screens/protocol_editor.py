@@ -478,9 +478,7 @@ class ProtocolEditorScreen(Screen[ImportResult | None]):
                 f"{count} problem{'s' if count != 1 else ''} to correct before saving", error=True
             )
         elif self.limits is not None:
-            self.show_status(
-                f"valid; ctrl+s saves a new draft version ({self.limits.describe()})", error=False
-            )
+            self.show_status("valid: ctrl+s saves it as a new draft version", error=False)
 
     def show_plan(self, plan: Plan | None) -> None:
         self.plan = plan
