@@ -178,6 +178,7 @@ class OpenSession(Command):
     connection (a technician or an admin); ``username``, when given, must be that person.
 
     ``create_subject`` asks the controller to create the subject when ``subject_code`` is not on record.
+    ``draft`` tries the protocol's newest version not yet approved: refused unless the rig is simulated.
     """
 
     type: Literal["open_session"] = "open_session"
@@ -187,6 +188,7 @@ class OpenSession(Command):
     treatment_site: str | None = None
     treatment_notes: str | None = None
     create_subject: bool = False
+    draft: bool = False
 
 
 class Prechecks(Command):
@@ -539,6 +541,10 @@ class SessionView(_Message):
     #: Wrong key-control passwords in this session, and how many are allowed before arming needs an admin.
     key_failures: Annotated[int, Field(ge=0)] = 0
     key_failures_allowed: Annotated[int, Field(ge=0)] = 5
+    #: The protocol version the session runs and its approval status (not ``approved``: a draft tried on
+    #: the simulated rig, which every screen of the session says).
+    protocol_version: int | None = None
+    protocol_status: str = "approved"
 
 
 class LaserView(_Message):

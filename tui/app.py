@@ -669,6 +669,7 @@ class ToscaApp(App[int]):
                         username=user.username,
                         protocol_name=message.protocol_name,
                         treatment_site=message.treatment_site or None,
+                        draft=message.draft,
                     ),
                     timeout_s=60.0,
                 ),

@@ -130,6 +130,7 @@ class ControllerCommands(TreatmentLifecycle):
                     create_subject=command.create_subject,
                     by_connection=connection,
                     by_person=person,
+                    draft=command.draft,
                 )
             case msg.Takeover():
                 return await self._take_over(command.password, peer, person)

@@ -131,4 +131,6 @@ def _session_view(
         resume_needs_key=sup.state is SystemState.PAUSED and auth.resume_needs_key,
         key_failures=auth.key_failures,
         key_failures_allowed=MAX_KEY_FAILURES,
+        protocol_version=session.opened.protocol_version,
+        protocol_status=session.opened.protocol_status,
     )

@@ -99,11 +99,15 @@ class ControllerEvent(Message):
 class SessionRequested(Message):
     """The technician chose a subject and a protocol: the app opens the session and shows the checks."""
 
-    def __init__(self, subject_code: str, protocol_name: str, treatment_site: str | None = None) -> None:
+    def __init__(
+        self, subject_code: str, protocol_name: str, treatment_site: str | None = None, *, draft: bool = False
+    ) -> None:
         super().__init__()
         self.subject_code = subject_code
         self.protocol_name = protocol_name
         self.treatment_site = treatment_site
+        #: Try the protocol's newest draft (the simulated rig only).
+        self.draft = draft
 
 
 class SessionFinished(Message):

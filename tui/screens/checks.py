@@ -184,6 +184,10 @@ class ChecksScreen(Screen[None]):
         text = Text()
         text.append(f"Session {session.session_id}", style="bold")
         text.append_text(plain(f"  {session.subject_code}  {session.protocol_name}"))
+        if session.protocol_status != "approved":
+            text.append_text(
+                plain(f"  {session.protocol_status.upper()} v{session.protocol_version} TRIAL", "bold")
+            )
         if session.total_duration_s is not None:
             minutes, seconds = divmod(round(session.total_duration_s), 60)
             text.append(f"  {minutes}:{seconds:02d}")

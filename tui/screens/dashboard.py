@@ -156,6 +156,10 @@ def readout_text(snapshot: Snapshot) -> Text:
     if session is not None:
         text.append(escape_controls(f"{session.subject_code}  "), style="bold")
         text.append(escape_controls(session.protocol_name))
+        if session.protocol_status != "approved":
+            text.append(
+                f"  {session.protocol_status.upper()} v{session.protocol_version} TRIAL", style="bold"
+            )
         text.append("\n")
     text.append("Power  ", style="dim")
     text.append(f"set {laser.commanded_w:.2f} W", style="bold")

@@ -5,6 +5,11 @@ Choosing posts :class:`~tui.screens._base.SessionRequested` and does nothing els
 on the controller. A protocol whose stored data no longer parses, or that breaks a system limit, is listed
 with the reason and cannot be chosen.
 
+Each protocol is listed with its newest approved version, the only one used for treatment. On the simulated
+rig (``--sim``) a protocol's newer draft (or one with no approved version yet) is listed too, on a row of its
+own marked ``DRAFT vN``: choosing it asks the controller to try that draft, which it refuses on a real rig,
+and the session's screens and record say it was a trial of a draft.
+
 The list sits above the preview, so the screen fits 80 x 24; on a taller terminal the plot takes the room.
 Durations are shown as mm:ss, powers in watts, ring diameters in mm.
 """
@@ -40,6 +45,13 @@ def mm_ss(seconds: float | None) -> str:
         return "—"
     whole = round(seconds)
     return f"{whole // 60:02d}:{whole % 60:02d}"
+
+
+def _name_cell(summary: ProtocolSummary) -> Text:
+    """The protocol's name; a draft's marked (it is tried on the simulated rig only)."""
+    if not summary.draft:
+        return plain(summary.name)
+    return plain(f"DRAFT v{summary.version} ", "bold reverse") + plain(summary.name)
 
 
 def _number(value: float | None, decimals: int = 1) -> str:
@@ -141,7 +153,7 @@ class ProtocolChoiceScreen(Screen[None]):
         self.protocols: list[ProtocolSummary] = []
         #: The preview shown (None until one is read).
         self.preview: ProtocolPreview | None = None
-        self._previews: dict[str, ProtocolPreview] = {}
+        self._previews: dict[tuple[str, bool], ProtocolPreview] = {}
         #: True once the list has been read.
         self.loaded = False
 
@@ -180,12 +192,12 @@ class ProtocolChoiceScreen(Screen[None]):
     @work(exclusive=True, group="protocols-load", exit_on_error=False)
     async def load(self) -> None:
         """Read the active protocols and show them."""
-        listed = await self.catalog.active()
+        listed = await self.catalog.active(drafts=self.context.settings.sim)
         table: DataTable[str | Text] = self.query_one("#protocol-table", DataTable)
         name_width = max(20, min(72, self.size.width - 44))
         cells: list[list[Cell]] = [
             [
-                plain(summary.name),
+                _name_cell(summary),
                 plain(summary.protocol_type) if summary.error is None else "unreadable",
                 mm_ss(summary.total_duration_s),
                 _number(summary.max_power_w),
@@ -194,19 +206,22 @@ class ProtocolChoiceScreen(Screen[None]):
             for summary in listed
         ]
         headings = ("Protocol", "Type", "Time", "Max W", "Steps")
-        fill_table(table, headings, cells, keys=[summary.name for summary in listed], fixed={0: name_width})
+        keys = [f"{summary.name}\x00{summary.version}" for summary in listed]
+        fill_table(table, headings, cells, keys=keys, fixed={0: name_width})
         self.protocols = listed
         self.loaded = True
         if listed:
-            self.show_status(f"{len(listed)} protocols; enter starts the session", error=False)
-            self.show_preview(listed[min(table.cursor_row, len(listed) - 1)].name)
+            drafts = sum(1 for summary in listed if summary.draft)
+            tried = f" ({drafts} drafts to try on the simulated rig)" if drafts else ""
+            self.show_status(f"{len(listed)} protocols{tried}; enter starts the session", error=False)
+            self.show_preview(listed[min(table.cursor_row, len(listed) - 1)])
         else:
             self.show_status("no active protocols; an administrator adds them")
 
     @on(DataTable.RowHighlighted, "#protocol-table")
     def protocol_highlighted(self, event: DataTable.RowHighlighted) -> None:
         if 0 <= event.cursor_row < len(self.protocols):
-            self.show_preview(self.protocols[event.cursor_row].name)
+            self.show_preview(self.protocols[event.cursor_row])
 
     @on(DataTable.RowSelected, "#protocol-table")
     def protocol_clicked(self, event: DataTable.RowSelected) -> None:
@@ -214,16 +229,17 @@ class ProtocolChoiceScreen(Screen[None]):
         self.action_start()
 
     @work(exclusive=True, group="protocols-preview", exit_on_error=False)
-    async def show_preview(self, name: str) -> None:
-        """Show the steps and power curve of protocol ``name``."""
-        preview = self._previews.get(name)
+    async def show_preview(self, listed: ProtocolSummary) -> None:
+        """Show the steps and power curve of the protocol version ``listed``."""
+        key = (listed.name, listed.draft)
+        preview = self._previews.get(key)
         if preview is None:
             try:
-                preview = await self.catalog.preview(name)
+                preview = await self.catalog.preview(listed.name, draft=listed.draft)
             except CatalogError as exc:
                 self.show_note(str(exc), error=True)
                 return
-            self._previews[name] = preview
+            self._previews[key] = preview
         self.preview = preview
         steps: DataTable[str | Text] = self.query_one("#step-table", DataTable)
         step_cells: list[list[Cell]] = [
@@ -250,6 +266,12 @@ class ProtocolChoiceScreen(Screen[None]):
             self.show_note(f"cannot be used: the stored protocol is unreadable: {summary.error}", error=True)
         elif summary.limit_problems:
             self.show_note("cannot be used: " + "; ".join(summary.limit_problems), error=True)
+        elif summary.draft:
+            self.show_note(
+                f"DRAFT version {summary.version}, not approved: a trial on the simulated rig only, recorded "
+                f"as such. {summary.description}",
+                error=False,
+            )
         else:
             version = f"version {summary.version}. " if summary.version else ""
             self.show_note(f"{version}{summary.description}", error=False)
@@ -294,12 +316,18 @@ class ProtocolChoiceScreen(Screen[None]):
         if summary.limit_problems:
             self.show_status(f"{summary.name} cannot be used: it breaks a system limit (see above)")
             return
+        if summary.draft and not self.context.settings.sim:
+            self.show_status(f"{summary.name} v{summary.version} is a draft: only an approved version treats")
+            return
         site = self.query_one("#site", Input).value.strip()
         if len(site) > MAX_SITE_LENGTH:
             self.show_status(f"the treatment site is {len(site)} characters; at most {MAX_SITE_LENGTH}")
             return
-        self.show_status(f"opening a session: {self.subject_code}, {summary.name}...", error=False)
-        self.post_message(SessionRequested(self.subject_code, summary.name, site or None))
+        trial = f" (trial of draft v{summary.version})" if summary.draft else ""
+        self.show_status(f"opening a session: {self.subject_code}, {summary.name}{trial}...", error=False)
+        self.post_message(
+            SessionRequested(self.subject_code, summary.name, site or None, draft=summary.draft)
+        )
 
     def action_start_now(self) -> None:
         """``s``: the same as Enter on the list (its own action, so the footer shows both keys)."""
