@@ -222,13 +222,8 @@ def _library(args: argparse.Namespace) -> int:
         refusal = schema_refusal(data_dir.db_path)
         if refusal is not None:
             return fail(refusal)
-        text = None
-        if action == "import":
-            from control.protocol_approval import read_protocol_file
-
-            text = read_protocol_file(Path(args.file))
         password = read_password(sys.stdin) if action != "list" else None
-        return asyncio.run(_library_run(data_dir, args, password, text))
+        return asyncio.run(_library_run(data_dir, args, password))
     except PasswordInputError as exc:
         return fail(f"protocol {action}: {exc}")
     except ApprovalRefused as exc:
@@ -243,9 +238,7 @@ def _library(args: argparse.Namespace) -> int:
         return fail(f"protocol {action} failed: {one_line(exc)}")
 
 
-async def _library_run(
-    data_dir: DataDir, args: argparse.Namespace, password: str | None, text: str | None
-) -> int:
+async def _library_run(data_dir: DataDir, args: argparse.Namespace, password: str | None) -> int:
     from storage.engine import create_engine, session_factory
 
     engine = create_engine(data_dir.db_path)
@@ -257,14 +250,12 @@ async def _library_run(
             print(format_library(await list_library(sessions)), end="")
             return 0
         assert password is not None
-        return await _act(sessions, args, password, text)
+        return await _act(sessions, args, password)
     finally:
         await engine.dispose()
 
 
-async def _act(
-    sessions: async_sessionmaker[AsyncSession], args: argparse.Namespace, password: str, text: str | None
-) -> int:
+async def _act(sessions: async_sessionmaker[AsyncSession], args: argparse.Namespace, password: str) -> int:
     from control import protocol_approval as library
     from control.accounts import AccountService
     from control.terminal import detect_terminal
@@ -278,9 +269,9 @@ async def _act(
     if not login.ok:
         return fail(f"protocol {action}: {login.message}")
     if action == "import":
-        assert text is not None
-        made = await library.import_protocol(
-            sessions, text, name=args.name, admin=args.user, source=Path(args.file).name, terminal=terminal
+        # Read after the login, so that a file refused unread is audited as the admin's refused import.
+        made = await library.import_protocol_file(
+            sessions, Path(args.file), name=args.name, admin=args.user, terminal=terminal
         )
         what = "new protocol" if made.created_protocol else "next version"
         print(
