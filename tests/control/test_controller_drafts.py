@@ -1,7 +1,8 @@
 """Only an approved protocol version treats on a real rig: a controller driving real devices (here the
 simulated rig's devices over ptys, with no ``--sim``) refuses to open a session that tries a draft, and one
 with a protocol that has no approved version; a session opened there runs the approved version, never a
-newer draft. The simulated rig's trial of a draft is covered by ``test_sim_run_approval.py``."""
+newer draft. On the simulated rig, a console's request for a draft's trial opens the draft, and the session
+says so (its snapshot, its notes)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from controller_fixtures import SUBJECT, USERNAME, prepare_data_dir
+from controller_fixtures import SUBJECT, USERNAME, authenticated, prepare_data_dir
 
+from control import messages as msg
 from control.calibration import install_sim_calibrations_if_missing
 from control.controller import Controller
 from control.protocol_approval import import_protocol
@@ -80,3 +82,29 @@ async def test_a_real_rig_refuses_drafts_and_treats_with_the_approved_version(da
     with sqlite3.connect(data.db_path) as db:
         rows = db.execute("SELECT protocol_name, protocol_data_snapshot FROM sessions").fetchall()
     assert rows == [("p", APPROVED_TEXT)]
+
+
+@pytest.mark.timeout(120)
+async def test_the_simulated_rig_tries_a_draft_asked_for_by_a_console_and_marks_it(data: DataDir) -> None:
+    controller = Controller(data.root, sim=True, hashing=CHEAP, terminal="test")
+    await controller.start()
+    try:
+        client = await authenticated(data.root / "control.sock")
+        try:
+            opened = await client.call(
+                msg.OpenSession(subject_code=SUBJECT, protocol_name="p", create_subject=True, draft=True)
+            )
+            assert opened["total_duration_s"] == 20.0  # the draft's 20 s
+            view = controller.snapshot().session
+            assert view is not None and (view.protocol_version, view.protocol_status) == (2, "draft")
+            await controller.abort("draft trial over")
+        finally:
+            await client.close()
+    finally:
+        await controller.close()
+    with sqlite3.connect(data.db_path) as db:
+        notes, snapshot = db.execute(
+            "SELECT treatment_notes, protocol_data_snapshot FROM sessions"
+        ).fetchone()
+    assert snapshot == DRAFT_TEXT
+    assert notes.startswith("Trial of draft protocol version 2")
