@@ -98,6 +98,8 @@ async def test_a_version_opens_in_the_form_with_its_curve(data_dir: object, cloc
             }
         ]
         assert editor.query_one("#name", Input).disabled  # the name of an existing protocol stays
+        for key in ("duration_seconds", "ramp_type"):  # each heading above its column
+            assert editor.query_one(f"#heading-{key}").region.x == editor.step_input(0, key).region.x
         assert editor.query_one("#curve", PowerPlot).points("setpoint") == [(0.0, 2.0), (20.0, 2.0)]
         assert (
             str(editor.query_one("#totals", Label).render())

@@ -104,6 +104,21 @@ async def test_an_import_is_stored_as_a_draft_and_shown(
     assert library_audits("protocol_import") == [("success", "ada")]
 
 
+async def test_a_name_refused_in_the_dialog_is_audited(
+    data_dir: object, clock: FakeClock, tmp_path: Path
+) -> None:
+    await seed_library(imported=False)
+    file = write_file(tmp_path, "warm.json", protocol_text(3.0))
+    app = AdminScreenApp(library_screen, clock)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await library_loaded(pilot)
+        dialog = await import_through_dialog(pilot, file, "   ")
+        assert pilot.app.screen is dialog and dialog_error(pilot) == "a protocol needs a name"
+        await wait_until(pilot, lambda: library_audits("protocol_import") != [], "the refusal audited")
+    assert stored_versions() == []
+    assert library_audits("protocol_import") == [("failure", "ada")]
+
+
 async def test_a_refused_file_shows_every_error_and_stores_nothing(
     data_dir: object, clock: FakeClock, tmp_path: Path
 ) -> None:

@@ -276,6 +276,10 @@ class ProtocolEditorScreen(Screen[ImportResult | None]):
     ProtocolEditorScreen #step-headings Label {
         margin: 0 1 0 0;
     }
+    ProtocolEditorScreen #step-headings .step-number {
+        width: 4;
+        margin: 0;
+    }
     ProtocolEditorScreen #steps {
         height: 1fr;
         min-height: 3;
@@ -379,9 +383,10 @@ class ProtocolEditorScreen(Screen[ImportResult | None]):
         )
         focus.focus()
         if self.user.role != "admin":
-            self.show_status(
-                f"only an admin may edit protocols ({self.user.username} is {self.user.role})", error=True
-            )
+            # Reached from an admin's screen only; anyone else is told so, and a save is refused (and audited)
+            # by the library.
+            self.show_status(f"only an admin may edit protocols ({self.user.username} is {self.user.role})")
+            return
         self.show_status("reading the system's limits...", error=False)
         self.read_limits()
 
