@@ -30,6 +30,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import select
@@ -38,6 +39,7 @@ from control.calibration import (
     CalibrationCurve,
     CalibrationDataError,
     CalibrationKind,
+    CalibrationSet,
     calibration_payload,
     kind_for,
 )
@@ -232,8 +234,8 @@ def export_text(row: Calibration) -> str:
     return json.dumps(document, indent=2, allow_nan=False) + "\n"
 
 
-def read_calibration_file(path: Any) -> str:
-    """The text of the calibration file at ``path`` (a :class:`pathlib.Path`); CalibrationRefused when it is
+def read_calibration_file(path: Path) -> str:
+    """The text of the calibration file at ``path``; CalibrationRefused when it is
     missing, a folder, too large or not UTF-8."""
     try:
         if path.is_dir():
@@ -482,6 +484,24 @@ def calibration_ages(
     ]
 
 
+def active_ages(
+    calibrations: CalibrationSet, validity_days: int, now: datetime | None = None
+) -> list[CalibrationAge]:
+    """The age of each active calibration of ``calibrations`` (laser, photodiode, actuator)."""
+    return calibration_ages(
+        [
+            (label, active.calibration_id, active.calibration_date)
+            for label, active in (
+                ("laser", calibrations.laser),
+                ("photodiode", calibrations.photodiode),
+                ("actuator", calibrations.actuator),
+            )
+        ],
+        validity_days,
+        now,
+    )
+
+
 __all__ = [
     "ACTION_IMPORT",
     "ACTION_SAVED",
@@ -493,6 +513,7 @@ __all__ = [
     "CalibrationInfo",
     "CalibrationRefused",
     "CheckedCalibration",
+    "active_ages",
     "audit_refusal",
     "calibration_ages",
     "check_points",
