@@ -14,12 +14,13 @@ from typing import Any
 import pytest
 from console_fixtures import CLI, DATA_DIR, FakeClock, enter_text, seed, showing, wait_until
 from textual.pilot import Pilot
-from treatment_fixtures import connected, console, log_in, screen_text
+from treatment_fixtures import ControllerProcess, connected, console, controller, log_in, screen_text
 
 from control.accounts import AccountService
 from control.calibration import install_sim_calibrations_if_missing, load_active_calibrations
-from control.controller import Controller
+from control.messages import Sim, Snapshot
 from devices.sim import model as sim_model
+from devices.sim.model import PhysicalModel
 from storage import create_engine, session_factory
 from tests.support import CHEAP, RIG_TEST
 from tui.app import ToscaApp
@@ -46,14 +47,30 @@ async def _people_and_factory_calibrations() -> None:
 
 
 @pytest.fixture
-async def rig(data_dir: Path) -> AsyncIterator[Controller]:
+async def rig(data_dir: Path) -> AsyncIterator[ControllerProcess]:
     await _people_and_factory_calibrations()
-    ctl = Controller(DATA_DIR, sim=True, hashing=CHEAP, terminal="test")
-    await ctl.start()
-    try:
-        yield ctl
-    finally:
-        await ctl.close()
+    async with controller() as process:
+        yield process
+
+
+def snapshot(app: ToscaApp) -> Snapshot:
+    assert app.snapshot is not None
+    return app.snapshot
+
+
+async def simulator(app: ToscaApp, line: str) -> None:
+    """A command to the simulated rig (the footpedal), through the console's own connection."""
+    assert app.link is not None
+    await app.link.call(Sim(command=line))
+
+
+def meter_reading(current_ma: float) -> float:
+    """What an external power meter reads: the light of the simulator's own physical model at the current the
+    laser driver reports."""
+    model = PhysicalModel(seed=1)
+    model.laser_current_ma = current_ma
+    model.laser_output_on = True
+    return model.light_w()
 
 
 def stored() -> list[tuple[Any, ...]]:
@@ -66,11 +83,10 @@ def stored() -> list[tuple[Any, ...]]:
         )
 
 
-async def open_calibrations(
-    pilot: Pilot[Any], username: str = "eve", password: str = ENGINEER_PASSWORD
-) -> None:
-    await log_in(pilot, username, password)
-    await connected(pilot)
+async def open_calibrations(pilot: Pilot[Any], *, connect: bool = True) -> None:
+    await log_in(pilot, "eve", ENGINEER_PASSWORD)
+    if connect:
+        await connected(pilot)
     await pilot.press("w")
     await wait_until(pilot, lambda: showing(pilot.app, CalibrationScreen), "the calibration screen")
 
@@ -89,10 +105,8 @@ def prompt(app: ToscaApp) -> str:
 
 
 async def test_ring_size_wizard_moves_refuses_bad_readings_and_saves_when_confirmed(
-    rig: Controller, clock: FakeClock
+    rig: ControllerProcess, clock: FakeClock
 ) -> None:
-    sim = rig.sim_rig
-    assert sim is not None
     app = console(clock)
     async with app.run_test(size=(120, 40)) as pilot:
         await open_calibrations(pilot)
@@ -123,7 +137,9 @@ async def test_ring_size_wizard_moves_refuses_bad_readings_and_saves_when_confir
         await wait_until(
             pilot, lambda: wizard.stage == "reading" and wizard.index == 1, "the second position", 30.0
         )
-        assert sim.model.actuator_position_um == pytest.approx(100.0, abs=2.0)
+        await wait_until(
+            pilot, lambda: abs((snapshot(app).ring.position_um or 0) - 100.0) <= 2.0, "the actuator at 100 um"
+        )
         await pilot.press("f5")
         await wait_until(pilot, lambda: "1 points; a calibration needs at least 3" in status(app), "too few")
 
@@ -159,10 +175,8 @@ async def test_ring_size_wizard_moves_refuses_bad_readings_and_saves_when_confir
 
 
 async def test_laser_power_wizard_gives_back_the_simulators_curve_within_2_percent(
-    rig: Controller, clock: FakeClock
+    rig: ControllerProcess, clock: FakeClock
 ) -> None:
-    sim = rig.sim_rig
-    assert sim is not None
     app = console(clock)
     currents = (1500.0, 3000.0, 4500.0, 6000.0, 7500.0, 9000.0)
     async with app.run_test(size=(120, 40)) as pilot:
@@ -181,29 +195,37 @@ async def test_laser_power_wizard_gives_back_the_simulators_curve_within_2_perce
                 20.0,
             )
             assert f"{current:g} mA set" in prompt(app)
-            assert not sim.model.laser_output_on  # nothing before the footpedal
+            assert not snapshot(app).emitting  # nothing before the footpedal
             if number == 0:
                 await type_value(pilot, "1.0")  # the pedal is not pressed: refused, not recorded
                 await wait_until(pilot, lambda: "press and hold the footpedal" in status(app), "no emission")
                 await type_value(pilot, "inf")
                 await wait_until(pilot, lambda: "not a finite number" in status(app), "inf refused")
                 assert wizard.points == []
-            sim.command("pedal down")
-            await wait_until(pilot, lambda: sim.model.laser_output_on, "the laser to emit")
-            meter = sim.model.light_w()  # the external power meter, as the simulator's model gives it
+            await simulator(app, "pedal down")
+            await wait_until(
+                pilot,
+                lambda current=current: (
+                    snapshot(app).emitting and (snapshot(app).laser.current_ma or 0) > current - 50
+                ),
+                "the laser to emit",
+            )
+            reported = snapshot(app).laser.current_ma
+            assert reported is not None
+            meter = meter_reading(reported)
             await type_value(pilot, f"{meter:.4f}")
             await wait_until(
                 pilot, lambda number=number: len(wizard.points) == number + 1, "the point recorded"
             )
-            sim.command("pedal up")
-            await wait_until(pilot, lambda: not sim.model.laser_output_on, "the laser off")
+            await simulator(app, "pedal up")
+            await wait_until(pilot, lambda: not snapshot(app).emitting, "the laser off")
         await wait_until(pilot, lambda: wizard.stage == "done", "every point")
         assert "r squared 1.0000" in str(app.screen.query_one("#fit").render())
         await pilot.press("f5")
         await wait_until(pilot, lambda: showing(app, ConfirmDialog), "the confirmation")
         await pilot.press("y")
         await wait_until(pilot, lambda: "saved as active" in status(app), "saved")
-        await wait_until(pilot, lambda: rig.supervisor.state.value == "idle", "the run ended")
+        await wait_until(pilot, lambda: snapshot(app).state.value == "idle", "the run ended")
 
     rows = stored()
     assert [(r[1], r[2]) for r in rows[3:]] == [
@@ -225,26 +247,18 @@ async def test_laser_power_wizard_gives_back_the_simulators_curve_within_2_perce
         )
 
 
-async def test_laser_power_wizard_is_refused_over_ssh(rig: Controller, clock: FakeClock) -> None:
-    app = console(clock, over_ssh=True)
+async def test_laser_power_wizard_is_refused_over_ssh_and_only_the_engineer_calibrates(
+    data_dir: Path, clock: FakeClock
+) -> None:
+    from tui.screens.home import menu_for
+
+    assert "w" in [entry.key for entry in menu_for("engineer")]
+    assert "w" not in [entry.key for entry in menu_for("technician")]
+    assert "w" not in [entry.key for entry in menu_for("admin")]
+    await _people_and_factory_calibrations()
+    app = console(clock, over_ssh=True, controller="off")
     async with app.run_test(size=(120, 40)) as pilot:
-        await open_calibrations(pilot)
+        await open_calibrations(pilot, connect=False)
         await pilot.press("l")
         await wait_until(pilot, lambda: "not over SSH" in status(app), "refused over SSH")
         assert showing(app, CalibrationScreen)
-
-
-async def test_only_the_engineer_is_offered_the_calibrations(rig: Controller, clock: FakeClock) -> None:
-    from console_fixtures import ADMIN_PASSWORD
-
-    from tui.screens.home import menu_for
-
-    assert [entry.key for entry in menu_for("engineer")] == ["r", "w"]
-    assert "w" not in [entry.key for entry in menu_for("technician")]
-    app = console(clock)
-    async with app.run_test(size=(120, 40)) as pilot:
-        await log_in(pilot, "ada", ADMIN_PASSWORD)
-        await connected(pilot)
-        await pilot.press("w")
-        await pilot.pause()
-        assert not showing(app, CalibrationScreen)
