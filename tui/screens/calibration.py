@@ -47,7 +47,6 @@ from control.calibration_records import (
     store_calibration,
 )
 from control.ipc_errors import CommandFailed, ControllerUnavailable
-from storage import utc_now
 from tui.safe_text import plain
 from tui.screens._base import ScreenContext
 from tui.screens.dialogs import ConfirmDialog
@@ -154,7 +153,7 @@ class CalibrationScreen(Screen[None]):
         ]
         fill_table(table, LIST_COLUMNS, cells, limits={1: 30, 7: 30})
         active = [row for row in self.rows if row.active]
-        now = utc_now()
+        now = self.context.settings.clock()
         ages = ", ".join(f"{row.device_type} {_days(now, row.calibration_date)} days" for row in active)
         self.query_one("#calibration-detail", Label).update(
             plain(f"active: {ages}" if active else "no active calibration: the rig cannot treat")
