@@ -205,7 +205,7 @@ HOME_MENU: tuple[MenuEntry, ...] = (
         key="w",
         name="calibration",
         label="Calibration",
-        line="Calibration wizards: ring size, laser power; the stored calibrations",
+        line="Calibrations: the ring size and laser power wizards",
         roles=ENGINEER_ONLY,
         opener=_calibration,
     ),
