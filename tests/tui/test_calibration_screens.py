@@ -44,6 +44,8 @@ async def _people_and_factory_calibrations() -> None:
         await install_sim_calibrations_if_missing(sessions, ada.tech_id)
     finally:
         await engine.dispose()
+    with sqlite3.connect(DATA_DIR / "tosca.db") as db:
+        db.execute("UPDATE calibrations SET calibration_date = '2026-03-04 10:00:00.000000'")
 
 
 @pytest.fixture
@@ -113,7 +115,7 @@ async def test_ring_size_wizard_moves_refuses_bad_readings_and_saves_when_confir
         screen = app.screen
         assert isinstance(screen, CalibrationScreen)
         await wait_until(pilot, lambda: len(screen.rows) == 3, "the factory calibrations listed")
-        assert "active: actuator 0 days, laser 0 days, photodiode 0 days" in screen_text(app)
+        assert "active: actuator 9 days, laser 9 days, photodiode 9 days" in screen_text(app)
         wizard = RingSizeWizard(screen.context, screen.user, positions_um=(0.0, 100.0, 200.0, 300.0))
         app.push_screen(wizard)
         await wait_until(pilot, lambda: showing(app, RingSizeWizard), "the wizard")
