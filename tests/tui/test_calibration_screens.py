@@ -160,6 +160,10 @@ async def test_ring_size_wizard_moves_refuses_bad_readings_and_saves_when_confir
         wizard.points.clear()
         await type_value(pilot, "2.3")
         await wait_until(pilot, lambda: wizard.stage == "done", "every position")
+        wizard.points[:] = [(0.0, 2.0), (100.0, 2.01), (200.0, 2.02), (300.0, 4.0)]  # monotonic, a poor line
+        await pilot.press("f5")
+        await wait_until(pilot, lambda: "below the quality floor 0.99" in status(app), "the quality floor")
+        assert len(stored()) == 3
         wizard.points[:] = [(0.0, 2.0), (100.0, 2.1), (200.0, 2.2), (300.0, 2.3)]
         wizard.show_points()
         assert "r squared 1.0000" in str(app.screen.query_one("#fit").render())
@@ -203,6 +207,8 @@ async def test_laser_power_wizard_gives_back_the_simulators_curve_within_2_perce
                 await wait_until(pilot, lambda: "press and hold the footpedal" in status(app), "no emission")
                 await type_value(pilot, "inf")
                 await wait_until(pilot, lambda: "not a finite number" in status(app), "inf refused")
+                await type_value(pilot, "-0.5")
+                await wait_until(pilot, lambda: "must be at least 0 W" in status(app), "negative refused")
                 assert wizard.points == []
             await simulator(app, "pedal down")
             await wait_until(
