@@ -59,7 +59,7 @@ RING_POSITIONS_UM: tuple[float, ...] = (0.0, 500.0, 1000.0, 1500.0, 2000.0, 2500
 LASER_SPAN_FRACTIONS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 #: How long an actuator move may take, s (the stage moves at 200 um/s by default).
 MOVE_TIMEOUT_S = 60.0
-LIST_COLUMNS = ("ID", "type", "date (UTC)", "active", "points", "r2", "by", "notes")
+LIST_COLUMNS = ("ID", "device", "date (UTC)", "active", "points", "r2", "by", "notes")
 WIZARD_CSS = """
     #calibration, #wizard { height: 1fr; }
     #calibration-table, #points { height: 1fr; }
@@ -141,7 +141,7 @@ class CalibrationScreen(Screen[None]):
         cells: list[list[Cell]] = [
             [
                 plain(str(row.calibration_id)),
-                plain(row.calibration_type, "bold" if row.active else ""),
+                plain(row.device_type, "bold" if row.active else ""),
                 plain(f"{row.calibration_date:%Y-%m-%d %H:%M}"),
                 plain("active" if row.active else "-"),
                 plain(str(row.points)),
@@ -151,15 +151,31 @@ class CalibrationScreen(Screen[None]):
             ]
             for row in self.rows
         ]
-        fill_table(table, LIST_COLUMNS, cells, limits={1: 30, 7: 30})
+        fill_table(table, LIST_COLUMNS, cells, limits={1: 12, 6: 12, 7: 40})
         active = [row for row in self.rows if row.active]
         now = self.context.settings.clock()
-        ages = ", ".join(f"{row.device_type} {_days(now, row.calibration_date)} days" for row in active)
+        validity = await self._validity_days()
+        ages = ", ".join(
+            f"{row.device_type} {_days(now, row.calibration_date)} days"
+            + (" EXPIRED" if validity is not None and _days(now, row.calibration_date) > validity else "")
+            for row in active
+        )
+        valid = "" if validity is None else f" (valid for {validity} days)"
         self.query_one("#calibration-detail", Label).update(
-            plain(f"active: {ages}" if active else "no active calibration: the rig cannot treat")
+            plain(f"active: {ages}{valid}" if active else "no active calibration: the rig cannot treat")
         )
         if self.user.role != CALIBRATING_ROLE:
             self.show_status(f"only an engineer calibrates ({self.user.username} is {self.user.role})")
+
+    async def _validity_days(self) -> int | None:
+        from control.system_config import SettingError, read_system_settings
+
+        try:
+            async with self.context.accounts.sessions() as session:
+                settings = await read_system_settings(session)
+        except SettingError:
+            return None
+        return settings.calibration_validity_days
 
     def show_status(self, text: str, *, error: bool = True) -> None:
         label = self.query_one("#status", Label)
