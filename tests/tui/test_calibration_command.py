@@ -124,76 +124,73 @@ def test_import_becomes_active_keeps_the_old_one_and_export_round_trips(
     assert [(a[0], a[1], a[2]) for a in audits()] == [("calibration_import", "success", "eve")] * 2
 
 
-@pytest.mark.parametrize(
-    ("body", "reason"),
-    [
-        (
-            laser_sheet(calibration_points=laser_sheet()["calibration_points"][:2]),
-            "2 points; a calibration needs",
+#: Each refused file, with the words its refusal must hold.
+BAD_FILES: list[tuple[Any, str]] = [
+    (
+        laser_sheet(calibration_points=laser_sheet()["calibration_points"][:2]),
+        "2 points; a calibration needs",
+    ),
+    (
+        '{"device_type": "laser", "calibration_type": "laser_current_to_power", "calibration_points": '
+        '[{"current_ma": 1000, "power_watts": NaN}, {"current_ma": 2000, "power_watts": 1.5}, '
+        '{"current_ma": 3000, "power_watts": 2.5}]}',
+        "NaN is not a number",
+    ),
+    (
+        laser_sheet(
+            calibration_points=[
+                {"current_ma": 1000, "power_watts": 0.5},
+                {"current_ma": 2000, "power_watts": -1.5},
+                {"current_ma": 3000, "power_watts": 2.5},
+            ]
         ),
-        (
-            '{"device_type": "laser", "calibration_type": "laser_current_to_power", "calibration_points": '
-            '[{"current_ma": 1000, "power_watts": NaN}, {"current_ma": 2000, "power_watts": 1.5}, '
-            '{"current_ma": 3000, "power_watts": 2.5}]}',
-            "NaN is not a number",
+        "point 2 power_watts is negative",
+    ),
+    (
+        laser_sheet(
+            calibration_points=[
+                {"current_ma": 1000, "power_watts": 0.5},
+                {"current_ma": 2000, "power_watts": 2.5},
+                {"current_ma": 3000, "power_watts": 1.5},
+                {"current_ma": 4000, "power_watts": 3.5},
+            ]
         ),
-        (
-            laser_sheet(
-                calibration_points=[
-                    {"current_ma": 1000, "power_watts": 0.5},
-                    {"current_ma": 2000, "power_watts": -1.5},
-                    {"current_ma": 3000, "power_watts": 2.5},
-                ]
-            ),
-            "point 2 power_watts is negative",
+        "not monotonic",
+    ),
+    (
+        laser_sheet(
+            calibration_points=[
+                {"current_ma": 1000, "power_watts": 0.5},
+                {"current_ma": 2000, "power_watts": 0.6},
+                {"current_ma": 3000, "power_watts": 0.7},
+                {"current_ma": 4000, "power_watts": 5.0},
+            ]
         ),
-        (
-            laser_sheet(
-                calibration_points=[
-                    {"current_ma": 1000, "power_watts": 0.5},
-                    {"current_ma": 2000, "power_watts": 2.5},
-                    {"current_ma": 3000, "power_watts": 1.5},
-                    {"current_ma": 4000, "power_watts": 3.5},
-                ]
-            ),
-            "not monotonic",
-        ),
-        (
-            laser_sheet(
-                calibration_points=[
-                    {"current_ma": 1000, "power_watts": 0.5},
-                    {"current_ma": 2000, "power_watts": 0.6},
-                    {"current_ma": 3000, "power_watts": 0.7},
-                    {"current_ma": 4000, "power_watts": 5.0},
-                ]
-            ),
-            "below the quality floor 0.99",
-        ),
-        (laser_sheet(calibration_type="ring_detection_calibration"), "unknown calibration"),
-        (laser_sheet(colour="blue"), "unknown keys: colour"),
-        ("[1, 2, 3]", "one JSON object"),
-        ("{not json", "not valid JSON"),
-    ],
-    ids=["two-points", "nan", "negative", "not-monotonic", "quality-floor", "type", "key", "array", "json"],
-)
+        "below the quality floor 0.99",
+    ),
+    (laser_sheet(calibration_type="ring_detection_calibration"), "unknown calibration"),
+    (laser_sheet(colour="blue"), "unknown keys: colour"),
+    ("[1, 2, 3]", "one JSON object"),
+    ("{not json", "not valid JSON"),
+]
+
+
 def test_a_bad_calibration_is_refused_with_the_reason_nothing_stored_and_audited(
-    people: None,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    body: Any,
-    reason: str,
+    people: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    file = write(tmp_path / "bad.json", body)
-    assert (
-        tosca(monkeypatch, "calibration", "import", str(file), "--user", "eve", stdin=ENGINEER_PASSWORD) == 1
-    )
-    err = capsys.readouterr().err
-    assert reason in err and "nothing stored" in err, err
-    assert rows() == []
-    [(action, outcome, username, details)] = audits()
-    assert (action, outcome, username) == ("calibration_import", "failure", "eve")
-    assert reason in json.loads(details)["refused"]
+    for number, (body, reason) in enumerate(BAD_FILES, start=1):
+        file = write(tmp_path / f"bad{number}.json", body)
+        assert (
+            tosca(monkeypatch, "calibration", "import", str(file), "--user", "eve", stdin=ENGINEER_PASSWORD)
+            == 1
+        )
+        err = capsys.readouterr().err
+        assert reason in err and "nothing stored" in err, err
+        assert rows() == []
+        action, outcome, username, details = audits()[-1]
+        assert (action, outcome, username) == ("calibration_import", "failure", "eve")
+        assert reason in json.loads(details)["refused"]
+    assert len(audits()) == len(BAD_FILES)
 
 
 def test_only_an_engineer_with_the_right_password_imports(
