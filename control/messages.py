@@ -296,6 +296,44 @@ class AimingBeam(Command):
     on: bool
 
 
+class CalibrationMove(Command):
+    """Move the actuator to ``position_um`` for the ring size calibration, for the engineer ``username``
+    (checked with ``password`` as a login). Accepted on both sockets (it cannot emit); refused while a
+    session is open or the laser is armed."""
+
+    type: Literal["calibration_move"] = "calibration_move"
+    position_um: Annotated[float, Field(ge=0, le=100_000, allow_inf_nan=False)]
+    username: NonBlank
+    password: Annotated[str, Field(min_length=1, repr=False)]
+
+
+class CalibrationBegin(Command):
+    """Start (or, after a pause, resume) the laser power calibration run for the engineer authenticated on
+    this connection: key control (the password), laser off and verified, then armed as for a treatment."""
+
+    type: Literal["calibration_begin"] = "calibration_begin"
+    password: Annotated[str, Field(min_length=1, repr=False)]
+
+
+class CalibrationCurrent(Command):
+    """Set the drive current of the next calibration point, mA (the footpedal then emits)."""
+
+    type: Literal["calibration_current"] = "calibration_current"
+    current_ma: Annotated[float, Field(ge=0, le=100_000, allow_inf_nan=False)]
+
+
+class CalibrationMeasure(Command):
+    """Read the photodiode while the point emits (averaged); the point then ends (laser off)."""
+
+    type: Literal["calibration_measure"] = "calibration_measure"
+
+
+class CalibrationEnd(Command):
+    """End the calibration run: laser off, disarmed, the calibrations read again."""
+
+    type: Literal["calibration_end"] = "calibration_end"
+
+
 #: Every command the operator's socket (``control.sock``) accepts.
 ControlCommand: TypeAlias = Annotated[
     Ping
@@ -317,13 +355,18 @@ ControlCommand: TypeAlias = Annotated[
     | EndSession
     | TakeSnapshot
     | AimingBeam
-    | Sim,
+    | Sim
+    | CalibrationMove
+    | CalibrationBegin
+    | CalibrationCurrent
+    | CalibrationMeasure
+    | CalibrationEnd,
     Field(discriminator="type"),
 ]
 
 #: The only commands the observation socket (``observe.sock``) accepts: none of them can arm, emit or touch
-#: a session.
-ObserveCommand: TypeAlias = Annotated[Ping | Status | Health, Field(discriminator="type")]
+#: a session (the actuator move of the ring size calibration is refused while a session is open).
+ObserveCommand: TypeAlias = Annotated[Ping | Status | Health | CalibrationMove, Field(discriminator="type")]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -672,6 +715,32 @@ class Preview(_Message):
     focus: _FiniteFloat | None = None
 
 
+class CalibrationMoved(_Message):
+    """``calibration_move``: the position reached, um, and the ring size the active actuator calibration
+    gives there, mm (``None`` without one, or outside its span)."""
+
+    position_um: _FiniteFloat
+    ring_mm: _FiniteFloat | None
+
+
+class CalibrationDrive(_Message):
+    """``calibration_current``: the current set, mA, and the power the active laser calibration expects from
+    it, W (what the photodiode judges the light against)."""
+
+    current_ma: _NonNegative
+    expected_w: _NonNegative
+
+
+class CalibrationReading(_Message):
+    """``calibration_measure``: the point's current, mA (set, and read back by the driver), and the
+    photodiode voltage, V, averaged over ``samples`` readings."""
+
+    current_ma: _NonNegative
+    measured_current_ma: _FiniteFloat | None
+    photodiode_v: _FiniteFloat
+    samples: Annotated[int, Field(ge=1)]
+
+
 #: What a successful command answers with (``end_session`` answers with the session's summary as recorded,
 #: a free-form mapping; ``status`` with a :class:`Snapshot`; ``health`` with a :class:`DeviceStatus` per
 #: device; ``disarm``, ``pause`` and ``resume`` with nothing).
@@ -687,6 +756,9 @@ ReplyData: TypeAlias = (
     | SimReply
     | SnapshotStarted
     | AimingBeamState
+    | CalibrationMoved
+    | CalibrationDrive
+    | CalibrationReading
     | Snapshot
     | dict[str, DeviceStatus]
     | dict[str, Any]
@@ -755,7 +827,8 @@ def decode_control(line: bytes | str) -> ControlCommand:
 
 
 def decode_observe(line: bytes | str) -> ObserveCommand:
-    """Read one command line from ``observe.sock``: ``ping``, ``status`` or ``health`` and nothing else.
+    """Read one command line from ``observe.sock``: ``ping``, ``status``, ``health`` or ``calibration_move``
+    and nothing else.
 
     Raises:
         MessageError: with a short reason and, when it could be read, the request id.

@@ -974,6 +974,18 @@ class SafetySupervisor:
         await self.laser.set_power(watts)
         self.commanded_w = watts
 
+    async def set_drive(self, expected_w: float, write: Callable[[], Awaitable[None]]) -> None:
+        """A calibration run's drive current, written by ``write`` as it is (the laser calibration under
+        measurement converts nothing), with ``expected_w``, the power the active calibration gives at that
+        current: refused above the system limit, and the photodiode judges the light against it exactly
+        as against a treatment's setpoint. The permission to emit is unchanged."""
+        if not math.isfinite(expected_w) or expected_w < 0 or expected_w > self.limits.max_power_w + 1e-9:
+            raise Refused(f"expected power {expected_w:g} W is outside 0..{self.limits.max_power_w:g} W")
+        if expected_w != self.commanded_w:
+            self._setpoint_changed_at = self.clock()
+        await write()
+        self.commanded_w = expected_w
+
     def set_step_active(self, active: bool) -> None:
         """A protocol step is active (True) or not (between steps, while the actuator moves)."""
         self.readings.step_active = active

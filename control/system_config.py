@@ -16,8 +16,9 @@ Not every key is seeded by a migration: ``backup_retention_days``, ``calibration
 ``max_session_duration_minutes`` are stored only once an admin changes them (:mod:`control.config_editor`)
 and read as their defaults until then. ``storage.backups`` reads ``backup_retention_days`` on its own (the
 storage layer does not import this package); its default and range are the same as here, and a test holds
-them equal. Nothing reads ``calibration_validity_days`` or ``max_session_duration_minutes`` yet: the
-controller neither checks a calibration's age nor limits how long a session stays open.
+them equal. The controller reads ``calibration_validity_days`` in its pre-treatment checks and when a session
+opens (docs/calibration.md, "Age"); nothing reads ``max_session_duration_minutes`` yet: the controller does
+not limit how long a session stays open.
 
 ``recorder_journal_mark`` (:func:`known_keys`) is also kept in ``system_config``, by the recorder, for
 its own bookkeeping; it is not a setting and nobody edits it.
@@ -165,7 +166,7 @@ class SystemSettings(BaseModel):
         ge=1,
         le=3650,
         strict=True,
-        description="Days a calibration stays valid after it was made (not enforced yet)",
+        description="Days a calibration stays valid after it was made",
         json_schema_extra=_unit("days"),
     )
     max_session_duration_minutes: int = Field(

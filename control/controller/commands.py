@@ -18,7 +18,7 @@ from typing import Any
 from control import messages as msg
 from control.account_rules import LoginOutcome, UserInfo, locked_message
 from control.authority import HOLDER_COMMANDS, MAX_KEY_FAILURES, SESSION_ROLES, Person
-from control.controller.treatment import TreatmentLifecycle
+from control.controller.calibration_run import CalibrationService
 from control.ipc.server import CommandRefused, Peer
 from control.recorder import storage_failure
 from control.sessions import SessionRefused
@@ -31,7 +31,7 @@ _LOG = logging.getLogger(__name__)
 AnyCommand = msg.ControlCommand | msg.ObserveCommand
 
 
-class ControllerCommands(TreatmentLifecycle):
+class ControllerCommands(CalibrationService):
     """The socket commands and the operator's actions, on the treatment lifecycle."""
 
     async def handle(self, command: AnyCommand, peer: Peer) -> msg.ReplyData:
@@ -78,6 +78,9 @@ class ControllerCommands(TreatmentLifecycle):
                 return msg.StateReply(state=sup.state)
             case msg.Authenticate():
                 return await self._authenticate(command, peer)
+            case msg.CalibrationMove():
+                # It carries the engineer's own password (observe.sock has no signed-in person).
+                return await self._calibration_move_audited(command, peer)
             case msg.Logout():
                 held = auth.holds(peer.connection)
                 signed_out = auth.sign_out(peer.connection)
@@ -174,6 +177,14 @@ class ControllerCommands(TreatmentLifecycle):
                 self._require_session()
                 auth.require_holder(connection, kind)
                 return await self.set_aiming_beam(command.on, by=person.username)
+            case msg.CalibrationBegin():
+                return await self.calibration_begin(command.password, peer, person)
+            case msg.CalibrationCurrent():
+                return await self.calibration_current(command.current_ma, peer)
+            case msg.CalibrationMeasure():
+                return await self.calibration_measure(peer)
+            case msg.CalibrationEnd():
+                return await self.calibration_end(peer)
             case msg.Sim():
                 if self.sim_rig is None:
                     raise Refused("simulator commands exist only on the simulated rig")
@@ -182,6 +193,17 @@ class ControllerCommands(TreatmentLifecycle):
                 except ValueError as exc:
                     raise Refused(str(exc)) from None
         raise Refused(f"unknown command {kind!r}")
+
+    async def _calibration_move_audited(self, command: msg.CalibrationMove, peer: Peer) -> msg.ReplyData:
+        try:
+            moved = await self.calibration_move(command, peer)
+        except Refused as exc:
+            self._audit_command(
+                command.type, "failure", None, peer, reason=str(exc), username=command.username
+            )
+            raise
+        self._audit_command(command.type, "success", None, peer, username=command.username)
+        return moved
 
     def _audit_command(
         self,
@@ -436,6 +458,7 @@ class ControllerCommands(TreatmentLifecycle):
     async def _operator_gone(self, peer: Peer) -> None:
         """A connection to ``control.sock`` ended. If it held the session (whoever it was), emission stops at
         once and an armed session pauses; nobody holds the session until a console takes it over."""
+        await self.calibration_connection_closed(peer)
         if self.authority.connection_closed(peer.connection):
             await self._release_holder("the operator's connection closing")
 

@@ -25,6 +25,7 @@ from control.calibration import (
     install_sim_calibrations_if_missing,
     load_active_calibrations,
 )
+from control.calibration_records import CalibrationAge, active_ages
 from control.controller.imaging import Imaging
 from control.controller.state import ActiveSession
 from control.engine import Outcome, TreatmentEngine
@@ -79,6 +80,15 @@ class TreatmentLifecycle(Imaging):
             return
         self.supervisor.photodiode_to_watts = self.calibrations.photodiode_to_watts
         self.supervisor.set_calibrations(True, "active")
+
+    async def _calibration_ages(self) -> list[CalibrationAge]:
+        """The age of each active calibration against ``calibration_validity_days`` (none without active
+        calibrations). Raises SettingError when the setting is refused."""
+        if self.calibrations is None:
+            return []
+        async with self.db() as session:
+            settings = await read_system_settings(session)
+        return active_ages(self.calibrations, settings.calibration_validity_days)
 
     def _on_board(self, item: SafetyEvent | SafetySample) -> None:
         self.supervisor.on_board(item)
@@ -221,11 +231,15 @@ class TreatmentLifecycle(Imaging):
                 installed = await install_sim_calibrations_if_missing(self.db, user.tech_id)
                 if installed:
                     _LOG.info("simulated rig factory calibrations installed: %s", ", ".join(installed))
-            await self._reload_calibrations()
+        # Read again at every opening: a calibration saved or imported since is the one used.
+        await self._reload_calibrations()
         if self.calibrations is None:
             raise Refused(
                 f"no treatment without active calibrations: {self.supervisor.readings.calibrations_detail}"
             )
+        expired = [age.problem() for age in await self._calibration_ages() if age.expired]
+        if expired:
+            raise Refused("no treatment with an expired calibration: " + "; ".join(expired))
         protocol_text = await self._protocol_text(protocol_name, draft)
         limits = await load_limits(self.db)
         try:
@@ -510,14 +524,11 @@ class TreatmentLifecycle(Imaging):
             if term.term is Term.STEP:
                 continue
             add(term.term.value, term.ok, term.value, term.detail)
-        cal = self.calibrations
-        if cal is not None:
-            for label, active in (
-                ("laser", cal.laser),
-                ("photodiode", cal.photodiode),
-                ("actuator", cal.actuator),
-            ):
-                add(f"calibration {label}", True, active.describe())
+        try:
+            for age in await self._calibration_ages():
+                add(f"calibration {age.label}", not age.expired, age.value(), age.problem())
+        except SettingError as exc:
+            add("calibration validity", False, "unknown", str(exc))
         try:
             report = await asyncio.to_thread(check_database, self.data.db_path, quick=True, in_use=True)
             add("database", report.integrity == "ok", report.summary(), report.summary())

@@ -30,6 +30,7 @@ from control.messages import (
     MAX_LINE_BYTES,
     Abort,
     Arm,
+    CalibrationMove,
     Command,
     ControlCommand,
     Disarm,
@@ -315,14 +316,14 @@ def test_any_text_and_power_survive_as_exactly_one_line(
         assert decode_control(line) == command
 
 
-def test_observe_union_holds_only_ping_status_health() -> None:
+def test_observe_union_holds_only_ping_status_health_and_the_calibration_move() -> None:
     union, *_ = typing.get_args(ObserveCommand)
-    assert set(typing.get_args(union)) == {Ping, Status, Health}
+    assert set(typing.get_args(union)) == {Ping, Status, Health, CalibrationMove}
     with pytest.raises(MessageError, match="unknown command type 'arm'") as info:
         decode_observe(encode(Arm(id=4, password="x")))
     assert info.value.request_id == 4
     for command in ALL_COMMANDS:
-        if command.type not in {"ping", "status", "health"}:
+        if command.type not in {"ping", "status", "health", "calibration_move"}:
             with pytest.raises(MessageError, match="unknown command type"):
                 decode_observe(encode(command))
 

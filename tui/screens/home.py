@@ -77,6 +77,8 @@ ScreenOpener = Callable[[ScreenContext, UserInfo], Screen[None]]
 TREATING_ROLES = frozenset({"technician", "admin"})
 EVERY_ROLE = frozenset({"technician", "engineer", "admin"})
 ADMIN_ONLY = frozenset({"admin"})
+#: Calibrations are measured and signed by an engineer (an admin manages accounts, not the rig's optics).
+ENGINEER_ONLY = frozenset({"engineer"})
 #: Roles whose home screen shows the last verification of the records.
 RECORD_KEEPERS = frozenset({"admin", "engineer"})
 
@@ -115,6 +117,12 @@ def _protocol_library(context: ScreenContext, user: UserInfo) -> Screen[None]:
     from tui.screens.protocol_library import ProtocolLibraryScreen
 
     return ProtocolLibraryScreen(context, user)
+
+
+def _calibration(context: ScreenContext, user: UserInfo) -> Screen[None]:
+    from tui.screens.calibration import CalibrationScreen
+
+    return CalibrationScreen(context, user)
 
 
 def _audit(context: ScreenContext, user: UserInfo) -> Screen[None]:
@@ -194,6 +202,14 @@ HOME_MENU: tuple[MenuEntry, ...] = (
         opener=_backups,
     ),
     MenuEntry(
+        key="w",
+        name="calibration",
+        label="Calibration",
+        line="Calibrations: the ring size and laser power wizards",
+        roles=ENGINEER_ONLY,
+        opener=_calibration,
+    ),
+    MenuEntry(
         key="a",
         name="audit",
         label="Audit trail",
@@ -206,7 +222,7 @@ HOME_MENU: tuple[MenuEntry, ...] = (
 #: The admin's screens not in this version yet (said on the admin's home screen).
 ADMIN_NOT_YET: tuple[str, ...] = ()
 #: What an engineer is told instead of a menu of their own.
-ENGINEER_NOT_YET = "The engineer's screens (diagnostics, calibration) are not in this version yet."
+ENGINEER_NOT_YET = "The engineer's diagnostics screens are not in this version yet."
 
 
 def menu_for(role: str) -> tuple[MenuEntry, ...]:
