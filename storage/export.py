@@ -381,7 +381,7 @@ class _Folder:
         return self.write_bytes(relative, buffer.getvalue().encode("utf-8"))
 
     def copy_file(self, relative: str, source: Path, on_line: Callable[[bytes], None] | None = None) -> str:
-        """Copy ``source`` here; return the SHA-256 of what was copied. ``on_line`` sees each complete line."""
+        """Copy ``source`` here; return the SHA-256 of the copy. ``on_line`` sees each complete line."""
         path = self.root / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256()

@@ -283,13 +283,7 @@ class TreatmentLifecycle(Imaging):
             await self._close_session("aborted", f"session could not start: {exc}")
             raise Refused(f"session could not start: {exc}") from exc
         session.task = asyncio.create_task(self._run_engine(session), name="treatment-engine")
-        _LOG.info(
-            "session %s opened: %s, %s, by %s",
-            opened.session_id,
-            opened.subject_code,
-            protocol_name,
-            username,
-        )
+        _LOG.info("session %s opened for %s by %s", opened.session_id, opened.subject_code, username)
         self._event(
             Severity.INFO,
             f"session {opened.session_id} opened: {opened.subject_code}, {opened.protocol_name}",
