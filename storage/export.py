@@ -789,11 +789,11 @@ def _formats(formats: Sequence[str] | None) -> tuple[Format, ...]:
         return FORMATS
     chosen: list[Format] = []
     for name in formats:
-        if name == "csv" or name == "json":
-            if name not in chosen:
-                chosen.append(name)
-        else:
+        if name not in FORMATS:
             raise ExportError(f"unknown format {name!r}: csv or json")
+        wanted: Format = "csv" if name == "csv" else "json"
+        if wanted not in chosen:
+            chosen.append(wanted)
     return tuple(chosen)
 
 

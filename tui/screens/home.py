@@ -3,8 +3,9 @@ database and of the disk.
 
 What each role can do is one list, :data:`HOME_MENU`: one entry per screen, with its key (also in the footer),
 its line in the menu and the roles it is offered to. A technician treats and reads the records; an admin also
-administers (the users and roles); an engineer reads the records, and is told that the engineer's screens are
-not in this version yet. The admin's screens that are not built yet are named as such
+administers (the users and roles); an engineer reads the records, the safety log and the controller's log,
+exports sessions for research and keeps the backups, and is told which of the engineer's screens are not in
+this version yet. The admin's screens that are not built yet are named as such
 (:data:`ADMIN_NOT_YET`), never silently missing: a new screen adds its entry to :data:`HOME_MENU` and leaves
 that list.
 
@@ -77,6 +78,8 @@ ScreenOpener = Callable[[ScreenContext, UserInfo], Screen[None]]
 TREATING_ROLES = frozenset({"technician", "admin"})
 EVERY_ROLE = frozenset({"technician", "engineer", "admin"})
 ADMIN_ONLY = frozenset({"admin"})
+#: Roles offered the engineer's screens.
+ENGINEERS = frozenset({"engineer", "admin"})
 #: Roles whose home screen shows the last verification of the records.
 RECORD_KEEPERS = frozenset({"admin", "engineer"})
 
@@ -123,6 +126,24 @@ def _audit(context: ScreenContext, user: UserInfo) -> Screen[None]:
     return AuditScreen(context, user)
 
 
+def _safety_events(context: ScreenContext, user: UserInfo) -> Screen[None]:
+    from tui.screens.safety_events import SafetyEventsScreen
+
+    return SafetyEventsScreen(context, user)
+
+
+def _logs(context: ScreenContext, user: UserInfo) -> Screen[None]:
+    from tui.screens.logs import LogsScreen
+
+    return LogsScreen(context, user)
+
+
+def _export(context: ScreenContext, user: UserInfo) -> Screen[None]:
+    from tui.screens.export import ExportScreen
+
+    return ExportScreen(context, user)
+
+
 class MenuEntry(NamedTuple):
     """One thing to do from the home screen."""
 
@@ -162,6 +183,30 @@ HOME_MENU: tuple[MenuEntry, ...] = (
         opener=_records,
     ),
     MenuEntry(
+        key="e",
+        name="safety_events",
+        label="Safety log",
+        line="Safety log and events: filter, page, open a past session",
+        roles=ENGINEERS,
+        opener=_safety_events,
+    ),
+    MenuEntry(
+        key="l",
+        name="logs",
+        label="Logs",
+        line="Logs: the controller's log, following new lines",
+        roles=ENGINEERS,
+        opener=_logs,
+    ),
+    MenuEntry(
+        key="x",
+        name="export",
+        label="Export",
+        line="Research export: a session or a date range, de-identified",
+        roles=ENGINEERS,
+        opener=_export,
+    ),
+    MenuEntry(
         key="u",
         name="users",
         label="Users",
@@ -190,7 +235,7 @@ HOME_MENU: tuple[MenuEntry, ...] = (
         name="backups",
         label="Backups",
         line="Backups: list, make one now, verify, restore",
-        roles=ADMIN_ONLY,
+        roles=ENGINEERS,
         opener=_backups,
     ),
     MenuEntry(
