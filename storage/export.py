@@ -479,11 +479,12 @@ def draw_power_trace(trace: _Trace, title: str) -> tuple[bytes, dict[str, Any]]:
         _, y = pixel_of(0.0, watts, top, end)
         cv2.line(image, (left, y), (right, y), _GRID_BGR, 1)
         cv2.putText(image, f"{watts:g}", (8, y + 5), font, 0.45, _AXIS_BGR, 1, cv2.LINE_AA)
-    for k in range(6):
-        seconds = end * k / 5
+    step = _nice_ceiling(end / 5)
+    for k in range(int(end / step + 1e-9) + 1):
+        seconds = k * step
         x, _ = pixel_of(seconds, 0.0, top, end)
         cv2.line(image, (x, upper), (x, lower), _GRID_BGR, 1)
-        cv2.putText(image, f"{seconds:.0f}", (x - 12, lower + 20), font, 0.45, _AXIS_BGR, 1, cv2.LINE_AA)
+        cv2.putText(image, f"{seconds:g}", (x - 12, lower + 20), font, 0.45, _AXIS_BGR, 1, cv2.LINE_AA)
     cv2.rectangle(image, (left, upper), (right, lower), _AXIS_BGR, 1)
     cv2.putText(image, title, (left, 30), font, 0.6, _AXIS_BGR, 1, cv2.LINE_AA)
     cv2.putText(image, "W", (8, upper - 12), font, 0.45, _AXIS_BGR, 1, cv2.LINE_AA)

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tui.commands import add_data_dir_option, fail
+from tui.commands import fail
 
 #: Lines printed before following, unless asked otherwise.
 DEFAULT_LINES = 50
@@ -54,7 +54,6 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "--level", type=str.upper, choices=LEVELS, default="DEBUG", help="this level or more serious only"
     )
     parser.add_argument("--follow", "-f", action="store_true", help="then print new lines as they come")
-    add_data_dir_option(parser)
     return parser
 
 
