@@ -100,7 +100,8 @@ def write_engineer_records() -> None:
         )
         db.execute(
             "INSERT INTO treatment_events (session_id, timestamp, time_offset_ms, event_type, "
-            "laser_power_commanded_watts, laser_power_actual_watts) VALUES (2, ?, 1000, 'laser_on', 1.5, 1.48)",
+            "laser_power_commanded_watts, laser_power_actual_watts) "
+            "VALUES (2, ?, 1000, 'laser_on', 1.5, 1.48)",
             (stamp(SECOND_START + timedelta(seconds=1)),),
         )
         db.executemany(

@@ -125,7 +125,7 @@ def test_a_session_export_holds_the_record_the_telemetry_the_trace_and_the_snaps
     content = every_byte(out)
     for secret in (BIRTH_DATE, SUBJECT_NOTES, POST_NOTES, TECH_FULL_NAME, "female"):
         assert secret.encode() not in content, secret
-    ((outcome, user, details),) = audit_rows("research_export")
+    ((outcome, _user, details),) = audit_rows("research_export")
     assert outcome == "success" and json.loads(details)["identified"] is False
     assert json.loads(details)["sessions"] == [1]
 
