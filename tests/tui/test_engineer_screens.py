@@ -102,7 +102,9 @@ async def test_the_browser_merges_both_logs_newest_first_and_filters_them(
         await type_into(pilot, "#filter-source", "treatment")
         await type_into(pilot, "#filter-event_type", "laser_on")
         await page_says(pilot, "3 rows")
-        assert set(column(pilot, "Source")) == {"treatment"}
+        screen = pilot.app.screen
+        assert isinstance(screen, SafetyEventsScreen) and screen.page is not None
+        assert {row.source for row in screen.page.rows} == {"treatment"}
         await type_into(pilot, "#filter-event_type", "")
         await type_into(pilot, "#filter-source", "")
         await type_into(pilot, "#filter-since", "2026-03-15")

@@ -135,11 +135,13 @@ class ExportScreen(Screen[None]):
     }
     ExportScreen #export-help {
         margin: 1 0 0 0;
+        width: 1fr;
         height: auto;
         color: $text-muted;
     }
     ExportScreen #status {
         margin: 1 0 0 0;
+        width: 1fr;
         height: auto;
     }
     ExportScreen #status.error {
@@ -188,7 +190,7 @@ class ExportScreen(Screen[None]):
                         field.value = str(self.initial_session)
                     yield field
             yield Checkbox(
-                "Identified: add subject demographics, full names and notes (recorded in the audit trail)",
+                "Identified: with demographics, full names and notes (audited)",
                 id="identified",
                 compact=True,
             )

@@ -8,7 +8,8 @@ filter field applies them; a bad value (a date that is not a date, a range the w
 severity, a session that does not exist) is refused with one line saying why, and the rows shown stay as they
 were. PageDown / PageUp move by one page of :data:`storage.event_query.PAGE_SIZE` rows, found by keyset on
 the time, so a page deep in the log comes as quickly as the first. F2 goes to the filters, F3 clears them.
-The highlighted row is shown in full under the table. Enter on a row opens its session as the technician's
+The highlighted row is shown in full under the table, with where it was recorded (the safety log or the
+treatment events). Enter on a row opens its session as the technician's
 history does (:class:`~tui.screens.past_session.PastSessionScreen`, read-only); F6 opens the research export
 for it (:class:`~tui.screens.export.ExportScreen`).
 
@@ -47,12 +48,12 @@ FILTER_FIELDS: tuple[tuple[str, str, str], ...] = (
     ("session", "Session", "id"),
     ("since", "From", "YYYY-MM-DD"),
     ("until", "To", "YYYY-MM-DD"),
-    ("severity", "Severity", "warning or warning+"),
+    ("severity", "Severity", "e.g. warning+"),
     ("event_type", "Type", "e.g. fault_reset"),
     ("source", "Source", "safety/treatment"),
 )
 #: The table's columns, in order.
-EVENT_COLUMNS = ("Time (UTC)", "Session", "Source", "Severity", "Type", "Description")
+EVENT_COLUMNS = ("Time (UTC)", "Session", "Severity", "Type", "Description")
 _SEVERITY_STYLE = {"warning": "bold", "critical": "bold red", "emergency": "bold red reverse"}
 
 
@@ -235,14 +236,13 @@ class SafetyEventsScreen(Screen[None]):
             [
                 f"{row.timestamp:%Y-%m-%d %H:%M:%S}",
                 "—" if row.session_id is None else str(row.session_id),
-                row.source,
                 plain(row.severity, _SEVERITY_STYLE.get(row.severity, "")),
                 plain(row.event_type),
                 plain(describe(row)),
             ]
             for row in page.rows
         ]
-        fill_table(table, EVENT_COLUMNS, cells, keys=[row.key for row in page.rows], limits={5: 200})
+        fill_table(table, EVENT_COLUMNS, cells, keys=[row.key for row in page.rows], limits={3: 20, 4: 200})
         self.page = page
         number = len(self._previous) + 1
         if not page.rows:
