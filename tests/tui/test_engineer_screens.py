@@ -366,3 +366,29 @@ async def test_a_missing_log_is_said_and_shows_once_written(records: Path, clock
         append("2026-03-14T09:00:00.000+00:00 INFO control.controller.process: controller ready")
         await shows(pilot, "controller ready")
         assert status_text(pilot) == ""
+
+
+# ------------------------------------------------------------------------------------ the backups
+
+
+async def test_an_engineer_backs_up_and_verifies_but_never_restores(records: Path, clock: FakeClock) -> None:
+    from tui.screens.backups import BackupsScreen
+
+    def backups(context: ScreenContext, user: UserInfo) -> BackupsScreen:
+        return BackupsScreen(context, user, space=lambda _folder: (12_300_000_000, 64_000_000_000))
+
+    async with EngineerApp(backups, clock).run_test(size=SIZE) as pilot:
+        screen = pilot.app.screen
+        assert isinstance(screen, BackupsScreen)
+        await wait_until(pilot, lambda: screen.overview is not None, "the backups listed")
+        await pilot.press("b")
+        await wait_until(pilot, lambda: status_text(pilot).startswith("backed up to tosca_"), "the backup")
+        await pilot.press("v")
+        await wait_until(pilot, lambda: " verified: schema " in status_text(pilot), "the verification")
+        assert screen.check_action("restore", ()) is False
+        await pilot.press("r")
+        await pilot.pause()
+        assert pilot.app.screen is screen, "no restore question for an engineer"
+    with sqlite3.connect(DATA_DIR / "tosca.db") as db:
+        done = db.execute("SELECT action, username FROM audit_log WHERE action LIKE 'db_%' ORDER BY audit_id")
+        assert done.fetchall() == [("db_backup", "eric"), ("db_backup_verify", "eric")]
