@@ -4,7 +4,9 @@ Used by the engineer's safety log and event browser (``tui/screens/safety_events
 rows of two append-only tables, ``safety_log`` and ``treatment_events``, in time order. Pages are found by
 keyset pagination on ``(timestamp, source, id)``: each table is read on its own timestamp index from just
 after the last row shown (at most one page plus one row of each), the two are merged and cut to the page.
-The cost of a page therefore does not grow with how far back it is (no ``OFFSET``).
+The cost of a page therefore does not grow with how far back it is (no ``OFFSET``). A type or severity
+filter that matches few rows (fewer than :data:`SPARSE_ROWS`) is read on that column's own index instead, all
+its rows sorted, so a rare type never makes a page walk the whole table.
 
 Filters:
 
@@ -40,6 +42,8 @@ MAX_PAGE_SIZE: Final = 1000
 MAX_TYPE_LENGTH: Final = 64
 #: Where a row comes from, in the order rows with the same time sort (newest first: treatment rows first).
 SOURCES: Final = ("safety", "treatment")
+#: Below this many rows matching a type or severity filter, a page is read on that filter's own index.
+SPARSE_ROWS: Final = 2_000
 #: The severity of the treatment event types that are not plain information.
 TREATMENT_SEVERITY: Final = {"safety_trigger": "critical", "safety_warning": "warning"}
 _TIME_FORMAT: Final = "%Y-%m-%d %H:%M:%S.%f"
@@ -353,6 +357,60 @@ def _sort_key(row: EventRow) -> tuple[datetime, int, int]:
     return (row.timestamp, SOURCES.index(row.source), row.row_id)
 
 
+def _sparse_index(
+    connection: sqlite3.Connection, source: Source, filters: EventFilter
+) -> tuple[str, str, list[object]] | None:
+    """The index of a type or severity filter, its condition and parameters, when that filter matches few
+    rows of ``source`` (fewer than :data:`SPARSE_ROWS`, counted on the index itself, at most that many).
+
+    A page is otherwise read on the timestamp index, newest first, filtered as it goes: quick when the filter
+    matches often, but a rare type or severity would make it walk most of the table to fill a page. With few
+    matches their own index is quicker: all of them are read and sorted. With a session filter the session's
+    index is left to the planner."""
+    if filters.session_id is not None:
+        return None
+    found: tuple[str, str, list[object]] | None = None
+    if filters.event_type is not None:
+        index = "idx_safety_type" if source == "safety" else "idx_event_type"
+        found = (index, "event_type = ?", [filters.event_type])
+    elif filters.severities is not None and source == "safety":
+        marks = ", ".join("?" * len(filters.severities))
+        found = ("idx_safety_severity", f"severity IN ({marks})", list(filters.severities))
+    elif filters.severities is not None and "info" not in filters.severities:
+        kinds = [kind for kind, level in TREATMENT_SEVERITY.items() if level in filters.severities]
+        if kinds:
+            found = ("idx_event_type", f"event_type IN ({', '.join('?' * len(kinds))})", list(kinds))
+    if found is None:
+        return None
+    index, condition, params = found
+    table = "safety_log" if source == "safety" else "treatment_events"
+    (count,) = connection.execute(
+        f"SELECT count(*) FROM (SELECT 1 FROM {table} INDEXED BY {index} WHERE {condition} LIMIT ?)",
+        [*params, SPARSE_ROWS],
+    ).fetchone()
+    return found if int(count) < SPARSE_ROWS else None
+
+
+def _read_table(
+    connection: sqlite3.Connection,
+    source: Source,
+    filters: EventFilter,
+    after: EventCursor | None,
+    limit: int,
+) -> list[EventRow]:
+    """At most ``limit + 1`` rows of one table matching ``filters``, after ``after``, newest first."""
+    where = _where(source, filters, after)
+    if where is None:
+        return []
+    sparse = _sparse_index(connection, source, filters)
+    hint = f" INDEXED BY {sparse[0]}" if sparse is not None else ""
+    if source == "safety":
+        found = connection.execute(_SAFETY_SELECT + hint + where[0] + _SAFETY_ORDER, [*where[1], limit + 1])
+        return [_safety_row(tuple(values)) for values in found.fetchall()]
+    found = connection.execute(_TREATMENT_SELECT + hint + where[0] + _TREATMENT_ORDER, [*where[1], limit + 1])
+    return [_treatment_row(tuple(values)) for values in found.fetchall()]
+
+
 def session_exists(connection: sqlite3.Connection, session_id: int) -> bool:
     """Whether a session with this id is recorded."""
     try:
@@ -385,18 +443,8 @@ def fetch_page(
         try:
             if filters.session_id is not None and not session_exists(connection, filters.session_id):
                 raise EventFilterError(f"session: no session with id {filters.session_id}")
-            safety = _where("safety", filters, after)
-            if safety is not None:
-                found = connection.execute(
-                    _SAFETY_SELECT + safety[0] + _SAFETY_ORDER, [*safety[1], limit + 1]
-                )
-                rows.extend(_safety_row(tuple(values)) for values in found.fetchall())
-            treatment = _where("treatment", filters, after)
-            if treatment is not None:
-                found = connection.execute(
-                    _TREATMENT_SELECT + treatment[0] + _TREATMENT_ORDER, [*treatment[1], limit + 1]
-                )
-                rows.extend(_treatment_row(tuple(values)) for values in found.fetchall())
+            for source in SOURCES:
+                rows.extend(_read_table(connection, source, filters, after, limit))
         finally:
             connection.execute("COMMIT")
     except sqlite3.Error as exc:
