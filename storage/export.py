@@ -51,6 +51,7 @@ import math
 import os
 import shutil
 import sqlite3
+from array import array
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -380,6 +381,12 @@ class _Folder:
             writer.writerow([_cell(value) for value in row])
         return self.write_bytes(relative, buffer.getvalue().encode("utf-8"))
 
+    def csv_stream(self, relative: str, header: Sequence[str]) -> _CsvStream:
+        """A CSV file written row by row (for files too long to hold in memory); close it to finish it."""
+        path = self.root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return _CsvStream(self, path, header)
+
     def copy_file(self, relative: str, source: Path, on_line: Callable[[bytes], None] | None = None) -> str:
         """Copy ``source`` here; return the SHA-256 of the copy. ``on_line`` sees each complete line."""
         path = self.root / relative
@@ -402,14 +409,53 @@ class _Folder:
         return digest.hexdigest()
 
 
+class _CsvStream:
+    """One CSV file of a :class:`_Folder`, written row by row, hashed as it goes."""
+
+    def __init__(self, folder: _Folder, path: Path, header: Sequence[str]) -> None:
+        self._folder = folder
+        self._path = path
+        self._handle = path.open("x", newline="", encoding="utf-8")
+        self._digest = hashlib.sha256()
+        self._buffer = io.StringIO(newline="")
+        self._writer = csv.writer(self._buffer)
+        self.row(header)
+
+    def row(self, values: Sequence[object]) -> None:
+        self._writer.writerow([_cell(value) for value in values])
+        if self._buffer.tell() >= _COPY_CHUNK:
+            self._flush()
+
+    def _flush(self) -> None:
+        text = self._buffer.getvalue()
+        self._buffer.seek(0)
+        self._buffer.truncate()
+        self._handle.write(text)
+        self._digest.update(text.encode("utf-8"))
+
+    def close(self) -> None:
+        """Write what is left, flush it to disk, and list the file in the manifest."""
+        self._flush()
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        self._handle.close()
+        self._folder._remember(self._path, self._digest.hexdigest())
+
+    def abandon(self) -> None:
+        """Close without finishing (the export failed; its folder is removed)."""
+        with contextlib.suppress(OSError):
+            self._handle.close()
+
+
 @dataclass(slots=True)
 class _Trace:
-    """The samples of a telemetry file: time (s), commanded and measured power (W)."""
+    """The samples of a telemetry file: time (s), commanded and measured power (W), as packed doubles (an
+    hour at 100 Hz is 11 MB, not a Python object per number)."""
 
-    t: list[float] = field(default_factory=list)
-    commanded: list[float] = field(default_factory=list)
-    measured_t: list[float] = field(default_factory=list)
-    measured: list[float] = field(default_factory=list)
+    t: array[float] = field(default_factory=lambda: array("d"))
+    commanded: array[float] = field(default_factory=lambda: array("d"))
+    measured_t: array[float] = field(default_factory=lambda: array("d"))
+    measured: array[float] = field(default_factory=lambda: array("d"))
 
 
 def _nice_ceiling(value: float) -> float:
@@ -576,14 +622,13 @@ def _write_session(
     events = [_event(row) for row in record.events]
     safety = [_safety(row) for row in record.safety]
     trace = _Trace()
-    telemetry_rows: list[list[object]] = []
     problems: list[str] = []
 
     stored = session["telemetry_path"]
     source = _resolve(data_dir, str(stored)) if stored else None
     if source is not None and source.is_file():
         number = 0
-        want_csv = "csv" in formats
+        stream = folder.csv_stream(f"{prefix}telemetry.csv", TELEMETRY_KEYS) if "csv" in formats else None
 
         def sample(line: bytes) -> None:
             nonlocal number
@@ -599,16 +644,21 @@ def _write_session(
             if decoded.p_w is not None:
                 trace.measured_t.append(decoded.t)
                 trace.measured.append(decoded.p_w)
-            if want_csv:
+            if stream is not None:
                 encoded = decoded.encode()
-                telemetry_rows.append([encoded[key] for key in TELEMETRY_KEYS])
+                stream.row([encoded[key] for key in TELEMETRY_KEYS])
 
-        digest = folder.copy_file(f"{prefix}telemetry.jsonl", source, sample)
+        try:
+            digest = folder.copy_file(f"{prefix}telemetry.jsonl", source, sample)
+            if stream is not None:
+                stream.close()
+        except BaseException:
+            if stream is not None:
+                stream.abandon()
+            raise
         summary["telemetry_copied"] = True
         matches = session["telemetry_sha256"] == digest and session["telemetry_line_count"] in (None, number)
         summary["telemetry_matches_record"] = matches if session["telemetry_sha256"] is not None else None
-        if want_csv:
-            folder.write_csv(f"{prefix}telemetry.csv", TELEMETRY_KEYS, telemetry_rows)
     elif stored:
         problems.append("the telemetry file recorded for this session is missing")
     if problems:

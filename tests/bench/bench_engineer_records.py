@@ -177,7 +177,7 @@ def main() -> int:
         "first page (no filter)": EventFilter(),
         "one session": EventFilter.build(session=str(SESSIONS // 2)),
         "severity warning+": EventFilter.build(severity="warning+"),
-        "severity critical (events only)": EventFilter.build(severity="critical"),
+        "severity critical": EventFilter.build(severity="critical"),
         "type emergency_stop": EventFilter.build(event_type="emergency_stop"),
         "a rare type (1 row in 2,000)": EventFilter.build(event_type="interlock_failure"),
         "severity critical+": EventFilter.build(severity="critical+"),
