@@ -815,7 +815,7 @@ def _run_export(
             user=user,
             terminal=terminal,
             details={
-                "folder": str(target),
+                "folder": str(target.absolute()),
                 "sessions": sessions,
                 "identified": identified,
                 "formats": list(formats),

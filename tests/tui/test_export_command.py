@@ -143,7 +143,11 @@ def test_an_identified_export_adds_the_demographics_and_is_audited(
     assert json.loads(Path("idf/manifest.json").read_text())["identified"] is True
     ((outcome, user, details),) = audit_rows("research_export")
     recorded = json.loads(details)
-    assert outcome == "success" and recorded["identified"] is True and recorded["folder"] == "idf"
+    assert (
+        outcome == "success"
+        and recorded["identified"] is True
+        and recorded["folder"] == str(Path("idf").absolute())
+    )
     assert user  # the operating system's account
 
 
