@@ -177,7 +177,9 @@ class LogsScreen(Screen[None]):
         """What was appended since the last look."""
         try:
             lines = await asyncio.to_thread(self.follower.new_lines)
-        except (OSError, ValueError) as exc:  # ValueError: the file closed as the screen closed
+        except ValueError:
+            return  # the file was closed as the screen closed
+        except OSError as exc:
             self.show_status(f"cannot read {self.path}: {exc.strerror or exc}", error=True)
             return
         finally:
