@@ -345,10 +345,14 @@ async def test_the_log_shows_the_last_lines_then_follows(records: Path, clock: F
         LOG.rename(LOG.with_name("controller.log.1"))
         append("2026-03-14T09:03:00.000+00:00 WARNING devices.transport: laser link lost")
         await shows(pilot, "laser link lost")
-        # Paused: nothing new is drawn until following again.
+        # Paused: nothing new is read or drawn until following again.
         await pilot.press("f")
+        await wait_until(pilot, lambda: not screen._reading, "no read under way")
+        before = len(screen.lines)
         append("2026-03-14T09:04:00.000+00:00 INFO control.supervisor: fault reset by tina")
-        await pilot.pause(0.2)
+        screen.poll()  # the timer's look at the file: paused, it reads nothing
+        await pilot.pause()
+        assert not screen._reading and len(screen.lines) == before
         assert not any("fault reset by tina" in line for line in log_lines(pilot))
         assert "paused" in str(screen.query_one("#log-info", Label).render())
         await pilot.press("f")
