@@ -98,8 +98,13 @@ class EventFilter:
                 raise EventFilterError(f"event type: longer than {MAX_TYPE_LENGTH} characters")
             if any(ord(ch) < 32 for ch in kind):
                 raise EventFilterError("event type: control characters are not allowed")
-        source_value = (source or "").strip().lower() or None
-        if source_value is not None and source_value not in SOURCES:
+        source_text = (source or "").strip().lower()
+        source_value: Source | None = None
+        if source_text == "safety":
+            source_value = "safety"
+        elif source_text == "treatment":
+            source_value = "treatment"
+        elif source_text:
             raise EventFilterError(f"source: must be {' or '.join(SOURCES)} (or empty for both)")
         return cls(
             session_id=session_id,
@@ -107,7 +112,7 @@ class EventFilter:
             until=until_value,
             severities=severities,
             event_type=kind,
-            source=source_value,  # type: ignore[arg-type]
+            source=source_value,
             severity_text=severity_text,
         )
 
