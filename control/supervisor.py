@@ -614,6 +614,7 @@ class SafetySupervisor:
             at=self.clock(),
         )
         self._transition(S.FAULT, what)
+        _LOG.error("fault latched (%s): %s", event_type, what)
         self._spawn(self._secure(event_type, severity, what, details))
 
     @staticmethod
@@ -1119,6 +1120,7 @@ class SafetySupervisor:
             self.fault = None
             self.session_open = session_open
             self._transition(S.READY if session_open else S.IDLE, f"fault reset acknowledged by {username}")
+            _LOG.info("fault reset by %s: %s (%s)", username, fault.what, fault.event_type)
             self.log(
                 "fault_reset",
                 Severity.INFO,

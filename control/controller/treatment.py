@@ -297,6 +297,7 @@ class TreatmentLifecycle(Imaging):
             await self._close_session("aborted", f"session could not start: {exc}")
             raise Refused(f"session could not start: {exc}") from exc
         session.task = asyncio.create_task(self._run_engine(session), name="treatment-engine")
+        _LOG.info("session %s opened for %s by %s", opened.session_id, opened.subject_code, username)
         self._event(
             Severity.INFO,
             f"session {opened.session_id} opened: {opened.subject_code}, {opened.protocol_name}",
@@ -469,6 +470,7 @@ class TreatmentLifecycle(Imaging):
                 with contextlib.suppress(Exception):
                     await self.rig.safety.motor_off()
             sup.set_motor_pwm(0)
+        _LOG.info("session %s %s%s", session.opened.session_id, status, f": {reason}" if reason else "")
         self._event(
             Severity.INFO, f"session {session.opened.session_id} {status}" + (f": {reason}" if reason else "")
         )

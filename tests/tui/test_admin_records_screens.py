@@ -361,16 +361,16 @@ def test_a_technician_is_refused_both_screens(data_dir: object, clock: FakeClock
     asyncio.run(seed())
     before = audit_actions()
 
-    async def run(maker: Any) -> None:
+    async def run(maker: Any, who: str) -> None:
         async with AdminScreenApp(maker, clock, username="tina").run_test(size=(120, 40)) as pilot:
             await wait_until(pilot, lambda: "only an admin" in status_text(pilot), "the refusal")
-            assert status_text(pilot) == "only an admin may use this screen (tina is technician)"
+            assert status_text(pilot) == f"only {who} may use this screen (tina is technician)"
             assert pilot.app.screen.query_one(DataTable).row_count == 0
             await pilot.press("b", "f5", "pagedown")
             await pilot.pause()
 
-    asyncio.run(run(audit_screen))
-    asyncio.run(run(backups_screen))
+    asyncio.run(run(audit_screen, "an admin"))
+    asyncio.run(run(backups_screen, "an admin or an engineer"))
     assert audit_actions() == before
     assert not (DATA_DIR / "exports").exists()
     assert list((DATA_DIR / "backups").glob("tosca_*.db")) == []

@@ -19,6 +19,7 @@ import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from storage.logfile import IsoFormatter, attach_log_file
 from tui.commands import fail
 
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             return fail(f"controller: bad port file {args.ports}: {exc}")
     log_to_stderr()
+    attach_log_file(Path(args.data_dir))
     priority = raise_priority()
     try:
         return asyncio.run(_serve(Path(args.data_dir), bool(args.sim), config, priority))
@@ -62,15 +64,17 @@ _LOG_HANDLER = "tosca-controller-stderr"
 
 
 def log_to_stderr() -> None:
-    """Informational lines and above, with their time and source, on standard error: the kiosk's service
-    hands them to the journal, and a controller started by a console writes them to ``logs/controller.log``.
-    A device that drops its link, reconnects or answers badly is named there."""
+    """Informational lines and above, with their time (ISO 8601, UTC), level and source, on standard error:
+    the kiosk's service hands them to the journal, and a controller started by a console writes them to
+    ``logs/controller.log``; a controller whose standard error is elsewhere writes that file too
+    (:func:`storage.logfile.attach_log_file`). A device that drops its link, reconnects or answers badly, a
+    fault latched or reset, and a session opened or ended are named there."""
     root = logging.getLogger()
     if any(getattr(handler, "name", None) == _LOG_HANDLER for handler in root.handlers):
         return  # already set up in this process (a second ``run`` in the same interpreter)
     handler = logging.StreamHandler()
     handler.set_name(_LOG_HANDLER)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(IsoFormatter())
     root.addHandler(handler)
     root.setLevel(logging.INFO)
     for noisy in ("aiosqlite", "sqlalchemy", "alembic"):

@@ -7,7 +7,9 @@ configuration's ``backup_retention_days``) and the free space of the data direct
 Keys: ``b`` backs up now (a verified online copy; backups older than the retention are pruned), ``v`` verifies
 the highlighted backup, ``r`` restores it after a confirmation. A restore is refused while a treatment
 session is open (the controller's state over the console's link, and the records), and the current database
-is backed up first. Every action, done or refused, is an audit row with the admin's name. The storage work
+is backed up first. An admin may do all three; an engineer lists, backs up and verifies (a restore replaces
+the records, which is an admin's decision). Every action, done or refused, is an audit row with the user's
+name. The storage work
 is in :mod:`storage.backups`, shared with ``tosca db backups``.
 
 Open it with ``BackupsScreen(context, user)``.
@@ -51,8 +53,12 @@ from tui.widgets.tables import Cell, fill_table
 BACKUP_COLUMNS = ("Taken (local time)", "Size", "Verified", "File")
 
 
+#: Who may list, make and verify backups (a restore is the admin's only).
+BACKUP_ROLES = frozenset({"admin", "engineer"})
+
+
 class BackupsScreen(Screen[None]):
-    """The backups of the records database (an admin's screen)."""
+    """The backups of the records database (an admin's and an engineer's screen; restore: admin only)."""
 
     DEFAULT_CSS = """
     BackupsScreen #backups {
@@ -119,11 +125,10 @@ class BackupsScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self.query_one("#backup-table", DataTable).focus()
-        if self.user.role != "admin":
-            # Reached only from an admin's menu; anyone else is told so and nothing is read.
-            self.show_status(
-                f"only an admin may use this screen ({self.user.username} is {self.user.role})", error=True
-            )
+        if self.user.role not in BACKUP_ROLES:
+            # Reached only from an admin's or engineer's menu; anyone else is told so and nothing is read.
+            who = f"{self.user.username} is {self.user.role}"
+            self.show_status(f"only an admin or an engineer may use this screen ({who})", error=True)
             return
         self.reload()
 
@@ -184,7 +189,9 @@ class BackupsScreen(Screen[None]):
         self.refresh_bindings()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if self.user.role != "admin" and action != "back":
+        if self.user.role not in BACKUP_ROLES and action != "back":
+            return False
+        if action == "restore" and self.user.role != "admin":
             return False
         if action in ("verify", "restore"):
             return self.highlighted() is not None or None
@@ -249,9 +256,9 @@ class BackupsScreen(Screen[None]):
         return f"session {view.session_id} for {view.subject_code} is {view.status} on the rig"
 
     def action_restore(self) -> None:
-        """Ask, then restore the highlighted backup (refused while a session is open)."""
+        """Ask, then restore the highlighted backup (refused while a session is open; an admin's only)."""
         entry = self.highlighted()
-        if entry is None or self.busy:
+        if entry is None or self.busy or self.user.role != "admin":
             return
         reason = self.controller_session()
         if reason is not None:

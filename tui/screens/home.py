@@ -3,8 +3,9 @@ database and of the disk.
 
 What each role can do is one list, :data:`HOME_MENU`: one entry per screen, with its key (also in the footer),
 its line in the menu and the roles it is offered to. A technician treats and reads the records; an admin also
-administers (the users and roles); an engineer reads the records, and is told that the engineer's screens are
-not in this version yet. The admin's screens that are not built yet are named as such
+administers (the users and roles); an engineer reads the records, the safety log and the controller's log,
+exports sessions for research and keeps the backups, and is told which of the engineer's screens are not in
+this version yet. The admin's screens that are not built yet are named as such
 (:data:`ADMIN_NOT_YET`), never silently missing: a new screen adds its entry to :data:`HOME_MENU` and leaves
 that list.
 
@@ -79,6 +80,8 @@ EVERY_ROLE = frozenset({"technician", "engineer", "admin"})
 ADMIN_ONLY = frozenset({"admin"})
 #: Calibrations are measured and signed by an engineer (an admin manages accounts, not the rig's optics).
 ENGINEER_ONLY = frozenset({"engineer"})
+#: Roles offered the engineer's screens.
+ENGINEERS = frozenset({"engineer", "admin"})
 #: Roles whose home screen shows the last verification of the records.
 RECORD_KEEPERS = frozenset({"admin", "engineer"})
 
@@ -129,6 +132,24 @@ def _audit(context: ScreenContext, user: UserInfo) -> Screen[None]:
     from tui.screens.audit import AuditScreen
 
     return AuditScreen(context, user)
+
+
+def _safety_events(context: ScreenContext, user: UserInfo) -> Screen[None]:
+    from tui.screens.safety_events import SafetyEventsScreen
+
+    return SafetyEventsScreen(context, user)
+
+
+def _logs(context: ScreenContext, user: UserInfo) -> Screen[None]:
+    from tui.screens.logs import LogsScreen
+
+    return LogsScreen(context, user)
+
+
+def _export(context: ScreenContext, user: UserInfo) -> Screen[None]:
+    from tui.screens.export import ExportScreen
+
+    return ExportScreen(context, user)
 
 
 class MenuEntry(NamedTuple):
@@ -197,8 +218,8 @@ HOME_MENU: tuple[MenuEntry, ...] = (
         key="b",
         name="backups",
         label="Backups",
-        line="Backups: list, make one now, verify, restore",
-        roles=ADMIN_ONLY,
+        line="Backups: list, make one now, verify; restore (admin)",
+        roles=ENGINEERS,
         opener=_backups,
     ),
     MenuEntry(
@@ -216,6 +237,30 @@ HOME_MENU: tuple[MenuEntry, ...] = (
         line="Audit trail: browse, filter and export recorded actions",
         roles=ADMIN_ONLY,
         opener=_audit,
+    ),
+    MenuEntry(
+        key="e",
+        name="safety_events",
+        label="Safety log",
+        line="Safety log and events: filter, page, open a past session",
+        roles=ENGINEERS,
+        opener=_safety_events,
+    ),
+    MenuEntry(
+        key="l",
+        name="logs",
+        label="Logs",
+        line="Logs: the controller's log, following new lines",
+        roles=ENGINEERS,
+        opener=_logs,
+    ),
+    MenuEntry(
+        key="x",
+        name="export",
+        label="Export",
+        line="Research export: a session or a date range, de-identified",
+        roles=ENGINEERS,
+        opener=_export,
     ),
 )
 
