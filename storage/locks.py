@@ -2,10 +2,10 @@
 
 A running console holds a shared :func:`fcntl.flock` on ``DataDir.console_lock`` for as long as it runs
 (:func:`share_console_lock`: several consoles share it); the controller (which records treatments) holds
-``DataDir.rig_lock`` exclusively, with its PID written in the file. The kernel drops a lock when its process ends, however it ends, so a stale file never blocks
-anyone. Maintenance that replaces the database (``tosca db restore``, ``tosca db upgrade``) takes both
-locks (:func:`hold_database_exclusively`), so it cannot run under a console or a controller, and neither can
-start in the middle of it.
+``DataDir.rig_lock`` exclusively, with its PID written in the file. The kernel drops a lock when its
+process ends, however it ends, so a stale file never blocks anyone. Maintenance that replaces the database
+(``tosca db restore``, ``tosca db upgrade``) takes both locks (:func:`hold_database_exclusively`), so it
+cannot run under a console or a controller, and neither can start in the middle of it.
 """
 
 from __future__ import annotations

@@ -23,8 +23,8 @@ The remote console (``tosca remote``, over SSH) makes its link with ``observe`` 
 ``observe.sock`` only (its Unix user cannot open ``control.sock``: the kernel refuses it), starts no
 controller, accepts the rig the controller drives, and refuses every command that socket does not have
 (arming, the session's commands, the stop key, the simulator) before sending it, with
-:data:`OBSERVE_REFUSAL`. It never authenticates: the remote console's login is an audited record the controller
-writes (:mod:`tui.remote`), not a person acting on the rig.
+:data:`OBSERVE_REFUSAL`. It never authenticates: the remote console's login is an audited record the
+controller writes (:mod:`tui.remote`), not a person acting on the rig.
 """
 
 from __future__ import annotations

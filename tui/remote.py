@@ -61,7 +61,9 @@ class RemoteOrigin:
 
 
 def _unavailable(exc: Exception) -> AccountError:
-    return AccountError(f"the controller does not answer ({exc}): the remote console cannot log in without it")
+    return AccountError(
+        f"the controller does not answer ({exc}): the remote console cannot log in without it"
+    )
 
 
 @dataclass
@@ -147,7 +149,9 @@ class RemoteAccountService(AccountService):
         raise AccountError("a password is changed at the kiosk: the remote console does not write records")
 
 
-def remote_accounts(accounts: AccountService, link: ConsoleLink | None, origin: RemoteOrigin) -> AccountService:
+def remote_accounts(
+    accounts: AccountService, link: ConsoleLink | None, origin: RemoteOrigin
+) -> AccountService:
     """``accounts`` (the console's database) made a remote console's account service."""
     fields = {f.name: getattr(accounts, f.name) for f in dataclasses.fields(AccountService) if f.init}
     return RemoteAccountService(**fields, link=link, origin=origin)

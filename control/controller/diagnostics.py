@@ -5,7 +5,8 @@ faults). :meth:`ControllerDiagnostics.reply` answers the ``devices`` command on 
 
 Everything here is cheap and read-only on the controller's loop: the device figures are the ones the drivers
 and the supervisor already hold (nothing is asked of a device to answer), the lag is measured by one timer
-every :data:`LAG_PERIOD_S`, and the percentiles are sorted from at most :data:`LAG_SAMPLES` numbers when asked.
+every :data:`LAG_PERIOD_S`, and the percentiles are sorted from at most :data:`LAG_SAMPLES` numbers when
+asked.
 
 Loop lag: a timer is set for :data:`LAG_PERIOD_S` ahead; how much later than due the loop runs it is the lag
 (a callback that holds the loop delays the timer, and every safety reaction, by that much).
@@ -183,8 +184,12 @@ def device_readings(
         pairs = [
             ("output", _on_off(r.tec_output_on)),
             ("temperature", _number(r.tec_temperature_c, "degC")),
-            ("setpoint", _number(r.tec_setpoint_c if r.tec_setpoint_c is not None else readouts.tec_setpoint_c,
-                                 "degC")),
+            (
+                "setpoint",
+                _number(
+                    r.tec_setpoint_c if r.tec_setpoint_c is not None else readouts.tec_setpoint_c, "degC"
+                ),
+            ),
         ]
     elif name == "actuator":
         pairs = [

@@ -1,6 +1,6 @@
-"""What a remote console gets from the controller over observe.sock: the device diagnostics (identity from the
-simulated rig, counters, readings, the loop's figures, the reaction time of a fault), and its login, logout and
-screen lock written to the audit trail with where it came from. Nothing there arms."""
+"""What a remote console gets from the controller over observe.sock: the device diagnostics (identity from
+the simulated rig, counters, readings, the loop's figures, the reaction time of a fault), and its login,
+logout and screen lock written to the audit trail with where it came from. Nothing there arms."""
 
 from __future__ import annotations
 
@@ -60,7 +60,9 @@ def _audit_rows(data: DataDir, action: str) -> list[tuple[str | None, str, str |
             "SELECT username, outcome, terminal, details FROM audit_log WHERE action = ? ORDER BY audit_id",
             (action,),
         ).fetchall()
-    return [(user, outcome, terminal, json.loads(details or "{}")) for user, outcome, terminal, details in rows]
+    return [
+        (user, outcome, terminal, json.loads(details or "{}")) for user, outcome, terminal, details in rows
+    ]
 
 
 async def test_devices_names_each_device_of_the_simulated_rig_with_live_counters(
@@ -89,6 +91,7 @@ async def test_devices_names_each_device_of_the_simulated_rig_with_live_counters
     assert readings["output"] == "off"
     assert {r.name for r in tec.readings} >= {"temperature", "setpoint"}
     assert laser.replies is not None and laser.replies > 0
+
     # The counters are live: the monitors keep polling, and the last reply is recent.
     def counted_more() -> bool:
         replies = {d.name: d.replies for d in latest[0].devices}["laser"]
@@ -102,7 +105,9 @@ async def test_devices_names_each_device_of_the_simulated_rig_with_live_counters
     assert 0 <= loop.lag_p50_ms <= loop.lag_p99_ms <= (loop.lag_max_ms or 0) + 1e-9
 
 
-async def test_a_fault_is_listed_with_its_reaction_time(controller: Controller, observer: ControllerClient) -> None:
+async def test_a_fault_is_listed_with_its_reaction_time(
+    controller: Controller, observer: ControllerClient
+) -> None:
     assert (await _devices(observer)).faults == []
     await open_and_treat(controller, "long")
     assert controller.sim_rig is not None
@@ -122,9 +127,7 @@ async def test_a_remote_login_is_checked_and_audited_with_its_origin(
     observer: ControllerClient, data: DataDir
 ) -> None:
     refused = msg.RemoteLoginReply.model_validate(
-        await observer.call(
-            msg.RemoteLogin(username=USERNAME, password="not it", ssh_client="192.0.2.7")
-        )
+        await observer.call(msg.RemoteLogin(username=USERNAME, password="not it", ssh_client="192.0.2.7"))
     )
     assert refused.outcome == "wrong_credentials" and refused.username is None
     # Nobody signed in on this connection: no screen-lock row can be written for anyone.

@@ -210,7 +210,7 @@ async def test_an_engineer_is_told_their_screens_are_not_there_yet(data_dir: Pat
         home = await log_in(pilot, "eric", "engineer pass 1")
         assert [line.split()[0] for line in menu_lines(home)] == ["r"]
         assert str(home.query_one("#home-not-yet", Label).render()) == (
-            "The engineer's screens (diagnostics, calibration) are not in this version yet."
+            "The engineer's calibration screens are not in this version yet."
         )
         for name in ("users", "subjects"):
             assert home.check_action("open", (name,)) is False

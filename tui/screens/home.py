@@ -117,6 +117,12 @@ def _protocol_library(context: ScreenContext, user: UserInfo) -> Screen[None]:
     return ProtocolLibraryScreen(context, user)
 
 
+def _devices(context: ScreenContext, user: UserInfo) -> Screen[None]:
+    from tui.screens.devices import DevicesScreen
+
+    return DevicesScreen(context, user)
+
+
 def _audit(context: ScreenContext, user: UserInfo) -> Screen[None]:
     from tui.screens.audit import AuditScreen
 
@@ -201,12 +207,21 @@ HOME_MENU: tuple[MenuEntry, ...] = (
         roles=ADMIN_ONLY,
         opener=_audit,
     ),
+    MenuEntry(
+        key="d",
+        name="devices",
+        label="Devices",
+        line="Devices: identity, link, counters, readings; the controller's loop",
+        roles=frozenset({"engineer", "admin"}),
+        opener=_devices,
+        needs_controller=True,
+    ),
 )
 
 #: The admin's screens not in this version yet (said on the admin's home screen).
 ADMIN_NOT_YET: tuple[str, ...] = ()
 #: What an engineer is told instead of a menu of their own.
-ENGINEER_NOT_YET = "The engineer's screens (diagnostics, calibration) are not in this version yet."
+ENGINEER_NOT_YET = "The engineer's calibration screens are not in this version yet."
 
 
 def menu_for(role: str) -> tuple[MenuEntry, ...]:
