@@ -1,7 +1,8 @@
 """End to end: the remote console over a real sshd on the loopback interface, with the project's own drop-in.
 
 Set-up (as root, which CI is): Debian's ``/usr/sbin/sshd`` on a free port with a generated host key, the
-project's ``kiosk/sshd_config.d/00-tosca-engineers.conf`` and its forced command ``kiosk/tosca-remote-session``;
+project's ``kiosk/sshd_config.d/00-tosca-engineers.conf`` and its forced command
+``kiosk/tosca-remote-session``;
 Unix users and groups made for this run with unique names (the kiosk's user, whose primary group is the
 records group; an engineer in ``tosca-engineers`` and the records group; an outsider in the records group
 only), removed afterwards; a controller on the simulated rig running as the kiosk's user, as its service does.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import grp
 import json
 import os
@@ -167,6 +169,10 @@ def _pids_of(uid: int) -> list[int]:
     return found
 
 
+def _no_process_of(uid: int) -> bool:
+    return not _pids_of(uid)
+
+
 async def _accounts(db: Path) -> None:
     engine = create_engine(db)
     try:
@@ -272,7 +278,8 @@ def rig(migrated_template: Path) -> Iterator[Rig]:
         # The test's own lines first (sshd keeps the first value it reads): where to listen, the host key, no
         # PAM in a container, and the forced command from this checkout; then the project's drop-in whole.
         config.write_text(
-            f"Port {port}\nListenAddress 127.0.0.1\nHostKey {base / 'host_key'}\nPidFile {base / 'sshd.pid'}\n"
+            f"Port {port}\nListenAddress 127.0.0.1\n"
+            f"HostKey {base / 'host_key'}\nPidFile {base / 'sshd.pid'}\n"
             f"UsePAM no\nSetEnv TOSCA_REMOTE_CONF={base / 'remote.conf'}\nForceCommand {FORCED}\n"
             f"Include {DROP_IN}\n"
         )
@@ -304,8 +311,9 @@ def rig(migrated_template: Path) -> Iterator[Rig]:
             for pid in _pids_of(uid):  # this run's users: every process of theirs is this test's
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+            gone: Callable[[], bool] = functools.partial(_no_process_of, uid)
             with contextlib.suppress(AssertionError):
-                _wait(lambda uid=uid: not _pids_of(uid), 5.0, f"the processes of {user} to end", [])
+                _wait(gone, 5.0, f"the processes of {user} to end", [])
             deleted = subprocess.run(["userdel", user], capture_output=True, text=True, check=False)
             assert deleted.returncode == 0, f"userdel {user}: {deleted.stderr}"
         for group in groups:
@@ -363,7 +371,8 @@ class Terminal:
 def _audit_tail(rig: Rig) -> str:
     with contextlib.suppress(sqlite3.Error), sqlite3.connect(rig.data / "tosca.db") as db:
         rows = db.execute(
-            "SELECT action, outcome, username, terminal, details FROM audit_log ORDER BY audit_id DESC LIMIT 8"
+            "SELECT action, outcome, username, terminal, details FROM audit_log "
+            "ORDER BY audit_id DESC LIMIT 8"
         ).fetchall()
         return "\n--- audit_log (newest first)\n" + "\n".join(map(str, rows))
     return ""
