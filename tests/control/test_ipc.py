@@ -32,6 +32,7 @@ from control.messages import (
     Arm,
     Command,
     ControlCommand,
+    Devices,
     Disarm,
     EndSession,
     Event,
@@ -45,6 +46,9 @@ from control.messages import (
     Pause,
     Ping,
     Prechecks,
+    RemoteLogin,
+    RemoteLogout,
+    RemoteScreenLock,
     Reply,
     ResetFault,
     Resume,
@@ -315,9 +319,17 @@ def test_any_text_and_power_survive_as_exactly_one_line(
         assert decode_control(line) == command
 
 
-def test_observe_union_holds_only_ping_status_health() -> None:
+def test_observe_union_holds_only_queries_and_the_remote_consoles_records() -> None:
     union, *_ = typing.get_args(ObserveCommand)
-    assert set(typing.get_args(union)) == {Ping, Status, Health}
+    assert set(typing.get_args(union)) == {
+        Ping,
+        Status,
+        Health,
+        Devices,
+        RemoteLogin,
+        RemoteLogout,
+        RemoteScreenLock,
+    }
     with pytest.raises(MessageError, match="unknown command type 'arm'") as info:
         decode_observe(encode(Arm(id=4, password="x")))
     assert info.value.request_id == 4
@@ -325,6 +337,12 @@ def test_observe_union_holds_only_ping_status_health() -> None:
         if command.type not in {"ping", "status", "health"}:
             with pytest.raises(MessageError, match="unknown command type"):
                 decode_observe(encode(command))
+    # The remote console's login is observe.sock's alone; the devices query is on both sockets.
+    remote_login = RemoteLogin(id=5, username="eng", password="pw", ssh_client="192.0.2.1")
+    assert decode_observe(encode(remote_login)) == remote_login
+    with pytest.raises(MessageError, match="unknown command type 'remote_login'"):
+        decode_control(encode(remote_login))
+    assert decode_control(encode(Devices(id=6))) == Devices(id=6)
 
 
 @pytest.mark.parametrize(
