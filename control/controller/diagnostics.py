@@ -14,14 +14,14 @@ Loop lag: a timer is set for :data:`LAG_PERIOD_S` ahead; how much later than due
 Fault reaction: the supervisor latches a fault synchronously in the callback of the input that caused it (a
 safety board sample or push event, a laser, TEC or actuator reading), after putting "output off" on the
 laser's line. The reaction time is from that input's arrival (its receive time, monotonic) to the state change
-to FAULT. A fault the periodic check latched (a reading that did not come in time) has no arriving input, and
-no reaction time.
+to FAULT: the newest input that arrived at most :data:`INPUT_CAUSE_S` before the fault is taken as its cause.
+A fault the periodic check latched (a reading that did not come in time) has no such input, and no reaction
+time. Nothing is scheduled per input: the board listener only notes the arrival time.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -42,8 +42,9 @@ LAG_SAMPLES = 1200
 CPU_WINDOW_S = 5
 #: Faults whose reaction is remembered.
 FAULTS_KEPT = 5
-#: A poll reading that arrived at most this long before the fault is taken as its cause, s.
-READING_CAUSE_S = 0.005
+#: An input that arrived at most this long before the fault is taken as its cause, s (the board samples
+#: every 10 ms and the monitors poll every 30 ms, so an older input is not the one being handled).
+INPUT_CAUSE_S = 0.005
 
 
 def _percentile(ordered: list[float], fraction: float) -> float:
@@ -123,13 +124,8 @@ class FaultReactions:
         self._faults: deque[msg.FaultReaction] = deque(maxlen=FAULTS_KEPT)
 
     def on_board(self, item: SafetyEvent | SafetySample) -> None:
-        """A board input is about to be handled: remember when it arrived, until its callback is over."""
+        """A board input is about to be handled: note when it arrived."""
         self._board_input_at = item.received
-        with contextlib.suppress(RuntimeError):
-            asyncio.get_running_loop().call_soon(self._forget_board_input)
-
-    def _forget_board_input(self) -> None:
-        self._board_input_at = None
 
     def on_state(self, old: SystemState, new: SystemState, reason: str) -> None:
         """A supervisor transition: a fault is remembered with its reaction time."""
@@ -137,13 +133,12 @@ class FaultReactions:
             return
         sup = self._supervisor
         now = sup.clock()
-        cause = self._board_input_at
-        if cause is None:
-            r = sup.readings
-            recent = [at for at in (r.laser_at, r.tec_at, r.actuator_at) if at is not None]
-            latest = max(recent, default=None)
-            if latest is not None and 0 <= now - latest <= READING_CAUSE_S:
-                cause = latest
+        r = sup.readings
+        arrivals = [
+            at for at in (self._board_input_at, r.laser_at, r.tec_at, r.actuator_at) if at is not None
+        ]
+        latest = max(arrivals, default=None)
+        cause = latest if latest is not None and 0 <= now - latest <= INPUT_CAUSE_S else None
         fault = sup.fault
         self._faults.appendleft(
             msg.FaultReaction(
@@ -212,7 +207,9 @@ def device_readings(
     return [msg.ReadingView(name=key, value=value) for key, value in pairs]
 
 
-def _identity_parts(rig: Rig, name: str) -> tuple[str | None, str | None, str | None]:
+def _identity_parts(
+    rig: Rig, name: str, health: Mapping[str, DeviceHealth]
+) -> tuple[str | None, str | None, str | None]:
     """Model, serial number and firmware of a device, from its identity reply where it gives them."""
     if name in ("laser", "tec"):
         driver = rig.laser if name == "laser" else rig.tec
@@ -225,7 +222,7 @@ def _identity_parts(rig: Rig, name: str) -> tuple[str | None, str | None, str | 
             )
         return None, None, None
     if name == "safety":
-        text = rig.health().get("safety")
+        text = health.get("safety")
         version = text.identity.rsplit(" ", 1)[-1] if text is not None and text.identity else None
         return "TOSCA safety board", None, f"protocol {version}" if version else None
     return None, None, None
@@ -261,7 +258,9 @@ class ControllerDiagnostics:
         health: Mapping[str, DeviceHealth] = rig.health() if rig is not None else {}
         devices = []
         for name, device in health.items():
-            model, serial, firmware = _identity_parts(rig, name) if rig is not None else (None, None, None)
+            model, serial, firmware = (
+                _identity_parts(rig, name, health) if rig is not None else (None, None, None)
+            )
             if name == "camera" and device.identity:
                 model = device.identity
             transport = rig.transports.get(name) if rig is not None else None
