@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from account_fixtures import CHEAP
-from controller_fixtures import PASSWORD, USERNAME, open_and_treat, prepare_data_dir, wait_until
+from controller_fixtures import PASSWORD, USERNAME, open_and_treat, prepare_data_dir
 
 from control import messages as msg
 from control.controller import Controller
@@ -21,7 +21,7 @@ from control.ipc.client import ControllerClient
 from control.ipc_errors import CommandFailed
 from control.supervisor import SystemState
 from storage import DataDir
-from tests.support import protocol_json
+from tests.support import protocol_json, wait_until
 
 LONG_PROTOCOL = protocol_json((30.0, 2.0, 2.0, 2.0, "constant"))
 

@@ -4,6 +4,7 @@ refuses everything that would arm, treat or stop; snapshots of the screen at 80x
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from collections.abc import AsyncIterator, Callable
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from console_fixtures import CLI, DATA_DIR, TECH_PASSWORD, FakeClock, enter_text, make_settings, seed, showing
+from console_fixtures import CLI, DATA_DIR, TECH_PASSWORD, enter_text, make_settings, seed, showing
 from console_fixtures import wait_until as pilot_wait
 from textual.app import App
 from textual.pilot import Pilot
@@ -24,8 +25,9 @@ from control.accounts import AccountService
 from control.controller import Controller
 from control.ipc_errors import CommandFailed, ControllerUnavailable
 from storage import create_engine, session_factory
-from tests.support import CHEAP
+from tests.support import CHEAP, FakeClock
 from tui.app import ToscaApp, make_app
+from tui.cli import main
 from tui.link import OBSERVE_REFUSAL
 from tui.remote import RemoteOrigin
 from tui.screens._base import ScreenContext, SessionRequested
@@ -89,6 +91,10 @@ def audit(action: str) -> list[tuple[str | None, str, str | None, dict[str, Any]
     return [(u, o, t, json.loads(d or "{}")) for u, o, t, d in rows]
 
 
+def screen_text(app: ToscaApp) -> str:
+    return " ".join(str(label.render()) for label in app.screen.query(Label))
+
+
 def table_text(screen: DevicesScreen) -> str:
     table: DataTable[Any] = screen.query_one("#device-table", DataTable)
     return "\n".join(" ".join(str(cell) for cell in table.get_row_at(i)) for i in range(table.row_count))
@@ -99,7 +105,17 @@ async def test_a_remote_engineer_sees_the_simulated_rigs_devices_and_logging_out
 ) -> None:
     app = remote_console(clock)
     async with app.run_test(size=(120, 40)) as pilot:
-        await remote_log_in(pilot, "eric", ENGINEER_PASSWORD)
+        # A wrong password first: the controller refuses it, and records it with where it came from.
+        await pilot_wait(pilot, lambda: showing(app, LoginScreen), "the login screen")
+        await enter_text(pilot, "eric")
+        await pilot.press("enter")
+        await enter_text(pilot, "not it")
+        await pilot.press("enter")
+        await pilot_wait(pilot, lambda: "wrong username or password" in screen_text(app), "the refusal")
+        # The password field is cleared and keeps the focus: the right one now.
+        await enter_text(pilot, ENGINEER_PASSWORD)
+        await pilot.press("enter")
+        await pilot_wait(pilot, lambda: showing(app, HomeScreen), "the home screen")
         assert not app.screen.query("#stop-key"), "no stop key on a console whose link has none"
         await pilot.press("d")
         await pilot_wait(pilot, lambda: showing(app, DevicesScreen), "the devices screen")
@@ -126,8 +142,11 @@ async def test_a_remote_engineer_sees_the_simulated_rigs_devices_and_logging_out
         await pilot.press("ctrl+o")
         await pilot_wait(pilot, lambda: app.return_code == 0, "the console to end at logout")
     logins = [row for row in audit("login") if row[3].get("console") == "remote"]
-    assert [(u, o, t) for u, o, t, _ in logins] == [("eric", "success", "ssh:192.0.2.9")]
-    assert logins[0][3]["ssh_client"] == "192.0.2.9" and logins[0][3]["via"] == "observe.sock"
+    assert [(u, o, t) for u, o, t, _ in logins] == [
+        ("eric", "failure", "ssh:192.0.2.9"),
+        ("eric", "success", "ssh:192.0.2.9"),
+    ]
+    assert logins[1][3]["ssh_client"] == "192.0.2.9" and logins[1][3]["via"] == "observe.sock"
     assert [(u, t) for u, _, t, _ in audit("logout")] == [("eric", "ssh:192.0.2.9")]
 
 
@@ -147,21 +166,6 @@ async def test_the_remote_console_refuses_treating_stopping_and_arming_with_the_
                 await app.link.call(command)
         assert controller.session is None and controller.supervisor.state.value == "idle"
         assert app.exit_refusal() is None  # the remote console may always close
-
-
-async def test_a_wrong_password_is_refused_by_the_controller_and_audited(
-    controller: Controller, clock: FakeClock
-) -> None:
-    app = remote_console(clock)
-    async with app.run_test(size=(80, 24)) as pilot:
-        await pilot_wait(pilot, lambda: showing(app, LoginScreen), "the login screen")
-        await enter_text(pilot, "eric")
-        await pilot.press("enter")
-        await enter_text(pilot, "not the password")
-        await pilot.press("enter")
-        await pilot_wait(pilot, lambda: bool(audit("login")), "the failed login's row")
-        assert showing(app, LoginScreen)
-    assert [(u, o, t) for u, o, t, _ in audit("login")] == [("eric", "failure", "ssh:192.0.2.9")]
 
 
 # -- the screen on its own: canned figures -------------------------------------------------------------
@@ -301,3 +305,29 @@ def test_devices_snapshot(data_dir: Path, clock: FakeClock, snap_compare: SnapCo
         await pilot.pause()
 
     assert snap_compare(DevicesApp(clock, _fixed), terminal_size=size, run_before=shown)
+
+
+# -- tosca remote: what stops it from starting ----------------------------------------------------------
+
+
+def test_tosca_remote_without_a_controller_says_so(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tui.cli import main
+
+    assert main(["--data-dir", str(DATA_DIR), "remote"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("tosca: remote: no controller to observe: ") and "observe.sock" in err
+    assert err.count("\n") == 1
+
+
+async def test_tosca_remote_on_a_database_without_an_administrator_says_so(
+    controller: Controller, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with sqlite3.connect(DATA_DIR / "tosca.db") as db:
+        db.execute("UPDATE tech_users SET is_active = 0 WHERE role = 'admin'")
+    code = await asyncio.to_thread(main, ["--data-dir", str(DATA_DIR), "remote"])
+    assert code == 1
+    assert capsys.readouterr().err == (
+        "tosca: remote: no administrator yet: create the first one at the kiosk's console\n"
+    )
