@@ -66,7 +66,7 @@ def _audit_rows(data: DataDir, action: str) -> list[tuple[str | None, str, str |
 
 
 async def test_devices_names_each_device_of_the_simulated_rig_with_live_counters(
-    observer: ControllerClient,
+    observer: ControllerClient, data: DataDir
 ) -> None:
     latest: list[msg.DevicesReply] = [await _devices(observer)]
 
@@ -100,7 +100,12 @@ async def test_devices_names_each_device_of_the_simulated_rig_with_live_counters
     await wait_until(counted_more, 3.0, "more laser replies", poll=ask)
     later = {d.name: d for d in latest[0].devices}
     assert later["laser"].last_reply_age_s is not None and later["laser"].last_reply_age_s < 1.0
-    loop = (await _devices(observer)).loop
+    # The kiosk's console asks the same on control.sock, without anybody authenticated (it only reads).
+    async with await ControllerClient.connect(data.root / "control.sock") as operator:
+        on_control = await _devices(operator)
+    assert {d.name: d.serial for d in on_control.devices}["laser"] == "SIM-6310-0001"
+    await wait_until(lambda: latest[0].loop.samples > 0, 3.0, "the first loop lag sample", poll=ask)
+    loop = latest[0].loop
     assert loop.samples > 0 and loop.lag_p50_ms is not None and loop.lag_p99_ms is not None
     assert 0 <= loop.lag_p50_ms <= loop.lag_p99_ms <= (loop.lag_max_ms or 0) + 1e-9
 
