@@ -192,6 +192,9 @@ def rig(migrated_template: Path) -> Iterator[Rig]:
         _need(shutil.which(tool) is not None, f"{tool} (Debian: see .ci/run)")
     _need(os.access(SSHD, os.X_OK), f"{SSHD} (Debian package openssh-server; .ci/run installs it)")
     python = _python_for_everyone()
+    # What this fixture writes must be readable by the users it makes, whatever umask an earlier test in this
+    # process left (``tosca`` sets 027).
+    umask = os.umask(0o022)
     suffix = uuid.uuid4().hex[:6]
     kiosk, engineer, outsider, records = f"tk{suffix}", f"te{suffix}", f"to{suffix}", f"tr{suffix}"
     base = Path(tempfile.mkdtemp(prefix="tosca-ssh-", dir="/tmp"))
@@ -254,6 +257,7 @@ def rig(migrated_template: Path) -> Iterator[Rig]:
         )
         tosca.chmod(0o755)
         (base / "remote.conf").write_text(f"TOSCA_BIN={tosca}\nTOSCA_DATA_DIR={data}\n")
+        (base / "remote.conf").chmod(0o644)
 
         # The controller as its service runs it: the kiosk's user, its primary group the records group, with
         # tosca-engineers to give observe.sock to.
@@ -321,6 +325,7 @@ def rig(migrated_template: Path) -> Iterator[Rig]:
         if made_engineers_group:
             subprocess.run(["groupdel", ENGINEERS], capture_output=True, check=False)
         shutil.rmtree(base, ignore_errors=True)
+        os.umask(umask)
 
 
 class Terminal:
