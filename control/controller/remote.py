@@ -92,7 +92,8 @@ class RemoteConsoles:
             case msg.RemoteLogout():
                 signed = self._signed_in.pop(peer.connection, None)
                 if signed is None:
-                    return None
+                    # A connection made after the controller restarted, or after a failed login: no row.
+                    raise CommandRefused("nobody is signed in on this connection: no logout to record")
                 user, ssh_client = signed
                 service = self._service(terminal_of(peer, ssh_client))
                 await service.logout(user, reason=command.reason)
