@@ -13,9 +13,10 @@ Two command sets exist, and they are different types, not one type with a runtim
 
 * :data:`ControlCommand`, accepted on ``control.sock`` (the operator's console): every command, including
   arming and the session commands.
-* :data:`ObserveCommand`, accepted on ``observe.sock`` (engineers over SSH): ``ping``, ``status`` and
-  ``health`` only. There is no arm, emission or session command in it, so a line such as
-  ``{"type": "arm", ...}`` read from that socket is an unknown command type.
+* :data:`ObserveCommand`, accepted on ``observe.sock`` (engineers over SSH): ``ping``, ``status``,
+  ``health``, ``devices``, and the remote console's audited login, logout and screen lock. There is no arm,
+  emission or session command in it, so a line such as ``{"type": "arm", ...}`` read from that socket is an
+  unknown command type.
 
 A command model may be built without an id (``Ping()``); :class:`~control.ipc.client.ControllerClient` then
 assigns one. On the wire the id is required.
@@ -334,6 +335,44 @@ class CalibrationEnd(Command):
     type: Literal["calibration_end"] = "calibration_end"
 
 
+class Devices(Command):
+    """Ask for each device's diagnostics (identity, link, reply and error counts, live readings) and the
+    controller's own loop figures (:class:`DevicesReply`). Answered on both sockets."""
+
+    type: Literal["devices"] = "devices"
+
+
+class RemoteLogin(Command):
+    """``observe.sock`` only: a remote console's TOSCA login, checked by the controller like any login
+    (counted towards the account's lockout) and audited with where it came from: ``ssh_client`` as the
+    console read it from its SSH environment, and the Unix user and pid the kernel reports for the socket's
+    peer. ``context`` is ``"login"`` or ``"lock_screen"`` (reopening a locked console). The connection then
+    acts for that person for :class:`RemoteLogout` and :class:`RemoteScreenLock`, and for nothing else:
+    ``observe.sock`` has no command that arms, emits or touches a session."""
+
+    type: Literal["remote_login"] = "remote_login"
+    username: NonBlank
+    password: Annotated[str, Field(min_length=1, repr=False)]
+    context: Literal["login", "lock_screen"] = "login"
+    ssh_client: Annotated[str | None, Field(max_length=100)] = None
+
+
+class RemoteLogout(Command):
+    """``observe.sock`` only: the person signed in on this connection (:class:`RemoteLogin`) logs out
+    (``reason``: ``user``, ``lock_screen``, ``quit``, ``hangup``); audited."""
+
+    type: Literal["remote_logout"] = "remote_logout"
+    reason: Literal["user", "lock_screen", "quit", "hangup"] = "user"
+
+
+class RemoteScreenLock(Command):
+    """``observe.sock`` only: the remote console of the person signed in on this connection locked itself
+    after ``idle_minutes`` without input; audited."""
+
+    type: Literal["remote_screen_lock"] = "remote_screen_lock"
+    idle_minutes: _NonNegative
+
+
 #: Every command the operator's socket (``control.sock``) accepts.
 ControlCommand: TypeAlias = Annotated[
     Ping
@@ -360,13 +399,18 @@ ControlCommand: TypeAlias = Annotated[
     | CalibrationBegin
     | CalibrationCurrent
     | CalibrationMeasure
-    | CalibrationEnd,
+    | CalibrationEnd
+    | Devices,
     Field(discriminator="type"),
 ]
 
 #: The only commands the observation socket (``observe.sock``) accepts: none of them can arm, emit or touch
-#: a session (the actuator move of the ring size calibration is refused while a session is open).
-ObserveCommand: TypeAlias = Annotated[Ping | Status | Health | CalibrationMove, Field(discriminator="type")]
+#: a session (the actuator move of the ring size calibration is refused while a session is open; the
+#: remote console's login and logout are audited records, not commands to the rig).
+ObserveCommand: TypeAlias = Annotated[
+    Ping | Status | Health | CalibrationMove | Devices | RemoteLogin | RemoteLogout | RemoteScreenLock,
+    Field(discriminator="type"),
+]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -827,8 +871,7 @@ def decode_control(line: bytes | str) -> ControlCommand:
 
 
 def decode_observe(line: bytes | str) -> ObserveCommand:
-    """Read one command line from ``observe.sock``: ``ping``, ``status``, ``health`` or ``calibration_move``
-    and nothing else.
+    """Read one command line from ``observe.sock``: one of :data:`ObserveCommand` and nothing else.
 
     Raises:
         MessageError: with a short reason and, when it could be read, the request id.
@@ -940,3 +983,82 @@ def _describe(exc: ValidationError, noun: str) -> str:
     if len(parts) > 3:
         shown.append(f"and {len(parts) - 3} more")
     return "; ".join(shown)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Device diagnostics and the remote console's login
+# ---------------------------------------------------------------------------------------------------------
+
+
+class ReadingView(_Message):
+    """One live reading of a device, as shown: its name, its value in words (with its unit)."""
+
+    name: str
+    value: str
+
+
+class DeviceDiagnostics(_Message):
+    """One device as the controller sees it now (:class:`Devices`).
+
+    ``model``, ``serial`` and ``firmware`` come from the device's own identity reply (``None``: the device
+    does not report it); ``replies`` counts the lines received from it, ``bad_replies`` the malformed, late or
+    missing ones, ``discarded`` the late lines dropped while resynchronising; ``last_reply_age_s`` is the time
+    since its last line, s (``None``: none yet).
+    """
+
+    name: str
+    state: str
+    port: str | None = None
+    model: str | None = None
+    serial: str | None = None
+    firmware: str | None = None
+    identity: str | None = None
+    replies: Annotated[int, Field(ge=0)] | None = None
+    bad_replies: Annotated[int, Field(ge=0)] | None = None
+    discarded: Annotated[int, Field(ge=0)] | None = None
+    last_error: str | None = None
+    last_reply_age_s: _NonNegative | None = None
+    readings: list[ReadingView] = Field(default_factory=list)
+
+
+class FaultReaction(_Message):
+    """A fault the controller latched: when (``at``, ISO 8601), what, and its reaction time, ms: from the
+    arrival of the input that caused it to "output off" on the laser's line (``None``: the fault came from
+    the periodic check, a reading that was late rather than one that arrived)."""
+
+    at: str
+    what: str
+    reaction_ms: _NonNegative | None = None
+
+
+class LoopFigures(_Message):
+    """The controller's own loop: how late its timer wakes up (lag), ms, over the last ``window_s`` s, the
+    controller process's CPU use over the last few seconds, percent of one core, and its uptime, s."""
+
+    lag_p50_ms: _NonNegative | None = None
+    lag_p99_ms: _NonNegative | None = None
+    lag_max_ms: _NonNegative | None = None
+    samples: Annotated[int, Field(ge=0)] = 0
+    window_s: _NonNegative = 0.0
+    cpu_percent: _NonNegative | None = None
+    uptime_s: _NonNegative = 0.0
+
+
+class DevicesReply(_Message):
+    """``devices``: every device's diagnostics, the loop figures and the last faults (newest first)."""
+
+    sim: bool
+    state: SafetyState
+    devices: list[DeviceDiagnostics]
+    loop: LoopFigures
+    faults: list[FaultReaction] = Field(default_factory=list)
+
+
+class RemoteLoginReply(_Message):
+    """``remote_login``: how the login went (``outcome`` is a :class:`~control.account_rules.LoginOutcome`
+    value), what to show, and on success who logged in."""
+
+    outcome: str
+    message: str
+    username: str | None = None
+    locked_until: str | None = None

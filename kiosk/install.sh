@@ -12,13 +12,17 @@ Usage: install.sh [--root DIR] [--cpus N] [--wheels DIR]
 
 Installs the TOSCA kiosk from this project directory. Run it as root on the kiosk machine.
 
-  - creates the group tosca-engineers and the system user tosca (login shell
-    /usr/local/bin/tosca-kiosk-session, home /var/lib/tosca) when they are missing
+  - creates the groups tosca-engineers (who may log in over SSH, to the remote console only, and use
+    observe.sock) and tosca-records (who may read the records), and the system user tosca (primary group
+    tosca-records, login shell /usr/local/bin/tosca-kiosk-session, home /var/lib/tosca) when they are
+    missing; an existing tosca is given tosca-records as its primary group
   - creates a virtual environment /opt/tosca/venv and pip-installs this project into it
-  - creates the data directory /var/lib/tosca (tosca:tosca-engineers, mode 0710)
+  - creates the data directory /var/lib/tosca (tosca:tosca-engineers, mode 0710) and gives what is in it
+    to the group tosca-records
   - installs /etc/systemd/system/tosca-controller.service and its drop-in cpu-affinity.conf,
     /etc/systemd/system/getty@tty1.service.d/autologin.conf, /usr/local/bin/tosca-kiosk-session,
-    /etc/tosca/kiosk.conf, /etc/ssh/sshd_config.d/00-tosca-engineers.conf
+    /etc/tosca/kiosk.conf, /etc/ssh/sshd_config.d/00-tosca-engineers.conf (every SSH login runs
+    /usr/local/bin/tosca-remote-session, also installed: the remote console, never a shell)
   - installs /etc/tosca/ports.json and /etc/udev/rules.d/99-tosca.rules only when they do not exist:
     an existing copy holds the rig's own ports and USB serial numbers and is NEVER overwritten
   - runs `tosca db upgrade --data-dir /var/lib/tosca` as tosca (creates or migrates the database,
@@ -59,11 +63,13 @@ usage_error() {
 # --- Names and paths (the units and the session script use the same ones) -------------------------------
 TOSCA_USER=tosca
 ENGINEERS_GROUP=tosca-engineers
+RECORDS_GROUP=tosca-records
 VENV=/opt/tosca/venv
 TOSCA_BIN=$VENV/bin/tosca
 DATA_DIR=/var/lib/tosca
 CONF_DIR=/etc/tosca
 SESSION_BIN=/usr/local/bin/tosca-kiosk-session
+REMOTE_BIN=/usr/local/bin/tosca-remote-session
 UNIT_DIR=/etc/systemd/system
 CONTROLLER_UNIT=tosca-controller.service
 GETTY_UNIT=getty@tty1.service
@@ -195,7 +201,7 @@ put_once() {
 }
 
 for file in tosca-controller.service getty@tty1.service.d/autologin.conf tosca-kiosk-session \
-    sshd_config.d/00-tosca-engineers.conf 99-tosca.rules ports.json; do
+    tosca-remote-session sshd_config.d/00-tosca-engineers.conf 99-tosca.rules ports.json; do
     [ -f "$KIOSK_DIR/$file" ] || fail "missing $KIOSK_DIR/$file"
 done
 [ -f "$PROJECT_DIR/pyproject.toml" ] || fail "no pyproject.toml in $PROJECT_DIR (install.sh belongs in kiosk/)"
@@ -213,30 +219,37 @@ WORK=$(mktemp -d)
 trap 'rm -rf -- "$WORK"' EXIT
 
 # --- Groups and the kiosk user --------------------------------------------------------------------------
+# Everything tosca creates (the database and its journal files, session folders, logs) belongs to its
+# primary group, tosca-records, with group read (umask 027): the remote console, run as an engineer's own
+# Unix user in that group, reads the records; only tosca writes them. tosca is not in tosca-engineers (the
+# controller's service alone gets that group, to give it observe.sock), so it is no SSH user.
 if [ "$STAGED" = no ]; then
-    for group in dialout video "$ENGINEERS_GROUP"; do
+    for group in dialout video "$ENGINEERS_GROUP" "$RECORDS_GROUP"; do
         if ! getent group "$group" >/dev/null; then
             groupadd --system "$group"
             echo "created group $group"
         fi
     done
     if getent passwd "$TOSCA_USER" >/dev/null; then
-        usermod --shell "$SESSION_BIN" "$TOSCA_USER"
+        usermod --shell "$SESSION_BIN" --gid "$RECORDS_GROUP" "$TOSCA_USER"
     else
-        useradd --system --user-group --home-dir "$DATA_DIR" --no-create-home --shell "$SESSION_BIN" \
-            --comment "TOSCA kiosk" "$TOSCA_USER"
+        useradd --system --gid "$RECORDS_GROUP" --home-dir "$DATA_DIR" --no-create-home \
+            --shell "$SESSION_BIN" --comment "TOSCA kiosk" "$TOSCA_USER"
         echo "created user $TOSCA_USER"
     fi
 else
     live groupadd --system "$ENGINEERS_GROUP"
-    live useradd --system --user-group --home-dir "$DATA_DIR" --no-create-home --shell "$SESSION_BIN" \
-        --comment "TOSCA kiosk" "$TOSCA_USER"
+    live groupadd --system "$RECORDS_GROUP"
+    live useradd --system --gid "$RECORDS_GROUP" --home-dir "$DATA_DIR" --no-create-home \
+        --shell "$SESSION_BIN" --comment "TOSCA kiosk" "$TOSCA_USER"
 fi
 
-# --- Data directory: tosca's, and engineers may pass through it to observe.sock -------------------------
+# --- Data directory: tosca's, and engineers may pass through it to observe.sock and the records ---------
 make_dir 0755 "$(dirname "$DATA_DIR")"
 install -d -m 0710 -- "$(staged "$DATA_DIR")"
 live chown "$TOSCA_USER:$ENGINEERS_GROUP" "$DATA_DIR"
+# What an earlier install made under tosca's own group (its sockets keep theirs: the controller sets them).
+live find "$DATA_DIR" -mindepth 1 ! -type s ! -group "$RECORDS_GROUP" -exec chgrp -h "$RECORDS_GROUP" {} +
 
 # --- Software -------------------------------------------------------------------------------------------
 if [ "$STAGED" = no ]; then
@@ -275,6 +288,7 @@ put 0644 "$WORK/cpu-affinity.conf" "$UNIT_DIR/$CONTROLLER_UNIT.d/cpu-affinity.co
 put 0644 "$KIOSK_DIR/getty@tty1.service.d/autologin.conf" "$UNIT_DIR/$GETTY_UNIT.d/autologin.conf"
 getty_changed=$CHANGED
 put 0755 "$KIOSK_DIR/tosca-kiosk-session" "$SESSION_BIN"
+put 0755 "$KIOSK_DIR/tosca-remote-session" "$REMOTE_BIN"
 
 make_dir 0755 "$CONF_DIR"
 cat >"$WORK/kiosk.conf" <<EOF

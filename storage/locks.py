@@ -1,11 +1,11 @@
 """Who is using the database right now: the console lock and the rig lock.
 
-A running console holds an exclusive :func:`fcntl.flock` on ``DataDir.console_lock`` for as long as it
-runs, with its PID written in the file; the controller (which records treatments) holds ``DataDir.rig_lock``
-the same way. The kernel drops a lock when its process ends, however it ends, so a stale file never blocks
-anyone. Maintenance that replaces the database (``tosca db restore``, ``tosca db upgrade``) takes both
-locks (:func:`hold_database_exclusively`), so it cannot run under a console or a controller, and neither can
-start in the middle of it.
+A running console holds a shared :func:`fcntl.flock` on ``DataDir.console_lock`` for as long as it runs
+(:func:`share_console_lock`: several consoles share it); the controller (which records treatments) holds
+``DataDir.rig_lock`` exclusively, with its PID written in the file. The kernel drops a lock when its
+process ends, however it ends, so a stale file never blocks anyone. Maintenance that replaces the database
+(``tosca db restore``, ``tosca db upgrade``) takes both locks (:func:`hold_database_exclusively`), so it
+cannot run under a console or a controller, and neither can start in the middle of it.
 """
 
 from __future__ import annotations
@@ -102,14 +102,15 @@ def _hold(path: Path) -> Iterator[BinaryIO]:
         yield lock.file
 
 
-def _holder(path: Path) -> int | None:
+def _holder(path: Path, *, shared_too: bool = False) -> int | None:
     try:
         handle: BinaryIO = open(path, "rb")
     except FileNotFoundError:
         return None
     with handle:
         try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            # An exclusive try also meets shared holders (consoles), which write no PID.
+            fcntl.flock(handle.fileno(), (fcntl.LOCK_EX if shared_too else fcntl.LOCK_SH) | fcntl.LOCK_NB)
         except BlockingIOError:
             pid = _read_pid(handle)
             return 0 if pid is None else pid
@@ -128,13 +129,50 @@ def hold_console_lock(data_dir: DataDir) -> Iterator[BinaryIO]:
         yield handle
 
 
+@contextlib.contextmanager
+def share_console_lock(data_dir: DataDir) -> Iterator[None]:
+    """Hold the console lock *shared* while the ``with`` block runs: any number of consoles (the kiosk's,
+    remote ones, a desktop one) hold it together, and maintenance, which takes it exclusively
+    (:func:`hold_database_exclusively`), is refused while one does, and refuses them while it runs.
+
+    A console whose Unix user may not create the lock file (a remote console, with read access to the data
+    directory only) shares it when it exists and runs without it when it does not (then no console has
+    ever run there, and the lock's holders are the controller's rig lock and maintenance).
+
+    Raises :class:`DatabaseInUseError` ("database in use by process N") at once if maintenance holds it.
+    """
+    path = data_dir.console_lock
+    handle: BinaryIO | None
+    try:
+        handle = open(path, "a+b")
+    except PermissionError:
+        try:
+            handle = open(path, "rb")
+        except (FileNotFoundError, PermissionError):
+            handle = None
+    if handle is None:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DatabaseInUseError(_read_pid(handle)) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    finally:
+        handle.close()
+
+
 def console_lock_holder(data_dir: DataDir) -> int | None:
     """Return the PID of the process holding the console lock, or None if nobody holds it.
 
-    Returns 0 when the lock is held but the holder has not written its PID yet (it does so right after
-    taking the lock).
+    Returns 0 when the lock is held but without a PID: by consoles sharing it (they write none), or by
+    maintenance that has not written its PID yet (it does so right after taking the lock).
     """
-    return _holder(data_dir.console_lock)
+    return _holder(data_dir.console_lock, shared_too=True)
 
 
 def rig_lock_holder(data_dir: DataDir) -> int | None:

@@ -39,6 +39,13 @@ authenticates the link with the password just typed (it keeps it only for that, 
 session no live console holds), and the link keeps the controller's token for its reconnections. When the
 controller no longer knows the token (it restarted), the console locks, and unlocking authenticates again
 with that password. Logging out logs the connection out too.
+
+The remote console (``remote`` given, see :mod:`tui.remote`; ``tosca remote`` over SSH) is the same app with
+its link on ``observe.sock`` only: its login, logout and lock are recorded by the controller with where it
+came from; opening a session, the stop key and the simulator keys are refused with the reason (the controller
+could not be asked anyway: that socket has no such command, and ``control.sock`` is closed to its Unix user);
+it never shows a session's checks or dashboard; it may close while a session runs at the kiosk, and logging
+out closes it (so the SSH session ends too). It has no command palette.
 """
 
 from __future__ import annotations
@@ -64,7 +71,7 @@ from textual.theme import Theme
 from textual.widgets import Static
 from textual.worker import Worker, WorkerState
 
-from control.account_rules import UserInfo
+from control.account_rules import AccountError, UserInfo
 from control.ipc_errors import CommandFailed, ControllerUnavailable
 from control.settings import ConsoleSettings, default_setting, read_auto_lock_minutes
 from control.terminal import detect_terminal
@@ -99,6 +106,7 @@ if TYPE_CHECKING:
 
     from control.accounts import AccountService
     from control.messages import Event, Preview, Snapshot
+    from tui.remote import RemoteOrigin
     from tui.screens.home import HomeScreen
 
 #: Input that counts as activity for the automatic lock.
@@ -164,11 +172,14 @@ class ToscaApp(App[int]):
         settings: ConsoleSettings,
         prepare: Callable[[], object] | None = None,
         first_run: bool | None = None,
+        remote: RemoteOrigin | None = None,
     ) -> None:
-        # Read by App.__init__: the kiosk has no command palette.
-        self.ENABLE_COMMAND_PALETTE = not settings.kiosk  # type: ignore[misc]  # per console, on purpose
+        # Read by App.__init__: the kiosk and the remote console have no command palette.
+        self.ENABLE_COMMAND_PALETTE = not (settings.kiosk or remote)  # type: ignore[misc]  # per console
         super().__init__()
         self.settings = settings
+        #: Where the remote console is used from (``None``: not a remote console).
+        self.remote = remote
         self.data_dir = DataDir(settings.data_dir)
         self.terminal = settings.terminal if settings.terminal is not None else detect_terminal()
         #: Run (blocking, in a thread) before the database is opened: ``tosca`` upgrades it there.
@@ -188,8 +199,9 @@ class ToscaApp(App[int]):
                 sim=settings.sim,
                 on_message=self._on_link_message,
                 on_state=self._on_link_state,
-                start_controller=settings.controller == "start",
+                start_controller=settings.controller == "start" and remote is None,
                 on_auth_lost=self._on_link_auth_lost,
+                observe=remote is not None,
             )
         self.context = ScreenContext(settings=settings, link=self.link)
         #: The controller's newest state (``None`` before the first or while it is unreachable).
@@ -387,6 +399,11 @@ class ToscaApp(App[int]):
         if self.link is None:
             self.notify("no controller: nothing to stop", severity="warning")
             return
+        if self.remote is not None:
+            from tui.link import OBSERVE_REFUSAL
+
+            self.notify(f"STOP is {OBSERVE_REFUSAL} (or press the E-stop)", severity="error", timeout=20)
+            return
         from control.messages import StateReply, Stop
 
         try:
@@ -400,7 +417,7 @@ class ToscaApp(App[int]):
         """F12 as the terminal's input thread reads it (not on the app's loop): stop now, show the answer
         later. False (the key goes on to the app's binding) when there is no controller link."""
         loop = self._ui_loop
-        if self.link is None or loop is None:
+        if self.link is None or self.remote is not None or loop is None:
             return False
 
         def answer(message: StopKeyAnswered) -> None:
@@ -510,6 +527,10 @@ class ToscaApp(App[int]):
 
     def _database_opened(self, engine: AsyncEngine, accounts: AccountService) -> None:
         self._engine = engine
+        if self.remote is not None:
+            from tui.remote import remote_accounts
+
+            accounts = remote_accounts(accounts, self.link, self.remote)
         self.context.database_opened(accounts)
         # The controller checks the database is at the current schema: it starts once the upgrade is done.
         if self.link is not None:
@@ -586,7 +607,7 @@ class ToscaApp(App[int]):
     async def on_logged_in(self, message: LoggedIn) -> None:
         self.user = message.user
         self.last_activity = self.settings.clock()
-        if self.link is not None:
+        if self.link is not None and self.remote is None:
             self.sign_in_link(message.user, message.password)
         try:
             minutes, problem = await read_auto_lock_minutes(self.accounts.sessions)
@@ -635,8 +656,8 @@ class ToscaApp(App[int]):
         """After a login, a session the controller still has open (the console restarted, or the screen was
         logged out) comes back on its dashboard, or on the checks while it is not yet armed."""
         snapshot = self.snapshot
-        if self.link is None or snapshot is None or snapshot.session is None:
-            return
+        if self.link is None or self.remote is not None or snapshot is None or snapshot.session is None:
+            return  # the remote console never shows a session's checks or dashboard
         from tui.screens.checks import ChecksScreen
         from tui.screens.dashboard import DashboardScreen
 
@@ -653,6 +674,11 @@ class ToscaApp(App[int]):
         """Open the session on the controller, then show the pre-treatment checks in place of the protocol
         screen; a refusal is shown and nothing changes."""
         user = self.user
+        if self.remote is not None:
+            from tui.link import OBSERVE_REFUSAL
+
+            self.notify(f"a treatment session is {OBSERVE_REFUSAL}", severity="error", timeout=20)
+            return
         if user is None or self.link is None:
             self.notify("no controller: a session cannot be opened", severity="error", timeout=10)
             return
@@ -702,6 +728,9 @@ class ToscaApp(App[int]):
             await self.accounts.logout(user, reason=reason)
         except database_errors() as exc:
             self.notify(f"logged out, but the audit row was not written: {exc}", severity="error", timeout=30)
+        if self.remote is not None:
+            self.exit(0)  # logging out of the remote console ends it, and with it the SSH session
+            return
         self.show_entry_screen()
 
     # -- quitting ------------------------------------------------------------------------------------------
@@ -713,7 +742,9 @@ class ToscaApp(App[int]):
         if action == "quit_console" and self.settings.kiosk:
             return False
         if action.startswith("sim_"):
-            return self.settings.sim and self.link is not None and self.sim_panel_shown
+            return (
+                self.settings.sim and self.link is not None and self.remote is None and self.sim_panel_shown
+            )
         if action == "stop_emission" and self.link is None:
             return False
         return True
@@ -729,6 +760,8 @@ class ToscaApp(App[int]):
         treatment session open (it must be finished or aborted first)."""
         if self.settings.kiosk:
             return "the kiosk console does not close"
+        if self.remote is not None:
+            return None  # a session belongs to the kiosk's console: watching it remotely never holds it
         snapshot = self.snapshot
         if snapshot is not None and snapshot.session is not None:
             return "a treatment session is open: finish or abort it before closing the console"
@@ -780,6 +813,8 @@ class ToscaApp(App[int]):
 
     async def _close_after_hang_up(self) -> None:
         try:
+            if self.remote is not None:
+                await self._log_out_for_exit("hangup")  # recorded by the controller: before the link closes
             if self.link is not None:
                 # A controller this console started is stopped here (SIGTERM: laser off, an open session
                 # closed as aborted) and waited for; one it did not start is only disconnected.
@@ -823,13 +858,19 @@ def database_errors() -> tuple[type[Exception], ...]:
     database is open, and SQLAlchemy with it)."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    return (SQLAlchemyError, StorageError)
+    # AccountError: the remote console's records are written by the controller, which may refuse or be gone.
+    return (SQLAlchemyError, StorageError, AccountError)
 
 
 def make_app(
-    settings: ConsoleSettings, prepare: Callable[[], object] | None = None, first_run: bool | None = None
+    settings: ConsoleSettings,
+    prepare: Callable[[], object] | None = None,
+    first_run: bool | None = None,
+    *,
+    remote: RemoteOrigin | None = None,
 ) -> ToscaApp:
     """Build the console for ``settings`` (the one factory, for ``tosca`` and the tests). ``prepare`` runs
     in a thread before the database is opened (``tosca`` upgrades the database there); ``first_run`` is
-    :func:`storage.probe.needs_first_admin`'s answer where ``tosca`` already has it."""
-    return ToscaApp(settings, prepare, first_run)
+    :func:`storage.probe.needs_first_admin`'s answer where ``tosca`` already has it; ``remote`` makes it the
+    remote console used from there (:mod:`tui.remote`)."""
+    return ToscaApp(settings, prepare, first_run, remote)

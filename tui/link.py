@@ -18,6 +18,13 @@ camera previews on ``control.sock``, and everything it asks for goes there as a 
   ``on_auth_lost``: the console then asks for the password again (its lock screen).
 
 On the kiosk, systemd keeps the controller running and the console only connects (``start_controller`` off).
+
+The remote console (``tosca remote``, over SSH) makes its link with ``observe`` on: it connects to
+``observe.sock`` only (its Unix user cannot open ``control.sock``: the kernel refuses it), starts no
+controller, accepts the rig the controller drives, and refuses every command that socket does not have
+(arming, the session's commands, the stop key, the simulator) before sending it, with
+:data:`OBSERVE_REFUSAL`. It never authenticates: the remote console's login is an audited record the
+controller writes (:mod:`tui.remote`), not a person acting on the rig.
 """
 
 from __future__ import annotations
@@ -51,6 +58,17 @@ _LOG = logging.getLogger(__name__)
 
 #: The socket file, relative to the data directory.
 CONTROL_SOCKET = "control.sock"
+#: The observation socket (the remote console's only way to the controller), relative to the data directory.
+OBSERVE_SOCKET = "observe.sock"
+#: The commands a link in observe mode sends (what ``observe.sock`` answers).
+OBSERVE_COMMANDS = frozenset(
+    {"ping", "status", "health", "devices", "remote_login", "remote_logout", "remote_screen_lock"}
+)
+#: Why a remote console refuses a command (followed by the command's name).
+OBSERVE_REFUSAL = (
+    "not on the remote console: it reaches the controller only through observe.sock, which has no command "
+    "that arms, emits or touches a session; treat and stop the laser at the kiosk"
+)
 #: How long a started controller may take to open its rig and its sockets, s.
 START_TIMEOUT_S = 30.0
 #: Pause between reconnection attempts, s.
@@ -88,6 +106,7 @@ class ConsoleLink:
         start_controller: start ``tosca controller`` when none answers (else only connect and retry).
         on_auth_lost: called with the reason when a reconnected connection could not be authenticated with
             the token (the console must ask for the password again).
+        observe: connect to ``observe.sock`` only (the remote console; see the module's docstring).
     """
 
     def __init__(
@@ -99,10 +118,13 @@ class ConsoleLink:
         on_state: Callable[[bool, str], None],
         start_controller: bool = True,
         on_auth_lost: Callable[[str], None] | None = None,
+        observe: bool = False,
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
         self.sim = sim
-        self.start_controller = start_controller
+        #: Observe mode: ``observe.sock`` only, no controller started, no arming (see the module's docstring).
+        self.observe = observe
+        self.start_controller = start_controller and not observe
         self._on_message = on_message
         self._on_state = on_state
         self._client: ControllerClient | None = None
@@ -154,6 +176,12 @@ class ConsoleLink:
             CommandFailed: the controller refused it (``str(exc)`` is its reason).
             ControllerUnavailable: no controller is connected, or the connection dropped before the reply.
         """
+        if self.observe:
+            from control.messages import command_name
+
+            name = command_name(command)
+            if name not in OBSERVE_COMMANDS:
+                raise CommandFailed(f"{name}: {OBSERVE_REFUSAL}")
         if not self._auth_settled.is_set() and command_needs_person(command):
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout_s):
@@ -191,6 +219,8 @@ class ConsoleLink:
         """
         from control.messages import Authenticate, SignedIn
 
+        if self.observe:
+            raise CommandFailed(f"authenticate: {OBSERVE_REFUSAL}")
         self._auth_settled.clear()
         try:
             try:
@@ -320,7 +350,7 @@ class ConsoleLink:
     async def _connect(self) -> ControllerClient:
         from control.ipc.client import ControllerClient
 
-        path = self.data_dir / CONTROL_SOCKET
+        path = self.data_dir / (OBSERVE_SOCKET if self.observe else CONTROL_SOCKET)
         try:
             client = await ControllerClient.connect(path, timeout_s=2.0)
         except ControllerUnavailable as exc:
@@ -339,6 +369,9 @@ class ConsoleLink:
             snapshot = await client.wait_snapshot(lambda _s: True, timeout_s=5.0)
         except (TimeoutError, ControllerUnavailable) as exc:
             raise LinkError(f"the controller sent no state ({exc or 'timed out'})") from None
+        if self.observe:
+            self.sim = snapshot.sim  # the remote console shows whichever rig the controller drives
+            return
         if snapshot.sim != self.sim:
             wanted, found = ("simulated", "real") if self.sim else ("real", "simulated")
             raise LinkError(
@@ -411,6 +444,7 @@ def command_needs_person(command: Command) -> bool:
         "ping",
         "status",
         "health",
+        "devices",
         "prechecks",
         "stop",
         "authenticate",
@@ -443,6 +477,7 @@ def _last_line(path: Path) -> str:
 
 __all__ = [
     "COMMAND_TIMEOUT_S",
+    "OBSERVE_REFUSAL",
     "CommandFailed",
     "ConsoleLink",
     "ControllerUnavailable",

@@ -19,6 +19,8 @@ from control import messages as msg
 from control.account_rules import LoginOutcome, UserInfo, locked_message
 from control.authority import HOLDER_COMMANDS, MAX_KEY_FAILURES, SESSION_ROLES, Person
 from control.controller.calibration_run import CalibrationService
+from control.controller.diagnostics import ControllerDiagnostics
+from control.controller.remote import RemoteConsoles
 from control.ipc.server import CommandRefused, Peer
 from control.recorder import storage_failure
 from control.sessions import SessionRefused
@@ -33,6 +35,12 @@ AnyCommand = msg.ControlCommand | msg.ObserveCommand
 
 class ControllerCommands(CalibrationService):
     """The socket commands and the operator's actions, on the treatment lifecycle."""
+
+    #: The ``devices`` answer (:mod:`control.controller.diagnostics`).
+    diagnostics: ControllerDiagnostics
+    #: The remote consoles' audited login, logout and lock on ``observe.sock``
+    #: (:mod:`control.controller.remote`); set once the database is open.
+    remote_consoles: RemoteConsoles | None = None
 
     async def handle(self, command: AnyCommand, peer: Peer) -> msg.ReplyData:
         """Answer one command from a client (the socket server's handler)."""
@@ -68,6 +76,14 @@ class ControllerCommands(CalibrationService):
                 }
             case msg.Prechecks():
                 return msg.PrechecksReply(checks=await self.prechecks())
+            case msg.Devices():
+                return self.diagnostics.reply(self._rig, sim=self.sim).model_dump(mode="json")
+            case msg.RemoteLogin() | msg.RemoteLogout() | msg.RemoteScreenLock():
+                if self.remote_consoles is None:
+                    raise CommandRefused("the controller is still starting")
+                if self.server is not None:
+                    self.remote_consoles.forget_closed({p.connection for p in self.server.peers})
+                return await self.remote_consoles.handle(command, peer)
             case msg.Stop():
                 # Anyone, always: it only makes things safer (the stop key sends it on a connection of
                 # its own).

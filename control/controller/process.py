@@ -17,8 +17,10 @@ from pathlib import Path
 from control.accounts import AccountService, HashingParameters
 from control.authority import Authority
 from control.controller.commands import ControllerCommands
+from control.controller.diagnostics import ControllerDiagnostics
 from control.controller.monitors import DeviceMonitors, Readouts
 from control.controller.ports import SupervisorBoard, SupervisorLaser
+from control.controller.remote import RemoteConsoles
 from control.controller.rig_lock import DataDirRigLock
 from control.ipc.server import ControllerServer
 from control.preview import PreviewProducer
@@ -91,6 +93,7 @@ class Controller(ControllerCommands):
         )
         self.supervisor.on_state_change(self._on_state_change)
         self.supervisor.on_state_change(self._authority_state)
+        self.diagnostics = ControllerDiagnostics(self.supervisor, self.readouts)
 
     async def start(self) -> None:
         """Open the rig (laser off, verified, first), the database, the board stream and the sockets."""
@@ -111,6 +114,7 @@ class Controller(ControllerCommands):
             self.engine_db = create_engine(data.db_path)
             self.db = session_factory(self.engine_db)
             self.accounts = AccountService(sessions=self.db, terminal=self.terminal, hashing=self.hashing)
+            self.remote_consoles = RemoteConsoles(self.accounts)
             self.sessions = SessionService(self.db, data)
             # First the rows a previous process left in the recorder's journal (a crash, a locked database).
             self.recorder = Recorder(self.db, data_root=data.root)
@@ -130,6 +134,7 @@ class Controller(ControllerCommands):
                 self.supervisor.set_link(name, transport.state.value)
                 transport.on_state_change(monitors.link_callback(name))
             self._tasks = monitors.tasks()
+            self._tasks.append(asyncio.create_task(self.diagnostics.loop.run(), name="loop-watch"))
             if self.serve:
                 self.server = ControllerServer(
                     data.root / CONTROL_SOCKET,
@@ -177,6 +182,8 @@ class Controller(ControllerCommands):
         if board is not None:
             with contextlib.suppress(ValueError):
                 board.remove_listener(self._on_board)
+            with contextlib.suppress(ValueError):
+                board.remove_listener(self.diagnostics.faults.on_board)
             with contextlib.suppress(Exception):
                 await board.disarm()
             with contextlib.suppress(Exception):
@@ -228,6 +235,7 @@ class Controller(ControllerCommands):
         if found is not None:
             after = await board.read_status()
             self.supervisor.readings.watchdog_expired = after.watchdog is WatchdogState.EXPIRED
+        board.add_listener(self.diagnostics.faults.on_board)  # before the supervisor's: it times reactions
         board.add_listener(self._on_board)
         board.start_heartbeat(HEARTBEAT_PERIOD_S)
         self.supervisor.readings.watchdog_timeout_s = WATCHDOG_TIMEOUT_MS / 1000

@@ -6,9 +6,11 @@ Two Unix stream sockets live in the data directory:
 * ``control.sock``, mode 0600: the operator's console. It accepts every
   :data:`~control.messages.ControlCommand`.
 * ``observe.sock``, mode 0660, group ``tosca-engineers`` when that group exists: it accepts only
-  :data:`~control.messages.ObserveCommand` (ping, status, health). Lines are decoded with a parser that does
-  not know any other command, so an ``arm`` sent there is an unknown command type and the handler never sees
-  it.
+  :data:`~control.messages.ObserveCommand` (ping, status, health, the device diagnostics, and the remote
+  console's audited login, logout and lock). Lines are decoded with a parser that does not know any other
+  command, so an ``arm`` sent there is an unknown command type and the handler never sees it. The remote
+  console (``tosca remote``, run by sshd as an engineer's own Unix user) uses this socket only: the kernel
+  refuses that user ``control.sock``.
 
 Each socket file is bound inside a private (0700) directory, given its mode and group there, and only then
 hard-linked into place, so the public path never exists with looser permissions, and two controllers starting

@@ -33,6 +33,7 @@ from control.messages import (
     CalibrationMove,
     Command,
     ControlCommand,
+    Devices,
     Disarm,
     EndSession,
     Event,
@@ -46,6 +47,9 @@ from control.messages import (
     Pause,
     Ping,
     Prechecks,
+    RemoteLogin,
+    RemoteLogout,
+    RemoteScreenLock,
     Reply,
     ResetFault,
     Resume,
@@ -316,9 +320,18 @@ def test_any_text_and_power_survive_as_exactly_one_line(
         assert decode_control(line) == command
 
 
-def test_observe_union_holds_only_ping_status_health_and_the_calibration_move() -> None:
+def test_observe_union_holds_only_queries_the_remote_consoles_records_and_the_calibration_move() -> None:
     union, *_ = typing.get_args(ObserveCommand)
-    assert set(typing.get_args(union)) == {Ping, Status, Health, CalibrationMove}
+    assert set(typing.get_args(union)) == {
+        Ping,
+        Status,
+        Health,
+        Devices,
+        RemoteLogin,
+        RemoteLogout,
+        RemoteScreenLock,
+        CalibrationMove,
+    }
     with pytest.raises(MessageError, match="unknown command type 'arm'") as info:
         decode_observe(encode(Arm(id=4, password="x")))
     assert info.value.request_id == 4
@@ -326,6 +339,12 @@ def test_observe_union_holds_only_ping_status_health_and_the_calibration_move() 
         if command.type not in {"ping", "status", "health", "calibration_move"}:
             with pytest.raises(MessageError, match="unknown command type"):
                 decode_observe(encode(command))
+    # The remote console's login is observe.sock's alone; the devices query is on both sockets.
+    remote_login = RemoteLogin(id=5, username="eng", password="pw", ssh_client="192.0.2.1")
+    assert decode_observe(encode(remote_login)) == remote_login
+    with pytest.raises(MessageError, match="unknown command type 'remote_login'"):
+        decode_control(encode(remote_login))
+    assert decode_control(encode(Devices(id=6))) == Devices(id=6)
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pty
 import re
 import shlex
 import shutil
@@ -35,18 +36,20 @@ from tui.commands import controller as controller_command
 KIOSK = Path(__file__).resolve().parents[2] / "kiosk"
 INSTALL = KIOSK / "install.sh"
 SESSION = KIOSK / "tosca-kiosk-session"
+REMOTE_SESSION = KIOSK / "tosca-remote-session"
 CONTROLLER_UNIT = KIOSK / "tosca-controller.service"
 AUTOLOGIN = KIOSK / "getty@tty1.service.d" / "autologin.conf"
 SSHD_DROP_IN = KIOSK / "sshd_config.d" / "00-tosca-engineers.conf"
 UDEV_RULES = KIOSK / "99-tosca.rules"
 PORTS = KIOSK / "ports.json"
-SHELL_SCRIPTS = (INSTALL, SESSION)
+SHELL_SCRIPTS = (INSTALL, SESSION, REMOTE_SESSION)
 
 #: Where install.sh puts each file of kiosk/, and with which mode.
 INSTALLED_COPIES = {
     "etc/systemd/system/tosca-controller.service": (CONTROLLER_UNIT, 0o644),
     "etc/systemd/system/getty@tty1.service.d/autologin.conf": (AUTOLOGIN, 0o644),
     "usr/local/bin/tosca-kiosk-session": (SESSION, 0o755),
+    "usr/local/bin/tosca-remote-session": (REMOTE_SESSION, 0o755),
     "etc/ssh/sshd_config.d/00-tosca-engineers.conf": (SSHD_DROP_IN, 0o644),
     "etc/udev/rules.d/99-tosca.rules": (UDEV_RULES, 0o644),
     "etc/tosca/ports.json": (PORTS, 0o644),
@@ -341,6 +344,109 @@ def test_install_makes_the_session_script_the_kiosk_users_shell(tmp_path: Path) 
     assert useradd[useradd.index("--home-dir") + 1] == DATA_DIR
 
 
+def test_install_gives_the_kiosks_records_to_the_records_group(tmp_path: Path) -> None:
+    """The kiosk user's files belong to tosca-records (its primary group, the controller's Group=), which is
+    not the SSH group: the remote console's users read the records, and tosca is no SSH user."""
+    result = stage(tmp_path)
+    skipped = skipped_commands(result.stdout)
+    groups = {c[-1] for c in skipped if c[0] == "groupadd"}
+    assert groups == {"tosca-engineers", "tosca-records"}
+    (useradd,) = [c for c in skipped if c[0] == "useradd"]
+    assert useradd[useradd.index("--gid") + 1] == "tosca-records"
+    assert "--user-group" not in useradd and "--groups" not in useradd and "-G" not in useradd
+    assert useradd[useradd.index("--gid") + 1] == unit_settings(CONTROLLER_UNIT)["Service.Group"][0]
+    (find,) = [c for c in skipped if c[0] == "find"]
+    assert find[1] == DATA_DIR and "chgrp" in find and "tosca-records" in find
+    # The data directory itself stays the engineers' to pass through (observe.sock), 0710.
+    assert ["chown", "tosca:tosca-engineers", DATA_DIR] in skipped
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the remote console's forced command
+# ---------------------------------------------------------------------------------------------------------
+
+
+def remote_default(name: str) -> str:
+    match = re.search(rf"^{name}=(\S+)$", REMOTE_SESSION.read_text(encoding="utf-8"), re.M)
+    assert match, f"no default for {name} in {REMOTE_SESSION.name}"
+    return match.group(1)
+
+
+def test_the_drop_in_forces_the_installed_remote_session() -> None:
+    forced = [
+        line.split(None, 1)[1]
+        for line in SSHD_DROP_IN.read_text(encoding="utf-8").splitlines()
+        if line.strip().lower().startswith("forcecommand ")
+    ]
+    assert forced == ["/usr/local/bin/tosca-remote-session"]
+    assert "usr/local/bin/tosca-remote-session" in INSTALLED_COPIES
+
+
+def test_the_remote_session_runs_the_remote_console_of_the_cli() -> None:
+    program, *argv = controller_command_line()
+    assert remote_default("TOSCA_BIN") == program
+    assert remote_default("TOSCA_DATA_DIR") == argv[argv.index("--data-dir") + 1]
+    (line,) = [ln for ln in REMOTE_SESSION.read_text(encoding="utf-8").splitlines() if ln.startswith("exec ")]
+    words = shlex.split(line)[1:]
+    values = {"$TOSCA_BIN": TOSCA_BIN, "$TOSCA_DATA_DIR": DATA_DIR}
+    args = parse_tosca([values.get(word, word) for word in words[1:]])
+    assert (args.command, args.data_dir) == ("remote", Path(DATA_DIR))
+
+
+def run_remote_session(tmp_path: Path, *, tty: bool, command: str | None = None) -> tuple[int, str, str]:
+    """Run the forced command with a stand-in ``tosca`` (recording its arguments and environment), on a
+    terminal or not; returns the exit status, what it printed and what the stand-in recorded."""
+    record = tmp_path / "started.txt"
+    fake = tmp_path / "fake-tosca"
+    fake.write_text(
+        '#!/bin/sh\nprintf "%s|%s|%s\\n" "$*" "$SSH_CONNECTION" "$(umask)" > "$FAKE_RECORD"\n',
+        encoding="utf-8",
+    )
+    fake.chmod(0o755)
+    conf = tmp_path / "remote.conf"
+    conf.write_text(f"TOSCA_BIN={fake}\nTOSCA_DATA_DIR={tmp_path / 'data'}\n", encoding="utf-8")
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "TOSCA_REMOTE_CONF": str(conf),
+        "FAKE_RECORD": str(record),
+        "SSH_CONNECTION": "192.0.2.5 50000 192.0.2.1 22",
+    }
+    if command is not None:
+        env["SSH_ORIGINAL_COMMAND"] = command
+    main, secondary = pty.openpty() if tty else (None, None)
+    try:
+        result = subprocess.run(
+            ["/bin/bash", str(REMOTE_SESSION)],
+            env=env,
+            stdin=secondary if secondary is not None else subprocess.DEVNULL,
+            stdout=secondary if secondary is not None else subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            timeout=10,
+            check=False,
+        )
+    finally:
+        for fd in (main, secondary):
+            if fd is not None:
+                os.close(fd)
+    started = record.read_text(encoding="utf-8").strip() if record.exists() else ""
+    return result.returncode, result.stderr.decode(), started
+
+
+def test_the_remote_session_execs_the_console_on_a_terminal(tmp_path: Path) -> None:
+    status, _, started = run_remote_session(tmp_path, tty=True)
+    assert status == 0
+    assert started == f"--data-dir {tmp_path / 'data'} remote|192.0.2.5 50000 192.0.2.1 22|0077"
+
+
+def test_the_remote_session_runs_no_command_and_nothing_without_a_terminal(tmp_path: Path) -> None:
+    status, said, started = run_remote_session(tmp_path, tty=True, command="/bin/sh -i")
+    assert (status, started) == (1, "")
+    assert "remote console only; no command is run" in said
+    status, said, started = run_remote_session(tmp_path, tty=False)
+    assert (status, started) == (1, "")
+    assert "needs a terminal" in said
+
+
 # ---------------------------------------------------------------------------------------------------------
 # the controller's unit
 # ---------------------------------------------------------------------------------------------------------
@@ -361,6 +467,8 @@ def test_controller_unit_settings() -> None:
     settings = unit_settings(CONTROLLER_UNIT)
     one = {key: values[-1] for key, values in settings.items()}
     assert one["Service.User"] == "tosca"
+    # What it creates is readable by the remote console's users (the records group), writable by none.
+    assert one["Service.Group"] == "tosca-records"
     assert one["Service.Restart"] == "always"
     assert one["Unit.StartLimitIntervalSec"] == "0"
     assert one["Install.WantedBy"] == "multi-user.target"
@@ -602,6 +710,8 @@ def test_sshd_drop_in() -> None:
         "x11forwarding": "no",
         "permittunnel": "no",
         "permituserenvironment": "no",
+        "permituserrc": "no",
+        "forcecommand": "/usr/local/bin/tosca-remote-session",
     }
     assert {key: settings.get(key) for key in expected} == expected
     assert "tosca" in settings["denyusers"].split()

@@ -13,7 +13,8 @@ import pytest
 
 from control.settings import ConsoleSettings
 from storage import DataDir
-from storage.locks import console_lock_holder, hold_console_lock
+from storage.errors import DatabaseInUseError
+from storage.locks import console_lock_holder, hold_console_lock, hold_database_exclusively
 from storage.maintenance import head_revision, schema_revision
 from tui.cli import main
 from tui.commands.console import prepared_console, settings_from_args
@@ -28,7 +29,10 @@ def test_settings_come_from_the_command_line() -> None:
 def test_start_up_creates_the_data_dir_locks_it_and_upgrades_the_database(tmp_path: Path) -> None:
     data_dir = DataDir(tmp_path / "fresh")
     with prepared_console(ConsoleSettings(data_dir=data_dir.root)) as start:
-        assert console_lock_holder(data_dir) == os.getpid()
+        assert console_lock_holder(data_dir) == 0  # held, shared: consoles write no PID
+        with pytest.raises(DatabaseInUseError):
+            with hold_database_exclusively(data_dir):
+                pass
         # No database yet: the first-run screen can be drawn at once, and the upgrade (creating it) follows.
         assert start.pending_upgrade is not None
         assert schema_revision(data_dir.db_path) is None
@@ -38,7 +42,25 @@ def test_start_up_creates_the_data_dir_locks_it_and_upgrades_the_database(tmp_pa
     assert console_lock_holder(data_dir) is None
 
 
-def test_a_second_console_on_the_same_data_dir_is_refused(
+def test_several_consoles_share_one_data_dir_and_keep_maintenance_out(tmp_path: Path) -> None:
+    data_dir = DataDir(tmp_path / "shared")
+    with prepared_console(ConsoleSettings(data_dir=data_dir.root)) as first:
+        assert first.pending_upgrade is not None
+        first.pending_upgrade()
+        with prepared_console(ConsoleSettings(data_dir=data_dir.root)) as second:
+            assert second.first_run is True  # the second console starts too, on the same database
+            with pytest.raises(DatabaseInUseError, match="database in use"):
+                with hold_database_exclusively(data_dir):
+                    pass
+        # The first console still holds it: maintenance waits until every console has closed.
+        with pytest.raises(DatabaseInUseError):
+            with hold_database_exclusively(data_dir):
+                pass
+    with hold_database_exclusively(data_dir):
+        assert console_lock_holder(data_dir) == os.getpid()
+
+
+def test_a_console_is_refused_while_maintenance_holds_the_data_dir(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data_dir = DataDir(tmp_path / "busy").ensure()

@@ -167,7 +167,7 @@ async def test_the_admin_home_offers_the_users_and_says_what_is_not_there_yet(
     async with app.run_test() as pilot:
         home = await log_in(pilot, "ada", ADMIN_PASSWORD)
         lines = menu_lines(home)
-        assert [line.split()[0] for line in lines] == ["t", "r", "u", "p", "c", "b", "a", "e", "l", "x"]
+        assert [line.split()[0] for line in lines] == ["t", "r", "u", "p", "c", "b", "a", "e", "l", "x", "d"]
         assert "no controller" in lines[0]  # this console runs without one: no treatment
         assert lines[2].startswith("u  Users and roles")
         assert not home.query("#home-not-yet")  # every admin screen is in this version
@@ -175,6 +175,7 @@ async def test_the_admin_home_offers_the_users_and_says_what_is_not_there_yet(
         assert lines[3].startswith("p  Protocol library")
         assert lines[4].startswith("c  Configuration")
         assert lines[5].startswith("b  Backups") and lines[6].startswith("a  Audit trail")
+        assert lines[10].startswith("d  Devices") and "no controller" in lines[10]
         assert home.check_action("open", ("subjects",)) is False
         # The menu line opens the screen as the key does.
         menu = home.query_one("#home-menu", OptionList)
@@ -208,9 +209,9 @@ async def test_an_engineer_is_told_their_screens_are_not_there_yet(data_dir: Pat
     app = console(clock)
     async with app.run_test() as pilot:
         home = await log_in(pilot, "eric", "engineer pass 1")
-        assert [line.split()[0] for line in menu_lines(home)] == ["r", "b", "w", "e", "l", "x"]
+        assert [line.split()[0] for line in menu_lines(home)] == ["r", "b", "w", "e", "l", "x", "d"]
         assert str(home.query_one("#home-not-yet", Label).render()) == (
-            "The engineer's diagnostics screens are not in this version yet."
+            "The engineer's camera focus screen is not in this version yet."
         )
         for name in ("users", "subjects", "audit", "configuration"):
             assert home.check_action("open", (name,)) is False

@@ -1,7 +1,8 @@
 """``tosca [--data-dir DIR] [--sim] [--kiosk]``: start the console.
 
-Start-up, in order: make sure the data directory exists; take the console lock (a second console on the same
-data directory is refused with the PID of the first); then run the Textual app built by
+Start-up, in order: make sure the data directory exists; share the console lock (several consoles run on one
+data directory at once; maintenance that replaces the database is refused while one runs, and a console is
+refused while maintenance runs); then run the Textual app built by
 :func:`tui.app.make_app`. The database is brought to the current schema (an existing database is backed up
 first, see :func:`storage.maintenance.upgrade`) by the app, in a thread, once its first screen is drawn: the
 upgrade loads Alembic and SQLAlchemy, which take longer than the rest of the start. When the file cannot even
@@ -24,7 +25,7 @@ from typing import Literal, NamedTuple
 from control.settings import ConsoleSettings
 from control.terminal import may_draw_graphics
 from storage.errors import StorageError
-from storage.locks import hold_console_lock
+from storage.locks import share_console_lock
 from storage.paths import DataDir
 from storage.probe import needs_first_admin
 from tui.commands import fail, start_failure
@@ -55,11 +56,11 @@ def prepared_console(settings: ConsoleSettings) -> Iterator[Start]:
     it has an administrator (:func:`storage.probe.needs_first_admin`); when the file cannot tell, upgrades it
     here.
 
-    Raises :class:`storage.errors.DatabaseInUseError` if another console holds the data directory, and
+    Raises :class:`storage.errors.DatabaseInUseError` if maintenance holds the data directory, and
     :class:`storage.errors.StorageError` if an upgrade done here fails.
     """
     data_dir = DataDir(settings.data_dir).ensure()
-    with hold_console_lock(data_dir):
+    with share_console_lock(data_dir):
         pending = functools.partial(_upgrade, data_dir)
         first_run = needs_first_admin(data_dir.db_path)
         if first_run is None:

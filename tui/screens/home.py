@@ -128,6 +128,12 @@ def _calibration(context: ScreenContext, user: UserInfo) -> Screen[None]:
     return CalibrationScreen(context, user)
 
 
+def _devices(context: ScreenContext, user: UserInfo) -> Screen[None]:
+    from tui.screens.devices import DevicesScreen
+
+    return DevicesScreen(context, user)
+
+
 def _audit(context: ScreenContext, user: UserInfo) -> Screen[None]:
     from tui.screens.audit import AuditScreen
 
@@ -262,12 +268,21 @@ HOME_MENU: tuple[MenuEntry, ...] = (
         roles=ENGINEERS,
         opener=_export,
     ),
+    MenuEntry(
+        key="d",
+        name="devices",
+        label="Devices",
+        line="Devices: identity, links, readings, loop",
+        roles=ENGINEERS,
+        opener=_devices,
+        needs_controller=True,
+    ),
 )
 
 #: The admin's screens not in this version yet (said on the admin's home screen).
 ADMIN_NOT_YET: tuple[str, ...] = ()
 #: What an engineer is told instead of a menu of their own.
-ENGINEER_NOT_YET = "The engineer's diagnostics screens are not in this version yet."
+ENGINEER_NOT_YET = "The engineer's camera focus screen is not in this version yet."
 
 
 def menu_for(role: str) -> tuple[MenuEntry, ...]:

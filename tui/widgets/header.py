@@ -46,6 +46,8 @@ class ConsoleHeader(Horizontal):
             yield Static(SIMULATED_RIG, id="sim-badge")
         yield Static(self._screen_title, id="screen-title")
         yield Static(plain(self._user_text), id="header-user")
-        if getattr(self.app, "link", None) is not None:
-            # The console's F12 acts (see tui.app): its label is always on screen.
+        link = getattr(self.app, "link", None)
+        if link is not None and not getattr(link, "observe", False):
+            # The console's F12 acts (see tui.app): its label is always on screen (not on the remote
+            # console, whose link has no stop command).
             yield StopKeyLabel(STOP_LABEL, id="stop-key")
