@@ -11,8 +11,8 @@ in px and mm, focus score as the variance of the Laplacian) on a worker thread; 
 the two together. Recording writes MPEG-4 ``.mkv`` files (:class:`VideoRecorder`); :func:`save_snapshot`
 writes PNG files and :func:`save_snapshot_pair` a treatment snapshot (the raw frame and one with the ring
 drawn, :mod:`devices.camera.snapshot`); ``record_focus_stack`` of either camera saves a focus stack (frames
-with their focus scores and an index, :mod:`devices.camera.focus`); :func:`make_preview` and :func:`encode_jpeg` make the small
-previews the console shows.
+with their focus scores and an index, :mod:`devices.camera.focus`); :func:`make_preview` and
+:func:`encode_jpeg` make the small previews the console shows.
 
 Typical use in the controller::
 
@@ -79,10 +79,10 @@ __all__ = [
     "CameraState",
     "CameraStatus",
     "CaptureHealth",
-    "FrameAnalyser",
-    "FrameAnalysis",
     "FocusFrame",
     "FocusStack",
+    "FrameAnalyser",
+    "FrameAnalysis",
     "FrameSource",
     "NoImageError",
     "OpenCVSource",

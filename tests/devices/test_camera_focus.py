@@ -82,6 +82,10 @@ async def focusing() -> AsyncIterator[tuple[CameraCapture, FocusingSource]]:
         await cam.aclose()
 
 
+def _names(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
 def _index(folder: Path) -> dict[str, object]:
     data = json.loads((folder / FOCUS_INDEX).read_text(encoding="utf-8"))
     assert isinstance(data, dict)
@@ -94,7 +98,7 @@ async def test_a_stack_saves_each_frame_with_its_score_and_marks_the_sharpest(
     cam, _source = focusing
     stack = await cam.record_focus_stack(tmp_path, count=12, interval_s=0.01, name="stack")
     assert stack.folder == tmp_path / "stack"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["stack"], "no hidden or partial folder left"
+    assert _names(tmp_path) == ["stack"], "no hidden or partial folder left"
     index = _index(stack.folder)
     frames = index["frames"]
     assert isinstance(frames, list) and len(frames) == 12
@@ -144,7 +148,7 @@ async def test_a_camera_that_freezes_during_the_stack_leaves_nothing(
     with pytest.raises(NoImageError, match="no image to take: the camera is frozen"):
         await cam.record_focus_stack(tmp_path, count=60, interval_s=0.05, name="stack")
     await freezer
-    assert list(tmp_path.iterdir()) == []
+    assert _names(tmp_path) == []
 
 
 async def test_a_frozen_camera_has_no_stack_to_take(
