@@ -294,6 +294,15 @@ class AimingBeam(Command):
     on: bool
 
 
+class TakeFocusStack(Command):
+    """Record a focus stack: fresh camera frames over a few seconds, each with its focus score, in one folder
+    with an index. During a session, from the connection holding it (a ``focus_stack`` recording of the
+    session); otherwise for an engineer or an admin (a ``camera_focus_calibration``). Answered at once; how it
+    ended comes as an :class:`Event` of kind ``focus_stack``."""
+
+    type: Literal["focus_stack"] = "focus_stack"
+
+
 #: Every command the operator's socket (``control.sock``) accepts.
 ControlCommand: TypeAlias = Annotated[
     Ping
@@ -315,6 +324,7 @@ ControlCommand: TypeAlias = Annotated[
     | EndSession
     | TakeSnapshot
     | AimingBeam
+    | TakeFocusStack
     | Sim,
     Field(discriminator="type"),
 ]
@@ -493,6 +503,15 @@ class AimingBeamState(_Message):
     """``aiming_beam``: whether the aiming beam is on afterwards."""
 
     on: bool
+
+
+class FocusStackStarted(_Message):
+    """``focus_stack``: the stack is being taken, ``frames`` frames over about ``duration_s`` seconds, into a
+    folder inside ``folder``."""
+
+    folder: str
+    frames: Annotated[int, Field(ge=1)]
+    duration_s: _NonNegative
 
 
 class StepView(_Message):
@@ -681,6 +700,7 @@ ReplyData: TypeAlias = (
     | SimReply
     | SnapshotStarted
     | AimingBeamState
+    | FocusStackStarted
     | Snapshot
     | dict[str, DeviceStatus]
     | dict[str, Any]

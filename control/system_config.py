@@ -176,6 +176,14 @@ class SystemSettings(BaseModel):
         description="Longest a treatment session may stay open (not enforced yet)",
         json_schema_extra=_unit("min"),
     )
+    focus_stack_frames: int = Field(
+        default=15,
+        ge=2,
+        le=99,
+        strict=True,
+        description="Frames in a focus stack taken on the engineer's camera focus screen",
+        json_schema_extra=_unit("frames"),
+    )
 
     @field_validator("video_resolution")
     @classmethod

@@ -18,6 +18,7 @@ from typing import Any
 from control import messages as msg
 from control.account_rules import LoginOutcome, UserInfo, locked_message
 from control.authority import HOLDER_COMMANDS, MAX_KEY_FAILURES, SESSION_ROLES, Person
+from control.controller.imaging import FOCUS_ROLES
 from control.controller.treatment import TreatmentLifecycle
 from control.ipc.server import CommandRefused, Peer
 from control.recorder import storage_failure
@@ -173,6 +174,15 @@ class ControllerCommands(TreatmentLifecycle):
                 self._require_session()
                 auth.require_holder(connection, kind)
                 return await self.set_aiming_beam(command.on, by=person.username)
+            case msg.TakeFocusStack():
+                if self.session is not None:
+                    auth.require_holder(connection, kind)
+                elif person.role not in FOCUS_ROLES:
+                    raise Refused(
+                        f"{person.username} is {person.role}: only an engineer or an admin keeps the camera's "
+                        "focus calibration"
+                    )
+                return await self.start_focus_stack(person=person)
             case msg.Sim():
                 if self.sim_rig is None:
                     raise Refused("simulator commands exist only on the simulated rig")
