@@ -179,8 +179,8 @@ class ControllerCommands(TreatmentLifecycle):
                     auth.require_holder(connection, kind)
                 elif person.role not in FOCUS_ROLES:
                     raise Refused(
-                        f"{person.username} is {person.role}: only an engineer or an admin keeps the camera's "
-                        "focus calibration"
+                        f"{person.username} is {person.role}: only an engineer or an admin keeps the "
+                        "camera's focus calibration"
                     )
                 return await self.start_focus_stack(person=person)
             case msg.Sim():
