@@ -22,7 +22,7 @@ from control.ipc.client import ControllerClient
 from control.ipc_errors import CommandFailed
 from devices.camera import FOCUS_INDEX, CameraState
 from storage import DataDir
-from tests.support import protocol_json
+from tests.support import protocol_json, wait_until
 
 PROTOCOL = protocol_json((30.0, 2.0, 2.0, 2.0, "constant"))
 ADMIN, ADMIN_PASSWORD = "admin1", "admin password 1"
@@ -203,3 +203,25 @@ async def test_no_usable_image_or_no_place_to_write_records_nothing(
         assert _calibrations(data) == []
     finally:
         await admin.close()
+
+
+async def test_over_observe_sock_the_live_focus_score_arrives_but_no_stack_can_be_asked_for(
+    controller: Controller, data: DataDir
+) -> None:
+    """An engineer's connection to ``observe.sock`` gets the camera previews with their focus score (what the
+    focus screen shows live), but a focus stack, which acts for a person, is not a command there."""
+    observer = await ControllerClient.connect(data.root / "observe.sock")
+    try:
+        await wait_until(
+            lambda: (p := observer.latest_preview) is not None and p.camera == "ok" and p.focus is not None,
+            15.0,
+            "a preview with a focus score on observe.sock",
+        )
+        preview = observer.latest_preview
+        assert preview is not None and preview.focus is not None and preview.focus > 0
+        assert preview.jpeg_b64
+        with pytest.raises(CommandFailed, match="unknown command type 'focus_stack'"):
+            await observer.call(msg.TakeFocusStack())
+    finally:
+        await observer.close()
+    assert _calibrations(data) == []

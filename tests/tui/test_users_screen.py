@@ -208,9 +208,9 @@ async def test_an_engineer_is_told_their_screens_are_not_there_yet(data_dir: Pat
     app = console(clock)
     async with app.run_test() as pilot:
         home = await log_in(pilot, "eric", "engineer pass 1")
-        assert [line.split()[0] for line in menu_lines(home)] == ["r"]
+        assert [line.split()[0] for line in menu_lines(home)] == ["r", "f"]
         assert str(home.query_one("#home-not-yet", Label).render()) == (
-            "The engineer's screens (diagnostics, calibration) are not in this version yet."
+            "Not in this version yet: the engineer's diagnostics and calibration screens (camera focus is here)."
         )
         for name in ("users", "subjects"):
             assert home.check_action("open", (name,)) is False

@@ -77,6 +77,8 @@ ScreenOpener = Callable[[ScreenContext, UserInfo], Screen[None]]
 TREATING_ROLES = frozenset({"technician", "admin"})
 EVERY_ROLE = frozenset({"technician", "engineer", "admin"})
 ADMIN_ONLY = frozenset({"admin"})
+#: Roles offered the engineer's screens.
+ENGINEER_SCREENS = frozenset({"engineer", "admin"})
 #: Roles whose home screen shows the last verification of the records.
 RECORD_KEEPERS = frozenset({"admin", "engineer"})
 
@@ -121,6 +123,12 @@ def _audit(context: ScreenContext, user: UserInfo) -> Screen[None]:
     from tui.screens.audit import AuditScreen
 
     return AuditScreen(context, user)
+
+
+def _camera_focus(context: ScreenContext, user: UserInfo) -> Screen[None]:
+    from tui.screens.camera_focus import CameraFocusScreen
+
+    return CameraFocusScreen(context, user)
 
 
 class MenuEntry(NamedTuple):
@@ -201,12 +209,23 @@ HOME_MENU: tuple[MenuEntry, ...] = (
         roles=ADMIN_ONLY,
         opener=_audit,
     ),
+    MenuEntry(
+        key="f",
+        name="camera_focus",
+        label="Camera focus",
+        line="Camera focus: the live focus score, focus stacks",
+        roles=ENGINEER_SCREENS,
+        opener=_camera_focus,
+        needs_controller=True,
+    ),
 )
 
 #: The admin's screens not in this version yet (said on the admin's home screen).
 ADMIN_NOT_YET: tuple[str, ...] = ()
 #: What an engineer is told instead of a menu of their own.
-ENGINEER_NOT_YET = "The engineer's screens (diagnostics, calibration) are not in this version yet."
+ENGINEER_NOT_YET = (
+    "Not in this version yet: the engineer's diagnostics and calibration screens (camera focus is here)."
+)
 
 
 def menu_for(role: str) -> tuple[MenuEntry, ...]:
