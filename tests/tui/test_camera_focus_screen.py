@@ -112,8 +112,8 @@ async def test_the_focus_screen_shows_the_live_score_and_records_a_stack(
             picture = cv2.imread(str(stack / best["file"]))
             assert picture is not None and picture.shape == (720, 1280, 3)
             [(tech, data, active)] = _rows(
-                "SELECT u.username, c.calibration_data, c.is_active FROM calibrations c "
-                "JOIN tech_users u ON u.tech_id = c.tech_id WHERE c.calibration_type = 'camera_focus_calibration'"
+                "SELECT u.username, c.calibration_data, c.is_active FROM calibrations c JOIN tech_users u "
+                "ON u.tech_id = c.tech_id WHERE c.calibration_type = 'camera_focus_calibration'"
             )
             assert tech == ENGINEER and active == 1
             assert json.loads(data)["focus_score_reference"] == pytest.approx(best["score"])
@@ -203,8 +203,9 @@ def _reference_row() -> None:
     with sqlite3.connect(DATA_DIR / "tosca.db") as db:
         (tech_id,) = db.execute("SELECT tech_id FROM tech_users WHERE username = ?", (ENGINEER,)).fetchone()
         db.execute(
-            "INSERT INTO calibrations (calibration_date, tech_id, device_type, calibration_type, calibration_data, "
-            "is_active) VALUES ('2026-03-14 09:00:00', ?, 'camera', 'camera_focus_calibration', ?, 1)",
+            "INSERT INTO calibrations (calibration_date, tech_id, device_type, calibration_type, "
+            "calibration_data, is_active) "
+            "VALUES ('2026-03-14 09:00:00', ?, 'camera', 'camera_focus_calibration', ?, 1)",
             (tech_id, json.dumps({"focus_score_reference": 420.0, "in_focus_fraction": 0.8})),
         )
 

@@ -210,7 +210,7 @@ async def test_an_engineer_is_told_their_screens_are_not_there_yet(data_dir: Pat
         home = await log_in(pilot, "eric", "engineer pass 1")
         assert [line.split()[0] for line in menu_lines(home)] == ["r", "f"]
         assert str(home.query_one("#home-not-yet", Label).render()) == (
-            "Not in this version yet: the engineer's diagnostics and calibration screens (camera focus is here)."
+            "Not in this version yet: the engineer's diagnostics and calibration wizards."
         )
         for name in ("users", "subjects"):
             assert home.check_action("open", (name,)) is False

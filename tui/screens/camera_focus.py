@@ -1,5 +1,5 @@
-"""The engineer's camera focus screen: the live camera with its focus score, for adjusting the optics, and a key
-that records a focus stack.
+"""The engineer's camera focus screen: the live camera with its focus score, for adjusting the optics, and a
+key that records a focus stack.
 
 The preview and its focus score come from the controller (the previews it pushes a few times a second to every
 console connected, at the kiosk or over SSH): the score is the variance of the Laplacian of the camera's
@@ -184,8 +184,8 @@ class CameraFocusScreen(Screen[None]):
 
     def _idle_words(self) -> str:
         return (
-            f"{STACK_KEY.upper()} records a focus stack: frames over a few seconds, each with its focus score; "
-            "turn the focus ring through focus meanwhile."
+            f"{STACK_KEY.upper()} records a focus stack: frames over a few seconds, each with its focus "
+            "score; turn the focus ring through focus meanwhile."
         )
 
     def on_mount(self) -> None:

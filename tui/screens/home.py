@@ -223,9 +223,7 @@ HOME_MENU: tuple[MenuEntry, ...] = (
 #: The admin's screens not in this version yet (said on the admin's home screen).
 ADMIN_NOT_YET: tuple[str, ...] = ()
 #: What an engineer is told instead of a menu of their own.
-ENGINEER_NOT_YET = (
-    "Not in this version yet: the engineer's diagnostics and calibration screens (camera focus is here)."
-)
+ENGINEER_NOT_YET = "Not in this version yet: the engineer's diagnostics and calibration wizards."
 
 
 def menu_for(role: str) -> tuple[MenuEntry, ...]:
