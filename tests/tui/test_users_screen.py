@@ -167,7 +167,7 @@ async def test_the_admin_home_offers_the_users_and_says_what_is_not_there_yet(
     async with app.run_test() as pilot:
         home = await log_in(pilot, "ada", ADMIN_PASSWORD)
         lines = menu_lines(home)
-        assert [line.split()[0] for line in lines] == ["t", "r", "u", "p", "c", "b", "a"]
+        assert [line.split()[0] for line in lines] == ["t", "r", "u", "p", "c", "b", "a", "f"]
         assert "no controller" in lines[0]  # this console runs without one: no treatment
         assert lines[2].startswith("u  Users and roles")
         assert not home.query("#home-not-yet")  # every admin screen is in this version
