@@ -14,12 +14,13 @@ from typing import Any
 
 import pytest
 from account_fixtures import CHEAP
-from controller_fixtures import SUBJECT, USERNAME, authenticated, prepare_data_dir
+from controller_fixtures import PASSWORD, SUBJECT, USERNAME, authenticated, prepare_data_dir, wait_prechecks
 
 from control import messages as msg
 from control.controller import Controller
 from control.ipc.client import ControllerClient
 from control.ipc_errors import CommandFailed
+from control.supervisor import SystemState
 from devices.camera import FOCUS_INDEX, CameraState
 from storage import DataDir
 from tests.support import protocol_json, wait_until
@@ -225,3 +226,35 @@ async def test_over_observe_sock_the_live_focus_score_arrives_but_no_stack_can_b
     finally:
         await observer.close()
     assert _calibrations(data) == []
+
+
+async def test_a_stack_during_treatment_never_holds_up_the_stop(
+    controller: Controller, data: DataDir
+) -> None:
+    """The operator's connection asks for a focus stack while the laser emits and then stops: the stop is
+    answered, and the laser off, while the stack is still being taken; the stack then ends as recorded."""
+    holder = await authenticated(data.root / "control.sock")
+    try:
+        await holder.call(
+            msg.OpenSession(subject_code=SUBJECT, username=USERNAME, protocol_name="p", create_subject=True)
+        )
+        await wait_prechecks(controller)
+        await holder.call(msg.Arm(password=PASSWORD))
+        assert controller.sim_rig is not None
+        controller.sim_rig.command("pedal down")
+        await wait_until(lambda: controller.sim_rig.model.laser_output_on, 10.0, "laser on")  # type: ignore[union-attr]
+        loop = asyncio.get_running_loop()
+        asked = loop.time()
+        await holder.call(msg.TakeFocusStack())
+        await holder.call(msg.Stop())
+        stopped = loop.time() - asked
+        assert controller.supervisor.state is SystemState.PAUSED
+        assert not controller.sim_rig.model.laser_output_on
+        assert controller.focus_stack_in_progress, (
+            "the stack was still being taken when the stop was answered"
+        )
+        assert stopped < 0.5
+        event = await _focus_event(holder)
+        assert event.severity == "info", event.message
+    finally:
+        await holder.close()
