@@ -15,8 +15,9 @@ is written. On any failure (a full disk, the camera freezing or going away durin
 the hidden folder is removed and the error says why (:class:`~devices.camera.RecordingError`, or
 :class:`~devices.camera.NoImageError` for the camera).
 
-The scoring, encoding and writing run on the camera's low-priority worker thread
-(:class:`devices.camera._threads.LowPriorityWorker`); only the waiting for frames is on the asyncio loop.
+The frames are taken on time (so the stack spans the seconds it says) and scored, encoded and written behind
+them on the camera's low-priority worker thread (:class:`devices.camera._threads.LowPriorityWorker`); only
+the waiting for frames is on the asyncio loop.
 """
 
 from __future__ import annotations
@@ -310,6 +311,15 @@ async def record_focus_stack(
     stack_name = name if name is not None else focus_stack_name()
     writer = await worker.run(lambda: FocusStackWriter(parent, stack_name))
     loop = asyncio.get_running_loop()
+    # Frames are taken on time and written behind them: the stack spans the seconds it says even when the
+    # writing (on the low-priority thread) is slower than the frames.
+    queue: asyncio.Queue[tuple[CameraFrame, float] | None] = asyncio.Queue()
+
+    async def write_all() -> None:
+        while (item := await queue.get()) is not None:
+            await worker.run(functools.partial(writer.add, *item))
+
+    writing = loop.create_task(write_all(), name="focus-stack-writer")
     try:
         last = 0
         first_at: float | None = None
@@ -319,6 +329,9 @@ async def record_focus_stack(
             if delay > 0:
                 await asyncio.sleep(delay)
             due = max(due, loop.time()) + interval_s
+            if writing.done():
+                writing.result()  # a write failed: say why now
+                raise RecordingError("the focus stack's writer stopped")
             try:
                 frame = await asyncio.wait_for(next_frame(last), FRAME_WAIT_S)
             except TimeoutError:
@@ -329,10 +342,14 @@ async def record_focus_stack(
             last = frame.sequence
             if first_at is None:
                 first_at = frame.timestamp
-            offset = frame.timestamp - first_at
-            await worker.run(functools.partial(writer.add, frame, offset))
+            queue.put_nowait((frame, frame.timestamp - first_at))
+        queue.put_nowait(None)
+        await writing
         return await worker.run(writer.finish)
     except BaseException:
+        writing.cancel()
+        with contextlib.suppress(BaseException):
+            await writing
         await asyncio.shield(asyncio.to_thread(writer.discard))
         raise
 

@@ -169,6 +169,8 @@ async def test_during_a_session_a_stack_is_a_recording_of_the_session(
         on_disk = await asyncio.to_thread(lambda: sum(p.stat().st_size for p in index_path.parent.iterdir()))
         assert size == on_disk
         assert duration == pytest.approx(index["frames"][-1]["time_s"])
+        # One frame every 0.2 s: the frames are spread over the 0.6 s the stack said, not taken at once.
+        assert index["frames"][-1]["time_s"] >= 0.45
         assert f"sharpest frame {index['sharpest_frame']} ({index['sharpest_file']}" in notes
         assert _calibrations(data) == [], "a session's stack is not a calibration"
     finally:
