@@ -12,12 +12,13 @@ converted by its ``config_type`` and then checked against the field; an unusable
 :class:`SettingError` naming the key and the reason, and is never used. A key absent from the table gives the
 default. The photodiode warning threshold must stay below the fault threshold.
 
-Not every key is seeded by a migration: ``backup_retention_days``, ``calibration_validity_days``,
-``max_session_duration_minutes`` and ``focus_stack_frames`` are stored only once an admin changes them (:mod:`control.config_editor`)
+Not every key is seeded by a migration: ``backup_retention_days``, ``calibration_validity_days`` and
+``max_session_duration_minutes`` are stored only once an admin changes them (:mod:`control.config_editor`)
 and read as their defaults until then. ``storage.backups`` reads ``backup_retention_days`` on its own (the
 storage layer does not import this package); its default and range are the same as here, and a test holds
 them equal. Nothing reads ``calibration_validity_days`` or ``max_session_duration_minutes`` yet: the
 controller neither checks a calibration's age nor limits how long a session stays open.
+``focus_stack_frames`` is not seeded either: it too reads as its default until an admin changes it.
 
 ``recorder_journal_mark`` (:func:`known_keys`) is also kept in ``system_config``, by the recorder, for
 its own bookkeeping; it is not a setting and nobody edits it.
