@@ -249,6 +249,7 @@ class CameraFocusScreen(Screen[None]):
         if link is None or self.asking:
             return
         self.asking = True
+        self.refresh_bindings()
         try:
             reply = await link.call(TakeFocusStack(), timeout_s=STACK_TIMEOUT_S)
             started = FocusStackStarted.model_validate(reply)
@@ -260,6 +261,7 @@ class CameraFocusScreen(Screen[None]):
             return
         finally:
             self.asking = False
+            self.refresh_bindings()
         self.taking = started.folder
         self.say(
             f"taking a focus stack: {started.frames} frames over {started.duration_s:.1f} s into "
