@@ -122,6 +122,10 @@ class FocusReference:
         return self.score * self.in_focus_fraction
 
 
+#: What a focus score is judged without a reference.
+NO_REFERENCE_WORDS: Final = "no focus reference yet: take a focus stack outside a session to keep one"
+
+
 @dataclass(frozen=True, slots=True)
 class FocusVerdict:
     """A focus score judged by the reference (``in_focus`` None: there is no reference to judge by)."""
@@ -142,12 +146,12 @@ class FocusVerdict:
             return None
         return 100.0 * self.score / self.reference.score
 
-    def words(self) -> str:
-        """``in focus (96 % of the reference 412)``, ``NOT in focus (...; in focus from 80 %)`` or that there
-        is no reference yet."""
+    def words(self, no_reference: str = NO_REFERENCE_WORDS) -> str:
+        """``in focus (96 % of the reference 412)``, ``NOT in focus (...; in focus from 80 %)`` or, without a
+        reference, ``no_reference``."""
         reference = self.reference
         if reference is None:
-            return "no focus reference yet: take a focus stack outside a session to keep one"
+            return no_reference
         share = f"{self.percent:.0f} % of the reference {reference.score:.0f}"
         if self.in_focus:
             return f"in focus ({share})"
@@ -196,7 +200,7 @@ def focus_stack_notes(stack: FocusStack, verdict: FocusVerdict) -> str:
     best = stack.sharpest
     return (
         f"focus stack: {len(stack.frames)} frames over {stack.duration_s:.1f} s, sharpest frame {best.frame} "
-        f"({best.file}, focus {best.score:.0f}): {verdict.words()}"
+        f"({best.file}, focus {best.score:.0f}): {verdict.words('no earlier focus reference to judge it by')}"
     )
 
 

@@ -101,7 +101,7 @@ async def test_outside_a_session_a_stack_is_the_cameras_focus_calibration(
             await admin.call(msg.TakeFocusStack())
         first = await _focus_event(admin)
         assert first.severity == "info", first.message
-        assert "no focus reference yet" in first.message
+        assert "no earlier focus reference to judge it by" in first.message
 
         [stack_name] = await asyncio.to_thread(_listing, folder)
         stack = folder / stack_name
