@@ -373,6 +373,15 @@ class RemoteScreenLock(Command):
     idle_minutes: _NonNegative
 
 
+class TakeFocusStack(Command):
+    """Record a focus stack: fresh camera frames over a few seconds, each with its focus score, in one folder
+    with an index. During a session, from the connection holding it (a ``focus_stack`` recording of the
+    session); otherwise for an engineer or an admin (a ``camera_focus_calibration``). Answered at once; how it
+    ended comes as an :class:`Event` of kind ``focus_stack``."""
+
+    type: Literal["focus_stack"] = "focus_stack"
+
+
 #: Every command the operator's socket (``control.sock``) accepts.
 ControlCommand: TypeAlias = Annotated[
     Ping
@@ -395,6 +404,7 @@ ControlCommand: TypeAlias = Annotated[
     | TakeSnapshot
     | AimingBeam
     | Sim
+    | TakeFocusStack
     | CalibrationMove
     | CalibrationBegin
     | CalibrationCurrent
@@ -582,6 +592,15 @@ class AimingBeamState(_Message):
     """``aiming_beam``: whether the aiming beam is on afterwards."""
 
     on: bool
+
+
+class FocusStackStarted(_Message):
+    """``focus_stack``: the stack is being taken, ``frames`` frames over about ``duration_s`` seconds, into a
+    folder inside ``folder``."""
+
+    folder: str
+    frames: Annotated[int, Field(ge=1)]
+    duration_s: _NonNegative
 
 
 class StepView(_Message):
@@ -803,6 +822,7 @@ ReplyData: TypeAlias = (
     | CalibrationMoved
     | CalibrationDrive
     | CalibrationReading
+    | FocusStackStarted
     | Snapshot
     | dict[str, DeviceStatus]
     | dict[str, Any]

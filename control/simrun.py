@@ -6,6 +6,14 @@ with the technician's password once every pre-check passes, then holds the footp
 treatment unless the script says otherwise. Script lines are ``<seconds> <simulator command>`` with seconds
 counted from the start of treatment; blank lines and ``#`` comments are ignored.
 
+Three script lines are the operator's imaging keys rather than simulator commands, carried out as the
+console's are and recorded the same way (docs/imaging.md): ``<seconds> snapshot`` saves the camera's newest
+frame as a snapshot pair of the session (two ``snapshot`` recordings and an ``image_captured`` event, saved in
+the background: the script goes on meanwhile, and the run waits for it before it ends), and
+``<seconds> aim on`` / ``<seconds> aim off`` switch the aiming beam (a ``user_action`` event). Each says how
+it ended on the output; a refusal (no image to take, a snapshot still being saved) is said and the run goes
+on.
+
 The person named by ``--user`` proves who they are first: the password is checked like a login (refused for a
 wrong password, a locked or a deactivated account, and for a role that does not treat) before the session
 is opened, and again as key control when arming.
@@ -32,6 +40,7 @@ from typing import Any
 from control.accounts import HashingParameters
 from control.authority import SESSION_ROLES, Person
 from control.controller import Controller
+from control.controller.imaging import snapshot_words
 from control.protocol_approval import TRIAL_STATUSES
 from control.protocols import LimitsError, ProtocolError, check_protocol, load_limits, protocol_type
 from control.supervisor import Refused, SystemState
@@ -57,6 +66,9 @@ SCRIPT_VERBS = frozenset(
     }
 )
 
+#: The operator's imaging keys a script may use (not simulator commands).
+OPERATOR_VERBS = frozenset({"snapshot", "aim"})
+
 
 class ScriptError(ValueError):
     """A script line that cannot be used; the message names the line."""
@@ -69,6 +81,11 @@ class ScriptLine:
     at_s: float
     command: str
     line_no: int
+
+    @property
+    def operator_action(self) -> bool:
+        """Whether the line is one of the operator's imaging keys (:data:`OPERATOR_VERBS`)."""
+        return self.command.split()[0].lower() in OPERATOR_VERBS
 
 
 def parse_script(text: str) -> list[ScriptLine]:
@@ -88,7 +105,14 @@ def parse_script(text: str) -> list[ScriptLine]:
         command = " ".join(command.split())
         if not command:
             raise ScriptError(f"script line {number}: no simulator command after the time")
-        if command.split()[0].lower() not in SCRIPT_VERBS:
+        words = command.lower().split()
+        if words[0] in OPERATOR_VERBS:
+            if words[0] == "snapshot" and len(words) != 1:
+                raise ScriptError(f"script line {number}: 'snapshot' takes nothing after it")
+            if words[0] == "aim" and words[1:] not in (["on"], ["off"]):
+                raise ScriptError(f"script line {number}: 'aim' needs 'on' or 'off'")
+            command = " ".join(words)
+        elif words[0] not in SCRIPT_VERBS:
             raise ScriptError(f"script line {number}: unknown simulator command {command.split()[0]!r}")
         lines.append(ScriptLine(at, command, number))
     return sorted(lines, key=lambda item: (item.at_s, item.line_no))
@@ -137,6 +161,39 @@ async def _ensure_protocol(controller: Controller, protocol: str) -> tuple[str, 
         if newest is None or newest.protocol_data != text or newest.status not in TRIAL_STATUSES:
             await repo.add_version(existing.protocol_id, text, change_summary=f"from {path.name}")
     return name, True
+
+
+async def _operator_action(
+    controller: Controller,
+    command: str,
+    username: str,
+    now: float,
+    say: Callable[[str], None],
+    saving: list[asyncio.Task[None]],
+) -> None:
+    """One of the operator's imaging keys from the script, for ``username``, as the console's."""
+    if command == "snapshot":
+        if any(not task.done() for task in saving):
+            say(f"{now:7.2f} s  snapshot refused: a snapshot is being saved: wait for it to finish")
+            return
+
+        async def save() -> None:
+            try:
+                taken = await controller.take_snapshot(by=username)
+            except Refused as exc:
+                say(f"{now:7.2f} s  snapshot refused: {exc}")
+            else:
+                say(f"{now:7.2f} s  {snapshot_words(taken)}")
+
+        saving.append(asyncio.get_running_loop().create_task(save(), name="script-snapshot"))
+        return
+    on = command == "aim on"
+    try:
+        state = await controller.set_aiming_beam(on, by=username)
+    except Refused as exc:
+        say(f"{now:7.2f} s  aiming beam refused: {exc}")
+        return
+    say(f"{now:7.2f} s  aiming beam {'on' if state.on else 'off'}")
 
 
 async def run_simulated_session(
@@ -188,6 +245,7 @@ async def run_simulated_session(
         if not (script and script[0].at_s == 0 and script[0].command.lower() == "pedal up"):
             controller.sim_rig.command("pedal down")
         pending = list(script)
+        saving: list[asyncio.Task[None]] = []
         while controller.session is not None:
             if controller.supervisor.state is SystemState.FAULT:
                 fault = controller.supervisor.fault
@@ -197,9 +255,14 @@ async def run_simulated_session(
             now = time.monotonic() - started
             while pending and pending[0].at_s <= now:
                 line = pending.pop(0)
+                if line.operator_action:
+                    await _operator_action(controller, line.command, user.username, now, say, saving)
+                    continue
                 reply = controller.sim_rig.command(line.command)
                 say(f"{now:7.2f} s  {reply}")
             await asyncio.sleep(0.01)
+        if saving:
+            await asyncio.gather(*saving)
         summary = await controller.sessions.summary_of(session_id)
     finally:
         await controller.close()

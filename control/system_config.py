@@ -19,6 +19,7 @@ storage layer does not import this package); its default and range are the same 
 them equal. The controller reads ``calibration_validity_days`` in its pre-treatment checks and when a session
 opens (docs/calibration.md, "Age"); nothing reads ``max_session_duration_minutes`` yet: the controller does
 not limit how long a session stays open.
+``focus_stack_frames`` is not seeded: it reads as its default until an admin changes it.
 
 ``recorder_journal_mark`` (:func:`known_keys`) is also kept in ``system_config``, by the recorder, for
 its own bookkeeping; it is not a setting and nobody edits it.
@@ -176,6 +177,14 @@ class SystemSettings(BaseModel):
         strict=True,
         description="Longest a treatment session may stay open (not enforced yet)",
         json_schema_extra=_unit("min"),
+    )
+    focus_stack_frames: int = Field(
+        default=15,
+        ge=2,
+        le=99,
+        strict=True,
+        description="Frames in a focus stack taken on the engineer's camera focus screen",
+        json_schema_extra=_unit("frames"),
     )
 
     @field_validator("video_resolution")

@@ -20,6 +20,7 @@ from control.account_rules import LoginOutcome, UserInfo, locked_message
 from control.authority import HOLDER_COMMANDS, MAX_KEY_FAILURES, SESSION_ROLES, Person
 from control.controller.calibration_run import CalibrationService
 from control.controller.diagnostics import ControllerDiagnostics
+from control.controller.imaging import FOCUS_ROLES
 from control.controller.remote import RemoteConsoles
 from control.ipc.server import CommandRefused, Peer
 from control.recorder import storage_failure
@@ -201,6 +202,15 @@ class ControllerCommands(CalibrationService):
                 return await self.calibration_measure(peer)
             case msg.CalibrationEnd():
                 return await self.calibration_end(peer)
+            case msg.TakeFocusStack():
+                if self.session is not None:
+                    auth.require_holder(connection, kind)
+                elif person.role not in FOCUS_ROLES:
+                    raise Refused(
+                        f"{person.username} is {person.role}: only an engineer or an admin keeps the "
+                        "camera's focus calibration"
+                    )
+                return await self.start_focus_stack(person=person)
             case msg.Sim():
                 if self.sim_rig is None:
                     raise Refused("simulator commands exist only on the simulated rig")

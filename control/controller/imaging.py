@@ -17,6 +17,18 @@ order, so a reply that waited for the files would hold up the next command of th
 stop among them). The outcome is published as an event of kind ``snapshot`` (:data:`SNAPSHOT_EVENT`), which
 the console shows: where the pictures are, or why they were not saved. One snapshot is saved at a time.
 
+**Focus stacks.** :meth:`Imaging.start_focus_stack` (the ``focus_stack`` command of the engineer's camera
+focus screen) has the camera take ``focus_stack_frames`` fresh frames (the setting, default 15), one every
+:data:`FOCUS_STACK_INTERVAL_S` seconds while the engineer turns the focus ring, each scored and written on the
+camera's low-priority thread (:mod:`devices.camera.focus`), and answers at once like a snapshot; how it ended
+is an event of kind ``focus_stack`` (:data:`FOCUS_STACK_EVENT`). During a session (from the connection
+holding it) the stack goes into the session's folder and is a ``focus_stack`` recording of the session;
+otherwise (an engineer or an admin) it goes into ``calibrations/camera/`` of the data directory and is kept as
+the camera's focus calibration, whose sharpest score is the new focus reference
+(:mod:`control.imaging_records`). The sharpest frame is judged in focus or not by the reference before it.
+A camera that is not ok refuses with the reason and nothing is recorded; a stack that cannot be written, or
+whose camera stops being ok during it, leaves nothing behind. One stack is taken at a time.
+
 **The aiming beam.** The safety board's ``LASER_ON`` / ``LASER_OFF`` commands switch the visible aiming beam
 (docs/devices.md, "Safety board"), never the treatment laser: nothing here touches the supervisor, the laser
 driver or the permission to emit, and emission never waits for the aiming beam.
@@ -40,18 +52,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import insert
 
 from control import messages as msg
-from control.controller.state import ControllerBase
+from control.authority import Person
+from control.controller.state import ActiveSession, ControllerBase
+from control.imaging_records import (
+    FocusVerdict,
+    focus_reference,
+    focus_stack_notes,
+    judge_focus,
+    record_focus_calibration,
+    record_focus_stack_recording,
+)
 from control.recorder import storage_failure
 from control.supervisor import Refused, SystemState
-from control.system_config import read_setting
+from control.system_config import DEFAULTS, read_setting
 from control.vocabulary import Severity
-from devices.camera import CameraClosedError, CameraState, NoImageError, RecordingError, SnapshotFiles
+from devices.camera import (
+    CameraClosedError,
+    CameraState,
+    FocusStack,
+    NoImageError,
+    RecordingError,
+    SnapshotFiles,
+)
 from storage import utc_now
 from storage.models import SessionRecording
 
@@ -63,6 +93,37 @@ SNAPSHOT_TIMEOUT_S = 10.0
 AIM_TIMEOUT_S = 2.0
 #: The kind of the events that say how a snapshot ended (saved, where; or why not).
 SNAPSHOT_EVENT = "snapshot"
+
+#: The kind of the events that say how a focus stack ended.
+FOCUS_STACK_EVENT = "focus_stack"
+#: Seconds between the frames of a focus stack (15 frames: about 3 s of turning the focus ring).
+FOCUS_STACK_INTERVAL_S = 0.2
+#: Who may keep the camera's focus calibration (a stack taken outside a session).
+FOCUS_ROLES = frozenset({"engineer", "admin"})
+#: Where stacks taken outside a session go, inside the data directory.
+FOCUS_CALIBRATION_FOLDER = Path("calibrations") / "camera"
+
+
+@dataclass(frozen=True, slots=True)
+class FocusStackTaken:
+    """A focus stack saved and recorded: the stack, its sharpest frame judged by the reference, and where it
+    was recorded (the session's id, or the calibration's)."""
+
+    stack: FocusStack
+    verdict: FocusVerdict
+    session_id: int | None
+    calibration_id: int | None
+
+
+def focus_stack_words(taken: FocusStackTaken) -> str:
+    """What the console says of a focus stack saved: where, its sharpest frame and its focus."""
+    stack = taken.stack
+    where = (
+        f"recorded with session {taken.session_id}"
+        if taken.session_id is not None
+        else f"kept as the camera's focus calibration #{taken.calibration_id} (the new reference)"
+    )
+    return f"focus stack saved in {stack.folder}, {where}; {focus_stack_notes(stack, taken.verdict)}"
 
 
 def snapshot_words(taken: msg.SnapshotTaken) -> str:
@@ -84,6 +145,7 @@ class Imaging(ControllerBase):
     _aim_epoch: int = 0
     _aim_lock: asyncio.Lock | None = None
     _snapshot_task: asyncio.Task[None] | None = None
+    _focus_task: asyncio.Task[None] | None = None
 
     # -- snapshots -------------------------------------------------------------------------------------------
 
@@ -117,11 +179,9 @@ class Imaging(ControllerBase):
         else:
             self._snapshot_event(Severity.INFO, snapshot_words(taken))
 
-    def _snapshot_event(self, severity: Severity, text: str) -> None:
+    def _snapshot_event(self, severity: Severity, text: str, kind: str = SNAPSHOT_EVENT) -> None:
         self._seq += 1
-        event = msg.Event(
-            seq=self._seq, time_s=time.monotonic(), kind=SNAPSHOT_EVENT, severity=severity, message=text
-        )
+        event = msg.Event(seq=self._seq, time_s=time.monotonic(), kind=kind, severity=severity, message=text)
         if self.server is not None:
             self.server.publish_event(event)
 
@@ -209,6 +269,93 @@ class Imaging(ControllerBase):
         ]
         async with self.db() as db, db.begin():
             await db.execute(insert(SessionRecording).values(rows))
+
+    # -- focus stacks ----------------------------------------------------------------------------------------
+
+    @property
+    def focus_stack_in_progress(self) -> bool:
+        """Whether a focus stack is being taken."""
+        return self._focus_task is not None and not self._focus_task.done()
+
+    async def _focus_stack_frames(self) -> int:
+        """The setting ``focus_stack_frames`` (an unreadable value keeps the default, said in the log)."""
+        try:
+            async with self.db() as db:
+                value = await read_setting(db, "focus_stack_frames")
+        except Exception as exc:
+            _LOG.error("focus_stack_frames not read, the default is used: %s", exc)
+            value = DEFAULTS.focus_stack_frames
+        return int(value)
+
+    async def start_focus_stack(self, *, person: Person) -> msg.FocusStackStarted:
+        """Start taking a focus stack for ``person`` and answer at once (see the module documentation);
+        Refused, with the reason, without a usable camera image or while one is being taken. Who may take one
+        is the command's rule (:mod:`control.controller.commands`)."""
+        self._usable_camera()
+        if self.focus_stack_in_progress:
+            raise Refused("a focus stack is being taken: wait for it to finish")
+        count = await self._focus_stack_frames()
+        self._usable_camera()  # again: the setting was read meanwhile
+        if self.focus_stack_in_progress:
+            raise Refused("a focus stack is being taken: wait for it to finish")
+        session = self.session
+        folder = session.opened.folder if session is not None else self.data.root / FOCUS_CALIBRATION_FOLDER
+        task = asyncio.get_running_loop().create_task(
+            self._focus_in_background(person, session, folder, count), name="focus-stack"
+        )
+        self._focus_task = task
+        self._tasks.append(task)
+        return msg.FocusStackStarted(
+            folder=str(folder), frames=count, duration_s=round((count - 1) * FOCUS_STACK_INTERVAL_S, 3)
+        )
+
+    async def _focus_in_background(
+        self, person: Person, session: ActiveSession | None, folder: Path, count: int
+    ) -> None:
+        try:
+            taken = await self.take_focus_stack(person=person, session=session, folder=folder, count=count)
+        except Refused as exc:
+            self._snapshot_event(Severity.WARNING, f"focus stack not saved: {exc}", FOCUS_STACK_EVENT)
+        except Exception as exc:
+            _LOG.exception("focus stack failed")
+            words = storage_failure(exc) or f"{type(exc).__name__}: {exc}"
+            self._snapshot_event(Severity.WARNING, f"focus stack not saved: {words}", FOCUS_STACK_EVENT)
+        else:
+            self._snapshot_event(Severity.INFO, focus_stack_words(taken), FOCUS_STACK_EVENT)
+
+    async def take_focus_stack(
+        self, *, person: Person, session: ActiveSession | None, folder: Path, count: int
+    ) -> FocusStackTaken:
+        """Take a stack of ``count`` frames into ``folder`` and record it: with ``session`` (its recording),
+        else as the camera's focus calibration made by ``person``."""
+        camera = self.rig.camera
+        if camera is None:
+            raise Refused("no image to take: this rig has no camera")
+        try:
+            stack = await camera.record_focus_stack(folder, count=count, interval_s=FOCUS_STACK_INTERVAL_S)
+        except (NoImageError, RecordingError) as exc:
+            raise Refused(str(exc)) from None
+        except (CameraClosedError, TimeoutError) as exc:
+            raise Refused(f"the camera did not answer ({exc or 'timed out'})") from None
+        try:
+            try:
+                previous = await focus_reference(self.db)
+            except ValueError as exc:
+                _LOG.error("the camera's focus reference cannot be used: %s", exc)
+                previous = None
+            verdict = judge_focus(stack.sharpest.score, previous)
+            if session is not None:
+                session_id = session.opened.session_id
+                await record_focus_stack_recording(self.db, session_id, stack, verdict)
+                return FocusStackTaken(stack, verdict, session_id, None)
+            calibration_id = await record_focus_calibration(
+                self.db, stack, tech_id=person.tech_id, previous=previous
+            )
+            return FocusStackTaken(stack, verdict, None, calibration_id)
+        except BaseException:
+            # The files must not outlive a refusal: nothing half-recorded stays behind.
+            await asyncio.to_thread(shutil.rmtree, stack.folder, True)
+            raise
 
     # -- the aiming beam -------------------------------------------------------------------------------------
 

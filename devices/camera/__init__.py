@@ -10,8 +10,9 @@ not_opened with a reason. A :class:`FrameAnalyser` runs the :class:`RingDetector
 in px and mm, focus score as the variance of the Laplacian) on a worker thread; :class:`CameraMonitor` ties
 the two together. Recording writes MPEG-4 ``.mkv`` files (:class:`VideoRecorder`); :func:`save_snapshot`
 writes PNG files and :func:`save_snapshot_pair` a treatment snapshot (the raw frame and one with the ring
-drawn, :mod:`devices.camera.snapshot`); :func:`make_preview` and :func:`encode_jpeg` make the small
-previews the console shows.
+drawn, :mod:`devices.camera.snapshot`); ``record_focus_stack`` of either camera saves a focus stack (frames
+with their focus scores and an index, :mod:`devices.camera.focus`); :func:`make_preview` and
+:func:`encode_jpeg` make the small previews the console shows.
 
 Typical use in the controller::
 
@@ -55,6 +56,7 @@ from devices.camera._sources import (
 )
 from devices.camera._threads import DEFAULT_THREAD_NICE
 from devices.camera._wire import PreviewImage
+from devices.camera.focus import FOCUS_INDEX, FocusFrame, FocusStack, focus_stack_name
 from devices.camera.snapshot import NoImageError, SnapshotFiles, save_snapshot_pair
 
 #: The camera of a rig: read in the controller's process (a source object given by the simulated rig) or in
@@ -64,6 +66,7 @@ Camera = CameraCapture | CameraProcess
 __all__ = [
     "DEFAULT_SIM_RING_MM",
     "DEFAULT_THREAD_NICE",
+    "FOCUS_INDEX",
     "SIM_SOURCE",
     "Camera",
     "CameraCapture",
@@ -76,6 +79,8 @@ __all__ = [
     "CameraState",
     "CameraStatus",
     "CaptureHealth",
+    "FocusFrame",
+    "FocusStack",
     "FrameAnalyser",
     "FrameAnalysis",
     "FrameSource",
@@ -92,6 +97,7 @@ __all__ = [
     "describe_spec",
     "encode_jpeg",
     "focus_score",
+    "focus_stack_name",
     "judge_health",
     "make_preview",
     "make_source",

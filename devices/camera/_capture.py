@@ -38,6 +38,7 @@ from devices.camera._frames import CameraFrame, to_grey
 from devices.camera._recording import RecordingError, RecordingSummary, VideoRecorder, save_snapshot
 from devices.camera._sources import FrameSource
 from devices.camera._threads import DEFAULT_THREAD_NICE, check_nice, lower_current_thread_priority
+from devices.camera.focus import FocusStack, record_focus_stack
 from devices.camera.snapshot import NoImageError, SnapshotFiles, SnapshotWriter
 
 
@@ -520,9 +521,51 @@ class CameraCapture:
         frame = self._latest
         if status.state is not CameraState.OK or frame is None:
             raise NoImageError(f"no image to take: the camera is {status.state.value} ({status.reason})")
+        return await self._writer().save(frame, folder, stem=stem, expected_diameter_mm=expected_mm)
+
+    def _writer(self) -> SnapshotWriter:
         if self._snapshot_writer is None:
             self._snapshot_writer = SnapshotWriter()
-        return await self._snapshot_writer.save(frame, folder, stem=stem, expected_diameter_mm=expected_mm)
+        return self._snapshot_writer
+
+    async def frame_after(self, sequence: int) -> CameraFrame:
+        """The newest frame handed to the loop whose sequence number is above ``sequence``, waiting for one
+        when there is none yet; CameraClosedError once closed."""
+        while True:
+            if self._closed:
+                raise CameraClosedError("the camera capture is closed")
+            frame = self._latest
+            if frame is not None and frame.sequence > sequence:
+                return frame
+            event = self._delivered_event
+            await event.wait()
+
+    def _unusable(self) -> str | None:
+        if self._closed:
+            return "the camera is closed"
+        status = self.status()
+        if status.state is not CameraState.OK:
+            return f"the camera is {status.state.value} ({status.reason})"
+        return None
+
+    async def record_focus_stack(
+        self, folder: Path, *, count: int, interval_s: float, name: str | None = None
+    ) -> FocusStack:
+        """Take ``count`` fresh frames, one every ``interval_s`` s, each with its focus score, and save them
+        as a focus stack in a folder of its own inside ``folder``
+        (:func:`devices.camera.focus.record_focus_stack`), written on the snapshots' low-priority thread.
+
+        Raises NoImageError unless the camera stays ok throughout, RecordingError when a file cannot be
+        written; nothing of the stack is left behind either way."""
+        return await record_focus_stack(
+            next_frame=self.frame_after,
+            usable=self._unusable,
+            worker=self._writer(),
+            parent=folder,
+            count=count,
+            interval_s=interval_s,
+            name=name,
+        )
 
     # -- the thread ------------------------------------------------------------------------------------------
 

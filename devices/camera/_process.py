@@ -45,6 +45,7 @@ from devices.camera._wire import (
     encode,
     receive,
 )
+from devices.camera.focus import FRAME_WAIT_S, FocusStack, check_frame_count
 from devices.camera.snapshot import NoImageError, SnapshotFiles
 
 _LOG = logging.getLogger(__name__)
@@ -401,6 +402,26 @@ class CameraProcess:
             "save_snapshots", folder=str(folder), stem=stem, expected_mm=expected_mm
         )
         return files
+
+    async def record_focus_stack(
+        self, folder: Path, *, count: int, interval_s: float, name: str | None = None
+    ) -> FocusStack:
+        """Have the camera process take and save a focus stack (as :meth:`CameraCapture.record_focus_stack`);
+        NoImageError unless the camera is ok."""
+        check_frame_count(count)
+        status = self.status()
+        if status.state is not CameraState.OK:
+            raise NoImageError(f"no image to take: the camera is {status.state.value} ({status.reason})")
+        limit = self._call_timeout + count * (float(interval_s) + FRAME_WAIT_S)
+        stack: FocusStack = await self._call(
+            "focus_stack",
+            timeout_s=limit,
+            folder=str(folder),
+            count=count,
+            interval_s=float(interval_s),
+            name=name,
+        )
+        return stack
 
     async def preview(self, *, width: int, quality: int, expected_mm: float | None) -> PreviewImage | None:
         """The newest frame analysed (ring, focus) and made into a ``width``-pixel JPEG by the camera

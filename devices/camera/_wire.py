@@ -8,8 +8,8 @@ camera's own types:
   ``("reply", call_id, True, value)`` or ``("reply", call_id, False, (exception_name, message))``;
 - controller to camera process: ``("call", call_id, operation, keyword_arguments)``.
 
-The operations are ``start_recording``, ``stop_recording``, ``snapshot``, ``save_snapshots``, ``preview`` and
-``close``
+The operations are ``start_recording``, ``stop_recording``, ``snapshot``, ``save_snapshots``, ``focus_stack``,
+``preview`` and ``close``
 (:mod:`devices.camera._worker`).
 """
 

@@ -113,6 +113,13 @@ class _Server:
             return await capture.save_snapshots(
                 Path(kwargs["folder"]), stem=kwargs["stem"], expected_mm=kwargs["expected_mm"]
             )
+        if operation == "focus_stack":
+            return await capture.record_focus_stack(
+                Path(kwargs["folder"]),
+                count=int(kwargs["count"]),
+                interval_s=float(kwargs["interval_s"]),
+                name=kwargs["name"],
+            )
         if operation == "preview":
             return await self.preview(int(kwargs["width"]), int(kwargs["quality"]), kwargs["expected_mm"])
         if operation == "close":

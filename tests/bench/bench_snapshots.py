@@ -3,7 +3,8 @@ reaches the laser driver, with and without snapshots being taken, in one run.
 
 Run::
 
-    .venv/bin/python tests/bench/bench_snapshots.py [--blocks N] [--trials N] [--period S] [--json]
+    .venv/bin/python tests/bench/bench_snapshots.py [--blocks N] [--trials N] [--period S] [--focus-stacks]
+        [--json]
 
 The arrangement is ``bench_safety.py``'s (its helpers are used here): this process runs the simulated rig on
 ptys and the operator's client of ``control.sock``; the controller is ``tosca controller --ports`` in a
@@ -20,7 +21,10 @@ The trials run in blocks, alternately without and with snapshots (the order swap
 change of the machine's load meets both alike). With snapshots, the operator's connection asks for one
 (``take_snapshot``) every ``--period`` seconds (default 1.0) for as long as the block runs: the controller
 has the camera process detect the ring and write the two full-resolution PNG files into the session's
-folder, and records their rows and event. The first block of each kind warms up and is not counted.
+folder, and records their rows and event. With ``--focus-stacks`` it asks for a focus stack instead
+(``focus_stack``: the configured number of full-resolution frames over a few seconds, each scored and written
+as a PNG with the stack's index, and its ``focus_stack`` row), the next one as soon as the last has ended
+and ``--period`` has passed. The first block of each kind warms up and is not counted.
 
 Printed: for each input, with and without snapshots, n, median, p90, p99 and max in ms, and the ratio of the
 medians and of the p99s (with / without); then how many snapshots were taken, how long one took from asking
@@ -45,20 +49,33 @@ import bench_safety as bs  # the sibling benchmark: run as a script, its folder 
 
 from control.ipc.client import ControllerClient
 from control.ipc_errors import CommandFailed, ControllerUnavailable
-from control.messages import Arm, Authenticate, Event, Preview, Snapshot, TakeSnapshot
+from control.messages import (
+    Arm,
+    Authenticate,
+    Command,
+    Event,
+    Preview,
+    Snapshot,
+    TakeFocusStack,
+    TakeSnapshot,
+)
 from devices.sim.rig import SimRig
 from tui.stop_key import open_stop, read_reply
 
 MODES = ("without snapshots", "with snapshots")
+STACK_MODES = ("without focus stacks", "with focus stacks")
 
 
 class Snapshotter:
     """Asks for a snapshot every ``period_s`` while :attr:`enabled`; counts them and times each from the
     asking to the controller's event saying it was saved (or why not)."""
 
-    def __init__(self, client: ControllerClient, period_s: float) -> None:
+    def __init__(self, client: ControllerClient, period_s: float, *, stacks: bool = False) -> None:
         self.client = client
         self.period_s = period_s
+        #: What is asked for, and the kind of the event that says how it ended.
+        self.kind = "focus_stack" if stacks else "snapshot"
+        self.command: type[Command] = TakeFocusStack if stacks else TakeSnapshot
         self.enabled = False
         self.taken = 0
         self.refused: dict[str, int] = {}
@@ -69,7 +86,7 @@ class Snapshotter:
 
     def _on_message(self, message: Snapshot | Event | Preview) -> None:
         outcome = self._outcome
-        if isinstance(message, Event) and message.kind == "snapshot" and outcome is not None:
+        if isinstance(message, Event) and message.kind == self.kind and outcome is not None:
             if not outcome.done():
                 outcome.set_result(message)
 
@@ -95,7 +112,7 @@ class Snapshotter:
                 asked = time.monotonic()
                 self._outcome = loop.create_future()
                 try:
-                    await self.client.call(TakeSnapshot(), timeout_s=30.0)
+                    await self.client.call(self.command(), timeout_s=30.0)
                     event = await asyncio.wait_for(self._outcome, 30.0)
                 except (CommandFailed, ControllerUnavailable, TimeoutError) as exc:
                     self._refused(str(exc))
@@ -107,6 +124,8 @@ class Snapshotter:
                         self._refused(event.message)
                 finally:
                     self._outcome = None
+            if loop.time() > next_at:
+                next_at = loop.time()  # a stack outlasting the period: the next one after it, not at once
             await asyncio.sleep(max(0.0, next_at - loop.time()))
 
 
@@ -164,7 +183,8 @@ async def pedal_trial(op: bs.Operator) -> float | None:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="tosca-bench-snap-"))
     say: Callable[[str], None] = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
-    samples: dict[str, dict[str, list[float]]] = {m: {"stop key": [], "pedal release": []} for m in MODES}
+    modes = STACK_MODES if args.focus_stacks else MODES
+    samples: dict[str, dict[str, list[float]]] = {m: {"stop key": [], "pedal release": []} for m in modes}
     rig = SimRig()
     controller: bs.ControllerProcess | None = None
     client: ControllerClient | None = None
@@ -187,12 +207,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await client.wait_snapshot(lambda s: True, bs.STATE_TIMEOUT_S)
         await client.call(Authenticate(username=bs.USERNAME, password=bs.PASSWORD), timeout_s=60.0)
         op = bs.Operator(client, rig, watch, protocol_name)
-        snapshotter = Snapshotter(client, args.period)
+        snapshotter = Snapshotter(client, args.period, stacks=args.focus_stacks)
         snapshotter.start()
         for block in range(args.blocks + 1):
-            order = MODES if block % 2 == 0 else tuple(reversed(MODES))
+            order = modes if block % 2 == 0 else tuple(reversed(modes))
             for mode in order:
-                snapshotter.enabled = mode == "with snapshots"
+                snapshotter.enabled = mode == modes[1]
                 counted = block > 0
                 say(f"block {block}{'' if counted else ' (warm-up)'}: {mode}, {args.trials} trials of each")
                 t = time.monotonic()
@@ -205,10 +225,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         samples[mode]["pedal release"].append(latency)
                 say(f"  {time.monotonic() - t:.0f} s")
         snapshotter.enabled = False
-        for mode in MODES:
+        for mode in modes:
             for measure, values in samples[mode].items():
                 results[f"{measure}, {mode}"] = bs.summary(values)
         results["_snapshots"] = {
+            "kind": snapshotter.kind,
             "period_s": args.period,
             "taken": snapshotter.taken,
             "refused": snapshotter.refused,
@@ -250,18 +271,19 @@ def print_table(results: dict[str, Any]) -> None:
             f"{key:<38} {row['n']:>5} {row['median_ms']:>8.2f} {row['p90_ms']:>8.2f} "
             f"{row['p99_ms']:>8.2f} {row['max_ms']:>8.2f}"
         )
+    snaps = results.get("_snapshots", {})
+    what = "focus stacks" if snaps.get("kind") == "focus_stack" else "snapshots"
     for measure in ("stop key", "pedal release"):
-        without = results.get(f"{measure}, without snapshots", {})
-        with_ = results.get(f"{measure}, with snapshots", {})
+        without = results.get(f"{measure}, without {what}", {})
+        with_ = results.get(f"{measure}, with {what}", {})
         if without.get("n") and with_.get("n"):
             median = with_["median_ms"] / without["median_ms"]
             p99 = with_["p99_ms"] / without["p99_ms"]
-            print(f"{measure}: with / without snapshots: median x{median:.2f}, p99 x{p99:.2f}")
-    snaps = results.get("_snapshots", {})
+            print(f"{measure}: with / without {what}: median x{median:.2f}, p99 x{p99:.2f}")
     answer = snaps.get("answer", {})
     if answer.get("n"):
         print(
-            f"snapshots: {snaps['taken']} taken (one every {snaps['period_s']:g} s while enabled), "
+            f"{what}: {snaps['taken']} taken (one every {snaps['period_s']:g} s while enabled), "
             f"saved within median {answer['median_ms']:.0f} ms, max {answer['max_ms']:.0f} ms; "
             f"refused: {snaps['refused']}"
         )
@@ -278,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=25, help="trials of each input per block (default 25)")
     parser.add_argument("--period", type=float, default=1.0, help="seconds between snapshots (default 1)")
     parser.add_argument("--step-seconds", type=float, default=280.0, help="the protocol step's length, s")
+    parser.add_argument("--focus-stacks", action="store_true", help="take focus stacks instead of snapshots")
     parser.add_argument("--keep", action="store_true", help="keep the data directory")
     parser.add_argument("--json", action="store_true", help="print one JSON line after the table")
     args = parser.parse_args(argv)

@@ -58,7 +58,12 @@ def test_every_seeded_row_is_a_setting_with_the_models_type_and_default(
 
 
 #: Settings no migration seeds: stored only once an admin changes them, read as their defaults until then.
-UNSEEDED = ("backup_retention_days", "calibration_validity_days", "max_session_duration_minutes")
+UNSEEDED = (
+    "backup_retention_days",
+    "calibration_validity_days",
+    "max_session_duration_minutes",
+    "focus_stack_frames",
+)
 
 
 def test_the_migrations_seed_every_key_but_those_read_as_their_defaults_until_changed() -> None:
@@ -89,6 +94,7 @@ async def test_a_key_no_migration_seeds_reads_as_its_default(
         assert await read_setting(session, "backup_retention_days") == 30
         assert await read_setting(session, "calibration_validity_days") == 365
         assert await read_setting(session, "max_session_duration_minutes") == 60
+        assert await read_setting(session, "focus_stack_frames") == 15
 
 
 def test_the_storage_layers_own_retention_reader_agrees_with_the_model() -> None:

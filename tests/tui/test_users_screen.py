@@ -167,7 +167,20 @@ async def test_the_admin_home_offers_the_users_and_says_what_is_not_there_yet(
     async with app.run_test() as pilot:
         home = await log_in(pilot, "ada", ADMIN_PASSWORD)
         lines = menu_lines(home)
-        assert [line.split()[0] for line in lines] == ["t", "r", "u", "p", "c", "b", "a", "e", "l", "x", "d"]
+        assert [line.split()[0] for line in lines] == [
+            "t",
+            "r",
+            "u",
+            "p",
+            "c",
+            "b",
+            "a",
+            "e",
+            "l",
+            "x",
+            "d",
+            "f",
+        ]
         assert "no controller" in lines[0]  # this console runs without one: no treatment
         assert lines[2].startswith("u  Users and roles")
         assert not home.query("#home-not-yet")  # every admin screen is in this version
@@ -202,20 +215,20 @@ async def test_a_technician_gets_treatment_and_records_only(data_dir: Path, cloc
         assert "Users" not in footer and "Records" in footer
 
 
-async def test_an_engineer_is_told_their_screens_are_not_there_yet(data_dir: Path, clock: FakeClock) -> None:
+async def test_an_engineer_is_offered_the_engineers_screens_and_no_admin_screen(
+    data_dir: Path, clock: FakeClock
+) -> None:
     await seed()
     async with accounts_service(clock) as service:
         await service.create_user("eric", "Eric Engineer", "engineer", "engineer pass 1", CLI)
     app = console(clock)
     async with app.run_test() as pilot:
         home = await log_in(pilot, "eric", "engineer pass 1")
-        assert [line.split()[0] for line in menu_lines(home)] == ["r", "b", "w", "e", "l", "x", "d"]
-        assert str(home.query_one("#home-not-yet", Label).render()) == (
-            "The engineer's camera focus screen is not in this version yet."
-        )
+        assert [line.split()[0] for line in menu_lines(home)] == ["r", "b", "w", "e", "l", "x", "d", "f"]
+        assert not home.query("#home-not-yet")  # every engineer's screen is in this version
         for name in ("users", "subjects", "audit", "configuration"):
             assert home.check_action("open", (name,)) is False
-        for name in ("backups", "safety_events", "logs", "export"):
+        for name in ("backups", "calibration", "safety_events", "logs", "export"):
             assert home.check_action("open", (name,)) is True
 
 

@@ -3,11 +3,10 @@ database and of the disk.
 
 What each role can do is one list, :data:`HOME_MENU`: one entry per screen, with its key (also in the footer),
 its line in the menu and the roles it is offered to. A technician treats and reads the records; an admin also
-administers (the users and roles); an engineer reads the records, the safety log and the controller's log,
-exports sessions for research and keeps the backups, and is told which of the engineer's screens are not in
-this version yet. The admin's screens that are not built yet are named as such
-(:data:`ADMIN_NOT_YET`), never silently missing: a new screen adds its entry to :data:`HOME_MENU` and leaves
-that list.
+administers (users, configuration, protocols, backups, the audit trail); an engineer reads the records, the
+devices, the safety log and the controller's log, calibrates, adjusts the camera's focus, exports sessions for
+research and keeps the backups. A screen not built yet for a role is named as such (:data:`NOT_YET`), never
+silently missing: a new screen adds its entry to :data:`HOME_MENU` and leaves that list.
 
 While the controller has a fault latched it shows the fault and F4 resets it (with the password, once the
 cause has cleared), so that a fault left after a session closed never blocks the next one."""
@@ -158,6 +157,12 @@ def _export(context: ScreenContext, user: UserInfo) -> Screen[None]:
     return ExportScreen(context, user)
 
 
+def _camera_focus(context: ScreenContext, user: UserInfo) -> Screen[None]:
+    from tui.screens.camera_focus import CameraFocusScreen
+
+    return CameraFocusScreen(context, user)
+
+
 class MenuEntry(NamedTuple):
     """One thing to do from the home screen."""
 
@@ -277,12 +282,19 @@ HOME_MENU: tuple[MenuEntry, ...] = (
         opener=_devices,
         needs_controller=True,
     ),
+    MenuEntry(
+        key="f",
+        name="camera_focus",
+        label="Camera focus",
+        line="Camera focus: live focus score, focus stacks",
+        roles=ENGINEERS,
+        opener=_camera_focus,
+        needs_controller=True,
+    ),
 )
 
-#: The admin's screens not in this version yet (said on the admin's home screen).
-ADMIN_NOT_YET: tuple[str, ...] = ()
-#: What an engineer is told instead of a menu of their own.
-ENGINEER_NOT_YET = "The engineer's camera focus screen is not in this version yet."
+#: The screens not in this version yet, per role (said on that role's home screen).
+NOT_YET: dict[str, tuple[str, ...]] = {}
 
 
 def menu_for(role: str) -> tuple[MenuEntry, ...]:
@@ -292,11 +304,8 @@ def menu_for(role: str) -> tuple[MenuEntry, ...]:
 
 def not_yet_line(role: str) -> str | None:
     """The line naming what ``role`` would find here but is not in this version yet, if anything."""
-    if role == "engineer":
-        return ENGINEER_NOT_YET
-    if role == "admin" and ADMIN_NOT_YET:
-        return f"Not in this version yet: {', '.join(ADMIN_NOT_YET)}."
-    return None
+    missing = NOT_YET.get(role, ())
+    return f"Not in this version yet: {', '.join(missing)}." if missing else None
 
 
 class HomeScreen(Screen[None]):

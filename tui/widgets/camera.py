@@ -174,6 +174,20 @@ def _renderer_name() -> str:
     return names.get(auto, "unknown")
 
 
+def terminal_draws_images() -> bool:
+    """True when the terminal was found, at the console's start, to draw real images (Sixel or the Kitty
+    graphics protocol); False where images would be half-blocks or were never asked about."""
+    if not _graphics_imported() or _halfblocks_without_probing:
+        return False
+    return _renderer_name() in ("sixel", "kitty")
+
+
+def image_widget_class(halfblock: bool) -> type[Widget] | None:
+    """The ``textual-image`` widget class that draws an image here (its half-block one with ``halfblock``),
+    or None when loading it now would probe a terminal already in use."""
+    return _image_widget_class(halfblock)
+
+
 def _image_widget_class(halfblock: bool) -> type[Widget] | None:
     """The ``textual-image`` widget class to draw with, or None when importing it would probe the terminal."""
     if not _import_is_quiet():
