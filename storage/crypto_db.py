@@ -6,7 +6,8 @@ and its restore copies is opened by :func:`connect`, which finds the key:
 
 1. at ``$TOSCA_DB_KEY_FILE`` when that variable is set;
 2. else at the path recorded in ``tosca.db.key-location`` in the file's folder or the folder above it (the
-   data directory holds the database; its ``backups/`` folder holds the copies).
+   data directory holds the database; its ``backups/`` folder holds the copies), or in the data directory
+   a ``tosca`` command works on (:func:`use_data_dir`).
 
 Whether a file needs the key is read from the file itself: a plain SQLite file begins with the text
 ``SQLite format 3``; an SQLCipher file begins with 16 random bytes (its salt). An absent or empty file is
@@ -102,9 +103,20 @@ def record_key_file(folder: Path, key_file: Path) -> Path:
     return target
 
 
+_data_dirs: list[Path] = []
+
+
+def use_data_dir(folder: Path) -> None:
+    """Let this process look for the key location of the data directory ``folder`` too, for a database file
+    kept elsewhere (a backup brought on a USB stick to ``tosca db restore``)."""
+    resolved = Path(folder).absolute()
+    if resolved not in _data_dirs:
+        _data_dirs.append(resolved)
+
+
 def _location_folders(path: Path) -> tuple[Path, ...]:
     folder = Path(path).absolute().parent
-    return (folder, folder.parent)
+    return (folder, folder.parent, *_data_dirs)
 
 
 def _find_recorded(path: Path) -> tuple[Path, Path] | None:
@@ -138,7 +150,8 @@ def read_key_file(key_file: Path) -> DatabaseKey:
     except FileNotFoundError:
         raise DatabaseKeyError(f"no database key file at {key_file}") from None
     except OSError as exc:
-        raise DatabaseKeyError(f"cannot read the database key file {key_file}: {exc.strerror or exc}") from None
+        reason = exc.strerror or exc
+        raise DatabaseKeyError(f"cannot read the database key file {key_file}: {reason}") from None
     if len(raw) != KEY_BYTES:
         raise DatabaseKeyError(f"the database key file {key_file} holds {len(raw)} bytes, not {KEY_BYTES}")
     return DatabaseKey(Path(key_file), raw)
@@ -223,7 +236,9 @@ def _load() -> tuple[ModuleType, type[Any], type[Any]]:
         try:
             from sqlcipher3 import dbapi2 as module
         except ImportError as exc:  # pragma: no cover - a dependency of the package
-            raise DatabaseKeyError(f"the database is encrypted and sqlcipher3 is not installed: {exc}") from None
+            raise DatabaseKeyError(
+                f"the database is encrypted and sqlcipher3 cannot be loaded: {exc}"
+            ) from None
         error = module.Error
 
         def guarded(call: Callable[[], _T]) -> _T:
@@ -351,7 +366,8 @@ def connect_keyed(
     except sqlite3.DatabaseError as exc:
         connection.close()
         if "not a database" in str(exc):
-            raise DatabaseKeyError(f"the key in {key.path} does not open {Path(path).name} (wrong key)") from None
+            name = Path(path).name
+            raise DatabaseKeyError(f"the key in {key.path} does not open {name} (wrong key)") from None
         raise
     except BaseException:
         connection.close()
@@ -365,7 +381,7 @@ def connect(
     read_only: bool = False,
     timeout_s: float = 5.0,
     check_same_thread: bool = True,
-    key: DatabaseKey | None | Literal["auto"] = "auto",
+    key: DatabaseKey | Literal["auto"] | None = "auto",
 ) -> sqlite3.Connection:
     """Open the database file ``path``: plain with :mod:`sqlite3`, or encrypted with its key.
 
@@ -383,25 +399,35 @@ def connect(
     )
 
 
-def export_encrypted(source: sqlite3.Connection, target: Path, key: DatabaseKey) -> None:
+def export_to(source: sqlite3.Connection, target: Path, key: DatabaseKey | None) -> None:
     """Write every table, index, view, trigger and row of the open database ``source`` into the new file
-    ``target``, encrypted with ``key`` (SQLCipher's ``sqlcipher_export``; the online backup API cannot copy
-    between a plain and an encrypted file). ``source`` must be a connection from this module's
-    SQLCipher (:func:`connect_keyed` or :func:`open_for_export`)."""
+    ``target``: encrypted with ``key``, or plain when ``key`` is None (SQLCipher's ``sqlcipher_export``; the
+    online backup API cannot copy between files of different keys). ``source`` must be a connection from
+    this module's SQLCipher (:func:`connect_keyed` or :func:`open_for_export`); the copy is read in one
+    transaction, so it is one consistent state of the source."""
     if Path(target).exists():
         raise FileExistsError(f"{target} already exists")
-    version = source.execute("PRAGMA user_version").fetchone()[0]
-    source.execute(f"ATTACH DATABASE ? AS encrypted {key.attach_clause()}", (str(target),))
+    clause = key.attach_clause() if key is not None else "KEY ''"
+    source.execute(f"ATTACH DATABASE ? AS exported {clause}", (str(target),))
     try:
-        source.execute("SELECT sqlcipher_export('encrypted')").fetchall()
-        source.execute(f"PRAGMA encrypted.user_version = {int(version):d}")
+        source.execute("BEGIN")
+        try:
+            version = source.execute("PRAGMA main.user_version").fetchone()[0]
+            source.execute("SELECT sqlcipher_export('exported')").fetchall()
+            source.execute(f"PRAGMA exported.user_version = {int(version):d}")
+        except BaseException:
+            source.rollback()
+            raise
         source.commit()
     finally:
-        source.execute("DETACH DATABASE encrypted")
+        source.execute("DETACH DATABASE exported")
 
 
-def open_for_export(path: Path, *, timeout_s: float = 5.0) -> sqlite3.Connection:
-    """Open the *plain* database ``path`` with SQLCipher's library (no key), for :func:`export_encrypted`."""
+def open_for_export(path: Path, key: DatabaseKey | None, *, timeout_s: float = 5.0) -> sqlite3.Connection:
+    """Open the database ``path`` (plain when ``key`` is None) with SQLCipher's library, for
+    :func:`export_to`."""
+    if key is not None:
+        return connect_keyed(path, key, timeout_s=timeout_s)
     module, connection_class, _cursor = _load()
     try:
         raw = module.connect(str(path), timeout=timeout_s, factory=connection_class)
@@ -424,7 +450,7 @@ __all__ = [
     "connect",
     "connect_keyed",
     "create_key_file",
-    "export_encrypted",
+    "export_to",
     "is_encrypted_file",
     "is_keyed",
     "key_file_for",
@@ -436,4 +462,5 @@ __all__ = [
     "recorded_key_file",
     "sqlcipher_version",
     "switch_on",
+    "use_data_dir",
 ]

@@ -86,9 +86,7 @@ def _keyed_creators(db_path: Path, key: DatabaseKey, timeout_ms: int) -> Callabl
     connect_keyed(db_path, key, timeout_s=timeout_ms / 1000).close()
 
     def create() -> sqlite3.Connection:
-        return connect_keyed(
-            db_path, key, timeout_s=timeout_ms / 1000, check_same_thread=False, verify=False
-        )
+        return connect_keyed(db_path, key, timeout_s=timeout_ms / 1000, check_same_thread=False, verify=False)
 
     return create
 
