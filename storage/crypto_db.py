@@ -26,6 +26,7 @@ unchanged. SQLCipher's own log is switched off, so it never writes onto the cons
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -171,40 +172,68 @@ def create_key_file(key_file: Path) -> DatabaseKey:
     return DatabaseKey(key_file, raw)
 
 
+def _read_head(path: Path, count: int) -> bytes:
+    """The first ``count`` bytes of ``path``, read without dropping this process's SQLite locks on it.
+
+    SQLite's locks are POSIX locks, held per process and file: closing *any* descriptor of the file drops
+    them all, under every open connection (another process may then delete the write-ahead log they use).
+    When this process already has the file open, its bytes are read through that descriptor (``pread``, no
+    close); only a file this process does not hold is opened, read and closed."""
+    info = os.stat(path)
+    for folder in ("/proc/self/fd", "/dev/fd"):
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            continue
+        for name in names:
+            try:
+                fd = int(name)
+                held = os.fstat(fd)
+            except (ValueError, OSError):
+                continue
+            if (held.st_dev, held.st_ino) == (info.st_dev, info.st_ino):
+                with contextlib.suppress(OSError):
+                    return os.pread(fd, count, 0)
+        break
+    with open(path, "rb") as handle:
+        return handle.read(count)
+
+
 def is_encrypted_file(path: Path) -> bool:
     """True when ``path`` is a non-empty file that does not begin as a plain SQLite file does."""
     try:
-        with open(path, "rb") as handle:
-            head = handle.read(len(SQLITE_MAGIC))
-    except (FileNotFoundError, IsADirectoryError):
+        head = _read_head(path, len(SQLITE_MAGIC))
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         return False
     return bool(head) and head != SQLITE_MAGIC
+
+
+def needs_key(path: Path) -> bool:
+    """True when ``path`` is a non-empty file that is not plain SQLite and a key file is known for it (set or
+    recorded): it is opened as an encrypted database. Without a known key it is opened (and refused) as a
+    file that is not a database."""
+    return is_encrypted_file(path) and key_file_for(path) is not None
 
 
 def key_for(path: Path) -> DatabaseKey | None:
     """The key that opens the database file ``path``, or None when it is (or will be created) plain.
 
-    An existing encrypted file needs a key: :class:`DatabaseKeyError` says which file was looked for when it
-    cannot be had. An absent or empty file is encrypted when a key location is recorded for it.
+    A file that is not plain SQLite needs the key of :func:`key_file_for` (:class:`DatabaseKeyError` names the
+    file when it cannot be read; with no key file known at all the file is opened plain, and so refused as
+    not a database). An absent or empty file is encrypted when a key location is recorded for it.
     """
     path = Path(path)
     if is_encrypted_file(path):
-        needed = True
-    else:
-        try:
-            empty = path.stat().st_size == 0
-        except FileNotFoundError:
-            empty = True
-        needed = empty and switch_on(path)
-    if not needed:
+        key_file = key_file_for(path)
+        return None if key_file is None else read_key_file(key_file)
+    try:
+        empty = path.stat().st_size == 0
+    except FileNotFoundError:
+        empty = True
+    if not (empty and switch_on(path)):
         return None
     key_file = key_file_for(path)
-    if key_file is None:
-        raise DatabaseKeyError(
-            f"{path.name} is encrypted and no key file is known: set {KEY_FILE_ENV} or record one "
-            f"with tosca db encrypt (looked for {key_location_file(path.absolute().parent)})"
-        )
-    return read_key_file(key_file)
+    return None if key_file is None else read_key_file(key_file)
 
 
 # ---- SQLCipher connections that raise the standard library's errors
@@ -456,6 +485,7 @@ __all__ = [
     "key_file_for",
     "key_for",
     "key_location_file",
+    "needs_key",
     "open_for_export",
     "read_key_file",
     "record_key_file",

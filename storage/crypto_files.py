@@ -101,6 +101,30 @@ def session_key_for(path: Path) -> bytes | None:
     return session_key(read_key_file(key_file))
 
 
+class ChunkSealer:
+    """The sealing half of the format, for a writer that does its own file handling: :attr:`header` opens
+    the file, then :meth:`seal` gives each chunk's bytes (length prefix included), in order."""
+
+    def __init__(self, key: bytes) -> None:
+        salt = os.urandom(SALT_BYTES)
+        self.header = MAGIC + salt
+        self._aead = _cipher(key, salt)
+        self._index = 0
+        self.finished = False
+
+    def seal(self, data: bytes, *, last: bool = False) -> bytes:
+        """The next chunk, sealed, holding ``data`` (at most :data:`MAX_CHUNK` bytes); ``last`` closes the
+        file (nothing may follow)."""
+        if self.finished:
+            raise ValueError("the last chunk was sealed already")
+        if len(data) > MAX_CHUNK:
+            raise ValueError(f"a chunk holds at most {MAX_CHUNK} bytes, got {len(data)}")
+        sealed = self._aead.encrypt(_nonce(self._index, last), data, self.header)
+        self._index += 1
+        self.finished = last
+        return _LENGTH.pack(len(sealed)) + sealed
+
+
 class EncryptingWriter:
     """Write one encrypted session file: :meth:`write` buffers plaintext and seals full chunks, :meth:`flush`
     seals what is buffered as a chunk and hands it to the operating system, :meth:`close` seals the last
@@ -108,14 +132,11 @@ class EncryptingWriter:
 
     def __init__(self, path: Path, key: bytes) -> None:
         self.path = Path(path)
-        salt = os.urandom(SALT_BYTES)
-        self._header = MAGIC + salt
-        self._aead = _cipher(key, salt)
-        self._index = 0
+        self._sealer = ChunkSealer(key)
         self._pending = bytearray()
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
         self._handle: IO[bytes] | None = os.fdopen(fd, "wb", buffering=0)
-        self._out(self._header)
+        self._out(self._sealer.header)
 
     def _out(self, data: bytes) -> None:
         assert self._handle is not None
@@ -125,9 +146,7 @@ class EncryptingWriter:
             view = view[written or 0 :]
 
     def _seal(self, data: bytes, last: bool) -> None:
-        sealed = self._aead.encrypt(_nonce(self._index, last), data, self._header)
-        self._index += 1
-        self._out(_LENGTH.pack(len(sealed)) + sealed)
+        self._out(self._sealer.seal(data, last=last))
 
     def write(self, data: bytes) -> int:
         """Buffer ``data`` (sealed in chunks of :data:`MAX_CHUNK`); return its length."""
@@ -319,6 +338,7 @@ __all__ = [
     "FILE_CHUNK",
     "MAGIC",
     "MAX_CHUNK",
+    "ChunkSealer",
     "EncryptingWriter",
     "SessionFileError",
     "data_dir_of",

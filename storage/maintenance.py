@@ -33,7 +33,7 @@ import migrations
 from storage.backup import BackupInfo, backup_database, copy_database, last_backup
 from storage.chain import append_sqlite, check_keys, seal_file
 from storage.crypto_db import connect as open_database
-from storage.crypto_db import is_encrypted_file, key_for
+from storage.crypto_db import key_for, needs_key
 from storage.engine import DEFAULT_BUSY_TIMEOUT_MS, connect_sqlite
 from storage.errors import BackupError, DatabaseCheckError, RestoreError, StorageError
 from storage.locks import hold_database_exclusively
@@ -138,7 +138,7 @@ class CheckReport:
 
 
 def _check_header(path: Path) -> None:
-    if is_encrypted_file(path):
+    if needs_key(path):
         return  # an SQLCipher file's header is encrypted: opening it with its key checks it
     size = path.stat().st_size
     if size == 0:
