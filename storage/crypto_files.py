@@ -14,6 +14,11 @@ taken from another file fails its tag, and a file cut short lacks its last chunk
 instead of returning a shortened file. A writer may seal a chunk at each flush, so the chunks vary in size
 (at most :data:`MAX_CHUNK` bytes of plaintext each).
 
+Writing: :class:`EncryptingWriter` writes a new encrypted file; :class:`ChunkSealer` seals chunks for a
+writer that handles its own file (the telemetry writer); :func:`seal_session_files` encrypts files that were
+written plain (a finished video, a snapshot), where the records are encrypted, and :func:`encrypt_file`
+and :func:`encrypt_session_tree` do it unconditionally.
+
 Reading: :func:`open_session_file` returns a binary file object for any session file, encrypted or not (a
 plain file is opened as it is); :func:`read_session_file` returns its bytes. Both need the key of the data
 directory the file lives in, found as the database's key is (``$TOSCA_DB_KEY_FILE``, else the location
@@ -25,7 +30,7 @@ from __future__ import annotations
 import io
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, Final
 
@@ -321,6 +326,20 @@ def encrypt_file(path: Path, key: bytes) -> bool:
     return True
 
 
+def seal_session_files(paths: Iterable[Path | str]) -> int:
+    """Encrypt each of ``paths`` (files just written into a session folder, e.g. a finished video or a
+    snapshot) when the records of its data directory are encrypted; return how many were encrypted. A no-op
+    where encryption is off. :class:`storage.crypto_db.DatabaseKeyError` when it is on and the key cannot be
+    had (the files then stay as they are)."""
+    count = 0
+    for item in paths:
+        path = Path(item)
+        key = session_key_for(path)
+        if key is not None and path.is_file():
+            count += encrypt_file(path, key)
+    return count
+
+
 def encrypt_session_tree(folder: Path, key: bytes) -> int:
     """Encrypt every plain file under ``folder`` (a data directory's ``sessions/``); return how many."""
     count = 0
@@ -347,6 +366,7 @@ __all__ = [
     "is_encrypted_session_file",
     "open_session_file",
     "read_session_file",
+    "seal_session_files",
     "session_key",
     "session_key_for",
 ]
