@@ -14,6 +14,7 @@ import pytest
 
 from storage import DataDir
 from storage.backup import backup_database, copy_database
+from storage.backups import make_backup
 from storage.crypto_db import (
     KEY_FILE_ENV,
     DatabaseKeyError,
@@ -33,7 +34,7 @@ from storage.crypto_files import (
     session_key,
 )
 from storage.crypto_setup import encrypt_database
-from storage.errors import StorageError
+from storage.errors import RestoreError, StorageError
 from storage.maintenance import check_database, restore
 from storage.telemetry import TelemetryWriter, scan_telemetry
 
@@ -128,48 +129,45 @@ def test_a_second_encrypt_and_a_key_file_inside_the_data_directory_are_refused(
 
 
 def test_wrong_missing_and_wrong_length_keys_are_one_line_refusals(
-    encrypted: tuple[DataDir, Path], tmp_path: Path
+    encrypted: tuple[DataDir, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
     data, key_file = encrypted
-    wrong = tmp_path / "wrong.key"
-    wrong.write_bytes(os.urandom(32))
-    short = tmp_path / "short.key"
-    short.write_bytes(os.urandom(31))
-    cases = {
-        str(wrong): f"tosca: the key in {wrong} does not open tosca.db (wrong key)",
-        str(short): f"tosca: the database key file {short} holds 31 bytes, not 32",
-        str(tmp_path / "gone.key"): f"tosca: no database key file at {tmp_path / 'gone.key'}",
-    }
-    for key, expected in cases.items():
-        done = _tosca(data, "db", "check", env={KEY_FILE_ENV: key})
-        assert done.returncode == 1
-        assert done.stderr.strip() == expected
-        assert done.stdout == ""
-    key_file.rename(tmp_path / "moved.key")  # the recorded key file is gone
-    done = _tosca(data, "db", "check")
-    assert done.returncode == 1
-    assert done.stderr.strip() == f"tosca: no database key file at {key_file}"
-    done = _tosca(data, "db", "check", env={KEY_FILE_ENV: str(tmp_path / "moved.key")})
-    assert done.returncode == 0, done.stderr
-    assert "integrity ok" in done.stdout
-
-
-def test_sqlcipher_never_writes_onto_the_screen(encrypted: tuple[DataDir, Path], tmp_path: Path) -> None:
-    data, _key_file = encrypted
     wrong = tmp_path / "wrong.key"
     wrong.write_bytes(os.urandom(32))
     done = _tosca(data, "db", "check", env={KEY_FILE_ENV: str(wrong)})
-    assert done.stderr.count("\n") == 1  # the refusal alone: no SQLCipher log lines (ERROR CORE ...)
-    assert "CORE" not in done.stderr
+    # One line, naming the key file; SQLCipher's own log ("ERROR CORE ...") never reaches the screen.
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == f"tosca: the key in {wrong} does not open tosca.db (wrong key)\n"
+    short = tmp_path / "short.key"
+    short.write_bytes(os.urandom(31))
+    cases = {
+        wrong: f"the key in {wrong} does not open tosca.db (wrong key)",
+        short: f"the database key file {short} holds 31 bytes, not 32",
+        tmp_path / "gone.key": f"no database key file at {tmp_path / 'gone.key'}",
+    }
+    capfd.readouterr()
+    for key, expected in cases.items():
+        monkeypatch.setenv(KEY_FILE_ENV, str(key))
+        with pytest.raises(DatabaseKeyError) as refused:
+            check_database(data.db_path)
+        assert str(refused.value) == expected
+    monkeypatch.delenv(KEY_FILE_ENV)
+    assert capfd.readouterr() == ("", "")
+    key_file.rename(tmp_path / "moved.key")  # the recorded key file is gone
+    with pytest.raises(DatabaseKeyError, match=f"^no database key file at {key_file}$"):
+        check_database(data.db_path)
+    monkeypatch.setenv(KEY_FILE_ENV, str(tmp_path / "moved.key"))
+    assert check_database(data.db_path).integrity == "ok"
 
 
 def test_backups_of_an_encrypted_database_are_encrypted_and_restore_both_kinds(
-    encrypted: tuple[DataDir, Path], data_dir: DataDir, tmp_path: Path
+    encrypted: tuple[DataDir, Path], tmp_path: Path
 ) -> None:
     data, key_file = encrypted
-    done = _tosca(data, "db", "backup")
-    assert done.returncode == 0, done.stderr
-    newest = sorted(data.backups.glob("tosca_*.db"))[-1]
+    newest = make_backup(data).path
     assert is_encrypted_file(newest) and SECRET.encode() not in newest.read_bytes()
     # A plain backup from elsewhere (another console) restored here is encrypted on its way in.
     elsewhere = DataDir(tmp_path / "elsewhere").ensure()
@@ -180,7 +178,7 @@ def test_backups_of_an_encrypted_database_are_encrypted_and_restore_both_kinds(
     assert is_encrypted_file(data.db_path)
     assert SECRET.encode() not in data.db_path.read_bytes()
     assert _read_secret(data.db_path) == SECRET
-    # An encrypted backup restores too, by name from the command line.
+    # An encrypted backup restores too, from the command line.
     done = _tosca(data, "db", "restore", str(newest))
     assert done.returncode == 0, done.stderr
     assert _read_secret(data.db_path) == SECRET
@@ -188,9 +186,10 @@ def test_backups_of_an_encrypted_database_are_encrypted_and_restore_both_kinds(
     truncated = tmp_path / "truncated.db"
     truncated.write_bytes(newest.read_bytes()[: 5 * 4096 + 100])
     before = data.db_path.read_bytes()
-    done = _tosca(data, "db", "restore", str(truncated))
-    assert done.returncode == 1
-    assert done.stderr.startswith("tosca: refused truncated.db: ") and done.stderr.count("\n") == 1
+    with pytest.raises(RestoreError) as refused:
+        restore(data, truncated)
+    assert str(refused.value).startswith("refused truncated.db: ")
+    assert "\n" not in str(refused.value)
     assert data.db_path.read_bytes() == before
     assert read_key_file(key_file).path == key_file
 
