@@ -1,0 +1,179 @@
+"""Encryption-at-rest benchmark: opening an encrypted database, and the seed's six common queries on an
+encrypted database against the same database in plain text.
+
+Run from the project root::
+
+    python tests/bench/bench_encryption.py          # 2,000 subjects, 50,000 sessions, 5,000,000 events
+    python tests/bench/bench_encryption.py --quick  # ten times fewer rows
+
+(a) Opening: the time from nothing to the first row of a query on a new connection (SQLCipher with the raw
+    key of a key file, :func:`storage.crypto_db.connect`), reading the key file included; median and p95
+    of several hundred opens (goal < 10 ms), beside the same for the plain file.
+(b) The six common queries (``tests/bench/bench_storage.py``, which generates the database and caches it
+    under /tmp) on a plain copy and on an encrypted copy (SQLCipher's export of the same file), through the
+    repositories on the async engine and as raw SQL: p50 in ms of each, and the ratio plain / encrypted of
+    their summed p50 (1.0: as fast; goal >= 0.8).
+
+This is a command that prints figures, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import shutil
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+for entry in (ROOT, ROOT / "tests" / "bench"):
+    if str(entry) not in sys.path:
+        sys.path.insert(0, str(entry))
+
+from bench_storage import (  # noqa: E402
+    CACHE_DIR,
+    DEVICE_TYPES,
+    SEED_QUERIES,
+    _generate,
+    _raw_timings,
+    _repo_timings,
+    _template,
+)
+
+from storage.crypto_db import (  # noqa: E402
+    KEY_FILE_ENV,
+    connect,
+    create_key_file,
+    export_to,
+    open_for_export,
+    read_key_file,
+    sqlcipher_version,
+)
+from storage.maintenance import head_revision  # noqa: E402
+
+
+def _percentiles(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+    return statistics.median(ordered) * 1000, p95 * 1000
+
+
+def _open_times(path: Path, opens: int) -> tuple[float, float]:
+    samples = []
+    for _ in range(opens):
+        started = time.perf_counter()
+        connection = connect(path)
+        connection.execute("SELECT count(*) FROM tech_users").fetchone()
+        samples.append(time.perf_counter() - started)
+        connection.close()
+    return _percentiles(samples)
+
+
+def _encrypted_copy(plain: Path, target: Path, key_file: Path) -> None:
+    started = time.perf_counter()
+    source = open_for_export(plain, None)
+    try:
+        export_to(source, target, read_key_file(key_file))
+    finally:
+        source.close()
+    connection = connect(target)
+    connection.execute("PRAGMA journal_mode = WAL").fetchone()
+    connection.close()
+    print(f"    encrypted copy made in {time.perf_counter() - started:.1f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="ten times fewer rows")
+    parser.add_argument("--repeats", type=int, default=200, help="runs of each query (default 200)")
+    parser.add_argument("--opens", type=int, default=500, help="connections opened in (a) (default 500)")
+    args = parser.parse_args(argv)
+    if args.repeats < 2 or args.opens < 2:
+        parser.error("--repeats and --opens must be >= 2")
+    scale = 10 if args.quick else 1
+    subjects, sessions, events = 2000 // scale, 50000 // scale, 5_000_000 // scale
+    print(f"SQLCipher {sqlcipher_version()}, SQLite {sqlite3.sqlite_version} (plain)")
+    with tempfile.TemporaryDirectory(prefix="tosca_bench_crypt_") as temp:
+        work = Path(temp)
+        key_file = work / "keys" / "db.key"
+        create_key_file(key_file)
+        os.environ[KEY_FILE_ENV] = str(key_file)  # how every opener finds the key of the encrypted copy
+
+        cache = CACHE_DIR / f"tosca_bench_storage_{head_revision()}_{subjects}_{sessions}_{events}.db"
+        print(f"(b) database: {subjects:,} subjects, {sessions:,} sessions, {events:,} events")
+        if cache.exists():
+            print(f"    using the cached database {cache}")
+        else:
+            print(f"    generating {cache} ...")
+            _generate(cache, _template(work), subjects=subjects, sessions=sessions, events=events)
+        plain = work / "plain" / "tosca.db"
+        plain.parent.mkdir()
+        shutil.copyfile(cache, plain)
+        encrypted = work / "encrypted" / "tosca.db"
+        encrypted.parent.mkdir()
+        _encrypted_copy(plain, encrypted, key_file)
+        sizes = plain.stat().st_size / 1e6, encrypted.stat().st_size / 1e6
+        print(f"    sizes: plain {sizes[0]:.1f} MB, encrypted {sizes[1]:.1f} MB")
+
+        print(f"(a) opening a connection and reading its first row, {args.opens} times (ms; goal < 10)")
+        for label, path in (("encrypted", encrypted), ("plain", plain)):
+            _open_times(path, 5)
+            p50, p95 = _open_times(path, args.opens)
+            print(f"      {label:<10} p50 {p50:7.3f}   p95 {p95:7.3f}")
+
+        connection = sqlite3.connect(str(plain))
+        codes = [r[0] for r in connection.execute("SELECT subject_code FROM subjects")]
+        connection.close()
+
+        def chooser(seed: int) -> Any:
+            rng = random.Random(seed)
+
+            def choose(name: str) -> tuple[Any, ...]:
+                if name.startswith("1"):
+                    return (rng.choice(codes),)
+                if name.startswith("2"):
+                    return (rng.randint(1, subjects),)
+                if name.startswith("3"):
+                    return (rng.randint(1, sessions),)
+                if name.startswith("4"):
+                    return (rng.choice(DEVICE_TYPES),)
+                return ()
+
+            return choose
+
+        timings: dict[str, dict[str, tuple[float, float]]] = {}
+        for label, path in (("plain", plain), ("encrypted", encrypted)):
+            storage = asyncio.run(_repo_timings(path, chooser(7), args.repeats))
+            raw = _raw_timings(path, chooser(7), args.repeats)
+            timings[label] = {name: (storage[name][0], raw[name][0]) for name in SEED_QUERIES}
+        print(f"    p50 over {args.repeats} runs each (ms): through the storage layer | raw SQL")
+        columns = f"{'plain':>9}{'encrypted':>11}{'ratio':>7}"
+        print(f"      {'query':<26}{columns}  |{columns}")
+        sums = {"plain": [0.0, 0.0], "encrypted": [0.0, 0.0]}
+        for name in SEED_QUERIES:
+            ps, pr = timings["plain"][name]
+            es, er = timings["encrypted"][name]
+            for label, (s, r) in (("plain", (ps, pr)), ("encrypted", (es, er))):
+                sums[label][0] += s
+                sums[label][1] += r
+            print(
+                f"      {name:<26}{ps:>9.3f}{es:>11.3f}{ps / es:>7.2f}  |{pr:>9.3f}{er:>11.3f}{pr / er:>7.2f}"
+            )
+        ratio_storage = sums["plain"][0] / sums["encrypted"][0]
+        ratio_raw = sums["plain"][1] / sums["encrypted"][1]
+        print(
+            f"    ratio plain/encrypted of the summed p50 (goal >= 0.8): storage layer {ratio_storage:.2f}, "
+            f"raw SQL {ratio_raw:.2f}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
