@@ -263,7 +263,7 @@ def _load() -> tuple[ModuleType, type[Any], type[Any]]:
         if _sqlcipher is not None and _factories is not None:
             return _sqlcipher, _factories[0], _factories[1]
         try:
-            from sqlcipher3 import dbapi2 as module
+            from sqlcipher3 import dbapi2 as module  # type: ignore[import-untyped]
         except ImportError as exc:  # pragma: no cover - a dependency of the package
             raise DatabaseKeyError(
                 f"the database is encrypted and sqlcipher3 cannot be loaded: {exc}"
@@ -276,7 +276,7 @@ def _load() -> tuple[ModuleType, type[Any], type[Any]]:
             except error as exc:
                 raise _translate(exc) from exc
 
-        class Cursor(module.Cursor):  # type: ignore[misc,name-defined]
+        class Cursor(module.Cursor):  # type: ignore[misc]
             def execute(self, *args: Any) -> Any:
                 return guarded(lambda: super(Cursor, self).execute(*args))
 
@@ -301,7 +301,7 @@ def _load() -> tuple[ModuleType, type[Any], type[Any]]:
                 except error as exc:
                     raise _translate(exc) from exc
 
-        class Connection(module.Connection):  # type: ignore[misc,name-defined]
+        class Connection(module.Connection):  # type: ignore[misc]
             def cursor(self, factory: Any = Cursor) -> Any:
                 return guarded(lambda: super(Connection, self).cursor(factory))
 

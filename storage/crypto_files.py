@@ -32,10 +32,13 @@ import os
 import struct
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, TYPE_CHECKING, Any, Final
 
 from storage.crypto_db import DatabaseKey, DatabaseKeyError, key_file_for, read_key_file
 from storage.errors import StorageError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 MAGIC: Final = b"TOSCA-ENC\x01"
 SALT_BYTES: Final = 16
@@ -71,7 +74,7 @@ def _nonce(index: int, last: bool) -> bytes:
     return index.to_bytes(8, "big") + (b"\x00\x00\x00\x01" if last else b"\x00\x00\x00\x00")
 
 
-def _cipher(key: bytes, salt: bytes) -> Any:
+def _cipher(key: bytes, salt: bytes) -> AESGCM:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
     return AESGCM(_hkdf(key, salt, _FILE_INFO))
@@ -284,7 +287,7 @@ def open_session_file(
     try:
         if handle.read(len(MAGIC)) != MAGIC:
             handle.seek(0)
-            return io.BufferedReader(handle)  # type: ignore[arg-type]
+            return handle
         handle.seek(0)
         if key is None:
             key = session_key_for(path)
