@@ -3,6 +3,8 @@ encrypted session-file format, each as an operator would meet them (a file on di
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
 import shutil
 import sqlite3
@@ -14,7 +16,7 @@ import pytest
 
 from storage import DataDir
 from storage.backup import backup_database, copy_database
-from storage.backups import make_backup
+from storage.backups import make_backup, restore_live
 from storage.crypto_db import (
     KEY_FILE_ENV,
     DatabaseKeyError,
@@ -36,7 +38,8 @@ from storage.crypto_files import (
 from storage.crypto_setup import encrypt_database
 from storage.errors import RestoreError, StorageError
 from storage.maintenance import check_database, restore
-from storage.telemetry import TelemetryWriter, scan_telemetry
+from storage.probe import needs_first_admin
+from storage.telemetry import TelemetryWriter, encode_record, scan_telemetry
 
 TOSCA = [str(Path(sys.executable).with_name("tosca"))]
 SECRET = "P-2026-0917 glare note"
@@ -282,3 +285,50 @@ def test_a_plain_database_is_opened_as_before_and_garbage_is_not_taken_for_an_en
         key = tmp_path / "three"
         key.write_bytes(b"abc")
         read_key_file(key)
+
+
+async def test_an_encrypted_telemetry_file_survives_a_full_disk_with_every_line(tmp_path: Path) -> None:
+    key = session_key(create_key_file(tmp_path / "k"))
+    path = tmp_path / "t.jsonl"
+    budget = {"bytes": 150}  # the header and part of the first chunk
+
+    def small_disk(fd: int, data: memoryview) -> int:
+        if budget["bytes"] <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        count = min(len(data), budget["bytes"])
+        budget["bytes"] -= count
+        return os.write(fd, data[:count])
+
+    writer = TelemetryWriter(path, flush_lines=5, write=small_disk, key=key)
+    budget["bytes"] -= len(path.read_bytes())  # the header went out with os.write at creation
+    for seq in range(5):
+        writer.append({"seq": seq, "note": SECRET})
+    assert not writer.healthy and writer.pending_lines == 5 and writer.line_count == 0
+    budget["bytes"] = 1 << 20
+    writer.flush()
+    assert writer.healthy and writer.pending_lines == 0 and writer.line_count == 5
+    writer.append({"seq": 5, "note": SECRET})
+    summary = await writer.close()
+    expected = b"".join(encode_record({"seq": seq, "note": SECRET}) for seq in range(6))
+    assert SECRET.encode() not in path.read_bytes()
+    assert read_session_file(path, key=key) == expected
+    assert summary.sha256 == hashlib.sha256(expected).hexdigest() and summary.line_count == 6
+
+
+def test_the_admins_live_restore_and_the_start_up_probe_use_the_key(
+    encrypted: tuple[DataDir, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data, _key_file = encrypted
+    saved = make_backup(data).path
+    connection = connect(data.db_path)
+    with connection:
+        connection.execute("DELETE FROM system_config WHERE config_key = 'crypto_test_note'")
+    connection.close()
+    result = restore_live(data, saved.name, user="ada")
+    assert result.source == saved and is_encrypted_file(result.replaced_backup)
+    assert _read_secret(data.db_path) == SECRET and is_encrypted_file(data.db_path)
+    assert needs_first_admin(data.db_path) is True  # the migrated template has no administrator
+    wrong = tmp_path / "wrong.key"
+    wrong.write_bytes(os.urandom(32))
+    monkeypatch.setenv(KEY_FILE_ENV, str(wrong))
+    assert needs_first_admin(data.db_path) is None  # cannot tell: the start opens it and says why
