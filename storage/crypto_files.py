@@ -34,8 +34,17 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final
 
-from storage.crypto_db import DatabaseKey, DatabaseKeyError, key_file_for, read_key_file
+from storage.crypto_db import (
+    KEY_FILE_ENV,
+    DatabaseKey,
+    DatabaseKeyError,
+    is_encrypted_file,
+    key_file_for,
+    read_key_file,
+    switch_on,
+)
 from storage.errors import StorageError
+from storage.paths import DataDir
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -98,14 +107,24 @@ def data_dir_of(path: Path) -> Path | None:
 
 
 def session_key_for(path: Path) -> bytes | None:
-    """The session-file key for a file at ``path`` in a data directory, or None when encryption is off
-    there. :class:`storage.crypto_db.DatabaseKeyError` when it is on and the key cannot be had."""
+    """The session-file key for writing a file at ``path`` in a data directory, or None when the records there
+    are not encrypted (no key location recorded, the database plain). :class:`storage.crypto_db.
+    DatabaseKeyError` when they are and the key cannot be had."""
     root = data_dir_of(path)
     if root is None:
         return None
-    key_file = key_file_for(root / "tosca.db")
-    if key_file is None:
+    database = DataDir(root).db_path
+    if not (switch_on(database) or is_encrypted_file(database)):
         return None
+    return _key_of(root, path)
+
+
+def _key_of(root: Path, path: Path) -> bytes:
+    key_file = key_file_for(DataDir(root).db_path)
+    if key_file is None:
+        raise DatabaseKeyError(
+            f"{path.name} is encrypted and no database key file is known for it (set {KEY_FILE_ENV})"
+        )
     return session_key(read_key_file(key_file))
 
 
@@ -290,12 +309,12 @@ def open_session_file(
             return handle
         handle.seek(0)
         if key is None:
-            key = session_key_for(path)
-            if key is None:
+            root = data_dir_of(path)
+            if root is None:
                 raise DatabaseKeyError(
-                    f"{path.name} is encrypted and no database key file is known for it "
-                    "(set TOSCA_DB_KEY_FILE)"
+                    f"{path.name} is encrypted and lies outside a data directory's sessions/: pass its key"
                 )
+            key = _key_of(root, path)
         chunks = _chunks(handle, key, path.name, allow_unfinished=allow_unfinished)
         return io.BufferedReader(_DecryptingReader(handle, chunks), buffer_size=FILE_CHUNK)
     except BaseException:

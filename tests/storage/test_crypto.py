@@ -332,3 +332,15 @@ def test_the_admins_live_restore_and_the_start_up_probe_use_the_key(
     wrong.write_bytes(os.urandom(32))
     monkeypatch.setenv(KEY_FILE_ENV, str(wrong))
     assert needs_first_admin(data.db_path) is None  # cannot tell: the start opens it and says why
+
+
+async def test_a_key_in_the_environment_does_not_encrypt_the_files_of_a_plain_data_directory(
+    data_dir: DataDir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(KEY_FILE_ENV, str(create_key_file(tmp_path / "k").path))
+    path = data_dir.session_folder("P-2026-0001", "uid") / "telemetry.jsonl"
+    writer = TelemetryWriter(path)
+    writer.append({"seq": 1})
+    await writer.close()
+    assert path.read_bytes() == b'{"seq":1}\n'
+    assert not is_encrypted_file(data_dir.db_path) and type(connect(data_dir.db_path)) is sqlite3.Connection
