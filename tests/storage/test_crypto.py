@@ -186,13 +186,13 @@ def test_backups_of_an_encrypted_database_are_encrypted_and_restore_both_kinds(
     assert done.returncode == 0, done.stderr
     assert _read_secret(data.db_path) == SECRET
     # A truncated encrypted backup is refused in one line and nothing changes.
-    truncated = tmp_path / "truncated.db"
+    truncated = data.backups / "truncated.db"
     truncated.write_bytes(newest.read_bytes()[: 5 * 4096 + 100])
     before = data.db_path.read_bytes()
     with pytest.raises(RestoreError) as refused:
         restore(data, truncated)
-    assert str(refused.value).startswith("refused truncated.db: ")
-    assert "\n" not in str(refused.value)
+    malformed = "cannot open truncated.db: database disk image is malformed"
+    assert str(refused.value) == f"refused truncated.db: {malformed}"
     assert data.db_path.read_bytes() == before
     assert read_key_file(key_file).path == key_file
 
