@@ -346,3 +346,18 @@ async def test_a_key_in_the_environment_does_not_encrypt_the_files_of_a_plain_da
     await writer.close()
     assert path.read_bytes() == b'{"seq":1}\n'
     assert not is_encrypted_file(data_dir.db_path)
+
+
+def test_an_encrypted_database_at_an_older_schema_is_upgraded_and_stays_encrypted(tmp_path: Path) -> None:
+    from alembic import command
+
+    from storage.maintenance import alembic_config, head_revision, schema_revision, upgrade
+
+    data = DataDir(tmp_path / "data").ensure()
+    command.upgrade(alembic_config(data.db_path), "20261207_003")
+    encrypt_database(data, tmp_path / "keys" / "db.key")
+    assert schema_revision(data.db_path) == "20261207_003"
+    result = upgrade(data)
+    assert (result.previous, result.current) == ("20261207_003", head_revision())
+    assert result.backup is not None and is_encrypted_file(result.backup)
+    assert is_encrypted_file(data.db_path) and check_database(data.db_path).revision == head_revision()
