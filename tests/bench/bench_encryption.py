@@ -14,6 +14,10 @@ Run from the project root::
     repositories on the async engine and as raw SQL: p50 in ms of each (plain and encrypted take turns for
     ``--rounds`` rounds; the median of the rounds is shown), and the ratio plain / encrypted of their summed
     p50 (1.0: as fast; goal >= 0.8).
+(c) Appending chained ``treatment_events`` (``TreatmentEventsRepository.add_many`` on the async engine, one
+    commit per batch of 100, as the recorder does) into a fresh plain and a fresh encrypted database, batch
+    by batch in turn: median ms per batch and events/s of each, and their ratio (no goal set; shown so the
+    cost on the treatment's write path is known).
 
 This is a command that prints figures, not a test.
 """
@@ -38,6 +42,7 @@ for entry in (ROOT, ROOT / "tests" / "bench"):
     if str(entry) not in sys.path:
         sys.path.insert(0, str(entry))
 
+from bench_chain import START, event  # noqa: E402
 from bench_storage import (  # noqa: E402
     CACHE_DIR,
     DEVICE_TYPES,
@@ -48,6 +53,7 @@ from bench_storage import (  # noqa: E402
     _template,
 )
 
+from storage import DataDir, create_engine, session_factory  # noqa: E402
 from storage.crypto_db import (  # noqa: E402
     KEY_FILE_ENV,
     connect,
@@ -57,7 +63,10 @@ from storage.crypto_db import (  # noqa: E402
     read_key_file,
     sqlcipher_version,
 )
-from storage.maintenance import head_revision  # noqa: E402
+from storage.crypto_setup import encrypt_database  # noqa: E402
+from storage.maintenance import head_revision, upgrade  # noqa: E402
+from storage.models import Subject, TechUser, TreatmentSession  # noqa: E402
+from storage.repositories import TreatmentEventsRepository  # noqa: E402
 
 
 def _percentiles(samples: list[float]) -> tuple[float, float]:
@@ -88,6 +97,56 @@ def _encrypted_copy(plain: Path, target: Path, key_file: Path) -> None:
     connection.execute("PRAGMA journal_mode = WAL").fetchone()
     connection.close()
     print(f"    encrypted copy made in {time.perf_counter() - started:.1f} s")
+
+
+async def _append_side(root: Path, key_file: Path | None) -> tuple[Any, Any, int]:
+    data_dir = DataDir(root)
+    await asyncio.to_thread(upgrade, data_dir)
+    if key_file is not None:
+        await asyncio.to_thread(encrypt_database, data_dir, key_file)
+    engine = create_engine(data_dir.db_path)
+    factory = session_factory(engine)
+    async with factory() as s, s.begin():
+        tech = TechUser(username="bench", full_name="Bench", role="technician")
+        subject = Subject(subject_code="P-2026-0001")
+        s.add_all([tech, subject])
+        await s.flush()
+        row = TreatmentSession(
+            subject_id=subject.subject_id, tech_id=tech.tech_id, start_time=START, status="in_progress"
+        )
+        s.add(row)
+        await s.flush()
+        session_id = row.session_id
+    return engine, factory, session_id
+
+
+async def bench_appends(work: Path, key_file: Path, events: int, batch: int) -> None:
+    sides = {
+        "plain": await _append_side(work / "append_plain", None),
+        "encrypted": await _append_side(work / "append_encrypted", key_file),
+    }
+    times: dict[str, list[float]] = {"plain": [], "encrypted": []}
+    try:
+        for index in range(0, events, batch):
+            order = ("plain", "encrypted") if (index // batch) % 2 == 0 else ("encrypted", "plain")
+            for name in order:
+                _engine, factory, session_id = sides[name]
+                rows = [event(session_id, n) for n in range(index, min(events, index + batch))]
+                started = time.perf_counter()
+                async with factory() as s:
+                    await TreatmentEventsRepository(s).add_many(rows)
+                    await s.commit()
+                times[name].append(time.perf_counter() - started)
+    finally:
+        for engine, _factory, _id in sides.values():
+            await engine.dispose()
+    rates = {name: events / sum(samples) for name, samples in times.items()}
+    for name, samples in times.items():
+        print(
+            f"      {name:<10} median {statistics.median(samples) * 1e3:7.2f} ms per batch; "
+            f"{rates[name]:8.0f} events/s"
+        )
+    print(f"    ratio encrypted / plain (events/s): {rates['encrypted'] / rates['plain']:.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
             f"    ratio plain/encrypted of the summed p50 (goal >= 0.8): storage layer {ratio_storage:.2f}, "
             f"raw SQL {ratio_raw:.2f}"
         )
+        events_c = 20_000 // (4 if args.quick else 1)
+        print(f"(c) appending {events_c:,} chained events, one commit per 100")
+        asyncio.run(bench_appends(work, key_file, events_c, 100))
         print(f"    load average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
     return 0
 
