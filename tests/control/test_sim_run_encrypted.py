@@ -17,6 +17,7 @@ from account_fixtures import CHEAP
 from controller_fixtures import PASSWORD, USERNAME, prepare_data_dir
 
 from control.controller import Controller
+from control.review import SessionReviewData, load_review
 from control.sessions import SessionService
 from control.simrun import run_simulated_session
 from control.supervisor import SystemState
@@ -56,10 +57,11 @@ async def data(tmp_path: Path, migrated_template: Path, monkeypatch: pytest.Monk
     )
 
 
-async def _add_notes(data: DataDir, session_id: int) -> None:
+async def _add_notes_and_review(data: DataDir, session_id: int) -> SessionReviewData:
     engine = create_engine(data.db_path)
     try:
         await SessionService(session_factory(engine), data).add_notes(session_id, NOTES, username=USERNAME)
+        return await load_review(session_factory(engine), data, session_id)
     finally:
         await engine.dispose()
         await finish_closing_connections()
@@ -97,7 +99,9 @@ async def test_an_encrypted_session_leaves_nothing_readable_without_the_key(
     assert result.exit_code == 0, result
     assert result.session_id is not None
     await snapshots[0]
-    await _add_notes(data, result.session_id)
+    review = await _add_notes_and_review(data, result.session_id)
+    # The review screen reads the encrypted telemetry: the power trace is there and matches the record.
+    assert review.trace_problem is None and review.trace.sample_count > 100
     done = await asyncio.to_thread(_tosca, data, "db", "backup")
     assert done.returncode == 0, done.stderr
 
