@@ -163,7 +163,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--repeats and --opens must be >= 2, --rounds >= 1")
     scale = 10 if args.quick else 1
     subjects, sessions, events = 2000 // scale, 50000 // scale, 5_000_000 // scale
-    print(f"SQLCipher {sqlcipher_version()}, SQLite {sqlite3.sqlite_version} (plain)")
+    probe = open_for_export(Path(":memory:"), None)
+    inside = probe.execute("SELECT sqlite_version()").fetchone()[0]
+    probe.close()
+    print(
+        f"SQLCipher {sqlcipher_version()} on SQLite {inside} (encrypted); the standard library's SQLite "
+        f"{sqlite3.sqlite_version} (plain): the two SQLite versions differ, and a query's plan may too"
+    )
     with tempfile.TemporaryDirectory(prefix="tosca_bench_crypt_") as temp:
         work = Path(temp)
         key_file = work / "keys" / "db.key"
