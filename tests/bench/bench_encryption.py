@@ -18,6 +18,9 @@ Run from the project root::
     commit per batch of 100, as the recorder does) into a fresh plain and a fresh encrypted database, batch
     by batch in turn: median ms per batch and events/s of each, and their ratio (no goal set; shown so the
     cost on the treatment's write path is known).
+(d) ``tosca audit verify`` (:func:`storage.chain_verify.verify_database`) over the chained events that the
+    append path writes in ``--verify-seconds``, on the plain database and on an encrypted copy of it: CPU
+    time (median of three), rows/s, and what that rate gives for 5,000,000 rows (the chain's goal: < 30 s).
 
 This is a command that prints figures, not a test.
 """
@@ -28,6 +31,7 @@ import argparse
 import asyncio
 import os
 import random
+import shutil
 import sqlite3
 import statistics
 import sys
@@ -41,7 +45,7 @@ for entry in (ROOT, ROOT / "tests" / "bench"):
     if str(entry) not in sys.path:
         sys.path.insert(0, str(entry))
 
-from bench_chain import START, event  # noqa: E402
+from bench_chain import START, event, generate  # noqa: E402
 from bench_storage import (  # noqa: E402
     CACHE_DIR,
     DEVICE_TYPES,
@@ -53,6 +57,7 @@ from bench_storage import (  # noqa: E402
 )
 
 from storage import DataDir, create_engine, session_factory  # noqa: E402
+from storage.chain_verify import verify_database  # noqa: E402
 from storage.crypto_db import (  # noqa: E402
     KEY_FILE_ENV,
     connect,
@@ -152,12 +157,44 @@ async def bench_appends(work: Path, key_file: Path, events: int, batch: int) -> 
     print(f"    ratio encrypted / plain (events/s): {rates['encrypted'] / rates['plain']:.2f}")
 
 
+def bench_verify(work: Path, key_file: Path, seconds: float) -> None:
+    plain = DataDir(work / "verify_plain")
+    upgrade(plain)
+    rows = generate(plain.db_path, seconds)
+    encrypted = DataDir(work / "verify_encrypted")
+    shutil.copytree(plain.root, encrypted.root)
+    encrypt_database(encrypted, key_file)
+    rates = {}
+    for label, data_dir in (("plain", plain), ("encrypted", encrypted)):
+        verify_database(data_dir.db_path)  # the page cache as a second run finds it
+        cpus = []
+        for _ in range(3):
+            started = time.process_time()
+            result = verify_database(data_dir.db_path)
+            cpus.append(time.process_time() - started)
+            if result.failure is not None:
+                raise SystemExit(f"verification failed: {result.failure.message}")
+        total = sum(count.rows for count in result.counts)
+        cpu = statistics.median(cpus)
+        rates[label] = total / cpu
+        print(
+            f"      {label:<10} {total:,} rows in {cpu:.2f} s of CPU, {rates[label]:,.0f} rows/s "
+            f"-> 5,000,000 rows in {5_000_000 / rates[label]:.1f} s"
+        )
+    print(
+        f"    ratio encrypted / plain (rows/s): {rates['encrypted'] / rates['plain']:.2f}; {rows:,} generated"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="ten times fewer rows")
     parser.add_argument("--repeats", type=int, default=200, help="runs of each query (default 200)")
     parser.add_argument("--opens", type=int, default=500, help="connections opened in (a) (default 500)")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds of (b) (default 5)")
+    parser.add_argument(
+        "--verify-seconds", type=float, default=20.0, help="seconds of appends verified in (d) (default 20)"
+    )
     args = parser.parse_args(argv)
     if args.repeats < 2 or args.opens < 2 or args.rounds < 1:
         parser.error("--repeats and --opens must be >= 2, --rounds >= 1")
@@ -255,6 +292,9 @@ def main(argv: list[str] | None = None) -> int:
         events_c = 20_000 // (4 if args.quick else 1)
         print(f"(c) appending {events_c:,} chained events, one commit per 100")
         asyncio.run(bench_appends(work, key_file, events_c, 100))
+        seconds = args.verify_seconds / (4 if args.quick else 1)
+        print(f"(d) verifying the chained events appended in {seconds:g} s")
+        bench_verify(work, key_file, seconds)
         print(f"    load average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
     return 0
 
