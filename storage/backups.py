@@ -140,7 +140,8 @@ def _read_verdict(backup: Path) -> tuple[bool | None, str]:
     return (ok if isinstance(ok, bool) else None), str(data.get("note", ""))
 
 
-def _write_verdict(backup: Path, ok: bool, note: str) -> None:
+def write_verdict(backup: Path, ok: bool, note: str) -> None:
+    """Keep the verdict ``ok`` (with its ``note``) of a check of ``backup`` beside it, for the list."""
     stat = backup.stat()
     record = {
         "ok": ok,
@@ -228,7 +229,7 @@ def make_backup(data_dir: DataDir, *, user: str | None = None, terminal: str | N
         raise
     data_dir.restrict_modes()
     # backup_database ran integrity_check on the copy before naming it.
-    _write_verdict(path, True, "integrity ok")
+    write_verdict(path, True, "integrity ok")
     _audit(
         data_dir,
         "db_backup",
@@ -265,7 +266,7 @@ def verify_backup(
         ok, note = False, " ".join(str(exc).split())
     else:
         ok, note = True, report.summary()
-    _write_verdict(path, ok, note)
+    write_verdict(path, ok, note)
     _audit(
         data_dir,
         "db_backup_verify",
@@ -366,7 +367,7 @@ def restore_live(
             replaced = backup_database(data_dir, retention_days=days)
         except BackupError as exc:
             raise refuse(f"the current database could not be backed up first: {exc}") from exc
-        _write_verdict(replaced, True, "integrity ok")
+        write_verdict(replaced, True, "integrity ok")
         # Asked again right before the copy: the backup above took a while, and a session may have opened.
         refuse_if_session_open()
         try:

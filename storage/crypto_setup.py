@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from storage.backup import backup_database, copy_database, list_backups, verify_database_file
+from storage.backups import write_verdict
 from storage.crypto_db import (
     DatabaseKey,
     DatabaseKeyError,
@@ -85,8 +86,9 @@ def _encrypt_backups(data_dir: DataDir, key: DatabaseKey) -> int:
             continue
         partial = info.path.with_name(f".{info.path.name}.encrypting")
         partial.unlink(missing_ok=True)
-        copy_database(info.path, partial, key=key)
+        copy_database(info.path, partial, key=key)  # checked with integrity_check before it returns
         os.replace(partial, info.path)
+        write_verdict(info.path, True, "integrity ok")
         count += 1
     if count:
         _fsync_folder(data_dir.backups)

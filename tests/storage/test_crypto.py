@@ -16,7 +16,7 @@ import pytest
 
 from storage import DataDir
 from storage.backup import backup_database, copy_database
-from storage.backups import make_backup, restore_live
+from storage.backups import backup_overview, make_backup, restore_live
 from storage.crypto_db import (
     KEY_FILE_ENV,
     DatabaseKeyError,
@@ -107,6 +107,7 @@ def test_encrypt_leaves_no_plain_copy_and_the_records_read_back(encrypted: tuple
     assert _read_secret(data.db_path) == SECRET
     for backup in files[1:]:
         assert _read_secret(backup) == SECRET
+    assert [entry.verified_text for entry in backup_overview(data).entries] == ["yes", "yes"]
     assert check_database(data.db_path).revision
 
 
