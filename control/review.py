@@ -54,6 +54,7 @@ from storage import (
     UsersRepository,
     scan_telemetry,
 )
+from storage.crypto_files import open_session_file
 from storage.telemetry_line import decode_sample
 
 #: Default most points kept per power series.
@@ -284,7 +285,7 @@ def _parse_samples(
     """
     commanded: list[tuple[float, float]] = []
     measured: list[tuple[float, float]] = []
-    with path.open("rb") as handle:
+    with open_session_file(path, allow_unfinished=True) as handle:
         for number, raw in enumerate(handle, start=1):
             if number > line_count:
                 break

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Final
 
 from storage.chain import append_sqlite
+from storage.crypto_db import connect as open_database
 from storage.engine import DEFAULT_BUSY_TIMEOUT_MS, connect_sqlite
 from storage.errors import StorageError
 from storage.maintenance import record_audit
@@ -283,8 +284,8 @@ def open_read_only(db_path: Path) -> sqlite3.Connection:
     if not path.is_file():
         raise StorageError(f"no database at {path}")
     try:
-        connection = sqlite3.connect(
-            f"file:{path}?mode=ro", uri=True, timeout=DEFAULT_BUSY_TIMEOUT_MS / 1000, check_same_thread=False
+        connection = open_database(
+            path, read_only=True, timeout_s=DEFAULT_BUSY_TIMEOUT_MS / 1000, check_same_thread=False
         )
     except sqlite3.Error as exc:
         raise StorageError(f"cannot open {path.name}: {exc}") from exc

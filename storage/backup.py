@@ -7,6 +7,10 @@ to disk and only then given its final name ``backups/tosca_YYYYMMDD_HHMMSS.db`` 
 exists a suffix ``_1``, ``_2``, ... is added; an existing backup is never overwritten. Backups older than 30
 days (by the time in their name) are pruned after each successful backup. Each copy gets a signed checkpoint
 of every record chain, stored in it and beside it as ``<backup>.chain.json`` (docs/records-chain.md).
+
+The backup of an encrypted database (:mod:`storage.crypto_db`) is encrypted with the same key; a copy
+between a plain and an encrypted file (restoring a plain backup into an encrypted set-up, or the conversion
+of ``tosca db encrypt``) is written with SQLCipher's export instead of the backup API.
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Literal
 
+from storage.crypto_db import DatabaseKey, export_to, key_for, open_for_export
+from storage.crypto_db import connect as open_database
 from storage.engine import DEFAULT_BUSY_TIMEOUT_MS
 from storage.errors import BackupError, StorageError
 from storage.paths import DataDir
@@ -96,10 +102,11 @@ def prune_backups(
     return removed
 
 
-def verify_database_file(path: Path) -> None:
-    """Raise :class:`BackupError` unless ``path`` is an SQLite file passing ``integrity_check``."""
+def verify_database_file(path: Path, key: DatabaseKey | Literal["auto"] | None = "auto") -> None:
+    """Raise :class:`BackupError` unless ``path`` is an SQLite file (opened with ``key``; "auto": its own,
+    :func:`storage.crypto_db.key_for`) passing ``integrity_check``."""
     try:
-        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        connection = open_database(path, read_only=True, key=key)
     except sqlite3.Error as exc:
         raise BackupError(f"cannot open {path.name}: {exc}") from exc
     try:
@@ -125,31 +132,49 @@ def _remove_with_sidecars(path: Path) -> None:
         Path(f"{path}{extra}").unlink(missing_ok=True)
 
 
-def copy_database(source: Path, target: Path, *, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS) -> None:
+def copy_database(
+    source: Path,
+    target: Path,
+    *,
+    busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
+    key: DatabaseKey | Literal["source"] | None = "source",
+) -> None:
     """Copy the database ``source`` to the new file ``target`` with the online backup API.
 
     The copy uses a rollback journal (one self-contained file), passes ``integrity_check`` and is on disk when
-    this returns. On failure ``target`` is removed and :class:`BackupError` raised.
+    this returns. It is encrypted with ``key`` ("source": as the source is, with the same key; None: plain).
+    On failure ``target`` is removed and :class:`BackupError` raised.
     """
     if target.exists():
         raise BackupError(f"{target} already exists")
     if not source.is_file():
         # sqlite3.connect would quietly create an empty database in its place.
         raise BackupError(f"no database at {source}")
+    source_key = key_for(source)
+    target_key = source_key if key == "source" else key
+    same = (source_key is None) == (target_key is None) and (
+        source_key is None or target_key is None or source_key.raw == target_key.raw
+    )
+    timeout_s = busy_timeout_ms / 1000
     try:
-        src = sqlite3.connect(str(source), timeout=busy_timeout_ms / 1000)
+        src = open_database(source, timeout_s=timeout_s, key=source_key) if same else None
+        if src is None:
+            src = open_for_export(source, source_key, timeout_s=timeout_s)
     except sqlite3.Error as exc:
         raise BackupError(f"cannot open {source}: {exc}") from exc
     try:
-        src.execute("PRAGMA query_only = ON")
-        dst = sqlite3.connect(str(target))
-        try:
-            src.backup(dst)
-            dst.execute("PRAGMA journal_mode = DELETE")
-            dst.commit()
-        finally:
-            dst.close()
-        verify_database_file(target)
+        if same:
+            src.execute("PRAGMA query_only = ON")
+            dst = open_database(target, key=target_key)
+            try:
+                src.backup(dst)
+                dst.execute("PRAGMA journal_mode = DELETE")
+                dst.commit()
+            finally:
+                dst.close()
+        else:
+            export_to(src, target, target_key)
+        verify_database_file(target, key=target_key)
         _fsync(target)
     except (sqlite3.Error, OSError, BackupError) as exc:
         _remove_with_sidecars(target)

@@ -2,11 +2,10 @@
 
 Used by the backups screen and by ``tosca db backups`` / ``tosca db backup``.
 
-* :func:`backup_overview` lists every backup (local time in its name, size, verified or not), the retention
-  in days and the free space of the data directory's file system.
+* :func:`backup_overview` lists every backup (local time, size, verified or not), retention and free space.
 * :func:`make_backup` takes a verified online backup and prunes those older than the retention.
-* :func:`verify_backup` checks one backup (``integrity_check``, a TOSCA database at a known revision) and
-  remembers the verdict in a small ``<backup>.verified`` file beside it, so the list can say yes or no.
+* :func:`verify_backup` checks one backup (``integrity_check``, a TOSCA database at a known revision),
+  keeping the verdict in ``<backup>.verified`` beside it, so the list can say yes or no.
 * :func:`restore_live` restores a backup while the console (and the controller) are running: refused while a
   treatment session is open; the current database is backed up first; the backup's content is then written
   into the live database with SQLite's online backup API, so every open connection sees the restored
@@ -30,6 +29,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Final
 
+from storage import crypto_db
 from storage.audit_query import record_action
 from storage.backup import BACKUP_NAME_RE, RETENTION_DAYS, backup_database, copy_database, list_backups
 from storage.engine import DEFAULT_BUSY_TIMEOUT_MS
@@ -59,16 +59,14 @@ def read_retention_days(db_path: Path) -> tuple[int, str | None]:
     if not Path(db_path).is_file():
         return default, None
     try:
-        connection = sqlite3.connect(
-            f"file:{db_path}?mode=ro", uri=True, timeout=DEFAULT_BUSY_TIMEOUT_MS / 1000
-        )
+        connection = crypto_db.connect(db_path, read_only=True, timeout_s=DEFAULT_BUSY_TIMEOUT_MS / 1000)
         try:
             row = connection.execute(
                 "SELECT config_value, config_type FROM system_config WHERE config_key = ?", (RETENTION_KEY,)
             ).fetchone()
         finally:
             connection.close()
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, crypto_db.DatabaseKeyError) as exc:
         return default, f"config {RETENTION_KEY}: cannot be read ({exc}); using {default} days"
     if row is None:
         return default, None
@@ -142,7 +140,8 @@ def _read_verdict(backup: Path) -> tuple[bool | None, str]:
     return (ok if isinstance(ok, bool) else None), str(data.get("note", ""))
 
 
-def _write_verdict(backup: Path, ok: bool, note: str) -> None:
+def write_verdict(backup: Path, ok: bool, note: str) -> None:
+    """Keep the verdict ``ok`` (with its ``note``) of a check of ``backup`` beside it, for the list."""
     stat = backup.stat()
     record = {
         "ok": ok,
@@ -230,7 +229,7 @@ def make_backup(data_dir: DataDir, *, user: str | None = None, terminal: str | N
         raise
     data_dir.restrict_modes()
     # backup_database ran integrity_check on the copy before naming it.
-    _write_verdict(path, True, "integrity ok")
+    write_verdict(path, True, "integrity ok")
     _audit(
         data_dir,
         "db_backup",
@@ -267,7 +266,7 @@ def verify_backup(
         ok, note = False, " ".join(str(exc).split())
     else:
         ok, note = True, report.summary()
-    _write_verdict(path, ok, note)
+    write_verdict(path, ok, note)
     _audit(
         data_dir,
         "db_backup_verify",
@@ -281,7 +280,7 @@ def verify_backup(
 
 def open_session_count(db_path: Path) -> int:
     """Treatment sessions not yet ended (``in_progress`` or ``paused``) in the database at ``db_path``."""
-    connection = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=DEFAULT_BUSY_TIMEOUT_MS / 1000)
+    connection = crypto_db.connect(db_path, read_only=True, timeout_s=DEFAULT_BUSY_TIMEOUT_MS / 1000)
     try:
         row = connection.execute(
             "SELECT count(*) FROM sessions WHERE status IN ('in_progress', 'paused')"
@@ -345,11 +344,18 @@ def restore_live(
             raise refuse(f"restore refused while a session is open ({reason}); end the session first")
 
     refuse_if_session_open()
+    live_key = crypto_db.key_for(data_dir.db_path)
+    if live_key is None and crypto_db.is_encrypted_file(source):
+        raise refuse(
+            f"{name} is encrypted and the running database is not; restore it with tosca db restore "
+            "while the console is stopped"
+        )
     staging = data_dir.root / f".tosca.db.restore.{os.getpid()}"
     _remove_staging(staging)
     try:
         # Copied first: the backup of the current database prunes old backups, and this may be one of them.
-        copy_database(source, staging)
+        # The copy takes the running database's key (a plain backup is encrypted on its way in).
+        copy_database(source, staging, key=live_key)
         if report.revision != head_revision():
             _migrate(staging, head_revision(), None)
     except (BackupError, StorageError, sqlite3.Error) as exc:
@@ -361,7 +367,7 @@ def restore_live(
             replaced = backup_database(data_dir, retention_days=days)
         except BackupError as exc:
             raise refuse(f"the current database could not be backed up first: {exc}") from exc
-        _write_verdict(replaced, True, "integrity ok")
+        write_verdict(replaced, True, "integrity ok")
         # Asked again right before the copy: the backup above took a while, and a session may have opened.
         refuse_if_session_open()
         try:
@@ -394,9 +400,10 @@ def _remove_staging(staging: Path) -> None:
 def _copy_into_live(staging: Path, db_path: Path) -> None:
     """Write the database ``staging`` over the live database with the online backup API (one transaction
     on the destination: readers see the old records or the new ones, never a mix)."""
-    source = sqlite3.connect(f"file:{staging}?mode=ro", uri=True)
+    key = crypto_db.key_for(db_path)
+    source = crypto_db.connect(staging, read_only=True, key=key)
     try:
-        target = sqlite3.connect(str(db_path), timeout=DEFAULT_BUSY_TIMEOUT_MS / 1000)
+        target = crypto_db.connect(db_path, timeout_s=DEFAULT_BUSY_TIMEOUT_MS / 1000, key=key)
         try:
             source.backup(target)
             target.execute("PRAGMA wal_checkpoint(PASSIVE)")

@@ -772,12 +772,13 @@ def checkpoint_file(
     """:func:`checkpoint` on the database file ``db_path`` in its own transaction; ``[]`` when its schema
     predates the chain. ``keys_of`` as for :func:`checkpoint`; ``pragmas`` False opens the file as it is
     (a backup copy keeps its rollback journal)."""
+    from storage.crypto_db import connect as open_database
     from storage.engine import DEFAULT_BUSY_TIMEOUT_MS, connect_sqlite
 
     if pragmas:
         connection = connect_sqlite(db_path)
     else:
-        connection = sqlite3.connect(str(db_path), timeout=DEFAULT_BUSY_TIMEOUT_MS / 1000)
+        connection = open_database(db_path, timeout_s=DEFAULT_BUSY_TIMEOUT_MS / 1000)
     try:
         with connection:
             executor = SqliteExecutor(connection)

@@ -15,7 +15,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
-from urllib.parse import quote
 
 from storage.chain import (
     CHAINS,
@@ -35,6 +34,7 @@ from storage.chain import (
     read_key,
     verifying_key,
 )
+from storage.crypto_db import connect as open_database
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -92,7 +92,7 @@ def open_read_only(path: Path) -> sqlite3.Connection:
     if not Path(path).is_file():
         raise ChainError(f"no database at {path}")
     try:
-        connection = sqlite3.connect(f"file:{quote(str(Path(path).resolve()))}?mode=ro", uri=True)
+        connection = open_database(Path(path).resolve(), read_only=True)
         connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except sqlite3.Error as exc:
         raise ChainError(f"cannot read {path}: {exc}") from None

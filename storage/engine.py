@@ -9,6 +9,11 @@ Every connection, async or not, is put into the state the console relies on befo
 
 The pragmas are applied in a ``connect`` event on the (sync) engine, so they hold for every pooled connection,
 including ones opened after a connection was recycled.
+
+An encrypted database (:mod:`storage.crypto_db`) is opened the same way, through a creator that hands each
+new connection its key before anything else: aiosqlite runs an SQLCipher connection on its thread as it runs
+a :mod:`sqlite3` one. The key is looked for when the engine is made, and a missing, malformed or wrong key
+refuses there, in one line naming the key file.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -24,6 +30,8 @@ from sqlalchemy import create_engine as _sa_create_engine
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from storage.crypto_db import DatabaseKey, connect_keyed, key_for
+from storage.crypto_db import connect as open_database
 from storage.errors import PragmaError
 
 #: Default time a writer waits for another writer's lock, in milliseconds.
@@ -73,14 +81,37 @@ def _install_pragmas(sync_engine: Engine, busy_timeout_ms: int) -> None:
     event.listen(sync_engine, "connect", on_connect)
 
 
+def _keyed_creators(db_path: Path, key: DatabaseKey, timeout_ms: int) -> Callable[[], sqlite3.Connection]:
+    """A creator of keyed connections to ``db_path``; the key is checked once now (wrong key: refused)."""
+    connect_keyed(db_path, key, timeout_s=timeout_ms / 1000).close()
+
+    def create() -> sqlite3.Connection:
+        return connect_keyed(db_path, key, timeout_s=timeout_ms / 1000, check_same_thread=False, verify=False)
+
+    return create
+
+
 def create_engine(db_path: Path, *, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS) -> AsyncEngine:
     """Return an async engine (sqlite+aiosqlite) on the database file ``db_path``.
 
     ``busy_timeout_ms`` is how long, in milliseconds, a connection waits for another writer's lock. The caller
     owns the engine and must ``await engine.dispose()`` when done (each aiosqlite connection runs a thread).
+    An encrypted database is opened with its key (:class:`storage.crypto_db.DatabaseKeyError` when it
+    cannot be).
     """
     timeout = _check_busy_timeout(busy_timeout_ms)
-    engine = create_async_engine(sqlite_url(db_path, driver="aiosqlite"))
+    key = key_for(db_path)
+    if key is None:
+        engine = create_async_engine(sqlite_url(db_path, driver="aiosqlite"))
+    else:
+        import aiosqlite
+
+        create = _keyed_creators(db_path, key, timeout)
+
+        async def async_creator() -> aiosqlite.Connection:
+            return await aiosqlite.Connection(create, iter_chunk_size=64)
+
+        engine = create_async_engine(sqlite_url(db_path, driver="aiosqlite"), async_creator=async_creator)
     _install_pragmas(engine.sync_engine, timeout)
     return engine
 
@@ -91,14 +122,20 @@ def create_sync_engine(db_path: Path, *, busy_timeout_ms: int = DEFAULT_BUSY_TIM
     The caller must call ``engine.dispose()`` when done.
     """
     timeout = _check_busy_timeout(busy_timeout_ms)
-    engine = _sa_create_engine(sqlite_url(db_path, driver="pysqlite"))
+    key = key_for(db_path)
+    url = sqlite_url(db_path, driver="pysqlite")
+    if key is None:
+        engine = _sa_create_engine(url)
+    else:
+        engine = _sa_create_engine(url, creator=_keyed_creators(db_path, key, timeout))
     _install_pragmas(engine, timeout)
     return engine
 
 
 def connect_sqlite(db_path: Path, *, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS) -> sqlite3.Connection:
-    """Open a plain :mod:`sqlite3` connection with the console's pragmas (for bulk and maintenance work)."""
-    connection = sqlite3.connect(str(db_path))
+    """Open a :mod:`sqlite3`-style connection with the console's pragmas (for bulk and maintenance work); an
+    encrypted database is opened with its key (:func:`storage.crypto_db.connect`)."""
+    connection = open_database(db_path, timeout_s=_check_busy_timeout(busy_timeout_ms) / 1000)
     try:
         apply_pragmas(connection, busy_timeout_ms)
     except BaseException:

@@ -32,6 +32,8 @@ from alembic.script import ScriptDirectory
 import migrations
 from storage.backup import BackupInfo, backup_database, copy_database, last_backup
 from storage.chain import append_sqlite, check_keys, seal_file
+from storage.crypto_db import connect as open_database
+from storage.crypto_db import key_for, needs_key
 from storage.engine import DEFAULT_BUSY_TIMEOUT_MS, connect_sqlite
 from storage.errors import BackupError, DatabaseCheckError, RestoreError, StorageError
 from storage.locks import hold_database_exclusively
@@ -92,7 +94,7 @@ def known_revisions() -> frozenset[str]:
 
 
 def _open(db_path: Path) -> sqlite3.Connection:
-    connection = sqlite3.connect(str(db_path), timeout=DEFAULT_BUSY_TIMEOUT_MS / 1000)
+    connection = open_database(db_path, timeout_s=DEFAULT_BUSY_TIMEOUT_MS / 1000)
     connection.execute("PRAGMA query_only = ON")
     return connection
 
@@ -136,6 +138,8 @@ class CheckReport:
 
 
 def _check_header(path: Path) -> None:
+    if needs_key(path):
+        return  # an SQLCipher file's header is encrypted: opening it with its key checks it
     size = path.stat().st_size
     if size == 0:
         raise DatabaseCheckError(f"{path.name} is empty, not a TOSCA database")
@@ -415,7 +419,8 @@ def restore(data_dir: DataDir, source: Path, *, terminal: str | None = None) -> 
         for extra in ("", "-journal"):
             Path(f"{staging}{extra}").unlink(missing_ok=True)
         try:
-            copy_database(source, staging)
+            # Encrypted when the database it replaces is, or the file is: never less protected than either.
+            copy_database(source, staging, key=key_for(db_path) or key_for(source))
         except BackupError as exc:
             raise RestoreError(f"could not copy {source.name}: {exc}") from exc
         replaced: Path | None = None

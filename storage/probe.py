@@ -2,7 +2,8 @@
 
 The console draws its entry screen (first run or login) before it loads SQLAlchemy and upgrades the
 database, so that the screen is up in well under a second. This module answers with the standard library's
-``sqlite3`` alone, read only, and answers "don't know" (``None``) whenever it cannot be sure; the console
+``sqlite3`` alone (SQLCipher with its key for an encrypted database, :mod:`storage.crypto_db`), read only,
+and answers "don't know" (``None``) whenever it cannot be sure (a missing or wrong key too); the console
 then opens the database first and asks :meth:`control.accounts.AccountService.needs_first_admin`, which
 stays the authority (the two are compared in the tests).
 """
@@ -12,6 +13,9 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 from typing import Final
+
+from storage.crypto_db import connect as open_database
+from storage.errors import StorageError
 
 #: Active admins who have a password (the same rule as ``UsersRepository.count_active_admins_with_password``).
 USABLE_ADMINS_SQL: Final = (
@@ -27,10 +31,8 @@ def needs_first_admin(db_path: Path) -> bool | None:
     if not db_path.exists():
         return True
     try:
-        connection = sqlite3.connect(
-            f"{db_path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000
-        )
-    except sqlite3.Error:
+        connection = open_database(db_path.resolve(), read_only=True, timeout_s=BUSY_TIMEOUT_MS / 1000)
+    except (sqlite3.Error, StorageError):
         return None
     try:
         row = connection.execute(USABLE_ADMINS_SQL).fetchone()

@@ -22,6 +22,12 @@ number of lines and SHA-256 at the end of the session.
 
 :func:`scan_telemetry` reads a file back (for instance one left by a crash, whose last line may be cut short)
 and summarises its complete lines without changing the file.
+
+When the records are encrypted (:mod:`storage.crypto_db`) the file is written in the encrypted session-file
+format (:mod:`storage.crypto_files`): each flush seals its lines as one chunk, and
+:meth:`TelemetryWriter.close` seals the last, empty chunk. The line count, size and SHA-256 are those of the
+plaintext lines, and :func:`scan_telemetry` decrypts as it reads (a file left by a crash yields its complete
+chunks).
 """
 
 from __future__ import annotations
@@ -38,8 +44,9 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
+from storage.crypto_files import ChunkSealer, open_session_file, session_key_for
 from storage.errors import StorageError
 
 _LOG = logging.getLogger(__name__)
@@ -54,6 +61,8 @@ DEFAULT_FSYNC_INTERVAL_S: Final = 1.0
 DEFAULT_MAX_HELD_BYTES: Final = 16 * 1024 * 1024
 _FILE_MODE: Final = 0o640
 _SCAN_CHUNK_BYTES: Final = 1 << 20
+#: Most plaintext bytes sealed in one chunk of an encrypted telemetry file.
+MAX_CHUNK_LINES_BYTES: Final = 1 << 20
 
 #: ``os.write``-like function: (file descriptor, bytes) -> number of bytes written.
 WriteFunction = Callable[[int, memoryview], int]
@@ -130,7 +139,8 @@ class TelemetryWriter:
     ``fsync_interval_s`` (seconds) is the time between two ``fsync`` calls; ``on_failure`` is called once,
     with the reason, when a write or ``fsync`` fails, and ``on_recover`` when held lines could be written
     after all; ``max_held_bytes`` bounds what is held meanwhile. ``write`` replaces :func:`os.write` (fault
-    injection).
+    injection). ``key``: the session-file key that encrypts the file (:mod:`storage.crypto_files`); "auto"
+    uses the key of the data directory the file is in when its records are encrypted, else writes it plain.
 
     Use::
 
@@ -151,6 +161,7 @@ class TelemetryWriter:
         on_recover: Callable[[], None] | None = None,
         write: WriteFunction = os.write,
         max_held_bytes: int = DEFAULT_MAX_HELD_BYTES,
+        key: bytes | Literal["auto"] | None = "auto",
     ) -> None:
         if not (isinstance(flush_interval_s, (int, float)) and 0 < flush_interval_s <= 0.1):
             raise ValueError(f"flush_interval_s must be > 0 and <= 0.1 seconds, got {flush_interval_s!r}")
@@ -187,6 +198,13 @@ class TelemetryWriter:
         self._stop = asyncio.Event()
         self._sync_lock = asyncio.Lock()
         try:
+            chosen = session_key_for(self._path) if key == "auto" else key
+        except StorageError as exc:
+            raise TelemetryError(f"cannot encrypt telemetry file {self._path}: {exc}") from exc
+        self._sealer = ChunkSealer(chosen) if chosen is not None else None
+        #: [sealed bytes still to write, plaintext] of each chunk held (encrypted files only).
+        self._chunks: list[list[Any]] = []
+        try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, _FILE_MODE)
         except FileExistsError as exc:
@@ -195,6 +213,14 @@ class TelemetryWriter:
             ) from exc
         except OSError as exc:
             raise TelemetryError(f"cannot create telemetry file {self._path}: {exc.strerror or exc}") from exc
+        if self._sealer is not None:
+            try:
+                os.write(self._fd, self._sealer.header)
+            except OSError as exc:
+                os.close(self._fd)
+                raise TelemetryError(
+                    f"cannot write telemetry file {self._path}: {exc.strerror or exc}"
+                ) from exc
 
     # ---- state
 
@@ -236,7 +262,12 @@ class TelemetryWriter:
     @property
     def pending_lines(self) -> int:
         """Lines appended but not yet handed to the operating system (held ones included)."""
-        return len(self._buffer) + self._held.count(b"\n")
+        return len(self._buffer) + self._held_lines()
+
+    def _held_lines(self) -> int:
+        if self._sealer is None:
+            return self._held.count(b"\n")
+        return sum(plain.count(b"\n") for _left, plain in self._chunks)
 
     # ---- writing
 
@@ -268,8 +299,17 @@ class TelemetryWriter:
         ``fsync``); after a failure this is the retry."""
         if self._closed or not (self._buffer or self._held):
             return
-        data = self._held + b"".join(self._buffer)
+        new = b"".join(self._buffer)
         self._buffer.clear()
+        if self._sealer is None:
+            data = self._held + new
+        else:
+            data = self._held
+            for start in range(0, len(new), MAX_CHUNK_LINES_BYTES):
+                plain = new[start : start + MAX_CHUNK_LINES_BYTES]
+                sealed = self._sealer.seal(plain)
+                self._chunks.append([len(sealed), plain])
+                data += sealed
         self._held = b""
         view = memoryview(data)
         written = 0
@@ -280,12 +320,12 @@ class TelemetryWriter:
                     raise OSError(errno.EIO, "write accepted no bytes")
                 written += count
         except OSError as exc:
-            self._account(data[:written])
+            self._account_written(data[:written])
             self._held = data[written:]
-            held = self._held.count(b"\n")
+            held = self._held_lines()
             self._fail(f"{_full(exc)}telemetry write to {self._path} failed: {exc.strerror or exc}", held)
         else:
-            self._account(data)
+            self._account_written(data)
             if self._error is not None and not self._broken:
                 _LOG.warning("telemetry file %s written again (was: %s)", self._path, self._error)
                 self._error = None
@@ -294,6 +334,22 @@ class TelemetryWriter:
                         self._on_recover()
                     except Exception:
                         _LOG.exception("telemetry recovery callback raised")
+
+    def _account_written(self, written: bytes) -> None:
+        """Count what reached the file: the bytes themselves, or for an encrypted file the plaintext of each
+        chunk whose sealed bytes are all written."""
+        if self._sealer is None:
+            self._account(written)
+            return
+        left = len(written)
+        while left and self._chunks:
+            chunk = self._chunks[0]
+            step = min(left, chunk[0])
+            chunk[0] -= step
+            left -= step
+            if chunk[0] == 0:
+                self._chunks.pop(0)
+                self._account(chunk[1])
 
     def _account(self, written: bytes) -> None:
         # Only a failed write can leave a cut line; the retry writes the rest of it first. The hash covers
@@ -350,6 +406,23 @@ class TelemetryWriter:
                 last_sync = time.monotonic()
                 await self._fsync()
 
+    def _seal_last(self) -> None:
+        """Write the last (empty) chunk of an encrypted file whose lines all reached it; a file that lost or
+        holds lines keeps no last chunk, so a reader sees that it is incomplete."""
+        if self._sealer is None or self._held or self._sealer.finished:
+            return
+        data = self._sealer.seal(b"", last=True)
+        try:
+            written = 0
+            while written < len(data):
+                count = self._write(self._fd, memoryview(data)[written:])
+                if count <= 0:
+                    raise OSError(errno.EIO, "write accepted no bytes")
+                written += count
+            self._unsynced = True
+        except OSError as exc:
+            self._fail(f"{_full(exc)}telemetry write to {self._path} failed: {exc.strerror or exc}")
+
     async def close(self) -> TelemetrySummary:
         """Write what is buffered, ``fsync``, close the file and return its summary (idempotent).
 
@@ -363,6 +436,7 @@ class TelemetryWriter:
             await self._task
             self._task = None
         self.flush()
+        self._seal_last()
         await self._fsync()
         self._closed = True
         try:
@@ -393,7 +467,7 @@ def scan_telemetry(path: Path, *, parse: bool = True) -> TelemetrySummary:
     size = 0
     tail = b""
     try:
-        with target.open("rb") as handle:
+        with open_session_file(target, allow_unfinished=True) as handle:
             while chunk := handle.read(_SCAN_CHUNK_BYTES):
                 data = tail + chunk
                 end = data.rfind(b"\n") + 1
@@ -409,6 +483,8 @@ def scan_telemetry(path: Path, *, parse: bool = True) -> TelemetrySummary:
                 line_count += complete.count(b"\n")
     except OSError as exc:
         raise TelemetryError(f"cannot read telemetry file {target}: {exc.strerror or exc}") from exc
+    except StorageError as exc:
+        raise TelemetryError(f"cannot read telemetry file {target}: {exc}") from exc
     return TelemetrySummary(
         path=target,
         line_count=line_count,

@@ -83,6 +83,7 @@ from devices.camera import (
     SnapshotFiles,
 )
 from storage import utc_now
+from storage.crypto_files import seal_session_files
 from storage.models import SessionRecording
 
 _LOG = logging.getLogger(__name__)
@@ -212,6 +213,7 @@ class Imaging(ControllerBase):
         offset_s = max(0.0, files.frame_timestamp - session.started_mono)
         ring_mm = files.ring.diameter_mm if files.ring is not None else None
         try:
+            await asyncio.to_thread(seal_session_files, (files.raw, files.annotated))
             await self._snapshot_rows(session.opened.session_id, files, ring_mm)
         except Exception:
             # The pictures must not outlive a refusal: nothing half-recorded stays behind.

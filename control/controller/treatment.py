@@ -36,6 +36,7 @@ from control.system_config import SettingError, read_system_settings
 from control.vocabulary import SessionStatus, Severity
 from devices.safety import SafetyEvent, SafetySample
 from storage import utc_now
+from storage.crypto_files import seal_session_files
 from storage.maintenance import check_database
 from storage.models import SessionRecording
 from storage.repositories import SessionsRepository, UsersRepository
@@ -375,6 +376,10 @@ class TreatmentLifecycle(Imaging):
             return None
         if result is None:
             return None
+        try:
+            await asyncio.to_thread(seal_session_files, (result.path,))
+        except Exception as exc:
+            _LOG.error("session video not encrypted: %s", exc)
         try:
             size = result.path.stat().st_size
         except OSError:

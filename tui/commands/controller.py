@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     """Run until a termination signal arrives."""
     from control.supervisor import Refused
     from devices.rig import RigError
+    from storage.errors import StorageError
 
     config = None
     if args.ports is not None:
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     priority = raise_priority()
     try:
         return asyncio.run(_serve(Path(args.data_dir), bool(args.sim), config, priority))
-    except (RigError, Refused, OSError, RuntimeError) as exc:
+    except (RigError, Refused, OSError, RuntimeError, StorageError) as exc:
         return fail(f"controller: {exc}")
 
 

@@ -7,7 +7,12 @@ tosca db backup           online backup to backups/tosca_YYYYMMDD_HHMMSS.db, ver
                           retention (``tosca config get backup_retention_days``)
 tosca db backups          every backup (local time, size, verified yes/no), the retention and the free space
 tosca db verify NAME      check the backup NAME (as listed) and remember the verdict
-tosca db restore FILE     verify FILE, back up the current database, put FILE in its place
+tosca db restore FILE     verify FILE, back up the current database, put FILE in its place (a plain or an
+                          encrypted backup; the result is encrypted when either was)
+tosca db encrypt --key-file FILE
+                          back up, then encrypt the database, its backups and the session files with the
+                          32-byte key in FILE (created, mode 0600, when absent); FILE's path is recorded
+                          beside the database, and $TOSCA_DB_KEY_FILE, when set, names the key file instead
 ```
 
 Success prints one or two lines on stdout and exits 0; a refusal or failure prints ``tosca: <reason>`` on
@@ -26,14 +31,14 @@ from storage.errors import one_line
 from storage.paths import DataDir
 from tui.commands import add_data_dir_option, fail
 
-ACTIONS = ("upgrade", "check", "backup", "backups", "verify", "restore")
+ACTIONS = ("upgrade", "check", "backup", "backups", "verify", "restore", "encrypt")
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``db`` sub-command (and its actions) to ``subparsers``; return its parser."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "db",
-        help="records database: upgrade | check | backup | backups | verify NAME | restore FILE",
+        help="records database: upgrade | check | backup | backups | verify NAME | restore FILE | encrypt",
         description="Maintain the records database of a data directory.",
     )
     actions = parser.add_subparsers(dest="db_action", metavar="ACTION", required=True)
@@ -53,7 +58,18 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     verify_parser.add_argument("name", metavar="NAME", help="backup file name, as tosca db backups lists it")
     restore_parser = actions.add_parser("restore", help="replace the database with a verified backup file")
     restore_parser.add_argument("file", type=Path, metavar="FILE", help="backup file to restore")
-    for sub in (upgrade_parser, check_parser, backup_parser, backups_parser, verify_parser, restore_parser):
+    encrypt_parser = actions.add_parser(
+        "encrypt", help="encrypt the database, its backups and the session files (after a backup)"
+    )
+    encrypt_parser.add_argument(
+        "--key-file",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="the 32-byte key file, kept outside the data directory (created when absent)",
+    )
+    subs = (upgrade_parser, check_parser, backup_parser, backups_parser, verify_parser, restore_parser)
+    for sub in (*subs, encrypt_parser):
         add_data_dir_option(sub)
     return parser
 
@@ -144,13 +160,29 @@ def _restore(data_dir: DataDir, file: Path) -> None:
         print(f"previous database saved as {result.replaced_backup}")
 
 
+def _encrypt(data_dir: DataDir, key_file: Path) -> None:
+    from control.terminal import detect_terminal
+    from storage.crypto_setup import encrypt_database
+
+    result = encrypt_database(data_dir, key_file, terminal=detect_terminal())
+    if result.key_created:
+        print(f"new key written to {result.key_file} (keep a copy elsewhere: without it nothing can be read)")
+    print(
+        f"ok: {data_dir.db_path} encrypted with the key file {result.key_file}; "
+        f"{result.backups_encrypted} backup(s) and {result.session_files_encrypted} session file(s) encrypted"
+    )
+    print(f"backup taken first (now encrypted too): {result.backup}")
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the ``db`` action named in ``args`` on ``args.data_dir``; return the exit code."""
     # The storage layer (SQLAlchemy, Alembic) is imported only when a db action runs, so that building the
     # ``tosca`` parser stays quick.
+    from storage.crypto_db import use_data_dir
     from storage.errors import StorageError
 
     data_dir = DataDir(Path(args.data_dir))
+    use_data_dir(data_dir.root)  # the key of an encrypted file brought from elsewhere (restore, check)
     action = args.db_action
     try:
         if action == "upgrade":
@@ -167,6 +199,8 @@ def run(args: argparse.Namespace) -> int:
                 return code
         elif action == "restore":
             _restore(data_dir, args.file)
+        elif action == "encrypt":
+            _encrypt(data_dir, args.key_file)
         else:
             return fail(f"unknown db action {action!r} (expected one of {', '.join(ACTIONS)})")
     except StorageError as exc:
