@@ -65,7 +65,8 @@ from storage import (
     UsersRepository,
     utc_now,
 )
-from storage.chain import checkpoint_async
+from storage.chain import checkpoint_async, on_session
+from storage.signatures import append_final, is_signed
 from storage.maintenance import backup as backup_database
 from storage.safety_records import SafetyRecord
 from storage.telemetry import TelemetrySummary
@@ -437,6 +438,8 @@ class SessionService:
                             timestamp=now,
                         )
                     )
+                for session_id in closed:
+                    await on_session(session, lambda executor, sid=session_id: append_final(executor, sid, now))
             return closed
 
     # -- opening --------------------------------------------------------------------------------------------
@@ -779,7 +782,9 @@ class SessionService:
                     details={"status": status, "reason": text, "energy_j": summary.energy_j},
                     timestamp=now,
                 )
-                await checkpoint_async(session, "session_end")  # each chain's head, signed
+                # The final record (summary and events) chained, then each chain's head signed.
+                await on_session(session, lambda executor: append_final(executor, session_id, now))
+                await checkpoint_async(session, "session_end")
 
     # -- notes ----------------------------------------------------------------------------------------------
 
@@ -806,6 +811,10 @@ class SessionService:
                     raise SessionRefused(f"session {session_id} is still {row.status}; finish it first")
                 if row.post_treatment_notes is not None:
                     raise SessionRefused(f"session {session_id} already has notes; they cannot be changed")
+                if await on_session(session, lambda executor: is_signed(executor, session_id)):
+                    raise SessionRefused(
+                        f"session {session_id} is signed: later notes are added as a signed addendum"
+                    )
                 row.post_treatment_notes = notes
                 await repo.save(row)
                 await AuditRepository(session).add(

@@ -311,7 +311,7 @@ SEED_COLUMNS: dict[str, list[tuple[str, str]]] = {
         ("change_summary", "TEXT"),
         ("created_by_tech_id", "INTEGER"),
         ("created_date", "DATETIME"),
-        # Not in the seed: the approval state (revision 20261207_004).
+        # Not in the seed: the approval state (revision 20261207_106).
         ("status", "TEXT"),
         ("submitted_by_tech_id", "INTEGER"),
         ("submitted_at", "DATETIME"),
