@@ -66,9 +66,9 @@ from storage import (
     utc_now,
 )
 from storage.chain import checkpoint_async, on_session
-from storage.signatures import append_final, is_signed
 from storage.maintenance import backup as backup_database
 from storage.safety_records import SafetyRecord
+from storage.signatures import append_final, is_signed
 from storage.telemetry import TelemetrySummary
 
 if TYPE_CHECKING:
@@ -439,7 +439,9 @@ class SessionService:
                         )
                     )
                 for session_id in closed:
-                    await on_session(session, lambda executor, sid=session_id: append_final(executor, sid, now))
+                    await on_session(
+                        session, lambda executor, sid=session_id: append_final(executor, sid, now)
+                    )
             return closed
 
     # -- opening --------------------------------------------------------------------------------------------

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, Literal
@@ -227,8 +226,8 @@ def _as_datetime(value: object) -> datetime:
 def signatures_of(executor: Executor, session_id: int) -> list[SessionSignature]:
     """The signatures and signed addenda of the session, oldest first."""
     rows = executor.fetch(
-        "SELECT record_id, session_id, kind, recorded_at, username, printed_name, meaning, record_hash, notes "
-        "FROM session_records WHERE session_id = ? AND kind IN ('signature', 'addendum') ORDER BY record_id",
+        "SELECT record_id, session_id, kind, recorded_at, username, printed_name, meaning, record_hash, "
+        "notes FROM session_records WHERE session_id = ? AND kind IN ('signature', 'addendum') ORDER BY record_id",
         (session_id,),
     )
     return [
@@ -272,17 +271,19 @@ def check_records(executor: Executor) -> str | None:
         if key not in cache:
             cache[key] = record_digest(executor, int(session_id), notes=with_notes, addendum=addendum)
         found = cache[key]
+        label = "addendum" if kind == "addendum" else "signature"
         what = (
             f"final record {record_id}"
             if kind == "final"
-            else f"{'addendum' if kind == 'addendum' else 'signature'} {record_id} ({meaning} {printed_name}, "
-            f"{recorded_at})"
+            else f"{label} {record_id} ({meaning} {printed_name}, {str(recorded_at)[:19]})"
         )
         if found is None:
             return f"session {session_id}: {what}: the session is missing"
         digest, current = found
         if kind == "final" and summary != current:
-            return f"session {session_id}: {what}: the session's summary differs from the one chained at its end"
+            return (
+                f"session {session_id}: {what}: the session's summary differs from the one chained at its end"
+            )
         if digest != stored:
             return (
                 f"session {session_id}: {what}: the session's record no longer matches what was "

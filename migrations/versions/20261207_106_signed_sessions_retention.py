@@ -114,9 +114,7 @@ def upgrade() -> None:
         sa.Column("chain_seq", sa.Integer(), nullable=True),
         sa.Column("chain_prev", sa.LargeBinary(), nullable=True),
         sa.Column("chain_mac", sa.LargeBinary(), nullable=True),
-        sa.CheckConstraint(
-            "kind IN ('final', 'signature', 'addendum')", name="ck_session_records_kind"
-        ),
+        sa.CheckConstraint("kind IN ('final', 'signature', 'addendum')", name="ck_session_records_kind"),
         sa.ForeignKeyConstraint(["session_id"], ["sessions.session_id"]),
         sa.ForeignKeyConstraint(["tech_id"], ["tech_users.tech_id"]),
         sa.PrimaryKeyConstraint("record_id"),
