@@ -227,7 +227,8 @@ def signatures_of(executor: Executor, session_id: int) -> list[SessionSignature]
     """The signatures and signed addenda of the session, oldest first."""
     rows = executor.fetch(
         "SELECT record_id, session_id, kind, recorded_at, username, printed_name, meaning, record_hash, "
-        "notes FROM session_records WHERE session_id = ? AND kind IN ('signature', 'addendum') ORDER BY record_id",
+        "notes FROM session_records WHERE session_id = ? AND kind IN ('signature', 'addendum') "
+        "ORDER BY record_id",
         (session_id,),
     )
     return [
