@@ -30,6 +30,7 @@ removed after the commit, so a rolled-back run never loses one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -329,8 +330,9 @@ def _files(
 
 def _remove(paths: list[Path], report: RetentionReport) -> None:
     for path in paths:
+        folder = path.is_dir() and not path.is_symlink()
         try:
-            if path.is_dir() and not path.is_symlink():
+            if folder:
                 shutil.rmtree(path)
             else:
                 path.unlink()
@@ -339,12 +341,9 @@ def _remove(paths: list[Path], report: RetentionReport) -> None:
         except OSError as exc:
             report.problems.append(f"{path}: {exc.strerror or exc}")
             continue
-        parent = path.parent
-        if parent.name != "sessions":
-            try:
-                parent.rmdir()  # the subject's folder, once empty
-            except OSError:
-                pass
+        if folder and path.parent.name != "sessions":
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()  # the subject's folder, once its last session folder is gone
 
 
 def run_retention(
