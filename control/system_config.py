@@ -46,6 +46,8 @@ from storage.errors import ConfigValueError
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
+    from storage.retention import RetentionPolicy
+
 _RESOLUTION: Final = re.compile(r"[1-9][0-9]{0,4}x[1-9][0-9]{0,4}")
 
 
@@ -386,6 +388,19 @@ async def read_system_settings(session: AsyncSession) -> SystemSettings:
     return settings_from(await _stored(session, SETTING_KEYS))
 
 
+def retention_policy(settings: SystemSettings) -> RetentionPolicy:
+    """The retention policy the settings give (``retention_*_days``)."""
+    from storage.retention import RetentionPolicy
+
+    return RetentionPolicy(
+        video_days=settings.retention_video_days,
+        telemetry_days=settings.retention_telemetry_days,
+        sessions_days=settings.retention_sessions_days,
+        safety_days=settings.retention_safety_days,
+        audit_days=settings.retention_audit_days,
+    )
+
+
 async def read_setting(session: AsyncSession, key: str) -> Any:
     """One setting from ``system_config`` (its default when absent); SettingError naming the key when the
     key is unknown or the stored value is refused."""
@@ -408,6 +423,7 @@ __all__ = [
     "known_keys",
     "read_setting",
     "read_system_settings",
+    "retention_policy",
     "settings_from",
     "spec",
 ]

@@ -828,6 +828,26 @@ async def checkpoint_async(session: AsyncSession, reason: CheckpointReason) -> l
     return await _on_session(session, lambda executor: checkpoint(executor, reason))
 
 
+def last_checkpoint_time(db_path: Path) -> datetime | None:
+    """When the newest checkpoint of the database file ``db_path`` was signed (naive UTC), or None (none
+    yet, no such database, or a schema before the chain)."""
+    from urllib.parse import quote
+
+    if not Path(db_path).is_file():
+        return None
+    try:
+        connection = sqlite3.connect(f"file:{quote(str(Path(db_path).resolve()))}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return None
+    try:
+        row = connection.execute("SELECT max(created_at) FROM chain_checkpoints").fetchone()
+    except sqlite3.Error:
+        return None
+    finally:
+        connection.close()
+    return None if row is None or row[0] is None else datetime.fromisoformat(str(row[0]))
+
+
 def write_checkpoint_json(path: Path, checkpoints: Sequence[Checkpoint]) -> None:
     """Write ``checkpoints`` as a JSON file (the copy kept beside a backup)."""
     text = json.dumps({"checkpoints": [c.as_json() for c in checkpoints]}, indent=1, sort_keys=True)
@@ -885,6 +905,7 @@ __all__ = [
     "ensure_keys",
     "has_chain_schema",
     "key_paths",
+    "last_checkpoint_time",
     "on_session",
     "read_checkpoints",
     "read_key",

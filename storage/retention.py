@@ -61,7 +61,7 @@ from storage.chain import (
 from storage.chain_verify import verify_connection
 from storage.errors import StorageError
 
-#: ``audit_log.action`` of a retention run that pruned something.
+#: ``audit_log.action`` of a retention run (one row per run that was not a dry run, even when nothing went).
 ACTION_RECORDS_PRUNE: Final = "records_prune"
 #: How far the newest record may be ahead of the clock before the clock counts as set backwards (two
 #: processes' clocks read a moment apart; a record written "in the future" by more is the clock's fault).
@@ -372,6 +372,13 @@ def run_retention(
         executor = SqliteExecutor(connection)
         if not has_chain_schema(executor):
             raise RetentionRefused("the database predates the record chain: upgrade it first")
+        # Verified first, outside the write lock (a reader never blocks the writers in WAL mode): the rows
+        # pruned are old ones, verified here; rows appended meanwhile are new and never pruned by this run.
+        key_path, signing_path = _keys_for(executor)
+        key = read_key(key_path)
+        verified = verify_connection(connection, key=key, public=signing_key(signing_path).public_key())
+        if verified.failure is not None:
+            raise RetentionRefused(f"the records do not verify ({verified.failure.message}); nothing pruned")
         connection.execute("BEGIN IMMEDIATE")
         try:
             newest = newest_record_time(connection)
@@ -380,12 +387,12 @@ def run_retention(
                     f"the clock reads {now:%Y-%m-%d %H:%M} UTC, earlier than the newest record "
                     f"({newest:%Y-%m-%d %H:%M} UTC): it was set backwards; nothing pruned"
                 )
-            key_path, signing_path = _keys_for(executor)
-            key = read_key(key_path)
-            verified = verify_connection(connection, key=key, public=signing_key(signing_path).public_key())
-            if verified.failure is not None:
+            open_session = connection.execute(
+                "SELECT session_id, status FROM sessions WHERE status IN ('in_progress', 'paused') LIMIT 1"
+            ).fetchone()
+            if open_session is not None:
                 raise RetentionRefused(
-                    f"the records do not verify ({verified.failure.message}); nothing pruned"
+                    f"session {open_session[0]} is {open_session[1]}: retention runs once no session is open"
                 )
             ends, sessions = _decide(connection, policy, now)
             report.sessions = sessions
@@ -401,10 +408,8 @@ def run_retention(
                     heads[chain] = _position_at(connection, chain, ends[chain], mac)
                     report.rows[chain] = int(count)
                     report.through[chain] = heads[chain].length
-            if dry_run or report.nothing:
+            if dry_run:
                 connection.execute("ROLLBACK")
-                if not dry_run:
-                    targets = []
                 return report
             lock_for_append(executor)
             signer = signing_key(signing_path)
@@ -464,7 +469,7 @@ def run_retention(
 
 
 def last_run(db_path: Path) -> datetime | None:
-    """When retention last pruned something (its ``records_prune`` row), or None."""
+    """When retention last ran (its newest ``records_prune`` row), or None."""
     from storage.chain_verify import open_read_only
 
     try:

@@ -19,6 +19,7 @@ from control.authority import Authority
 from control.controller.commands import ControllerCommands
 from control.controller.monitors import DeviceMonitors, Readouts
 from control.controller.ports import SupervisorBoard, SupervisorLaser
+from control.controller.records_upkeep import RecordsUpkeep
 from control.controller.rig_lock import DataDirRigLock
 from control.ipc.server import ControllerServer
 from control.preview import PreviewProducer
@@ -130,6 +131,8 @@ class Controller(ControllerCommands):
                 self.supervisor.set_link(name, transport.state.value)
                 transport.on_state_change(monitors.link_callback(name))
             self._tasks = monitors.tasks()
+            upkeep = RecordsUpkeep.of_database(self.db, data.db_path, data.root, lambda: self.session is None)
+            self._tasks.append(asyncio.create_task(upkeep.run(), name="records-upkeep"))
             if self.serve:
                 self.server = ControllerServer(
                     data.root / CONTROL_SOCKET,
