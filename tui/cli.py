@@ -24,7 +24,7 @@ from storage.paths import set_process_umask
 from tui.commands import add_data_dir_option
 
 #: Sub-command name -> module under ``tui.commands`` with ``register(subparsers)`` and ``run(args) -> int``.
-COMMANDS = ("db", "user", "sim", "controller", "protocol", "audit", "config")
+COMMANDS = ("db", "user", "sim", "controller", "protocol", "audit", "config", "retention")
 
 
 def default_data_dir() -> Path:
