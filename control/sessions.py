@@ -35,6 +35,7 @@ through the :mod:`storage` repositories; this module contains no SQL.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import re
 import secrets
@@ -65,7 +66,7 @@ from storage import (
     UsersRepository,
     utc_now,
 )
-from storage.chain import checkpoint_async, on_session
+from storage.chain import Executor, checkpoint_async, on_session
 from storage.maintenance import backup as backup_database
 from storage.safety_records import SafetyRecord
 from storage.signatures import append_final, is_signed
@@ -340,6 +341,11 @@ async def free_space(session: AsyncSession, data_dir: DataDir) -> FreeSpace:
     return FreeSpace(free_mb, floor_mb, "")
 
 
+def _final(executor: Executor, *, session_id: int, now: datetime) -> int:
+    """Chain the final record of a session just closed (see :func:`storage.signatures.append_final`)."""
+    return append_final(executor, session_id, now)
+
+
 def new_session_uid(now: datetime) -> str:
     """A new session identifier: the UTC start time and 48 random bits, e.g. ``20261206T142501Z-9f3a0c51d2e4``
     (sorts by time; never the same twice in practice, and the database's unique index guarantees it)."""
@@ -439,9 +445,7 @@ class SessionService:
                         )
                     )
                 for session_id in closed:
-                    await on_session(
-                        session, lambda executor, sid=session_id: append_final(executor, sid, now)
-                    )
+                    await on_session(session, functools.partial(_final, session_id=session_id, now=now))
             return closed
 
     # -- opening --------------------------------------------------------------------------------------------

@@ -413,8 +413,8 @@ def run_retention(
                 return report
             lock_for_append(executor)
             signer = signing_key(signing_path)
-            for chain, head in heads.items():
-                written = _write_checkpoint(executor, chain, head, "prune", signer)
+            for name, head in heads.items():
+                written = _write_checkpoint(executor, name, head, "prune", signer)
                 report.checkpoints.append(written.checkpoint_id)
             connection.execute(
                 "INSERT INTO retention_permit (granted_at) VALUES (?)", (stored_timestamp(now),)
