@@ -89,7 +89,8 @@ class SignDialog(DialogScreen[bool]):
         context: the console's account service (its database) and settings.
         user: the person signing (the one logged in).
         session_id: the session signed.
-        addendum: the notes of an addendum, or None to sign the session's record.
+        addendum: None to sign the session's record; text (may be empty) to ask for an addendum's notes
+            (a field first) and sign them as an addendum.
     """
 
     DEFAULT_CSS = """
@@ -123,6 +124,9 @@ class SignDialog(DialogScreen[bool]):
     def compose(self) -> ComposeResult:
         with self.panel():
             yield Label(plain(SIGNATURE_STATEMENT), classes="dialog-prompt")
+            if self.addendum is not None:
+                yield Label("Notes to add (they are signed with the record)", classes="dialog-fact")
+                yield self.text_input("sign-notes", "the addendum's notes", value=self.addendum)
             with Grid(classes="dialog-grid"):
                 yield Label("Signer")
                 yield Label(Text(f"{self.user.full_name} ({self.user.username})"), id="sign-who")
@@ -140,26 +144,37 @@ class SignDialog(DialogScreen[bool]):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.field("sign-password").focus()
+        self.field("sign-notes" if self.addendum is not None else "sign-password").focus()
 
     def action_submit(self) -> None:
-        """Enter: sign with the meaning chosen and the password typed (on the meaning, opens its list)."""
+        """Enter: sign with the meaning chosen and the password typed (on the meaning, opens its list; on
+        an addendum's notes, moves to the password)."""
         meaning = self.query_one("#sign-meaning", Select)
         if self.focused is meaning:
             meaning.action_show_overlay()
             return
         if self.busy:
             return
+        notes: str | None = None
+        if self.addendum is not None:
+            notes = self.field("sign-notes").value
+            if not notes.strip():
+                self.show_error("type the notes to add")
+                self.field("sign-notes").focus()
+                return
+            if self.focused is self.field("sign-notes"):
+                self.field("sign-password").focus()
+                return
         password = self.field("sign-password").value
         if not password:
             self.show_error("enter your password to sign")
             return
         self.busy = True
         self.show_error("")
-        self.sign(str(meaning.value), password)
+        self.sign(str(meaning.value), password, notes)
 
     @work(exclusive=True, group="sign-session", exit_on_error=False)
-    async def sign(self, meaning: str, password: str) -> None:
+    async def sign(self, meaning: str, password: str, notes: str | None = None) -> None:
         """Check the password and sign; close on success, say why not otherwise."""
         try:
             await sign_session(
@@ -168,7 +183,7 @@ class SignDialog(DialogScreen[bool]):
                 self.user.username,
                 password,
                 meaning,
-                addendum=self.addendum,
+                addendum=notes,
             )
         except SignatureRefused as exc:
             self.field("sign-password").value = ""
