@@ -322,6 +322,20 @@ class FreeSpace:
         return f"{self.free_mb:.0f} MB free (at least {self.floor_mb} MB)"
 
 
+async def _recoverable_mb(session: AsyncSession, data_dir: DataDir) -> float:
+    """Megabytes of session files the retention policy allows to go now (the same accounting as a retention
+    run); 0 when the policy cannot be read."""
+    from control.system_config import SettingError, read_system_settings, retention_policy
+    from storage.retention import reclaimable_bytes
+
+    try:
+        policy = retention_policy(await read_system_settings(session))
+    except SettingError:
+        return 0.0
+    found = await asyncio.to_thread(reclaimable_bytes, data_dir.db_path, data_dir.root, policy, utc_now())
+    return found / 1e6
+
+
 async def free_space(session: AsyncSession, data_dir: DataDir) -> FreeSpace:
     """Read ``min_free_disk_mb`` (through ``session``) and the free space of ``data_dir``'s file system."""
     floor_mb, setting_problem = await read_min_free_disk_mb(session)
@@ -331,11 +345,17 @@ async def free_space(session: AsyncSession, data_dir: DataDir) -> FreeSpace:
         return FreeSpace(0.0, floor_mb, f"cannot read the free space of {data_dir.root}: {exc}")
     free_mb = usage.free / 1e6
     if free_mb < floor_mb:
+        recoverable = await _recoverable_mb(session, data_dir)
         return FreeSpace(
             free_mb,
             floor_mb,
             f"only {free_mb:.0f} MB free in the data directory {data_dir.root}; a session needs at least "
             f"{floor_mb} MB (setting min_free_disk_mb): free some space first"
+            + (
+                f"; the retention policy allows {recoverable:.0f} MB to go now (tosca retention run)"
+                if recoverable >= 1
+                else ""
+            )
             + (f" ({setting_problem})" if setting_problem else ""),
         )
     return FreeSpace(free_mb, floor_mb, "")

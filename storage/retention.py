@@ -468,6 +468,29 @@ def run_retention(
     return report
 
 
+def reclaimable_bytes(db_path: Path, data_root: Path, policy: RetentionPolicy, now: datetime) -> int:
+    """The bytes of session files a retention run at ``now`` would remove (the same decisions as
+    :func:`run_retention`, without verifying, writing or removing anything): what the free-space floor
+    ``min_free_disk_mb`` reports as recoverable. 0 when the database cannot be read."""
+    from storage.engine import connect_sqlite
+
+    report = RetentionReport(now=now, policy=policy, dry_run=True)
+    try:
+        connection = connect_sqlite(db_path)
+    except (sqlite3.Error, OSError):
+        return 0
+    try:
+        connection.execute("BEGIN")
+        _ends, sessions = _decide(connection, policy, now)
+        _files(connection, data_root, policy, now, sessions, report)
+        connection.execute("ROLLBACK")
+    except (sqlite3.Error, OSError):
+        return 0
+    finally:
+        connection.close()
+    return report.bytes_freed
+
+
 def last_run(db_path: Path) -> datetime | None:
     """When retention last ran (its newest ``records_prune`` row), or None."""
     from storage.chain_verify import open_read_only
@@ -496,5 +519,6 @@ __all__ = [
     "RetentionReport",
     "last_run",
     "newest_record_time",
+    "reclaimable_bytes",
     "run_retention",
 ]

@@ -27,7 +27,7 @@ from storage.repositories import (
     TreatmentEventsRepository,
     UsersRepository,
 )
-from storage.retention import RetentionPolicy, RetentionRefused, run_retention
+from storage.retention import RetentionPolicy, RetentionRefused, reclaimable_bytes, run_retention
 from storage.safety_records import SafetyRecord
 from storage.telemetry import TelemetrySummary
 from tests.control.signing_fixtures import PASSWORD, PROTOCOL, PROTOCOL_DATA, copy_template
@@ -141,6 +141,9 @@ def test_a_dry_run_reports_and_changes_nothing(eight_years: Generated) -> None:
     assert report.rows["treatment_events"] == 18
     assert _digest(db) == before
     assert all(folder.exists() for _end, folder, _t, _v in eight_years.sessions.values())
+    # The free-space floor reports the same accounting: the bytes of the files a run would remove.
+    assert reclaimable_bytes(db, eight_years.data_dir.root, POLICY, NOW) == report.bytes_freed > 0
+    assert _digest(db) == before
 
 
 def test_eight_years_pruned_by_policy_exactly_and_the_chain_still_verifies(
