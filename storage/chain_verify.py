@@ -372,7 +372,15 @@ def verify_connection(
                     f"checkpoint {cp.checkpoint_id} ({cp.chain}) differs from its copy in {outside_label} "
                     "(replaced or removed in the database)",
                 )
+        # A database (or backup) from before the session records revision has the first three chains only.
+        records = bool(
+            connection.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'session_records'"
+            ).fetchone()
+        )
         for name in CHAINS:
+            if name == "session_records" and not records:
+                continue
             table = chain_table(name)
             mine = [cp for cp in stored if cp.chain == name]
             result.counts.append(_walk(connection, table, mine, mac))
@@ -381,12 +389,13 @@ def verify_connection(
                 for cp in mine
                 if cp.reason == "prune"
             )
-        problem = check_records(executor)
-        if problem is not None:
-            raise _Failed("record", problem)
-        (result.signatures,) = connection.execute(
-            "SELECT count(*) FROM session_records WHERE kind IN ('signature', 'addendum')"
-        ).fetchone()
+        if records:
+            problem = check_records(executor)
+            if problem is not None:
+                raise _Failed("record", problem)
+            (result.signatures,) = connection.execute(
+                "SELECT count(*) FROM session_records WHERE kind IN ('signature', 'addendum')"
+            ).fetchone()
     except _Failed as failed:
         result.failure = failed.failure
     return result

@@ -24,7 +24,7 @@ from console_fixtures import (
 from test_end_session_screen import user_info, write_fixed_session
 from textual.app import App
 from textual.pilot import Pilot
-from textual.widgets import DataTable, Static
+from textual.widgets import DataTable, Select, Static
 
 import tui
 from control.accounts import AccountService, UserInfo
@@ -195,7 +195,12 @@ async def test_signatures_are_shown_and_a_signed_addendum_is_added(data_dir: Pat
         dialog = app.screen
         assert isinstance(dialog, SignDialog)
         await enter_text(pilot, "checked by phone: [b]fine[/b]")
-        await pilot.press("enter")  # to the password
+        # The meaning chosen from its list with the keys: tab to it, enter opens it, down, enter picks.
+        await pilot.press("tab", "enter", "down", "enter")
+        meaning = dialog.query_one("#sign-meaning", Select)
+        await wait_until(pilot, lambda: meaning.value == "reviewed by", "the meaning chosen")
+        dialog.field("sign-notes").focus()
+        await pilot.press("enter")  # from the notes to the password
         await enter_text(pilot, "wrong")
         await pilot.press("enter")
         await wait_until(pilot, lambda: dialog.field("sign-password").value == "", "the refusal")
@@ -205,14 +210,14 @@ async def test_signatures_are_shown_and_a_signed_addendum_is_added(data_dir: Pat
         await wait_until(pilot, lambda: app.screen is screen, "back on the session")
         await wait_until(pilot, lambda: "checked by phone" in shown(screen, "#past-notes"), "the addendum")
         notes = shown(screen, "#past-notes")
-        assert "addendum performed by Tina Tech (tina)," in notes
+        assert "addendum reviewed by Tina Tech (tina)," in notes
         assert "checked by phone: [b]fine[/b]" in notes  # text, never markup
     with sqlite3.connect(DATA_DIR / "tosca.db") as db:
-        rows = db.execute("SELECT kind, notes FROM session_records ORDER BY record_id").fetchall()
+        rows = db.execute("SELECT kind, meaning, notes FROM session_records ORDER BY record_id").fetchall()
         refused = db.execute(
             "SELECT count(*) FROM audit_log WHERE action = 'session_addendum' AND outcome = 'failure'"
         ).fetchone()
-    assert rows == [("addendum", "checked by phone: [b]fine[/b]")]
+    assert rows == [("addendum", "reviewed by", "checked by phone: [b]fine[/b]")]
     assert refused == (1,)
 
 

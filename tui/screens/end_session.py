@@ -40,7 +40,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Grid, Vertical
 from textual.screen import Screen
-from textual.widgets import Footer, Label, Select, TabbedContent, TabPane, TextArea
+from textual.widgets import Footer, Input, Label, Select, TabbedContent, TabPane, TextArea
 from textual.worker import Worker, WorkerState
 
 from control.accounts import UserInfo
@@ -102,7 +102,8 @@ class SignDialog(DialogScreen[bool]):
     }
     """
 
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("enter", "submit", "Sign", priority=True)]
+    # Not a priority binding: the meaning's list takes its own enter; a field's enter arrives as Submitted.
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("enter", "submit", "Sign")]
 
     def __init__(
         self,
@@ -146,13 +147,15 @@ class SignDialog(DialogScreen[bool]):
     def on_mount(self) -> None:
         self.field("sign-notes" if self.addendum is not None else "sign-password").focus()
 
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        """Enter in a field: on to the password, or sign."""
+        event.stop()
+        self.action_submit()
+
     def action_submit(self) -> None:
-        """Enter: sign with the meaning chosen and the password typed (on the meaning, opens its list; on
-        an addendum's notes, moves to the password)."""
+        """Enter: sign with the meaning chosen and the password typed (on an addendum's notes, move to the
+        password first)."""
         meaning = self.query_one("#sign-meaning", Select)
-        if self.focused is meaning:
-            meaning.action_show_overlay()
-            return
         if self.busy:
             return
         notes: str | None = None
