@@ -99,11 +99,8 @@ def _notes(executor: Executor, session_id: int) -> str | None:
     return rows[0][0] if rows else None
 
 
-def record_digest(
-    executor: Executor, session_id: int, *, notes: bool, addendum: str | None = None
-) -> tuple[str, str] | None:
-    """``(hash, summary JSON)`` of the session's record as stored now: the summary and the events, with the
-    notes when ``notes``, and ``addendum`` appended; None when there is no such session."""
+def _base(executor: Executor, session_id: int) -> tuple[Any, str] | None:
+    """The SHA-256 state after the summary and the events, and the summary's JSON; None for no session."""
     values = _summary_values(executor, session_id)
     if values is None:
         return None
@@ -115,8 +112,27 @@ def record_digest(
         f"SELECT {', '.join(events.columns)} FROM treatment_events WHERE session_id = {int(session_id)} "
         "ORDER BY event_id"
     )
+    update = digest.update
     for row in cursor:
-        digest.update(encode_values(row).encode("ascii") + b"\n")
+        update(encode_values(row).encode("ascii") + b"\n")
+    return digest, summary
+
+
+def record_digest(
+    executor: Executor,
+    session_id: int,
+    *,
+    notes: bool,
+    addendum: str | None = None,
+    base: tuple[Any, str] | None = None,
+) -> tuple[str, str] | None:
+    """``(hash, summary JSON)`` of the session's record as stored now: the summary and the events, with the
+    notes when ``notes``, and ``addendum`` appended; None when there is no such session. ``base`` is the
+    session's :func:`_base`, when already computed."""
+    found = base if base is not None else _base(executor, session_id)
+    if found is None:
+        return None
+    digest, summary = found[0].copy(), found[1]
     if notes:
         digest.update(b"notes\n" + encode_values([_notes(executor, session_id)]).encode("ascii") + b"\n")
     if addendum is not None:
@@ -264,14 +280,18 @@ def check_records(executor: Executor) -> str | None:
         "SELECT record_id, session_id, kind, recorded_at, printed_name, meaning, record_hash, summary, notes "
         "FROM session_records ORDER BY record_id"
     )
-    cache: dict[tuple[int, str, str | None], tuple[str, str] | None] = {}
+    bases: dict[int, tuple[Any, str] | None] = {}
     for record_id, session_id, kind, recorded_at, printed_name, meaning, stored, summary, notes in rows:
-        with_notes = kind != "final"
         addendum = notes if kind == "addendum" else None
-        key = (int(session_id), kind if kind == "final" else "signed", addendum)
-        if key not in cache:
-            cache[key] = record_digest(executor, int(session_id), notes=with_notes, addendum=addendum)
-        found = cache[key]
+        sid = int(session_id)
+        if sid not in bases:
+            bases[sid] = _base(executor, sid)
+        base = bases[sid]
+        found = (
+            None
+            if base is None
+            else record_digest(executor, sid, notes=kind != "final", addendum=addendum, base=base)
+        )
         label = "addendum" if kind == "addendum" else "signature"
         what = (
             f"final record {record_id}"
