@@ -66,6 +66,9 @@ ACTION_RECORDS_PRUNE: Final = "records_prune"
 #: How far the newest record may be ahead of the clock before the clock counts as set backwards (two
 #: processes' clocks read a moment apart; a record written "in the future" by more is the clock's fault).
 CLOCK_TOLERANCE: Final = timedelta(minutes=5)
+#: The shortest audit retention a run accepts: six years of 365.25 days, rounded up (the settings model,
+#: ``control.system_config``, refuses less too; a test holds the two equal).
+MIN_AUDIT_DAYS: Final = 2192
 #: The kinds a policy gives days for, in order.
 KINDS: Final = ("video", "telemetry", "sessions", "safety", "audit")
 
@@ -365,6 +368,13 @@ def run_retention(
     """
     from storage.engine import connect_sqlite
 
+    if policy.audit_days < MIN_AUDIT_DAYS:
+        raise RetentionRefused(
+            f"an audit retention of {policy.audit_days} days is refused: "
+            f"at least {MIN_AUDIT_DAYS} (six years)"
+        )
+    if min(getattr(policy, f"{kind}_days") for kind in KINDS) < 1:
+        raise RetentionRefused("every retention is at least one day")
     report = RetentionReport(now=now, policy=policy, dry_run=dry_run)
     connection = connect_sqlite(db_path)
     targets: list[Path] = []
@@ -514,6 +524,7 @@ __all__ = [
     "ACTION_RECORDS_PRUNE",
     "CLOCK_TOLERANCE",
     "KINDS",
+    "MIN_AUDIT_DAYS",
     "RetentionPolicy",
     "RetentionRefused",
     "RetentionReport",

@@ -6,12 +6,14 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-from control.system_config import SettingError, check_setting
+from control.system_config import MIN_AUDIT_RETENTION_DAYS, SettingError, check_setting
 from storage import DataDir, create_engine, session_factory
+from storage.retention import MIN_AUDIT_DAYS, RetentionPolicy, RetentionRefused, run_retention
 from tests.control.signing_fixtures import Finished, copy_template, finished_session
 from tui import cli
 
@@ -67,11 +69,31 @@ def test_dry_run_then_run_prune_the_old_session_and_the_records_still_verify(
     assert "treatment_events: positions 1 to 3 pruned on" in capsys.readouterr().out
 
 
-def test_audit_retention_under_six_years_is_refused() -> None:
+def test_audit_retention_under_six_years_is_refused(
+    done: Finished, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SettingError, match="retention_audit_days: 2191 refused"):
         check_setting("retention_audit_days", 2191)
-    assert check_setting("retention_audit_days", 2192) == 2192
+    assert check_setting("retention_audit_days", 2192) == 2192 == MIN_AUDIT_DAYS == MIN_AUDIT_RETENTION_DAYS
     assert check_setting("retention_sessions_days", 1) == 1
+    with pytest.raises(RetentionRefused, match="audit retention of 2191 days is refused"):
+        run_retention(
+            done.data_dir.db_path,
+            done.data_dir.root,
+            RetentionPolicy(1, 1, 1, 1, 2191),
+            datetime(2030, 1, 1),
+        )
+    # A value written into the database by hand is refused too: nothing is pruned.
+    db = done.data_dir.db_path
+    connection = sqlite3.connect(str(db))
+    with connection:
+        connection.execute(
+            "UPDATE system_config SET config_value = '30' WHERE config_key = 'retention_audit_days'"
+        )
+    connection.close()
+    assert cli.main(["retention", "run", "--data-dir", str(done.data_dir.root)]) == 1
+    assert "retention_audit_days" in capsys.readouterr().err
+    assert _sessions(db) == 1
 
 
 def test_no_database_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
