@@ -39,6 +39,7 @@ from textual import events, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Grid, Vertical
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Label, Select, TabbedContent, TabPane, TextArea
 from textual.worker import Worker, WorkerState
@@ -191,9 +192,17 @@ class SignDialog(DialogScreen[bool]):
         except SignatureRefused as exc:
             self.field("sign-password").value = ""
             self.show_error(str(exc))
-            return
-        finally:
             self.busy = False
+            return
+        # Closed from the dialog's own message loop, not from this worker (which closing it cancels).
+        self.post_message(self.Signed())
+
+    class Signed(Message):
+        """The signature is written: the dialog closes with True."""
+
+    def on_sign_dialog_signed(self, event: SignDialog.Signed) -> None:
+        event.stop()
+        self.busy = False
         self.dismiss(True)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
