@@ -141,7 +141,7 @@ class SignDialog(DialogScreen[bool]):
                     id="sign-meaning",
                 )
                 yield Label("Password")
-                yield self.text_input("sign-password", "your password", password=True)
+                yield self.text_input("sign-password", "your password, then enter to sign", password=True)
             yield self.error_line()
         yield Footer()
 
