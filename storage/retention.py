@@ -411,10 +411,12 @@ def run_retention(
             heads: dict[str, Head] = {}
             for chain in CHAINS:
                 table = chain_table(chain)
-                count = connection.execute(
-                    f"SELECT count(*) FROM {chain} WHERE {table.id_column} <= ?", (ends[chain],)
-                ).fetchone()[0]
+                count, last = connection.execute(
+                    f"SELECT count(*), max({table.id_column}) FROM {chain} WHERE {table.id_column} <= ?",
+                    (ends[chain],),
+                ).fetchone()
                 if count:
+                    ends[chain] = int(last)  # the last row removed (ids may have gaps)
                     heads[chain] = _position_at(connection, chain, ends[chain], mac)
                     report.rows[chain] = int(count)
                     report.through[chain] = heads[chain].length
