@@ -10,7 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from signing_fixtures import PASSWORD, TECHNICIAN, Finished, copy_template, finished_session
+from signing_fixtures import PASSWORD, PROTOCOL, TECHNICIAN, Finished, copy_template, finished_session
 
 from control.sessions import SessionRefused
 from control.signing import SignatureRefused, sign_session, signatures
@@ -129,3 +129,24 @@ async def test_changed_notes_break_the_signature_not_the_final_record(done: Fini
         f"session {done.session_id}: signature 2 (performed by Jane Doe, 2026-03-14 09:30:30): the session's "
         "record no longer matches what was signed (altered)"
     )
+
+
+async def test_a_session_closed_at_start_up_has_its_final_record_chained(
+    tmp_path: Path, migrated_template: Path
+) -> None:
+    data_dir = copy_template(migrated_template, DataDir(tmp_path / "data"))
+    engine = create_engine(data_dir.db_path)
+    try:
+        done = await finished_session(session_factory(engine), data_dir)
+        reopened = await done.service.open(
+            subject_code="P-2026-0001", username="jdoe", protocol_name=PROTOCOL, backup=False
+        )
+        assert await done.service.close_interrupted() == [reopened.session_id]
+    finally:
+        await engine.dispose()
+    db = data_dir.db_path
+    assert _rows(db, "SELECT session_id, kind FROM session_records ORDER BY record_id") == [
+        (done.session_id, "final"),
+        (reopened.session_id, "final"),
+    ]
+    assert verify_database(db).failure is None
