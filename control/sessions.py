@@ -35,6 +35,7 @@ through the :mod:`storage` repositories; this module contains no SQL.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import re
 import secrets
@@ -65,9 +66,10 @@ from storage import (
     UsersRepository,
     utc_now,
 )
-from storage.chain import checkpoint_async
+from storage.chain import Executor, checkpoint_async, on_session
 from storage.maintenance import backup as backup_database
 from storage.safety_records import SafetyRecord
+from storage.signatures import append_final, is_signed
 from storage.telemetry import TelemetrySummary
 
 if TYPE_CHECKING:
@@ -320,6 +322,20 @@ class FreeSpace:
         return f"{self.free_mb:.0f} MB free (at least {self.floor_mb} MB)"
 
 
+async def _recoverable_mb(session: AsyncSession, data_dir: DataDir) -> float:
+    """Megabytes of session files the retention policy allows to go now (the same accounting as a retention
+    run); 0 when the policy cannot be read."""
+    from control.system_config import SettingError, read_system_settings, retention_policy
+    from storage.retention import reclaimable_bytes
+
+    try:
+        policy = retention_policy(await read_system_settings(session))
+    except SettingError:
+        return 0.0
+    found = await asyncio.to_thread(reclaimable_bytes, data_dir.db_path, data_dir.root, policy, utc_now())
+    return found / 1e6
+
+
 async def free_space(session: AsyncSession, data_dir: DataDir) -> FreeSpace:
     """Read ``min_free_disk_mb`` (through ``session``) and the free space of ``data_dir``'s file system."""
     floor_mb, setting_problem = await read_min_free_disk_mb(session)
@@ -329,14 +345,25 @@ async def free_space(session: AsyncSession, data_dir: DataDir) -> FreeSpace:
         return FreeSpace(0.0, floor_mb, f"cannot read the free space of {data_dir.root}: {exc}")
     free_mb = usage.free / 1e6
     if free_mb < floor_mb:
+        recoverable = await _recoverable_mb(session, data_dir)
         return FreeSpace(
             free_mb,
             floor_mb,
             f"only {free_mb:.0f} MB free in the data directory {data_dir.root}; a session needs at least "
             f"{floor_mb} MB (setting min_free_disk_mb): free some space first"
+            + (
+                f"; the retention policy allows {recoverable:.0f} MB to go now (tosca retention run)"
+                if recoverable >= 1
+                else ""
+            )
             + (f" ({setting_problem})" if setting_problem else ""),
         )
     return FreeSpace(free_mb, floor_mb, "")
+
+
+def _final(executor: Executor, *, session_id: int, now: datetime) -> int:
+    """Chain the final record of a session just closed (see :func:`storage.signatures.append_final`)."""
+    return append_final(executor, session_id, now)
 
 
 def new_session_uid(now: datetime) -> str:
@@ -437,6 +464,8 @@ class SessionService:
                             timestamp=now,
                         )
                     )
+                for session_id in closed:
+                    await on_session(session, functools.partial(_final, session_id=session_id, now=now))
             return closed
 
     # -- opening --------------------------------------------------------------------------------------------
@@ -779,7 +808,9 @@ class SessionService:
                     details={"status": status, "reason": text, "energy_j": summary.energy_j},
                     timestamp=now,
                 )
-                await checkpoint_async(session, "session_end")  # each chain's head, signed
+                # The final record (summary and events) chained, then each chain's head signed.
+                await on_session(session, lambda executor: append_final(executor, session_id, now))
+                await checkpoint_async(session, "session_end")
 
     # -- notes ----------------------------------------------------------------------------------------------
 
@@ -806,6 +837,10 @@ class SessionService:
                     raise SessionRefused(f"session {session_id} is still {row.status}; finish it first")
                 if row.post_treatment_notes is not None:
                     raise SessionRefused(f"session {session_id} already has notes; they cannot be changed")
+                if await on_session(session, lambda executor: is_signed(executor, session_id)):
+                    raise SessionRefused(
+                        f"session {session_id} is signed: later notes are added as a signed addendum"
+                    )
                 row.post_treatment_notes = notes
                 await repo.save(row)
                 await AuditRepository(session).add(

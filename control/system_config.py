@@ -48,7 +48,13 @@ from storage.errors import ConfigValueError
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
+    from storage.retention import RetentionPolicy
+
 _RESOLUTION: Final = re.compile(r"[1-9][0-9]{0,4}x[1-9][0-9]{0,4}")
+
+
+#: The shortest audit retention accepted: six years of 365.25 days, rounded up (HIPAA's six years).
+MIN_AUDIT_RETENTION_DAYS: Final = 2192
 
 
 def _unit(unit: str) -> dict[str, Any]:
@@ -152,6 +158,47 @@ class SystemSettings(BaseModel):
         strict=True,
         description="Whether the aiming beam stays on while the treatment laser emits (false: it goes off)",
         json_schema_extra=_unit("on/off"),
+    )
+
+    retention_video_days: int = Field(
+        default=3653,
+        ge=1,
+        le=36525,
+        strict=True,
+        description="Days the raw video of a finished session is kept",
+        json_schema_extra=_unit("days"),
+    )
+    retention_telemetry_days: int = Field(
+        default=3653,
+        ge=1,
+        le=36525,
+        strict=True,
+        description="Days the telemetry file of a finished session is kept",
+        json_schema_extra=_unit("days"),
+    )
+    retention_sessions_days: int = Field(
+        default=3653,
+        ge=1,
+        le=36525,
+        strict=True,
+        description="Days a finished session is kept: its record, events, signatures and folder",
+        json_schema_extra=_unit("days"),
+    )
+    retention_safety_days: int = Field(
+        default=3653,
+        ge=1,
+        le=36525,
+        strict=True,
+        description="Days a safety_log row is kept",
+        json_schema_extra=_unit("days"),
+    )
+    retention_audit_days: int = Field(
+        default=3653,
+        ge=MIN_AUDIT_RETENTION_DAYS,
+        le=36525,
+        strict=True,
+        description="Days an audit_log row is kept (at least 2192: six years)",
+        json_schema_extra=_unit("days"),
     )
 
     backup_retention_days: int = Field(
@@ -351,6 +398,19 @@ async def read_system_settings(session: AsyncSession) -> SystemSettings:
     return settings_from(await _stored(session, SETTING_KEYS))
 
 
+def retention_policy(settings: SystemSettings) -> RetentionPolicy:
+    """The retention policy the settings give (``retention_*_days``)."""
+    from storage.retention import RetentionPolicy
+
+    return RetentionPolicy(
+        video_days=settings.retention_video_days,
+        telemetry_days=settings.retention_telemetry_days,
+        sessions_days=settings.retention_sessions_days,
+        safety_days=settings.retention_safety_days,
+        audit_days=settings.retention_audit_days,
+    )
+
+
 async def read_setting(session: AsyncSession, key: str) -> Any:
     """One setting from ``system_config`` (its default when absent); SettingError naming the key when the
     key is unknown or the stored value is refused."""
@@ -364,6 +424,7 @@ async def read_setting(session: AsyncSession, key: str) -> Any:
 
 __all__ = [
     "DEFAULTS",
+    "MIN_AUDIT_RETENTION_DAYS",
     "SETTING_KEYS",
     "SettingError",
     "SettingSpec",
@@ -372,6 +433,7 @@ __all__ = [
     "known_keys",
     "read_setting",
     "read_system_settings",
+    "retention_policy",
     "settings_from",
     "spec",
 ]

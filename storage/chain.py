@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, TypeVar
 from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError
 
+from storage.crypto_db import DatabaseKeyError, is_keyed
 from storage.errors import StorageError
 from storage.models import AuditLog, SafetyLog, TreatmentEvent
 
@@ -46,12 +47,12 @@ SIGNING_KEY_NAME: Final = "checkpoint_ed25519.key"
 #: The hash that comes before the first position of every chain.
 ZERO_HASH: Final = bytes(32)
 #: Checkpoint reasons.
-CheckpointReason = Literal["seal", "session_end", "backup", "manual"]
+CheckpointReason = Literal["seal", "session_end", "backup", "manual", "daily", "prune"]
 ROW_PREFIX: Final = b"tosca-chain-v1\n"
 CHECKPOINT_PREFIX: Final = b"tosca-checkpoint-v1\n"
 
-ChainName = Literal["audit_log", "safety_log", "treatment_events"]
-CHAINS: Final[tuple[ChainName, ...]] = ("audit_log", "safety_log", "treatment_events")
+ChainName = Literal["audit_log", "safety_log", "treatment_events", "session_records"]
+CHAINS: Final[tuple[ChainName, ...]] = ("audit_log", "safety_log", "treatment_events", "session_records")
 CHAIN_COLUMNS: Final = ("chain_seq", "chain_prev", "chain_mac")
 
 _T = TypeVar("_T")
@@ -123,6 +124,12 @@ TABLES: Final[dict[str, ChainTable]] = {
         "laser_power_actual_watts:r ring_size_mm:r actuator_position_um:r photodiode_voltage_v:r "
         "footpedal_state:n smoothing_device_state:n interlock_status:t image_path:t video_timestamp_ms:i "
         "event_details:t",
+    ),
+    "session_records": _table(
+        "session_records",
+        "record_id",
+        "session_id:i kind:t recorded_at:n tech_id:i username:t printed_name:t meaning:t record_hash:t "
+        "summary:t notes:t",
     ),
 }
 
@@ -594,7 +601,15 @@ def _head(executor: Executor, table: ChainTable, mac: Mac, signing_path: Path) -
         return Head(length=int(seq), hash=bytes(last), row_id=int(row_id))
     sealed = _seal_head(executor, table.name)
     if sealed is not None:
-        return sealed
+        # No chained row left: the chain has not grown past its seal, or retention pruned every row. The
+        # longest checkpoint holds the head either way (a prune's checkpoint is at the last pruned position).
+        longest = executor.fetch(
+            "SELECT length, head_hash, head_row_id FROM chain_checkpoints WHERE chain = ? "
+            "ORDER BY length DESC, checkpoint_id DESC LIMIT 1",
+            (table.name,),
+        )
+        length, head_hash, row_id = longest[0]
+        return Head(length=int(length), hash=bytes(head_hash), row_id=int(row_id))
     # The first open since the chain's revision: every chain not sealed yet is sealed now, at once.
     key = signing_key(signing_path)
     for name in CHAINS:
@@ -702,7 +717,7 @@ async def _on_session(session: AsyncSession, work: Callable[[Executor], _T]) -> 
     driver = raw.driver_connection
     submit = getattr(driver, "_execute", None)
     native = getattr(driver, "_connection", None)
-    if callable(submit) and isinstance(native, sqlite3.Connection):
+    if callable(submit) and (isinstance(native, sqlite3.Connection) or is_keyed(native)):
         try:
             result: _T = await submit(work, SqliteExecutor(native))
         except sqlite3.Error as exc:
@@ -710,6 +725,12 @@ async def _on_session(session: AsyncSession, work: Callable[[Executor], _T]) -> 
             raise DBAPIError.instance("record chain step", None, exc, sqlite3.Error) from exc
         return result
     return await connection.run_sync(lambda sync: work(_AlchemyExecutor(sync)))
+
+
+async def on_session(session: AsyncSession, work: Callable[[Executor], _T]) -> _T:
+    """Run ``work`` with an :class:`Executor` on ``session``'s connection, in its transaction (pending ORM
+    changes flushed first): how other storage modules write chained rows next to ORM changes."""
+    return await _on_session(session, work)
 
 
 async def append_async(
@@ -809,6 +830,26 @@ async def checkpoint_async(session: AsyncSession, reason: CheckpointReason) -> l
     return await _on_session(session, lambda executor: checkpoint(executor, reason))
 
 
+def last_checkpoint_time(db_path: Path) -> datetime | None:
+    """When the newest checkpoint of the database file ``db_path`` was signed (naive UTC), or None (none
+    yet, no such database, or a schema before the chain)."""
+    from storage.crypto_db import connect as open_database
+
+    if not Path(db_path).is_file():
+        return None
+    try:
+        connection = open_database(Path(db_path).resolve(), read_only=True)
+    except (sqlite3.Error, DatabaseKeyError):
+        return None
+    try:
+        row = connection.execute("SELECT max(created_at) FROM chain_checkpoints").fetchone()
+    except sqlite3.Error:
+        return None
+    finally:
+        connection.close()
+    return None if row is None or row[0] is None else datetime.fromisoformat(str(row[0]))
+
+
 def write_checkpoint_json(path: Path, checkpoints: Sequence[Checkpoint]) -> None:
     """Write ``checkpoints`` as a JSON file (the copy kept beside a backup)."""
     text = json.dumps({"checkpoints": [c.as_json() for c in checkpoints]}, indent=1, sort_keys=True)
@@ -866,6 +907,8 @@ __all__ = [
     "ensure_keys",
     "has_chain_schema",
     "key_paths",
+    "last_checkpoint_time",
+    "on_session",
     "read_checkpoints",
     "read_key",
     "row_message",

@@ -35,12 +35,13 @@ from storage.chain import (
     verifying_key,
 )
 from storage.crypto_db import connect as open_database
+from storage.signatures import check_records
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 FailureKind = Literal[
-    "altered", "missing", "reordered", "inserted", "truncated", "signature", "unsealed", "mismatch"
+    "altered", "missing", "reordered", "inserted", "truncated", "signature", "unsealed", "mismatch", "record"
 ]
 
 
@@ -60,21 +61,45 @@ class ChainCount:
     rows: int
     sealed: int
     checkpoints: int
+    #: Positions removed by retention (the first ``pruned`` positions of the chain).
+    pruned: int = 0
 
     def describe(self) -> str:
         """One line, e.g. ``audit_log: 120 rows (3 sealed before the chain), 4 checkpoints``."""
+        pruned = f", the first {self.pruned} pruned by retention" if self.pruned else ""
         return (
-            f"{self.chain}: {self.rows} rows ({self.sealed} sealed before the chain), "
+            f"{self.chain}: {self.rows} rows ({self.sealed} sealed before the chain{pruned}), "
             f"{self.checkpoints} checkpoints"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Pruning:
+    """A retention run as the chain shows it: the chain, the positions removed (1 to ``through``), when,
+    and the signed checkpoint that keeps the hash at that position."""
+
+    chain: str
+    through: int
+    at: str
+    checkpoint_id: int
+
+    def describe(self) -> str:
+        """One line, e.g. ``audit_log: positions 1 to 120 pruned on 2032-01-01 03:00 (checkpoint 17)``."""
+        return (
+            f"{self.chain}: positions 1 to {self.through} pruned on {self.at[:16]} UTC "
+            f"(checkpoint {self.checkpoint_id})"
         )
 
 
 @dataclass(slots=True)
 class VerifyResult:
-    """What :func:`verify_database` found: the counts of the chains checked, and the first failure if any."""
+    """What :func:`verify_database` found: the counts of the chains checked, the prunings by retention, the
+    signatures checked against their records, and the first failure if any."""
 
     counts: list[ChainCount] = field(default_factory=list)
     failure: Failure | None = None
+    prunings: list[Pruning] = field(default_factory=list)
+    signatures: int = 0
 
     @property
     def ok(self) -> bool:
@@ -155,9 +180,30 @@ def _walk(
             "unsealed",
             f"checkpoint {seal.checkpoint_id} ({name}): the chain's first checkpoint is not its seal",
         )
+    # Retention removes the first positions of a chain and signs a checkpoint at the last one it removed:
+    # the walk starts there, with that checkpoint's hash. Checkpoints of shorter lengths keep their
+    # signatures but have no rows left to compare with.
+    prune = max(
+        (cp for cp in checkpoints if cp.reason == "prune"),
+        key=lambda cp: (cp.length, cp.checkpoint_id),
+        default=None,
+    )
+    start = int(prune.length) if prune is not None else 0
+    start_hash = bytes(prune.head_hash) if prune is not None else ZERO_HASH
+    start_id = int(prune.head_row_id) if prune is not None else 0
+    if prune is not None:
+        left = connection.execute(
+            f"SELECT {table.id_column} FROM {name} WHERE {table.id_column} <= ? LIMIT 1", (start_id,)
+        ).fetchone()
+        if left is not None:
+            raise _Failed(
+                "inserted",
+                f"{name} row {left[0]}: inserted (at a position pruned by checkpoint {prune.checkpoint_id})",
+            )
     required: dict[int, list[Checkpoint]] = {}
     for cp in checkpoints:
-        required.setdefault(cp.length, []).append(cp)
+        if cp.length >= start:
+            required.setdefault(cp.length, []).append(cp)
     longest = max(checkpoints, key=lambda cp: (cp.length, cp.checkpoint_id))
 
     def check_head(position: int, head: bytes) -> None:
@@ -174,15 +220,18 @@ def _walk(
     prefix = ROW_PREFIX + name.encode("ascii") + b"\n"
     chunks = json_chunks
     join = "".join
-    cursor = connection.execute(table.select_sql)
+    select = table.select_sql
+    if prune is not None:
+        select = select.replace(" ORDER BY ", f" WHERE {table.id_column} > {start_id} ORDER BY ")
+    cursor = connection.execute(select)
     cursor.arraysize = 512
     rows_iter: Iterator[tuple[Any, ...]] = iter(cursor)
 
     # Rows written before the chain: each hashed as if chained, in id order, compared with the seal.
     sealed_to = int(seal.head_row_id)
-    position = 0
-    head = ZERO_HASH
-    check_head(0, head)
+    position = start
+    head = start_hash
+    check_head(start, head)
     pending: tuple[Any, ...] | None = None
     for row in rows_iter:
         if row[0] > sealed_to:
@@ -201,20 +250,22 @@ def _walk(
         head = outer.digest()
         if position in required and position != seal.length:
             check_head(position, head)
-    if position != seal.length:
+    if seal.length <= start:
+        pass  # every sealed row was pruned: the prune's checkpoint stands for them
+    elif position != seal.length:
         kind: FailureKind = "missing" if position < seal.length else "inserted"
         raise _Failed(
             kind,
             f"{name}: {kind}: {position} rows up to id {sealed_to} where the seal (checkpoint "
             f"{seal.checkpoint_id}) counted {seal.length}",
         )
-    if head != bytes(seal.head_hash):
+    if seal.length > start and head != bytes(seal.head_hash):
         raise _Failed(
             "altered",
             f"{name}: altered: a row up to id {sealed_to} (sealed before the chain by checkpoint "
             f"{seal.checkpoint_id}) differs from what was sealed",
         )
-    sealed = position
+    sealed = max(0, min(position, int(seal.length)) - start)
     check_head(position, head)  # every checkpoint taken before the first chained row
 
     def chained() -> Iterator[tuple[Any, ...]]:
@@ -269,7 +320,7 @@ def _walk(
             f"{name}: truncated: {position} rows, fewer than the {longest.length} of checkpoint "
             f"{longest.checkpoint_id} ({longest.created_at})",
         )
-    return ChainCount(name, position, sealed, len(checkpoints))
+    return ChainCount(name, position, sealed, len(checkpoints), pruned=start)
 
 
 def _misplaced(
@@ -321,10 +372,30 @@ def verify_connection(
                     f"checkpoint {cp.checkpoint_id} ({cp.chain}) differs from its copy in {outside_label} "
                     "(replaced or removed in the database)",
                 )
+        # A database (or backup) from before the session records revision has the first three chains only.
+        records = bool(
+            connection.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'session_records'"
+            ).fetchone()
+        )
         for name in CHAINS:
+            if name == "session_records" and not records:
+                continue
             table = chain_table(name)
             mine = [cp for cp in stored if cp.chain == name]
             result.counts.append(_walk(connection, table, mine, mac))
+            result.prunings.extend(
+                Pruning(cp.chain, cp.length, str(cp.created_at), cp.checkpoint_id)
+                for cp in mine
+                if cp.reason == "prune"
+            )
+        if records:
+            problem = check_records(executor)
+            if problem is not None:
+                raise _Failed("record", problem)
+            (result.signatures,) = connection.execute(
+                "SELECT count(*) FROM session_records WHERE kind IN ('signature', 'addendum')"
+            ).fetchone()
     except _Failed as failed:
         result.failure = failed.failure
     return result
@@ -371,6 +442,7 @@ def verify_database(path: Path, *, keys_of: Path | None = None, backup: bool = F
 __all__ = [
     "ChainCount",
     "Failure",
+    "Pruning",
     "VerifyResult",
     "open_read_only",
     "read_outside_checkpoints",

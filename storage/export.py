@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 from storage.audit_query import open_read_only, record_action, safe_cell
+from storage.crypto_files import open_session_file
 from storage.errors import StorageError, one_line
 from storage.models import utc_now
 from storage.paths import DataDir
@@ -392,7 +393,7 @@ class _Folder:
         path = self.root / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256()
-        with source.open("rb") as reader, path.open("xb") as writer:
+        with open_session_file(source) as reader, path.open("xb") as writer:
             if on_line is None:
                 while chunk := reader.read(_COPY_CHUNK):
                     digest.update(chunk)

@@ -61,6 +61,10 @@ SUBJECT_CODE_CHECK: Final = (
 )
 #: Tables that triggers in the database keep append-only.
 APPEND_ONLY_TABLES: Final = ("treatment_events", "safety_log", "audit_log")
+#: The record chains: the append-only tables and the session records (docs/records-chain.md).
+CHAINED_TABLES: Final = (*APPEND_ONLY_TABLES, "session_records")
+#: ``session_records.kind`` values.
+SESSION_RECORD_KINDS: Final = ("final", "signature", "addendum")
 #: The seed's convenience views.
 VIEW_NAMES: Final = ("active_sessions", "subject_session_history", "safety_events_summary")
 
@@ -482,7 +486,7 @@ class ChainCheckpoint(Base):
 
     __tablename__ = "chain_checkpoints"
     __table_args__ = (
-        CheckConstraint(_in_list("chain", APPEND_ONLY_TABLES), name="ck_chain_checkpoints_chain"),
+        CheckConstraint(_in_list("chain", CHAINED_TABLES), name="ck_chain_checkpoints_chain"),
         CheckConstraint("length >= 0", name="ck_chain_checkpoints_length"),
         Index("idx_checkpoint_chain", "chain", "checkpoint_id"),
         {"sqlite_autoincrement": True},
@@ -496,3 +500,42 @@ class ChainCheckpoint(Base):
     created_at: Mapped[datetime]
     reason: Mapped[str]
     signature: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class SessionRecord(Base):
+    """One row of the session records chain (append-only; revision 20261207_005, docs/records-chain.md): a
+    finished session's final record (``final``, its summary as JSON in ``summary``), an electronic signature
+    (``signature``) or a signed addendum (``addendum``, its notes in ``notes``). ``record_hash`` is the
+    SHA-256 (hex) of the session's record as signed. Written only through ``storage.signatures``."""
+
+    __tablename__ = "session_records"
+    __table_args__ = (
+        CheckConstraint(_in_list("kind", SESSION_RECORD_KINDS), name="ck_session_records_kind"),
+        Index("idx_session_records_session", "session_id", "kind"),
+        {"sqlite_autoincrement": True},
+    )
+
+    record_id: Mapped[int] = mapped_column(primary_key=True)
+    session_id: Mapped[int] = mapped_column(ForeignKey("sessions.session_id"))
+    kind: Mapped[str]
+    recorded_at: Mapped[datetime]
+    tech_id: Mapped[int | None] = mapped_column(ForeignKey("tech_users.tech_id"))
+    username: Mapped[str | None]
+    printed_name: Mapped[str | None]
+    meaning: Mapped[str | None]
+    record_hash: Mapped[str]
+    summary: Mapped[str | None]
+    notes: Mapped[str | None]
+    chain_seq: Mapped[int | None]
+    chain_prev: Mapped[bytes | None] = mapped_column(LargeBinary)
+    chain_mac: Mapped[bytes | None] = mapped_column(LargeBinary)
+
+
+class RetentionPermit(Base):
+    """Holds a row only inside a retention run's transaction: the delete triggers of the chained tables and
+    of ``sessions`` refuse a delete without one (revision 20261207_005)."""
+
+    __tablename__ = "retention_permit"
+
+    permit_id: Mapped[int] = mapped_column(primary_key=True)
+    granted_at: Mapped[datetime]

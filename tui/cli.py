@@ -36,6 +36,7 @@ COMMANDS = (
     "export",
     "log",
     "remote",
+    "retention",
 )
 
 

@@ -347,6 +347,9 @@ class Imaging(ControllerBase):
                 previous = None
             verdict = judge_focus(stack.sharpest.score, previous)
             if session is not None:
+                # In a session's folder the frames and the index are encrypted where the records are.
+                files = sorted(path for path in stack.folder.iterdir() if path.is_file())
+                await asyncio.to_thread(seal_session_files, files)
                 session_id = session.opened.session_id
                 await record_focus_stack_recording(self.db, session_id, stack, verdict)
                 return FocusStackTaken(stack, verdict, session_id, None)

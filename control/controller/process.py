@@ -20,6 +20,7 @@ from control.controller.commands import ControllerCommands
 from control.controller.diagnostics import ControllerDiagnostics
 from control.controller.monitors import DeviceMonitors, Readouts
 from control.controller.ports import SupervisorBoard, SupervisorLaser
+from control.controller.records_upkeep import RecordsUpkeep
 from control.controller.remote import RemoteConsoles
 from control.controller.rig_lock import DataDirRigLock
 from control.ipc.server import ControllerServer
@@ -135,6 +136,8 @@ class Controller(ControllerCommands):
                 transport.on_state_change(monitors.link_callback(name))
             self._tasks = monitors.tasks()
             self._tasks.append(asyncio.create_task(self.diagnostics.loop.run(), name="loop-watch"))
+            upkeep = RecordsUpkeep.of_database(self.db, data.db_path, data.root, lambda: self.session is None)
+            self._tasks.append(asyncio.create_task(upkeep.run(), name="records-upkeep"))
             if self.serve:
                 self.server = ControllerServer(
                     data.root / CONTROL_SOCKET,

@@ -63,7 +63,13 @@ async def test_finishing_a_session_checkpoints_every_chain_and_the_records_verif
     ).fetchall()
     connection.close()
     # The session's finish row is the last audit row, and the checkpoint covers it.
-    assert written == [("audit_log", audit_rows), ("safety_log", 1), ("treatment_events", 0)]
+    # The session's final record is the first row of the session records chain.
+    assert written == [
+        ("audit_log", audit_rows),
+        ("safety_log", 1),
+        ("treatment_events", 0),
+        ("session_records", 1),
+    ]
     result = verify_database(data_dir.db_path)
     assert result.failure is None
-    assert [c.checkpoints for c in result.counts] == [2, 2, 2]
+    assert [c.checkpoints for c in result.counts] == [2, 2, 2, 2]

@@ -44,6 +44,8 @@ def _seed_rows() -> list[tuple[str, str, str, str]]:
     rows.extend(later.SETTINGS)
     aiming = importlib.import_module("migrations.versions.20261207_003_aiming_beam_setting")
     rows.extend(aiming.SETTINGS)
+    retention = importlib.import_module("migrations.versions.20261207_005_signed_sessions_retention")
+    rows.extend(retention.SETTINGS)
     return rows
 
 

@@ -205,7 +205,7 @@ def test_first_run_login_logout_and_audit_trail(terminal: Terminal, data_dir: Pa
     term.wait_for(lambda screen: screen.count("•" * len(PASSWORD)) == 2)
     term.keys("Enter")
 
-    home = term.wait_for("20261207_004")  # the schema version: the database facts have been read
+    home = term.wait_for("20261207_005")  # the schema version: the database facts have been read
     assert "Welcome, Alice Admin" in home
     assert "alice (admin)" in home
     # The database path wraps inside the panel: join the panel's lines to read it whole.

@@ -152,7 +152,11 @@ def test_a_whole_treatment_by_keystrokes(tmp_path: Path) -> None:
         term.type(NOTES)
         term.wait_for(NOTES)
         term.keys("C-s")
-        term.wait_for(lambda s: code in s and "Save notes" not in s, 20.0)
+        term.wait_for("Sign session", 20.0)  # signed with the password, meaning "performed by"
+        term.type(PASSWORD)
+        term.wait_for("•" * len(PASSWORD))
+        term.keys("Enter")
+        term.wait_for(lambda s: code in s and "active subjects" in s and "Sign session" not in s, 20.0)
         term.keys("Escape")
         term.wait_for("Welcome, Tina Tech")
         term.keys("C-q")

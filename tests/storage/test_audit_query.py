@@ -171,7 +171,7 @@ def _audit_indexes(db_path: Path) -> set[str]:
 
 def test_the_index_revision_upgrades_and_downgrades(data_dir: DataDir, trail: Path) -> None:
     added = {"idx_audit_user_time", "idx_audit_action_time", "idx_audit_outcome_time"}
-    assert head_revision() == "20261207_004"
+    assert head_revision() == "20261207_005"
     assert added <= _audit_indexes(trail)
     config = alembic_config(data_dir.db_path)
     command.downgrade(config, "20261206_001")
@@ -179,7 +179,7 @@ def test_the_index_revision_upgrades_and_downgrades(data_dir: DataDir, trail: Pa
     assert check_database(trail, require_head=False).revision == "20261206_001"
     command.upgrade(config, "head")
     assert added <= _audit_indexes(trail)
-    assert check_database(trail).revision == "20261207_004"
+    assert check_database(trail).revision == "20261207_005"
     connection = open_read_only(trail)
     assert len(list(iter_rows(connection))) == 125  # no row touched either way
     connection.close()

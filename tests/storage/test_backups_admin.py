@@ -138,7 +138,7 @@ def test_restore_into_the_open_database_backs_up_first(data_dir: DataDir) -> Non
     assert [r[0] for r in reader.execute("SELECT subject_code FROM subjects")] == ["P-2026-0001"]
     reader.close()
     assert _codes(result.replaced_backup) == ["P-2026-0001", "P-2026-0002"]
-    assert result.revision == "20261207_004"
+    assert result.revision == "20261207_005"
     action, outcome, user, details = _audit(data_dir.db_path)[-1]
     assert (action, outcome, user) == ("db_restore", "success", "ada")
     assert details["backup"] == saved.name and details["replaced_backup"] == result.replaced_backup.name

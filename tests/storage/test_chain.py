@@ -134,7 +134,12 @@ async def test_every_append_path_chains_its_rows_gaplessly(installed: DataDir) -
     assert _chain_columns(db_path, "safety_log", "log_id") == [(1, None), (log_id, 2)]
     assert _chain_columns(db_path, "audit_log", "audit_id") == [(1, 1), (2, 2), (3, 3)]
     assert [seq for _id, seq in _chain_columns(db_path, "treatment_events", "event_id")] == list(range(1, 52))
-    assert _verified(db_path) == {"audit_log": (3, 0), "safety_log": (2, 1), "treatment_events": (51, 0)}
+    assert _verified(db_path) == {
+        "audit_log": (3, 0),
+        "safety_log": (2, 1),
+        "treatment_events": (51, 0),
+        "session_records": (0, 0),
+    }
     connection = sqlite3.connect(str(db_path))
     tech_id = connection.execute("SELECT tech_id FROM audit_log WHERE audit_id = 3").fetchone()[0]
     connection.close()
@@ -267,6 +272,7 @@ def test_a_database_with_rows_from_before_the_chain_is_migrated_sealed_and_verif
         "audit_log": (7, 7),
         "safety_log": (1, 1),
         "treatment_events": (40, 40),
+        "session_records": (0, 0),
     }
     record_audit(data_dir.db_path, "after", "success")
     assert _chain_columns(data_dir.db_path, "audit_log", "audit_id")[-2:] == [(7, None), (8, 8)]
@@ -298,13 +304,19 @@ def test_without_the_install_path_the_first_append_seals_the_older_rows(
     reasons = connection.execute("SELECT chain, length, reason FROM chain_checkpoints").fetchall()
     connection.close()
     # Every chain is sealed at the first open, not only the one appended to.
-    assert reasons == [("audit_log", 7, "seal"), ("safety_log", 1, "seal"), ("treatment_events", 40, "seal")]
+    assert reasons == [
+        ("audit_log", 7, "seal"),
+        ("safety_log", 1, "seal"),
+        ("treatment_events", 40, "seal"),
+        ("session_records", 0, "seal"),
+    ]
     record_audit(data_dir.db_path, "second", "success")
     assert _chain_columns(data_dir.db_path, "audit_log", "audit_id")[-3:] == [(7, None), (8, 8), (9, 9)]
     assert _verified(data_dir.db_path) == {
         "audit_log": (9, 7),
         "safety_log": (1, 1),
         "treatment_events": (40, 40),
+        "session_records": (0, 0),
     }
 
 
@@ -492,9 +504,9 @@ def test_a_backup_carries_its_checkpoints_inside_and_beside_and_pruning_takes_bo
     old = backup_database(installed, now=datetime(2026, 1, 1, 8, 0))
     beside = backup_checkpoint_path(old)
     kept = [c["reason"] for c in json.loads(beside.read_text())["checkpoints"]]
-    assert kept == ["backup", "backup", "backup"]
+    assert kept == ["backup", "backup", "backup", "backup"]
     inside = sqlite3.connect(str(old))
-    assert inside.execute("SELECT count(*) FROM chain_checkpoints WHERE reason = 'backup'").fetchone() == (3,)
+    assert inside.execute("SELECT count(*) FROM chain_checkpoints WHERE reason = 'backup'").fetchone() == (4,)
     inside.close()
     # The live database keeps writing its own checkpoints; the backup's are in the backup only.
     live = sqlite3.connect(str(installed.db_path))

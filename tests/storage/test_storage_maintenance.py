@@ -141,10 +141,10 @@ def test_restore_round_trip(data_dir: DataDir) -> None:
     # The backup being restored is older than the 30 days kept: restoring must not prune it away first.
     result = restore(data_dir, saved, terminal="tty1")
     assert _subject_codes(data_dir.db_path) == ["P-2026-0001"]
-    assert result.revision == "20261207_004"
+    assert result.revision == "20261207_005"
     assert result.replaced_backup is not None and result.replaced_backup != saved
     assert _subject_codes(result.replaced_backup) == ["P-2026-0001", "P-2026-0002"]
-    assert check_database(data_dir.db_path).revision == "20261207_004"
+    assert check_database(data_dir.db_path).revision == "20261207_005"
     connection = sqlite3.connect(str(data_dir.db_path))
     audit = connection.execute("SELECT action, outcome, terminal FROM audit_log").fetchall()
     connection.close()
@@ -294,7 +294,7 @@ def test_db_check_backup_and_upgrade_succeed_on_a_good_database(
     root = str(data_dir.root)
     assert _tosca(monkeypatch, "--data-dir", root, "db", "check") == 0
     out = capsys.readouterr().out.splitlines()
-    assert out == ["ok: schema 20261207_004, integrity ok, 3 views, 6 triggers", "last backup: none"]
+    assert out == ["ok: schema 20261207_005, integrity ok, 3 views, 6 triggers", "last backup: none"]
     assert _tosca(monkeypatch, "db", "backup", "--data-dir", root) == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith(f"ok: backup {data_dir.backups}/tosca_") and line.endswith(" (integrity ok)")
@@ -303,7 +303,7 @@ def test_db_check_backup_and_upgrade_succeed_on_a_good_database(
     assert _tosca(monkeypatch, "--data-dir", root, "db", "check") == 0
     assert capsys.readouterr().out.splitlines()[1].startswith(f"last backup: {info.path.name}")
     assert _tosca(monkeypatch, "--data-dir", root, "db", "upgrade") == 0
-    assert capsys.readouterr().out.strip() == "ok: schema 20261207_004 (already current)"
+    assert capsys.readouterr().out.strip() == "ok: schema 20261207_005 (already current)"
     connection = sqlite3.connect(str(data_dir.db_path))
     actions = [r[0] for r in connection.execute("SELECT action FROM audit_log")]
     connection.close()
@@ -317,8 +317,8 @@ def test_db_upgrade_creates_a_database_and_check_of_a_missing_one_fails(
     assert _tosca(monkeypatch, "--data-dir", str(root), "db", "check") == 1
     assert capsys.readouterr().err.startswith("tosca: no database at ")
     assert _tosca(monkeypatch, "--data-dir", str(root), "db", "upgrade") == 0
-    assert capsys.readouterr().out.strip() == "ok: schema new database -> 20261207_004"
-    assert schema_revision(root / "tosca.db") == "20261207_004"
+    assert capsys.readouterr().out.strip() == "ok: schema new database -> 20261207_005"
+    assert schema_revision(root / "tosca.db") == "20261207_005"
 
 
 def test_check_of_an_outdated_schema_says_to_upgrade(data_dir: DataDir) -> None:

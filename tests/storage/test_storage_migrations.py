@@ -93,10 +93,10 @@ def test_upgrade_downgrade_upgrade_on_a_database_holding_data(db_path: Path) -> 
     assert schema_revision(db_path) is None
 
     command.upgrade(config, "head")
-    assert schema_revision(db_path) == head_revision() == "20261207_004"
+    assert schema_revision(db_path) == head_revision() == "20261207_005"
     report = check_database(db_path)
     assert (report.views, report.triggers) == (3, len(TRIGGER_NAMES)) == (3, 6)
-    assert _count(db_path, "system_config") == 11
+    assert _count(db_path, "system_config") == 16
     assert _count(db_path, "safety_log") == 1
     assert _count(db_path, "tech_users") == 0
     assert _diffs(db_path, Base.metadata) == []
@@ -105,19 +105,19 @@ def test_upgrade_downgrade_upgrade_on_a_database_holding_data(db_path: Path) -> 
 def test_upgrade_creates_a_new_database_and_backs_up_an_old_one_first(tmp_path: Path) -> None:
     data_dir = DataDir(tmp_path / "fresh")
     created = upgrade(data_dir)
-    assert (created.previous, created.current, created.backup) == (None, "20261207_004", None)
+    assert (created.previous, created.current, created.backup) == (None, "20261207_005", None)
     again = upgrade(data_dir)
-    assert (again.previous, again.backup) == ("20261207_004", None)
+    assert (again.previous, again.backup) == ("20261207_005", None)
 
     command.downgrade(alembic_config(data_dir.db_path), "base")
     with pytest.raises(Exception, match="no schema yet"):
         check_database(data_dir.db_path)
     result = upgrade(data_dir)
-    assert result.previous is None and result.current == "20261207_004"
+    assert result.previous is None and result.current == "20261207_005"
     assert result.backup is not None and result.backup.parent == data_dir.backups
     # The backup holds the database as it was before the migration ran (no schema yet).
     assert schema_revision(result.backup) is None
-    assert check_database(data_dir.db_path).revision == "20261207_004"
+    assert check_database(data_dir.db_path).revision == "20261207_005"
 
 
 def test_upgrade_refuses_a_foreign_database_and_leaves_it_alone(tmp_path: Path) -> None:
@@ -153,7 +153,7 @@ def test_alembic_runs_from_any_directory_without_an_ini_file(tmp_path: Path) -> 
         check=False,
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "20261207_004"
+    assert out.stdout.strip() == "20261207_005"
 
 
 def test_the_migration_is_atomic(tmp_path: Path) -> None:
@@ -172,7 +172,7 @@ def test_the_migration_is_atomic(tmp_path: Path) -> None:
     # Through upgrade(): backed up first, rolled back, and reported as one StorageError naming the backup.
     with pytest.raises(
         StorageError,
-        match=r"migration to schema 20261207_004 failed and was rolled back: .*"
+        match=r"migration to schema 20261207_005 failed and was rolled back: .*"
         r"audit_log.*the backup taken first is .*tosca_\d{8}_\d{6}\.db$",
     ):
         upgrade(data_dir)
@@ -196,7 +196,7 @@ async def test_the_console_upgrades_from_async_code_through_a_thread(tmp_path: P
         upgrade(data_dir)
     assert not data_dir.db_path.exists()
     result = await upgrade_async(data_dir)
-    assert result.current == "20261207_004"
+    assert result.current == "20261207_005"
     assert check_database(data_dir.db_path, quick=True).views == 3
 
 

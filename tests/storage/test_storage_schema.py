@@ -311,7 +311,7 @@ SEED_COLUMNS: dict[str, list[tuple[str, str]]] = {
         ("change_summary", "TEXT"),
         ("created_by_tech_id", "INTEGER"),
         ("created_date", "DATETIME"),
-        # Not in the seed: the approval state (revision 20261207_004).
+        # Not in the seed: the approval state (revision 20261207_005).
         ("status", "TEXT"),
         ("submitted_by_tech_id", "INTEGER"),
         ("submitted_at", "DATETIME"),
@@ -532,6 +532,26 @@ def test_the_seed_config_rows_equal_the_migrated_defaults(db_path: Path, tmp_pat
             "true",
             "boolean",
             "Whether the aiming beam stays on while the treatment laser emits (false: it goes off)",
+        ),
+        ("retention_video_days", "3653", "integer", "Days the raw video of a finished session is kept"),
+        (
+            "retention_telemetry_days",
+            "3653",
+            "integer",
+            "Days the telemetry file of a finished session is kept",
+        ),
+        (
+            "retention_sessions_days",
+            "3653",
+            "integer",
+            "Days a finished session is kept: its record, events, signatures and folder",
+        ),
+        ("retention_safety_days", "3653", "integer", "Days a safety_log row is kept"),
+        (
+            "retention_audit_days",
+            "3653",
+            "integer",
+            "Days an audit_log row is kept (at least 2192: six years)",
         ),
     }
     assert init_rows == [("database_initialized", "info", "Database schema created", "idle", "none")]

@@ -230,7 +230,7 @@ def test_backups_listed_made_and_verified(data_dir: object, clock: FakeClock) ->
             await wait_until(pilot, lambda: table_column(pilot, 2)[0] == "no", "the verdict listed")
             await pilot.press("down", "v")
             await wait_until(pilot, lambda: table_column(pilot, 2)[1] == "yes", "the second verdict")
-            assert status_text(pilot).startswith(f"{older.name} verified: schema 20261207_004, integrity ok")
+            assert status_text(pilot).startswith(f"{older.name} verified: schema 20261207_005, integrity ok")
             await pilot.press("b")
             await backups_loaded(pilot, 3)
             assert status_text(pilot).startswith("backed up to tosca_")
@@ -320,7 +320,7 @@ def test_restore_after_yes_backs_up_first_and_no_changes_nothing(data_dir: objec
             assert screen.overview is not None
             replaced = screen.overview.entries[0].name
             assert status_text(pilot) == (
-                f"restored {saved.name} (schema 20261207_004); the records it replaced are in {replaced}"
+                f"restored {saved.name} (schema 20261207_005); the records it replaced are in {replaced}"
             )
 
     asyncio.run(run())

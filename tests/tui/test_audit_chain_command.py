@@ -123,7 +123,9 @@ def test_a_clean_database_verifies_with_its_counts(chained: Path, capsys: pytest
         # The migration's own "database initialised" row was sealed at install; the pedal row was chained.
         "safety_log: 2 rows (1 sealed before the chain), 1 checkpoints",
         "treatment_events: 20 rows (0 sealed before the chain), 1 checkpoints",
-        "ok: tosca.db: every chain and checkpoint verifies",
+        "session_records: 0 rows (0 sealed before the chain), 1 checkpoints",
+        "0 signatures and signed addenda match their sessions' records",
+        "ok: tosca.db: every chain, checkpoint and signature verifies",
     ]
 
 
@@ -133,9 +135,10 @@ def test_checkpoint_command_signs_each_chain_and_verify_still_passes(
     assert _tosca("audit", "checkpoint", "--data-dir", str(chained)) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(" (")[0] for line in lines] == [
-        "audit_log: checkpoint 4 at 6 rows",
-        "safety_log: checkpoint 5 at 2 rows",
-        "treatment_events: checkpoint 6 at 20 rows",
+        "audit_log: checkpoint 5 at 6 rows",
+        "safety_log: checkpoint 6 at 2 rows",
+        "treatment_events: checkpoint 7 at 20 rows",
+        "session_records: checkpoint 8 at 0 rows",
     ]
     code, out, _err = _verify(capsys, chained)
     assert code == 0 and "audit_log: 6 rows (0 sealed before the chain), 2 checkpoints" in out
@@ -212,7 +215,7 @@ def test_a_truncated_tail_is_fewer_rows_than_the_last_checkpoint(
     code, _out, err = _verify(capsys, chained)
     assert code == 1
     assert err.startswith(
-        "tosca: verification failed: audit_log: truncated: 4 rows, fewer than the 6 of checkpoint 4"
+        "tosca: verification failed: audit_log: truncated: 4 rows, fewer than the 6 of checkpoint 5"
     ), err
 
 
@@ -249,12 +252,12 @@ def test_a_checkpoint_replaced_by_one_signed_with_another_key_is_found(
 ) -> None:
     assert _tosca("audit", "checkpoint", "--data-dir", str(chained)) == 0
     # The tail is cut and the checkpoint that would show it is replaced by one claiming fewer rows.
-    script = _forged(chained / "tosca.db", 4, Ed25519PrivateKey.generate(), length=4)
+    script = _forged(chained / "tosca.db", 5, Ed25519PrivateKey.generate(), length=4)
     _sqlite(chained / "tosca.db", "DELETE FROM audit_log WHERE audit_id > 4;" + script)
     code, _out, err = _verify(capsys, chained)
     assert code == 1
     assert err.startswith(
-        "tosca: verification failed: checkpoint 4 (audit_log, 4 rows, "
+        "tosca: verification failed: checkpoint 5 (audit_log, 4 rows, "
     ) and err.rstrip().endswith("signature invalid (altered, or signed by another key)"), err
 
 
@@ -282,20 +285,21 @@ def test_a_backup_verifies_with_the_checkpoint_beside_it_and_its_tampering_is_fo
         ("audit_log", 6, "backup"),
         ("safety_log", 2, "backup"),
         ("treatment_events", 20, "backup"),
+        ("session_records", 0, "backup"),
     ]
     code, out, err = _verify(capsys, chained, "--backup", str(saved))
     assert (code, err) == (0, ""), err
-    assert out.splitlines()[-1] == f"ok: {saved.name}: every chain and checkpoint verifies"
-    # The backup's last checkpoint removed and the events' tail cut: the copy beside the backup still tells.
+    assert out.splitlines()[-1] == f"ok: {saved.name}: every chain, checkpoint and signature verifies"
+    # The backup's last checkpoints removed and the events' tail cut: the copy beside the backup still tells.
     _sqlite(
         saved,
-        "DELETE FROM chain_checkpoints WHERE checkpoint_id = 6;"
+        "DELETE FROM chain_checkpoints WHERE checkpoint_id >= 7;"
         "DELETE FROM treatment_events WHERE event_id > 15;",
     )
     code, _out, err = _verify(capsys, chained, "--backup", str(saved))
     assert code == 1
     assert err == (
-        f"tosca: verification failed: checkpoint 6 (treatment_events) differs from its copy in {beside.name} "
+        f"tosca: verification failed: checkpoint 7 (treatment_events) differs from its copy in {beside.name} "
         "(replaced or removed in the database)\n"
     )
     # Without the copy beside it, the cut tail goes unnoticed: the copy is what proves it.

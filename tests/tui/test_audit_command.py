@@ -150,7 +150,7 @@ def test_db_backups_lists_what_the_screen_lists(data_dir: Path, capsys: pytest.C
 def test_db_verify_exit_codes(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     good = backup_database(DataDir(data_dir), now=datetime(2026, 3, 1, 9, 0, 0))
     assert _tosca("db", "verify", good.name, "--data-dir", str(data_dir)) == 0
-    assert _out(capsys)[0].startswith(f"ok: {good.name}: schema 20261207_004, integrity ok")
+    assert _out(capsys)[0].startswith(f"ok: {good.name}: schema 20261207_005, integrity ok")
     good.write_bytes(b"not a database at all")
     assert _tosca("db", "verify", good.name, "--data-dir", str(data_dir)) == 1
     err = _out(capsys)[1]

@@ -33,7 +33,7 @@ from console_fixtures import (
 from textual import events
 from textual.app import App
 from textual.pilot import Pilot
-from textual.widgets import DataTable, Label, Static, TextArea
+from textual.widgets import DataTable, Label, Select, Static, TextArea
 
 import tui
 from control.accounts import AccountService, UserInfo
@@ -47,6 +47,7 @@ from tui.screens._base import ScreenContext, SessionFinished
 from tui.screens.dialogs import ConfirmDialog
 from tui.screens.end_session import (
     EndOfSessionScreen,
+    SignDialog,
     format_energy,
     format_seconds,
     format_steps,
@@ -144,6 +145,17 @@ async def saved(pilot: Pilot[Any], screen: EndOfSessionScreen) -> None:
     await wait_until(pilot, lambda: not screen.busy, "the save to finish")
 
 
+async def sign(pilot: Pilot[Any], password: str) -> SignDialog:
+    """Answer the signature dialog with ``password`` (set at once: typing is slow beside a controller)."""
+    await wait_until(pilot, lambda: showing(pilot.app, SignDialog), "the signature dialog")
+    dialog = pilot.app.screen
+    assert isinstance(dialog, SignDialog)
+    assert str(dialog.query_one("#sign-meaning", Select).value) == "performed by"
+    dialog.field("sign-password").value = password
+    await pilot.press("enter")
+    return dialog
+
+
 # ---- a real session on the simulated rig
 
 
@@ -224,10 +236,42 @@ async def test_notes_typed_and_saved_reach_the_record(live: Live, clock: FakeClo
         await paste_notes(pilot, "no redness\nskin intact")
         await pilot.press("ctrl+s")
         await saved(pilot, screen)
-        assert app.finished == [live.session_id]
-        assert "saved" in status_text(pilot)
+        await sign(pilot, PASSWORD)
+        await wait_until(pilot, lambda: app.finished == [live.session_id], "the session finished")
+        assert "signed; session finished" in status_text(pilot)
     (notes,) = db_row("SELECT post_treatment_notes FROM sessions WHERE session_id = ?", live.session_id)
     assert notes == "no redness\nskin intact"
+    assert db_row(
+        "SELECT kind, meaning, printed_name FROM session_records WHERE session_id = ? "
+        "ORDER BY record_id DESC",
+        live.session_id,
+    ) == ("signature", "performed by", live.user.full_name)
+
+
+async def test_a_wrong_password_signs_nothing_and_the_session_waits_for_its_signature(
+    live: Live, clock: FakeClock
+) -> None:
+    app = Host(clock, live.user, live.session_id, live.link)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await review_shown(pilot)
+        await paste_notes(pilot, "fine")
+        await pilot.press("ctrl+s")
+        await saved(pilot, screen)
+        dialog = await sign(pilot, "wrong password")
+        error = dialog.query_one("#dialog-error", Label)
+        await wait_until(pilot, lambda: "not signed: wrong" in str(error.render()), "the refusal")
+        assert app.screen is dialog and dialog.field("sign-password").value == ""
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: app.screen is screen, "back on the end-of-session screen")
+        assert "not signed yet: ctrl+s signs it" in status_text(pilot)
+        assert app.finished == []
+        await pilot.press("ctrl+s")  # the notes are saved: only the signature is asked again
+        await sign(pilot, PASSWORD)
+        await wait_until(pilot, lambda: app.finished == [live.session_id], "the session finished")
+    assert db_row("SELECT count(*) FROM audit_log WHERE action = 'session_sign' AND outcome = 'failure'") == (
+        1,
+    )
+    assert db_row("SELECT count(*) FROM session_records WHERE kind = 'signature'") == (1,)
 
 
 async def test_typing_with_the_focus_on_another_pane_goes_into_the_notes(
@@ -249,7 +293,8 @@ async def test_typing_with_the_focus_on_another_pane_goes_into_the_notes(
         assert app.focused is notes
         await pilot.press("ctrl+s")
         await saved(pilot, screen)
-        assert app.finished == [live.session_id]
+        await sign(pilot, PASSWORD)
+        await wait_until(pilot, lambda: app.finished == [live.session_id], "the session finished")
     (kept,) = db_row("SELECT post_treatment_notes FROM sessions WHERE session_id = ?", live.session_id)
     assert kept == "ok, fine"
 
@@ -263,9 +308,12 @@ async def test_empty_notes_ask_for_confirmation(live: Live, clock: FakeClock) ->
         await wait_until(pilot, lambda: showing(app, ConfirmDialog), "the confirmation")
         assert app.finished == []
         await pilot.press("y")
+        await wait_until(pilot, lambda: showing(app, SignDialog), "the signature dialog")
+        shown = str(screen.query_one("#status", Label).render())
+        assert app.finished == [] and "no notes; sign the session" in shown
+        await sign(pilot, PASSWORD)
         await wait_until(pilot, lambda: app.finished == [live.session_id], "SessionFinished")
         assert app.screen is screen
-        assert "without notes" in status_text(pilot)
     (notes,) = db_row("SELECT post_treatment_notes FROM sessions WHERE session_id = ?", live.session_id)
     assert notes is None
 
@@ -526,3 +574,20 @@ def test_snapshot_confirmation(
         await tables_measured(pilot)
 
     assert snap_compare(fixed_app(clock), terminal_size=size, run_before=confirm)
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=["80x24", "120x40"])
+def test_snapshot_signing(
+    data_dir: Path, clock: FakeClock, snap_compare: SnapCompare, size: tuple[int, int]
+) -> None:
+    async def signing(pilot: Pilot[Any]) -> None:
+        screen = await review_shown(pilot)
+        await paste_notes(pilot, "redness at the rim, faded after 5 min")
+        app = pilot.app
+        assert isinstance(app, Host)
+        app.push_screen(SignDialog("Sign session 1", app.context, app.user, screen.session_id))
+        await wait_until(pilot, lambda: showing(app, SignDialog), "the signature dialog")
+        await pilot.press(*"secret")
+        await tables_measured(pilot)
+
+    assert snap_compare(fixed_app(clock), terminal_size=size, run_before=signing)

@@ -34,7 +34,7 @@ from tui.screens import HomeScreen
 from tui.screens.checks import ChecksScreen
 from tui.screens.dashboard import DashboardScreen
 from tui.screens.dialogs import PasswordDialog, ReasonDialog
-from tui.screens.end_session import EndOfSessionScreen
+from tui.screens.end_session import EndOfSessionScreen, SignDialog
 from tui.screens.protocols import ProtocolChoiceScreen
 from tui.screens.subjects import SubjectsScreen
 
@@ -197,6 +197,9 @@ async def test_after_an_abort_in_fault_the_fault_is_reset_from_home_and_the_next
         notes.focus()
         notes.text = "Not treated: E-stop."
         await pilot.press("ctrl+s")
+        await wait_until(pilot, lambda: showing(app, SignDialog), "the signature dialog", 20.0)
+        await enter_text(pilot, TECH_PASSWORD)
+        await pilot.press("enter")
         await wait_until(pilot, lambda: showing(app, SubjectsScreen), "back on the subjects", 20.0)
         snapshot = app.snapshot
         assert snapshot is not None and snapshot.state == "fault" and snapshot.session is None

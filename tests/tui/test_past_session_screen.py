@@ -6,21 +6,34 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from console_fixtures import DATA_DIR, FakeClock, make_settings, showing, tables_measured, wait_until
+from console_fixtures import (
+    DATA_DIR,
+    TECH_PASSWORD,
+    FakeClock,
+    enter_text,
+    make_settings,
+    showing,
+    tables_measured,
+    wait_until,
+)
 from test_end_session_screen import user_info, write_fixed_session
 from textual.app import App
 from textual.pilot import Pilot
-from textual.widgets import DataTable, Static
+from textual.widgets import DataTable, Select, Static
 
 import tui
 from control.accounts import AccountService, UserInfo
 from storage import create_engine, session_factory
+from storage.chain import SqliteExecutor
+from storage.signatures import append_signature
 from tests.support import CHEAP
 from tui.screens._base import ScreenContext
+from tui.screens.end_session import SignDialog
 from tui.screens.past_session import PastSessionScreen
 from tui.screens.subjects import SubjectHistoryScreen
 from tui.widgets.plot import PowerPlot
@@ -141,6 +154,82 @@ async def test_the_kind_column_shows_whole(data_dir: Path, clock: FakeClock, siz
         used = sum(column.get_render_width(table) for column in table.ordered_columns)
         assert used <= table.size.width - table.styles.scrollbar_size_vertical
         assert table.ordered_columns[kind].width >= max(len(k) for k in kinds)
+
+
+def sign_fixed(*, addendum: str | None = None, at: datetime = datetime(2026, 3, 14, 9, 40)) -> None:
+    """Sign the fixed session as tina ("performed by"), as the signature dialog would after her password."""
+    connection = sqlite3.connect(DATA_DIR / "tosca.db")
+    try:
+        with connection:
+            (tech_id,) = connection.execute(
+                "SELECT tech_id FROM tech_users WHERE username = 'tina'"
+            ).fetchone()
+            append_signature(
+                SqliteExecutor(connection),
+                1,
+                tech_id=tech_id,
+                username="tina",
+                printed_name="Tina Tech",
+                meaning="performed by",
+                now=at,
+                addendum=addendum,
+            )
+    finally:
+        connection.close()
+
+
+def signed_history(clock: FakeClock) -> HistoryHost:
+    app = fixed_history(clock)
+    sign_fixed()
+    sign_fixed(addendum="redness gone next day", at=datetime(2026, 3, 15, 8, 5))
+    return app
+
+
+async def test_signatures_are_shown_and_a_signed_addendum_is_added(data_dir: Path, clock: FakeClock) -> None:
+    app = await asyncio.to_thread(fixed_history, clock)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await past_session_shown(pilot)
+        assert "Signatures\nNot signed." in shown(screen, "#past-notes")
+        await pilot.press("a")
+        await wait_until(pilot, lambda: showing(app, SignDialog), "the addendum dialog")
+        dialog = app.screen
+        assert isinstance(dialog, SignDialog)
+        await enter_text(pilot, "checked by phone: [b]fine[/b]")
+        # The meaning chosen from its list with the keys: tab to it, enter opens it, down, enter picks.
+        await pilot.press("tab", "enter", "down", "enter")
+        meaning = dialog.query_one("#sign-meaning", Select)
+        await wait_until(pilot, lambda: meaning.value == "reviewed by", "the meaning chosen")
+        dialog.field("sign-notes").focus()
+        await pilot.press("enter")  # from the notes to the password
+        await enter_text(pilot, "wrong")
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: dialog.field("sign-password").value == "", "the refusal")
+        assert app.screen is dialog
+        await enter_text(pilot, TECH_PASSWORD)
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: app.screen is screen, "back on the session")
+        await wait_until(pilot, lambda: "checked by phone" in shown(screen, "#past-notes"), "the addendum")
+        notes = shown(screen, "#past-notes")
+        assert "addendum reviewed by Tina Tech (tina)," in notes
+        assert "checked by phone: [b]fine[/b]" in notes  # text, never markup
+    with sqlite3.connect(DATA_DIR / "tosca.db") as db:
+        rows = db.execute("SELECT kind, meaning, notes FROM session_records ORDER BY record_id").fetchall()
+        refused = db.execute(
+            "SELECT count(*) FROM audit_log WHERE action = 'session_addendum' AND outcome = 'failure'"
+        ).fetchone()
+    assert rows == [("addendum", "reviewed by", "checked by phone: [b]fine[/b]")]
+    assert refused == (1,)
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=["80x24", "120x40"])
+def test_snapshot_signed_past_session(
+    data_dir: Path, clock: FakeClock, snap_compare: SnapCompare, size: tuple[int, int]
+) -> None:
+    async def ready(pilot: Pilot[Any]) -> None:
+        screen = await past_session_shown(pilot)
+        await wait_until(pilot, lambda: "Tina Tech" in shown(screen, "#past-notes"), "the signatures")
+
+    assert snap_compare(signed_history(clock), terminal_size=size, run_before=ready)
 
 
 @pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=["80x24", "120x40"])

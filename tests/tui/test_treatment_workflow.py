@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from console_fixtures import FakeClock, enter_text, seed, showing, wait_until
+from console_fixtures import TECH_PASSWORD, FakeClock, enter_text, seed, showing, wait_until
 from textual.widgets import DataTable, TextArea
 from treatment_fixtures import SEED_PROTOCOL, connected, console, controller, log_in, screen_text
 
@@ -21,7 +21,7 @@ from tests.support import RIG_TEST
 from tui.app import ToscaApp
 from tui.screens.checks import ChecksScreen
 from tui.screens.dashboard import DashboardScreen
-from tui.screens.end_session import EndOfSessionScreen
+from tui.screens.end_session import EndOfSessionScreen, SignDialog
 from tui.screens.protocols import ProtocolChoiceScreen
 from tui.screens.subjects import SubjectFormScreen, SubjectsScreen
 
@@ -138,6 +138,10 @@ async def test_a_whole_treatment_from_login_to_notes(data_dir: Path, clock: Fake
             notes.focus()
             notes.text = NOTES
             await pilot.press("ctrl+s")
+            # The technician signs the session with the password ("performed by").
+            await wait_until(pilot, lambda: showing(app, SignDialog), "the signature dialog", 20.0)
+            await enter_text(pilot, TECH_PASSWORD)
+            await pilot.press("enter")
             await wait_until(pilot, lambda: showing(app, SubjectsScreen), "back on the subjects", 20.0)
 
     with sqlite3.connect("data/tosca.db") as db:

@@ -133,7 +133,10 @@ def _verify(data_dir: Path, backup: Path | None) -> int:
         return fail(f"verification failed: {one_line(result.failure.message)}")
     for count in result.counts:
         print(count.describe())
-    print(f"ok: {target.name}: every chain and checkpoint verifies")
+    for pruning in result.prunings:
+        print(pruning.describe())
+    print(f"{result.signatures} signatures and signed addenda match their sessions' records")
+    print(f"ok: {target.name}: every chain, checkpoint and signature verifies")
     sys.stdout.flush()
     return 0
 

@@ -15,9 +15,16 @@ The notes step must be answered: there is no way out with escape. Ctrl+S sends t
 (:class:`control.messages.EndSession`), which writes them to the session it just closed; empty notes are
 allowed but first ask for a y/n confirmation. Notes already in the record (saved before the console was
 restarted) are shown read-only, and ctrl+s then only finishes. Before sending, the screen checks that the
-controller's last session is the one shown, so notes never land on another session. Once the controller has
-accepted them the screen posts :class:`tui.screens._base.SessionFinished`. A refusal, or a controller that
-cannot be reached, is shown on the status line and the notes stay as typed.
+controller's last session is the one shown, so notes never land on another session. A refusal, or a
+controller that cannot be reached, is shown on the status line and the notes stay as typed.
+
+Once the notes are in the record the technician signs the session (21 CFR Part 11): :class:`SignDialog`
+asks for their password and the signature's meaning ("performed by" unless changed) and signs through
+:func:`control.signing.sign_session`, which checks the password, audits every attempt and chains the
+signature over the session's final record. A wrong password is refused in the dialog (nothing signed); escape
+leaves the session unsigned and ctrl+s asks again. Only once signed does the screen post
+:class:`tui.screens._base.SessionFinished`. A session already signed (the console was restarted after the
+signature) only finishes.
 
 Powers are shown in watts, energies in joules, times in seconds (minutes and seconds past a minute); clock
 times are UTC.
@@ -27,12 +34,14 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from rich.text import Text
 from textual import events, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Vertical
+from textual.containers import Grid, Vertical
+from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Footer, Label, TabbedContent, TabPane, TextArea
+from textual.widgets import Footer, Input, Label, Select, TabbedContent, TabPane, TextArea
 from textual.worker import Worker, WorkerState
 
 from control.accounts import UserInfo
@@ -40,10 +49,12 @@ from control.ipc_errors import CommandFailed, ControllerUnavailable
 from control.messages import EndSession
 from control.review import SessionReviewData, load_review
 from control.sessions import MAX_NOTES_LENGTH
+from control.signing import SignatureRefused, sign_session, signatures
 from storage import DataDir
+from storage.signatures import DEFAULT_MEANING, MEANINGS, SessionSignature
 from tui.safe_text import escape_controls, plain
 from tui.screens._base import ScreenContext, SessionFinished
-from tui.screens.dialogs import ConfirmDialog
+from tui.screens.dialogs import ConfirmDialog, DialogScreen
 from tui.widgets.header import ConsoleHeader
 from tui.widgets.session_review import (
     EventsPane,
@@ -62,6 +73,149 @@ from tui.widgets.session_review import (
 EMPTY_NOTES_QUESTION = "No post-treatment notes were typed. Finish the session without notes?"
 #: Pane ids of the lower half, in the order ctrl+t cycles through them.
 PANES = ("events-pane", "trace-pane")
+#: What the signature dialog says a signature is.
+SIGNATURE_STATEMENT = (
+    "Your electronic signature: you confirm this session's record (summary, events, telemetry and notes) "
+    "with the meaning below. It cannot be changed afterwards."
+)
+
+
+class SignDialog(DialogScreen[bool]):
+    """Sign a finished session (or an addendum to it): the signer's printed name as text, the meaning (a
+    choice), the password. Enter signs; a refusal (a wrong password) is shown here and the password field is
+    cleared; escape closes without signing (returns False).
+
+    Args:
+        title: the panel's title.
+        context: the console's account service (its database) and settings.
+        user: the person signing (the one logged in).
+        session_id: the session signed.
+        addendum: None to sign the session's record; text (may be empty) to ask for an addendum's notes
+            (a field first) and sign them as an addendum.
+    """
+
+    DEFAULT_CSS = """
+    SignDialog Select {
+        width: 100%;
+    }
+    SignDialog .dialog-grid {
+        grid-rows: 1 1 1;
+    }
+    """
+
+    # Not a priority binding: the meaning's list takes its own enter; a field's enter arrives as Submitted.
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("enter", "submit", "Sign")]
+
+    def __init__(
+        self,
+        title: str,
+        context: ScreenContext,
+        user: UserInfo,
+        session_id: int,
+        *,
+        addendum: str | None = None,
+    ) -> None:
+        super().__init__(title, cursor_blink=context.settings.cursor_blink)
+        self.context = context
+        self.user = user
+        self.session_id = session_id
+        self.addendum = addendum
+        #: True while the signature is being checked and written.
+        self.busy = False
+
+    def compose(self) -> ComposeResult:
+        with self.panel():
+            yield Label(plain(SIGNATURE_STATEMENT), classes="dialog-prompt")
+            if self.addendum is not None:
+                yield Label("Notes to add (they are signed with the record)", classes="dialog-fact")
+                yield self.text_input("sign-notes", "the addendum's notes", value=self.addendum)
+            with Grid(classes="dialog-grid"):
+                yield Label("Signer")
+                yield Label(Text(f"{self.user.full_name} ({self.user.username})"), id="sign-who")
+                yield Label("Meaning")
+                yield Select(
+                    [(meaning, meaning) for meaning in MEANINGS],
+                    value=DEFAULT_MEANING,
+                    allow_blank=False,
+                    compact=True,
+                    id="sign-meaning",
+                )
+                yield Label("Password")
+                yield self.text_input("sign-password", "your password, then enter to sign", password=True)
+            yield self.error_line()
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.field("sign-notes" if self.addendum is not None else "sign-password").focus()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        """Enter in a field: on to the password, or sign."""
+        event.stop()
+        self.action_submit()
+
+    def action_submit(self) -> None:
+        """Enter: sign with the meaning chosen and the password typed (on an addendum's notes, move to the
+        password first)."""
+        meaning = self.query_one("#sign-meaning", Select)
+        if self.busy:
+            return
+        notes: str | None = None
+        if self.addendum is not None:
+            notes = self.field("sign-notes").value
+            if not notes.strip():
+                self.show_error("type the notes to add")
+                self.field("sign-notes").focus()
+                return
+            if self.focused is self.field("sign-notes"):
+                self.field("sign-password").focus()
+                return
+        password = self.field("sign-password").value
+        if not password:
+            self.show_error("enter your password to sign")
+            return
+        self.busy = True
+        self.show_error("")
+        self.sign(str(meaning.value), password, notes)
+
+    @work(exclusive=True, group="sign-session", exit_on_error=False)
+    async def sign(self, meaning: str, password: str, notes: str | None = None) -> None:
+        """Check the password and sign; close on success, say why not otherwise."""
+        try:
+            await sign_session(
+                self.context.accounts,
+                self.session_id,
+                self.user.username,
+                password,
+                meaning,
+                addendum=notes,
+            )
+        except SignatureRefused as exc:
+            self.field("sign-password").value = ""
+            self.show_error(str(exc))
+            self.busy = False
+            return
+        # Closed from the dialog's own message loop, not from this worker (which closing it cancels).
+        self.post_message(self.Signed())
+
+    class Signed(Message):
+        """The signature is written: the dialog closes with True."""
+
+    def on_sign_dialog_signed(self, event: SignDialog.Signed) -> None:
+        event.stop()
+        self.busy = False
+        self.dismiss(True)
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """A failed write (the database unreadable or locked) is said in the dialog; nothing is signed."""
+        if event.state is WorkerState.ERROR:
+            event.stop()
+            self.busy = False
+            self.show_error(f"not signed: {event.worker.error}")
+
+    def action_cancel(self) -> None:
+        """Escape: close without signing."""
+        if not self.busy:
+            self.dismiss(False)
 
 
 class EndOfSessionScreen(Screen[None]):
@@ -105,7 +259,11 @@ class EndOfSessionScreen(Screen[None]):
         self.review: SessionReviewData | None = None
         #: True while the notes are on their way to the controller.
         self.busy = False
-        #: True once the controller has accepted the notes.
+        #: True once the controller has accepted the notes (the session is then signed).
+        self.notes_saved = False
+        #: The session's signatures (read with the review).
+        self.signatures: list[SessionSignature] = []
+        #: True once the session is signed and finished.
         self.finished = False
 
     # -- layout --------------------------------------------------------------------------------------------
@@ -150,6 +308,7 @@ class EndOfSessionScreen(Screen[None]):
         review = await load_review(
             self.context.accounts.sessions, DataDir(settings.data_dir), self.session_id
         )
+        self.signatures = await signatures(self.context.accounts.sessions, self.session_id)
         self.show_review(review)
 
     def show_review(self, review: SessionReviewData) -> None:
@@ -184,9 +343,17 @@ class EndOfSessionScreen(Screen[None]):
 
     # -- saving --------------------------------------------------------------------------------------------
 
+    @property
+    def is_signed(self) -> bool:
+        """True when the session carries a signature (made here or before a restart)."""
+        return any(s.kind == "signature" for s in self.signatures)
+
     def action_save(self) -> None:
-        """Save the notes and finish (asks first when there are none)."""
+        """Save the notes, then sign (asks first when there are no notes)."""
         if self.busy or self.finished:
+            return
+        if self.notes_saved:
+            self.ask_signature()
             return
         notes = self.query_one("#notes", TextArea)
         if self.has_recorded_notes and notes.read_only:
@@ -243,19 +410,39 @@ class EndOfSessionScreen(Screen[None]):
             if reply.get("session_id") != self.session_id:
                 self.show_status(f"the controller answered for session {reply.get('session_id')}")
                 return
-            self.finished = True
+            self.notes_saved = True
             notes = self.query_one("#notes", TextArea)
             notes.read_only = True
+            if self.is_signed:
+                self.finished = True
+                self.show_status("session finished; it was signed before", error=False)
+                self.post_message(SessionFinished(self.session_id))
+                return
             if text.strip():
-                done = "notes saved; session finished"
+                done = "notes saved"
             elif self.has_recorded_notes:
-                done = "session finished; the notes recorded earlier are kept"
+                done = "the notes recorded earlier are kept"
             else:
-                done = "finished without notes"
-            self.show_status(done, error=False)
-            self.post_message(SessionFinished(self.session_id))
+                done = "no notes"
+            self.show_status(f"{done}; sign the session with your password", error=False)
+            self.ask_signature()
         finally:
             self.busy = False
+
+    def ask_signature(self) -> None:
+        """Ask the technician to sign the session; finish once signed."""
+
+        def answered(signed: bool | None) -> None:
+            if not signed:
+                self.show_status("the session is not signed yet: ctrl+s signs it", error=False)
+                return
+            self.finished = True
+            self.show_status("signed; session finished", error=False)
+            self.post_message(SessionFinished(self.session_id))
+
+        self.app.push_screen(
+            SignDialog(f"Sign session {self.session_id}", self.context, self.user, self.session_id), answered
+        )
 
     # -- keys ----------------------------------------------------------------------------------------------
 
@@ -296,7 +483,9 @@ class EndOfSessionScreen(Screen[None]):
 
     def action_explain_no_escape(self) -> None:
         """Escape does not leave this screen: say how to finish instead."""
-        if not self.finished:
+        if self.notes_saved and not self.finished:
+            self.show_status("the session must be signed: ctrl+s signs it", error=False)
+        elif not self.finished:
             self.show_status(
                 "the notes step must be answered: ctrl+s saves the notes and finishes", error=False
             )
@@ -327,7 +516,9 @@ class EndOfSessionScreen(Screen[None]):
 __all__ = [
     "EMPTY_NOTES_QUESTION",
     "PANES",
+    "SIGNATURE_STATEMENT",
     "EndOfSessionScreen",
+    "SignDialog",
     "event_cells",
     "format_energy",
     "format_seconds",

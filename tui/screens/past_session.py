@@ -8,8 +8,11 @@ abort), the treatment notes and post-treatment notes, the events (the highlighte
 record says: the reason of a pause or an abort, an override's old and new power and its reason) and the
 power trace read from the session's telemetry file (what is wrong with that file, when something is, is
 said above the plot), and the snapshots taken during the session, as a list
-(:mod:`tui.widgets.snapshots_pane`). Nothing on this screen changes the record. Escape goes back to the
-history.
+(:mod:`tui.widgets.snapshots_pane`). Below the notes: the session's electronic signatures and signed
+addenda (who, printed name, meaning, when; an addendum's notes). Nothing on this screen changes the record;
+"a" adds a signed addendum to a finished session (later notes, signed with the password and a meaning, by
+:class:`tui.screens.end_session.SignDialog`), which is appended, never written over anything. Escape goes
+back to the history.
 """
 
 from __future__ import annotations
@@ -28,9 +31,12 @@ from textual.worker import Worker, WorkerState
 from control.accounts import UserInfo
 from control.imaging_records import session_snapshots
 from control.review import SessionReviewData, load_review
+from control.signing import signatures
 from storage import DataDir
+from storage.signatures import SessionSignature
 from tui.safe_text import plain
 from tui.screens._base import ScreenContext
+from tui.screens.end_session import SignDialog
 from tui.widgets.header import ConsoleHeader
 from tui.widgets.session_review import (
     READING,
@@ -38,6 +44,7 @@ from tui.widgets.session_review import (
     ReviewFacts,
     TracePane,
     review_screen_css,
+    signatures_text,
 )
 from tui.widgets.snapshots_pane import SnapshotsPane
 
@@ -45,11 +52,15 @@ from tui.widgets.snapshots_pane import SnapshotsPane
 PANES = ("past-events-pane", "past-trace-pane", "past-snapshots-pane")
 
 
-def notes_text(review: SessionReviewData) -> Text:
-    """The session's treatment notes and post-treatment notes as recorded (drawn as text, line breaks kept,
-    control characters escaped), each under its heading; says so when there are none."""
+def notes_text(review: SessionReviewData, signed: list[SessionSignature] | None = None) -> Text:
+    """The session's signatures (``signed``, when given: first, they say whose record it is), then its
+    treatment notes and post-treatment notes as recorded (drawn as text, line breaks kept, control
+    characters escaped), each under its heading; says so when there are no notes."""
     summary = review.summary
     text = Text()
+    if signed is not None:
+        text.append_text(signatures_text(signed))
+        text.append("\n")
     parts = (
         ("Treatment notes", summary.treatment_notes),
         ("Post-treatment notes", summary.post_treatment_notes),
@@ -61,8 +72,8 @@ def notes_text(review: SessionReviewData) -> Text:
             text.append("\n")
         text.append(f"{name}\n", style="bold")
         text.append_text(plain(value, keep_newlines=True))
-    if not text.plain:
-        text.append("No notes were recorded for this session.")
+    if not any(value for _name, value in parts):
+        text.append(("\n" if text.plain else "") + "No notes were recorded for this session.")
     return text
 
 
@@ -84,6 +95,7 @@ class PastSessionScreen(Screen[None]):
         Binding("tab", "app.focus_next", "Next pane"),
         Binding("shift+tab", "app.focus_previous", "Previous pane", show=False),
         Binding("ctrl+t", "next_pane", "Events/trace/snapshots", priority=True),
+        Binding("a", "addendum", "Signed addendum"),
     ]
 
     CSS = (
@@ -106,6 +118,8 @@ class PastSessionScreen(Screen[None]):
         self.session_id = session_id
         #: The loaded review, None until the worker has read it.
         self.review: SessionReviewData | None = None
+        #: The session's signatures and signed addenda, oldest first.
+        self.signatures: list[SessionSignature] = []
 
     def compose(self) -> ComposeResult:
         user = self.user
@@ -115,7 +129,7 @@ class PastSessionScreen(Screen[None]):
         with Vertical(id="eos-top"):
             yield ReviewFacts(self.session_id, id="eos-summary")
             with Vertical(id="eos-notes-box"):
-                yield Label("Notes (read-only)", id="notes-label")
+                yield Label("Signatures and notes (read-only)", id="notes-label")
                 with VerticalScroll(id="notes"):
                     yield Static(READING, id="past-notes")
         with TabbedContent(id="eos-tabs", initial=PANES[0]):
@@ -138,6 +152,7 @@ class PastSessionScreen(Screen[None]):
         """Read the session's summary, notes, events, power trace and snapshots and show them."""
         sessions = self.context.accounts.sessions
         review = await load_review(sessions, DataDir(self.context.settings.data_dir), self.session_id)
+        self.signatures = await signatures(sessions, self.session_id)
         self.show_review(review)
         self.query_one(SnapshotsPane).show(await session_snapshots(sessions, self.session_id))
 
@@ -145,7 +160,7 @@ class PastSessionScreen(Screen[None]):
         """Fill the summary, the notes, the events table and the power trace from ``review``."""
         self.review = review
         self.query_one(ReviewFacts).show(review)
-        self.query_one("#past-notes", Static).update(notes_text(review))
+        self.query_one("#past-notes", Static).update(notes_text(review, self.signatures))
         self.query_one(EventsPane).show(review)
         self.query_one(TracePane).show(review)
         open_now = " (still open: the record is not complete)" if review.summary.is_open else ""
@@ -159,6 +174,32 @@ class PastSessionScreen(Screen[None]):
         tabs = self.query_one("#eos-tabs", TabbedContent)
         index = PANES.index(tabs.active) if tabs.active in PANES else -1
         tabs.active = PANES[(index + 1) % len(PANES)]
+
+    def action_addendum(self) -> None:
+        """Add later notes to a finished session as a signed addendum."""
+        if self.review is None:
+            return
+        if self.review.summary.is_open:
+            self.show_status("the session is still open: an addendum is added once it has finished")
+            return
+
+        def answered(signed: bool | None) -> None:
+            if signed:
+                self.show_status("the addendum is signed and added to the record", error=False)
+                self.load()
+            else:
+                self.show_status("no addendum added", error=False)
+
+        self.app.push_screen(
+            SignDialog(
+                f"Addendum to session {self.session_id}",
+                self.context,
+                self.user,
+                self.session_id,
+                addendum="",
+            ),
+            answered,
+        )
 
     def action_back(self) -> None:
         """Back to the subject's history."""

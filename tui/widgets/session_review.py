@@ -16,6 +16,7 @@ joules, times in seconds (minutes and seconds past a minute); clock times UTC.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
 from rich.cells import cell_len
@@ -26,6 +27,7 @@ from textual.containers import Grid, Vertical
 from textual.widgets import DataTable, Label, Static, TextArea
 
 from control.review import ReviewEvent, SessionReviewData
+from storage.signatures import SessionSignature
 from tui.safe_text import escape_controls, plain
 from tui.widgets.plot import PowerPlot
 
@@ -111,6 +113,24 @@ SCREEN #status {
     min-height: 1;
 }
 """
+
+
+def signatures_text(signatures: Sequence[SessionSignature]) -> Text:
+    """The electronic signatures and signed addenda of a session, oldest first, under a heading: each one's
+    meaning, printed name, login and time (UTC), and an addendum's notes below it (as text, never markup);
+    says so when the session is not signed."""
+    text = Text("Signatures\n", style="bold")
+    if not signatures:
+        text.append("Not signed.")
+        return text
+    for index, signature in enumerate(signatures):
+        if index:
+            text.append("\n")
+        text.append_text(plain(signature.describe()))
+        if signature.kind == "addendum" and signature.notes:
+            text.append("\n")
+            text.append_text(plain(signature.notes, keep_newlines=True))
+    return text
 
 
 def review_screen_css(screen_name: str) -> str:
@@ -441,4 +461,5 @@ __all__ = [
     "format_steps",
     "format_watts",
     "review_screen_css",
+    "signatures_text",
 ]

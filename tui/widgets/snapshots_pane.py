@@ -26,6 +26,8 @@ from textual.containers import Grid, Vertical, VerticalScroll
 from textual.widgets import Static
 
 from control.imaging_records import SnapshotRecord
+from storage.crypto_files import open_session_file
+from storage.errors import StorageError
 from tui.safe_text import plain
 from tui.widgets.camera import image_widget_class, terminal_draws_images
 
@@ -102,10 +104,10 @@ def read_thumbnails(records: list[SnapshotRecord]) -> tuple[list[Thumbnail], lis
     problems: list[str] = []
     for record in records:
         try:
-            with PILImage.open(Path(record.path)) as opened:
+            with open_session_file(Path(record.path)) as raw, PILImage.open(raw) as opened:
                 image = opened.convert("RGB")
             image.thumbnail(THUMB_PIXELS)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, StorageError) as exc:
             problems.append(f"{record.name}: {exc}")
             continue
         thumbs.append(Thumbnail(record, image))
