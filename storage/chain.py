@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, TypeVar, cast
 
 from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError
@@ -612,7 +612,7 @@ def _head(executor: Executor, table: ChainTable, mac: Mac, signing_path: Path) -
         return Head(length=int(length), hash=bytes(head_hash), row_id=int(row_id))
     # The first open since the chain's revision: every chain not sealed yet is sealed now, at once.
     key = signing_key(signing_path)
-    for name in CHAINS:
+    for name in present_chains(executor):
         if _seal_head(executor, name) is None:
             _seal(executor, chain_table(name), mac, key)
     head = _seal_head(executor, table.name)
@@ -719,7 +719,7 @@ async def _on_session(session: AsyncSession, work: Callable[[Executor], _T]) -> 
     native = getattr(driver, "_connection", None)
     if callable(submit) and (isinstance(native, sqlite3.Connection) or is_keyed(native)):
         try:
-            result: _T = await submit(work, SqliteExecutor(native))
+            result: _T = await submit(work, SqliteExecutor(cast(sqlite3.Connection, native)))
         except sqlite3.Error as exc:
             # What SQLAlchemy would have raised for the same statement, so callers see the same errors.
             raise DBAPIError.instance("record chain step", None, exc, sqlite3.Error) from exc
@@ -756,10 +756,17 @@ def has_chain_schema(executor: Executor) -> bool:
     )
 
 
+def present_chains(executor: Executor) -> tuple[ChainName, ...]:
+    """The chains whose tables this database has (a schema between the first chains and the session records'
+    chain has only the first three)."""
+    tables = {row[0] for row in executor.fetch("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    return tuple(name for name in CHAINS if chain_table(name).name in tables)
+
+
 def checkpoint(
     executor: Executor,
     reason: CheckpointReason,
-    chains: Iterable[str] = CHAINS,
+    chains: Iterable[str] | None = None,
     *,
     keys_of: Path | None = None,
 ) -> list[Checkpoint]:
@@ -771,7 +778,7 @@ def checkpoint(
     key = signing_key(signing_path)
     lock_for_append(executor)
     written: list[Checkpoint] = []
-    for name in chains:
+    for name in present_chains(executor) if chains is None else chains:
         table = chain_table(name)
         head = _head(executor, table, mac, signing_path)
         written.append(_write_checkpoint(executor, table.name, head, reason, key))
@@ -783,7 +790,7 @@ def seal(executor: Executor) -> None:
     key_path, signing_path = _keys_for(executor)
     mac = Mac.of(read_key(key_path))
     lock_for_append(executor)
-    for name in CHAINS:
+    for name in present_chains(executor):
         _head(executor, chain_table(name), mac, signing_path)
 
 

@@ -129,7 +129,7 @@ async def test_an_encrypted_session_leaves_nothing_readable_without_the_key(
     # The record chain verifies.
     done = await asyncio.to_thread(_tosca, data, "audit", "verify")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "every chain and checkpoint verifies" in done.stdout
+    assert "every chain, checkpoint and signature verifies" in done.stdout
 
     # And everything reads back with the key.
     connection = connect(data.db_path, read_only=True)
