@@ -6,6 +6,7 @@ camera has no image to take."""
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,17 @@ def snapshot_rows() -> list[tuple[str, int, str]]:
                 "WHERE recording_type = 'snapshot' ORDER BY recording_id"
             )
         )
+
+
+def focus_stack_rows() -> list[str]:
+    with sqlite3.connect(DATA_DIR / "tosca.db") as db:
+        return [
+            path
+            for (path,) in db.execute(
+                "SELECT file_path FROM session_recordings "
+                "WHERE recording_type = 'focus_stack' AND session_id = 1"
+            )
+        ]
 
 
 def aim_shown(app: ToscaApp, on: bool) -> bool:
@@ -94,6 +106,17 @@ async def test_snapshot_and_aiming_beam_keys_on_the_checks_screen_and_the_dashbo
             assert (await asyncio.to_thread(Path(path).stat)).st_size == size
         # The aiming beam was on: its spot is at the centre of the raw picture.
         assert int(cv2.imread(str(raw), cv2.IMREAD_GRAYSCALE)[360, 640]) > 150
+
+        # F10 on the checks screen: a focus stack recorded with the session, its frames and index on disk.
+        await press_and_see(pilot, "f10", "taking a focus stack of 15 frames", "the focus stack started")
+        saved = "focus stack saved"
+        await wait_until(pilot, lambda: saved in notifications(app), "the focus stack saved", 30.0)
+        assert "recorded with session 1" in notifications(app)
+        stacks = focus_stack_rows()
+        assert len(stacks) == 1
+        index = json.loads(await asyncio.to_thread(Path(stacks[0]).read_text))
+        assert len(index["frames"]) == 15
+        assert sum(1 for frame in index["frames"] if frame["sharpest"]) == 1
 
         # Arm: the dashboard shows the aiming beam on the Laser line; F2 and F3 work there too.
         await arm_on_checks(pilot)

@@ -8,7 +8,9 @@ Every condition that refuses arming is a check (the controller's state first: a 
 how to reset it), and the verdict never says all pass while arming would be refused. F4 resets a latched
 fault (the password, once its cause has cleared); F8 aborts the session (with a reason) before any emission.
 F2 saves a snapshot of the treatment site and F3 switches the aiming beam (its state is at the end of the
-password line), to place the ring before treating.
+password line), to place the ring before treating. F10 records a focus stack of the camera into the session
+(frames over a few seconds while the focus ring is turned, the sharpest marked and judged against the focus
+reference): the optics' focus kept with the session's records.
 When the list is taller than the screen, the line under it says which rows show and that up/down scroll.
 """
 
@@ -35,9 +37,11 @@ from tui.widgets.fault import RESET_KEY, RESET_KEY_LABEL, in_fault, reset_fault
 from tui.widgets.header import ConsoleHeader
 from tui.widgets.imaging import (
     AIM_KEY,
+    FOCUS_STACK_KEY,
     SNAPSHOT_KEY,
     aim_text,
     show_snapshot_outcome,
+    take_focus_stack,
     take_snapshot,
     toggle_aiming_beam,
 )
@@ -66,10 +70,11 @@ class ChecksScreen(Screen[None]):
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding(RESET_KEY, "reset_fault", "Reset fault"),
-        Binding("f8", "abort", "Abort session"),
+        Binding("f8", "abort", "Abort"),
         Binding("f9", "refresh", "Check again"),
         Binding(SNAPSHOT_KEY, "snapshot", "Snapshot"),
         Binding(AIM_KEY, "aiming_beam", "Aim beam"),
+        Binding(FOCUS_STACK_KEY, "focus_stack", "Focus"),
         # The password field has the focus: up and down move through the checks.
         Binding("down", "scroll_checks(1)", "Next check", show=False),
         Binding("up", "scroll_checks(-1)", "Previous check", show=False),
@@ -324,8 +329,15 @@ class ChecksScreen(Screen[None]):
         if folder is not None:
             self.show_status(f"Saving a snapshot in {folder}", error=False)
 
+    @work(group="focus-stack", exclusive=True, exit_on_error=False)
+    async def action_focus_stack(self) -> None:
+        """Record a focus stack into the session's folder, and say where (or why not)."""
+        folder = await take_focus_stack(self, self.context.link)
+        if folder is not None:
+            self.show_status(f"Taking a focus stack in {folder}: turn the focus ring", error=False)
+
     def on_controller_event(self, message: ControllerEvent) -> None:
-        """How a snapshot asked for here ended, also on the status line."""
+        """How a snapshot or a focus stack asked for here ended, also on the status line."""
         if not self.is_current:
             return
         words = show_snapshot_outcome(self, message.event)

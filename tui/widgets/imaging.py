@@ -18,7 +18,15 @@ from rich.text import Text
 from textual.screen import Screen
 
 from control.ipc_errors import CommandFailed, ControllerUnavailable
-from control.messages import AimingBeam, Event, Snapshot, SnapshotStarted, TakeSnapshot
+from control.messages import (
+    AimingBeam,
+    Event,
+    FocusStackStarted,
+    Snapshot,
+    SnapshotStarted,
+    TakeFocusStack,
+    TakeSnapshot,
+)
 from tui.safe_text import escape_controls
 
 if TYPE_CHECKING:
@@ -33,6 +41,10 @@ AIM_KEY_LABEL = "F3"
 SNAPSHOT_TIMEOUT_S = 5.0
 #: The kind of the controller's events that say how a snapshot ended.
 SNAPSHOT_EVENT = "snapshot"
+#: The key that records a focus stack into the open session (on the pre-treatment checks), and its label.
+FOCUS_STACK_KEY = "f10"
+#: The kind of the controller's events that say how a focus stack ended.
+FOCUS_STACK_EVENT = "focus_stack"
 
 
 def aim_text(snapshot: Snapshot | None) -> Text:
@@ -43,9 +55,9 @@ def aim_text(snapshot: Snapshot | None) -> Text:
 
 
 def snapshot_outcome(event: Event) -> tuple[str, bool] | None:
-    """How a snapshot ended, from the controller's event of kind ``snapshot``: (the words, whether it failed);
-    None for any other event."""
-    if event.kind != SNAPSHOT_EVENT:
+    """How a snapshot or a focus stack ended, from the controller's event of kind ``snapshot`` or
+    ``focus_stack``: (the words, whether it failed); None for any other event."""
+    if event.kind not in (SNAPSHOT_EVENT, FOCUS_STACK_EVENT):
         return None
     return event.message, event.severity != "info"
 
@@ -83,6 +95,32 @@ async def take_snapshot(screen: Screen[Any], link: ConsoleLink | None) -> str | 
         _say(screen, f"snapshot answer unreadable: {exc}", error=True, timeout=15)
         return None
     _say(screen, f"saving a snapshot in {started.folder}", error=False, timeout=3)
+    return started.folder
+
+
+async def take_focus_stack(screen: Screen[Any], link: ConsoleLink | None) -> str | None:
+    """Ask for a focus stack of the open session and say on ``screen`` that it is being taken (where, how
+    many frames over how long) or why not; returns the folder. How it ends comes later, as an event of kind
+    ``focus_stack`` (:func:`show_snapshot_outcome`)."""
+    if link is None:
+        _say(screen, "focus stack refused: no controller", error=True, timeout=10)
+        return None
+    try:
+        reply = await link.call(TakeFocusStack(), timeout_s=SNAPSHOT_TIMEOUT_S)
+        started = FocusStackStarted.model_validate(reply)
+    except (CommandFailed, ControllerUnavailable) as exc:
+        _say(screen, f"focus stack refused: {exc}", error=True, timeout=15)
+        return None
+    except ValidationError as exc:
+        _say(screen, f"focus stack answer unreadable: {exc}", error=True, timeout=15)
+        return None
+    _say(
+        screen,
+        f"taking a focus stack of {started.frames} frames over {started.duration_s:g} s in {started.folder}: "
+        "turn the focus ring",
+        error=False,
+        timeout=5,
+    )
     return started.folder
 
 
