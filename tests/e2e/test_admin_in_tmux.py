@@ -191,7 +191,11 @@ def test_an_admin_sets_up_a_technician_who_treats_with_the_approved_protocol(
         term.type("tolerated well")
         term.wait_for("tolerated well")
         term.keys("C-s")
-        term.wait_for(lambda s: code in s and "Save notes" not in s, 20.0)
+        term.wait_for("Sign session", 20.0)  # signed with the password, meaning "performed by"
+        term.type(TINA_PASSWORD)
+        term.wait_for("•" * len(TINA_PASSWORD))
+        term.keys("Enter")
+        term.wait_for(lambda s: code in s and "Save notes" not in s and "Sign session" not in s, 20.0)
         term.keys("Escape")
         log_out(term, "Welcome, Tina Tech")
 
