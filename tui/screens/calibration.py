@@ -47,6 +47,7 @@ from control.calibration_records import (
     store_calibration,
 )
 from control.ipc_errors import CommandFailed, ControllerUnavailable
+from tui.remote import remote_refusal
 from tui.safe_text import plain
 from tui.screens._base import ScreenContext
 from tui.screens.dialogs import ConfirmDialog
@@ -194,10 +195,9 @@ class CalibrationScreen(Screen[None]):
         if self.user.role != CALIBRATING_ROLE:
             self.show_status(f"only an engineer calibrates ({self.user.username} is {self.user.role})")
             return
-        if self.context.settings.remote:
-            self.show_status(
-                "the laser power wizard emits: it runs at the treatment console only, not over SSH"
-            )
+        refusal = remote_refusal(self.context, "calibration.laser")
+        if refusal is not None:
+            self.show_status(refusal)
             return
         self.app.push_screen(LaserPowerWizard(self.context, self.user))
 
@@ -343,6 +343,10 @@ class _Wizard(Screen[None]):
         """F5: check the points, then save after the engineer confirms."""
         if self.stage in ("refused", "saved"):
             return
+        refusal = remote_refusal(self.context, "calibration.save")
+        if refusal is not None:
+            self.show_status(f"not saved: {refusal}")
+            return
         try:
             found = self.checked()
         except CalibrationRefused as exc:
@@ -406,9 +410,14 @@ class RingSizeWizard(_Wizard):
         self.current_position = 0.0
 
     def password_prompt(self) -> str:
+        remote = (
+            "On the remote console the points are measured here and saved at the kiosk. "
+            if remote_refusal(self.context, "calibration.save") is not None
+            else ""
+        )
         return (
             f"The actuator moves to {len(self.positions)} positions; at each, measure the ring and type its "
-            "diameter. Your password (each move is checked with it):"
+            f"diameter. {remote}Your password (each move is checked with it):"
         )
 
     def show_points(self) -> None:
@@ -497,9 +506,7 @@ class LaserPowerWizard(_Wizard):
         self._retry_current = False
 
     def refusal(self) -> str | None:
-        if self.context.settings.remote:
-            return "the laser power wizard emits: it runs at the treatment console only, not over SSH"
-        return super().refusal()
+        return remote_refusal(self.context, "calibration.laser") or super().refusal()
 
     def password_prompt(self) -> str:
         return (
