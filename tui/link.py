@@ -23,8 +23,9 @@ The remote console (``tosca remote``, over SSH) makes its link with ``observe`` 
 ``observe.sock`` only (its Unix user cannot open ``control.sock``: the kernel refuses it), starts no
 controller, accepts the rig the controller drives, and refuses every command that socket does not have
 (arming, the session's commands, the stop key, the simulator) before sending it, with
-:data:`OBSERVE_REFUSAL`; the actuator moves of the ring size wizard are sent (:data:`OBSERVE_COMMANDS`). It never authenticates: the remote console's login is an audited record the
-controller writes (:mod:`tui.remote`), not a person acting on the rig.
+:data:`OBSERVE_REFUSAL`; the ring size wizard's actuator moves and save are sent (:data:`OBSERVE_COMMANDS`).
+It never authenticates: the remote console's login is an audited record the controller writes
+(:mod:`tui.remote`), not a person acting on the rig.
 """
 
 from __future__ import annotations
@@ -60,9 +61,9 @@ _LOG = logging.getLogger(__name__)
 CONTROL_SOCKET = "control.sock"
 #: The observation socket (the remote console's only way to the controller), relative to the data directory.
 OBSERVE_SOCKET = "observe.sock"
-#: The commands a link in observe mode sends (what ``observe.sock`` answers). ``calibration_move`` (the ring
-#: size wizard) cannot emit and carries the engineer's own password; the controller refuses it while a
-#: session is open or the laser is armed.
+#: The commands a link in observe mode sends (what ``observe.sock`` answers). ``calibration_move`` and
+#: ``calibration_save_ring`` (the ring size wizard) cannot emit and carry the engineer's own password; the
+#: controller refuses them while a session is open (the move also while the laser is armed).
 OBSERVE_COMMANDS = frozenset(
     {
         "ping",
@@ -70,6 +71,7 @@ OBSERVE_COMMANDS = frozenset(
         "health",
         "devices",
         "calibration_move",
+        "calibration_save_ring",
         "remote_login",
         "remote_logout",
         "remote_screen_lock",

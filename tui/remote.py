@@ -54,13 +54,9 @@ KIOSK_ONLY_ACTIONS: dict[str, str] = {
     "backups.make": f"a backup is written into the data directory: {RECORDS_READ_ONLY}",
     "backups.verify": f"a verification is recorded in the audit trail: {RECORDS_READ_ONLY}",
     "backups.restore": f"a restore replaces the records: {RECORDS_READ_ONLY}",
-    "calibration.save": (
-        "saving a calibration writes the records, and the remote console's are read-only: the controller "
-        "has no command to store it yet, so enter these points at the kiosk (tosca calibration import)"
-    ),
     "calibration.laser": (
-        "not from the remote console: the laser power wizard emits (key control, footpedal, every "
-        "interlock), so it runs at the kiosk only"
+        "the laser power wizard emits (key control, footpedal, every interlock): it runs at the kiosk only, "
+        "not over SSH"
     ),
     "camera_focus.stack": (
         "not from the remote console: a focus stack is recorded for the person at the rig (it may become "

@@ -1,7 +1,8 @@
 """What the remote console does and refuses, in Pilot, against a real controller on the simulated rig
-(in-process, its ``observe.sock``): the ring size wizard moves the actuator with the engineer's password and
-takes the typed diameters; the laser power wizard, the focus stack key and the screens and actions that write
-the records are refused with the reason before anything is tried (nothing written, no SQLite error)."""
+(in-process, its ``observe.sock``): the ring size wizard moves the actuator with the engineer's password,
+takes the typed diameters and has the controller store the calibration; the laser power wizard, the focus
+stack key and the screens and actions that write the records are refused with the reason before anything is
+tried (nothing written, no SQLite error)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ from console_fixtures import wait_until as pilot_wait
 from textual.pilot import Pilot
 from textual.widgets import OptionList, Static
 
+from control import messages as msg
 from control.accounts import AccountService
 from control.controller import Controller
+from control.ipc_errors import CommandFailed
 from storage import create_engine, session_factory
 from tests.support import CHEAP, FakeClock
 from tui.app import ToscaApp, make_app
@@ -26,6 +29,7 @@ from tui.remote import KIOSK_ONLY_ACTIONS, KIOSK_ONLY_SCREENS, RemoteOrigin
 from tui.screens.backups import BackupsScreen
 from tui.screens.calibration import CalibrationScreen, LaserPowerWizard, RingSizeWizard
 from tui.screens.camera_focus import CameraFocusScreen
+from tui.screens.dialogs import ConfirmDialog
 from tui.screens.home import HomeScreen
 from tui.screens.login import LoginScreen
 
@@ -99,7 +103,6 @@ async def test_the_ring_size_wizard_moves_the_actuator_from_the_remote_console_a
         # The same wizard over fewer, shorter moves (the simulated stage moves at its real speed).
         app.push_screen(RingSizeWizard(app.context, app.screen.user, positions_um=(0.0, 150.0, 300.0)))
         await pilot_wait(pilot, lambda: showing(app, RingSizeWizard), "the short ring size wizard")
-        assert "saved at the kiosk" in screen_text(app)
         # A wrong password: the controller refuses the move and the password is asked again.
         await enter_text(pilot, "not it")
         await pilot.press("enter")
@@ -117,12 +120,29 @@ async def test_the_ring_size_wizard_moves_the_actuator_from_the_remote_console_a
         assert controller.rig.actuator is not None
         assert controller.readouts.position_um == pytest.approx(300.0, abs=5.0)
         assert "r squared" in screen_text(app)
-        # Saving writes the records: refused here with the reason, nothing stored.
-        before = rows("SELECT count(*) FROM calibrations")
+        # The remote console's records are read-only: the controller stores it, as the active one.
         await pilot.press("f5")
-        await pilot_wait(pilot, lambda: "not saved:" in screen_text(app), "the save refused")
-        assert KIOSK_ONLY_ACTIONS["calibration.save"] in screen_text(app)
-        assert rows("SELECT count(*) FROM calibrations") == before
+        await pilot_wait(pilot, lambda: showing(app, ConfirmDialog), "the confirmation")
+        await pilot.press("y")
+        await pilot_wait(pilot, lambda: "saved as active" in screen_text(app), "the calibration saved")
+        assert app.link is not None
+        # Points the calibration rules refuse are refused by the controller too, and nothing is stored.
+        with pytest.raises(CommandFailed, match="not saved"):
+            await app.link.call(
+                msg.CalibrationSaveRing(
+                    points=[[0.0, 3.0], [100.0, 2.0], [200.0, 4.0]],
+                    username="eric",
+                    password=ENGINEER_PASSWORD,
+                )
+            )
+    [(made_by, active, data)] = rows(
+        "SELECT u.username, c.is_active, c.calibration_data FROM calibrations c JOIN tech_users u "
+        "ON u.tech_id = c.tech_id WHERE c.calibration_type = 'actuator_position_to_ring_size' "
+        "AND c.notes = 'ring size wizard'"
+    )
+    assert made_by == "eric" and active == 1 and len(json.loads(data)["calibration_points"]) == 3
+    [(terminal,)] = rows("SELECT terminal FROM audit_log WHERE action = 'calibration_saved'")
+    assert terminal.startswith("observe:")
     commands = rows("SELECT username, outcome, details FROM audit_log WHERE action = 'control_command'")
     moves = [(u, o) for u, o, d in commands if json.loads(d or "{}").get("command") == "calibration_move"]
     assert moves == [("eric", "failure")] + [("eric", "success")] * 3

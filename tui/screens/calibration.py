@@ -5,7 +5,8 @@ against ``calibration_validity_days``) and opens the wizards:
 
 - **Ring size** (``r``): the engineer's password first (each actuator move is checked with it by the
   controller, which refuses a move while a session is open); then for each position the actuator moves and
-  the engineer types the ring diameter measured, mm. No emission: allowed on a remote console too.
+  the engineer types the ring diameter measured, mm. No emission: allowed on a remote console too, where the
+  controller stores the result (``calibration_save_ring``: the remote console's records are read-only).
 - **Laser power** (``l``): at the kiosk only (refused over SSH). The password is key control: the controller
   arms the rig as for a treatment. For each current the controller sets the drive with the laser off; the
   engineer presses and holds the footpedal, reads the external power meter and types its reading, W; the
@@ -47,7 +48,7 @@ from control.calibration_records import (
     store_calibration,
 )
 from control.ipc_errors import CommandFailed, ControllerUnavailable
-from tui.remote import remote_refusal
+from tui.remote import is_remote, remote_refusal
 from tui.safe_text import plain
 from tui.screens._base import ScreenContext
 from tui.screens.dialogs import ConfirmDialog
@@ -343,10 +344,6 @@ class _Wizard(Screen[None]):
         """F5: check the points, then save after the engineer confirms."""
         if self.stage in ("refused", "saved"):
             return
-        refusal = remote_refusal(self.context, "calibration.save")
-        if refusal is not None:
-            self.show_status(f"not saved: {refusal}")
-            return
         try:
             found = self.checked()
         except CalibrationRefused as exc:
@@ -363,23 +360,12 @@ class _Wizard(Screen[None]):
             self.show_status("not saved", error=False)
             return
         try:
-            found = self.checked()
-            ids = []
-            for item, notes in found:
-                ids.append(
-                    await store_calibration(
-                        self.context.accounts.sessions,
-                        item,
-                        engineer=self.user.username,
-                        action=ACTION_SAVED,
-                        notes=notes,
-                        source=notes,
-                        terminal=self.context.accounts.terminal,
-                    )
-                )
+            ids = await self.store(self.checked())
         except CalibrationRefused as exc:
             self.show_status(f"not saved: {exc}")
             return
+        if ids is None:
+            return  # the controller refused it: said under the table
         self.saved = ids
         self.stage = "saved"
         self.query_one("#value", Input).disabled = True
@@ -388,6 +374,23 @@ class _Wizard(Screen[None]):
             error=False,
         )
         await self.end()
+
+    async def store(self, found: list[tuple[CheckedCalibration, str]]) -> list[int] | None:
+        """Store the checked calibrations as active; their ids (``None``: refused, the reason shown)."""
+        ids = []
+        for item, notes in found:
+            ids.append(
+                await store_calibration(
+                    self.context.accounts.sessions,
+                    item,
+                    engineer=self.user.username,
+                    action=ACTION_SAVED,
+                    notes=notes,
+                    source=notes,
+                    terminal=self.context.accounts.terminal,
+                )
+            )
+        return ids
 
     async def action_leave(self) -> None:
         """Escape: leave the wizard (a laser power run ends, laser off)."""
@@ -410,14 +413,9 @@ class RingSizeWizard(_Wizard):
         self.current_position = 0.0
 
     def password_prompt(self) -> str:
-        remote = (
-            "On the remote console the points are measured here and saved at the kiosk. "
-            if remote_refusal(self.context, "calibration.save") is not None
-            else ""
-        )
         return (
             f"The actuator moves to {len(self.positions)} positions; at each, measure the ring and type its "
-            f"diameter. {remote}Your password (each move is checked with it):"
+            "diameter. Your password (each move is checked with it):"
         )
 
     def show_points(self) -> None:
@@ -434,6 +432,22 @@ class RingSizeWizard(_Wizard):
     async def begin(self, password: str) -> bool:
         self.password = password
         return True
+
+    async def store(self, found: list[tuple[CheckedCalibration, str]]) -> list[int] | None:
+        """On the remote console (its records read-only) the controller stores it, with the password."""
+        if not is_remote(self.context):
+            return await super().store(found)
+        from control.messages import CalibrationSaveRing
+
+        if self.password is None:
+            self.show_status("not saved: type your password first")
+            return None
+        reply = await self.call(
+            CalibrationSaveRing(
+                points=[[x, y] for x, y in self.points], username=self.user.username, password=self.password
+            )
+        )
+        return None if reply is None else [int(reply["calibration_id"])]
 
     async def next_point(self) -> None:
         if self.index >= len(self.positions):

@@ -16,7 +16,8 @@ reference is read again (a stack outside a session becomes the new reference). W
 the controller refuses and nothing is recorded. The stop key keeps working throughout: it has its own
 connection, and the stack is written on the camera's low-priority thread. The remote console shows the
 preview and the score (``observe.sock`` gets the previews too) but refuses the stack key with the reason
-(:func:`tui.remote.remote_refusal`): a stack is recorded for the person at the rig, so it is taken at the kiosk.
+(:func:`tui.remote.remote_refusal`): a stack is recorded for the person at the rig, so it is taken at the
+kiosk.
 
 Open it with ``CameraFocusScreen(context, user)``; Escape goes back.
 """
