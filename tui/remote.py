@@ -54,6 +54,13 @@ KIOSK_ONLY_ACTIONS: dict[str, str] = {
     "backups.make": f"a backup is written into the data directory: {RECORDS_READ_ONLY}",
     "backups.verify": f"a verification is recorded in the audit trail: {RECORDS_READ_ONLY}",
     "backups.restore": f"a restore replaces the records: {RECORDS_READ_ONLY}",
+    "export.write": (
+        "an export is written into the data directory's exports/ and recorded in the audit trail: "
+        f"{RECORDS_READ_ONLY} (or with tosca export there)"
+    ),
+    "audit.export": (
+        f"an export is written into exports/ and recorded in the audit trail: {RECORDS_READ_ONLY}"
+    ),
     "calibration.laser": (
         "the laser power wizard emits (key control, footpedal, every interlock): it runs at the kiosk only, "
         "not over SSH"

@@ -23,6 +23,11 @@ requirement: within 10 %, ratio <= 1.10), then what the remote console did (Devi
 turned, status queries) and the machine's load. ``--json`` adds one JSON line. Exit code 0, or 1 with the
 reason when the run could not continue (the ratio is reported, not judged: the machine may be shared).
 
+``--sched kiosk`` runs the controller and the kiosk's console as ``bench_safety.py --sched kiosk`` does (the
+controller SCHED_FIFO and pinned to the last CPU, as ``kiosk/tosca-controller.service`` runs it; root only);
+the remote console is not pinned (sshd starts it as any login). ``--keep`` keeps the data directory and its
+logs (``bench-logs/``: the controller's, the kiosk console's and the remote console's).
+
 ``--remote-child DIR`` is the remote console's own entry (started by this benchmark, not by hand).
 """
 
@@ -270,9 +275,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         ports_file.write_text(json.dumps(dict(rig.ports())), encoding="utf-8")
         logs = root / "bench-logs"
         logs.mkdir(exist_ok=True)
-        controller = bs.ControllerProcess(ports_file, root, logs / "controller.log")
+        controller_prefix, console_prefix, described = bs.arrangement(args.sched)
+        results["_arrangement"] = described
+        say(described)
+        if args.sched == "kiosk":
+            os.sched_setscheduler(
+                0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(bs.KIOSK_HARDWARE_PRIORITY)
+            )
+        controller = bs.ControllerProcess(ports_file, root, logs / "controller.log", controller_prefix)
         await controller.start()
-        kiosk = bs.ConsoleProcess(root / "observe.sock", "pty", logs / "console.log")
+        kiosk = bs.ConsoleProcess(root / "observe.sock", "pty", logs / "console.log", console_prefix)
         await kiosk.start()
         say("controller and kiosk console ready")
         client = await bs.ControllerClient.connect(root / "control.sock", timeout_s=10.0)
@@ -337,6 +349,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def print_table(results: dict[str, Any]) -> None:
+    if results.get("_arrangement"):
+        print(f"arrangement: {results['_arrangement']}")
     print(f"{'measurement':46} {'n':>5} {'median':>9} {'p99':>9} {'max':>9}   (ms)")
     for name, s in results.items():
         if not name.startswith("_") and s.get("n"):
@@ -375,6 +389,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--estop-trials", type=int, default=20, help="E-stops per block (default 20)")
     parser.add_argument("--step-seconds", type=float, default=bs.STEP_S, help="the protocol step, s")
+    parser.add_argument(
+        "--sched",
+        choices=("desktop", "kiosk"),
+        default="desktop",
+        help="desktop: normal scheduling; kiosk: the controller real-time and pinned as the kiosk runs it",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the data directory and its logs")
     parser.add_argument("--json", action="store_true", help="also print one JSON line of the results")
     args = parser.parse_args(argv)

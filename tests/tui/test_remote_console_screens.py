@@ -26,10 +26,12 @@ from storage import create_engine, session_factory
 from tests.support import CHEAP, FakeClock
 from tui.app import ToscaApp, make_app
 from tui.remote import KIOSK_ONLY_ACTIONS, KIOSK_ONLY_SCREENS, RemoteOrigin
+from tui.screens.audit import AuditScreen
 from tui.screens.backups import BackupsScreen
 from tui.screens.calibration import CalibrationScreen, LaserPowerWizard, RingSizeWizard
 from tui.screens.camera_focus import CameraFocusScreen
 from tui.screens.dialogs import ConfirmDialog
+from tui.screens.export import ExportScreen
 from tui.screens.home import HomeScreen
 from tui.screens.login import LoginScreen
 
@@ -182,6 +184,24 @@ async def test_a_remote_admin_is_told_which_screens_and_actions_are_kiosk_only_a
         backups = DATA_DIR / "backups"
         assert not backups.exists() or not any(backups.iterdir())
         assert rows("SELECT count(*) FROM audit_log WHERE action LIKE 'backup%'") == audit_rows
+        await pilot.press("escape")
+        await pilot_wait(pilot, lambda: showing(app, HomeScreen), "home again")
+        # The research export and the audit trail's CSV: both written into exports/ and audited.
+        await pilot.press("x")
+        await pilot_wait(pilot, lambda: showing(app, ExportScreen), "the export screen")
+        await pilot.press("ctrl+s")
+        await pilot_wait(
+            pilot, lambda: KIOSK_ONLY_ACTIONS["export.write"] in screen_text(app), "the export refused"
+        )
+        await pilot.press("escape")
+        await pilot_wait(pilot, lambda: showing(app, HomeScreen), "home again")
+        await pilot.press("a")
+        await pilot_wait(pilot, lambda: showing(app, AuditScreen), "the audit trail")
+        await pilot.press("f5")
+        await pilot_wait(
+            pilot, lambda: KIOSK_ONLY_ACTIONS["audit.export"] in screen_text(app), "the CSV export refused"
+        )
+    assert not (DATA_DIR / "exports").exists() or not any((DATA_DIR / "exports").iterdir())
 
 
 async def test_the_remote_focus_screen_shows_the_live_score_and_refuses_the_stack_with_the_reason(
