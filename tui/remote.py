@@ -75,8 +75,8 @@ KIOSK_ONLY_ACTIONS: dict[str, str] = {
 
 def is_remote(context: ScreenContext) -> bool:
     """Whether the console of ``context`` is the remote console (its link on ``observe.sock``)."""
-    link = context.link
-    return link is not None and link.observe
+    # A link without the attribute (a stand-in) is not an observing one.
+    return getattr(context.link, "observe", False) is True
 
 
 def remote_refusal(context: ScreenContext, what: str) -> str | None:
