@@ -19,9 +19,11 @@ The blocks alternate, without the remote console first: each block measures ``--
 releases (pedal up until "output off" reaches the laser driver, while treating at 5 W) and ``--estop-trials``
 E-stops (E-stop until output off; then reset and armed again), exactly as ``bench_safety.py`` does. Printed:
 for each condition, n, median and p99 of both, and the ratio with/without of the medians and p99s (the
-requirement: within 10 %, ratio <= 1.10), then what the remote console did (Devices answers shown, pages
-turned, status queries) and the machine's load. ``--json`` adds one JSON line. Exit code 0, or 1 with the
-reason when the run could not continue (the ratio is reported, not judged: the machine may be shared).
+requirement: within 10 %, ratio <= 1.10); each block's own medians and p99s (how far two blocks of one
+condition differ is the machine's own noise, against which the ratio is read); what the remote console did
+(Devices answers shown, pages turned, status queries) and the machine's load. ``--json`` adds one JSON
+line. Exit code 0, or 1 with the reason when the run could not continue (the ratio is reported, not
+judged: the machine may be shared).
 
 ``--sched kiosk`` runs the controller and the kiosk's console as ``bench_safety.py --sched kiosk`` does (the
 controller SCHED_FIFO and pinned to the last CPU, as ``kiosk/tosca-controller.service`` runs it; root only);
@@ -250,6 +252,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         cond: {"pedal": [], "estop": []} for cond in ("without", "with")
     }
     remote_stats: list[dict[str, Any]] = []
+    #: Each block's own figures (how much two blocks of the same condition differ shows the machine's noise).
+    blocks: list[dict[str, Any]] = []
     results: dict[str, Any] = {}
     try:
         say(f"data directory {root}")
@@ -306,9 +310,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 await remote.start()
             started = time.monotonic()
             try:
-                samples[condition]["pedal"] += await bs.pedal_trials(op, args.pedal_trials)
-                samples[condition]["estop"] += await bs.fault_trials(
-                    op, args.estop_trials, "estop", "estop on", bs.ESTOP_MARKER
+                pedal = await bs.pedal_trials(op, args.pedal_trials)
+                estop = await bs.fault_trials(op, args.estop_trials, "estop", "estop on", bs.ESTOP_MARKER)
+                samples[condition]["pedal"] += pedal
+                samples[condition]["estop"] += estop
+                blocks.append(
+                    {"condition": condition, "pedal": bs.summary(pedal), "estop": bs.summary(estop)}
                 )
             finally:
                 if remote is not None:
@@ -322,6 +329,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for condition, measured in samples.items():
             results[f"pedal release -> output off, {condition} remote"] = bs.summary(measured["pedal"])
             results[f"E-stop -> output off, {condition} remote"] = bs.summary(measured["estop"])
+        results["_blocks"] = blocks
         results["_run"] = {
             "remote_console": remote_stats,
             "unplanned_faults": dict(op.unplanned),
@@ -364,6 +372,13 @@ def print_table(results: dict[str, Any]) -> None:
                 f"median x{with_['median_ms'] / without['median_ms']:.3f}, "
                 f"p99 x{with_['p99_ms'] / without['p99_ms']:.3f}"
             )
+    for n, block in enumerate(results.get("_blocks", []), 1):
+        pedal, estop = block["pedal"], block["estop"]
+        print(
+            f"block {n} ({block['condition']} remote): pedal median {pedal.get('median_ms', 0):.3f} "
+            f"p99 {pedal.get('p99_ms', 0):.3f}; E-stop median {estop.get('median_ms', 0):.3f} "
+            f"p99 {estop.get('p99_ms', 0):.3f} (ms)"
+        )
     extra = results.get("_run", {})
     for stats in extra.get("remote_console", []):
         print(
