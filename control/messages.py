@@ -308,6 +308,22 @@ class CalibrationMove(Command):
     password: Annotated[str, Field(min_length=1, repr=False)]
 
 
+class CalibrationSaveRing(Command):
+    """Store the ring size calibration measured with the wizard, ``points`` as ``(position um, ring mm)``, as
+    the active one, for the engineer ``username`` (checked with ``password`` as a login). Each point is a
+    ``[position, ring]`` pair. Accepted on both
+    sockets (the remote console cannot write the records; storing a calibration moves nothing and cannot
+    emit); refused while a session is open, and for points the calibration rules refuse."""
+
+    type: Literal["calibration_save_ring"] = "calibration_save_ring"
+    points: Annotated[
+        list[Annotated[list[_FiniteFloat], Field(min_length=2, max_length=2)]],
+        Field(min_length=1, max_length=200),
+    ]
+    username: NonBlank
+    password: Annotated[str, Field(min_length=1, repr=False)]
+
+
 class CalibrationBegin(Command):
     """Start (or, after a pause, resume) the laser power calibration run for the engineer authenticated on
     this connection: key control (the password), laser off and verified, then armed as for a treatment."""
@@ -406,6 +422,7 @@ ControlCommand: TypeAlias = Annotated[
     | Sim
     | TakeFocusStack
     | CalibrationMove
+    | CalibrationSaveRing
     | CalibrationBegin
     | CalibrationCurrent
     | CalibrationMeasure
@@ -418,7 +435,15 @@ ControlCommand: TypeAlias = Annotated[
 #: a session (the actuator move of the ring size calibration is refused while a session is open; the
 #: remote console's login and logout are audited records, not commands to the rig).
 ObserveCommand: TypeAlias = Annotated[
-    Ping | Status | Health | CalibrationMove | Devices | RemoteLogin | RemoteLogout | RemoteScreenLock,
+    Ping
+    | Status
+    | Health
+    | CalibrationMove
+    | CalibrationSaveRing
+    | Devices
+    | RemoteLogin
+    | RemoteLogout
+    | RemoteScreenLock,
     Field(discriminator="type"),
 ]
 
@@ -786,6 +811,12 @@ class CalibrationMoved(_Message):
     ring_mm: _FiniteFloat | None
 
 
+class CalibrationSaved(_Message):
+    """``calibration_save_ring``: the id of the calibration stored (now the active one of its type)."""
+
+    calibration_id: int
+
+
 class CalibrationDrive(_Message):
     """``calibration_current``: the current set, mA, and the power the active laser calibration expects from
     it, W (what the photodiode judges the light against)."""
@@ -820,6 +851,7 @@ ReplyData: TypeAlias = (
     | SnapshotStarted
     | AimingBeamState
     | CalibrationMoved
+    | CalibrationSaved
     | CalibrationDrive
     | CalibrationReading
     | FocusStackStarted

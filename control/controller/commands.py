@@ -95,7 +95,7 @@ class ControllerCommands(CalibrationService):
                 return msg.StateReply(state=sup.state)
             case msg.Authenticate():
                 return await self._authenticate(command, peer)
-            case msg.CalibrationMove():
+            case msg.CalibrationMove() | msg.CalibrationSaveRing():
                 # It carries the engineer's own password (observe.sock has no signed-in person).
                 return await self._calibration_move_audited(command, peer)
             case msg.Logout():
@@ -220,9 +220,15 @@ class ControllerCommands(CalibrationService):
                     raise Refused(str(exc)) from None
         raise Refused(f"unknown command {kind!r}")
 
-    async def _calibration_move_audited(self, command: msg.CalibrationMove, peer: Peer) -> msg.ReplyData:
+    async def _calibration_move_audited(
+        self, command: msg.CalibrationMove | msg.CalibrationSaveRing, peer: Peer
+    ) -> msg.ReplyData:
         try:
-            moved = await self.calibration_move(command, peer)
+            moved: msg.ReplyData
+            if isinstance(command, msg.CalibrationSaveRing):
+                moved = await self.calibration_save_ring(command, peer)
+            else:
+                moved = await self.calibration_move(command, peer)
         except Refused as exc:
             self._audit_command(
                 command.type, "failure", None, peer, reason=str(exc), username=command.username
