@@ -155,7 +155,8 @@ class Controller(ControllerCommands):
         gc.freeze()
 
     async def close(self) -> None:
-        """Stop emission, close any session as aborted, stop every task, close devices and sockets."""
+        """Stop emission, close any session as aborted, stop every task, disarm the board and switch its
+        aiming beam off, close devices and sockets."""
         if self._closing:
             return
         self._closing = True
@@ -179,6 +180,7 @@ class Controller(ControllerCommands):
                 board.remove_listener(self._on_board)
             with contextlib.suppress(Exception):
                 await board.disarm()
+            await self.aim_off_at_shutdown()
             with contextlib.suppress(Exception):
                 await board.motor_off()
         await self.supervisor.close()
