@@ -113,7 +113,7 @@ class Controller(ControllerCommands):
             self.accounts = AccountService(sessions=self.db, terminal=self.terminal, hashing=self.hashing)
             self.sessions = SessionService(self.db, data)
             # First the rows a previous process left in the recorder's journal (a crash, a locked database).
-            self.recorder = Recorder(self.db, data_root=data.root)
+            self.recorder = Recorder(self.db, data_root=data.root, db_path=data.db_path)
             self.recorder.on_health_change(self._on_storage_health)
             await self.recorder.start()
             closed = await self.sessions.close_interrupted()
@@ -246,10 +246,15 @@ class Controller(ControllerCommands):
             self._event(Severity.INFO, "storage records again")
 
     async def _publish(self) -> None:
+        """Build a snapshot, then encode and queue it in a turn of the loop of its own: a safety edge that
+        arrives meanwhile waits for one half, not for both."""
         while True:
             if self.server is not None and self.server.peers:
                 try:
-                    self.server.publish(self.snapshot())
+                    snapshot = self.snapshot()
+                    await asyncio.sleep(0)
+                    if self.server is not None:
+                        self.server.publish(snapshot)
                 except Exception:
                     _LOG.exception("snapshot not published")
             await asyncio.sleep(1.0 / SNAPSHOT_HZ)
