@@ -25,10 +25,10 @@ Rules (docs/devices.md, "General rules for every driver"):
   once. A reply the driver accepts (it starts its next exchange without calling ``bad_reply``) clears the
   count and returns a FAULTY link to OPEN; the safety supervisor latches its own fault, so this never
   restores emission.
-- :meth:`LineTransport.write_now` (the laser's "output off") writes at once and then lets the calling thread
-  sleep for :data:`HAND_ON_S`: a pseudo-terminal, and serial drivers that push data through the kernel's
-  workqueue, hand the line on from a normal-priority kernel worker, which a real-time loop thread on the same
-  CPU would otherwise hold off until it next waits.
+- :meth:`LineTransport.write_now` (the laser's "output off") writes at once and then, when the calling
+  thread is real-time, lets it sleep for :data:`HAND_ON_S`: a pseudo-terminal, and serial drivers that push
+  data through the kernel's workqueue, hand the line on from a normal-priority kernel worker, which a
+  real-time loop thread on the same CPU would otherwise hold off until it next waits.
 - When the port disappears (EOF/EIO) the link goes RECONNECTING and reopens the port with backoff (0.1 s
   doubling to 2 s). Reconnecting sends nothing to the device: it never restores any output by itself.
 """
@@ -39,6 +39,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Literal, TypeVar, overload
@@ -63,6 +64,14 @@ RESYNC_QUIET_S = 0.02
 #: that hands the written line on (a pty's, or a workqueue-driven serial driver's) can run on this CPU even
 #: when this thread is real-time; measured: 20 us is enough on an idle core, 5 us is not.
 HAND_ON_S = 50e-6
+
+
+def _real_time() -> bool:
+    """Whether the calling thread runs under a real-time scheduling policy (SCHED_FIFO or SCHED_RR)."""
+    try:
+        return os.sched_getscheduler(0) in (os.SCHED_FIFO, os.SCHED_RR)
+    except (AttributeError, OSError):
+        return False
 
 
 class LinkError(Exception):
@@ -350,13 +359,15 @@ class LineTransport:
         command has no reply, so it cannot be taken for the answer to a pending query. Raises ValueError for
         a malformed command, :class:`LinkDown` if the link is down.
 
-        The thread then sleeps for :data:`HAND_ON_S` (blocking, on purpose): the kernel worker that hands the
-        line on to the device (a pty's flip buffer, a serial driver's workqueue) is an ordinary kernel
-        thread, which a real-time caller on the same CPU would otherwise keep from running until the loop
-        has nothing left to do.
+        A real-time calling thread (SCHED_FIFO or SCHED_RR) then sleeps for :data:`HAND_ON_S` (blocking, on
+        purpose): the kernel worker that hands the line on to the device (a pty's flip buffer, a serial
+        driver's workqueue) is an ordinary kernel thread, which a real-time caller on the same CPU would
+        otherwise keep from running until the loop has nothing left to do. A caller at normal priority does
+        not hold it off, and does not sleep.
         """
         self._ready_now().write(self._encode(command))
-        time.sleep(HAND_ON_S)
+        if _real_time():
+            time.sleep(HAND_ON_S)
 
     def _ready_now(self) -> asyncio.Transport:
         transport = self._serial_transport
