@@ -69,9 +69,10 @@ HAND_ON_S = 50e-6
 def _real_time() -> bool:
     """Whether the calling thread runs under a real-time scheduling policy (SCHED_FIFO or SCHED_RR)."""
     try:
-        return os.sched_getscheduler(0) in (os.SCHED_FIFO, os.SCHED_RR)
+        policy = os.sched_getscheduler(0) & ~os.SCHED_RESET_ON_FORK  # the kiosk's flag comes with the policy
     except (AttributeError, OSError):
         return False
+    return policy in (os.SCHED_FIFO, os.SCHED_RR)
 
 
 class LinkError(Exception):
