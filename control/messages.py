@@ -835,9 +835,43 @@ class CalibrationReading(_Message):
     samples: Annotated[int, Field(ge=1)]
 
 
-#: What a successful command answers with (``end_session`` answers with the session's summary as recorded,
-#: a free-form mapping; ``status`` with a :class:`Snapshot`; ``health`` with a :class:`DeviceStatus` per
-#: device; ``disarm``, ``pause`` and ``resume`` with nothing).
+#: A time carried as ISO 8601 text on the wire and read back as a naive UTC ``datetime``.
+_WireTime: TypeAlias = Annotated[datetime, Field(strict=False)]
+
+
+class SessionEnded(_Message):
+    """``end_session``: the finished session as recorded, after the post-treatment notes were written (the
+    fields of :meth:`control.sessions.SessionService.summary_of`; times naive UTC, powers W, energy J)."""
+
+    session_id: int
+    status: str
+    subject_code: str | None
+    technician: str | None
+    protocol_name: str | None
+    start_time: _WireTime
+    end_time: _WireTime | None
+    duration_seconds: int | None
+    abort_reason: str | None
+    treatment_site: str | None
+    laser_on_time_s: _NonNegative | None
+    avg_power_w: _NonNegative | None
+    max_power_w: _NonNegative | None
+    energy_j: _NonNegative | None
+    treatment_notes: str | None
+    post_treatment_notes: str | None
+    event_count: Annotated[int, Field(ge=0)]
+    safety_event_count: Annotated[int, Field(ge=0)]
+    folder: str | None
+    session_uid: str | None
+    telemetry_path: str | None
+    telemetry_line_count: int | None
+    telemetry_sha256: str | None
+    video_path: str | None
+
+
+#: What a successful command answers with (``end_session`` with :class:`SessionEnded`; ``status`` with a
+#: :class:`Snapshot`; ``health`` with a :class:`DeviceStatus` per device; ``disarm``, ``pause`` and
+#: ``resume`` with nothing).
 ReplyData: TypeAlias = (
     Pong
     | PrechecksReply
@@ -856,6 +890,7 @@ ReplyData: TypeAlias = (
     | CalibrationReading
     | FocusStackStarted
     | Snapshot
+    | SessionEnded
     | dict[str, DeviceStatus]
     | dict[str, Any]
     | None
