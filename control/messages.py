@@ -308,6 +308,22 @@ class CalibrationMove(Command):
     password: Annotated[str, Field(min_length=1, repr=False)]
 
 
+class CalibrationSaveRing(Command):
+    """Store the ring size calibration measured with the wizard, ``points`` as ``(position um, ring mm)``, as
+    the active one, for the engineer ``username`` (checked with ``password`` as a login). Each point is a
+    ``[position, ring]`` pair. Accepted on both
+    sockets (the remote console cannot write the records; storing a calibration moves nothing and cannot
+    emit); refused while a session is open, and for points the calibration rules refuse."""
+
+    type: Literal["calibration_save_ring"] = "calibration_save_ring"
+    points: Annotated[
+        list[Annotated[list[_FiniteFloat], Field(min_length=2, max_length=2)]],
+        Field(min_length=1, max_length=200),
+    ]
+    username: NonBlank
+    password: Annotated[str, Field(min_length=1, repr=False)]
+
+
 class CalibrationBegin(Command):
     """Start (or, after a pause, resume) the laser power calibration run for the engineer authenticated on
     this connection: key control (the password), laser off and verified, then armed as for a treatment."""
@@ -406,6 +422,7 @@ ControlCommand: TypeAlias = Annotated[
     | Sim
     | TakeFocusStack
     | CalibrationMove
+    | CalibrationSaveRing
     | CalibrationBegin
     | CalibrationCurrent
     | CalibrationMeasure
@@ -418,7 +435,15 @@ ControlCommand: TypeAlias = Annotated[
 #: a session (the actuator move of the ring size calibration is refused while a session is open; the
 #: remote console's login and logout are audited records, not commands to the rig).
 ObserveCommand: TypeAlias = Annotated[
-    Ping | Status | Health | CalibrationMove | Devices | RemoteLogin | RemoteLogout | RemoteScreenLock,
+    Ping
+    | Status
+    | Health
+    | CalibrationMove
+    | CalibrationSaveRing
+    | Devices
+    | RemoteLogin
+    | RemoteLogout
+    | RemoteScreenLock,
     Field(discriminator="type"),
 ]
 
@@ -786,6 +811,12 @@ class CalibrationMoved(_Message):
     ring_mm: _FiniteFloat | None
 
 
+class CalibrationSaved(_Message):
+    """``calibration_save_ring``: the id of the calibration stored (now the active one of its type)."""
+
+    calibration_id: int
+
+
 class CalibrationDrive(_Message):
     """``calibration_current``: the current set, mA, and the power the active laser calibration expects from
     it, W (what the photodiode judges the light against)."""
@@ -804,9 +835,43 @@ class CalibrationReading(_Message):
     samples: Annotated[int, Field(ge=1)]
 
 
-#: What a successful command answers with (``end_session`` answers with the session's summary as recorded,
-#: a free-form mapping; ``status`` with a :class:`Snapshot`; ``health`` with a :class:`DeviceStatus` per
-#: device; ``disarm``, ``pause`` and ``resume`` with nothing).
+#: A time carried as ISO 8601 text on the wire and read back as a naive UTC ``datetime``.
+_WireTime: TypeAlias = Annotated[datetime, Field(strict=False)]
+
+
+class SessionEnded(_Message):
+    """``end_session``: the finished session as recorded, after the post-treatment notes were written (the
+    fields of :meth:`control.sessions.SessionService.summary_of`; times naive UTC, powers W, energy J)."""
+
+    session_id: int
+    status: str
+    subject_code: str | None
+    technician: str | None
+    protocol_name: str | None
+    start_time: _WireTime
+    end_time: _WireTime | None
+    duration_seconds: int | None
+    abort_reason: str | None
+    treatment_site: str | None
+    laser_on_time_s: _NonNegative | None
+    avg_power_w: _NonNegative | None
+    max_power_w: _NonNegative | None
+    energy_j: _NonNegative | None
+    treatment_notes: str | None
+    post_treatment_notes: str | None
+    event_count: Annotated[int, Field(ge=0)]
+    safety_event_count: Annotated[int, Field(ge=0)]
+    folder: str | None
+    session_uid: str | None
+    telemetry_path: str | None
+    telemetry_line_count: int | None
+    telemetry_sha256: str | None
+    video_path: str | None
+
+
+#: What a successful command answers with (``end_session`` with :class:`SessionEnded`; ``status`` with a
+#: :class:`Snapshot`; ``health`` with a :class:`DeviceStatus` per device; ``disarm``, ``pause`` and
+#: ``resume`` with nothing).
 ReplyData: TypeAlias = (
     Pong
     | PrechecksReply
@@ -820,10 +885,12 @@ ReplyData: TypeAlias = (
     | SnapshotStarted
     | AimingBeamState
     | CalibrationMoved
+    | CalibrationSaved
     | CalibrationDrive
     | CalibrationReading
     | FocusStackStarted
     | Snapshot
+    | SessionEnded
     | dict[str, DeviceStatus]
     | dict[str, Any]
     | None

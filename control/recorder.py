@@ -26,6 +26,13 @@ crash, or a close while the database was locked) into the database and removes i
 past ``max_held_rows`` rows that are not durable yet, new events are refused, counted in
 :attr:`Recorder.dropped_events` and logged.
 
+With ``db_path`` (the controller gives it), the batches are written on a thread of the recorder's own
+(:class:`DatabaseThread`, named ``recorder-db``), with its own event loop and engine on the same database
+file: building the statements, the ORM's work and the record chain's then never run on the caller's loop,
+which only awaits the outcome. The safety supervisor's loop is held up by a write at most while that thread
+holds the interpreter lock (the interpreter's switch interval), instead of for the whole batch. Reads, the
+journal's replay and the writability probe stay on the caller's loop; one lock orders them with the writes.
+
 Health ("every accepted row is durable"). The recorder is *healthy* while every accepted row became durable
 within ``durable_within_s`` (1 s) of being accepted. A database that is only locked or slow does not make it
 unhealthy while the journal takes the rows. It turns unhealthy, and every callback registered with
@@ -56,14 +63,15 @@ import math
 import os
 import shutil
 import sqlite3
+import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -74,6 +82,8 @@ from storage import (
     TelemetryError,
     TelemetrySummary,
     TelemetryWriter,
+    create_engine,
+    session_factory,
     utc_now,
 )
 from storage.journal import (
@@ -133,6 +143,85 @@ GUARD_PERIOD_S: Final = 0.02
 _IDLE_GUARD_PERIOD_S: Final = 0.25
 #: Most rows written in one transaction.
 MAX_BATCH_ROWS: Final = 1000
+
+
+_T = TypeVar("_T")
+
+
+class DatabaseThread:
+    """A thread with an event loop and an engine of its own on the database file ``db_path``, for work that
+    must not run on the caller's loop: :meth:`run` hands it a coroutine function of a session maker and
+    awaits the result (or the exception) on the caller's loop.
+
+    The thread is an ordinary one (a real-time caller's thread starts it, and the kiosk's reset-on-fork makes
+    it SCHED_OTHER); it keeps the caller's CPUs, so that a real-time caller preempts it outright and waits for
+    it only while it holds the interpreter lock.
+    """
+
+    def __init__(self, db_path: Path) -> None:
+        self.db_path = Path(db_path)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sessions: async_sessionmaker[AsyncSession] | None = None
+        self._thread: threading.Thread | None = None
+        self._started = threading.Event()
+        self._failure: BaseException | None = None
+
+    def start(self) -> None:
+        """Start the thread and its engine (returns once they are up; raises what stopped them)."""
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._main, name="recorder-db", daemon=True)
+        self._thread.start()
+        self._started.wait()
+        if self._failure is not None:
+            self._thread.join()
+            self._thread = None
+            raise RecorderError(f"the recorder's database thread did not start: {_describe(self._failure)}")
+
+    def _main(self) -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            engine = create_engine(self.db_path)
+        except BaseException as exc:
+            self._failure = exc
+            loop.close()
+            self._started.set()
+            return
+        self._loop, self._sessions = loop, session_factory(engine)
+        self._started.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.run_until_complete(engine.dispose())
+            loop.close()
+
+    async def run(self, work: Callable[[async_sessionmaker[AsyncSession]], Awaitable[_T]]) -> _T:
+        """``await work(sessions)`` on the thread's loop, with its session maker; its result or exception."""
+        loop, sessions = self._loop, self._sessions
+        if loop is None or sessions is None or self._thread is None:
+            raise RecorderError("the recorder's database thread is not running")
+
+        async def call() -> _T:
+            return await work(sessions)
+
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(call(), loop))
+
+    async def close(self) -> None:
+        """Stop the loop (the engine disposed) and wait for the thread to end. Idempotent."""
+        thread, loop = self._thread, self._loop
+        self._thread = self._loop = self._sessions = None
+        if thread is None or loop is None:
+            return
+        loop.call_soon_threadsafe(loop.stop)
+        await asyncio.to_thread(thread.join)
+
+
+async def _commit_entries(
+    sessions: async_sessionmaker[AsyncSession], entries: Sequence[JournalEntry]
+) -> None:
+    async with sessions() as session:
+        await write_entries(session, entries)
+        await session.commit()
 
 
 class RecorderError(Exception):
@@ -275,8 +364,11 @@ class Recorder:
         spill_after_s: float = DEFAULT_SPILL_AFTER_S,
         durable_within_s: float = DEFAULT_DURABLE_WITHIN_S,
         retry_interval_s: float = DEFAULT_RETRY_INTERVAL_S,
+        db_path: Path | None = None,
     ) -> None:
         self.min_free_bytes = min_free_bytes
+        #: With ``db_path``: the batches are written on this thread (see the module documentation).
+        self._db_thread = DatabaseThread(db_path) if db_path is not None else None
         if not (isinstance(batch_interval_s, (int, float)) and 0 < batch_interval_s <= 0.1):
             raise ValueError(f"batch_interval_s must be > 0 and <= 0.1 seconds, got {batch_interval_s!r}")
         if not (isinstance(space_check_interval_s, (int, float)) and 0 < space_check_interval_s <= 60):
@@ -458,6 +550,8 @@ class Recorder:
             raise RecorderError("the recorder is closed")
         if self._task is not None:
             return
+        if self._db_thread is not None:
+            await asyncio.to_thread(self._db_thread.start)
         try:
             found = await asyncio.to_thread(self._journal.exists)
         except JournalError as exc:
@@ -581,6 +675,8 @@ class Recorder:
             await self._replay()
         self._closed = True
         self._journal.close()
+        if self._db_thread is not None:
+            await self._db_thread.close()
         lost = len(self._pending)
         if lost:
             _LOG.error(
@@ -816,9 +912,10 @@ class Recorder:
     async def _write_db(self, entries: Sequence[JournalEntry]) -> bool:
         """Write ``entries`` (in order) and their stream's mark in one transaction; False on failure."""
         try:
-            async with self._sessions() as session:
-                await write_entries(session, entries)
-                await session.commit()
+            if self._db_thread is not None:
+                await self._db_thread.run(lambda sessions: _commit_entries(sessions, entries))
+            else:
+                await _commit_entries(self._sessions, entries)
         except (SQLAlchemyError, OSError) as exc:
             self._db_failed(exc)
             return False
@@ -1031,6 +1128,7 @@ __all__ = [
     "EVENT_TYPES",
     "GUARD_PERIOD_S",
     "MAX_BATCH_ROWS",
+    "DatabaseThread",
     "DiskUsage",
     "HealthCallback",
     "Recorder",

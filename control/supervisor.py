@@ -77,6 +77,8 @@ PHOTODIODE_FLOOR_W: Final = 0.5
 #: A laser output read-back is judged against the commanded output only when the question was asked this
 #: long (s) after the output was last switched: a read-back from before that may still show the old state.
 OUTPUT_READBACK_SETTLE_S: Final = 0.050
+#: A persistence window is judged this long (s) after it closes, so that the clock has passed its end.
+JUDGE_AGAIN_MARGIN_S: Final = 0.00002
 
 
 S = SystemState
@@ -328,6 +330,7 @@ class SafetySupervisor:
         self._fault_deviation_since: float | None = None
         self._warning_logged = False
         self._stray_since: float | None = None
+        self._judge_timer: asyncio.TimerHandle | None = None
         self._treating_total_s = 0.0
         self._treating_since: float | None = None
         self._lock = asyncio.Lock()
@@ -359,6 +362,9 @@ class SafetySupervisor:
     async def close(self) -> None:
         """Laser off (best effort), write what is queued, stop the writer."""
         self.output_off_now()
+        if self._judge_timer is not None:
+            self._judge_timer.cancel()
+            self._judge_timer = None
         for task in list(self._side_tasks):
             task.cancel()
         for task in list(self._side_tasks):
@@ -804,6 +810,7 @@ class SafetySupervisor:
             if measured > STRAY_LIGHT_W and now - self.output_changed_at >= STRAY_LIGHT_GRACE_S:
                 if self._stray_since is None:
                     self._stray_since = now
+                    self._judge_again_at(now + STRAY_LIGHT_PERSISTENCE_S)
             else:
                 self._stray_since = None
             return
@@ -834,8 +841,26 @@ class SafetySupervisor:
         if percent > self.limits.photodiode_fault_percent:
             if self._fault_deviation_since is None:
                 self._fault_deviation_since = now
+                self._judge_again_at(now + PHOTODIODE_PERSISTENCE_S)
         else:
             self._fault_deviation_since = None
+
+    def _judge_again_at(self, when: float) -> None:
+        """Evaluate the terms again at ``when`` (the supervisor's clock, s): the moment a persistence window
+        that just opened closes, so a deviation that lasts is judged then, not at the next sample or tick
+        after it (up to 10 ms later). Without a running loop (a caller outside one) the tick does it."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if self._judge_timer is not None:
+            self._judge_timer.cancel()
+        delay = max(0.0, when - self.clock()) + JUDGE_AGAIN_MARGIN_S
+        self._judge_timer = loop.call_later(delay, self._judge_now)
+
+    def _judge_now(self) -> None:
+        self._judge_timer = None
+        self._check(self.clock())
 
     def tick(self) -> None:
         """Periodic evaluation (every 10-20 ms): reading ages and persistence windows.

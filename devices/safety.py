@@ -12,11 +12,13 @@ to a driver that was not listening when it changed (a watchdog left expired by a
 :meth:`SafetyBoardDriver.read_status` raises :class:`UnknownCommand` on firmware 3.0.
 
 The driver installs ``is_unsolicited`` on its transport so that ``EVT:`` and ``S:`` lines never satisfy a
-pending command, even when one arrives between a command and its reply. A dispatcher task
-(:meth:`SafetyBoardDriver.start` / :meth:`SafetyBoardDriver.close`) reads them from the transport, stamps each
-with the monotonic time it was taken from the transport (s), parses it into a :class:`SafetyEvent` or a
-:class:`SafetySample`, keeps the latest state, and hands it to every open :class:`EventStream` /
-:class:`SampleStream`. Event streams never drop an event; sample streams keep the newest ``maxsize`` samples.
+pending command, even when one arrives between a command and its reply. Between
+:meth:`SafetyBoardDriver.start` and :meth:`SafetyBoardDriver.close` the transport hands each of them to the
+driver synchronously, in the callback that read the bytes from the port (in arrival order, with no task
+switch): the driver parses it into a :class:`SafetyEvent` or a :class:`SafetySample` stamped with the
+monotonic time (s) its bytes were read, keeps the latest state, calls its listeners (the safety supervisor)
+and hands it to every open :class:`EventStream` / :class:`SampleStream`. Event streams never drop an event;
+sample streams keep the newest ``maxsize`` samples.
 
 The heartbeat (``WDT_RESET``) runs as its own task, started and stopped explicitly, at a period that must be
 well under the watchdog timeout (at most a third of it; a quarter by default).
@@ -217,8 +219,7 @@ class SafetyBoardDriver:
         self._listeners: list[Callable[[SafetyEvent | SafetySample], None]] = []
         #: Monotonic time (s) of the last ``WDT_RESET`` the board acknowledged, None before the first.
         self.last_heartbeat_ok: float | None = None
-        self._dispatcher: asyncio.Task[None] | None = None
-        self._queue: asyncio.Queue[str] | None = None
+        self._dispatching = False
         self._heartbeat: asyncio.Task[None] | None = None
         self._heartbeat_stop = asyncio.Event()
         self.watchdog_timeout_ms = WDT_DEFAULT_MS
@@ -235,52 +236,46 @@ class SafetyBoardDriver:
     # -------------------------------------------------------------------------------------- lifecycle
     async def start(self) -> None:
         """Start dispatching push events and samples (call after the transport is open)."""
-        if self._dispatcher is not None:
+        if self._dispatching:
             return
-        self._queue = self.transport.subscribe()
-        self._dispatcher = asyncio.create_task(self._dispatch(self._queue), name="safety-dispatch")
+        self._dispatching = True
+        self.transport.on_unsolicited(self.dispatch_line)
 
     async def close(self) -> None:
-        """Stop the heartbeat and the dispatcher and end every open stream. Does not close the transport."""
+        """Stop the heartbeat and the dispatch and end every open stream. Does not close the transport."""
         await self.stop_heartbeat()
-        task, self._dispatcher = self._dispatcher, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if self._queue is not None:
-            self.transport.unsubscribe(self._queue)
-            self._queue = None
+        if self._dispatching:
+            self._dispatching = False
+            self.transport.on_unsolicited(None)
         for stream in list(self._streams):
             stream.close()
 
-    async def _dispatch(self, queue: asyncio.Queue[str]) -> None:
-        while True:
-            line = await queue.get()
-            received = time.monotonic()
-            if line.startswith("EVT:"):
-                event = parse_event(line, received)
-                if event is None:
-                    self.transport.bad_reply(line, "malformed push event")
-                    continue
-                self._apply_event(event)
-                self._notify(event)
-                for stream in list(self._streams):
-                    if isinstance(stream, EventStream):
-                        stream._put(event)
-            else:
-                sample = parse_sample(line, received)
-                if sample is None:
-                    self.transport.bad_reply(line, "malformed sample line")
-                    continue
-                self.last_sample = sample
-                self.pedal_pressed = sample.pedal
-                self.estop_pressed = sample.estop
-                self.laser_enable = sample.laser_enable
-                self._notify(sample)
-                for stream in list(self._streams):
-                    if isinstance(stream, SampleStream):
-                        stream._put(sample)
+    def dispatch_line(self, line: str, received: float) -> None:
+        """One unsolicited line, read at ``received`` (monotonic s): parsed, applied to the latest state,
+        handed to the listeners and then to the streams. A malformed line is counted as a bad reply."""
+        if line.startswith("EVT:"):
+            event = parse_event(line, received)
+            if event is None:
+                self.transport.bad_reply(line, "malformed push event")
+                return
+            self._apply_event(event)
+            self._notify(event)
+            for stream in list(self._streams):
+                if isinstance(stream, EventStream):
+                    stream._put(event)
+            return
+        sample = parse_sample(line, received)
+        if sample is None:
+            self.transport.bad_reply(line, "malformed sample line")
+            return
+        self.last_sample = sample
+        self.pedal_pressed = sample.pedal
+        self.estop_pressed = sample.estop
+        self.laser_enable = sample.laser_enable
+        self._notify(sample)
+        for stream in list(self._streams):
+            if isinstance(stream, SampleStream):
+                stream._put(sample)
 
     def _apply_event(self, event: SafetyEvent) -> None:
         if event.kind is EventKind.FOOTPEDAL:

@@ -7,7 +7,9 @@ things:
 - :meth:`LineTransport.query`: send a command and wait for its reply line(s), with a timeout (default 250 ms);
 - :meth:`LineTransport.write`: send a set command that has no reply;
 - :meth:`LineTransport.subscribe`: a queue of the unsolicited lines (push events, stream samples) the device
-  sends by itself, as told apart by ``is_unsolicited``.
+  sends by itself, as told apart by ``is_unsolicited``; :meth:`LineTransport.on_unsolicited` hands each of
+  them to a callback instead, synchronously, in the callback that read the bytes (no task switch between the
+  port becoming readable and the driver acting on the line).
 
 Rules (docs/devices.md, "General rules for every driver"):
 
@@ -23,6 +25,10 @@ Rules (docs/devices.md, "General rules for every driver"):
   once. A reply the driver accepts (it starts its next exchange without calling ``bad_reply``) clears the
   count and returns a FAULTY link to OPEN; the safety supervisor latches its own fault, so this never
   restores emission.
+- :meth:`LineTransport.write_now` (the laser's "output off") writes at once and then, when the calling
+  thread is real-time, lets it sleep for :data:`HAND_ON_S`: a pseudo-terminal, and serial drivers that push
+  data through the kernel's workqueue, hand the line on from a normal-priority kernel worker, which a
+  real-time loop thread on the same CPU would otherwise hold off until it next waits.
 - When the port disappears (EOF/EIO) the link goes RECONNECTING and reopens the port with backoff (0.1 s
   doubling to 2 s). Reconnecting sends nothing to the device: it never restores any output by itself.
 """
@@ -33,6 +39,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Literal, TypeVar, overload
@@ -53,6 +60,19 @@ SUBSCRIBER_QUEUE_SIZE = 1000
 #: After a failed exchange, the next one first waits for the line to stay quiet this long (s), dropping late
 #: replies, so a reply that arrives after its query gave up is never taken for the answer to the next query.
 RESYNC_QUIET_S = 0.02
+#: After :meth:`LineTransport.write_now`, the calling thread sleeps this long (s), so that the kernel worker
+#: that hands the written line on (a pty's, or a workqueue-driven serial driver's) can run on this CPU even
+#: when this thread is real-time; measured: 20 us is enough on an idle core, 5 us is not.
+HAND_ON_S = 50e-6
+
+
+def _real_time() -> bool:
+    """Whether the calling thread runs under a real-time scheduling policy (SCHED_FIFO or SCHED_RR)."""
+    try:
+        policy = os.sched_getscheduler(0) & ~os.SCHED_RESET_ON_FORK  # the kiosk's flag comes with the policy
+    except (AttributeError, OSError):
+        return False
+    return policy in (os.SCHED_FIFO, os.SCHED_RR)
 
 
 class LinkError(Exception):
@@ -159,6 +179,7 @@ class LineTransport:
         self.last_rx_monotonic: float | None = None
         self._callbacks: list[StateCallback] = []
         self._subscribers: list[asyncio.Queue[str]] = []
+        self._unsolicited_handler: Callable[[str, float], None] | None = None
         self._lock = asyncio.Lock()
         self._serial_transport: asyncio.Transport | None = None
         self._protocol: _LineProtocol | None = None
@@ -338,8 +359,16 @@ class LineTransport:
         For the one command that must never queue behind a slow reply: the laser's "output off". A set
         command has no reply, so it cannot be taken for the answer to a pending query. Raises ValueError for
         a malformed command, :class:`LinkDown` if the link is down.
+
+        A real-time calling thread (SCHED_FIFO or SCHED_RR) then sleeps for :data:`HAND_ON_S` (blocking, on
+        purpose): the kernel worker that hands the line on to the device (a pty's flip buffer, a serial
+        driver's workqueue) is an ordinary kernel thread, which a real-time caller on the same CPU would
+        otherwise keep from running until the loop has nothing left to do. A caller at normal priority does
+        not hold it off, and does not sleep.
         """
         self._ready_now().write(self._encode(command))
+        if _real_time():
+            time.sleep(HAND_ON_S)
 
     def _ready_now(self) -> asyncio.Transport:
         transport = self._serial_transport
@@ -451,7 +480,7 @@ class LineTransport:
 
     # ------------------------------------------------------------------------------------------- lines
     def _on_raw_line(self, raw: bytes) -> None:
-        self.last_rx_monotonic = time.monotonic()
+        received = self.last_rx_monotonic = time.monotonic()
         self._rx_lines += 1
         if len(raw) > self.max_line_bytes:
             self._on_bad_line(f"over-long line ({len(raw)} bytes, at most {self.max_line_bytes})")
@@ -461,6 +490,12 @@ class LineTransport:
             return
         line = raw.decode("ascii")
         if self.is_unsolicited(line):
+            handler = self._unsolicited_handler
+            if handler is not None:
+                try:
+                    handler(line, received)
+                except Exception:
+                    _LOG.exception("%s: unsolicited line handler failed on %r", self.name, line)
             for queue in self._subscribers:
                 if queue.full():
                     queue.get_nowait()
@@ -477,6 +512,12 @@ class LineTransport:
         pending.lines.append(line)
         if len(pending.lines) >= pending.count:
             pending.future.set_result(pending.lines)
+
+    def on_unsolicited(self, handler: Callable[[str, float], None] | None) -> None:
+        """Call ``handler(line, received)`` with every unsolicited line from now on, synchronously, as soon as
+        the line is framed (``received``: monotonic time, s, the bytes were taken from the port); ``None``
+        stops it. One handler at a time; it must not block. Subscribers' queues get the lines as well."""
+        self._unsolicited_handler = handler
 
     def subscribe(self) -> asyncio.Queue[str]:
         """A new queue receiving every unsolicited line from now on (oldest dropped beyond 1000 waiting)."""

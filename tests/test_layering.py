@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pkgutil
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -74,3 +75,22 @@ def test_the_console_loads_no_module_of_the_controller_process() -> None:
     assert "tui.screens.dashboard" in loaded  # the check imported what it meant to
     bad = sorted(m for m in loaded for top in CONTROLLER_ONLY if m == top or m.startswith(f"{top}."))
     assert not bad, f"the console pulls in {bad}"
+
+
+#: How a console is configured and what only a console reads from the configuration belong to the console
+#: (``tui/settings.py``); ``control/`` keeps only the settings the controller reads too.
+CONSOLE_ONLY_SETTINGS = ("ConsoleSettings", "ControllerMode", "ImageProtocol", "read_auto_lock_minutes")
+
+
+def test_console_only_settings_live_in_the_console_not_in_control() -> None:
+    import tui.settings
+
+    for name in CONSOLE_ONLY_SETTINGS:
+        assert hasattr(tui.settings, name), f"tui/settings.py lacks {name}"
+    pattern = re.compile(rf"^(?:class|def|async def|)\s*({'|'.join(CONSOLE_ONLY_SETTINGS)})\b\s*[(:=]", re.M)
+    found = [
+        f"{path.relative_to(ROOT)}: {match.group(1)}"
+        for path in sorted((ROOT / "control").rglob("*.py"))
+        for match in pattern.finditer(path.read_text(encoding="utf-8"))
+    ]
+    assert not found, f"console-only settings defined in control/: {found}"

@@ -1,7 +1,7 @@
 """The TOSCA console application.
 
 :func:`make_app` is the one factory, used by ``tosca`` and by the tests, configured by a
-:class:`control.settings.ConsoleSettings`. The app draws its entry screen before it opens the database:
+:class:`tui.settings.ConsoleSettings`. The app draws its entry screen before it opens the database:
 which one (first run or login) is read with a plain query (:mod:`storage.probe`), then the database is
 opened in a thread (SQLAlchemy, and the upgrade ``tosca`` passes as ``prepare``, see
 :mod:`tui.commands.console`) while the user types; a submitted form waits for it, the controller link starts
@@ -73,7 +73,6 @@ from textual.worker import Worker, WorkerState
 
 from control.account_rules import AccountError, UserInfo
 from control.ipc_errors import CommandFailed, ControllerUnavailable
-from control.settings import ConsoleSettings, default_setting, read_auto_lock_minutes
 from control.terminal import detect_terminal
 from storage.errors import StorageError
 from storage.paths import DataDir
@@ -99,6 +98,7 @@ from tui.screens.change_password import ChangePasswordScreen
 from tui.screens.first_run import FirstRunScreen
 from tui.screens.lock import LockScreen
 from tui.screens.login import LoginScreen
+from tui.settings import ConsoleSettings, default_setting, read_auto_lock_minutes
 from tui.stop_key import StopKeyAnswered, stop_now, with_stop_key
 
 if TYPE_CHECKING:

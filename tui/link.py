@@ -23,8 +23,9 @@ The remote console (``tosca remote``, over SSH) makes its link with ``observe`` 
 ``observe.sock`` only (its Unix user cannot open ``control.sock``: the kernel refuses it), starts no
 controller, accepts the rig the controller drives, and refuses every command that socket does not have
 (arming, the session's commands, the stop key, the simulator) before sending it, with
-:data:`OBSERVE_REFUSAL`. It never authenticates: the remote console's login is an audited record the
-controller writes (:mod:`tui.remote`), not a person acting on the rig.
+:data:`OBSERVE_REFUSAL`; the ring size wizard's actuator moves and save are sent (:data:`OBSERVE_COMMANDS`).
+It never authenticates: the remote console's login is an audited record the controller writes
+(:mod:`tui.remote`), not a person acting on the rig.
 """
 
 from __future__ import annotations
@@ -60,9 +61,21 @@ _LOG = logging.getLogger(__name__)
 CONTROL_SOCKET = "control.sock"
 #: The observation socket (the remote console's only way to the controller), relative to the data directory.
 OBSERVE_SOCKET = "observe.sock"
-#: The commands a link in observe mode sends (what ``observe.sock`` answers).
+#: The commands a link in observe mode sends (what ``observe.sock`` answers). ``calibration_move`` and
+#: ``calibration_save_ring`` (the ring size wizard) cannot emit and carry the engineer's own password; the
+#: controller refuses them while a session is open (the move also while the laser is armed).
 OBSERVE_COMMANDS = frozenset(
-    {"ping", "status", "health", "devices", "remote_login", "remote_logout", "remote_screen_lock"}
+    {
+        "ping",
+        "status",
+        "health",
+        "devices",
+        "calibration_move",
+        "calibration_save_ring",
+        "remote_login",
+        "remote_logout",
+        "remote_screen_lock",
+    }
 )
 #: Why a remote console refuses a command (followed by the command's name).
 OBSERVE_REFUSAL = (

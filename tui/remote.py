@@ -11,6 +11,11 @@ it, and cannot open ``control.sock`` (mode 0600, owned by the kiosk's user: the 
   audited there, with the SSH client address (:class:`RemoteOrigin`, from ``$SSH_CONNECTION`` or
   ``$SSH_CLIENT``) and the Unix user and pid the kernel reports for the socket's peer. A password change is
   refused: it is made at the kiosk.
+
+What the remote console may do is decided in one place, :func:`remote_refusal`: the home menu marks the
+screens it cannot open (:data:`KIOSK_ONLY_SCREENS`) and the screens it opens refuse the actions that would
+write the records or act for a person at the rig (:data:`KIOSK_ONLY_ACTIONS`), with the reason, before
+anything is tried (never SQLite's own "read-only database" error).
 """
 
 from __future__ import annotations
@@ -30,6 +35,59 @@ from control.terminal import ssh_client_address
 
 if TYPE_CHECKING:
     from tui.link import ConsoleLink
+    from tui.screens._base import ScreenContext
+
+#: Why the remote console does not write the records (the end of every refusal of a write).
+RECORDS_READ_ONLY = "not from the remote console: the records are read-only here; do it at the kiosk"
+#: The home menu's screens the remote console does not open, and why.
+KIOSK_ONLY_SCREENS: dict[str, str] = {
+    "subjects": (
+        "not from the remote console: a treatment is given at the kiosk (this console reaches the "
+        "controller through observe.sock, which opens no session)"
+    ),
+    "users": f"accounts change the records: {RECORDS_READ_ONLY}",
+    "configuration": f"settings change the records: {RECORDS_READ_ONLY}",
+    "protocol_library": f"the protocol library changes the records: {RECORDS_READ_ONLY}",
+}
+#: Actions inside screens the remote console opens but does not do, and why.
+KIOSK_ONLY_ACTIONS: dict[str, str] = {
+    "backups.make": f"a backup is written into the data directory: {RECORDS_READ_ONLY}",
+    "backups.verify": f"a verification is recorded in the audit trail: {RECORDS_READ_ONLY}",
+    "backups.restore": f"a restore replaces the records: {RECORDS_READ_ONLY}",
+    "export.write": (
+        "an export is written into the data directory's exports/ and recorded in the audit trail: "
+        f"{RECORDS_READ_ONLY} (or with tosca export there)"
+    ),
+    "audit.export": (
+        f"an export is written into exports/ and recorded in the audit trail: {RECORDS_READ_ONLY}"
+    ),
+    "calibration.laser": (
+        "the laser power wizard emits (key control, footpedal, every interlock): it runs at the kiosk only, "
+        "not over SSH"
+    ),
+    "camera_focus.stack": (
+        "not from the remote console: a focus stack is recorded for the person at the rig (it may become "
+        "the focus reference or a recording of the session), so it is taken at the kiosk; the live focus "
+        "score works here"
+    ),
+}
+
+
+def is_remote(context: ScreenContext) -> bool:
+    """Whether the console of ``context`` is the remote console (its link on ``observe.sock``)."""
+    # A link without the attribute (a stand-in) is not an observing one.
+    return getattr(context.link, "observe", False) is True
+
+
+def remote_refusal(context: ScreenContext, what: str) -> str | None:
+    """Why the console of ``context`` does not do ``what`` (a home menu entry's name, or one of
+    :data:`KIOSK_ONLY_ACTIONS`), or ``None`` when it may (always at the kiosk). The laser power wizard is
+    refused to any console run over SSH, whatever its socket."""
+    if what == "calibration.laser" and context.settings.remote:
+        return KIOSK_ONLY_ACTIONS[what]
+    if not is_remote(context):
+        return None
+    return KIOSK_ONLY_SCREENS.get(what) or KIOSK_ONLY_ACTIONS.get(what)
 
 
 @dataclass(frozen=True)

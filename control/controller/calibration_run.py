@@ -3,7 +3,10 @@
 *Ring size*: :meth:`CalibrationService.calibration_move` moves the actuator for an engineer (their password
 checked as a login on each move). It cannot emit, so it is accepted on ``observe.sock`` as well as on
 ``control.sock``; it is refused while a session is open, while the laser is armed or a calibration run
-holds the rig, and while a fault is latched.
+holds the rig, and while a fault is latched. :meth:`CalibrationService.calibration_save_ring` stores the
+points the wizard measured as the active ring size calibration (the same checks and record as a save at the
+kiosk), so that the remote console, whose records are read-only, can save it too; refused while a session
+is open.
 
 *Laser power*: a calibration run, on ``control.sock`` only, for the engineer authenticated on the connection
 that began it. It uses the supervisor exactly as a treatment does: the run opens the supervisor (IDLE ->
@@ -28,8 +31,15 @@ from dataclasses import dataclass
 
 from control import messages as msg
 from control.authority import Person
-from control.calibration import CalibrationError
-from control.calibration_records import CALIBRATING_ROLE
+from control.calibration import ACTUATOR, CalibrationError
+from control.calibration_records import (
+    ACTION_SAVED,
+    CALIBRATING_ROLE,
+    CalibrationRefused,
+    check_points,
+    store_calibration,
+)
+from control.controller.remote import terminal_of
 from control.controller.treatment import SMOOTHING_PWM, TEC_SETPOINT_C, TreatmentLifecycle
 from control.ipc.server import Peer
 from control.supervisor import Refused, SystemState
@@ -101,6 +111,31 @@ class CalibrationService(TreatmentLifecycle):
             tech_id=person.tech_id,
         )
         return msg.CalibrationMoved(position_um=reached, ring_mm=ring)
+
+    async def calibration_save_ring(
+        self, command: msg.CalibrationSaveRing, peer: Peer
+    ) -> msg.CalibrationSaved:
+        """Store the ring size calibration the wizard measured, as the active one (the remote console's
+        records are read-only, so it is stored here; see the module documentation)."""
+        person = await self._calibrating_engineer(command.username, command.password, "calibration_save")
+        if self.session is not None:
+            raise Refused("a calibration is not changed while a session is open")
+        try:
+            checked = check_points(ACTUATOR, [(x, y) for x, y in command.points])
+            stored = await store_calibration(
+                self.accounts.sessions,
+                checked,
+                engineer=person.username,
+                action=ACTION_SAVED,
+                notes="ring size wizard",
+                source="ring size wizard",
+                terminal=terminal_of(peer, None) if peer.socket == "observe" else self.accounts.terminal,
+            )
+        except CalibrationRefused as exc:
+            raise Refused(f"not saved: {exc}") from None
+        await self._reload_calibrations()
+        self._event(Severity.INFO, f"ring size calibration #{stored} saved by {person.username}")
+        return msg.CalibrationSaved(calibration_id=stored)
 
     async def _calibrating_engineer(self, username: str, password: str, context: str) -> Person:
         result = await self.accounts.login(username, password, context=context)

@@ -95,7 +95,7 @@ class ControllerCommands(CalibrationService):
                 return msg.StateReply(state=sup.state)
             case msg.Authenticate():
                 return await self._authenticate(command, peer)
-            case msg.CalibrationMove():
+            case msg.CalibrationMove() | msg.CalibrationSaveRing():
                 # It carries the engineer's own password (observe.sock has no signed-in person).
                 return await self._calibration_move_audited(command, peer)
             case msg.Logout():
@@ -220,9 +220,15 @@ class ControllerCommands(CalibrationService):
                     raise Refused(str(exc)) from None
         raise Refused(f"unknown command {kind!r}")
 
-    async def _calibration_move_audited(self, command: msg.CalibrationMove, peer: Peer) -> msg.ReplyData:
+    async def _calibration_move_audited(
+        self, command: msg.CalibrationMove | msg.CalibrationSaveRing, peer: Peer
+    ) -> msg.ReplyData:
         try:
-            moved = await self.calibration_move(command, peer)
+            moved: msg.ReplyData
+            if isinstance(command, msg.CalibrationSaveRing):
+                moved = await self.calibration_save_ring(command, peer)
+            else:
+                moved = await self.calibration_move(command, peer)
         except Refused as exc:
             self._audit_command(
                 command.type, "failure", None, peer, reason=str(exc), username=command.username
@@ -462,8 +468,9 @@ class ControllerCommands(CalibrationService):
         await self.supervisor.reset(user.tech_id, user.username, session_open=self.session is not None)
         return msg.StateReply(state=self.supervisor.state)
 
-    async def end_session(self, notes: str | None) -> dict[str, Any]:
-        """Post-treatment notes on the last finished session (the open one must complete or be aborted)."""
+    async def end_session(self, notes: str | None) -> msg.SessionEnded:
+        """Post-treatment notes on the last finished session (the open one must complete or be aborted); the
+        session as recorded."""
         if self.session is not None:
             raise Refused("the session is still open: let it complete or abort it first")
         if self.last_session_id is None:
@@ -471,7 +478,7 @@ class ControllerCommands(CalibrationService):
         if notes and notes.strip():
             username = await self._session_username(self.last_session_id)
             await self.sessions.add_notes(self.last_session_id, notes.strip(), username=username)
-        return await self.sessions.summary_of(self.last_session_id)
+        return msg.SessionEnded.model_validate(await self.sessions.summary_of(self.last_session_id))
 
     async def _session_username(self, session_id: int) -> str:
         async with self.db() as db:

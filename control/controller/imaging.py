@@ -40,6 +40,9 @@ the operator must switch it on again, when:
 - a fault latches (after the supervisor has started securing the laser: its own tasks are scheduled first);
 - nobody holds the session any more (the holding console disconnected, logged out or signed in as someone
   else);
+- the controller stops (:meth:`Imaging.aim_off_at_shutdown`, from ``Controller.close``): ``LASER_OFF`` is
+  sent whatever the beam is believed to be, so a switch-on acknowledged too late to be known, or a beam a
+  previous controller left on, goes off too;
 - the treatment laser starts emitting, when the setting ``aiming_beam_during_emission`` is false (default
   true: the beam stays on while the treatment laser emits, as aiming beams usually do); with it false, asking
   for the beam while emitting is refused.
@@ -442,6 +445,18 @@ class Imaging(ControllerBase):
                 self._event(Severity.WARNING, f"aiming beam not switched off ({reason}): {exc}")
                 return
             self._aim_changed(False, by="controller", reason=reason)
+
+    async def aim_off_at_shutdown(self) -> None:
+        """The controller is stopping: ``LASER_OFF`` whatever the beam is believed to be (no session is
+        recorded any more, so nothing is recorded); a board that does not acknowledge it is logged."""
+        self._aim_epoch += 1
+        async with self._aim_guard():
+            try:
+                await self._switch_aim(False)
+            except Exception as exc:
+                _LOG.error("aiming beam not switched off at shutdown: %s", exc)
+                return
+            self.aiming_on = False
 
     def _aim_off_soon(self, reason: str) -> None:
         """:meth:`aim_off` in the background, scheduled after whatever the caller's turn of the loop starts

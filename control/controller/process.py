@@ -118,7 +118,7 @@ class Controller(ControllerCommands):
             self.remote_consoles = RemoteConsoles(self.accounts)
             self.sessions = SessionService(self.db, data)
             # First the rows a previous process left in the recorder's journal (a crash, a locked database).
-            self.recorder = Recorder(self.db, data_root=data.root)
+            self.recorder = Recorder(self.db, data_root=data.root, db_path=data.db_path)
             self.recorder.on_health_change(self._on_storage_health)
             await self.recorder.start()
             closed = await self.sessions.close_interrupted()
@@ -163,7 +163,8 @@ class Controller(ControllerCommands):
         gc.freeze()
 
     async def close(self) -> None:
-        """Stop emission, close any session as aborted, stop every task, close devices and sockets."""
+        """Stop emission, close any session as aborted, stop every task, disarm the board and switch its
+        aiming beam off, close devices and sockets."""
         if self._closing:
             return
         self._closing = True
@@ -189,6 +190,7 @@ class Controller(ControllerCommands):
                 board.remove_listener(self.diagnostics.faults.on_board)
             with contextlib.suppress(Exception):
                 await board.disarm()
+            await self.aim_off_at_shutdown()
             with contextlib.suppress(Exception):
                 await board.motor_off()
         await self.supervisor.close()
@@ -255,10 +257,15 @@ class Controller(ControllerCommands):
             self._event(Severity.INFO, "storage records again")
 
     async def _publish(self) -> None:
+        """Build a snapshot, then encode and queue it in a turn of the loop of its own: a safety edge that
+        arrives meanwhile waits for one half, not for both."""
         while True:
             if self.server is not None and self.server.peers:
                 try:
-                    self.server.publish(self.snapshot())
+                    snapshot = self.snapshot()
+                    await asyncio.sleep(0)
+                    if self.server is not None:
+                        self.server.publish(snapshot)
                 except Exception:
                     _LOG.exception("snapshot not published")
             await asyncio.sleep(1.0 / SNAPSHOT_HZ)

@@ -94,6 +94,12 @@ async def test_observe_socket_moves_the_actuator_for_an_engineer_but_never_durin
         )
         with pytest.raises(CommandFailed, match="not moved for a calibration while a session is open"):
             await observe.call(move(100.0))
+        # Nor is the ring size calibration stored (the remote console saves it through the controller).
+        save = msg.CalibrationSaveRing(
+            points=[[0.0, 2.0], [300.0, 2.3], [600.0, 2.6]], username=ENGINEER, password=ENGINEER_PASSWORD
+        )
+        with pytest.raises(CommandFailed, match="not changed while a session is open"):
+            await observe.call(save)
         with pytest.raises(CommandFailed, match="unknown command type 'calibration_begin'"):
             await observe.call(msg.CalibrationBegin(password=ENGINEER_PASSWORD))
     finally:

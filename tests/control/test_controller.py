@@ -169,7 +169,8 @@ async def test_a_whole_session_is_recorded(controller: Controller, data: DataDir
     assert (await asyncio.to_thread(Path(video_path).stat)).st_size > 0
 
     summary = await controller.end_session("no redness")
-    assert summary["post_treatment_notes"] == "no redness"
+    assert summary.post_treatment_notes == "no redness"
+    assert summary.session_id == session_id and summary.status == "completed"
     with pytest.raises(Exception, match="already"):
         await controller.end_session("second notes")
 

@@ -433,3 +433,23 @@ async def test_the_aiming_beam_is_off_after_each_way_a_session_can_end(data: Dat
     finally:
         await client.close()
         await controller.close()
+
+
+@pytest.mark.parametrize("left_on", ["by the operator in a session", "unknown to the controller"])
+async def test_the_aiming_beam_is_off_once_the_controller_has_stopped(data: DataDir, left_on: str) -> None:
+    controller = await _controller(data)
+    board = _board(controller)
+    try:
+        if left_on == "by the operator in a session":
+            await _open(controller)
+            assert (await controller.set_aiming_beam(True, by=USERNAME)).on
+        else:
+            # On at the board without the controller knowing (an acknowledgement that came too late, or a
+            # beam a previous controller left on): no session, and the controller shows it off.
+            assert board.handle_line("LASER_ON") == ["OK:LASER_ON"]
+            assert controller.session is None and not controller.aiming_on
+        assert board.aiming_beam
+    finally:
+        await controller.close()
+    assert not board.aiming_beam, "the safety board's aiming beam is still on after the controller stopped"
+    assert controller.supervisor.state in (SystemState.IDLE, SystemState.READY)

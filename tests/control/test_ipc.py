@@ -31,6 +31,7 @@ from control.messages import (
     Abort,
     Arm,
     CalibrationMove,
+    CalibrationSaveRing,
     Command,
     ControlCommand,
     Devices,
@@ -331,6 +332,7 @@ def test_observe_union_holds_only_queries_the_remote_consoles_records_and_the_ca
         RemoteLogout,
         RemoteScreenLock,
         CalibrationMove,
+        CalibrationSaveRing,
     }
     with pytest.raises(MessageError, match="unknown command type 'arm'") as info:
         decode_observe(encode(Arm(id=4, password="x")))

@@ -10,8 +10,9 @@ import logging
 import math
 import os
 import sqlite3
+import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -21,6 +22,7 @@ from sqlalchemy import event
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
+import control.recorder as recorder_module
 from control.recorder import (
     DEFAULT_DURABLE_WITHIN_S,
     EVENT_TYPES,
@@ -233,6 +235,38 @@ async def test_a_large_burst_is_written_in_several_batches_in_order(
     )
     assert [r[0] for r in rows] == list(range(count))
     assert [r[1] for r in rows] == [index / 100 for index in range(count)]
+
+
+async def test_with_a_database_thread_the_batches_are_written_there_in_order_and_it_ends_with_close(
+    fast_sessions: async_sessionmaker[AsyncSession],
+    db_path: Path,
+    data_root: Path,
+    mono: FakeMono,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    writers: list[str] = []
+
+    async def watched(session: AsyncSession, entries: Sequence[JournalEntry]) -> None:
+        writers.append(threading.current_thread().name)
+        await write_entries(session, entries)
+
+    monkeypatch.setattr(recorder_module, "write_entries", watched)
+    rec = Recorder(fast_sessions, data_root=data_root, mono=mono, db_path=db_path)
+    try:
+        await rec.begin_session(1, 1, started_mono=1000.0, started_at=START)
+        assert "recorder-db" in {t.name for t in threading.enumerate()}
+        for index in range(5):
+            mono.now = 1000.0 + index
+            rec.event("power_change", commanded_w=float(index))
+        await rec.safety(SafetyRecord(event_type="fault_reset", severity="info", description="reset"))
+        rows = _rows(db_path, "SELECT laser_power_commanded_watts FROM treatment_events ORDER BY event_id")
+        assert [r[0] for r in rows] == [0.0, 1.0, 2.0, 3.0, 4.0]
+        assert _rows(db_path, "SELECT COUNT(*) FROM safety_log WHERE event_type = 'fault_reset'")[0][0] == 1
+        assert writers and set(writers) == {"recorder-db"}, writers
+        assert rec.healthy
+    finally:
+        await rec.close()
+    assert "recorder-db" not in {t.name for t in threading.enumerate()}
 
 
 async def test_bad_events_are_refused_and_nothing_is_queued(recorder: Recorder, mono: FakeMono) -> None:

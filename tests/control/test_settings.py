@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from control.settings import ConsoleSettings, read_auto_lock_minutes
 from storage.repositories import ConfigRepository
+from tui.settings import ConsoleSettings, read_auto_lock_minutes
 
 
 async def set_auto_lock(sessions: async_sessionmaker[AsyncSession], minutes: int) -> None:

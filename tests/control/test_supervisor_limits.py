@@ -28,6 +28,7 @@ from supervisor_support import (
 
 from control.supervisor import Refused, SystemState, Term
 from devices.safety import EventKind, SafetyEvent
+from tests.support import wait_until
 
 S = SystemState
 
@@ -169,6 +170,24 @@ async def test_the_fault_persistence_is_also_judged_by_the_tick(worlds: list[Wor
     readings_stamped(world.sup, world.clock())
     world.sup.tick()
     assert world.sup.state is S.FAULT
+
+
+async def test_the_fault_persistence_is_judged_when_it_ends_without_waiting_for_a_sample(
+    worlds: list[World],
+) -> None:
+    """The deviation is seen once, at 0.05 s; then no sample and no tick. The supervisor judges the window
+    when it closes (its own timer, 500 ms of real time after it opened), not at the next sample up to 10 ms
+    later."""
+    world = await treating_from_zero(2.5)
+    worlds.append(world)
+    light(world, 1.25)
+    at(world, 0.05)
+    world.clock.now = 0.05 + 0.5
+    assert world.sup.state is S.TREATING, "nothing judged it yet"
+    await wait_until(lambda: world.sup.state is S.FAULT, 3.0, "the fault when the 500 ms window closes")
+    assert world.sup.fault is not None and world.sup.fault.term is Term.PHOTODIODE
+    await world.settle()
+    assert_off_and_disarmed(world)
 
 
 # ------------------------------------------------------------------------ photodiode: 15 % and 30 %

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from control.controller import Controller
 from control.protocols import DEFAULT_LOOP_HZ, DEFAULT_MAX_SYSTEM_POWER_W, LimitsError, load_limits
-from control.settings import read_auto_lock_minutes, read_subject_code_pattern
+from control.settings import read_subject_code_pattern
 from control.subject_codes import CodePatternError
 from control.supervisor import Limits
 from control.system_config import (
@@ -32,6 +32,7 @@ from control.system_config import (
     spec,
 )
 from storage.repositories import parse_config_value
+from tui.settings import read_auto_lock_minutes
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -236,3 +236,23 @@ async def test_over_long_lines_are_discarded_whole_and_answered(board: Board) ->
     assert await board.transport.query("ARM" + " " * 62) == "ERROR:LINE_TOO_LONG"
     assert not (await board.driver.read_status()).armed
     assert await board.transport.query("VERSION?") == "VERSION:3.1"
+
+
+async def test_a_push_event_reaches_a_listener_in_the_callback_that_read_it_not_in_a_task(
+    board: Board,
+) -> None:
+    """The pedal edge is acted on where its bytes are read from the port: no task is scheduled in between."""
+    seen: list[tuple[SafetyEvent, asyncio.Task[object] | None]] = []
+
+    def listener(item: object) -> None:
+        if isinstance(item, SafetyEvent) and item.kind is EventKind.FOOTPEDAL:
+            seen.append((item, asyncio.current_task()))
+
+    board.driver.add_listener(listener)
+    with board.driver.events() as events:
+        board.sim.set_pedal(True)
+        event = await next_event(events, EventKind.FOOTPEDAL)
+    assert event.value and board.driver.pedal_pressed
+    assert [(e.value, task) for e, task in seen] == [(True, None)]
+    read_at = board.transport.last_rx_monotonic
+    assert read_at is not None and seen[0][0].received <= read_at  # stamped when its bytes were read

@@ -14,12 +14,12 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Input, Label
 
 from control.accounts import AccountService, Actor
-from control.settings import ConsoleSettings
 from storage import create_engine, session_factory
 from storage.repositories import ConfigRepository
 from tests import support
 from tests.support import CHEAP, FakeClock
 from tui.screens import FormScreen
+from tui.settings import ConsoleSettings
 
 #: Relative on purpose: the tests run inside their tmp_path, so the screen shows the same text every time.
 DATA_DIR = Path("data")

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from control.settings import ConsoleSettings
 from storage import DataDir
 from storage.errors import DatabaseInUseError
 from storage.locks import console_lock_holder, hold_console_lock, hold_database_exclusively
 from storage.maintenance import head_revision, schema_revision
 from tui.cli import main
 from tui.commands.console import prepared_console, settings_from_args
+from tui.settings import ConsoleSettings
 
 
 def test_settings_come_from_the_command_line() -> None:

@@ -22,13 +22,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal, NamedTuple
 
-from control.settings import ConsoleSettings
 from control.terminal import may_draw_graphics
 from storage.errors import StorageError
 from storage.locks import share_console_lock
 from storage.paths import DataDir
 from storage.probe import needs_first_admin
 from tui.commands import fail, start_failure
+from tui.settings import ConsoleSettings
 
 
 def settings_from_args(args: argparse.Namespace) -> ConsoleSettings:

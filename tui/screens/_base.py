@@ -14,8 +14,8 @@ from textual.widgets import Footer, Input, Label
 from textual.worker import Worker, WorkerState
 
 from control.account_rules import UserInfo
-from control.settings import ConsoleSettings
 from tui.safe_text import plain
+from tui.settings import ConsoleSettings
 from tui.widgets.header import ConsoleHeader
 
 if TYPE_CHECKING:

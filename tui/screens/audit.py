@@ -36,6 +36,7 @@ from storage.audit_query import (
     record_action,
 )
 from storage.errors import StorageError, one_line
+from tui.remote import remote_refusal
 from tui.safe_text import escape_controls, plain
 from tui.screens._base import ScreenContext
 from tui.widgets.header import ConsoleHeader
@@ -273,6 +274,10 @@ class AuditScreen(Screen[None]):
     @work(exclusive=True, group="audit-export", exit_on_error=False)
     async def action_export(self) -> None:
         """Write every row matching the filters applied to a CSV file in ``exports/``; show its path."""
+        refusal = remote_refusal(self.context, "audit.export")
+        if refusal is not None:
+            self.show_status(refusal, error=True)
+            return
         filters = self.filters
         data_dir = self.context.settings.data_dir
         self.show_status("exporting…", error=False)

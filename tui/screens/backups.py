@@ -43,6 +43,7 @@ from storage.backups import (
 )
 from storage.errors import StorageError, one_line
 from storage.paths import DataDir
+from tui.remote import remote_refusal
 from tui.safe_text import plain
 from tui.screens._base import ScreenContext
 from tui.screens.dialogs import ConfirmDialog
@@ -207,6 +208,10 @@ class BackupsScreen(Screen[None]):
     @work(exclusive=True, group="backups-action", exit_on_error=False)
     async def action_backup_now(self) -> None:
         """Take a verified backup now."""
+        refusal = remote_refusal(self.context, "backups.make")
+        if refusal is not None:
+            self.show_status(refusal, error=True)
+            return
         if self.busy:
             return
         self.busy = True
@@ -226,6 +231,10 @@ class BackupsScreen(Screen[None]):
     @work(exclusive=True, group="backups-action", exit_on_error=False)
     async def action_verify(self) -> None:
         """Check the highlighted backup and show the verdict."""
+        refusal = remote_refusal(self.context, "backups.verify")
+        if refusal is not None:
+            self.show_status(refusal, error=True)
+            return
         entry = self.highlighted()
         if entry is None or self.busy:
             return
@@ -257,6 +266,10 @@ class BackupsScreen(Screen[None]):
 
     def action_restore(self) -> None:
         """Ask, then restore the highlighted backup (refused while a session is open; an admin's only)."""
+        refusal = remote_refusal(self.context, "backups.restore")
+        if refusal is not None:
+            self.show_status(refusal, error=True)
+            return
         entry = self.highlighted()
         if entry is None or self.busy or self.user.role != "admin":
             return

@@ -5,7 +5,8 @@ against ``calibration_validity_days``) and opens the wizards:
 
 - **Ring size** (``r``): the engineer's password first (each actuator move is checked with it by the
   controller, which refuses a move while a session is open); then for each position the actuator moves and
-  the engineer types the ring diameter measured, mm. No emission: allowed on a remote console too.
+  the engineer types the ring diameter measured, mm. No emission: allowed on a remote console too, where the
+  controller stores the result (``calibration_save_ring``: the remote console's records are read-only).
 - **Laser power** (``l``): at the kiosk only (refused over SSH). The password is key control: the controller
   arms the rig as for a treatment. For each current the controller sets the drive with the laser off; the
   engineer presses and holds the footpedal, reads the external power meter and types its reading, W; the
@@ -47,6 +48,7 @@ from control.calibration_records import (
     store_calibration,
 )
 from control.ipc_errors import CommandFailed, ControllerUnavailable
+from tui.remote import is_remote, remote_refusal
 from tui.safe_text import plain
 from tui.screens._base import ScreenContext
 from tui.screens.dialogs import ConfirmDialog
@@ -194,10 +196,9 @@ class CalibrationScreen(Screen[None]):
         if self.user.role != CALIBRATING_ROLE:
             self.show_status(f"only an engineer calibrates ({self.user.username} is {self.user.role})")
             return
-        if self.context.settings.remote:
-            self.show_status(
-                "the laser power wizard emits: it runs at the treatment console only, not over SSH"
-            )
+        refusal = remote_refusal(self.context, "calibration.laser")
+        if refusal is not None:
+            self.show_status(refusal)
             return
         self.app.push_screen(LaserPowerWizard(self.context, self.user))
 
@@ -359,23 +360,12 @@ class _Wizard(Screen[None]):
             self.show_status("not saved", error=False)
             return
         try:
-            found = self.checked()
-            ids = []
-            for item, notes in found:
-                ids.append(
-                    await store_calibration(
-                        self.context.accounts.sessions,
-                        item,
-                        engineer=self.user.username,
-                        action=ACTION_SAVED,
-                        notes=notes,
-                        source=notes,
-                        terminal=self.context.accounts.terminal,
-                    )
-                )
+            ids = await self.store(self.checked())
         except CalibrationRefused as exc:
             self.show_status(f"not saved: {exc}")
             return
+        if ids is None:
+            return  # the controller refused it: said under the table
         self.saved = ids
         self.stage = "saved"
         self.query_one("#value", Input).disabled = True
@@ -384,6 +374,23 @@ class _Wizard(Screen[None]):
             error=False,
         )
         await self.end()
+
+    async def store(self, found: list[tuple[CheckedCalibration, str]]) -> list[int] | None:
+        """Store the checked calibrations as active; their ids (``None``: refused, the reason shown)."""
+        ids = []
+        for item, notes in found:
+            ids.append(
+                await store_calibration(
+                    self.context.accounts.sessions,
+                    item,
+                    engineer=self.user.username,
+                    action=ACTION_SAVED,
+                    notes=notes,
+                    source=notes,
+                    terminal=self.context.accounts.terminal,
+                )
+            )
+        return ids
 
     async def action_leave(self) -> None:
         """Escape: leave the wizard (a laser power run ends, laser off)."""
@@ -425,6 +432,22 @@ class RingSizeWizard(_Wizard):
     async def begin(self, password: str) -> bool:
         self.password = password
         return True
+
+    async def store(self, found: list[tuple[CheckedCalibration, str]]) -> list[int] | None:
+        """On the remote console (its records read-only) the controller stores it, with the password."""
+        if not is_remote(self.context):
+            return await super().store(found)
+        from control.messages import CalibrationSaveRing
+
+        if self.password is None:
+            self.show_status("not saved: type your password first")
+            return None
+        reply = await self.call(
+            CalibrationSaveRing(
+                points=[[x, y] for x, y in self.points], username=self.user.username, password=self.password
+            )
+        )
+        return None if reply is None else [int(reply["calibration_id"])]
 
     async def next_point(self) -> None:
         if self.index >= len(self.positions):
@@ -497,9 +520,7 @@ class LaserPowerWizard(_Wizard):
         self._retry_current = False
 
     def refusal(self) -> str | None:
-        if self.context.settings.remote:
-            return "the laser power wizard emits: it runs at the treatment console only, not over SSH"
-        return super().refusal()
+        return remote_refusal(self.context, "calibration.laser") or super().refusal()
 
     def password_prompt(self) -> str:
         return (

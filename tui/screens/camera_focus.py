@@ -14,7 +14,10 @@ through focus, and saves each with its score in one folder with an index naming 
 it is being taken and where; the controller's event of kind ``focus_stack`` then says how it ended, and the
 reference is read again (a stack outside a session becomes the new reference). Without a usable camera image
 the controller refuses and nothing is recorded. The stop key keeps working throughout: it has its own
-connection, and the stack is written on the camera's low-priority thread.
+connection, and the stack is written on the camera's low-priority thread. The remote console shows the
+preview and the score (``observe.sock`` gets the previews too) but refuses the stack key with the reason
+(:func:`tui.remote.remote_refusal`): a stack is recorded for the person at the rig, so it is taken at the
+kiosk.
 
 Open it with ``CameraFocusScreen(context, user)``; Escape goes back.
 """
@@ -34,6 +37,7 @@ from control.account_rules import UserInfo
 from control.imaging_records import FocusReference, focus_reference, judge_focus
 from control.ipc_errors import CommandFailed, ControllerUnavailable
 from control.messages import FocusStackStarted, TakeFocusStack
+from tui.remote import remote_refusal
 from tui.safe_text import escape_controls, plain
 from tui.screens._base import ControllerEvent, PreviewUpdated, ScreenContext
 from tui.widgets.camera import CameraPreview
@@ -247,6 +251,10 @@ class CameraFocusScreen(Screen[None]):
         """Ask the controller for a focus stack; say that it is being taken and where, or why not."""
         link = self.context.link
         if link is None or self.asking:
+            return
+        refusal = remote_refusal(self.context, "camera_focus.stack")
+        if refusal is not None:
+            self.say(f"focus stack refused: {refusal}", error=True)
             return
         self.asking = True
         self.refresh_bindings()

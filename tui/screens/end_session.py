@@ -46,12 +46,13 @@ from textual.worker import Worker, WorkerState
 
 from control.accounts import UserInfo
 from control.ipc_errors import CommandFailed, ControllerUnavailable
-from control.messages import EndSession
+from control.messages import EndSession, SessionEnded
 from control.review import SessionReviewData, load_review
 from control.sessions import MAX_NOTES_LENGTH
 from control.signing import SignatureRefused, sign_session, signatures
 from storage import DataDir
 from storage.signatures import DEFAULT_MEANING, MEANINGS, SessionSignature
+from tui.link import read_reply
 from tui.safe_text import escape_controls, plain
 from tui.screens._base import ScreenContext, SessionFinished
 from tui.screens.dialogs import ConfirmDialog, DialogScreen
@@ -400,15 +401,17 @@ class EndOfSessionScreen(Screen[None]):
                 return
             self.show_status("saving the notes...", error=False)
             try:
-                reply = await link.call(EndSession(notes=text if text.strip() else None))
+                ended = read_reply(
+                    SessionEnded, await link.call(EndSession(notes=text if text.strip() else None))
+                )
             except CommandFailed as exc:
                 self.show_status(f"not saved: {exc}")
                 return
             except ControllerUnavailable as exc:
                 self.show_status(f"not saved, the controller cannot be reached: {exc}")
                 return
-            if reply.get("session_id") != self.session_id:
-                self.show_status(f"the controller answered for session {reply.get('session_id')}")
+            if ended.session_id != self.session_id:
+                self.show_status(f"the controller answered for session {ended.session_id}")
                 return
             self.notes_saved = True
             notes = self.query_one("#notes", TextArea)

@@ -35,6 +35,7 @@ from storage import DataDir
 from storage.audit_query import parse_time
 from storage.errors import StorageError, one_line
 from storage.export import ExportError, ExportResult, export_range, export_session
+from tui.remote import remote_refusal
 from tui.safe_text import plain
 from tui.screens._base import ScreenContext
 from tui.widgets.header import ConsoleHeader
@@ -236,6 +237,10 @@ class ExportScreen(Screen[None]):
     def action_export(self) -> None:
         """Check the fields and write the export (in a worker)."""
         if not self.allowed or self.busy:
+            return
+        refusal = remote_refusal(self.context, "export.write")
+        if refusal is not None:
+            self.show_status(refusal, error=True)
             return
         identified = self.query_one("#identified", Checkbox).value
         try:

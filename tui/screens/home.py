@@ -9,7 +9,10 @@ research and keeps the backups. A screen not built yet for a role is named as su
 silently missing: a new screen adds its entry to :data:`HOME_MENU` and leaves that list.
 
 While the controller has a fault latched it shows the fault and F4 resets it (with the password, once the
-cause has cleared), so that a fault left after a session closed never blocks the next one."""
+cause has cleared), so that a fault left after a session closed never blocks the next one.
+
+On the remote console the screens it does not open (:func:`tui.remote.remote_refusal`) stay in the menu,
+marked "(kiosk only)" and disabled; their key says why."""
 
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ from storage import DataDir
 from storage.backup import last_backup
 from storage.maintenance import schema_revision
 from storage.verifications import last_verification
+from tui.remote import remote_refusal
 from tui.safe_text import plain
 from tui.screens._base import LogoutRequested, ScreenContext, SnapshotUpdated
 from tui.widgets.fault import RESET_KEY, FaultNotice, in_fault, reset_fault
@@ -362,12 +366,17 @@ class HomeScreen(Screen[None]):
         return menu_for(self.user.role)
 
     def available(self, entry: MenuEntry) -> bool:
-        """Whether ``entry`` can be opened now (a treatment needs the controller)."""
+        """Whether ``entry`` can be opened now (a treatment needs the controller; the remote console does
+        not open the screens :func:`tui.remote.remote_refusal` names)."""
+        if remote_refusal(self.context, entry.name) is not None:
+            return False
         return not entry.needs_controller or self.context.link is not None
 
     def _option(self, entry: MenuEntry) -> Option:
         line = Text.assemble((f"{entry.key}", "bold"), "  ", entry.line)
-        if not self.available(entry):
+        if remote_refusal(self.context, entry.name) is not None:
+            line.append(" (kiosk only)")
+        elif not self.available(entry):
             line.append(" (no controller)")
         return Option(line, id=entry.name, disabled=not self.available(entry))
 
@@ -404,6 +413,8 @@ class HomeScreen(Screen[None]):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "open":
             entry = next((e for e in self.entries() if (e.name,) == parameters), None)
+            if entry is not None and remote_refusal(self.context, entry.name) is not None:
+                return True  # its key says why the remote console does not open it
             return entry is not None and self.available(entry)
         if action == "reset_fault":
             link = self.context.link
@@ -418,7 +429,10 @@ class HomeScreen(Screen[None]):
     def action_open(self, name: str) -> None:
         """Open the screen of the menu entry ``name``, if this role is offered it and it can open now."""
         entry = next((e for e in self.entries() if e.name == name), None)
-        if entry is not None and self.available(entry):
+        refusal = remote_refusal(self.context, name) if entry is not None else None
+        if refusal is not None:
+            self.notify(refusal, severity="warning", timeout=10, markup=False)
+        elif entry is not None and self.available(entry):
             self.app.push_screen(entry.opener(self.context, self.user))
 
     def action_subjects(self) -> None:

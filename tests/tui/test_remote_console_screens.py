@@ -1,0 +1,224 @@
+"""What the remote console does and refuses, in Pilot, against a real controller on the simulated rig
+(in-process, its ``observe.sock``): the ring size wizard moves the actuator with the engineer's password,
+takes the typed diameters and has the controller store the calibration; the laser power wizard, the focus
+stack key and the screens and actions that write the records are refused with the reason before anything is
+tried (nothing written, no SQLite error)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from console_fixtures import ADMIN_PASSWORD, CLI, DATA_DIR, enter_text, make_settings, seed, showing
+from console_fixtures import wait_until as pilot_wait
+from textual.pilot import Pilot
+from textual.widgets import OptionList, Static
+
+from control import messages as msg
+from control.accounts import AccountService
+from control.controller import Controller
+from control.ipc_errors import CommandFailed
+from storage import create_engine, session_factory
+from tests.support import CHEAP, FakeClock
+from tui.app import ToscaApp, make_app
+from tui.remote import KIOSK_ONLY_ACTIONS, KIOSK_ONLY_SCREENS, RemoteOrigin
+from tui.screens.audit import AuditScreen
+from tui.screens.backups import BackupsScreen
+from tui.screens.calibration import CalibrationScreen, LaserPowerWizard, RingSizeWizard
+from tui.screens.camera_focus import CameraFocusScreen
+from tui.screens.dialogs import ConfirmDialog
+from tui.screens.export import ExportScreen
+from tui.screens.home import HomeScreen
+from tui.screens.login import LoginScreen
+
+ENGINEER_PASSWORD = "engineer pass 1"
+ORIGIN = RemoteOrigin(ssh_client="192.0.2.9", unix_user="eng1")
+
+
+@pytest.fixture
+async def controller(data_dir: Path) -> AsyncIterator[Controller]:
+    await seed()
+    engine = create_engine(DATA_DIR / "tosca.db")
+    try:
+        accounts = AccountService(sessions=session_factory(engine), terminal="/dev/pts/9", hashing=CHEAP)
+        await accounts.create_user("eric", "Eric Engineer", "engineer", ENGINEER_PASSWORD, CLI)
+    finally:
+        await engine.dispose()
+    ctl = Controller(DATA_DIR, sim=True, hashing=CHEAP, terminal="controller")
+    await ctl.start()
+    try:
+        yield ctl
+    finally:
+        await ctl.close()
+
+
+def remote_console(clock: FakeClock) -> ToscaApp:
+    return make_app(make_settings(clock, controller="connect"), first_run=False, remote=ORIGIN)
+
+
+async def remote_log_in(pilot: Pilot[int], username: str, password: str) -> HomeScreen:
+    app = pilot.app
+    await pilot_wait(pilot, lambda: showing(app, LoginScreen), "the login screen")
+    await enter_text(pilot, username)
+    await pilot.press("enter")
+    await enter_text(pilot, password)
+    await pilot.press("enter")
+    await pilot_wait(pilot, lambda: showing(app, HomeScreen), "the home screen", 20.0)
+    assert isinstance(app.screen, HomeScreen)
+    return app.screen
+
+
+def screen_text(app: ToscaApp) -> str:
+    return " ".join(str(label.render()) for label in app.screen.query(Static))
+
+
+def notifications(app: ToscaApp) -> str:
+    return "\n".join(str(n.message) for n in app._notifications)
+
+
+def rows(sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(DATA_DIR / "tosca.db") as db:
+        return db.execute(sql, args).fetchall()
+
+
+async def test_the_ring_size_wizard_moves_the_actuator_from_the_remote_console_and_the_laser_one_is_refused(
+    controller: Controller, clock: FakeClock
+) -> None:
+    app = remote_console(clock)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await remote_log_in(pilot, "eric", ENGINEER_PASSWORD)
+        await pilot.press("w")
+        await pilot_wait(pilot, lambda: showing(app, CalibrationScreen), "the calibration screen")
+        # The laser power wizard emits: refused here, with the reason, and nothing asked of the controller.
+        await pilot.press("l")
+        await pilot_wait(pilot, lambda: "kiosk only" in screen_text(app), "the laser wizard refused")
+        assert KIOSK_ONLY_ACTIONS["calibration.laser"] in screen_text(app)
+        assert not showing(app, LaserPowerWizard)
+        await pilot.press("r")
+        await pilot_wait(pilot, lambda: showing(app, RingSizeWizard), "the ring size wizard")
+        await pilot.press("escape")
+        await pilot_wait(pilot, lambda: showing(app, CalibrationScreen), "back from the wizard")
+        # The same wizard over fewer, shorter moves (the simulated stage moves at its real speed).
+        app.push_screen(RingSizeWizard(app.context, app.screen.user, positions_um=(0.0, 150.0, 300.0)))
+        await pilot_wait(pilot, lambda: showing(app, RingSizeWizard), "the short ring size wizard")
+        # A wrong password: the controller refuses the move and the password is asked again.
+        await enter_text(pilot, "not it")
+        await pilot.press("enter")
+        await pilot_wait(pilot, lambda: "Your password again" in screen_text(app), "the move refused")
+        assert "refused:" in screen_text(app) and "not on the remote console" not in screen_text(app)
+        await enter_text(pilot, ENGINEER_PASSWORD)
+        await pilot.press("enter")
+        for n, ring in enumerate(("2.5", "3.0", "3.5"), 1):
+            await pilot_wait(
+                pilot, lambda n=n: f"Point {n} of 3: actuator at" in screen_text(app), f"point {n}", 30.0
+            )
+            await enter_text(pilot, ring)
+            await pilot.press("enter")
+        await pilot_wait(pilot, lambda: "Every position measured" in screen_text(app), "every point")
+        assert controller.rig.actuator is not None
+        assert controller.readouts.position_um == pytest.approx(300.0, abs=5.0)
+        assert "r squared" in screen_text(app)
+        # The remote console's records are read-only: the controller stores it, as the active one.
+        await pilot.press("f5")
+        await pilot_wait(pilot, lambda: showing(app, ConfirmDialog), "the confirmation")
+        await pilot.press("y")
+        await pilot_wait(pilot, lambda: "saved as active" in screen_text(app), "the calibration saved")
+        assert app.link is not None
+        # Points the calibration rules refuse are refused by the controller too, and nothing is stored.
+        with pytest.raises(CommandFailed, match="not saved"):
+            await app.link.call(
+                msg.CalibrationSaveRing(
+                    points=[[0.0, 3.0], [100.0, 2.0], [200.0, 4.0]],
+                    username="eric",
+                    password=ENGINEER_PASSWORD,
+                )
+            )
+    [(made_by, active, data)] = rows(
+        "SELECT u.username, c.is_active, c.calibration_data FROM calibrations c JOIN tech_users u "
+        "ON u.tech_id = c.tech_id WHERE c.calibration_type = 'actuator_position_to_ring_size' "
+        "AND c.notes = 'ring size wizard'"
+    )
+    assert made_by == "eric" and active == 1 and len(json.loads(data)["calibration_points"]) == 3
+    [(terminal,)] = rows("SELECT terminal FROM audit_log WHERE action = 'calibration_saved'")
+    assert terminal.startswith("observe:")
+    commands = rows("SELECT username, outcome, details FROM audit_log WHERE action = 'control_command'")
+    moves = [(u, o) for u, o, d in commands if json.loads(d or "{}").get("command") == "calibration_move"]
+    assert moves == [("eric", "failure")] + [("eric", "success")] * 3
+    events = rows("SELECT description FROM safety_log WHERE event_type = 'calibration_move'")
+    assert len(events) == 3 and all("by eric" in e for (e,) in events)
+
+
+async def test_a_remote_admin_is_told_which_screens_and_actions_are_kiosk_only_and_nothing_is_written(
+    controller: Controller, clock: FakeClock
+) -> None:
+    app = remote_console(clock)
+    async with app.run_test(size=(120, 40)) as pilot:
+        home = await remote_log_in(pilot, "ada", ADMIN_PASSWORD)
+        menu = home.query_one("#home-menu", OptionList)
+        for name in ("users", "configuration", "protocol_library", "subjects"):
+            option = menu.get_option(name)
+            assert option.disabled and "(kiosk only)" in str(option.prompt), name
+        for name in ("records", "backups", "audit", "devices", "safety_events"):
+            option = menu.get_option(name)
+            assert not option.disabled and "kiosk only" not in str(option.prompt), name
+        await pilot.press("u")
+        await pilot_wait(pilot, lambda: KIOSK_ONLY_SCREENS["users"] in notifications(app), "users refused")
+        assert showing(app, HomeScreen)
+        await pilot.press("c")
+        await pilot_wait(
+            pilot, lambda: "the records are read-only here" in notifications(app), "configuration refused"
+        )
+        assert showing(app, HomeScreen)
+        # Backups: listed here, but making one (a file in the data directory and an audit row) is refused.
+        audit_rows = rows("SELECT count(*) FROM audit_log WHERE action LIKE 'backup%'")
+        await pilot.press("b")
+        await pilot_wait(pilot, lambda: showing(app, BackupsScreen), "the backups screen")
+        await pilot.press("b")
+        await pilot_wait(
+            pilot, lambda: KIOSK_ONLY_ACTIONS["backups.make"] in screen_text(app), "the backup refused"
+        )
+        backups = DATA_DIR / "backups"
+        assert not backups.exists() or not any(backups.iterdir())
+        assert rows("SELECT count(*) FROM audit_log WHERE action LIKE 'backup%'") == audit_rows
+        await pilot.press("escape")
+        await pilot_wait(pilot, lambda: showing(app, HomeScreen), "home again")
+        # The research export and the audit trail's CSV: both written into exports/ and audited.
+        await pilot.press("x")
+        await pilot_wait(pilot, lambda: showing(app, ExportScreen), "the export screen")
+        await pilot.press("ctrl+s")
+        await pilot_wait(
+            pilot, lambda: KIOSK_ONLY_ACTIONS["export.write"] in screen_text(app), "the export refused"
+        )
+        await pilot.press("escape")
+        await pilot_wait(pilot, lambda: showing(app, HomeScreen), "home again")
+        await pilot.press("a")
+        await pilot_wait(pilot, lambda: showing(app, AuditScreen), "the audit trail")
+        await pilot.press("f5")
+        await pilot_wait(
+            pilot, lambda: KIOSK_ONLY_ACTIONS["audit.export"] in screen_text(app), "the CSV export refused"
+        )
+    assert not (DATA_DIR / "exports").exists() or not any((DATA_DIR / "exports").iterdir())
+
+
+async def test_the_remote_focus_screen_shows_the_live_score_and_refuses_the_stack_with_the_reason(
+    controller: Controller, clock: FakeClock
+) -> None:
+    app = remote_console(clock)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await remote_log_in(pilot, "eric", ENGINEER_PASSWORD)
+        await pilot.press("f")
+        await pilot_wait(pilot, lambda: showing(app, CameraFocusScreen), "the camera focus screen")
+        # The previews reach observe.sock: the score is live here.
+        await pilot_wait(
+            pilot, lambda: app.link is not None and app.link.preview is not None, "a preview", 20.0
+        )
+        await pilot_wait(pilot, lambda: "focus: no preview" not in screen_text(app), "the score line", 20.0)
+        await pilot.press("r")
+        await pilot_wait(pilot, lambda: "focus stack refused" in screen_text(app), "the stack refused")
+        assert "taken at the kiosk" in screen_text(app)
+    folder = DATA_DIR / "calibrations" / "camera"
+    assert not folder.exists() or not any(folder.iterdir())
