@@ -71,13 +71,13 @@ async def remote_console(data_dir: Path, stop_fd: int, report: Any) -> None:
     from textual.widgets import DataTable, Input
 
     from control.messages import Status
-    from control.settings import ConsoleSettings
     from tui.app import make_app
     from tui.remote import RemoteOrigin
     from tui.screens.devices import DevicesScreen
     from tui.screens.home import HomeScreen
     from tui.screens.login import LoginScreen
     from tui.screens.safety_events import SafetyEventsScreen
+    from tui.settings import ConsoleSettings
 
     settings = ConsoleSettings(
         data_dir=data_dir, sim=True, kiosk=False, controller="connect", image_protocol="halfblock"

@@ -51,13 +51,13 @@ async def _controller_rig(observe: Path) -> bool:
 def run(args: argparse.Namespace) -> int:
     """Start the remote console; return its exit code (1 with a one-line reason if it cannot start)."""
     from control.ipc_errors import CommandFailed, ControllerUnavailable
-    from control.settings import ConsoleSettings
     from storage.errors import StorageError
     from storage.locks import share_console_lock
     from storage.paths import DataDir
     from storage.probe import needs_first_admin
     from tui.link import OBSERVE_SOCKET
     from tui.remote import RemoteOrigin
+    from tui.settings import ConsoleSettings
 
     data_dir = DataDir(Path(args.data_dir).expanduser().absolute())
     observe = data_dir.root / OBSERVE_SOCKET
