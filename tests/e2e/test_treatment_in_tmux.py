@@ -5,8 +5,8 @@ logs in, creates a subject, chooses a protocol, passes the checks, arms with the
 simulated footpedal (F5), releases it and presses it again mid-step, lets the protocol complete, writes the
 notes and quits. Then the database holds the session as the controller recorded it, and the controller the
 console started has stopped. The protocol is a short one (5 s at 2 W, then a 4 s ramp to 3 W) so the test
-stays quick; the seed's 90 s protocol runs through the same screens in
-``tests/tui/test_treatment_workflow.py``.
+stays quick; a longer two-step one runs through the same screens in ``tests/tui/test_treatment_workflow.py``,
+and the seed's 90 s protocol headless in ``tests/control/test_sim_run.py``.
 
 The terminal is the Linux console's (``TERM=linux``: 16 colours) at 200x60, the largest size the console is
 made for: the dashboard must use no colour that console cannot show. The Pilot tests and snapshots cover

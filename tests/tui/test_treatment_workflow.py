@@ -1,9 +1,11 @@
 """The whole treatment, as a technician does it at the console, against the controller process on the
-simulated rig: log in, create a subject, choose the seed's example protocol, pass the checks, arm with the
-password, press the pedal, release it and press it again mid-step, let the protocol complete, write the
-notes. Then the database holds the session, its events and its summary as the controller recorded them.
+simulated rig: log in, create a subject, choose a two-step protocol of the library, pass the checks, arm with
+the password, press the pedal, release it and press it again mid-step, let the protocol complete, write the
+notes and sign. Then the database holds the session, its events and its summary as the controller recorded
+them.
 
-It runs the seed's protocol in real time (60 s at 5 W, then a 30 s ramp to 8 W).
+It runs its protocol in real time: 10 s at 5 W, then a 5 s ramp to 8 W (the seed's own 90 s protocol is
+delivered, with a pedal release, by ``tests/control/test_sim_run.py``).
 """
 
 from __future__ import annotations
@@ -15,9 +17,12 @@ from pathlib import Path
 import pytest
 from console_fixtures import TECH_PASSWORD, FakeClock, enter_text, seed, showing, wait_until
 from textual.widgets import DataTable, TextArea
-from treatment_fixtures import SEED_PROTOCOL, connected, console, controller, log_in, screen_text
+from treatment_fixtures import DATA_DIR, connected, console, controller, log_in, screen_text
 
-from tests.support import RIG_TEST
+from control.protocol_approval import approve_as_system
+from storage import create_engine, session_factory
+from storage.repositories import ProtocolsRepository
+from tests.support import RIG_TEST, protocol_json
 from tui.app import ToscaApp
 from tui.screens.checks import ChecksScreen
 from tui.screens.dashboard import DashboardScreen
@@ -29,6 +34,22 @@ pytestmark = RIG_TEST
 
 
 NOTES = "No redness after treatment. Subject comfortable throughout."
+PROTOCOL = "Two steps (10 s at 5 W, 5 s ramp to 8 W)"
+
+
+async def add_protocol() -> None:
+    """The test's protocol, approved, as the library's protocols are."""
+    engine = create_engine(DATA_DIR / "tosca.db")
+    try:
+        async with session_factory(engine)() as db, db.begin():
+            added = await ProtocolsRepository(db).add(
+                PROTOCOL,
+                "multi_step",
+                protocol_json((10, 5.0, 5.0, 3.0, "constant"), (5, 5.0, 8.0, 3.0, "linear"), max_power=8.0),
+            )
+            await approve_as_system(db, added.protocol_id)
+    finally:
+        await engine.dispose()
 
 
 def pedal_pressed(app: ToscaApp) -> bool | None:
@@ -38,9 +59,10 @@ def pedal_pressed(app: ToscaApp) -> bool | None:
     return any(i.name == "footpedal" and i.ok for i in snapshot.interlocks)
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(180)
 async def test_a_whole_treatment_from_login_to_notes(data_dir: Path, clock: FakeClock) -> None:
     await seed()
+    await add_protocol()
     year = datetime.now().year
     code = f"P-{year}-0001"
     async with controller():
@@ -68,20 +90,20 @@ async def test_a_whole_treatment_from_login_to_notes(data_dir: Path, clock: Fake
                 pilot, lambda: [s.subject_code for s in subjects.subjects] == [code], "the new subject listed"
             )
 
-            # The seed's example protocol, chosen with the arrow keys.
+            # The two-step protocol, chosen with the arrow keys.
             await pilot.press("enter")
             await wait_until(pilot, lambda: showing(app, ProtocolChoiceScreen), "the protocol choice")
             choice = app.screen
             assert isinstance(choice, ProtocolChoiceScreen)
             await wait_until(pilot, lambda: choice.loaded, "the protocols listed")
             names = [p.name for p in choice.protocols]
-            assert SEED_PROTOCOL in names
-            for _ in range(names.index(SEED_PROTOCOL)):
+            assert PROTOCOL in names
+            for _ in range(names.index(PROTOCOL)):
                 await pilot.press("down")
             await wait_until(
                 pilot,
-                lambda: choice.preview is not None and choice.preview.summary.name == SEED_PROTOCOL,
-                "the seed protocol's preview",
+                lambda: choice.preview is not None and choice.preview.summary.name == PROTOCOL,
+                "the protocol's preview",
             )
             table = choice.query_one("#step-table", DataTable)
             assert table.row_count == 2
@@ -117,9 +139,9 @@ async def test_a_whole_treatment_from_login_to_notes(data_dir: Path, clock: Fake
                 lambda: (
                     app.snapshot is not None
                     and app.snapshot.session is not None
-                    and app.snapshot.session.treating_s > 20.0
+                    and app.snapshot.session.treating_s > 4.0
                 ),
-                "20 s of treatment",
+                "4 s of treatment",
                 60.0,
             )
             await pilot.press("f5")
@@ -130,7 +152,7 @@ async def test_a_whole_treatment_from_login_to_notes(data_dir: Path, clock: Fake
             await wait_until(pilot, lambda: "LASER EMISSION" in screen_text(app), "emission again", 20.0)
 
             # The protocol completes by itself; the notes follow.
-            await wait_until(pilot, lambda: showing(app, EndOfSessionScreen), "the end of the session", 150.0)
+            await wait_until(pilot, lambda: showing(app, EndOfSessionScreen), "the end of the session", 60.0)
             end = app.screen
             assert isinstance(end, EndOfSessionScreen)
             await wait_until(pilot, lambda: "completed" in screen_text(app), "the summary")
@@ -159,11 +181,11 @@ async def test_a_whole_treatment_from_login_to_notes(data_dir: Path, clock: Fake
         ]
         subject = db.execute("SELECT date_of_birth, gender, notes FROM subjects").fetchone()
     status, protocol, subject_code, username, notes_saved, laser_on_s, energy_j, max_w = row
-    assert (status, protocol, subject_code, username) == ("completed", SEED_PROTOCOL, code, "tina")
+    assert (status, protocol, subject_code, username) == ("completed", PROTOCOL, code, "tina")
     assert NOTES in (notes_saved or "")
-    # 60 s at 5 W and a 30 s ramp from 5 to 8 W: 495 J over 90 s of emission, however the pedal was used.
-    assert laser_on_s == pytest.approx(90.0, abs=1.0)
-    assert energy_j == pytest.approx(495.0, rel=0.05)
+    # 10 s at 5 W and a 5 s ramp from 5 to 8 W: 82.5 J over 15 s of emission, however the pedal was used.
+    assert laser_on_s == pytest.approx(15.0, abs=1.0)
+    assert energy_j == pytest.approx(82.5, rel=0.05)
     assert max_w == pytest.approx(8.0, rel=0.05)
     assert subject == ("1980-05-17", "female", "fair skin")
     assert events.count("protocol_step_start") >= 2 and "protocol_step_end" in events
