@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from devices.sim.firmware import CYCLES_PER_MS, FirmwareBuild, LockstepBoard
@@ -123,11 +123,19 @@ def check(board: LockstepBoard, record: Record) -> None:
                 assert any(at < d + OBEYED_SLACK_CYCLES and w < on and c == "ARM" for w, d, c in written), (
                     f"re-enabled at {on} without ARM"
                 )
-        # Watchdog: within the longest timeout of a feed that had reached the board.
-        # The timeout in force when the span began (1000 ms unless set), or any set while it lasted.
-        set_before = [int(c.split(":")[1]) for w, _, c in written if c.startswith("WDT_TIMEOUT:") and w <= on]
+        # Watchdog: within the longest timeout of a feed that had reached the board. A WDT_TIMEOUT is in force
+        # once the board can have obeyed it (its last byte in, plus slack), not when it was written: the one
+        # surely in force when the span began (1000 ms unless set), or any that may have come into force while
+        # it lasted.
+        set_before = [
+            int(c.split(":")[1])
+            for _, d, c in written
+            if c.startswith("WDT_TIMEOUT:") and d + OBEYED_SLACK_CYCLES <= on
+        ]
         set_during = [
-            int(c.split(":")[1]) for w, _, c in written if c.startswith("WDT_TIMEOUT:") and on < w < off
+            int(c.split(":")[1])
+            for _, d, c in written
+            if c.startswith("WDT_TIMEOUT:") and on < d + OBEYED_SLACK_CYCLES and d < off
         ]
         timeout = max([set_before[-1] if set_before else 1000, *set_during])
         limit = timeout * CYCLES_PER_MS + SLACK_CYCLES
@@ -167,6 +175,13 @@ def check(board: LockstepBoard, record: Record) -> None:
     derandomize=True,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+# A shorter timeout written while the pedal is briefly released: the longer one rules until it has arrived.
+@example(
+    steps=[("cmd", "ARM"), ("run", 130.0), ("cmd", "WDT_TIMEOUT:100"), ("pulse", "pedal")],
+    seed=0,
+    timeout_ms=150,
+    prearm=True,
 )
 @given(
     steps=actions,
@@ -216,3 +231,31 @@ def test_laser_enable_never_high_when_it_must_not_be(
                 board.run(round(arg * CYCLES_PER_MS) + rng.randrange(0, BYTE_CYCLES))
         board.run_ms(5)
         check(board, record)
+
+
+def test_a_shorter_timeout_past_the_deadline_expires_the_watchdog_at_the_next_tick(
+    firmware: FirmwareBuild,
+) -> None:
+    """Fed 130 ms ago with 150 ms in force, LASER_ENABLE stays high until ``WDT_TIMEOUT:100`` has reached the
+    board, and falls within a tick of it (the deadline counted from the feed is already past)."""
+    record = Record()
+    with LockstepBoard(firmware.elf, firmware.harness) as board:
+        board.run_ms(10)
+        for command in ("WDT_TIMEOUT:150", "WDT_RESET", "ARM"):
+            record.write(board, command, command.encode() + b"\n")
+        board.run(record.line_free_at - board.cycle + OBEYED_SLACK_CYCLES)
+        board.pedal(True)
+        board.run_ms(130)
+        assert board.enable, "LASER_ENABLE is not high 130 ms after the feed with 150 ms in force"
+        record.write(board, "WDT_TIMEOUT:100", b"WDT_TIMEOUT:100\n")
+        arrived = record.line_free_at
+        board.run(arrived - board.cycle - BYTE_CYCLES)
+        assert board.enable, "LASER_ENABLE fell before the shorter timeout had reached the board"
+        board.run(BYTE_CYCLES + CYCLES_PER_MS + BYTE_CYCLES)
+        falls = [c.cycle for c in board.changes if c.kind == "L" and not c.value]
+        assert falls and falls[-1] <= arrived + CYCLES_PER_MS + BYTE_CYCLES, (
+            f"LASER_ENABLE still high {board.cycle - arrived} cycles after WDT_TIMEOUT:100 arrived"
+        )
+        board.run_ms(5)
+        assert "EVT:WDT:1" in [text for _, text in board.sent]
+        assert board.query("STATUS?") == ["STATUS:ARMED=0,WDT=EXPIRED"]
