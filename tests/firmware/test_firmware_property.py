@@ -8,8 +8,9 @@ pauses, and then checks the whole LASER_ENABLE record against the inputs, in cyc
 * from 20 us (320 cycles) after a footpedal release until the next press, LASER_ENABLE is low;
 * from 20 us after an E-stop press until its release, LASER_ENABLE is low, and it rises again only after an
   ``ARM`` sent after that press;
-* LASER_ENABLE is high only within the watchdog timeout (the longest one set so far) of a ``WDT_RESET`` or
-  ``WDT_CLEAR``, counted from when the command's last byte had reached the board at line rate;
+* LASER_ENABLE is high only within the watchdog timeout in force of a ``WDT_RESET`` or ``WDT_CLEAR``, every
+  command counted from when its last byte had reached the board at line rate (a new timeout from when the
+  board can have obeyed it; a shorter one that puts the deadline in the past ends the span at the next tick);
 * after a watchdog expiry it rises again only after a ``WDT_CLEAR`` and then an ``ARM``.
 """
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from devices.sim.firmware import CYCLES_PER_MS, FirmwareBuild, LockstepBoard
@@ -100,6 +101,22 @@ def intervals_high(board: LockstepBoard, end: int) -> list[tuple[int, int]]:
     return spans
 
 
+def watchdog_deadline(cycle: int, on: int, feeds: list[int], timeouts: list[tuple[int, int]]) -> int:
+    """The last cycle LASER_ENABLE may be high, as it stands at ``cycle``: the last feed that had reached the
+    board (else the span's start ``on``) plus the timeout that may be in force, that is the last one the board
+    has surely obeyed (1000 ms unless set) or a longer one that has arrived but may not be parsed yet. The
+    deadline stays counted from the feed, so a shorter timeout that puts it in the past ends the span at the
+    next tick after the board has obeyed it. ``timeouts``: (cycle its last byte arrived, ms), in order."""
+    fed = max((d for d in feeds if d <= cycle), default=on)
+    obeyed = [(d, ms) for d, ms in timeouts if d + OBEYED_SLACK_CYCLES <= cycle]
+    arriving = [ms for d, ms in timeouts if d <= cycle < d + OBEYED_SLACK_CYCLES]
+    in_force = obeyed[-1][1] if obeyed else 1000
+    deadline = fed + max([in_force, *arriving]) * CYCLES_PER_MS + SLACK_CYCLES
+    if obeyed:
+        deadline = max(deadline, obeyed[-1][0] + OBEYED_SLACK_CYCLES + SLACK_CYCLES)
+    return deadline
+
+
 def check(board: LockstepBoard, record: Record) -> None:
     end = board.cycle
     spans = intervals_high(board, end)
@@ -123,24 +140,15 @@ def check(board: LockstepBoard, record: Record) -> None:
                 assert any(at < d + OBEYED_SLACK_CYCLES and w < on and c == "ARM" for w, d, c in written), (
                     f"re-enabled at {on} without ARM"
                 )
-        # Watchdog: within the longest timeout of a feed that had reached the board.
-        # The timeout in force when the span began (1000 ms unless set), or any set while it lasted.
-        set_before = [int(c.split(":")[1]) for w, _, c in written if c.startswith("WDT_TIMEOUT:") and w <= on]
-        set_during = [
-            int(c.split(":")[1]) for w, _, c in written if c.startswith("WDT_TIMEOUT:") and on < w < off
-        ]
-        timeout = max([set_before[-1] if set_before else 1000, *set_during])
-        limit = timeout * CYCLES_PER_MS + SLACK_CYCLES
+        # Watchdog: high only up to the deadline of the last feed that had reached the board, all through the
+        # span (the deadline changes only where a feed or a timeout arrives, or where a timeout is obeyed).
         feeds = [d for w, d, c in written if c in ("WDT_RESET", "WDT_CLEAR") and w < off]
-        before = [d for d in feeds if d <= on]
-        assert before or any(d <= on + BYTE_CYCLES * 20 for d in feeds), (
-            f"enable high at {on} with no heartbeat"
-        )
-        deadline = (max(before) if before else on) + limit
-        for d in sorted(d for d in feeds if d > on):
-            assert d <= deadline or off <= deadline, f"enable high past the watchdog deadline {deadline}"
-            deadline = max(deadline, d + limit)
-        assert off <= deadline, f"enable high {on}..{off} past the watchdog deadline {deadline}"
+        assert any(d <= on + BYTE_CYCLES * 20 for d in feeds), f"enable high at {on} with no heartbeat"
+        timeouts = [(d, int(c.split(":")[1])) for _, d, c in written if c.startswith("WDT_TIMEOUT:")]
+        changes = {off, *feeds, *(d for d, _ in timeouts), *(d + OBEYED_SLACK_CYCLES for d, _ in timeouts)}
+        for cycle in sorted(c for c in changes if on < c <= off):
+            deadline = watchdog_deadline(cycle - 1, on, feeds, timeouts)
+            assert cycle <= deadline, f"enable high {on}..{off} past the watchdog deadline {deadline}"
 
     # After an expiry, a rise needs a WDT_CLEAR and then an ARM sent after the expiry.
     for cycle, text in board.sent:
@@ -167,6 +175,13 @@ def check(board: LockstepBoard, record: Record) -> None:
     derandomize=True,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+# A shorter timeout written while the pedal is briefly released: the longer one rules until it has arrived.
+@example(
+    steps=[("cmd", "ARM"), ("run", 130.0), ("cmd", "WDT_TIMEOUT:100"), ("pulse", "pedal")],
+    seed=0,
+    timeout_ms=150,
+    prearm=True,
 )
 @given(
     steps=actions,
@@ -216,3 +231,32 @@ def test_laser_enable_never_high_when_it_must_not_be(
                 board.run(round(arg * CYCLES_PER_MS) + rng.randrange(0, BYTE_CYCLES))
         board.run_ms(5)
         check(board, record)
+
+
+def test_a_shorter_timeout_past_the_deadline_expires_the_watchdog_at_the_next_tick(
+    firmware: FirmwareBuild,
+) -> None:
+    """Fed 130 ms ago with 150 ms in force, LASER_ENABLE stays high until ``WDT_TIMEOUT:100`` has reached the
+    board, then falls at the next tick (the deadline, still counted from the feed, is already past)."""
+    record = Record()
+    with LockstepBoard(firmware.elf, firmware.harness) as board:
+        board.run_ms(10)
+        for command in ("WDT_TIMEOUT:150", "WDT_RESET", "ARM"):
+            record.write(board, command, command.encode() + b"\n")
+        board.run(record.line_free_at - board.cycle + OBEYED_SLACK_CYCLES)
+        board.pedal(True)
+        board.run_ms(130)
+        assert board.enable, "LASER_ENABLE is not high 130 ms after the feed with 150 ms in force"
+        written = board.cycle
+        record.write(board, "WDT_TIMEOUT:100", b"WDT_TIMEOUT:100\n")
+        arrived = record.line_free_at
+        board.run(arrived - board.cycle - BYTE_CYCLES)
+        assert board.enable, "LASER_ENABLE fell before the shorter timeout had reached the board"
+        board.run(BYTE_CYCLES + SLACK_CYCLES)
+        falls = [c.cycle for c in board.changes if c.kind == "L" and not c.value and c.cycle > written]
+        assert not board.enable and falls and falls[0] <= arrived + SLACK_CYCLES, (
+            f"LASER_ENABLE still high {board.cycle - arrived} cycles after WDT_TIMEOUT:100 arrived"
+        )
+        board.run_ms(5)
+        assert "EVT:WDT:1" in [text for _, text in board.sent]
+        assert board.query("STATUS?") == ["STATUS:ARMED=0,WDT=EXPIRED"]
