@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import tempfile
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from devices import transport
 from devices.sim.pty import PtyDevice
 from devices.transport import BadReply, LineTransport, LinkDown, LinkState, LinkTimeout
 from tests.support import wait_until
@@ -197,3 +200,66 @@ async def test_backoff_keeps_retrying_until_the_device_returns(rig: Rig) -> None
     rig.device.replug()
     await rig.link.wait_for_state(LinkState.OPEN, 5.0)
     assert await rig.link.query("BACK?") == "BACK"
+
+
+@pytest.mark.parametrize(
+    ("policy", "sleeps"),
+    [
+        (os.SCHED_FIFO, True),
+        (os.SCHED_RR, True),
+        # The kiosk's controller asks for SCHED_FIFO with SCHED_RESET_ON_FORK; the flag comes back with it.
+        (os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, True),
+        (os.SCHED_RR | os.SCHED_RESET_ON_FORK, True),
+        (os.SCHED_OTHER, False),
+        (os.SCHED_OTHER | os.SCHED_RESET_ON_FORK, False),
+        (os.SCHED_BATCH, False),
+        (os.SCHED_IDLE, False),
+    ],
+)
+async def test_output_off_written_at_once_then_a_real_time_caller_steps_aside(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch, policy: int, sleeps: bool
+) -> None:
+    """``write_now`` puts the line on the wire before anything else; a real-time thread then sleeps 50 us so
+    the kernel worker that carries the line to the device can run on its CPU; any other thread does not."""
+    naps: list[float] = []
+    monkeypatch.setattr(transport.os, "sched_getscheduler", lambda _pid: policy)
+    monkeypatch.setattr(transport.time, "sleep", naps.append)
+    rig.link.write_now("LAS:OUT 0")
+    assert naps == ([50e-6] if sleeps else [])
+    monkeypatch.undo()
+    await wait_until(lambda: "LAS:OUT 0" in rig.handler.received)
+
+
+async def test_an_unknown_scheduling_policy_is_not_real_time(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(_pid: int) -> int:
+        raise OSError("not permitted")
+
+    naps: list[float] = []
+    monkeypatch.setattr(transport.os, "sched_getscheduler", refuse)
+    monkeypatch.setattr(transport.time, "sleep", naps.append)
+    rig.link.write_now("LAS:OUT 0")
+    assert naps == []
+
+
+def test_real_time_is_read_from_the_calling_thread_as_the_kiosk_sets_it() -> None:
+    """Under the policy the kiosk's unit gives the controller (SCHED_FIFO, reset on fork) the calling thread
+    is real-time; another thread of the same process is not."""
+    seen: dict[str, bool] = {}
+
+    def as_the_kiosk() -> None:
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(1))
+        except PermissionError:
+            seen["denied"] = True
+            return
+        seen["rt"] = transport._real_time()
+
+    worker = threading.Thread(target=as_the_kiosk)
+    worker.start()
+    worker.join()
+    if seen.get("denied"):
+        pytest.skip("setting SCHED_FIFO needs CAP_SYS_NICE (run as root)")
+    assert seen["rt"] is True
+    assert transport._real_time() is False
