@@ -6,10 +6,10 @@ version moves through its approval only forwards:
 * ``draft``: saved by :func:`import_protocol` (a file: a new protocol, or the next version of an existing one)
   or by :func:`save_edited_version` (the steps edited in the console's form, from an existing version or
   from nothing): a new version every time, so a version a session used is never changed;
-* ``submitted``: offered for approval by an admin (:func:`submit_version`);
+* ``submitted``: offered for approval by an admin (:func:`change_version_status` to ``SUBMITTED``);
 * ``approved`` or ``rejected`` (with a reason) by an admin who is not the version's author
-  (:func:`approve_version`, :func:`reject_version`). A draft may be approved or rejected directly: the import
-  is the author's offer, the approval the second admin's.
+  (:func:`change_version_status` to ``APPROVED`` or ``REJECTED``). A draft may be approved or rejected
+  directly: the import is the author's offer, the approval the second admin's.
 
 Only an approved version is ever used for treatment on a real rig (:func:`usable_version`); the newest
 approved version is the one the technician's list shows and a session opens with. On the simulated rig a
@@ -166,7 +166,8 @@ def usable_version(versions: Sequence[ProtocolVersion], *, draft: bool = False) 
 async def approve_as_system(session: AsyncSession, protocol_id: int, *, when: datetime | None = None) -> int:
     """Mark every draft or submitted version of the protocol ``protocol_id`` approved by the system (no
     approving user), in the caller's transaction; return how many. Used for the protocols that ship with the
-    console, which count as approved at install; an admin's protocol goes through :func:`approve_version`."""
+    console, which count as approved at install; an admin's protocol goes through
+    :func:`change_version_status`."""
     count = 0
     for row in await ProtocolsRepository(session).versions(protocol_id):
         if row.status in TRIAL_STATUSES:
@@ -596,67 +597,25 @@ _ACTION_OF: Final = {SUBMITTED: ACTION_SUBMIT, APPROVED: ACTION_APPROVE, REJECTE
 _VERB_OF: Final = {SUBMITTED: "submit", APPROVED: "approve", REJECTED: "reject"}
 
 
-async def submit_version(
-    sessions: async_sessionmaker[AsyncSession],
-    name: str,
-    version: int,
-    *,
-    admin: str,
-    expected_status: str | None = None,
-    terminal: str | None = None,
-    clock: Callable[[], datetime] = utc_now,
-) -> StatusChange:
-    """Offer draft ``version`` of ``name`` for approval (see the module documentation)."""
-    return await _change_status(
-        sessions, name, version, SUBMITTED, admin, None, expected_status, terminal, clock
-    )
-
-
-async def approve_version(
-    sessions: async_sessionmaker[AsyncSession],
-    name: str,
-    version: int,
-    *,
-    admin: str,
-    expected_status: str | None = None,
-    terminal: str | None = None,
-    clock: Callable[[], datetime] = utc_now,
-) -> StatusChange:
-    """Approve ``version`` of ``name``: refused for a non-admin, for the version's author, and for a version
-    already approved or rejected (see the module documentation)."""
-    return await _change_status(
-        sessions, name, version, APPROVED, admin, None, expected_status, terminal, clock
-    )
-
-
-async def reject_version(
-    sessions: async_sessionmaker[AsyncSession],
-    name: str,
-    version: int,
-    *,
-    admin: str,
-    reason: str,
-    expected_status: str | None = None,
-    terminal: str | None = None,
-    clock: Callable[[], datetime] = utc_now,
-) -> StatusChange:
-    """Reject ``version`` of ``name`` for ``reason``: refused like an approval, and without a reason."""
-    return await _change_status(
-        sessions, name, version, REJECTED, admin, reason, expected_status, terminal, clock
-    )
-
-
-async def _change_status(
+async def change_version_status(
     sessions: async_sessionmaker[AsyncSession],
     name: str,
     version: int,
     new: str,
+    *,
     admin: str,
-    reason: str | None,
-    expected_status: str | None,
-    terminal: str | None,
-    clock: Callable[[], datetime],
+    reason: str | None = None,
+    expected_status: str | None = None,
+    terminal: str | None = None,
+    clock: Callable[[], datetime] = utc_now,
 ) -> StatusChange:
+    """Move ``version`` of ``name`` to ``new`` as ``admin`` (see the module documentation): ``SUBMITTED``
+    offers a draft for approval; ``APPROVED`` and ``REJECTED`` are refused for a non-admin, for the version's
+    author and for a version already approved or rejected, and a rejection needs a ``reason``. With
+    ``expected_status`` (the status the admin saw) a version changed meanwhile is refused
+    (:class:`ConcurrentProtocolChange`). A refusal is recorded in the audit trail, then raised."""
+    if new not in _ACTION_OF:
+        raise ValueError(f"no status change to {new!r} (one of {', '.join(_ACTION_OF)})")
     details: dict[str, Any] = {"protocol": name, "version": version, "new_status": new}
     if reason is not None:
         details["reason"] = reason
@@ -814,7 +773,7 @@ __all__ = [
     "StatusChange",
     "VersionInfo",
     "approve_as_system",
-    "approve_version",
+    "change_version_status",
     "check_name",
     "import_protocol",
     "import_protocol_file",
@@ -822,9 +781,7 @@ __all__ = [
     "list_library",
     "read_protocol_file",
     "record_refusal",
-    "reject_version",
     "retire_protocol",
     "save_edited_version",
-    "submit_version",
     "usable_version",
 ]

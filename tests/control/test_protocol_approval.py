@@ -15,19 +15,20 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from control.accounts import AccountService, Actor
 from control.catalog import ProtocolCatalog
 from control.protocol_approval import (
+    APPROVED,
     MAX_PROTOCOL_FILE_BYTES,
+    REJECTED,
+    SUBMITTED,
     SYSTEM,
     ApprovalRefused,
     ConcurrentProtocolChange,
     NotAnAdmin,
-    approve_version,
+    change_version_status,
     import_protocol,
     library_entry,
     list_library,
     read_protocol_file,
-    reject_version,
     retire_protocol,
-    submit_version,
 )
 from control.protocols import install_library_protocols, load_library
 
@@ -90,8 +91,10 @@ async def test_an_import_is_a_draft_and_a_second_admin_approves_it(
     assert (made.name, made.version, made.created_protocol) == (NAME, 1, True)
     assert _versions(db_path) == [(NAME, 1, "draft")]
     assert NAME not in [s.name for s in await catalog.active()]
-    await submit_version(sessions, NAME, 1, admin="ada", expected_status="draft")
-    change = await approve_version(sessions, NAME, 1, admin="bob", expected_status="submitted")
+    await change_version_status(sessions, NAME, 1, SUBMITTED, admin="ada", expected_status="draft")
+    change = await change_version_status(
+        sessions, NAME, 1, APPROVED, admin="bob", expected_status="submitted"
+    )
     assert (change.old_status, change.new_status) == ("submitted", "approved")
     entry = await library_entry(sessions, NAME)
     approved = entry.approved
@@ -108,7 +111,7 @@ async def test_importing_under_an_existing_name_makes_its_next_draft_and_keeps_t
     sessions: async_sessionmaker[AsyncSession], db_path: Path, people: None
 ) -> None:
     await import_protocol(sessions, protocol_text(), name=NAME, admin="ada", source="a.json")
-    await approve_version(sessions, NAME, 1, admin="bob")
+    await change_version_status(sessions, NAME, 1, APPROVED, admin="bob")
     made = await import_protocol(
         sessions, protocol_text(3.0), name=NAME, admin="ada", source="b.json", expected_latest=1
     )
@@ -181,19 +184,19 @@ async def test_approval_refusals_are_audited_and_change_nothing(
 ) -> None:
     await import_protocol(sessions, protocol_text(), name=NAME, admin="ada", source="a.json")
     with pytest.raises(ApprovalRefused, match="ada is its author; another admin must approve it"):
-        await approve_version(sessions, NAME, 1, admin="ada")
+        await change_version_status(sessions, NAME, 1, APPROVED, admin="ada")
     with pytest.raises(NotAnAdmin, match="only an admin"):
-        await approve_version(sessions, NAME, 1, admin="tina")
+        await change_version_status(sessions, NAME, 1, APPROVED, admin="tina")
     with pytest.raises(ApprovalRefused, match="there is no version 7"):
-        await approve_version(sessions, NAME, 7, admin="bob")
+        await change_version_status(sessions, NAME, 7, APPROVED, admin="bob")
     with pytest.raises(ApprovalRefused, match="no protocol named 'Nothing'"):
-        await approve_version(sessions, "Nothing", 1, admin="bob")
+        await change_version_status(sessions, "Nothing", 1, APPROVED, admin="bob")
     assert _versions(db_path) == [(NAME, 1, "draft")]
-    await approve_version(sessions, NAME, 1, admin="bob")
+    await change_version_status(sessions, NAME, 1, APPROVED, admin="bob")
     with pytest.raises(ApprovalRefused, match="already approved"):
-        await approve_version(sessions, NAME, 1, admin="bob")
+        await change_version_status(sessions, NAME, 1, APPROVED, admin="bob")
     with pytest.raises(ApprovalRefused, match="cannot reject a version that is approved"):
-        await reject_version(sessions, NAME, 1, admin="bob", reason="too late")
+        await change_version_status(sessions, NAME, 1, REJECTED, admin="bob", reason="too late")
     audits = _audits(db_path, "protocol_approve")
     assert [(o, u) for o, u, _d in audits] == [
         ("failure", "ada"),
@@ -214,10 +217,12 @@ async def test_a_rejection_needs_a_reason_and_is_kept_with_it(
 ) -> None:
     await import_protocol(sessions, protocol_text(), name=NAME, admin="ada", source="a.json")
     with pytest.raises(ApprovalRefused, match="needs a reason"):
-        await reject_version(sessions, NAME, 1, admin="bob", reason="  ")
+        await change_version_status(sessions, NAME, 1, REJECTED, admin="bob", reason="  ")
     with pytest.raises(ApprovalRefused, match="author"):
-        await reject_version(sessions, NAME, 1, admin="ada", reason="mine")
-    await reject_version(sessions, NAME, 1, admin="bob", reason="ring too small for the site")
+        await change_version_status(sessions, NAME, 1, REJECTED, admin="ada", reason="mine")
+    await change_version_status(
+        sessions, NAME, 1, REJECTED, admin="bob", reason="ring too small for the site"
+    )
     entry = await library_entry(sessions, NAME)
     version = entry.version(1)
     assert version is not None
@@ -227,7 +232,7 @@ async def test_a_rejection_needs_a_reason_and_is_kept_with_it(
         "ring too small for the site",
     )
     with pytest.raises(ApprovalRefused, match="cannot approve a version that is rejected"):
-        await approve_version(sessions, NAME, 1, admin="bob")
+        await change_version_status(sessions, NAME, 1, APPROVED, admin="bob")
     assert _audits(db_path, "protocol_reject")[-1][2]["reason"] == "ring too small for the site"
 
 
@@ -237,11 +242,13 @@ async def test_two_admins_at_once_the_second_is_refused_with_what_changed(
     await service.create_user("cy", "Cy Admin", "admin", "cy password 11", CLI)
     await import_protocol(sessions, protocol_text(), name=NAME, admin="ada", source="a.json")
     # bob and cy both saw version 1 as a draft; bob approves first.
-    await approve_version(sessions, NAME, 1, admin="bob", expected_status="draft")
+    await change_version_status(sessions, NAME, 1, APPROVED, admin="bob", expected_status="draft")
     with pytest.raises(
         ConcurrentProtocolChange, match="it was draft when you looked and has since been approved by bob"
     ):
-        await reject_version(sessions, NAME, 1, admin="cy", reason="no", expected_status="draft")
+        await change_version_status(
+            sessions, NAME, 1, REJECTED, admin="cy", reason="no", expected_status="draft"
+        )
     # ada and bob both saw version 1 as the newest; ada saves version 2 first.
     await import_protocol(
         sessions, protocol_text(3.0), name=NAME, admin="ada", source="b.json", expected_latest=1
@@ -277,7 +284,7 @@ async def test_retire_keeps_the_protocol_and_hides_it_from_the_technician(
     sessions: async_sessionmaker[AsyncSession], db_path: Path, people: None
 ) -> None:
     await import_protocol(sessions, protocol_text(), name=NAME, admin="ada", source="a.json")
-    await approve_version(sessions, NAME, 1, admin="bob")
+    await change_version_status(sessions, NAME, 1, APPROVED, admin="bob")
     with pytest.raises(NotAnAdmin):
         await retire_protocol(sessions, NAME, admin="tina")
     await retire_protocol(sessions, NAME, admin="ada")
@@ -309,5 +316,12 @@ async def test_a_deactivated_admin_is_refused(
     await import_protocol(sessions, protocol_text(), name=NAME, admin="ada", source="a.json")
     await service.deactivate("bob", CLI)
     with pytest.raises(NotAnAdmin, match="deactivated"):
-        await approve_version(sessions, NAME, 1, admin="bob")
+        await change_version_status(sessions, NAME, 1, APPROVED, admin="bob")
     assert _versions(db_path) == [(NAME, 1, "draft")]
+
+
+async def test_a_status_that_is_not_a_change_is_refused_before_anything_is_read(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    with pytest.raises(ValueError, match="no status change to 'draft'"):
+        await change_version_status(sessions, NAME, 1, "draft", admin="bob")

@@ -24,7 +24,7 @@ from protocol_library_fixtures import (
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Label
 
-from control.protocol_approval import approve_version
+from control.protocol_approval import APPROVED, change_version_status
 from storage import create_engine, session_factory
 from tui.screens.dialogs import ConfirmDialog, ReasonDialog
 from tui.screens.home import menu_for
@@ -207,7 +207,7 @@ async def test_a_change_made_meanwhile_by_another_admin_is_refused_with_what_cha
         # Meanwhile, another admin (cy's stand-in: the technician may not; bob's other console) approves it.
         engine = create_engine(DATA_DIR / "tosca.db")
         try:
-            await approve_version(session_factory(engine), NAME, 1, admin="bob")
+            await change_version_status(session_factory(engine), NAME, 1, APPROVED, admin="bob")
         finally:
             await engine.dispose()
         await pilot.press("x")

@@ -283,18 +283,16 @@ async def _act(sessions: async_sessionmaker[AsyncSession], args: argparse.Namesp
         await library.retire_protocol(sessions, args.name, admin=args.user, terminal=terminal)
         print(f"{escape_controls(args.name)}: retired; no longer offered for treatment (kept for history)")
         return 0
-    if action == "submit":
-        change = await library.submit_version(
-            sessions, args.name, args.number, admin=args.user, terminal=terminal
-        )
-    elif action == "approve":
-        change = await library.approve_version(
-            sessions, args.name, args.number, admin=args.user, terminal=terminal
-        )
-    else:
-        change = await library.reject_version(
-            sessions, args.name, args.number, admin=args.user, reason=args.reason, terminal=terminal
-        )
+    new = {"submit": library.SUBMITTED, "approve": library.APPROVED}.get(action, library.REJECTED)
+    change = await library.change_version_status(
+        sessions,
+        args.name,
+        args.number,
+        new,
+        admin=args.user,
+        reason=args.reason if new == library.REJECTED else None,
+        terminal=terminal,
+    )
     print(f"{escape_controls(change.name)} v{change.version}: {change.old_status} -> {change.new_status}")
     return 0
 

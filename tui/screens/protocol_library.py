@@ -50,14 +50,12 @@ from control.protocol_approval import (
     ImportResult,
     LibraryEntry,
     VersionInfo,
-    approve_version,
+    change_version_status,
     check_name,
     import_protocol_file,
     list_library,
     record_refusal,
-    reject_version,
     retire_protocol,
-    submit_version,
 )
 from storage.errors import one_line
 from tui.safe_text import plain
@@ -547,34 +545,16 @@ class ProtocolLibraryScreen(Screen[None]):
         sessions = self.context.accounts.sessions
         admin, seen, terminal = self.user.username, version.status, self.terminal
         try:
-            if new == SUBMITTED:
-                change = await submit_version(
-                    sessions,
-                    entry.name,
-                    version.version,
-                    admin=admin,
-                    expected_status=seen,
-                    terminal=terminal,
-                )
-            elif new == APPROVED:
-                change = await approve_version(
-                    sessions,
-                    entry.name,
-                    version.version,
-                    admin=admin,
-                    expected_status=seen,
-                    terminal=terminal,
-                )
-            else:
-                change = await reject_version(
-                    sessions,
-                    entry.name,
-                    version.version,
-                    admin=admin,
-                    reason=reason or "",
-                    expected_status=seen,
-                    terminal=terminal,
-                )
+            change = await change_version_status(
+                sessions,
+                entry.name,
+                version.version,
+                new,
+                admin=admin,
+                reason=(reason or "") if new == REJECTED else None,
+                expected_status=seen,
+                terminal=terminal,
+            )
         except ApprovalRefused as exc:
             self.show_status(f"refused: {exc}")
             self.reload()
