@@ -34,11 +34,8 @@ from storage.engine import DEFAULT_BUSY_TIMEOUT_MS, connect_sqlite
 from storage.errors import StorageError
 from storage.maintenance import record_audit
 from storage.models import AUDIT_OUTCOMES, utc_now
+from storage.paging import MAX_PAGE_SIZE, PAGE_SIZE, page_size_problem, parse_stored, stamp
 
-#: Rows per page unless asked otherwise.
-PAGE_SIZE: Final = 50
-#: Largest page anyone may ask for.
-MAX_PAGE_SIZE: Final = 1000
 #: Rows (matching the other filters) a free-text page reads at most before it returns what it found; the
 #: next page goes on from there. A substring cannot use an index, so without a bound a rare text would read
 #: the whole log for one page.
@@ -59,7 +56,6 @@ CSV_COLUMNS: Final = (
 )
 #: Cells starting with one of these could be read as a formula by a spreadsheet.
 _FORMULA_STARTS: Final = ("=", "+", "-", "@", "\t", "\r")
-_TIME_FORMAT: Final = "%Y-%m-%d %H:%M:%S.%f"
 
 
 class AuditFilterError(StorageError):
@@ -223,18 +219,6 @@ class AuditPage:
     searched_to: datetime | None = None
 
 
-def _stamp(moment: datetime) -> str:
-    return moment.strftime(_TIME_FORMAT)
-
-
-def _parse_stored(value: object) -> datetime:
-    text = str(value)
-    try:
-        return datetime.fromisoformat(text)
-    except ValueError:
-        return datetime.min
-
-
 def _like_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
@@ -253,10 +237,10 @@ def _where(filters: AuditFilter, cursor: Cursor | None) -> tuple[str, list[objec
         params.append(filters.outcome)
     if filters.since is not None:
         clauses.append("timestamp >= ?")
-        params.append(_stamp(filters.since))
+        params.append(stamp(filters.since))
     if filters.until is not None:
         clauses.append("timestamp < ?")
-        params.append(_stamp(filters.until))
+        params.append(stamp(filters.until))
     if filters.text is not None:
         pattern = f"%{_like_escape(filters.text)}%"
         clauses.append(
@@ -267,7 +251,7 @@ def _where(filters: AuditFilter, cursor: Cursor | None) -> tuple[str, list[objec
     if cursor is not None:
         # Row-value comparison: SQLite walks the (timestamp, rowid) index from the cursor downwards.
         clauses.append("(timestamp, audit_id) < (?, ?)")
-        params.extend([_stamp(cursor.timestamp), cursor.audit_id])
+        params.extend([stamp(cursor.timestamp), cursor.audit_id])
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
@@ -296,7 +280,7 @@ def _row(values: tuple[object, ...]) -> AuditRow:
     audit_id, stamp, username, action, outcome, entity_type, entity_id, terminal, details = values
     return AuditRow(
         audit_id=int(str(audit_id)),
-        timestamp=_parse_stored(stamp),
+        timestamp=parse_stored(stamp),
         username=None if username is None else str(username),
         action=str(action),
         outcome=str(outcome),
@@ -316,13 +300,14 @@ def fetch_page(
 ) -> AuditPage:
     """Return the page of rows matching ``filters`` that comes right after ``after`` (None: the newest)."""
     filters = filters or AuditFilter()
-    if isinstance(limit, bool) or not 1 <= limit <= MAX_PAGE_SIZE:
-        raise AuditFilterError(f"page size must be 1 to {MAX_PAGE_SIZE}")
+    problem = page_size_problem(limit)
+    if problem is not None:
+        raise AuditFilterError(problem)
     boundary = _text_boundary(connection, filters, after)
     where, params = _where(filters, after)
     if boundary is not None:
         where += " AND (timestamp, audit_id) >= (?, ?)"
-        params.extend([_stamp(boundary.timestamp), boundary.audit_id])
+        params.extend([stamp(boundary.timestamp), boundary.audit_id])
     try:
         found = connection.execute(f"{_SELECT}{where}{_ORDER} LIMIT ?", [*params, limit + 1]).fetchall()
     except sqlite3.Error as exc:
@@ -354,7 +339,7 @@ def _text_boundary(
         ).fetchone()
     except sqlite3.Error as exc:
         raise StorageError(f"could not read the audit log: {exc}") from exc
-    return None if row is None else Cursor(_parse_stored(row[0]), int(row[1]))
+    return None if row is None else Cursor(parse_stored(row[0]), int(row[1]))
 
 
 def iter_rows(connection: sqlite3.Connection, filters: AuditFilter | None = None) -> Iterator[AuditRow]:

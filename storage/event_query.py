@@ -32,12 +32,9 @@ from typing import Final, Literal
 
 from storage.audit_query import AuditFilterError, parse_time
 from storage.errors import StorageError
+from storage.paging import MAX_PAGE_SIZE, PAGE_SIZE, page_size_problem, parse_stored, stamp
 from storage.safety_records import SEVERITIES
 
-#: Rows per page unless asked otherwise.
-PAGE_SIZE: Final = 50
-#: Largest page anyone may ask for.
-MAX_PAGE_SIZE: Final = 1000
 #: Longest event type accepted as a filter.
 MAX_TYPE_LENGTH: Final = 64
 #: Where a row comes from, in the order rows with the same time sort (newest first: treatment rows first).
@@ -46,7 +43,6 @@ SOURCES: Final = ("safety", "treatment")
 SPARSE_ROWS: Final = 2_000
 #: The severity of the treatment event types that are not plain information.
 TREATMENT_SEVERITY: Final = {"safety_trigger": "critical", "safety_warning": "warning"}
-_TIME_FORMAT: Final = "%Y-%m-%d %H:%M:%S.%f"
 
 Source = Literal["safety", "treatment"]
 
@@ -223,17 +219,6 @@ class EventPage:
     filters: EventFilter = field(default_factory=EventFilter)
 
 
-def _stamp(moment: datetime) -> str:
-    return moment.strftime(_TIME_FORMAT)
-
-
-def _parse_stored(value: object) -> datetime:
-    try:
-        return datetime.fromisoformat(str(value))
-    except ValueError:
-        return datetime.min
-
-
 def _keyset(source: Source, cursor: EventCursor | None) -> tuple[str | None, list[object]]:
     """The condition "strictly after ``cursor`` in newest-first order" for the rows of ``source``.
 
@@ -242,13 +227,13 @@ def _keyset(source: Source, cursor: EventCursor | None) -> tuple[str | None, lis
     if cursor is None:
         return None, []
     mine, theirs = SOURCES.index(source), SOURCES.index(cursor.source)
-    stamp = _stamp(cursor.timestamp)
+    when = stamp(cursor.timestamp)
     if mine < theirs:
-        return "timestamp <= ?", [stamp]
+        return "timestamp <= ?", [when]
     if mine > theirs:
-        return "timestamp < ?", [stamp]
+        return "timestamp < ?", [when]
     id_column = "log_id" if source == "safety" else "event_id"
-    return f"(timestamp, {id_column}) < (?, ?)", [stamp, cursor.row_id]
+    return f"(timestamp, {id_column}) < (?, ?)", [when, cursor.row_id]
 
 
 def _treatment_types(severities: tuple[str, ...]) -> tuple[str, list[object]] | None:
@@ -281,10 +266,10 @@ def _where(
         params.append(filters.session_id)
     if filters.since is not None:
         clauses.append("timestamp >= ?")
-        params.append(_stamp(filters.since))
+        params.append(stamp(filters.since))
     if filters.until is not None:
         clauses.append("timestamp < ?")
-        params.append(_stamp(filters.until))
+        params.append(stamp(filters.until))
     if filters.event_type is not None:
         clauses.append("event_type = ?")
         params.append(filters.event_type)
@@ -328,7 +313,7 @@ def _safety_row(values: tuple[object, ...]) -> EventRow:
     return EventRow(
         source="safety",
         row_id=int(str(row_id)),
-        timestamp=_parse_stored(stamp),
+        timestamp=parse_stored(stamp),
         session_id=None if session_id is None else int(str(session_id)),
         event_type=str(kind),
         severity=str(severity),
@@ -346,7 +331,7 @@ def _treatment_row(values: tuple[object, ...]) -> EventRow:
     return EventRow(
         source="treatment",
         row_id=int(str(row_id)),
-        timestamp=_parse_stored(stamp),
+        timestamp=parse_stored(stamp),
         session_id=None if session_id is None else int(str(session_id)),
         event_type=kind_text,
         severity=TREATMENT_SEVERITY.get(kind_text, "info"),
@@ -439,8 +424,9 @@ def fetch_page(
         StorageError: the database could not be read.
     """
     filters = filters or EventFilter()
-    if isinstance(limit, bool) or not 1 <= limit <= MAX_PAGE_SIZE:
-        raise EventFilterError(f"page size must be 1 to {MAX_PAGE_SIZE}")
+    problem = page_size_problem(limit)
+    if problem is not None:
+        raise EventFilterError(problem)
     rows: list[EventRow] = []
     try:
         # One read transaction: both tables as of the same moment.
