@@ -3,8 +3,9 @@ meaning; notes added after a signature are a signed addendum.
 
 :func:`sign_session` checks the password through :meth:`control.accounts.AccountService.login` (context
 ``session_signature``: audited, and a wrong password counts towards the account's lockout like any other).
-A wrong password, an inactive or locked account, an unknown meaning, or a session that is still open or
-already signed with that meaning by that person, is refused with :class:`SignatureRefused`, audited as a
+A wrong password, an inactive or locked account, an unknown meaning, "performed by" from anyone but the
+technician who ran the session, or a session that is still open or already signed with that meaning by that
+person, is refused with :class:`SignatureRefused`, audited as a
 ``session_sign`` failure, and nothing is signed. A signature is one chained ``session_records`` row
 (:mod:`storage.signatures`) and one ``session_sign`` audit row, in one transaction.
 """
@@ -14,11 +15,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
+from sqlalchemy import select
+
 from control.sessions import MAX_NOTES_LENGTH
 from storage import AuditRepository
 from storage.chain import on_session
+from storage.models import TreatmentSession as SessionRow
 from storage.signatures import (
     MEANINGS,
+    PERFORMED_BY,
     SessionSignature,
     SignatureError,
     append_signature,
@@ -111,6 +116,15 @@ async def sign_session(
     now = accounts.clock()
     try:
         async with accounts.sessions() as session, session.begin():
+            if meaning == PERFORMED_BY:
+                performer = await session.scalar(
+                    select(SessionRow.tech_id).where(SessionRow.session_id == session_id)
+                )
+                if performer is not None and performer != user.tech_id:
+                    raise SignatureError(
+                        f"only the technician who performed session {session_id} signs it "
+                        f"{PERFORMED_BY}; sign as {' or '.join(m for m in MEANINGS if m != PERFORMED_BY)}"
+                    )
             existing = await on_session(session, lambda executor: signatures_of(executor, session_id))
             if addendum is None and any(
                 s.kind == "signature" and s.username == user.username and s.meaning == meaning

@@ -54,9 +54,11 @@ SUMMARY_COLUMNS: Final = (
     "video_path",
 )
 #: The meanings a signature may carry (21 CFR 11.50: what the signature means).
-MEANINGS: Final = ("performed by", "reviewed by", "approved by")
+#: The meaning of the treating technician's own signature (only they may give it).
+PERFORMED_BY: Final = "performed by"
+MEANINGS: Final = (PERFORMED_BY, "reviewed by", "approved by")
 #: The meaning asked for at the end of a session.
-DEFAULT_MEANING: Final = "performed by"
+DEFAULT_MEANING: Final = PERFORMED_BY
 
 RecordKind = Literal["final", "signature", "addendum"]
 
@@ -316,6 +318,7 @@ def check_records(executor: Executor) -> str | None:
 __all__ = [
     "DEFAULT_MEANING",
     "MEANINGS",
+    "PERFORMED_BY",
     "RECORD_PREFIX",
     "SUMMARY_COLUMNS",
     "SessionSignature",

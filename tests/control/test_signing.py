@@ -14,8 +14,9 @@ from signing_fixtures import PASSWORD, PROTOCOL, TECHNICIAN, Finished, copy_temp
 
 from control.sessions import SessionRefused
 from control.signing import SignatureRefused, sign_session, signatures
-from storage import DataDir, create_engine, session_factory
+from storage import DataDir, UsersRepository, create_engine, session_factory
 from storage.chain_verify import verify_database
+from storage.models import TechUser
 from tui import cli
 
 
@@ -149,4 +150,24 @@ async def test_a_session_closed_at_start_up_has_its_final_record_chained(
         (done.session_id, "final"),
         (reopened.session_id, "final"),
     ]
+    assert verify_database(db).failure is None
+
+
+async def test_only_the_technician_who_treated_signs_performed_by_others_review(done: Finished) -> None:
+    hashed = await done.accounts.hash_password(PASSWORD)
+    async with done.accounts.sessions() as s, s.begin():
+        await UsersRepository(s).add(
+            TechUser(username="rroe", full_name="Rick Roe", role="technician", password_hash=hashed)
+        )
+    with pytest.raises(
+        SignatureRefused, match=f"only the technician who performed session {done.session_id}"
+    ):
+        await sign_session(done.accounts, done.session_id, "rroe", PASSWORD, "performed by")
+    db = done.data_dir.db_path
+    assert _rows(db, "SELECT kind FROM session_records") == [("final",)]
+    assert _rows(db, "SELECT outcome, username FROM audit_log WHERE action = 'session_sign'") == [
+        ("failure", "rroe")
+    ]
+    signed = await sign_session(done.accounts, done.session_id, "rroe", PASSWORD, "reviewed by")
+    assert (signed.printed_name, signed.meaning) == ("Rick Roe", "reviewed by")
     assert verify_database(db).failure is None
