@@ -13,6 +13,7 @@ import json
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
@@ -35,13 +36,24 @@ from storage.chain import (
     verifying_key,
 )
 from storage.crypto_db import connect as open_database
+from storage.errors import StorageError
 from storage.signatures import check_records
+from storage.telemetry import scan_telemetry
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 FailureKind = Literal[
-    "altered", "missing", "reordered", "inserted", "truncated", "signature", "unsealed", "mismatch", "record"
+    "altered",
+    "missing",
+    "reordered",
+    "inserted",
+    "truncated",
+    "signature",
+    "unsealed",
+    "mismatch",
+    "record",
+    "file",
 ]
 
 
@@ -100,6 +112,10 @@ class VerifyResult:
     failure: Failure | None = None
     prunings: list[Pruning] = field(default_factory=list)
     signatures: int = 0
+    #: Finished sessions' telemetry files whose bytes were checked against their recorded SHA-256, and those
+    #: absent because a retention run removed them (only counted when the files were checked at all).
+    telemetry_files: int = 0
+    telemetry_pruned: int = 0
 
     @property
     def ok(self) -> bool:
@@ -413,10 +429,62 @@ def read_outside_checkpoints(path: Path) -> list[Checkpoint]:
         raise ChainError(f"{path.name} is not a readable checkpoint file: {exc}") from None
 
 
-def verify_database(path: Path, *, keys_of: Path | None = None, backup: bool = False) -> VerifyResult:
+def _telemetry_cutoff(connection: sqlite3.Connection) -> datetime | None:
+    """The latest telemetry cutoff of any retention run recorded in the audit trail (None: none ran)."""
+    latest: datetime | None = None
+    for (details,) in connection.execute("SELECT details FROM audit_log WHERE action = 'records_prune'"):
+        try:
+            cut = datetime.fromisoformat(str(json.loads(details)["cutoffs"]["telemetry"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+        latest = cut if latest is None or cut > latest else latest
+    return latest
+
+
+def check_telemetry_files(connection: sqlite3.Connection, data_root: Path, result: VerifyResult) -> None:
+    """Hash every finished session's telemetry file as it is now and compare it with the SHA-256 its session
+    recorded when it ended. The first file that differs, cannot be read, or is gone without a retention run
+    having removed it (its session ended before the run's telemetry cutoff) is ``result.failure``."""
+    cutoff = _telemetry_cutoff(connection)
+    rows = connection.execute(
+        "SELECT session_id, coalesce(end_time, start_time), telemetry_path, telemetry_sha256 FROM sessions "
+        "WHERE telemetry_sha256 IS NOT NULL AND telemetry_path IS NOT NULL ORDER BY session_id"
+    ).fetchall()
+    for session_id, ended, recorded, digest in rows:
+        path = Path(str(recorded))
+        path = path if path.is_absolute() else data_root / path
+        where = f"session {session_id}: its telemetry file {recorded}"
+        if not path.exists():
+            try:
+                removed = cutoff is not None and datetime.fromisoformat(str(ended)) < cutoff
+            except ValueError:
+                removed = False
+            if removed:
+                result.telemetry_pruned += 1
+                continue
+            result.failure = Failure("file", f"{where} is missing (no retention run removed it)")
+            return
+        try:
+            found = scan_telemetry(path, parse=False).sha256
+        except StorageError as exc:
+            result.failure = Failure("file", f"{where} cannot be read: {exc}")
+            return
+        if found != digest:
+            result.failure = Failure(
+                "file", f"{where} no longer matches the SHA-256 recorded when the session ended (altered)"
+            )
+            return
+        result.telemetry_files += 1
+
+
+def verify_database(
+    path: Path, *, keys_of: Path | None = None, backup: bool = False, files_of: Path | None = None
+) -> VerifyResult:
     """Verify the database file ``path`` with the keys of the database ``keys_of`` (default ``path``).
 
     With ``backup`` the checkpoint file kept beside ``path`` (when there is one) is checked against it too.
+    With ``files_of`` (the data directory's root) the finished sessions' telemetry files under it are checked
+    against their recorded SHA-256 once the records verify (:func:`check_telemetry_files`).
     Raises :class:`storage.chain.ChainKeyError` for a missing or malformed key and :class:`ChainError` when
     the file cannot be read or predates the chain; a failed verification is a result, not an error.
     """
@@ -432,7 +500,10 @@ def verify_database(path: Path, *, keys_of: Path | None = None, backup: bool = F
             if beside.exists():
                 outside = read_outside_checkpoints(beside)
                 label = beside.name
-        return verify_connection(connection, key=key, public=public, outside=outside, outside_label=label)
+        result = verify_connection(connection, key=key, public=public, outside=outside, outside_label=label)
+        if files_of is not None and result.failure is None:
+            check_telemetry_files(connection, files_of, result)
+        return result
     except sqlite3.DatabaseError as exc:
         raise ChainError(f"cannot read {path.name}: {exc}") from None
     finally:
@@ -444,6 +515,7 @@ __all__ = [
     "Failure",
     "Pruning",
     "VerifyResult",
+    "check_telemetry_files",
     "open_read_only",
     "read_outside_checkpoints",
     "verify_connection",

@@ -3,6 +3,7 @@ what the signature tests and the end-of-session and past-session screen tests sh
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from dataclasses import dataclass
@@ -94,7 +95,12 @@ async def finished_session(
         status="completed",
         reason=None,
         summary=SessionSummary(laser_on_time_s=30.0, avg_power_w=0.98, max_power_w=1.0, energy_j=29.4),
-        telemetry=TelemetrySummary(path=telemetry, line_count=1, sha256="ab" * 32, size_bytes=9),
+        telemetry=TelemetrySummary(
+            path=telemetry,
+            line_count=1,
+            sha256=hashlib.sha256(b'{"t": 0}\n').hexdigest(),
+            size_bytes=9,
+        ),
         video_path=None,
     )
     return Finished(opened.session_id, accounts, service, clock, data_dir)

@@ -5,7 +5,7 @@ that was altered behind the triggers."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -171,3 +171,23 @@ async def test_only_the_technician_who_treated_signs_performed_by_others_review(
     signed = await sign_session(done.accounts, done.session_id, "rroe", PASSWORD, "reviewed by")
     assert (signed.printed_name, signed.meaning) == ("Rick Roe", "reviewed by")
     assert verify_database(db).failure is None
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (lambda path: path.write_text('{"t": 1}\n', encoding="utf-8"), "no longer matches the SHA-256"),
+        (lambda path: path.unlink(), "is missing (no retention run removed it)"),
+    ],
+)
+async def test_a_telemetry_file_changed_or_removed_after_the_session_fails_verification_naming_it(
+    done: Finished, capsys: pytest.CaptureFixture[str], change: Callable[[Path], object], named: str
+) -> None:
+    root = str(done.data_dir.root)
+    assert cli.main(["audit", "verify", "--data-dir", root]) == 0
+    assert "1 telemetry files match their recorded SHA-256" in capsys.readouterr().out
+    (telemetry,) = done.data_dir.root.glob("sessions/*/*/telemetry.jsonl")
+    change(telemetry)
+    assert cli.main(["audit", "verify", "--data-dir", root]) == 1
+    err = capsys.readouterr().err
+    assert f"session {done.session_id}: its telemetry file" in err and named in err

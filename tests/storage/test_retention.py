@@ -110,7 +110,10 @@ async def eight_years(tmp_path: Path, migrated_template: Path) -> AsyncIterator[
                         laser_on_time_s=60.0, avg_power_w=1.0, max_power_w=1.0, energy_j=60.0
                     ),
                     telemetry=TelemetrySummary(
-                        path=telemetry, line_count=50, sha256="cd" * 32, size_bytes=450
+                        path=telemetry,
+                        line_count=50,
+                        sha256=hashlib.sha256(b'{"t": 0}\n' * 50).hexdigest(),
+                        size_bytes=450,
                     ),
                     video_path=str(video),
                 )

@@ -125,7 +125,8 @@ def test_a_clean_database_verifies_with_its_counts(chained: Path, capsys: pytest
         "treatment_events: 20 rows (0 sealed before the chain), 1 checkpoints",
         "session_records: 0 rows (0 sealed before the chain), 1 checkpoints",
         "0 signatures and signed addenda match their sessions' records",
-        "ok: tosca.db: every chain, checkpoint and signature verifies",
+        "0 telemetry files match their recorded SHA-256",
+        "ok: tosca.db: every chain, checkpoint and signature verifies, and every telemetry file",
     ]
 
 

@@ -115,7 +115,12 @@ def _verify(data_dir: Path, backup: Path | None) -> int:
     live = DataDir(data_dir).db_path
     target = live if backup is None else backup
     try:
-        result = verify_database(target, keys_of=live, backup=backup is not None)
+        result = verify_database(
+            target,
+            keys_of=live,
+            backup=backup is not None,
+            files_of=None if backup is not None else DataDir(data_dir).root,
+        )
     except ChainKeyError as exc:
         print(f"tosca: {one_line(exc)}", file=sys.stderr)
         return KEY_REFUSED
@@ -136,7 +141,13 @@ def _verify(data_dir: Path, backup: Path | None) -> int:
     for pruning in result.prunings:
         print(pruning.describe())
     print(f"{result.signatures} signatures and signed addenda match their sessions' records")
-    print(f"ok: {target.name}: every chain, checkpoint and signature verifies")
+    if backup is None:
+        pruned = f" ({result.telemetry_pruned} removed by retention)" if result.telemetry_pruned else ""
+        print(f"{result.telemetry_files} telemetry files match their recorded SHA-256{pruned}")
+    print(
+        f"ok: {target.name}: every chain, checkpoint and signature verifies"
+        + ("" if backup else ", and every telemetry file")
+    )
     sys.stdout.flush()
     return 0
 
