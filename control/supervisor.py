@@ -55,7 +55,10 @@ _LOG = logging.getLogger(__name__)
 
 #: A device reading older than this (s) makes the "devices" term false.
 MAX_READING_AGE_S: Final = 0.100
-#: Deviation must persist this long (s) before a photodiode warning or fault.
+#: Deviation must persist this long (s) before a photodiode warning or fault. Like every persistence window
+#: here, it is counted from the last sample judged without the condition (the condition began at some moment
+#: after it, and the earliest is assumed), never from before judging began: a window is not lengthened by
+#: the time until the next sample shows the condition (up to one sample period, 10 ms at 100 Hz).
 PHOTODIODE_PERSISTENCE_S: Final = 0.500
 #: After the output switches on or the setpoint changes, the photodiode is not judged for this long (s).
 PHOTODIODE_SETTLE_S: Final = 0.050
@@ -330,6 +333,10 @@ class SafetySupervisor:
         self._fault_deviation_since: float | None = None
         self._warning_logged = False
         self._stray_since: float | None = None
+        #: When a judged sample last showed no warning deviation, no fault deviation, no stray light.
+        self._warning_clear_at: float | None = None
+        self._fault_clear_at: float | None = None
+        self._stray_clear_at: float | None = None
         self._judge_timer: asyncio.TimerHandle | None = None
         self._treating_total_s = 0.0
         self._treating_since: float | None = None
@@ -801,27 +808,38 @@ class SafetySupervisor:
             return
         self._check(item.received)
 
+    @staticmethod
+    def _window_opens(clear_at: float | None, judged_from: float) -> float:
+        """Where a persistence window opens when a sample first shows its condition: at the last sample
+        judged without it, or when judging began (``judged_from``) if that is later or there was none."""
+        return judged_from if clear_at is None else max(clear_at, judged_from)
+
     def _judge_photodiode(self, now: float) -> None:
         measured = self.measured_power_w()
         if measured is None:
             return
         if not self.output_commanded_on:
             self._deviation_since = self._fault_deviation_since = None
-            if measured > STRAY_LIGHT_W and now - self.output_changed_at >= STRAY_LIGHT_GRACE_S:
+            judged_from = self.output_changed_at + STRAY_LIGHT_GRACE_S
+            if now < judged_from:
+                self._stray_since = None
+            elif measured > STRAY_LIGHT_W:
                 if self._stray_since is None:
-                    self._stray_since = now
-                    self._judge_again_at(now + STRAY_LIGHT_PERSISTENCE_S)
+                    self._stray_since = self._window_opens(self._stray_clear_at, judged_from)
+                    self._judge_again_at(self._stray_since + STRAY_LIGHT_PERSISTENCE_S)
             else:
                 self._stray_since = None
+                self._stray_clear_at = now
             return
         self._stray_since = None
-        if now - max(self.output_changed_at, self._setpoint_changed_at) < PHOTODIODE_SETTLE_S:
+        judged_from = max(self.output_changed_at, self._setpoint_changed_at) + PHOTODIODE_SETTLE_S
+        if now < judged_from:
             return
         percent = abs(deviation_percent(measured, self.commanded_w))
         if percent > self.limits.photodiode_warning_percent:
             if self._deviation_since is None:
-                self._deviation_since = now
-            elif not self._warning_logged and now - self._deviation_since >= PHOTODIODE_PERSISTENCE_S:
+                self._deviation_since = self._window_opens(self._warning_clear_at, judged_from)
+            if not self._warning_logged and now - self._deviation_since >= PHOTODIODE_PERSISTENCE_S:
                 self._warning_logged = True
                 text = (
                     f"photodiode: measured {measured:.2f} W against {self.commanded_w:.2f} W commanded "
@@ -838,12 +856,14 @@ class SafetySupervisor:
         else:
             self._deviation_since = None
             self._warning_logged = False
+            self._warning_clear_at = now
         if percent > self.limits.photodiode_fault_percent:
             if self._fault_deviation_since is None:
-                self._fault_deviation_since = now
-                self._judge_again_at(now + PHOTODIODE_PERSISTENCE_S)
+                self._fault_deviation_since = self._window_opens(self._fault_clear_at, judged_from)
+                self._judge_again_at(self._fault_deviation_since + PHOTODIODE_PERSISTENCE_S)
         else:
             self._fault_deviation_since = None
+            self._fault_clear_at = now
 
     def _judge_again_at(self, when: float) -> None:
         """Evaluate the terms again at ``when`` (the supervisor's clock, s): the moment a persistence window

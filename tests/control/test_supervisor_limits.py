@@ -2,7 +2,8 @@
 a reading may be 100 ms old and no older; the photodiode is judged from 50 ms after the output or the
 setpoint changes; a deviation above 15 % for 500 ms is a warning and above 30 % for 500 ms a fault, taken
 against the commanded power but never against less than 0.5 W; light above 0.25 W while the output is off
-is a fault once seen for 20 ms, counted from 50 ms after the switch-off.
+is a fault once seen for 20 ms, counted from 50 ms after the switch-off. Each window opens at the last
+sample judged without its condition (or when judging began, if later), not at the first sample showing it.
 
 Each limit is tested on both sides, at the exact value where the rule says so, with literal numbers: a test
 that computed its times from the module's own constants would follow a wrong constant.
@@ -190,6 +191,39 @@ async def test_the_fault_persistence_is_judged_when_it_ends_without_waiting_for_
     assert_off_and_disarmed(world)
 
 
+async def test_a_fault_window_opens_at_the_last_sample_that_showed_no_deviation(worlds: list[World]) -> None:
+    """Samples every 10 ms: the last one within the limits at 1.0 s, the deviation first seen at 1.01 s. It
+    began at some moment after 1.0 s, and the earliest is assumed: the fault comes 500 ms after 1.0 s, not
+    after 1.01 s."""
+    world = await treating_from_zero(2.5)
+    worlds.append(world)
+    light(world, 2.5)
+    at(world, 1.0)
+    light(world, 1.25)
+    for t in (1.01, 1.2, 1.499):
+        at(world, t)
+    assert world.sup.state is S.TREATING
+    at(world, 1.5)
+    assert world.sup.state is S.FAULT
+    assert world.sup.fault is not None and world.sup.fault.term is Term.PHOTODIODE
+    await world.settle()
+    assert_off_and_disarmed(world)
+
+
+async def test_a_warning_window_opens_at_the_last_sample_within_15_percent(worlds: list[World]) -> None:
+    world = await treating_from_zero(2.5)
+    worlds.append(world)
+    light(world, 2.2)  # 12 %: within
+    at(world, 1.0)
+    light(world, 2.1)  # 16 %
+    for t in (1.01, 1.499):
+        at(world, t)
+    assert world.sup.warnings == []
+    at(world, 1.5)
+    assert len(world.sup.warnings) == 1
+    await world.settle()
+
+
 # ------------------------------------------------------------------------ photodiode: 15 % and 30 %
 async def _deviate(measured_w: float) -> World:
     """Treating at 2.5 W with ``measured_w`` W measured from 0.05 s to 1.0 s."""
@@ -314,6 +348,23 @@ async def test_light_over_0_25_w_while_off_faults_once_seen_for_20_ms(worlds: li
     await world.settle()
     [entry] = world.log.of_type("photodiode_out_of_range")
     assert entry.severity == "emergency"
+    assert_off_and_disarmed(world)
+
+
+async def test_stray_light_counts_from_the_last_dark_sample(worlds: list[World]) -> None:
+    """Off since -0.05 s: dark at 0.0 s, light first seen at 0.01 s; the fault at 0.02 s, 20 ms after the
+    last dark sample."""
+    world = await armed_from(-0.05)
+    worlds.append(world)
+    light(world, 0.0)
+    at(world, 0.0)
+    light(world, 0.26)
+    at(world, 0.01)
+    at(world, 0.019)
+    assert world.sup.state is S.ARMED
+    at(world, 0.02)
+    assert world.sup.state is S.FAULT
+    await world.settle()
     assert_off_and_disarmed(world)
 
 
