@@ -47,8 +47,10 @@ Measurements:
   down``, wait for output on.
 - **photodiode fault**: treating at 5 W with the output settled (a snapshot at least 100 ms after the
   output came on, measured power within 10 % of commanded), ``photodiode gain 0.5`` (measured power 50 % low)
-  until the off line. The supervisor requires the deviation to persist for 500 ms, so the figure is reported
-  both as measured and minus 500 ms. Then gain 1.0, pedal up, reset, arm, pedal down.
+  until the off line. The supervisor requires the deviation to persist for 500 ms, counted from the last
+  sample without it (so up to one 10 ms sample period before the gain changed), so the figure is reported
+  both as measured and minus 500 ms (slightly negative when the last good sample came well before the
+  change). Then gain 1.0, pedal up, reset, arm, pedal down.
 - **baseline**: one line written to a raw pty master until the slave's reader on this loop has it, under the
   same load, as ``bench_push_latency.py`` does: first as a back-to-back burst before the trials, then
   ("baseline during the trials") one line every 20 ms for as long as the trials run, so that it meets what
