@@ -368,6 +368,22 @@ async def test_stray_light_counts_from_the_last_dark_sample(worlds: list[World])
     assert_off_and_disarmed(world)
 
 
+async def test_stray_light_is_judged_when_its_20_ms_end_without_waiting_for_a_sample(
+    worlds: list[World],
+) -> None:
+    world = await armed_from(-0.05)
+    worlds.append(world)
+    light(world, 0.0)
+    at(world, 0.0)
+    light(world, 0.26)
+    at(world, 0.01)
+    world.clock.now = 0.02
+    assert world.sup.state is S.ARMED, "nothing judged it yet"
+    await wait_until(lambda: world.sup.state is S.FAULT, 3.0, "the fault when the 20 ms window closes")
+    await world.settle()
+    assert_off_and_disarmed(world)
+
+
 async def test_stray_light_that_stops_before_20_ms_starts_the_count_again(worlds: list[World]) -> None:
     world = await armed_from(-0.05)
     worlds.append(world)
