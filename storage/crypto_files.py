@@ -35,12 +35,10 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final
 
 from storage.crypto_db import (
-    KEY_FILE_ENV,
     DatabaseKey,
     DatabaseKeyError,
     is_encrypted_file,
-    key_file_for,
-    read_key_file,
+    required_key,
     switch_on,
 )
 from storage.errors import StorageError
@@ -120,12 +118,7 @@ def session_key_for(path: Path) -> bytes | None:
 
 
 def _key_of(root: Path, path: Path) -> bytes:
-    key_file = key_file_for(DataDir(root).db_path)
-    if key_file is None:
-        raise DatabaseKeyError(
-            f"{path.name} is encrypted and no database key file is known for it (set {KEY_FILE_ENV})"
-        )
-    return session_key(read_key_file(key_file))
+    return session_key(required_key(DataDir(root).db_path))
 
 
 class ChunkSealer:
