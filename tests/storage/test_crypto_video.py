@@ -87,7 +87,7 @@ async def test_a_recording_whose_writer_is_killed_reads_back_up_to_its_last_seal
         opened = await writer.stdout.readline()
         assert opened.decode().strip() == str(seal.fifo)  # the recorder wrote into the FIFO, not beside it
         # Several chunks sealed (each at most 0.2 s of video), then the camera dies mid-recording.
-        await wait_until(lambda: target.stat().st_size > 40_000, 30.0, "sealed video chunks")
+        await wait_until(lambda: target.stat().st_size > 12_000, 30.0, "sealed video chunks")
     finally:
         writer.kill()
         await writer.wait()
@@ -99,7 +99,7 @@ async def test_a_recording_whose_writer_is_killed_reads_back_up_to_its_last_seal
         read_session_file(target, key=key)
     with open_session_file(target, key=key, allow_unfinished=True) as handle:
         video = handle.read()
-    assert video.startswith(EBML) and len(video) > 30_000
+    assert video.startswith(EBML) and len(video) > 8_000
     assert _frames(video, tmp_path / "decrypted.mkv") >= 5
 
 
