@@ -6,8 +6,9 @@ folder. It starts a :class:`VideoSeal`, which:
 1. makes a private folder (mode 0700) holding one FIFO (mode 0600) named like a video file (``video.mkv``, so
    the camera's writer picks Matroska, whose writer never seeks back);
 2. starts the sealing process, ``python -m storage.video_seal --fifo FIFO --out FILE``, in a session of its
-   own (a Ctrl-C at the terminal does not reach it), and hands it the session-file key on its standard input
-   (never on its command line or in its environment);
+   own (a Ctrl-C at the terminal does not reach it; it drops a real-time policy, runs at nice 10 and off the
+   controller's CPU when the controller is pinned to one), and hands it the session-file key on its
+   standard input (never on its command line or in its environment);
 3. waits for the process to have created the encrypted file (exclusively, mode 0640, :class:`storage.
    crypto_files.EncryptingWriter`); the camera is then asked to record into the FIFO as if it were a file.
 
@@ -172,6 +173,23 @@ class VideoSeal:
                 self.target.unlink()
 
 
+def yield_to_the_controller() -> None:
+    """Give up the priority inherited from the controller: the normal (SCHED_OTHER) policy, nice
+    :data:`SEAL_NICE` at least, and the CPUs the controller was not pinned to, when it was pinned."""
+    if hasattr(os, "sched_getscheduler"):
+        with contextlib.suppress(OSError):
+            if os.sched_getscheduler(0) != os.SCHED_OTHER:
+                os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    with contextlib.suppress(OSError):
+        if os.getpriority(os.PRIO_PROCESS, 0) < SEAL_NICE:
+            os.setpriority(os.PRIO_PROCESS, 0, SEAL_NICE)
+    if hasattr(os, "sched_getaffinity"):
+        with contextlib.suppress(OSError):
+            others = set(range(os.cpu_count() or 1)) - os.sched_getaffinity(0)
+            if others:
+                os.sched_setaffinity(0, others)
+
+
 def _read_exact(fd: int, count: int) -> bytes:
     data = b""
     while len(data) < count:
@@ -215,9 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--period", type=float, default=SEAL_PERIOD_S, help="seconds between sealed chunks")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    with contextlib.suppress(OSError):
-        if os.getpriority(os.PRIO_PROCESS, 0) < SEAL_NICE:
-            os.setpriority(os.PRIO_PROCESS, 0, SEAL_NICE)
+    yield_to_the_controller()
     key = _read_exact(sys.stdin.fileno(), 32)
     if len(key) != 32:
         print("no key was handed over", file=sys.stderr)
