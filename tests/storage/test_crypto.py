@@ -170,7 +170,14 @@ def test_wrong_missing_and_wrong_length_keys_are_one_line_refusals(
         f"{refused_key}${KEY_FILE_ENV} is unset and the location file {location} points to {key_file}, "
         "which is missing"
     )
-    (tmp_path / "moved.key").rename(key_file)
+    key_file.write_bytes(b"short")  # the recorded path holds something else
+    with pytest.raises(DatabaseKeyError) as refused:
+        check_database(data.db_path)
+    assert str(refused.value) == (
+        f"{refused_key}${KEY_FILE_ENV} is unset and the location file {location} points to {key_file}, "
+        "which holds 5 bytes, not 32"
+    )
+    (tmp_path / "moved.key").replace(key_file)
     # The location file deleted: named, instead of SQLite's "file is not a database", by every way in.
     location.rename(tmp_path / "kept-location")
     missing = (
