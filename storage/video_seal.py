@@ -135,7 +135,7 @@ class VideoSeal:
     def _remove_fifo(self) -> None:
         shutil.rmtree(self._folder, ignore_errors=True)
 
-    async def finish(self, *, complete: bool = True, timeout_s: float = 30.0) -> bool:
+    async def finish(self, *, complete: bool = True, timeout_s: float = 10.0) -> bool:
         """After the camera closed the video: seal the last chunk (``complete``) or leave the file cut short
         (the recording ended on an error); wait for the process and remove the FIFO. True when the file is
         complete. A process that does not end within ``timeout_s`` is killed (the file is then cut short)."""
