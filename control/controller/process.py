@@ -2,9 +2,9 @@
 the sockets in order, starts the device monitors and the snapshot feed, and closes it all again.
 
 Start-up order: the rig first (its lock, then "output off" to the laser driver, verified, before anything
-else), then the database (upgraded to the head revision; sessions left open by a crash closed as aborted; where
-the records are encrypted, plain files a crash left in the session folders encrypted),
-then the safety board's watchdog, heartbeat and sample stream, then the device monitors and the sockets.
+else), then the database (upgraded to the head revision; sessions left open by a crash closed as aborted;
+where the records are encrypted, plain files a crash left in the session folders encrypted), then the safety
+board's watchdog, heartbeat and sample stream, then the device monitors and the sockets.
 """
 
 from __future__ import annotations

@@ -320,11 +320,11 @@ def test_a_plain_database_is_opened_as_before_and_garbage_is_not_taken_for_an_en
     assert type(connection) is sqlite3.Connection  # the standard library's, as before
     garbage = tmp_path / "garbage.db"
     garbage.write_bytes(os.urandom(8192))
-    with pytest.raises(StorageError, match="not an SQLite database as it stands .encrypted, or damaged."):
+    with pytest.raises(StorageError, match=r"not an SQLite database as it stands \(encrypted, or damaged\)"):
         check_database(garbage)
     text = tmp_path / "text.db"
     text.write_bytes(b"not a database at all " * 200)
-    with pytest.raises(StorageError, match="not an SQLite database .bad file header."):
+    with pytest.raises(StorageError, match=r"not an SQLite database \(bad file header\)"):
         check_database(text)
     with pytest.raises(DatabaseKeyError, match="holds 3 bytes"):
         key = tmp_path / "three"
