@@ -16,7 +16,12 @@ created encrypted when a key location is recorded for it.
 The key file holds exactly 32 bytes (made with ``os.urandom``, mode 0600). It is handed to SQLCipher as a raw
 key (``PRAGMA key = "x'...'"``), so no key derivation runs when a connection opens (well under a millisecond).
 A missing, unreadable or wrongly sized key file, or a key that does not open the file, raises
-:class:`DatabaseKeyError` whose one line names the file that was looked at.
+:class:`DatabaseKeyError` whose one line names where the key was looked for: ``$TOSCA_DB_KEY_FILE`` unset or
+set to a file, the location file missing or pointing to a key file that is missing or of the wrong length.
+A file that is not plain SQLite by its header and a whole number of pages long is taken for an encrypted
+database even when no key is set or recorded (:func:`looks_encrypted`), so a deleted location file is named
+instead of SQLite's "file is not a database"; a damaged plain database keeps its header and still gets the
+damaged-database message.
 
 SQLCipher connections come from the ``sqlcipher3`` package, whose errors are its own classes. Every call on
 a connection from here re-raises them as the standard library's :mod:`sqlite3` errors of the same name (with
@@ -37,7 +42,7 @@ from types import ModuleType, TracebackType
 from typing import Any, Final, Literal, TypeVar, cast
 from urllib.parse import quote
 
-from storage.errors import StorageError
+from storage.errors import DatabaseCheckError, StorageError
 
 #: Environment variable naming the key file; it wins over the recorded location.
 KEY_FILE_ENV: Final = "TOSCA_DB_KEY_FILE"
@@ -53,6 +58,11 @@ _T = TypeVar("_T")
 
 class DatabaseKeyError(StorageError):
     """The database is encrypted and its key file is missing, unreadable, the wrong size or the wrong key."""
+
+
+class MissingKeyError(DatabaseKeyError, DatabaseCheckError):
+    """A database file is not plain SQLite (encrypted, or damaged) and no key file is set or recorded for it:
+    a refusal of the file as well (a restore reports it as a bad file)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,28 +144,64 @@ def switch_on(path: Path) -> bool:
     return _find_recorded(path) is not None
 
 
-def key_file_for(path: Path) -> Path | None:
-    """The key file that opens the database file ``path``: ``$TOSCA_DB_KEY_FILE``, else the recorded one."""
+def _key_source(path: Path) -> tuple[Path | None, str]:
+    """The key file for the database file ``path`` (or None) and where it was looked for, in words."""
     configured = os.environ.get(KEY_FILE_ENV, "").strip()
     if configured:
-        return Path(configured)
+        return Path(configured), f"${KEY_FILE_ENV} is set to {configured}"
     found = _find_recorded(path)
-    return found[0] if found else None
+    if found is not None:
+        key_file, record = found
+        return key_file, f"${KEY_FILE_ENV} is unset and the location file {record} points to {key_file}"
+    beside = key_location_file(Path(path).absolute().parent)
+    return None, f"${KEY_FILE_ENV} is unset and the location file {beside} is missing"
+
+
+def key_file_for(path: Path) -> Path | None:
+    """The key file that opens the database file ``path``: ``$TOSCA_DB_KEY_FILE``, else the recorded one."""
+    return _key_source(path)[0]
+
+
+def _key_problem(key_file: Path) -> tuple[DatabaseKey | None, str]:
+    try:
+        raw = Path(key_file).read_bytes()
+    except FileNotFoundError:
+        return None, "which is missing"
+    except OSError as exc:
+        return None, f"which cannot be read: {exc.strerror or exc}"
+    if len(raw) != KEY_BYTES:
+        return None, f"which holds {len(raw)} bytes, not {KEY_BYTES}"
+    return DatabaseKey(Path(key_file), raw), ""
 
 
 def read_key_file(key_file: Path) -> DatabaseKey:
     """The key in ``key_file``; :class:`DatabaseKeyError` (one line naming the file) when it is missing,
     unreadable or not exactly :data:`KEY_BYTES` bytes."""
-    try:
-        raw = Path(key_file).read_bytes()
-    except FileNotFoundError:
-        raise DatabaseKeyError(f"no database key file at {key_file}") from None
-    except OSError as exc:
-        reason = exc.strerror or exc
-        raise DatabaseKeyError(f"cannot read the database key file {key_file}: {reason}") from None
-    if len(raw) != KEY_BYTES:
-        raise DatabaseKeyError(f"the database key file {key_file} holds {len(raw)} bytes, not {KEY_BYTES}")
-    return DatabaseKey(Path(key_file), raw)
+    key, problem = _key_problem(key_file)
+    if key is not None:
+        return key
+    if problem == "which is missing":
+        raise DatabaseKeyError(f"no database key file at {key_file}")
+    if problem.startswith("which holds"):
+        raise DatabaseKeyError(f"the database key file {key_file} {problem.removeprefix('which ')}")
+    raise DatabaseKeyError(f"cannot read the database key file {key_file}: {problem.split(': ', 1)[1]}")
+
+
+def required_key(path: Path) -> DatabaseKey:
+    """The key of the encrypted database file ``path`` (or of a file of its data directory), found as the
+    module says; :class:`DatabaseKeyError` in one line naming every place looked at when it cannot be had
+    (:class:`MissingKeyError` when no key file is set or recorded at all)."""
+    name = Path(path).name
+    key_file, where = _key_source(path)
+    if key_file is None:
+        raise MissingKeyError(
+            f"{name} is not an SQLite database as it stands (encrypted, or damaged) and no key was found: "
+            f"{where}"
+        )
+    key, problem = _key_problem(key_file)
+    if key is None:
+        raise DatabaseKeyError(f"{name} is encrypted and its key cannot be read: {where}, {problem}")
+    return key
 
 
 def create_key_file(key_file: Path) -> DatabaseKey:
@@ -208,32 +254,47 @@ def is_encrypted_file(path: Path) -> bool:
     return bool(head) and head != SQLITE_MAGIC
 
 
+def looks_encrypted(path: Path) -> bool:
+    """True when ``path`` may be an SQLCipher database: not plain SQLite by its header, and a whole number of
+    pages long (512 bytes at least, a multiple of 512), as every SQLCipher file is. A text file or a file
+    cut mid-page is not taken for one."""
+    if not is_encrypted_file(path):
+        return False
+    try:
+        size = Path(path).stat().st_size
+    except OSError:
+        return False
+    return size >= 512 and size % 512 == 0
+
+
 def needs_key(path: Path) -> bool:
-    """True when ``path`` is a non-empty file that is not plain SQLite and a key file is known for it (set or
-    recorded): it is opened as an encrypted database. Without a known key it is opened (and refused) as a
-    file that is not a database."""
-    return is_encrypted_file(path) and key_file_for(path) is not None
+    """True when ``path`` is opened as an encrypted database: a non-empty file that is not plain SQLite, with
+    a key file known for it (set or recorded), or that looks like one (:func:`looks_encrypted`; opening it
+    then names where the key was looked for). Any other file is opened (and refused) as not a database."""
+    return is_encrypted_file(path) and (key_file_for(path) is not None or looks_encrypted(path))
 
 
 def key_for(path: Path) -> DatabaseKey | None:
     """The key that opens the database file ``path``, or None when it is (or will be created) plain.
 
-    A file that is not plain SQLite needs the key of :func:`key_file_for` (:class:`DatabaseKeyError` names the
-    file when it cannot be read; with no key file known at all the file is opened plain, and so refused as
-    not a database). An absent or empty file is encrypted when a key location is recorded for it.
+    A file that is not plain SQLite by its header needs a key (:func:`required_key`): with none set or
+    recorded, :class:`MissingKeyError` names where it was looked for, unless the file cannot be an SQLCipher
+    database (:func:`looks_encrypted`), which is then opened plain and refused as not a database. An absent
+    or empty file is encrypted when a key location is recorded for it. :class:`DatabaseKeyError` names the
+    places looked at when the key file is missing, unreadable or of the wrong length.
     """
     path = Path(path)
     if is_encrypted_file(path):
-        key_file = key_file_for(path)
-        return None if key_file is None else read_key_file(key_file)
+        if key_file_for(path) is None and not looks_encrypted(path):
+            return None
+        return required_key(path)
     try:
         empty = path.stat().st_size == 0
     except FileNotFoundError:
         empty = True
     if not (empty and switch_on(path)):
         return None
-    key_file = key_file_for(path)
-    return None if key_file is None else read_key_file(key_file)
+    return required_key(path)
 
 
 # ---- SQLCipher connections that raise the standard library's errors
@@ -476,6 +537,7 @@ __all__ = [
     "KEY_LOCATION_NAME",
     "DatabaseKey",
     "DatabaseKeyError",
+    "MissingKeyError",
     "connect",
     "connect_keyed",
     "create_key_file",
@@ -485,11 +547,13 @@ __all__ = [
     "key_file_for",
     "key_for",
     "key_location_file",
+    "looks_encrypted",
     "needs_key",
     "open_for_export",
     "read_key_file",
     "record_key_file",
     "recorded_key_file",
+    "required_key",
     "sqlcipher_version",
     "switch_on",
     "use_data_dir",

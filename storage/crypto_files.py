@@ -35,12 +35,10 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final
 
 from storage.crypto_db import (
-    KEY_FILE_ENV,
     DatabaseKey,
     DatabaseKeyError,
     is_encrypted_file,
-    key_file_for,
-    read_key_file,
+    required_key,
     switch_on,
 )
 from storage.errors import StorageError
@@ -120,12 +118,7 @@ def session_key_for(path: Path) -> bytes | None:
 
 
 def _key_of(root: Path, path: Path) -> bytes:
-    key_file = key_file_for(DataDir(root).db_path)
-    if key_file is None:
-        raise DatabaseKeyError(
-            f"{path.name} is encrypted and no database key file is known for it (set {KEY_FILE_ENV})"
-        )
-    return session_key(read_key_file(key_file))
+    return session_key(required_key(DataDir(root).db_path))
 
 
 class ChunkSealer:
@@ -209,6 +202,17 @@ class EncryptingWriter:
             self._seal(bytes(self._pending), last=True)
             self._pending.clear()
             os.fsync(self._handle.fileno())
+        finally:
+            handle, self._handle = self._handle, None
+            handle.close()
+
+    def abandon(self) -> None:
+        """Seal the buffered bytes as a chunk, flush them to disk and close the file *without* its last chunk:
+        the file then reads as cut short (its complete chunks with ``allow_unfinished``)."""
+        if self._handle is None:
+            return
+        try:
+            self.fsync()
         finally:
             handle, self._handle = self._handle, None
             handle.close()
@@ -375,6 +379,17 @@ def encrypt_session_tree(folder: Path, key: bytes) -> int:
     return count
 
 
+def seal_left_plain_files(data_root: Path) -> int:
+    """Encrypt every plain file left in the session folders of the data directory ``data_root`` (a crash
+    before a file was encrypted, or ``tosca db encrypt`` run while files were being written) when its records
+    are encrypted; return how many. An encrypted file is left untouched; 0 where encryption is off.
+    :class:`storage.crypto_db.DatabaseKeyError` when it is on and the key cannot be had."""
+    data = DataDir(Path(data_root))
+    if not (switch_on(data.db_path) or is_encrypted_file(data.db_path)):
+        return 0
+    return encrypt_session_tree(data.sessions, session_key(required_key(data.db_path)))
+
+
 __all__ = [
     "FILE_CHUNK",
     "MAGIC",
@@ -388,6 +403,7 @@ __all__ = [
     "is_encrypted_session_file",
     "open_session_file",
     "read_session_file",
+    "seal_left_plain_files",
     "seal_session_files",
     "session_key",
     "session_key_for",

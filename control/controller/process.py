@@ -2,8 +2,9 @@
 the sockets in order, starts the device monitors and the snapshot feed, and closes it all again.
 
 Start-up order: the rig first (its lock, then "output off" to the laser driver, verified, before anything
-else), then the database (upgraded to the head revision; sessions left open by a crash closed as aborted),
-then the safety board's watchdog, heartbeat and sample stream, then the device monitors and the sockets.
+else), then the database (upgraded to the head revision; sessions left open by a crash closed as aborted;
+where the records are encrypted, plain files a crash left in the session folders encrypted), then the safety
+board's watchdog, heartbeat and sample stream, then the device monitors and the sockets.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from control.vocabulary import Severity
 from devices.rig import Rig, RigConfig
 from devices.safety import BoardStatus, UnknownCommand, WatchdogState
 from storage import DataDir, create_engine, session_factory
+from storage.crypto_files import seal_left_plain_files
+from storage.errors import StorageError
 from storage.maintenance import upgrade_async
 
 _LOG = logging.getLogger(__name__)
@@ -124,6 +127,7 @@ class Controller(ControllerCommands):
             closed = await self.sessions.close_interrupted()
             if closed:
                 _LOG.warning("sessions closed as aborted at start-up: %s", closed)
+            await self._seal_left_plain_files()
             await install_library_protocols(self.db)
             await self._load_limits()  # SettingError: a refused value stops the start
             self.supervisor.start()
@@ -161,6 +165,17 @@ class Controller(ControllerCommands):
         # Everything made so far lives as long as the controller: out of the collector's full passes, which
         # otherwise walk it all with this loop stopped (measured 30 to 75 ms, the supervisor's tick included).
         gc.freeze()
+
+    async def _seal_left_plain_files(self) -> None:
+        """Where the records are encrypted, encrypt the plain files a crash left in the session folders,
+        on a worker thread, before any session can open; the count goes to the log."""
+        try:
+            count = await asyncio.to_thread(seal_left_plain_files, self.data.root)
+        except (StorageError, OSError) as exc:
+            _LOG.error("plain session files left as they are, not encrypted: %s", exc)
+            return
+        if count:
+            _LOG.warning("%d plain session files encrypted at start-up", count)
 
     async def close(self) -> None:
         """Stop emission, close any session as aborted, stop every task, disarm the board and switch its

@@ -34,14 +34,16 @@ from control.sessions import FinishStatus, SessionRefused, SummaryAccumulator
 from control.supervisor import Limits, Refused, SystemState, Term
 from control.system_config import SettingError, read_system_settings
 from control.vocabulary import SessionStatus, Severity
+from devices.camera import STREAM_REFUSED, VIDEO_SUFFIX, Camera
 from devices.safety import SafetyEvent, SafetySample
 from storage import utc_now
-from storage.crypto_files import seal_session_files
+from storage.crypto_files import seal_session_files, session_key_for
 from storage.maintenance import check_database
 from storage.models import SessionRecording
 from storage.repositories import SessionsRepository, UsersRepository
 from storage.telemetry import TelemetrySummary
 from storage.telemetry_line import TelemetrySample
+from storage.video_seal import VideoSeal
 
 _LOG = logging.getLogger(__name__)
 
@@ -49,10 +51,16 @@ _LOG = logging.getLogger(__name__)
 SMOOTHING_PWM = 120
 TEC_SETPOINT_C = 25.0
 TELEMETRY_FILE = "telemetry.jsonl"
+#: The session video's file name: ``video.mkv`` (``video.avi`` where the camera falls back to Motion-JPEG).
+VIDEO_STEM = "video"
+VIDEO_NAME = f"{VIDEO_STEM}{VIDEO_SUFFIX}"
 
 
 class TreatmentLifecycle(Imaging):
     """The session's life from opening to closing, on the controller's state."""
+
+    #: The encrypted recording of the running session's video, when the records are encrypted.
+    _video_seal: VideoSeal | None = None
 
     async def _load_limits(self) -> None:
         """The configured limits as ``system_config`` holds them now: read at start and again each time a
@@ -353,35 +361,76 @@ class TreatmentLifecycle(Imaging):
             await rig.actuator.find_index()
 
     async def _start_video(self, folder: Path) -> Path | None:
-        """Record the camera into the session folder; a camera problem is a warning, never a refusal."""
+        """Record the camera into the session folder; a camera problem is a warning, never a refusal.
+
+        Where the records are encrypted the video is encrypted as it is recorded (:mod:`storage.video_seal`:
+        the camera writes into a FIFO, a sealing process of its own writes the encrypted file), so it is never
+        plain on disk; only when the camera cannot write its video into a FIFO is it recorded plain and
+        encrypted when it closes."""
         camera = self.rig.camera
         if camera is None:
             return None
         try:
-            return await camera.start_recording(folder, fps=self.video_fps, stem="video")
+            key = await asyncio.to_thread(session_key_for, folder / VIDEO_NAME)
+            if key is not None:
+                sealed = await self._start_sealed_video(camera, folder, key)
+                if sealed is not None:
+                    return sealed
+            return await camera.start_recording(folder, fps=self.video_fps, stem=VIDEO_STEM)
         except Exception as exc:
             _LOG.warning("session video not recorded: %s", exc)
             self._event(Severity.WARNING, f"session video not recorded: {exc}")
             return None
 
+    async def _start_sealed_video(self, camera: Camera, folder: Path, key: bytes) -> Path | None:
+        """Start the sealing process and the camera recording into its FIFO; the encrypted file's path, or
+        None when the camera cannot write into a FIFO (the plain recording is then the way left)."""
+        seal = await VideoSeal.start(folder / VIDEO_NAME, key)
+        try:
+            await camera.start_recording(seal.fifo.parent, fps=self.video_fps, stem=VIDEO_STEM)
+        except BaseException as exc:
+            await seal.abort()
+            if isinstance(exc, Exception) and STREAM_REFUSED in str(exc):
+                _LOG.warning("session video encrypted when it closes, not while recorded: %s", exc)
+                return None
+            raise
+        self._video_seal = seal
+        _LOG.info("session video encrypted as it is recorded (sealing process %d)", seal.pid)
+        return seal.target
+
     async def _stop_video(self, session: ActiveSession) -> str | None:
         """Stop the recording and add its session_recordings row; returns the video's path."""
         camera = self.rig.camera
+        seal, self._video_seal = self._video_seal, None
         if camera is None or session.video is None:
+            if seal is not None:
+                await seal.finish(complete=False)
             return None
         try:
             result = await camera.stop_recording()
         except Exception as exc:
             _LOG.error("session video not closed: %s", exc)
+            result = None
+        notes = None if result is None else result.error
+        if seal is not None:
+            # The camera has closed its end of the FIFO: the last chunk is sealed only for a video closed
+            # normally; one cut short by an error (the camera process gone) stays readable as cut short.
+            complete = result is not None and result.error is None
+            if not await seal.finish(complete=complete):
+                cut = "the encrypted video is cut short (readable up to its last sealed chunk)"
+                _LOG.error("session video: %s", cut)
+                notes = cut if notes is None else f"{notes}; {cut}"
+            path = seal.target
+        elif result is None:
             return None
-        if result is None:
-            return None
+        else:
+            path = result.path
+            try:
+                await asyncio.to_thread(seal_session_files, (path,))
+            except Exception as exc:
+                _LOG.error("session video not encrypted: %s", exc)
         try:
-            await asyncio.to_thread(seal_session_files, (result.path,))
-        except Exception as exc:
-            _LOG.error("session video not encrypted: %s", exc)
-        try:
-            size = result.path.stat().st_size
+            size = path.stat().st_size
         except OSError:
             size = None
         resolution = camera.frame_size
@@ -390,16 +439,16 @@ class TreatmentLifecycle(Imaging):
                 SessionRecording(
                     session_id=session.opened.session_id,
                     recording_type="video",
-                    file_path=str(result.path),
+                    file_path=str(path),
                     file_size_bytes=size,
-                    duration_seconds=result.duration_s,
+                    duration_seconds=None if result is None else result.duration_s,
                     timestamp=utc_now(),
-                    frame_count=result.frame_count,
+                    frame_count=None if result is None else result.frame_count,
                     resolution=None if resolution is None else f"{resolution[0]}x{resolution[1]}",
-                    notes=result.error,
+                    notes=notes,
                 )
             )
-        return str(result.path)
+        return str(path)
 
     async def _move_ring(self, ring_mm: float) -> float:
         session, actuator = self.session, self.rig.actuator

@@ -42,7 +42,14 @@ from devices.camera._frames import CameraFrame, to_grey
 from devices.camera._monitor import CameraMonitor
 from devices.camera._preview import encode_jpeg, make_preview
 from devices.camera._process import CameraProcess, describe_spec
-from devices.camera._recording import RecordingError, RecordingSummary, VideoRecorder, save_snapshot
+from devices.camera._recording import (
+    STREAM_REFUSED,
+    VIDEO_SUFFIX,
+    RecordingError,
+    RecordingSummary,
+    VideoRecorder,
+    save_snapshot,
+)
 from devices.camera._sources import (
     DEFAULT_SIM_RING_MM,
     SIM_SOURCE,
@@ -68,6 +75,8 @@ __all__ = [
     "DEFAULT_THREAD_NICE",
     "FOCUS_INDEX",
     "SIM_SOURCE",
+    "STREAM_REFUSED",
+    "VIDEO_SUFFIX",
     "Camera",
     "CameraCapture",
     "CameraClosedError",

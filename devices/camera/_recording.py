@@ -10,12 +10,18 @@ Motion-JPEG in AVI, which OpenCV encodes itself.
 A recording keeps to its frame rate: frames offered faster than ``fps`` are skipped
 (:meth:`VideoRecorder.due`), so the file plays at real speed and a lower ``video_fps`` means a smaller file.
 The file is made readable by its owner and group only (0640 at most), like every file of a session.
+
+Where a FIFO already exists under the video's name (``STEM.mkv``), the recorder writes into it instead of
+creating a file: a reader on the other end (the encrypted records' sealing process) takes the video, and no
+plaintext reaches the disk. Matroska is written as a stream (it never seeks back). Only the formats whose name
+has a FIFO are tried; when none opens, :data:`STREAM_REFUSED` begins the refusal.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import stat
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,6 +36,8 @@ from devices.camera._frames import to_grey
 #: (FourCC, file suffix) tried in order: the first the installed OpenCV opens is used.
 VIDEO_FORMATS: tuple[tuple[str, str], ...] = (("mp4v", ".mkv"), ("MJPG", ".avi"))
 VIDEO_FOURCC, VIDEO_SUFFIX = VIDEO_FORMATS[0]
+#: Start of the refusal when no format can be written into a FIFO waiting under the video's name.
+STREAM_REFUSED = "cannot stream the video into the FIFO"
 #: The most a video file's mode allows (owner read/write, group read).
 VIDEO_FILE_MODE_LIMIT = 0o640
 
@@ -101,9 +109,12 @@ class VideoRecorder:
             raise RecordingError(
                 f"cannot create the recording folder {folder}: {exc.strerror or exc}"
             ) from exc
+        # A FIFO already waiting under the file's name is written into (a reader takes the video elsewhere):
+        # only the formats with such a FIFO are tried, and never a plain file beside it.
+        streams = [item for item in VIDEO_FORMATS if _is_fifo(folder / f"{name}{item[1]}")]
         opened: tuple[Path, cv2.VideoWriter, str] | None = None
-        for fourcc, suffix in VIDEO_FORMATS:
-            path = _unique_path(folder, name, suffix)
+        for fourcc, suffix in streams or VIDEO_FORMATS:
+            path = folder / f"{name}{suffix}" if streams else _unique_path(folder, name, suffix)
             writer = cv2.VideoWriter(
                 str(path), cv2.VideoWriter.fourcc(*fourcc), float(fps), (width, height), True
             )
@@ -111,9 +122,12 @@ class VideoRecorder:
                 opened = (path, writer, fourcc)
                 break
             writer.release()
-            path.unlink(missing_ok=True)
+            if not streams:
+                path.unlink(missing_ok=True)
         if opened is None:
-            tried = ", ".join(f"{fourcc} {suffix}" for fourcc, suffix in VIDEO_FORMATS)
+            tried = ", ".join(f"{fourcc} {suffix}" for fourcc, suffix in streams or VIDEO_FORMATS)
+            if streams:
+                raise RecordingError(f"{STREAM_REFUSED} {folder / name} (tried {tried})")
             raise RecordingError(f"cannot open a video file in {folder} for writing (tried {tried})")
         path, writer, self.fourcc = opened
         try:
@@ -122,7 +136,8 @@ class VideoRecorder:
                 path.chmod(mode & VIDEO_FILE_MODE_LIMIT)
         except OSError as exc:
             writer.release()
-            path.unlink(missing_ok=True)
+            if not streams:
+                path.unlink(missing_ok=True)
             raise RecordingError(f"cannot restrict who reads {path}: {exc.strerror or exc}") from exc
         self.path = path
         self.frame_size = (width, height)
@@ -232,6 +247,13 @@ def save_snapshot(image: npt.NDArray[np.generic], folder: Path, *, stem: str | N
 def _check_stem(stem: str) -> None:
     if not stem or stem in (".", "..") or "/" in stem or "\\" in stem or "\x00" in stem:
         raise ValueError(f"invalid file name {stem!r}: it must be a plain name without folders")
+
+
+def _is_fifo(path: Path) -> bool:
+    try:
+        return stat.S_ISFIFO(path.lstat().st_mode)
+    except OSError:
+        return False
 
 
 def _unique_path(folder: Path, stem: str, suffix: str) -> Path:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import pytest
 from account_fixtures import CHEAP
 from controller_fixtures import PASSWORD, USERNAME, prepare_data_dir
@@ -23,7 +24,7 @@ from control.simrun import run_simulated_session
 from control.supervisor import SystemState
 from storage import DataDir, create_engine, scan_telemetry, session_factory
 from storage.crypto_db import KEY_FILE_ENV, connect, is_encrypted_file
-from storage.crypto_files import is_encrypted_session_file, read_session_file
+from storage.crypto_files import HEADER_BYTES, MAGIC, is_encrypted_session_file, read_session_file
 from storage.engine import finish_closing_connections
 from tests.support import RIG_TEST, protocol_json, wait_until
 
@@ -33,6 +34,23 @@ TOSCA = [str(Path(sys.executable).with_name("tosca"))]
 PROTOCOL = "Omega corneal crosslinking"
 SUBJECT = "P-2026-0917"
 NOTES = "Subject reported a faint violet glare afterwards"
+
+
+EBML = b"\x1a\x45\xdf\xa3"  # the first bytes of a Matroska file
+
+
+def _frames_in(video: bytes, copy: Path) -> int:
+    """The frames OpenCV decodes from ``video`` (written to the temporary ``copy``, then removed)."""
+    copy.write_bytes(video)
+    try:
+        capture = cv2.VideoCapture(str(copy))
+        count = 0
+        while capture.read()[0]:
+            count += 1
+        capture.release()
+    finally:
+        copy.unlink()
+    return count
 
 
 def _tosca(data: DataDir, *args: str) -> subprocess.CompletedProcess[str]:
@@ -77,10 +95,18 @@ async def test_an_encrypted_session_leaves_nothing_readable_without_the_key(
     assert f"encrypted with the key file {key_file}" in done.stdout
 
     snapshots: list[asyncio.Task[object]] = []
+    seen_while_recording: list[tuple[str, bytes]] = []
 
     def snapshot_while_treating(controller: Controller) -> None:
         async def take() -> object:
             await wait_until(lambda: controller.supervisor.state is SystemState.TREATING, 30.0, "TREATING")
+            assert controller.session is not None and controller.session.video is not None
+            video = controller.session.video
+            # The video is encrypted while it is recorded: a sealed chunk is on disk within about a second.
+            await wait_until(lambda: video.stat().st_size > 2 * HEADER_BYTES, 10.0, "a sealed video chunk")
+            for path in sorted(video.parent.rglob("*")):
+                if path.is_file():
+                    seen_while_recording.append((path.name, path.read_bytes()[:10]))
             return await controller.take_snapshot(by=USERNAME)
 
         snapshots.append(asyncio.get_running_loop().create_task(take()))
@@ -99,6 +125,9 @@ async def test_an_encrypted_session_leaves_nothing_readable_without_the_key(
     assert result.exit_code == 0, result
     assert result.session_id is not None
     await snapshots[0]
+    # While recording, the session folder held no plain video: no file began with Matroska's EBML header.
+    assert ("video.mkv", MAGIC) in seen_while_recording, seen_while_recording
+    assert not [name for name, head in seen_while_recording if head.startswith(EBML)], seen_while_recording
     review = await _add_notes_and_review(data, result.session_id)
     # The review screen reads the encrypted telemetry: the power trace is there and matches the record.
     assert review.trace_problem is None and review.trace.sample_count > 100
@@ -149,7 +178,19 @@ async def test_an_encrypted_session_leaves_nothing_readable_without_the_key(
     assert line_count > 100
     by_suffix = {p.suffix: read_session_file(p) for p in session_files}
     assert by_suffix[".png"].startswith(b"\x89PNG\r\n\x1a\n")
-    assert by_suffix[".mkv"].startswith(b"\x1a\x45\xdf\xa3")  # Matroska (EBML) header
+    assert by_suffix[".mkv"].startswith(EBML)
+    # The decrypted video plays, with the frames the session's record counts.
+    connection = connect(data.db_path, read_only=True)
+    try:
+        frames, notes = connection.execute(
+            "SELECT frame_count, notes FROM session_recordings "
+            "WHERE session_id = ? AND recording_type = 'video'",
+            (result.session_id,),
+        ).fetchone()
+    finally:
+        connection.close()
+    assert notes is None and frames > 10
+    assert _frames_in(by_suffix[".mkv"], tmp_path / "decrypted.mkv") == frames
     counts = []
     for backup in backups:
         check = connect(backup, read_only=True)

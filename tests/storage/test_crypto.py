@@ -147,10 +147,12 @@ def test_wrong_missing_and_wrong_length_keys_are_one_line_refusals(
     assert done.stderr == f"tosca: the key in {wrong} does not open tosca.db (wrong key)\n"
     short = tmp_path / "short.key"
     short.write_bytes(os.urandom(31))
+    gone = tmp_path / "gone.key"
+    refused_key = "tosca.db is encrypted and its key cannot be read: "
     cases = {
         wrong: f"the key in {wrong} does not open tosca.db (wrong key)",
-        short: f"the database key file {short} holds 31 bytes, not 32",
-        tmp_path / "gone.key": f"no database key file at {tmp_path / 'gone.key'}",
+        short: f"{refused_key}${KEY_FILE_ENV} is set to {short}, which holds 31 bytes, not 32",
+        gone: f"{refused_key}${KEY_FILE_ENV} is set to {gone}, which is missing",
     }
     capfd.readouterr()
     for key, expected in cases.items():
@@ -160,11 +162,47 @@ def test_wrong_missing_and_wrong_length_keys_are_one_line_refusals(
         assert str(refused.value) == expected
     monkeypatch.delenv(KEY_FILE_ENV)
     assert capfd.readouterr() == ("", "")
+    location = key_location_file(data.root)
     key_file.rename(tmp_path / "moved.key")  # the recorded key file is gone
-    with pytest.raises(DatabaseKeyError, match=f"^no database key file at {key_file}$"):
+    with pytest.raises(DatabaseKeyError) as refused:
         check_database(data.db_path)
-    monkeypatch.setenv(KEY_FILE_ENV, str(tmp_path / "moved.key"))
+    assert str(refused.value) == (
+        f"{refused_key}${KEY_FILE_ENV} is unset and the location file {location} points to {key_file}, "
+        "which is missing"
+    )
+    key_file.write_bytes(b"short")  # the recorded path holds something else
+    with pytest.raises(DatabaseKeyError) as refused:
+        check_database(data.db_path)
+    assert str(refused.value) == (
+        f"{refused_key}${KEY_FILE_ENV} is unset and the location file {location} points to {key_file}, "
+        "which holds 5 bytes, not 32"
+    )
+    (tmp_path / "moved.key").replace(key_file)
+    # The location file deleted: named, instead of SQLite's "file is not a database", by every way in.
+    location.rename(tmp_path / "kept-location")
+    missing = (
+        "tosca.db is not an SQLite database as it stands (encrypted, or damaged) and no key was found: "
+        f"${KEY_FILE_ENV} is unset and the location file {location} is missing"
+    )
+    with pytest.raises(DatabaseKeyError) as refused:
+        connect(data.db_path)
+    assert str(refused.value) == missing
+    done = _tosca(data, "db", "check")
+    assert (done.returncode, done.stdout, done.stderr) == (1, "", f"tosca: {missing}\n")
+    monkeypatch.setenv(KEY_FILE_ENV, str(key_file))
     assert check_database(data.db_path).integrity == "ok"
+
+
+def test_a_damaged_plain_database_keeps_the_damaged_database_message(
+    data_dir: DataDir, tmp_path: Path
+) -> None:
+    damaged = tmp_path / "damaged.db"
+    page = data_dir.db_path.read_bytes()
+    damaged.write_bytes(page[:100] + os.urandom(len(page) - 100))  # its SQLite header intact
+    with pytest.raises(StorageError) as refused:
+        check_database(damaged)
+    assert not isinstance(refused.value, DatabaseKeyError)
+    assert "damaged or not a database" in str(refused.value) or "integrity" in str(refused.value)
 
 
 def test_backups_of_an_encrypted_database_are_encrypted_and_restore_both_kinds(
@@ -282,8 +320,12 @@ def test_a_plain_database_is_opened_as_before_and_garbage_is_not_taken_for_an_en
     assert type(connection) is sqlite3.Connection  # the standard library's, as before
     garbage = tmp_path / "garbage.db"
     garbage.write_bytes(os.urandom(8192))
-    with pytest.raises(StorageError, match="not an SQLite database"):
+    with pytest.raises(StorageError, match=r"not an SQLite database as it stands \(encrypted, or damaged\)"):
         check_database(garbage)
+    text = tmp_path / "text.db"
+    text.write_bytes(b"not a database at all " * 200)
+    with pytest.raises(StorageError, match=r"not an SQLite database \(bad file header\)"):
+        check_database(text)
     with pytest.raises(DatabaseKeyError, match="holds 3 bytes"):
         key = tmp_path / "three"
         key.write_bytes(b"abc")

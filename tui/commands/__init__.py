@@ -64,9 +64,14 @@ def read_password(stream: TextIO, *, repeat: bool = False) -> str:
 def schema_refusal(db_path: Path) -> str | None:
     """Why a command that reads and writes records cannot use the database at ``db_path`` (none there, or not
     at the current schema), or None when it can."""
+    from storage.crypto_db import DatabaseKeyError
+    from storage.errors import one_line
     from storage.maintenance import head_revision, schema_revision
 
-    revision = schema_revision(db_path)
+    try:
+        revision = schema_revision(db_path)
+    except DatabaseKeyError as exc:
+        return one_line(exc)
     if revision is None:
         return f"no database in {db_path.parent}; run 'tosca db upgrade' first"
     if revision != head_revision():
