@@ -12,7 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
 import pytest
 from account_fixtures import CHEAP
 from controller_fixtures import PASSWORD, USERNAME, prepare_data_dir
@@ -27,6 +26,7 @@ from storage.crypto_db import KEY_FILE_ENV, connect, is_encrypted_file
 from storage.crypto_files import HEADER_BYTES, MAGIC, is_encrypted_session_file, read_session_file
 from storage.engine import finish_closing_connections
 from tests.support import RIG_TEST, protocol_json, wait_until
+from tests.video_frames import EBML, decoded_frames
 
 pytestmark = RIG_TEST
 
@@ -34,23 +34,6 @@ TOSCA = [str(Path(sys.executable).with_name("tosca"))]
 PROTOCOL = "Omega corneal crosslinking"
 SUBJECT = "P-2026-0917"
 NOTES = "Subject reported a faint violet glare afterwards"
-
-
-EBML = b"\x1a\x45\xdf\xa3"  # the first bytes of a Matroska file
-
-
-def _frames_in(video: bytes, copy: Path) -> int:
-    """The frames OpenCV decodes from ``video`` (written to the temporary ``copy``, then removed)."""
-    copy.write_bytes(video)
-    try:
-        capture = cv2.VideoCapture(str(copy))
-        count = 0
-        while capture.read()[0]:
-            count += 1
-        capture.release()
-    finally:
-        copy.unlink()
-    return count
 
 
 def _tosca(data: DataDir, *args: str) -> subprocess.CompletedProcess[str]:
@@ -190,7 +173,7 @@ async def test_an_encrypted_session_leaves_nothing_readable_without_the_key(
     finally:
         connection.close()
     assert notes is None and frames > 10
-    assert _frames_in(by_suffix[".mkv"], tmp_path / "decrypted.mkv") == frames
+    assert decoded_frames(by_suffix[".mkv"], tmp_path / "decrypted.mkv") == frames
     counts = []
     for backup in backups:
         check = connect(backup, read_only=True)

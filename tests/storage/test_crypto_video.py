@@ -9,7 +9,6 @@ import os
 import sys
 from pathlib import Path
 
-import cv2
 import pytest
 
 from control.controller import Controller
@@ -29,8 +28,7 @@ from storage.crypto_files import (
 from storage.crypto_setup import encrypt_database
 from storage.video_seal import VideoSeal
 from tests.support import wait_until
-
-EBML = b"\x1a\x45\xdf\xa3"  # the first bytes of a Matroska file
+from tests.video_frames import EBML, decoded_frames
 
 # A camera's recording: the project's recorder writing 160 x 120 frames at 30 a second into the FIFO, until
 # it is killed.
@@ -55,19 +53,6 @@ while True:
 @pytest.fixture(autouse=True)
 def _no_key_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(KEY_FILE_ENV, raising=False)
-
-
-def _frames(video: bytes, copy: Path) -> int:
-    copy.write_bytes(video)
-    try:
-        capture = cv2.VideoCapture(str(copy))
-        count = 0
-        while capture.read()[0]:
-            count += 1
-        capture.release()
-    finally:
-        copy.unlink()
-    return count
 
 
 @pytest.mark.timeout(60)
@@ -100,7 +85,7 @@ async def test_a_recording_whose_writer_is_killed_reads_back_up_to_its_last_seal
     with open_session_file(target, key=key, allow_unfinished=True) as handle:
         video = handle.read()
     assert video.startswith(EBML) and len(video) > 8_000
-    assert _frames(video, tmp_path / "decrypted.mkv") >= 5
+    assert decoded_frames(video, tmp_path / "decrypted.mkv") >= 5
 
 
 async def test_the_start_up_sweep_encrypts_left_plain_files_and_never_an_encrypted_one_twice(
