@@ -116,7 +116,8 @@ async def test_ring_size_wizard_moves_refuses_bad_readings_and_saves_when_confir
         assert isinstance(screen, CalibrationScreen)
         await wait_until(pilot, lambda: len(screen.rows) == 4, "the factory calibrations listed")
         expected = (
-            "active: actuator 9 days, camera 9 days, laser 9 days, photodiode 9 days (valid for 365 days)"
+            "active: actuator 9 days, camera scale 9 days, laser 9 days, photodiode 9 days "
+            "(valid for 365 days)"
         )
         assert expected in screen_text(app)
         wizard = RingSizeWizard(screen.context, screen.user, positions_um=(0.0, 100.0, 200.0, 300.0))

@@ -67,7 +67,7 @@ def test_calibration_list_snapshot(
         await wait_until(pilot, lambda: isinstance(pilot.app.screen, CalibrationScreen), "the screen")
         screen = pilot.app.screen
         assert isinstance(screen, CalibrationScreen)
-        await wait_until(pilot, lambda: len(screen.rows) == 4, "the calibrations")
+        await wait_until(pilot, lambda: len(screen.rows) == 5, "the calibrations")
         await tables_measured(pilot)
         await pilot.pause()
 

@@ -39,7 +39,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Label
 
 from control.accounts import UserInfo
-from control.calibration import ACTUATOR, LASER, PHOTODIODE, CalibrationKind
+from control.calibration import ACTUATOR, CAMERA, LASER, PHOTODIODE, CalibrationKind
 from control.calibration_records import (
     ACTION_SAVED,
     CALIBRATING_ROLE,
@@ -191,7 +191,7 @@ class CalibrationScreen(Screen[None]):
         now = self.context.settings.clock()
         validity = await self._validity_days()
         ages = ", ".join(
-            f"{row.device_type} {_days(now, row.calibration_date)} days"
+            f"{_label(row)} {_days(now, row.calibration_date)} days"
             + (" EXPIRED" if validity is not None and _days(now, row.calibration_date) > validity else "")
             for row in active
         )
@@ -237,6 +237,11 @@ class CalibrationScreen(Screen[None]):
 
     def action_back(self) -> None:
         self.app.pop_screen()
+
+
+def _label(row: CalibrationInfo) -> str:
+    """How a calibration is named in the line of ages (the camera has a scale and a focus reference)."""
+    return "camera scale" if row.calibration_type == CAMERA.calibration_type else row.device_type
 
 
 def _days(now: datetime, then: datetime) -> int:
