@@ -312,7 +312,7 @@ async def test_laser_power_wizard_gives_back_the_simulators_curve_within_2_perce
         await wait_until(pilot, lambda: snapshot(app).state.value == "idle", "the run ended")
 
     rows = stored()
-    assert [(r[1], r[2]) for r in rows[3:]] == [
+    assert [(r[1], r[2]) for r in rows[4:]] == [
         ("laser_current_to_power", 1),
         ("photodiode_voltage_to_power", 1),
     ]
@@ -321,7 +321,7 @@ async def test_laser_power_wizard_gives_back_the_simulators_curve_within_2_perce
         active = await load_active_calibrations(session_factory(engine))
     finally:
         await engine.dispose()
-    assert active.laser.calibration_id == 4 and active.photodiode.calibration_id == 5
+    assert active.laser.calibration_id == 5 and active.photodiode.calibration_id == 6
     for current in (2000.0, 5000.0, 8500.0):
         truth = sim_model.LASER_SLOPE_W_PER_A * (current / 1000.0 - sim_model.LASER_THRESHOLD_A)
         assert active.current_to_power_w(current) == pytest.approx(truth, rel=0.02)

@@ -10,7 +10,7 @@ import json
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from console_fixtures import ADMIN_PASSWORD, CLI, DATA_DIR, enter_text, make_settings, seed, showing
@@ -146,6 +146,19 @@ async def test_the_ring_size_wizard_moves_the_actuator_from_the_remote_console_a
                     password=ENGINEER_PASSWORD,
                 )
             )
+        # Points said to come from the camera must name the camera scale they were measured through.
+        good = [[0.0, 2.0], [100.0, 2.1], [200.0, 2.2]]
+        refused: list[tuple[list[Literal["typed", "camera"]], str]] = [
+            (["camera", "typed", "camera"], "must name the camera scale calibration used"),
+            (["typed", "typed"], "2 point sources for 3 points"),
+        ]
+        for sources, reason in refused:
+            with pytest.raises(CommandFailed, match=reason):
+                await app.link.call(
+                    msg.CalibrationSaveRing(
+                        points=good, username="eric", password=ENGINEER_PASSWORD, point_sources=sources
+                    )
+                )
     [(made_by, active, data)] = rows(
         "SELECT u.username, c.is_active, c.calibration_data FROM calibrations c JOIN tech_users u "
         "ON u.tech_id = c.tech_id WHERE c.calibration_type = 'actuator_position_to_ring_size' "
