@@ -187,7 +187,7 @@ async def test_ring_size_wizard_moves_refuses_bad_readings_and_saves_when_confir
 
 
 def camera_line(app: ToscaApp) -> str:
-    return str(app.screen.query_one("#camera").render())
+    return str(app.screen.query_one("#camera-reading").render())
 
 
 async def test_ring_size_wizard_takes_the_cameras_measurement_and_gives_back_the_simulators_curve(

@@ -75,7 +75,7 @@ LIST_COLUMNS = ("ID", "device", "date (UTC)", "active", "points", "r2", "by", "n
 WIZARD_CSS = """
     #calibration, #wizard { height: 1fr; }
     #calibration-table, #points { height: 1fr; }
-    #prompt, #fit, #fit2, #camera, #status, #calibration-detail { width: 100%; height: auto; }
+    #prompt, #fit, #fit2, #camera-reading, #status, #calibration-detail { width: 100%; height: auto; }
     #status.error { color: $error; text-style: bold; }
     #value { width: 100%; }
 """
@@ -284,7 +284,7 @@ class _Wizard(Screen[None]):
             yield Label("", id="fit2")
             yield Label("", id="prompt")
             if self.CAMERA_LINE:
-                yield Label("", id="camera")
+                yield Label("", id="camera-reading")
             yield Input(id="value", password=True, placeholder="your password")
             yield Label("", id="status")
         yield Footer(compact=True)
@@ -452,7 +452,7 @@ class RingSizeWizard(_Wizard):
     TITLE_TEXT = "Ring size calibration"
     CAMERA_LINE = True
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("f6", "take_camera", "Take camera's"),
+        Binding("f6", "take_camera", "Camera's value"),
     ]
 
     def __init__(
@@ -508,7 +508,7 @@ class RingSizeWizard(_Wizard):
         return camera_offer(self.preview)
 
     def show_camera(self) -> None:
-        line = self.query_one("#camera", Label)
+        line = self.query_one("#camera-reading", Label)
         if self.stage != "reading":
             line.update("")
             return
