@@ -11,6 +11,11 @@ photodiode     photodiode_voltage_to_power         ``{"voltage_v": V, "power_wat
 actuator       actuator_position_to_ring_size      ``{"actuator_position_um": um, "ring_size_mm": mm}``
 =============  ==================================  ===========================================================
 
+One more is optional (the laser may emit without it): the camera's scale, ``camera`` /
+``camera_pixels_to_mm`` with points ``{"diameter_px": px, "diameter_mm": mm}`` (a target of known size seen
+by the camera). Where one is active, the ring the camera detects is measured in millimetres through it
+(:func:`camera_ring_mm`); without one the ring is reported in pixels only, marked uncalibrated.
+
 ``interpolation_method`` is ``"linear"`` (piecewise-linear interpolation between the points, the seed's
 meaning) or ``"linear_fit"`` (the least-squares line through the points; the default when the key is absent,
 as in the seed's photodiode example). Other keys (``fit_equation``, ``r_squared``, ...) are kept in the
@@ -25,7 +30,9 @@ Ranges (what a conversion does outside the calibrated points):
 * laser current to power: currents above the calibrated span are refused; below it the line is followed and
   the power never goes below 0 W;
 * photodiode volts to watts: a measurement always gives a value (the calibration line is followed beyond the
-  points), never below 0 W.
+  points), never below 0 W;
+* camera pixels to millimetres: refused outside the calibrated pixel span (a ring larger or smaller than any
+  target measured is not given a size in millimetres).
 
 All database work goes through :class:`storage.CalibrationsRepository`; this module contains no SQL.
 """
@@ -290,17 +297,25 @@ ACTUATOR: Final = CalibrationKind(
     False,
     False,
 )
+#: The camera's scale: the diameter of a target of known size in pixels against its size in millimetres.
+CAMERA: Final = CalibrationKind(
+    "camera", "camera_pixels_to_mm", "diameter_px", "diameter_mm", "px", "mm", 0.0, 0.0, False, True
+)
 #: The calibrations the console needs, in the order they are reported.
 REQUIRED_KINDS: Final[tuple[CalibrationKind, ...]] = (LASER, PHOTODIODE, ACTUATOR)
+#: Calibrations the console uses where one is active, never needed before the laser may emit.
+OPTIONAL_KINDS: Final[tuple[CalibrationKind, ...]] = (CAMERA,)
+#: Every calibration type the console knows.
+ALL_KINDS: Final[tuple[CalibrationKind, ...]] = REQUIRED_KINDS + OPTIONAL_KINDS
 
 
 def kind_for(device_type: str, calibration_type: str) -> CalibrationKind:
     """The :class:`CalibrationKind` of a (device_type, calibration_type) pair; CalibrationDataError if
     unknown."""
-    for kind in REQUIRED_KINDS:
+    for kind in ALL_KINDS:
         if kind.device_type == device_type and kind.calibration_type == calibration_type:
             return kind
-    known = ", ".join(f"{k.device_type}/{k.calibration_type}" for k in REQUIRED_KINDS)
+    known = ", ".join(f"{k.device_type}/{k.calibration_type}" for k in ALL_KINDS)
     raise CalibrationDataError(f"unknown calibration {device_type!r}/{calibration_type!r} (known: {known})")
 
 
@@ -588,6 +603,38 @@ async def load_active_calibrations(sessions: async_sessionmaker[AsyncSession]) -
     return CalibrationSet(laser=found["laser"], photodiode=found["photodiode"], actuator=found["actuator"])
 
 
+async def load_camera_scale(sessions: async_sessionmaker[AsyncSession]) -> ActiveCalibration | None:
+    """The active camera scale calibration (:data:`CAMERA`), or None when there is none; CalibrationDataError
+    names a stored one that cannot be used."""
+    async with sessions() as session:
+        return await load_active_calibration(session, CAMERA)
+
+
+#: Why a ring's size is given in pixels only, when no camera scale calibration is active.
+UNCALIBRATED_NO_SCALE: Final = "uncalibrated: no active camera scale calibration"
+
+
+def camera_ring_mm(scale: ActiveCalibration | None, diameter_px: float) -> tuple[float | None, str]:
+    """The diameter, mm, of a ring the camera measured as ``diameter_px`` pixels, through the camera scale
+    calibration ``scale``; ``(None, why)`` without one, or outside its calibrated pixel span (nothing is
+    extrapolated)."""
+    if scale is None:
+        return None, UNCALIBRATED_NO_SCALE
+    if scale.curve.kind is not CAMERA:
+        kind = scale.curve.kind.calibration_type
+        raise CalibrationError(f"{scale.describe()} is {kind}, not a camera scale")
+    try:
+        mm = scale.curve.value(diameter_px)
+    except OutOfCalibratedRange as exc:
+        return None, f"uncalibrated: {exc} of the camera scale ({scale.describe()})"
+    except CalibrationError as exc:
+        return None, f"uncalibrated: {exc}"
+    if mm <= 0.0:
+        where = f"{mm:g} mm at {diameter_px:g} px"
+        return None, f"uncalibrated: the camera scale ({scale.describe()}) gives {where}"
+    return mm, ""
+
+
 def calibration_payload(
     kind: CalibrationKind,
     points: Sequence[tuple[float, float]],
@@ -699,6 +746,16 @@ def _sim_photodiode_points() -> tuple[tuple[float, float], ...]:
     return tuple((v, round(v * sim_model.PHOTODIODE_W_PER_V, 6)) for v in volts)
 
 
+#: The simulated camera's image scale, px/mm (``devices.sim.camera.DEFAULT_PX_PER_MM``; not imported here, so
+#: that reading the calibrations does not load OpenCV).
+SIM_CAMERA_PX_PER_MM: Final = 100.0
+
+
+def _sim_camera_points() -> tuple[tuple[float, float], ...]:
+    sizes_mm = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0)
+    return tuple((round(mm * SIM_CAMERA_PX_PER_MM, 6), mm) for mm in sizes_mm)
+
+
 def _sim_actuator_points() -> tuple[tuple[float, float], ...]:
     positions = (0.0, 500.0, 1000.0, 1500.0, 2000.0, 2500.0, 3000.0)
     ring_at_zero, per_um = sim_model.RING_AT_ZERO_MM, sim_model.RING_MM_PER_UM
@@ -716,11 +773,13 @@ class FactoryCalibration:
 
 
 #: Factory calibrations of the simulated rig, matching its physical model: light = 1.0 W/A x (I - 0.5 A) over
-#: 500..10000 mA, photodiode power = 2.0 x volts over 0..5 V, ring = 2.0 + um/1000 mm over 0..3000 um.
+#: 500..10000 mA, photodiode power = 2.0 x volts over 0..5 V, ring = 2.0 + um/1000 mm over 0..3000 um, and
+#: the simulated camera's scale, 100 px/mm, over targets of 1..6 mm.
 SIM_FACTORY_CALIBRATIONS: Final[tuple[FactoryCalibration, ...]] = (
     FactoryCalibration(LASER, _sim_laser_points(), "linear_fit", "SIMULATED-LASER-DRIVER"),
     FactoryCalibration(PHOTODIODE, _sim_photodiode_points(), "linear_fit", "SIMULATED-SAFETY-BOARD"),
     FactoryCalibration(ACTUATOR, _sim_actuator_points(), "linear", "SIMULATED-ACTUATOR"),
+    FactoryCalibration(CAMERA, _sim_camera_points(), "linear_fit", "SIMULATED-CAMERA"),
 )
 SIM_CALIBRATION_NOTES: Final = "factory calibration of the simulated rig"
 
@@ -751,13 +810,17 @@ async def install_sim_calibrations_if_missing(
 
 __all__ = [
     "ACTUATOR",
+    "ALL_KINDS",
+    "CAMERA",
     "DEFAULT_INTERPOLATION_METHOD",
     "INTERPOLATION_METHODS",
     "LASER",
+    "OPTIONAL_KINDS",
     "PHOTODIODE",
     "REQUIRED_KINDS",
     "SIM_CALIBRATION_NOTES",
     "SIM_FACTORY_CALIBRATIONS",
+    "UNCALIBRATED_NO_SCALE",
     "ActiveCalibration",
     "CalibrationCurve",
     "CalibrationDataError",
@@ -771,10 +834,12 @@ __all__ = [
     "OutOfCalibratedRange",
     "PiecewiseLinear",
     "calibration_payload",
+    "camera_ring_mm",
     "install_sim_calibrations_if_missing",
     "kind_for",
     "load_active_calibration",
     "load_active_calibrations",
+    "load_camera_scale",
     "parse_actuator_calibration",
     "parse_calibration",
     "parse_laser_calibration",

@@ -20,6 +20,11 @@ finite number, none negative (a ring size above 0), no x value twice, the y valu
 squares line's r squared at or above :data:`R_SQUARED_FLOOR`. A refusal names the reason and stores nothing.
 Every import, refused or stored, is an audit row (``calibration_import``); a calibration saved by a wizard is
 one too (``calibration_saved``).
+
+The camera scale calibration (``camera`` / ``camera_pixels_to_mm``) obeys the same rules, is stored, listed,
+exported and imported the same way; it is optional, so it is not among the ages judged before treating. A
+ring size calibration saved by the wizard says in its notes which points were typed and which were taken
+from the camera (:func:`ring_wizard_notes`).
 """
 
 from __future__ import annotations
@@ -441,6 +446,38 @@ async def list_calibrations(sessions: async_sessionmaker[AsyncSession]) -> list[
     return found
 
 
+# ---------------------------------------------------------------------------------- ring wizard's record
+
+#: Where a ring size wizard point's value came from: typed by the engineer, or the camera's measurement.
+POINT_TYPED: Final = "typed"
+POINT_CAMERA: Final = "camera"
+POINT_SOURCES: Final = (POINT_TYPED, POINT_CAMERA)
+RING_WIZARD_NOTES: Final = "ring size wizard"
+
+
+def _point_list(numbers: Sequence[int]) -> str:
+    return ("point " if len(numbers) == 1 else "points ") + ", ".join(str(n) for n in numbers)
+
+
+def ring_wizard_notes(sources: Sequence[str], camera_scale_id: int | None) -> str:
+    """The notes of a ring size calibration saved by the wizard: which points (numbered from 1, in the order
+    measured) were typed and which were taken from the camera, through which camera scale calibration.
+    CalibrationRefused for an unknown source, or camera points with no camera scale calibration named."""
+    unknown = sorted({s for s in sources if s not in POINT_SOURCES})
+    if unknown:
+        raise CalibrationRefused(f"unknown point source {unknown[0]!r} (known: {', '.join(POINT_SOURCES)})")
+    camera = [i for i, s in enumerate(sources, start=1) if s == POINT_CAMERA]
+    typed = [i for i, s in enumerate(sources, start=1) if s == POINT_TYPED]
+    if camera and camera_scale_id is None:
+        raise CalibrationRefused("points taken from the camera must name the camera scale calibration used")
+    parts = []
+    if camera:
+        parts.append(f"{_point_list(camera)} from the camera (camera scale calibration #{camera_scale_id})")
+    if typed:
+        parts.append(f"{_point_list(typed)} typed")
+    return RING_WIZARD_NOTES + ("; " + "; ".join(parts) if parts else "")
+
+
 # -------------------------------------------------------------------------------------------------- age
 
 
@@ -507,6 +544,10 @@ __all__ = [
     "ACTION_SAVED",
     "CALIBRATING_ROLE",
     "MIN_POINTS",
+    "POINT_CAMERA",
+    "POINT_SOURCES",
+    "POINT_TYPED",
+    "RING_WIZARD_NOTES",
     "R_SQUARED_FLOOR",
     "CalibrationAge",
     "CalibrationFile",
@@ -523,5 +564,6 @@ __all__ = [
     "list_calibrations",
     "parse_calibration_file",
     "read_calibration_file",
+    "ring_wizard_notes",
     "store_calibration",
 ]

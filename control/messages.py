@@ -322,6 +322,11 @@ class CalibrationSaveRing(Command):
     ]
     username: NonBlank
     password: Annotated[str, Field(min_length=1, repr=False)]
+    # Where each point's ring size came from ("typed" or "camera", in the order of ``points``; absent: all
+    # typed) and the camera scale calibration the camera's points were measured through; both go into the
+    # stored calibration's notes.
+    point_sources: Annotated[list[Literal["typed", "camera"]], Field(max_length=200)] | None = None
+    camera_scale_id: int | None = None
 
 
 class CalibrationBegin(Command):
@@ -787,7 +792,10 @@ class Preview(_Message):
     ``camera`` is the camera's state (``"ok"``, ``"frozen"``, ``"no_frames"``, ``"not_opened"``, or
     ``"none"`` when the rig has no camera) and ``detail`` says why when it is not ok. ``jpeg_b64`` is a
     base64 JPEG of the downscaled frame with the detected ring drawn on it (``None`` with no frame).
-    ``ring_diameter_mm`` is the detected ring's diameter (``None`` when no ring was found).
+    ``ring_diameter_px`` is the detected ring's diameter in pixels (``None`` when no ring was found) and
+    ``ring_diameter_mm`` the same through the active camera scale calibration ``ring_scale_id``; without one
+    (or outside its calibrated span) ``ring_diameter_mm`` is ``None`` and ``ring_scale_detail`` says why
+    (the ring is uncalibrated).
     """
 
     type: Literal["preview"] = "preview"
@@ -801,6 +809,9 @@ class Preview(_Message):
     ring_diameter_mm: _NonNegative | None = None
     ring_diameter_px: _NonNegative | None = None
     focus: _FiniteFloat | None = None
+    # The camera scale calibration behind ring_diameter_mm, or why the ring is uncalibrated.
+    ring_scale_id: int | None = None
+    ring_scale_detail: str = ""
 
 
 class CalibrationMoved(_Message):

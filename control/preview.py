@@ -12,6 +12,12 @@ loop. While at least one client is connected it, ``rate_hz`` times a second:
 3. publishes a :class:`control.messages.Preview` carrying the camera's state and, only when the camera is ok,
    the image, the ring's diameter (mm and px) and the focus score.
 
+The ring is measured in pixels by the detector; its size in millimetres comes from the active camera scale
+calibration (``ring_scale``, :func:`control.calibration.camera_ring_mm`) and is left out, with the reason in
+``ring_scale_detail``, where none is active or the ring lies outside its calibrated span: the detector's own
+``px_per_mm`` is only the nominal scale that turns the expected ring size into the pixel radii it searches
+(with a camera scale active, the expected size is turned into pixels through it first).
+
 A camera that is frozen, not delivering frames or not open publishes its state and the reason with no image:
 the last frame is dropped, never shown again as if it were live. The camera's health is checked again after
 the image is made, so a camera that froze meanwhile does not get its last image published. With no camera at
@@ -34,7 +40,9 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from control.calibration import CalibrationError, camera_ring_mm
 from control.messages import Preview
 from devices.camera import (
     Camera,
@@ -44,9 +52,13 @@ from devices.camera import (
     CameraStatus,
     FrameAnalyser,
     FrameAnalysis,
+    RingDetectorConfig,
     encode_jpeg,
     make_preview,
 )
+
+if TYPE_CHECKING:
+    from control.calibration import ActiveCalibration
 
 _LOG = logging.getLogger(__name__)
 
@@ -90,6 +102,8 @@ class PreviewProducer:
             omitted); closed by :meth:`aclose`.
         jpeg_quality: JPEG quality of the preview image, 1..100.
         clock: monotonic clock, seconds; a preview's ``time_s`` comes from it.
+        ring_scale: the active camera scale calibration, or None (the ring's size is then given in pixels
+            only, marked uncalibrated); None instead of a callable: never a camera scale.
 
     Raises:
         ValueError: for a rate, width or quality out of range, or a ``publish``, ``has_clients`` or
@@ -108,6 +122,7 @@ class PreviewProducer:
         analyser: FrameAnalyser | None = None,
         jpeg_quality: int = 70,
         clock: Callable[[], float] = time.monotonic,
+        ring_scale: Callable[[], ActiveCalibration | None] | None = None,
     ) -> None:
         if (
             isinstance(rate_hz, bool)
@@ -142,6 +157,7 @@ class PreviewProducer:
         self._analyser = analyser
         self._quality = jpeg_quality
         self._clock = clock
+        self._ring_scale = ring_scale
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._seq = 0
@@ -249,7 +265,8 @@ class PreviewProducer:
             self._cached = None
             self._emit(status.state.value, status.reason)
             return
-        expected = self._expected_mm()
+        scale = self._scale()
+        expected = self._search_mm(self._expected_mm(), scale)
         try:
             if isinstance(camera, CameraProcess):
                 made = await self._render_elsewhere(camera, expected)
@@ -272,7 +289,7 @@ class PreviewProducer:
             self._cached = None
             self._emit(after.state.value, after.reason)
             return
-        self._emit_image(after, rendered)
+        self._emit_image(after, rendered, scale)
 
     async def _render(self, frame: CameraFrame, expected: float | None) -> _Rendered:
         cached = self._cached
@@ -327,13 +344,44 @@ class PreviewProducer:
             return None
         return float(value)
 
+    def _scale(self) -> ActiveCalibration | None:
+        if self._ring_scale is None:
+            return None
+        try:
+            return self._ring_scale()
+        except Exception as exc:
+            self._note_failure(f"the camera scale is unavailable: {type(exc).__name__}: {exc}")
+            return None
+
+    def _detector_px_per_mm(self) -> float:
+        analyser = self._analyser
+        if analyser is not None:
+            return analyser.detector.config.px_per_mm
+        return RingDetectorConfig().px_per_mm  # the camera's own process runs the default detector
+
+    def _search_mm(self, expected: float | None, scale: ActiveCalibration | None) -> float | None:
+        """The expected ring size in the detector's nominal millimetres: through the camera scale (to pixels,
+        then the detector's nominal px/mm) where one is active; None (search everywhere) outside its span."""
+        if expected is None or scale is None:
+            return expected
+        try:
+            px = scale.curve.inverse(expected)
+        except CalibrationError:
+            return None
+        return px / self._detector_px_per_mm() if px > 0 else None
+
     def _emit(self, camera: str, detail: str) -> None:
         self._send(Preview(seq=self._next_seq(), time_s=self._clock(), camera=camera, detail=detail))
 
-    def _emit_image(self, status: CameraStatus, rendered: _Rendered) -> None:
+    def _emit_image(self, status: CameraStatus, rendered: _Rendered, scale: ActiveCalibration | None) -> None:
         self._last_failure = ""
         ring = rendered.analysis.ring
         focus = rendered.analysis.focus_score
+        ring_mm: float | None = None
+        scale_detail = ""
+        if ring is not None:
+            ring_mm, scale_detail = camera_ring_mm(scale, ring.diameter_px)
+        scale_id = scale.calibration_id if scale is not None and ring_mm is not None else None
         self._send(
             Preview(
                 seq=self._next_seq(),
@@ -343,9 +391,11 @@ class PreviewProducer:
                 width=rendered.width,
                 height=rendered.height,
                 jpeg_b64=base64.b64encode(rendered.jpeg).decode("ascii"),
-                ring_diameter_mm=ring.diameter_mm if ring is not None else None,
+                ring_diameter_mm=ring_mm,
                 ring_diameter_px=ring.diameter_px if ring is not None else None,
                 focus=focus if math.isfinite(focus) else None,
+                ring_scale_id=scale_id,
+                ring_scale_detail=scale_detail,
             )
         )
 

@@ -6,7 +6,11 @@ checked as a login on each move). It cannot emit, so it is accepted on ``observe
 holds the rig, and while a fault is latched. :meth:`CalibrationService.calibration_save_ring` stores the
 points the wizard measured as the active ring size calibration (the same checks and record as a save at the
 kiosk), so that the remote console, whose records are read-only, can save it too; refused while a session
-is open.
+is open. The notes of that calibration say which points were typed and which were taken from the camera.
+
+*Camera scale*: the active camera scale calibration (optional; :data:`control.calibration.CAMERA`) is read
+with the others, and again before each ring size move, so one imported meanwhile is used from the next
+position on. The camera previews measure the ring in millimetres through it (:mod:`control.preview`).
 
 *Laser power*: a calibration run, on ``control.sock`` only, for the engineer authenticated on the connection
 that began it. It uses the supervisor exactly as a treatment does: the run opens the supervisor (IDLE ->
@@ -31,12 +35,15 @@ from dataclasses import dataclass
 
 from control import messages as msg
 from control.authority import Person
-from control.calibration import ACTUATOR, CalibrationError
+from control.calibration import ACTUATOR, ActiveCalibration, CalibrationError, load_camera_scale
 from control.calibration_records import (
     ACTION_SAVED,
     CALIBRATING_ROLE,
+    POINT_TYPED,
+    RING_WIZARD_NOTES,
     CalibrationRefused,
     check_points,
+    ring_wizard_notes,
     store_calibration,
 )
 from control.controller.remote import terminal_of
@@ -71,6 +78,27 @@ class CalibrationService(TreatmentLifecycle):
     """The calibration commands, on the treatment lifecycle (the same supervisor, rig and checks)."""
 
     calibration_run: CalibrationRun | None = None
+    #: The active camera scale calibration (None: none, or the stored one unusable, said in the detail).
+    camera_scale: ActiveCalibration | None = None
+    camera_scale_detail: str = "not read yet"
+
+    # ------------------------------------------------------------------------------------- camera scale
+    async def _reload_calibrations(self) -> None:
+        await super()._reload_calibrations()
+        await self._reload_camera_scale()
+
+    async def _reload_camera_scale(self) -> None:
+        """Read the active camera scale calibration again (a stored one that cannot be used counts as none,
+        and is logged)."""
+        try:
+            scale = await load_camera_scale(self.db)
+        except CalibrationError as exc:
+            if self.camera_scale_detail != str(exc):
+                self._event(Severity.WARNING, f"camera scale calibration not used: {exc}")
+            self.camera_scale, self.camera_scale_detail = None, str(exc)
+            return
+        self.camera_scale = scale
+        self.camera_scale_detail = "none active" if scale is None else scale.describe()
 
     # ---------------------------------------------------------------------------------------- ring size
     async def calibration_move(self, command: msg.CalibrationMove, peer: Peer) -> msg.CalibrationMoved:
@@ -93,6 +121,7 @@ class CalibrationService(TreatmentLifecycle):
             await actuator.enable_amplifiers()
         if not status.encoder_valid:
             await actuator.find_index()
+        await self._reload_camera_scale()  # one imported since is used from this position on
         try:
             reached = await actuator.move_to_um(command.position_um)
         except ActuatorError as exc:
@@ -121,14 +150,18 @@ class CalibrationService(TreatmentLifecycle):
         if self.session is not None:
             raise Refused("a calibration is not changed while a session is open")
         try:
+            sources = command.point_sources or [POINT_TYPED] * len(command.points)
+            if len(sources) != len(command.points):
+                raise CalibrationRefused(f"{len(sources)} point sources for {len(command.points)} points")
+            notes = ring_wizard_notes(sources, command.camera_scale_id)
             checked = check_points(ACTUATOR, [(x, y) for x, y in command.points])
             stored = await store_calibration(
                 self.accounts.sessions,
                 checked,
                 engineer=person.username,
                 action=ACTION_SAVED,
-                notes="ring size wizard",
-                source="ring size wizard",
+                notes=notes,
+                source=RING_WIZARD_NOTES,
                 terminal=terminal_of(peer, None) if peer.socket == "observe" else self.accounts.terminal,
             )
         except CalibrationRefused as exc:

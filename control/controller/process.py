@@ -157,6 +157,7 @@ class Controller(ControllerCommands):
                     server.publish_preview,
                     lambda: bool(server.peers),
                     expected_ring_mm=lambda: self.session.engine.ring_mm if self.session else None,
+                    ring_scale=lambda: self.camera_scale,
                 )
                 self.preview.start()
         except BaseException:

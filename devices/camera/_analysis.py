@@ -12,8 +12,10 @@ Ring detection works in two stages, so that a 1280 x 720 frame is analysed in a 
 
 A ring is reported only when enough rays (``min_coverage``) show the band with at least ``min_contrast`` grey
 levels above their background and the band points lie on a circle (RMS scatter at most ``max_residual_px``);
-otherwise the result says "no ring" and why. Diameters are converted to millimetres through the ``px_per_mm``
-calibration.
+otherwise the result says "no ring" and why. The diameter is measured in pixels; ``px_per_mm`` is a nominal
+scale that turns ring sizes in millimetres into the pixel radii searched, and gives ``diameter_mm`` in those
+nominal millimetres. A measured size in millimetres comes from the rig's camera scale calibration, applied to
+``diameter_px`` by the controller (docs/calibration.md).
 
 The focus score is the variance of the Laplacian of the full-resolution frame (grey levels squared); it falls
 as the image blurs.
@@ -43,7 +45,8 @@ class RingDetectorConfig:
     """Settings of :class:`RingDetector`.
 
     Attributes:
-        px_per_mm: calibration, pixels per millimetre at the treatment plane.
+        px_per_mm: nominal scale, pixels per millimetre at the treatment plane, that turns the sizes searched
+            for into pixels (the simulated camera's own scale by default); not a calibration.
         min_diameter_mm: smallest ring searched for when no expected size is given, mm.
         max_diameter_mm: largest ring searched for when no expected size is given, mm.
         expected_tolerance: with an expected size, the search covers expected x (1 -/+ tolerance).
@@ -107,7 +110,7 @@ class RingDetection:
     Attributes:
         centre_px: centre (x, y) in full-resolution pixels, origin at the top-left corner.
         diameter_px: diameter of the band's centre line, pixels.
-        diameter_mm: the same in millimetres through the detector's px/mm calibration.
+        diameter_mm: the same in the detector's nominal millimetres (``px_per_mm``), not calibrated.
         coverage: fraction of rays on which the band was found (0..1).
         residual_px: RMS distance of the band points from the fitted circle, pixels.
     """

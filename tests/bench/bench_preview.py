@@ -100,7 +100,7 @@ async def _run(
 
     def publish(preview: Preview) -> None:
         lines.append(len(encode(preview)))
-        rings.append(preview.ring_diameter_mm is not None)
+        rings.append(preview.ring_diameter_px is not None)
         if len(lines) in (warm_up, warm_up + count):
             # Called on the loop thread: its thread_time is the loop's.
             marks.append((time.process_time(), time.thread_time(), time.perf_counter()))

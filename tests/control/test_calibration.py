@@ -15,8 +15,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from control.calibration import (
     ACTUATOR,
+    CAMERA,
     LASER,
     PHOTODIODE,
+    REQUIRED_KINDS,
     SIM_FACTORY_CALIBRATIONS,
     CalibrationDataError,
     CalibrationError,
@@ -24,13 +26,16 @@ from control.calibration import (
     MissingCalibrations,
     OutOfCalibratedRange,
     PiecewiseLinear,
+    camera_ring_mm,
     install_sim_calibrations_if_missing,
     load_active_calibrations,
+    load_camera_scale,
     parse_actuator_calibration,
     parse_laser_calibration,
     parse_photodiode_calibration,
     record_calibration,
 )
+from devices.sim import camera as sim_camera
 from devices.sim.model import PhysicalModel
 from storage import TechUser
 from storage.repositories import CalibrationsRepository, UsersRepository
@@ -312,6 +317,9 @@ def test_factory_calibrations_match_the_simulated_physics() -> None:
         assert model.ring_mm() == pytest.approx(mm)
     photodiode = next(f for f in SIM_FACTORY_CALIBRATIONS if f.kind is PHOTODIODE)
     assert all(w == pytest.approx(2.0 * v) for v, w in photodiode.points)
+    camera = next(f for f in SIM_FACTORY_CALIBRATIONS if f.kind is CAMERA)
+    assert all(px == pytest.approx(mm * sim_camera.DEFAULT_PX_PER_MM) for px, mm in camera.points)
+    assert CAMERA not in REQUIRED_KINDS  # optional: never needed before the laser may emit
 
 
 # ------------------------------------------------------------------------------------------ storage glue
@@ -357,8 +365,17 @@ async def test_sim_factory_set_installs_once_and_converts(
         "laser_current_to_power",
         "photodiode_voltage_to_power",
         "actuator_position_to_ring_size",
+        "camera_pixels_to_mm",
     ]
     assert await install_sim_calibrations_if_missing(sessions, tech_id) == []
+    # camera: the simulated camera's 100 px/mm over 100..600 px; nothing outside that span
+    scale = await load_camera_scale(sessions)
+    assert scale is not None and scale.device_serial_number == "SIMULATED-CAMERA"
+    assert camera_ring_mm(scale, 250.0) == (pytest.approx(2.5), "")
+    assert camera_ring_mm(scale, 600.0) == (pytest.approx(6.0), "")
+    mm, why = camera_ring_mm(scale, 601.0)
+    assert mm is None and "diameter_px 601 px is outside the calibrated range 100..600 px" in why
+    assert camera_ring_mm(None, 250.0) == (None, "uncalibrated: no active camera scale calibration")
     cal = await load_active_calibrations(sessions)
     assert cal.laser.device_serial_number is not None and "SIMULATED" in cal.laser.device_serial_number
     # laser: P = 1.0 W/A x (I - 0.5 A)

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ from account_fixtures import CHEAP
 from controller_fixtures import prepare_data_dir
 
 from control import messages as msg
+from control.calibration import CAMERA, ActiveCalibration
+from control.calibration_records import check_points
 from control.controller import Controller
 from control.ipc.client import ControllerClient
 from control.preview import NO_CAMERA, PreviewProducer
@@ -39,6 +42,16 @@ from devices.sim.camera import SimCameraSource
 from devices.sim.rig import SimRig
 
 RING_MM = 3.0
+
+
+def camera_scale(px_per_mm: float, calibration_id: int = 7) -> ActiveCalibration:
+    """A camera scale calibration of ``px_per_mm`` over targets of 1 to 5 mm."""
+    checked = check_points(CAMERA, [(px_per_mm * mm, mm) for mm in (1.0, 2.0, 3.0, 4.0, 5.0)])
+    return ActiveCalibration(calibration_id, datetime(2026, 12, 1, 9, 0), "CAM-1", checked.curve)
+
+
+#: The simulated camera's own scale.
+SIM_SCALE = camera_scale(100.0)
 
 
 class Published:
@@ -130,6 +143,7 @@ def _producer(
     **kwargs: Any,
 ) -> PreviewProducer:
     kwargs.setdefault("expected_ring_mm", lambda: None)
+    kwargs.setdefault("ring_scale", lambda: SIM_SCALE)
     return PreviewProducer(camera, published, clients, **kwargs)
 
 
@@ -181,6 +195,48 @@ async def test_the_commanded_ring_narrows_the_search(
     last = published.previews[-1]
     assert last.camera == "ok" and last.ring_diameter_px is None
     assert _decode(last).shape == (120, 160, 3)
+
+
+async def test_the_ring_is_measured_through_the_camera_scale_or_marked_uncalibrated(
+    sim_camera: tuple[CameraCapture, SimCameraSource],
+) -> None:
+    capture, _ = sim_camera  # a 3 mm ring at the simulated camera's 100 px/mm: 300 px
+    scale: list[ActiveCalibration | None] = [None]
+    commanded: list[float | None] = [None]
+    published = Published()
+    async with _producer(
+        capture,
+        published,
+        Clients(),
+        rate_hz=20.0,
+        ring_scale=lambda: scale[0],
+        expected_ring_mm=lambda: commanded[0],
+    ):
+        first = (await published.wait_count(1))[0]
+        assert first.ring_diameter_px == pytest.approx(300.0, abs=5.0)
+        assert first.ring_diameter_mm is None and first.ring_scale_id is None
+        assert first.ring_scale_detail == "uncalibrated: no active camera scale calibration"
+        # A camera scale of 150 px/mm: the 300 px ring is 2 mm, and a commanded 2 mm ring is searched for
+        # at 300 px (the detector's nominal 100 px/mm alone would look at 150..250 px).
+        scale[0] = camera_scale(150.0, calibration_id=12)
+        commanded[0] = 2.0
+        count = len(published.previews)
+        previews = await published.wait_for(
+            lambda p: len(p) > count and p[-1].ring_diameter_mm is not None, "a calibrated ring"
+        )
+        assert previews[-1].ring_diameter_mm == pytest.approx(2.0, abs=0.04)
+        assert previews[-1].ring_scale_id == 12 and previews[-1].ring_scale_detail == ""
+        # Beyond the scale's calibrated span (150..750 px) the ring is not given a size in mm.
+        scale[0] = camera_scale(400.0, calibration_id=13)
+        commanded[0] = None
+        count = len(published.previews)
+        previews = await published.wait_for(
+            lambda p: len(p) > count and p[-1].ring_scale_detail != "", "an out-of-span ring"
+        )
+    last = previews[-1]
+    assert last.ring_diameter_px == pytest.approx(300.0, abs=5.0) and last.ring_diameter_mm is None
+    assert "outside the calibrated range 400..2000 px" in last.ring_scale_detail
+    assert "calibration #13" in last.ring_scale_detail
 
 
 async def test_no_camera_is_reported_once_a_second() -> None:
@@ -400,7 +456,9 @@ async def test_the_controller_pushes_previews_to_its_clients(tmp_path: Path, mig
     preview = received[0]
     assert preview.camera == "ok"
     assert _decode(preview).shape == (90, 160, 3)
-    assert preview.ring_diameter_mm is not None and 1.5 <= preview.ring_diameter_mm <= 5.5
+    assert preview.ring_diameter_px is not None and 150.0 <= preview.ring_diameter_px <= 550.0
+    # A fresh data directory has no camera scale calibration: the ring is marked uncalibrated.
+    assert preview.ring_diameter_mm is None and "no active camera scale" in preview.ring_scale_detail
 
 
 def test_the_benchmark_runs_and_reports_the_cost_per_preview() -> None:
@@ -435,7 +493,14 @@ async def test_a_camera_process_makes_the_preview_and_its_end_shows_with_no_imag
     camera = CameraProcess("sim", restart_after_s=30.0)
     camera.start()
     published = Published()
-    producer = PreviewProducer(camera, published, lambda: True, rate_hz=10.0, expected_ring_mm=lambda: 2.0)
+    producer = PreviewProducer(
+        camera,
+        published,
+        lambda: True,
+        rate_hz=10.0,
+        expected_ring_mm=lambda: 2.0,
+        ring_scale=lambda: SIM_SCALE,
+    )
     try:
         await camera.wait_for_state(CameraState.OK, 30.0)
         producer.start()
@@ -492,5 +557,5 @@ async def test_a_configured_camera_runs_in_its_own_process_and_previews_reach_th
             pid = camera.pid
         finally:
             await controller.close()
-    assert preview.camera == "ok" and preview.ring_diameter_mm is not None
+    assert preview.camera == "ok" and preview.ring_diameter_px is not None
     assert pid is not None and not _running(pid)

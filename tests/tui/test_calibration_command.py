@@ -216,3 +216,60 @@ def test_missing_file_unknown_id_and_empty_list(
     assert "no calibration #42" in capsys.readouterr().err
     assert tosca(monkeypatch, "calibration", "list") == 0
     assert capsys.readouterr().out == "no calibrations stored\n"
+
+
+def camera_sheet(points: list[tuple[float, float]]) -> dict[str, Any]:
+    return {
+        "device_type": "camera",
+        "calibration_type": "camera_pixels_to_mm",
+        "device_serial_number": "CAM-7",
+        "notes": "targets of 2, 3, 4 and 5 mm",
+        "calibration_points": [{"diameter_px": px, "diameter_mm": mm} for px, mm in points],
+    }
+
+
+def test_a_camera_scale_is_checked_like_the_others_and_round_trips(
+    people: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for number, (points, reason) in enumerate(
+        [
+            ([(198.0, 2.0), (301.5, 3.0)], "2 points; a calibration needs at least 3"),
+            ([(198.0, 2.0), (301.5, 3.0), (280.0, 4.0)], "not monotonic"),
+            ([(198.0, 2.0), (301.5, 2.1), (402.0, 2.2), (499.0, 5.0)], "below the quality floor 0.99"),
+            ([(198.0, 2.0), (301.5, -3.0), (402.0, 4.0)], "point 2 diameter_mm is negative"),
+        ],
+        start=1,
+    ):
+        file = write(tmp_path / f"camera-bad{number}.json", camera_sheet(points))
+        assert (
+            tosca(monkeypatch, "calibration", "import", str(file), "--user", "eve", stdin=ENGINEER_PASSWORD)
+            == 1
+        )
+        err = capsys.readouterr().err
+        assert reason in err and "nothing stored" in err, err
+    assert rows() == []
+
+    good = camera_sheet([(198.0, 2.0), (301.5, 3.0), (402.0, 4.0), (499.0, 5.0)])
+    file = write(tmp_path / "camera.json", good)
+    assert (
+        tosca(monkeypatch, "calibration", "import", str(file), "--user", "eve", stdin=ENGINEER_PASSWORD) == 0
+    )
+    assert "calibration #1: camera_pixels_to_mm stored as active (4 points" in capsys.readouterr().out
+    assert tosca(monkeypatch, "calibration", "export", "1") == 0
+    exported = capsys.readouterr().out
+    again = write(tmp_path / "camera-again.json", exported)
+    assert (
+        tosca(monkeypatch, "calibration", "import", str(again), "--user", "eve", stdin=ENGINEER_PASSWORD) == 0
+    )
+    capsys.readouterr()
+    assert rows() == [(1, "camera_pixels_to_mm", 0, "CAM-7"), (2, "camera_pixels_to_mm", 1, "CAM-7")]
+    assert tosca(monkeypatch, "calibration", "export", "2") == 0
+    second = json.loads(capsys.readouterr().out)
+    assert second["calibration_points"] == good["calibration_points"]
+    assert (second["device_type"], second["notes"]) == ("camera", "targets of 2, 3, 4 and 5 mm")
+    assert tosca(monkeypatch, "calibration", "list") == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in listing[1:]] == [
+        ["2", "camera_pixels_to_mm"],
+        ["1", "camera_pixels_to_mm"],
+    ]

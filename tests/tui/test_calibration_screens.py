@@ -114,8 +114,11 @@ async def test_ring_size_wizard_moves_refuses_bad_readings_and_saves_when_confir
         await open_calibrations(pilot)
         screen = app.screen
         assert isinstance(screen, CalibrationScreen)
-        await wait_until(pilot, lambda: len(screen.rows) == 3, "the factory calibrations listed")
-        expected = "active: actuator 9 days, laser 9 days, photodiode 9 days (valid for 365 days)"
+        await wait_until(pilot, lambda: len(screen.rows) == 4, "the factory calibrations listed")
+        expected = (
+            "active: actuator 9 days, camera scale 9 days, laser 9 days, photodiode 9 days "
+            "(valid for 365 days)"
+        )
         assert expected in screen_text(app)
         wizard = RingSizeWizard(screen.context, screen.user, positions_um=(0.0, 100.0, 200.0, 300.0))
         app.push_screen(wizard)
@@ -155,16 +158,18 @@ async def test_ring_size_wizard_moves_refuses_bad_readings_and_saves_when_confir
         await wait_until(
             pilot, lambda: "not saved:" in status(app) and "not monotonic" in status(app), "refused"
         )
-        assert len(stored()) == 3  # the factory set only
+        assert len(stored()) == 4  # the factory set only
 
         # Measured again from the start, well this time.
         wizard.points.clear()
+        wizard.sources.clear()
         await type_value(pilot, "2.3")
         await wait_until(pilot, lambda: wizard.stage == "done", "every position")
         wizard.points[:] = [(0.0, 2.0), (100.0, 2.01), (200.0, 2.02), (300.0, 4.0)]  # monotonic, a poor line
+        wizard.sources[:] = ["typed"] * 4
         await pilot.press("f5")
         await wait_until(pilot, lambda: "below the quality floor 0.99" in status(app), "the quality floor")
-        assert len(stored()) == 3
+        assert len(stored()) == 4
         wizard.points[:] = [(0.0, 2.0), (100.0, 2.1), (200.0, 2.2), (300.0, 2.3)]
         wizard.show_points()
         assert "r squared 1.0000" in str(app.screen.query_one("#fit").render())
@@ -175,10 +180,80 @@ async def test_ring_size_wizard_moves_refuses_bad_readings_and_saves_when_confir
         await pilot.press("f5")
         await wait_until(pilot, lambda: showing(app, ConfirmDialog), "the confirmation")
         await pilot.press("y")
-        await wait_until(pilot, lambda: "saved as active: calibration #4" in status(app), "saved")
+        await wait_until(pilot, lambda: "saved as active: calibration #5" in status(app), "saved")
     rows = stored()
     assert rows[2][1:3] == ("actuator_position_to_ring_size", 0)
-    assert rows[3] == (4, "actuator_position_to_ring_size", 1, "ring size wizard")
+    assert rows[4] == (5, "actuator_position_to_ring_size", 1, "ring size wizard; points 1, 2, 3, 4 typed")
+
+
+def camera_line(app: ToscaApp) -> str:
+    return str(app.screen.query_one("#camera-reading").render())
+
+
+async def test_ring_size_wizard_takes_the_cameras_measurement_and_gives_back_the_simulators_curve(
+    rig: ControllerProcess, clock: FakeClock
+) -> None:
+    with sqlite3.connect(DATA_DIR / "tosca.db") as db:
+        db.execute("UPDATE calibrations SET is_active = 0 WHERE device_type = 'camera'")
+    app = console(clock)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_calibrations(pilot)
+        screen = app.screen
+        assert isinstance(screen, CalibrationScreen)
+        # No camera scale calibration active: the camera's measurement is not offered, and says why.
+        wizard = RingSizeWizard(screen.context, screen.user, positions_um=(0.0,))
+        app.push_screen(wizard)
+        await wait_until(pilot, lambda: showing(app, RingSizeWizard), "the wizard")
+        await type_value(pilot, ENGINEER_PASSWORD)
+        await wait_until(pilot, lambda: wizard.stage == "reading", "the first position", 30.0)
+        await wait_until(pilot, lambda: "no active camera scale calibration" in camera_line(app), "why not")
+        assert "camera's measurement not offered: ring 20" in camera_line(app)  # 2 mm: about 200 px
+        await pilot.press("f6")
+        await wait_until(pilot, lambda: "not taken:" in status(app), "the refusal")
+        assert "no active camera scale calibration" in status(app)
+        assert wizard.points == []
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: showing(app, CalibrationScreen), "back from the wizard")
+
+        # The factory camera scale active again: read by the controller at the next move.
+        with sqlite3.connect(DATA_DIR / "tosca.db") as db:
+            db.execute("UPDATE calibrations SET is_active = 1 WHERE device_type = 'camera'")
+        positions = (0.0, 300.0, 600.0, 900.0)
+        wizard = RingSizeWizard(screen.context, screen.user, positions_um=positions)
+        app.push_screen(wizard)
+        await wait_until(pilot, lambda: showing(app, RingSizeWizard), "the wizard again")
+        await type_value(pilot, ENGINEER_PASSWORD)
+        for n in range(len(positions)):
+            await wait_until(
+                pilot, lambda n=n: wizard.stage == "reading" and wizard.index == n, f"point {n}", 30.0
+            )
+            await wait_until(
+                pilot,
+                lambda: "F6 takes it" in camera_line(app),
+                f"the camera's measurement at point {n}",
+                10.0,
+            )
+            assert "through camera scale calibration #4" in camera_line(app)
+            await pilot.press("f6")
+            await wait_until(pilot, lambda n=n: len(wizard.points) == n + 1, f"point {n} taken")
+        await wait_until(pilot, lambda: wizard.stage == "done", "every position")
+        assert wizard.sources == ["camera"] * len(positions)
+        # The simulator's own ring: 2.0 mm + 1 mm per 1000 um.
+        for (um, mm), target in zip(wizard.points, positions, strict=True):
+            assert um == pytest.approx(target, abs=2.0)
+            model = PhysicalModel(seed=1)
+            model.actuator_position_um = um
+            assert mm == pytest.approx(model.ring_mm(), rel=0.02), (um, mm)
+        await pilot.press("f5")
+        await wait_until(pilot, lambda: showing(app, ConfirmDialog), "the confirmation")
+        await pilot.press("y")
+        await wait_until(pilot, lambda: "saved as active: calibration #5" in status(app), "saved")
+    assert stored()[-1] == (
+        5,
+        "actuator_position_to_ring_size",
+        1,
+        "ring size wizard; points 1, 2, 3, 4 from the camera (camera scale calibration #4)",
+    )
 
 
 async def test_laser_power_wizard_gives_back_the_simulators_curve_within_2_percent(
@@ -237,7 +312,7 @@ async def test_laser_power_wizard_gives_back_the_simulators_curve_within_2_perce
         await wait_until(pilot, lambda: snapshot(app).state.value == "idle", "the run ended")
 
     rows = stored()
-    assert [(r[1], r[2]) for r in rows[3:]] == [
+    assert [(r[1], r[2]) for r in rows[4:]] == [
         ("laser_current_to_power", 1),
         ("photodiode_voltage_to_power", 1),
     ]
@@ -246,7 +321,7 @@ async def test_laser_power_wizard_gives_back_the_simulators_curve_within_2_perce
         active = await load_active_calibrations(session_factory(engine))
     finally:
         await engine.dispose()
-    assert active.laser.calibration_id == 4 and active.photodiode.calibration_id == 5
+    assert active.laser.calibration_id == 5 and active.photodiode.calibration_id == 6
     for current in (2000.0, 5000.0, 8500.0):
         truth = sim_model.LASER_SLOPE_W_PER_A * (current / 1000.0 - sim_model.LASER_THRESHOLD_A)
         assert active.current_to_power_w(current) == pytest.approx(truth, rel=0.02)

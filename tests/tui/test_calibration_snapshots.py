@@ -1,5 +1,5 @@
-"""Snapshots of the engineer's calibration list and of the laser power wizard refusing a fit that is not
-monotonic, at 80x24 and 120x40."""
+"""Snapshots of the engineer's calibration list, of the laser power wizard refusing a fit that is not
+monotonic, and of the ring size wizard offering the camera's measurement, at 80x24 and 120x40."""
 
 from __future__ import annotations
 
@@ -17,9 +17,11 @@ from textual.widgets import Label
 
 from control.accounts import AccountService
 from control.calibration import install_sim_calibrations_if_missing
+from control.messages import Preview
 from storage import create_engine, session_factory
 from tests.support import CHEAP
-from tui.screens.calibration import CalibrationScreen, LaserPowerWizard
+from tui.screens._base import PreviewUpdated
+from tui.screens.calibration import CalibrationScreen, LaserPowerWizard, RingSizeWizard
 
 SnapCompare = Callable[..., bool]
 SIZES = [pytest.param((80, 24), id="80x24"), pytest.param((120, 40), id="120x40")]
@@ -67,7 +69,7 @@ def test_calibration_list_snapshot(
         await wait_until(pilot, lambda: isinstance(pilot.app.screen, CalibrationScreen), "the screen")
         screen = pilot.app.screen
         assert isinstance(screen, CalibrationScreen)
-        await wait_until(pilot, lambda: len(screen.rows) == 4, "the calibrations")
+        await wait_until(pilot, lambda: len(screen.rows) == 5, "the calibrations")
         await tables_measured(pilot)
         await pilot.pause()
 
@@ -97,3 +99,47 @@ def test_laser_wizard_refusal_snapshot(
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=size, run_before=refused)
+
+
+def ring_wizard(context: Any, user: Any) -> RingSizeWizard:
+    return RingSizeWizard(context, user, positions_um=(0.0, 500.0, 1000.0))
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_ring_wizard_camera_offer_snapshot(
+    data_dir: Path, clock: FakeClock, snap_compare: SnapCompare, size: Any
+) -> None:
+    asyncio.run(_calibrations())
+    app = AdminScreenApp(ring_wizard, clock, link=LinkStandIn(), username="eve")
+
+    async def offered(pilot: Pilot[Any]) -> None:
+        await wait_until(pilot, lambda: isinstance(pilot.app.screen, RingSizeWizard), "the wizard")
+        wizard = pilot.app.screen
+        assert isinstance(wizard, RingSizeWizard)
+        wizard.points[:] = [(0.0, 2.001), (500.0, 2.498)]
+        wizard.sources[:] = ["camera", "typed"]
+        wizard.show_points()
+        wizard.index, wizard.current_position, wizard.stage = 2, 1000.0, "reading"
+        wizard.ask_value(
+            "Point 3 of 3: actuator at 1000.0 um. Type the ring diameter you measured, mm:", "mm"
+        )
+        for seq in (1, 2):  # the second preview since the actuator stopped
+            preview = Preview(
+                seq=seq,
+                time_s=1.0,
+                camera="ok",
+                ring_diameter_px=300.2,
+                ring_diameter_mm=3.002,
+                ring_scale_id=4,
+            )
+            wizard.post_message(PreviewUpdated(preview))
+            await pilot.pause()
+        await wait_until(
+            pilot,
+            lambda: "F6 takes it" in str(wizard.query_one("#camera-reading", Label).render()),
+            "the offer",
+        )
+        await tables_measured(pilot)
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=size, run_before=offered)

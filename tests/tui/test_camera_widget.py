@@ -128,6 +128,11 @@ async def test_an_image_preview_shows_the_image_and_the_ring() -> None:
         await pilot.pause()
         assert _text(pilot, "camera-caption") == "no ring found · focus 412"
         assert _visible(pilot, "camera-image")
+        # A ring found with no camera scale calibration active: its size in pixels, marked uncalibrated.
+        uncalibrated = image_preview(seq=3).model_copy(update={"ring_diameter_mm": None})
+        camera.show(uncalibrated)
+        await pilot.pause()
+        assert _text(pilot, "camera-caption") == "ring 302 px (uncalibrated) · focus 412"
 
 
 async def test_each_new_image_is_drawn_in_place() -> None:

@@ -10,7 +10,7 @@ import json
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from console_fixtures import ADMIN_PASSWORD, CLI, DATA_DIR, enter_text, make_settings, seed, showing
@@ -116,6 +116,15 @@ async def test_the_ring_size_wizard_moves_the_actuator_from_the_remote_console_a
             await pilot_wait(
                 pilot, lambda n=n: f"Point {n} of 3: actuator at" in screen_text(app), f"point {n}", 30.0
             )
+            if n == 1:
+                # The previews reach the remote console too: the camera sees the ring, but no camera scale
+                # calibration is active here, so its measurement is not offered.
+                await pilot_wait(
+                    pilot,
+                    lambda: "no active camera scale calibration" in screen_text(app),
+                    "why the camera's measurement is not offered",
+                )
+                assert "camera's measurement not offered: ring" in screen_text(app)
             await enter_text(pilot, ring)
             await pilot.press("enter")
         await pilot_wait(pilot, lambda: "Every position measured" in screen_text(app), "every point")
@@ -137,10 +146,23 @@ async def test_the_ring_size_wizard_moves_the_actuator_from_the_remote_console_a
                     password=ENGINEER_PASSWORD,
                 )
             )
+        # Points said to come from the camera must name the camera scale they were measured through.
+        good = [[0.0, 2.0], [100.0, 2.1], [200.0, 2.2]]
+        refused: list[tuple[list[Literal["typed", "camera"]], str]] = [
+            (["camera", "typed", "camera"], "must name the camera scale calibration used"),
+            (["typed", "typed"], "2 point sources for 3 points"),
+        ]
+        for sources, reason in refused:
+            with pytest.raises(CommandFailed, match=reason):
+                await app.link.call(
+                    msg.CalibrationSaveRing(
+                        points=good, username="eric", password=ENGINEER_PASSWORD, point_sources=sources
+                    )
+                )
     [(made_by, active, data)] = rows(
         "SELECT u.username, c.is_active, c.calibration_data FROM calibrations c JOIN tech_users u "
         "ON u.tech_id = c.tech_id WHERE c.calibration_type = 'actuator_position_to_ring_size' "
-        "AND c.notes = 'ring size wizard'"
+        "AND c.notes = 'ring size wizard; points 1, 2, 3 typed'"
     )
     assert made_by == "eric" and active == 1 and len(json.loads(data)["calibration_points"]) == 3
     [(terminal,)] = rows("SELECT terminal FROM audit_log WHERE action = 'calibration_saved'")

@@ -5,7 +5,10 @@ against ``calibration_validity_days``) and opens the wizards:
 
 - **Ring size** (``r``): the engineer's password first (each actuator move is checked with it by the
   controller, which refuses a move while a session is open); then for each position the actuator moves and
-  the engineer types the ring diameter measured, mm. No emission: allowed on a remote console too, where the
+  the engineer types the ring diameter measured, mm, or, where a camera scale calibration is active and the
+  camera sees the ring, takes the camera's measurement with F6 (the line under the prompt shows it, or why it
+  is not offered). The saved calibration's notes say which points were typed and which came from the camera.
+  No emission: allowed on a remote console too (the previews reach it over ``observe.sock``), where the
   controller stores the result (``calibration_save_ring``: the remote console's records are read-only).
 - **Laser power** (``l``): at the kiosk only (refused over SSH). The password is key control: the controller
   arms the rig as for a treatment. For each current the controller sets the drive with the laser off; the
@@ -24,8 +27,9 @@ laser off).
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from textual import work
 from textual.app import ComposeResult
@@ -35,25 +39,31 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Label
 
 from control.accounts import UserInfo
-from control.calibration import ACTUATOR, LASER, PHOTODIODE, CalibrationKind
+from control.calibration import ACTUATOR, CAMERA, LASER, PHOTODIODE, CalibrationKind
 from control.calibration_records import (
     ACTION_SAVED,
     CALIBRATING_ROLE,
+    POINT_CAMERA,
+    POINT_TYPED,
     R_SQUARED_FLOOR,
     CalibrationInfo,
     CalibrationRefused,
     CheckedCalibration,
     check_points,
     list_calibrations,
+    ring_wizard_notes,
     store_calibration,
 )
 from control.ipc_errors import CommandFailed, ControllerUnavailable
 from tui.remote import is_remote, remote_refusal
 from tui.safe_text import plain
-from tui.screens._base import ScreenContext
+from tui.screens._base import PreviewUpdated, ScreenContext
 from tui.screens.dialogs import ConfirmDialog
 from tui.widgets.header import ConsoleHeader
 from tui.widgets.tables import Cell, fill_table
+
+if TYPE_CHECKING:
+    from control.messages import Preview
 
 #: Actuator positions of the ring size wizard, um (the default travel).
 RING_POSITIONS_UM: tuple[float, ...] = (0.0, 500.0, 1000.0, 1500.0, 2000.0, 2500.0, 3000.0)
@@ -65,7 +75,7 @@ LIST_COLUMNS = ("ID", "device", "date (UTC)", "active", "points", "r2", "by", "n
 WIZARD_CSS = """
     #calibration, #wizard { height: 1fr; }
     #calibration-table, #points { height: 1fr; }
-    #prompt, #fit, #fit2, #status, #calibration-detail { width: 100%; height: auto; }
+    #prompt, #fit, #fit2, #camera-reading, #status, #calibration-detail { width: 100%; height: auto; }
     #status.error { color: $error; text-style: bold; }
     #value { width: 100%; }
 """
@@ -84,6 +94,29 @@ def parse_reading(text: str, what: str, unit: str, *, above_zero: bool = False) 
     if value < 0 or (above_zero and value == 0):
         raise ValueError(f"{what} must be {'above' if above_zero else 'at least'} 0 {unit}; got {value:g}")
     return value
+
+
+#: Previews the ring size wizard waits for after a move before it offers the camera's measurement: the first
+#: may have been made from a frame taken before the actuator stopped.
+FRESH_PREVIEWS = 2
+
+
+def camera_offer(preview: Preview | None) -> tuple[float | None, str]:
+    """The camera's measurement of the ring in ``preview``, mm, and the line that shows it; ``(None, why it
+    is not offered)`` without a camera image, without a ring in view or without a camera scale calibration."""
+    if preview is None:
+        return None, "no camera preview from the controller"
+    if preview.camera != "ok":
+        detail = f" ({preview.detail})" if preview.detail else ""
+        return None, f"the camera is {preview.camera}{detail}"
+    px = preview.ring_diameter_px
+    if px is None:
+        return None, "the camera sees no ring"
+    mm = preview.ring_diameter_mm
+    if mm is None or preview.ring_scale_id is None:
+        why = preview.ring_scale_detail or "uncalibrated"
+        return None, f"ring {px:.1f} px, {why} (import one: tosca calibration import)"
+    return mm, f"{mm:.3f} mm ({px:.1f} px through camera scale calibration #{preview.ring_scale_id})"
 
 
 def fit_line(kind: CalibrationKind, points: list[tuple[float, float]]) -> str:
@@ -158,7 +191,7 @@ class CalibrationScreen(Screen[None]):
         now = self.context.settings.clock()
         validity = await self._validity_days()
         ages = ", ".join(
-            f"{row.device_type} {_days(now, row.calibration_date)} days"
+            f"{_label(row)} {_days(now, row.calibration_date)} days"
             + (" EXPIRED" if validity is not None and _days(now, row.calibration_date) > validity else "")
             for row in active
         )
@@ -206,6 +239,11 @@ class CalibrationScreen(Screen[None]):
         self.app.pop_screen()
 
 
+def _label(row: CalibrationInfo) -> str:
+    """How a calibration is named in the line of ages (the camera has a scale and a focus reference)."""
+    return "camera scale" if row.calibration_type == CAMERA.calibration_type else row.device_type
+
+
 def _days(now: datetime, then: datetime) -> int:
     return int((now - then).total_seconds() // 86400)
 
@@ -221,6 +259,8 @@ class _Wizard(Screen[None]):
     ]
     TITLE_TEXT = ""
     COLUMNS: tuple[str, ...] = ()
+    #: True for a wizard that shows the camera's measurement under its prompt.
+    CAMERA_LINE = False
 
     def __init__(self, context: ScreenContext, user: UserInfo) -> None:
         super().__init__()
@@ -243,6 +283,8 @@ class _Wizard(Screen[None]):
             yield Label("", id="fit")
             yield Label("", id="fit2")
             yield Label("", id="prompt")
+            if self.CAMERA_LINE:
+                yield Label("", id="camera-reading")
             yield Input(id="value", password=True, placeholder="your password")
             yield Label("", id="status")
         yield Footer(compact=True)
@@ -267,24 +309,29 @@ class _Wizard(Screen[None]):
             return "no controller is connected"
         return None
 
+    @abstractmethod
     def password_prompt(self) -> str:
-        raise NotImplementedError
+        """What the wizard does, and the request for the password."""
 
+    @abstractmethod
     def show_points(self) -> None:
-        raise NotImplementedError
+        """Show the points measured so far and their fit."""
 
+    @abstractmethod
     def checked(self) -> list[tuple[CheckedCalibration, str]]:
-        """Every calibration the points give, checked (CalibrationRefused with the reason)."""
-        raise NotImplementedError
+        """Every calibration the points give, checked (CalibrationRefused with the reason), with its notes."""
 
+    @abstractmethod
     async def begin(self, password: str) -> bool:
-        raise NotImplementedError
+        """Start with the engineer's password; False when refused (the reason shown)."""
 
+    @abstractmethod
     async def next_point(self) -> None:
-        raise NotImplementedError
+        """Set up the next point (or finish when every point is measured)."""
 
+    @abstractmethod
     async def take(self, typed: str) -> None:
-        raise NotImplementedError
+        """Record the value typed for the point being measured (or refuse it, saying why)."""
 
     async def end(self) -> None:
         """Called when the wizard is left."""
@@ -399,9 +446,14 @@ class _Wizard(Screen[None]):
 
 
 class RingSizeWizard(_Wizard):
-    """The ring size wizard: the actuator moves, the engineer types the measured diameter."""
+    """The ring size wizard: the actuator moves, the engineer types the measured diameter or takes the
+    camera's measurement (F6)."""
 
     TITLE_TEXT = "Ring size calibration"
+    CAMERA_LINE = True
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("f6", "take_camera", "Camera's value"),
+    ]
 
     def __init__(
         self, context: ScreenContext, user: UserInfo, positions_um: tuple[float, ...] = RING_POSITIONS_UM
@@ -409,25 +461,81 @@ class RingSizeWizard(_Wizard):
         super().__init__(context, user)
         self.positions = positions_um
         self.points: list[tuple[float, float]] = []
+        #: Where each point's ring size came from (POINT_TYPED or POINT_CAMERA), in the order of ``points``.
+        self.sources: list[str] = []
+        #: The camera scale calibration the camera's points were measured through.
+        self.camera_scale_id: int | None = None
         #: Where the actuator stopped for the point being measured, um.
         self.current_position = 0.0
+        #: The newest camera preview, and how many arrived since the actuator stopped.
+        self.preview: Preview | None = None
+        self.fresh_previews = 0
 
     def password_prompt(self) -> str:
         return (
             f"The actuator moves to {len(self.positions)} positions; at each, measure the ring and type its "
-            "diameter. Your password (each move is checked with it):"
+            "diameter, or take the camera's measurement. Your password (each move is checked with it):"
         )
 
     def show_points(self) -> None:
         table: DataTable[Cell] = self.query_one("#points", DataTable)
         cells: list[list[Cell]] = [
-            [plain(f"{i}"), plain(f"{x:g}"), plain(f"{y:g}")] for i, (x, y) in enumerate(self.points, 1)
+            [plain(f"{i}"), plain(f"{x:g}"), plain(f"{y:g}"), plain(source)]
+            for i, ((x, y), source) in enumerate(zip(self.points, self.sources, strict=False), 1)
         ]
-        fill_table(table, ("point", "position um", "ring mm"), cells)
+        fill_table(table, ("point", "position um", "ring mm", "from"), cells)
         self.query_one("#fit", Label).update(plain(fit_line(ACTUATOR, self.points)))
 
     def checked(self) -> list[tuple[CheckedCalibration, str]]:
-        return [(check_points(ACTUATOR, self.points), "ring size wizard")]
+        if len(self.sources) != len(self.points):
+            raise CalibrationRefused("the points and where they came from do not match: measure again")
+        notes = ring_wizard_notes(self.sources, self.camera_scale_id)
+        return [(check_points(ACTUATOR, self.points), notes)]
+
+    # -- the camera's measurement -----------------------------------------------------------------------
+    def on_preview_updated(self, message: PreviewUpdated) -> None:
+        self.preview = message.preview
+        if self.stage == "reading":
+            self.fresh_previews += 1
+        self.show_camera()
+
+    def camera_measurement(self) -> tuple[float | None, str]:
+        """The camera's measurement at the point being measured, mm, and the line shown; (None, why not)."""
+        if self.stage != "reading":
+            return None, "no point is being measured"
+        if self.fresh_previews < FRESH_PREVIEWS:
+            return None, "waiting for the camera's view at this position"
+        return camera_offer(self.preview)
+
+    def show_camera(self) -> None:
+        line = self.query_one("#camera-reading", Label)
+        if self.stage != "reading":
+            line.update("")
+            return
+        mm, text = self.camera_measurement()
+        if mm is None:
+            line.update(plain(f"camera's measurement not offered: {text}"))
+        else:
+            line.update(plain(f"camera: {text}; F6 takes it (or type a value)"))
+
+    async def action_take_camera(self) -> None:
+        """F6: the camera's measurement becomes the point's ring size."""
+        if self.stage != "reading":
+            self.show_status("not taken: no point is being measured")
+            return
+        mm, text = self.camera_measurement()
+        scale_id = self.preview.ring_scale_id if self.preview is not None else None
+        if mm is None or scale_id is None:
+            self.show_status(f"not taken: {text}")
+            return
+        if self.camera_scale_id is not None and scale_id != self.camera_scale_id:
+            self.show_status(
+                f"not taken: the camera scale changed (calibration #{self.camera_scale_id} to #{scale_id}) "
+                "during this calibration; type the value, or start again"
+            )
+            return
+        self.camera_scale_id = scale_id
+        await self.record(round(mm, 4), POINT_CAMERA)
 
     async def begin(self, password: str) -> bool:
         self.password = password
@@ -442,9 +550,14 @@ class RingSizeWizard(_Wizard):
         if self.password is None:
             self.show_status("not saved: type your password first")
             return None
+        camera = self.camera_scale_id if POINT_CAMERA in self.sources else None
         reply = await self.call(
             CalibrationSaveRing(
-                points=[[x, y] for x, y in self.points], username=self.user.username, password=self.password
+                points=[[x, y] for x, y in self.points],
+                username=self.user.username,
+                password=self.password,
+                point_sources=[POINT_CAMERA if s == POINT_CAMERA else POINT_TYPED for s in self.sources],
+                camera_scale_id=camera,
             )
         )
         return None if reply is None else [int(reply["calibration_id"])]
@@ -456,12 +569,14 @@ class RingSizeWizard(_Wizard):
             self.prompt(
                 "Every position measured: F5 saves (after you confirm), Escape leaves without saving."
             )
+            self.show_camera()
             return
         from control.messages import CalibrationMove
 
         assert self.password is not None
         target = self.positions[self.index]
         self.stage = "moving"
+        self.show_camera()
         self.prompt(
             f"Point {self.index + 1} of {len(self.positions)}: moving the actuator to {target:g} um ..."
         )
@@ -481,12 +596,14 @@ class RingSizeWizard(_Wizard):
             self.prompt("Your password again to move on (or Escape):")
             return
         self.current_position = float(reply["position_um"])
+        self.fresh_previews = 0
         self.stage = "reading"
         self.ask_value(
             f"Point {self.index + 1} of {len(self.positions)}: actuator at {self.current_position:.1f} um. "
             "Type the ring diameter you measured, mm, and press Enter:",
             "ring diameter, mm",
         )
+        self.show_camera()
 
     async def take(self, typed: str) -> None:
         try:
@@ -494,9 +611,14 @@ class RingSizeWizard(_Wizard):
         except ValueError as exc:
             self.show_status(f"not recorded: {exc}")
             return
+        await self.record(ring, POINT_TYPED)
+
+    async def record(self, ring: float, source: str) -> None:
+        """The point measured: ``ring`` mm at the actuator's position, typed or from the camera."""
         self.points.append((self.current_position, ring))
+        self.sources.append(source)
         self.show_status(
-            f"point {self.index + 1}: {self.current_position:.1f} um -> {ring:g} mm", error=False
+            f"point {self.index + 1}: {self.current_position:.1f} um -> {ring:g} mm ({source})", error=False
         )
         self.show_points()
         self.index += 1

@@ -334,10 +334,12 @@ def fit_halfblock(image_w: int, image_h: int, cells_w: int, cells_h: int) -> tup
 
 def ring_caption(preview: Preview) -> str:
     """The line under the image: the ring's diameter in mm (or "no ring found") and the focus score."""
-    if preview.ring_diameter_mm is None:
-        text = "no ring found"
-    else:
+    if preview.ring_diameter_mm is not None:
         text = f"ring {preview.ring_diameter_mm:.2f} mm"
+    elif preview.ring_diameter_px is not None:
+        text = f"ring {preview.ring_diameter_px:.0f} px (uncalibrated)"
+    else:
+        text = "no ring found"
     if preview.focus is not None:
         text += f" · focus {preview.focus:.0f}"
     return text
