@@ -8,23 +8,55 @@ client address the console read from its environment, and the Unix user and pid 
 socket's peer (``SO_PEERCRED``: not the console's word). Its ``terminal`` is ``ssh:<address>`` (or
 ``observe:<unix user>`` without an address), as a console at that terminal would record it.
 
-A successful login makes the connection act for that person, for its logout and screen lock rows only: nothing
-on ``observe.sock`` arms, emits or touches a session, whoever is signed in.
+A successful login makes the connection act for that person, for its logout and screen lock rows, and for
+the backups and research exports the controller makes for a remote console
+(:meth:`RemoteConsoles.records_work`): nothing on ``observe.sock`` arms, emits or touches a session, whoever
+is signed in.
+
+**Backups and exports.** The remote console cannot write the data directory, so the controller makes them for
+the person signed in on the connection, when that person's role may at the kiosk (an engineer or an admin,
+checked against the account as it is now: a deactivated or re-roled account is refused). The work (SQLite's
+online backup, ``integrity_check``, reading the sessions, writing the files) runs on a worker thread with its
+own SQLite connections (:func:`asyncio.to_thread`), never on the event loop that runs the safety supervisor's
+tick; one such job at a time. The database is in WAL mode: the backup's and the export's reads are snapshots
+that never block the treatment's writes, and each audit row is one short write transaction. As at the kiosk, a
+backup and an export are allowed while a session is open (they only read; an open session itself is not
+exported). Each audit row (``db_backup``, ``db_backup_verify``, ``research_export``) names the person, the
+terminal ``ssh:<address>`` and, in its details, the origin (:func:`origin_details`). An export's files are
+made readable by the records database's group (``tosca-records``) and by nobody else, so the engineer's own
+Unix user can read them (and fetch them: ``tosca export fetch``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import pwd
+from pathlib import Path
 from typing import Any
 
 from control import messages as msg
 from control.account_rules import UserInfo
 from control.accounts import AccountService
 from control.ipc.server import CommandRefused, Peer
+from storage.audit_query import record_action
+from storage.backups import make_backup, verify_backup
+from storage.errors import StorageError, one_line
+from storage.export import ExportResult, export_range, export_session, share_with_records_group
+from storage.paths import DataDir
 
 #: Audit services kept per terminal (one per SSH client address, at most this many).
 TERMINALS_KEPT = 32
+#: Who may make and verify backups and write research exports (as at the kiosk's screens).
+RECORDS_ROLES = frozenset({"engineer", "admin"})
+#: The audit action of each records command, for a refusal's row.
+_ACTIONS = {
+    "remote_backup": "db_backup",
+    "remote_verify_backup": "db_backup_verify",
+    "remote_export": "research_export",
+}
+
+RecordsCommand = msg.RemoteBackup | msg.RemoteVerifyBackup | msg.RemoteExport
 
 
 def unix_user(uid: int | None) -> str | None:
@@ -63,6 +95,8 @@ class RemoteConsoles:
         self._accounts = accounts
         self._by_terminal: dict[str, AccountService] = {}
         self._signed_in: dict[int, tuple[UserInfo, str | None]] = {}
+        #: Whether a backup or an export is being made for a remote console (one at a time).
+        self._records_busy = False
 
     def _service(self, terminal: str) -> AccountService:
         """An account service recording ``terminal`` in its rows (kept, so its lockout of unknown names and
@@ -125,3 +159,120 @@ class RemoteConsoles:
             username=result.user.username if result.user is not None else None,
             locked_until=result.locked_until.isoformat() if result.locked_until is not None else None,
         )
+
+    # -- backups and research exports ------------------------------------------------------------------------
+
+    async def records_work(self, command: RecordsCommand, peer: Peer, data: DataDir) -> dict[str, Any]:
+        """Make a backup, verify one or write an export in ``data`` for the person signed in on ``peer``'s
+        connection (see the module's docstring); the typed reply as JSON."""
+        if peer.socket != "observe":
+            raise CommandRefused(f"{command.type} is for the remote console on observe.sock")
+        signed = self._signed_in.get(peer.connection)
+        if signed is None:
+            raise CommandRefused("nobody is signed in on this connection: log in at the remote console first")
+        signed_user, ssh_client = signed
+        terminal = terminal_of(peer, ssh_client)
+        origin = {**origin_details(peer, ssh_client), "console": "remote"}
+        action = _ACTIONS[command.type]
+        current = await self._accounts.get_user(signed_user.username)
+        refusal = None
+        if current is None or not current.is_active or current.tech_id != signed_user.tech_id:
+            refusal = f"the account {signed_user.username!r} is deactivated"
+        elif current.role not in RECORDS_ROLES:
+            what = "makes backups" if action != "research_export" else "writes research exports"
+            refusal = f"{current.username} is {current.role}: only an engineer or an admin {what}"
+        elif self._records_busy:
+            refusal = "a backup or an export for a remote console is being made already: wait for it"
+        if refusal is not None:
+            details = {**origin, "reason": refusal}
+            try:
+                await asyncio.to_thread(
+                    record_action,
+                    data.db_path,
+                    action,
+                    "failure",
+                    user=signed_user.username,
+                    terminal=terminal,
+                    details=details,
+                )
+            except StorageError as exc:
+                refusal = f"{refusal} (not recorded: {one_line(exc)})"
+            raise CommandRefused(refusal)
+        user = signed_user.username
+        self._records_busy = True
+        try:
+            match command:
+                case msg.RemoteBackup():
+                    entry = await asyncio.to_thread(
+                        make_backup, data, user=user, terminal=terminal, origin=origin
+                    )
+                    made = msg.RemoteBackupMade(
+                        name=entry.name,
+                        size_bytes=entry.size,
+                        verified=entry.verified is True,
+                        note=entry.verified_text,
+                    )
+                    return made.model_dump(mode="json")
+                case msg.RemoteVerifyBackup():
+                    ok, note = await asyncio.to_thread(
+                        verify_backup, data, command.name, user=user, terminal=terminal, origin=origin
+                    )
+                    return msg.RemoteBackupVerified(name=command.name, ok=ok, note=note).model_dump(
+                        mode="json"
+                    )
+                case msg.RemoteExport():
+                    written = await asyncio.to_thread(_export, data, command, user, terminal, origin)
+                    return written.model_dump(mode="json")
+        except (StorageError, OSError) as exc:
+            raise CommandRefused(one_line(exc)) from None
+        finally:
+            self._records_busy = False
+        raise CommandRefused(f"unknown command {command.type!r}")  # pragma: no cover - the match is complete
+
+
+def _export(
+    data: DataDir, command: msg.RemoteExport, user: str, terminal: str, origin: dict[str, Any]
+) -> msg.RemoteExportWritten:
+    """Write the export ``command`` asks for, readable by the records group (a worker thread's work)."""
+    target = data.root / "exports" / command.folder if command.folder is not None else None
+    formats = list(command.formats) or None
+    if command.session_id is not None:
+        result = export_session(
+            data,
+            command.session_id,
+            target=target,
+            formats=formats,
+            identified=command.identified,
+            user=user,
+            terminal=terminal,
+            origin=origin,
+        )
+    else:
+        assert command.since is not None and command.until is not None  # the message's own rule
+        result = export_range(
+            data,
+            command.since,
+            command.until,
+            target=target,
+            formats=formats,
+            identified=command.identified,
+            user=user,
+            terminal=terminal,
+            origin=origin,
+        )
+    share_with_records_group(result.folder, data.db_path)
+    return _written(result)
+
+
+def _written(result: ExportResult) -> msg.RemoteExportWritten:
+    folder = result.folder
+    files = sorted(str(path.relative_to(folder)) for path in Path(folder).rglob("*") if path.is_file())
+    return msg.RemoteExportWritten(
+        folder=folder.name,
+        path=str(folder),
+        sessions=list(result.sessions),
+        skipped=list(result.skipped),
+        files=files,
+        identified=result.identified,
+        description=result.describe(),
+    )
