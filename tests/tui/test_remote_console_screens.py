@@ -6,7 +6,11 @@ tried (nothing written, no SQLite error)."""
 
 from __future__ import annotations
 
+import getpass
 import json
+import os
+import pwd
+import re
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,7 +20,7 @@ import pytest
 from console_fixtures import ADMIN_PASSWORD, CLI, DATA_DIR, enter_text, make_settings, seed, showing
 from console_fixtures import wait_until as pilot_wait
 from textual.pilot import Pilot
-from textual.widgets import OptionList, Static
+from textual.widgets import DataTable, Input, OptionList, Static
 
 from control import messages as msg
 from control.accounts import AccountService
@@ -173,28 +177,7 @@ async def test_a_remote_admin_is_told_which_screens_and_actions_are_kiosk_only_a
             pilot, lambda: "the records are read-only here" in notifications(app), "configuration refused"
         )
         assert showing(app, HomeScreen)
-        # Backups: listed here, but making one (a file in the data directory and an audit row) is refused.
-        audit_rows = rows("SELECT count(*) FROM audit_log WHERE action LIKE 'backup%'")
-        await pilot.press("b")
-        await pilot_wait(pilot, lambda: showing(app, BackupsScreen), "the backups screen")
-        await pilot.press("b")
-        await pilot_wait(
-            pilot, lambda: KIOSK_ONLY_ACTIONS["backups.make"] in screen_text(app), "the backup refused"
-        )
-        backups = DATA_DIR / "backups"
-        assert not backups.exists() or not any(backups.iterdir())
-        assert rows("SELECT count(*) FROM audit_log WHERE action LIKE 'backup%'") == audit_rows
-        await pilot.press("escape")
-        await pilot_wait(pilot, lambda: showing(app, HomeScreen), "home again")
-        # The research export and the audit trail's CSV: both written into exports/ and audited.
-        await pilot.press("x")
-        await pilot_wait(pilot, lambda: showing(app, ExportScreen), "the export screen")
-        await pilot.press("ctrl+s")
-        await pilot_wait(
-            pilot, lambda: KIOSK_ONLY_ACTIONS["export.write"] in screen_text(app), "the export refused"
-        )
-        await pilot.press("escape")
-        await pilot_wait(pilot, lambda: showing(app, HomeScreen), "home again")
+        # The audit trail's CSV is written into exports/ by this console itself: refused.
         await pilot.press("a")
         await pilot_wait(pilot, lambda: showing(app, AuditScreen), "the audit trail")
         await pilot.press("f5")
@@ -222,3 +205,66 @@ async def test_the_remote_focus_screen_shows_the_live_score_and_refuses_the_stac
         assert "taken at the kiosk" in screen_text(app)
     folder = DATA_DIR / "calibrations" / "camera"
     assert not folder.exists() or not any(folder.iterdir())
+
+
+SEED_PROTOCOL = "Seed example (60 s at 5 W, 30 s ramp to 8 W)"
+
+
+async def test_a_remote_engineer_backs_up_verifies_and_exports_through_the_controller(
+    controller: Controller, clock: FakeClock
+) -> None:
+    ended = await controller.open_session(
+        subject_code="P-2026-0042", username="ada", protocol_name=SEED_PROTOCOL, create_subject=True
+    )
+    await controller.abort("ended for the export")
+    still_open = await controller.open_session(
+        subject_code="P-2026-0042", username="ada", protocol_name=SEED_PROTOCOL
+    )
+    app = remote_console(clock)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await remote_log_in(pilot, "eric", ENGINEER_PASSWORD)
+        await pilot.press("b")
+        await pilot_wait(pilot, lambda: showing(app, BackupsScreen), "the backups screen")
+        # While a session is open a backup is made, as at the kiosk (it only reads the records).
+        await pilot.press("b")
+        await pilot_wait(pilot, lambda: "backed up to tosca_" in screen_text(app), "the backup made", 20.0)
+        assert "integrity ok" in screen_text(app)
+        made = re.search(r"backed up to (tosca_\S+\.db)", screen_text(app))
+        assert made is not None and (DATA_DIR / "backups" / made[1]).is_file()
+        # The list is read again with the new backup highlighted: v verifies it.
+        table = app.screen.query_one("#backup-table", DataTable)
+        await pilot_wait(
+            pilot, lambda: made[1] in str(table.get_row_at(table.cursor_row)[-1]), "the backup highlighted"
+        )
+        await pilot.press("v")
+        await pilot_wait(pilot, lambda: f"{made[1]} verified" in screen_text(app), "the backup verified")
+        await pilot.press("escape")
+        await pilot_wait(pilot, lambda: showing(app, HomeScreen), "home again")
+        await pilot.press("x")
+        await pilot_wait(pilot, lambda: showing(app, ExportScreen), "the export screen")
+        # The open session is refused, with the reason, and nothing is written.
+        await enter_text(pilot, str(still_open.session_id))
+        await pilot.press("ctrl+s")
+        await pilot_wait(pilot, lambda: "is still open" in screen_text(app), "the open session refused")
+        assert not (DATA_DIR / "exports").exists() or not any((DATA_DIR / "exports").iterdir())
+        app.screen.query_one("#field-session", Input).value = str(ended.session_id)
+        await pilot.press("ctrl+s")
+        await pilot_wait(pilot, lambda: "fetch-export" in screen_text(app), "the export written", 20.0)
+        text = screen_text(app)
+        [folder] = list((DATA_DIR / "exports").iterdir())
+        assert f"exported session {ended.session_id} (de-identified" in text
+        assert f"ssh -T {getpass.getuser()}@" in text
+        assert f"fetch-export {folder.name} > {folder.name}.tar" in text
+    assert (folder / "manifest.json").is_file()
+    assert not any(path.stat().st_mode & 0o007 for path in [folder, *folder.rglob("*")])
+    unix_user = pwd.getpwuid(os.getuid()).pw_name
+    for action in ("db_backup", "db_backup_verify", "research_export"):
+        [(user, outcome, terminal, details)] = rows(
+            "SELECT username, outcome, terminal, details FROM audit_log "
+            "WHERE action = ? AND username = 'eric'",
+            action,
+        )
+        origin = json.loads(details)
+        assert (user, outcome, terminal) == ("eric", "success", "ssh:192.0.2.9"), action
+        assert origin["ssh_client"] == "192.0.2.9" and origin["unix_user"] == unix_user, action
+        assert origin["peer_pid"] == os.getpid() and origin["console"] == "remote", action
