@@ -237,3 +237,29 @@ async def test_remote_backups_and_exports_are_made_for_a_signed_in_engineer_or_a
         manifest = json.loads(tar.extractfile("for_eng/manifest.json").read())  # type: ignore[union-attr]
     assert names == {f"for_eng/{name}" for name in written.files}
     assert manifest["sessions"] == [session_id]
+
+
+@pytest.mark.parametrize(
+    ("fields", "error"),
+    [
+        ({}, "a session id or a time range"),
+        ({"session_id": 3, "since": "2026-12-01T00:00:00"}, "a session id or a time range"),
+        ({"since": "2026-12-01T00:00:00"}, "both since and until"),
+        ({"since": "2026-12-07T00:00:00", "until": "2026-12-01T00:00:00"}, "before its end"),
+        ({"session_id": 3, "folder": "../x"}, "folder"),
+        ({"session_id": 3, "folder": "a..b"}, "folder"),
+        ({"session_id": 3, "folder": "-rf"}, "folder"),
+        ({"session_id": 3, "folder": ".hidden"}, "folder"),
+        ({"session_id": 0}, "session_id"),
+    ],
+)
+def test_a_remote_export_asks_for_one_session_or_a_range_into_a_plain_folder(
+    fields: dict[str, object], error: str
+) -> None:
+    line = json.dumps({"type": "remote_export", "id": 1, **fields})
+    with pytest.raises(msg.MessageError, match=error):
+        msg.decode_observe(line)
+    fine = msg.decode_observe(json.dumps({"type": "remote_export", "id": 2, "session_id": 3}))
+    assert isinstance(fine, msg.RemoteExport) and fine.session_id == 3
+    with pytest.raises(msg.MessageError, match="unknown command type 'remote_export'"):
+        msg.decode_control(json.dumps({"type": "remote_export", "id": 2, "session_id": 3}))
