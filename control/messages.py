@@ -393,7 +393,7 @@ class RemoteScreenLock(Command):
 # -- The remote console's backups and research exports, done by the controller ----------------------------
 
 #: A backup's file name as listed (``tosca_YYYYMMDD_HHMMSS[_N].db``).
-_BackupName: TypeAlias = Annotated[str, StringConstraints(pattern=r"^tosca_\d{8}_\d{6}(_\d+)?\.db$")]
+_BackupName: TypeAlias = Annotated[str, StringConstraints(pattern=r"^tosca_[0-9]{8}_[0-9]{6}(_[0-9]+)?\.db$")]
 #: A plain folder name under the data directory's ``exports/`` (no slash, no dot first, no option).
 ExportFolderName: TypeAlias = Annotated[
     str, StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,119}$", max_length=120)

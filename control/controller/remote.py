@@ -15,24 +15,29 @@ is signed in.
 
 **Backups and exports.** The remote console cannot write the data directory, so the controller makes them for
 the person signed in on the connection, when that person's role may at the kiosk (an engineer or an admin,
-checked against the account as it is now: a deactivated or re-roled account is refused). The work (SQLite's
-online backup, ``integrity_check``, reading the sessions, writing the files) runs on a worker thread with its
-own SQLite connections (:func:`asyncio.to_thread`), never on the event loop that runs the safety supervisor's
-tick; one such job at a time. The database is in WAL mode: the backup's and the export's reads are snapshots
-that never block the treatment's writes, and each audit row is one short write transaction. As at the kiosk, a
-backup and an export are allowed while a session is open (they only read; an open session itself is not
-exported). Each audit row (``db_backup``, ``db_backup_verify``, ``research_export``) names the person, the
-terminal ``ssh:<address>`` and, in its details, the origin (:func:`origin_details`). An export's files are
-made readable by the records database's group (``tosca-records``) and by nobody else, so the engineer's own
-Unix user can read them (and fetch them: ``tosca export fetch``).
+checked against the account as it is now: a deactivated or re-roled account is refused, and the refusal
+audited). The work runs in a process of its own (:mod:`storage.records_job`: SCHED_OTHER, nice 10, on the
+CPUs the controller is not pinned to, its own SQLite connections), never on the controller's event loop nor on
+a thread of it: writing an export holds the interpreter lock in long stretches, which measured 60 ms of lag
+on a loop sharing it. One such job at a time. The database is in WAL mode: the backup's online copy and the
+export's reads are snapshots that never block the treatment's writes, and each audit row is one short write
+transaction. As at the kiosk, a backup and an export are allowed while a session is open (they only read;
+an open session itself is not exported). Each audit row (``db_backup``, ``db_backup_verify``,
+``research_export``) names the person, the terminal ``ssh:<address>`` and, in its details, the origin
+(:func:`origin_details`). An export's files are made readable by the records database's group
+(``tosca-records``) and by nobody else, so the engineer's own Unix user can read them (and fetch them:
+``tosca export fetch``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import json
+import logging
 import pwd
-from pathlib import Path
+import sys
 from typing import Any
 
 from control import messages as msg
@@ -40,10 +45,10 @@ from control.account_rules import UserInfo
 from control.accounts import AccountService
 from control.ipc.server import CommandRefused, Peer
 from storage.audit_query import record_action
-from storage.backups import make_backup, verify_backup
 from storage.errors import StorageError, one_line
-from storage.export import ExportResult, export_range, export_session, share_with_records_group
 from storage.paths import DataDir
+
+_LOG = logging.getLogger(__name__)
 
 #: Audit services kept per terminal (one per SSH client address, at most this many).
 TERMINALS_KEPT = 32
@@ -198,81 +203,69 @@ class RemoteConsoles:
             except StorageError as exc:
                 refusal = f"{refusal} (not recorded: {one_line(exc)})"
             raise CommandRefused(refusal)
-        user = signed_user.username
+        request: dict[str, Any] = {
+            "data_dir": str(data.root),
+            "user": signed_user.username,
+            "terminal": terminal,
+            "origin": origin,
+        }
+        match command:
+            case msg.RemoteBackup():
+                request["job"] = "backup"
+            case msg.RemoteVerifyBackup():
+                request.update(job="verify", name=command.name)
+            case msg.RemoteExport():
+                request.update(
+                    job="export",
+                    session_id=command.session_id,
+                    since=command.since.isoformat() if command.since is not None else None,
+                    until=command.until.isoformat() if command.until is not None else None,
+                    formats=list(command.formats),
+                    folder=command.folder,
+                    identified=command.identified,
+                )
         self._records_busy = True
         try:
-            match command:
-                case msg.RemoteBackup():
-                    entry = await asyncio.to_thread(
-                        make_backup, data, user=user, terminal=terminal, origin=origin
-                    )
-                    made = msg.RemoteBackupMade(
-                        name=entry.name,
-                        size_bytes=entry.size,
-                        verified=entry.verified is True,
-                        note=entry.verified_text,
-                    )
-                    return made.model_dump(mode="json")
-                case msg.RemoteVerifyBackup():
-                    ok, note = await asyncio.to_thread(
-                        verify_backup, data, command.name, user=user, terminal=terminal, origin=origin
-                    )
-                    return msg.RemoteBackupVerified(name=command.name, ok=ok, note=note).model_dump(
-                        mode="json"
-                    )
-                case msg.RemoteExport():
-                    written = await asyncio.to_thread(_export, data, command, user, terminal, origin)
-                    return written.model_dump(mode="json")
-        except (StorageError, OSError) as exc:
-            raise CommandRefused(one_line(exc)) from None
+            answer = await run_records_job(request)
         finally:
             self._records_busy = False
+        match command:
+            case msg.RemoteBackup():
+                return msg.RemoteBackupMade.model_validate(answer).model_dump(mode="json")
+            case msg.RemoteVerifyBackup():
+                return msg.RemoteBackupVerified.model_validate(answer).model_dump(mode="json")
+            case msg.RemoteExport():
+                return msg.RemoteExportWritten.model_validate(answer).model_dump(mode="json")
         raise CommandRefused(f"unknown command {command.type!r}")  # pragma: no cover - the match is complete
 
 
-def _export(
-    data: DataDir, command: msg.RemoteExport, user: str, terminal: str, origin: dict[str, Any]
-) -> msg.RemoteExportWritten:
-    """Write the export ``command`` asks for, readable by the records group (a worker thread's work)."""
-    target = data.root / "exports" / command.folder if command.folder is not None else None
-    formats = list(command.formats) or None
-    if command.session_id is not None:
-        result = export_session(
-            data,
-            command.session_id,
-            target=target,
-            formats=formats,
-            identified=command.identified,
-            user=user,
-            terminal=terminal,
-            origin=origin,
-        )
-    else:
-        assert command.since is not None and command.until is not None  # the message's own rule
-        result = export_range(
-            data,
-            command.since,
-            command.until,
-            target=target,
-            formats=formats,
-            identified=command.identified,
-            user=user,
-            terminal=terminal,
-            origin=origin,
-        )
-    share_with_records_group(result.folder, data.db_path)
-    return _written(result)
-
-
-def _written(result: ExportResult) -> msg.RemoteExportWritten:
-    folder = result.folder
-    files = sorted(str(path.relative_to(folder)) for path in Path(folder).rglob("*") if path.is_file())
-    return msg.RemoteExportWritten(
-        folder=folder.name,
-        path=str(folder),
-        sessions=list(result.sessions),
-        skipped=list(result.skipped),
-        files=files,
-        identified=result.identified,
-        description=result.describe(),
+async def run_records_job(request: dict[str, Any]) -> dict[str, Any]:
+    """Run ``request`` in a process of its own (:mod:`storage.records_job`) and return its result; a refusal
+    or a failure is :class:`CommandRefused` with its one line."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "storage.records_job",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
+    try:
+        out, err = await process.communicate(json.dumps(request).encode())
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+        raise
+    try:
+        answer = json.loads(out)
+    except ValueError:
+        said = err.decode(errors="replace").strip().splitlines()
+        why = said[-1] if said else f"exit status {process.returncode}"
+        _LOG.error("records job %s failed: %s", request.get("job"), err.decode(errors="replace"))
+        raise CommandRefused(f"the {request.get('job')} failed: {why}") from None
+    result = answer.get("result") if isinstance(answer, dict) else None
+    if not isinstance(result, dict):
+        error = answer.get("error") if isinstance(answer, dict) else None
+        raise CommandRefused(str(error or f"the {request.get('job')} failed"))
+    return result
