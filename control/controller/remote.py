@@ -242,14 +242,17 @@ class RemoteConsoles:
 async def run_records_job(request: dict[str, Any]) -> dict[str, Any]:
     """Run ``request`` in a process of its own (:mod:`storage.records_job`) and return its result; a refusal
     or a failure is :class:`CommandRefused` with its one line."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "storage.records_job",
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "storage.records_job",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+    except OSError as exc:
+        raise CommandRefused(f"the {request.get('job')} could not be started: {one_line(exc)}") from None
     try:
         out, err = await process.communicate(json.dumps(request).encode())
     except BaseException:
