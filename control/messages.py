@@ -448,6 +448,21 @@ class RemoteExport(Command):
         return self
 
 
+class RemoteAuditExport(Command):
+    """``observe.sock`` only: the controller writes the audit trail's rows matching the filters (each
+    ``None``: no restriction; times naive UTC) to a CSV file under ``exports/`` for the admin signed in on
+    this connection, and audits it with the connection's origin. Answered with
+    :class:`RemoteAuditExported`."""
+
+    type: Literal["remote_audit_export"] = "remote_audit_export"
+    user: Annotated[str, Field(max_length=200)] | None = None
+    action: Annotated[str, Field(max_length=200)] | None = None
+    outcome: Annotated[str, Field(max_length=50)] | None = None
+    since: _ExportTime | None = None
+    until: _ExportTime | None = None
+    text: Annotated[str, Field(max_length=200)] | None = None
+
+
 class TakeFocusStack(Command):
     """Record a focus stack: fresh camera frames over a few seconds, each with its focus score, in one folder
     with an index. During a session, from the connection holding it (a ``focus_stack`` recording of the
@@ -506,7 +521,8 @@ ObserveCommand: TypeAlias = Annotated[
     | RemoteScreenLock
     | RemoteBackup
     | RemoteVerifyBackup
-    | RemoteExport,
+    | RemoteExport
+    | RemoteAuditExport,
     Field(discriminator="type"),
 ]
 
@@ -1248,3 +1264,12 @@ class RemoteExportWritten(_Message):
     files: list[str]
     identified: bool
     description: str
+
+
+class RemoteAuditExported(_Message):
+    """``remote_audit_export``: the CSV file's name under ``exports/``, its path and how many rows it
+    holds."""
+
+    file: str
+    path: str
+    rows: Annotated[int, Field(ge=0)]

@@ -987,11 +987,12 @@ def export_range(
 
 
 def share_with_records_group(folder: Path, db_path: Path) -> None:
-    """Make ``folder`` (an export), and the ``exports/`` folder holding it, readable by the group that may
-    read the records database ``db_path`` and by nobody else: folders 0750, files 0640, each given the
-    database's group. Symbolic links and special files are left alone (an export holds neither)."""
+    """Make ``folder`` (an export, or an export's single file), and the ``exports/`` folder holding it,
+    readable by the group that may read the records database ``db_path`` and by nobody else: folders 0750,
+    files 0640, each given the database's group. Symbolic links and special files are left alone (an export
+    holds neither)."""
     gid = db_path.stat().st_gid
-    targets: list[tuple[Path, int]] = [(folder.parent, 0o750), (folder, 0o750)]
+    targets: list[tuple[Path, int]] = [(folder.parent, 0o750), (folder, 0o750 if folder.is_dir() else 0o640)]
     for base, dirs, files in os.walk(folder):
         here = Path(base)
         targets.extend((here / name, 0o750) for name in dirs)

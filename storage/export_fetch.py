@@ -3,8 +3,9 @@
 The kiosk's forced command (``kiosk/tosca-remote-session``) runs ``tosca export fetch NAME`` as the
 engineer's own Unix user for ``ssh -T <user>@<kiosk> fetch-export NAME > NAME.tar``. ``NAME`` must be a plain
 folder name (:func:`check_name`: letters, digits, ``_ . + -``, not starting with a dot or a dash, no ``..``,
-no slash); the folder must be a real folder directly under ``exports/`` (not a symbolic link). The tar holds
-``NAME/`` and, below it, the export's folders and regular files only (a symbolic link or a special file is
+no slash); it must be a real folder directly under ``exports/`` (not a symbolic link), or a regular file there
+(the audit trail's CSV export: the tar then holds that file alone). The tar holds ``NAME/`` and, below it,
+the export's folders and regular files only (a symbolic link or a special file is
 left out; each file is opened without following links). It is written to the given binary stream as it is
 read: nothing is written on the kiosk. The engineer's user reads the export through the group permission the
 controller gave it (``tosca-records``); the function needs no database.
@@ -43,7 +44,8 @@ def check_name(name: str) -> str:
 
 
 def export_folder(data_dir: DataDir, name: str) -> Path:
-    """The export ``name``'s folder (a real folder directly under ``exports/``), or :class:`FetchError`."""
+    """The export ``name`` (a real folder, or a regular file, directly under ``exports/``), or
+    :class:`FetchError`."""
     folder = data_dir.root / "exports" / check_name(name)
     try:
         info = folder.lstat()
@@ -51,8 +53,8 @@ def export_folder(data_dir: DataDir, name: str) -> Path:
         raise FetchError(f"no export {name} in {folder.parent}") from None
     except OSError as exc:
         raise FetchError(f"cannot read {folder}: {exc.strerror or exc}") from None
-    if not stat.S_ISDIR(info.st_mode):
-        raise FetchError(f"{folder} is not an export folder")
+    if not (stat.S_ISDIR(info.st_mode) or stat.S_ISREG(info.st_mode)):
+        raise FetchError(f"{folder} is not an export")
     return folder
 
 
@@ -62,6 +64,8 @@ def stream_export(data_dir: DataDir, name: str, out: IO[bytes]) -> int:
     count = 0
     try:
         with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            if not folder.is_dir():  # a single-file export (the audit trail's CSV)
+                return _add_file(tar, folder, name)
             tar.add(folder, arcname=name, recursive=False)
             for base, dirs, files in os.walk(folder, onerror=_raise):
                 dirs.sort()

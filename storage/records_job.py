@@ -8,9 +8,11 @@ input and reads one JSON answer from its standard output. The process first leav
 real-time scheduling (if it inherited it), takes nice 10 and the CPUs the controller is not pinned to; it has
 its own SQLite connections (short read transactions; each audit row one short write transaction).
 
-Request: ``{"job": "backup" | "verify" | "export", "data_dir": ..., "user": ..., "terminal": ...,
-"origin": {...}}`` plus, for ``verify``, ``"name"``, and for ``export``, ``"session_id"`` or ``"since"`` and
-``"until"`` (ISO, naive UTC), ``"formats"``, ``"folder"`` (a plain name or null) and ``"identified"``. Answer:
+Request: ``{"job": "backup" | "verify" | "export" | "audit_export", "data_dir": ..., "user": ...,
+"terminal": ..., "origin": {...}}`` plus, for ``verify``, ``"name"``; for ``export``, ``"session_id"`` or
+``"since"`` and ``"until"`` (ISO, naive UTC), ``"formats"``, ``"folder"`` (a plain name or null) and
+``"identified"``; for ``audit_export``, the filters ``"user_filter"``, ``"action"``, ``"outcome"``,
+``"since"``, ``"until"`` and ``"text"`` (each null for none). Answer:
 ``{"result": {...}}``, or ``{"error": "one line"}`` (exit status 1).
 """
 
@@ -72,6 +74,8 @@ def run_job(request: dict[str, Any]) -> dict[str, Any]:
         return {"name": name, "ok": ok, "note": note}
     if job == "export":
         return _export(data, request, user, terminal, origin)
+    if job == "audit_export":
+        return _audit_export(data, request, user, terminal, origin)
     raise StorageError(f"unknown job {job!r}")
 
 
@@ -118,6 +122,39 @@ def _export(
         "identified": result.identified,
         "description": result.describe(),
     }
+
+
+def _audit_export(
+    data: DataDir, request: dict[str, Any], user: str, terminal: str, origin: dict[str, Any]
+) -> dict[str, Any]:
+    """The audit trail's rows matching the request's filters, as a CSV file under ``exports/``, readable by
+    the records group; removed again (and refused) when its audit row cannot be written."""
+    from storage.audit_query import AuditFilter, export_csv, record_action
+    from storage.export import share_with_records_group
+
+    filters = AuditFilter.build(
+        user=request.get("user_filter"),
+        action=request.get("action"),
+        outcome=request.get("outcome"),
+        since=request.get("since"),
+        until=request.get("until"),
+        text=request.get("text"),
+    )
+    result = export_csv(data.db_path, data.root / "exports", filters)
+    try:
+        share_with_records_group(result.path, data.db_path)
+        record_action(
+            data.db_path,
+            "audit_export",
+            "success",
+            user=user,
+            terminal=terminal,
+            details={**origin, "file": str(result.path), "rows": result.rows, "filters": filters.describe()},
+        )
+    except StorageError:
+        result.path.unlink(missing_ok=True)
+        raise
+    return {"file": result.path.name, "path": str(result.path), "rows": result.rows}
 
 
 def main() -> int:

@@ -79,6 +79,7 @@ OBSERVE_COMMANDS = frozenset(
         "remote_backup",
         "remote_verify_backup",
         "remote_export",
+        "remote_audit_export",
     }
 )
 #: Why a remote console refuses a command (followed by the command's name).

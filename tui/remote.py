@@ -11,8 +11,9 @@ it, and cannot open ``control.sock`` (mode 0600, owned by the kiosk's user: the 
   audited there, with the SSH client address (:class:`RemoteOrigin`, from ``$SSH_CONNECTION`` or
   ``$SSH_CLIENT``) and the Unix user and pid the kernel reports for the socket's peer. A password change is
   refused: it is made at the kiosk;
-- backups (make, verify) and research exports are made by the controller for the person signed in there
-  (``remote_backup``, ``remote_verify_backup``, ``remote_export``); an export is then fetched over SSH with
+- backups (make, verify), research exports and the audit trail's CSV export are made by the controller for
+  the person signed in there (``remote_backup``, ``remote_verify_backup``, ``remote_export``,
+  ``remote_audit_export``); an export is then fetched over SSH with
   :func:`fetch_command`'s command (``ssh -T <user>@<kiosk> fetch-export NAME > NAME.tar``).
 
 What the remote console may do is decided in one place, :func:`remote_refusal`: the home menu marks the
@@ -56,9 +57,6 @@ KIOSK_ONLY_SCREENS: dict[str, str] = {
 #: Actions inside screens the remote console opens but does not do, and why.
 KIOSK_ONLY_ACTIONS: dict[str, str] = {
     "backups.restore": f"a restore replaces the records: {RECORDS_READ_ONLY}",
-    "audit.export": (
-        f"an export is written into exports/ and recorded in the audit trail: {RECORDS_READ_ONLY}"
-    ),
     "calibration.laser": (
         "the laser power wizard emits (key control, footpedal, every interlock): it runs at the kiosk only, "
         "not over SSH"

@@ -16,17 +16,17 @@ is signed in.
 **Backups and exports.** The remote console cannot write the data directory, so the controller makes them for
 the person signed in on the connection, when that person's role may at the kiosk (an engineer or an admin,
 checked against the account as it is now: a deactivated or re-roled account is refused, and the refusal
-audited). The work runs in a process of its own (:mod:`storage.records_job`: SCHED_OTHER, nice 10, on the
-CPUs the controller is not pinned to, its own SQLite connections), never on the controller's event loop nor on
-a thread of it: writing an export holds the interpreter lock in long stretches, which measured 60 ms of lag
-on a loop sharing it. One such job at a time. The database is in WAL mode: the backup's online copy and the
-export's reads are snapshots that never block the treatment's writes, and each audit row is one short write
-transaction. As at the kiosk, a backup and an export are allowed while a session is open (they only read;
-an open session itself is not exported). Each audit row (``db_backup``, ``db_backup_verify``,
-``research_export``) names the person, the terminal ``ssh:<address>`` and, in its details, the origin
-(:func:`origin_details`). An export's files are made readable by the records database's group
-(``tosca-records``) and by nobody else, so the engineer's own Unix user can read them (and fetch them:
-``tosca export fetch``).
+audited; the audit trail's CSV export is an admin's, as its kiosk screen is). The work runs in a process of
+its own (:mod:`storage.records_job`: SCHED_OTHER, nice 10, on the CPUs the controller is not pinned to, its
+own SQLite connections), never on the controller's event loop nor on a thread of it: writing an export holds
+the interpreter lock in long stretches, which measured 60 ms of lag on a loop sharing it. One such job at a
+time. The database is in WAL mode: the backup's online copy and the export's reads are snapshots that never
+block the treatment's writes, and each audit row is one short write transaction. As at the kiosk, a backup and
+an export are allowed while a session is open (they only read; an open session itself is not exported). Each
+audit row (``db_backup``, ``db_backup_verify``, ``research_export``, ``audit_export``) names the person, the
+terminal ``ssh:<address>`` and, in its details, the origin (:func:`origin_details`). An export's files are
+made readable by the records database's group (``tosca-records``) and by nobody else, so the engineer's own
+Unix user can read them (and fetch them: ``tosca export fetch``).
 """
 
 from __future__ import annotations
@@ -54,14 +54,17 @@ _LOG = logging.getLogger(__name__)
 TERMINALS_KEPT = 32
 #: Who may make and verify backups and write research exports (as at the kiosk's screens).
 RECORDS_ROLES = frozenset({"engineer", "admin"})
-#: The audit action of each records command, for a refusal's row.
-_ACTIONS = {
-    "remote_backup": "db_backup",
-    "remote_verify_backup": "db_backup_verify",
-    "remote_export": "research_export",
+#: Who may export the audit trail (the kiosk's audit trail screen is an admin's).
+AUDIT_ROLES = frozenset({"admin"})
+#: Per records command: its audit action (for a refusal's row), who may, and what it is for the refusal.
+_RULES: dict[str, tuple[str, frozenset[str], str]] = {
+    "remote_backup": ("db_backup", RECORDS_ROLES, "an engineer or an admin makes backups"),
+    "remote_verify_backup": ("db_backup_verify", RECORDS_ROLES, "an engineer or an admin makes backups"),
+    "remote_export": ("research_export", RECORDS_ROLES, "an engineer or an admin writes research exports"),
+    "remote_audit_export": ("audit_export", AUDIT_ROLES, "an admin exports the audit trail"),
 }
 
-RecordsCommand = msg.RemoteBackup | msg.RemoteVerifyBackup | msg.RemoteExport
+RecordsCommand = msg.RemoteBackup | msg.RemoteVerifyBackup | msg.RemoteExport | msg.RemoteAuditExport
 
 
 def unix_user(uid: int | None) -> str | None:
@@ -178,14 +181,13 @@ class RemoteConsoles:
         signed_user, ssh_client = signed
         terminal = terminal_of(peer, ssh_client)
         origin = {**origin_details(peer, ssh_client), "console": "remote"}
-        action = _ACTIONS[command.type]
+        action, roles, who = _RULES[command.type]
         current = await self._accounts.get_user(signed_user.username)
         refusal = None
         if current is None or not current.is_active or current.tech_id != signed_user.tech_id:
             refusal = f"the account {signed_user.username!r} is deactivated"
-        elif current.role not in RECORDS_ROLES:
-            what = "makes backups" if action != "research_export" else "writes research exports"
-            refusal = f"{current.username} is {current.role}: only an engineer or an admin {what}"
+        elif current.role not in roles:
+            refusal = f"{current.username} is {current.role}: only {who}"
         elif self._records_busy:
             refusal = "a backup or an export for a remote console is being made already: wait for it"
         if refusal is not None:
@@ -224,6 +226,16 @@ class RemoteConsoles:
                     folder=command.folder,
                     identified=command.identified,
                 )
+            case msg.RemoteAuditExport():
+                request.update(
+                    job="audit_export",
+                    user_filter=command.user,
+                    action=command.action,
+                    outcome=command.outcome,
+                    since=command.since.isoformat() if command.since is not None else None,
+                    until=command.until.isoformat() if command.until is not None else None,
+                    text=command.text,
+                )
         self._records_busy = True
         try:
             answer = await run_records_job(request)
@@ -236,6 +248,8 @@ class RemoteConsoles:
                 return msg.RemoteBackupVerified.model_validate(answer).model_dump(mode="json")
             case msg.RemoteExport():
                 return msg.RemoteExportWritten.model_validate(answer).model_dump(mode="json")
+            case msg.RemoteAuditExport():
+                return msg.RemoteAuditExported.model_validate(answer).model_dump(mode="json")
         raise CommandRefused(f"unknown command {command.type!r}")  # pragma: no cover - the match is complete
 
 

@@ -48,6 +48,7 @@ from control.messages import (
     Pause,
     Ping,
     Prechecks,
+    RemoteAuditExport,
     RemoteBackup,
     RemoteExport,
     RemoteLogin,
@@ -339,6 +340,7 @@ def test_observe_union_holds_only_queries_the_remote_consoles_records_and_the_ca
         RemoteBackup,
         RemoteVerifyBackup,
         RemoteExport,
+        RemoteAuditExport,
     }
     with pytest.raises(MessageError, match="unknown command type 'arm'") as info:
         decode_observe(encode(Arm(id=4, password="x")))

@@ -17,7 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from console_fixtures import ADMIN_PASSWORD, CLI, DATA_DIR, enter_text, make_settings, seed, showing
+from console_fixtures import (
+    ADMIN_PASSWORD,
+    CLI,
+    DATA_DIR,
+    TECH_PASSWORD,
+    enter_text,
+    make_settings,
+    seed,
+    showing,
+)
 from console_fixtures import wait_until as pilot_wait
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, OptionList, Static
@@ -177,14 +186,35 @@ async def test_a_remote_admin_is_told_which_screens_and_actions_are_kiosk_only_a
             pilot, lambda: "the records are read-only here" in notifications(app), "configuration refused"
         )
         assert showing(app, HomeScreen)
-        # The audit trail's CSV is written into exports/ by this console itself: refused.
-        await pilot.press("a")
+        # A restore replaces the records: refused here, nothing asked.
+        assert app.link is not None
+        await app.link.call(msg.RemoteBackup())
+        await pilot.press("b")
+        await pilot_wait(pilot, lambda: showing(app, BackupsScreen), "the backups screen")
+        await pilot_wait(pilot, lambda: "1 backup;" in screen_text(app), "the backup listed")
+        await pilot.press("r")
+        await pilot_wait(
+            pilot, lambda: KIOSK_ONLY_ACTIONS["backups.restore"] in screen_text(app), "the restore refused"
+        )
+        assert not showing(app, ConfirmDialog)
+        # The audit trail's CSV: the controller writes it for the admin, and says how to fetch it.
+        app.push_screen(AuditScreen(app.context, app.screen.user))
         await pilot_wait(pilot, lambda: showing(app, AuditScreen), "the audit trail")
         await pilot.press("f5")
-        await pilot_wait(
-            pilot, lambda: KIOSK_ONLY_ACTIONS["audit.export"] in screen_text(app), "the CSV export refused"
-        )
-    assert not (DATA_DIR / "exports").exists() or not any((DATA_DIR / "exports").iterdir())
+        await pilot_wait(pilot, lambda: "fetch-export audit_" in screen_text(app), "the CSV exported", 20.0)
+    [csv_file] = list((DATA_DIR / "exports").iterdir())
+    assert csv_file.name.startswith("audit_") and csv_file.stat().st_mode & 0o777 == 0o640
+    assert "ada" in csv_file.read_text(encoding="utf-8")
+    [(user, terminal, details)] = rows(
+        "SELECT username, terminal, details FROM audit_log WHERE action = 'audit_export'"
+    )
+    origin = json.loads(details)
+    assert (user, terminal, origin["ssh_client"], origin["console"]) == (
+        "ada",
+        "ssh:192.0.2.9",
+        "192.0.2.9",
+        "remote",
+    )
 
 
 async def test_the_remote_focus_screen_shows_the_live_score_and_refuses_the_stack_with_the_reason(
@@ -208,6 +238,28 @@ async def test_the_remote_focus_screen_shows_the_live_score_and_refuses_the_stac
 
 
 SEED_PROTOCOL = "Seed example (60 s at 5 W, 30 s ramp to 8 W)"
+
+
+async def test_a_remote_technician_gets_no_backup_or_export_from_the_controller(
+    controller: Controller, clock: FakeClock
+) -> None:
+    app = remote_console(clock)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await remote_log_in(pilot, "tina", TECH_PASSWORD)
+        assert app.link is not None
+        for command in (msg.RemoteBackup(), msg.RemoteExport(session_id=1), msg.RemoteAuditExport()):
+            with pytest.raises(CommandFailed, match="tina is technician: only an"):
+                await app.link.call(command)
+    assert not (DATA_DIR / "exports").exists()
+    refused = rows(
+        "SELECT action, outcome FROM audit_log WHERE username = 'tina' AND terminal = 'ssh:192.0.2.9'"
+    )
+    assert sorted(refused) == [
+        ("audit_export", "failure"),
+        ("db_backup", "failure"),
+        ("login", "success"),
+        ("research_export", "failure"),
+    ]
 
 
 async def test_a_remote_engineer_backs_up_verifies_and_exports_through_the_controller(
