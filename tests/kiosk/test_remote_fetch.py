@@ -112,3 +112,15 @@ def test_the_real_fetch_streams_the_export_folder_as_a_tar_without_links(tmp_pat
     missing = forced(tmp_path, "fetch-export session_4_x", TOSCA)
     assert (missing.returncode, missing.stdout) == (1, b"")
     assert "no export session_4_x" in missing.stderr.decode()
+
+
+def test_the_real_fetch_streams_a_single_file_export(tmp_path: Path) -> None:
+    csv_file = tmp_path / "data" / "exports" / "audit_20261207_120000.csv"
+    csv_file.parent.mkdir(parents=True)
+    csv_file.write_text("audit_id,username\n1,ada\n", encoding="utf-8")
+    done = forced(tmp_path, f"fetch-export {csv_file.name}", TOSCA)
+    assert done.returncode == 0, done.stderr
+    with tarfile.open(fileobj=io.BytesIO(done.stdout)) as tar:
+        assert tar.getnames() == [csv_file.name]
+        member = tar.extractfile(csv_file.name)
+        assert member is not None and member.read() == b"audit_id,username\n1,ada\n"
