@@ -19,14 +19,14 @@ checked against the account as it is now: a deactivated or re-roled account is r
 audited; the audit trail's CSV export is an admin's, as its kiosk screen is). The work runs in a process of
 its own (:mod:`storage.records_job`: SCHED_OTHER, nice 10, on the CPUs the controller is not pinned to, its
 own SQLite connections), never on the controller's event loop nor on a thread of it: writing an export holds
-the interpreter lock in long stretches, which measured 60 ms of lag on a loop sharing it. One such job at a
-time. The database is in WAL mode: the backup's online copy and the export's reads are snapshots that never
-block the treatment's writes, and each audit row is one short write transaction. As at the kiosk, a backup and
-an export are allowed while a session is open (they only read; an open session itself is not exported). Each
-audit row (``db_backup``, ``db_backup_verify``, ``research_export``, ``audit_export``) names the person, the
-terminal ``ssh:<address>`` and, in its details, the origin (:func:`origin_details`). An export's files are
-made readable by the records database's group (``tosca-records``) and by nobody else, so the engineer's own
-Unix user can read them (and fetch them: ``tosca export fetch``).
+the interpreter lock in long stretches, which measured 49 to 56 ms of lag on a loop sharing it. One such job
+at a time. The database is in WAL mode: the backup's online copy and the export's reads are snapshots that
+never block the treatment's writes, and each audit row is one short write transaction. As at the kiosk, a
+backup and an export are allowed while a session is open (they only read; an open session itself is not
+exported). Each audit row (``db_backup``, ``db_backup_verify``, ``research_export``, ``audit_export``) names
+the person, the terminal ``ssh:<address>`` and, in its details, the origin (:func:`origin_details`). An
+export's files are made readable by the records database's group (``tosca-records``) and by nobody else, so
+the engineer's own Unix user can read them (and fetch them: ``tosca export fetch``).
 """
 
 from __future__ import annotations
