@@ -228,6 +228,14 @@ async def test_remote_backups_and_exports_are_made_for_a_signed_in_engineer_or_a
         assert details["ssh_client"] == "192.0.2.7" and details["unix_user"] == me, action
         assert details["peer_pid"] == os.getpid() and details["console"] == "remote", action
     assert _audit_rows(data, "research_export")[-1][3]["identified"] is False
+    # An identified export (demographics, names, notes) is audited as such, as at the kiosk.
+    identified = msg.RemoteExportWritten.model_validate(
+        await observer.call(msg.RemoteExport(session_id=session_id, identified=True, formats=["json"]))
+    )
+    assert identified.identified and identified.folder.startswith(f"session_{session_id}_")
+    row = _audit_rows(data, "research_export")[-1]
+    assert row[:3] == ("admin1", "success", "ssh:192.0.2.7")
+    assert row[3]["identified"] is True and row[3]["folder"] == identified.path
     # What `ssh -T ... fetch-export for_eng` streams: the same folder as a tar.
     stream = io.BytesIO()
     assert stream_export(data, "for_eng", stream) == len(written.files)
