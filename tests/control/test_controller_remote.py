@@ -188,6 +188,10 @@ async def test_remote_backups_and_exports_are_made_for_a_signed_in_engineer_or_a
         await observer.call(msg.RemoteBackup())
     with pytest.raises(CommandFailed, match="only an engineer or an admin writes research exports"):
         await observer.call(msg.RemoteExport(session_id=1))
+    with pytest.raises(CommandFailed, match="only an admin exports the audit trail"):
+        await observer.call(msg.RemoteAuditExport())
+    assert [(u, o) for u, o, _, _ in _audit_rows(data, "audit_export")] == [(USERNAME, "failure")]
+    assert [(u, o) for u, o, _, _ in _audit_rows(data, "research_export")] == [(USERNAME, "failure")]
     assert not data.backups.exists() or not list(data.backups.glob("tosca_*.db"))
     me = pwd.getpwuid(os.getuid()).pw_name
     [refused] = _audit_rows(data, "db_backup")

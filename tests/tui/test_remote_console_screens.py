@@ -21,7 +21,6 @@ from console_fixtures import (
     ADMIN_PASSWORD,
     CLI,
     DATA_DIR,
-    TECH_PASSWORD,
     enter_text,
     make_settings,
     seed,
@@ -238,28 +237,6 @@ async def test_the_remote_focus_screen_shows_the_live_score_and_refuses_the_stac
 
 
 SEED_PROTOCOL = "Seed example (60 s at 5 W, 30 s ramp to 8 W)"
-
-
-async def test_a_remote_technician_gets_no_backup_or_export_from_the_controller(
-    controller: Controller, clock: FakeClock
-) -> None:
-    app = remote_console(clock)
-    async with app.run_test(size=(120, 40)) as pilot:
-        await remote_log_in(pilot, "tina", TECH_PASSWORD)
-        assert app.link is not None
-        for command in (msg.RemoteBackup(), msg.RemoteExport(session_id=1), msg.RemoteAuditExport()):
-            with pytest.raises(CommandFailed, match="tina is technician: only an"):
-                await app.link.call(command)
-    assert not (DATA_DIR / "exports").exists()
-    refused = rows(
-        "SELECT action, outcome FROM audit_log WHERE username = 'tina' AND terminal = 'ssh:192.0.2.9'"
-    )
-    assert sorted(refused) == [
-        ("audit_export", "failure"),
-        ("db_backup", "failure"),
-        ("login", "success"),
-        ("research_export", "failure"),
-    ]
 
 
 async def test_a_remote_engineer_backs_up_verifies_and_exports_through_the_controller(
