@@ -17,15 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from console_fixtures import (
-    ADMIN_PASSWORD,
-    CLI,
-    DATA_DIR,
-    enter_text,
-    make_settings,
-    seed,
-    showing,
-)
+from console_fixtures import ADMIN_PASSWORD, CLI, DATA_DIR, enter_text, make_settings, seed, showing
 from console_fixtures import wait_until as pilot_wait
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, OptionList, Static
