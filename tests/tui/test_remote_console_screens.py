@@ -1,8 +1,9 @@
 """What the remote console does and refuses, in Pilot, against a real controller on the simulated rig
 (in-process, its ``observe.sock``): the ring size wizard moves the actuator with the engineer's password,
-takes the typed diameters and has the controller store the calibration; the laser power wizard, the focus
-stack key and the screens and actions that write the records are refused with the reason before anything is
-tried (nothing written, no SQLite error)."""
+takes the typed diameters and has the controller store the calibration; backups, their verification, the
+research export and the audit trail's CSV are made by the controller for the person logged in, audited with
+where the console is used from; the laser power wizard, the focus stack key, a restore and the screens that
+write the records are refused with the reason before anything is tried (nothing written, no SQLite error)."""
 
 from __future__ import annotations
 
