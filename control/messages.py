@@ -14,8 +14,9 @@ Two command sets exist, and they are different types, not one type with a runtim
 * :data:`ControlCommand`, accepted on ``control.sock`` (the operator's console): every command, including
   arming and the session commands.
 * :data:`ObserveCommand`, accepted on ``observe.sock`` (engineers over SSH): ``ping``, ``status``,
-  ``health``, ``devices``, and the remote console's audited login, logout and screen lock. There is no arm,
-  emission or session command in it, so a line such as ``{"type": "arm", ...}`` read from that socket is an
+  ``health``, ``devices``, the remote console's audited login, logout and screen lock, and the backups and
+  research exports the controller makes for the person signed in there. There is no arm, emission or
+  session command in it, so a line such as ``{"type": "arm", ...}`` read from that socket is an
   unknown command type.
 
 A command model may be built without an id (``Ping()``); :class:`~control.ipc.client.ControllerClient` then
@@ -394,6 +395,79 @@ class RemoteScreenLock(Command):
     idle_minutes: _NonNegative
 
 
+# -- The remote console's backups and research exports, done by the controller ----------------------------
+
+#: A backup's file name as listed (``tosca_YYYYMMDD_HHMMSS[_N].db``).
+_BackupName: TypeAlias = Annotated[str, StringConstraints(pattern=r"^tosca_[0-9]{8}_[0-9]{6}(_[0-9]+)?\.db$")]
+#: A plain folder name under the data directory's ``exports/`` (no slash, no dot first, no option).
+ExportFolderName: TypeAlias = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,119}$", max_length=120)
+]
+_ExportTime: TypeAlias = Annotated[datetime, Field(strict=False)]
+
+
+class RemoteBackup(Command):
+    """``observe.sock`` only: the controller takes a verified backup of the records for the person signed in
+    on this connection (:class:`RemoteLogin`; an engineer or an admin) and audits it with the connection's
+    origin. Answered with :class:`RemoteBackupMade` once the backup is on disk."""
+
+    type: Literal["remote_backup"] = "remote_backup"
+
+
+class RemoteVerifyBackup(Command):
+    """``observe.sock`` only: the controller checks the backup ``name`` (as listed) for the person signed
+    in on this connection and audits the verdict. Answered with :class:`RemoteBackupVerified`."""
+
+    type: Literal["remote_verify_backup"] = "remote_verify_backup"
+    name: _BackupName
+
+
+class RemoteExport(Command):
+    """``observe.sock`` only: the controller writes a research export for the person signed in on this
+    connection: one ended session (``session_id``) or every ended session started in ``[since, until)``
+    (naive UTC), in ``formats`` (empty: both), into ``exports/<folder>`` (``None``: an automatic name),
+    identified or not; audited with the connection's origin. Answered with :class:`RemoteExportWritten`."""
+
+    type: Literal["remote_export"] = "remote_export"
+    session_id: Annotated[int, Field(ge=1)] | None = None
+    since: _ExportTime | None = None
+    until: _ExportTime | None = None
+    formats: Annotated[list[Literal["csv", "json"]], Field(max_length=2)] = Field(default_factory=list)
+    folder: ExportFolderName | None = None
+    identified: bool = False
+
+    @model_validator(mode="after")
+    def _one_session_or_a_range(self) -> RemoteExport:
+        has_range = self.since is not None or self.until is not None
+        if (self.session_id is None) == (not has_range):
+            raise ValueError("give a session id or a time range, one of them")
+        if has_range:
+            if self.since is None or self.until is None:
+                raise ValueError("a time range needs both since and until")
+            if self.since.tzinfo is not None or self.until.tzinfo is not None:
+                raise ValueError("since and until are naive UTC times")
+            if self.since >= self.until:
+                raise ValueError("the start of the time range must be before its end")
+        if self.folder is not None and ".." in self.folder:
+            raise ValueError("folder: a plain name under exports/")
+        return self
+
+
+class RemoteAuditExport(Command):
+    """``observe.sock`` only: the controller writes the audit trail's rows matching the filters (each
+    ``None``: no restriction; times naive UTC) to a CSV file under ``exports/`` for the admin signed in on
+    this connection, and audits it with the connection's origin. Answered with
+    :class:`RemoteAuditExported`."""
+
+    type: Literal["remote_audit_export"] = "remote_audit_export"
+    user: Annotated[str, Field(max_length=200)] | None = None
+    action: Annotated[str, Field(max_length=200)] | None = None
+    outcome: Annotated[str, Field(max_length=50)] | None = None
+    since: _ExportTime | None = None
+    until: _ExportTime | None = None
+    text: Annotated[str, Field(max_length=200)] | None = None
+
+
 class TakeFocusStack(Command):
     """Record a focus stack: fresh camera frames over a few seconds, each with its focus score, in one folder
     with an index. During a session, from the connection holding it (a ``focus_stack`` recording of the
@@ -438,7 +512,8 @@ ControlCommand: TypeAlias = Annotated[
 
 #: The only commands the observation socket (``observe.sock``) accepts: none of them can arm, emit or touch
 #: a session (the actuator move of the ring size calibration is refused while a session is open; the
-#: remote console's login and logout are audited records, not commands to the rig).
+#: remote console's login and logout are audited records, not commands to the rig; its backups and exports
+#: only read the records and write files beside them).
 ObserveCommand: TypeAlias = Annotated[
     Ping
     | Status
@@ -448,7 +523,11 @@ ObserveCommand: TypeAlias = Annotated[
     | Devices
     | RemoteLogin
     | RemoteLogout
-    | RemoteScreenLock,
+    | RemoteScreenLock
+    | RemoteBackup
+    | RemoteVerifyBackup
+    | RemoteExport
+    | RemoteAuditExport,
     Field(discriminator="type"),
 ]
 
@@ -1160,3 +1239,48 @@ class RemoteLoginReply(_Message):
     message: str
     username: str | None = None
     locked_until: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The remote console's backups and research exports: the replies
+# ---------------------------------------------------------------------------------------------------------
+
+
+class RemoteBackupMade(_Message):
+    """``remote_backup``: the new backup's file name (under ``backups/``), its size and its verdict."""
+
+    name: str
+    size_bytes: Annotated[int, Field(ge=0)]
+    verified: bool
+    note: str
+
+
+class RemoteBackupVerified(_Message):
+    """``remote_verify_backup``: whether the backup verified, and the verdict's words."""
+
+    name: str
+    ok: bool
+    note: str
+
+
+class RemoteExportWritten(_Message):
+    """``remote_export``: the new folder's name under ``exports/`` and its path, the sessions in it and
+    those left out (still open), its files (relative paths), whether it is identified, and one line saying
+    what was written where."""
+
+    folder: str
+    path: str
+    sessions: list[int]
+    skipped: list[int]
+    files: list[str]
+    identified: bool
+    description: str
+
+
+class RemoteAuditExported(_Message):
+    """``remote_audit_export``: the CSV file's name under ``exports/``, its path and how many rows it
+    holds."""
+
+    file: str
+    path: str
+    rows: Annotated[int, Field(ge=0)]

@@ -23,7 +23,7 @@ import json
 import os
 import shutil
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -219,13 +219,28 @@ def _audit(
     record_action(data_dir.db_path, action, outcome, user=user, terminal=terminal, details=details)
 
 
-def make_backup(data_dir: DataDir, *, user: str | None = None, terminal: str | None = None) -> BackupEntry:
-    """Take a verified backup now (retention from the configuration), record it, return its entry."""
+def make_backup(
+    data_dir: DataDir,
+    *,
+    user: str | None = None,
+    terminal: str | None = None,
+    origin: Mapping[str, object] | None = None,
+) -> BackupEntry:
+    """Take a verified backup now (retention from the configuration), record it, return its entry.
+    ``origin`` is added to the audit row's details (where a remote console's request came from)."""
     days, _problem = read_retention_days(data_dir.db_path)
+    extra = dict(origin or {})
     try:
         path = backup_database(data_dir, retention_days=days)
     except BackupError as exc:
-        _audit(data_dir, "db_backup", "failure", user=user, terminal=terminal, details={"reason": str(exc)})
+        _audit(
+            data_dir,
+            "db_backup",
+            "failure",
+            user=user,
+            terminal=terminal,
+            details={**extra, "reason": str(exc)},
+        )
         raise
     data_dir.restrict_modes()
     # backup_database ran integrity_check on the copy before naming it.
@@ -236,7 +251,7 @@ def make_backup(data_dir: DataDir, *, user: str | None = None, terminal: str | N
         "success",
         user=user,
         terminal=terminal,
-        details={"backup": path.name, "retention_days": days},
+        details={**extra, "backup": path.name, "retention_days": days},
     )
     verified, note = _read_verdict(path)
     info = next(info for info in list_backups(data_dir) if info.path == path)
@@ -244,10 +259,16 @@ def make_backup(data_dir: DataDir, *, user: str | None = None, terminal: str | N
 
 
 def verify_backup(
-    data_dir: DataDir, name: str, *, user: str | None = None, terminal: str | None = None
+    data_dir: DataDir,
+    name: str,
+    *,
+    user: str | None = None,
+    terminal: str | None = None,
+    origin: Mapping[str, object] | None = None,
 ) -> tuple[bool, str]:
     """Check the backup ``name``: ``(True, summary)`` or ``(False, reason)``; the verdict is kept and
-    recorded in the audit log either way."""
+    recorded in the audit log either way (``origin`` added to the row's details)."""
+    extra = dict(origin or {})
     try:
         path = find_backup(data_dir, name)
     except RestoreError as exc:
@@ -257,7 +278,7 @@ def verify_backup(
             "failure",
             user=user,
             terminal=terminal,
-            details={"backup": name, "result": str(exc)},
+            details={**extra, "backup": name, "result": str(exc)},
         )
         raise
     try:
@@ -273,7 +294,7 @@ def verify_backup(
         "success" if ok else "failure",
         user=user,
         terminal=terminal,
-        details={"backup": name, "result": note},
+        details={**extra, "backup": name, "result": note},
     )
     return ok, note
 

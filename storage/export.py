@@ -51,6 +51,7 @@ import math
 import os
 import shutil
 import sqlite3
+import stat
 from array import array
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -767,6 +768,7 @@ def _run_export(
     user: str | None,
     terminal: str | None,
     now: datetime,
+    origin: Mapping[str, object] | None = None,
 ) -> ExportResult:
     check_target(target)
     try:
@@ -816,6 +818,7 @@ def _run_export(
             user=user,
             terminal=terminal,
             details={
+                **(origin or {}),
                 "folder": str(target.absolute()),
                 "sessions": sessions,
                 "identified": identified,
@@ -865,11 +868,13 @@ def export_session(
     user: str | None = None,
     terminal: str | None = None,
     now: datetime | None = None,
+    origin: Mapping[str, object] | None = None,
 ) -> ExportResult:
     """Export one ended session to ``target`` (default: a new folder under ``exports/``).
 
     ``user`` is the logged-in person the audit row names (None: the operating system's account, for the
-    command line). Raises :class:`ExportError` (unknown or open session, target exists, a disk error)."""
+    command line); ``origin`` is added to its details (a remote console's). Raises :class:`ExportError`
+    (unknown or open session, target exists, a disk error)."""
     moment = now or utc_now()
     chosen = _formats(formats)
     if isinstance(session_id, bool) or session_id < 1:
@@ -899,6 +904,7 @@ def export_session(
         user=user,
         terminal=terminal,
         now=moment,
+        origin=origin,
     )
 
 
@@ -913,6 +919,7 @@ def export_range(
     user: str | None = None,
     terminal: str | None = None,
     now: datetime | None = None,
+    origin: Mapping[str, object] | None = None,
 ) -> ExportResult:
     """Export every ended session that started at or after ``since`` and before ``until`` (naive UTC), each
     in ``session_<id>/``, with ``sessions.json``/``.csv`` listing their summaries. Refused (ExportError) for
@@ -975,7 +982,34 @@ def export_range(
         user=user,
         terminal=terminal,
         now=moment,
+        origin=origin,
     )
+
+
+def share_with_records_group(folder: Path, db_path: Path) -> None:
+    """Make ``folder`` (an export, or an export's single file), and the ``exports/`` folder holding it,
+    readable by the group that may read the records database ``db_path`` and by nobody else: folders 0750,
+    files 0640, each given the database's group. Symbolic links and special files are left alone (an export
+    holds neither)."""
+    gid = db_path.stat().st_gid
+    targets: list[tuple[Path, int]] = [(folder.parent, 0o750), (folder, 0o750 if folder.is_dir() else 0o640)]
+    for base, dirs, files in os.walk(folder):
+        here = Path(base)
+        targets.extend((here / name, 0o750) for name in dirs)
+        targets.extend((here / name, 0o640) for name in files)
+    try:
+        for path, mode in targets:
+            info = path.lstat()
+            if stat.S_ISLNK(info.st_mode) or not (stat.S_ISDIR(info.st_mode) or stat.S_ISREG(info.st_mode)):
+                continue
+            if info.st_gid != gid:
+                os.chown(path, -1, gid, follow_symlinks=False)
+            if stat.S_IMODE(info.st_mode) != mode:
+                path.chmod(mode)
+    except OSError as exc:
+        raise ExportError(
+            f"{folder} was written, but cannot be made readable by the records group: {exc.strerror or exc}"
+        ) from exc
 
 
 __all__ = [
@@ -993,5 +1027,6 @@ __all__ = [
     "export_range",
     "export_session",
     "pixel_of",
+    "share_with_records_group",
     "trace_axes",
 ]

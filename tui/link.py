@@ -63,7 +63,8 @@ CONTROL_SOCKET = "control.sock"
 OBSERVE_SOCKET = "observe.sock"
 #: The commands a link in observe mode sends (what ``observe.sock`` answers). ``calibration_move`` and
 #: ``calibration_save_ring`` (the ring size wizard) cannot emit and carry the engineer's own password; the
-#: controller refuses them while a session is open (the move also while the laser is armed).
+#: controller refuses them while a session is open (the move also while the laser is armed). The backups and
+#: exports are made by the controller for the person signed in on the connection (:mod:`tui.remote`).
 OBSERVE_COMMANDS = frozenset(
     {
         "ping",
@@ -75,6 +76,10 @@ OBSERVE_COMMANDS = frozenset(
         "remote_login",
         "remote_logout",
         "remote_screen_lock",
+        "remote_backup",
+        "remote_verify_backup",
+        "remote_export",
+        "remote_audit_export",
     }
 )
 #: Why a remote console refuses a command (followed by the command's name).

@@ -10,7 +10,11 @@ it, and cannot open ``control.sock`` (mode 0600, owned by the kiosk's user: the 
   TOSCA login there (counted towards the lockout like any login) and has the logout and the screen lock
   audited there, with the SSH client address (:class:`RemoteOrigin`, from ``$SSH_CONNECTION`` or
   ``$SSH_CLIENT``) and the Unix user and pid the kernel reports for the socket's peer. A password change is
-  refused: it is made at the kiosk.
+  refused: it is made at the kiosk;
+- backups (make, verify), research exports and the audit trail's CSV export are made by the controller for
+  the person signed in there (``remote_backup``, ``remote_verify_backup``, ``remote_export``,
+  ``remote_audit_export``); an export is then fetched over SSH with
+  :func:`fetch_command`'s command (``ssh -T <user>@<kiosk> fetch-export NAME > NAME.tar``).
 
 What the remote console may do is decided in one place, :func:`remote_refusal`: the home menu marks the
 screens it cannot open (:data:`KIOSK_ONLY_SCREENS`) and the screens it opens refuse the actions that would
@@ -23,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import getpass
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -51,16 +56,7 @@ KIOSK_ONLY_SCREENS: dict[str, str] = {
 }
 #: Actions inside screens the remote console opens but does not do, and why.
 KIOSK_ONLY_ACTIONS: dict[str, str] = {
-    "backups.make": f"a backup is written into the data directory: {RECORDS_READ_ONLY}",
-    "backups.verify": f"a verification is recorded in the audit trail: {RECORDS_READ_ONLY}",
     "backups.restore": f"a restore replaces the records: {RECORDS_READ_ONLY}",
-    "export.write": (
-        "an export is written into the data directory's exports/ and recorded in the audit trail: "
-        f"{RECORDS_READ_ONLY} (or with tosca export there)"
-    ),
-    "audit.export": (
-        f"an export is written into exports/ and recorded in the audit trail: {RECORDS_READ_ONLY}"
-    ),
     "calibration.laser": (
         "the laser power wizard emits (key control, footpedal, every interlock): it runs at the kiosk only, "
         "not over SSH"
@@ -71,6 +67,23 @@ KIOSK_ONLY_ACTIONS: dict[str, str] = {
         "score works here"
     ),
 }
+
+
+#: How long the remote console waits for the controller's backup, verification or export, s.
+RECORDS_WORK_TIMEOUT_S = 600.0
+
+
+def fetch_command(folder: str, environ: Mapping[str, str] | None = None) -> str:
+    """The command an engineer runs on their own machine to fetch the export ``folder`` as a tar file: to
+    the kiosk's address this SSH session came in on (``$SSH_CONNECTION``), else its host name."""
+    env = os.environ if environ is None else environ
+    words = env.get("SSH_CONNECTION", "").split()
+    host = words[2] if len(words) >= 4 else socket.gethostname()
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return f"ssh -T {user}@{host} fetch-export {folder} > {folder}.tar"
 
 
 def is_remote(context: ScreenContext) -> bool:

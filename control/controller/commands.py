@@ -85,6 +85,11 @@ class ControllerCommands(CalibrationService):
                 if self.server is not None:
                     self.remote_consoles.forget_closed({p.connection for p in self.server.peers})
                 return await self.remote_consoles.handle(command, peer)
+            case msg.RemoteBackup() | msg.RemoteVerifyBackup() | msg.RemoteExport() | msg.RemoteAuditExport():
+                # The remote console's backups and exports, for the person signed in on its connection.
+                if self.remote_consoles is None:
+                    raise CommandRefused("the controller is still starting")
+                return await self.remote_consoles.records_work(command, peer, self.data)
             case msg.Stop():
                 # Anyone, always: it only makes things safer (the stop key sends it on a connection of
                 # its own).

@@ -8,23 +8,63 @@ client address the console read from its environment, and the Unix user and pid 
 socket's peer (``SO_PEERCRED``: not the console's word). Its ``terminal`` is ``ssh:<address>`` (or
 ``observe:<unix user>`` without an address), as a console at that terminal would record it.
 
-A successful login makes the connection act for that person, for its logout and screen lock rows only: nothing
-on ``observe.sock`` arms, emits or touches a session, whoever is signed in.
+A successful login makes the connection act for that person, for its logout and screen lock rows, and for
+the backups and research exports the controller makes for a remote console
+(:meth:`RemoteConsoles.records_work`): nothing on ``observe.sock`` arms, emits or touches a session, whoever
+is signed in.
+
+**Backups and exports.** The remote console cannot write the data directory, so the controller makes them for
+the person signed in on the connection, when that person's role may at the kiosk (an engineer or an admin,
+checked against the account as it is now: a deactivated or re-roled account is refused, and the refusal
+audited; the audit trail's CSV export is an admin's, as its kiosk screen is). The work runs in a process of
+its own (:mod:`storage.records_job`: SCHED_OTHER, nice 10, on the CPUs the controller is not pinned to, its
+own SQLite connections), never on the controller's event loop nor on a thread of it: writing an export holds
+the interpreter lock in long stretches, which measured 49 to 56 ms of lag on a loop sharing it. One such job
+at a time. The database is in WAL mode: the backup's online copy and the export's reads are snapshots that
+never block the treatment's writes, and each audit row is one short write transaction. As at the kiosk, a
+backup and an export are allowed while a session is open (they only read; an open session itself is not
+exported). Each audit row (``db_backup``, ``db_backup_verify``, ``research_export``, ``audit_export``) names
+the person, the terminal ``ssh:<address>`` and, in its details, the origin (:func:`origin_details`). An
+export's files are made readable by the records database's group (``tosca-records``) and by nobody else, so
+the engineer's own Unix user can read them (and fetch them: ``tosca export fetch``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
+import json
+import logging
 import pwd
+import sys
 from typing import Any
 
 from control import messages as msg
 from control.account_rules import UserInfo
 from control.accounts import AccountService
 from control.ipc.server import CommandRefused, Peer
+from storage.audit_query import record_action
+from storage.errors import StorageError, one_line
+from storage.paths import DataDir
+
+_LOG = logging.getLogger(__name__)
 
 #: Audit services kept per terminal (one per SSH client address, at most this many).
 TERMINALS_KEPT = 32
+#: Who may make and verify backups and write research exports (as at the kiosk's screens).
+RECORDS_ROLES = frozenset({"engineer", "admin"})
+#: Who may export the audit trail (the kiosk's audit trail screen is an admin's).
+AUDIT_ROLES = frozenset({"admin"})
+#: Per records command: its audit action (for a refusal's row), who may, and what it is for the refusal.
+_RULES: dict[str, tuple[str, frozenset[str], str]] = {
+    "remote_backup": ("db_backup", RECORDS_ROLES, "an engineer or an admin makes backups"),
+    "remote_verify_backup": ("db_backup_verify", RECORDS_ROLES, "an engineer or an admin makes backups"),
+    "remote_export": ("research_export", RECORDS_ROLES, "an engineer or an admin writes research exports"),
+    "remote_audit_export": ("audit_export", AUDIT_ROLES, "an admin exports the audit trail"),
+}
+
+RecordsCommand = msg.RemoteBackup | msg.RemoteVerifyBackup | msg.RemoteExport | msg.RemoteAuditExport
 
 
 def unix_user(uid: int | None) -> str | None:
@@ -63,6 +103,8 @@ class RemoteConsoles:
         self._accounts = accounts
         self._by_terminal: dict[str, AccountService] = {}
         self._signed_in: dict[int, tuple[UserInfo, str | None]] = {}
+        #: Whether a backup or an export is being made for a remote console (one at a time).
+        self._records_busy = False
 
     def _service(self, terminal: str) -> AccountService:
         """An account service recording ``terminal`` in its rows (kept, so its lockout of unknown names and
@@ -125,3 +167,122 @@ class RemoteConsoles:
             username=result.user.username if result.user is not None else None,
             locked_until=result.locked_until.isoformat() if result.locked_until is not None else None,
         )
+
+    # -- backups and research exports ------------------------------------------------------------------------
+
+    async def records_work(self, command: RecordsCommand, peer: Peer, data: DataDir) -> dict[str, Any]:
+        """Make a backup, verify one or write an export in ``data`` for the person signed in on ``peer``'s
+        connection (see the module's docstring); the typed reply as JSON."""
+        if peer.socket != "observe":
+            raise CommandRefused(f"{command.type} is for the remote console on observe.sock")
+        signed = self._signed_in.get(peer.connection)
+        if signed is None:
+            raise CommandRefused("nobody is signed in on this connection: log in at the remote console first")
+        signed_user, ssh_client = signed
+        terminal = terminal_of(peer, ssh_client)
+        origin = {**origin_details(peer, ssh_client), "console": "remote"}
+        action, roles, who = _RULES[command.type]
+        current = await self._accounts.get_user(signed_user.username)
+        refusal = None
+        if current is None or not current.is_active or current.tech_id != signed_user.tech_id:
+            refusal = f"the account {signed_user.username!r} is deactivated"
+        elif current.role not in roles:
+            refusal = f"{current.username} is {current.role}: only {who}"
+        elif self._records_busy:
+            refusal = "a backup or an export for a remote console is being made already: wait for it"
+        if refusal is not None:
+            details = {**origin, "reason": refusal}
+            try:
+                await asyncio.to_thread(
+                    record_action,
+                    data.db_path,
+                    action,
+                    "failure",
+                    user=signed_user.username,
+                    terminal=terminal,
+                    details=details,
+                )
+            except StorageError as exc:
+                refusal = f"{refusal} (not recorded: {one_line(exc)})"
+            raise CommandRefused(refusal)
+        request: dict[str, Any] = {
+            "data_dir": str(data.root),
+            "user": signed_user.username,
+            "terminal": terminal,
+            "origin": origin,
+        }
+        match command:
+            case msg.RemoteBackup():
+                request["job"] = "backup"
+            case msg.RemoteVerifyBackup():
+                request.update(job="verify", name=command.name)
+            case msg.RemoteExport():
+                request.update(
+                    job="export",
+                    session_id=command.session_id,
+                    since=command.since.isoformat() if command.since is not None else None,
+                    until=command.until.isoformat() if command.until is not None else None,
+                    formats=list(command.formats),
+                    folder=command.folder,
+                    identified=command.identified,
+                )
+            case msg.RemoteAuditExport():
+                request.update(
+                    job="audit_export",
+                    user_filter=command.user,
+                    action=command.action,
+                    outcome=command.outcome,
+                    since=command.since.isoformat() if command.since is not None else None,
+                    until=command.until.isoformat() if command.until is not None else None,
+                    text=command.text,
+                )
+        self._records_busy = True
+        try:
+            answer = await run_records_job(request)
+        finally:
+            self._records_busy = False
+        match command:
+            case msg.RemoteBackup():
+                return msg.RemoteBackupMade.model_validate(answer).model_dump(mode="json")
+            case msg.RemoteVerifyBackup():
+                return msg.RemoteBackupVerified.model_validate(answer).model_dump(mode="json")
+            case msg.RemoteExport():
+                return msg.RemoteExportWritten.model_validate(answer).model_dump(mode="json")
+            case msg.RemoteAuditExport():
+                return msg.RemoteAuditExported.model_validate(answer).model_dump(mode="json")
+        raise CommandRefused(f"unknown command {command.type!r}")  # pragma: no cover - the match is complete
+
+
+async def run_records_job(request: dict[str, Any]) -> dict[str, Any]:
+    """Run ``request`` in a process of its own (:mod:`storage.records_job`) and return its result; a refusal
+    or a failure is :class:`CommandRefused` with its one line."""
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "storage.records_job",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+    except OSError as exc:
+        raise CommandRefused(f"the {request.get('job')} could not be started: {one_line(exc)}") from None
+    try:
+        out, err = await process.communicate(json.dumps(request).encode())
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+        raise
+    try:
+        answer = json.loads(out)
+    except ValueError:
+        said = err.decode(errors="replace").strip().splitlines()
+        why = said[-1] if said else f"exit status {process.returncode}"
+        _LOG.error("records job %s failed: %s", request.get("job"), err.decode(errors="replace"))
+        raise CommandRefused(f"the {request.get('job')} failed: {why}") from None
+    result = answer.get("result") if isinstance(answer, dict) else None
+    if not isinstance(result, dict):
+        error = answer.get("error") if isinstance(answer, dict) else None
+        raise CommandRefused(str(error or f"the {request.get('job')} failed"))
+    return result

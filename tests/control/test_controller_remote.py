@@ -168,3 +168,110 @@ async def test_nothing_on_observe_arms_even_after_a_remote_login(
         reply = await observer.request(command)
         assert not reply.ok and "unknown command type" in (reply.error or "")
     assert controller.supervisor.state is SystemState.IDLE
+
+
+async def test_remote_backups_and_exports_are_made_for_a_signed_in_engineer_or_admin_with_the_origin(
+    controller: Controller, observer: ControllerClient, data: DataDir
+) -> None:
+    import io
+    import stat
+    import tarfile
+
+    from storage.export_fetch import stream_export
+
+    # Nobody signed in on the connection: refused, nothing written.
+    with pytest.raises(CommandFailed, match="nobody is signed in"):
+        await observer.call(msg.RemoteBackup())
+    # A technician may not make backups or exports at the kiosk either: refused, and the refusal audited.
+    await observer.call(msg.RemoteLogin(username=USERNAME, password=PASSWORD, ssh_client="192.0.2.7"))
+    with pytest.raises(CommandFailed, match="tech1 is technician: only an engineer or an admin"):
+        await observer.call(msg.RemoteBackup())
+    with pytest.raises(CommandFailed, match="only an engineer or an admin writes research exports"):
+        await observer.call(msg.RemoteExport(session_id=1))
+    with pytest.raises(CommandFailed, match="only an admin exports the audit trail"):
+        await observer.call(msg.RemoteAuditExport())
+    assert [(u, o) for u, o, _, _ in _audit_rows(data, "audit_export")] == [(USERNAME, "failure")]
+    assert [(u, o) for u, o, _, _ in _audit_rows(data, "research_export")] == [(USERNAME, "failure")]
+    assert not data.backups.exists() or not list(data.backups.glob("tosca_*.db"))
+    me = pwd.getpwuid(os.getuid()).pw_name
+    [refused] = _audit_rows(data, "db_backup")
+    assert refused[:3] == (USERNAME, "failure", "ssh:192.0.2.7")
+    assert refused[3]["unix_user"] == me and "technician" in str(refused[3]["reason"])
+    # The admin on the same connection, while a treatment runs: a backup only reads, so it is made.
+    await observer.call(
+        msg.RemoteLogin(username="admin1", password="admin password 1", ssh_client="192.0.2.7")
+    )
+    session_id = await open_and_treat(controller, "long")
+    made = msg.RemoteBackupMade.model_validate(await observer.call(msg.RemoteBackup()))
+    assert controller.supervisor.state is SystemState.TREATING
+    assert made.verified and (data.backups / made.name).stat().st_size == made.size_bytes > 0
+    verdict = msg.RemoteBackupVerified.model_validate(
+        await observer.call(msg.RemoteVerifyBackup(name=made.name))
+    )
+    assert verdict.ok and verdict.name == made.name
+    # The open session is not exported (as at the kiosk); once ended, it is.
+    with pytest.raises(CommandFailed, match=f"session {session_id} is still open"):
+        await observer.call(msg.RemoteExport(session_id=session_id))
+    await controller.abort("test over")
+    written = msg.RemoteExportWritten.model_validate(
+        await observer.call(msg.RemoteExport(session_id=session_id, folder="for_eng", formats=["json"]))
+    )
+    assert written.folder == "for_eng" and written.sessions == [session_id] and not written.identified
+    folder = data.root / "exports" / "for_eng"
+    assert "summary.json" in written.files and "manifest.json" in written.files
+    # Readable by the records database's group, by nobody else.
+    group = data.db_path.stat().st_gid
+    for path in [folder.parent, folder, *folder.rglob("*")]:
+        info = path.stat()
+        assert info.st_gid == group, path
+        assert stat.S_IMODE(info.st_mode) == (0o750 if path.is_dir() else 0o640), path
+    # The audit rows name the admin, the terminal and where the request came from.
+    for action in ("db_backup", "db_backup_verify", "research_export"):
+        user, outcome, terminal, details = _audit_rows(data, action)[-1]
+        assert (user, outcome, terminal) == ("admin1", "success", "ssh:192.0.2.7"), action
+        assert details["ssh_client"] == "192.0.2.7" and details["unix_user"] == me, action
+        assert details["peer_pid"] == os.getpid() and details["console"] == "remote", action
+    assert _audit_rows(data, "research_export")[-1][3]["identified"] is False
+    # An identified export (demographics, names, notes) is audited as such, as at the kiosk.
+    identified = msg.RemoteExportWritten.model_validate(
+        await observer.call(msg.RemoteExport(session_id=session_id, identified=True, formats=["json"]))
+    )
+    assert identified.identified and identified.folder.startswith(f"session_{session_id}_")
+    row = _audit_rows(data, "research_export")[-1]
+    assert row[:3] == ("admin1", "success", "ssh:192.0.2.7")
+    assert row[3]["identified"] is True and row[3]["folder"] == identified.path
+    # What `ssh -T ... fetch-export for_eng` streams: the same folder as a tar.
+    stream = io.BytesIO()
+    assert stream_export(data, "for_eng", stream) == len(written.files)
+    stream.seek(0)
+    with tarfile.open(fileobj=stream) as tar:
+        names = {member.name for member in tar.getmembers() if member.isfile()}
+        manifest = json.loads(tar.extractfile("for_eng/manifest.json").read())  # type: ignore[union-attr]
+    assert names == {f"for_eng/{name}" for name in written.files}
+    assert manifest["sessions"] == [session_id]
+
+
+@pytest.mark.parametrize(
+    ("fields", "error"),
+    [
+        ({}, "a session id or a time range"),
+        ({"session_id": 3, "since": "2026-12-01T00:00:00"}, "a session id or a time range"),
+        ({"since": "2026-12-01T00:00:00"}, "both since and until"),
+        ({"since": "2026-12-07T00:00:00", "until": "2026-12-01T00:00:00"}, "before its end"),
+        ({"session_id": 3, "folder": "../x"}, "folder"),
+        ({"session_id": 3, "folder": "a..b"}, "folder"),
+        ({"session_id": 3, "folder": "-rf"}, "folder"),
+        ({"session_id": 3, "folder": ".hidden"}, "folder"),
+        ({"session_id": 0}, "session_id"),
+    ],
+)
+def test_a_remote_export_asks_for_one_session_or_a_range_into_a_plain_folder(
+    fields: dict[str, object], error: str
+) -> None:
+    line = json.dumps({"type": "remote_export", "id": 1, **fields})
+    with pytest.raises(msg.MessageError, match=error):
+        msg.decode_observe(line)
+    fine = msg.decode_observe(json.dumps({"type": "remote_export", "id": 2, "session_id": 3}))
+    assert isinstance(fine, msg.RemoteExport) and fine.session_id == 3
+    with pytest.raises(msg.MessageError, match="unknown command type 'remote_export'"):
+        msg.decode_control(json.dumps({"type": "remote_export", "id": 2, "session_id": 3}))

@@ -48,9 +48,13 @@ from control.messages import (
     Pause,
     Ping,
     Prechecks,
+    RemoteAuditExport,
+    RemoteBackup,
+    RemoteExport,
     RemoteLogin,
     RemoteLogout,
     RemoteScreenLock,
+    RemoteVerifyBackup,
     Reply,
     ResetFault,
     Resume,
@@ -333,6 +337,10 @@ def test_observe_union_holds_only_queries_the_remote_consoles_records_and_the_ca
         RemoteScreenLock,
         CalibrationMove,
         CalibrationSaveRing,
+        RemoteBackup,
+        RemoteVerifyBackup,
+        RemoteExport,
+        RemoteAuditExport,
     }
     with pytest.raises(MessageError, match="unknown command type 'arm'") as info:
         decode_observe(encode(Arm(id=4, password="x")))

@@ -482,3 +482,35 @@ def test_a_login_outside_the_group_is_refused(rig: Rig) -> None:
         "sshd to say why",
         [rig.sshd_log],
     )
+
+
+def test_fetch_export_streams_an_export_as_a_tar_and_refuses_any_other_name(rig: Rig) -> None:
+    import io
+    import tarfile
+
+    # An export as the controller leaves it: the kiosk's, readable by the records group only.
+    folder = rig.data / "exports" / "session_1_20261207_120000"
+    (folder / "snapshots").mkdir(parents=True, exist_ok=True)
+    (folder / "manifest.json").write_text('{"sessions": [1]}')
+    (folder / "snapshots" / "one.png").write_bytes(b"\x89PNG picture")
+    kiosk = pwd.getpwnam(rig.kiosk).pw_uid
+    records = grp.getgrnam(rig.records).gr_gid
+    for path in (folder.parent, folder, *folder.rglob("*")):
+        os.chown(path, kiosk, records)
+        path.chmod(0o750 if path.is_dir() else 0o640)
+    fetched = subprocess.run(
+        [*rig.ssh(rig.engineer, "-T", "-o", "BatchMode=yes"), f"fetch-export {folder.name}"],
+        stdin=subprocess.DEVNULL, capture_output=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert fetched.returncode == 0, fetched.stderr
+    with tarfile.open(fileobj=io.BytesIO(fetched.stdout)) as tar:
+        files = {member.name for member in tar.getmembers() if member.isfile()}
+        manifest = tar.extractfile(f"{folder.name}/manifest.json")
+        assert manifest is not None and json.loads(manifest.read()) == {"sessions": [1]}
+    assert files == {f"{folder.name}/manifest.json", f"{folder.name}/snapshots/one.png"}
+    refused = subprocess.run(
+        [*rig.ssh(rig.engineer, "-T", "-o", "BatchMode=yes"), "fetch-export ../tosca.db"],
+        stdin=subprocess.DEVNULL, capture_output=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert (refused.returncode, refused.stdout) == (1, b"")
+    assert b"fetch-export takes one plain export folder name" in refused.stderr

@@ -1,12 +1,17 @@
 """What the remote console does and refuses, in Pilot, against a real controller on the simulated rig
 (in-process, its ``observe.sock``): the ring size wizard moves the actuator with the engineer's password,
-takes the typed diameters and has the controller store the calibration; the laser power wizard, the focus
-stack key and the screens and actions that write the records are refused with the reason before anything is
-tried (nothing written, no SQLite error)."""
+takes the typed diameters and has the controller store the calibration; backups, their verification, the
+research export and the audit trail's CSV are made by the controller for the person logged in, audited with
+where the console is used from; the laser power wizard, the focus stack key, a restore and the screens that
+write the records are refused with the reason before anything is tried (nothing written, no SQLite error)."""
 
 from __future__ import annotations
 
+import getpass
 import json
+import os
+import pwd
+import re
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,7 +21,7 @@ import pytest
 from console_fixtures import ADMIN_PASSWORD, CLI, DATA_DIR, enter_text, make_settings, seed, showing
 from console_fixtures import wait_until as pilot_wait
 from textual.pilot import Pilot
-from textual.widgets import OptionList, Static
+from textual.widgets import DataTable, Input, OptionList, Static
 
 from control import messages as msg
 from control.accounts import AccountService
@@ -195,35 +200,35 @@ async def test_a_remote_admin_is_told_which_screens_and_actions_are_kiosk_only_a
             pilot, lambda: "the records are read-only here" in notifications(app), "configuration refused"
         )
         assert showing(app, HomeScreen)
-        # Backups: listed here, but making one (a file in the data directory and an audit row) is refused.
-        audit_rows = rows("SELECT count(*) FROM audit_log WHERE action LIKE 'backup%'")
+        # A restore replaces the records: refused here, nothing asked.
+        assert app.link is not None
+        await app.link.call(msg.RemoteBackup())
         await pilot.press("b")
         await pilot_wait(pilot, lambda: showing(app, BackupsScreen), "the backups screen")
-        await pilot.press("b")
+        await pilot_wait(pilot, lambda: "1 backup;" in screen_text(app), "the backup listed")
+        await pilot.press("r")
         await pilot_wait(
-            pilot, lambda: KIOSK_ONLY_ACTIONS["backups.make"] in screen_text(app), "the backup refused"
+            pilot, lambda: KIOSK_ONLY_ACTIONS["backups.restore"] in screen_text(app), "the restore refused"
         )
-        backups = DATA_DIR / "backups"
-        assert not backups.exists() or not any(backups.iterdir())
-        assert rows("SELECT count(*) FROM audit_log WHERE action LIKE 'backup%'") == audit_rows
-        await pilot.press("escape")
-        await pilot_wait(pilot, lambda: showing(app, HomeScreen), "home again")
-        # The research export and the audit trail's CSV: both written into exports/ and audited.
-        await pilot.press("x")
-        await pilot_wait(pilot, lambda: showing(app, ExportScreen), "the export screen")
-        await pilot.press("ctrl+s")
-        await pilot_wait(
-            pilot, lambda: KIOSK_ONLY_ACTIONS["export.write"] in screen_text(app), "the export refused"
-        )
-        await pilot.press("escape")
-        await pilot_wait(pilot, lambda: showing(app, HomeScreen), "home again")
-        await pilot.press("a")
+        assert not showing(app, ConfirmDialog)
+        # The audit trail's CSV: the controller writes it for the admin, and says how to fetch it.
+        app.push_screen(AuditScreen(app.context, app.screen.user))
         await pilot_wait(pilot, lambda: showing(app, AuditScreen), "the audit trail")
         await pilot.press("f5")
-        await pilot_wait(
-            pilot, lambda: KIOSK_ONLY_ACTIONS["audit.export"] in screen_text(app), "the CSV export refused"
-        )
-    assert not (DATA_DIR / "exports").exists() or not any((DATA_DIR / "exports").iterdir())
+        await pilot_wait(pilot, lambda: "fetch-export audit_" in screen_text(app), "the CSV exported", 20.0)
+    [csv_file] = list((DATA_DIR / "exports").iterdir())
+    assert csv_file.name.startswith("audit_") and csv_file.stat().st_mode & 0o777 == 0o640
+    assert "ada" in csv_file.read_text(encoding="utf-8")
+    [(user, terminal, details)] = rows(
+        "SELECT username, terminal, details FROM audit_log WHERE action = 'audit_export'"
+    )
+    origin = json.loads(details)
+    assert (user, terminal, origin["ssh_client"], origin["console"]) == (
+        "ada",
+        "ssh:192.0.2.9",
+        "192.0.2.9",
+        "remote",
+    )
 
 
 async def test_the_remote_focus_screen_shows_the_live_score_and_refuses_the_stack_with_the_reason(
@@ -244,3 +249,63 @@ async def test_the_remote_focus_screen_shows_the_live_score_and_refuses_the_stac
         assert "taken at the kiosk" in screen_text(app)
     folder = DATA_DIR / "calibrations" / "camera"
     assert not folder.exists() or not any(folder.iterdir())
+
+
+SEED_PROTOCOL = "Seed example (60 s at 5 W, 30 s ramp to 8 W)"
+
+
+async def test_a_remote_engineer_backs_up_verifies_and_exports_through_the_controller(
+    controller: Controller, clock: FakeClock
+) -> None:
+    ended = await controller.open_session(
+        subject_code="P-2026-0042", username="ada", protocol_name=SEED_PROTOCOL, create_subject=True
+    )
+    await controller.abort("ended for the export")
+    app = remote_console(clock)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await remote_log_in(pilot, "eric", ENGINEER_PASSWORD)
+        await pilot.press("b")
+        await pilot_wait(pilot, lambda: showing(app, BackupsScreen), "the backups screen")
+        await pilot.press("b")
+        await pilot_wait(pilot, lambda: "backed up to tosca_" in screen_text(app), "the backup made", 20.0)
+        assert "integrity ok" in screen_text(app)
+        made = re.search(r"backed up to (tosca_\S+\.db)", screen_text(app))
+        assert made is not None and (DATA_DIR / "backups" / made[1]).is_file()
+        # The list is read again with the new backup highlighted: v verifies it.
+        table = app.screen.query_one("#backup-table", DataTable)
+        await pilot_wait(
+            pilot, lambda: made[1] in str(table.get_row_at(table.cursor_row)[-1]), "the backup highlighted"
+        )
+        await pilot.press("v")
+        await pilot_wait(pilot, lambda: f"{made[1]} verified" in screen_text(app), "the backup verified")
+        # The export screen, opened with the session filled in (as F6 on the safety log browser does).
+        app.push_screen(ExportScreen(app.context, app.screen.user, session_id=ended.session_id))
+        await pilot_wait(pilot, lambda: showing(app, ExportScreen), "the export screen")
+        await pilot.press("ctrl+s")
+        await pilot_wait(pilot, lambda: "fetch-export" in screen_text(app), "the export written", 20.0)
+        text = screen_text(app)
+        [folder] = list((DATA_DIR / "exports").iterdir())
+        assert f"exported session {ended.session_id} (de-identified" in text
+        assert f"ssh -T {getpass.getuser()}@" in text
+        assert f"fetch-export {folder.name} > {folder.name}.tar" in text
+        # A session still open is not exported (as at the kiosk): refused with the reason, nothing written.
+        still_open = await controller.open_session(
+            subject_code="P-2026-0042", username="ada", protocol_name=SEED_PROTOCOL
+        )
+        app.screen.query_one("#field-session", Input).value = str(still_open.session_id)
+        await pilot.press("ctrl+s")
+        await pilot_wait(pilot, lambda: "is still open" in screen_text(app), "the open session refused")
+        assert list((DATA_DIR / "exports").iterdir()) == [folder]
+    assert (folder / "manifest.json").is_file()
+    assert not any(path.stat().st_mode & 0o007 for path in [folder, *folder.rglob("*")])
+    unix_user = pwd.getpwuid(os.getuid()).pw_name
+    for action in ("db_backup", "db_backup_verify", "research_export"):
+        [(user, outcome, terminal, details)] = rows(
+            "SELECT username, outcome, terminal, details FROM audit_log "
+            "WHERE action = ? AND username = 'eric'",
+            action,
+        )
+        origin = json.loads(details)
+        assert (user, outcome, terminal) == ("eric", "success", "ssh:192.0.2.9"), action
+        assert origin["ssh_client"] == "192.0.2.9" and origin["unix_user"] == unix_user, action
+        assert origin["peer_pid"] == os.getpid() and origin["console"] == "remote", action

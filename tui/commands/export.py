@@ -3,7 +3,11 @@
 ```
 tosca export session ID [--out DIR] [--format csv|json] [--identified]
 tosca export range --since ISO --until ISO [--out DIR] [--format csv|json] [--identified]
+tosca export fetch NAME > NAME.tar
 ```
+
+``fetch`` writes the export folder ``NAME`` of ``exports/`` to standard output as a tar stream (what the
+kiosk's SSH forced command runs for ``fetch-export NAME``: :mod:`storage.export_fetch`).
 
 Writes a new folder: ``--out DIR`` names it (refused when it exists already: an export never overwrites);
 without it, a new folder under the data directory's ``exports/``. Both formats are written unless
@@ -19,10 +23,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from storage.errors import one_line
 from tui.commands import add_data_dir_option, fail
+
+if TYPE_CHECKING:
+    from storage.paths import DataDir
 
 
 def _session_id(text: str) -> int:
@@ -61,6 +68,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "--until", required=True, metavar="ISO", help="before this date or time (exclusive, UTC)"
     )
     _common(span)
+    fetch = what.add_parser(
+        "fetch", help="write the export folder NAME under exports/ to standard output as a tar stream"
+    )
+    fetch.add_argument("name", metavar="NAME", help="the export's folder name under exports/")
+    add_data_dir_option(fetch)
     return parser
 
 
@@ -73,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
     from storage.paths import DataDir
 
     data_dir = DataDir(Path(args.data_dir))
+    if args.export_what == "fetch":
+        return _fetch(data_dir, args.name)
     if not data_dir.db_path.is_file():
         return fail(f"no database at {data_dir.db_path}")
     formats = None if args.format is None else [args.format]
@@ -102,4 +116,25 @@ def run(args: argparse.Namespace) -> int:
     except StorageError as exc:
         return fail(one_line(exc))
     print(result.describe(), flush=True)
+    return 0
+
+
+def _fetch(data_dir: DataDir, name: str) -> int:
+    """``tosca export fetch NAME`` (storage/export_fetch.py): the tar stream on standard output."""
+    import sys
+
+    from storage.export_fetch import FetchError, stream_export
+
+    out = sys.stdout.buffer
+    if out.isatty():
+        return fail(
+            "the export is a tar stream: redirect it to a file (ssh -T ... fetch-export NAME > NAME.tar)"
+        )
+    try:
+        stream_export(data_dir, name, out)
+        out.flush()
+    except FetchError as exc:
+        return fail(one_line(exc))
+    except OSError as exc:  # the reading end went away (the SSH connection dropped)
+        return fail(f"the tar stream was cut off: {exc.strerror or exc}")
     return 0

@@ -6,7 +6,9 @@ is refused with one line saying why, and the rows shown stay as they were. PageD
 page of :data:`storage.audit_query.PAGE_SIZE` rows, found by keyset on the timestamp and id, so a page deep
 in a million rows comes as quickly as the first. F2 goes to the filters, F3 clears them. F5 exports every
 row matching the filters to ``<data dir>/exports/audit_YYYYMMDD_HHMMSS.csv`` (cells that a spreadsheet
-would run as a formula are guarded) and shows the path; the export is itself audited.
+would run as a formula are guarded) and shows the path; the export is itself audited. On the remote console
+(read-only records) the controller writes it for the admin signed in there (``remote_audit_export``:
+:mod:`control.controller.remote`) and the status line gives the command that fetches it over SSH.
 
 Everything shown from the log (names, actions, terminals, details) is drawn as text, never as markup.
 Open it with ``AuditScreen(context, user)``.
@@ -36,7 +38,7 @@ from storage.audit_query import (
     record_action,
 )
 from storage.errors import StorageError, one_line
-from tui.remote import remote_refusal
+from tui.remote import RECORDS_WORK_TIMEOUT_S, fetch_command, is_remote, remote_refusal
 from tui.safe_text import escape_controls, plain
 from tui.screens._base import ScreenContext
 from tui.widgets.header import ConsoleHeader
@@ -281,6 +283,9 @@ class AuditScreen(Screen[None]):
         filters = self.filters
         data_dir = self.context.settings.data_dir
         self.show_status("exporting…", error=False)
+        if is_remote(self.context):
+            await self.export_remote(filters)
+            return
         try:
             result = await asyncio.to_thread(export_csv, data_dir / "tosca.db", data_dir / "exports", filters)
         except (StorageError, OSError) as exc:
@@ -301,6 +306,36 @@ class AuditScreen(Screen[None]):
             return
         self.last_export = str(result.path)
         self.show_status(f"exported {result.rows} rows to {escape_controls(str(result.path))}", error=False)
+
+    async def export_remote(self, filters: AuditFilter) -> None:
+        """The controller writes the CSV for the admin signed in on this remote console, audits it with where
+        the console is used from, and the status line says how to fetch it over SSH."""
+        from control.ipc_errors import CommandFailed, ControllerUnavailable
+        from control.messages import RemoteAuditExport, RemoteAuditExported
+        from tui.link import read_reply
+
+        link = self.context.link
+        try:
+            if link is None:
+                raise ControllerUnavailable("no link to the controller")
+            command = RemoteAuditExport(
+                user=filters.user,
+                action=filters.action,
+                outcome=filters.outcome,
+                since=filters.since,
+                until=filters.until,
+                text=filters.text,
+            )
+            done = read_reply(RemoteAuditExported, await link.call(command, RECORDS_WORK_TIMEOUT_S))
+        except (CommandFailed, ControllerUnavailable, ValueError) as exc:
+            self.show_status(f"export failed: {one_line(exc)}", error=True)
+            return
+        self.last_export = done.path
+        self.show_status(
+            f"exported {done.rows} rows to {escape_controls(done.path)}; fetch it from your own machine "
+            f"with: {fetch_command(done.file)}",
+            error=False,
+        )
 
     def action_back(self) -> None:
         self.dismiss(None)

@@ -12,6 +12,10 @@ the records, which is an admin's decision). Every action, done or refused, is an
 name. The storage work
 is in :mod:`storage.backups`, shared with ``tosca db backups``.
 
+On the remote console (read-only records) the controller makes and verifies the backup for the person signed
+in there (``remote_backup``, ``remote_verify_backup``: :mod:`control.controller.remote`), and audits it with
+where the console is used from; the restore stays at the kiosk.
+
 Open it with ``BackupsScreen(context, user)``.
 """
 
@@ -31,6 +35,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Label
 
 from control.account_rules import UserInfo
+from control.ipc_errors import CommandFailed, ControllerUnavailable
 from storage.backups import (
     BackupEntry,
     BackupOverview,
@@ -43,7 +48,7 @@ from storage.backups import (
 )
 from storage.errors import StorageError, one_line
 from storage.paths import DataDir
-from tui.remote import remote_refusal
+from tui.remote import RECORDS_WORK_TIMEOUT_S, is_remote, remote_refusal
 from tui.safe_text import plain
 from tui.screens._base import ScreenContext
 from tui.screens.dialogs import ConfirmDialog
@@ -217,16 +222,44 @@ class BackupsScreen(Screen[None]):
         self.busy = True
         self.show_status("backing up…", error=False)
         try:
-            entry = await asyncio.to_thread(
-                make_backup, self.data_dir, user=self.user.username, terminal=self._terminal()
-            )
-        except (StorageError, OSError) as exc:
+            if is_remote(self.context):
+                name, size, note = await self.remote_backup()
+            else:
+                entry = await asyncio.to_thread(
+                    make_backup, self.data_dir, user=self.user.username, terminal=self._terminal()
+                )
+                name, size, note = entry.name, entry.size, "integrity ok"
+        except (StorageError, OSError, CommandFailed, ControllerUnavailable) as exc:
             self.show_status(f"backup failed: {one_line(exc)}", error=True)
             return
         finally:
             self.busy = False
-        self.show_status(f"backed up to {entry.name} ({human_size(entry.size)}, integrity ok)", error=False)
-        self.reload(select=entry.name)
+        self.show_status(f"backed up to {name} ({human_size(size)}, {note})", error=False)
+        self.reload(select=name)
+
+    async def remote_backup(self) -> tuple[str, int, str]:
+        """The controller makes the backup for the person signed in on the remote console's link."""
+        from control.messages import RemoteBackup, RemoteBackupMade
+        from tui.link import read_reply
+
+        link = self.context.link
+        if link is None:
+            raise ControllerUnavailable("no link to the controller")
+        made = read_reply(RemoteBackupMade, await link.call(RemoteBackup(), RECORDS_WORK_TIMEOUT_S))
+        return made.name, made.size_bytes, "integrity ok" if made.verified else made.note
+
+    async def remote_verify(self, name: str) -> tuple[bool, str]:
+        """The controller verifies the backup ``name`` for the person signed in on the remote console."""
+        from control.messages import RemoteBackupVerified, RemoteVerifyBackup
+        from tui.link import read_reply
+
+        link = self.context.link
+        if link is None:
+            raise ControllerUnavailable("no link to the controller")
+        verdict = read_reply(
+            RemoteBackupVerified, await link.call(RemoteVerifyBackup(name=name), RECORDS_WORK_TIMEOUT_S)
+        )
+        return verdict.ok, verdict.note
 
     @work(exclusive=True, group="backups-action", exit_on_error=False)
     async def action_verify(self) -> None:
@@ -241,10 +274,17 @@ class BackupsScreen(Screen[None]):
         self.busy = True
         self.show_status(f"verifying {entry.name}…", error=False)
         try:
-            ok, note = await asyncio.to_thread(
-                verify_backup, self.data_dir, entry.name, user=self.user.username, terminal=self._terminal()
-            )
-        except (StorageError, OSError) as exc:
+            if is_remote(self.context):
+                ok, note = await self.remote_verify(entry.name)
+            else:
+                ok, note = await asyncio.to_thread(
+                    verify_backup,
+                    self.data_dir,
+                    entry.name,
+                    user=self.user.username,
+                    terminal=self._terminal(),
+                )
+        except (StorageError, OSError, CommandFailed, ControllerUnavailable) as exc:
             self.show_status(f"cannot verify {entry.name}: {one_line(exc)}", error=True)
             return
         finally:

@@ -11,8 +11,12 @@ range; a folder name that is not a plain name or that exists already (an export 
 error. Done, the status line says what was written where. Every export is an audit row naming the user.
 
 The export reads the database directly (short read transactions) and writes files in a worker thread: it
-needs no controller. For engineers and admins. ``ExportScreen(context, user, session_id=N)`` opens with the
-session filled in (F6 on the safety log browser).
+needs no controller. On the remote console (read-only records) the controller writes it for the person signed
+in there (``remote_export``: :mod:`control.controller.remote`), readable by the records group, and the status
+line then gives the command that fetches it over SSH as a tar file
+(``ssh -T <user>@<kiosk> fetch-export NAME > NAME.tar``). For engineers and admins.
+``ExportScreen(context, user, session_id=N)`` opens with the session filled in (F6 on the safety log
+browser).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import asyncio
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from textual import on, work
 from textual.app import ComposeResult
@@ -31,14 +35,18 @@ from textual.screen import Screen
 from textual.widgets import Checkbox, Footer, Input, Label
 
 from control.account_rules import UserInfo
+from control.ipc_errors import CommandFailed, ControllerUnavailable
 from storage import DataDir
 from storage.audit_query import parse_time
 from storage.errors import StorageError, one_line
 from storage.export import ExportError, ExportResult, export_range, export_session
-from tui.remote import remote_refusal
+from tui.remote import RECORDS_WORK_TIMEOUT_S, fetch_command, is_remote, remote_refusal
 from tui.safe_text import plain
 from tui.screens._base import ScreenContext
 from tui.widgets.header import ConsoleHeader
+
+if TYPE_CHECKING:
+    from control.messages import RemoteExportWritten
 
 #: Roles that may export.
 ROLES = frozenset({"engineer", "admin"})
@@ -164,6 +172,8 @@ class ExportScreen(Screen[None]):
         self.initial_session = session_id
         #: The last export written, None until one is.
         self.result: ExportResult | None = None
+        #: The last export the controller wrote for this remote console, None until one is.
+        self.remote_result: RemoteExportWritten | None = None
         #: True while an export is being written.
         self.busy = False
 
@@ -211,7 +221,7 @@ class ExportScreen(Screen[None]):
 
     def show_status(self, text: str, *, error: bool) -> None:
         label = self.query_one("#status", Label)
-        label.update(plain(text))
+        label.update(plain(text, keep_newlines=True))
         label.set_class(error, "error")
 
     def _terminal(self) -> str | None:
@@ -277,15 +287,46 @@ class ExportScreen(Screen[None]):
             terminal=terminal,
         )
 
+    async def _write_remote(self, request: ExportRequest) -> RemoteExportWritten:
+        """The controller writes the export for the person signed in on the remote console's link."""
+        from control.messages import RemoteExport, RemoteExportWritten
+        from tui.link import read_reply
+
+        link = self.context.link
+        if link is None:
+            raise ControllerUnavailable("no link to the controller")
+        formats: list[Literal["csv", "json"]] = [
+            "csv" if name == "csv" else "json" for name in request.formats or []
+        ]
+        command = RemoteExport(
+            session_id=request.session_id,
+            since=request.since,
+            until=request.until,
+            formats=formats,
+            folder=request.target.name if request.target is not None else None,
+            identified=request.identified,
+        )
+        return read_reply(RemoteExportWritten, await link.call(command, RECORDS_WORK_TIMEOUT_S))
+
     @work(exclusive=True, group="research-export", exit_on_error=False)
     async def run_export(self, request: ExportRequest) -> None:
         try:
-            result = await asyncio.to_thread(self._write, request)
-        except (StorageError, OSError) as exc:
+            if is_remote(self.context):
+                written = await self._write_remote(request)
+            else:
+                result = await asyncio.to_thread(self._write, request)
+        except (StorageError, OSError, CommandFailed, ControllerUnavailable, ValueError) as exc:
             self.show_status(f"refused: {one_line(exc)}", error=True)
             return
         finally:
             self.busy = False
+        if is_remote(self.context):
+            self.remote_result = written
+            fetch = fetch_command(written.folder)
+            self.show_status(
+                f"{written.description}\nfetch it from your own machine with:\n{fetch}", error=False
+            )
+            return
         self.result = result
         self.show_status(result.describe(), error=False)
 
