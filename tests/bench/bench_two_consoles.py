@@ -26,8 +26,9 @@ line. Exit code 0, or 1 with the reason when the run could not continue (the rat
 judged: the machine may be shared).
 
 ``--sched kiosk`` runs the controller and the kiosk's console as ``bench_safety.py --sched kiosk`` does (the
-controller SCHED_FIFO and pinned to the last CPU, as ``kiosk/tosca-controller.service`` runs it; root only);
-the remote console is not pinned (sshd starts it as any login). ``--keep`` keeps the data directory and its
+controller SCHED_FIFO and pinned to the last CPU, as ``kiosk/tosca-controller.service`` runs it; root only).
+The remote console runs as ``kiosk/tosca-remote-session`` runs it: at nice 10, and with ``--sched kiosk``
+pinned to the kiosk console's CPUs. ``--keep`` keeps the data directory and its
 logs (``bench-logs/``: the controller's, the kiosk console's and the remote console's).
 
 ``--remote-child DIR`` is the remote console's own entry (started by this benchmark, not by hand).
@@ -44,6 +45,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -173,12 +175,17 @@ def remote_child(argv: list[str]) -> int:
     return 0
 
 
+#: How ``kiosk/tosca-remote-session`` lowers the remote console's priority.
+REMOTE_NICE = ("nice", "-n", "10")
+
+
 class RemoteProcess:
     """The remote console as a child process, talking over two pipes (as ``bench_safety.ConsoleProcess``)."""
 
-    def __init__(self, data_dir: Path, log_path: Path) -> None:
+    def __init__(self, data_dir: Path, log_path: Path, prefix: Sequence[str] = ()) -> None:
         self.data_dir = data_dir
         self.log_path = log_path
+        self.prefix = list(prefix)
         self.proc: asyncio.subprocess.Process | None = None
         self.stats: dict[str, Any] | None = None
         self._stop_w = -1
@@ -191,6 +198,7 @@ class RemoteProcess:
         try:
             with self.log_path.open("ab") as log:
                 self.proc = await asyncio.create_subprocess_exec(
+                    *self.prefix,
                     sys.executable,
                     str(SELF),
                     "--remote-child",
@@ -306,7 +314,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             condition = "with" if block % 2 else "without"
             remote: RemoteProcess | None = None
             if condition == "with":
-                remote = RemoteProcess(root, logs / "remote.log")
+                remote = RemoteProcess(root, logs / "remote.log", [*console_prefix, *REMOTE_NICE])
                 await remote.start()
             started = time.monotonic()
             try:

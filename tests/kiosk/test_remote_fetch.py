@@ -5,6 +5,7 @@ writes for it (run through the forced command with the real ``tosca``)."""
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 import tarfile
@@ -16,7 +17,7 @@ REMOTE_SESSION = Path(__file__).resolve().parents[2] / "kiosk" / "tosca-remote-s
 TOSCA = Path(sys.executable).parent / "tosca"
 
 
-def forced(tmp_path: Path, command: str, tosca: Path) -> subprocess.CompletedProcess[bytes]:
+def forced(tmp_path: Path, command: str, tosca: Path, **extra_env: str) -> subprocess.CompletedProcess[bytes]:
     """Run the forced command as sshd would for ``ssh -T host COMMAND`` (no terminal)."""
     conf = tmp_path / "remote.conf"
     conf.write_text(f"TOSCA_BIN={tosca}\nTOSCA_DATA_DIR={tmp_path / 'data'}\n", encoding="utf-8")
@@ -25,6 +26,8 @@ def forced(tmp_path: Path, command: str, tosca: Path) -> subprocess.CompletedPro
         "TOSCA_REMOTE_CONF": str(conf),
         "SSH_ORIGINAL_COMMAND": command,
         "SSH_CONNECTION": "192.0.2.5 50000 192.0.2.1 22",
+        "TOSCA_KIOSK_CONF": str(tmp_path / "no-kiosk.conf"),
+        **extra_env,
     }
     return subprocess.run(
         ["/bin/bash", str(REMOTE_SESSION)],
@@ -124,3 +127,20 @@ def test_the_real_fetch_streams_a_single_file_export(tmp_path: Path) -> None:
         assert tar.getnames() == [csv_file.name]
         member = tar.extractfile(csv_file.name)
         assert member is not None and member.read() == b"audit_id,username\n1,ada\n"
+
+
+def test_what_the_forced_command_runs_is_pinned_to_the_console_cpus_and_niced(tmp_path: Path) -> None:
+    """Off the controller's CPU and below the kiosk's console: the kiosk console's CPUs (kiosk.conf), and nice
+    10; nothing else is taken from the kiosk's settings."""
+    cpu = min(os.sched_getaffinity(0))
+    kiosk_conf = tmp_path / "kiosk.conf"
+    kiosk_conf.write_text(f"TOSCA_CONSOLE_CPUS={cpu}\nTOSCA_BIN=/nowhere\n", encoding="utf-8")
+    probe = tmp_path / "probe-tosca"
+    probe.write_text(
+        '#!/bin/sh\nprintf "%s %s" "$(taskset -c -p $$ | sed "s/.*: //")" "$(ps -o ni= -p $$ | tr -d " ")"\n',
+        encoding="utf-8",
+    )
+    probe.chmod(0o755)
+    done = forced(tmp_path, "fetch-export x", probe, TOSCA_KIOSK_CONF=str(kiosk_conf))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.decode() == f"{cpu} 10"
