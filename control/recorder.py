@@ -806,7 +806,8 @@ class Recorder:
             raise RecorderError(str(exc)) from exc
 
     async def safety(self, record: SafetyRecord) -> None:
-        """Accept one ``safety_log`` row, stamped now, and return once it is durable.
+        """Accept one ``safety_log`` row, stamped with its own ``timestamp`` (when it was made) or else now,
+        and return once it is durable.
 
         The row belongs to the current session, if any; a record without ``tech_id`` gets the session's
         technician. Raises ``ValueError`` for a bad value (nothing accepted) and :class:`RecorderError` when
@@ -818,7 +819,8 @@ class Recorder:
             raise RecorderError(f"the recorder is closed; safety record {event_type!r} refused")
         current = self._session
         stamped = record.stamped(
-            timestamp=self._clock(),
+            # The time the record was made, when it says so (a supervisor's entry written after others).
+            timestamp=record.timestamp if record.timestamp is not None else self._clock(),
             session_id=None if current is None else current.session_id,
             tech_id=None if current is None else current.tech_id,
         ).check()

@@ -47,6 +47,7 @@ from typing import Any, Final, Protocol
 from control.system_config import DEFAULTS as _SETTINGS
 from control.vocabulary import OperatorAction, Severity, SystemState
 from devices.safety import EventKind, SafetyEvent, SafetySample
+from storage.models import utc_now
 from storage.safety_records import SafetyRecord
 
 __all__ = ["OperatorAction", "SystemState"]
@@ -1202,9 +1203,11 @@ class SafetySupervisor:
         details: Mapping[str, Any] | None = None,
         tech_id: int | None = None,
     ) -> None:
-        """Queue one safety_log row, with the state and readings of now, for the ordered log writer."""
+        """Queue one safety_log row, with the state and readings of now and the time of now (not of when the
+        row reaches the database), for the ordered log writer."""
         r = self.readings
         entry = SafetyEntry(
+            timestamp=utc_now(),
             event_type=event_type,
             severity=severity,
             description=description,
@@ -1220,18 +1223,34 @@ class SafetySupervisor:
         self._log_queue.put_nowait(entry)
 
     async def _write_log(self) -> None:
+        """Hand the queued entries to the sink in order. Every entry queued meanwhile goes in the same turn:
+        the sink returns once an entry is durable (one database write, some tens of ms), so waiting for
+        each in turn would let a burst of events (a fault storm) queue up behind one another for seconds,
+        and the end of a session waits for the queue."""
         while True:
-            entry = await self._log_queue.get()
+            batch = [await self._log_queue.get()]
+            while not self._log_queue.empty():
+                batch.append(self._log_queue.get_nowait())
             try:
-                await self._log_sink(entry)
-            except Exception as exc:
-                _LOG.error("safety log entry not written (%s): %s", exc, entry)
-                if self.readings.storage_ok:
-                    self.readings.storage_ok = False
-                    self.readings.storage_problem = f"safety log write failed: {exc}"
-                    self._check(self.clock())
+                # The sink takes each entry in the order its call starts (before its first wait).
+                results = await asyncio.gather(
+                    *(self._log_sink(entry) for entry in batch), return_exceptions=True
+                )
+                for entry, result in zip(batch, results, strict=True):
+                    if isinstance(result, Exception):
+                        self._log_not_written(entry, result)
+                    elif isinstance(result, BaseException):
+                        raise result
             finally:
-                self._log_queue.task_done()
+                for _ in batch:
+                    self._log_queue.task_done()
+
+    def _log_not_written(self, entry: SafetyEntry, exc: Exception) -> None:
+        _LOG.error("safety log entry not written (%s): %s", exc, entry)
+        if self.readings.storage_ok:
+            self.readings.storage_ok = False
+            self.readings.storage_problem = f"safety log write failed: {exc}"
+            self._check(self.clock())
 
 
 def _event_type_for(term: Term) -> str:

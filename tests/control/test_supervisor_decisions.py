@@ -4,21 +4,27 @@ operator actions each state permits, the session's power ceiling and the permiss
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import pytest
-from supervisor_fakes import World
+from supervisor_fakes import DEVICES, World
+from supervisor_support import world_from
 
 from control.supervisor import (
     ACTION_STATES,
     OUTPUT_READBACK_SETTLE_S,
     LaserReading,
     Limits,
+    SafetyEntry,
+    SafetySupervisor,
     SystemState,
     Term,
     permitted_actions,
 )
-from control.vocabulary import OperatorAction
+from control.vocabulary import OperatorAction, Severity
+from storage.models import utc_now
 
 S = SystemState
 A = OperatorAction
@@ -130,3 +136,41 @@ async def test_may_emit_is_true_exactly_while_treating_with_every_term_holding(w
     world.set_storage(False)
     await world.settle()
     assert world.sup.state is S.FAULT and not world.sup.may_emit()
+
+
+async def test_a_burst_of_log_entries_is_written_together_in_order_with_the_time_each_was_made() -> None:
+    """A sink that takes 50 ms per entry (one database write each) is handed a burst of 40 entries at once:
+    the queue drains in one or two turns, not 40 x 50 ms, the entries reach it in the order they were made,
+    and each keeps the time it was made, not the time it was written."""
+    world = world_from(0.0)
+    written: list[SafetyEntry] = []
+    calls_at_once = 0
+    busy = 0
+
+    async def slow_sink(entry: SafetyEntry) -> None:
+        nonlocal calls_at_once, busy
+        written.append(entry)
+        busy += 1
+        calls_at_once = max(calls_at_once, busy)
+        await asyncio.sleep(0.05)
+        busy -= 1
+
+    sup = SafetySupervisor(world.laser, world.board, slow_sink, clock=world.clock, devices=DEVICES)
+    sup.start()
+    try:
+        made = []
+        for n in range(40):
+            sup.log("state_change", Severity.INFO, f"entry {n}", action=None)
+            made.append(utc_now())
+        started = time.monotonic()
+        await asyncio.wait_for(sup.drain_log(), timeout=5.0)
+        took = time.monotonic() - started
+    finally:
+        await sup.close()
+    assert [e.description for e in written] == [f"entry {n}" for n in range(40)]
+    assert calls_at_once > 1, "each entry waited for the one before it"
+    assert took < 1.0, f"40 entries took {took:.2f} s"
+    for entry, after in zip(written, made, strict=True):
+        assert entry.timestamp is not None and entry.timestamp <= after
+    assert written[0].timestamp is not None and written[-1].timestamp is not None
+    assert (written[-1].timestamp - written[0].timestamp).total_seconds() < 0.5
