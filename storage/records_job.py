@@ -18,35 +18,18 @@ Request: ``{"job": "backup" | "verify" | "export" | "audit_export", "data_dir": 
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from storage.background import yield_to_the_controller
 from storage.errors import StorageError, one_line
 from storage.paths import DataDir
 
 #: The nice value the job takes.
 JOB_NICE = 10
-
-
-def lower_priority() -> None:
-    """Normal scheduling, nice :data:`JOB_NICE`, and the CPUs the parent was not pinned to (when any)."""
-    if hasattr(os, "sched_getscheduler"):
-        with contextlib.suppress(OSError):
-            if os.sched_getscheduler(0) != os.SCHED_OTHER:
-                os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-    with contextlib.suppress(OSError):
-        if os.getpriority(os.PRIO_PROCESS, 0) < JOB_NICE:
-            os.setpriority(os.PRIO_PROCESS, 0, JOB_NICE)
-    if hasattr(os, "sched_getaffinity"):
-        with contextlib.suppress(OSError):
-            others = set(range(os.cpu_count() or 1)) - os.sched_getaffinity(0)
-            if others:
-                os.sched_setaffinity(0, others)
 
 
 def run_job(request: dict[str, Any]) -> dict[str, Any]:
@@ -88,29 +71,20 @@ def _export(
     target = data.root / "exports" / str(folder) if folder else None
     formats = list(request.get("formats") or []) or None
     identified = bool(request.get("identified"))
+    options: dict[str, Any] = {
+        "target": target,
+        "formats": formats,
+        "identified": identified,
+        "user": user,
+        "terminal": terminal,
+        "origin": origin,
+    }
     if request.get("session_id") is not None:
-        result = export_session(
-            data,
-            int(request["session_id"]),
-            target=target,
-            formats=formats,
-            identified=identified,
-            user=user,
-            terminal=terminal,
-            origin=origin,
-        )
+        result = export_session(data, int(request["session_id"]), **options)
     else:
-        result = export_range(
-            data,
-            datetime.fromisoformat(str(request["since"])),
-            datetime.fromisoformat(str(request["until"])),
-            target=target,
-            formats=formats,
-            identified=identified,
-            user=user,
-            terminal=terminal,
-            origin=origin,
-        )
+        since = datetime.fromisoformat(str(request["since"]))
+        until = datetime.fromisoformat(str(request["until"]))
+        result = export_range(data, since, until, **options)
     share_with_records_group(result.folder, data.db_path)
     files = sorted(str(p.relative_to(result.folder)) for p in result.folder.rglob("*") if p.is_file())
     return {
@@ -159,7 +133,7 @@ def _audit_export(
 
 def main() -> int:
     """Read one request on standard input, answer on standard output; 0 done, 1 refused."""
-    lower_priority()
+    yield_to_the_controller(JOB_NICE)
     try:
         request = json.loads(sys.stdin.read())
         if not isinstance(request, dict):

@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 from typing import Final
 
+from storage.background import yield_to_the_controller
 from storage.crypto_files import HEADER_BYTES, EncryptingWriter, SessionFileError
 
 #: Longest time plaintext waits in the sealing process before it is sealed and written, seconds.
@@ -173,23 +174,6 @@ class VideoSeal:
                 self.target.unlink()
 
 
-def yield_to_the_controller() -> None:
-    """Give up the priority inherited from the controller: the normal (SCHED_OTHER) policy, nice
-    :data:`SEAL_NICE` at least, and the CPUs the controller was not pinned to, when it was pinned."""
-    if hasattr(os, "sched_getscheduler"):
-        with contextlib.suppress(OSError):
-            if os.sched_getscheduler(0) != os.SCHED_OTHER:
-                os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-    with contextlib.suppress(OSError):
-        if os.getpriority(os.PRIO_PROCESS, 0) < SEAL_NICE:
-            os.setpriority(os.PRIO_PROCESS, 0, SEAL_NICE)
-    if hasattr(os, "sched_getaffinity"):
-        with contextlib.suppress(OSError):
-            others = set(range(os.cpu_count() or 1)) - os.sched_getaffinity(0)
-            if others:
-                os.sched_setaffinity(0, others)
-
-
 def _read_exact(fd: int, count: int) -> bytes:
     data = b""
     while len(data) < count:
@@ -233,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--period", type=float, default=SEAL_PERIOD_S, help="seconds between sealed chunks")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    yield_to_the_controller()
+    yield_to_the_controller(SEAL_NICE)
     key = _read_exact(sys.stdin.fileno(), 32)
     if len(key) != 32:
         print("no key was handed over", file=sys.stderr)
