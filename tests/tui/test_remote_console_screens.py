@@ -28,7 +28,7 @@ from control.accounts import AccountService
 from control.controller import Controller
 from control.ipc_errors import CommandFailed
 from storage import create_engine, session_factory
-from tests.support import CHEAP, FakeClock
+from tests.support import CHEAP, RIG_TEST, FakeClock
 from tui.app import ToscaApp, make_app
 from tui.remote import KIOSK_ONLY_ACTIONS, KIOSK_ONLY_SCREENS, RemoteOrigin
 from tui.screens.audit import AuditScreen
@@ -42,6 +42,10 @@ from tui.screens.login import LoginScreen
 
 ENGINEER_PASSWORD = "engineer pass 1"
 ORIGIN = RemoteOrigin(ssh_client="192.0.2.9", unix_user="eng1")
+
+#: A controller on the simulated rig in this process for tens of seconds per test: one at a time with the
+#: other rig tests, so that it does not starve their controllers of the CPU.
+pytestmark = RIG_TEST
 
 
 @pytest.fixture
