@@ -14,13 +14,16 @@ import asyncio
 import itertools
 import math
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 from supervisor_fakes import TEC_SETPOINT_C, World
 
+import control
 from control.engine import Outcome, TreatmentEngine
-from control.protocols import PlanStep
+from control.protocols import PlanStep, ValidationLimits, check_protocol
+from control.sessions import SummaryAccumulator
 from control.supervisor import Refused, SystemState
 from devices.laser import ArroyoError, decode_error
 from tests.support import run_in_virtual_time, wait_until
@@ -579,3 +582,51 @@ async def _never(mm: float) -> float:
 
 def _ignore(kind: str, **columns: Any) -> None:
     pass
+
+
+# ------------------------------------------------------------------------------------------ the seed protocol
+def test_the_seed_protocol_delivers_495_joules_and_a_pedal_release_only_prolongs_it() -> None:
+    """The seed's example protocol as the library ships it (60 s at 5 W, then a 30 s ramp from 5 to 8 W),
+    checked as a session checks it, with the footpedal up for 5 s from 20 s into step 1: step 1 lasts 65 s,
+    step 2 its 30 s, the laser is on for 90 s, and the energy summed as the session sums it (every 10 ms
+    sample of the power the laser gives) is the protocol's 495 J."""
+    text = (Path(control.__file__).parent / "protocol_library" / "seed_example.json").read_text("utf-8")
+    plan = check_protocol(text, ValidationLimits(10.0, 2.0, 5.0, "test"))
+    assert plan.expected_energy_j == pytest.approx(495.0)
+    summary = SummaryAccumulator()
+
+    async def script(rig: Rig) -> None:
+        world = rig.world
+
+        async def sample() -> None:
+            while True:
+                on = world.laser.output_on
+                summary.add(rig.now(), world.laser.power_w if on else 0.0, on)
+                await asyncio.sleep(0.01)
+
+        sampler = asyncio.create_task(sample())
+        try:
+            await rig.step_active()
+            on = await rig.emit()
+            await asyncio.sleep(20.0)
+            world.release_pedal()
+            await rig.until(lambda: not world.laser.output_on, "the output off with the pedal up")
+            await asyncio.sleep(5.0)
+            await rig.emit()
+            assert await rig.finished() is Outcome.COMPLETED
+            await asyncio.sleep(0.05)
+        finally:
+            sampler.cancel()
+        starts = [t for t, _ in rig.of("protocol_step_start")]
+        ends = [t for t, _ in rig.of("protocol_step_end")]
+        assert len(starts) == len(ends) == 2
+        assert starts[0] == pytest.approx(on, abs=0.02)
+        assert ends[0] - starts[0] == pytest.approx(65.0, abs=0.05)
+        assert ends[1] - starts[1] == pytest.approx(30.0, abs=0.05)
+        assert world.sup.treating_seconds() == pytest.approx(90.0, abs=0.05)
+
+    run(Rig(list(plan.steps)), script)
+    result = summary.summary()
+    assert result.laser_on_time_s == pytest.approx(90.0, abs=0.05)
+    assert result.energy_j == pytest.approx(495.0, rel=0.005)
+    assert result.max_power_w == pytest.approx(8.0, abs=0.05)
