@@ -34,7 +34,7 @@ from storage.engine import DEFAULT_BUSY_TIMEOUT_MS, connect_sqlite
 from storage.errors import StorageError
 from storage.maintenance import record_audit
 from storage.models import AUDIT_OUTCOMES, utc_now
-from storage.paging import MAX_PAGE_SIZE, PAGE_SIZE, page_size_problem, parse_stored, stamp
+from storage.paging import MAX_PAGE_SIZE, PAGE_SIZE, page_size_problem, parse_stored, stamp, time_range
 
 #: Rows (matching the other filters) a free-text page reads at most before it returns what it found; the
 #: next page goes on from there. A substring cannot use an index, so without a bound a rare text would read
@@ -235,12 +235,9 @@ def _where(filters: AuditFilter, cursor: Cursor | None) -> tuple[str, list[objec
     if filters.outcome is not None:
         clauses.append("outcome = ?")
         params.append(filters.outcome)
-    if filters.since is not None:
-        clauses.append("timestamp >= ?")
-        params.append(stamp(filters.since))
-    if filters.until is not None:
-        clauses.append("timestamp < ?")
-        params.append(stamp(filters.until))
+    when, when_params = time_range(filters.since, filters.until)
+    clauses.extend(when)
+    params.extend(when_params)
     if filters.text is not None:
         pattern = f"%{_like_escape(filters.text)}%"
         clauses.append(

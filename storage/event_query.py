@@ -32,7 +32,7 @@ from typing import Final, Literal
 
 from storage.audit_query import AuditFilterError, parse_time
 from storage.errors import StorageError
-from storage.paging import MAX_PAGE_SIZE, PAGE_SIZE, page_size_problem, parse_stored, stamp
+from storage.paging import MAX_PAGE_SIZE, PAGE_SIZE, page_size_problem, parse_stored, stamp, time_range
 from storage.safety_records import SEVERITIES
 
 #: Longest event type accepted as a filter.
@@ -264,12 +264,9 @@ def _where(
     if filters.session_id is not None:
         clauses.append("session_id = ?")
         params.append(filters.session_id)
-    if filters.since is not None:
-        clauses.append("timestamp >= ?")
-        params.append(stamp(filters.since))
-    if filters.until is not None:
-        clauses.append("timestamp < ?")
-        params.append(stamp(filters.until))
+    when, when_params = time_range(filters.since, filters.until)
+    clauses.extend(when)
+    params.extend(when_params)
     if filters.event_type is not None:
         clauses.append("event_type = ?")
         params.append(filters.event_type)

@@ -34,6 +34,20 @@ def parse_stored(value: object) -> datetime:
         return datetime.min
 
 
+def time_range(since: datetime | None, until: datetime | None) -> tuple[list[str], list[object]]:
+    """The conditions on ``timestamp`` of a time-range filter (``since`` inclusive, ``until`` exclusive; None:
+    open on that side), with their parameters."""
+    clauses: list[str] = []
+    params: list[object] = []
+    if since is not None:
+        clauses.append("timestamp >= ?")
+        params.append(stamp(since))
+    if until is not None:
+        clauses.append("timestamp < ?")
+        params.append(stamp(until))
+    return clauses, params
+
+
 def page_size_problem(limit: int) -> str | None:
     """Why ``limit`` is not a page size (1 to :data:`MAX_PAGE_SIZE`, a true integer), or None."""
     if isinstance(limit, bool) or not 1 <= limit <= MAX_PAGE_SIZE:
@@ -41,4 +55,12 @@ def page_size_problem(limit: int) -> str | None:
     return None
 
 
-__all__ = ["MAX_PAGE_SIZE", "PAGE_SIZE", "STORED_TIME_FORMAT", "page_size_problem", "parse_stored", "stamp"]
+__all__ = [
+    "MAX_PAGE_SIZE",
+    "PAGE_SIZE",
+    "STORED_TIME_FORMAT",
+    "page_size_problem",
+    "parse_stored",
+    "stamp",
+    "time_range",
+]

@@ -12,8 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from console_fixtures import CLI, DATA_DIR, TECH_PASSWORD, enter_text, make_settings, seed, showing
+from console_fixtures import DATA_DIR, TECH_PASSWORD, enter_text, make_settings, showing
 from console_fixtures import wait_until as pilot_wait
+from remote_fixtures import (
+    ENGINEER_PASSWORD,
+    notifications,
+    remote_console,
+    remote_log_in,
+    sim_controller,
+)
 from textual.app import App
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Label
@@ -21,65 +28,25 @@ from textual.widgets import DataTable, Label
 import tui
 from control import messages as msg
 from control.account_rules import UserInfo
-from control.accounts import AccountService
 from control.controller import Controller
 from control.ipc_errors import CommandFailed, ControllerUnavailable
-from storage import create_engine, session_factory
-from tests.support import CHEAP, FakeClock
-from tui.app import ToscaApp, make_app
+from tests.support import FakeClock
+from tui.app import ToscaApp
 from tui.cli import main
 from tui.link import OBSERVE_REFUSAL
-from tui.remote import RemoteOrigin
 from tui.screens._base import ScreenContext, SessionRequested
 from tui.screens.devices import DevicesScreen
 from tui.screens.home import HomeScreen
 from tui.screens.login import LoginScreen
 
-ENGINEER_PASSWORD = "engineer pass 1"
-ORIGIN = RemoteOrigin(ssh_client="192.0.2.9", unix_user="eng1")
 SnapCompare = Callable[..., bool]
 SIZES = [pytest.param((80, 24), id="80x24"), pytest.param((120, 40), id="120x40")]
 
 
-async def _add_engineer() -> None:
-    engine = create_engine(DATA_DIR / "tosca.db")
-    try:
-        accounts = AccountService(sessions=session_factory(engine), terminal="/dev/pts/9", hashing=CHEAP)
-        await accounts.create_user("eric", "Eric Engineer", "engineer", ENGINEER_PASSWORD, CLI)
-    finally:
-        await engine.dispose()
-
-
 @pytest.fixture
 async def controller(data_dir: Path) -> AsyncIterator[Controller]:
-    await seed()
-    await _add_engineer()
-    ctl = Controller(DATA_DIR, sim=True, hashing=CHEAP, terminal="controller")
-    await ctl.start()
-    try:
+    async with sim_controller() as ctl:
         yield ctl
-    finally:
-        await ctl.close()
-
-
-def remote_console(clock: FakeClock) -> ToscaApp:
-    return make_app(make_settings(clock, controller="connect"), first_run=False, remote=ORIGIN)
-
-
-def notifications(app: ToscaApp) -> str:
-    return "\n".join(str(n.message) for n in app._notifications)
-
-
-async def remote_log_in(pilot: Pilot[int], username: str, password: str) -> HomeScreen:
-    app = pilot.app
-    await pilot_wait(pilot, lambda: showing(app, LoginScreen), "the login screen")
-    await enter_text(pilot, username)
-    await pilot.press("enter")
-    await enter_text(pilot, password)
-    await pilot.press("enter")
-    await pilot_wait(pilot, lambda: showing(app, HomeScreen), "the home screen", 20.0)
-    assert isinstance(app.screen, HomeScreen)
-    return app.screen
 
 
 def audit(action: str) -> list[tuple[str | None, str, str | None, dict[str, Any]]]:

@@ -18,19 +18,23 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pytest
-from console_fixtures import ADMIN_PASSWORD, CLI, DATA_DIR, enter_text, make_settings, seed, showing
+from console_fixtures import ADMIN_PASSWORD, DATA_DIR, enter_text, showing
 from console_fixtures import wait_until as pilot_wait
-from textual.pilot import Pilot
+from remote_fixtures import (
+    ENGINEER_PASSWORD,
+    notifications,
+    remote_console,
+    remote_log_in,
+    sim_controller,
+)
 from textual.widgets import DataTable, Input, OptionList, Static
 
 from control import messages as msg
-from control.accounts import AccountService
 from control.controller import Controller
 from control.ipc_errors import CommandFailed
-from storage import create_engine, session_factory
-from tests.support import CHEAP, RIG_TEST, FakeClock
-from tui.app import ToscaApp, make_app
-from tui.remote import KIOSK_ONLY_ACTIONS, KIOSK_ONLY_SCREENS, RemoteOrigin
+from tests.support import RIG_TEST, FakeClock
+from tui.app import ToscaApp
+from tui.remote import KIOSK_ONLY_ACTIONS, KIOSK_ONLY_SCREENS
 from tui.screens.audit import AuditScreen
 from tui.screens.backups import BackupsScreen
 from tui.screens.calibration import CalibrationScreen, LaserPowerWizard, RingSizeWizard
@@ -38,10 +42,6 @@ from tui.screens.camera_focus import CameraFocusScreen
 from tui.screens.dialogs import ConfirmDialog
 from tui.screens.export import ExportScreen
 from tui.screens.home import HomeScreen
-from tui.screens.login import LoginScreen
-
-ENGINEER_PASSWORD = "engineer pass 1"
-ORIGIN = RemoteOrigin(ssh_client="192.0.2.9", unix_user="eng1")
 
 #: A controller on the simulated rig in this process for tens of seconds per test: one at a time with the
 #: other rig tests, so that it does not starve their controllers of the CPU.
@@ -50,43 +50,12 @@ pytestmark = RIG_TEST
 
 @pytest.fixture
 async def controller(data_dir: Path) -> AsyncIterator[Controller]:
-    await seed()
-    engine = create_engine(DATA_DIR / "tosca.db")
-    try:
-        accounts = AccountService(sessions=session_factory(engine), terminal="/dev/pts/9", hashing=CHEAP)
-        await accounts.create_user("eric", "Eric Engineer", "engineer", ENGINEER_PASSWORD, CLI)
-    finally:
-        await engine.dispose()
-    ctl = Controller(DATA_DIR, sim=True, hashing=CHEAP, terminal="controller")
-    await ctl.start()
-    try:
+    async with sim_controller() as ctl:
         yield ctl
-    finally:
-        await ctl.close()
-
-
-def remote_console(clock: FakeClock) -> ToscaApp:
-    return make_app(make_settings(clock, controller="connect"), first_run=False, remote=ORIGIN)
-
-
-async def remote_log_in(pilot: Pilot[int], username: str, password: str) -> HomeScreen:
-    app = pilot.app
-    await pilot_wait(pilot, lambda: showing(app, LoginScreen), "the login screen")
-    await enter_text(pilot, username)
-    await pilot.press("enter")
-    await enter_text(pilot, password)
-    await pilot.press("enter")
-    await pilot_wait(pilot, lambda: showing(app, HomeScreen), "the home screen", 20.0)
-    assert isinstance(app.screen, HomeScreen)
-    return app.screen
 
 
 def screen_text(app: ToscaApp) -> str:
     return " ".join(str(label.render()) for label in app.screen.query(Static))
-
-
-def notifications(app: ToscaApp) -> str:
-    return "\n".join(str(n.message) for n in app._notifications)
 
 
 def rows(sql: str, *args: Any) -> list[tuple[Any, ...]]:
